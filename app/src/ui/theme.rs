@@ -1,0 +1,16 @@
+//! The app's colours and spacing. Every colour the app draws with is named here, so the look
+//! can change in one place and stays consistent between panels.
+
+use egui::Color32;
+
+/// Text and icons that report a problem the user must act on.
+pub const ERROR_TEXT: Color32 = Color32::from_rgb(0xE5, 0x53, 0x4B);
+/// Secondary information (sizes, hints).
+pub const WEAK_TEXT: Color32 = Color32::from_rgb(0x9A, 0x9A, 0x9A);
+/// Background of the empty drop zone.
+pub const DROP_ZONE_FILL: Color32 = Color32::from_rgb(0x20, 0x22, 0x26);
+
+/// Applies the app's visuals to a context.
+pub fn apply(ctx: &egui::Context) {
+    ctx.set_theme(egui::Theme::Dark);
+}

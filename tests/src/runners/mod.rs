@@ -1,0 +1,51 @@
+//! Component runners: each computes a golden case's outputs with our implementation.
+//!
+//! A runner reads the case's `[config]`, weights and inputs, and returns named output tensors;
+//! the harness compares each tensor named in `expected.safetensors`. To add a component, add a
+//! module here and one arm to [`run`].
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, bail};
+use candle_core::{Device, Tensor};
+
+use crate::golden::Case;
+
+/// Named output tensors of one case.
+pub type Outputs = BTreeMap<String, Tensor>;
+
+/// Runs `case` through the runner named by its `component`.
+#[allow(
+    unused_variables,
+    clippy::match_single_binding,
+    reason = "each component adds its arm here as its port lands"
+)]
+pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
+    let component = case.manifest.component.as_str();
+    match component {
+        _ => bail!(
+            "no runner for component {component:?} (case {}); add one in tests/src/runners/",
+            case.dir.display()
+        ),
+    }
+}
+
+/// Loads the case's `inputs.safetensors` onto `device`.
+pub fn inputs(case: &Case, device: &Device) -> anyhow::Result<BTreeMap<String, Tensor>> {
+    let name = case
+        .manifest
+        .inputs
+        .as_deref()
+        .with_context(|| format!("case {} has no inputs file", case.name))?;
+    let path = case.file(name);
+    let tensors = candle_core::safetensors::load(&path, device)
+        .with_context(|| format!("loading {}", path.display()))?;
+    Ok(tensors.into_iter().collect())
+}
+
+/// Takes one named input, with a clear error if the case lacks it.
+pub fn take(tensors: &mut BTreeMap<String, Tensor>, name: &str) -> anyhow::Result<Tensor> {
+    tensors
+        .remove(name)
+        .with_context(|| format!("input tensor {name:?} is missing"))
+}
