@@ -141,9 +141,12 @@ fn wheel_in_simple_index(
         .into_iter()
         .flatten()
         .find(|file| {
-            file["filename"]
-                .as_str()
-                .is_some_and(|f| f.starts_with(&prefix) && f.ends_with(".whl"))
+            file["filename"].as_str().is_some_and(|f| {
+                f.starts_with(&prefix)
+                    && Path::new(f)
+                        .extension()
+                        .is_some_and(|ext| ext.eq_ignore_ascii_case("whl"))
+            })
         })
         .with_context(|| format!("PyPI lists no wheel for {name} {version}"))?;
     let url = file["url"].as_str().context("the index entry has no url")?;
