@@ -26,6 +26,17 @@ pub enum EngineError {
     #[error("{problem}: {path}")]
     BadPreset { problem: String, path: PathBuf },
 
+    /// A render recipe is invalid; `field` is the recipe field (and CLI flag) at fault.
+    #[error("{field} {problem}")]
+    BadRecipe {
+        field: &'static str,
+        problem: String,
+    },
+
+    /// The engine thread has stopped (shut down or crashed); restart the app.
+    #[error("the engine has stopped")]
+    EngineStopped,
+
     /// The requested device cannot be used.
     #[error("{0}")]
     DeviceUnavailable(String),

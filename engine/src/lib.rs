@@ -12,6 +12,8 @@ pub mod error;
 pub mod image_input;
 pub mod paths;
 pub mod preset;
+pub mod recipe;
+pub mod runtime;
 
 pub use error::EngineError;
 

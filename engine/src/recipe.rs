@@ -1,0 +1,593 @@
+//! The render recipe: one serde type that describes a render completely. The GUI, the CLI and
+//! the tests all build one; it is embedded in every output so a render can be restored.
+//!
+//! A recipe is made in layers: a [`Preset`] (shipped or the user's) under the user's choices
+//! ([`RecipeChoices`], every field optional). [`Recipe::validate`] rejects a bad recipe before any
+//! GPU work with a message that names the field.
+
+use std::path::{Path, PathBuf};
+
+use crate::EngineError;
+use crate::device::DevicePreference;
+use crate::preset::{ModelFamily, Preset, SamplerKind};
+
+/// The recipe format version this build writes and reads.
+pub const RECIPE_FORMAT_VERSION: u32 = 1;
+
+/// The official Wan2.2 default negative prompt (`wan/configs/shared_config.py`), used when the
+/// user gives none: the models were trained with it.
+pub const WAN_DEFAULT_NEGATIVE_PROMPT: &str = "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走";
+
+/// Default GPU memory kept free for the desktop and other programs (ComfyUI users pass 4).
+pub const DEFAULT_RESERVE_VRAM_GB: f64 = 4.0;
+
+/// Where the model weights come from: a diffusers-format folder, or individual files in the
+/// original/ComfyUI layouts.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelFiles {
+    /// A diffusers-format Wan2.2 folder (`model_index.json`); individual files override parts.
+    pub model_dir: Option<PathBuf>,
+    /// The high-noise expert (two-expert models) or the only DiT (TI2V-5B).
+    pub high_noise: Option<PathBuf>,
+    /// The low-noise expert (two-expert models only).
+    pub low_noise: Option<PathBuf>,
+    pub text_encoder: Option<PathBuf>,
+    pub vae: Option<PathBuf>,
+}
+
+/// A LoRA and its strength on each expert.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraChoice {
+    pub path: PathBuf,
+    pub strength_high_noise: f64,
+    pub strength_low_noise: f64,
+}
+
+/// Frame interpolation after decoding.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Interpolation {
+    Off,
+    /// Insert frames so the clip has (n−1)·factor+1 frames, at `fps × factor`.
+    Multiplier {
+        factor: u32,
+    },
+    /// Resample the clip to this frame rate with RIFE's arbitrary timesteps.
+    TargetFps {
+        fps: f64,
+    },
+}
+
+/// How the source image is fitted to the target size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageFit {
+    /// The official Wan way: keep the aspect, area ≈ width×height, sides multiples of 16, no crop.
+    #[default]
+    Official,
+    /// The ComfyUI way: scale to cover width×height exactly and crop the centre.
+    CenterCrop,
+}
+
+/// A complete render description.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub format_version: u32,
+    /// Which preset the recipe started from (for display; the values below are what counts).
+    pub preset_name: String,
+    pub model: ModelFamily,
+    pub models: ModelFiles,
+    pub loras: Vec<LoraChoice>,
+    pub image: PathBuf,
+    pub image_fit: ImageFit,
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub seed: u64,
+    /// Initial latent noise from a safetensors file (tensor `noise`) instead of the seed.
+    pub init_noise: Option<PathBuf>,
+    pub width: u32,
+    pub height: u32,
+    pub num_frames: u32,
+    pub fps: u32,
+    pub steps: u32,
+    pub sampler: SamplerKind,
+    pub shift: f64,
+    pub cfg_high_noise: f64,
+    pub cfg_low_noise: f64,
+    pub boundary: Option<f64>,
+    pub interpolation: Interpolation,
+    /// The output file (`.mp4`, `.webm`, …) or a folder for PNG frames.
+    pub output: PathBuf,
+    pub reserve_vram_gb: f64,
+    pub device: DevicePreference,
+}
+
+/// The user's choices on top of a preset; `None` keeps the preset's value.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecipeChoices {
+    pub models: ModelFiles,
+    pub loras: Vec<LoraChoice>,
+    pub image: Option<PathBuf>,
+    pub image_fit: Option<ImageFit>,
+    pub prompt: Option<String>,
+    pub negative_prompt: Option<String>,
+    pub seed: Option<u64>,
+    pub init_noise: Option<PathBuf>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub num_frames: Option<u32>,
+    pub steps: Option<u32>,
+    pub sampler: Option<SamplerKind>,
+    pub shift: Option<f64>,
+    pub cfg_high_noise: Option<f64>,
+    pub cfg_low_noise: Option<f64>,
+    pub boundary: Option<f64>,
+    pub interpolation: Option<Interpolation>,
+    pub output: Option<PathBuf>,
+    pub reserve_vram_gb: Option<f64>,
+    pub device: Option<DevicePreference>,
+}
+
+impl Recipe {
+    /// Layers the user's choices over a preset. Fields with no value anywhere get the product
+    /// defaults (Wan's negative prompt, seed 0, `output.mp4`); call [`Recipe::validate`] next.
+    #[must_use]
+    pub fn from_layers(preset: &Preset, choices: RecipeChoices) -> Self {
+        let interpolation = choices
+            .interpolation
+            .unwrap_or(if preset.interpolation_factor > 1 {
+                Interpolation::Multiplier {
+                    factor: preset.interpolation_factor,
+                }
+            } else {
+                Interpolation::Off
+            });
+        Self {
+            format_version: RECIPE_FORMAT_VERSION,
+            preset_name: preset.name.clone(),
+            model: preset.model,
+            models: choices.models,
+            loras: choices.loras,
+            image: choices.image.unwrap_or_default(),
+            image_fit: choices.image_fit.unwrap_or_default(),
+            prompt: choices.prompt.unwrap_or_default(),
+            negative_prompt: choices
+                .negative_prompt
+                .unwrap_or_else(|| WAN_DEFAULT_NEGATIVE_PROMPT.to_owned()),
+            seed: choices.seed.unwrap_or(0),
+            init_noise: choices.init_noise,
+            width: choices.width.unwrap_or(preset.width),
+            height: choices.height.unwrap_or(preset.height),
+            num_frames: choices.num_frames.unwrap_or(preset.num_frames),
+            fps: preset.fps,
+            steps: choices.steps.unwrap_or(preset.steps),
+            sampler: choices.sampler.unwrap_or(preset.sampler),
+            shift: choices.shift.unwrap_or(preset.shift),
+            cfg_high_noise: choices.cfg_high_noise.unwrap_or(preset.cfg_high_noise),
+            cfg_low_noise: choices.cfg_low_noise.unwrap_or(preset.cfg_low_noise),
+            boundary: choices.boundary.or(preset.boundary),
+            interpolation,
+            output: choices
+                .output
+                .unwrap_or_else(|| PathBuf::from("output.mp4")),
+            reserve_vram_gb: choices.reserve_vram_gb.unwrap_or(DEFAULT_RESERVE_VRAM_GB),
+            device: choices.device.unwrap_or_default(),
+        }
+    }
+
+    /// Latent frames for this clip: (F − 1) / 4 + 1.
+    #[must_use]
+    pub fn num_latent_frames(&self) -> u32 {
+        (self.num_frames - 1) / 4 + 1
+    }
+
+    /// Frame rate of the exported clip, after interpolation.
+    #[must_use]
+    pub fn output_fps(&self) -> f64 {
+        match self.interpolation {
+            Interpolation::Off => f64::from(self.fps),
+            Interpolation::Multiplier { factor } => f64::from(self.fps) * f64::from(factor),
+            Interpolation::TargetFps { fps } => fps,
+        }
+    }
+
+    /// Checks everything that can be checked before loading a model; the error names the field.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let bad =
+            |field: &'static str, problem: String| Err(EngineError::BadRecipe { field, problem });
+        if self.format_version != RECIPE_FORMAT_VERSION {
+            return bad(
+                "format_version",
+                format!(
+                    "is {}, this version reads {RECIPE_FORMAT_VERSION}",
+                    self.format_version
+                ),
+            );
+        }
+        if self.num_frames == 0 || self.num_frames % 4 != 1 {
+            return bad(
+                "frames",
+                format!("must be 4n+1 (e.g. 49, 81), got {}", self.num_frames),
+            );
+        }
+        for (field, value) in [("width", self.width), ("height", self.height)] {
+            if value == 0 || value % 16 != 0 {
+                return bad(
+                    field,
+                    format!("must be a positive multiple of 16, got {value}"),
+                );
+            }
+        }
+        if self.steps == 0 || self.steps > 1000 {
+            return bad(
+                "steps",
+                format!("must be within 1..=1000, got {}", self.steps),
+            );
+        }
+        if !(self.shift.is_finite() && self.shift > 0.0) {
+            return bad(
+                "shift",
+                format!("must be a positive number, got {}", self.shift),
+            );
+        }
+        for (field, value) in [
+            ("cfg_high_noise", self.cfg_high_noise),
+            ("cfg_low_noise", self.cfg_low_noise),
+        ] {
+            if !(value.is_finite() && (1.0..=30.0).contains(&value)) {
+                return bad(field, format!("must be within 1..=30, got {value}"));
+            }
+        }
+        match (self.model, self.boundary) {
+            (ModelFamily::Wan22I2vA14b, None) => {
+                return bad(
+                    "boundary",
+                    "is required for the two-expert A14B model (0.9)".to_owned(),
+                );
+            }
+            (_, Some(b)) if !(0.0..=1.0).contains(&b) => {
+                return bad("boundary", format!("must be within 0..=1, got {b}"));
+            }
+            _ => {}
+        }
+        match self.interpolation {
+            Interpolation::Multiplier { factor } if !(1..=16).contains(&factor) => {
+                return bad(
+                    "interpolate",
+                    format!("multiplier must be within 1..=16, got {factor}"),
+                );
+            }
+            Interpolation::TargetFps { fps }
+                if !(fps.is_finite() && fps >= f64::from(self.fps) && fps <= 240.0) =>
+            {
+                return bad(
+                    "interpolate",
+                    format!("target fps must be within {}..=240, got {fps}", self.fps),
+                );
+            }
+            _ => {}
+        }
+        if !(self.reserve_vram_gb.is_finite() && self.reserve_vram_gb >= 0.0) {
+            return bad(
+                "reserve_vram",
+                format!("must be 0 or more GB, got {}", self.reserve_vram_gb),
+            );
+        }
+        if self.prompt.trim().is_empty() {
+            return bad(
+                "prompt",
+                "is empty; describe the motion you want".to_owned(),
+            );
+        }
+        require_file("image", &self.image)?;
+        if let Some(noise) = &self.init_noise {
+            require_file("init_noise", noise)?;
+        }
+        self.validate_model_files()?;
+        for lora in &self.loras {
+            require_file("lora", &lora.path)?;
+            for value in [lora.strength_high_noise, lora.strength_low_noise] {
+                if !(value.is_finite() && (-4.0..=4.0).contains(&value)) {
+                    return bad(
+                        "lora",
+                        format!(
+                            "strength must be within -4..=4, got {value}: {}",
+                            lora.path.display()
+                        ),
+                    );
+                }
+            }
+        }
+        if self.output.as_os_str().is_empty() {
+            return bad("out", "needs a file or folder to write to".to_owned());
+        }
+        Ok(())
+    }
+
+    fn validate_model_files(&self) -> Result<(), EngineError> {
+        let files = &self.models;
+        if let Some(dir) = &files.model_dir
+            && !dir.join("model_index.json").is_file()
+        {
+            return Err(EngineError::BadRecipe {
+                field: "model_dir",
+                problem: format!(
+                    "is not a diffusers-format folder (no model_index.json): {}",
+                    dir.display()
+                ),
+            });
+        }
+        let two_experts = self.model == ModelFamily::Wan22I2vA14b;
+        let needed: &[(&'static str, &Option<PathBuf>)] = if two_experts {
+            &[
+                ("high_noise", &files.high_noise),
+                ("low_noise", &files.low_noise),
+                ("text_encoder", &files.text_encoder),
+                ("vae", &files.vae),
+            ]
+        } else {
+            &[
+                ("high_noise", &files.high_noise),
+                ("text_encoder", &files.text_encoder),
+                ("vae", &files.vae),
+            ]
+        };
+        for (field, path) in needed {
+            match path {
+                Some(path) => require_file(field, path)?,
+                None if files.model_dir.is_some() => {}
+                None => {
+                    return Err(EngineError::BadRecipe {
+                        field,
+                        problem:
+                            "is missing: give the file, or a diffusers folder with --model-dir"
+                                .to_owned(),
+                    });
+                }
+            }
+        }
+        if !two_experts && files.low_noise.is_some() {
+            return Err(EngineError::BadRecipe {
+                field: "low_noise",
+                problem: "is only used by the two-expert A14B models; this recipe is for TI2V-5B"
+                    .to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads a recipe from JSON (an output's sidecar or metadata).
+    pub fn from_json(text: &str) -> Result<Self, EngineError> {
+        serde_json::from_str(text).map_err(|error| EngineError::BadRecipe {
+            field: "recipe",
+            problem: format!("is not a valid Stillmotion recipe ({error})"),
+        })
+    }
+
+    /// The recipe as pretty JSON (for sidecars and metadata).
+    pub fn to_json(&self) -> Result<String, EngineError> {
+        serde_json::to_string_pretty(self).map_err(|error| EngineError::BadRecipe {
+            field: "recipe",
+            problem: format!("cannot be written as JSON ({error})"),
+        })
+    }
+}
+
+fn require_file(field: &'static str, path: &Path) -> Result<(), EngineError> {
+    if path.as_os_str().is_empty() {
+        return Err(EngineError::BadRecipe {
+            field,
+            problem: "is missing".to_owned(),
+        });
+    }
+    if !path.is_file() {
+        return Err(EngineError::BadRecipe {
+            field,
+            problem: format!("does not exist or is not a file: {}", path.display()),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn preset(name: &str) -> Preset {
+        Preset::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../presets")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    struct Files {
+        _dir: tempfile::TempDir,
+        choices: RecipeChoices,
+    }
+
+    fn files() -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let touch = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"x").unwrap();
+            path
+        };
+        let choices = RecipeChoices {
+            models: ModelFiles {
+                high_noise: Some(touch("high.safetensors")),
+                low_noise: Some(touch("low.safetensors")),
+                text_encoder: Some(touch("umt5.safetensors")),
+                vae: Some(touch("vae.safetensors")),
+                model_dir: None,
+            },
+            image: Some(touch("in.png")),
+            prompt: Some("a cat turns its head".to_owned()),
+            ..RecipeChoices::default()
+        };
+        Files { _dir: dir, choices }
+    }
+
+    #[test]
+    fn choices_layer_over_the_preset() {
+        let files = files();
+        let preset = preset("wan22-i2v-a14b-lightx2v-4step-480p-rife2.toml");
+        let recipe = Recipe::from_layers(
+            &preset,
+            RecipeChoices {
+                steps: Some(6),
+                seed: Some(42),
+                ..files.choices.clone()
+            },
+        );
+        recipe.validate().unwrap();
+        assert_eq!(
+            (recipe.steps, recipe.seed, recipe.width, recipe.num_frames),
+            (6, 42, 832, 81)
+        );
+        assert_eq!(
+            recipe.interpolation,
+            Interpolation::Multiplier { factor: 2 }
+        );
+        assert_eq!(recipe.output_fps(), 32.0);
+        assert_eq!(recipe.num_latent_frames(), 21);
+        assert_eq!(recipe.negative_prompt, WAN_DEFAULT_NEGATIVE_PROMPT);
+        let back = Recipe::from_json(&recipe.to_json().unwrap()).unwrap();
+        assert_eq!(back, recipe);
+    }
+
+    #[test]
+    fn bad_recipes_name_their_field() {
+        let files = files();
+        let preset = preset("wan22-i2v-a14b-official-480p.toml");
+        let cases: Vec<(RecipeChoices, &str)> = vec![
+            (
+                RecipeChoices {
+                    num_frames: Some(80),
+                    ..files.choices.clone()
+                },
+                "frames",
+            ),
+            (
+                RecipeChoices {
+                    width: Some(840),
+                    ..files.choices.clone()
+                },
+                "width",
+            ),
+            (
+                RecipeChoices {
+                    height: Some(0),
+                    ..files.choices.clone()
+                },
+                "height",
+            ),
+            (
+                RecipeChoices {
+                    steps: Some(0),
+                    ..files.choices.clone()
+                },
+                "steps",
+            ),
+            (
+                RecipeChoices {
+                    shift: Some(f64::NAN),
+                    ..files.choices.clone()
+                },
+                "shift",
+            ),
+            (
+                RecipeChoices {
+                    cfg_low_noise: Some(0.5),
+                    ..files.choices.clone()
+                },
+                "cfg_low_noise",
+            ),
+            (
+                RecipeChoices {
+                    boundary: Some(1.5),
+                    ..files.choices.clone()
+                },
+                "boundary",
+            ),
+            (
+                RecipeChoices {
+                    prompt: Some("  ".to_owned()),
+                    ..files.choices.clone()
+                },
+                "prompt",
+            ),
+            (
+                RecipeChoices {
+                    image: Some("/nonexistent/in.png".into()),
+                    ..files.choices.clone()
+                },
+                "image",
+            ),
+            (
+                RecipeChoices {
+                    interpolation: Some(Interpolation::Multiplier { factor: 0 }),
+                    ..files.choices.clone()
+                },
+                "interpolate",
+            ),
+            (
+                RecipeChoices {
+                    reserve_vram_gb: Some(-1.0),
+                    ..files.choices.clone()
+                },
+                "reserve_vram",
+            ),
+            (
+                RecipeChoices {
+                    models: ModelFiles {
+                        vae: None,
+                        ..files.choices.models.clone()
+                    },
+                    ..files.choices.clone()
+                },
+                "vae",
+            ),
+            (
+                RecipeChoices {
+                    models: ModelFiles {
+                        model_dir: Some("/tmp".into()),
+                        ..files.choices.models.clone()
+                    },
+                    ..files.choices.clone()
+                },
+                "model_dir",
+            ),
+        ];
+        for (choices, field) in cases {
+            let error = Recipe::from_layers(&preset, choices)
+                .validate()
+                .unwrap_err();
+            let message = error.to_string();
+            assert!(
+                message.starts_with(field),
+                "expected a message about {field}, got: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_json_fields_are_refused() {
+        let files = files();
+        let recipe = Recipe::from_layers(
+            &preset("wan22-i2v-a14b-official-480p.toml"),
+            files.choices.clone(),
+        );
+        let json = recipe
+            .to_json()
+            .unwrap()
+            .replacen('{', "{\n  \"colour\": 1,", 1);
+        let message = Recipe::from_json(&json).unwrap_err().to_string();
+        assert!(message.contains("colour"), "{message}");
+    }
+}

@@ -1,0 +1,78 @@
+//! Commands to the engine thread and the events it sends back. Both are plain data.
+
+use std::path::PathBuf;
+
+use super::context::Progress;
+
+/// Identifies a job for its whole life; chosen by the caller (unique per handle).
+pub type JobId = u64;
+
+/// What a job does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobKind {
+    /// Render a recipe from image and prompt to a video file.
+    Render(Box<crate::recipe::Recipe>),
+}
+
+/// What a finished job produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobOutput {
+    /// The finished file (or folder of frames).
+    pub path: PathBuf,
+}
+
+/// Sent by callers to the engine thread.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Queue a job; it starts when the jobs before it are done.
+    Submit { job_id: JobId, kind: JobKind },
+    /// Cancel a queued or running job. Cancelling an unknown or finished job does nothing.
+    Cancel(JobId),
+    /// Free the loaded models (they reload on the next job).
+    Unload,
+    /// Cancel everything and end the engine thread.
+    Shutdown,
+}
+
+/// Sent by the engine thread to its caller.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// The job is in the queue at this position (0 = next).
+    Queued {
+        job_id: JobId,
+        position: usize,
+    },
+    Started {
+        job_id: JobId,
+    },
+    /// Progress within the job's current stage, with timing derived from it.
+    Progress {
+        job_id: JobId,
+        progress: Progress,
+        /// Seconds per unit of the current stage (e.g. per denoising step), once measurable.
+        secs_per_unit: Option<f64>,
+        /// Estimated seconds left in the current stage.
+        eta_secs: Option<f64>,
+    },
+    /// Something the user should know that does not stop the job (e.g. a prompt was truncated).
+    Warning {
+        job_id: JobId,
+        message: String,
+    },
+    Finished {
+        job_id: JobId,
+        output: JobOutput,
+        elapsed_secs: f64,
+    },
+    /// The job was cancelled; nothing was written.
+    Cancelled {
+        job_id: JobId,
+    },
+    /// The job failed; `message` is the full error chain, for the user.
+    Failed {
+        job_id: JobId,
+        message: String,
+    },
+    /// Loaded models were freed.
+    Unloaded,
+}
