@@ -4,5 +4,6 @@
 //! `gui::StillmotionApp::logic` drains events and runs queued actions; `ui` only draws, and
 //! panels return [`gui::UiAction`] values instead of acting themselves (see `ARCHITECTURE.md`).
 
+pub mod cli;
 pub mod gui;
 pub mod ui;

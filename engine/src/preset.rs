@@ -136,6 +136,83 @@ impl Preset {
     }
 }
 
+/// The presets shipped in `presets/`, compiled into the binary so an installed app has them.
+/// (file stem, TOML text); a test checks this list matches the folder.
+const SHIPPED: &[(&str, &str)] = &[
+    (
+        "wan22-i2v-a14b-lightx2v-4step-480p-rife2",
+        include_str!("../../presets/wan22-i2v-a14b-lightx2v-4step-480p-rife2.toml"),
+    ),
+    (
+        "wan22-i2v-a14b-lightx2v-4step-480p",
+        include_str!("../../presets/wan22-i2v-a14b-lightx2v-4step-480p.toml"),
+    ),
+    (
+        "wan22-i2v-a14b-lightx2v-4step-720p-rife2",
+        include_str!("../../presets/wan22-i2v-a14b-lightx2v-4step-720p-rife2.toml"),
+    ),
+    (
+        "wan22-i2v-a14b-lightx2v-4step-720p",
+        include_str!("../../presets/wan22-i2v-a14b-lightx2v-4step-720p.toml"),
+    ),
+    (
+        "wan22-i2v-a14b-official-480p-rife2",
+        include_str!("../../presets/wan22-i2v-a14b-official-480p-rife2.toml"),
+    ),
+    (
+        "wan22-i2v-a14b-official-480p",
+        include_str!("../../presets/wan22-i2v-a14b-official-480p.toml"),
+    ),
+    (
+        "wan22-i2v-a14b-official-720p-rife2",
+        include_str!("../../presets/wan22-i2v-a14b-official-720p-rife2.toml"),
+    ),
+    (
+        "wan22-i2v-a14b-official-720p",
+        include_str!("../../presets/wan22-i2v-a14b-official-720p.toml"),
+    ),
+    (
+        "wan22-ti2v-5b-720p-rife2",
+        include_str!("../../presets/wan22-ti2v-5b-720p-rife2.toml"),
+    ),
+    (
+        "wan22-ti2v-5b-720p",
+        include_str!("../../presets/wan22-ti2v-5b-720p.toml"),
+    ),
+];
+
+/// The shipped presets, parsed. They are checked by tests, so a failure here is a build defect;
+/// it is still reported as an error rather than a panic.
+pub fn shipped() -> Result<Vec<(String, Preset)>, EngineError> {
+    SHIPPED
+        .iter()
+        .map(|(stem, text)| {
+            let path = Path::new("presets").join(format!("{stem}.toml"));
+            Preset::from_toml(text, &path).map(|preset| ((*stem).to_owned(), preset))
+        })
+        .collect()
+}
+
+/// Finds a preset by file stem or display name among the shipped ones, or loads it from a path.
+pub fn find(name_or_path: &str) -> Result<Preset, EngineError> {
+    let as_path = Path::new(name_or_path);
+    if as_path.extension().is_some_and(|ext| ext == "toml") && as_path.is_file() {
+        return Preset::load(as_path);
+    }
+    let shipped = shipped()?;
+    if let Some((_, preset)) = shipped
+        .iter()
+        .find(|(stem, preset)| stem == name_or_path || preset.name == name_or_path)
+    {
+        return Ok(preset.clone());
+    }
+    let known: Vec<&str> = shipped.iter().map(|(stem, _)| stem.as_str()).collect();
+    Err(EngineError::BadPreset {
+        problem: format!("no such preset; shipped presets are: {}", known.join(", ")),
+        path: as_path.to_owned(),
+    })
+}
+
 /// Loads every `*.toml` preset in `dir`, sorted by file name.
 pub fn load_presets_in(dir: &Path) -> Result<Vec<Preset>, EngineError> {
     let entries =
@@ -173,6 +250,21 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), presets.len(), "preset names must be unique");
+    }
+
+    #[test]
+    fn compiled_in_presets_match_the_folder() {
+        let on_disk = load_presets_in(&shipped_dir()).unwrap();
+        let compiled: Vec<Preset> = shipped().unwrap().into_iter().map(|(_, p)| p).collect();
+        assert_eq!(
+            compiled, on_disk,
+            "update SHIPPED in preset.rs when presets/ changes"
+        );
+        let by_stem = find("wan22-i2v-a14b-official-720p").unwrap();
+        assert_eq!((by_stem.width, by_stem.steps), (1280, 40));
+        assert_eq!(find("Wan2.2 14B · 4-step · 480p").unwrap().steps, 4);
+        let message = find("nope").unwrap_err().to_string();
+        assert!(message.contains("wan22-ti2v-5b-720p"), "{message}");
     }
 
     #[test]
