@@ -7,7 +7,8 @@ use anyhow::bail;
 /// What the build and tests need beyond Rust:
 /// - ffmpeg-next (libav bindings): clang and libclang for bindgen, pkg-config, libav*-dev;
 /// - the video tests: `ffmpeg`/`ffprobe` as an independent judge of our files;
-/// - the GUI smoke test: an X server (Xvfb) and a software Vulkan driver for wgpu.
+/// - the GUI smoke test: an X server (Xvfb), a software Vulkan driver for wgpu, and
+///   x11-utils/imagemagick to find the window and take its screenshot.
 pub const REQUIRED: &[&str] = &[
     "clang",
     "libclang-dev",
@@ -28,6 +29,8 @@ pub const REQUIRED: &[&str] = &[
     "libxcursor1",
     "libxrandr2",
     "libxi6",
+    "x11-utils",
+    "imagemagick",
 ];
 
 /// Installs the missing packages with apt-get when running as root; otherwise fails with the
