@@ -32,9 +32,11 @@ pub enum TimeEmbedding {
 }
 
 /// Hyper-parameters of a Wan2.x diffusion transformer. Field names are the official
-/// `config.json` keys; diffusers' names are accepted as aliases (see [`Config::from_json`]).
+/// `config.json` keys; deserializing also accepts diffusers' keys (`in_channels`,
+/// `num_attention_heads` + `attention_head_dim`, `qk_norm = "rms_norm_across_heads"`, …),
+/// and absent keys keep the T2V-A14B values.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(default)]
+#[serde(try_from = "RawConfig")]
 pub struct Config {
     pub model_type: ModelType,
     /// (frames, height, width) of one patch.
@@ -117,11 +119,9 @@ impl Config {
     /// Parses a checkpoint's `config.json`: the official `WanModel` keys or diffusers'
     /// `WanTransformer3DModel` keys. Keys absent from the file keep the T2V-A14B values.
     pub fn from_json(text: &str) -> Result<Self, EngineError> {
-        let raw: RawConfig =
-            serde_json::from_str(text).map_err(|e| EngineError::BadCheckpoint {
-                problem: format!("config.json is not a Wan transformer config ({e})"),
-            })?;
-        raw.resolve()
+        serde_json::from_str(text).map_err(|e| EngineError::BadCheckpoint {
+            problem: format!("config.json is not a usable Wan transformer config ({e})"),
+        })
     }
 
     /// Derives the config from tensor shapes in the original key layout (see
@@ -215,6 +215,14 @@ struct RawConfig {
     eps: Option<f64>,
     image_dim: Option<usize>,
     time_embedding: Option<TimeEmbedding>,
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = EngineError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, EngineError> {
+        raw.resolve()
+    }
 }
 
 impl RawConfig {

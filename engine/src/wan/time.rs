@@ -6,6 +6,8 @@
 //! all equal (T2V, I2V), a small table plus a per-token index for TI2V (timestep 0 on latent
 //! frame 0). The tests prove the gathered result equals the per-token one.
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Device, Tensor};
 
 use super::config::TimeEmbedding;
@@ -86,17 +88,16 @@ impl Timesteps {
             });
         }
         let mut distinct: Vec<f64> = Vec::new();
-        let mut index = Vec::with_capacity(values.len());
-        for v in &values {
-            let i = distinct
-                .iter()
-                .position(|d| d.to_bits() == v.to_bits())
-                .unwrap_or_else(|| {
+        let mut seen: HashMap<u64, u32> = HashMap::new();
+        let index = values
+            .iter()
+            .map(|v| {
+                *seen.entry(v.to_bits()).or_insert_with(|| {
                     distinct.push(*v);
-                    distinct.len() - 1
-                });
-            index.push(i as u32);
-        }
+                    (distinct.len() - 1) as u32
+                })
+            })
+            .collect();
         Ok(Self {
             values: distinct,
             token_index: Some(index),
