@@ -45,12 +45,12 @@ def _randomize(model: torch.nn.Module, gen: torch.Generator) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
 
 
-def _official(model_type: str, in_dim: int, out_dim: int, seed: int):
+def _official(model_type: str, in_dim: int, out_dim: int, seed: int, norms: bool = True):
     wan = load_wan()
     gen = common.seed_everything(seed)
     model = wan.modules.model.WanModel(
         model_type=model_type, patch_size=(1, 2, 2), in_dim=in_dim, out_dim=out_dim,
-        window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, **TINY).eval()
+        window_size=(-1, -1), qk_norm=norms, cross_attn_norm=norms, **TINY).eval()
     _randomize(model, gen)
     return model, gen
 
@@ -104,6 +104,24 @@ def _case_t2v_comfy(seed: int) -> None:
         config=_config("t2v", 16, 16), seed=seed)
 
 
+def _case_t2v_no_norms(seed: int) -> None:
+    """qk_norm and cross_attn_norm off (both are config switches of WanModel)."""
+    model, gen = _official("t2v", 16, 16, seed, norms=False)
+    lat = (16, 1, 4, 2)
+    x = torch.randn((1, *lat), generator=gen)
+    context = torch.randn((1, TINY["text_len"], TINY["text_dim"]), generator=gen)
+    t = torch.tensor([1], dtype=torch.int64)
+    with torch.no_grad():
+        out = model(list(x), t=t, context=list(context), seq_len=_tokens(lat))
+    common.write_case(
+        "wan_dit_t2v_no_qk_or_cross_norm", component="wan_dit",
+        description="official WanModel t2v with qk_norm=False, cross_attn_norm=False, one latent frame 1x4x2, t=1, full-length context",
+        weights={"model.safetensors": model.state_dict()},
+        inputs={"x": x, "t": t, "context": context},
+        expected={"out": torch.stack(out)},
+        config=_config("t2v", 16, 16, qk_norm=False, cross_attn_norm=False), seed=seed)
+
+
 def _case_ti2v(seed: int) -> None:
     """Per-token timesteps exactly as wan/textimage2video.py builds them (0 on latent frame 0)."""
     model, gen = _official("ti2v", 48, 48, seed)
@@ -128,17 +146,45 @@ def _case_ti2v(seed: int) -> None:
         config=_config("ti2v", 48, 48), seed=seed)
 
 
-def _case_diffusers(seed: int) -> None:
+def _diffusers_model(in_channels: int, out_channels: int, gen: torch.Generator):
     from diffusers import WanTransformer3DModel
 
-    gen = common.seed_everything(seed)
     heads = TINY["num_heads"]
     model = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=TINY["dim"] // heads,
-        in_channels=36, out_channels=16, text_dim=TINY["text_dim"], freq_dim=TINY["freq_dim"],
-        ffn_dim=TINY["ffn_dim"], num_layers=TINY["num_layers"], cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", eps=TINY["eps"]).eval()
+        in_channels=in_channels, out_channels=out_channels, text_dim=TINY["text_dim"],
+        freq_dim=TINY["freq_dim"], ffn_dim=TINY["ffn_dim"], num_layers=TINY["num_layers"],
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=TINY["eps"]).eval()
     _randomize(model, gen)
+    return model
+
+
+def _case_diffusers_ti2v(seed: int) -> None:
+    """diffusers' expand_timesteps path (WanPipeline for TI2V-5B): t per token, batch 2."""
+    gen = common.seed_everything(seed)
+    model = _diffusers_model(48, 48, gen)
+    lat = (3, 2, 4)
+    x = torch.randn((2, 48, *lat), generator=gen)
+    context = torch.zeros((2, TINY["text_len"], TINY["text_dim"]))
+    context[:, :5] = torch.randn((2, 5, TINY["text_dim"]), generator=gen)
+    mask = torch.ones((1, 1, *lat))
+    mask[:, :, 0] = 0.0
+    t = torch.tensor(624.0)
+    timestep = (mask[0][0][:, ::2, ::2] * t).flatten().unsqueeze(0).expand(2, -1).contiguous()
+    with torch.no_grad():
+        out = model(hidden_states=x, timestep=timestep, encoder_hidden_states=context, return_dict=False)[0]
+    common.write_case(
+        "wan_dit_diffusers_ti2v_per_token_t", component="wan_dit",
+        description="diffusers WanTransformer3DModel (48 ch), batch 2, latent 3x2x4, per-token t [2, 6] (0 on frame 0, 624 elsewhere)",
+        weights={"diffusion_pytorch_model.safetensors": model.state_dict()},
+        inputs={"x": x, "t": timestep, "context": context},
+        expected={"out": out},
+        config=_config("ti2v", 48, 48, time_embedding="float32"), seed=seed)
+
+
+def _case_diffusers(seed: int) -> None:
+    gen = common.seed_everything(seed)
+    model = _diffusers_model(36, 16, gen)
     lat = (3, 6, 4)
     x = torch.randn((1, 36, *lat), generator=gen)
     # diffusers' pipeline pads the prompt embeddings to max_sequence_length with zeros itself.
@@ -165,3 +211,5 @@ def generate() -> None:
     _case_t2v_comfy(1003)
     _case_ti2v(1004)
     _case_diffusers(1005)
+    _case_t2v_no_norms(1006)
+    _case_diffusers_ti2v(1007)
