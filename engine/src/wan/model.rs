@@ -404,3 +404,148 @@ impl WanModel {
         self.text_embedding2.forward(&h)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::IndexOp;
+
+    fn tiny() -> Config {
+        Config {
+            model_type: super::super::ModelType::I2v,
+            in_dim: 6,
+            out_dim: 4,
+            dim: 16,
+            ffn_dim: 24,
+            freq_dim: 8,
+            text_dim: 12,
+            text_len: 5,
+            num_heads: 2,
+            num_layers: 2,
+            ..Config::t2v_a14b()
+        }
+    }
+
+    /// A tiny model with deterministic, non-trivial weights: names and shapes come from the
+    /// model itself (through a `VarMap`), values from a fixed sequence.
+    fn tiny_model(cfg: &Config) -> WanModel {
+        let dev = Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        WanModel::new(cfg, &VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+        let vars = varmap.data().lock().unwrap();
+        let mut names: Vec<&String> = vars.keys().collect();
+        names.sort();
+        let tensors: HashMap<String, Tensor> = names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let shape = vars[name].as_tensor().shape().clone();
+                let n = shape.elem_count();
+                let values: Vec<f32> = (0..n)
+                    .map(|j| (((j * 37 + i * 101) % 97) as f32 / 97.0 - 0.5) * 0.8)
+                    .collect();
+                (name.clone(), Tensor::from_vec(values, shape, &dev).unwrap())
+            })
+            .collect();
+        WanModel::from_state_dict(cfg, tensors, DType::F32, &dev).unwrap()
+    }
+
+    fn ramp(shape: &[usize], phase: f32) -> Tensor {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37 + phase).sin()).collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn per_token_timesteps_equal_per_sample_ones_and_batches_are_independent() {
+        let cfg = tiny();
+        let model = tiny_model(&cfg);
+        let (x, y) = (ramp(&[2, 4, 3, 2, 4], 0.0), ramp(&[2, 2, 3, 2, 4], 1.0));
+        let context = ramp(&[2, 3, 12], 2.0);
+        let tokens = 6; // 3 frames × 1 row × 2 columns of patches
+        let t = Tensor::new(&[700_i64, 20], &Device::Cpu).unwrap();
+        let out = model.forward(&x, Some(&y), &t, &context).unwrap();
+        assert_eq!(out.dims(), [2, 4, 3, 2, 4]);
+        let per_token = t
+            .unsqueeze(1)
+            .unwrap()
+            .broadcast_as((2, tokens))
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let out_tokens = model.forward(&x, Some(&y), &per_token, &context).unwrap();
+        assert_eq!(max_diff(&out, &out_tokens), 0.0);
+        // One differing token sends the whole batch through the gather path: sample 0 (all
+        // 700) must still equal the per-sample result, sample 1 (one token at 700) must not.
+        let mixed = Tensor::new(
+            &[
+                [700.0_f32, 700.0, 700.0, 700.0, 700.0, 700.0],
+                [20.0, 20.0, 20.0, 20.0, 20.0, 700.0],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let out_mixed = model.forward(&x, Some(&y), &mixed, &context).unwrap();
+        assert_eq!(max_diff(&out_mixed.i(0).unwrap(), &out.i(0).unwrap()), 0.0);
+        assert!(max_diff(&out_mixed.i(1).unwrap(), &out.i(1).unwrap()) > 0.0);
+        for b in 0..2 {
+            let one = model
+                .forward(
+                    &x.narrow(0, b, 1).unwrap(),
+                    Some(&y.narrow(0, b, 1).unwrap()),
+                    &t.narrow(0, b, 1).unwrap(),
+                    &context.narrow(0, b, 1).unwrap(),
+                )
+                .unwrap();
+            assert!(max_diff(&one, &out.narrow(0, b, 1).unwrap()) < 1e-6);
+        }
+    }
+
+    #[test]
+    fn context_padding_to_text_len_is_part_of_the_model() {
+        let cfg = tiny();
+        let model = tiny_model(&cfg);
+        let (x, y) = (ramp(&[1, 4, 1, 2, 2], 0.0), ramp(&[1, 2, 1, 2, 2], 1.0));
+        let t = Tensor::new(&[500_i64], &Device::Cpu).unwrap();
+        let short = ramp(&[1, 3, 12], 2.0);
+        let padded = Tensor::cat(
+            &[
+                &short,
+                &Tensor::zeros((1, 2, 12), DType::F32, &Device::Cpu).unwrap(),
+            ],
+            1,
+        )
+        .unwrap();
+        let a = model.forward(&x, Some(&y), &t, &short).unwrap();
+        let b = model.forward(&x, Some(&y), &t, &padded).unwrap();
+        assert_eq!(max_diff(&a, &b), 0.0);
+    }
+
+    #[test]
+    fn inputs_that_do_not_fit_are_rejected_with_a_reason() {
+        let model = tiny_model(&tiny());
+        let t = Tensor::new(&[500_i64], &Device::Cpu).unwrap();
+        let context = ramp(&[1, 3, 12], 2.0);
+        let message = |r: Result<Tensor, EngineError>| r.unwrap_err().to_string();
+        let no_y = ramp(&[1, 4, 1, 2, 2], 0.0);
+        assert!(message(model.forward(&no_y, None, &t, &context)).contains("6 channels"));
+        let odd = ramp(&[1, 6, 1, 3, 2], 0.0);
+        assert!(message(model.forward(&odd, None, &t, &context)).contains("divisible"));
+        let good = ramp(&[1, 6, 1, 2, 2], 0.0);
+        let long = ramp(&[1, 6, 12], 2.0);
+        assert!(message(model.forward(&good, None, &t, &long)).contains("at most 5 rows"));
+        let bad_t = Tensor::new(&[1_i64, 2, 3], &Device::Cpu).unwrap();
+        assert!(message(model.forward(&good, None, &bad_t, &context)).contains("timesteps"));
+    }
+}
