@@ -56,6 +56,10 @@ pub struct Config {
     pub cross_attn_norm: bool,
     pub eps: f64,
     pub time_embedding: TimeEmbedding,
+    /// Zero-pad the context to `text_len` rows inside the forward (official). diffusers'
+    /// transformer uses the context as given (its pipeline pads before); pipelines that pass
+    /// `text_len` rows get the same result either way.
+    pub pad_context: bool,
 }
 
 impl Default for Config {
@@ -95,6 +99,7 @@ impl Config {
             cross_attn_norm: true,
             eps: 1e-6,
             time_embedding: TimeEmbedding::Float64,
+            pad_context: true,
         }
     }
 
@@ -198,23 +203,26 @@ struct RawConfig {
     model_type: Option<ModelType>,
     patch_size: Option<[usize; 3]>,
     text_len: Option<usize>,
-    #[serde(alias = "in_channels")]
     in_dim: Option<usize>,
+    in_channels: Option<usize>,
     dim: Option<usize>,
     attention_head_dim: Option<usize>,
     ffn_dim: Option<usize>,
     freq_dim: Option<usize>,
     text_dim: Option<usize>,
-    #[serde(alias = "out_channels")]
     out_dim: Option<usize>,
-    #[serde(alias = "num_attention_heads")]
+    out_channels: Option<usize>,
     num_heads: Option<usize>,
+    num_attention_heads: Option<usize>,
     num_layers: Option<usize>,
     qk_norm: Option<serde_json::Value>,
     cross_attn_norm: Option<bool>,
     eps: Option<f64>,
     image_dim: Option<usize>,
     time_embedding: Option<TimeEmbedding>,
+    pad_context: Option<bool>,
+    #[serde(rename = "_class_name")]
+    class_name: Option<String>,
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -232,8 +240,18 @@ impl RawConfig {
                 problem: "this transformer has a CLIP image branch (Wan2.1 I2V); Stillmotion runs Wan2.2 models".to_owned(),
             });
         }
+        // A config written with diffusers' key names describes diffusers' model, whose
+        // numerics differ in two places (see `TimeEmbedding` and `Config::pad_context`).
+        let diffusers = self.class_name.as_deref() == Some("WanTransformer3DModel")
+            || self.attention_head_dim.is_some()
+            || self.num_attention_heads.is_some()
+            || self.in_channels.is_some()
+            || self.out_channels.is_some();
         let base = Config::t2v_a14b();
-        let num_heads = self.num_heads.unwrap_or(base.num_heads);
+        let num_heads = self
+            .num_heads
+            .or(self.num_attention_heads)
+            .unwrap_or(base.num_heads);
         let dim = match (self.dim, self.attention_head_dim) {
             (Some(dim), _) => dim,
             (None, Some(head_dim)) => head_dim * num_heads,
@@ -252,8 +270,8 @@ impl RawConfig {
                 });
             }
         };
-        let in_dim = self.in_dim.unwrap_or(base.in_dim);
-        let out_dim = self.out_dim.unwrap_or(base.out_dim);
+        let in_dim = self.in_dim.or(self.in_channels).unwrap_or(base.in_dim);
+        let out_dim = self.out_dim.or(self.out_channels).unwrap_or(base.out_dim);
         let model_type = self.model_type.unwrap_or(match (in_dim, out_dim) {
             (48, 48) => ModelType::Ti2v,
             (i, o) if i > o => ModelType::I2v,
@@ -274,7 +292,12 @@ impl RawConfig {
             qk_norm,
             cross_attn_norm: self.cross_attn_norm.unwrap_or(base.cross_attn_norm),
             eps: self.eps.unwrap_or(base.eps),
-            time_embedding: self.time_embedding.unwrap_or_default(),
+            time_embedding: self.time_embedding.unwrap_or(if diffusers {
+                TimeEmbedding::Float32
+            } else {
+                TimeEmbedding::Float64
+            }),
+            pad_context: self.pad_context.unwrap_or(!diffusers),
         };
         config.validate()?;
         Ok(config)
@@ -345,7 +368,12 @@ mod tests {
             "num_layers": 40, "out_channels": 16, "patch_size": [1, 2, 2],
             "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 1024, "text_dim": 4096}"#;
         assert_eq!(Config::from_json(official).unwrap(), Config::i2v_a14b());
-        assert_eq!(Config::from_json(diffusers).unwrap(), Config::i2v_a14b());
+        let diffusers_numerics = Config {
+            time_embedding: TimeEmbedding::Float32,
+            pad_context: false,
+            ..Config::i2v_a14b()
+        };
+        assert_eq!(Config::from_json(diffusers).unwrap(), diffusers_numerics);
         let ti2v = r#"{"dim": 3072, "ffn_dim": 14336, "in_dim": 48, "out_dim": 48,
             "num_heads": 24, "num_layers": 30}"#;
         assert_eq!(Config::from_json(ti2v).unwrap(), Config::ti2v_5b());

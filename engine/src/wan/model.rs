@@ -381,6 +381,10 @@ impl WanModel {
     fn embed_text(&self, context: &Tensor) -> Result<Tensor, EngineError> {
         let (b, len, width) = context.dims3()?;
         let text_len = self.cfg.text_len;
+        if !self.cfg.pad_context && width == self.cfg.text_dim {
+            let h = self.text_embedding0.forward(context)?.gelu()?;
+            return self.text_embedding2.forward(&h);
+        }
         if width != self.cfg.text_dim || len > text_len {
             return Err(EngineError::BadModelInput {
                 problem: format!(

@@ -12,7 +12,7 @@ the diffusers case.
 Runner config keys (see tests/golden/README.md, section "wan_dit"): the model's own
 `config.json` keys (`model_type`, `in_dim`, `out_dim`, `dim`, `ffn_dim`, `freq_dim`,
 `text_dim`, `text_len`, `num_heads`, `num_layers`, `eps`, `cross_attn_norm`, `patch_size`),
-plus `time_embedding` ("float64" official, "float32" diffusers).
+plus `time_embedding` ("float64" official, "float32" diffusers) and `pad_context`.
 """
 
 from __future__ import annotations
@@ -165,8 +165,8 @@ def _case_diffusers_ti2v(seed: int) -> None:
     model = _diffusers_model(48, 48, gen)
     lat = (3, 2, 4)
     x = torch.randn((2, 48, *lat), generator=gen)
-    context = torch.zeros((2, TINY["text_len"], TINY["text_dim"]))
-    context[:, :5] = torch.randn((2, 5, TINY["text_dim"]), generator=gen)
+    # Unpadded: diffusers' transformer uses the context as given (pad_context = false).
+    context = torch.randn((2, 5, TINY["text_dim"]), generator=gen)
     mask = torch.ones((1, 1, *lat))
     mask[:, :, 0] = 0.0
     t = torch.tensor(624.0)
@@ -175,11 +175,11 @@ def _case_diffusers_ti2v(seed: int) -> None:
         out = model(hidden_states=x, timestep=timestep, encoder_hidden_states=context, return_dict=False)[0]
     common.write_case(
         "wan_dit_diffusers_ti2v_per_token_t", component="wan_dit",
-        description="diffusers WanTransformer3DModel (48 ch), batch 2, latent 3x2x4, per-token t [2, 6] (0 on frame 0, 624 elsewhere)",
+        description="diffusers WanTransformer3DModel (48 ch), batch 2, latent 3x2x4, per-token t [2, 6] (0 on frame 0, 624 elsewhere), unpadded context of 5",
         weights={"diffusion_pytorch_model.safetensors": model.state_dict()},
         inputs={"x": x, "t": timestep, "context": context},
         expected={"out": out},
-        config=_config("ti2v", 48, 48, time_embedding="float32"), seed=seed)
+        config=_config("ti2v", 48, 48, time_embedding="float32", pad_context=False), seed=seed)
 
 
 def _case_diffusers(seed: int) -> None:
@@ -199,7 +199,8 @@ def _case_diffusers(seed: int) -> None:
         weights={"diffusion_pytorch_model.safetensors": model.state_dict()},
         inputs={"x": x, "t": t, "context": context},
         expected={"out": out},
-        config=_config("i2v", 36, 16, time_embedding="float32"), seed=seed)
+        # No time_embedding / pad_context keys: the runner takes diffusers' numerics from the layout.
+        config=_config("i2v", 36, 16), seed=seed)
 
 
 def generate() -> None:
