@@ -124,6 +124,16 @@ pub fn detect_layout<'a>(keys: impl IntoIterator<Item = &'a str>) -> Layout {
 pub fn to_original_layout<S: BuildHasher>(
     tensors: HashMap<String, Tensor, S>,
 ) -> Result<HashMap<String, Tensor>, EngineError> {
+    if let Some(key) = tensors
+        .keys()
+        .find(|k| k.contains("img_emb.") || k.contains("k_img.") || k.contains("add_k_proj."))
+    {
+        return Err(EngineError::BadCheckpoint {
+            problem: format!(
+                "tensor {key} belongs to a CLIP image branch (Wan2.1 I2V); Stillmotion runs Wan2.2 models, which have none"
+            ),
+        });
+    }
     let layout = detect_layout(tensors.keys().map(|k| strip_prefix(k)));
     let mut out = HashMap::with_capacity(tensors.len());
     for (key, tensor) in tensors {
@@ -226,6 +236,19 @@ mod tests {
             ),
             ("head.head.weight".to_owned(), t),
         ]);
-        assert!(to_original_layout(map).is_err());
+        assert!(
+            to_original_layout(map)
+                .unwrap_err()
+                .to_string()
+                .contains("two tensors")
+        );
+        let t = Tensor::zeros(1, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        let wan21 = HashMap::from([("blocks.0.cross_attn.k_img.weight".to_owned(), t)]);
+        assert!(
+            to_original_layout(wan21)
+                .unwrap_err()
+                .to_string()
+                .contains("Wan2.1")
+        );
     }
 }
