@@ -30,7 +30,8 @@ impl Lin {
     }
 }
 
-/// LayerNorm over the last dim in float32; `affine` holds (weight, bias) when the layer has them.
+/// LayerNorm over the last dim in float32 (the reference casts to float32 first); layers
+/// without parameters use weight 1 and bias 0.
 #[derive(Clone, Debug)]
 struct LayerNorm {
     weight: Tensor,
