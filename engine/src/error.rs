@@ -48,6 +48,14 @@ pub enum EngineError {
     /// A tensor operation failed (shape mismatch, device error).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// A model checkpoint or its config is not one we can run; `problem` says why.
+    #[error("unusable model checkpoint: {problem}")]
+    BadCheckpoint { problem: String },
+
+    /// Tensors given to a model do not fit it (shape, channels, lengths); `problem` says how.
+    #[error("model input does not fit: {problem}")]
+    BadModelInput { problem: String },
 }
 
 impl EngineError {

@@ -1,0 +1,556 @@
+//! The network: patch embedding, time and text embeddings, transformer blocks, head.
+//! Layer names mirror the original checkpoint keys.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use super::attention::attention;
+use super::config::Config;
+use super::rope::Rope;
+use super::time::{PerToken, Timesteps};
+use super::weights::to_original_layout;
+use crate::EngineError;
+
+/// A linear layer that accepts any input dtype (the residual stream is float32 while weights
+/// may be half precision, as under the official autocast).
+#[derive(Clone, Debug)]
+struct Lin(Linear);
+
+impl Lin {
+    fn new(in_dim: usize, out_dim: usize, vb: &VarBuilder<'_>) -> Result<Self, EngineError> {
+        Ok(Self(candle_nn::linear(in_dim, out_dim, vb.clone())?))
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        let x = x.to_dtype(self.0.weight().dtype())?;
+        Ok(self.0.forward(&x)?)
+    }
+}
+
+/// LayerNorm over the last dim in float32 (the reference casts to float32 first); layers
+/// without parameters use weight 1 and bias 0.
+#[derive(Clone, Debug)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    fn plain(dim: usize, eps: f64, device: &Device) -> Result<Self, EngineError> {
+        Ok(Self {
+            weight: Tensor::ones(dim, DType::F32, device)?,
+            bias: Tensor::zeros(dim, DType::F32, device)?,
+            eps: eps as f32,
+        })
+    }
+
+    fn affine(dim: usize, eps: f64, vb: &VarBuilder<'_>) -> Result<Self, EngineError> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?.to_dtype(DType::F32)?,
+            bias: vb.get(dim, "bias")?.to_dtype(DType::F32)?,
+            eps: eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        Ok(candle_nn::ops::layer_norm(
+            &x,
+            &self.weight,
+            &self.bias,
+            self.eps,
+        )?)
+    }
+}
+
+/// RMSNorm across all heads (the q/k norm), computed in float32.
+#[derive(Clone, Debug)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn new(dim: usize, eps: f64, vb: &VarBuilder<'_>) -> Result<Self, EngineError> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?.to_dtype(DType::F32)?,
+            eps: eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        Ok(candle_nn::ops::rms_norm(&x, &self.weight, self.eps)?)
+    }
+}
+
+/// Self- or cross-attention with q/k RMSNorm (`self_attn`, `cross_attn`).
+#[derive(Clone, Debug)]
+struct Attention {
+    q: Lin,
+    k: Lin,
+    v: Lin,
+    o: Lin,
+    norm_q: Option<RmsNorm>,
+    norm_k: Option<RmsNorm>,
+    num_heads: usize,
+}
+
+impl Attention {
+    fn new(cfg: &Config, vb: &VarBuilder<'_>) -> Result<Self, EngineError> {
+        let dim = cfg.dim;
+        let norm = |name: &str| -> Result<Option<RmsNorm>, EngineError> {
+            if cfg.qk_norm {
+                Ok(Some(RmsNorm::new(dim, cfg.eps, &vb.pp(name))?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Self {
+            q: Lin::new(dim, dim, &vb.pp("q"))?,
+            k: Lin::new(dim, dim, &vb.pp("k"))?,
+            v: Lin::new(dim, dim, &vb.pp("v"))?,
+            o: Lin::new(dim, dim, &vb.pp("o"))?,
+            norm_q: norm("norm_q")?,
+            norm_k: norm("norm_k")?,
+            num_heads: cfg.num_heads,
+        })
+    }
+
+    fn heads(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        let (b, s, c) = x.dims3()?;
+        Ok(x.reshape((b, s, self.num_heads, c / self.num_heads))?)
+    }
+
+    /// `x` `[B, L, C]` attends to `source` (`x` itself for self-attention); `rope` rotates q
+    /// and k (self-attention only).
+    fn forward(
+        &self,
+        x: &Tensor,
+        source: &Tensor,
+        rope: Option<&Rope>,
+    ) -> Result<Tensor, EngineError> {
+        let (b, l, c) = x.dims3()?;
+        let normed = |norm: &Option<RmsNorm>, t: Tensor| match norm {
+            Some(n) => n.forward(&t),
+            None => Ok(t),
+        };
+        let q = self.heads(&normed(&self.norm_q, self.q.forward(x)?)?)?;
+        let k = self.heads(&normed(&self.norm_k, self.k.forward(source)?)?)?;
+        let v = self.heads(&self.v.forward(source)?)?;
+        let (q, k) = match rope {
+            Some(rope) => (rope.apply(&q)?, rope.apply(&k)?),
+            None => (q, k),
+        };
+        let out = attention(&q, &k, &v)?.reshape((b, l, c))?;
+        self.o.forward(&out)
+    }
+}
+
+/// One transformer block (`blocks.N`).
+#[derive(Clone, Debug)]
+struct Block {
+    norm1: LayerNorm,
+    self_attn: Attention,
+    norm3: Option<LayerNorm>,
+    cross_attn: Attention,
+    norm2: LayerNorm,
+    ffn0: Lin,
+    ffn2: Lin,
+    /// `[1, 6, dim]`: shift, scale, gate (self-attention), shift, scale, gate (FFN).
+    modulation: Tensor,
+}
+
+impl Block {
+    fn new(cfg: &Config, vb: &VarBuilder<'_>) -> Result<Self, EngineError> {
+        let dev = vb.device();
+        Ok(Self {
+            norm1: LayerNorm::plain(cfg.dim, cfg.eps, dev)?,
+            self_attn: Attention::new(cfg, &vb.pp("self_attn"))?,
+            norm3: if cfg.cross_attn_norm {
+                Some(LayerNorm::affine(cfg.dim, cfg.eps, &vb.pp("norm3"))?)
+            } else {
+                None
+            },
+            cross_attn: Attention::new(cfg, &vb.pp("cross_attn"))?,
+            norm2: LayerNorm::plain(cfg.dim, cfg.eps, dev)?,
+            ffn0: Lin::new(cfg.dim, cfg.ffn_dim, &vb.pp("ffn.0"))?,
+            ffn2: Lin::new(cfg.ffn_dim, cfg.dim, &vb.pp("ffn.2"))?,
+            modulation: vb
+                .get((1, 6, cfg.dim), "modulation")?
+                .to_dtype(DType::F32)?,
+        })
+    }
+
+    /// `x` `[B, L, C]` float32, `e0` the time projection rows `[rows, 6, C]`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        e0: &PerToken,
+        rope: &Rope,
+        context: &Tensor,
+    ) -> Result<Tensor, EngineError> {
+        let e = e0.map(|t| t.broadcast_add(&self.modulation))?;
+        let modulate = |h: Tensor, shift: usize| -> Result<Tensor, EngineError> {
+            let scale = (e.part(shift + 1)? + 1.0)?;
+            Ok(h.broadcast_mul(&scale)?.broadcast_add(&e.part(shift)?)?)
+        };
+        let h = modulate(self.norm1.forward(x)?, 0)?;
+        let y = self
+            .self_attn
+            .forward(&h, &h, Some(rope))?
+            .to_dtype(DType::F32)?;
+        let x = (x + y.broadcast_mul(&e.part(2)?)?)?;
+
+        let h = match &self.norm3 {
+            Some(norm) => norm.forward(&x)?,
+            None => x.clone(),
+        };
+        let y = self
+            .cross_attn
+            .forward(&h, context, None)?
+            .to_dtype(DType::F32)?;
+        let x = (x + y)?;
+
+        let h = modulate(self.norm2.forward(&x)?, 3)?;
+        let y = self
+            .ffn2
+            .forward(&self.ffn0.forward(&h)?.gelu()?)?
+            .to_dtype(DType::F32)?;
+        Ok((x + y.broadcast_mul(&e.part(5)?)?)?)
+    }
+}
+
+/// The Wan2.x diffusion transformer.
+#[derive(Clone, Debug)]
+pub struct WanModel {
+    cfg: Config,
+    patch_embedding: Lin,
+    text_embedding0: Lin,
+    text_embedding2: Lin,
+    time_embedding0: Lin,
+    time_embedding2: Lin,
+    time_projection: Lin,
+    blocks: Vec<Block>,
+    head_norm: LayerNorm,
+    head: Lin,
+    /// `[1, 2, dim]`: shift, scale of the output norm.
+    head_modulation: Tensor,
+}
+
+impl WanModel {
+    /// Builds the model from weights in the original key layout (see
+    /// [`super::weights::to_original_layout`]).
+    pub fn new(cfg: &Config, vb: &VarBuilder<'_>) -> Result<Self, EngineError> {
+        cfg.validate()?;
+        let [pt, ph, pw] = cfg.patch_size;
+        let patch_in = cfg.in_dim * pt * ph * pw;
+        // The Conv3d with kernel = stride = patch is a matmul over flattened patches.
+        let pe = vb.pp("patch_embedding");
+        let weight = pe
+            .get((cfg.dim, cfg.in_dim, pt, ph, pw), "weight")?
+            .reshape((cfg.dim, patch_in))?;
+        let bias = pe.get(cfg.dim, "bias")?;
+        let blocks = (0..cfg.num_layers)
+            .map(|i| Block::new(cfg, &vb.pp("blocks").pp(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let out_width = cfg.out_dim * pt * ph * pw;
+        Ok(Self {
+            cfg: cfg.clone(),
+            patch_embedding: Lin(Linear::new(weight, Some(bias))),
+            text_embedding0: Lin::new(cfg.text_dim, cfg.dim, &vb.pp("text_embedding.0"))?,
+            text_embedding2: Lin::new(cfg.dim, cfg.dim, &vb.pp("text_embedding.2"))?,
+            time_embedding0: Lin::new(cfg.freq_dim, cfg.dim, &vb.pp("time_embedding.0"))?,
+            time_embedding2: Lin::new(cfg.dim, cfg.dim, &vb.pp("time_embedding.2"))?,
+            time_projection: Lin::new(cfg.dim, 6 * cfg.dim, &vb.pp("time_projection.1"))?,
+            blocks,
+            head_norm: LayerNorm::plain(cfg.dim, cfg.eps, vb.device())?,
+            head: Lin::new(cfg.dim, out_width, &vb.pp("head.head"))?,
+            head_modulation: vb
+                .get((1, 2, cfg.dim), "head.modulation")?
+                .to_dtype(DType::F32)?,
+        })
+    }
+
+    /// Builds the model from a loaded state dict in any supported key layout (original,
+    /// ComfyUI-prefixed or diffusers), with weights in `dtype`.
+    pub fn from_state_dict<S: BuildHasher>(
+        cfg: &Config,
+        tensors: HashMap<String, Tensor, S>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, EngineError> {
+        let tensors = to_original_layout(tensors)?;
+        Self::new(cfg, &VarBuilder::from_tensors(tensors, dtype, device))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Predicts the flow for latents `x` `[B, C, F, H, W]`.
+    ///
+    /// - `y`: conditioning concatenated to `x` along channels (I2V: mask 4 + image latent 16).
+    /// - `t`: timesteps, `[B]`, or `[B, tokens]` per token (TI2V), any numeric dtype.
+    /// - `context`: text embeddings `[B, L, text_dim]`, zero-padded here to `text_len` as the
+    ///   official forward does.
+    ///
+    /// Returns `[B, out_dim, F, H, W]` float32.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        y: Option<&Tensor>,
+        t: &Tensor,
+        context: &Tensor,
+    ) -> Result<Tensor, EngineError> {
+        let cfg = &self.cfg;
+        let x = match y {
+            Some(y) => Tensor::cat(&[x, y], 1)?,
+            None => x.clone(),
+        };
+        let (b, c, f, h, w) = x.dims5()?;
+        let [pt, ph, pw] = cfg.patch_size;
+        if c != cfg.in_dim || f % pt != 0 || h % ph != 0 || w % pw != 0 {
+            return Err(EngineError::BadModelInput {
+                problem: format!(
+                    "latents of shape {:?} do not fit the model: it takes {} channels (x and y together) and frames, height, width divisible by {:?}",
+                    x.dims(),
+                    cfg.in_dim,
+                    cfg.patch_size
+                ),
+            });
+        }
+        let grid = [f / pt, h / ph, w / pw];
+        let tokens = grid.iter().product::<usize>();
+
+        // Patch embedding: [B, C, F, H, W] -> [B, tokens, C·pt·ph·pw] in (c, pt, ph, pw) order.
+        let patches = x
+            .reshape(vec![b, c, grid[0], pt, grid[1], ph, grid[2], pw])?
+            .permute(vec![0, 2, 4, 6, 1, 3, 5, 7])?
+            .reshape((b, tokens, c * pt * ph * pw))?;
+        let mut x = self
+            .patch_embedding
+            .forward(&patches)?
+            .to_dtype(DType::F32)?;
+
+        // Time embedding, once per distinct timestep.
+        let steps = Timesteps::from_tensor(t, b, tokens)?;
+        let sinusoid = steps.sinusoid(cfg.freq_dim, cfg.time_embedding, x.device())?;
+        let e = self
+            .time_embedding2
+            .forward(&self.time_embedding0.forward(&sinusoid)?.silu()?)?
+            .to_dtype(DType::F32)?;
+        let rows = steps.values.len();
+        let e0 = self
+            .time_projection
+            .forward(&e.silu()?)?
+            .to_dtype(DType::F32)?
+            .reshape((rows, 6, cfg.dim))?;
+        let e0 = PerToken::new(e0, &steps, b, tokens)?;
+
+        let context = self.embed_text(context)?;
+        let rope = Rope::new(grid, cfg.head_dim(), x.device())?;
+        for block in &self.blocks {
+            x = block.forward(&x, &e0, &rope, &context)?;
+        }
+
+        // Head: modulated norm and projection back to patches.
+        let e = PerToken::new(e.reshape((rows, 1, cfg.dim))?, &steps, b, tokens)?
+            .map(|e| e.broadcast_add(&self.head_modulation))?;
+        let scale = (e.part(1)? + 1.0)?;
+        let normed = self
+            .head_norm
+            .forward(&x)?
+            .broadcast_mul(&scale)?
+            .broadcast_add(&e.part(0)?)?;
+        let out = self.head.forward(&normed)?.to_dtype(DType::F32)?;
+
+        // Unpatchify: [B, tokens, pt·ph·pw·c] -> [B, c, F, H, W].
+        let co = cfg.out_dim;
+        Ok(out
+            .reshape(vec![b, grid[0], grid[1], grid[2], pt, ph, pw, co])?
+            .permute(vec![0, 7, 1, 4, 2, 5, 3, 6])?
+            .reshape((b, co, f, h, w))?)
+    }
+
+    /// Pads the context to `text_len` with zero rows (before the MLP, as the official code
+    /// does: the padded rows become real keys) and embeds it.
+    fn embed_text(&self, context: &Tensor) -> Result<Tensor, EngineError> {
+        let (b, len, width) = context.dims3()?;
+        let text_len = self.cfg.text_len;
+        if !self.cfg.pad_context && width == self.cfg.text_dim {
+            let h = self.text_embedding0.forward(context)?.gelu()?;
+            return self.text_embedding2.forward(&h);
+        }
+        if width != self.cfg.text_dim || len > text_len {
+            return Err(EngineError::BadModelInput {
+                problem: format!(
+                    "text context of shape {:?} does not fit: the model takes at most {text_len} rows of {}",
+                    context.dims(),
+                    self.cfg.text_dim
+                ),
+            });
+        }
+        let context = if len < text_len {
+            let pad = Tensor::zeros(
+                (b, text_len - len, width),
+                context.dtype(),
+                context.device(),
+            )?;
+            Tensor::cat(&[context, &pad], 1)?
+        } else {
+            context.clone()
+        };
+        let h = self.text_embedding0.forward(&context)?.gelu()?;
+        self.text_embedding2.forward(&h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::IndexOp;
+
+    fn tiny() -> Config {
+        Config {
+            model_type: super::super::ModelType::I2v,
+            in_dim: 6,
+            out_dim: 4,
+            dim: 16,
+            ffn_dim: 24,
+            freq_dim: 8,
+            text_dim: 12,
+            text_len: 5,
+            num_heads: 2,
+            num_layers: 2,
+            ..Config::t2v_a14b()
+        }
+    }
+
+    /// A tiny model with deterministic, non-trivial weights: names and shapes come from the
+    /// model itself (through a `VarMap`), values from a fixed sequence.
+    fn tiny_model(cfg: &Config) -> WanModel {
+        let dev = Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        WanModel::new(cfg, &VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+        let vars = varmap.data().lock().unwrap();
+        let mut names: Vec<&String> = vars.keys().collect();
+        names.sort();
+        let tensors: HashMap<String, Tensor> = names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let shape = vars[name].as_tensor().shape().clone();
+                let n = shape.elem_count();
+                let values: Vec<f32> = (0..n)
+                    .map(|j| (((j * 37 + i * 101) % 97) as f32 / 97.0 - 0.5) * 0.8)
+                    .collect();
+                (name.clone(), Tensor::from_vec(values, shape, &dev).unwrap())
+            })
+            .collect();
+        WanModel::from_state_dict(cfg, tensors, DType::F32, &dev).unwrap()
+    }
+
+    fn ramp(shape: &[usize], phase: f32) -> Tensor {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37 + phase).sin()).collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn per_token_timesteps_equal_per_sample_ones_and_batches_are_independent() {
+        let cfg = tiny();
+        let model = tiny_model(&cfg);
+        let (x, y) = (ramp(&[2, 4, 3, 2, 4], 0.0), ramp(&[2, 2, 3, 2, 4], 1.0));
+        let context = ramp(&[2, 3, 12], 2.0);
+        let tokens = 6; // 3 frames × 1 row × 2 columns of patches
+        let t = Tensor::new(&[700_i64, 20], &Device::Cpu).unwrap();
+        let out = model.forward(&x, Some(&y), &t, &context).unwrap();
+        assert_eq!(out.dims(), [2, 4, 3, 2, 4]);
+        let per_token = t
+            .unsqueeze(1)
+            .unwrap()
+            .broadcast_as((2, tokens))
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let out_tokens = model.forward(&x, Some(&y), &per_token, &context).unwrap();
+        assert_eq!(max_diff(&out, &out_tokens), 0.0);
+        // One differing token sends the whole batch through the gather path: sample 0 (all
+        // 700) must still equal the per-sample result, sample 1 (one token at 700) must not.
+        let mixed = Tensor::new(
+            &[
+                [700.0_f32, 700.0, 700.0, 700.0, 700.0, 700.0],
+                [20.0, 20.0, 20.0, 20.0, 20.0, 700.0],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let out_mixed = model.forward(&x, Some(&y), &mixed, &context).unwrap();
+        assert_eq!(max_diff(&out_mixed.i(0).unwrap(), &out.i(0).unwrap()), 0.0);
+        assert!(max_diff(&out_mixed.i(1).unwrap(), &out.i(1).unwrap()) > 0.0);
+        for b in 0..2 {
+            let one = model
+                .forward(
+                    &x.narrow(0, b, 1).unwrap(),
+                    Some(&y.narrow(0, b, 1).unwrap()),
+                    &t.narrow(0, b, 1).unwrap(),
+                    &context.narrow(0, b, 1).unwrap(),
+                )
+                .unwrap();
+            assert!(max_diff(&one, &out.narrow(0, b, 1).unwrap()) < 1e-6);
+        }
+    }
+
+    #[test]
+    fn context_padding_to_text_len_is_part_of_the_model() {
+        let cfg = tiny();
+        let model = tiny_model(&cfg);
+        let (x, y) = (ramp(&[1, 4, 1, 2, 2], 0.0), ramp(&[1, 2, 1, 2, 2], 1.0));
+        let t = Tensor::new(&[500_i64], &Device::Cpu).unwrap();
+        let short = ramp(&[1, 3, 12], 2.0);
+        let padded = Tensor::cat(
+            &[
+                &short,
+                &Tensor::zeros((1, 2, 12), DType::F32, &Device::Cpu).unwrap(),
+            ],
+            1,
+        )
+        .unwrap();
+        let a = model.forward(&x, Some(&y), &t, &short).unwrap();
+        let b = model.forward(&x, Some(&y), &t, &padded).unwrap();
+        assert_eq!(max_diff(&a, &b), 0.0);
+    }
+
+    #[test]
+    fn inputs_that_do_not_fit_are_rejected_with_a_reason() {
+        let model = tiny_model(&tiny());
+        let t = Tensor::new(&[500_i64], &Device::Cpu).unwrap();
+        let context = ramp(&[1, 3, 12], 2.0);
+        let message = |r: Result<Tensor, EngineError>| r.unwrap_err().to_string();
+        let no_y = ramp(&[1, 4, 1, 2, 2], 0.0);
+        assert!(message(model.forward(&no_y, None, &t, &context)).contains("6 channels"));
+        let odd = ramp(&[1, 6, 1, 3, 2], 0.0);
+        assert!(message(model.forward(&odd, None, &t, &context)).contains("divisible"));
+        let good = ramp(&[1, 6, 1, 2, 2], 0.0);
+        let long = ramp(&[1, 6, 12], 2.0);
+        assert!(message(model.forward(&good, None, &t, &long)).contains("at most 5 rows"));
+        let bad_t = Tensor::new(&[1_i64, 2, 3], &Device::Cpu).unwrap();
+        assert!(message(model.forward(&good, None, &bad_t, &context)).contains("timesteps"));
+    }
+}
