@@ -37,6 +37,22 @@ pub enum EngineError {
     /// A tensor operation failed (shape mismatch, device error).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// The image cannot be fitted to the requested size; `problem` says what to change.
+    #[error("{problem}")]
+    BadFit { problem: String },
+
+    /// A video could not be written; `problem` says what failed and what to do.
+    #[error("{problem}: {path}")]
+    VideoWrite { problem: String, path: PathBuf },
+
+    /// A video could not be read; `problem` says why.
+    #[error("{problem}: {path}")]
+    VideoRead { problem: String, path: PathBuf },
+
+    /// A recipe embedded in a video or its sidecar is missing or unreadable.
+    #[error("{problem}: {path}")]
+    BadRecipe { problem: String, path: PathBuf },
 }
 
 impl EngineError {

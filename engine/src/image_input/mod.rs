@@ -8,6 +8,10 @@ pub use image::RgbImage;
 
 use crate::EngineError;
 
+pub mod fit;
+
+pub use fit::{FitMode, FitPlan, FittedImage, Rect, fit_image};
+
 /// Default cap on decoded pixels: 64 megapixels covers 8K photos and stops decompression bombs.
 pub const DEFAULT_MAX_PIXELS: u64 = 64 * 1024 * 1024;
 
