@@ -295,6 +295,35 @@ fn recipe_round_trips_through_file_and_sidecar() {
 }
 
 #[test]
+fn a_large_recipe_survives_in_the_mp4() {
+    // Well past MP4's 16-bit string atoms: the recipe must not be cut or lost.
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = "a slow pan over a misty harbour at dawn, ".repeat(2000);
+    let recipe = EmbeddedRecipe::new(
+        json!({ "prompt": prompt, "loras": [{"file": "x.safetensors", "strength": 0.8}] }),
+    );
+    let h264 = settings(VideoFormat::Mp4H264, FrameRate::WAN);
+    let mut writer = VideoWriter::create(
+        &dir.path().join("long"),
+        &h264,
+        32,
+        32,
+        Some(recipe.clone()),
+    )
+    .unwrap();
+    writer.push(&bars_frame(32, 32, 0), &NOT_CANCELLED).unwrap();
+    let path = writer.finish().unwrap();
+    std::fs::remove_file(path.with_extension("json")).unwrap();
+    assert_eq!(read_recipe(&path).unwrap(), recipe);
+}
+
+#[test]
+fn writers_can_move_to_the_engine_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<VideoWriter>();
+}
+
+#[test]
 fn png_frames_are_numbered_in_a_folder() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(
