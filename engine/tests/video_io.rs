@@ -257,6 +257,54 @@ fn colour_bars_survive_the_round_trip() {
 }
 
 #[test]
+fn stored_yuv_is_bt709_limited_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let (width, height) = (128_u32, 16_u32);
+    let near_lossless = EncodeSettings {
+        crf: 4,
+        ..settings(VideoFormat::Mp4H264, FrameRate::WAN)
+    };
+    let mut writer =
+        VideoWriter::create(&dir.path().join("yuv"), &near_lossless, width, height, None).unwrap();
+    writer
+        .push(&bars_frame(width, height, 0), &NOT_CANCELLED)
+        .unwrap();
+    let path = writer.finish().unwrap();
+    // The stream is yuv420p already, so ffmpeg hands back the stored samples unconverted.
+    let output = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&path)
+        .args(["-f", "rawvideo", "-pix_fmt", "yuv420p", "-"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let yuv = output.stdout;
+    let (w, h) = (width as usize, height as usize);
+    for (bar, rgb) in BARS.iter().enumerate() {
+        let [r, g, b] = rgb.map(|v| f64::from(v) / 255.0);
+        let luma = 0.2126 * r + 0.7152 * g + 0.0722 * b;
+        let expected = [
+            16.0 + 219.0 * luma,
+            128.0 + 224.0 * (b - luma) / 1.8556,
+            128.0 + 224.0 * (r - luma) / 1.5748,
+        ];
+        let x = bar * 16 + 8;
+        let y = h / 2;
+        let actual = [
+            yuv[y * w + x],
+            yuv[w * h + (y / 2) * (w / 2) + x / 2],
+            yuv[w * h * 5 / 4 + (y / 2) * (w / 2) + x / 2],
+        ];
+        for (a, e) in actual.iter().zip(expected) {
+            assert!(
+                (f64::from(*a) - e).abs() <= 1.0,
+                "bar {bar} {rgb:?}: YCbCr {actual:?}, BT.709 tv {expected:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn recipe_round_trips_through_file_and_sidecar() {
     let dir = tempfile::tempdir().unwrap();
     for format in [VideoFormat::Mp4H264, VideoFormat::WebmVp9, VideoFormat::Gif] {
