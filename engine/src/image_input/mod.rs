@@ -64,6 +64,19 @@ pub fn load_rgb8(path: &Path, max_pixels: u64) -> Result<RgbImage, EngineError> 
 
 /// Loads the image file at `path`.
 pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedImage, EngineError> {
+    let size = std::fs::metadata(path)
+        .map_err(|error| EngineError::io("reading image", path, error))?
+        .len();
+    // Compressed data beyond 8 bytes a pixel at the limit is no photo; do not read it all in.
+    if size > options.max_pixels.saturating_mul(8).max(64 << 20) {
+        return Err(EngineError::BadImage {
+            problem: format!(
+                "the file is {} MB, too large for a source image",
+                size >> 20
+            ),
+            path: path.to_owned(),
+        });
+    }
     let bytes =
         std::fs::read(path).map_err(|error| EngineError::io("reading image", path, error))?;
     load_bytes(&bytes, options, path)
@@ -92,10 +105,6 @@ pub fn load_bytes(
             )
         })?
     };
-    let mut notes = Vec::new();
-    if is_animated(bytes, format) {
-        notes.push("the image is animated; its first frame is used".to_owned());
-    }
     let mut reader = ImageReader::new(Cursor::new(bytes));
     reader.set_format(format);
     let mut limits = Limits::default();
@@ -119,6 +128,11 @@ pub fn load_bytes(
     }
     if width == 0 || height == 0 {
         return Err(bad(format!("image is {width}×{height}, it has no pixels")));
+    }
+    let mut notes = Vec::new();
+    // Only after the size check: counting frames decodes the second one.
+    if is_animated(bytes, format) {
+        notes.push("the image is animated; its first frame is used".to_owned());
     }
     let orientation = decoder
         .orientation()
