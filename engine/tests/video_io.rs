@@ -111,7 +111,7 @@ fn check_animation(path: &Path, format: image::ImageFormat, frames: usize) {
             .collect_frames()
             .unwrap(),
     };
-    assert_eq!(decoded.len(), frames, "{path:?}");
+    assert_eq!(decoded.len(), frames, "{}", path.display());
     let total_ms: f64 = decoded
         .iter()
         .map(|frame| {
@@ -121,7 +121,8 @@ fn check_animation(path: &Path, format: image::ImageFormat, frames: usize) {
         .sum();
     assert!(
         (total_ms - frames as f64 * 62.5).abs() <= 10.0,
-        "{path:?}: {total_ms} ms"
+        "{}: {total_ms} ms",
+        path.display()
     );
     let first = image::DynamicImage::ImageRgba8(decoded[0].buffer().clone()).to_rgb8();
     let (width, height) = first.dimensions();
