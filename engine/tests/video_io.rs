@@ -15,7 +15,8 @@ use image::{Rgb, RgbImage};
 use serde_json::{Value, json};
 use stillmotion_engine::EngineError;
 use stillmotion_engine::video::{
-    EmbeddedRecipe, EncodeSettings, FrameRate, VideoFormat, VideoWriter, read_recipe, read_video,
+    EmbeddedRecipe, EncodeSettings, FrameRate, VideoFormat, VideoReader, VideoWriter, read_recipe,
+    read_video,
 };
 
 static NOT_CANCELLED: AtomicBool = AtomicBool::new(false);
@@ -533,6 +534,22 @@ fn mov_from_elsewhere_decodes_with_its_rate() {
     assert_eq!(decoded.fps, FrameRate::whole(24));
     assert_eq!(decoded.frames.len(), 12);
     assert_eq!((decoded.width, decoded.height), (48, 32));
+
+    // Streaming gives the same frames one at a time.
+    let mut reader = VideoReader::open(&mov, 1 << 20).unwrap();
+    assert_eq!(
+        (reader.fps(), reader.size()),
+        (FrameRate::whole(24), (48, 32))
+    );
+    let mut last = None;
+    let mut count = 0;
+    while let Some(frame) = reader.next_frame().unwrap() {
+        count += 1;
+        last = Some(frame);
+    }
+    assert_eq!(count, 12);
+    assert_eq!(last.unwrap(), decoded.frames[11]);
+    assert!(reader.next_frame().unwrap().is_none());
 
     let error = read_video(&mov, 5, 1 << 20).unwrap_err().to_string();
     assert!(

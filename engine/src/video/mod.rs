@@ -23,7 +23,7 @@ pub mod reader;
 pub mod recipe;
 pub mod writer;
 
-pub use reader::{DecodedVideo, read_video};
+pub use reader::{DecodedVideo, VideoReader, read_video};
 pub use recipe::{EmbeddedRecipe, read_recipe};
 pub use writer::VideoWriter;
 

@@ -39,89 +39,152 @@ fn read_error(path: &Path, problem: String) -> EngineError {
     }
 }
 
-/// Decodes the best video stream of `path`, refusing clips with more than `max_frames` frames
-/// or frames over `max_pixels`.
+/// Decodes the best video stream of `path` one frame at a time, so long clips never sit in
+/// memory whole.
+pub struct VideoReader {
+    path: std::path::PathBuf,
+    input: format::context::Input,
+    decoder: ffmpeg::decoder::Video,
+    stream_index: usize,
+    time_base: ffmpeg::Rational,
+    converter: Option<filter::Graph>,
+    ready: std::collections::VecDeque<RgbImage>,
+    sent_eof: bool,
+    fps: FrameRate,
+    width: u32,
+    height: u32,
+}
+
+impl VideoReader {
+    /// Opens `path`, refusing frames over `max_pixels`.
+    pub fn open(path: &Path, max_pixels: u64) -> Result<Self, EngineError> {
+        let fail = |problem: String| read_error(path, problem);
+        ffmpeg::init().map_err(|error| fail(format!("initialising libav failed ({error})")))?;
+        ffmpeg::log::set_level(ffmpeg::log::Level::Quiet);
+        let input = format::input(path)
+            .map_err(|error| fail(format!("not a video file FFmpeg can read ({error})")))?;
+        let stream = input
+            .streams()
+            .best(media::Type::Video)
+            .ok_or_else(|| fail("the file has no video stream".to_owned()))?;
+        let stream_index = stream.index();
+        let time_base = stream.time_base();
+        let rate = match stream.avg_frame_rate() {
+            r if r.numerator() > 0 && r.denominator() > 0 => r,
+            _ => stream.rate(),
+        };
+        if rate.numerator() <= 0 || rate.denominator() <= 0 {
+            return Err(fail("the video stream has no frame rate".to_owned()));
+        }
+        let fps = FrameRate {
+            numerator: rate.numerator() as u32,
+            denominator: rate.denominator() as u32,
+        };
+        let decoder = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
+            .and_then(|context| context.decoder().video())
+            .map_err(|error| fail(format!("no decoder for this video ({error})")))?;
+        let (width, height) = (decoder.width(), decoder.height());
+        if width == 0 || height == 0 {
+            return Err(fail("the video stream has no size".to_owned()));
+        }
+        if u64::from(width) * u64::from(height) > max_pixels {
+            return Err(fail(format!(
+                "frames are {width}×{height}, over the pixel limit"
+            )));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            input,
+            decoder,
+            stream_index,
+            time_base,
+            converter: None,
+            ready: std::collections::VecDeque::new(),
+            sent_eof: false,
+            fps,
+            width,
+            height,
+        })
+    }
+
+    /// The stream's frame rate (its average rate, else its base rate).
+    pub fn fps(&self) -> FrameRate {
+        self.fps
+    }
+
+    /// The coded frame size `(width, height)`.
+    pub fn size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
+    /// The next frame in display order, or `None` at the end.
+    pub fn next_frame(&mut self) -> Result<Option<RgbImage>, EngineError> {
+        loop {
+            if let Some(frame) = self.ready.pop_front() {
+                return Ok(Some(frame));
+            }
+            if self.sent_eof {
+                return Ok(None);
+            }
+            let packet = self
+                .input
+                .packets()
+                .find(|(stream, _)| stream.index() == self.stream_index)
+                .map(|(_, packet)| packet);
+            let sent = if let Some(packet) = packet {
+                self.decoder.send_packet(&packet)
+            } else {
+                self.sent_eof = true;
+                self.decoder.send_eof()
+            };
+            sent.map_err(|error| self.error(format!("the video is damaged ({error})")))?;
+            self.collect()?;
+        }
+    }
+
+    fn error(&self, problem: String) -> EngineError {
+        read_error(&self.path, problem)
+    }
+
+    /// Moves every decoded frame through the RGB conversion into `ready`.
+    fn collect(&mut self) -> Result<(), EngineError> {
+        let mut decoded = frame::Video::empty();
+        while self.decoder.receive_frame(&mut decoded).is_ok() {
+            if self.converter.is_none() {
+                let graph = rgb_converter(&decoded, self.time_base).map_err(|p| self.error(p))?;
+                self.converter = Some(graph);
+            }
+            if let Some(graph) = self.converter.as_mut() {
+                push_and_pull(graph, &decoded, &mut self.ready)
+                    .map_err(|problem| read_error(&self.path, problem))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a whole clip, refusing clips with more than `max_frames` frames or frames over
+/// `max_pixels`.
 pub fn read_video(
     path: &Path,
     max_frames: usize,
     max_pixels: u64,
 ) -> Result<DecodedVideo, EngineError> {
-    let fail = |problem: String| read_error(path, problem);
-    ffmpeg::init().map_err(|error| fail(format!("initialising libav failed ({error})")))?;
-    ffmpeg::log::set_level(ffmpeg::log::Level::Quiet);
-    let mut input = format::input(path)
-        .map_err(|error| fail(format!("not a video file FFmpeg can read ({error})")))?;
-    let stream = input
-        .streams()
-        .best(media::Type::Video)
-        .ok_or_else(|| fail("the file has no video stream".to_owned()))?;
-    let index = stream.index();
-    let time_base = stream.time_base();
-    let rate = match stream.avg_frame_rate() {
-        r if r.numerator() > 0 && r.denominator() > 0 => r,
-        _ => stream.rate(),
-    };
-    if rate.numerator() <= 0 || rate.denominator() <= 0 {
-        return Err(fail("the video stream has no frame rate".to_owned()));
-    }
-    let fps = FrameRate {
-        numerator: rate.numerator() as u32,
-        denominator: rate.denominator() as u32,
-    };
-    let mut decoder = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
-        .and_then(|context| context.decoder().video())
-        .map_err(|error| fail(format!("no decoder for this video ({error})")))?;
-    let (width, height) = (decoder.width(), decoder.height());
-    if width == 0 || height == 0 {
-        return Err(fail("the video stream has no size".to_owned()));
-    }
-    if u64::from(width) * u64::from(height) > max_pixels {
-        return Err(fail(format!(
-            "frames are {width}×{height}, over the pixel limit"
-        )));
-    }
-
-    let mut converter: Option<filter::Graph> = None;
+    let mut reader = VideoReader::open(path, max_pixels)?;
     let mut frames = Vec::new();
-    let mut decoded = frame::Video::empty();
-    let mut collect = |decoder: &mut ffmpeg::decoder::Video,
-                       converter: &mut Option<filter::Graph>,
-                       frames: &mut Vec<RgbImage>|
-     -> Result<(), EngineError> {
-        while decoder.receive_frame(&mut decoded).is_ok() {
-            if converter.is_none() {
-                *converter = Some(rgb_converter(&decoded, time_base).map_err(&fail)?);
-            }
-            let graph = converter
-                .as_mut()
-                .ok_or_else(|| fail("no converter".to_owned()))?;
-            push_and_pull(graph, &decoded, frames).map_err(&fail)?;
-            if frames.len() > max_frames {
-                return Err(fail(format!("the clip has more than {max_frames} frames")));
-            }
+    while let Some(frame) = reader.next_frame()? {
+        if frames.len() == max_frames {
+            return Err(reader.error(format!("the clip has more than {max_frames} frames")));
         }
-        Ok(())
+        frames.push(frame);
+    }
+    let Some(first) = frames.first() else {
+        return Err(reader.error("the video has no decodable frame".to_owned()));
     };
-    for (stream, packet) in input.packets() {
-        if stream.index() != index {
-            continue;
-        }
-        decoder
-            .send_packet(&packet)
-            .map_err(|error| fail(format!("the video is damaged ({error})")))?;
-        collect(&mut decoder, &mut converter, &mut frames)?;
-    }
-    decoder
-        .send_eof()
-        .map_err(|error| fail(format!("the video is damaged ({error})")))?;
-    collect(&mut decoder, &mut converter, &mut frames)?;
-    if frames.is_empty() {
-        return Err(fail("the video has no decodable frame".to_owned()));
-    }
     Ok(DecodedVideo {
-        fps,
-        width: frames[0].width(),
-        height: frames[0].height(),
+        fps: reader.fps,
+        width: first.width(),
+        height: first.height(),
         frames,
     })
 }
@@ -188,7 +251,7 @@ fn rgb_converter(
 fn push_and_pull(
     graph: &mut filter::Graph,
     decoded: &frame::Video,
-    frames: &mut Vec<RgbImage>,
+    frames: &mut std::collections::VecDeque<RgbImage>,
 ) -> Result<(), String> {
     graph
         .get("in")
@@ -213,7 +276,7 @@ fn push_and_pull(
         }
         let image =
             RgbImage::from_raw(width, height, pixels).ok_or("frame buffer size mismatch")?;
-        frames.push(image);
+        frames.push_back(image);
     }
     Ok(())
 }
