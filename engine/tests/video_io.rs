@@ -192,6 +192,14 @@ fn each_format_has_its_codec_tags_frames_and_rate() {
             (duration(&stream, &container) - 17.0 / 16.0).abs() <= tolerance,
             "{what}"
         );
+        if format.extension() == Some("mp4") {
+            let bytes = std::fs::read(&path).unwrap();
+            let at = |tag: &[u8]| bytes.windows(4).position(|w| w == tag).unwrap();
+            assert!(
+                at(b"moov") < at(b"mdat"),
+                "{format:?}: index not at the front"
+            );
+        }
         let decoded = read_video(&path, 100, 1 << 20).unwrap();
         assert_eq!(decoded.frames.len(), 17, "{format:?}");
         std::fs::remove_file(&path).unwrap();
@@ -485,6 +493,24 @@ fn cancelled_failed_and_dropped_writes_leave_nothing() {
             names_in(dir.path())
         );
     }
+    let bad_preset = EncodeSettings {
+        preset: "warp-speed".to_owned(),
+        ..h264.clone()
+    };
+    let error = VideoWriter::create(&target, &bad_preset, 32, 32, None)
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("preset"), "{error}");
+    let bad_crf = EncodeSettings { crf: 52, ..h264 };
+    let error = VideoWriter::create(&target, &bad_crf, 32, 32, None)
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("CRF 52"), "{error}");
+    assert!(
+        names_in(dir.path()).is_empty(),
+        "{:?}",
+        names_in(dir.path())
+    );
 }
 
 #[test]

@@ -29,6 +29,16 @@ struct Plan {
 }
 
 fn plan(settings: &EncodeSettings) -> Result<Plan, Problem> {
+    let crf_limit = match settings.format {
+        VideoFormat::Mp4H264 | VideoFormat::Mp4H265 => 51,
+        _ => 63,
+    };
+    if settings.crf > crf_limit {
+        return Err(format!(
+            "CRF {} is out of range for {:?}; use 0 (best) to {crf_limit}",
+            settings.crf, settings.format
+        ));
+    }
     let crf = settings.crf.to_string();
     let preset = settings.preset.clone();
     // accurate_rnd + full_chroma_int: exact rounding and chroma from every pixel, not every other.
@@ -43,7 +53,8 @@ fn plan(settings: &EncodeSettings) -> Result<Plan, Problem> {
             filters: bt709,
             tag_bt709: true,
             options: vec![("crf", crf), ("preset", preset)],
-            muxer_options: vec![],
+            // The index goes first so players and browsers start before the file is loaded.
+            muxer_options: vec![("movflags", "+faststart".to_owned())],
         },
         VideoFormat::Mp4H265 => Plan {
             muxer: "mp4",
@@ -56,7 +67,7 @@ fn plan(settings: &EncodeSettings) -> Result<Plan, Problem> {
                 ("preset", preset),
                 ("x265-params", "log-level=error".to_owned()),
             ],
-            muxer_options: vec![],
+            muxer_options: vec![("movflags", "+faststart".to_owned())],
         },
         VideoFormat::WebmVp9 => Plan {
             muxer: "webm",
