@@ -29,7 +29,7 @@ fn close(actual: [u8; 3], expected: [u8; 3], slack: u8) -> bool {
 fn every_layout_becomes_rgb8() {
     let dir = tempfile::tempdir().unwrap();
     let options = LoadOptions {
-        background: [0, 255, 0],
+        background: Some([0, 255, 0]),
         ..LoadOptions::default()
     };
     let save = |name: &str, image: DynamicImage| {
@@ -85,6 +85,16 @@ fn every_layout_becomes_rgb8() {
         "{:?}",
         loaded.notes
     );
+    let dropped = LoadOptions {
+        background: None,
+        ..options
+    };
+    let loaded = load(&dir.path().join("alpha.png"), &dropped).unwrap();
+    assert_eq!(
+        loaded.rgb.get_pixel(1, 0).0,
+        [255, 0, 0],
+        "alpha dropped like PIL's convert"
+    );
     let gray_alpha = ImageBuffer::from_pixel(2, 2, LumaA([200_u8, 0]));
     let loaded = load(
         &save("la.png", DynamicImage::ImageLumaA8(gray_alpha)),
@@ -97,7 +107,7 @@ fn every_layout_becomes_rgb8() {
 #[test]
 fn fixtures_cmyk_palette_exif_and_animations() {
     let options = LoadOptions {
-        background: [0, 0, 0],
+        background: Some([0, 0, 0]),
         ..LoadOptions::default()
     };
     let cmyk = load(&data("cmyk.jpg"), &options).unwrap();

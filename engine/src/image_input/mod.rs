@@ -29,15 +29,16 @@ pub struct LoadOptions {
     /// Refuse images that decode to more pixels than this.
     pub max_pixels: u64,
     /// Transparent pixels are composited over this colour (straight alpha, in sRGB values, as
-    /// image editors flatten).
-    pub background: [u8; 3],
+    /// image editors flatten). `None` drops the alpha channel and keeps the colour stored under
+    /// it, which is what the official Wan script's `Image.open(..).convert("RGB")` does.
+    pub background: Option<[u8; 3]>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             max_pixels: DEFAULT_MAX_PIXELS,
-            background: [255, 255, 255],
+            background: Some([255, 255, 255]),
         }
     }
 }
@@ -149,13 +150,14 @@ pub fn load_bytes(
         ));
     }
     image.apply_orientation(orientation);
-    let rgb = if image.color().has_alpha() {
-        if has_transparency(&image) {
-            notes.push("transparent areas are filled with the background colour".to_owned());
+    let rgb = match options.background {
+        Some(background) if image.color().has_alpha() => {
+            if has_transparency(&image) {
+                notes.push("transparent areas are filled with the background colour".to_owned());
+            }
+            flatten(&image, background)
         }
-        flatten(&image, options.background)
-    } else {
-        image.to_rgb8()
+        _ => image.to_rgb8(),
     };
     Ok(LoadedImage {
         rgb,
