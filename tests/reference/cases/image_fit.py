@@ -119,6 +119,7 @@ def generate() -> None:
     wan_case("image_fit_wan_down_landscape", 61, 97, 32 * 48, seed=1)
     wan_case("image_fit_wan_up_portrait", 23, 15, 40 * 24, seed=2)
     wan_case("image_fit_wan_square_odd", 37, 37, 20 * 36, seed=3)
+    wan_case("image_fit_wan_strong_down", 150, 200, 32 * 24, seed=6)
     comfy_case("image_fit_comfy_wide_to_tall", 30, 50, 16, 32, seed=4)
     comfy_case("image_fit_comfy_tall_to_wide", 45, 20, 48, 32, seed=5)
     sizes_case()
