@@ -56,6 +56,22 @@ pub enum EngineError {
     /// Tensors given to a model do not fit it (shape, channels, lengths); `problem` says how.
     #[error("model input does not fit: {problem}")]
     BadModelInput { problem: String },
+
+    /// The image cannot be fitted to the requested size; `problem` says what to change.
+    #[error("{problem}")]
+    BadFit { problem: String },
+
+    /// A video could not be written; `problem` says what failed and what to do.
+    #[error("{problem}: {path}")]
+    VideoWrite { problem: String, path: PathBuf },
+
+    /// A video could not be read; `problem` says why.
+    #[error("{problem}: {path}")]
+    VideoRead { problem: String, path: PathBuf },
+
+    /// A recipe embedded in a video or its sidecar is missing or unreadable.
+    #[error("{problem}: {path}")]
+    BadEmbeddedRecipe { problem: String, path: PathBuf },
 }
 
 impl EngineError {

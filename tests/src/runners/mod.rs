@@ -11,21 +11,18 @@ use candle_core::{Device, Tensor};
 
 use crate::golden::Case;
 
+mod image_fit;
 mod wan_dit;
 
 /// Named output tensors of one case.
 pub type Outputs = BTreeMap<String, Tensor>;
 
 /// Runs `case` through the runner named by its `component`.
-#[allow(
-    unused_variables,
-    clippy::match_single_binding,
-    reason = "each component adds its arm here as its port lands"
-)]
 pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
     let component = case.manifest.component.as_str();
     match component {
         "wan_dit" => wan_dit::run(case, device),
+        "image_fit" => image_fit::run(case, device),
         _ => bail!(
             "no runner for component {component:?} (case {}); add one in tests/src/runners/",
             case.dir.display()

@@ -1,0 +1,113 @@
+//! Video files in and out: the writer that turns RGB8 frames into a player-ready file, the
+//! recipe stored inside it and beside it, and the reader that decodes existing clips.
+//!
+//! Everything goes through libav (`ffmpeg-next`); the PNG frame sequence through `image`.
+//!
+//! **Colour.** Frames are full-range RGB (what the VAE decodes to). For YUV formats they are
+//! converted by swscale (the `scale` filter) with the BT.709 matrix to limited ("tv") range,
+//! and the stream is tagged BT.709 primaries / transfer / matrix, limited range, so players do
+//! not wash out or shift the colours. Animated WebP is the exception: libwebp defines its YUV
+//! as BT.601 limited range and has no tags, so it gets the BT.601 matrix. GIF is paletted RGB.
+//!
+//! **Odd sizes.** 4:2:0 needs even sides: an odd last column or row is cropped (never padded:
+//! padding invents pixels a player would show as a border). Wan's outputs are multiples of 16,
+//! so this only touches clips from elsewhere. GIF, WebP and PNG keep odd sizes.
+//!
+//! **Files.** A writer streams to `name.ext.partial` beside the target and renames it only when
+//! complete; cancelling, an error, or dropping the writer removes it. An existing file is never
+//! overwritten: the next free numbered name (`name-1.ext`, `name-2.ext`, …) is used.
+
+mod encode;
+mod paths;
+pub mod reader;
+pub mod recipe;
+pub mod writer;
+
+pub use reader::{DecodedVideo, VideoReader, read_video};
+pub use recipe::{EmbeddedRecipe, read_recipe};
+pub use writer::VideoWriter;
+
+/// A frame rate as an exact fraction (16/1 for Wan; 48/1 or 30000/1001 after interpolation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FrameRate {
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+impl FrameRate {
+    /// Wan2.2's native output rate.
+    pub const WAN: Self = Self::whole(16);
+
+    /// `fps` frames per second.
+    pub const fn whole(fps: u32) -> Self {
+        Self {
+            numerator: fps,
+            denominator: 1,
+        }
+    }
+
+    pub fn as_f64(self) -> f64 {
+        f64::from(self.numerator) / f64::from(self.denominator)
+    }
+}
+
+/// The container and codec of an output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VideoFormat {
+    /// MP4 with H.264 (libx264), yuv420p: plays everywhere. The default.
+    #[default]
+    Mp4H264,
+    /// MP4 with H.265 (libx265), yuv420p: smaller, less universally playable.
+    Mp4H265,
+    /// WebM with VP9 (libvpx-vp9), yuv420p.
+    WebmVp9,
+    /// Animated WebP (libwebp), looping; for sharing.
+    AnimatedWebp,
+    /// Animated GIF with one palette for the clip, looping; for sharing.
+    Gif,
+    /// A folder of `frame_00000.png`, `frame_00001.png`, …: lossless RGB.
+    PngFrames,
+}
+
+impl VideoFormat {
+    /// The file extension (none for the PNG folder).
+    pub fn extension(self) -> Option<&'static str> {
+        match self {
+            Self::Mp4H264 | Self::Mp4H265 => Some("mp4"),
+            Self::WebmVp9 => Some("webm"),
+            Self::AnimatedWebp => Some("webp"),
+            Self::Gif => Some("gif"),
+            Self::PngFrames => None,
+        }
+    }
+
+    /// Whether the container carries the recipe itself (all formats also get a sidecar).
+    pub fn embeds_recipe(self) -> bool {
+        matches!(self, Self::Mp4H264 | Self::Mp4H265 | Self::WebmVp9)
+    }
+}
+
+/// How to encode: format, rate and quality.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct EncodeSettings {
+    pub format: VideoFormat,
+    pub fps: FrameRate,
+    /// Constant rate factor for H.264/H.265/VP9 (lower is better; 0–51, VP9 0–63). WebP uses
+    /// `100 - 1.5 × crf` as its quality.
+    pub crf: u8,
+    /// x264/x265 speed preset (`ultrafast` … `veryslow`); VP9 maps it to `cpu-used`.
+    pub preset: String,
+}
+
+impl Default for EncodeSettings {
+    fn default() -> Self {
+        Self {
+            format: VideoFormat::Mp4H264,
+            fps: FrameRate::WAN,
+            crf: 17,
+            preset: "medium".to_owned(),
+        }
+    }
+}

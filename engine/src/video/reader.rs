@@ -1,0 +1,282 @@
+//! Decoding existing clips (MP4, MOV, WebM, GIF, …) to RGB8 frames with their frame rate, for
+//! interpolating them or continuing from their last frame.
+//!
+//! YUV is converted with the matrix and range the stream declares (BT.601 when it declares
+//! none, as FFmpeg assumes), by swscale with exact rounding.
+
+use std::path::Path;
+
+use ffmpeg::{color, filter, format, frame, media};
+use ffmpeg_next as ffmpeg;
+use image::RgbImage;
+
+use super::FrameRate;
+use crate::EngineError;
+
+/// A decoded clip.
+#[derive(Clone, Debug)]
+pub struct DecodedVideo {
+    pub fps: FrameRate,
+    pub width: u32,
+    pub height: u32,
+    pub frames: Vec<RgbImage>,
+}
+
+/// One metadata tag of the container (`None` when absent).
+pub(super) fn metadata_tag(path: &Path, key: &str) -> Result<Option<String>, EngineError> {
+    ffmpeg::init()
+        .map_err(|error| read_error(path, format!("initialising libav failed ({error})")))?;
+    ffmpeg::log::set_level(ffmpeg::log::Level::Quiet);
+    let input = format::input(path)
+        .map_err(|error| read_error(path, format!("not a video file FFmpeg can read ({error})")))?;
+    Ok(input.metadata().get(key).map(str::to_owned))
+}
+
+fn read_error(path: &Path, problem: String) -> EngineError {
+    EngineError::VideoRead {
+        problem,
+        path: path.to_owned(),
+    }
+}
+
+/// Decodes the best video stream of `path` one frame at a time, so long clips never sit in
+/// memory whole.
+pub struct VideoReader {
+    path: std::path::PathBuf,
+    input: format::context::Input,
+    decoder: ffmpeg::decoder::Video,
+    stream_index: usize,
+    time_base: ffmpeg::Rational,
+    converter: Option<filter::Graph>,
+    ready: std::collections::VecDeque<RgbImage>,
+    sent_eof: bool,
+    fps: FrameRate,
+    width: u32,
+    height: u32,
+}
+
+impl VideoReader {
+    /// Opens `path`, refusing frames over `max_pixels`.
+    pub fn open(path: &Path, max_pixels: u64) -> Result<Self, EngineError> {
+        let fail = |problem: String| read_error(path, problem);
+        ffmpeg::init().map_err(|error| fail(format!("initialising libav failed ({error})")))?;
+        ffmpeg::log::set_level(ffmpeg::log::Level::Quiet);
+        let input = format::input(path)
+            .map_err(|error| fail(format!("not a video file FFmpeg can read ({error})")))?;
+        let stream = input
+            .streams()
+            .best(media::Type::Video)
+            .ok_or_else(|| fail("the file has no video stream".to_owned()))?;
+        let stream_index = stream.index();
+        let time_base = stream.time_base();
+        let rate = match stream.avg_frame_rate() {
+            r if r.numerator() > 0 && r.denominator() > 0 => r,
+            _ => stream.rate(),
+        };
+        if rate.numerator() <= 0 || rate.denominator() <= 0 {
+            return Err(fail("the video stream has no frame rate".to_owned()));
+        }
+        let fps = FrameRate {
+            numerator: rate.numerator() as u32,
+            denominator: rate.denominator() as u32,
+        };
+        let decoder = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
+            .and_then(|context| context.decoder().video())
+            .map_err(|error| fail(format!("no decoder for this video ({error})")))?;
+        let (width, height) = (decoder.width(), decoder.height());
+        if width == 0 || height == 0 {
+            return Err(fail("the video stream has no size".to_owned()));
+        }
+        if u64::from(width) * u64::from(height) > max_pixels {
+            return Err(fail(format!(
+                "frames are {width}×{height}, over the pixel limit"
+            )));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            input,
+            decoder,
+            stream_index,
+            time_base,
+            converter: None,
+            ready: std::collections::VecDeque::new(),
+            sent_eof: false,
+            fps,
+            width,
+            height,
+        })
+    }
+
+    /// The stream's frame rate (its average rate, else its base rate).
+    pub fn fps(&self) -> FrameRate {
+        self.fps
+    }
+
+    /// The coded frame size `(width, height)`.
+    pub fn size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
+    /// The next frame in display order, or `None` at the end.
+    pub fn next_frame(&mut self) -> Result<Option<RgbImage>, EngineError> {
+        loop {
+            if let Some(frame) = self.ready.pop_front() {
+                return Ok(Some(frame));
+            }
+            if self.sent_eof {
+                return Ok(None);
+            }
+            let packet = self
+                .input
+                .packets()
+                .find(|(stream, _)| stream.index() == self.stream_index)
+                .map(|(_, packet)| packet);
+            let sent = if let Some(packet) = packet {
+                self.decoder.send_packet(&packet)
+            } else {
+                self.sent_eof = true;
+                self.decoder.send_eof()
+            };
+            sent.map_err(|error| self.error(format!("the video is damaged ({error})")))?;
+            self.collect()?;
+        }
+    }
+
+    fn error(&self, problem: String) -> EngineError {
+        read_error(&self.path, problem)
+    }
+
+    /// Moves every decoded frame through the RGB conversion into `ready`.
+    fn collect(&mut self) -> Result<(), EngineError> {
+        let mut decoded = frame::Video::empty();
+        while self.decoder.receive_frame(&mut decoded).is_ok() {
+            if self.converter.is_none() {
+                let graph = rgb_converter(&decoded, self.time_base).map_err(|p| self.error(p))?;
+                self.converter = Some(graph);
+            }
+            if let Some(graph) = self.converter.as_mut() {
+                push_and_pull(graph, &decoded, &mut self.ready)
+                    .map_err(|problem| read_error(&self.path, problem))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a whole clip, refusing clips with more than `max_frames` frames or frames over
+/// `max_pixels`.
+pub fn read_video(
+    path: &Path,
+    max_frames: usize,
+    max_pixels: u64,
+) -> Result<DecodedVideo, EngineError> {
+    let mut reader = VideoReader::open(path, max_pixels)?;
+    let mut frames = Vec::new();
+    while let Some(frame) = reader.next_frame()? {
+        if frames.len() == max_frames {
+            return Err(reader.error(format!("the clip has more than {max_frames} frames")));
+        }
+        frames.push(frame);
+    }
+    let Some(first) = frames.first() else {
+        return Err(reader.error("the video has no decodable frame".to_owned()));
+    };
+    Ok(DecodedVideo {
+        fps: reader.fps,
+        width: first.width(),
+        height: first.height(),
+        frames,
+    })
+}
+
+/// The swscale matrix name for a stream's declared colour space.
+fn matrix_name(space: color::Space) -> &'static str {
+    match space {
+        color::Space::BT709 => "bt709",
+        color::Space::FCC => "fcc",
+        color::Space::SMPTE240M => "smpte240m",
+        color::Space::BT2020NCL | color::Space::BT2020CL => "bt2020",
+        _ => "bt601",
+    }
+}
+
+fn rgb_converter(
+    first: &frame::Video,
+    time_base: ffmpeg::Rational,
+) -> Result<filter::Graph, String> {
+    let failed =
+        |what: &'static str| move |error: ffmpeg::Error| format!("{what} failed ({error})");
+    let mut graph = filter::Graph::new();
+    let pixel: ffmpeg::ffi::AVPixelFormat = first.format().into();
+    let args = format!(
+        "video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect=1/1",
+        first.width(),
+        first.height(),
+        pixel as i32,
+        time_base.numerator().max(1),
+        time_base.denominator().max(1)
+    );
+    let range = if first.color_range() == color::Range::JPEG {
+        "pc"
+    } else {
+        "tv"
+    };
+    let spec = format!(
+        "scale=in_color_matrix={}:in_range={range}:out_range=pc:flags=bicubic+accurate_rnd+full_chroma_int,format=rgb24",
+        matrix_name(first.color_space())
+    );
+    let buffer = filter::find("buffer").ok_or("libav has no buffer filter")?;
+    let sink = filter::find("buffersink").ok_or("libav has no buffersink filter")?;
+    graph
+        .add(&buffer, "in", &args)
+        .map_err(failed("creating the filter source"))?;
+    graph
+        .add(&sink, "out", "")
+        .map_err(failed("creating the filter sink"))?;
+    graph
+        .get("out")
+        .ok_or("the filter graph lost its output")?
+        .set_pixel_format(format::Pixel::RGB24);
+    graph
+        .output("in", 0)
+        .and_then(|parser| parser.input("out", 0))
+        .and_then(|parser| parser.parse(&spec))
+        .map_err(failed("building the colour conversion"))?;
+    graph
+        .validate()
+        .map_err(failed("checking the colour conversion"))?;
+    Ok(graph)
+}
+
+fn push_and_pull(
+    graph: &mut filter::Graph,
+    decoded: &frame::Video,
+    frames: &mut std::collections::VecDeque<RgbImage>,
+) -> Result<(), String> {
+    graph
+        .get("in")
+        .ok_or("the filter graph lost its input")?
+        .source()
+        .add(decoded)
+        .map_err(|error| format!("converting a frame failed ({error})"))?;
+    let mut rgb = frame::Video::empty();
+    while graph
+        .get("out")
+        .ok_or("the filter graph lost its output")?
+        .sink()
+        .frame(&mut rgb)
+        .is_ok()
+    {
+        let (width, height) = (rgb.width(), rgb.height());
+        let stride = rgb.stride(0);
+        let row_bytes = width as usize * 3;
+        let mut pixels = Vec::with_capacity(row_bytes * height as usize);
+        for row in rgb.data(0).chunks(stride).take(height as usize) {
+            pixels.extend_from_slice(&row[..row_bytes]);
+        }
+        let image =
+            RgbImage::from_raw(width, height, pixels).ok_or("frame buffer size mismatch")?;
+        frames.push_back(image);
+    }
+    Ok(())
+}
