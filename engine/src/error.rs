@@ -37,6 +37,10 @@ pub enum EngineError {
     /// A tensor operation failed (shape mismatch, device error).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// Sampler settings or state are unusable; `problem` says what to change.
+    #[error("sampler: {problem}")]
+    Sampler { problem: String },
 }
 
 impl EngineError {

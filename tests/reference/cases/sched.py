@@ -1,0 +1,271 @@
+"""Golden cases for the flow-matching samplers (engine/src/sampling/).
+
+Components:
+- `flow_schedule`: sigma and timestep schedules for every step count 1-50 and shifts 1-12,
+  packed flat, plus how many steps each schedule gives the high-noise expert.
+- `flow_step`: a sequence of scheduler steps fed with given (random) flow predictions.
+- `denoise_loop`: the two-expert loop with classifier-free guidance, driven exactly as the official
+  `WanI2V.generate` (wan/image2video.py) or diffusers' `WanImageToVideoPipeline.__call__` drive
+  their scheduler, with an analytic stand-in for the DiT that the Rust runner implements identically:
+      flow = gain[expert, branch] * (x - anchor[expert, branch]) + tanh_coef * (t / 1000) * tanh(x)
+
+Schedules:
+- "official": wan.utils.fm_solvers_unipc.FlowUniPCMultistepScheduler(shift=1) then
+  set_timesteps(steps, shift=shift), as image2video.py does.
+- "diffusers": diffusers.UniPCMultistepScheduler configured as the Wan2.2 I2V diffusers repository's
+  scheduler_config.json (flow_prediction, use_flow_sigmas, flow_shift, order 2, bh2).
+- "simple": ComfyUI's "simple" scheduler over ModelSamplingDiscreteFlow (ModelSamplingSD3 shift),
+  transcribed here (ComfyUI is not a pip package); timesteps are sigma * 1000 in float32, untruncated.
+Euler steps are diffusers' FlowMatchEulerDiscreteScheduler (shift 1, given sigmas):
+x + (sigma_next - sigma) * flow.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+from common import seed_everything, write_case
+from wan_shims import load_wan
+
+STEPS = list(range(1, 51))
+SHIFTS = [float(s) for s in range(1, 13)]
+BOUNDARY = 0.9
+LATENT_SHAPE = (4, 2, 4, 4)
+
+
+def official_scheduler(steps: int, shift: float):
+    load_wan()
+    cls = importlib.import_module("wan.utils.fm_solvers_unipc").FlowUniPCMultistepScheduler
+    scheduler = cls(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
+    scheduler.set_timesteps(steps, device="cpu", shift=shift)
+    return scheduler
+
+
+def diffusers_scheduler(steps: int, shift: float):
+    # The Wan2.2-I2V-A14B-Diffusers scheduler_config.json, as diffusers' converter writes it.
+    scheduler = UniPCMultistepScheduler(
+        num_train_timesteps=1000,
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        flow_shift=shift,
+        solver_order=2,
+        predict_x0=True,
+        solver_type="bh2",
+        lower_order_final=True,
+        final_sigmas_type="zero",
+    )
+    scheduler.set_timesteps(steps, device="cpu")
+    return scheduler
+
+
+def simple_schedule(steps: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """ComfyUI: ModelSamplingDiscreteFlow(shift, multiplier=1000) + simple_scheduler, float32."""
+    multiplier = 1000
+    t = (torch.arange(1, 1001, 1) / 1000) * multiplier
+    t = t / multiplier
+    table = t if shift == 1.0 else shift * t / (1 + (shift - 1) * t)
+    stride = len(table) / steps
+    sigmas = [float(table[-(1 + int(x * stride))]) for x in range(steps)] + [0.0]
+    sigmas = torch.FloatTensor(sigmas)
+    return sigmas, sigmas[:-1] * multiplier
+
+
+def schedule(kind: str, steps: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigmas incl. the final 0, timesteps) as the reference computes them."""
+    if kind == "official":
+        s = official_scheduler(steps, shift)
+        return s.sigmas.clone(), s.timesteps.clone()
+    if kind == "diffusers":
+        s = diffusers_scheduler(steps, shift)
+        return s.sigmas.clone(), s.timesteps.clone()
+    return simple_schedule(steps, shift)
+
+
+def flow_schedule_cases() -> None:
+    for kind in ["official", "diffusers", "simple"]:
+        sigmas, timesteps, high = [], [], []
+        for shift in SHIFTS:
+            row = []
+            for steps in STEPS:
+                s, t = schedule(kind, steps, shift)
+                assert s.dtype == torch.float32 and len(s) == steps + 1
+                sigmas.append(s)
+                timesteps.append(t)
+                # Both pipelines: high-noise expert while t >= boundary * num_train_timesteps.
+                row.append(sum(1 for v in t.tolist() if v >= BOUNDARY * 1000))
+            high.append(row)
+        timesteps_flat = torch.cat(timesteps)
+        if kind != "simple":
+            assert timesteps_flat.dtype == torch.int64
+        write_case(
+            f"sched_schedule_{kind}",
+            component="flow_schedule",
+            description=f"{kind} sigma/timestep schedules, steps 1-50 x shifts 1-12, packed flat (shift-major)",
+            expected={
+                "sigmas": torch.cat(sigmas),
+                "timesteps": timesteps_flat,
+                "high_noise_steps": torch.tensor(high, dtype=torch.int64),
+            },
+            config={"schedule": kind, "steps": STEPS, "shifts": SHIFTS, "boundary": BOUNDARY},
+            rel_l2=1e-7,
+            max_abs=1e-6 if kind != "simple" else 1e-4,
+        )
+
+
+class Reference:
+    """Drives a reference scheduler the way the pipelines do (step by timestep)."""
+
+    def __init__(self, solver: str, kind: str, steps: int, shift: float):
+        self.sigmas, self.timesteps = schedule(kind, steps, shift)
+        if solver == "unipc":
+            if kind == "official":
+                self.scheduler = official_scheduler(steps, shift)
+            elif kind == "diffusers":
+                self.scheduler = diffusers_scheduler(steps, shift)
+            else:
+                raise ValueError("UniPC is tested on the official and diffusers schedules")
+            self.step_timesteps = self.scheduler.timesteps
+        else:
+            self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+            self.scheduler.set_timesteps(sigmas=self.sigmas[:-1].tolist(), device="cpu")
+            assert torch.equal(self.scheduler.sigmas, self.sigmas)
+            self.step_timesteps = self.scheduler.timesteps
+
+    def step(self, i: int, flow: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        out = self.scheduler.step(flow.unsqueeze(0), self.step_timesteps[i], sample.unsqueeze(0), return_dict=False)[0]
+        return out.squeeze(0)
+
+
+def flow_step_cases() -> None:
+    specs = [
+        ("unipc", "official", 1, 5.0),
+        ("unipc", "official", 2, 5.0),
+        ("unipc", "official", 10, 5.0),
+        ("unipc", "diffusers", 10, 5.0),
+        ("unipc", "official", 50, 12.0),
+        ("unipc", "diffusers", 25, 3.0),
+        ("euler", "official", 6, 3.0),
+        ("euler", "diffusers", 6, 3.0),
+        ("euler", "simple", 4, 5.0),
+    ]
+    for index, (solver, kind, steps, shift) in enumerate(specs):
+        seed = 100 + index
+        g = seed_everything(seed)
+        sample = torch.randn(LATENT_SHAPE, generator=g)
+        flows = torch.randn((steps, *LATENT_SHAPE), generator=g)
+        ref = Reference(solver, kind, steps, shift)
+        x = sample
+        outs = []
+        for i in range(steps):
+            x = ref.step(i, flows[i], x)
+            outs.append(x)
+        write_case(
+            f"sched_step_{solver}_{kind}_{steps}_{int(shift)}",
+            component="flow_step",
+            description=f"{steps} {solver} steps on the {kind} schedule (shift {shift}) with given flows",
+            inputs={"sample": sample, "flows": flows},
+            expected={"samples": torch.stack(outs)},
+            config={"solver": solver, "schedule": kind, "steps": steps, "shift": shift},
+            seed=seed,
+        )
+
+
+def analytic_flow(x, t, gain, anchor, tanh_coef):
+    return gain * (x - anchor) + (tanh_coef * (t / 1000)) * torch.tanh(x)
+
+
+def denoise_loop_cases() -> None:
+    gains = [0.8, 0.5, 1.1, 0.7]  # high cond, high uncond, low cond, low uncond
+    tanh_coef = 0.1
+    specs = [
+        # name, solver, schedule/guidance flavour, steps, shift, cfg_high_noise, cfg_low_noise
+        ("official_unipc_40_5", "unipc", "official", 40, 5.0, 3.5, 3.0),
+        ("diffusers_unipc_40_5", "unipc", "diffusers", 40, 5.0, 3.5, 3.0),
+        ("official_unipc_10_1", "unipc", "official", 10, 1.0, 4.0, 2.0),
+        ("diffusers_unipc_10_1", "unipc", "diffusers", 10, 1.0, 4.0, 2.0),
+        ("official_unipc_4_3", "unipc", "official", 4, 3.0, 5.0, 5.0),
+        ("diffusers_unipc_4_3", "unipc", "diffusers", 4, 3.0, 5.0, 5.0),
+        ("diffusers_unipc_cfg_gate", "unipc", "diffusers", 8, 5.0, 1.0, 3.0),
+        ("official_unipc_lightning", "unipc", "official", 4, 5.0, 1.0, 1.0),
+        ("simple_euler_4_5", "euler", "simple", 4, 5.0, 1.0, 1.0),
+        ("official_euler_12_5", "euler", "official", 12, 5.0, 2.0, 3.0),
+    ]
+    for index, (name, solver, kind, steps, shift, cfg_high, cfg_low) in enumerate(specs):
+        seed = 200 + index
+        g = seed_everything(seed)
+        noise = torch.randn(LATENT_SHAPE, generator=g)
+        anchors = torch.randn((4, *LATENT_SHAPE), generator=g) * 0.5
+        ref = Reference(solver, kind, steps, shift)
+        boundary = BOUNDARY * 1000
+        guidance = "diffusers" if kind == "diffusers" else "official"
+
+        def model(x, t, high, cond):
+            k = (0 if high else 2) + (0 if cond else 1)
+            return analytic_flow(x, t, gains[k], anchors[k], tanh_coef)
+
+        latent = noise
+        trajectory, timesteps, high_flags, calls = [], [], [], []
+        for i, t in enumerate(ref.timesteps):
+            timestep = torch.stack([t])
+            high = t.item() >= boundary if guidance == "official" else bool(t >= boundary)
+            if guidance == "official":
+                # wan/image2video.py: guide_scale = (low, high); lightning (no CFG) when both are 1.
+                guide_scale = (cfg_low, cfg_high)
+                scale = guide_scale[1] if high else guide_scale[0]
+                lightning = cfg_high == 1.0 and cfg_low == 1.0
+                do_cfg = not lightning
+            else:
+                # diffusers: guidance_scale is the high-noise stage, guidance_scale_2 the low one;
+                # CFG runs (for both stages) only when guidance_scale > 1.
+                scale = cfg_high if high else cfg_low
+                do_cfg = cfg_high > 1
+            pred = model(latent, timestep, high, True)
+            if do_cfg:
+                uncond = model(latent, timestep, high, False)
+                pred = uncond + scale * (pred - uncond)
+            latent = ref.step(i, pred, latent)
+            trajectory.append(latent)
+            timesteps.append(t)
+            high_flags.append(1 if high else 0)
+            calls.append(2 if do_cfg else 1)
+        expected = {
+            "latents": latent,
+            "trajectory": torch.stack(trajectory),
+            "high_noise": torch.tensor(high_flags, dtype=torch.int64),
+        }
+        if kind == "simple":
+            expected["timesteps"] = torch.stack(timesteps).to(torch.float32)
+        else:
+            expected["timesteps"] = torch.stack(timesteps).to(torch.int64)
+        if guidance == "diffusers" or (cfg_high != 1.0 and cfg_low != 1.0) or (cfg_high == cfg_low == 1.0):
+            expected["model_calls"] = torch.tensor(calls, dtype=torch.int64)
+        write_case(
+            f"sched_loop_{name}",
+            component="denoise_loop",
+            description=f"two-expert {solver} loop, {kind} schedule and guidance, {steps} steps, shift {shift}",
+            inputs={"noise": noise, "anchors": anchors},
+            expected=expected,
+            config={
+                "solver": solver,
+                "schedule": kind,
+                "guidance": guidance,
+                "steps": steps,
+                "shift": shift,
+                "boundary": BOUNDARY,
+                "cfg_high_noise": cfg_high,
+                "cfg_low_noise": cfg_low,
+                "gains": gains,
+                "tanh_coef": tanh_coef,
+            },
+            seed=seed,
+        )
+
+
+def generate() -> None:
+    flow_schedule_cases()
+    flow_step_cases()
+    denoise_loop_cases()
