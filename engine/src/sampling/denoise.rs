@@ -174,3 +174,100 @@ where
     }
     Ok(latents)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::{FlowEuler, ScheduleKind};
+    use candle_core::Device;
+
+    /// Flow = gain × x, with a different gain per expert and branch; counts its calls.
+    struct Linear {
+        calls: Vec<(Expert, Branch)>,
+    }
+
+    impl Denoiser for Linear {
+        fn predict_flow(
+            &mut self,
+            latents: &Tensor,
+            _timestep: f32,
+            expert: Expert,
+            branch: Branch,
+        ) -> Result<Tensor, EngineError> {
+            self.calls.push((expert, branch));
+            let gain = match (expert, branch) {
+                (Expert::HighNoise, Branch::Cond) => 1.0,
+                (Expert::HighNoise, Branch::Uncond) => 0.5,
+                (Expert::LowNoise, Branch::Cond) => 2.0,
+                (Expert::LowNoise, Branch::Uncond) => 1.5,
+            };
+            Ok(latents.affine(gain, 0.0)?)
+        }
+    }
+
+    fn run(cfg: &LoopConfig, cancel_after: Option<usize>) -> (Result<Tensor, EngineError>, Linear) {
+        let mut model = Linear { calls: Vec::new() };
+        // Simple 4 steps at shift 5: timesteps 1000, 937.5 (high noise) | 833.3, 625 (low).
+        let mut sampler = FlowEuler::new(ScheduleKind::Simple, 4, 5.0).unwrap();
+        let noise = Tensor::new(&[1.0_f32, -2.0], &Device::Cpu).unwrap();
+        let result = denoise(&mut model, &mut sampler, noise, cfg, |p| {
+            if cancel_after == Some(p.index) {
+                return Err(EngineError::Cancelled);
+            }
+            Ok(())
+        });
+        (result, model)
+    }
+
+    #[test]
+    fn experts_switch_at_the_boundary_and_guidance_skips_at_scale_one() {
+        let cfg = LoopConfig {
+            cfg_high_noise: 1.0,
+            cfg_low_noise: 3.0,
+            ..LoopConfig::i2v_a14b()
+        };
+        let (result, model) = run(&cfg, None);
+        let latents = result.unwrap().to_vec1::<f32>().unwrap();
+        use Branch::{Cond, Uncond};
+        use Expert::{HighNoise, LowNoise};
+        assert_eq!(
+            model.calls,
+            [
+                (HighNoise, Cond),
+                (HighNoise, Cond),
+                (LowNoise, Cond),
+                (LowNoise, Uncond),
+                (LowNoise, Cond),
+                (LowNoise, Uncond)
+            ]
+        );
+        // Linear flows make each Euler step a product: x ← x (1 + g dt) with the guided gain
+        // (high: 1.0; low: 1.5 + 3 × (2 - 1.5) = 3.0).
+        let s = [1.0_f64, 0.9375, 2.5 / 3.0, 0.625, 0.0];
+        let factor: f64 = (0..4)
+            .map(|i| 1.0 + if i < 2 { 1.0 } else { 3.0 } * (s[i + 1] - s[i]))
+            .product();
+        assert!(
+            (f64::from(latents[0]) - factor).abs() < 1e-5,
+            "{latents:?} vs {factor}"
+        );
+
+        let diffusers = LoopConfig {
+            guidance: GuidanceRule::Diffusers,
+            ..cfg
+        };
+        let (_, model) = run(&diffusers, None);
+        assert_eq!(
+            model.calls.len(),
+            4,
+            "diffusers gates guidance on the high-noise scale"
+        );
+    }
+
+    #[test]
+    fn a_callback_error_stops_the_loop_within_the_step() {
+        let (result, model) = run(&LoopConfig::i2v_a14b(), Some(1));
+        assert!(matches!(result, Err(EngineError::Cancelled)));
+        assert_eq!(model.calls.len(), 4, "two guided steps, then nothing");
+    }
+}

@@ -157,12 +157,12 @@ fn official(steps: usize, shift: f64) -> Schedule {
 }
 
 fn diffusers(steps: usize, shift: f64) -> Schedule {
+    const EPS: f64 = 1e-6;
     let mut sigmas: Vec<f64> = linspace_without_end(1.0, 1.0 / NUM_TRAIN_TIMESTEPS, steps + 1)
         .into_iter()
         .map(|s| shifted(shift, s))
         .collect();
     // diffusers keeps log(1 - sigma) finite by lowering a first sigma of 1.
-    const EPS: f64 = 1e-6;
     if (sigmas[0] - 1.0).abs() < EPS {
         sigmas[0] -= EPS;
     }

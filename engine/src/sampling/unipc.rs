@@ -337,12 +337,13 @@ fn solve(mut a: Vec<Vec<f32>>, mut b: Vec<f32>) -> Result<Vec<f32>, EngineError>
         }
         a.swap(col, pivot);
         b.swap(col, pivot);
-        for row in col + 1..n {
-            let factor = a[row][col] / a[col][col];
-            for j in col..n {
-                a[row][j] -= factor * a[col][j];
+        let (pivot_row, pivot_b) = (a[col].clone(), b[col]);
+        for (row, rhs) in a[col + 1..].iter_mut().zip(&mut b[col + 1..]) {
+            let factor = row[col] / pivot_row[col];
+            for (value, pivot) in row[col..].iter_mut().zip(&pivot_row[col..]) {
+                *value -= factor * pivot;
             }
-            b[row] -= factor * b[col];
+            *rhs -= factor * pivot_b;
         }
     }
     let mut x = vec![0.0_f32; n];
