@@ -57,6 +57,35 @@ pub trait FlowScheduler {
     fn step(&mut self, flow: &Tensor, sample: &Tensor) -> Result<Tensor, EngineError>;
 }
 
+/// Which step rule a sampler uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SolverKind {
+    /// First-order flow-matching Euler.
+    Euler,
+    /// Multistep UniPC (Wan2.2's default, `sample_solver="unipc"`).
+    #[default]
+    Unipc,
+}
+
+/// A sampler of `solver` on `schedule`'s sigmas for `steps` steps at `shift` (UniPC with
+/// `unipc`'s settings).
+///
+/// # Errors
+/// [`EngineError::Sampler`] for invalid steps, shift or UniPC order.
+pub fn new_scheduler(
+    solver: SolverKind,
+    schedule: ScheduleKind,
+    unipc: UniPcConfig,
+    steps: usize,
+    shift: f64,
+) -> Result<Box<dyn FlowScheduler + Send>, EngineError> {
+    Ok(match solver {
+        SolverKind::Euler => Box::new(FlowEuler::new(schedule, steps, shift)?),
+        SolverKind::Unipc => Box::new(FlowUniPc::new(schedule, unipc, steps, shift)?),
+    })
+}
+
 /// The index of the step to take, or an error when the schedule is used up.
 fn check_step(schedule: &Schedule, index: usize) -> Result<usize, EngineError> {
     if index >= schedule.steps() {

@@ -37,15 +37,15 @@ BOUNDARY = 0.9
 LATENT_SHAPE = (4, 2, 4, 4)
 
 
-def official_scheduler(steps: int, shift: float):
+def official_scheduler(steps: int, shift: float, **unipc):
     load_wan()
     cls = importlib.import_module("wan.utils.fm_solvers_unipc").FlowUniPCMultistepScheduler
-    scheduler = cls(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
+    scheduler = cls(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False, **unipc)
     scheduler.set_timesteps(steps, device="cpu", shift=shift)
     return scheduler
 
 
-def diffusers_scheduler(steps: int, shift: float):
+def diffusers_scheduler(steps: int, shift: float, **unipc):
     # The Wan2.2-I2V-A14B-Diffusers scheduler_config.json, as diffusers' converter writes it.
     scheduler = UniPCMultistepScheduler(
         num_train_timesteps=1000,
@@ -58,6 +58,8 @@ def diffusers_scheduler(steps: int, shift: float):
         lower_order_final=True,
         final_sigmas_type="zero",
     )
+    if unipc:
+        scheduler = UniPCMultistepScheduler.from_config(scheduler.config, **unipc)
     scheduler.set_timesteps(steps, device="cpu")
     return scheduler
 
@@ -119,13 +121,14 @@ def flow_schedule_cases() -> None:
 class Reference:
     """Drives a reference scheduler the way the pipelines do (step by timestep)."""
 
-    def __init__(self, solver: str, kind: str, steps: int, shift: float):
+    def __init__(self, solver: str, kind: str, steps: int, shift: float, unipc: dict | None = None):
+        unipc = unipc or {}
         self.sigmas, self.timesteps = schedule(kind, steps, shift)
         if solver == "unipc":
             if kind == "official":
-                self.scheduler = official_scheduler(steps, shift)
+                self.scheduler = official_scheduler(steps, shift, **unipc)
             elif kind == "diffusers":
-                self.scheduler = diffusers_scheduler(steps, shift)
+                self.scheduler = diffusers_scheduler(steps, shift, **unipc)
             else:
                 raise ValueError("UniPC is tested on the official and diffusers schedules")
             self.step_timesteps = self.scheduler.timesteps
@@ -151,25 +154,39 @@ def flow_step_cases() -> None:
         ("euler", "official", 6, 3.0),
         ("euler", "diffusers", 6, 3.0),
         ("euler", "simple", 4, 5.0),
+        ("unipc", "official", 12, 5.0, {"solver_order": 3}),
+        ("unipc", "diffusers", 9, 4.0, {"solver_order": 3, "solver_type": "bh1"}),
+        ("unipc", "official", 8, 2.0, {"solver_order": 1}),
+        ("unipc", "official", 8, 5.0, {"disable_corrector": [0, 3]}),
     ]
-    for index, (solver, kind, steps, shift) in enumerate(specs):
+    for index, (solver, kind, steps, shift, *rest) in enumerate(specs):
+        unipc = rest[0] if rest else {}
         seed = 100 + index
         g = seed_everything(seed)
         sample = torch.randn(LATENT_SHAPE, generator=g)
         flows = torch.randn((steps, *LATENT_SHAPE), generator=g)
-        ref = Reference(solver, kind, steps, shift)
+        # With bh1, both references' last step (to sigma 0) multiplies B(h) = -inf by a zero
+        # residual and returns NaN: that case stops one step short (ours returns the x0 estimate).
+        taken = steps - 1 if unipc.get("solver_type") == "bh1" else steps
+        flows = flows[:taken]
+        ref = Reference(solver, kind, steps, shift, unipc)
         x = sample
         outs = []
-        for i in range(steps):
+        for i in range(taken):
             x = ref.step(i, flows[i], x)
             outs.append(x)
+        suffix = "".join(f"_{k}{v}" for k, v in unipc.items()).replace(" ", "").replace(",", "-")
+        suffix = suffix.replace("[", "").replace("]", "").replace("solver_", "")
+        config = {"solver": solver, "schedule": kind, "steps": steps, "shift": shift}
+        if unipc:
+            config["unipc"] = unipc
         write_case(
-            f"sched_step_{solver}_{kind}_{steps}_{int(shift)}",
+            f"sched_step_{solver}_{kind}_{steps}_{int(shift)}{suffix}",
             component="flow_step",
             description=f"{steps} {solver} steps on the {kind} schedule (shift {shift}) with given flows",
             inputs={"sample": sample, "flows": flows},
             expected={"samples": torch.stack(outs)},
-            config={"solver": solver, "schedule": kind, "steps": steps, "shift": shift},
+            config=config,
             seed=seed,
         )
 

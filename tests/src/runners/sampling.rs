@@ -4,8 +4,11 @@
 //! - `flow_schedule`: `schedule` ("official" | "diffusers" | "simple"), `steps` (list),
 //!   `shifts` (list), `boundary`. Outputs `sigmas` and `timesteps` concatenated shift-major then
 //!   step-count order, and `high_noise_steps` `[shifts, steps]`.
-//! - `flow_step`: `solver` ("euler" | "unipc"), `schedule`, `steps`, `shift`; inputs `sample`
-//!   and `flows` `[steps, ...]`; output `samples` `[steps, ...]` (the sample after each step).
+//! - `flow_step`: `solver` ("euler" | "unipc"), `schedule`, `steps`, `shift`, optional `unipc`
+//!   table (`solver_order`, `solver_type` "bh1" | "bh2", `lower_order_final`,
+//!   `disable_corrector`; Wan2.2's settings when absent); inputs `sample` and `flows`
+//!   `[n, ...]` (n <= steps: the first n steps are taken); output `samples` `[n, ...]` (the
+//!   sample after each step).
 //! - `denoise_loop`: `flow_step`'s keys plus `guidance` ("official" | "diffusers"), `boundary`,
 //!   `cfg_high_noise`, `cfg_low_noise` and the analytic model's `gains` (high cond, high uncond,
 //!   low cond, low uncond) and `tanh_coef`; inputs `noise` and `anchors` `[4, ...]`; outputs
@@ -15,8 +18,8 @@ use anyhow::{Context, ensure};
 use candle_core::{DType, Device, Tensor};
 use stillmotion_engine::EngineError;
 use stillmotion_engine::sampling::{
-    Branch, Denoiser, Expert, FlowEuler, FlowScheduler, FlowUniPc, GuidanceRule, LoopConfig,
-    Schedule, ScheduleKind, UniPcConfig, denoise,
+    Branch, Denoiser, Expert, FlowScheduler, GuidanceRule, LoopConfig, Schedule, ScheduleKind,
+    SolverKind, UniPcConfig, denoise, new_scheduler,
 };
 
 use super::{Outputs, inputs, take};
@@ -66,30 +69,25 @@ pub fn flow_schedule(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
 }
 
 #[derive(serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Solver {
-    Euler,
-    Unipc,
-}
-
-#[derive(serde::Deserialize)]
 struct StepConfig {
-    solver: Solver,
+    solver: SolverKind,
     schedule: ScheduleKind,
     steps: usize,
     shift: f64,
+    /// Optional UniPC settings (`solver_order`, `solver_type`, `lower_order_final`,
+    /// `disable_corrector`); Wan2.2's when absent.
+    #[serde(default)]
+    unipc: UniPcConfig,
 }
 
-fn scheduler(cfg: &StepConfig) -> anyhow::Result<Box<dyn FlowScheduler>> {
-    Ok(match cfg.solver {
-        Solver::Euler => Box::new(FlowEuler::new(cfg.schedule, cfg.steps, cfg.shift)?),
-        Solver::Unipc => Box::new(FlowUniPc::new(
-            cfg.schedule,
-            UniPcConfig::wan22(),
-            cfg.steps,
-            cfg.shift,
-        )?),
-    })
+fn scheduler(cfg: &StepConfig) -> anyhow::Result<Box<dyn FlowScheduler + Send>> {
+    Ok(new_scheduler(
+        cfg.solver,
+        cfg.schedule,
+        cfg.unipc.clone(),
+        cfg.steps,
+        cfg.shift,
+    )?)
 }
 
 pub fn flow_step(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
@@ -97,13 +95,15 @@ pub fn flow_step(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
     let mut tensors = inputs(case, device)?;
     let mut sample = take(&mut tensors, "sample")?;
     let flows = take(&mut tensors, "flows")?;
+    // The case may stop before the last step (see the bh1 case in sched.py).
+    let taken = flows.dim(0)?;
     ensure!(
-        flows.dim(0)? == cfg.steps,
-        "flows must hold one prediction per step"
+        taken <= cfg.steps,
+        "flows holds more predictions than there are steps"
     );
     let mut sampler = scheduler(&cfg)?;
-    let mut samples = Vec::with_capacity(cfg.steps);
-    for i in 0..cfg.steps {
+    let mut samples = Vec::with_capacity(taken);
+    for i in 0..taken {
         sample = sampler.step(&flows.get(i)?, &sample)?;
         samples.push(sample.clone());
     }
