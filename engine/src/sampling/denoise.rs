@@ -55,7 +55,8 @@ pub enum GuidanceRule {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
 pub struct LoopConfig {
-    /// Expert switch: the high-noise expert runs while `t >= boundary × 1000`.
+    /// Expert switch: the high-noise expert runs while `t >= boundary × 1000` (0.9 for
+    /// I2V-A14B, 0.875 for T2V-A14B; 0 makes every step high-noise, for single-model runs).
     pub boundary: f64,
     /// Guidance scale of the high-noise expert (official `guide_scale[1]`, diffusers
     /// `guidance_scale`).

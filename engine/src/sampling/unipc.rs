@@ -398,4 +398,39 @@ mod tests {
             "stepping past the end must fail"
         );
     }
+
+    #[test]
+    fn every_variant_ends_finite_on_its_x0_estimate() {
+        // The references return NaN on bh1's final step (-inf × 0); ours returns x0 = x - σ v.
+        let device = Device::Cpu;
+        let flow = Tensor::new(&[0.3_f32, -0.7], &device).unwrap();
+        for (order, solver_type) in [
+            (1, SolverType::Bh1),
+            (2, SolverType::Bh1),
+            (3, SolverType::Bh2),
+        ] {
+            let cfg = UniPcConfig {
+                solver_order: order,
+                solver_type,
+                ..UniPcConfig::wan22()
+            };
+            let mut sampler = FlowUniPc::new(ScheduleKind::Diffusers, cfg, 5, 3.0).unwrap();
+            let mut x = Tensor::new(&[1.0_f32, 2.0], &device).unwrap();
+            for _ in 0..4 {
+                x = sampler.step(&flow, &x).unwrap();
+            }
+            let sigma = f64::from(sampler.schedule().sigmas[4]);
+            let expected = (&x - flow.affine(sigma, 0.0).unwrap()).unwrap();
+            let last = sampler.step(&flow, &x).unwrap();
+            let error: f32 = (last - expected)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(error < 1e-6, "order {order} {solver_type:?}: {error}");
+        }
+    }
 }
