@@ -180,6 +180,8 @@ where
 mod tests {
     use super::*;
     use crate::sampling::{FlowEuler, ScheduleKind};
+    use Branch::{Cond, Uncond};
+    use Expert::{HighNoise, LowNoise};
     use candle_core::Device;
 
     /// Flow = gain × x, with a different gain per expert and branch; counts its calls.
@@ -197,10 +199,10 @@ mod tests {
         ) -> Result<Tensor, EngineError> {
             self.calls.push((expert, branch));
             let gain = match (expert, branch) {
-                (Expert::HighNoise, Branch::Cond) => 1.0,
-                (Expert::HighNoise, Branch::Uncond) => 0.5,
-                (Expert::LowNoise, Branch::Cond) => 2.0,
-                (Expert::LowNoise, Branch::Uncond) => 1.5,
+                (HighNoise, Cond) => 1.0,
+                (HighNoise, Uncond) => 0.5,
+                (LowNoise, Cond) => 2.0,
+                (LowNoise, Uncond) => 1.5,
             };
             Ok(latents.affine(gain, 0.0)?)
         }
@@ -229,8 +231,6 @@ mod tests {
         };
         let (result, model) = run(&cfg, None);
         let latents = result.unwrap().to_vec1::<f32>().unwrap();
-        use Branch::{Cond, Uncond};
-        use Expert::{HighNoise, LowNoise};
         assert_eq!(
             model.calls,
             [
