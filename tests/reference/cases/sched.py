@@ -8,6 +8,7 @@ Components:
   `WanI2V.generate` (wan/image2video.py) or diffusers' `WanImageToVideoPipeline.__call__` drive
   their scheduler, with an analytic stand-in for the DiT that the Rust runner implements identically:
       flow = gain[expert, branch] * (x - anchor[expert, branch]) + tanh_coef * (t / 1000) * tanh(x)
+  The `sched_loop_official_generate_*` cases run `WanI2V.generate` itself with these experts.
 
 Schedules:
 - "official": wan.utils.fm_solvers_unipc.FlowUniPCMultistepScheduler(shift=1) then
@@ -286,3 +287,98 @@ def generate() -> None:
     flow_schedule_cases()
     flow_step_cases()
     denoise_loop_cases()
+    official_generate_cases()
+
+
+class _AnalyticExpert(torch.nn.Module):
+    """Stands in for one WanModel inside the real WanI2V.generate: same call signature."""
+
+    def __init__(self, high: bool, gains, anchors, tanh_coef, log):
+        super().__init__()
+        self.high, self.gains, self.anchors, self.tanh_coef, self.log = high, gains, anchors, tanh_coef, log
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, t, context, seq_len, y):
+        cond = bool(context[0][0] > 0.5)  # the stub text encoder marks the prompt with 1
+        k = (0 if self.high else 2) + (0 if cond else 1)
+        self.log.append((x[0].clone(), t.clone(), self.high, cond))
+        return [analytic_flow(x[0], t, self.gains[k], self.anchors[k], self.tanh_coef)]
+
+
+def official_generate_cases() -> None:
+    """Runs the official `WanI2V.generate` itself (its real loop, scheduler and expert switch)
+    with the analytic experts and stub text encoder/VAE; latents come back through a VAE whose
+    decode is the identity."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    wan = load_wan()
+    image2video = importlib.import_module("wan.image2video")
+    gains = [0.8, 0.5, 1.1, 0.7]
+    tanh_coef = 0.1
+    specs = [
+        # name, steps, shift, guide_scale (low, high), lightning
+        ("generate_40_5", 40, 5.0, (3.0, 3.5), False),
+        ("generate_10_1", 10, 1.0, (2.0, 4.0), False),
+        ("generate_lightning_4_5", 4, 5.0, (1.0, 1.0), True),
+    ]
+    del wan
+    for index, (name, steps, shift, guide_scale, lightning) in enumerate(specs):
+        seed = 300 + index
+        g = seed_everything(seed)
+        frame_num, max_area = 5, 64 * 64
+        latent_shape = (16, (frame_num - 1) // 4 + 1, 8, 8)
+        anchors = torch.randn((4, *latent_shape), generator=g) * 0.5
+        log = []
+        pipe = object.__new__(image2video.WanI2V)
+        pipe.device = torch.device("cpu")
+        pipe.rank, pipe.sp_size = 0, 1
+        pipe.vae_stride, pipe.patch_size = (4, 8, 8), (1, 2, 2)
+        pipe.num_train_timesteps, pipe.boundary = 1000, BOUNDARY
+        pipe.param_dtype = torch.float32
+        pipe.t5_cpu, pipe.init_on_cpu, pipe.lightning = True, False, lightning
+        pipe.sample_neg_prompt = "negative"
+        pipe.text_encoder = lambda prompts, device: [torch.tensor([1.0 if p == "prompt" else 0.0]) for p in prompts]
+        lat = latent_shape[1:]
+        pipe.vae = SimpleNamespace(
+            encode=lambda videos: [torch.zeros(16, *lat) for _ in videos],
+            decode=lambda latents: latents,
+        )
+        pipe.high_noise_model = _AnalyticExpert(True, gains, anchors, tanh_coef, log)
+        pipe.low_noise_model = _AnalyticExpert(False, gains, anchors, tanh_coef, log)
+        image = Image.new("RGB", (64, 64), (128, 64, 32))
+        latents = pipe.generate(
+            "prompt", image, max_area=max_area, frame_num=frame_num, shift=shift,
+            sample_solver="unipc", sampling_steps=steps, guide_scale=guide_scale,
+            n_prompt="", seed=seed, offload_model=False,
+        )
+        noise = log[0][0]
+        cond_calls = [entry for entry in log if entry[3]]
+        assert len(cond_calls) == steps
+        calls = [sum(1 for e in log if torch.equal(e[1], c[1])) for c in cond_calls]
+        write_case(
+            f"sched_loop_official_{name}",
+            component="denoise_loop",
+            description=f"the official WanI2V.generate loop itself, analytic experts, {steps} steps, shift {shift}",
+            inputs={"noise": noise, "anchors": anchors},
+            expected={
+                "latents": latents,
+                "timesteps": torch.cat([c[1] for c in cond_calls]).to(torch.int64),
+                "high_noise": torch.tensor([1 if c[2] else 0 for c in cond_calls], dtype=torch.int64),
+                "model_calls": torch.tensor(calls, dtype=torch.int64),
+            },
+            config={
+                "solver": "unipc",
+                "schedule": "official",
+                "guidance": "official",
+                "steps": steps,
+                "shift": shift,
+                "boundary": BOUNDARY,
+                "cfg_high_noise": guide_scale[1],
+                "cfg_low_noise": guide_scale[0],
+                "gains": gains,
+                "tanh_coef": tanh_coef,
+            },
+            seed=seed,
+        )
