@@ -8,7 +8,8 @@ Components:
   `WanI2V.generate` (wan/image2video.py) or diffusers' `WanImageToVideoPipeline.__call__` drive
   their scheduler, with an analytic stand-in for the DiT that the Rust runner implements identically:
       flow = gain[expert, branch] * (x - anchor[expert, branch]) + tanh_coef * (t / 1000) * tanh(x)
-  The `sched_loop_official_generate_*` cases run `WanI2V.generate` itself with these experts.
+  The `sched_loop_official_generate_*` cases run `WanI2V.generate` itself with these experts, the
+  `sched_loop_diffusers_pipeline_*` cases diffusers' `WanImageToVideoPipeline` itself.
 
 Schedules:
 - "official": wan.utils.fm_solvers_unipc.FlowUniPCMultistepScheduler(shift=1) then
@@ -288,6 +289,7 @@ def generate() -> None:
     flow_step_cases()
     denoise_loop_cases()
     official_generate_cases()
+    diffusers_pipeline_cases()
 
 
 class _AnalyticExpert(torch.nn.Module):
@@ -377,6 +379,130 @@ def official_generate_cases() -> None:
                 "boundary": BOUNDARY,
                 "cfg_high_noise": guide_scale[1],
                 "cfg_low_noise": guide_scale[0],
+                "gains": gains,
+                "tanh_coef": tanh_coef,
+            },
+            seed=seed,
+        )
+
+
+class _DiffusersAnalyticExpert(torch.nn.Module):
+    """Stands in for one WanTransformer3DModel inside the real WanImageToVideoPipeline."""
+
+    def __init__(self, high: bool, gains, anchors, tanh_coef, log):
+        super().__init__()
+        self.high, self.gains, self.anchors, self.tanh_coef, self.log = high, gains, anchors, tanh_coef, log
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(patch_size=(1, 2, 2), image_dim=None)
+
+    @property
+    def dtype(self):
+        return torch.float32
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def cache_context(self, name):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image=None,
+                attention_kwargs=None, return_dict=False):
+        x = hidden_states[:, :16]  # the 36-channel input: latents, then mask + image condition
+        cond = bool(encoder_hidden_states[0, 0, 0] > 0.5)
+        k = (0 if self.high else 2) + (0 if cond else 1)
+        self.log.append((x[0].clone(), timestep.clone(), self.high, cond))
+        return (analytic_flow(x, timestep, self.gains[k], self.anchors[k], self.tanh_coef),)
+
+
+class _StubVae(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(scale_factor_temporal=4, scale_factor_spatial=8, z_dim=16,
+                                      latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
+
+    @property
+    def dtype(self):
+        return torch.float32
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def encode(self, video):
+        from types import SimpleNamespace
+
+        b, _, f, h, w = video.shape
+        zeros = torch.zeros(b, 16, (f - 1) // 4 + 1, h // 8, w // 8)
+        return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: zeros))
+
+
+def diffusers_pipeline_cases() -> None:
+    """Runs diffusers' WanImageToVideoPipeline.__call__ itself (two transformers, boundary_ratio)
+    with the analytic experts, a stub VAE and given prompt embeddings; output_type="latent"."""
+    from diffusers import WanImageToVideoPipeline
+    from PIL import Image
+
+    gains = [0.8, 0.5, 1.1, 0.7]
+    tanh_coef = 0.1
+    specs = [
+        # name, steps, shift, guidance_scale (high), guidance_scale_2 (low)
+        ("pipeline_40_5", 40, 5.0, 3.5, 3.0),
+        ("pipeline_4_3", 4, 3.0, 5.0, 2.0),
+        ("pipeline_cfg_gate", 8, 5.0, 1.0, 3.0),
+    ]
+    for index, (name, steps, shift, cfg_high, cfg_low) in enumerate(specs):
+        seed = 400 + index
+        g = seed_everything(seed)
+        latent_shape = (16, 2, 8, 8)
+        anchors = torch.randn((4, *latent_shape), generator=g) * 0.5
+        log = []
+        pipe = WanImageToVideoPipeline(
+            tokenizer=None, text_encoder=None, vae=_StubVae(),
+            scheduler=diffusers_scheduler(steps, shift),
+            transformer=_DiffusersAnalyticExpert(True, gains, anchors, tanh_coef, log),
+            transformer_2=_DiffusersAnalyticExpert(False, gains, anchors, tanh_coef, log),
+            boundary_ratio=BOUNDARY,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        image = Image.new("RGB", (64, 64), (128, 64, 32))
+        out = pipe(
+            image=image, prompt_embeds=torch.ones(1, 4, 8), negative_prompt_embeds=torch.zeros(1, 4, 8),
+            height=64, width=64, num_frames=5, num_inference_steps=steps, guidance_scale=cfg_high,
+            guidance_scale_2=cfg_low, generator=torch.Generator("cpu").manual_seed(seed), output_type="latent",
+        )
+        latents = out.frames[0]
+        noise = log[0][0]
+        cond_calls = [entry for entry in log if entry[3]]
+        assert len(cond_calls) == steps
+        calls = [sum(1 for e in log if torch.equal(e[1], c[1])) for c in cond_calls]
+        write_case(
+            f"sched_loop_diffusers_{name}",
+            component="denoise_loop",
+            description=f"diffusers' WanImageToVideoPipeline itself, analytic experts, {steps} steps, shift {shift}",
+            inputs={"noise": noise, "anchors": anchors},
+            expected={
+                "latents": latents,
+                "timesteps": torch.cat([c[1] for c in cond_calls]).to(torch.int64),
+                "high_noise": torch.tensor([1 if c[2] else 0 for c in cond_calls], dtype=torch.int64),
+                "model_calls": torch.tensor(calls, dtype=torch.int64),
+            },
+            config={
+                "solver": "unipc",
+                "schedule": "diffusers",
+                "guidance": "diffusers",
+                "steps": steps,
+                "shift": shift,
+                "boundary": BOUNDARY,
+                "cfg_high_noise": cfg_high,
+                "cfg_low_noise": cfg_low,
                 "gains": gains,
                 "tanh_coef": tanh_coef,
             },
