@@ -23,6 +23,16 @@ pub enum Branch {
 
 /// The network side of the loop: predicts the flow for latents at a timestep.
 pub trait Denoiser {
+    /// Called before the first step of each expert's run of steps (once per switch), so that
+    /// only the expert in use needs to be on the device.
+    ///
+    /// # Errors
+    /// Whatever loading or moving the expert fails with.
+    fn prepare_expert(&mut self, expert: Expert) -> Result<(), EngineError> {
+        let _ = expert;
+        Ok(())
+    }
+
     /// The flow (velocity) prediction of `expert` for `latents` at `timestep` (0..1000),
     /// with the prompt (`Cond`) or the negative prompt (`Uncond`).
     ///
@@ -150,8 +160,13 @@ where
     let timesteps = scheduler.timesteps().to_vec();
     let total = timesteps.len();
     let mut latents = noise;
+    let mut prepared = None;
     for (index, &timestep) in timesteps.iter().enumerate() {
         let expert = cfg.expert(timestep);
+        if prepared != Some(expert) {
+            denoiser.prepare_expert(expert)?;
+            prepared = Some(expert);
+        }
         let cond = denoiser.predict_flow(&latents, timestep, expert, Branch::Cond)?;
         let (flow, model_calls) = match cfg.guidance_scale(expert) {
             Some(scale) => {
@@ -187,9 +202,15 @@ mod tests {
     /// Flow = gain × x, with a different gain per expert and branch; counts its calls.
     struct Linear {
         calls: Vec<(Expert, Branch)>,
+        prepared: Vec<Expert>,
     }
 
     impl Denoiser for Linear {
+        fn prepare_expert(&mut self, expert: Expert) -> Result<(), EngineError> {
+            self.prepared.push(expert);
+            Ok(())
+        }
+
         fn predict_flow(
             &mut self,
             latents: &Tensor,
@@ -209,7 +230,10 @@ mod tests {
     }
 
     fn run(cfg: &LoopConfig, cancel_after: Option<usize>) -> (Result<Tensor, EngineError>, Linear) {
-        let mut model = Linear { calls: Vec::new() };
+        let mut model = Linear {
+            calls: Vec::new(),
+            prepared: Vec::new(),
+        };
         // Simple 4 steps at shift 5: timesteps 1000, 937.5 (high noise) | 833.3, 625 (low).
         let mut sampler = FlowEuler::new(ScheduleKind::Simple, 4, 5.0).unwrap();
         let noise = Tensor::new(&[1.0_f32, -2.0], &Device::Cpu).unwrap();
@@ -241,6 +265,11 @@ mod tests {
                 (LowNoise, Cond),
                 (LowNoise, Uncond)
             ]
+        );
+        assert_eq!(
+            model.prepared,
+            [HighNoise, LowNoise],
+            "each expert is prepared once"
         );
         // Linear flows make each Euler step a product: x ← x (1 + g dt) with the guided gain
         // (high: 1.0; low: 1.5 + 3 × (2 - 1.5) = 3.0).
