@@ -26,6 +26,7 @@ pub use schedule::{NUM_TRAIN_TIMESTEPS, Schedule, ScheduleKind, is_high_noise};
 pub use unipc::{FlowUniPc, SolverType, UniPcConfig};
 
 use crate::EngineError;
+use crate::preset::SamplerKind;
 
 /// A flow-matching sampler: a schedule, and a step that moves a sample one sigma down.
 pub trait FlowScheduler {
@@ -57,32 +58,32 @@ pub trait FlowScheduler {
     fn step(&mut self, flow: &Tensor, sample: &Tensor) -> Result<Tensor, EngineError>;
 }
 
-/// Which step rule a sampler uses.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SolverKind {
-    /// First-order flow-matching Euler.
-    Euler,
-    /// Multistep UniPC (Wan2.2's default, `sample_solver="unipc"`).
-    #[default]
-    Unipc,
+/// The schedule a preset's sampler runs on when nothing else is asked for: the official Wan2.2
+/// schedule for UniPC (the official pipeline's solver), ComfyUI's "simple" for Euler (the
+/// LightX2V ComfyUI templates' sampler, whose 4 steps at shift 5 are 1.0, 0.9375 | 0.8333, 0.625).
+#[must_use]
+pub fn default_schedule(sampler: SamplerKind) -> ScheduleKind {
+    match sampler {
+        SamplerKind::Unipc => ScheduleKind::Official,
+        SamplerKind::Euler => ScheduleKind::Simple,
+    }
 }
 
-/// A sampler of `solver` on `schedule`'s sigmas for `steps` steps at `shift` (UniPC with
+/// A sampler of kind `sampler` on `schedule`'s sigmas for `steps` steps at `shift` (UniPC with
 /// `unipc`'s settings).
 ///
 /// # Errors
 /// [`EngineError::Sampler`] for invalid steps, shift or UniPC order.
 pub fn new_scheduler(
-    solver: SolverKind,
+    sampler: SamplerKind,
     schedule: ScheduleKind,
     unipc: UniPcConfig,
     steps: usize,
     shift: f64,
 ) -> Result<Box<dyn FlowScheduler + Send>, EngineError> {
-    Ok(match solver {
-        SolverKind::Euler => Box::new(FlowEuler::new(schedule, steps, shift)?),
-        SolverKind::Unipc => Box::new(FlowUniPc::new(schedule, unipc, steps, shift)?),
+    Ok(match sampler {
+        SamplerKind::Euler => Box::new(FlowEuler::new(schedule, steps, shift)?),
+        SamplerKind::Unipc => Box::new(FlowUniPc::new(schedule, unipc, steps, shift)?),
     })
 }
 
@@ -98,4 +99,38 @@ fn check_step(schedule: &Schedule, index: usize) -> Result<usize, EngineError> {
         });
     }
     Ok(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preset::load_presets_in;
+
+    #[test]
+    fn shipped_presets_get_their_reference_schedules() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../presets");
+        for preset in load_presets_in(&dir).unwrap() {
+            let kind = default_schedule(preset.sampler);
+            let steps = usize::try_from(preset.steps).unwrap();
+            let sampler = new_scheduler(
+                preset.sampler,
+                kind,
+                UniPcConfig::wan22(),
+                steps,
+                preset.shift,
+            )
+            .unwrap();
+            let schedule = sampler.schedule();
+            if preset.name.contains("LightX2V") || preset.sampler == SamplerKind::Euler {
+                // The LightX2V ComfyUI template: 2 high-noise + 2 low-noise steps.
+                #[allow(clippy::cast_possible_truncation, reason = "the sigmas as f32")]
+                let expected = [1.0, 0.9375, (2.5_f64 / 3.0) as f32, 0.625, 0.0];
+                assert_eq!(schedule.sigmas, expected, "{}", preset.name);
+                assert_eq!(schedule.high_noise_steps(preset.boundary.unwrap()), 2);
+            } else {
+                assert_eq!(kind, ScheduleKind::Official, "{}", preset.name);
+                assert_eq!(schedule.steps(), steps);
+            }
+        }
+    }
 }

@@ -17,9 +17,10 @@
 use anyhow::{Context, ensure};
 use candle_core::{DType, Device, Tensor};
 use stillmotion_engine::EngineError;
+use stillmotion_engine::preset::SamplerKind;
 use stillmotion_engine::sampling::{
     Branch, Denoiser, Expert, FlowScheduler, GuidanceRule, LoopConfig, Schedule, ScheduleKind,
-    SolverKind, UniPcConfig, denoise, new_scheduler,
+    UniPcConfig, denoise, new_scheduler,
 };
 
 use super::{Outputs, inputs, take};
@@ -70,7 +71,7 @@ pub fn flow_schedule(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
 
 #[derive(serde::Deserialize)]
 struct StepConfig {
-    solver: SolverKind,
+    solver: SamplerKind,
     schedule: ScheduleKind,
     steps: usize,
     shift: f64,
