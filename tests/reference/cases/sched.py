@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import importlib
 
-import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
@@ -315,7 +314,7 @@ def official_generate_cases() -> None:
 
     from PIL import Image
 
-    wan = load_wan()
+    load_wan()
     image2video = importlib.import_module("wan.image2video")
     gains = [0.8, 0.5, 1.1, 0.7]
     tanh_coef = 0.1
@@ -325,7 +324,6 @@ def official_generate_cases() -> None:
         ("generate_10_1", 10, 1.0, (2.0, 4.0), False),
         ("generate_lightning_4_5", 4, 5.0, (1.0, 1.0), True),
     ]
-    del wan
     for index, (name, steps, shift, guide_scale, lightning) in enumerate(specs):
         seed = 300 + index
         g = seed_everything(seed)
