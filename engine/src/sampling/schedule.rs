@@ -30,6 +30,11 @@ pub enum ScheduleKind {
     /// t/1000, t = 1000..1; timesteps are `sigma × 1000` in f32, not truncated. 4 steps at
     /// shift 5 give the LightX2V sigmas 1.0, 0.9375, 0.8333, 0.625.
     Simple,
+    /// diffusers' `FlowMatchEulerDiscreteScheduler(shift=shift)` with its own
+    /// `set_timesteps(steps)`: `steps` points from 1 down to the shifted 1/1000, shifted again;
+    /// timesteps `sigma × 1000` in f32, not truncated. 4 steps at shift 5: 1.0, 0.9097, 0.7173,
+    /// 0.0244.
+    DiffusersEuler,
 }
 
 /// Sigmas (`steps + 1`, ending in 0) and timesteps (`steps`) of one sampling run.
@@ -62,6 +67,7 @@ impl Schedule {
             ScheduleKind::Official => official(steps, shift),
             ScheduleKind::Diffusers => diffusers(steps, shift),
             ScheduleKind::Simple => simple(steps, shift),
+            ScheduleKind::DiffusersEuler => diffusers_euler(steps, shift),
         })
     }
 
@@ -190,6 +196,48 @@ fn simple(steps: usize, shift: f64) -> Schedule {
     let stride = TABLE_LEN as f64 / steps as f64;
     let mut sigmas: Vec<f32> = (0..steps)
         .map(|x| table(TABLE_LEN - 1 - (x as f64 * stride) as usize))
+        .collect();
+    let timesteps = sigmas.iter().map(|s| s * multiplier).collect();
+    sigmas.push(0.0);
+    Schedule { sigmas, timesteps }
+}
+
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss,
+    reason = "the reference's training table is f32; its set_timesteps works in f64"
+)]
+fn diffusers_euler(steps: usize, shift: f64) -> Schedule {
+    let multiplier = NUM_TRAIN_TIMESTEPS as f32;
+    let (scale, scale_minus_one) = (shift as f32, (shift - 1.0) as f32);
+    let train_sigma = |t: f32| {
+        let sigma = t / multiplier;
+        scale * sigma / (1.0 + scale_minus_one * sigma)
+    };
+    // The shifted training table's ends (t = 1000 and t = 1), read back as f64.
+    let sigma_max = f64::from(train_sigma(multiplier));
+    let sigma_min = f64::from(train_sigma(1.0));
+    let (start, stop) = (
+        sigma_max * NUM_TRAIN_TIMESTEPS,
+        sigma_min * NUM_TRAIN_TIMESTEPS,
+    );
+    let points: Vec<f64> = if steps == 1 {
+        vec![start]
+    } else {
+        let step = (stop - start) / (steps - 1) as f64;
+        (0..steps)
+            .map(|i| {
+                if i == steps - 1 {
+                    stop
+                } else {
+                    i as f64 * step + start
+                }
+            })
+            .collect()
+    };
+    let mut sigmas: Vec<f32> = points
+        .iter()
+        .map(|t| shifted(shift, t / NUM_TRAIN_TIMESTEPS) as f32)
         .collect();
     let timesteps = sigmas.iter().map(|s| s * multiplier).collect();
     sigmas.push(0.0);

@@ -77,8 +77,17 @@ def simple_schedule(steps: int, shift: float) -> tuple[torch.Tensor, torch.Tenso
     return sigmas, sigmas[:-1] * multiplier
 
 
+def diffusers_euler_scheduler(steps: int, shift: float):
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    scheduler.set_timesteps(steps, device="cpu")
+    return scheduler
+
+
 def schedule(kind: str, steps: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(sigmas incl. the final 0, timesteps) as the reference computes them."""
+    if kind == "diffusers_euler":
+        s = diffusers_euler_scheduler(steps, shift)
+        return s.sigmas.clone(), s.timesteps.clone()
     if kind == "official":
         s = official_scheduler(steps, shift)
         return s.sigmas.clone(), s.timesteps.clone()
@@ -89,7 +98,7 @@ def schedule(kind: str, steps: int, shift: float) -> tuple[torch.Tensor, torch.T
 
 
 def flow_schedule_cases() -> None:
-    for kind in ["official", "diffusers", "simple"]:
+    for kind in ["official", "diffusers", "simple", "diffusers_euler"]:
         sigmas, timesteps, high = [], [], []
         for shift in SHIFTS:
             row = []
@@ -102,7 +111,7 @@ def flow_schedule_cases() -> None:
                 row.append(sum(1 for v in t.tolist() if v >= BOUNDARY * 1000))
             high.append(row)
         timesteps_flat = torch.cat(timesteps)
-        if kind != "simple":
+        if kind in ("official", "diffusers"):
             assert timesteps_flat.dtype == torch.int64
         write_case(
             f"sched_schedule_{kind}",
@@ -115,7 +124,7 @@ def flow_schedule_cases() -> None:
             },
             config={"schedule": kind, "steps": STEPS, "shifts": SHIFTS, "boundary": BOUNDARY},
             rel_l2=1e-7,
-            max_abs=1e-6 if kind != "simple" else 1e-4,
+            max_abs=1e-6 if kind in ("official", "diffusers") else 1e-4,
         )
 
 
@@ -132,6 +141,9 @@ class Reference:
                 self.scheduler = diffusers_scheduler(steps, shift, **unipc)
             else:
                 raise ValueError("UniPC is tested on the official and diffusers schedules")
+            self.step_timesteps = self.scheduler.timesteps
+        elif kind == "diffusers_euler":
+            self.scheduler = diffusers_euler_scheduler(steps, shift)
             self.step_timesteps = self.scheduler.timesteps
         else:
             self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
@@ -155,6 +167,7 @@ def flow_step_cases() -> None:
         ("euler", "official", 6, 3.0),
         ("euler", "diffusers", 6, 3.0),
         ("euler", "simple", 4, 5.0),
+        ("euler", "diffusers_euler", 8, 5.0),
         ("unipc", "official", 12, 5.0, {"solver_order": 3}),
         ("unipc", "diffusers", 9, 4.0, {"solver_order": 3, "solver_type": "bh1"}),
         ("unipc", "official", 8, 2.0, {"solver_order": 1}),
@@ -211,6 +224,7 @@ def denoise_loop_cases() -> None:
         ("official_unipc_lightning", "unipc", "official", 4, 5.0, 1.0, 1.0),
         ("simple_euler_4_5", "euler", "simple", 4, 5.0, 1.0, 1.0),
         ("official_euler_12_5", "euler", "official", 12, 5.0, 2.0, 3.0),
+        ("diffusers_euler_10_3", "euler", "diffusers_euler", 10, 3.0, 4.0, 3.0),
     ]
     for index, (name, solver, kind, steps, shift, cfg_high, cfg_low) in enumerate(specs):
         seed = 200 + index
@@ -219,7 +233,7 @@ def denoise_loop_cases() -> None:
         anchors = torch.randn((4, *LATENT_SHAPE), generator=g) * 0.5
         ref = Reference(solver, kind, steps, shift)
         boundary = BOUNDARY * 1000
-        guidance = "diffusers" if kind == "diffusers" else "official"
+        guidance = "diffusers" if kind.startswith("diffusers") else "official"
 
         def model(x, t, high, cond):
             k = (0 if high else 2) + (0 if cond else 1)
@@ -255,7 +269,7 @@ def denoise_loop_cases() -> None:
             "trajectory": torch.stack(trajectory),
             "high_noise": torch.tensor(high_flags, dtype=torch.int64),
         }
-        if kind == "simple":
+        if kind in ("simple", "diffusers_euler"):
             expected["timesteps"] = torch.stack(timesteps).to(torch.float32)
         else:
             expected["timesteps"] = torch.stack(timesteps).to(torch.int64)

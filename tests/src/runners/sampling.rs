@@ -1,7 +1,8 @@
 //! Runners for the samplers: `flow_schedule`, `flow_step` and `denoise_loop`.
 //!
 //! Config keys:
-//! - `flow_schedule`: `schedule` ("official" | "diffusers" | "simple"), `steps` (list),
+//! - `flow_schedule`: `schedule` ("official" | "diffusers" | "simple" | "diffusers_euler"),
+//!   `steps` (list),
 //!   `shifts` (list), `boundary`. Outputs `sigmas` and `timesteps` concatenated shift-major then
 //!   step-count order, and `high_noise_steps` `[shifts, steps]`.
 //! - `flow_step`: `solver` ("euler" | "unipc"), `schedule`, `steps`, `shift`, optional `unipc`
@@ -38,7 +39,7 @@ struct ScheduleConfig {
 fn timesteps_tensor(kind: ScheduleKind, values: &[f32], device: &Device) -> anyhow::Result<Tensor> {
     let t = Tensor::new(values, device)?;
     Ok(match kind {
-        ScheduleKind::Simple => t,
+        ScheduleKind::Simple | ScheduleKind::DiffusersEuler => t,
         ScheduleKind::Official | ScheduleKind::Diffusers => t.to_dtype(DType::I64)?,
     })
 }
