@@ -72,6 +72,10 @@ pub enum EngineError {
     /// A recipe embedded in a video or its sidecar is missing or unreadable.
     #[error("{problem}: {path}")]
     BadEmbeddedRecipe { problem: String, path: PathBuf },
+
+    /// Sampler settings or state are unusable; `problem` says what to change.
+    #[error("sampler: {problem}")]
+    Sampler { problem: String },
 }
 
 impl EngineError {

@@ -14,6 +14,7 @@ pub mod paths;
 pub mod preset;
 pub mod recipe;
 pub mod runtime;
+pub mod sampling;
 pub mod video;
 pub mod wan;
 

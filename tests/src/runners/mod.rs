@@ -12,6 +12,7 @@ use candle_core::{Device, Tensor};
 use crate::golden::Case;
 
 mod image_fit;
+mod sampling;
 mod wan_dit;
 
 /// Named output tensors of one case.
@@ -23,6 +24,9 @@ pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
     match component {
         "wan_dit" => wan_dit::run(case, device),
         "image_fit" => image_fit::run(case, device),
+        "flow_schedule" => sampling::flow_schedule(case, device),
+        "flow_step" => sampling::flow_step(case, device),
+        "denoise_loop" => sampling::denoise_loop(case, device),
         _ => bail!(
             "no runner for component {component:?} (case {}); add one in tests/src/runners/",
             case.dir.display()
