@@ -37,6 +37,14 @@ pub enum EngineError {
     /// A tensor operation failed (shape mismatch, device error).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// A RIFE weights file is missing, unreadable or not a supported RIFE network.
+    #[error("{problem}: {path}")]
+    BadRifeWeights { problem: String, path: PathBuf },
+
+    /// Frames handed to frame interpolation are unusable; `problem` says why.
+    #[error("frame interpolation: {problem}")]
+    BadInterpolationInput { problem: String },
 }
 
 impl EngineError {

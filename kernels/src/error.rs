@@ -19,6 +19,11 @@ pub enum KernelError {
     Candle(#[from] candle_core::Error),
 
     /// The kernel has no implementation for this device yet.
-    #[error("{kernel} has no kernel for {device} yet (CUDA kernels: issue 12); run this stage on the CPU")]
-    NoDeviceKernel { kernel: &'static str, device: String },
+    #[error(
+        "{kernel} has no kernel for {device} yet (CUDA kernels: issue 12); run this stage on the CPU"
+    )]
+    NoDeviceKernel {
+        kernel: &'static str,
+        device: String,
+    },
 }

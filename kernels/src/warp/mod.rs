@@ -58,7 +58,11 @@ pub fn backward_warp(input: &Tensor, flow: &Tensor) -> Result<Tensor, KernelErro
             let input_values = input.flatten_all()?.to_vec1::<f32>()?;
             let flow_values = flow.flatten_all()?.to_vec1::<f32>()?;
             let out = reference::backward_warp(&input_values, &flow_values, shape);
-            Ok(Tensor::from_vec(out, (batch, channels, height, width), &Device::Cpu)?)
+            Ok(Tensor::from_vec(
+                out,
+                (batch, channels, height, width),
+                &Device::Cpu,
+            )?)
         }
         Device::Cuda(_) | Device::Metal(_) => Err(KernelError::NoDeviceKernel {
             kernel: KERNEL,
