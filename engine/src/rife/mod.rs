@@ -19,8 +19,9 @@ pub mod model;
 pub mod weights;
 
 pub use interpolate::{
-    FrameLayout, InterpolationContext, InterpolationSettings, PairProgress, PixelRounding,
-    PreparedFrame, Rife, frame_similarity, interpolate, network_scale_for, to_rgb8,
+    DEFAULT_SCENE_CUT_BELOW, FrameLayout, InterpolationContext, InterpolationSettings,
+    PairProgress, PixelRounding, PreparedFrame, Rife, frame_similarity, interpolate,
+    network_scale_for, to_rgb8,
 };
 pub use model::{Config, IfNet, IfNetOutput};
 pub use stillmotion_kernels::warp::backward_warp;

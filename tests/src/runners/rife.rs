@@ -31,8 +31,8 @@ fn default_network_scale() -> f64 {
 
 pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
     let config: RifeCaseConfig = case.config()?;
-    let weights = stillmotion_engine::paths::rife_weights_path()
-        .context("locating the RIFE weights")?;
+    let weights =
+        stillmotion_engine::paths::rife_weights_path().context("locating the RIFE weights")?;
     let rife = Rife::load(&weights, device).context("loading the real RIFE weights")?;
     let mut tensors = inputs(case, device)?;
     let img0 = take(&mut tensors, "img0")?;
