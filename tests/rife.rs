@@ -88,7 +88,7 @@ fn blend(a: &RgbImage, b: &RgbImage) -> RgbImage {
         .as_raw()
         .iter()
         .zip(b.as_raw())
-        .map(|(&p, &q)| ((u16::from(p) + u16::from(q) + 1) / 2) as u8)
+        .map(|(&p, &q)| (u16::from(p) + u16::from(q)).div_ceil(2) as u8)
         .collect();
     RgbImage::from_raw(a.width(), a.height(), data).unwrap()
 }
@@ -190,7 +190,11 @@ fn in_between_frames_match_pairwise_calls_so_features_are_reused_correctly() {
     let a = rife.prepare(&frames[1], &layout).unwrap();
     let b = rife.prepare(&frames[2], &layout).unwrap();
     let middle = rife.interpolate_pair(&a, &b, 0.5, &layout).unwrap();
-    let expected = stillmotion_engine::rife::to_rgb8(&middle, Default::default()).unwrap();
+    let expected = stillmotion_engine::rife::to_rgb8(
+        &middle,
+        stillmotion_engine::rife::PixelRounding::default(),
+    )
+    .unwrap();
     assert_eq!(out[3].as_raw(), expected.as_raw());
 }
 

@@ -33,7 +33,7 @@ impl Rife {
         } = checkpoint;
         let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, device);
         Ok(Self {
-            net: IfNet::new(&config, vb)?,
+            net: IfNet::new(&config, &vb)?,
             version,
             device: device.clone(),
         })
@@ -182,7 +182,7 @@ impl FrameLayout {
             )));
         }
         let needed = (64.0 / network_scale).max(1.0) as usize;
-        if pad_multiple == 0 || pad_multiple % needed != 0 {
+        if pad_multiple == 0 || !pad_multiple.is_multiple_of(needed) {
             return Err(bad(format!(
                 "padding multiple {pad_multiple} is not a multiple of {needed}, which network scale {network_scale} needs"
             )));

@@ -116,7 +116,7 @@ pub struct Head {
 }
 
 impl Head {
-    pub fn new(cfg: &Config, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
+    pub fn new(cfg: &Config, vb: &VarBuilder<'_>) -> candle_core::Result<Self> {
         let hidden = cfg.head_hidden;
         Ok(Self {
             cnn0: conv(3, hidden, 2, vb.pp("cnn0"))?,
@@ -143,7 +143,7 @@ struct ResConv {
 }
 
 impl ResConv {
-    fn new(channels: usize, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
+    fn new(channels: usize, vb: &VarBuilder<'_>) -> candle_core::Result<Self> {
         Ok(Self {
             conv: conv(channels, channels, 1, vb.pp("conv"))?,
             beta: vb.get((1, channels, 1, 1), "beta")?,
@@ -172,10 +172,10 @@ struct IfBlock {
 }
 
 impl IfBlock {
-    fn new(in_channels: usize, c: usize, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
+    fn new(in_channels: usize, c: usize, vb: &VarBuilder<'_>) -> candle_core::Result<Self> {
         let conv0 = vb.pp("conv0");
         let convblock = (0..RES_CONVS)
-            .map(|i| ResConv::new(c, vb.pp("convblock").pp(i)))
+            .map(|i| ResConv::new(c, &vb.pp("convblock").pp(i)))
             .collect::<candle_core::Result<_>>()?;
         Ok(Self {
             conv0: [
@@ -237,16 +237,16 @@ pub struct IfNet {
 pub const BASE_BLOCK_SCALES: [f64; 5] = [16.0, 8.0, 4.0, 2.0, 1.0];
 
 impl IfNet {
-    pub fn new(cfg: &Config, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
+    pub fn new(cfg: &Config, vb: &VarBuilder<'_>) -> candle_core::Result<Self> {
         let blocks = cfg
             .block_channels
             .iter()
             .enumerate()
-            .map(|(i, &c)| IfBlock::new(cfg.block_inputs(i), c, vb.pp(format!("block{i}"))))
+            .map(|(i, &c)| IfBlock::new(cfg.block_inputs(i), c, &vb.pp(format!("block{i}"))))
             .collect::<candle_core::Result<_>>()?;
         Ok(Self {
             blocks,
-            encode: Head::new(cfg, vb.pp("encode"))?,
+            encode: Head::new(cfg, &vb.pp("encode"))?,
         })
     }
 
@@ -349,7 +349,7 @@ mod tests {
         };
         let varmap = candle_nn::VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-        let net = IfNet::new(&cfg, vb).unwrap();
+        let net = IfNet::new(&cfg, &vb).unwrap();
         let img0 = Tensor::rand(0f32, 1.0, (1, 3, 64, 128), &device).unwrap();
         let img1 = Tensor::rand(0f32, 1.0, (1, 3, 64, 128), &device).unwrap();
         let f0 = net.encode(&img0).unwrap();
