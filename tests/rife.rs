@@ -20,7 +20,7 @@ use image::imageops::{self, FilterType};
 use stillmotion_engine::EngineError;
 use stillmotion_engine::rife::{
     DEFAULT_SCENE_CUT_BELOW, FrameLayout, InterpolationContext, InterpolationSettings,
-    PairProgress, Rife, interpolate,
+    PairProgress, Rife, interpolate, retime,
 };
 
 const FRAME_W: u32 = 160;
@@ -321,4 +321,38 @@ fn unsupported_checkpoints_are_refused_with_the_file_named() {
     assert!(error.contains("unsupported RIFE version"), "{error}");
     assert!(error.ends_with(&file.display().to_string()), "{error}");
     let _ = Path::new("");
+}
+
+#[test]
+fn retiming_to_a_target_fps_keeps_frames_on_the_grid_and_interpolates_between() {
+    let rife = rife();
+    let image = photo("coffee");
+    let frames: Vec<RgbImage> = (0..4)
+        .map(|k| crop(&image, 40 + 3 * k, 30, 64, 64))
+        .collect();
+    let settings = InterpolationSettings::with_multiplier(1);
+    let mut progress = |_: PairProgress| {};
+    let mut ctx = InterpolationContext {
+        is_cancelled: &|| false,
+        on_progress: &mut progress,
+    };
+    // 16 → 24 fps: source times 0, 2/3, 4/3, 2, 8/3; 10/3 is past the last frame (3).
+    let out = retime(&rife, &frames, 16.0, 24.0, &settings, &mut ctx).unwrap();
+    assert_eq!(out.len(), 5);
+    assert_eq!(out[0].as_raw(), frames[0].as_raw());
+    assert_eq!(out[3].as_raw(), frames[2].as_raw());
+    let layout = FrameLayout::new(64, 64, None).unwrap();
+    let a = rife.prepare(&frames[1], &layout).unwrap();
+    let b = rife.prepare(&frames[2], &layout).unwrap();
+    let at = rife
+        .interpolate_pair(&a, &b, 4.0 / 3.0 - 1.0, &layout)
+        .unwrap();
+    let expected = stillmotion_engine::rife::to_rgb8(&at, settings.rounding).unwrap();
+    assert_eq!(out[2].as_raw(), expected.as_raw());
+    // Doubling the rate equals ×2 interpolation; halving it drops every other frame.
+    let doubled = retime(&rife, &frames, 12.0, 24.0, &settings, &mut ctx).unwrap();
+    let multiplied = run(&rife, &frames, &InterpolationSettings::with_multiplier(2));
+    assert_eq!(doubled, multiplied);
+    let halved = retime(&rife, &frames, 24.0, 12.0, &settings, &mut ctx).unwrap();
+    assert_eq!(halved, vec![frames[0].clone(), frames[2].clone()]);
 }
