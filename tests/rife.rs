@@ -20,7 +20,7 @@ use image::imageops::{self, FilterType};
 use stillmotion_engine::EngineError;
 use stillmotion_engine::rife::{
     DEFAULT_SCENE_CUT_BELOW, FrameLayout, InterpolationContext, InterpolationSettings,
-    PairProgress, Rife, interpolate, retime,
+    PairProgress, Rife, interpolate, interpolate_stream, retime,
 };
 
 const FRAME_W: u32 = 160;
@@ -267,6 +267,54 @@ fn cancellation_stops_between_pairs() {
     );
     assert!(matches!(result, Err(EngineError::Cancelled)));
     assert_eq!(pairs_done.get(), 1);
+}
+
+#[test]
+fn streaming_emits_the_same_frames_and_refuses_mixed_sizes() {
+    let rife = rife();
+    let image = photo("astronaut");
+    let frames: Vec<RgbImage> = (0..3)
+        .map(|k| crop(&image, 30, 20 + 3 * k, 72, 64))
+        .collect();
+    let mut settings = InterpolationSettings::with_multiplier(2);
+    settings.loop_clip = true;
+    let whole = run(&rife, &frames, &settings);
+    assert_eq!(whole.len(), 6);
+    // The loop's last in-between frame reuses frame 0's features from the first pair.
+    let layout = FrameLayout::new(72, 64, None).unwrap();
+    let last = rife.prepare(&frames[2], &layout).unwrap();
+    let first = rife.prepare(&frames[0], &layout).unwrap();
+    let wrap = rife.interpolate_pair(&last, &first, 0.5, &layout).unwrap();
+    let wrap = stillmotion_engine::rife::to_rgb8(&wrap, settings.rounding).unwrap();
+    assert_eq!(whole[5], wrap);
+    let mut streamed = Vec::new();
+    let totals = Cell::new(None);
+    let mut progress = |p: PairProgress| totals.set(p.pairs_total);
+    let mut ctx = InterpolationContext {
+        is_cancelled: &|| false,
+        on_progress: &mut progress,
+    };
+    let count = interpolate_stream(
+        &rife,
+        frames.iter().cloned().map(Ok),
+        None,
+        &settings,
+        &mut ctx,
+        &mut |frame| {
+            streamed.push(frame);
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(count, 6);
+    assert_eq!(streamed, whole);
+    assert_eq!(totals.get(), None);
+
+    let mixed = [frames[0].clone(), crop(&image, 0, 0, 64, 64)];
+    let error = interpolate(&rife, &mixed, &settings, &mut ctx)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("same size"), "{error}");
 }
 
 #[test]

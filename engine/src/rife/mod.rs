@@ -21,7 +21,7 @@ pub mod weights;
 pub use interpolate::{
     DEFAULT_SCENE_CUT_BELOW, FrameLayout, InterpolationContext, InterpolationSettings,
     PairProgress, PixelRounding, PreparedFrame, Rife, frame_similarity, interpolate,
-    network_scale_for, retime, to_rgb8,
+    interpolate_stream, network_scale_for, retime, to_rgb8,
 };
 pub use model::{Config, IfNet, IfNetOutput};
 pub use stillmotion_kernels::warp::backward_warp;
