@@ -238,6 +238,13 @@ pub const BASE_BLOCK_SCALES: [f64; 5] = [16.0, 8.0, 4.0, 2.0, 1.0];
 
 impl IfNet {
     pub fn new(cfg: &Config, vb: &VarBuilder<'_>) -> candle_core::Result<Self> {
+        if cfg.block_channels.len() != BASE_BLOCK_SCALES.len() {
+            candle_core::bail!(
+                "RIFE's IFNet has {} IFBlocks, the config names {}",
+                BASE_BLOCK_SCALES.len(),
+                cfg.block_channels.len()
+            );
+        }
         let blocks = cfg
             .block_channels
             .iter()
@@ -299,12 +306,8 @@ impl IfNet {
             warped1 = warp(img1, &out.flow.narrow(1, 2, 2)?)?;
             state = Some((out.flow, out.mask, out.features));
         }
-        let Some((flow, mask, _)) = state else {
-            return Err(EngineError::BadRifeWeights {
-                problem: "the network has no IFBlock".to_owned(),
-                path: std::path::PathBuf::new(),
-            });
-        };
+        let (flow, mask, _) =
+            state.ok_or_else(|| candle_core::Error::Msg("IfNet has no IFBlock".to_owned()))?;
         let weight = candle_nn::ops::sigmoid(&mask)?;
         let merged =
             (warped0.broadcast_mul(&weight)? + warped1.broadcast_mul(&(1.0 - &weight)?)?)?;

