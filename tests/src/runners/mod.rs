@@ -26,6 +26,7 @@ pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
     let component = case.manifest.component.as_str();
     match component {
         "rife" => rife::run(case, device),
+        "rife_clip" => rife::run_clip(case, device),
         "rife_warp" => rife::run_warp(case, device),
         _ => bail!(
             "no runner for component {component:?} (case {}); add one in tests/src/runners/",
