@@ -12,17 +12,23 @@
 //! is both frames warped (bilinear, border, `align_corners=True`: [`stillmotion_kernels::warp`])
 //! and blended by `sigmoid(mask)`. Frames are padded to a multiple of 64 ÷ network scale.
 //!
-//! [`weights`] reads the checkpoints, [`model`] is the network, [`interpolate`] drives a clip.
+//! [`weights`] reads the checkpoints, [`model`] is the network, [`pair`] runs one frame pair
+//! (padding, per-frame features, 8-bit output), [`interpolate`] drives a clip by a multiplier
+//! and [`retime`] to a target fps, [`scene_cut`] decides which pairs not to morph.
 
 pub mod interpolate;
 pub mod model;
+pub mod pair;
+pub mod retime;
+pub mod scene_cut;
 pub mod weights;
 
 pub use interpolate::{
-    DEFAULT_SCENE_CUT_BELOW, FrameLayout, InterpolationContext, InterpolationSettings,
-    PairProgress, PixelRounding, PreparedFrame, Rife, frame_similarity, interpolate,
-    interpolate_stream, network_scale_for, retime, to_rgb8,
+    InterpolationContext, InterpolationSettings, PairProgress, interpolate, interpolate_stream,
 };
 pub use model::{Config, IfNet, IfNetOutput};
+pub use pair::{FrameLayout, PixelRounding, PreparedFrame, Rife, network_scale_for, to_rgb8};
+pub use retime::retime;
+pub use scene_cut::{DEFAULT_SCENE_CUT_BELOW, frame_similarity, histogram_overlap};
 pub use stillmotion_kernels::warp::backward_warp;
 pub use weights::{RifeCheckpoint, read_checkpoint};
