@@ -76,6 +76,13 @@ pub enum EngineError {
     /// Sampler settings or state are unusable; `problem` says what to change.
     #[error("sampler: {problem}")]
     Sampler { problem: String },
+    /// A RIFE weights file is missing, unreadable or not a supported RIFE network.
+    #[error("{problem}: {path}")]
+    BadRifeWeights { problem: String, path: PathBuf },
+
+    /// Frames handed to frame interpolation are unusable; `problem` says why.
+    #[error("frame interpolation: {problem}")]
+    BadInterpolationInput { problem: String },
 }
 
 impl EngineError {

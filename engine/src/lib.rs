@@ -17,6 +17,7 @@ pub mod runtime;
 pub mod sampling;
 pub mod video;
 pub mod wan;
+pub mod rife;
 
 pub use error::EngineError;
 

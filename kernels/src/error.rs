@@ -17,4 +17,13 @@ pub enum KernelError {
     /// An error from candle while running a kernel or its reference.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// The kernel has no implementation for this device yet.
+    #[error(
+        "{kernel} has no kernel for {device} yet (CUDA kernels: issue 12); run this stage on the CPU"
+    )]
+    NoDeviceKernel {
+        kernel: &'static str,
+        device: String,
+    },
 }

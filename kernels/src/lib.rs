@@ -15,6 +15,7 @@
 
 mod driver;
 mod error;
+pub mod warp;
 
 pub use driver::{DriverProbe, probe_cuda_driver};
 pub use error::KernelError;

