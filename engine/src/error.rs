@@ -37,6 +37,15 @@ pub enum EngineError {
     /// A tensor operation failed (shape mismatch, device error).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// A text-encoder checkpoint is unusable (unknown layout, missing tensor, unsupported
+    /// quantisation); `problem` says what to use instead.
+    #[error("{problem}: {path}")]
+    BadTextEncoder { problem: String, path: PathBuf },
+
+    /// A tokenizer file (tokenizer.json, spiece.model, or the tensor embedding one) is unusable.
+    #[error("{problem}: {path}")]
+    BadTokenizer { problem: String, path: PathBuf },
 }
 
 impl EngineError {
