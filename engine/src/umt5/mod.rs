@@ -10,14 +10,23 @@
 //! (`wan/modules/t5.py`). The Wan pipeline (`T5EncoderModel.__call__`) keeps the states of the
 //! real tokens only; the DiT then zero-pads them to `text_len` = 512: [`pad_context`].
 
+mod cache;
+mod clean;
 mod config;
+mod encoder;
 mod model;
+mod spm;
+pub mod tokenizer;
 pub mod weights;
 
 use candle_core::{D, Tensor};
 
+pub use cache::{EncoderFingerprint, EncodingCache};
+pub use clean::{clean_prompt, html_unescape};
 pub use config::Config;
+pub use encoder::{TextEncoder, encode_tokens};
 pub use model::Umt5Encoder;
+pub use tokenizer::{PromptTokenizer, PromptTokens};
 pub use weights::Checkpoint;
 
 /// `[len, d_model]` states of the real tokens → `[text_len, d_model]`, zero-padded (or cut to

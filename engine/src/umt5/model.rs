@@ -224,6 +224,11 @@ impl Umt5Encoder {
         &self.cfg
     }
 
+    #[must_use]
+    pub fn device(&self) -> &Device {
+        self.shared.embeddings().device()
+    }
+
     /// Hidden states `[batch, len, d_model]` for token ids `[batch, len]`. `attention_mask`
     /// (`[batch, len]`, any integer or float type, nonzero = real token) hides padding keys.
     pub fn forward(

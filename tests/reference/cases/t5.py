@@ -5,13 +5,25 @@ attention masks, saved in the layouts users have (ComfyUI's single file, diffuse
 folder), and the official `wan/modules/t5.py` `T5Encoder` on the same weights in Wan-native
 naming, saved as a PyTorch pickle like `models_t5_umt5-xxl-enc-bf16.pth`.
 
-Tokenizer cases: see `_tokenizer_cases` below.
+Tokenizer cases: a tiny SentencePiece Unigram model trained here (umt5's special-token layout:
+<pad>=0, </s>=1, <unk>=2), once with nmt_nfkc normalisation and byte fallback (as umt5) and once
+with identity normalisation and no byte fallback. Reference ids come from the official
+`wan/modules/tokenizers.py` `HuggingfaceTokenizer` (transformers `AutoTokenizer` on the folder,
+512 tokens), with its prompt cleaning and without; each case carries the tokenizer in all three
+forms users have (tokenizer.json, spiece.model, a `spiece_model` tensor in a text-encoder
+safetensors file).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import random
+import tempfile
+from pathlib import Path
+
+import ftfy
+import sentencepiece as spm
 
 import torch
 from transformers import UMT5Config, UMT5EncoderModel
@@ -154,5 +166,159 @@ def _encoder_cases() -> None:
     print("  hf vs official rel l2:", float((official_hidden - hidden).norm() / hidden.norm()))
 
 
+NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
+    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+WORDS = (
+    "a cat sits on the mat while sun shines over golden hills and river flows slowly camera pans left "
+    "zoom in cinematic lighting beautiful girl dancing in rain close up shot of an old man smiling "
+    "drone flying above city at night neon lights reflect on wet street slow motion waves crash"
+).split()
+
+
+def _corpus(rng: random.Random) -> list[str]:
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 14))) for _ in range(600)]
+    lines += [NEGATIVE_PROMPT] * 30
+    lines += [
+        "Ünïcödé café naïve résumé Ærøskøbing",
+        "日本語のテキスト、カタカナ、ひらがな",
+        "한국어 문장입니다 영상 생성",
+        "مرحبا بالعالم وصف المشهد",
+        "שלום עולם תיאור הסצנה",
+        "Привет мир красивое видео",
+        "Καλημέρα κόσμε",
+        "1234567890 !?.,;:'\"()[]{}-+=*/%$#@&",
+    ] * 15
+    return lines
+
+
+def _prompts(rng: random.Random) -> list[str]:
+    """At least 200 prompts across the Unicode cases the issue names."""
+    fixed = [
+        "", " ", "   \t\n  ", "a", "A cat.", NEGATIVE_PROMPT, NEGATIVE_PROMPT + " " + NEGATIVE_PROMPT,
+        "一只猫坐在垫子上，阳光明媚，电影感镜头", "夜晚的城市，霓虹灯倒映在潮湿的街道上", "画面：静止不动 ",
+        "東京の夜景、ネオンが光る", "ｶﾀｶﾅ ﾊﾝｶｸ", "한국의 아름다운 풍경", "ภาษาไทย สวัสดี", "हिन्दी में वीडियो",
+        "مرحبا بالعالم", "שלום עולם", "mixed English עברית و العربية 中文", "\u202eRTL override\u202c text",
+        "\u200fright-to-left mark\u200e", "Привет мир", "Ελληνικά γράμματα",
+        "emoji 😀🎬🐱", "family 👨‍👩‍👧‍👦 and flags 🇨🇳🇺🇸", "skin tones 👍🏽👍🏿", "keycap 1️⃣ #️⃣", "❤️ love ❤",
+        "e\u0301 vs é", "Z̷̢͉̈a̶̗͋l̸̰̀g̴̝̓o̵̜͊ text", "n\u0303 a\u030a o\u0308", "ﬁne ﬂow ﬃ ligatures ĳ Ǆ",
+        "ＦＵＬＬＷＩＤＴＨ　ｔｅｘｔ　１２３！", "half ｱｲｳ width", "“curly” ‘quotes’ ‛odd‟ ʼn",
+        "tab\there", "new\nline", "crlf\r\nline", "cr\ronly", "nel\x85next", "ls\u2028ps\u2029end",
+        "null\x00byte", "bell\x07 and \x1b[1;31mcolour\x1b[0m", "del\x7f", "bom\ufeffinside", "\ufeffleading bom",
+        "zero\u200bwidth", "zwj\u200djoin", "nbsp\u00a0space", "ideographic\u3000space", "en\u2002em\u2003thin\u2009",
+        "c1 \x80\x93\x94 controls", "interlinear \ufff9a\ufffab\ufffb", "obj \ufffc rep",
+        "&amp; &lt;b&gt; &quot;q&quot; &#39;s &#x27;t", "&amp;amp;lt;double&amp;amp;gt;", "&copy 2024 &reg &trade;",
+        "&nbsp;&nbsp;spaced&nbsp;", "&notin; &noti &notit;", "&#128512; &#x1F600; &#0; &#1; &#x110000;",
+        "&#128; &#150; &#13; &#x0d;", "a < b &amp; c", "<b>bold</b> &amp; more", "line one &amp;\nline <two> &lt;",
+        "&unknown; & ;amp; &#; &#x;", "&ampamp; &ltlt", "fish &amp chips",
+        "</s>", "<pad> padded", "<unk>", "a</s>b", "<extra_id_0> sentinel <extra_id_99>", "<extra_id_100>",
+        "▁already▁metaspace", "under_score_words", "UPPER lower MiXeD", "numbers 3.14159 2,718 1e-9",
+        "url https://example.com/path?q=1&x=2", "email name@example.org", "path C:\\Users\\me", "math ∑ ∫ √ ∞ ≠ ≤",
+        "arrows ← → ↑ ↓", "box ┌─┐ │ └─┘", "currency $ € £ ¥ ₹ ₿", "music 𝄞 𝅘𝅥𝅮", "old italic 𐌰𐌱", "rare 𠀀𠀁",
+        "cafÃ© au lait", "â€œquotedâ€\x9d text", "SchÃ¶ne GrÃ¼ÃŸe", "doesnÃ¢â‚¬â„¢t work", "l’humanitÃ© Ã©tÃ©",
+        "ÃƒÂ©lÃƒÂ¨ve double", "Ã  la carte", "!!!???...", "----====____", "    leading and trailing    ", "multiple     internal     spaces",
+        "repeat " * 40, "x" * 300, "長" * 700, " ".join(["word"] * 600), "cinematic " * 520,
+    ]
+    generated = []
+    for _ in range(140):
+        kind = rng.randrange(5)
+        words = [rng.choice(WORDS) for _ in range(rng.randint(1, 30))]
+        if kind == 1:
+            words.insert(rng.randrange(len(words) + 1), rng.choice(["，", "。", "猫", "夜晚", "😀", "é", "ß", "Ω", "&amp;", "  "]))
+        elif kind == 2:
+            words = [w.capitalize() if rng.random() < 0.3 else w for w in words]
+            words.append(rng.choice([".", "!", "?", "...", ","]))
+        elif kind == 3:
+            words = [NEGATIVE_PROMPT[i : i + rng.randint(1, 8)] for i in sorted(rng.sample(range(len(NEGATIVE_PROMPT)), 4))]
+        elif kind == 4:
+            words = [rng.choice(WORDS) + rng.choice(["", "s", "ing", "ed", "'s"]) for _ in range(rng.randint(1, 12))]
+        generated.append(rng.choice([" ", "  ", "\t"]).join(words))
+    return fixed + generated
+
+
+def _tokenizer_case(name: str, *, byte_fallback: bool, normalization: str, description: str) -> None:
+    rng = random.Random(SEED)
+    wan = load_wan()
+    tokenizers_module = wan.modules.tokenizers
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "corpus.txt").write_text("\n".join(_corpus(rng)), encoding="utf-8")
+        spm.SentencePieceTrainer.train(
+            input=str(tmp / "corpus.txt"), model_prefix=str(tmp / "spiece"), model_type="unigram",
+            vocab_size=700, hard_vocab_limit=False, character_coverage=0.99, byte_fallback=byte_fallback,
+            pad_id=0, eos_id=1, unk_id=2, bos_id=-1, normalization_rule_name=normalization,
+            num_threads=1, minloglevel=2, seed_sentencepiece_size=100000,
+        )
+        spm_folder = tmp / "spm"
+        spm_folder.mkdir()
+        spiece = (tmp / "spiece.model").read_bytes()
+        (spm_folder / "spiece.model").write_bytes(spiece)
+        config = json.dumps({"tokenizer_class": "T5Tokenizer"}).encode()
+        (spm_folder / "tokenizer_config.json").write_bytes(config)
+        official = tokenizers_module.HuggingfaceTokenizer(name=str(spm_folder), seq_len=512, clean="whitespace")
+        plain = tokenizers_module.HuggingfaceTokenizer(name=str(spm_folder), seq_len=512)
+        json_folder = tmp / "json"
+        official.tokenizer.save_pretrained(str(json_folder))
+        tokenizer_json = (json_folder / "tokenizer.json").read_bytes()
+        from_json = tokenizers_module.HuggingfaceTokenizer(name=str(json_folder), seq_len=512, clean="whitespace")
+
+        prompts = _prompts(rng)
+        assert len(prompts) >= 200
+
+        def flat(tokenizer, texts):
+            ids, mask = tokenizer(texts, return_mask=True, add_special_tokens=True)
+            lengths = mask.sum(dim=1)
+            rows = [ids[i, : int(n)] for i, n in enumerate(lengths)]
+            assert all(int(m[int(n):].sum()) == 0 for m, n in zip(mask, lengths))
+            return torch.cat(rows).to(torch.int64), lengths.to(torch.int64)
+
+        # ftfy's mojibake repair (fix_encoding) is not ported: prompts it changes are tokenized
+        # raw only (tests/golden/README.md lists the gap).
+        cleanable = [p for p in prompts if ftfy.fix_text(p) == ftfy.fix_text(p, fix_encoding=False)]
+        skipped = [p for p in prompts if p not in cleanable]
+        clean_ids, clean_lengths = flat(official, cleanable)
+        json_ids, json_lengths = flat(from_json, cleanable)
+        assert torch.equal(clean_ids, json_ids) and torch.equal(clean_lengths, json_lengths)
+        raw_ids, raw_lengths = flat(plain, prompts)
+
+    # One copy of the ids: the runner computes them from each of the three forms and fails
+    # naming the form (and prompt) that disagrees.
+    expected = {"clean.ids": clean_ids, "clean.lengths": clean_lengths, "raw.ids": raw_ids, "raw.lengths": raw_lengths}
+    encoder_file = {"spiece_model": torch.frombuffer(bytearray(spiece), dtype=torch.uint8),
+                    "shared.weight": torch.zeros(1, 1)}
+    common.write_case(
+        name,
+        component="tokenizer",
+        description=description,
+        weights={"umt5_encoder_with_tokenizer.safetensors": encoder_file},
+        expected=expected,
+        config={"text_len": 512, "prompts": "prompts.json", "tokenizer_json": "tokenizer.json",
+                "spiece_model": "spiece.model", "encoder_file": "umt5_encoder_with_tokenizer.safetensors"},
+        extra_files={
+            "prompts.json": json.dumps({"clean": cleanable, "raw": prompts}, ensure_ascii=True, indent=0).encode(),
+            "tokenizer.json": tokenizer_json,
+            "spiece.model": spiece,
+            "tokenizer_config.json": config,
+        },
+        seed=SEED,
+    )
+    print(f"  {name}: {len(prompts)} prompts, {len(cleanable)} cleaned ({len(skipped)} need ftfy's mojibake repair), "
+          f"{int(raw_lengths.sum())} raw tokens, unk share {float((raw_ids == 2).float().mean()):.2f}")
+
+
 def generate() -> None:
     _encoder_cases()
+    _tokenizer_case(
+        "tokenizer_spm_nfkc_byte_fallback",
+        byte_fallback=True,
+        normalization="nmt_nfkc",
+        description="tiny SentencePiece Unigram (nmt_nfkc, byte fallback, as umt5): 200+ prompts, ids from wan's HuggingfaceTokenizer with and without prompt cleaning, from all three tokenizer forms",
+    )
+    _tokenizer_case(
+        "tokenizer_spm_identity_plain",
+        byte_fallback=False,
+        normalization="identity",
+        description="tiny SentencePiece Unigram (identity normalisation: no charsmap, no byte fallback): same prompts and sources",
+    )

@@ -11,6 +11,7 @@ use candle_core::{Device, Tensor};
 
 use crate::golden::Case;
 
+mod tokenizer;
 mod umt5;
 
 /// Named output tensors of one case.
@@ -25,6 +26,7 @@ pub type Outputs = BTreeMap<String, Tensor>;
 pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
     let component = case.manifest.component.as_str();
     match component {
+        "tokenizer" => tokenizer::run(case, device),
         "umt5" => umt5::run(case, device),
         _ => bail!(
             "no runner for component {component:?} (case {}); add one in tests/src/runners/",
