@@ -121,7 +121,11 @@ fn push_standard_width(out: &mut String, c: char) {
         '\u{3000}' => out.push(' '),
         '\u{ff01}'..='\u{ffef}' => {
             let mut buf = [0; 4];
-            out.push_str(NormalizedString::from(&*c.encode_utf8(&mut buf)).nfkc().get());
+            out.push_str(
+                NormalizedString::from(&*c.encode_utf8(&mut buf))
+                    .nfkc()
+                    .get(),
+            );
         }
         _ => out.push(c),
     }
@@ -187,7 +191,11 @@ fn ftfy_unescape(text: &str) -> String {
             let entity = &rest[start..start + 1 + hash + name_len + 1];
             let decoded = if hash == 1 {
                 let d = html_unescape(entity);
-                if d.contains(';') { entity.to_owned() } else { d }
+                if d.contains(';') {
+                    entity.to_owned()
+                } else {
+                    d
+                }
             } else {
                 named_entity(&entity[1..]).unwrap_or_else(|| entity.to_owned())
             };
@@ -287,7 +295,10 @@ mod tests {
             ("  a \t b\n\nc  ", "a b c"),
             ("&amp;lt;b&amp;gt; &copy &notin; &noti", "<b> © ∉ ¬i"),
             ("x < y &amp; z", "x < y & z"),
-            ("“smart” ‘quotes’ ﬁne ＡＢＣ１２３　end", "\"smart\" 'quotes' fine ABC123 end"),
+            (
+                "“smart” ‘quotes’ ﬁne ＡＢＣ１２３　end",
+                "\"smart\" 'quotes' fine ABC123 end",
+            ),
             ("\u{1b}[31mred\u{1b}[0m bell\u{7}", "red bell"),
             ("e\u{301} \u{80}", "é €"),
             ("&#65;&#x42;&#0;&#1;&#128;&#xD800;", "AB\u{fffd}€\u{fffd}"),

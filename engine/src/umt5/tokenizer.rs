@@ -168,7 +168,8 @@ impl PromptTokenizer {
 
     /// From a `tokenizer.json`, keeping what transformers keeps (see the module docs).
     pub fn from_tokenizer_json(path: &Path, text_len: usize) -> Result<Self, EngineError> {
-        let text = std::fs::read_to_string(path).map_err(|e| EngineError::io("reading", path, e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| EngineError::io("reading", path, e))?;
         let json: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| bad(path, format!("not valid JSON ({e})")))?;
         let model = &json["model"];
@@ -251,7 +252,9 @@ impl PromptTokenizer {
             .build()
             .map_err(|e| bad(path, e))?;
         inner.with_post_processor(Some(post));
-        inner.add_special_tokens(special).map_err(|e| bad(path, e))?;
+        inner
+            .add_special_tokens(special)
+            .map_err(|e| bad(path, e))?;
         inner.add_tokens(user).map_err(|e| bad(path, e))?;
         inner
             .with_truncation(Some(TruncationParams {
@@ -354,15 +357,17 @@ fn read_u8_tensor(path: &Path, name: &str) -> Result<Vec<u8>, EngineError> {
 /// Standard base64 (with padding), as tokenizer.json stores the charsmap.
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        }
-        .into())
+        Some(
+            match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'+' => 62,
+                b'/' => 63,
+                _ => return None,
+            }
+            .into(),
+        )
     };
     let bytes = text.trim_end_matches('=').as_bytes();
     let mut out = Vec::with_capacity(bytes.len() * 3 / 4);

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import tempfile
 from pathlib import Path
@@ -219,7 +220,7 @@ def _prompts(rng: random.Random) -> list[str]:
         "arrows ← → ↑ ↓", "box ┌─┐ │ └─┘", "currency $ € £ ¥ ₹ ₿", "music 𝄞 𝅘𝅥𝅮", "old italic 𐌰𐌱", "rare 𠀀𠀁",
         "cafÃ© au lait", "â€œquotedâ€\x9d text", "SchÃ¶ne GrÃ¼ÃŸe", "doesnÃ¢â‚¬â„¢t work", "l’humanitÃ© Ã©tÃ©",
         "ÃƒÂ©lÃƒÂ¨ve double", "Ã  la carte", "!!!???...", "----====____", "    leading and trailing    ", "multiple     internal     spaces",
-        "repeat " * 40, "x" * 300, "長" * 700, " ".join(["word"] * 600), "cinematic " * 520,
+        "repeat " * 40, "x" * 300, "長" * 700, " ".join(["word"] * 600), "cinematic " * 520, "，".join([NEGATIVE_PROMPT] * 8),
     ]
     generated = []
     for _ in range(140):
@@ -245,12 +246,17 @@ def _tokenizer_case(name: str, *, byte_fallback: bool, normalization: str, descr
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "corpus.txt").write_text("\n".join(_corpus(rng)), encoding="utf-8")
+        spm.set_random_generator_seed(SEED)
+        # Relative paths: the trainer records them in the model, and the bytes must not vary.
+        cwd = os.getcwd()
+        os.chdir(tmp)
         spm.SentencePieceTrainer.train(
-            input=str(tmp / "corpus.txt"), model_prefix=str(tmp / "spiece"), model_type="unigram",
+            input="corpus.txt", model_prefix="spiece", model_type="unigram",
             vocab_size=700, hard_vocab_limit=False, character_coverage=0.99, byte_fallback=byte_fallback,
             pad_id=0, eos_id=1, unk_id=2, bos_id=-1, normalization_rule_name=normalization,
             num_threads=1, minloglevel=2, seed_sentencepiece_size=100000,
         )
+        os.chdir(cwd)
         spm_folder = tmp / "spm"
         spm_folder.mkdir()
         spiece = (tmp / "spiece.model").read_bytes()

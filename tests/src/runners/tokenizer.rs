@@ -84,10 +84,7 @@ pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
         let lengths: Vec<i64> = ids.iter().map(|row| row.len() as i64).collect();
         let flat: Vec<i64> = ids.iter().flatten().map(|&id| i64::from(id)).collect();
         outputs.insert(format!("{name}.ids"), Tensor::new(flat, device)?);
-        outputs.insert(
-            format!("{name}.lengths"),
-            Tensor::new(lengths, device)?,
-        );
+        outputs.insert(format!("{name}.lengths"), Tensor::new(lengths, device)?);
     }
     Ok(outputs)
 }
