@@ -2,6 +2,7 @@
 //! the same negative prompt for every clip, does not run the 5.7 B-parameter encoder again.
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::path::Path;
 
 use candle_core::Tensor;
@@ -27,7 +28,7 @@ impl EncoderFingerprint {
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_nanos());
-            id.push_str(&format!("|{}:{}:{modified}", file.display(), meta.len()));
+            let _ = write!(id, "|{}:{}:{modified}", file.display(), meta.len());
         }
         Ok(Self(id))
     }
@@ -68,17 +69,15 @@ impl EncodingCache {
         encoder: &EncoderFingerprint,
         encode: impl FnOnce() -> Result<Tensor, EngineError>,
     ) -> Result<Tensor, EngineError> {
-        if let Some(index) = self
+        let hit = self
             .entries
             .iter()
-            .position(|((p, e), _)| p == prompt && e == encoder)
-        {
-            if let Some(entry) = self.entries.remove(index) {
-                let tensor = entry.1.clone();
-                self.entries.push_back(entry);
-                tracing::debug!("prompt encoding reused from the cache");
-                return Ok(tensor);
-            }
+            .position(|((p, e), _)| p == prompt && e == encoder);
+        if let Some(entry) = hit.and_then(|index| self.entries.remove(index)) {
+            let tensor = entry.1.clone();
+            self.entries.push_back(entry);
+            tracing::debug!("prompt encoding reused from the cache");
+            return Ok(tensor);
         }
         let tensor = encode()?;
         if self.capacity > 0 {

@@ -59,7 +59,9 @@ fn fix_text(text: &str) -> String {
             next = fix_line_breaks(&next);
             next = remove_terminal_escapes(&next);
             next.retain(|c| !is_removed_control(c));
-            next = NormalizedString::from(next.as_str()).nfc().get().to_owned();
+            let mut normalized = NormalizedString::from(next.as_str());
+            normalized.nfc();
+            normalized.get().clone_into(&mut next);
             if next == current {
                 break;
             }
@@ -188,7 +190,7 @@ fn ftfy_unescape(text: &str) -> String {
             .unwrap_or(body.len());
         let hash = after.len() - body.len();
         if (1..=24).contains(&name_len) && body[name_len..].starts_with(';') {
-            let entity = &rest[start..start + 1 + hash + name_len + 1];
+            let entity = &rest[start..=start + 1 + hash + name_len];
             let decoded = if hash == 1 {
                 let d = html_unescape(entity);
                 if d.contains(';') {
@@ -271,12 +273,11 @@ fn numeric_reference(after: &str) -> Option<(String, usize)> {
     let used = prefix + len + usize::from(digits[len..].starts_with(';'));
     let number = u32::from_str_radix(&digits[..len], radix).unwrap_or(u32::MAX);
     let decoded = match number {
-        0 => "\u{fffd}".to_owned(),
         0x0d => "\r".to_owned(),
         0x80..=0x9f => char::from_u32(number)
             .map(c1_as_windows_1252)
             .map_or_else(String::new, String::from),
-        0xd800..=0xdfff | 0x11_0000.. => "\u{fffd}".to_owned(),
+        0 | 0xd800..=0xdfff | 0x11_0000.. => "\u{fffd}".to_owned(),
         0x1..=0x8 | 0xb | 0xe..=0x1f | 0x7f | 0xfdd0..=0xfdef => String::new(),
         n if n & 0xfffe == 0xfffe => String::new(),
         n => char::from_u32(n).map_or_else(String::new, String::from),

@@ -75,12 +75,7 @@ impl TextEncoder {
 /// pipeline's masked forward over 512: masked keys get zero weight and the position bias
 /// depends only on offsets.
 pub fn encode_tokens(model: &Umt5Encoder, tokens: &PromptTokens) -> Result<Tensor, EngineError> {
-    let device = model_device(model)?;
-    let ids = Tensor::new(tokens.ids.as_slice(), &device)?.unsqueeze(0)?;
+    let ids = Tensor::new(tokens.ids.as_slice(), model.device())?.unsqueeze(0)?;
     let states = model.forward(&ids, None)?.squeeze(0)?;
     Ok(pad_context(&states, model.config().text_len)?)
-}
-
-fn model_device(model: &Umt5Encoder) -> Result<Device, EngineError> {
-    Ok(model.device().clone())
 }

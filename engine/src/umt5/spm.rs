@@ -28,7 +28,7 @@ impl PieceKind {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Piece {
-    pub piece: String,
+    pub text: String,
     pub score: f32,
     pub kind: PieceKind,
 }
@@ -107,7 +107,7 @@ impl<'a> Reader<'a> {
 
 fn parse_piece(bytes: &[u8]) -> Result<Piece, String> {
     let mut piece = Piece {
-        piece: String::new(),
+        text: String::new(),
         score: 0.0,
         kind: PieceKind::Normal,
     };
@@ -115,7 +115,7 @@ fn parse_piece(bytes: &[u8]) -> Result<Piece, String> {
     while let Some((field, value)) = reader.field()? {
         match (field, value) {
             (1, Value::Bytes(text)) => {
-                piece.piece = String::from_utf8(text.to_vec())
+                piece.text = String::from_utf8(text.to_vec())
                     .map_err(|_| "a piece is not valid UTF-8".to_owned())?;
             }
             (2, Value::Fixed32(bits)) => piece.score = f32::from_bits(bits),
@@ -189,7 +189,7 @@ mod tests {
         proto.extend(field(3, 2, &field(2, 2, &[9, 8, 7])));
         proto.extend(field(9, 1, &[0; 8]));
         let model = SpmModel::parse(&proto).unwrap();
-        assert_eq!(model.pieces[0].piece, "▁a");
+        assert_eq!(model.pieces[0].text, "▁a");
         assert_eq!(model.pieces[0].score, -1.5);
         assert_eq!(model.pieces[0].kind, PieceKind::Normal);
         assert_eq!(model.pieces[1].kind, PieceKind::Control);

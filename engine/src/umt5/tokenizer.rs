@@ -123,7 +123,7 @@ impl PromptTokenizer {
         let mut vocab: Vec<(String, f64)> = model
             .pieces
             .iter()
-            .map(|p| (p.piece.clone(), f64::from(p.score)))
+            .map(|p| (p.text.clone(), f64::from(p.score)))
             .collect();
         let sentinels: Vec<String> = (0..extra_ids)
             .rev()
@@ -134,7 +134,7 @@ impl PromptTokenizer {
             .pieces
             .iter()
             .filter(|p| p.kind == PieceKind::Control)
-            .map(|p| AddedToken::from(p.piece.clone(), true).normalized(false))
+            .map(|p| AddedToken::from(p.text.clone(), true).normalized(false))
             .collect();
         special.push(AddedToken::from("<unk>", true).normalized(false));
         special.extend(
@@ -147,7 +147,7 @@ impl PromptTokenizer {
             .pieces
             .iter()
             .filter(|p| p.kind == PieceKind::UserDefined)
-            .map(|p| AddedToken::from(p.piece.clone(), false).normalized(false))
+            .map(|p| AddedToken::from(p.text.clone(), false).normalized(false))
             .collect();
         Self::build(
             vocab,
