@@ -56,6 +56,12 @@ impl TextEncoder {
         &self.tokenizer
     }
 
+    /// How many prompt encodings are cached.
+    #[must_use]
+    pub fn cached_prompts(&self) -> usize {
+        self.cache.len()
+    }
+
     /// `[text_len, d_model]` context for `prompt`, from the cache when it was encoded before.
     pub fn encode_prompt(&mut self, prompt: &str) -> Result<Tensor, EngineError> {
         let Self {
