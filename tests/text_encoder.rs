@@ -26,7 +26,8 @@ fn tiny_config() -> Config {
 /// A random encoder in HF naming, with the SentencePiece model embedded as ComfyUI does.
 fn write_encoder(path: &Path, cfg: &Config) {
     let dev = Device::Cpu;
-    let randn = |shape: &[usize], std: f64| Tensor::randn(0.0_f32, std as f32, shape, &dev).unwrap();
+    let randn =
+        |shape: &[usize], std: f64| Tensor::randn(0.0_f32, std as f32, shape, &dev).unwrap();
     let (d, inner, ff) = (cfg.d_model, cfg.inner_dim(), cfg.d_ff);
     let mut tensors = HashMap::from([
         ("shared.weight".to_owned(), randn(&[cfg.vocab_size, d], 1.0)),
@@ -79,7 +80,8 @@ fn prompt_to_padded_context_with_the_embedded_tokenizer_and_cache() {
     let file = dir.path().join("umt5_tiny.safetensors");
     let cfg = tiny_config();
     write_encoder(&file, &cfg);
-    let mut encoder = TextEncoder::load(&file, &file, Some(&cfg), DType::F32, &Device::Cpu).unwrap();
+    let mut encoder =
+        TextEncoder::load(&file, &file, Some(&cfg), DType::F32, &Device::Cpu).unwrap();
 
     let prompt = "  a cat sits on the mat &amp; the sun shines  ";
     let tokens = encoder.tokenizer().encode(prompt).unwrap();
@@ -101,9 +103,19 @@ fn prompt_to_padded_context_with_the_embedded_tokenizer_and_cache() {
         .load_encoder(&cfg, DType::F32, &Device::Cpu)
         .unwrap();
     let (ids, mask) = tokens.padded(cfg.text_len);
-    let ids = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let mask = Tensor::new(mask, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let masked = model.forward(&ids, Some(&mask)).unwrap().squeeze(0).unwrap();
+    let ids = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let mask = Tensor::new(mask, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let masked = model
+        .forward(&ids, Some(&mask))
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
     let diff = (masked.i(..real).unwrap() - context.i(..real).unwrap())
         .unwrap()
         .abs()
@@ -116,7 +128,11 @@ fn prompt_to_padded_context_with_the_embedded_tokenizer_and_cache() {
 
     assert_eq!(encoder.cached_prompts(), 1);
     let again = encoder.encode_prompt(prompt).unwrap();
-    assert_eq!(encoder.cached_prompts(), 1, "a repeated prompt is not re-encoded");
+    assert_eq!(
+        encoder.cached_prompts(),
+        1,
+        "a repeated prompt is not re-encoded"
+    );
     assert_eq!(
         again.to_vec2::<f32>().unwrap(),
         context.to_vec2::<f32>().unwrap()

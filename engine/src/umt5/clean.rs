@@ -6,8 +6,8 @@
 //! Of ftfy 6.3's `fix_text` we reproduce, per line and to a fixed point as it does: its own
 //! HTML unescaping (off for the rest of the text once a line holds `<`), C1 controls read as
 //! Windows-1252, Latin ligatures, full/half-width forms, curly quotes, line breaks, terminal
-//! escapes, control characters, and NFC. Not reproduced: `fix_encoding` (mojibake repair) and
-//! ftfy's all-caps entities (`&EACUTE;`); `tests/golden/README.md` lists them.
+//! escapes, control characters, and NFC. Not reproduced: `fix_encoding` (mojibake repair);
+//! `tests/golden/README.md` lists it.
 
 use tokenizers::NormalizedString;
 
@@ -199,7 +199,9 @@ fn ftfy_unescape(text: &str) -> String {
                     d
                 }
             } else {
-                named_entity(&entity[1..]).unwrap_or_else(|| entity.to_owned())
+                named_entity(&entity[1..])
+                    .or_else(|| uppercased_entity(&entity[1..]))
+                    .unwrap_or_else(|| entity.to_owned())
             };
             out.push_str(&decoded);
             rest = &rest[start + entity.len()..];
@@ -218,6 +220,20 @@ fn named_entity(name: &str) -> Option<String> {
     let escaped = format!("&{name}");
     let decoded = htmlize::unescape(escaped.as_str());
     (decoded != escaped.as_str() && decoded.chars().count() <= 2).then(|| decoded.into_owned())
+}
+
+/// ftfy also reads an all-lowercase entity written in capitals (`&EACUTE;` → `É`), unless the
+/// capitalised form already means something to `html.unescape` (`&LTIMES;` starts with `&LT`).
+fn uppercased_entity(name: &str) -> Option<String> {
+    let lower = name.to_ascii_lowercase();
+    if lower.to_ascii_uppercase() != name || lower == name {
+        return None;
+    }
+    let escaped = format!("&{name}");
+    if htmlize::unescape(escaped.as_str()) != escaped.as_str() {
+        return None;
+    }
+    named_entity(&lower).map(|value| value.to_uppercase())
 }
 
 /// Python's `html.unescape`: numeric references with its replacements for invalid code
@@ -303,6 +319,10 @@ mod tests {
             ("\u{1b}[31mred\u{1b}[0m bell\u{7}", "red bell"),
             ("e\u{301} \u{80}", "é €"),
             ("&#65;&#x42;&#0;&#1;&#128;&#xD800;", "AB\u{fffd}€\u{fffd}"),
+            (
+                "P&EACUTE;REZ &NTILDE; &LTIMES; &AMP; &nTILDE;",
+                "PÉREZ Ñ <IMES; & &nTILDE;",
+            ),
         ];
         for (raw, clean) in cases {
             assert_eq!(clean_prompt(raw), clean, "{raw:?}");

@@ -189,10 +189,31 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, keep: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let x = (x + self
-            .attention
-            .forward(&self.attention_norm.forward(x)?, keep)?)?;
-        &x + self.ffn.forward(&self.ffn_norm.forward(&x)?)?
+        let x = fp16_clamp(
+            (x + self
+                .attention
+                .forward(&self.attention_norm.forward(x)?, keep)?)?,
+        )?;
+        fp16_clamp((&x + self.ffn.forward(&self.ffn_norm.forward(&x)?)?)?)
+    }
+}
+
+/// As both references do in float16: once the residual stream overflows, pull it back just
+/// inside the finite range so later layers do not turn it into NaN.
+fn fp16_clamp(x: Tensor) -> candle_core::Result<Tensor> {
+    if x.dtype() != DType::F16 {
+        return Ok(x);
+    }
+    let peak = x
+        .abs()?
+        .max_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
+    if peak.is_infinite() {
+        let limit = f64::from(half::f16::MAX.to_f32()) - 1000.0;
+        x.clamp(-limit, limit)
+    } else {
+        Ok(x)
     }
 }
 
@@ -256,6 +277,25 @@ impl Umt5Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fp16_overflow_is_clamped_and_other_dtypes_are_untouched() {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[f32::INFINITY, -f32::INFINITY, 1.5], &dev).unwrap();
+        let clamped = fp16_clamp(x.to_dtype(DType::F16).unwrap())
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(
+            clamped[0].is_finite() && clamped[0] > 60_000.0,
+            "{clamped:?}"
+        );
+        assert_eq!((clamped[1], clamped[2]), (-clamped[0], 1.5));
+        let kept = fp16_clamp(x).unwrap().to_vec1::<f32>().unwrap();
+        assert!(kept[0].is_infinite());
+    }
 
     #[test]
     fn buckets_match_hand_computed_t5_values() {

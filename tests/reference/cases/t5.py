@@ -213,7 +213,7 @@ def _prompts(rng: random.Random) -> list[str]:
         "&amp; &lt;b&gt; &quot;q&quot; &#39;s &#x27;t", "&amp;amp;lt;double&amp;amp;gt;", "&copy 2024 &reg &trade;",
         "&nbsp;&nbsp;spaced&nbsp;", "&notin; &noti &notit;", "&#128512; &#x1F600; &#0; &#1; &#x110000;",
         "&#128; &#150; &#13; &#x0d;", "a < b &amp; c", "<b>bold</b> &amp; more", "line one &amp;\nline <two> &lt;",
-        "&unknown; & ;amp; &#; &#x;", "&ampamp; &ltlt", "fish &amp chips",
+        "&unknown; & ;amp; &#; &#x;", "P&EACUTE;REZ &NTILDE; &LTIMES; &AMP; &nTILDE; &FRAC12;", "&ampamp; &ltlt", "fish &amp chips",
         "</s>", "<pad> padded", "<unk>", "a</s>b", "<extra_id_0> sentinel <extra_id_99>", "<extra_id_100>",
         "▁already▁metaspace", "under_score_words", "UPPER lower MiXeD", "numbers 3.14159 2,718 1e-9",
         "url https://example.com/path?q=1&x=2", "email name@example.org", "path C:\\Users\\me", "math ∑ ∫ √ ∞ ≠ ≤",
