@@ -308,14 +308,53 @@ def _tokenizer_case(name: str, *, byte_fallback: bool, normalization: str, descr
             "spiece.model": spiece,
             "tokenizer_config.json": config,
         },
+        max_abs=0.0,  # ids: any difference fails, however small relative to the whole
         seed=SEED,
     )
     print(f"  {name}: {len(prompts)} prompts, {len(cleanable)} cleaned ({len(skipped)} need ftfy's mojibake repair), "
           f"{int(raw_lengths.sum())} raw tokens, unk share {float((raw_ids == 2).float().mean()):.2f}")
 
 
+# Pieces the cleaning treats specially, for random strings built from them.
+CLEAN_ALPHABET = [
+    "a", "B", "7", " ", "  ", "\t", "\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1f", "\x00", "\x07",
+    "\x1b", "\x1b[", "\x1b[1;32m", "[0m", "\x7f", "\x80", "\x85", "\x93", "\x9d", "\xa0", "\u1680",
+    "\u2002", "\u200b", "\u200d", "\u2028", "\u2029", "\u202f", "\u205f", "\u206a", "\u3000", "\ufeff",
+    "\ufff9", "\ufffc", "\ufffd", "&", "&amp;", "&amp", "&lt;", "&gt", "&quot;", "&#39;", "&#x27;", "&#",
+    "&#x", "&#65", "&#x1F600;", "&#128;", "&#150;", "&#0;", "&#13;", "&#1;", "&#xD800;", "&#99999999;",
+    "&nbsp;", "&copy", "&notin;", "&noti", "&not", "&EACUTE;", "&Eacute;", "&LTIMES;", "&AMP;", "&x;",
+    ";", "#", "<", ">", "'", "\"", "“", "”", "‘", "’", "ʼ", "‛", "‟", "ﬁ", "ﬀ", "ĳ", "Ǆ", "ŉ", "Ａ", "ｚ",
+    "１", "！", "～", "ｶ", "ﾞ", "ﾟ", "ￂ", "￠", "￨", "e", "\u0301", "\u0308", "\u0327", "Å", "Å", "한",
+    "\u1100\u1161", "猫", "。", "，", "😀", "👍🏽", "\u200d👩", "🇨🇳", "ß", "İ", "Σ", "ǅ", "ﬆ", "مرحبا", "שלום",
+]
+
+
+def _clean_case() -> None:
+    rng = random.Random(SEED + 1)
+    texts = ["".join(rng.choice(CLEAN_ALPHABET) for _ in range(rng.randint(0, 14))) for _ in range(700)]
+    texts = [t for t in texts if ftfy.fix_text(t) == ftfy.fix_text(t, fix_encoding=False)]
+    wan = load_wan()
+    tokenizers_module = wan.modules.tokenizers
+    cleaned = [tokenizers_module.whitespace_clean(tokenizers_module.basic_clean(t)) for t in texts]
+    codepoints = torch.tensor([ord(c) for t in cleaned for c in t], dtype=torch.int64)
+    lengths = torch.tensor([len(t) for t in cleaned], dtype=torch.int64)
+    common.write_case(
+        "prompt_clean_fuzz",
+        component="prompt_clean",
+        description="the official prompt cleaning (ftfy fix_text, html.unescape twice, whitespace collapse) on random strings of tricky pieces",
+        weights={},
+        expected={"codepoints": codepoints, "lengths": lengths},
+        config={"texts": "texts.json"},
+        extra_files={"texts.json": json.dumps(texts, ensure_ascii=True).encode()},
+        max_abs=0.0,  # code points: any difference fails
+        seed=SEED + 1,
+    )
+    print(f"  prompt_clean_fuzz: {len(texts)} strings ({700 - len(texts)} left out: ftfy would repair them as mojibake)")
+
+
 def generate() -> None:
     _encoder_cases()
+    _clean_case()
     _tokenizer_case(
         "tokenizer_spm_nfkc_byte_fallback",
         byte_fallback=True,

@@ -11,6 +11,7 @@ use candle_core::{Device, Tensor};
 
 use crate::golden::Case;
 
+mod prompt_clean;
 mod tokenizer;
 mod umt5;
 
@@ -26,6 +27,7 @@ pub type Outputs = BTreeMap<String, Tensor>;
 pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
     let component = case.manifest.component.as_str();
     match component {
+        "prompt_clean" => prompt_clean::run(case, device),
         "tokenizer" => tokenizer::run(case, device),
         "umt5" => umt5::run(case, device),
         _ => bail!(
