@@ -239,7 +239,21 @@ def _prompts(rng: random.Random) -> list[str]:
     return fixed + generated
 
 
-def _tokenizer_case(name: str, *, byte_fallback: bool, normalization: str, description: str) -> None:
+def _legacy_tokenizer_json(modern: bytes) -> bytes:
+    """The layout transformers 4.x wrote (as in the official google/umt5-xxl folder): its own
+    normaliser sequence, a lone Metaspace pre-tokenizer, byte fallback on. transformers 5.x
+    keeps only its vocabulary, charsmap and special tokens, so the ids must not change."""
+    j = json.loads(modern)
+    j["normalizer"] = {
+        "type": "Sequence",
+        "normalizers": [j["normalizer"], {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": "▁"}],
+    }
+    j["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}
+    j["model"]["byte_fallback"] = True
+    return json.dumps(j, ensure_ascii=False, indent=2).encode()
+
+
+def _tokenizer_case(name: str, *, byte_fallback: bool, normalization: str, legacy_json: bool, description: str) -> None:
     rng = random.Random(SEED)
     wan = load_wan()
     tokenizers_module = wan.modules.tokenizers
@@ -268,6 +282,9 @@ def _tokenizer_case(name: str, *, byte_fallback: bool, normalization: str, descr
         json_folder = tmp / "json"
         official.tokenizer.save_pretrained(str(json_folder))
         tokenizer_json = (json_folder / "tokenizer.json").read_bytes()
+        if legacy_json:
+            tokenizer_json = _legacy_tokenizer_json(tokenizer_json)
+            (json_folder / "tokenizer.json").write_bytes(tokenizer_json)
         from_json = tokenizers_module.HuggingfaceTokenizer(name=str(json_folder), seq_len=512, clean="whitespace")
 
         prompts = _prompts(rng)
@@ -288,6 +305,8 @@ def _tokenizer_case(name: str, *, byte_fallback: bool, normalization: str, descr
         json_ids, json_lengths = flat(from_json, cleanable)
         assert torch.equal(clean_ids, json_ids) and torch.equal(clean_lengths, json_lengths)
         raw_ids, raw_lengths = flat(plain, prompts)
+        json_raw_ids, json_raw_lengths = flat(tokenizers_module.HuggingfaceTokenizer(name=str(json_folder), seq_len=512), prompts)
+        assert torch.equal(raw_ids, json_raw_ids) and torch.equal(raw_lengths, json_raw_lengths)
 
     # One copy of the ids: the runner computes them from each of the three forms and fails
     # naming the form (and prompt) that disagrees.
@@ -359,11 +378,13 @@ def generate() -> None:
         "tokenizer_spm_nfkc_byte_fallback",
         byte_fallback=True,
         normalization="nmt_nfkc",
-        description="tiny SentencePiece Unigram (nmt_nfkc, byte fallback, as umt5): 200+ prompts, ids from wan's HuggingfaceTokenizer with and without prompt cleaning, from all three tokenizer forms",
+        legacy_json=True,
+        description="tiny SentencePiece Unigram (nmt_nfkc, byte fallback, as umt5; tokenizer.json in transformers 4.x layout): 200+ prompts, ids from wan's HuggingfaceTokenizer with and without prompt cleaning, from all three tokenizer forms",
     )
     _tokenizer_case(
         "tokenizer_spm_identity_plain",
         byte_fallback=False,
         normalization="identity",
+        legacy_json=False,
         description="tiny SentencePiece Unigram (identity normalisation: no charsmap, no byte fallback): same prompts and sources",
     )
