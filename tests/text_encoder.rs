@@ -146,3 +146,49 @@ fn prompt_to_padded_context_with_the_embedded_tokenizer_and_cache() {
     assert_eq!(long.ids.len(), cfg.text_len);
     assert_eq!(long.ids.last(), Some(&1), "</s> survives truncation");
 }
+
+#[test]
+fn half_precision_runs_close_to_float32() {
+    let case = committed_dir().join("umt5_comfyui_file_masked");
+    let cfg: Config = {
+        let text = std::fs::read_to_string(case.join("case.toml")).unwrap();
+        let manifest: toml::Table = toml::from_str(&text).unwrap();
+        manifest["config"].clone().try_into().unwrap()
+    };
+    let checkpoint = Checkpoint::locate(&case.join("umt5_tiny.safetensors")).unwrap();
+    let inputs =
+        candle_core::safetensors::load(case.join("inputs.safetensors"), &Device::Cpu).unwrap();
+    let (ids, mask) = (&inputs["input_ids"], &inputs["attention_mask"]);
+    let reference = checkpoint
+        .load_encoder(&cfg, DType::F32, &Device::Cpu)
+        .unwrap()
+        .forward(ids, Some(mask))
+        .unwrap();
+    for dtype in [DType::BF16, DType::F16] {
+        let out = checkpoint
+            .load_encoder(&cfg, dtype, &Device::Cpu)
+            .unwrap()
+            .forward(ids, Some(mask))
+            .unwrap();
+        assert_eq!(out.dtype(), dtype);
+        let out = out.to_dtype(DType::F32).unwrap();
+        let rel = ((&out - &reference)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap())
+        .to_scalar::<f32>()
+        .unwrap()
+        .sqrt()
+            / reference
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .sqrt();
+        assert!(rel < 3e-2, "{dtype:?}: relative L2 {rel}");
+    }
+}
