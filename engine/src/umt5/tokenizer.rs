@@ -12,7 +12,6 @@
 //! (`▁`, always prepended), Unigram (unk id 2, no byte fallback), `</s>` appended, truncated to
 //! `text_len` with a warning event.
 
-use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use tokenizers::models::unigram::Unigram;
@@ -27,7 +26,7 @@ use tokenizers::{
 
 use super::clean::clean_prompt;
 use super::spm::{PieceKind, SpmModel};
-use super::weights::SPIECE_TENSOR;
+use super::weights::{SPIECE_TENSOR, safetensors_entries};
 use crate::EngineError;
 
 /// transformers' `T5Tokenizer` default when no `tokenizer_config.json` says otherwise.
@@ -318,40 +317,18 @@ fn extra_ids_beside(path: &Path) -> Result<usize, EngineError> {
 
 /// Reads one uint8 tensor from a safetensors file without reading the rest.
 fn read_u8_tensor(path: &Path, name: &str) -> Result<Vec<u8>, EngineError> {
-    let io = |e| EngineError::io("reading", path, e);
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let mut len = [0_u8; 8];
-    file.read_exact(&mut len).map_err(io)?;
-    let header_len = usize::try_from(u64::from_le_bytes(len))
-        .ok()
-        .filter(|&n| n < 100_000_000)
-        .ok_or_else(|| bad(path, "not a safetensors file"))?;
-    let mut header = vec![0_u8; header_len];
-    file.read_exact(&mut header).map_err(io)?;
-    let header: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|_| bad(path, "not a safetensors file"))?;
-    let entry = &header[name];
-    if entry.is_null() {
+    let entries = safetensors_entries(path).map_err(|_| bad(path, "not a safetensors file"))?;
+    let Some(entry) = entries.iter().find(|e| e.name == name) else {
         return Err(bad(
             path,
             "this text encoder file does not embed its tokenizer (no spiece_model tensor); \
              choose a tokenizer.json or spiece.model",
         ));
-    }
-    let (Some("U8"), Some(start), Some(end)) = (
-        entry["dtype"].as_str(),
-        entry["data_offsets"][0].as_u64(),
-        entry["data_offsets"][1].as_u64(),
-    ) else {
-        return Err(bad(path, "the spiece_model tensor is not uint8 bytes"));
     };
-    let size = usize::try_from(end.saturating_sub(start))
-        .map_err(|_| bad(path, "the spiece_model tensor is too large"))?;
-    file.seek(SeekFrom::Start(8 + header_len as u64 + start))
-        .map_err(io)?;
-    let mut bytes = vec![0_u8; size];
-    file.read_exact(&mut bytes).map_err(io)?;
-    Ok(bytes)
+    if entry.dtype != Some(candle_core::DType::U8) {
+        return Err(bad(path, "the spiece_model tensor is not uint8 bytes"));
+    }
+    Ok(entry.read(path)?.flatten_all()?.to_vec1::<u8>()?)
 }
 
 /// Standard base64 (with padding), as tokenizer.json stores the charsmap.

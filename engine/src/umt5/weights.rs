@@ -12,6 +12,7 @@
 //! fp8 path lands: ignoring them would silently produce garbage.
 
 use std::collections::{BTreeSet, HashMap};
+use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -118,26 +119,60 @@ impl Checkpoint {
         })
     }
 
-    /// Every tensor, on the CPU, named as in the HF checkpoint.
-    pub fn read_tensors(&self) -> Result<HashMap<String, Tensor>, EngineError> {
-        let mut tensors = HashMap::new();
+    /// The encoder's tensors, named as in the HF checkpoint, in `dtype` on `device`.
+    ///
+    /// Safetensors files are read one tensor at a time (seek and read, no memory map), each
+    /// converted and moved before the next is read, so host memory peaks at one tensor rather
+    /// than the whole 11 GB checkpoint; pickles are read whole, then converted one by one.
+    pub fn read_tensors(
+        &self,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<HashMap<String, Tensor>, EngineError> {
+        let mut found: Vec<(String, Source)> = Vec::new();
         for file in &self.files {
             let bad = |e: candle_core::Error| EngineError::BadTextEncoder {
                 problem: format!("cannot read this checkpoint ({e})"),
                 path: file.clone(),
             };
-            let name = file.to_string_lossy();
-            let read: Vec<(String, Tensor)> = if name.ends_with(".safetensors") {
-                candle_core::safetensors::load(file, &Device::Cpu)
-                    .map_err(bad)?
-                    .into_iter()
-                    .collect()
+            if file.to_string_lossy().ends_with(".safetensors") {
+                found.extend(
+                    safetensors_entries(file)?
+                        .into_iter()
+                        .map(|entry| (entry.name.clone(), Source::File(file.clone(), entry))),
+                );
             } else {
-                candle_core::pickle::read_all(file).map_err(bad)?
-            };
-            tensors.extend(read);
+                let read = candle_core::pickle::read_all(file).map_err(bad)?;
+                found.extend(read.into_iter().map(|(n, t)| (n, Source::Loaded(t))));
+            }
         }
-        normalize_names(tensors, &self.path)
+        refuse_fp8(&found, &self.path)?;
+        let wan_layout = found.iter().any(|(n, _)| n == "token_embedding.weight");
+        let mut out = HashMap::with_capacity(found.len());
+        for (name, source) in found {
+            let renamed = if wan_layout {
+                wan_to_hf(&name)
+            } else {
+                Some(name.clone())
+            };
+            let Some(hf) = renamed.filter(|hf| hf != SPIECE_TENSOR && !hf.starts_with("decoder."))
+            else {
+                tracing::debug!(tensor = %name, "unused by the umT5 encoder");
+                continue;
+            };
+            let tensor = match source {
+                Source::Loaded(tensor) => tensor,
+                Source::File(file, entry) => entry.read(&file)?,
+            };
+            out.insert(hf, tensor.to_device(device)?.to_dtype(dtype)?);
+        }
+        // transformers ties the input embedding; some exports keep only this copy.
+        if !out.contains_key("shared.weight")
+            && let Some(tied) = out.remove("encoder.embed_tokens.weight")
+        {
+            out.insert("shared.weight".to_owned(), tied);
+        }
+        Ok(out)
     }
 
     /// Loads the encoder onto `device` in `dtype`.
@@ -147,7 +182,7 @@ impl Checkpoint {
         dtype: DType,
         device: &Device,
     ) -> Result<Umt5Encoder, EngineError> {
-        let tensors = self.read_tensors()?;
+        let tensors = self.read_tensors(dtype, device)?;
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
         Umt5Encoder::new(cfg, vb).map_err(|e| EngineError::BadTextEncoder {
             problem: format!(
@@ -160,52 +195,135 @@ impl Checkpoint {
     }
 }
 
-/// Renames Wan-native keys to HF keys, drops what the encoder does not use, and refuses
-/// fp8-scaled checkpoints.
-fn normalize_names(
-    tensors: HashMap<String, Tensor>,
-    path: &Path,
-) -> Result<HashMap<String, Tensor>, EngineError> {
-    if let Some(scale) = tensors
-        .iter()
-        .find(|(name, t)| {
-            name.ends_with("scale_weight")
-                || name.ends_with("scale_input")
-                || name.as_str() == "scaled_fp8"
-                || t.dtype() == DType::F8E4M3
-        })
-        .map(|(name, _)| name.clone())
-    {
-        return Err(EngineError::BadTextEncoder {
+/// Where a tensor comes from: a place in a safetensors file, or a pickle already read.
+enum Source {
+    File(PathBuf, Entry),
+    Loaded(Tensor),
+}
+
+impl Source {
+    fn dtype(&self) -> Option<DType> {
+        match self {
+            Self::File(_, entry) => entry.dtype,
+            Self::Loaded(tensor) => Some(tensor.dtype()),
+        }
+    }
+}
+
+/// Refuses fp8-scaled checkpoints (their scales would otherwise be silently ignored).
+fn refuse_fp8(found: &[(String, Source)], path: &Path) -> Result<(), EngineError> {
+    let scaled = found.iter().find(|(name, source)| {
+        name.ends_with("scale_weight")
+            || name.ends_with("scale_input")
+            || name == "scaled_fp8"
+            || source.dtype() == Some(DType::F8E4M3)
+    });
+    match scaled {
+        Some((name, _)) => Err(EngineError::BadTextEncoder {
             problem: format!(
-                "fp8-scaled text encoders (tensor {scale}) are not supported yet; use \
+                "fp8-scaled text encoders (tensor {name}) are not supported yet; use \
                  umt5_xxl_fp16.safetensors or models_t5_umt5-xxl-enc-bf16.pth"
             ),
             path: path.to_owned(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// One tensor's place in a safetensors file. `dtype` is `None` for types candle lacks.
+pub(super) struct Entry {
+    pub(super) name: String,
+    pub(super) dtype: Option<DType>,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    start: u64,
+    end: u64,
+}
+
+impl Entry {
+    pub(super) fn read(&self, file: &Path) -> Result<Tensor, EngineError> {
+        let io = |e| EngineError::io("reading", file, e);
+        let dtype = self.dtype.ok_or_else(|| EngineError::BadTextEncoder {
+            problem: format!(
+                "tensor {} has a data type the encoder cannot use",
+                self.name
+            ),
+            path: file.to_owned(),
+        })?;
+        let len =
+            usize::try_from(self.end - self.start).map_err(|_| EngineError::BadTextEncoder {
+                problem: format!("tensor {} is too large", self.name),
+                path: file.to_owned(),
+            })?;
+        let mut handle = std::fs::File::open(file).map_err(io)?;
+        handle.seek(SeekFrom::Start(self.start)).map_err(io)?;
+        let mut bytes = vec![0_u8; len];
+        handle.read_exact(&mut bytes).map_err(io)?;
+        Ok(Tensor::from_raw_buffer(
+            &bytes,
+            dtype,
+            &self.shape,
+            &Device::Cpu,
+        )?)
+    }
+}
+
+/// The tensors listed in a safetensors header, without reading their data.
+pub(super) fn safetensors_entries(file: &Path) -> Result<Vec<Entry>, EngineError> {
+    let io = |e| EngineError::io("reading", file, e);
+    let bad = || EngineError::BadTextEncoder {
+        problem: "this is not a safetensors file (its header is unreadable)".to_owned(),
+        path: file.to_owned(),
+    };
+    let mut handle = std::fs::File::open(file).map_err(io)?;
+    let mut len = [0_u8; 8];
+    handle.read_exact(&mut len).map_err(io)?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > 100_000_000 {
+        return Err(bad());
+    }
+    let mut header = vec![0_u8; header_len as usize];
+    handle.read_exact(&mut header).map_err(io)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|_| bad())?;
+    let data_start = 8 + header_len;
+    let mut entries = Vec::with_capacity(header.len());
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let shape = info["shape"]
+            .as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .map(|d| d.as_u64().map(|d| d as usize).ok_or_else(bad))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (Some(start), Some(end)) = (
+            info["data_offsets"][0].as_u64(),
+            info["data_offsets"][1].as_u64(),
+        ) else {
+            return Err(bad());
+        };
+        let dtype = match info["dtype"].as_str().ok_or_else(bad)? {
+            "F32" => Some(DType::F32),
+            "F16" => Some(DType::F16),
+            "BF16" => Some(DType::BF16),
+            "F64" => Some(DType::F64),
+            "U8" => Some(DType::U8),
+            "U32" => Some(DType::U32),
+            "I64" => Some(DType::I64),
+            "F8_E4M3" => Some(DType::F8E4M3),
+            _ => None,
+        };
+        entries.push(Entry {
+            name,
+            dtype,
+            shape,
+            start: data_start + start,
+            end: data_start + end.max(start),
         });
     }
-    let wan_layout = tensors.contains_key("token_embedding.weight");
-    let mut out = HashMap::with_capacity(tensors.len());
-    for (name, tensor) in tensors {
-        let renamed = if wan_layout {
-            wan_to_hf(&name)
-        } else {
-            Some(name.clone())
-        };
-        match renamed {
-            Some(hf) if hf != SPIECE_TENSOR && !hf.starts_with("decoder.") => {
-                out.insert(hf, tensor);
-            }
-            _ => tracing::debug!(tensor = %name, "unused by the umT5 encoder"),
-        }
-    }
-    // transformers ties the input embedding; some exports keep only this copy.
-    if !out.contains_key("shared.weight")
-        && let Some(tied) = out.remove("encoder.embed_tokens.weight")
-    {
-        out.insert("shared.weight".to_owned(), tied);
-    }
-    Ok(out)
+    Ok(entries)
 }
 
 /// HF name of a Wan-native tensor, or `None` when the encoder does not use it.
@@ -254,7 +372,7 @@ mod tests {
         candle_core::safetensors::save(&tensors, &path).unwrap();
         let error = Checkpoint::locate(&path)
             .unwrap()
-            .read_tensors()
+            .read_tensors(DType::F32, &Device::Cpu)
             .unwrap_err()
             .to_string();
         assert!(error.contains("fp8-scaled"), "{error}");
