@@ -59,6 +59,8 @@ impl PromptTokens {
 pub struct PromptTokenizer {
     inner: Tokenizer,
     text_len: usize,
+    /// The file it was read from, for messages.
+    source: PathBuf,
 }
 
 impl std::fmt::Debug for PromptTokenizer {
@@ -263,7 +265,11 @@ impl PromptTokenizer {
                 stride: 0,
             }))
             .map_err(|e| bad(path, e))?;
-        Ok(Self { inner, text_len })
+        Ok(Self {
+            inner,
+            text_len,
+            source: path.to_owned(),
+        })
     }
 
     #[must_use]
@@ -278,7 +284,7 @@ impl PromptTokenizer {
             .encode(text, true)
             .map_err(|e| EngineError::BadTokenizer {
                 problem: format!("tokenizing the prompt failed ({e})"),
-                path: PathBuf::new(),
+                path: self.source.clone(),
             })?;
         let truncated = !encoding.get_overflowing().is_empty();
         if truncated {
