@@ -161,10 +161,12 @@ impl PromptTokenizer {
     }
 
     /// From a SentencePiece model stored as the `spiece_model` uint8 tensor of a text-encoder
-    /// safetensors file (ComfyUI). Reads only that tensor, not the weights.
+    /// safetensors file (ComfyUI). Reads only that tensor, not the weights. Sentinels as for
+    /// `spiece.model`: a `tokenizer_config.json` beside the file, else transformers' default.
     pub fn from_text_encoder_file(path: &Path, text_len: usize) -> Result<Self, EngineError> {
         let bytes = read_u8_tensor(path, SPIECE_TENSOR)?;
-        Self::from_spiece_bytes(&bytes, DEFAULT_EXTRA_IDS, text_len, path)
+        let extra_ids = extra_ids_beside(path)?;
+        Self::from_spiece_bytes(&bytes, extra_ids, text_len, path)
     }
 
     /// From a `tokenizer.json`, keeping what transformers keeps (see the module docs).
