@@ -83,6 +83,14 @@ pub enum EngineError {
     /// Frames handed to frame interpolation are unusable; `problem` says why.
     #[error("frame interpolation: {problem}")]
     BadInterpolationInput { problem: String },
+    /// A text-encoder checkpoint is unusable (unknown layout, missing tensor, unsupported
+    /// quantisation); `problem` says what to use instead.
+    #[error("{problem}: {path}")]
+    BadTextEncoder { problem: String, path: PathBuf },
+
+    /// A tokenizer file (tokenizer.json, spiece.model, or the tensor embedding one) is unusable.
+    #[error("{problem}: {path}")]
+    BadTokenizer { problem: String, path: PathBuf },
 }
 
 impl EngineError {

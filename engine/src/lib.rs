@@ -18,6 +18,7 @@ pub mod sampling;
 pub mod video;
 pub mod wan;
 pub mod rife;
+pub mod umt5;
 
 pub use error::EngineError;
 

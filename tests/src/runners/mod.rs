@@ -15,6 +15,9 @@ mod image_fit;
 mod sampling;
 mod wan_dit;
 mod rife;
+mod prompt_clean;
+mod tokenizer;
+mod umt5;
 
 /// Named output tensors of one case.
 pub type Outputs = BTreeMap<String, Tensor>;
@@ -31,6 +34,9 @@ pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
         "rife" => rife::run(case, device),
         "rife_clip" => rife::run_clip(case, device),
         "rife_warp" => rife::run_warp(case, device),
+        "prompt_clean" => prompt_clean::run(case, device),
+        "tokenizer" => tokenizer::run(case, device),
+        "umt5" => umt5::run(case, device),
         _ => bail!(
             "no runner for component {component:?} (case {}); add one in tests/src/runners/",
             case.dir.display()

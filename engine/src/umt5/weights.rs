@@ -1,0 +1,388 @@
+//! Reads umT5 encoder checkpoints in the layouts users have and names every tensor as the
+//! Hugging Face checkpoint does:
+//!
+//! - ComfyUI's `umt5_xxl_fp16.safetensors`: one file, HF naming, plus the tokenizer as a
+//!   `spiece_model` uint8 tensor (left for [`super::tokenizer`]).
+//! - diffusers' `text_encoder/` folder: `model.safetensors` or shards with
+//!   `model.safetensors.index.json`, HF naming, and a `config.json`.
+//! - the official `models_t5_umt5-xxl-enc-bf16.pth`: a PyTorch pickle (read as data by
+//!   `candle_core::pickle`, never executed) in Wan-native naming, renamed by [`WAN_RENAMES`].
+//!
+//! Per-tensor fp8 scales (`scale_weight`, ComfyUI's `scaled_fp8` marker) are refused until the
+//! fp8 path lands: ignoring them would silently produce garbage.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::{Config, Umt5Encoder};
+use crate::EngineError;
+
+/// Wan-native key (inside `blocks.{i}.`) → HF key (inside `encoder.block.{i}.`).
+pub const WAN_RENAMES: &[(&str, &str)] = &[
+    ("norm1.weight", "layer.0.layer_norm.weight"),
+    ("attn.q.weight", "layer.0.SelfAttention.q.weight"),
+    ("attn.k.weight", "layer.0.SelfAttention.k.weight"),
+    ("attn.v.weight", "layer.0.SelfAttention.v.weight"),
+    ("attn.o.weight", "layer.0.SelfAttention.o.weight"),
+    (
+        "pos_embedding.embedding.weight",
+        "layer.0.SelfAttention.relative_attention_bias.weight",
+    ),
+    ("norm2.weight", "layer.1.layer_norm.weight"),
+    ("ffn.gate.0.weight", "layer.1.DenseReluDense.wi_0.weight"),
+    ("ffn.fc1.weight", "layer.1.DenseReluDense.wi_1.weight"),
+    ("ffn.fc2.weight", "layer.1.DenseReluDense.wo.weight"),
+];
+
+/// Wan-native top-level keys → HF keys.
+const WAN_TOP_RENAMES: &[(&str, &str)] = &[
+    ("token_embedding.weight", "shared.weight"),
+    ("norm.weight", "encoder.final_layer_norm.weight"),
+];
+
+/// The tensor in ComfyUI's text-encoder files that holds the SentencePiece model.
+pub const SPIECE_TENSOR: &str = "spiece_model";
+
+/// Where a checkpoint's files are: the file or folder the user named, resolved.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    /// What the user named (used in messages).
+    pub path: PathBuf,
+    /// The weight files to read.
+    pub files: Vec<PathBuf>,
+    /// `config.json` next to the weights, when there is one (diffusers).
+    pub config_json: Option<PathBuf>,
+}
+
+impl Checkpoint {
+    /// Resolves a `.safetensors` / `.pth` file, an `*.index.json`, or a diffusers folder.
+    pub fn locate(path: &Path) -> Result<Self, EngineError> {
+        let bad = |problem: &str| EngineError::BadTextEncoder {
+            problem: problem.to_owned(),
+            path: path.to_owned(),
+        };
+        let (index, dir) = if path.is_dir() {
+            let sharded = path.join("model.safetensors.index.json");
+            if sharded.is_file() {
+                (Some(sharded), path.to_owned())
+            } else if path.join("model.safetensors").is_file() {
+                return Ok(Self {
+                    path: path.to_owned(),
+                    files: vec![path.join("model.safetensors")],
+                    config_json: Some(path.join("config.json")).filter(|p| p.is_file()),
+                });
+            } else {
+                return Err(bad(
+                    "this folder has neither model.safetensors nor model.safetensors.index.json; \
+                     choose the text encoder file or diffusers' text_encoder folder",
+                ));
+            }
+        } else if path.to_string_lossy().ends_with(".json") {
+            let dir = path.parent().map_or_else(PathBuf::new, Path::to_owned);
+            (Some(path.to_owned()), dir)
+        } else if path.is_file() {
+            return Ok(Self {
+                path: path.to_owned(),
+                files: vec![path.to_owned()],
+                config_json: None,
+            });
+        } else {
+            return Err(bad("no text encoder file here; check the path"));
+        };
+        let index = index.unwrap_or_default();
+        let text =
+            std::fs::read_to_string(&index).map_err(|e| EngineError::io("reading", &index, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| EngineError::BadTextEncoder {
+                problem: format!("the shard index is not valid JSON ({e})"),
+                path: index.clone(),
+            })?;
+        let files: BTreeSet<&str> = json
+            .get("weight_map")
+            .and_then(serde_json::Value::as_object)
+            .map(|map| map.values().filter_map(serde_json::Value::as_str).collect())
+            .unwrap_or_default();
+        if files.is_empty() {
+            return Err(EngineError::BadTextEncoder {
+                problem: "the shard index has no weight_map".to_owned(),
+                path: index,
+            });
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            files: files.into_iter().map(|f| dir.join(f)).collect(),
+            config_json: Some(dir.join("config.json")).filter(|p| p.is_file()),
+        })
+    }
+
+    /// The encoder's tensors, named as in the HF checkpoint, in `dtype` on `device`.
+    ///
+    /// Safetensors files are read one tensor at a time (seek and read, no memory map), each
+    /// converted and moved before the next is read, so host memory peaks at one tensor rather
+    /// than the whole 11 GB checkpoint; pickles are read whole, then converted one by one.
+    pub fn read_tensors(
+        &self,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<HashMap<String, Tensor>, EngineError> {
+        let mut found: Vec<(String, Source)> = Vec::new();
+        for file in &self.files {
+            let bad = |e: candle_core::Error| EngineError::BadTextEncoder {
+                problem: format!("cannot read this checkpoint ({e})"),
+                path: file.clone(),
+            };
+            if file.to_string_lossy().ends_with(".safetensors") {
+                found.extend(
+                    safetensors_entries(file)?
+                        .into_iter()
+                        .map(|entry| (entry.name.clone(), Source::File(file.clone(), entry))),
+                );
+            } else {
+                let read = candle_core::pickle::read_all(file).map_err(bad)?;
+                found.extend(read.into_iter().map(|(n, t)| (n, Source::Loaded(t))));
+            }
+        }
+        refuse_fp8(&found, &self.path)?;
+        let wan_layout = found.iter().any(|(n, _)| n == "token_embedding.weight");
+        let mut out = HashMap::with_capacity(found.len());
+        for (name, source) in found {
+            let renamed = if wan_layout {
+                wan_to_hf(&name)
+            } else {
+                Some(name.clone())
+            };
+            let Some(hf) = renamed.filter(|hf| hf != SPIECE_TENSOR && !hf.starts_with("decoder."))
+            else {
+                tracing::debug!(tensor = %name, "unused by the umT5 encoder");
+                continue;
+            };
+            let tensor = match source {
+                Source::Loaded(tensor) => tensor,
+                Source::File(file, entry) => entry.read(&file)?,
+            };
+            out.insert(hf, tensor.to_device(device)?.to_dtype(dtype)?);
+        }
+        // transformers ties the input embedding; some exports keep only this copy.
+        if !out.contains_key("shared.weight")
+            && let Some(tied) = out.remove("encoder.embed_tokens.weight")
+        {
+            out.insert("shared.weight".to_owned(), tied);
+        }
+        Ok(out)
+    }
+
+    /// Loads the encoder onto `device` in `dtype`.
+    pub fn load_encoder(
+        &self,
+        cfg: &Config,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Umt5Encoder, EngineError> {
+        let tensors = self.read_tensors(dtype, device)?;
+        let vb = VarBuilder::from_tensors(tensors, dtype, device);
+        Umt5Encoder::new(cfg, vb).map_err(|e| EngineError::BadTextEncoder {
+            problem: format!(
+                "this is not a umT5 encoder checkpoint matching the configuration ({e}); \
+                 use umt5_xxl_fp16.safetensors, models_t5_umt5-xxl-enc-bf16.pth or a \
+                 diffusers text_encoder folder"
+            ),
+            path: self.path.clone(),
+        })
+    }
+}
+
+/// Where a tensor comes from: a place in a safetensors file, or a pickle already read.
+enum Source {
+    File(PathBuf, Entry),
+    Loaded(Tensor),
+}
+
+impl Source {
+    fn dtype(&self) -> Option<DType> {
+        match self {
+            Self::File(_, entry) => entry.dtype,
+            Self::Loaded(tensor) => Some(tensor.dtype()),
+        }
+    }
+}
+
+/// Refuses fp8-scaled checkpoints (their scales would otherwise be silently ignored).
+fn refuse_fp8(found: &[(String, Source)], path: &Path) -> Result<(), EngineError> {
+    let scaled = found.iter().find(|(name, source)| {
+        name.ends_with("scale_weight")
+            || name.ends_with("scale_input")
+            || name == "scaled_fp8"
+            || source.dtype() == Some(DType::F8E4M3)
+    });
+    match scaled {
+        Some((name, _)) => Err(EngineError::BadTextEncoder {
+            problem: format!(
+                "fp8-scaled text encoders (tensor {name}) are not supported yet; use \
+                 umt5_xxl_fp16.safetensors or models_t5_umt5-xxl-enc-bf16.pth"
+            ),
+            path: path.to_owned(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// One tensor's place in a safetensors file. `dtype` is `None` for types candle lacks.
+pub(super) struct Entry {
+    pub(super) name: String,
+    pub(super) dtype: Option<DType>,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    start: u64,
+    end: u64,
+}
+
+impl Entry {
+    pub(super) fn read(&self, file: &Path) -> Result<Tensor, EngineError> {
+        let io = |e| EngineError::io("reading", file, e);
+        let dtype = self.dtype.ok_or_else(|| EngineError::BadTextEncoder {
+            problem: format!(
+                "tensor {} has a data type the encoder cannot use",
+                self.name
+            ),
+            path: file.to_owned(),
+        })?;
+        let len =
+            usize::try_from(self.end - self.start).map_err(|_| EngineError::BadTextEncoder {
+                problem: format!("tensor {} is too large", self.name),
+                path: file.to_owned(),
+            })?;
+        let mut handle = std::fs::File::open(file).map_err(io)?;
+        handle.seek(SeekFrom::Start(self.start)).map_err(io)?;
+        let mut bytes = vec![0_u8; len];
+        handle.read_exact(&mut bytes).map_err(io)?;
+        Ok(Tensor::from_raw_buffer(
+            &bytes,
+            dtype,
+            &self.shape,
+            &Device::Cpu,
+        )?)
+    }
+}
+
+/// The tensors listed in a safetensors header, without reading their data.
+pub(super) fn safetensors_entries(file: &Path) -> Result<Vec<Entry>, EngineError> {
+    let io = |e| EngineError::io("reading", file, e);
+    let bad = || EngineError::BadTextEncoder {
+        problem: "this is not a safetensors file (its header is unreadable)".to_owned(),
+        path: file.to_owned(),
+    };
+    let mut handle = std::fs::File::open(file).map_err(io)?;
+    let mut len = [0_u8; 8];
+    handle.read_exact(&mut len).map_err(io)?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > 100_000_000 {
+        return Err(bad());
+    }
+    let mut header = vec![0_u8; header_len as usize];
+    handle.read_exact(&mut header).map_err(io)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|_| bad())?;
+    let data_start = 8 + header_len;
+    let mut entries = Vec::with_capacity(header.len());
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let shape = info["shape"]
+            .as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .map(|d| d.as_u64().map(|d| d as usize).ok_or_else(bad))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (Some(start), Some(end)) = (
+            info["data_offsets"][0].as_u64(),
+            info["data_offsets"][1].as_u64(),
+        ) else {
+            return Err(bad());
+        };
+        let dtype = match info["dtype"].as_str().ok_or_else(bad)? {
+            "F32" => Some(DType::F32),
+            "F16" => Some(DType::F16),
+            "BF16" => Some(DType::BF16),
+            "F64" => Some(DType::F64),
+            "U8" => Some(DType::U8),
+            "U32" => Some(DType::U32),
+            "I64" => Some(DType::I64),
+            "F8_E4M3" => Some(DType::F8E4M3),
+            _ => None,
+        };
+        entries.push(Entry {
+            name,
+            dtype,
+            shape,
+            start: data_start + start,
+            end: data_start + end.max(start),
+        });
+    }
+    Ok(entries)
+}
+
+/// HF name of a Wan-native tensor, or `None` when the encoder does not use it.
+#[must_use]
+pub fn wan_to_hf(name: &str) -> Option<String> {
+    if let Some(&(_, hf)) = WAN_TOP_RENAMES.iter().find(|(wan, _)| *wan == name) {
+        return Some(hf.to_owned());
+    }
+    let rest = name.strip_prefix("blocks.")?;
+    let (index, inner) = rest.split_once('.')?;
+    let index: usize = index.parse().ok()?;
+    let (_, hf) = WAN_RENAMES.iter().find(|(wan, _)| *wan == inner)?;
+    Some(format!("encoder.block.{index}.{hf}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wan_names_map_onto_hf_names() {
+        assert_eq!(
+            wan_to_hf("blocks.23.ffn.gate.0.weight").as_deref(),
+            Some("encoder.block.23.layer.1.DenseReluDense.wi_0.weight")
+        );
+        assert_eq!(
+            wan_to_hf("token_embedding.weight").as_deref(),
+            Some("shared.weight")
+        );
+        assert_eq!(wan_to_hf("blocks.x.norm1.weight"), None);
+        assert_eq!(wan_to_hf("head.weight"), None);
+    }
+
+    #[test]
+    fn fp8_scales_are_refused_not_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("umt5_xxl_fp8_e4m3fn_scaled.safetensors");
+        let t = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
+        let tensors = HashMap::from([
+            ("shared.weight".to_owned(), t.clone()),
+            (
+                "encoder.block.0.layer.0.SelfAttention.q.scale_weight".to_owned(),
+                t,
+            ),
+        ]);
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        let error = Checkpoint::locate(&path)
+            .unwrap()
+            .read_tensors(DType::F32, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("fp8-scaled"), "{error}");
+        assert!(error.ends_with(&path.display().to_string()), "{error}");
+    }
+
+    #[test]
+    fn a_folder_without_weights_says_what_to_choose() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = Checkpoint::locate(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("text_encoder folder"), "{error}");
+    }
+}
