@@ -76,6 +76,7 @@ pub enum EngineError {
     /// Sampler settings or state are unusable; `problem` says what to change.
     #[error("sampler: {problem}")]
     Sampler { problem: String },
+
     /// A RIFE weights file is missing, unreadable or not a supported RIFE network.
     #[error("{problem}: {path}")]
     BadRifeWeights { problem: String, path: PathBuf },
@@ -83,6 +84,7 @@ pub enum EngineError {
     /// Frames handed to frame interpolation are unusable; `problem` says why.
     #[error("frame interpolation: {problem}")]
     BadInterpolationInput { problem: String },
+
     /// A text-encoder checkpoint is unusable (unknown layout, missing tensor, unsupported
     /// quantisation); `problem` says what to use instead.
     #[error("{problem}: {path}")]

@@ -13,12 +13,12 @@ pub mod image_input;
 pub mod paths;
 pub mod preset;
 pub mod recipe;
+pub mod rife;
 pub mod runtime;
 pub mod sampling;
+pub mod umt5;
 pub mod video;
 pub mod wan;
-pub mod rife;
-pub mod umt5;
 
 pub use error::EngineError;
 

@@ -12,12 +12,12 @@ use candle_core::{Device, Tensor};
 use crate::golden::Case;
 
 mod image_fit;
-mod sampling;
-mod wan_dit;
-mod rife;
 mod prompt_clean;
+mod rife;
+mod sampling;
 mod tokenizer;
 mod umt5;
+mod wan_dit;
 
 /// Named output tensors of one case.
 pub type Outputs = BTreeMap<String, Tensor>;
