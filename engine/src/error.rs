@@ -37,6 +37,14 @@ pub enum EngineError {
     /// A tensor operation failed (shape mismatch, device error).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// A model's weight file does not fit the model; `problem` says which and what to pick.
+    #[error("{problem}: {path}")]
+    BadWeights { problem: String, path: PathBuf },
+
+    /// A video or latent tensor has a shape a model cannot take; `problem` says what fits.
+    #[error("{problem}")]
+    BadVideoShape { problem: String },
 }
 
 impl EngineError {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod image_input;
 pub mod paths;
 pub mod preset;
+pub mod wan_vae;
 
 pub use error::EngineError;
 

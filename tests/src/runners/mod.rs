@@ -11,6 +11,8 @@ use candle_core::{Device, Tensor};
 
 use crate::golden::Case;
 
+mod wan_vae;
+
 /// Named output tensors of one case.
 pub type Outputs = BTreeMap<String, Tensor>;
 
@@ -23,6 +25,7 @@ pub type Outputs = BTreeMap<String, Tensor>;
 pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
     let component = case.manifest.component.as_str();
     match component {
+        "wan_vae" => wan_vae::run(case, device),
         _ => bail!(
             "no runner for component {component:?} (case {}); add one in tests/src/runners/",
             case.dir.display()

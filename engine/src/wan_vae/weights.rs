@@ -1,0 +1,151 @@
+//! Loading VAE weights from the files users have, in either key layout.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use super::{Config, WanVae};
+use crate::EngineError;
+
+/// Which names a checkpoint uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// The official `Wan2.1_VAE.pth` state dict, also `wan_2.1_vae.safetensors` (ComfyUI).
+    Original,
+    /// diffusers' `AutoencoderKLWan` (`vae/diffusion_pytorch_model.safetensors`).
+    Diffusers,
+}
+
+/// The rename table: the diffusers name of an original-layout key.
+///
+/// The decoder's flat `upsamples.{i}` list becomes `up_blocks.{block}.resnets.{j}` and
+/// `up_blocks.{block}.upsamplers.0`, so the map needs `num_res_blocks`.
+pub fn diffusers_key(original: &str, num_res_blocks: usize) -> String {
+    const PARTS: [(&str, &str); 13] = [
+        (".residual.0.", ".norm1."),
+        (".residual.2.", ".conv1."),
+        (".residual.3.", ".norm2."),
+        (".residual.6.", ".conv2."),
+        (".shortcut.", ".conv_shortcut."),
+        (".middle.0.", ".mid_block.resnets.0."),
+        (".middle.1.", ".mid_block.attentions.0."),
+        (".middle.2.", ".mid_block.resnets.1."),
+        (".head.0.", ".norm_out."),
+        (".head.2.", ".conv_out."),
+        ("encoder.conv1.", "encoder.conv_in."),
+        ("decoder.conv1.", "decoder.conv_in."),
+        ("encoder.downsamples.", "encoder.down_blocks."),
+    ];
+    let mut key = original.to_owned();
+    for (from, to) in PARTS {
+        key = key.replace(from, to);
+    }
+    if let Some(rest) = key.strip_prefix("conv1.") {
+        key = format!("quant_conv.{rest}");
+    } else if let Some(rest) = key.strip_prefix("conv2.") {
+        key = format!("post_quant_conv.{rest}");
+    }
+    if let Some(rest) = key.strip_prefix("decoder.upsamples.")
+        && let Some((flat, tail)) = rest.split_once('.')
+        && let Ok(flat) = flat.parse::<usize>()
+    {
+        let resnets = num_res_blocks + 1;
+        let (block, j) = (flat / (resnets + 1), flat % (resnets + 1));
+        key = if j < resnets {
+            format!("decoder.up_blocks.{block}.resnets.{j}.{tail}")
+        } else {
+            format!("decoder.up_blocks.{block}.upsamplers.0.{tail}")
+        };
+    }
+    key
+}
+
+/// Loads a VAE checkpoint (`.safetensors` in either layout, detected from its keys, or the
+/// official `.pth`, read by candle's pickle reader, which runs no code) onto `device` in f32.
+pub fn load(cfg: &Config, path: &Path, device: &Device) -> Result<WanVae, EngineError> {
+    let is_pth = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("pth") || e.eq_ignore_ascii_case("pt"));
+    let vb = if is_pth {
+        VarBuilder::from_pth(path, DType::F32, device).map_err(|e| bad(path, &e))?
+    } else {
+        let bytes = std::fs::read(path).map_err(|e| EngineError::io("reading the VAE", path, e))?;
+        VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
+            .map_err(|e| bad(path, &e))?
+    };
+    let layout = if vb.contains_tensor("encoder.conv1.weight") {
+        WeightLayout::Original
+    } else if vb.contains_tensor("encoder.conv_in.weight") {
+        WeightLayout::Diffusers
+    } else {
+        return Err(EngineError::BadWeights {
+            problem: "this is not a Wan VAE checkpoint (no encoder.conv1 or encoder.conv_in): \
+                      pick wan_2.1_vae.safetensors, Wan2.1_VAE.pth or a diffusers vae folder's \
+                      diffusion_pytorch_model.safetensors"
+                .to_owned(),
+            path: path.to_owned(),
+        });
+    };
+    tracing::debug!(?layout, path = %path.display(), "loading the Wan VAE");
+    let vb = match layout {
+        WeightLayout::Original => vb,
+        WeightLayout::Diffusers => {
+            let blocks = cfg.num_res_blocks;
+            vb.rename_f(move |name| diffusers_key(name, blocks))
+        }
+    };
+    WanVae::new(cfg, &vb).map_err(|e| bad(path, &e))
+}
+
+fn bad(path: &Path, error: &candle_core::Error) -> EngineError {
+    EngineError::BadWeights {
+        problem: format!(
+            "the VAE weights do not fit the Wan2.1 VAE ({error}); check that the file is the \
+             Wan2.1 VAE and not the Wan2.2 one"
+        ),
+        path: path.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::diffusers_key;
+
+    #[test]
+    fn renames_follow_diffusers_block_structure() {
+        let cases = [
+            ("encoder.conv1.weight", "encoder.conv_in.weight"),
+            ("conv1.bias", "quant_conv.bias"),
+            ("conv2.weight", "post_quant_conv.weight"),
+            (
+                "encoder.downsamples.3.time_conv.weight",
+                "encoder.down_blocks.3.time_conv.weight",
+            ),
+            (
+                "encoder.downsamples.2.shortcut.weight",
+                "encoder.down_blocks.2.conv_shortcut.weight",
+            ),
+            (
+                "decoder.middle.1.to_qkv.weight",
+                "decoder.mid_block.attentions.0.to_qkv.weight",
+            ),
+            ("decoder.head.0.gamma", "decoder.norm_out.gamma"),
+            (
+                "decoder.upsamples.5.residual.0.gamma",
+                "decoder.up_blocks.1.resnets.1.norm1.gamma",
+            ),
+            (
+                "decoder.upsamples.7.resample.1.weight",
+                "decoder.up_blocks.1.upsamplers.0.resample.1.weight",
+            ),
+            (
+                "decoder.upsamples.14.residual.6.bias",
+                "decoder.up_blocks.3.resnets.2.conv2.bias",
+            ),
+        ];
+        for (original, diffusers) in cases {
+            assert_eq!(diffusers_key(original, 2), diffusers, "{original}");
+        }
+    }
+}
