@@ -1,14 +1,16 @@
 //! Convolutions of the Wan VAE: a 2D convolution whose im2col buffer stays bounded, and the
 //! causal 3D convolution built from it.
 //!
-//! candle has no conv3d. A causal conv3d with `kt` temporal taps is a conv2d over the frames
-//! (as the batch) whose input channels are the `kt` shifted frame windows stacked, with the
-//! weight permuted to `(out, kt, in, kh, kw)` to match: one matmul per frame group instead of
-//! `kt` convolutions and `kt - 1` additions (measured in `tests::conv3d_strategies`).
+//! candle has no conv3d. A causal conv3d with `kt` temporal taps is `kt` conv2d calls over the
+//! frames (as the batch), one per tap on a shifted view of the frames, summed. Stacking the
+//! shifted windows along channels into one conv2d was measured slower on the CPU (it copies
+//! the input `kt` times; see `tests::conv3d_strategies`: 96 channels, 4 frames of 208×120,
+//! 2 cores shared at load 14: per tap 10.7–13.1 s, stacked 13.9–19.3 s over four runs).
 //!
-//! candle's CPU and CUDA conv2d lower to im2col, whose buffer is `frames × out_h × out_w ×
-//! in × kh × kw` elements: at 832×480 with 96 channels that is gigabytes for one frame, so big
-//! convolutions run per frame and per band of output rows (with their halo of input rows).
+//! candle's CPU conv2d tiles its im2col; its CUDA conv2d builds the whole im2col buffer,
+//! `frames × out_h × out_w × in × kh × kw` elements, gigabytes for one 832×480 frame at 96
+//! channels, so off the CPU big convolutions run per frame and per band of output rows (with
+//! their halo of input rows).
 
 use candle_core::{D, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -20,7 +22,7 @@ const MAX_IM2COL_ELEMS: usize = 64 << 20;
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     weight: Tensor,
-    bias: Tensor,
+    bias: Option<Tensor>,
     padding: [usize; 4],
     stride: usize,
 }
@@ -37,17 +39,17 @@ impl Conv2d {
     ) -> Result<Self> {
         let weight = vb.get((out_channels, in_channels, kernel, kernel), "weight")?;
         let bias = vb.get(out_channels, "bias")?;
-        Self::from_parts(weight, &bias, padding, stride)
+        Self::from_parts(weight, Some(&bias), padding, stride)
     }
 
     /// From a weight already shaped `(out, in, kh, kw)`.
     pub fn from_parts(
         weight: Tensor,
-        bias: &Tensor,
+        bias: Option<&Tensor>,
         padding: [usize; 4],
         stride: usize,
     ) -> Result<Self> {
-        let bias = bias.reshape((1, (), 1, 1))?;
+        let bias = bias.map(|b| b.reshape((1, (), 1, 1))).transpose()?;
         Ok(Self {
             weight,
             bias,
@@ -58,7 +60,19 @@ impl Conv2d {
 
     /// `x`: `(n, in, h, w)` → `(n, out, h', w')`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_within(x, MAX_IM2COL_ELEMS)
+        let budget = if x.device().is_cpu() {
+            usize::MAX
+        } else {
+            MAX_IM2COL_ELEMS
+        };
+        self.forward_within(x, budget)
+    }
+
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
+        match &self.bias {
+            Some(bias) => y.broadcast_add(bias),
+            None => Ok(y),
+        }
     }
 
     /// [`Self::forward`] with im2col buffers of at most `max_elems` elements.
@@ -73,12 +87,15 @@ impl Conv2d {
         let symmetric = top == bottom && left == right && top == left;
         if n * out_h * per_row <= max_elems && symmetric {
             let y = x.conv2d(&self.weight, top, self.stride, 1, 1)?;
-            return y.broadcast_add(&self.bias);
+            return self.add_bias(y);
         }
         let x = x
             .pad_with_zeros(D::Minus2, top, bottom)?
             .pad_with_zeros(D::Minus1, left, right)?;
         let rows = (max_elems / per_row.max(1)).clamp(1, out_h);
+        if rows == out_h {
+            return self.add_bias(x.conv2d(&self.weight, 0, self.stride, 1, 1)?);
+        }
         let mut frames = Vec::with_capacity(n);
         for i in 0..n {
             let frame = x.narrow(0, i, 1)?;
@@ -94,7 +111,7 @@ impl Conv2d {
             }
             frames.push(Tensor::cat(&bands, 2)?);
         }
-        Tensor::cat(&frames, 0)?.broadcast_add(&self.bias)
+        self.add_bias(Tensor::cat(&frames, 0)?)
     }
 }
 
@@ -106,8 +123,8 @@ pub type FrameCache = Option<Tensor>;
 /// cache, then zeros), symmetric spatial zero padding.
 #[derive(Clone, Debug)]
 pub struct CausalConv3d {
-    conv: Conv2d,
-    taps: usize,
+    /// One convolution per temporal tap, oldest frame first; the last one carries the bias.
+    taps: Vec<Conv2d>,
     stride_t: usize,
 }
 
@@ -123,53 +140,43 @@ impl CausalConv3d {
     ) -> Result<Self> {
         let weight = vb.get((out_channels, in_channels, taps, kernel, kernel), "weight")?;
         let bias = vb.get(out_channels, "bias")?;
-        let weight = weight.permute((0, 2, 1, 3, 4))?.reshape((
-            out_channels,
-            taps * in_channels,
-            kernel,
-            kernel,
-        ))?;
         let p = spatial_padding;
-        Ok(Self {
-            conv: Conv2d::from_parts(weight, &bias, [p, p, p, p], 1)?,
-            taps,
-            stride_t,
-        })
+        let taps = (0..taps)
+            .map(|k| {
+                let w = weight.narrow(2, k, 1)?.squeeze(2)?.contiguous()?;
+                let b = (k + 1 == taps).then_some(&bias);
+                Conv2d::from_parts(w, b, [p, p, p, p], 1)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { taps, stride_t })
     }
 
     /// Convolves frames that already hold their temporal context: `(t, in, h, w)` →
     /// `((t - kt) / stride + 1, out, h, w)`.
     pub fn forward_frames(&self, x: &Tensor) -> Result<Tensor> {
-        if self.taps == 1 && self.stride_t == 1 {
-            return self.conv.forward(x);
-        }
         let t = x.dim(0)?;
-        let out_t = (t - self.taps) / self.stride_t + 1;
-        let (_, c, h, w) = x.dims4()?;
-        // Frame groups keep the stacked input near the size of one im2col band.
-        let per_frame = self.taps * c * h * w;
-        let group = (MAX_IM2COL_ELEMS / per_frame.max(1)).clamp(1, out_t);
-        let mut outs = Vec::with_capacity(out_t.div_ceil(group));
-        let mut j0 = 0;
-        while j0 < out_t {
-            let j1 = (j0 + group).min(out_t);
-            let mut taps = Vec::with_capacity(self.taps);
-            for k in 0..self.taps {
-                let frames: Vec<Tensor> = (j0..j1)
-                    .map(|j| x.narrow(0, j * self.stride_t + k, 1))
-                    .collect::<Result<_>>()?;
-                taps.push(Tensor::cat(&frames, 0)?);
-            }
-            outs.push(self.conv.forward(&Tensor::cat(&taps, 1)?)?);
-            j0 = j1;
+        let out_t = (t - self.taps.len()) / self.stride_t + 1;
+        let mut sum: Option<Tensor> = None;
+        for (k, conv) in self.taps.iter().enumerate() {
+            let frames = if self.stride_t == 1 {
+                x.narrow(0, k, out_t)?
+            } else {
+                let index: Vec<u32> = (0..out_t).map(|j| (j * self.stride_t + k) as u32).collect();
+                x.index_select(&Tensor::new(index, x.device())?, 0)?
+            };
+            let y = conv.forward(&frames)?;
+            sum = Some(match sum {
+                Some(acc) => (acc + y)?,
+                None => y,
+            });
         }
-        Tensor::cat(&outs, 0)
+        sum.ok_or_else(|| candle_core::Error::Msg("a causal conv3d needs a tap".to_owned()))
     }
 
     /// Causal convolution of one chunk `(t, in, h, w)`, continuing from `cache` (the frames of
     /// the previous chunks), which it then updates: the reference's `feat_cache` for one layer.
     pub fn forward(&self, x: &Tensor, cache: &mut FrameCache) -> Result<Tensor> {
-        let context = self.taps - 1;
+        let context = self.taps.len() - 1;
         if context == 0 {
             return self.forward_frames(x);
         }
@@ -238,7 +245,7 @@ mod tests {
         let w = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev).unwrap();
         let b = Tensor::randn(0f32, 1.0, 4, &dev).unwrap();
         let x = Tensor::randn(0f32, 1.0, (2, 3, 11, 9), &dev).unwrap();
-        let conv = Conv2d::from_parts(w.clone(), &b, [0, 1, 0, 1], 2).unwrap();
+        let conv = Conv2d::from_parts(w.clone(), Some(&b), [0, 1, 0, 1], 2).unwrap();
         let direct = x
             .pad_with_zeros(2, 0, 1)
             .unwrap()
@@ -253,5 +260,55 @@ mod tests {
         assert_eq!(banded.dims(), direct.dims());
         assert!(rel_l2(&banded, &direct) < 1e-6);
         assert!(rel_l2(&conv.forward(&x).unwrap(), &direct) < 1e-6);
+    }
+
+    /// Times the per-tap conv3d against stacking the shifted windows along channels into one
+    /// conv2d (run with `--ignored --nocapture`; numbers go in the module doc, not asserted).
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn conv3d_strategies() {
+        let (c, h, w) = (96, 120, 208);
+        let dev = Device::Cpu;
+        let weight = Tensor::randn(0f32, 1.0, (c, c, 3, 3, 3), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, c, &dev).unwrap();
+        let vb = VarBuilder::from_tensors(
+            [
+                ("weight".to_owned(), weight.clone()),
+                ("bias".to_owned(), bias.clone()),
+            ]
+            .into(),
+            DType::F32,
+            &dev,
+        );
+        let conv = CausalConv3d::new(c, c, (3, 3), 1, 1, &vb).unwrap();
+        let stacked_weight = weight
+            .permute((0, 2, 1, 3, 4))
+            .unwrap()
+            .reshape((c, 3 * c, 3, 3))
+            .unwrap();
+        let bias = bias.reshape((1, c, 1, 1)).unwrap();
+        let stacked = |x: &Tensor| {
+            let windows: Vec<Tensor> = (0..3).map(|k| x.narrow(0, k, 4).unwrap()).collect();
+            Tensor::cat(&windows, 1)
+                .unwrap()
+                .conv2d(&stacked_weight, 1, 1, 1, 1)
+                .unwrap()
+                .broadcast_add(&bias)
+                .unwrap()
+        };
+        let x = Tensor::randn(0f32, 1.0, (6, c, h, w), &dev).unwrap();
+        assert!(rel_l2(&stacked(&x), &conv.forward_frames(&x).unwrap()) < 1e-5);
+        for _ in 0..2 {
+            let t0 = std::time::Instant::now();
+            conv.forward_frames(&x).unwrap();
+            let t1 = std::time::Instant::now();
+            stacked(&x);
+            let t2 = std::time::Instant::now();
+            println!(
+                "conv3d {c}ch 4 frames {w}x{h}: per tap {:?}, stacked {:?}",
+                t1 - t0,
+                t2 - t1
+            );
+        }
     }
 }
