@@ -18,6 +18,7 @@ mod decoder;
 mod encoder;
 mod frames;
 mod i2v;
+mod tiling;
 mod weights;
 
 use candle_core::{Result, Tensor};
@@ -26,6 +27,7 @@ use serde::Deserialize;
 
 pub use frames::to_rgb8;
 pub use i2v::{i2v_condition, i2v_mask};
+pub use tiling::Tiling;
 pub use weights::{WeightLayout, diffusers_key, load};
 
 use blocks::{ChunkState, from_frames, to_frames};
