@@ -3,7 +3,33 @@
 use candle_core::{DType, Tensor};
 use image::RgbImage;
 
+use super::WanVae;
+use super::blocks::from_frames;
 use crate::EngineError;
+
+impl WanVae {
+    /// Decodes normalised latents `(z, t, h, w)` straight to RGB8 frames, handing `sink` each
+    /// chunk (1 frame, then 4 at a time) as it is ready: memory stays that of one chunk, however
+    /// long the clip.
+    pub fn decode_rgb8_each(
+        &self,
+        latents: &Tensor,
+        mut sink: impl FnMut(Vec<RgbImage>) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let mut failure = None;
+        self.decode_each(latents, |chunk| {
+            if failure.is_some() {
+                return Ok(());
+            }
+            let frames = from_frames(&chunk).map_err(EngineError::from);
+            if let Err(error) = frames.and_then(|f| to_rgb8(&f)).and_then(&mut sink) {
+                failure = Some(error);
+            }
+            Ok(())
+        })?;
+        failure.map_or(Ok(()), Err)
+    }
+}
 
 /// `video` `(3, f, h, w)` in [-1, 1] → `f` RGB8 frames, as the official `save_video` makes
 /// them: clamp to [-1, 1], map to [0, 1], times 255, truncated.
