@@ -176,11 +176,18 @@ pub struct Resample {
 }
 
 impl Resample {
-    pub fn new(dim: usize, mode: ResampleMode, vb: &VarBuilder<'_>) -> Result<Self> {
+    /// `halve_on_upsample`: the Wan2.1 upsampling conv halves the channels; Wan2.2's keeps them.
+    pub fn new(
+        dim: usize,
+        mode: ResampleMode,
+        halve_on_upsample: bool,
+        vb: &VarBuilder<'_>,
+    ) -> Result<Self> {
         let spatial = vb.pp("resample.1");
         let (conv, time_conv) = match mode {
             ResampleMode::Upsample2d | ResampleMode::Upsample3d => {
-                let conv = Conv2d::new(dim, dim / 2, 3, [1; 4], 1, &spatial)?;
+                let out = if halve_on_upsample { dim / 2 } else { dim };
+                let conv = Conv2d::new(dim, out, 3, [1; 4], 1, &spatial)?;
                 let time = (mode == ResampleMode::Upsample3d)
                     .then(|| CausalConv3d::new(dim, 2 * dim, (3, 1), 1, 0, &vb.pp("time_conv")))
                     .transpose()?;

@@ -64,7 +64,7 @@ impl Decoder3d {
                 } else {
                     ResampleMode::Upsample2d
                 };
-                let block = Resample::new(out_dim, mode, &vu.pp(upsamples.len()))?;
+                let block = Resample::new(out_dim, mode, true, &vu.pp(upsamples.len()))?;
                 upsamples.push(Layer::Resample(block));
                 scale *= 2.0;
             }

@@ -61,7 +61,7 @@ impl Encoder3d {
                 } else {
                     ResampleMode::Downsample2d
                 };
-                let block = Resample::new(out_dim, mode, &vd.pp(downsamples.len()))?;
+                let block = Resample::new(out_dim, mode, true, &vd.pp(downsamples.len()))?;
                 downsamples.push(Layer::Resample(block));
                 scale /= 2.0;
             }

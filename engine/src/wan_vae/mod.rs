@@ -1,4 +1,6 @@
-//! The Wan2.1 video VAE: 16 latent channels, stride 4×8×8 in (time, height, width).
+//! The Wan video VAEs: Wan2.1 (16 latent channels, stride 4×8×8 in time, height, width) and
+//! Wan2.2 (48 channels, 4×16×16: a 2×2 patchify around the same kind of network, see
+//! [`Config::wan22`]).
 //!
 //! A causal 3D convolutional autoencoder: residual blocks of channel-wise RMS norm, SiLU and
 //! causal 3×3×3 convolutions; one single-head spatial attention block in each middle stage;
@@ -8,8 +10,9 @@
 //! the result equals the reference's chunked result (the only result it defines: its temporal
 //! resampling exists only in the chunked path).
 //!
-//! Reference: `wan/modules/vae2_1.py` (`WanVAE_`, `Wan2_1_VAE`) of the official Wan2.2 code, and
-//! diffusers' `AutoencoderKLWan` (same network, keys renamed by [`diffusers_key`]).
+//! Reference: `wan/modules/vae2_1.py` (`WanVAE_`, `Wan2_1_VAE`) and `vae2_2.py` of the official
+//! Wan2.2 code, and diffusers' `AutoencoderKLWan` (same Wan2.1 network, keys renamed by
+//! [`diffusers_key`]).
 //! Latents are normalised as the reference does: `(mean − latents_mean) · (1 / latents_std)`.
 
 mod blocks;
@@ -19,6 +22,7 @@ mod encoder;
 mod frames;
 mod i2v;
 mod tiling;
+mod wan22;
 mod weights;
 
 use candle_core::{Result, Tensor};
@@ -34,6 +38,7 @@ use blocks::{ChunkState, from_frames, to_frames};
 use conv::CausalConv3d;
 use decoder::Decoder3d;
 use encoder::Encoder3d;
+use wan22::{Decoder22, Encoder22, patchify, unpatchify};
 
 /// The Wan2.1 latent statistics (per channel), as `Wan2_1_VAE` hard-codes them.
 pub const WAN21_LATENTS_MEAN: [f32; 16] = [
@@ -44,6 +49,22 @@ pub const WAN21_LATENTS_MEAN: [f32; 16] = [
 pub const WAN21_LATENTS_STD: [f32; 16] = [
     2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579,
     1.6382, 1.1253, 2.8251, 1.9160,
+];
+
+/// The Wan2.2 latent statistics (per channel), as `Wan2_2_VAE` hard-codes them.
+pub const WAN22_LATENTS_MEAN: [f32; 48] = [
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813,
+    0.0891, 0.157, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108,
+    -0.2158, 0.2502, -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.123, -0.0313,
+    -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.052, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944,
+    0.3573, -0.0548, -0.1681, -0.0667,
+];
+/// See [`WAN22_LATENTS_MEAN`].
+pub const WAN22_LATENTS_STD: [f32; 48] = [
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.499, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
+    0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
+    0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.06, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
 ];
 
 /// The architecture. Defaults are the released Wan2.1 VAE (`_video_vae` in the reference).
@@ -59,6 +80,12 @@ pub struct Config {
     pub temporal_downsample: Vec<bool>,
     pub latents_mean: Vec<f32>,
     pub latents_std: Vec<f32>,
+    /// The decoder's base width where it differs from the encoder's (Wan2.2: 256 vs 160).
+    pub decoder_base_dim: Option<usize>,
+    /// Pixels folded into channels on each side before encoding (Wan2.2: 2).
+    pub patch_size: usize,
+    /// Wan2.2's residual down/up blocks with parameter-free shortcuts (diffusers' `is_residual`).
+    pub residual_shortcuts: bool,
 }
 
 impl Default for Config {
@@ -79,6 +106,23 @@ impl Config {
             temporal_downsample: vec![false, true, true],
             latents_mean: WAN21_LATENTS_MEAN.to_vec(),
             latents_std: WAN21_LATENTS_STD.to_vec(),
+            decoder_base_dim: None,
+            patch_size: 1,
+            residual_shortcuts: false,
+        }
+    }
+
+    /// The released Wan2.2 VAE (`Wan2.2_VAE.pth`, `wan2.2_vae.safetensors`; TI2V-5B).
+    pub fn wan22() -> Self {
+        Self {
+            base_dim: 160,
+            z_dim: 48,
+            latents_mean: WAN22_LATENTS_MEAN.to_vec(),
+            latents_std: WAN22_LATENTS_STD.to_vec(),
+            decoder_base_dim: Some(256),
+            patch_size: 2,
+            residual_shortcuts: true,
+            ..Self::wan21()
         }
     }
 
@@ -89,16 +133,28 @@ impl Config {
 
     /// Pixels per latent pixel along each side.
     pub fn spatial_stride(&self) -> usize {
-        1 << self.dim_mult.len().saturating_sub(1)
+        (1 << self.dim_mult.len().saturating_sub(1)) * self.patch_size.max(1)
     }
 }
 
 /// The VAE. Tensors at its edges are `(channels, frames, height, width)` in f32.
 #[derive(Clone, Debug)]
+enum Encoder {
+    Wan21(Encoder3d),
+    Wan22(Encoder22),
+}
+
+#[derive(Clone, Debug)]
+enum Decoder {
+    Wan21(Decoder3d),
+    Wan22(Decoder22),
+}
+
+#[derive(Clone, Debug)]
 pub struct WanVae {
     cfg: Config,
-    encoder: Encoder3d,
-    decoder: Decoder3d,
+    encoder: Encoder,
+    decoder: Decoder,
     conv1: CausalConv3d,
     conv2: CausalConv3d,
     mean: Tensor,
@@ -112,9 +168,20 @@ impl WanVae {
         let device = vb.device();
         let stats = |values: &[f32]| Tensor::new(values, device)?.reshape((1, z, 1, 1));
         let inv_std = stats(&cfg.latents_std)?.recip()?;
+        let (encoder, decoder) = if cfg.residual_shortcuts {
+            (
+                Encoder::Wan22(Encoder22::new(cfg, &vb.pp("encoder"))?),
+                Decoder::Wan22(Decoder22::new(cfg, &vb.pp("decoder"))?),
+            )
+        } else {
+            (
+                Encoder::Wan21(Encoder3d::new(cfg, &vb.pp("encoder"))?),
+                Decoder::Wan21(Decoder3d::new(cfg, &vb.pp("decoder"))?),
+            )
+        };
         Ok(Self {
-            encoder: Encoder3d::new(cfg, &vb.pp("encoder"))?,
-            decoder: Decoder3d::new(cfg, &vb.pp("decoder"))?,
+            encoder,
+            decoder,
             conv1: CausalConv3d::new(2 * z, 2 * z, (1, 1), 1, 0, &vb.pp("conv1"))?,
             conv2: CausalConv3d::new(z, z, (1, 1), 1, 0, &vb.pp("conv2"))?,
             mean: stats(&cfg.latents_mean)?,
@@ -128,7 +195,7 @@ impl WanVae {
     }
 
     /// Encodes `video` `(3, f, h, w)` in [-1, 1] to the normalised posterior mean
-    /// `(z, 1 + (f-1)/4, h/8, w/8)`. As in the reference, frames past the last whole chunk of 4
+    /// `(z, 1 + (f-1)/4, h/s, w/s)` (`s` = [`Config::spatial_stride`]). As in the reference, frames past the last whole chunk of 4
     /// are ignored.
     pub fn encode(&self, video: &Tensor) -> Result<Tensor> {
         let num_frames = video.dim(1)?;
@@ -154,7 +221,14 @@ impl WanVae {
             } else {
                 (1 + stride * (i - 1), stride)
             };
-            let out = self.encoder.forward(&frames(start, len)?, &mut state)?;
+            let mut x = frames(start, len)?;
+            if self.cfg.patch_size == 2 {
+                x = patchify(&x)?;
+            }
+            let out = match &self.encoder {
+                Encoder::Wan21(encoder) => encoder.forward(&x, &mut state)?,
+                Encoder::Wan22(encoder) => encoder.forward(&x, &mut state)?,
+            };
             moments.push(self.conv1.forward_frames(&out)?);
         }
         let moments = Tensor::cat(&moments, 0)?;
@@ -191,7 +265,16 @@ impl WanVae {
         let x = self.conv2.forward_frames(&z)?;
         let mut state = ChunkState::default();
         for i in 0..x.dim(0)? {
-            sink(self.decoder.forward(&x.narrow(0, i, 1)?, &mut state)?)?;
+            let latent = x.narrow(0, i, 1)?;
+            let pixels = match &self.decoder {
+                Decoder::Wan21(decoder) => decoder.forward(&latent, &mut state)?,
+                Decoder::Wan22(decoder) => decoder.forward(&latent, &mut state, i == 0)?,
+            };
+            sink(if self.cfg.patch_size == 2 {
+                unpatchify(&pixels)?
+            } else {
+                pixels
+            })?;
         }
         Ok(())
     }

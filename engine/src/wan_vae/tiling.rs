@@ -31,7 +31,8 @@ impl Tiling {
         lat_w: usize,
     ) -> Option<Self> {
         let stride = cfg.spatial_stride();
-        let channels = cfg.base_dim * cfg.dim_mult.first().copied().unwrap_or(1);
+        let base = cfg.decoder_base_dim.unwrap_or(cfg.base_dim);
+        let channels = base * cfg.dim_mult.first().copied().unwrap_or(1);
         let per_latent_pixel = LIVE_VALUES_PER_PIXEL_CHANNEL * channels * stride * stride * 4;
         let fits = budget_bytes / per_latent_pixel.max(1);
         if lat_h * lat_w <= fits {

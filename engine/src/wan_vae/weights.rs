@@ -90,6 +90,14 @@ pub fn load(cfg: &Config, path: &Path, device: &Device) -> Result<WanVae, Engine
     tracing::debug!(?layout, path = %path.display(), "loading the Wan VAE");
     let vb = match layout {
         WeightLayout::Original => vb,
+        WeightLayout::Diffusers if cfg.residual_shortcuts => {
+            return Err(EngineError::BadWeights {
+                problem: "the diffusers layout of the Wan2.2 VAE is not supported yet: use \
+                          wan2.2_vae.safetensors or Wan2.2_VAE.pth"
+                    .to_owned(),
+                path: path.to_owned(),
+            });
+        }
         WeightLayout::Diffusers => {
             let blocks = cfg.num_res_blocks;
             vb.rename_f(move |name| diffusers_key(name, blocks))
@@ -101,8 +109,8 @@ pub fn load(cfg: &Config, path: &Path, device: &Device) -> Result<WanVae, Engine
 fn bad(path: &Path, error: &candle_core::Error) -> EngineError {
     EngineError::BadWeights {
         problem: format!(
-            "the VAE weights do not fit the Wan2.1 VAE ({error}); check that the file is the \
-             Wan2.1 VAE and not the Wan2.2 one"
+            "the VAE weights do not fit the configured Wan VAE ({error}); check that the file \
+             is the Wan2.1 VAE for the 14B models or the Wan2.2 VAE for TI2V-5B"
         ),
         path: path.to_owned(),
     }
