@@ -17,26 +17,62 @@ pub enum WeightLayout {
     Diffusers,
 }
 
+/// Original → diffusers name fragments shared by both VAEs.
+const PARTS: [(&str, &str); 13] = [
+    (".residual.0.", ".norm1."),
+    (".residual.2.", ".conv1."),
+    (".residual.3.", ".norm2."),
+    (".residual.6.", ".conv2."),
+    (".shortcut.", ".conv_shortcut."),
+    (".middle.0.", ".mid_block.resnets.0."),
+    (".middle.1.", ".mid_block.attentions.0."),
+    (".middle.2.", ".mid_block.resnets.1."),
+    (".head.0.", ".norm_out."),
+    (".head.2.", ".conv_out."),
+    ("encoder.conv1.", "encoder.conv_in."),
+    ("decoder.conv1.", "decoder.conv_in."),
+    ("encoder.downsamples.", "encoder.down_blocks."),
+];
+
 /// The rename table: the diffusers name of an original-layout key.
 ///
-/// The decoder's flat `upsamples.{i}` list becomes `up_blocks.{block}.resnets.{j}` and
-/// `up_blocks.{block}.upsamplers.0`, so the map needs `num_res_blocks`.
-pub fn diffusers_key(original: &str, num_res_blocks: usize) -> String {
-    const PARTS: [(&str, &str); 13] = [
-        (".residual.0.", ".norm1."),
-        (".residual.2.", ".conv1."),
-        (".residual.3.", ".norm2."),
-        (".residual.6.", ".conv2."),
-        (".shortcut.", ".conv_shortcut."),
-        (".middle.0.", ".mid_block.resnets.0."),
-        (".middle.1.", ".mid_block.attentions.0."),
-        (".middle.2.", ".mid_block.resnets.1."),
-        (".head.0.", ".norm_out."),
-        (".head.2.", ".conv_out."),
-        ("encoder.conv1.", "encoder.conv_in."),
-        ("decoder.conv1.", "decoder.conv_in."),
-        ("encoder.downsamples.", "encoder.down_blocks."),
-    ];
+/// Wan2.1: the decoder's flat `upsamples.{i}` list becomes `up_blocks.{block}.resnets.{j}` and
+/// `up_blocks.{block}.upsamplers.0`, so the map needs `num_res_blocks`. Wan2.2 (`residual`):
+/// `downsamples.{i}.downsamples.{j}` and `upsamples.{i}.upsamples.{j}` become
+/// `down_blocks.{i}.resnets.{j}` / `.downsampler` and `up_blocks.{i}.resnets.{j}` / `.upsampler`.
+pub fn diffusers_key(original: &str, num_res_blocks: usize, residual: bool) -> String {
+    if residual {
+        for (from, to, resnets, resample) in [
+            (
+                "encoder.downsamples.",
+                "encoder.down_blocks.",
+                num_res_blocks,
+                "downsampler",
+            ),
+            (
+                "decoder.upsamples.",
+                "decoder.up_blocks.",
+                num_res_blocks + 1,
+                "upsampler",
+            ),
+        ] {
+            let Some(rest) = original.strip_prefix(from) else {
+                continue;
+            };
+            let parts: Vec<&str> = rest.splitn(4, '.').collect();
+            if let [block, _, j, tail] = parts.as_slice()
+                && let Ok(j) = j.parse::<usize>()
+            {
+                let inner = if j < resnets {
+                    format!("resnets.{j}.{tail}")
+                } else {
+                    format!("{resample}.{tail}")
+                };
+                let key = format!("{to}{block}.{inner}");
+                return diffusers_key(&key, num_res_blocks, false);
+            }
+        }
+    }
     let mut key = original.to_owned();
     for (from, to) in PARTS {
         key = key.replace(from, to);
@@ -90,17 +126,9 @@ pub fn load(cfg: &Config, path: &Path, device: &Device) -> Result<WanVae, Engine
     tracing::debug!(?layout, path = %path.display(), "loading the Wan VAE");
     let vb = match layout {
         WeightLayout::Original => vb,
-        WeightLayout::Diffusers if cfg.residual_shortcuts => {
-            return Err(EngineError::BadWeights {
-                problem: "the diffusers layout of the Wan2.2 VAE is not supported yet: use \
-                          wan2.2_vae.safetensors or Wan2.2_VAE.pth"
-                    .to_owned(),
-                path: path.to_owned(),
-            });
-        }
         WeightLayout::Diffusers => {
-            let blocks = cfg.num_res_blocks;
-            vb.rename_f(move |name| diffusers_key(name, blocks))
+            let (blocks, residual) = (cfg.num_res_blocks, cfg.residual_shortcuts);
+            vb.rename_f(move |name| diffusers_key(name, blocks, residual))
         }
     };
     WanVae::new(cfg, &vb).map_err(|e| bad(path, &e))
@@ -153,7 +181,33 @@ mod tests {
             ),
         ];
         for (original, diffusers) in cases {
-            assert_eq!(diffusers_key(original, 2), diffusers, "{original}");
+            assert_eq!(diffusers_key(original, 2, false), diffusers, "{original}");
+        }
+        let wan22 = [
+            (
+                "encoder.downsamples.1.downsamples.0.residual.3.gamma",
+                "encoder.down_blocks.1.resnets.0.norm2.gamma",
+            ),
+            (
+                "encoder.downsamples.1.downsamples.2.time_conv.bias",
+                "encoder.down_blocks.1.downsampler.time_conv.bias",
+            ),
+            (
+                "decoder.upsamples.0.upsamples.2.shortcut.weight",
+                "decoder.up_blocks.0.resnets.2.conv_shortcut.weight",
+            ),
+            (
+                "decoder.upsamples.2.upsamples.3.resample.1.weight",
+                "decoder.up_blocks.2.upsampler.resample.1.weight",
+            ),
+            (
+                "decoder.middle.0.residual.0.gamma",
+                "decoder.mid_block.resnets.0.norm1.gamma",
+            ),
+            ("conv1.weight", "quant_conv.weight"),
+        ];
+        for (original, diffusers) in wan22 {
+            assert_eq!(diffusers_key(original, 2, true), diffusers, "{original}");
         }
     }
 }
