@@ -10,14 +10,18 @@
 //! ```
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarBuilder;
 use stillmotion_engine::wan_vae::{Config, Tiling, WanVae};
 
 fn peak_rss_mib() -> f64 {
+    rss_mib("VmHWM:")
+}
+
+fn rss_mib(key: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
@@ -41,8 +45,8 @@ fn main() -> Result<(), candle_core::Error> {
         cfg.base_dim = dim as usize;
     }
     let device = Device::Cpu;
-    let map = VarMap::new();
-    let vb = VarBuilder::from_varmap(&map, DType::F32, &device);
+    // Plain tensors, as a checkpoint loads (a VarMap's `Var`s would record the autograd graph).
+    let vb = VarBuilder::zeros(DType::F32, &device);
     let vae = WanVae::new(&cfg, &vb)?;
     let s = cfg.spatial_stride();
     let latents = Tensor::randn(
@@ -55,6 +59,19 @@ fn main() -> Result<(), candle_core::Error> {
     let start = std::time::Instant::now();
     let tiling = flag("--budget-gb")
         .and_then(|gb| Tiling::for_budget(&cfg, (gb * 1e9) as usize, height / s, width / s));
+    if std::env::var_os("VAE_MEMORY_PER_CHUNK").is_some() {
+        let mut n = 0;
+        vae.decode_each(&latents, |chunk| {
+            n += chunk.dim(0)?;
+            println!(
+                "{n} frames: RSS {:.0} MiB, peak {:.0} MiB",
+                rss_mib("VmRSS:"),
+                peak_rss_mib()
+            );
+            Ok(())
+        })?;
+        return Ok(());
+    }
     let video = match tiling {
         Some(tiling) => vae.decode_tiled(&latents, tiling)?,
         None => vae.decode(&latents)?,

@@ -240,7 +240,7 @@ impl Resample {
                     _ => y,
                 };
                 slot.started = true;
-                slot.frames = Some(last);
+                slot.frames = Some(last.detach());
                 Ok(out)
             }
         }

@@ -186,7 +186,9 @@ impl CausalConv3d {
         };
         let t = joined.dim(0)?;
         let keep = context.min(t);
-        *cache = Some(joined.narrow(0, t - keep, keep)?);
+        // Detached: with trainable weights (`Var`s) candle would otherwise keep every earlier
+        // chunk's graph alive through the cache, and memory would grow with the clip.
+        *cache = Some(joined.narrow(0, t - keep, keep)?.detach());
         let padded = if t < context + x.dim(0)? {
             joined.pad_with_zeros(0, context + x.dim(0)? - t, 0)?
         } else {
