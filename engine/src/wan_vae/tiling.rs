@@ -15,10 +15,12 @@ pub struct Tiling {
     pub overlap: usize,
 }
 
-/// Decoder activations held at once per output pixel, in f32 values per channel of the last
-/// stage: four frames after temporal upsampling, about six live tensors and every layer's two
-/// cached frames. An estimate for choosing tiles, not a bound.
-const LIVE_VALUES_PER_PIXEL_CHANNEL: usize = 4 * 6 + 2 * 7;
+/// f32 values held at once per output pixel and per channel of the decoder's last stage, for
+/// choosing tiles. Calibrated on the CPU (`examples/vae_decode_memory.rs`, base dim 16,
+/// 256×256): untiled peak 500 MiB at 17 frames and 533 MiB at 49 (the difference is the output
+/// clip), tiled with 17-latent tiles 183 MiB; activations came to about 120 values per pixel
+/// and channel, three times a count of live tensors and caches.
+const LIVE_VALUES_PER_PIXEL_CHANNEL: usize = 120;
 
 impl Tiling {
     /// The largest square tiles whose decode should fit `budget_bytes`, or `None` when the
