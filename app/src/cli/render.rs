@@ -1,0 +1,154 @@
+//! Running `stillmotion render`: submit the recipe to the engine thread and report its events,
+//! as a one-line progress display on a terminal or as JSON lines with `--json`.
+
+use std::io::{IsTerminal, Write};
+
+use stillmotion_engine::runtime::{Command, EngineHandle, Event, JobKind, JobRunner};
+
+use super::{RenderArgs, exit_code};
+
+/// Renders `args` with `runner`, returning the process exit code. Ctrl+C cancels the job.
+pub fn run(args: &RenderArgs, runner: impl JobRunner) -> u8 {
+    let recipe = match args.to_recipe() {
+        Ok(recipe) => recipe,
+        Err(error) => {
+            eprintln!("stillmotion render: {error:#}");
+            return exit_code::BAD_INPUT;
+        }
+    };
+    let engine = match EngineHandle::spawn(runner, || {}) {
+        Ok(engine) => engine,
+        Err(error) => {
+            eprintln!("stillmotion render: {error:#}");
+            return exit_code::FAILED;
+        }
+    };
+    let job_id = 1;
+    if let Err(error) = engine.send(Command::Submit {
+        job_id,
+        kind: JobKind::Render(Box::new(recipe)),
+    }) {
+        eprintln!("stillmotion render: {error:#}");
+        return exit_code::FAILED;
+    }
+    let (interrupt_sender, interrupt) = crossbeam_channel::bounded::<()>(1);
+    if let Err(error) = ctrlc::set_handler(move || {
+        let _ = interrupt_sender.try_send(());
+    }) {
+        tracing::warn!("Ctrl+C will not cancel cleanly: {error}");
+    }
+    let terminal = std::io::stderr().is_terminal() && !args.json;
+    loop {
+        crossbeam_channel::select! {
+            recv(interrupt) -> _ => {
+                let _ = engine.send(Command::Cancel(job_id));
+            }
+            recv(engine.events()) -> event => {
+                let Ok(event) = event else {
+                    eprintln!("stillmotion render: the engine stopped unexpectedly");
+                    return exit_code::FAILED;
+                };
+                if args.json {
+                    println!("{}", event_json(&event));
+                    let _ = std::io::stdout().flush();
+                } else {
+                    show(&event, terminal);
+                }
+                match event {
+                    Event::Finished { .. } => return exit_code::OK,
+                    Event::Cancelled { .. } => return exit_code::CANCELLED,
+                    Event::Failed { .. } => return exit_code::FAILED,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Human-readable progress on standard error (standard output stays clean for scripts).
+fn show(event: &Event, terminal: bool) {
+    let line = match event {
+        Event::Progress {
+            progress,
+            secs_per_unit,
+            eta_secs,
+            ..
+        } => {
+            let mut line = format!(
+                "{} {}/{}",
+                progress.stage.label(),
+                progress.done,
+                progress.total
+            );
+            if let Some(rate) = secs_per_unit {
+                line.push_str(&format!(", {rate:.2} s each"));
+            }
+            if let Some(eta) = eta_secs {
+                line.push_str(&format!(", {eta:.0} s left"));
+            }
+            if terminal {
+                eprint!("\r\x1b[2K{line}");
+                return;
+            }
+            line
+        }
+        Event::Warning { message, .. } => format!("warning: {message}"),
+        Event::Finished {
+            output,
+            elapsed_secs,
+            ..
+        } => format!("done in {elapsed_secs:.1} s: {}", output.path.display()),
+        Event::Cancelled { .. } => "cancelled; nothing was written".to_owned(),
+        Event::Failed { message, .. } => format!("failed: {message}"),
+        Event::Queued { .. } | Event::Started { .. } | Event::Unloaded => return,
+    };
+    if terminal {
+        eprintln!("\r\x1b[2K{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+/// One event as a JSON object with an `event` tag.
+#[must_use]
+pub fn event_json(event: &Event) -> serde_json::Value {
+    use serde_json::json;
+    match event {
+        Event::Queued { job_id, position } => {
+            json!({"event": "queued", "job_id": job_id, "position": position})
+        }
+        Event::Started { job_id } => json!({"event": "started", "job_id": job_id}),
+        Event::Progress {
+            job_id,
+            progress,
+            secs_per_unit,
+            eta_secs,
+        } => json!({
+            "event": "progress",
+            "job_id": job_id,
+            "stage": progress.stage.label(),
+            "done": progress.done,
+            "total": progress.total,
+            "secs_per_unit": secs_per_unit,
+            "eta_secs": eta_secs,
+        }),
+        Event::Warning { job_id, message } => {
+            json!({"event": "warning", "job_id": job_id, "message": message})
+        }
+        Event::Finished {
+            job_id,
+            output,
+            elapsed_secs,
+        } => json!({
+            "event": "finished",
+            "job_id": job_id,
+            "path": output.path,
+            "elapsed_secs": elapsed_secs,
+        }),
+        Event::Cancelled { job_id } => json!({"event": "cancelled", "job_id": job_id}),
+        Event::Failed { job_id, message } => {
+            json!({"event": "failed", "job_id": job_id, "message": message})
+        }
+        Event::Unloaded => json!({"event": "unloaded"}),
+    }
+}

@@ -1,0 +1,355 @@
+//! The render settings panel: preset, prompt, size, frames, sampler, guidance, seed, models,
+//! interpolation and output. Its state persists between runs; it turns into the user's
+//! [`RecipeChoices`] layered over the chosen preset.
+
+use std::path::PathBuf;
+
+use stillmotion_engine::preset::{Preset, SamplerKind};
+use stillmotion_engine::recipe::{Interpolation, ModelFiles, RecipeChoices};
+
+use super::UiAction;
+use crate::ui::theme;
+
+/// Which model file a "Choose…" button is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ModelSlot {
+    HighNoise,
+    LowNoise,
+    TextEncoder,
+    Vae,
+}
+
+impl ModelSlot {
+    pub const ALL: [Self; 4] = [Self::HighNoise, Self::LowNoise, Self::TextEncoder, Self::Vae];
+
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::HighNoise => "High-noise expert",
+            Self::LowNoise => "Low-noise expert",
+            Self::TextEncoder => "Text encoder",
+            Self::Vae => "VAE",
+        }
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            Self::HighNoise => "wan2.2_i2v_high_noise_14B_*.safetensors (ComfyUI diffusion_models/)",
+            Self::LowNoise => "wan2.2_i2v_low_noise_14B_*.safetensors (ComfyUI diffusion_models/)",
+            Self::TextEncoder => "umt5_xxl_*.safetensors (ComfyUI text_encoders/)",
+            Self::Vae => "wan_2.1_vae.safetensors (ComfyUI vae/)",
+        }
+    }
+}
+
+/// The user's settings; persisted with eframe storage.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// File stem of the chosen shipped preset.
+    pub preset: String,
+    pub prompt: String,
+    pub negative_prompt: String,
+    /// Empty negative prompt means Wan's default one.
+    pub steps: u32,
+    pub num_frames: u32,
+    pub cfg_high_noise: f64,
+    pub cfg_low_noise: f64,
+    pub shift: f64,
+    pub sampler: SamplerChoice,
+    pub seed: u64,
+    pub seed_locked: bool,
+    pub interpolation_factor: u32,
+    pub high_noise: Option<PathBuf>,
+    pub low_noise: Option<PathBuf>,
+    pub text_encoder: Option<PathBuf>,
+    pub vae: Option<PathBuf>,
+    pub output_dir: Option<PathBuf>,
+    pub reserve_vram_gb: f64,
+}
+
+/// Serializable mirror of the engine's sampler kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SamplerChoice {
+    Euler,
+    UniPc,
+}
+
+impl From<SamplerKind> for SamplerChoice {
+    fn from(kind: SamplerKind) -> Self {
+        match kind {
+            SamplerKind::Euler => Self::Euler,
+            SamplerKind::Unipc => Self::UniPc,
+        }
+    }
+}
+
+impl From<SamplerChoice> for SamplerKind {
+    fn from(choice: SamplerChoice) -> Self {
+        match choice {
+            SamplerChoice::Euler => Self::Euler,
+            SamplerChoice::UniPc => Self::Unipc,
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            preset: String::new(),
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            steps: 4,
+            num_frames: 81,
+            cfg_high_noise: 1.0,
+            cfg_low_noise: 1.0,
+            shift: 5.0,
+            sampler: SamplerChoice::Euler,
+            seed: 0,
+            seed_locked: false,
+            interpolation_factor: 1,
+            high_noise: None,
+            low_noise: None,
+            text_encoder: None,
+            vae: None,
+            output_dir: None,
+            reserve_vram_gb: stillmotion_engine::recipe::DEFAULT_RESERVE_VRAM_GB,
+        }
+    }
+}
+
+impl Settings {
+    /// Takes the preset's values for everything a preset decides (one-click switching).
+    pub fn apply_preset(&mut self, stem: &str, preset: &Preset) {
+        self.preset = stem.to_owned();
+        self.steps = preset.steps;
+        self.num_frames = preset.num_frames;
+        self.cfg_high_noise = preset.cfg_high_noise;
+        self.cfg_low_noise = preset.cfg_low_noise;
+        self.shift = preset.shift;
+        self.sampler = preset.sampler.into();
+        self.interpolation_factor = preset.interpolation_factor;
+    }
+
+    /// The user's choices for a render of `image`, written into `output_dir` (or beside the
+    /// image when no folder was chosen).
+    #[must_use]
+    pub fn choices(&self, image: PathBuf, output_name: &str) -> RecipeChoices {
+        let output_dir = self
+            .output_dir
+            .clone()
+            .or_else(|| image.parent().map(PathBuf::from))
+            .unwrap_or_default();
+        RecipeChoices {
+            models: ModelFiles {
+                model_dir: None,
+                high_noise: self.high_noise.clone(),
+                low_noise: self.low_noise.clone(),
+                text_encoder: self.text_encoder.clone(),
+                vae: self.vae.clone(),
+            },
+            image: Some(image),
+            prompt: Some(self.prompt.clone()),
+            negative_prompt: (!self.negative_prompt.trim().is_empty())
+                .then(|| self.negative_prompt.clone()),
+            seed: Some(self.seed),
+            num_frames: Some(self.num_frames),
+            steps: Some(self.steps),
+            sampler: Some(self.sampler.into()),
+            shift: Some(self.shift),
+            cfg_high_noise: Some(self.cfg_high_noise),
+            cfg_low_noise: Some(self.cfg_low_noise),
+            interpolation: Some(if self.interpolation_factor > 1 {
+                Interpolation::Multiplier {
+                    factor: self.interpolation_factor,
+                }
+            } else {
+                Interpolation::Off
+            }),
+            output: Some(output_dir.join(output_name)),
+            reserve_vram_gb: Some(self.reserve_vram_gb),
+            ..RecipeChoices::default()
+        }
+    }
+
+    fn model_path_mut(&mut self, slot: ModelSlot) -> &mut Option<PathBuf> {
+        match slot {
+            ModelSlot::HighNoise => &mut self.high_noise,
+            ModelSlot::LowNoise => &mut self.low_noise,
+            ModelSlot::TextEncoder => &mut self.text_encoder,
+            ModelSlot::Vae => &mut self.vae,
+        }
+    }
+
+    /// Sets a model path (from a file dialog).
+    pub fn set_model_path(&mut self, slot: ModelSlot, path: PathBuf) {
+        *self.model_path_mut(slot) = Some(path);
+    }
+}
+
+/// Draws the settings. `presets` are (file stem, preset) pairs.
+#[must_use]
+pub fn show(
+    ui: &mut egui::Ui,
+    settings: &mut Settings,
+    presets: &[(String, Preset)],
+) -> Option<UiAction> {
+    let mut action = None;
+    ui.heading("Settings");
+    let current = presets
+        .iter()
+        .find(|(stem, _)| *stem == settings.preset)
+        .map_or("Choose a preset", |(_, preset)| preset.name.as_str())
+        .to_owned();
+    egui::ComboBox::from_label("Preset")
+        .selected_text(current)
+        .show_ui(ui, |ui| {
+            for (stem, preset) in presets {
+                if ui
+                    .selectable_label(settings.preset == *stem, &preset.name)
+                    .on_hover_text(&preset.description)
+                    .clicked()
+                {
+                    action = Some(UiAction::ApplyPreset(stem.clone()));
+                }
+            }
+        })
+        .response
+        .on_hover_text("One click sets steps, frames, sampler, guidance and interpolation");
+
+    ui.label("Prompt");
+    ui.add(
+        egui::TextEdit::multiline(&mut settings.prompt)
+            .hint_text("What should move, and how")
+            .desired_rows(3)
+            .desired_width(f32::INFINITY),
+    )
+    .on_hover_text("Describe the motion; Ctrl+Enter renders");
+    ui.label(format!("{} characters", settings.prompt.chars().count()));
+    ui.label("Negative prompt");
+    ui.add(
+        egui::TextEdit::multiline(&mut settings.negative_prompt)
+            .hint_text("Empty: Wan's default negative prompt")
+            .desired_rows(2)
+            .desired_width(f32::INFINITY),
+    )
+    .on_hover_text("What to avoid; only used when guidance (CFG) is above 1");
+
+    egui::Grid::new("settings_grid").num_columns(2).show(ui, |ui| {
+        ui.label("Frames");
+        ui.horizontal(|ui| {
+            let mut frames = settings.num_frames;
+            ui.add(egui::DragValue::new(&mut frames).range(5..=321).speed(4))
+                .on_hover_text("4n+1 frames; 81 frames are 5 s at 16 fps");
+            settings.num_frames = (frames.saturating_sub(1) / 4) * 4 + 1;
+            ui.colored_label(
+                theme::WEAK_TEXT,
+                format!("{:.2} s at 16 fps", f64::from(settings.num_frames) / 16.0),
+            );
+        });
+        ui.end_row();
+
+        ui.label("Steps");
+        ui.add(egui::DragValue::new(&mut settings.steps).range(1..=100))
+            .on_hover_text("Denoising steps (4 with the LightX2V LoRA, 40 official)");
+        ui.end_row();
+
+        ui.label("Sampler");
+        ui.horizontal(|ui| {
+            ui.selectable_value(&mut settings.sampler, SamplerChoice::Euler, "Euler")
+                .on_hover_text("Flow-matching Euler (ComfyUI's default for 4-step LoRAs)");
+            ui.selectable_value(&mut settings.sampler, SamplerChoice::UniPc, "UniPC")
+                .on_hover_text("The official Wan2.2 solver");
+        });
+        ui.end_row();
+
+        ui.label("Shift");
+        ui.add(egui::DragValue::new(&mut settings.shift).range(0.5..=20.0).speed(0.1))
+            .on_hover_text("Flow shift of the sigma schedule (5.0 for Wan2.2)");
+        ui.end_row();
+
+        ui.label("CFG high / low");
+        ui.horizontal(|ui| {
+            ui.add(egui::DragValue::new(&mut settings.cfg_high_noise).range(1.0..=20.0).speed(0.1))
+                .on_hover_text("Guidance of the high-noise expert (1 = off, faster)");
+            ui.add(egui::DragValue::new(&mut settings.cfg_low_noise).range(1.0..=20.0).speed(0.1))
+                .on_hover_text("Guidance of the low-noise expert (1 = off, faster)");
+        });
+        ui.end_row();
+
+        ui.label("Seed");
+        ui.horizontal(|ui| {
+            ui.add(egui::DragValue::new(&mut settings.seed))
+                .on_hover_text("The same seed and settings give the same clip");
+            ui.checkbox(&mut settings.seed_locked, "Lock")
+                .on_hover_text("Unlocked: a new random seed for every render");
+            if ui.button("Re-roll").on_hover_text("Pick a new random seed").clicked() {
+                action = Some(UiAction::RerollSeed);
+            }
+        });
+        ui.end_row();
+
+        ui.label("Interpolation");
+        ui.horizontal(|ui| {
+            for (factor, label) in [(1, "Off"), (2, "×2"), (3, "×3"), (4, "×4")] {
+                ui.selectable_value(&mut settings.interpolation_factor, factor, label)
+                    .on_hover_text("RIFE frame interpolation after decoding");
+            }
+        });
+        ui.end_row();
+
+        ui.label("VRAM reserve");
+        ui.add(
+            egui::DragValue::new(&mut settings.reserve_vram_gb)
+                .range(0.0..=64.0)
+                .speed(0.25)
+                .suffix(" GB"),
+        )
+        .on_hover_text("GPU memory left free for the desktop and other programs");
+        ui.end_row();
+    });
+
+    ui.separator();
+    ui.strong("Model files");
+    for slot in ModelSlot::ALL {
+        ui.horizontal(|ui| {
+            ui.label(slot.label());
+            let path = settings.model_path_mut(slot).clone();
+            let name = path.as_ref().and_then(|p| p.file_name()).map_or_else(
+                || "not chosen".to_owned(),
+                |name| name.to_string_lossy().into_owned(),
+            );
+            ui.colored_label(theme::WEAK_TEXT, name);
+            if ui
+                .button("Choose…")
+                .on_hover_text(slot.hint())
+                .clicked()
+            {
+                action = Some(UiAction::ChooseModelFile(slot));
+            }
+        });
+    }
+    ui.horizontal(|ui| {
+        ui.label("Output folder");
+        let shown = settings
+            .output_dir
+            .as_ref()
+            .map_or_else(|| "beside the image".to_owned(), |dir| dir.display().to_string());
+        ui.colored_label(theme::WEAK_TEXT, shown);
+        if ui
+            .button("Choose…")
+            .on_hover_text("Where finished clips are saved")
+            .clicked()
+        {
+            action = Some(UiAction::ChooseOutputFolder);
+        }
+    });
+    ui.separator();
+    let render = ui
+        .add(egui::Button::new("Render").min_size(egui::vec2(120.0, 28.0)))
+        .on_hover_text("Add this render to the queue (Ctrl+Enter)");
+    if render.clicked() {
+        action = Some(UiAction::Render);
+    }
+    action
+}
