@@ -93,6 +93,13 @@ pub enum EngineError {
     /// A tokenizer file (tokenizer.json, spiece.model, or the tensor embedding one) is unusable.
     #[error("{problem}: {path}")]
     BadTokenizer { problem: String, path: PathBuf },
+    /// A model's weight file does not fit the model; `problem` says which and what to pick.
+    #[error("{problem}: {path}")]
+    BadWeights { problem: String, path: PathBuf },
+
+    /// A video or latent tensor has a shape a model cannot take; `problem` says what fits.
+    #[error("{problem}")]
+    BadVideoShape { problem: String },
 }
 
 impl EngineError {

@@ -19,6 +19,7 @@ pub mod sampling;
 pub mod umt5;
 pub mod video;
 pub mod wan;
+pub mod wan_vae;
 
 pub use error::EngineError;
 

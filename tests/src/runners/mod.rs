@@ -18,6 +18,7 @@ mod sampling;
 mod tokenizer;
 mod umt5;
 mod wan_dit;
+mod wan_vae;
 
 /// Named output tensors of one case.
 pub type Outputs = BTreeMap<String, Tensor>;
@@ -37,6 +38,7 @@ pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
         "prompt_clean" => prompt_clean::run(case, device),
         "tokenizer" => tokenizer::run(case, device),
         "umt5" => umt5::run(case, device),
+        "wan_vae" => wan_vae::run(case, device),
         _ => bail!(
             "no runner for component {component:?} (case {}); add one in tests/src/runners/",
             case.dir.display()

@@ -1,0 +1,55 @@
+//! Runner for `wan_vae` cases: the Wan2.1 VAE (`engine::wan_vae`).
+//!
+//! `[config]`: the architecture as `engine::wan_vae::Config` names it (`base_dim`, `z_dim`,
+//! `dim_mult`, `num_res_blocks`, `attn_scales`, `temporal_downsample`, `latents_mean`,
+//! `latents_std`; missing keys take the released Wan2.1 values), `layout` ("original" or
+//! "diffusers": informational, the loader detects it from the keys) and `num_frames` (the I2V
+//! clip length, default: the frames of `video`). Inputs, each optional: `video` `(3, f, h, w)`,
+//! `z` `(z, t, h/8, w/8)`, `image` `(3, h, w)`. Outputs: `latent` (encode of `video`),
+//! `latent_short` (encode of its first 5 frames), `decoded` / `decoded_raw` (decode of `z`,
+//! clamped / not), `y` (I2V conditioning of `image`).
+
+use anyhow::Context;
+use candle_core::Device;
+use stillmotion_engine::wan_vae::{self, Config};
+
+use super::{Outputs, inputs};
+use crate::golden::Case;
+
+pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
+    let cfg: Config = case.config()?;
+    let weights = case
+        .manifest
+        .weights
+        .first()
+        .context("a wan_vae case needs one weight file")?;
+    let vae = wan_vae::load(&cfg, &case.file(weights), device)?;
+    let tensors = inputs(case, device)?;
+    let mut out = Outputs::new();
+    let mut num_frames = None;
+    if let Some(video) = tensors.get("video") {
+        let frames = video.dim(1)?;
+        num_frames = Some(frames);
+        out.insert("latent".into(), vae.encode(video)?);
+        if frames >= 5 {
+            out.insert("latent_short".into(), vae.encode(&video.narrow(1, 0, 5)?)?);
+        }
+    }
+    if let Some(z) = tensors.get("z") {
+        let raw = vae.decode_raw(z)?;
+        out.insert("decoded".into(), raw.clamp(-1f32, 1f32)?);
+        out.insert("decoded_raw".into(), raw);
+    }
+    if let Some(image) = tensors.get("image") {
+        let frames = match case.manifest.config.get("num_frames") {
+            Some(value) => usize::try_from(
+                value
+                    .as_integer()
+                    .context("config num_frames must be an integer")?,
+            )?,
+            None => num_frames.context("an I2V case needs config num_frames or a video")?,
+        };
+        out.insert("y".into(), wan_vae::i2v_condition(&vae, image, frames)?);
+    }
+    Ok(out)
+}
