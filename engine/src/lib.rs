@@ -11,6 +11,7 @@ pub mod device;
 pub mod error;
 pub mod image_input;
 pub mod paths;
+pub mod pipeline;
 pub mod preset;
 pub mod recipe;
 pub mod rife;

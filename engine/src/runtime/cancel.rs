@@ -26,6 +26,12 @@ impl CancelToken {
     }
 
     /// `Err(Cancelled)` once cancelled: use with `?` at every step boundary.
+    /// The flag itself, for APIs that poll an `AtomicBool` (the video writer).
+    #[must_use]
+    pub fn flag(&self) -> &AtomicBool {
+        &self.0
+    }
+
     pub fn check(&self) -> Result<(), EngineError> {
         if self.is_cancelled() {
             Err(EngineError::Cancelled)

@@ -1,0 +1,50 @@
+//! The two Wan experts as the sampling loop's [`Denoiser`].
+
+use candle_core::{DType, Tensor};
+
+use crate::EngineError;
+use crate::sampling::{Branch, Denoiser, Expert};
+use crate::wan::WanModel;
+
+/// Predicts the flow with the high- or low-noise expert, conditioned on the I2V `y` and on the
+/// prompt's or the negative prompt's context.
+pub struct WanDenoiser<'a> {
+    pub high_noise: &'a WanModel,
+    pub low_noise: &'a WanModel,
+    /// `[1, 4 + z, t, h, w]`: mask and image latent.
+    pub y: Tensor,
+    /// `[1, text_len, d]`.
+    pub context: Tensor,
+    /// `[1, text_len, d]`; `None` when no expert runs guidance.
+    pub negative_context: Option<Tensor>,
+}
+
+impl Denoiser for WanDenoiser<'_> {
+    fn predict_flow(
+        &mut self,
+        latents: &Tensor,
+        timestep: f32,
+        expert: Expert,
+        branch: Branch,
+    ) -> Result<Tensor, EngineError> {
+        let model = match expert {
+            Expert::HighNoise => self.high_noise,
+            Expert::LowNoise => self.low_noise,
+        };
+        let context = match branch {
+            Branch::Cond => &self.context,
+            Branch::Uncond => {
+                self.negative_context
+                    .as_ref()
+                    .ok_or_else(|| EngineError::BadModelInput {
+                        problem: "guidance asked for the negative prompt, which was not encoded"
+                            .to_owned(),
+                    })?
+            }
+        };
+        // The official pipeline passes the scheduler's integer timestep (int64); the model's
+        // sinusoid is built from it in float64, so an integral f64 carries it exactly.
+        let t = Tensor::new(&[f64::from(timestep)], latents.device())?.to_dtype(DType::F64)?;
+        model.forward(latents, Some(&self.y), &t, context)
+    }
+}

@@ -1,0 +1,28 @@
+//! The image-to-video render pipeline: a [`Recipe`](crate::recipe::Recipe) in, a video file out.
+//!
+//! Stages, as the official `WanI2V.generate` (`wan/image2video.py`) runs them: encode the prompt
+//! (and the negative prompt when a guidance scale needs it) with umT5; load and fit the image
+//! (official: area ≈ width × height, sides multiples of 16, bicubic); encode it with the VAE into
+//! the I2V condition `y` (mask ++ latent mean); draw the noise (seeded, or injected from a
+//! file); run the two-expert flow-matching loop (high-noise expert while `t ≥ boundary × 1000`);
+//! decode one latent chunk at a time straight into the [`VideoWriter`](crate::video::VideoWriter),
+//! through RIFE when the recipe interpolates.
+//!
+//! [`PipelineRunner`] is the engine thread's [`JobRunner`](crate::runtime::JobRunner): it keeps
+//! the models of the last job loaded ([`ModelCache`], keyed by file path), so a second job with
+//! another seed or prompt starts at once.
+//!
+//! Model configs: a `config.json` in a diffusers folder, a sidecar `<weights stem>.json` beside a
+//! single file (the DiT keys of [`crate::wan::Config`], the VAE keys of
+//! [`crate::wan_vae::Config`], the umT5 keys of [`crate::umt5::Config`]), otherwise the released
+//! model's config (the DiT's is read from the tensor shapes).
+
+mod denoiser;
+mod models;
+mod output;
+mod runner;
+
+pub use denoiser::WanDenoiser;
+pub use models::{ModelCache, sidecar_config};
+pub use output::format_for_output;
+pub use runner::PipelineRunner;

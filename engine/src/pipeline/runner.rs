@@ -1,0 +1,278 @@
+//! [`PipelineRunner`]: one render job from recipe to file.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+use super::denoiser::WanDenoiser;
+use super::models::ModelCache;
+use super::output::format_for_output;
+use crate::EngineError;
+use crate::device::select_device;
+use crate::image_input::{self, LoadOptions, fit};
+use crate::preset::ModelFamily;
+use crate::recipe::{ImageFit, Interpolation, Recipe};
+use crate::rife::{InterpolationContext, InterpolationSettings, interpolate_stream};
+use crate::runtime::{JobContext, JobKind, JobOutput, JobRunner, Stage};
+use crate::sampling::{
+    Expert, GuidanceRule, InitialNoise, LoopConfig, UniPcConfig, default_schedule, denoise,
+    initial_noise, new_scheduler,
+};
+use crate::video::{EmbeddedRecipe, EncodeSettings, FrameRate, VideoWriter};
+use crate::wan_vae::i2v_condition;
+
+/// Renders recipes, keeping the models loaded between jobs.
+#[derive(Default)]
+pub struct PipelineRunner {
+    models: ModelCache,
+    /// RIFE weights; `None` finds them where the app installs them.
+    rife_weights: Option<PathBuf>,
+}
+
+impl PipelineRunner {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Uses the RIFE weights at `path` instead of the installed ones.
+    #[must_use]
+    pub fn with_rife_weights(mut self, path: PathBuf) -> Self {
+        self.rife_weights = Some(path);
+        self
+    }
+
+    /// The loaded models (for their load counter).
+    #[must_use]
+    pub fn models(&self) -> &ModelCache {
+        &self.models
+    }
+
+    fn render(&mut self, recipe: &Recipe, ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
+        recipe.validate()?;
+        if recipe.model != ModelFamily::Wan22I2vA14b {
+            return Err(EngineError::BadRecipe {
+                field: "model",
+                problem: "TI2V-5B rendering is not available yet: choose the I2V-A14B preset"
+                    .to_owned(),
+            });
+        }
+        let device = select_device(recipe.device)?.device;
+        let dtype = if device.is_cuda() {
+            DType::BF16
+        } else {
+            DType::F32
+        };
+        let loop_cfg = LoopConfig {
+            boundary: recipe.boundary.unwrap_or(0.9),
+            cfg_high_noise: recipe.cfg_high_noise,
+            cfg_low_noise: recipe.cfg_low_noise,
+            guidance: GuidanceRule::Official,
+        };
+
+        // Text.
+        ctx.check()?;
+        ctx.progress(Stage::LoadingWeights, 0, 3);
+        let needs_negative = [Expert::HighNoise, Expert::LowNoise]
+            .iter()
+            .any(|&e| loop_cfg.guidance_scale(e).is_some());
+        let encoder = self.models.text_encoder(recipe, dtype, &device)?;
+        let text_total = if needs_negative { 2 } else { 1 };
+        ctx.progress(Stage::EncodingText, 0, text_total);
+        let context = encoder.encode_prompt(&recipe.prompt)?.unsqueeze(0)?;
+        ctx.progress(Stage::EncodingText, 1, text_total);
+        let negative_context = if needs_negative {
+            ctx.check()?;
+            let negative = encoder
+                .encode_prompt(&recipe.negative_prompt)?
+                .unsqueeze(0)?;
+            ctx.progress(Stage::EncodingText, 2, text_total);
+            Some(negative)
+        } else {
+            None
+        };
+
+        // Image and its conditioning.
+        ctx.check()?;
+        let image = fitted_image(recipe, &device)?;
+        let (_, height, width) = image.dims3()?;
+        ctx.progress(Stage::LoadingWeights, 1, 3);
+        let vae = self.models.vae(recipe, &device)?;
+        ctx.progress(Stage::EncodingImage, 0, 1);
+        let y = i2v_condition(vae, &image, recipe.num_frames as usize)?.unsqueeze(0)?;
+        ctx.progress(Stage::EncodingImage, 1, 1);
+        let z_dim = vae.config().z_dim;
+        let (_, _, lat_t, lat_h, lat_w) = y.dims5()?;
+        let noise = match &recipe.init_noise {
+            Some(path) => InitialNoise::Injected(read_noise(path)?),
+            None => InitialNoise::Seeded(recipe.seed),
+        };
+        let noise = initial_noise(&noise, (1, z_dim, lat_t, lat_h, lat_w), &device)?;
+
+        // Denoising.
+        ctx.check()?;
+        ctx.progress(Stage::LoadingWeights, 2, 3);
+        let (high_noise, low_noise) = self.models.experts(recipe, dtype, &device)?;
+        ctx.progress(Stage::LoadingWeights, 3, 3);
+        let mut denoiser = WanDenoiser {
+            high_noise,
+            low_noise,
+            y,
+            context,
+            negative_context,
+        };
+        let mut scheduler = new_scheduler(
+            recipe.sampler,
+            default_schedule(recipe.sampler),
+            UniPcConfig::wan22(),
+            recipe.steps as usize,
+            recipe.shift,
+        )?;
+        let latents = denoise(&mut denoiser, &mut *scheduler, noise, &loop_cfg, |step| {
+            let stage = match step.expert {
+                Expert::HighNoise => Stage::DenoisingHighNoise,
+                Expert::LowNoise => Stage::DenoisingLowNoise,
+            };
+            ctx.progress(stage, count(step.index + 1), count(step.total));
+            ctx.check()
+        })?;
+        drop(denoiser);
+
+        // Decoding, straight into the writer (or into RIFE first).
+        ctx.check()?;
+        let format = format_for_output(&recipe.output)?;
+        let fps = FrameRate::whole(match recipe.interpolation {
+            Interpolation::Multiplier { factor } => recipe.fps * factor.max(1),
+            Interpolation::Off | Interpolation::TargetFps { .. } => recipe.fps,
+        });
+        let settings = EncodeSettings {
+            format,
+            fps,
+            ..EncodeSettings::default()
+        };
+        let embedded = serde_json::to_value(recipe)
+            .map(EmbeddedRecipe::new)
+            .map_err(|e| EngineError::BadRecipe {
+                field: "recipe",
+                problem: format!("cannot be stored in the output ({e})"),
+            })?;
+        let mut writer = VideoWriter::create(
+            &recipe.output,
+            &settings,
+            count(width),
+            count(height),
+            Some(embedded),
+        )?;
+        let multiplier = match recipe.interpolation {
+            Interpolation::Off => None,
+            Interpolation::Multiplier { factor } => Some(factor.max(1) as usize),
+            Interpolation::TargetFps { .. } => {
+                return Err(EngineError::BadRecipe {
+                    field: "interpolation",
+                    problem: "target_fps is not available in renders yet: use a multiplier"
+                        .to_owned(),
+                });
+            }
+        };
+        let latents = latents.squeeze(0)?;
+        let vae = self.models.vae(recipe, &device)?;
+        let cancel = ctx.cancel_token().flag();
+        let mut decoded = Vec::new();
+        let mut chunks_done = 0;
+        ctx.progress(Stage::Decoding, 0, count(lat_t));
+        vae.decode_rgb8_each(&latents, |frames| {
+            ctx.check()?;
+            if multiplier.is_some() {
+                decoded.extend(frames);
+            } else {
+                for frame in &frames {
+                    writer.push(frame, cancel)?;
+                }
+            }
+            chunks_done += 1;
+            ctx.progress(Stage::Decoding, chunks_done, count(lat_t));
+            Ok(())
+        })?;
+
+        if let Some(multiplier) = multiplier {
+            let path = match &self.rife_weights {
+                Some(path) => path.clone(),
+                None => crate::paths::rife_weights_path().map_err(|e| EngineError::BadRecipe {
+                    field: "interpolation",
+                    problem: format!("needs the RIFE weights, whose location is unreadable ({e})"),
+                })?,
+            };
+            let rife = self.models.rife(&path, &device)?;
+            let settings = InterpolationSettings::with_multiplier(multiplier);
+            let is_cancelled = || ctx.cancel_token().is_cancelled();
+            let mut on_progress = |p: crate::rife::PairProgress| {
+                let total = p.pairs_total.unwrap_or(p.pairs_done);
+                ctx.progress(Stage::Interpolating, count(p.pairs_done), count(total));
+            };
+            let mut rife_ctx = InterpolationContext {
+                is_cancelled: &is_cancelled,
+                on_progress: &mut on_progress,
+            };
+            let frame_count = decoded.len();
+            interpolate_stream(
+                rife,
+                decoded.into_iter().map(Ok),
+                Some(frame_count),
+                &settings,
+                &mut rife_ctx,
+                &mut |frame| writer.push(&frame, cancel),
+            )?;
+        }
+        ctx.check()?;
+        let path = writer.finish()?;
+        Ok(JobOutput { path })
+    }
+}
+
+impl JobRunner for PipelineRunner {
+    fn run(&mut self, kind: &JobKind, ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
+        match kind {
+            JobKind::Render(recipe) => self.render(recipe, ctx),
+        }
+    }
+
+    fn unload(&mut self) {
+        self.models.clear();
+    }
+}
+
+/// Progress counts are small; saturate rather than fail on absurd ones.
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The recipe's image, fitted as it asks, `[3, h, w]` in [-1, 1] on `device`.
+fn fitted_image(recipe: &Recipe, device: &Device) -> Result<Tensor, EngineError> {
+    let loaded = image_input::load(&recipe.image, &LoadOptions::default())?;
+    let mode = match recipe.image_fit {
+        ImageFit::Official => fit::FitMode::Wan {
+            max_area: recipe.width * recipe.height,
+        },
+        ImageFit::CenterCrop => fit::FitMode::CenterCrop {
+            width: recipe.width,
+            height: recipe.height,
+        },
+    };
+    fit::fit_image(&loaded.rgb, mode)?.to_tensor(device)
+}
+
+/// The `noise` tensor of a safetensors file, `[z, t, h, w]` or with a batch dimension of 1.
+fn read_noise(path: &Path) -> Result<Tensor, EngineError> {
+    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
+    let noise = tensors
+        .remove("noise")
+        .ok_or_else(|| EngineError::BadRecipe {
+            field: "init_noise",
+            problem: format!("file has no tensor named noise: {}", path.display()),
+        })?;
+    Ok(if noise.rank() == 4 {
+        noise.unsqueeze(0)?
+    } else {
+        noise
+    })
+}
