@@ -162,3 +162,31 @@ fn cancel_while_denoising_or_decoding_leaves_no_output() {
         assert!(left.is_empty(), "check {n} left {left:?}");
     }
 }
+
+#[test]
+fn interpolation_doubles_the_clip_keeping_the_rendered_frames() {
+    let case = case();
+    let dir = tempfile::tempdir().unwrap();
+    let mut recipe = recipe(&case, &dir.path().join("x2")).unwrap();
+    recipe.interpolation = stillmotion_engine::recipe::Interpolation::Multiplier { factor: 2 };
+    let sink = |_event: Event| {};
+    let ctx = JobContext::new(1, CancelToken::new(), &sink, None);
+    let output = PipelineRunner::new()
+        .run(&JobKind::Render(Box::new(recipe)), &ctx)
+        .unwrap();
+    let frames = read_frames(&output.path).unwrap();
+    let expected = expected_frames(&case);
+    assert_eq!(frames.dim(0).unwrap(), 9, "(5 - 1) × 2 + 1 frames");
+    // RIFE keeps input frame i as output frame 2i, bit for bit.
+    let originals = frames
+        .index_select(
+            &Tensor::new(&[0u32, 2, 4, 6, 8], &candle_core::Device::Cpu).unwrap(),
+            0,
+        )
+        .unwrap();
+    let db = psnr(&originals, &expected);
+    assert!(
+        db >= 40.0,
+        "rendered frames inside the interpolated clip: {db:.2} dB"
+    );
+}

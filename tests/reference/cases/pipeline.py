@@ -181,10 +181,10 @@ def generate() -> None:
                 "width": WIDTH, "height": HEIGHT, "num_frames": FRAMES, "steps": STEPS, "shift": SHIFT,
                 "cfg_high_noise": GUIDE[1], "cfg_low_noise": GUIDE[0], "boundary": BOUNDARY,
                 "sampler": "unipc"},
-        rel_l2=1e-2,
-        max_abs=2.0,
-        reason="uint8 frames: float rounding moves a value across an integer in a few pixels "
-               "(1 level); the pipeline test also checks PSNR >= 40 dB",
+        rel_l2=1e-3,
+        max_abs=1.0,
+        reason="uint8 frames (truncated as save_video does): float rounding moves a value across "
+               "an integer in a few pixels, by 1 level; tests/pipeline.rs also checks PSNR >= 40 dB",
         seed=SEED,
         extra_files={"image.png": png.getvalue(), "high_noise.json": dit_json, "low_noise.json": dit_json,
                      "wan_2.1_vae.json": vae_json, "umt5.json": t5.config.to_json_string().encode(),
