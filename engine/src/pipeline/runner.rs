@@ -11,7 +11,7 @@ use crate::EngineError;
 use crate::device::select_device;
 use crate::image_input::{self, LoadOptions, fit};
 use crate::preset::ModelFamily;
-use crate::recipe::{ImageFit, Interpolation, Recipe};
+use crate::recipe::{ImageFit, Interpolation, Recipe, WAN_DEFAULT_NEGATIVE_PROMPT};
 use crate::rife::{InterpolationContext, InterpolationSettings, interpolate_stream};
 use crate::runtime::{JobContext, JobKind, JobOutput, JobRunner, Stage};
 use crate::sampling::{
@@ -241,6 +241,16 @@ impl JobRunner for PipelineRunner {
     }
 }
 
+/// The negative prompt to encode: an empty one means Wan's default, as in the official
+/// `generate` (`if n_prompt == "": n_prompt = sample_neg_prompt`).
+fn negative_prompt(recipe: &Recipe) -> &str {
+    if recipe.negative_prompt.is_empty() {
+        WAN_DEFAULT_NEGATIVE_PROMPT
+    } else {
+        &recipe.negative_prompt
+    }
+}
+
 /// Progress counts are small; saturate rather than fail on absurd ones.
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
@@ -275,4 +285,45 @@ fn read_noise(path: &Path) -> Result<Tensor, EngineError> {
     } else {
         noise
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preset;
+    use crate::recipe::RecipeChoices;
+
+    #[test]
+    fn an_empty_negative_prompt_means_the_official_default() {
+        let preset = preset::find("wan22-i2v-a14b-official-480p").unwrap();
+        let mut recipe = Recipe::from_layers(&preset, RecipeChoices::default());
+        recipe.negative_prompt = String::new();
+        assert_eq!(negative_prompt(&recipe), WAN_DEFAULT_NEGATIVE_PROMPT);
+        recipe.negative_prompt = "blurry".to_owned();
+        assert_eq!(negative_prompt(&recipe), "blurry");
+    }
+
+    #[test]
+    fn injected_noise_takes_the_batch_dimension_when_it_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("noise.safetensors");
+        let noise = Tensor::zeros((16, 2, 6, 8), DType::F32, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&std::collections::HashMap::from([("noise", noise)]), &path)
+            .unwrap();
+        assert_eq!(read_noise(&path).unwrap().dims(), [1, 16, 2, 6, 8]);
+        let other = dir.path().join("other.safetensors");
+        let wrong = Tensor::zeros((1, 16, 2, 6, 8), DType::F32, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(
+            &std::collections::HashMap::from([("latents", wrong)]),
+            &other,
+        )
+        .unwrap();
+        assert!(matches!(
+            read_noise(&other),
+            Err(EngineError::BadRecipe {
+                field: "init_noise",
+                ..
+            })
+        ));
+    }
 }
