@@ -84,7 +84,7 @@ impl PipelineRunner {
         let negative_context = if needs_negative {
             ctx.check()?;
             let negative = encoder
-                .encode_prompt(&recipe.negative_prompt)?
+                .encode_prompt(negative_prompt(recipe))?
                 .unsqueeze(0)?;
             ctx.progress(Stage::EncodingText, 2, text_total);
             Some(negative)
