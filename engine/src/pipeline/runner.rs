@@ -57,6 +57,18 @@ impl PipelineRunner {
                     .to_owned(),
             });
         }
+        // Refused before any model work.
+        let multiplier = match recipe.interpolation {
+            Interpolation::Off => None,
+            Interpolation::Multiplier { factor } => Some(factor.max(1) as usize),
+            Interpolation::TargetFps { .. } => {
+                return Err(EngineError::BadRecipe {
+                    field: "interpolation",
+                    problem: "target_fps is not available in renders yet: use a multiplier"
+                        .to_owned(),
+                });
+            }
+        };
         let device = select_device(recipe.device)?.device;
         let dtype = if device.is_cuda() {
             DType::BF16
@@ -163,17 +175,6 @@ impl PipelineRunner {
             count(height),
             Some(embedded),
         )?;
-        let multiplier = match recipe.interpolation {
-            Interpolation::Off => None,
-            Interpolation::Multiplier { factor } => Some(factor.max(1) as usize),
-            Interpolation::TargetFps { .. } => {
-                return Err(EngineError::BadRecipe {
-                    field: "interpolation",
-                    problem: "target_fps is not available in renders yet: use a multiplier"
-                        .to_owned(),
-                });
-            }
-        };
         let latents = latents.squeeze(0)?;
         let vae = self.models.vae(recipe, &device)?;
         let cancel = ctx.cancel_token().flag();
