@@ -5,7 +5,7 @@
 and given:
 - two tiny official `WanModel` i2v experts (36 → 16 channels, text_len 512), saved in the
   original Wan layout with a sidecar `<stem>.json` config, as a user's single files would be;
-- a tiny official `WanVAE_` (Wan2.1 architecture, base dim 8) behind the two calls
+- a tiny official `WanVAE_` (Wan2.1 architecture, base dim 2) behind the two calls
   `Wan2_1_VAE` makes (`encode`/`decode` with the latent scale, decode clamped), saved in the
   original layout with a sidecar config;
 - a text encoder doing exactly what the official `T5EncoderModel.__call__` does
@@ -37,14 +37,11 @@ from transformers import UMT5Config, UMT5EncoderModel
 import common
 from wan_shims import load_wan
 
-SEED = 1313
-WIDTH, HEIGHT, FRAMES = 64, 48, 5
-STEPS, SHIFT, GUIDE = 4, 5.0, (3.0, 3.5)  # guide_scale = (low-noise, high-noise)
 BOUNDARY = 0.9
 PROMPT = "a small red boat drifts across a calm lake at sunset"
 NEGATIVE = "blurry, static, low quality"
 DIT = dict(dim=32, ffn_dim=48, freq_dim=32, text_dim=24, text_len=512, num_heads=2, num_layers=2, eps=1e-6)
-VAE = dict(dim=4, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
+VAE = dict(z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
            temperal_downsample=[False, True, True], dropout=0.0)
 VAE_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
             0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921]
@@ -73,8 +70,8 @@ def _expert(wan, gen):
     return model
 
 
-def _vae(wan, gen):
-    model = wan.modules.vae2_1.WanVAE_(**VAE).eval()
+def _vae(wan, gen, dim):
+    model = wan.modules.vae2_1.WanVAE_(dim=dim, **VAE).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("gamma"):
@@ -88,22 +85,32 @@ def _vae(wan, gen):
     return model
 
 
-def _image(gen) -> Image.Image:
+def _image(gen, width, height) -> Image.Image:
     # Smooth colour gradients plus a little texture: something a VAE can carry.
-    y, x = torch.meshgrid(torch.linspace(0, 1, HEIGHT), torch.linspace(0, 1, WIDTH), indexing="ij")
-    rgb = torch.stack([x, y, 1 - 0.5 * (x + y)]) + 0.08 * torch.randn(3, HEIGHT, WIDTH, generator=gen)
+    y, x = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    rgb = torch.stack([x, y, 1 - 0.5 * (x + y)]) + 0.08 * torch.randn(3, height, width, generator=gen)
     arr = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return Image.fromarray(arr, "RGB")
 
 
 def generate() -> None:
+    # name, seed, max-area width × height, source image size, frames, steps, shift,
+    # guide_scale (low-noise, high-noise), VAE base dim
+    _case("pipeline_i2v_official_tiny", 1313, (64, 48), (64, 48), 5, 4, 5.0, (3.0, 3.5), 2)
+    # A source image that must be resized (and changes aspect: 50×40 → 32×16), 9 frames,
+    # guidance 1.0 on the low-noise expert (official still runs both passes: equal to rounding).
+    _case("pipeline_i2v_official_resize_9f", 1414, (32, 32), (50, 40), 9, 3, 3.0, (1.0, 4.0), 2)
+
+
+def _case(case_name, seed, area, source, frames, steps, shift, guide, vae_dim) -> None:
+    width, height = area
     wan = load_wan()
     image2video = importlib.import_module("wan.image2video")
     tokenizers = importlib.import_module("wan.modules.tokenizers")
-    gen = common.seed_everything(SEED)
+    gen = common.seed_everything(seed)
     high, low = _expert(wan, gen), _expert(wan, gen)
-    vae_model = _vae(wan, gen)
-    image = _image(gen)
+    vae_model = _vae(wan, gen, vae_dim)
+    image = _image(gen, *source)
 
     tok_files = {n: (TOKENIZER_CASE / n).read_bytes() for n in ("tokenizer.json", "tokenizer_config.json")}
     import tempfile
@@ -149,43 +156,45 @@ def generate() -> None:
     pipe.vae = vae
     pipe.high_noise_model, pipe.low_noise_model = high, low
 
-    lat_shape = (16, (FRAMES - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8)
-    noise = torch.randn(*lat_shape, dtype=torch.float32, generator=torch.Generator("cpu").manual_seed(SEED))
+    log = []
+    hook = high.register_forward_pre_hook(lambda m, a, kw: log.append(a[0][0].clone()), with_kwargs=True)
     with torch.no_grad():
-        video = pipe.generate(PROMPT, image, max_area=WIDTH * HEIGHT, frame_num=FRAMES, shift=SHIFT,
-                              sample_solver="unipc", sampling_steps=STEPS, guide_scale=GUIDE,
-                              n_prompt=NEGATIVE, seed=SEED, offload_model=False)
-    assert video.shape == (3, FRAMES, HEIGHT, WIDTH), video.shape
+        video = pipe.generate(PROMPT, image, max_area=width * height, frame_num=frames, shift=shift,
+                              sample_solver="unipc", sampling_steps=steps, guide_scale=guide,
+                              n_prompt=NEGATIVE, seed=seed, offload_model=False)
+    hook.remove()
+    noise = log[0]  # the first model input is the noise generate drew
+    _, _, height, width = video.shape
     # save_video: (x + 1) / 2 in [0, 1] (clamped), × 255, truncated to uint8; frames as [F, H, W, 3].
-    frames = (video.clamp(-1, 1).add(1).div(2).mul(255)).to(torch.uint8).permute(1, 2, 3, 0)
+    rgb8 = (video.clamp(-1, 1).add(1).div(2).mul(255)).to(torch.uint8).permute(1, 2, 3, 0)
 
     png = io.BytesIO()
     image.save(png, format="PNG")
     dit_json = json.dumps(dict(model_type="i2v", patch_size=[1, 2, 2], in_dim=36, out_dim=16,
                                qk_norm=True, cross_attn_norm=True, **DIT)).encode()
-    vae_json = json.dumps(dict(base_dim=VAE["dim"], z_dim=16, dim_mult=VAE["dim_mult"],
+    vae_json = json.dumps(dict(base_dim=vae_dim, z_dim=16, dim_mult=VAE["dim_mult"],
                                num_res_blocks=VAE["num_res_blocks"], attn_scales=[],
                                temporal_downsample=VAE["temperal_downsample"])).encode()
     t5_state = {k: v for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"}
     common.write_case(
-        "pipeline_i2v_official_tiny",
+        case_name,
         component="pipeline",
         description="the official WanI2V.generate (lightning=False) end to end on tiny random-weight "
-                    f"experts, VAE and umT5: {WIDTH}x{HEIGHT} PNG, {FRAMES} frames, {STEPS} UniPC steps, "
-                    f"shift {SHIFT}, guidance (low {GUIDE[0]}, high {GUIDE[1]}), injected noise",
+                    f"experts, VAE and umT5: {source[0]}x{source[1]} PNG to {width}x{height}, {frames} frames, {steps} UniPC steps, "
+                    f"shift {shift}, guidance (low {guide[0]}, high {guide[1]}), injected noise",
         weights={"high_noise.safetensors": high.state_dict(), "low_noise.safetensors": low.state_dict(),
                  "wan_2.1_vae.safetensors": vae_model.state_dict(), "umt5.safetensors": t5_state},
         inputs={"noise": noise},
-        expected={"frames": frames.to(torch.float32)},
+        expected={"frames": rgb8.to(torch.float32)},
         config={"prompt": PROMPT, "negative_prompt": NEGATIVE, "image": "image.png",
-                "width": WIDTH, "height": HEIGHT, "num_frames": FRAMES, "steps": STEPS, "shift": SHIFT,
-                "cfg_high_noise": GUIDE[1], "cfg_low_noise": GUIDE[0], "boundary": BOUNDARY,
+                "width": area[0], "height": area[1], "num_frames": frames, "steps": steps, "shift": shift,
+                "cfg_high_noise": guide[1], "cfg_low_noise": guide[0], "boundary": BOUNDARY,
                 "sampler": "unipc"},
         rel_l2=1e-3,
         max_abs=1.0,
         reason="uint8 frames (truncated as save_video does): float rounding moves a value across "
                "an integer in a few pixels, by 1 level; tests/pipeline.rs also checks PSNR >= 40 dB",
-        seed=SEED,
+        seed=seed,
         extra_files={"image.png": png.getvalue(), "high_noise.json": dit_json, "low_noise.json": dit_json,
                      "wan_2.1_vae.json": vae_json, "umt5.json": t5.config.to_json_string().encode(),
                      **tok_files,
