@@ -10,6 +10,7 @@ use std::time::Duration;
 use candle_core::Tensor;
 use stillmotion_engine::EngineError;
 use stillmotion_engine::pipeline::PipelineRunner;
+use stillmotion_engine::recipe::Interpolation;
 use stillmotion_engine::runtime::{
     CancelToken, Command, EngineHandle, Event, JobContext, JobKind, JobOutput, JobRunner, Stage,
 };
@@ -120,9 +121,14 @@ fn renders_the_reference_frames_and_reuses_models_for_the_next_job() {
 
 /// Cancels the job at its `n`-th `check()` (a deterministic point, unlike a racing command);
 /// returns the result and the stages that reported progress.
-fn run_cancelled_at(n: usize, output: &Path) -> (Result<JobOutput, EngineError>, Vec<Stage>) {
+fn run_cancelled_at(
+    n: usize,
+    output: &Path,
+    interpolation: Interpolation,
+) -> (Result<JobOutput, EngineError>, Vec<Stage>) {
     let case = case();
-    let recipe = recipe(&case, output).unwrap();
+    let mut recipe = recipe(&case, output).unwrap();
+    recipe.interpolation = interpolation;
     let checks = Cell::new(0);
     let hook = |ctx: &JobContext<'_>| {
         checks.set(checks.get() + 1);
@@ -152,7 +158,7 @@ fn cancel_while_denoising_or_decoding_leaves_no_output() {
         (7, Stage::DenoisingLowNoise),
         (10, Stage::Decoding),
     ] {
-        let (result, stages) = run_cancelled_at(n, &dir.path().join("frames"));
+        let (result, stages) = run_cancelled_at(n, &dir.path().join("frames"), Interpolation::Off);
         assert!(
             matches!(result, Err(EngineError::Cancelled)),
             "check {n}: {result:?}"
@@ -164,11 +170,23 @@ fn cancel_while_denoising_or_decoding_leaves_no_output() {
 }
 
 #[test]
+fn cancel_while_interpolating_leaves_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    // 9 checks before decoding, 2 decoded chunks, then one per frame pair: 13 is pair 2.
+    let x2 = Interpolation::Multiplier { factor: 2 };
+    let (result, stages) = run_cancelled_at(13, &dir.path().join("frames"), x2);
+    assert!(matches!(result, Err(EngineError::Cancelled)), "{result:?}");
+    assert_eq!(stages.last(), Some(&Stage::Interpolating), "{stages:?}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "left {left:?}");
+}
+
+#[test]
 fn interpolation_doubles_the_clip_keeping_the_rendered_frames() {
     let case = case();
     let dir = tempfile::tempdir().unwrap();
     let mut recipe = recipe(&case, &dir.path().join("x2")).unwrap();
-    recipe.interpolation = stillmotion_engine::recipe::Interpolation::Multiplier { factor: 2 };
+    recipe.interpolation = Interpolation::Multiplier { factor: 2 };
     let sink = |_event: Event| {};
     let ctx = JobContext::new(1, CancelToken::new(), &sink, None);
     let output = PipelineRunner::new()

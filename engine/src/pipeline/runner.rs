@@ -205,7 +205,8 @@ impl PipelineRunner {
             };
             let rife = self.models.rife(&path, &device)?;
             let settings = InterpolationSettings::with_multiplier(multiplier);
-            let is_cancelled = || ctx.cancel_token().is_cancelled();
+            // `check` (not the bare token) also takes in Cancel commands sent meanwhile.
+            let is_cancelled = || ctx.check().is_err();
             let mut on_progress = |p: crate::rife::PairProgress| {
                 let total = p.pairs_total.unwrap_or(p.pairs_done);
                 ctx.progress(Stage::Interpolating, count(p.pairs_done), count(total));
