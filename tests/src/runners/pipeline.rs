@@ -3,8 +3,8 @@
 //!
 //! `[config]`: `prompt`, `negative_prompt`, `image` (file in the case), `width`, `height`
 //! (official fit: max area = width × height), `num_frames`, `steps`, `shift`,
-//! `cfg_high_noise`, `cfg_low_noise`, `boundary`, `sampler`. Weights: `high_noise.safetensors`,
-//! `low_noise.safetensors`, `wan_2.1_vae.safetensors`, `umt5.safetensors` (each with its sidecar
+//! `cfg_high_noise`, `cfg_low_noise`, `boundary` (0.9), `sampler` (unipc). Weights, in this
+//! order: high-noise expert, low-noise expert, VAE, text encoder (each with its sidecar
 //! `<stem>.json` config; `tokenizer.json` beside the text encoder). `inputs`: `noise`, injected.
 //! Output: `frames` `[F, H, W, 3]`, the written uint8 frames as f32.
 
@@ -28,7 +28,10 @@ pub const PRESET: &str = "wan22-i2v-a14b-official-480p";
 #[derive(Deserialize)]
 struct RenderConfig {
     prompt: String,
+    /// Empty (the default) means Wan's default negative prompt, as `generate(n_prompt="")`.
+    #[serde(default)]
     negative_prompt: String,
+    #[serde(default = "default_image")]
     image: String,
     width: u32,
     height: u32,
@@ -37,8 +40,45 @@ struct RenderConfig {
     shift: f64,
     cfg_high_noise: f64,
     cfg_low_noise: f64,
+    #[serde(default = "default_boundary")]
     boundary: f64,
+    #[serde(default = "default_sampler")]
     sampler: SamplerKind,
+}
+
+fn default_image() -> String {
+    "image.png".to_owned()
+}
+
+fn default_boundary() -> f64 {
+    0.9
+}
+
+fn default_sampler() -> SamplerKind {
+    SamplerKind::Unipc
+}
+
+/// The case's model files: as the manifest lists them (high-noise expert, low-noise expert,
+/// VAE, text encoder), else the generator's names.
+fn model_files(case: &Case) -> ModelFiles {
+    let listed = &case.manifest.weights;
+    let names: [&str; 4] = if listed.len() == 4 {
+        [&listed[0], &listed[1], &listed[2], &listed[3]]
+    } else {
+        [
+            "high_noise.safetensors",
+            "low_noise.safetensors",
+            "wan_2.1_vae.safetensors",
+            "umt5.safetensors",
+        ]
+    };
+    ModelFiles {
+        model_dir: None,
+        high_noise: Some(case.file(names[0])),
+        low_noise: Some(case.file(names[1])),
+        vae: Some(case.file(names[2])),
+        text_encoder: Some(case.file(names[3])),
+    }
 }
 
 /// The recipe a `pipeline` case describes, writing to `output` (no extension: PNG frames).
@@ -52,13 +92,7 @@ pub fn recipe(case: &Case, output: &Path) -> anyhow::Result<Recipe> {
         .as_deref()
         .map(|inputs| case.file(inputs));
     let choices = RecipeChoices {
-        models: ModelFiles {
-            model_dir: None,
-            high_noise: file("high_noise.safetensors"),
-            low_noise: file("low_noise.safetensors"),
-            text_encoder: file("umt5.safetensors"),
-            vae: file("wan_2.1_vae.safetensors"),
-        },
+        models: model_files(case),
         image: file(&cfg.image),
         prompt: Some(cfg.prompt),
         negative_prompt: Some(cfg.negative_prompt),
