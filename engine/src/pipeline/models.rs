@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device};
 
@@ -27,7 +29,7 @@ pub struct ModelCache {
     text_encoder: Option<Slot<TextEncoder>>,
     vae: Option<Slot<WanVae>>,
     rife: Option<Slot<Rife>>,
-    loads: usize,
+    loads: Arc<AtomicUsize>,
 }
 
 /// The sidecar config of a single weights file: `<stem>.json` beside it, when present.
@@ -52,7 +54,7 @@ fn read_text(path: &Path) -> Result<String, EngineError> {
 /// Returns the slot's model, loading it first unless `key` matches what is loaded.
 fn get_or_load<'a, T>(
     slot: &'a mut Option<Slot<T>>,
-    loads: &mut usize,
+    loads: &AtomicUsize,
     key: (PathBuf, String),
     load: impl FnOnce() -> Result<T, EngineError>,
 ) -> Result<&'a T, EngineError> {
@@ -61,7 +63,7 @@ fn get_or_load<'a, T>(
         *slot = None;
         tracing::info!(path = %key.0.display(), "loading model");
         let model = load()?;
-        *loads += 1;
+        loads.fetch_add(1, Ordering::Relaxed);
         *slot = Some(Slot { key, model });
     }
     slot.as_ref()
@@ -78,16 +80,15 @@ fn device_key(device: &Device, dtype: DType) -> String {
 /// Loads a DiT expert from one safetensors file (any supported key layout).
 fn load_dit(path: &Path, dtype: DType, device: &Device) -> Result<WanModel, EngineError> {
     let tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
-    let cfg = match sidecar_config(path) {
-        Some(json) => wan::Config::from_json(&read_text(&json)?)?,
-        None => {
-            let original = wan::weights::to_original_layout(tensors.clone())?;
-            let shapes = original
-                .iter()
-                .map(|(k, v)| (k.clone(), v.dims().to_vec()))
-                .collect::<HashMap<_, _>>();
-            wan::Config::detect(&shapes)?
-        }
+    let cfg = if let Some(json) = sidecar_config(path) {
+        wan::Config::from_json(&read_text(&json)?)?
+    } else {
+        let original = wan::weights::to_original_layout(tensors.clone())?;
+        let shapes = original
+            .iter()
+            .map(|(k, v)| (k.clone(), v.dims().to_vec()))
+            .collect::<HashMap<_, _>>();
+        wan::Config::detect(&shapes)?
     };
     WanModel::from_state_dict(&cfg, tensors, dtype, device)
 }
@@ -129,12 +130,19 @@ impl ModelCache {
     /// How many models have been loaded since this cache was made (reuse does not count).
     #[must_use]
     pub fn loads(&self) -> usize {
-        self.loads
+        self.loads.load(Ordering::Relaxed)
+    }
+
+    /// A handle on the load count that stays readable after the runner moves to the engine
+    /// thread.
+    #[must_use]
+    pub fn load_counter(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.loads)
     }
 
     /// Frees every model.
     pub fn clear(&mut self) {
-        let loads = self.loads;
+        let loads = Arc::clone(&self.loads);
         *self = Self::default();
         self.loads = loads;
     }
@@ -151,13 +159,13 @@ impl ModelCache {
         let dk = device_key(device, dtype);
         get_or_load(
             &mut self.high_noise,
-            &mut self.loads,
+            &self.loads,
             (high.to_owned(), dk.clone()),
             || load_dit(high, dtype, device),
         )?;
         get_or_load(
             &mut self.low_noise,
-            &mut self.loads,
+            &self.loads,
             (low.to_owned(), dk),
             || load_dit(low, dtype, device),
         )?;
@@ -178,7 +186,7 @@ impl ModelCache {
     ) -> Result<&mut TextEncoder, EngineError> {
         let path = required(recipe.models.text_encoder.as_ref(), "models.text_encoder")?;
         let key = (path.to_owned(), device_key(device, dtype));
-        get_or_load(&mut self.text_encoder, &mut self.loads, key, || {
+        get_or_load(&mut self.text_encoder, &self.loads, key, || {
             load_text_encoder(path, dtype, device)
         })?;
         self.text_encoder
@@ -194,7 +202,7 @@ impl ModelCache {
         let path = required(recipe.models.vae.as_ref(), "models.vae")?;
         let key = (path.to_owned(), device_key(device, DType::F32));
         let family = recipe.model;
-        get_or_load(&mut self.vae, &mut self.loads, key, || {
+        get_or_load(&mut self.vae, &self.loads, key, || {
             wan_vae::load(&vae_config(path, family)?, path, device)
         })
     }
@@ -202,7 +210,7 @@ impl ModelCache {
     /// The RIFE network from `path`.
     pub fn rife(&mut self, path: &Path, device: &Device) -> Result<&Rife, EngineError> {
         let key = (path.to_owned(), device_key(device, DType::F32));
-        get_or_load(&mut self.rife, &mut self.loads, key, || {
+        get_or_load(&mut self.rife, &self.loads, key, || {
             Rife::load(path, device)
         })
     }

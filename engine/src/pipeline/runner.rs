@@ -11,7 +11,7 @@ use crate::EngineError;
 use crate::device::select_device;
 use crate::image_input::{self, LoadOptions, fit};
 use crate::preset::ModelFamily;
-use crate::recipe::{ImageFit, Interpolation, Recipe};
+use crate::recipe::{ImageFit, Interpolation, Recipe, WAN_DEFAULT_NEGATIVE_PROMPT};
 use crate::rife::{InterpolationContext, InterpolationSettings, interpolate_stream};
 use crate::runtime::{JobContext, JobKind, JobOutput, JobRunner, Stage};
 use crate::sampling::{
@@ -57,6 +57,18 @@ impl PipelineRunner {
                     .to_owned(),
             });
         }
+        // Refused before any model work.
+        let multiplier = match recipe.interpolation {
+            Interpolation::Off => None,
+            Interpolation::Multiplier { factor } => Some(factor.max(1) as usize),
+            Interpolation::TargetFps { .. } => {
+                return Err(EngineError::BadRecipe {
+                    field: "interpolation",
+                    problem: "target_fps is not available in renders yet: use a multiplier"
+                        .to_owned(),
+                });
+            }
+        };
         let device = select_device(recipe.device)?.device;
         let dtype = if device.is_cuda() {
             DType::BF16
@@ -84,7 +96,7 @@ impl PipelineRunner {
         let negative_context = if needs_negative {
             ctx.check()?;
             let negative = encoder
-                .encode_prompt(&recipe.negative_prompt)?
+                .encode_prompt(negative_prompt(recipe))?
                 .unsqueeze(0)?;
             ctx.progress(Stage::EncodingText, 2, text_total);
             Some(negative)
@@ -163,17 +175,6 @@ impl PipelineRunner {
             count(height),
             Some(embedded),
         )?;
-        let multiplier = match recipe.interpolation {
-            Interpolation::Off => None,
-            Interpolation::Multiplier { factor } => Some(factor.max(1) as usize),
-            Interpolation::TargetFps { .. } => {
-                return Err(EngineError::BadRecipe {
-                    field: "interpolation",
-                    problem: "target_fps is not available in renders yet: use a multiplier"
-                        .to_owned(),
-                });
-            }
-        };
         let latents = latents.squeeze(0)?;
         let vae = self.models.vae(recipe, &device)?;
         let cancel = ctx.cancel_token().flag();
@@ -204,7 +205,8 @@ impl PipelineRunner {
             };
             let rife = self.models.rife(&path, &device)?;
             let settings = InterpolationSettings::with_multiplier(multiplier);
-            let is_cancelled = || ctx.cancel_token().is_cancelled();
+            // `check` (not the bare token) also takes in Cancel commands sent meanwhile.
+            let is_cancelled = || ctx.check().is_err();
             let mut on_progress = |p: crate::rife::PairProgress| {
                 let total = p.pairs_total.unwrap_or(p.pairs_done);
                 ctx.progress(Stage::Interpolating, count(p.pairs_done), count(total));
@@ -238,6 +240,16 @@ impl JobRunner for PipelineRunner {
 
     fn unload(&mut self) {
         self.models.clear();
+    }
+}
+
+/// The negative prompt to encode: an empty one means Wan's default, as in the official
+/// `generate` (`if n_prompt == "": n_prompt = sample_neg_prompt`).
+fn negative_prompt(recipe: &Recipe) -> &str {
+    if recipe.negative_prompt.is_empty() {
+        WAN_DEFAULT_NEGATIVE_PROMPT
+    } else {
+        &recipe.negative_prompt
     }
 }
 
@@ -275,4 +287,45 @@ fn read_noise(path: &Path) -> Result<Tensor, EngineError> {
     } else {
         noise
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preset;
+    use crate::recipe::RecipeChoices;
+
+    #[test]
+    fn an_empty_negative_prompt_means_the_official_default() {
+        let preset = preset::find("wan22-i2v-a14b-official-480p").unwrap();
+        let mut recipe = Recipe::from_layers(&preset, RecipeChoices::default());
+        recipe.negative_prompt = String::new();
+        assert_eq!(negative_prompt(&recipe), WAN_DEFAULT_NEGATIVE_PROMPT);
+        recipe.negative_prompt = "blurry".to_owned();
+        assert_eq!(negative_prompt(&recipe), "blurry");
+    }
+
+    #[test]
+    fn injected_noise_takes_the_batch_dimension_when_it_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("noise.safetensors");
+        let noise = Tensor::zeros((16, 2, 6, 8), DType::F32, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&std::collections::HashMap::from([("noise", noise)]), &path)
+            .unwrap();
+        assert_eq!(read_noise(&path).unwrap().dims(), [1, 16, 2, 6, 8]);
+        let other = dir.path().join("other.safetensors");
+        let wrong = Tensor::zeros((1, 16, 2, 6, 8), DType::F32, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(
+            &std::collections::HashMap::from([("latents", wrong)]),
+            &other,
+        )
+        .unwrap();
+        assert!(matches!(
+            read_noise(&other),
+            Err(EngineError::BadRecipe {
+                field: "init_noise",
+                ..
+            })
+        ));
+    }
 }

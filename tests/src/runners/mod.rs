@@ -12,6 +12,7 @@ use candle_core::{Device, Tensor};
 use crate::golden::Case;
 
 mod image_fit;
+pub mod pipeline;
 mod prompt_clean;
 mod rife;
 mod sampling;
@@ -39,6 +40,7 @@ pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
         "tokenizer" => tokenizer::run(case, device),
         "umt5" => umt5::run(case, device),
         "wan_vae" => wan_vae::run(case, device),
+        "pipeline" => pipeline::run(case, device),
         _ => bail!(
             "no runner for component {component:?} (case {}); add one in tests/src/runners/",
             case.dir.display()
