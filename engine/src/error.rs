@@ -56,6 +56,11 @@ pub enum EngineError {
     /// Tensors given to a model do not fit it (shape, channels, lengths); `problem` says how.
     #[error("model input does not fit: {problem}")]
     BadModelInput { problem: String },
+
+    /// A model file is unreadable as what it claims to be (truncated, wrong format, missing
+    /// shard); `problem` says what is wrong and what to do.
+    #[error("{problem}: {path}")]
+    BadModelFile { problem: String, path: PathBuf },
 }
 
 impl EngineError {

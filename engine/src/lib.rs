@@ -15,6 +15,7 @@ pub mod preset;
 pub mod recipe;
 pub mod runtime;
 pub mod wan;
+pub mod weights;
 
 pub use error::EngineError;
 

@@ -18,6 +18,8 @@
 
 pub mod attention;
 pub mod config;
+mod linear;
+mod load;
 pub mod model;
 pub mod rope;
 pub mod time;

@@ -12,6 +12,7 @@ use candle_core::{Device, Tensor};
 use crate::golden::Case;
 
 mod wan_dit;
+mod wan_dit_file;
 
 /// Named output tensors of one case.
 pub type Outputs = BTreeMap<String, Tensor>;
@@ -26,6 +27,7 @@ pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
     let component = case.manifest.component.as_str();
     match component {
         "wan_dit" => wan_dit::run(case, device),
+        "wan_dit_file" => wan_dit_file::run(case, device),
         _ => bail!(
             "no runner for component {component:?} (case {}); add one in tests/src/runners/",
             case.dir.display()

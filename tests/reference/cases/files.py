@@ -1,0 +1,140 @@
+"""Golden cases for loading the DiT from real model files (component `wan_dit_file`).
+
+The tiny official `WanModel`s of `cases/dit.py`, saved as users' files are laid out, and loaded
+by the runner through `WanModel::load` (memory-mapped, layout detected from the files):
+
+- ComfyUI `fp8_scaled` (older scheme): keys prefixed `model.diffusion_model.`, every Linear
+  weight stored as torch.float8_e4m3fn with a float32 0-dim `scale_weight` beside it, a
+  `scaled_fp8` marker tensor (an empty float8_e4m3fn tensor: ComfyUI reads the float8 type from
+  its dtype), and the other tensors (biases, norms, modulation, patch embedding) in bfloat16.
+- ComfyUI `comfy_quant` (newer scheme): `weight_scale` (float32 0-dim) per quantized Linear, a
+  `comfy_quant` uint8 tensor per layer holding the JSON `{"format": "float8_e4m3fn"}`, and the
+  `_quantization_metadata` header entry listing the layers (ComfyUI's QUANTIZATION.md).
+- The official sharded release: `diffusion_pytorch_model-0000N-of-00002.safetensors`, the
+  `.index.json` weight map and the official `config.json`, in a folder.
+
+Quantization is per-tensor absmax: scale = max|w| / 448, stored = (w / scale).to(float8_e4m3fn).
+The expected outputs come from the official model whose weights are the dequantized values
+`stored.to(float32) * scale` (ComfyUI's dequantization), so the float32 comparison is exact up to
+summation order; a loader that drops the scale is off by a factor of about 1/scale (hundreds).
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import save, save_file
+
+import common
+from cases.dit import TINY, _config, _official, _tokens
+
+FP8 = torch.float8_e4m3fn
+PREFIX = "model.diffusion_model."
+
+
+def _linear_names(model: torch.nn.Module) -> list[str]:
+    return sorted(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+
+
+def _quantize(model: torch.nn.Module, scale_key: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Quantizes the model in place to what the file holds; returns the file's state dict."""
+    linears = _linear_names(model)
+    state = {}
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            layer = name.rsplit(".", 1)[0]
+            if layer in linears and name.endswith(".weight"):
+                scale = (p.abs().max() / torch.finfo(FP8).max).to(torch.float32)
+                stored = (p / scale).to(FP8)
+                state[name] = stored
+                state[f"{layer}.{scale_key}"] = scale.reshape(())
+                p.copy_(stored.to(torch.float32) * scale)
+            else:
+                stored = p.to(torch.bfloat16)
+                state[name] = stored
+                p.copy_(stored.to(torch.float32))
+    return state, linears
+
+
+def _t2v_inputs(gen: torch.Generator, lat=(16, 2, 4, 4), context_len=6):
+    x = torch.randn((1, *lat), generator=gen)
+    context = torch.randn((1, context_len, TINY["text_dim"]), generator=gen)
+    return x, context
+
+
+def _case_scaled_fp8(seed: int) -> None:
+    model, gen = _official("i2v", 36, 16, seed)
+    state, _ = _quantize(model, "scale_weight")
+    state = {PREFIX + k: v for k, v in state.items()}
+    state[PREFIX + "scaled_fp8"] = torch.empty(0, dtype=FP8)
+    lat = (16, 2, 4, 4)
+    x = torch.randn((1, *lat), generator=gen)
+    y = torch.randn((1, 20, *lat[1:]), generator=gen)
+    context = torch.randn((1, 6, TINY["text_dim"]), generator=gen)
+    t = torch.tensor([812], dtype=torch.int64)
+    out = model(list(x), t=t, context=list(context), seq_len=_tokens(lat), y=list(y))
+    common.write_case(
+        "files_dit_fp8_scaled", component="wan_dit_file",
+        description="ComfyUI fp8_scaled i2v file: float8_e4m3fn Linear weights + scale_weight, scaled_fp8 marker, bf16 rest, model.diffusion_model. prefix; t=812",
+        weights={"wan_i2v_fp8_scaled.safetensors": state},
+        inputs={"x": x, "y": y, "t": t, "context": context},
+        expected={"out": torch.stack(out)},
+        config=dict(path="wan_i2v_fp8_scaled.safetensors", **_config("i2v", 36, 16)), seed=seed)
+
+
+def _case_comfy_quant(seed: int) -> None:
+    model, gen = _official("t2v", 16, 16, seed)
+    state, linears = _quantize(model, "weight_scale")
+    for layer in linears:
+        state[f"{layer}.comfy_quant"] = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()), dtype=torch.uint8)
+    state = {PREFIX + k: v.contiguous() for k, v in state.items()}
+    metadata = {"_quantization_metadata": json.dumps({
+        "format_version": "1.0",
+        "layers": {PREFIX + layer: {"format": "float8_e4m3fn"} for layer in linears},
+    })}
+    x, context = _t2v_inputs(gen)
+    t = torch.tensor([333], dtype=torch.int64)
+    out = model(list(x), t=t, context=list(context), seq_len=_tokens(x.shape[1:]))
+    common.write_case(
+        "files_dit_comfy_quant", component="wan_dit_file",
+        description="ComfyUI comfy_quant t2v file: float8_e4m3fn weights + weight_scale, per-layer comfy_quant JSON, _quantization_metadata header; t=333",
+        inputs={"x": x, "t": t, "context": context},
+        expected={"out": torch.stack(out)},
+        extra_files={"wan_t2v_comfy_quant.safetensors": save(state, metadata=metadata)},
+        config=dict(path="wan_t2v_comfy_quant.safetensors", **_config("t2v", 16, 16)), seed=seed)
+
+
+def _case_sharded(seed: int) -> None:
+    model, gen = _official("t2v", 16, 16, seed)
+    x, context = _t2v_inputs(gen, lat=(16, 3, 2, 4), context_len=9)
+    t = torch.tensor([999], dtype=torch.int64)
+    out = model(list(x), t=t, context=list(context), seq_len=_tokens(x.shape[1:]))
+    case_dir = common.write_case(
+        "files_dit_sharded_official", component="wan_dit_file",
+        description="official sharded release folder: 2 shards + diffusion_pytorch_model.safetensors.index.json + official config.json (no case config); t=999",
+        inputs={"x": x, "t": t, "context": context},
+        expected={"out": torch.stack(out)},
+        config=dict(path="release"), seed=seed)
+    folder = case_dir / "release"
+    folder.mkdir()
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    names = sorted(state)
+    half = len(names) // 2
+    weight_map = {}
+    for i, part in enumerate([names[:half], names[half:]], start=1):
+        file = f"diffusion_pytorch_model-0000{i}-of-00002.safetensors"
+        save_file({k: state[k] for k in part}, str(folder / file), metadata={"format": "pt"})
+        weight_map.update({k: file for k in part})
+    index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())}, "weight_map": weight_map}
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+    config = {"_class_name": "WanModel", "_diffusers_version": "0.33.0", "model_type": "t2v", "patch_size": [1, 2, 2],
+              "in_dim": 16, "out_dim": 16, "cross_attn_norm": True, **TINY}
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def generate() -> None:
+    torch.set_grad_enabled(False)
+    _case_scaled_fp8(2001)
+    _case_comfy_quant(2002)
+    _case_sharded(2003)
