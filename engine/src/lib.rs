@@ -10,6 +10,7 @@
 pub mod device;
 pub mod error;
 pub mod image_input;
+pub mod model_files;
 pub mod paths;
 pub mod preset;
 pub mod recipe;
