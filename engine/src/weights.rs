@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::{Load, MmapedSafetensors};
@@ -78,7 +78,7 @@ fn sniff_other_format(first: &[u8]) -> Option<&'static str> {
         Some(
             "this is a GGUF file, which Stillmotion cannot load yet: use the .safetensors release of the model",
         )
-    } else if first.first() == Some(&0x80) || first.starts_with(b"PK\x03\x04") {
+    } else if matches!(first, [0x80, 2..=5, ..]) || first.starts_with(b"PK\x03\x04") {
         Some(
             "this is a PyTorch pickle checkpoint (.pt/.ckpt/.pth), which is not loaded because it can run code: use the .safetensors release of the model",
         )
@@ -102,10 +102,13 @@ pub fn read_header(path: &Path) -> Result<Header, EngineError> {
     let mut len_bytes = [0_u8; 8];
     file.read_exact(&mut len_bytes)
         .map_err(|e| EngineError::io("reading a model file", path, e))?;
-    if let Some(problem) = sniff_other_format(&len_bytes) {
+    let header_len = u64::from_le_bytes(len_bytes);
+    let mut first = [0_u8; 1];
+    let opens_json = file.read_exact(&mut first).is_ok() && first[0] == b'{';
+    // A safetensors header length can begin with any byte, so sniff only what is not one.
+    if !opens_json && let Some(problem) = sniff_other_format(&len_bytes) {
         return Err(bad(path, problem));
     }
-    let header_len = u64::from_le_bytes(len_bytes);
     let not_safetensors = "this is not a safetensors file (its header is unreadable): use a .safetensors model file, or download it again";
     if !(2..=MAX_HEADER_BYTES).contains(&header_len) {
         return Err(bad(path, not_safetensors));
@@ -113,6 +116,11 @@ pub fn read_header(path: &Path) -> Result<Header, EngineError> {
     if 8 + header_len > file_len {
         return Err(bad(path, truncated));
     }
+    if !opens_json {
+        return Err(bad(path, not_safetensors));
+    }
+    file.seek(SeekFrom::Start(8))
+        .map_err(|e| EngineError::io("reading a model file", path, e))?;
     let mut text = vec![0_u8; usize::try_from(header_len).map_err(|_| bad(path, not_safetensors))?];
     file.read_exact(&mut text)
         .map_err(|e| EngineError::io("reading a model file", path, e))?;
@@ -397,16 +405,20 @@ impl MappedFiles {
         dtype: DType,
         device: &Device,
     ) -> VarBuilder<'static> {
+        VarBuilder::from_backend(self.into_backend(names), dtype, device.clone())
+    }
+
+    /// The backend of [`MappedFiles::into_var_builder`], for wrapping (LoRA merging).
+    pub fn into_backend(self, names: HashMap<String, String>) -> Box<dyn SimpleBackend> {
         let dtypes = self
             .entries()
             .map(|(k, v)| (k.to_owned(), v.dtype.clone()))
             .collect();
-        let backend = MappedBackend {
+        Box::new(MappedBackend {
             mmap: self.mmap,
             names,
             dtypes,
-        };
-        VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
+        })
     }
 }
 

@@ -100,11 +100,14 @@ pub fn fingerprint(path: &Path) -> Result<Fingerprint, EngineError> {
     if magic == *b"GGUF" {
         return Ok(other(Format::Gguf));
     }
-    if magic[0] == 0x80 || magic == *b"PK\x03\x04" {
-        return Ok(other(Format::Pickle));
+    match read_header(path) {
+        Ok(header) => Ok(from_header(&header)),
+        // A safetensors header length may begin like a pickle: decide only after that failed.
+        Err(_) if matches!(magic, [0x80, 2..=5, ..]) || magic == *b"PK\x03\x04" => {
+            Ok(other(Format::Pickle))
+        }
+        Err(e) => Err(e),
     }
-    let header = read_header(path)?;
-    Ok(from_header(&header))
 }
 
 fn name_has(path: &Path, words: &[&str]) -> bool {

@@ -7,6 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device};
 
 use super::config::Config;
+use super::lora::{LoraDeltas, LoraReport, LoraSpec};
 use super::model::WanModel;
 use super::weights::original_names;
 use crate::EngineError;
@@ -30,6 +31,18 @@ impl WanModel {
         device: &Device,
         dtype: DType,
     ) -> Result<Self, EngineError> {
+        Ok(Self::load_with_loras(path, config, &[], device, dtype)?.0)
+    }
+
+    /// As [`WanModel::load_with_config`], merging `loras` into the weights (see
+    /// [`super::lora`]); returns what each LoRA file matched.
+    pub fn load_with_loras(
+        path: &Path,
+        config: Option<&Config>,
+        loras: &[LoraSpec],
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Self, Vec<LoraReport>), EngineError> {
         let files = model_files(path)?;
         let mapped = MappedFiles::open(&files)?;
         check_quantization(&mapped)?;
@@ -53,8 +66,23 @@ impl WanModel {
             )?,
         };
         tracing::debug!(files = files.len(), ?config, "loading the Wan transformer");
-        let vb = mapped.into_var_builder(names, dtype, device);
-        Self::new(&config, &vb)
+        let model_names = names.keys().cloned().collect();
+        let mut deltas = LoraDeltas::default();
+        let reports = loras
+            .iter()
+            .map(|spec| deltas.add(spec, &model_names))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (spec, report) in loras.iter().zip(&reports) {
+            tracing::info!(lora = %spec.path.display(), merged = report.merged, unmatched = ?report.unmatched, "LoRA matched");
+        }
+        let backend = mapped.into_backend(names);
+        let backend = if deltas.is_empty() {
+            backend
+        } else {
+            deltas.wrap(backend)
+        };
+        let vb = candle_nn::VarBuilder::from_backend(backend, dtype, device.clone());
+        Ok((Self::new(&config, &vb)?, reports))
     }
 }
 

@@ -133,8 +133,60 @@ def _case_sharded(seed: int) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
+def _case_lora(seed: int) -> None:
+    """Every LoRA key form, merged by the formula W += strength * alpha / rank * up @ down."""
+    model, gen = _official("t2v", 16, 16, seed)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    strength = 0.8
+    rank = 4
+    lora = {}
+    params = dict(model.named_parameters())
+
+    def pair(module: str, key_prefix: str, down_name: str, up_name: str, alpha: float | None) -> None:
+        w = params[f"{module}.weight"]
+        down = 0.3 * torch.randn((rank, *w.shape[1:]), generator=gen)
+        up = 0.3 * torch.randn((w.shape[0], rank, *([1] * (w.dim() - 2))), generator=gen)
+        lora[f"{key_prefix}.{down_name}.weight"] = down
+        lora[f"{key_prefix}.{up_name}.weight"] = up
+        if alpha is not None:
+            lora[f"{key_prefix}.alpha"] = torch.tensor(alpha)
+        scale = strength * (alpha if alpha is not None else rank) / rank
+        w.add_(scale * (up.flatten(1) @ down.flatten(1)).reshape(w.shape))
+
+    def diff(param: str, key: str) -> None:
+        p = params[param]
+        d = 0.2 * torch.randn(p.shape, generator=gen)
+        lora[key] = d
+        p.add_(strength * d)
+
+    pair("blocks.0.self_attn.q", "diffusion_model.blocks.0.self_attn.q", "lora_down", "lora_up", 2.0)
+    pair("blocks.1.ffn.0", "diffusion_model.blocks.1.ffn.0", "lora_A", "lora_B", None)
+    pair("blocks.0.cross_attn.k", "lora_unet_blocks_0_cross_attn_k", "lora_down", "lora_up", 8.0)
+    pair("patch_embedding", "diffusion_model.patch_embedding", "lora_down", "lora_up", 4.0)
+    diff("blocks.1.norm3.weight", "diffusion_model.blocks.1.norm3.diff")
+    diff("blocks.1.norm3.bias", "diffusion_model.blocks.1.norm3.diff_b")
+    diff("head.head.bias", "diffusion_model.head.head.diff_b")
+    # Keys that match nothing in a Wan2.2 model (a Wan2.1 CLIP branch; a text-encoder LoRA key).
+    lora["diffusion_model.blocks.0.cross_attn.k_img.lora_down.weight"] = torch.zeros((rank, 32))
+    lora["diffusion_model.blocks.0.cross_attn.k_img.lora_up.weight"] = torch.zeros((32, rank))
+    lora["lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"] = torch.zeros((rank, 8))
+
+    x, context = _t2v_inputs(gen, lat=(16, 2, 2, 4), context_len=5)
+    t = torch.tensor([640], dtype=torch.int64)
+    out = model(list(x), t=t, context=list(context), seq_len=_tokens(x.shape[1:]))
+    common.write_case(
+        "files_dit_lora_merge", component="wan_dit_file",
+        description="LoRA merged at load, strength 0.8: lora_down/up+alpha, lora_A/B, lora_unet_ underscored, conv (patch embedding), diff and diff_b; 3 unmatched keys; t=640",
+        weights={"wan_t2v.safetensors": base, "lora.safetensors": lora},
+        inputs={"x": x, "t": t, "context": context},
+        expected={"out": torch.stack(out)},
+        config=dict(path="wan_t2v.safetensors", lora="lora.safetensors", lora_strength=strength, lora_unmatched=3,
+                    **_config("t2v", 16, 16)), seed=seed)
+
+
 def generate() -> None:
     torch.set_grad_enabled(False)
     _case_scaled_fp8(2001)
     _case_comfy_quant(2002)
     _case_sharded(2003)
+    _case_lora(2004)
