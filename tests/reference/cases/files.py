@@ -184,9 +184,33 @@ def _case_lora(seed: int) -> None:
                     **_config("t2v", 16, 16)), seed=seed)
 
 
+def _case_diffusers_folder(seed: int) -> None:
+    """diffusers' own save_pretrained: config.json + small shards + index, under a pipeline root."""
+    from cases.dit import _diffusers_model
+
+    gen = common.seed_everything(seed)
+    model = _diffusers_model(36, 16, gen)
+    lat = (2, 4, 4)
+    x = torch.randn((1, 36, *lat), generator=gen)
+    context = torch.randn((1, 7, TINY["text_dim"]), generator=gen)
+    t = torch.tensor([901.0], dtype=torch.float32)
+    out = model(hidden_states=x, timestep=t, encoder_hidden_states=context, return_dict=False)[0]
+    case_dir = common.write_case(
+        "files_dit_diffusers_folder", component="wan_dit_file",
+        description="diffusers pipeline folder (model_index.json), transformer/ written by save_pretrained in 3 shards with index and diffusers config.json; unpadded context; t=901.0",
+        inputs={"x": x, "t": t, "context": context},
+        expected={"out": out},
+        config=dict(path="pipeline/transformer"), seed=seed)
+    root = case_dir / "pipeline"
+    model.save_pretrained(root / "transformer", safe_serialization=True, max_shard_size="60KB")
+    index = {"_class_name": "WanImageToVideoPipeline", "transformer": ["diffusers", "WanTransformer3DModel"]}
+    (root / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+
+
 def generate() -> None:
     torch.set_grad_enabled(False)
     _case_scaled_fp8(2001)
     _case_comfy_quant(2002)
     _case_sharded(2003)
     _case_lora(2004)
+    _case_diffusers_folder(2005)
