@@ -144,6 +144,35 @@ mod tests {
     }
 
     #[test]
+    fn float8_dequantizes_to_half_precision_model_dtypes() {
+        let dev = Device::Cpu;
+        for dtype in [DType::BF16, DType::F16] {
+            let stored = Tensor::new(&[[1.0_f32, -2.0], [0.5, 4.0]], &dev)
+                .unwrap()
+                .to_dtype(DType::F8E4M3)
+                .unwrap();
+            let tensors = HashMap::from([
+                ("weight".to_owned(), stored),
+                (
+                    "bias".to_owned(),
+                    Tensor::zeros(2, DType::F32, &dev).unwrap(),
+                ),
+                (
+                    "weight_scale".to_owned(),
+                    Tensor::new(0.5_f32, &dev).unwrap(),
+                ),
+            ]);
+            let lin = Lin::new(2, 2, &VarBuilder::from_tensors(tensors, dtype, &dev)).unwrap();
+            let y = lin
+                .forward(&Tensor::new(&[[1.0_f32, 1.0]], &dev).unwrap())
+                .unwrap();
+            assert_eq!(y.dtype(), dtype);
+            let y = y.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+            assert_eq!(y, vec![vec![-0.5, 2.25]]);
+        }
+    }
+
+    #[test]
     fn per_channel_scales_are_refused_by_name() {
         let dev = Device::Cpu;
         let tensors = HashMap::from([
