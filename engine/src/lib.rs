@@ -9,6 +9,7 @@
 
 pub mod device;
 pub mod error;
+pub mod gguf;
 pub mod image_input;
 pub mod model_files;
 pub mod paths;

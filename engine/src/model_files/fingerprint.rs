@@ -13,7 +13,7 @@ use crate::weights::{Header, read_header};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Safetensors,
-    /// GGUF: recognised, not loadable yet.
+    /// GGUF: loadable for the diffusion transformer only.
     Gguf,
     /// A PyTorch pickle (`.pt`, `.pth`, `.ckpt`, `.pkl`): not loaded (it can run code).
     Pickle,
@@ -98,7 +98,11 @@ pub fn fingerprint(path: &Path) -> Result<Fingerprint, EngineError> {
         bytes,
     };
     if magic == *b"GGUF" {
-        return Ok(other(Format::Gguf));
+        let header = crate::gguf::GgufFile::open(path)?.header();
+        return Ok(Fingerprint {
+            format: Format::Gguf,
+            ..from_header(&header)
+        });
     }
     match read_header(path) {
         Ok(header) => Ok(from_header(&header)),
@@ -377,7 +381,19 @@ mod tests {
         assert_eq!(fingerprint(&lora).unwrap().role, Role::Lora);
         let gguf = dir.path().join("m.gguf");
         std::fs::write(&gguf, b"GGUF\x03\0\0\0").unwrap();
-        assert_eq!(fingerprint(&gguf).unwrap().format, Format::Gguf);
+        let err = fingerprint(&gguf).unwrap_err().to_string();
+        assert!(
+            err.contains("GGUF header") && err.contains("download it again"),
+            "{err}"
+        );
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/golden/files_dit_gguf_q8_0/wan_t2v_Q8_0.gguf");
+        let fp = fingerprint(&golden).unwrap();
+        assert_eq!(
+            (fp.format, fp.role, fp.channels),
+            (Format::Gguf, Role::DitExpert, Some(16))
+        );
+        assert_eq!(fp.dtype.as_deref(), Some("Q8_0"));
         let rife = dir.path().join("flownet.pkl");
         std::fs::write(&rife, b"\x80\x02}q\0").unwrap();
         let fp = fingerprint(&rife).unwrap();

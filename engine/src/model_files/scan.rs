@@ -114,9 +114,13 @@ fn walk(dir: &Path, role: Option<Role>, depth: usize, out: &mut Vec<FoundFile>) 
 
 /// Why `fp` cannot serve `need` for `preset`; `None` if it can.
 fn mismatch(need: &Need, model: ModelFamily, fp: &Fingerprint) -> Option<String> {
-    if fp.format != Format::Safetensors {
+    let gguf_dit = fp.format == Format::Gguf && matches!(need, Need::Dit { .. });
+    if fp.format != Format::Safetensors && !gguf_dit {
         return Some(match fp.format {
-            Format::Gguf => "GGUF files cannot be loaded yet: use the .safetensors file".to_owned(),
+            Format::Gguf => {
+                "GGUF is loaded for the diffusion transformer only: use the .safetensors file"
+                    .to_owned()
+            }
             _ => "PyTorch pickle files are not loaded: use the .safetensors file".to_owned(),
         });
     }
@@ -230,7 +234,10 @@ fn status(need: &Need, model: ModelFamily, files: &[FoundFile]) -> Status {
         .filter(|f| f.folder_role == Some(wanted_role) && !other_expert(f))
         .find_map(|f| match &f.fingerprint {
             Err(reason) => Some((f, reason.clone())),
-            Ok(fp) if fp.format != Format::Safetensors || fp.role != wanted_role => {
+            Ok(fp)
+                if mismatch(need, model, fp).is_some()
+                    && (fp.format != Format::Safetensors || fp.role != wanted_role) =>
+            {
                 mismatch(need, model, fp).map(|r| (f, r))
             }
             Ok(_) => None,

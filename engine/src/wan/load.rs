@@ -5,12 +5,14 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device};
+use candle_nn::var_builder::SimpleBackend;
 
 use super::config::Config;
 use super::lora::{LoraDeltas, LoraReport, LoraSpec};
 use super::model::WanModel;
 use super::weights::original_names;
 use crate::EngineError;
+use crate::gguf::{GgufFile, is_gguf};
 use crate::weights::{MappedFiles, model_files};
 
 /// The only quantized format the model runs (see `super::linear`).
@@ -44,6 +46,19 @@ impl WanModel {
         dtype: DType,
     ) -> Result<(Self, Vec<LoraReport>), EngineError> {
         let files = model_files(path)?;
+        if let [file] = files.as_slice()
+            && is_gguf(file)
+        {
+            let gguf = GgufFile::open(file)?;
+            let shapes = gguf.shapes();
+            let names = original_names(shapes.keys().map(String::as_str))?;
+            let config = match config {
+                Some(config) => config.clone(),
+                None => Config::detect(&original_shapes(&names, &shapes))?,
+            };
+            let backend = gguf.into_backend(names.clone());
+            return Self::build(&config, backend, &names, loras, device, dtype);
+        }
         let mapped = MappedFiles::open(&files)?;
         check_quantization(&mapped)?;
         let names = original_names(mapped.entries().map(|(k, _)| k))?;
@@ -51,21 +66,29 @@ impl WanModel {
             Some(config) => config.clone(),
             None => folder_config(path)?.map_or_else(
                 || {
-                    let entries: HashMap<&str, _> = mapped.entries().collect();
-                    let shapes: HashMap<String, Vec<usize>> = names
-                        .iter()
-                        .filter_map(|(name, key)| {
-                            entries
-                                .get(key.as_str())
-                                .map(|e| (name.clone(), e.shape.clone()))
-                        })
+                    let shapes = mapped
+                        .entries()
+                        .map(|(k, e)| (k.to_owned(), e.shape.clone()))
                         .collect();
-                    Config::detect(&shapes)
+                    Config::detect(&original_shapes(&names, &shapes))
                 },
                 Ok,
             )?,
         };
         tracing::debug!(files = files.len(), ?config, "loading the Wan transformer");
+        let backend = mapped.into_backend(names.clone());
+        Self::build(&config, backend, &names, loras, device, dtype)
+    }
+
+    /// Builds the model on `backend`, merging `loras` first.
+    fn build(
+        config: &Config,
+        backend: Box<dyn SimpleBackend>,
+        names: &HashMap<String, String>,
+        loras: &[LoraSpec],
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Self, Vec<LoraReport>), EngineError> {
         let model_names = names.keys().cloned().collect();
         let mut deltas = LoraDeltas::default();
         let reports = loras
@@ -75,15 +98,25 @@ impl WanModel {
         for (spec, report) in loras.iter().zip(&reports) {
             tracing::info!(lora = %spec.path.display(), merged = report.merged, unmatched = ?report.unmatched, "LoRA matched");
         }
-        let backend = mapped.into_backend(names);
         let backend = if deltas.is_empty() {
             backend
         } else {
             deltas.wrap(backend)
         };
         let vb = candle_nn::VarBuilder::from_backend(backend, dtype, device.clone());
-        Ok((Self::new(&config, &vb)?, reports))
+        Ok((Self::new(config, &vb)?, reports))
     }
+}
+
+/// Shapes under the model's names (`names`: model name → file key).
+fn original_shapes(
+    names: &HashMap<String, String>,
+    shapes: &HashMap<String, Vec<usize>>,
+) -> HashMap<String, Vec<usize>> {
+    names
+        .iter()
+        .filter_map(|(name, key)| shapes.get(key).map(|s| (name.clone(), s.clone())))
+        .collect()
 }
 
 /// The `config.json` beside the weights, when `path` is a folder that has one.

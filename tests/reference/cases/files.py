@@ -207,6 +207,49 @@ def _case_diffusers_folder(seed: int) -> None:
     (root / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
 
 
+def _case_gguf(seed: int) -> None:
+    """A city96-style GGUF DiT: original keys, Q8_0 Linear weights where the input width is a
+    multiple of the 32-wide block, F16 for the rest of the matrices, F32 vectors, and the 5-D
+    patch embedding stored 2-D with its shape in `comfy.gguf.orig_shape.<name>` (GGUF allows 4-D)."""
+    import gguf
+    import numpy as np
+
+    model, gen = _official("t2v", 16, 16, seed)
+    x, context = _t2v_inputs(gen, lat=(16, 2, 4, 2), context_len=4)
+    t = torch.tensor([450], dtype=torch.int64)
+    case_dir = common.write_case(
+        "files_dit_gguf_q8_0", component="wan_dit_file",
+        description="GGUF DiT (city96 layout): Q8_0 / F16 / F32 tensors, 5-D patch embedding with comfy.gguf.orig_shape; reference on the dequantized weights; t=450",
+        inputs={"x": x, "t": t, "context": context},
+        expected={"out": torch.zeros(1)},
+        config=dict(path="wan_t2v_Q8_0.gguf", **_config("t2v", 16, 16)), seed=seed)
+    writer = gguf.GGUFWriter(str(case_dir / "wan_t2v_Q8_0.gguf"), "wan")
+    with torch.no_grad():
+        for name, p in sorted(model.state_dict().items()):
+            data = p.detach().float().numpy()
+            if data.ndim == 2 and data.shape[1] % 32 == 0:
+                q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
+                writer.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+                deq = gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0).reshape(data.shape)
+            elif data.ndim >= 2:
+                if data.ndim > 4:
+                    writer.add_array(f"comfy.gguf.orig_shape.{name}", list(data.shape))
+                    data = data.reshape(data.shape[0], -1)
+                half = data.astype(np.float16)
+                writer.add_tensor(name, half)
+                deq = half.astype(np.float32).reshape(p.shape)
+            else:
+                writer.add_tensor(name, data)
+                deq = data
+            p.copy_(torch.from_numpy(np.ascontiguousarray(deq)).reshape(p.shape))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    out = model(list(x), t=t, context=list(context), seq_len=_tokens(x.shape[1:]))
+    save_file({"out": torch.stack(out).contiguous()}, str(case_dir / "expected.safetensors"))
+
+
 def generate() -> None:
     torch.set_grad_enabled(False)
     _case_scaled_fp8(2001)
@@ -214,3 +257,4 @@ def generate() -> None:
     _case_sharded(2003)
     _case_lora(2004)
     _case_diffusers_folder(2005)
+    _case_gguf(2006)
