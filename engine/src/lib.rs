@@ -9,7 +9,9 @@
 
 pub mod device;
 pub mod error;
+pub mod gguf;
 pub mod image_input;
+pub mod model_files;
 pub mod paths;
 pub mod pipeline;
 pub mod preset;
@@ -21,6 +23,7 @@ pub mod umt5;
 pub mod video;
 pub mod wan;
 pub mod wan_vae;
+pub mod weights;
 
 pub use error::EngineError;
 

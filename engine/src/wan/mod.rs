@@ -18,10 +18,14 @@
 
 pub mod attention;
 pub mod config;
+mod linear;
+mod load;
+pub mod lora;
 pub mod model;
 pub mod rope;
 pub mod time;
 pub mod weights;
 
 pub use config::{Config, ModelType, TimeEmbedding};
+pub use lora::{LoraReport, LoraSpec};
 pub use model::WanModel;

@@ -4,31 +4,16 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 
 use super::attention::attention;
 use super::config::Config;
+use super::linear::Lin;
 use super::rope::Rope;
 use super::time::{PerToken, Timesteps};
 use super::weights::to_original_layout;
 use crate::EngineError;
-
-/// A linear layer that accepts any input dtype (the residual stream is float32 while weights
-/// may be half precision, as under the official autocast).
-#[derive(Clone, Debug)]
-struct Lin(Linear);
-
-impl Lin {
-    fn new(in_dim: usize, out_dim: usize, vb: &VarBuilder<'_>) -> Result<Self, EngineError> {
-        Ok(Self(candle_nn::linear(in_dim, out_dim, vb.clone())?))
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
-        let x = x.to_dtype(self.0.weight().dtype())?;
-        Ok(self.0.forward(&x)?)
-    }
-}
 
 /// LayerNorm over the last dim in float32 (the reference casts to float32 first); layers
 /// without parameters use weight 1 and bias 0.
@@ -250,18 +235,19 @@ impl WanModel {
         let [pt, ph, pw] = cfg.patch_size;
         let patch_in = cfg.in_dim * pt * ph * pw;
         // The Conv3d with kernel = stride = patch is a matmul over flattened patches.
-        let pe = vb.pp("patch_embedding");
-        let weight = pe
-            .get((cfg.dim, cfg.in_dim, pt, ph, pw), "weight")?
-            .reshape((cfg.dim, patch_in))?;
-        let bias = pe.get(cfg.dim, "bias")?;
+        let patch_embedding = Lin::reshaped(
+            (cfg.dim, cfg.in_dim, pt, ph, pw),
+            cfg.dim,
+            patch_in,
+            &vb.pp("patch_embedding"),
+        )?;
         let blocks = (0..cfg.num_layers)
             .map(|i| Block::new(cfg, &vb.pp("blocks").pp(i)))
             .collect::<Result<Vec<_>, _>>()?;
         let out_width = cfg.out_dim * pt * ph * pw;
         Ok(Self {
             cfg: cfg.clone(),
-            patch_embedding: Lin(Linear::new(weight, Some(bias))),
+            patch_embedding,
             text_embedding0: Lin::new(cfg.text_dim, cfg.dim, &vb.pp("text_embedding.0"))?,
             text_embedding2: Lin::new(cfg.dim, cfg.dim, &vb.pp("text_embedding.2"))?,
             time_embedding0: Lin::new(cfg.freq_dim, cfg.dim, &vb.pp("time_embedding.0"))?,

@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use crate::EngineError;
 
 /// Prefixes that wrap the original keys in ComfyUI and some repacks, longest first.
-const PREFIXES: [&str; 2] = ["model.diffusion_model.", "model."];
+const PREFIXES: [&str; 3] = ["model.diffusion_model.", "diffusion_model.", "model."];
 
 /// (original, diffusers) module paths. `N.` stands for a block index after `blocks.`.
 /// Note diffusers' `norm2` is the original `norm3` (the cross-attention norm) and vice versa.
@@ -120,12 +120,14 @@ pub fn detect_layout<'a>(keys: impl IntoIterator<Item = &'a str>) -> Layout {
     Layout::Original
 }
 
-/// Maps a state dict (any supported layout, with or without prefix) onto the original keys.
-pub fn to_original_layout<S: BuildHasher>(
-    tensors: HashMap<String, Tensor, S>,
-) -> Result<HashMap<String, Tensor>, EngineError> {
-    if let Some(key) = tensors
-        .keys()
+/// Maps every key of a checkpoint (any supported layout, with or without prefix) to its name
+/// in the original layout: returns original name → file key.
+pub fn original_names<'a>(
+    keys: impl IntoIterator<Item = &'a str>,
+) -> Result<HashMap<String, String>, EngineError> {
+    let keys: Vec<&str> = keys.into_iter().collect();
+    if let Some(key) = keys
+        .iter()
         .find(|k| k.contains("img_emb.") || k.contains("k_img.") || k.contains("add_k_proj."))
     {
         return Err(EngineError::BadCheckpoint {
@@ -134,21 +136,32 @@ pub fn to_original_layout<S: BuildHasher>(
             ),
         });
     }
-    let layout = detect_layout(tensors.keys().map(|k| strip_prefix(k)));
-    let mut out = HashMap::with_capacity(tensors.len());
-    for (key, tensor) in tensors {
-        let stripped = strip_prefix(&key);
+    let layout = detect_layout(keys.iter().map(|k| strip_prefix(k)));
+    let mut out = HashMap::with_capacity(keys.len());
+    for key in keys {
+        let stripped = strip_prefix(key);
         let name = match layout {
             Layout::Original => stripped.to_owned(),
             Layout::Diffusers => rename(stripped, Layout::Diffusers),
         };
-        if out.insert(name.clone(), tensor).is_some() {
+        if out.insert(name.clone(), key.to_owned()).is_some() {
             return Err(EngineError::BadCheckpoint {
                 problem: format!("two tensors map to {name}: the file mixes key layouts"),
             });
         }
     }
     Ok(out)
+}
+
+/// Maps a state dict (any supported layout, with or without prefix) onto the original keys.
+pub fn to_original_layout<S: BuildHasher>(
+    mut tensors: HashMap<String, Tensor, S>,
+) -> Result<HashMap<String, Tensor>, EngineError> {
+    let names = original_names(tensors.keys().map(String::as_str))?;
+    Ok(names
+        .into_iter()
+        .filter_map(|(name, key)| tensors.remove(&key).map(|t| (name, t)))
+        .collect())
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ mod tokenizer;
 mod umt5;
 mod wan_dit;
 mod wan_vae;
+mod wan_dit_file;
 
 /// Named output tensors of one case.
 pub type Outputs = BTreeMap<String, Tensor>;
@@ -41,6 +42,7 @@ pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
         "umt5" => umt5::run(case, device),
         "wan_vae" => wan_vae::run(case, device),
         "pipeline" => pipeline::run(case, device),
+        "wan_dit_file" => wan_dit_file::run(case, device),
         _ => bail!(
             "no runner for component {component:?} (case {}); add one in tests/src/runners/",
             case.dir.display()

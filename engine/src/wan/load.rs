@@ -1,0 +1,247 @@
+//! Loading a [`WanModel`] from its files: a single safetensors file (original, ComfyUI-prefixed,
+//! diffusers or ComfyUI fp8_scaled), or a folder of shards with `config.json`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use candle_nn::var_builder::SimpleBackend;
+
+use super::config::Config;
+use super::lora::{LoraDeltas, LoraReport, LoraSpec};
+use super::model::WanModel;
+use super::weights::original_names;
+use crate::EngineError;
+use crate::gguf::{GgufFile, is_gguf};
+use crate::weights::{MappedFiles, model_files};
+
+/// The only quantized format the model runs (see `super::linear`).
+const FLOAT8_FORMAT: &str = "float8_e4m3fn";
+
+impl WanModel {
+    /// Loads the transformer at `path` (a `.safetensors` file or a model folder) with weights
+    /// in `dtype`; float8 weights stay float8. The config comes from the folder's `config.json`,
+    /// else from the tensor shapes.
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Self, EngineError> {
+        Self::load_with_config(path, None, device, dtype)
+    }
+
+    /// As [`WanModel::load`], with `config` overriding the files' own.
+    pub fn load_with_config(
+        path: &Path,
+        config: Option<&Config>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, EngineError> {
+        Ok(Self::load_with_loras(path, config, &[], device, dtype)?.0)
+    }
+
+    /// As [`WanModel::load_with_config`], merging `loras` into the weights (see
+    /// [`super::lora`]); returns what each LoRA file matched.
+    pub fn load_with_loras(
+        path: &Path,
+        config: Option<&Config>,
+        loras: &[LoraSpec],
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Self, Vec<LoraReport>), EngineError> {
+        let files = model_files(path)?;
+        if let [file] = files.as_slice()
+            && is_gguf(file)
+        {
+            let gguf = GgufFile::open(file)?;
+            let shapes = gguf.shapes();
+            let names = original_names(shapes.keys().map(String::as_str))?;
+            let config = match config {
+                Some(config) => config.clone(),
+                None => Config::detect(&original_shapes(&names, &shapes))?,
+            };
+            let backend = gguf.into_backend(names.clone());
+            return Self::build(&config, backend, &names, loras, device, dtype);
+        }
+        let mapped = MappedFiles::open(&files)?;
+        check_quantization(&mapped)?;
+        let names = original_names(mapped.entries().map(|(k, _)| k))?;
+        let config = match config {
+            Some(config) => config.clone(),
+            None => folder_config(path)?.map_or_else(
+                || {
+                    let shapes = mapped
+                        .entries()
+                        .map(|(k, e)| (k.to_owned(), e.shape.clone()))
+                        .collect();
+                    Config::detect(&original_shapes(&names, &shapes))
+                },
+                Ok,
+            )?,
+        };
+        tracing::debug!(files = files.len(), ?config, "loading the Wan transformer");
+        let backend = mapped.into_backend(names.clone());
+        Self::build(&config, backend, &names, loras, device, dtype)
+    }
+
+    /// Builds the model on `backend`, merging `loras` first.
+    fn build(
+        config: &Config,
+        backend: Box<dyn SimpleBackend>,
+        names: &HashMap<String, String>,
+        loras: &[LoraSpec],
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Self, Vec<LoraReport>), EngineError> {
+        let model_names = names.keys().cloned().collect();
+        let mut deltas = LoraDeltas::default();
+        let reports = loras
+            .iter()
+            .map(|spec| deltas.add(spec, &model_names))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (spec, report) in loras.iter().zip(&reports) {
+            tracing::info!(lora = %spec.path.display(), merged = report.merged, unmatched = ?report.unmatched, "LoRA matched");
+        }
+        let backend = if deltas.is_empty() {
+            backend
+        } else {
+            deltas.wrap(backend)
+        };
+        let vb = candle_nn::VarBuilder::from_backend(backend, dtype, device.clone());
+        Ok((Self::new(config, &vb)?, reports))
+    }
+}
+
+/// Shapes under the model's names (`names`: model name → file key).
+fn original_shapes(
+    names: &HashMap<String, String>,
+    shapes: &HashMap<String, Vec<usize>>,
+) -> HashMap<String, Vec<usize>> {
+    names
+        .iter()
+        .filter_map(|(name, key)| shapes.get(key).map(|s| (name.clone(), s.clone())))
+        .collect()
+}
+
+/// The `config.json` beside the weights, when `path` is a folder that has one.
+fn folder_config(path: &Path) -> Result<Option<Config>, EngineError> {
+    let file = path.join("config.json");
+    if !path.is_dir() || !file.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| EngineError::io("reading the model's config", &file, e))?;
+    Config::from_json(&text).map(Some)
+}
+
+/// Refuses, by name, quantized formats the model cannot run: float8 e5m2 and any ComfyUI
+/// `comfy_quant` format other than float8 e4m3fn with a per-tensor scale.
+fn check_quantization(mapped: &MappedFiles) -> Result<(), EngineError> {
+    let refuse = |path: &Path, problem: String| EngineError::BadModelFile {
+        problem,
+        path: path.to_owned(),
+    };
+    for header in mapped.headers() {
+        if let Some((name, _)) = header.tensors.iter().find(|(_, t)| t.dtype == "F8_E5M2") {
+            return Err(refuse(
+                &header.path,
+                format!(
+                    "tensor {name} is float8 e5m2, which Stillmotion does not run: use the fp8_e4m3fn (or fp8_scaled) file of the model"
+                ),
+            ));
+        }
+        let mut formats: Vec<(String, String)> = Vec::new();
+        if let Some(meta) = header.metadata.get("_quantization_metadata") {
+            let json: serde_json::Value = serde_json::from_str(meta).map_err(|_| {
+                refuse(
+                    &header.path,
+                    "its _quantization_metadata is not valid JSON: download the file again"
+                        .to_owned(),
+                )
+            })?;
+            if let Some(layers) = json.get("layers").and_then(serde_json::Value::as_object) {
+                for (layer, conf) in layers {
+                    let format = conf.get("format").and_then(serde_json::Value::as_str);
+                    formats.push((layer.clone(), format.unwrap_or("unnamed").to_owned()));
+                }
+            }
+        }
+        for name in header
+            .tensors
+            .keys()
+            .filter(|k| k.ends_with(".comfy_quant"))
+        {
+            let json: serde_json::Value =
+                serde_json::from_slice(mapped.bytes(name)?).unwrap_or(serde_json::Value::Null);
+            let format = json.get("format").and_then(serde_json::Value::as_str);
+            formats.push((name.clone(), format.unwrap_or("unnamed").to_owned()));
+        }
+        if let Some((layer, format)) = formats.iter().find(|(_, f)| f != FLOAT8_FORMAT) {
+            return Err(refuse(
+                &header.path,
+                format!(
+                    "layer {layer} is quantized as {format}, which Stillmotion does not run (only {FLOAT8_FORMAT} with a per-tensor scale): use an fp8_scaled or bf16 file of the model"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Tensor;
+
+    use super::*;
+
+    fn save(path: &Path, tensors: &[(&str, Tensor)], metadata: Option<HashMap<String, String>>) {
+        safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (*k, t)), metadata, path)
+            .unwrap();
+    }
+
+    #[test]
+    fn unsupported_quantization_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        let w = Tensor::zeros((2, 2), DType::U8, &dev).unwrap();
+
+        let int8 = dir.path().join("int8.safetensors");
+        let meta = HashMap::from([(
+            "_quantization_metadata".to_owned(),
+            r#"{"format_version": "1.0", "layers": {"blocks.0.ffn.0": {"format": "int8_blockwise"}}}"#
+                .to_owned(),
+        )]);
+        save(&int8, &[("blocks.0.ffn.0.weight", w.clone())], Some(meta));
+        let err = WanModel::load(&int8, &dev, DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("blocks.0.ffn.0") && err.contains("int8_blockwise"),
+            "{err}"
+        );
+
+        let nvfp4 = dir.path().join("nvfp4.safetensors");
+        let quant = Tensor::new(br#"{"format": "nvfp4"}"#.as_slice(), &dev).unwrap();
+        save(
+            &nvfp4,
+            &[
+                ("blocks.0.ffn.0.weight", w),
+                ("blocks.0.ffn.0.comfy_quant", quant),
+            ],
+            None,
+        );
+        let err = WanModel::load(&nvfp4, &dev, DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nvfp4"), "{err}");
+
+        // candle cannot hold e5m2: write the header by hand.
+        let e5m2 = dir.path().join("e5m2.safetensors");
+        let header =
+            br#"{"blocks.0.ffn.0.weight":{"dtype":"F8_E5M2","shape":[2],"data_offsets":[0,2]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&[0, 0]);
+        std::fs::write(&e5m2, bytes).unwrap();
+        let err = WanModel::load(&e5m2, &dev, DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("e5m2") && err.contains("e4m3fn"), "{err}");
+    }
+}

@@ -1,0 +1,360 @@
+//! LoRA files for the DiT, merged into the weights at load.
+//!
+//! Key formats: `lora_down`/`lora_up` with an optional `alpha` (kohya, ComfyUI), `lora_A`/
+//! `lora_B` (peft, diffusers), and full deltas `diff` (weight) / `diff_b` (bias); module paths
+//! with the `diffusion_model.`, `model.diffusion_model.`, `transformer.` or `lora_unet_`
+//! (underscored path) prefix, in the original or diffusers layout. A low-rank pair adds
+//! `strength × alpha / rank × up @ down` to the weight (alpha defaults to the rank), a diff adds
+//! `strength × diff`. Keys that match nothing are reported by class, never silently dropped.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+
+use super::weights::{Layout, detect_layout, rename};
+use crate::EngineError;
+
+/// One LoRA file and how strongly to apply it (strength is per expert: pass each expert its own).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraSpec {
+    pub path: PathBuf,
+    pub strength: f64,
+}
+
+/// What a LoRA file did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoraReport {
+    /// Model tensors changed.
+    pub merged: usize,
+    /// Unused keys by reason.
+    pub unmatched: BTreeMap<&'static str, Vec<String>>,
+}
+
+enum Delta {
+    LowRank {
+        up: Tensor,
+        down: Tensor,
+        scale: f64,
+    },
+    Full {
+        diff: Tensor,
+        scale: f64,
+    },
+}
+
+const SUFFIXES: [&str; 7] = [
+    ".lora_down.weight",
+    ".lora_up.weight",
+    ".lora_A.weight",
+    ".lora_B.weight",
+    ".alpha",
+    ".diff_b",
+    ".diff",
+];
+const PREFIXES: [&str; 4] = [
+    "model.diffusion_model.",
+    "diffusion_model.",
+    "transformer.",
+    "lora_unet_",
+];
+
+const NO_LAYER: &str = "no such layer in the model";
+const UNKNOWN_KIND: &str = "not a LoRA key (unknown suffix)";
+const INCOMPLETE: &str = "half of a low-rank pair (up or down missing)";
+
+/// Deltas per model tensor name, read from LoRA files.
+#[derive(Default)]
+pub(super) struct LoraDeltas(HashMap<String, Vec<Delta>>);
+
+impl LoraDeltas {
+    /// Reads `spec` and matches its keys against `model_names` (the model's tensor names).
+    pub(super) fn add(
+        &mut self,
+        spec: &LoraSpec,
+        model_names: &HashSet<String>,
+    ) -> Result<LoraReport, EngineError> {
+        crate::weights::read_header(&spec.path)?;
+        let tensors = candle_core::safetensors::load(&spec.path, &Device::Cpu)?;
+        let mut report = LoraReport::default();
+        let underscored: HashMap<String, String> = model_names
+            .iter()
+            .filter_map(|n| n.rsplit_once('.').map(|(m, _)| m))
+            .map(|m| (m.replace('.', "_"), m.to_owned()))
+            .collect();
+        let layout = detect_layout(tensors.keys().map(|k| strip(k).0));
+
+        // module → (kind → tensor)
+        let mut groups: BTreeMap<String, BTreeMap<&str, (String, Tensor)>> = BTreeMap::new();
+        for (key, tensor) in tensors {
+            let Some(kind) = SUFFIXES.iter().find(|s| key.ends_with(*s)) else {
+                report.unmatched.entry(UNKNOWN_KIND).or_default().push(key);
+                continue;
+            };
+            let (body, kohya) = strip(&key[..key.len() - kind.len()]);
+            let module = if kohya {
+                underscored.get(body).cloned()
+            } else {
+                let renamed = match layout {
+                    Layout::Original => body.to_owned(),
+                    Layout::Diffusers => rename(body, Layout::Diffusers),
+                };
+                Some(renamed)
+            };
+            let target = module.map(|m| {
+                let param = if *kind == ".diff_b" { "bias" } else { "weight" };
+                format!("{m}.{param}")
+            });
+            match target {
+                Some(t) if model_names.contains(&t) => {
+                    groups
+                        .entry(t)
+                        .or_default()
+                        .insert(kind, (key, tensor.to_dtype(DType::F32)?));
+                }
+                _ => report.unmatched.entry(NO_LAYER).or_default().push(key),
+            }
+        }
+        for (target, mut parts) in groups {
+            let mut deltas = Vec::new();
+            if let Some((_, diff)) = parts.remove(".diff").or_else(|| parts.remove(".diff_b")) {
+                deltas.push(Delta::Full {
+                    diff,
+                    scale: spec.strength,
+                });
+            }
+            let up = parts
+                .remove(".lora_up.weight")
+                .or_else(|| parts.remove(".lora_B.weight"));
+            let down = parts
+                .remove(".lora_down.weight")
+                .or_else(|| parts.remove(".lora_A.weight"));
+            let alpha = parts.remove(".alpha");
+            match (up, down) {
+                (Some((_, up)), Some((_, down))) => {
+                    let rank = down.dim(0)?;
+                    let alpha = match alpha {
+                        Some((_, a)) => f64::from(
+                            a.flatten_all()?
+                                .to_vec1::<f32>()?
+                                .first()
+                                .copied()
+                                .unwrap_or(0.0),
+                        ),
+                        None => rank as f64,
+                    };
+                    deltas.push(Delta::LowRank {
+                        up,
+                        down,
+                        scale: spec.strength * alpha / rank as f64,
+                    });
+                }
+                (None, None) => {
+                    if let Some((key, _)) = alpha {
+                        report.unmatched.entry(INCOMPLETE).or_default().push(key);
+                    }
+                }
+                (Some((key, _)), None) | (None, Some((key, _))) => {
+                    report.unmatched.entry(INCOMPLETE).or_default().push(key);
+                }
+            }
+            // Anything left is a second spelling of a part already taken.
+            for (_, (key, _)) in parts {
+                report.unmatched.entry(UNKNOWN_KIND).or_default().push(key);
+            }
+            if !deltas.is_empty() {
+                report.merged += 1;
+                self.0.entry(target).or_default().extend(deltas);
+            }
+        }
+        Ok(report)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Wraps a weights backend so that tensors with deltas come back merged.
+    pub(super) fn wrap(self, inner: Box<dyn SimpleBackend>) -> Box<dyn SimpleBackend> {
+        Box::new(Merged {
+            inner,
+            deltas: self.0,
+        })
+    }
+}
+
+/// Splits the prefix off a LoRA module path; `true` when it is kohya's underscored form.
+fn strip(key: &str) -> (&str, bool) {
+    for p in PREFIXES {
+        if let Some(rest) = key.strip_prefix(p) {
+            return (rest, p == "lora_unet_");
+        }
+    }
+    (key, false)
+}
+
+struct Merged {
+    inner: Box<dyn SimpleBackend>,
+    deltas: HashMap<String, Vec<Delta>>,
+}
+
+impl Merged {
+    fn merge(&self, name: &str, deltas: &[Delta], dev: &Device) -> candle_core::Result<Tensor> {
+        let mut w = self.inner.get_unchecked(name, DType::F32, dev)?;
+        // A float8 layer's stored values are weight / scale: merge on the true weight.
+        let module = name.rsplit_once('.').map_or("", |(m, _)| m);
+        let scale = match ["scale_weight", "weight_scale"]
+            .iter()
+            .map(|s| format!("{module}.{s}"))
+            .find(|s| name.ends_with(".weight") && self.inner.contains_tensor(s))
+        {
+            Some(s) => {
+                let v = self
+                    .inner
+                    .get_unchecked(&s, DType::F32, dev)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                v.first().map(|&x| f64::from(x))
+            }
+            None => None,
+        };
+        if let Some(scale) = scale {
+            w = w.affine(scale, 0.0)?;
+        }
+        for delta in deltas {
+            let d = match delta {
+                Delta::Full { diff, scale } => diff.to_device(dev)?.affine(*scale, 0.0)?,
+                Delta::LowRank { up, down, scale } => {
+                    let up = up.to_device(dev)?.flatten_from(1)?;
+                    let down = down.to_device(dev)?.flatten_from(1)?;
+                    up.matmul(&down)?.reshape(w.shape())?.affine(*scale, 0.0)?
+                }
+            };
+            w = (w + d)?;
+        }
+        if let Some(scale) = scale {
+            w = w.affine(1.0 / scale, 0.0)?;
+        }
+        Ok(w)
+    }
+}
+
+impl SimpleBackend for Merged {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let Some(deltas) = self.deltas.get(name) else {
+            return self.inner.get(s, name, h, dtype, dev);
+        };
+        let t = self.merge(name, deltas, dev)?;
+        if t.shape() != &s {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: s,
+                got: t.shape().clone(),
+            });
+        }
+        // "As stored" (float8 requests) gets the merged float32, still divided by the scale.
+        if dtype == DType::F8E4M3 {
+            Ok(t)
+        } else {
+            t.to_dtype(dtype)
+        }
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let Some(deltas) = self.deltas.get(name) else {
+            return self.inner.get_unchecked(name, dtype, dev);
+        };
+        let t = self.merge(name, deltas, dev)?;
+        if dtype == DType::F8E4M3 {
+            Ok(t)
+        } else {
+            t.to_dtype(dtype)
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.inner.contains_tensor(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_into_float8_layers_and_reports_unmatched_keys_by_class() {
+        let dev = Device::Cpu;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lora.safetensors");
+        let t = |v: &[f32], shape: &[usize]| Tensor::from_slice(v, shape, &dev).unwrap();
+        let lora = HashMap::from([
+            (
+                "diffusion_model.a.lora_down.weight",
+                t(&[1.0, 0.0], &[1, 2]),
+            ),
+            ("diffusion_model.a.lora_up.weight", t(&[1.0, 1.0], &[2, 1])),
+            ("diffusion_model.a.alpha", t(&[1.0], &[])),
+            ("diffusion_model.b.lora_up.weight", t(&[1.0], &[1, 1])),
+            ("diffusion_model.a.dora_scale", t(&[1.0], &[1])),
+            ("lora_unet_c.lora_down.weight", t(&[1.0, 1.0], &[1, 2])),
+        ]);
+        candle_core::safetensors::save(&lora, &path).unwrap();
+        let model: HashMap<String, Tensor> = HashMap::from([
+            (
+                "a.weight".to_owned(),
+                t(&[1.0, 2.0, 3.0, 4.0], &[2, 2])
+                    .to_dtype(DType::F8E4M3)
+                    .unwrap(),
+            ),
+            ("a.scale_weight".to_owned(), t(&[0.5], &[])),
+            ("c.weight".to_owned(), t(&[0.0; 4], &[2, 2])),
+        ]);
+        let names = model.keys().cloned().collect();
+        let mut deltas = LoraDeltas::default();
+        let report = deltas
+            .add(
+                &LoraSpec {
+                    path,
+                    strength: 2.0,
+                },
+                &names,
+            )
+            .unwrap();
+        assert_eq!(report.merged, 1);
+        assert_eq!(
+            report.unmatched[NO_LAYER],
+            vec!["diffusion_model.b.lora_up.weight"]
+        );
+        assert_eq!(
+            report.unmatched[UNKNOWN_KIND],
+            vec!["diffusion_model.a.dora_scale"]
+        );
+        assert_eq!(
+            report.unmatched[INCOMPLETE],
+            vec!["lora_unet_c.lora_down.weight"]
+        );
+
+        let merged = deltas.wrap(Box::new(model));
+        // As stored: (0.5 w + 2 · up @ down) / 0.5, ready for the layer's own scale.
+        let raw = merged
+            .get_unchecked("a.weight", DType::F8E4M3, &dev)
+            .unwrap();
+        assert_eq!(
+            raw.to_vec2::<f32>().unwrap(),
+            vec![vec![5.0, 2.0], vec![7.0, 4.0]]
+        );
+        let untouched = merged.get_unchecked("c.weight", DType::F32, &dev).unwrap();
+        assert_eq!(
+            untouched.sum_all().unwrap().to_scalar::<f32>().unwrap(),
+            0.0
+        );
+    }
+}

@@ -1,0 +1,69 @@
+//! `wan_dit_file`: the Wan2.2 diffusion transformer loaded from its files by
+//! `WanModel::load` (memory-mapped; single files in any supported layout including ComfyUI's
+//! float8 formats, or a sharded release folder with its `config.json`).
+//!
+//! `[config]`: `path` (a file or folder, relative to the case folder) and, optionally, the
+//! model's config keys as in `wan_dit`; without them the files' own config is used. `lora`
+//! (a LoRA file merged at load), `lora_strength` (default 1) and `lora_unmatched` (how many
+//! LoRA keys must be reported unmatched). Inputs as
+//! in `wan_dit`: `x`, optional `y`, `t`, `context`. Output: `out`.
+
+use anyhow::Context;
+use candle_core::{DType, Device};
+use stillmotion_engine::wan::{Config, LoraSpec, WanModel};
+
+use super::{Outputs, inputs, take};
+use crate::golden::Case;
+
+pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
+    let given = &case.manifest.config;
+    let path = given
+        .get("path")
+        .and_then(toml::Value::as_str)
+        .context("[config] needs `path`, the model file or folder")?;
+    let runner_keys = ["path", "lora", "lora_strength", "lora_unmatched"];
+    let config: Option<Config> = if given.keys().any(|k| !runner_keys.contains(&k.as_str())) {
+        Some(case.config()?)
+    } else {
+        None
+    };
+    let loras: Vec<LoraSpec> = match given.get("lora").and_then(toml::Value::as_str) {
+        Some(lora) => vec![LoraSpec {
+            path: case.file(lora),
+            strength: given
+                .get("lora_strength")
+                .and_then(toml::Value::as_float)
+                .unwrap_or(1.0),
+        }],
+        None => Vec::new(),
+    };
+    let (model, reports) = WanModel::load_with_loras(
+        &case.file(path),
+        config.as_ref(),
+        &loras,
+        device,
+        DType::F32,
+    )?;
+    if let Some(expected) = given
+        .get("lora_unmatched")
+        .and_then(toml::Value::as_integer)
+    {
+        let unmatched: usize = reports
+            .iter()
+            .flat_map(|r| r.unmatched.values())
+            .map(Vec::len)
+            .sum();
+        anyhow::ensure!(
+            i64::try_from(unmatched)? == expected,
+            "LoRA unmatched keys: {unmatched}, expected {expected}: {reports:?}"
+        );
+    }
+
+    let mut inputs = inputs(case, device)?;
+    let x = take(&mut inputs, "x")?;
+    let y = inputs.remove("y");
+    let t = take(&mut inputs, "t")?;
+    let context = take(&mut inputs, "context")?;
+    let out = model.forward(&x, y.as_ref(), &t, &context)?;
+    Ok(Outputs::from([("out".to_owned(), out)]))
+}
