@@ -1,17 +1,27 @@
-//! The `stillmotion` binary: the desktop app, and (as the engine lands) the headless CLI.
+//! The `stillmotion` binary: the desktop app, and the headless CLI (`stillmotion render …`).
 
 use clap::Parser;
+use stillmotion_app::cli;
+use stillmotion_engine::pipeline::PipelineRunner;
 
 /// Stillmotion: turn a still image and a prompt into a short video.
 #[derive(Debug, Parser)]
 #[command(name = "stillmotion", version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Subcommand>,
     /// Open this image as the source when the window starts.
     #[arg(long)]
     image: Option<std::path::PathBuf>,
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Debug, clap::Subcommand)]
+enum Subcommand {
+    /// Render one recipe headless: image + prompt → video.
+    Render(Box<cli::RenderArgs>),
+}
+
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -20,5 +30,19 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    stillmotion_app::gui::run(stillmotion_app::gui::StartOptions { image: cli.image })
+    match cli.command {
+        Some(Subcommand::Render(args)) => {
+            std::process::ExitCode::from(cli::run_render(&args, PipelineRunner::new()))
+        }
+        None => {
+            let options = stillmotion_app::gui::StartOptions { image: cli.image };
+            match stillmotion_app::gui::run(options, PipelineRunner::new()) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("stillmotion: {error:#}");
+                    std::process::ExitCode::from(cli::exit_code::FAILED)
+                }
+            }
+        }
+    }
 }

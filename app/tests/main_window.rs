@@ -8,7 +8,33 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use egui_kittest::{Harness, kittest::Queryable};
-use stillmotion_app::gui::{StartOptions, StillmotionApp};
+use stillmotion_app::gui::{JobState, StartOptions, StillmotionApp};
+use stillmotion_engine::EngineError;
+use stillmotion_engine::runtime::{JobContext, JobKind, JobOutput, JobRunner, Stage};
+
+/// Stands in for the pipeline in these layout tests: walks a few steps, reporting progress and
+/// honouring cancellation. (The real pipeline is driven end to end in the engine's tests.)
+struct Steps(u32);
+
+impl JobRunner for Steps {
+    fn run(&mut self, kind: &JobKind, ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
+        let JobKind::Render(recipe) = kind;
+        for step in 0..self.0 {
+            ctx.check()?;
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            ctx.progress(Stage::DenoisingHighNoise, step + 1, self.0);
+        }
+        Ok(JobOutput {
+            path: recipe.output.clone(),
+        })
+    }
+
+    fn unload(&mut self) {}
+}
+
+fn app(options: StartOptions) -> Harness<'static, StillmotionApp> {
+    Harness::new_eframe(move |cc| StillmotionApp::new(cc, options, Steps(3)))
+}
 
 /// A file dropped onto the window, as the windowing integration would hand it to egui.
 #[derive(Debug)]
@@ -43,8 +69,7 @@ fn write_png(dir: &Path, name: &str, width: u32, height: u32) -> PathBuf {
 fn start_image_is_shown_with_its_size() {
     let dir = tempfile::tempdir().unwrap();
     let png = write_png(dir.path(), "portrait.png", 48, 80);
-    let mut harness =
-        Harness::new_eframe(|cc| StillmotionApp::new(cc, StartOptions { image: Some(png) }));
+    let mut harness = app(StartOptions { image: Some(png) });
     harness.run();
     harness.get_by_label_contains("portrait.png · 48×80");
     let source = harness.state().source().unwrap();
@@ -59,7 +84,7 @@ fn dropped_file_loads_and_a_bad_one_shows_a_clear_error() {
     let junk = dir.path().join("notes.png");
     std::fs::write(&junk, "not pixels").unwrap();
 
-    let mut harness = Harness::new_eframe(|cc| StillmotionApp::new(cc, StartOptions::default()));
+    let mut harness = app(StartOptions::default());
     harness.run();
     harness.get_by_label_contains("Drop an image here");
     assert!(harness.state().source().is_none());
@@ -82,4 +107,60 @@ fn dropped_file_loads_and_a_bad_one_shows_a_clear_error() {
     harness.get_by_label("Dismiss").click();
     harness.run();
     assert!(harness.state().error().is_none());
+}
+
+#[test]
+fn render_validates_then_queues_and_the_queue_follows_engine_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "still.png", 64, 48);
+    let mut harness = app(StartOptions { image: Some(png) });
+    harness.run();
+    // Shipped presets are listed and one is applied on first start.
+    assert!(!harness.state().settings().preset.is_empty());
+
+    // No prompt and no model files: the render is refused with the field named, nothing queued.
+    harness.get_by_label("Render").click();
+    harness.run();
+    let error = harness.state().error().unwrap().to_owned();
+    assert!(error.contains("prompt"), "{error}");
+    assert!(harness.state().jobs().entries().is_empty());
+
+    let touch = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, b"x").unwrap();
+        path
+    };
+    {
+        let settings = harness.state_mut().settings_mut();
+        settings.prompt = "the lake ripples".to_owned();
+        settings.high_noise = Some(touch("high.safetensors"));
+        settings.low_noise = Some(touch("low.safetensors"));
+        settings.text_encoder = Some(touch("umt5.safetensors"));
+        settings.vae = Some(touch("vae.safetensors"));
+        settings.seed_locked = true;
+        settings.seed = 7;
+    }
+    // Ctrl+Enter renders too.
+    harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    for _ in 0..200 {
+        harness.run_steps(1);
+        let finished = harness
+            .state()
+            .jobs()
+            .entries()
+            .first()
+            .is_some_and(|job| matches!(job.state, JobState::Finished { .. }));
+        if finished {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let job = harness.state().jobs().entries().first().unwrap().clone();
+    let JobState::Finished { path, .. } = &job.state else {
+        panic!("the job did not finish: {job:?}");
+    };
+    assert!(path.ends_with("stillmotion-7.mp4"), "{}", path.display());
+    assert_eq!(job.progress.unwrap().done, 3);
+    harness.run();
+    harness.get_by_label_contains("done in");
 }

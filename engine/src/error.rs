@@ -101,6 +101,7 @@ pub enum EngineError {
     /// A video or latent tensor has a shape a model cannot take; `problem` says what fits.
     #[error("{problem}")]
     BadVideoShape { problem: String },
+
     /// A model file is unreadable as what it claims to be (truncated, wrong format, missing
     /// shard); `problem` says what is wrong and what to do.
     #[error("{problem}: {path}")]

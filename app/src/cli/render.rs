@@ -1,6 +1,7 @@
 //! Running `stillmotion render`: submit the recipe to the engine thread and report its events,
 //! as a one-line progress display on a terminal or as JSON lines with `--json`.
 
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 
 use stillmotion_engine::runtime::{Command, EngineHandle, Event, JobKind, JobRunner};
@@ -81,10 +82,10 @@ fn show(event: &Event, terminal: bool) {
                 progress.total
             );
             if let Some(rate) = secs_per_unit {
-                line.push_str(&format!(", {rate:.2} s each"));
+                let _ = write!(line, ", {rate:.2} s each");
             }
             if let Some(eta) = eta_secs {
-                line.push_str(&format!(", {eta:.0} s left"));
+                let _ = write!(line, ", {eta:.0} s left");
             }
             if terminal {
                 eprint!("\r\x1b[2K{line}");

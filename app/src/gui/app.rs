@@ -1,11 +1,17 @@
 //! `StillmotionApp`: the eframe application. `logic` runs actions and drains background results;
 //! `ui` only draws and queues [`UiAction`]s.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use crossbeam_channel::{Receiver, bounded};
 use stillmotion_engine::image_input;
+use stillmotion_engine::preset::{self, Preset};
+use stillmotion_engine::recipe::Recipe;
+use stillmotion_engine::runtime::{Command, EngineHandle, JobKind, JobRunner};
 
+use super::jobs::{self, JobList};
+use super::settings::{self, ModelSlot, Settings};
 use super::source_image::{self, SourceImage};
 use crate::ui::theme;
 
@@ -22,6 +28,26 @@ pub enum UiAction {
     LoadImage(PathBuf),
     /// Hide the error banner.
     DismissError,
+    /// Switch to the shipped preset with this file stem.
+    ApplyPreset(String),
+    /// Pick a new random seed.
+    RerollSeed,
+    /// Choose a model file with the native dialog.
+    ChooseModelFile(ModelSlot),
+    /// Choose the output folder with the native dialog.
+    ChooseOutputFolder,
+    /// Validate the current settings and queue a render.
+    Render,
+    /// Cancel a queued or running job.
+    CancelJob(stillmotion_engine::runtime::JobId),
+}
+
+/// What an open native dialog is choosing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DialogPurpose {
+    SourceImage,
+    ModelFile(ModelSlot),
+    OutputFolder,
 }
 
 /// How the app was started (from the command line).
@@ -35,6 +61,7 @@ pub struct StartOptions {
 #[serde(default)]
 struct UiState {
     last_image_dir: Option<PathBuf>,
+    settings: Settings,
 }
 
 const STORAGE_KEY: &str = "stillmotion.ui_state";
@@ -42,35 +69,85 @@ const STORAGE_KEY: &str = "stillmotion.ui_state";
 /// The application.
 pub struct StillmotionApp {
     state: UiState,
+    presets: Vec<(String, Preset)>,
     source: Option<SourceImage>,
     compute_description: String,
     display_adapter: Option<String>,
     error: Option<String>,
     pending: Vec<UiAction>,
-    dialog_result: Option<Receiver<Option<PathBuf>>>,
+    dialog: Option<(DialogPurpose, Receiver<Option<PathBuf>>)>,
+    engine: Option<EngineHandle>,
+    outbox: VecDeque<Command>,
+    jobs: JobList,
 }
 
 impl StillmotionApp {
-    /// Creates the app, restoring persisted state and queueing the start-up image, if any.
-    pub fn new(cc: &eframe::CreationContext<'_>, options: StartOptions) -> Self {
+    /// Creates the app, restoring persisted state, starting the engine thread with `runner`
+    /// (which owns the models), and queueing the start-up image, if any.
+    pub fn new(
+        cc: &eframe::CreationContext<'_>,
+        options: StartOptions,
+        runner: impl JobRunner,
+    ) -> Self {
         theme::apply(&cc.egui_ctx);
-        let state = cc
+        let mut state: UiState = cc
             .storage
             .and_then(|storage| eframe::get_value(storage, STORAGE_KEY))
             .unwrap_or_default();
+        let mut error = None;
+        let presets = preset::shipped().unwrap_or_else(|e| {
+            error = Some(format!("{e:#}"));
+            Vec::new()
+        });
+        if !presets
+            .iter()
+            .any(|(stem, _)| *stem == state.settings.preset)
+            && let Some((stem, preset)) = presets.first()
+        {
+            state.settings.apply_preset(stem, preset);
+        }
+        let wake_ctx = cc.egui_ctx.clone();
+        let engine = match EngineHandle::spawn(runner, move || wake_ctx.request_repaint()) {
+            Ok(engine) => Some(engine),
+            Err(e) => {
+                error = Some(format!("The engine could not start: {e:#}"));
+                None
+            }
+        };
         let display_adapter = cc.wgpu_render_state.as_ref().map(|render_state| {
             let info = render_state.adapter.get_info();
             format!("{} ({:?})", info.name, info.backend)
         });
         Self {
             state,
+            presets,
             source: None,
             compute_description: stillmotion_engine::device::availability_summary(),
             display_adapter,
-            error: None,
+            error,
             pending: options.image.map(UiAction::LoadImage).into_iter().collect(),
-            dialog_result: None,
+            dialog: None,
+            engine,
+            outbox: VecDeque::new(),
+            jobs: JobList::default(),
         }
+    }
+
+    /// The render settings.
+    #[must_use]
+    pub fn settings(&self) -> &Settings {
+        &self.state.settings
+    }
+
+    /// The render settings, for tests and scripted use.
+    pub fn settings_mut(&mut self) -> &mut Settings {
+        &mut self.state.settings
+    }
+
+    /// The jobs of this session.
+    #[must_use]
+    pub fn jobs(&self) -> &JobList {
+        &self.jobs
     }
 
     /// The loaded source image, if any.
@@ -87,36 +164,127 @@ impl StillmotionApp {
 
     fn run_action(&mut self, ctx: &egui::Context, action: UiAction) {
         match action {
-            UiAction::OpenImageDialog => self.open_image_dialog(ctx),
+            UiAction::OpenImageDialog => self.open_dialog(ctx, DialogPurpose::SourceImage),
             UiAction::LoadImage(path) => self.load_image(ctx, path),
             UiAction::DismissError => self.error = None,
+            UiAction::ApplyPreset(stem) => {
+                if let Some((stem, preset)) = self.presets.iter().find(|(s, _)| *s == stem) {
+                    self.state.settings.apply_preset(stem, preset);
+                }
+            }
+            UiAction::RerollSeed => self.state.settings.seed = random_seed(),
+            UiAction::ChooseModelFile(slot) => {
+                self.open_dialog(ctx, DialogPurpose::ModelFile(slot));
+            }
+            UiAction::ChooseOutputFolder => self.open_dialog(ctx, DialogPurpose::OutputFolder),
+            UiAction::Render => self.submit_render(),
+            UiAction::CancelJob(job_id) => self.outbox.push_back(Command::Cancel(job_id)),
         }
     }
 
-    fn open_image_dialog(&mut self, ctx: &egui::Context) {
-        if self.dialog_result.is_some() {
+    fn open_dialog(&mut self, ctx: &egui::Context, purpose: DialogPurpose) {
+        if self.dialog.is_some() {
             return; // One dialog at a time.
         }
         let (sender, receiver) = bounded(1);
-        let start_dir = self.state.last_image_dir.clone();
+        let start_dir = match purpose {
+            DialogPurpose::SourceImage => self.state.last_image_dir.clone(),
+            DialogPurpose::ModelFile(_) | DialogPurpose::OutputFolder => None,
+        };
         let ctx = ctx.clone();
         // The native dialog blocks its thread until the user answers; keep the UI live meanwhile.
         let spawned = std::thread::Builder::new()
-            .name("open-image-dialog".to_owned())
+            .name("file-dialog".to_owned())
             .spawn(move || {
-                let mut dialog = rfd::FileDialog::new()
-                    .set_title("Open source image")
-                    .add_filter("Images", IMAGE_EXTENSIONS);
+                let mut dialog = rfd::FileDialog::new();
                 if let Some(dir) = start_dir {
                     dialog = dialog.set_directory(dir);
                 }
+                let picked = match purpose {
+                    DialogPurpose::SourceImage => dialog
+                        .set_title("Open source image")
+                        .add_filter("Images", IMAGE_EXTENSIONS)
+                        .pick_file(),
+                    DialogPurpose::ModelFile(slot) => dialog
+                        .set_title(slot.label())
+                        .add_filter("Model files", &["safetensors", "gguf", "pth"])
+                        .pick_file(),
+                    DialogPurpose::OutputFolder => dialog.set_title("Output folder").pick_folder(),
+                };
                 // The receiver may be gone if the app closed meanwhile; nothing to do then.
-                let _ = sender.send(dialog.pick_file());
+                let _ = sender.send(picked);
                 ctx.request_repaint();
             });
         match spawned {
-            Ok(_) => self.dialog_result = Some(receiver),
+            Ok(_) => self.dialog = Some((purpose, receiver)),
             Err(error) => self.error = Some(format!("Could not open the file dialog: {error}")),
+        }
+    }
+
+    fn dialog_answered(&mut self, purpose: DialogPurpose, path: PathBuf) {
+        match purpose {
+            DialogPurpose::SourceImage => self.pending.push(UiAction::LoadImage(path)),
+            DialogPurpose::ModelFile(slot) => self.state.settings.set_model_path(slot, path),
+            DialogPurpose::OutputFolder => self.state.settings.output_dir = Some(path),
+        }
+    }
+
+    /// Builds the recipe from the settings, validates it, and queues it on the engine.
+    fn submit_render(&mut self) {
+        let Some(source) = &self.source else {
+            self.error =
+                Some("Open an image first (drop it on the window or press Open…)".to_owned());
+            return;
+        };
+        let Some((_, preset)) = self
+            .presets
+            .iter()
+            .find(|(stem, _)| *stem == self.state.settings.preset)
+        else {
+            self.error = Some("Choose a preset first".to_owned());
+            return;
+        };
+        if !self.state.settings.seed_locked {
+            self.state.settings.seed = random_seed();
+        }
+        let output_name = format!("stillmotion-{}.mp4", self.state.settings.seed);
+        let recipe = Recipe::from_layers(
+            preset,
+            self.state
+                .settings
+                .choices(source.path.clone(), &output_name),
+        );
+        if let Err(error) = recipe.validate() {
+            self.error = Some(format!("Cannot render: {error:#}"));
+            return;
+        }
+        let title: String = recipe.prompt.chars().take(48).collect();
+        let job_id = self.jobs.add(title);
+        self.outbox.push_back(Command::Submit {
+            job_id,
+            kind: JobKind::Render(Box::new(recipe)),
+        });
+        self.error = None;
+    }
+
+    /// Sends queued commands without blocking the frame; what does not fit waits a frame.
+    fn flush_outbox(&mut self) {
+        let Some(engine) = &self.engine else {
+            return;
+        };
+        while let Some(command) = self.outbox.pop_front() {
+            match engine.try_send(command.clone()) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.outbox.push_front(command);
+                    break;
+                }
+                Err(error) => {
+                    self.error = Some(format!("{error:#}"));
+                    self.outbox.clear();
+                    break;
+                }
+            }
         }
     }
 
@@ -134,16 +302,26 @@ impl StillmotionApp {
 
 impl eframe::App for StillmotionApp {
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
-        if let Some(receiver) = &self.dialog_result
+        if let Some((purpose, receiver)) = &self.dialog
             && let Ok(picked) = receiver.try_recv()
         {
-            self.dialog_result = None;
+            let purpose = *purpose;
+            self.dialog = None;
             if let Some(path) = picked {
-                self.pending.push(UiAction::LoadImage(path));
+                self.dialog_answered(purpose, path);
             }
         }
         for action in std::mem::take(&mut self.pending) {
             self.run_action(ctx, action);
+        }
+        self.flush_outbox();
+        if let Some(engine) = &self.engine {
+            for event in engine.events().try_iter() {
+                self.jobs.apply(&event);
+            }
+        }
+        if !self.outbox.is_empty() {
+            ctx.request_repaint_after(std::time::Duration::from_millis(50));
         }
     }
 
@@ -181,6 +359,25 @@ impl eframe::App for StillmotionApp {
                 });
             });
         }
+        if ui.input(|input| input.modifiers.command && input.key_pressed(egui::Key::Enter)) {
+            actions.push(UiAction::Render);
+        }
+        egui::Panel::left("settings")
+            .resizable(true)
+            .default_size(360.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| {
+                    actions.extend(settings::show(ui, &mut self.state.settings, &self.presets));
+                });
+            });
+        egui::Panel::right("queue")
+            .resizable(true)
+            .default_size(320.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| {
+                    actions.extend(jobs::show(ui, &self.jobs));
+                });
+            });
         egui::CentralPanel::default().show(ui, |ui| {
             actions.extend(source_image::show(ui, self.source.as_ref()));
         });
@@ -196,8 +393,20 @@ impl eframe::App for StillmotionApp {
     }
 }
 
-/// Opens the main window and runs until it is closed.
-pub fn run(options: StartOptions) -> anyhow::Result<()> {
+/// A fresh random seed (from the OS's randomly keyed hasher: no extra dependency needed).
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos()),
+    );
+    hasher.finish() & ((1 << 53) - 1) // Exactly representable in JSON numbers.
+}
+
+/// Opens the main window and runs until it is closed; `runner` does the engine's work.
+pub fn run(options: StartOptions, runner: impl JobRunner) -> anyhow::Result<()> {
     let native_options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("Stillmotion")
@@ -211,7 +420,7 @@ pub fn run(options: StartOptions) -> anyhow::Result<()> {
     eframe::run_native(
         "Stillmotion",
         native_options,
-        Box::new(|cc| Ok(Box::new(StillmotionApp::new(cc, options)))),
+        Box::new(|cc| Ok(Box::new(StillmotionApp::new(cc, options, runner)))),
     )
     .map_err(|error| anyhow::anyhow!("the window could not open: {error}"))
 }

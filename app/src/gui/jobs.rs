@@ -1,5 +1,6 @@
 //! The job queue panel and the state behind it, kept up to date from engine events.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use stillmotion_engine::runtime::{Event, JobId, Progress};
@@ -12,11 +13,18 @@ use crate::ui::theme;
 pub enum JobState {
     /// Sent to the engine, not yet acknowledged.
     Submitted,
-    Queued { position: usize },
+    Queued {
+        position: usize,
+    },
     Running,
-    Finished { path: PathBuf, elapsed_secs: f64 },
+    Finished {
+        path: PathBuf,
+        elapsed_secs: f64,
+    },
     Cancelled,
-    Failed { message: String },
+    Failed {
+        message: String,
+    },
 }
 
 /// One job as the UI shows it.
@@ -90,7 +98,11 @@ impl JobList {
             return;
         };
         match event {
-            Event::Queued { position, .. } => entry.state = JobState::Queued { position: *position },
+            Event::Queued { position, .. } => {
+                entry.state = JobState::Queued {
+                    position: *position,
+                }
+            }
             Event::Started { .. } => entry.state = JobState::Running,
             Event::Progress {
                 progress,
@@ -130,7 +142,10 @@ pub fn show(ui: &mut egui::Ui, jobs: &JobList) -> Option<UiAction> {
     let mut action = None;
     ui.heading("Queue");
     if jobs.entries().is_empty() {
-        ui.colored_label(theme::WEAK_TEXT, "No renders yet. Press Render or Ctrl+Enter.");
+        ui.colored_label(
+            theme::WEAK_TEXT,
+            "No renders yet. Press Render or Ctrl+Enter.",
+        );
         return None;
     }
     for entry in jobs.entries().iter().rev() {
@@ -161,13 +176,17 @@ pub fn show(ui: &mut egui::Ui, jobs: &JobList) -> Option<UiAction> {
                         } else {
                             progress.done as f32 / progress.total as f32
                         };
-                        let mut text =
-                            format!("{} {}/{}", progress.stage.label(), progress.done, progress.total);
+                        let mut text = format!(
+                            "{} {}/{}",
+                            progress.stage.label(),
+                            progress.done,
+                            progress.total
+                        );
                         if let Some(rate) = entry.secs_per_unit {
-                            text.push_str(&format!(" · {rate:.1} s each"));
+                            let _ = write!(text, " · {rate:.1} s each");
                         }
                         if let Some(eta) = entry.eta_secs {
-                            text.push_str(&format!(" · {eta:.0} s left"));
+                            let _ = write!(text, " · {eta:.0} s left");
                         }
                         ui.add(egui::ProgressBar::new(fraction).text(text));
                     } else {
@@ -202,8 +221,14 @@ mod tests {
         let mut jobs = JobList::default();
         let id = jobs.add("waves".to_owned());
         let other = jobs.add("clouds".to_owned());
-        jobs.apply(&Event::Queued { job_id: id, position: 0 });
-        assert_eq!(jobs.get(id).unwrap().state, JobState::Queued { position: 0 });
+        jobs.apply(&Event::Queued {
+            job_id: id,
+            position: 0,
+        });
+        assert_eq!(
+            jobs.get(id).unwrap().state,
+            JobState::Queued { position: 0 }
+        );
         jobs.apply(&Event::Started { job_id: id });
         jobs.apply(&Event::Progress {
             job_id: id,

@@ -1,7 +1,11 @@
 //! The main window: state, per-frame logic, and drawing.
 
 mod app;
+mod jobs;
+mod settings;
 mod source_image;
 
 pub use app::{StartOptions, StillmotionApp, UiAction, run};
+pub use jobs::{JobEntry, JobList, JobState};
+pub use settings::{ModelSlot, SamplerChoice, Settings};
 pub use source_image::SourceImage;

@@ -20,7 +20,12 @@ pub enum ModelSlot {
 }
 
 impl ModelSlot {
-    pub const ALL: [Self; 4] = [Self::HighNoise, Self::LowNoise, Self::TextEncoder, Self::Vae];
+    pub const ALL: [Self; 4] = [
+        Self::HighNoise,
+        Self::LowNoise,
+        Self::TextEncoder,
+        Self::Vae,
+    ];
 
     #[must_use]
     pub fn label(self) -> &'static str {
@@ -34,7 +39,9 @@ impl ModelSlot {
 
     fn hint(self) -> &'static str {
         match self {
-            Self::HighNoise => "wan2.2_i2v_high_noise_14B_*.safetensors (ComfyUI diffusion_models/)",
+            Self::HighNoise => {
+                "wan2.2_i2v_high_noise_14B_*.safetensors (ComfyUI diffusion_models/)"
+            }
             Self::LowNoise => "wan2.2_i2v_low_noise_14B_*.safetensors (ComfyUI diffusion_models/)",
             Self::TextEncoder => "umt5_xxl_*.safetensors (ComfyUI text_encoders/)",
             Self::Vae => "wan_2.1_vae.safetensors (ComfyUI vae/)",
@@ -121,7 +128,7 @@ impl Default for Settings {
 impl Settings {
     /// Takes the preset's values for everything a preset decides (one-click switching).
     pub fn apply_preset(&mut self, stem: &str, preset: &Preset) {
-        self.preset = stem.to_owned();
+        stem.clone_into(&mut self.preset);
         self.steps = preset.steps;
         self.num_frames = preset.num_frames;
         self.cfg_high_noise = preset.cfg_high_noise;
@@ -235,79 +242,97 @@ pub fn show(
     )
     .on_hover_text("What to avoid; only used when guidance (CFG) is above 1");
 
-    egui::Grid::new("settings_grid").num_columns(2).show(ui, |ui| {
-        ui.label("Frames");
-        ui.horizontal(|ui| {
-            let mut frames = settings.num_frames;
-            ui.add(egui::DragValue::new(&mut frames).range(5..=321).speed(4))
-                .on_hover_text("4n+1 frames; 81 frames are 5 s at 16 fps");
-            settings.num_frames = (frames.saturating_sub(1) / 4) * 4 + 1;
-            ui.colored_label(
-                theme::WEAK_TEXT,
-                format!("{:.2} s at 16 fps", f64::from(settings.num_frames) / 16.0),
-            );
-        });
-        ui.end_row();
+    egui::Grid::new("settings_grid")
+        .num_columns(2)
+        .show(ui, |ui| {
+            ui.label("Frames");
+            ui.horizontal(|ui| {
+                let mut frames = settings.num_frames;
+                ui.add(egui::DragValue::new(&mut frames).range(5..=321).speed(4))
+                    .on_hover_text("4n+1 frames; 81 frames are 5 s at 16 fps");
+                settings.num_frames = (frames.saturating_sub(1) / 4) * 4 + 1;
+                ui.colored_label(
+                    theme::WEAK_TEXT,
+                    format!("{:.2} s at 16 fps", f64::from(settings.num_frames) / 16.0),
+                );
+            });
+            ui.end_row();
 
-        ui.label("Steps");
-        ui.add(egui::DragValue::new(&mut settings.steps).range(1..=100))
-            .on_hover_text("Denoising steps (4 with the LightX2V LoRA, 40 official)");
-        ui.end_row();
+            ui.label("Steps");
+            ui.add(egui::DragValue::new(&mut settings.steps).range(1..=100))
+                .on_hover_text("Denoising steps (4 with the LightX2V LoRA, 40 official)");
+            ui.end_row();
 
-        ui.label("Sampler");
-        ui.horizontal(|ui| {
-            ui.selectable_value(&mut settings.sampler, SamplerChoice::Euler, "Euler")
-                .on_hover_text("Flow-matching Euler (ComfyUI's default for 4-step LoRAs)");
-            ui.selectable_value(&mut settings.sampler, SamplerChoice::UniPc, "UniPC")
-                .on_hover_text("The official Wan2.2 solver");
-        });
-        ui.end_row();
+            ui.label("Sampler");
+            ui.horizontal(|ui| {
+                ui.selectable_value(&mut settings.sampler, SamplerChoice::Euler, "Euler")
+                    .on_hover_text("Flow-matching Euler (ComfyUI's default for 4-step LoRAs)");
+                ui.selectable_value(&mut settings.sampler, SamplerChoice::UniPc, "UniPC")
+                    .on_hover_text("The official Wan2.2 solver");
+            });
+            ui.end_row();
 
-        ui.label("Shift");
-        ui.add(egui::DragValue::new(&mut settings.shift).range(0.5..=20.0).speed(0.1))
+            ui.label("Shift");
+            ui.add(
+                egui::DragValue::new(&mut settings.shift)
+                    .range(0.5..=20.0)
+                    .speed(0.1),
+            )
             .on_hover_text("Flow shift of the sigma schedule (5.0 for Wan2.2)");
-        ui.end_row();
+            ui.end_row();
 
-        ui.label("CFG high / low");
-        ui.horizontal(|ui| {
-            ui.add(egui::DragValue::new(&mut settings.cfg_high_noise).range(1.0..=20.0).speed(0.1))
+            ui.label("CFG high / low");
+            ui.horizontal(|ui| {
+                ui.add(
+                    egui::DragValue::new(&mut settings.cfg_high_noise)
+                        .range(1.0..=20.0)
+                        .speed(0.1),
+                )
                 .on_hover_text("Guidance of the high-noise expert (1 = off, faster)");
-            ui.add(egui::DragValue::new(&mut settings.cfg_low_noise).range(1.0..=20.0).speed(0.1))
+                ui.add(
+                    egui::DragValue::new(&mut settings.cfg_low_noise)
+                        .range(1.0..=20.0)
+                        .speed(0.1),
+                )
                 .on_hover_text("Guidance of the low-noise expert (1 = off, faster)");
-        });
-        ui.end_row();
+            });
+            ui.end_row();
 
-        ui.label("Seed");
-        ui.horizontal(|ui| {
-            ui.add(egui::DragValue::new(&mut settings.seed))
-                .on_hover_text("The same seed and settings give the same clip");
-            ui.checkbox(&mut settings.seed_locked, "Lock")
-                .on_hover_text("Unlocked: a new random seed for every render");
-            if ui.button("Re-roll").on_hover_text("Pick a new random seed").clicked() {
-                action = Some(UiAction::RerollSeed);
-            }
-        });
-        ui.end_row();
+            ui.label("Seed");
+            ui.horizontal(|ui| {
+                ui.add(egui::DragValue::new(&mut settings.seed))
+                    .on_hover_text("The same seed and settings give the same clip");
+                ui.checkbox(&mut settings.seed_locked, "Lock")
+                    .on_hover_text("Unlocked: a new random seed for every render");
+                if ui
+                    .button("Re-roll")
+                    .on_hover_text("Pick a new random seed")
+                    .clicked()
+                {
+                    action = Some(UiAction::RerollSeed);
+                }
+            });
+            ui.end_row();
 
-        ui.label("Interpolation");
-        ui.horizontal(|ui| {
-            for (factor, label) in [(1, "Off"), (2, "×2"), (3, "×3"), (4, "×4")] {
-                ui.selectable_value(&mut settings.interpolation_factor, factor, label)
-                    .on_hover_text("RIFE frame interpolation after decoding");
-            }
-        });
-        ui.end_row();
+            ui.label("Interpolation");
+            ui.horizontal(|ui| {
+                for (factor, label) in [(1, "Off"), (2, "×2"), (3, "×3"), (4, "×4")] {
+                    ui.selectable_value(&mut settings.interpolation_factor, factor, label)
+                        .on_hover_text("RIFE frame interpolation after decoding");
+                }
+            });
+            ui.end_row();
 
-        ui.label("VRAM reserve");
-        ui.add(
-            egui::DragValue::new(&mut settings.reserve_vram_gb)
-                .range(0.0..=64.0)
-                .speed(0.25)
-                .suffix(" GB"),
-        )
-        .on_hover_text("GPU memory left free for the desktop and other programs");
-        ui.end_row();
-    });
+            ui.label("VRAM reserve");
+            ui.add(
+                egui::DragValue::new(&mut settings.reserve_vram_gb)
+                    .range(0.0..=64.0)
+                    .speed(0.25)
+                    .suffix(" GB"),
+            )
+            .on_hover_text("GPU memory left free for the desktop and other programs");
+            ui.end_row();
+        });
 
     ui.separator();
     ui.strong("Model files");
@@ -320,21 +345,17 @@ pub fn show(
                 |name| name.to_string_lossy().into_owned(),
             );
             ui.colored_label(theme::WEAK_TEXT, name);
-            if ui
-                .button("Choose…")
-                .on_hover_text(slot.hint())
-                .clicked()
-            {
+            if ui.button("Choose…").on_hover_text(slot.hint()).clicked() {
                 action = Some(UiAction::ChooseModelFile(slot));
             }
         });
     }
     ui.horizontal(|ui| {
         ui.label("Output folder");
-        let shown = settings
-            .output_dir
-            .as_ref()
-            .map_or_else(|| "beside the image".to_owned(), |dir| dir.display().to_string());
+        let shown = settings.output_dir.as_ref().map_or_else(
+            || "beside the image".to_owned(),
+            |dir| dir.display().to_string(),
+        );
         ui.colored_label(theme::WEAK_TEXT, shown);
         if ui
             .button("Choose…")

@@ -19,8 +19,8 @@ mod sampling;
 mod tokenizer;
 mod umt5;
 mod wan_dit;
-mod wan_vae;
 mod wan_dit_file;
+mod wan_vae;
 
 /// Named output tensors of one case.
 pub type Outputs = BTreeMap<String, Tensor>;
