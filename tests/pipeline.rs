@@ -208,3 +208,33 @@ fn interpolation_doubles_the_clip_keeping_the_rendered_frames() {
         "rendered frames inside the interpolated clip: {db:.2} dB"
     );
 }
+
+#[test]
+fn a_prompt_over_the_token_limit_is_rendered_with_a_warning_event() {
+    let case = case();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = EngineHandle::spawn(PipelineRunner::new(), || {}).unwrap();
+    let mut long = recipe(&case, &dir.path().join("long")).unwrap();
+    long.prompt = "a small red boat drifts across a calm lake at sunset, ".repeat(80);
+    engine
+        .send(Command::Submit {
+            job_id: 1,
+            kind: JobKind::Render(Box::new(long)),
+        })
+        .unwrap();
+    let mut warnings = Vec::new();
+    loop {
+        match engine
+            .events()
+            .recv_timeout(Duration::from_mins(1))
+            .unwrap()
+        {
+            Event::Warning { message, .. } => warnings.push(message),
+            Event::Finished { .. } => break,
+            Event::Failed { message, .. } => panic!("{message}"),
+            _ => {}
+        }
+    }
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("prompt is longer"), "{warnings:?}");
+}

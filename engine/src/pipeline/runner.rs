@@ -91,10 +91,12 @@ impl PipelineRunner {
         let encoder = self.models.text_encoder(recipe, dtype, &device)?;
         let text_total = if needs_negative { 2 } else { 1 };
         ctx.progress(Stage::EncodingText, 0, text_total);
+        warn_if_truncated(encoder, &recipe.prompt, "prompt", ctx)?;
         let context = encoder.encode_prompt(&recipe.prompt)?.unsqueeze(0)?;
         ctx.progress(Stage::EncodingText, 1, text_total);
         let negative_context = if needs_negative {
             ctx.check()?;
+            warn_if_truncated(encoder, negative_prompt(recipe), "negative prompt", ctx)?;
             let negative = encoder
                 .encode_prompt(negative_prompt(recipe))?
                 .unsqueeze(0)?;
@@ -287,6 +289,23 @@ fn read_noise(path: &Path) -> Result<Tensor, EngineError> {
     } else {
         noise
     })
+}
+
+/// Tells the user (an event, not only a log line) when a prompt is cut to the encoder's length.
+fn warn_if_truncated(
+    encoder: &crate::umt5::TextEncoder,
+    text: &str,
+    what: &str,
+    ctx: &JobContext<'_>,
+) -> Result<(), EngineError> {
+    let tokenizer = encoder.tokenizer();
+    if tokenizer.encode(text)?.truncated {
+        ctx.warn(format!(
+            "the {what} is longer than the text encoder's {} tokens; the rest is ignored",
+            tokenizer.text_len()
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
