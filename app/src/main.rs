@@ -19,6 +19,8 @@ struct Cli {
 enum Subcommand {
     /// Render one recipe headless: image + prompt → video.
     Render(Box<cli::RenderArgs>),
+    /// Interpolate an existing clip (video file or PNG-frame folder) with RIFE.
+    Interpolate(cli::InterpolateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,6 +35,9 @@ fn main() -> std::process::ExitCode {
     match cli.command {
         Some(Subcommand::Render(args)) => {
             std::process::ExitCode::from(cli::run_render(&args, PipelineRunner::new()))
+        }
+        Some(Subcommand::Interpolate(args)) => {
+            std::process::ExitCode::from(cli::run_interpolate(&args, PipelineRunner::new()))
         }
         None => {
             let options = stillmotion_app::gui::StartOptions { image: cli.image };

@@ -18,7 +18,11 @@ struct Steps(u32);
 
 impl JobRunner for Steps {
     fn run(&mut self, kind: &JobKind, ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
-        let JobKind::Render(recipe) = kind;
+        let JobKind::Render(recipe) = kind else {
+            return Err(EngineError::BadInterpolationInput {
+                problem: "this test runner only renders".to_owned(),
+            });
+        };
         for step in 0..self.0 {
             ctx.check()?;
             std::thread::sleep(std::time::Duration::from_millis(5));

@@ -377,6 +377,53 @@ impl Recipe {
     }
 }
 
+/// Interpolating an existing clip with RIFE (`stillmotion interpolate`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterpolateRequest {
+    /// A video file (MP4, MOV, WebM, GIF) or a folder of PNG frames (sorted by name).
+    pub input: PathBuf,
+    /// Frame rate of a PNG-frame folder (video files carry their own).
+    pub frames_fps: u32,
+    /// Output frames per input pair: (n−1)·multiplier+1 frames at fps × multiplier.
+    pub multiplier: u32,
+    /// Also interpolate from the last frame back to the first (for loops).
+    pub loop_clip: bool,
+    /// A video file, or a folder (no extension) for PNG frames.
+    pub output: PathBuf,
+}
+
+impl InterpolateRequest {
+    /// Checks the request before any work; the error names the flag.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        if !(self.input.is_file() || self.input.is_dir()) {
+            return Err(EngineError::BadRecipe {
+                field: "in",
+                problem: format!("does not exist: {}", self.input.display()),
+            });
+        }
+        if !(2..=16).contains(&self.multiplier) {
+            return Err(EngineError::BadRecipe {
+                field: "multiplier",
+                problem: format!("must be within 2..=16, got {}", self.multiplier),
+            });
+        }
+        if self.frames_fps == 0 {
+            return Err(EngineError::BadRecipe {
+                field: "fps",
+                problem: "must be at least 1".to_owned(),
+            });
+        }
+        if self.output.as_os_str().is_empty() {
+            return Err(EngineError::BadRecipe {
+                field: "out",
+                problem: "needs a file or folder to write to".to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
 fn require_file(field: &'static str, path: &Path) -> Result<(), EngineError> {
     if path.as_os_str().is_empty() {
         return Err(EngineError::BadRecipe {

@@ -1,10 +1,12 @@
 //! The headless command line: `stillmotion render …` (and, as it lands, `stillmotion
 //! interpolate …`). It builds the same [`Recipe`] the GUI builds and drives the same engine.
 
+mod interpolate_args;
 mod render;
 mod render_args;
 
-pub use render::{event_json, run as run_render};
+pub use interpolate_args::InterpolateArgs;
+pub use render::{event_json, run as run_render, run_interpolate};
 pub use render_args::{RenderArgs, parse_cfg, parse_lora};
 
 /// Exit codes that let scripts tell bad input from a failure.

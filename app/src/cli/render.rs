@@ -1,35 +1,58 @@
-//! Running `stillmotion render`: submit the recipe to the engine thread and report its events,
-//! as a one-line progress display on a terminal or as JSON lines with `--json`.
+//! Running a headless job (`stillmotion render`, `stillmotion interpolate`): submit it to the
+//! engine thread and report its events, as a one-line progress display on a terminal or as JSON
+//! lines with `--json`.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 
 use stillmotion_engine::runtime::{Command, EngineHandle, Event, JobKind, JobRunner};
 
-use super::{RenderArgs, exit_code};
+use super::{InterpolateArgs, RenderArgs, exit_code};
 
 /// Renders `args` with `runner`, returning the process exit code. Ctrl+C cancels the job.
 pub fn run(args: &RenderArgs, runner: impl JobRunner) -> u8 {
-    let recipe = match args.to_recipe() {
-        Ok(recipe) => recipe,
+    match args.to_recipe() {
+        Ok(recipe) => run_job(
+            "render",
+            JobKind::Render(Box::new(recipe)),
+            runner,
+            args.json,
+        ),
         Err(error) => {
             eprintln!("stillmotion render: {error:#}");
-            return exit_code::BAD_INPUT;
+            exit_code::BAD_INPUT
         }
-    };
+    }
+}
+
+/// Interpolates a clip as `args` says, returning the process exit code.
+pub fn run_interpolate(args: &InterpolateArgs, runner: impl JobRunner) -> u8 {
+    match args.to_request() {
+        Ok(request) => run_job(
+            "interpolate",
+            JobKind::Interpolate(Box::new(request)),
+            runner,
+            args.json,
+        ),
+        Err(error) => {
+            eprintln!("stillmotion interpolate: {error:#}");
+            exit_code::BAD_INPUT
+        }
+    }
+}
+
+/// Runs one job on a fresh engine thread and reports it; Ctrl+C cancels it.
+fn run_job(name: &str, kind: JobKind, runner: impl JobRunner, json: bool) -> u8 {
     let engine = match EngineHandle::spawn(runner, || {}) {
         Ok(engine) => engine,
         Err(error) => {
-            eprintln!("stillmotion render: {error:#}");
+            eprintln!("stillmotion {name}: {error:#}");
             return exit_code::FAILED;
         }
     };
     let job_id = 1;
-    if let Err(error) = engine.send(Command::Submit {
-        job_id,
-        kind: JobKind::Render(Box::new(recipe)),
-    }) {
-        eprintln!("stillmotion render: {error:#}");
+    if let Err(error) = engine.send(Command::Submit { job_id, kind }) {
+        eprintln!("stillmotion {name}: {error:#}");
         return exit_code::FAILED;
     }
     let (interrupt_sender, interrupt) = crossbeam_channel::bounded::<()>(1);
@@ -38,7 +61,7 @@ pub fn run(args: &RenderArgs, runner: impl JobRunner) -> u8 {
     }) {
         tracing::warn!("Ctrl+C will not cancel cleanly: {error}");
     }
-    let terminal = std::io::stderr().is_terminal() && !args.json;
+    let terminal = std::io::stderr().is_terminal() && !json;
     loop {
         crossbeam_channel::select! {
             recv(interrupt) -> _ => {
@@ -46,10 +69,10 @@ pub fn run(args: &RenderArgs, runner: impl JobRunner) -> u8 {
             }
             recv(engine.events()) -> event => {
                 let Ok(event) = event else {
-                    eprintln!("stillmotion render: the engine stopped unexpectedly");
+                    eprintln!("stillmotion {name}: the engine stopped unexpectedly");
                     return exit_code::FAILED;
                 };
-                if args.json {
+                if json {
                     println!("{}", event_json(&event));
                     let _ = std::io::stdout().flush();
                 } else {

@@ -18,6 +18,7 @@
 //! model's config (the DiT's is read from the tensor shapes).
 
 mod denoiser;
+mod interpolate_job;
 mod models;
 mod output;
 mod runner;

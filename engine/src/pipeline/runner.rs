@@ -24,7 +24,7 @@ use crate::wan_vae::i2v_condition;
 /// Renders recipes, keeping the models loaded between jobs.
 #[derive(Default)]
 pub struct PipelineRunner {
-    models: ModelCache,
+    pub(super) models: ModelCache,
     /// RIFE weights; `None` finds them where the app installs them.
     rife_weights: Option<PathBuf>,
 }
@@ -198,13 +198,7 @@ impl PipelineRunner {
         })?;
 
         if let Some(multiplier) = multiplier {
-            let path = match &self.rife_weights {
-                Some(path) => path.clone(),
-                None => crate::paths::rife_weights_path().map_err(|e| EngineError::BadRecipe {
-                    field: "interpolation",
-                    problem: format!("needs the RIFE weights, whose location is unreadable ({e})"),
-                })?,
-            };
+            let path = self.rife_weights_path()?;
             let rife = self.models.rife(&path, &device)?;
             let settings = InterpolationSettings::with_multiplier(multiplier);
             // `check` (not the bare token) also takes in Cancel commands sent meanwhile.
@@ -233,10 +227,24 @@ impl PipelineRunner {
     }
 }
 
+impl PipelineRunner {
+    /// The RIFE weights: the path given to this runner, else the cached download.
+    pub(super) fn rife_weights_path(&self) -> Result<PathBuf, EngineError> {
+        match &self.rife_weights {
+            Some(path) => Ok(path.clone()),
+            None => crate::paths::rife_weights_path().map_err(|e| EngineError::BadRecipe {
+                field: "interpolation",
+                problem: format!("needs the RIFE weights, whose location is unreadable ({e})"),
+            }),
+        }
+    }
+}
+
 impl JobRunner for PipelineRunner {
     fn run(&mut self, kind: &JobKind, ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
         match kind {
             JobKind::Render(recipe) => self.render(recipe, ctx),
+            JobKind::Interpolate(request) => self.interpolate_clip(request, ctx),
         }
     }
 

@@ -12,6 +12,8 @@ pub type JobId = u64;
 pub enum JobKind {
     /// Render a recipe from image and prompt to a video file.
     Render(Box<crate::recipe::Recipe>),
+    /// Interpolate an existing clip with RIFE.
+    Interpolate(Box<crate::recipe::InterpolateRequest>),
 }
 
 /// What a finished job produced.

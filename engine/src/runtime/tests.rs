@@ -18,7 +18,11 @@ struct StepRunner {
 
 impl JobRunner for StepRunner {
     fn run(&mut self, kind: &JobKind, ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
-        let JobKind::Render(recipe) = kind;
+        let JobKind::Render(recipe) = kind else {
+            return Err(EngineError::BadInterpolationInput {
+                problem: "this test runner only renders".to_owned(),
+            });
+        };
         for step in 0..self.steps {
             ctx.check()?;
             std::thread::sleep(self.step_time);

@@ -1,0 +1,141 @@
+//! `JobKind::Interpolate`: RIFE over an existing clip (a video file or a folder of PNG frames),
+//! streamed frame by frame from the reader into the writer.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use image::RgbImage;
+
+use super::output::format_for_output;
+use super::runner::PipelineRunner;
+use crate::EngineError;
+use crate::image_input::DEFAULT_MAX_PIXELS;
+use crate::recipe::InterpolateRequest;
+use crate::rife::{InterpolationContext, InterpolationSettings, PairProgress, interpolate_stream};
+use crate::runtime::{JobContext, JobOutput, Stage};
+use crate::video::{EncodeSettings, FrameRate, VideoReader, VideoWriter};
+
+/// Where the input frames come from.
+enum Frames {
+    Video(VideoReader),
+    Pngs(std::vec::IntoIter<PathBuf>),
+}
+
+impl Frames {
+    fn next_frame(&mut self) -> Option<Result<RgbImage, EngineError>> {
+        match self {
+            Self::Video(reader) => reader.next_frame().transpose(),
+            Self::Pngs(paths) => paths
+                .next()
+                .map(|path| crate::image_input::load_rgb8(&path, DEFAULT_MAX_PIXELS)),
+        }
+    }
+}
+
+/// The PNG files of a folder, sorted by name; at least two.
+fn png_frames(dir: &Path) -> Result<Vec<PathBuf>, EngineError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|error| EngineError::io("listing frames", dir, error))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|error| EngineError::io("listing frames", dir, error))?
+            .path();
+        if path
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("png"))
+        {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    if paths.len() < 2 {
+        return Err(EngineError::BadInterpolationInput {
+            problem: format!(
+                "a folder to interpolate needs at least 2 PNG frames, found {}: {}",
+                paths.len(),
+                dir.display()
+            ),
+        });
+    }
+    Ok(paths)
+}
+
+impl PipelineRunner {
+    /// Interpolates `request.input` into `request.output`.
+    pub(super) fn interpolate_clip(
+        &mut self,
+        request: &InterpolateRequest,
+        ctx: &JobContext<'_>,
+    ) -> Result<JobOutput, EngineError> {
+        request.validate()?;
+        let format = format_for_output(&request.output)?;
+        let (mut frames, fps, frame_count) = if request.input.is_dir() {
+            let paths = png_frames(&request.input)?;
+            let count = paths.len();
+            (
+                Frames::Pngs(paths.into_iter()),
+                FrameRate::whole(request.frames_fps),
+                Some(count),
+            )
+        } else {
+            let reader = VideoReader::open(&request.input, DEFAULT_MAX_PIXELS)?;
+            let fps = reader.fps();
+            (Frames::Video(reader), fps, None)
+        };
+        let first = frames
+            .next_frame()
+            .ok_or_else(|| EngineError::BadInterpolationInput {
+                problem: format!("the clip has no frames: {}", request.input.display()),
+            })??;
+        ctx.progress(Stage::LoadingWeights, 0, 1);
+        // RIFE runs on the CPU until its CUDA warp kernel lands (issue 12).
+        let weights = self.rife_weights_path()?;
+        let rife = self.models.rife(&weights, &Device::Cpu)?;
+        ctx.progress(Stage::LoadingWeights, 1, 1);
+        let settings = EncodeSettings {
+            format,
+            fps: FrameRate {
+                numerator: fps.numerator * request.multiplier,
+                denominator: fps.denominator,
+            },
+            ..EncodeSettings::default()
+        };
+        let mut writer = VideoWriter::create(
+            &request.output,
+            &settings,
+            first.width(),
+            first.height(),
+            None,
+        )?;
+        let cancel = ctx.cancel_token().flag();
+        let mut interpolation = InterpolationSettings::with_multiplier(request.multiplier as usize);
+        interpolation.loop_clip = request.loop_clip;
+        // `check` (not the bare token) also takes in Cancel commands sent meanwhile.
+        let is_cancelled = || ctx.check().is_err();
+        let mut on_progress = |p: PairProgress| {
+            let total = p.pairs_total.unwrap_or(p.pairs_done);
+            ctx.progress(
+                Stage::Interpolating,
+                u32::try_from(p.pairs_done).unwrap_or(u32::MAX),
+                u32::try_from(total).unwrap_or(u32::MAX),
+            );
+        };
+        let mut rife_ctx = InterpolationContext {
+            is_cancelled: &is_cancelled,
+            on_progress: &mut on_progress,
+        };
+        let rest = std::iter::from_fn(|| frames.next_frame());
+        interpolate_stream(
+            rife,
+            std::iter::once(Ok(first)).chain(rest),
+            frame_count,
+            &interpolation,
+            &mut rife_ctx,
+            &mut |frame| writer.push(&frame, cancel),
+        )?;
+        ctx.check()?;
+        let path = writer.finish()?;
+        Ok(JobOutput { path })
+    }
+}
