@@ -119,8 +119,11 @@ fn render_validates_then_queues_and_the_queue_follows_engine_events() {
     let png = write_png(dir.path(), "still.png", 64, 48);
     let mut harness = app(StartOptions { image: Some(png) });
     harness.run();
-    // Shipped presets are listed and one is applied on first start.
-    assert!(!harness.state().settings().preset.is_empty());
+    // Shipped presets are listed and the default one is applied on first start.
+    assert_eq!(
+        harness.state().settings().preset,
+        stillmotion_app::cli::DEFAULT_PRESET
+    );
 
     // No prompt and no model files: the render is refused with the field named, nothing queued.
     harness.get_by_label("Render").click();

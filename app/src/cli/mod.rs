@@ -7,7 +7,7 @@ mod render_args;
 
 pub use interpolate_args::InterpolateArgs;
 pub use render::{event_json, run as run_render, run_interpolate};
-pub use render_args::{RenderArgs, parse_cfg, parse_lora};
+pub use render_args::{DEFAULT_PRESET, RenderArgs, parse_cfg, parse_lora};
 
 /// Exit codes that let scripts tell bad input from a failure.
 pub mod exit_code {
