@@ -102,7 +102,10 @@ impl StillmotionApp {
         if !presets
             .iter()
             .any(|(stem, _)| *stem == state.settings.preset)
-            && let Some((stem, preset)) = presets.first()
+            && let Some((stem, preset)) = presets
+                .iter()
+                .find(|(stem, _)| stem == crate::cli::DEFAULT_PRESET)
+                .or_else(|| presets.first())
         {
             state.settings.apply_preset(stem, preset);
         }
