@@ -107,16 +107,17 @@ fn test() -> anyhow::Result<()> {
     ]))?;
     deps_rule::check()?;
     cuda::compile_check()?;
-    // The GUI smoke test first, so the test runner's own summary is the last thing printed
-    // (a run that executed no test stays visible). The binary is the one the tests use.
-    println!("xtask: GUI smoke test under Xvfb");
+    // Build everything the tests need (the app binary included, with the tests' feature set so
+    // nothing builds twice), then the GUI smoke test on that binary, then the tests: cargo's
+    // own summary is the last thing printed, so a run that executed no test stays visible.
+    println!("xtask: building the test suite");
     cargo::run(&mut cargo::command(&[
-        "build",
-        "-p",
-        "stillmotion-app",
-        "--bin",
-        "stillmotion",
+        "test",
+        "--workspace",
+        "--all-targets",
+        "--no-run",
     ]))?;
+    println!("xtask: GUI smoke test under Xvfb");
     let target = cargo::target_dir();
     let screenshot = smoke::run(
         &target.join("debug").join("stillmotion"),
