@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 
 use crate::EngineError;
+use crate::weights::expect_shape;
 use crate::weights::{Header, TensorEntry};
 
 const ORIG_SHAPE: &str = "comfy.gguf.orig_shape.";
@@ -178,15 +179,7 @@ impl SimpleBackend for GgufBackend {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let tensor = self.get_unchecked(name, dtype, dev)?;
-        if tensor.shape() != &s {
-            return Err(candle_core::Error::UnexpectedShape {
-                msg: format!("shape mismatch for {name}"),
-                expected: s,
-                got: tensor.shape().clone(),
-            });
-        }
-        Ok(tensor)
+        expect_shape(self.get_unchecked(name, dtype, dev)?, s, name)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {

@@ -422,6 +422,23 @@ impl MappedFiles {
     }
 }
 
+/// `tensor` if it has the `expected` shape, else candle's shape error naming the tensor.
+/// Shared by the candle backends over our weight files (safetensors here, GGUF in gguf.rs).
+pub(crate) fn expect_shape(
+    tensor: Tensor,
+    expected: Shape,
+    name: &str,
+) -> candle_core::Result<Tensor> {
+    if tensor.shape() != &expected {
+        return Err(candle_core::Error::UnexpectedShape {
+            msg: format!("shape mismatch for {name}"),
+            expected,
+            got: tensor.shape().clone(),
+        });
+    }
+    Ok(tensor)
+}
+
 struct MappedBackend {
     mmap: MmapedSafetensors,
     names: HashMap<String, String>,
@@ -437,15 +454,7 @@ impl SimpleBackend for MappedBackend {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let tensor = self.get_unchecked(name, dtype, dev)?;
-        if tensor.shape() != &s {
-            return Err(candle_core::Error::UnexpectedShape {
-                msg: format!("shape mismatch for {name}"),
-                expected: s,
-                got: tensor.shape().clone(),
-            });
-        }
-        Ok(tensor)
+        expect_shape(self.get_unchecked(name, dtype, dev)?, s, name)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
