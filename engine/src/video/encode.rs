@@ -327,31 +327,10 @@ fn build_graph(
     height: u32,
     time_base: Rational,
 ) -> Result<filter::Graph, Problem> {
-    let mut graph = filter::Graph::new();
     let args = format!(
         "video_size={width}x{height}:pix_fmt=rgb24:time_base={}/{}:pixel_aspect=1/1",
         time_base.numerator(),
         time_base.denominator()
     );
-    let buffer = filter::find("buffer").ok_or("libav has no buffer filter")?;
-    let sink = filter::find("buffersink").ok_or("libav has no buffersink filter")?;
-    graph
-        .add(&buffer, "in", &args)
-        .map_err(failed("creating the filter source"))?;
-    graph
-        .add(&sink, "out", "")
-        .map_err(failed("creating the filter sink"))?;
-    graph
-        .get("out")
-        .ok_or("the filter graph lost its output")?
-        .set_pixel_format(pixel);
-    graph
-        .output("in", 0)
-        .and_then(|parser| parser.input("out", 0))
-        .and_then(|parser| parser.parse(spec))
-        .map_err(failed("building the colour conversion"))?;
-    graph
-        .validate()
-        .map_err(failed("checking the colour conversion"))?;
-    Ok(graph)
+    super::graph::conversion_graph(&args, spec, pixel)
 }

@@ -18,6 +18,7 @@
 //! overwritten: the next free numbered name (`name-1.ext`, `name-2.ext`, …) is used.
 
 mod encode;
+mod graph;
 mod paths;
 pub mod reader;
 pub mod recipe;

@@ -204,9 +204,6 @@ fn rgb_converter(
     first: &frame::Video,
     time_base: ffmpeg::Rational,
 ) -> Result<filter::Graph, String> {
-    let failed =
-        |what: &'static str| move |error: ffmpeg::Error| format!("{what} failed ({error})");
-    let mut graph = filter::Graph::new();
     let pixel: ffmpeg::ffi::AVPixelFormat = first.format().into();
     let args = format!(
         "video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect=1/1",
@@ -225,27 +222,7 @@ fn rgb_converter(
         "scale=in_color_matrix={}:in_range={range}:out_range=pc:flags=bicubic+accurate_rnd+full_chroma_int,format=rgb24",
         matrix_name(first.color_space())
     );
-    let buffer = filter::find("buffer").ok_or("libav has no buffer filter")?;
-    let sink = filter::find("buffersink").ok_or("libav has no buffersink filter")?;
-    graph
-        .add(&buffer, "in", &args)
-        .map_err(failed("creating the filter source"))?;
-    graph
-        .add(&sink, "out", "")
-        .map_err(failed("creating the filter sink"))?;
-    graph
-        .get("out")
-        .ok_or("the filter graph lost its output")?
-        .set_pixel_format(format::Pixel::RGB24);
-    graph
-        .output("in", 0)
-        .and_then(|parser| parser.input("out", 0))
-        .and_then(|parser| parser.parse(&spec))
-        .map_err(failed("building the colour conversion"))?;
-    graph
-        .validate()
-        .map_err(failed("checking the colour conversion"))?;
-    Ok(graph)
+    super::graph::conversion_graph(&args, &spec, format::Pixel::RGB24)
 }
 
 fn push_and_pull(
