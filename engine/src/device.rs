@@ -83,6 +83,23 @@ fn cuda_device() -> Result<SelectedDevice, String> {
     }
 }
 
+/// Where to find cuDNN for the fused attention, in order: `$STILLMOTION_CUDNN_LIBRARY`, the
+/// copy `cargo xtask` installs under the cache folder, then the system loader's
+/// `libcudnn.so.9`. Without any, the GPU runs our own attention kernel.
+#[must_use]
+pub fn kernel_options() -> stillmotion_kernels::KernelOptions {
+    let mut libraries = Vec::new();
+    if let Some(path) = std::env::var_os("STILLMOTION_CUDNN_LIBRARY") {
+        libraries.push(std::path::PathBuf::from(path));
+    }
+    libraries.push(crate::paths::cache_dir().join("cudnn-pip/site/nvidia/cudnn/lib/libcudnn.so.9"));
+    libraries.push(std::path::PathBuf::from("libcudnn.so.9"));
+    stillmotion_kernels::KernelOptions {
+        cudnn_libraries: libraries,
+        attention: stillmotion_kernels::AttentionChoice::Auto,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,4 +26,8 @@ pub enum KernelError {
         kernel: &'static str,
         device: String,
     },
+
+    /// A CUDA call failed (driver, cuBLASLt, cuDNN or one of our kernels).
+    #[error("CUDA: {problem}")]
+    Cuda { problem: String },
 }

@@ -13,12 +13,19 @@
     reason = "FFI, kernel launches and dynamic loading of NVIDIA libraries live here"
 )]
 
+pub mod attention;
 mod driver;
 mod error;
+pub mod glue;
+#[cfg(feature = "cuda")]
+mod gpu;
+mod kernels;
+pub mod linear;
 pub mod warp;
 
 pub use driver::{DriverProbe, probe_cuda_driver};
 pub use error::KernelError;
+pub use kernels::{AttentionBackend, AttentionChoice, KernelOptions, Kernels};
 
 /// Whether this build of the kernels includes the CUDA implementations.
 #[must_use]

@@ -8,10 +8,12 @@
 //! - `setup`: only install what is missing (system packages, RIFE weights).
 //! - `check-deps`: only check that the engine does not depend on GUI crates.
 //! - `smoke`: open the built debug app under Xvfb and keep a screenshot.
+//! - `bench-gpu`: build the GPU benchmark with CUDA and stage it for `bench/run-gpu.sh`.
 //!
 //! Builds use a target folder under the user's cache directory (`$CARGO_TARGET_DIR` wins), so
 //! a fresh clone of the repository reuses earlier builds.
 
+mod bench_gpu;
 mod cargo;
 mod cuda;
 mod deps_rule;
@@ -22,7 +24,8 @@ mod system_packages;
 
 use anyhow::{Context, bail};
 
-const USAGE: &str = "usage: cargo xtask <run [-- ARGS] | test | setup | check-deps | smoke>";
+const USAGE: &str =
+    "usage: cargo xtask <run [-- ARGS] | test | setup | check-deps | smoke | bench-gpu>";
 
 fn main() -> std::process::ExitCode {
     match run(&std::env::args().skip(1).collect::<Vec<_>>()) {
@@ -45,6 +48,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         "run" => run_app(rest),
         "test" => test(),
         "check-deps" => deps_rule::check(),
+        "bench-gpu" => bench_gpu::stage(),
         "smoke" => {
             let target = cargo::target_dir();
             let shot = smoke::run(&target.join("debug/stillmotion"), &target.join("smoke"))?;

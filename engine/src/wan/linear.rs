@@ -3,8 +3,10 @@
 //! `comfy_quant` format). Float8 weights stay resident as float8 and are dequantized at use,
 //! `weight.to(dtype) * scale`, the dequantization ComfyUI applies before its matmul.
 
-use candle_core::{DType, Module, Shape, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_core::{DType, Shape, Tensor};
+use candle_nn::VarBuilder;
+use stillmotion_kernels::Kernels;
+use stillmotion_kernels::linear::{Epilogue, linear};
 
 use crate::EngineError;
 
@@ -91,18 +93,51 @@ impl Lin {
         }
     }
 
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
-        let weight = match &self.weight {
+    /// The dtype the layer computes in (the weight's, or the dequantization target).
+    pub(super) fn dtype(&self) -> DType {
+        match &self.weight {
+            Weight::Plain(w) => w.dtype(),
+            Weight::Scaled { dtype, .. } => *dtype,
+        }
+    }
+
+    fn weight(&self) -> Result<Tensor, EngineError> {
+        Ok(match &self.weight {
             Weight::Plain(w) => w.clone(),
             Weight::Scaled {
                 weight,
                 scale,
                 dtype,
             } => weight.to_dtype(*dtype)?.affine(*scale, 0.0)?,
-        };
-        let x = x.to_dtype(weight.dtype())?;
-        let bias = self.bias.to_dtype(weight.dtype())?;
-        Ok(Linear::new(weight, Some(bias)).forward(&x)?)
+        })
+    }
+
+    pub(super) fn forward(&self, kernels: &Kernels, x: &Tensor) -> Result<Tensor, EngineError> {
+        self.forward_with(kernels, x, Epilogue::None)
+    }
+
+    /// The layer followed by GELU (tanh approximation), fused into the GEMM on CUDA.
+    pub(super) fn forward_gelu(
+        &self,
+        kernels: &Kernels,
+        x: &Tensor,
+    ) -> Result<Tensor, EngineError> {
+        self.forward_with(kernels, x, Epilogue::GeluTanh)
+    }
+
+    fn forward_with(
+        &self,
+        kernels: &Kernels,
+        x: &Tensor,
+        epilogue: Epilogue,
+    ) -> Result<Tensor, EngineError> {
+        Ok(linear(
+            kernels,
+            x,
+            &self.weight()?,
+            Some(&self.bias),
+            epilogue,
+        )?)
     }
 }
 
@@ -136,7 +171,11 @@ mod tests {
         let lin = Lin::new(2, 2, &vb.pp("l")).unwrap();
         assert_eq!(lin.stored_dtype(), DType::F8E4M3);
         let x = Tensor::new(&[[1.0_f32, 1.0]], &dev).unwrap();
-        let y = lin.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+        let y = lin
+            .forward(&Kernels::cpu(), &x)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         let expected = [-0.01_f32 + 0.25, 0.01 * 4.5];
         for (a, b) in y[0].iter().zip(expected) {
             assert!((a - b).abs() < 1e-7, "{y:?} vs {expected:?}");
@@ -164,7 +203,10 @@ mod tests {
             ]);
             let lin = Lin::new(2, 2, &VarBuilder::from_tensors(tensors, dtype, &dev)).unwrap();
             let y = lin
-                .forward(&Tensor::new(&[[1.0_f32, 1.0]], &dev).unwrap())
+                .forward(
+                    &Kernels::cpu(),
+                    &Tensor::new(&[[1.0_f32, 1.0]], &dev).unwrap(),
+                )
                 .unwrap();
             assert_eq!(y.dtype(), dtype);
             let y = y.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();

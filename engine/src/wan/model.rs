@@ -7,6 +7,9 @@ use std::hash::BuildHasher;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use stillmotion_kernels::Kernels;
+use stillmotion_kernels::glue::{self, Modulation};
+
 use super::attention::attention;
 use super::config::Config;
 use super::linear::Lin;
@@ -15,39 +18,43 @@ use super::time::{PerToken, Timesteps};
 use super::weights::to_original_layout;
 use crate::EngineError;
 
-/// LayerNorm over the last dim in float32 (the reference casts to float32 first); layers
-/// without parameters use weight 1 and bias 0.
+/// LayerNorm over the last dim in float32 (the reference casts to float32 first), fused with
+/// the adaLN modulation that follows it; layers without parameters have no affine part.
 #[derive(Clone, Debug)]
 struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
+    affine: Option<(Tensor, Tensor)>,
     eps: f32,
 }
 
 impl LayerNorm {
-    fn plain(dim: usize, eps: f64, device: &Device) -> Result<Self, EngineError> {
-        Ok(Self {
-            weight: Tensor::ones(dim, DType::F32, device)?,
-            bias: Tensor::zeros(dim, DType::F32, device)?,
+    fn plain(eps: f64) -> Self {
+        Self {
+            affine: None,
             eps: eps as f32,
-        })
+        }
     }
 
     fn affine(dim: usize, eps: f64, vb: &VarBuilder<'_>) -> Result<Self, EngineError> {
         Ok(Self {
-            weight: vb.get(dim, "weight")?.to_dtype(DType::F32)?,
-            bias: vb.get(dim, "bias")?.to_dtype(DType::F32)?,
+            affine: Some((
+                vb.get(dim, "weight")?.to_dtype(DType::F32)?,
+                vb.get(dim, "bias")?.to_dtype(DType::F32)?,
+            )),
             eps: eps as f32,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
-        let x = x.to_dtype(DType::F32)?.contiguous()?;
-        Ok(candle_nn::ops::layer_norm(
-            &x,
-            &self.weight,
-            &self.bias,
-            self.eps,
+    /// The normalised (and modulated) rows, in `dtype` for the layer that consumes them.
+    fn forward(
+        &self,
+        kernels: &Kernels,
+        x: &Tensor,
+        modulation: Option<Modulation<'_>>,
+        dtype: DType,
+    ) -> Result<Tensor, EngineError> {
+        let affine = self.affine.as_ref().map(|(w, b)| (w, b));
+        Ok(glue::layer_norm_modulate(
+            kernels, x, affine, modulation, self.eps, dtype,
         )?)
     }
 }
@@ -67,9 +74,8 @@ impl RmsNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
-        let x = x.to_dtype(DType::F32)?.contiguous()?;
-        Ok(candle_nn::ops::rms_norm(&x, &self.weight, self.eps)?)
+    fn forward(&self, kernels: &Kernels, x: &Tensor) -> Result<Tensor, EngineError> {
+        Ok(glue::rms_norm(kernels, x, &self.weight, self.eps)?)
     }
 }
 
@@ -115,24 +121,25 @@ impl Attention {
     /// and k (self-attention only).
     fn forward(
         &self,
+        kernels: &Kernels,
         x: &Tensor,
         source: &Tensor,
         rope: Option<&Rope>,
     ) -> Result<Tensor, EngineError> {
         let (b, l, c) = x.dims3()?;
         let normed = |norm: &Option<RmsNorm>, t: Tensor| match norm {
-            Some(n) => n.forward(&t),
+            Some(n) => n.forward(kernels, &t),
             None => Ok(t),
         };
-        let q = self.heads(&normed(&self.norm_q, self.q.forward(x)?)?)?;
-        let k = self.heads(&normed(&self.norm_k, self.k.forward(source)?)?)?;
-        let v = self.heads(&self.v.forward(source)?)?;
+        let q = self.heads(&normed(&self.norm_q, self.q.forward(kernels, x)?)?)?;
+        let k = self.heads(&normed(&self.norm_k, self.k.forward(kernels, source)?)?)?;
+        let v = self.heads(&self.v.forward(kernels, source)?)?;
         let (q, k) = match rope {
-            Some(rope) => (rope.apply(&q)?, rope.apply(&k)?),
+            Some(rope) => (rope.apply(kernels, &q)?, rope.apply(kernels, &k)?),
             None => (q, k),
         };
-        let out = attention(&q, &k, &v)?.reshape((b, l, c))?;
-        self.o.forward(&out)
+        let out = attention(kernels, &q, &k, &v)?.reshape((b, l, c))?;
+        self.o.forward(kernels, &out)
     }
 }
 
@@ -152,9 +159,8 @@ struct Block {
 
 impl Block {
     fn new(cfg: &Config, vb: &VarBuilder<'_>) -> Result<Self, EngineError> {
-        let dev = vb.device();
         Ok(Self {
-            norm1: LayerNorm::plain(cfg.dim, cfg.eps, dev)?,
+            norm1: LayerNorm::plain(cfg.eps),
             self_attn: Attention::new(cfg, &vb.pp("self_attn"))?,
             norm3: if cfg.cross_attn_norm {
                 Some(LayerNorm::affine(cfg.dim, cfg.eps, &vb.pp("norm3"))?)
@@ -162,7 +168,7 @@ impl Block {
                 None
             },
             cross_attn: Attention::new(cfg, &vb.pp("cross_attn"))?,
-            norm2: LayerNorm::plain(cfg.dim, cfg.eps, dev)?,
+            norm2: LayerNorm::plain(cfg.eps),
             ffn0: Lin::new(cfg.dim, cfg.ffn_dim, &vb.pp("ffn.0"))?,
             ffn2: Lin::new(cfg.ffn_dim, cfg.dim, &vb.pp("ffn.2"))?,
             modulation: vb
@@ -174,39 +180,47 @@ impl Block {
     /// `x` `[B, L, C]` float32, `e0` the time projection rows `[rows, 6, C]`.
     fn forward(
         &self,
+        kernels: &Kernels,
         x: &Tensor,
         e0: &PerToken,
         rope: &Rope,
         context: &Tensor,
     ) -> Result<Tensor, EngineError> {
         let e = e0.map(|t| t.broadcast_add(&self.modulation))?;
-        let modulate = |h: Tensor, shift: usize| -> Result<Tensor, EngineError> {
-            let scale = (e.part(shift + 1)? + 1.0)?;
-            Ok(h.broadcast_mul(&scale)?.broadcast_add(&e.part(shift)?)?)
+        let parts = (0..6)
+            .map(|i| e.part_rows(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows_per_entry = parts[0].1;
+        let modulation = |shift: usize| Modulation {
+            shift: &parts[shift].0,
+            scale: &parts[shift + 1].0,
+            rows_per_entry,
         };
-        let h = modulate(self.norm1.forward(x)?, 0)?;
-        let y = self
-            .self_attn
-            .forward(&h, &h, Some(rope))?
-            .to_dtype(DType::F32)?;
-        let x = (x + y.broadcast_mul(&e.part(2)?)?)?;
+        let dtype = self.ffn0.dtype();
+
+        let h = self.norm1.forward(kernels, x, Some(modulation(0)), dtype)?;
+        let y = self.self_attn.forward(kernels, &h, &h, Some(rope))?;
+        let x = glue::gated_residual(kernels, x, &y, Some((&parts[2].0, rows_per_entry)))?;
 
         let h = match &self.norm3 {
-            Some(norm) => norm.forward(&x)?,
-            None => x.clone(),
+            Some(norm) => norm.forward(kernels, &x, None, dtype)?,
+            None => x.to_dtype(dtype)?,
         };
-        let y = self
-            .cross_attn
-            .forward(&h, context, None)?
-            .to_dtype(DType::F32)?;
-        let x = (x + y)?;
+        let y = self.cross_attn.forward(kernels, &h, context, None)?;
+        let x = glue::gated_residual(kernels, &x, &y, None)?;
 
-        let h = modulate(self.norm2.forward(&x)?, 3)?;
+        let h = self
+            .norm2
+            .forward(kernels, &x, Some(modulation(3)), dtype)?;
         let y = self
             .ffn2
-            .forward(&self.ffn0.forward(&h)?.gelu()?)?
-            .to_dtype(DType::F32)?;
-        Ok((x + y.broadcast_mul(&e.part(5)?)?)?)
+            .forward(kernels, &self.ffn0.forward_gelu(kernels, &h)?)?;
+        Ok(glue::gated_residual(
+            kernels,
+            &x,
+            &y,
+            Some((&parts[5].0, rows_per_entry)),
+        )?)
     }
 }
 
@@ -225,6 +239,8 @@ pub struct WanModel {
     head: Lin,
     /// `[1, 2, dim]`: shift, scale of the output norm.
     head_modulation: Tensor,
+    /// The fused kernels of the weights' device (CPU references on the CPU).
+    kernels: Kernels,
 }
 
 impl WanModel {
@@ -254,12 +270,25 @@ impl WanModel {
             time_embedding2: Lin::new(cfg.dim, cfg.dim, &vb.pp("time_embedding.2"))?,
             time_projection: Lin::new(cfg.dim, 6 * cfg.dim, &vb.pp("time_projection.1"))?,
             blocks,
-            head_norm: LayerNorm::plain(cfg.dim, cfg.eps, vb.device())?,
+            head_norm: LayerNorm::plain(cfg.eps),
             head: Lin::new(cfg.dim, out_width, &vb.pp("head.head"))?,
             head_modulation: vb
                 .get((1, 2, cfg.dim), "head.modulation")?
                 .to_dtype(DType::F32)?,
+            kernels: Kernels::for_device(vb.device(), &crate::device::kernel_options())?,
         })
+    }
+
+    /// The same model running on other kernels (an attention backend chosen by the caller).
+    #[must_use]
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
+    /// The kernels this model runs on.
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
     }
 
     /// Builds the model from a loaded state dict in any supported key layout (original,
@@ -318,9 +347,10 @@ impl WanModel {
             .reshape(vec![b, c, grid[0], pt, grid[1], ph, grid[2], pw])?
             .permute(vec![0, 2, 4, 6, 1, 3, 5, 7])?
             .reshape((b, tokens, c * pt * ph * pw))?;
+        let kernels = &self.kernels;
         let mut x = self
             .patch_embedding
-            .forward(&patches)?
+            .forward(kernels, &patches)?
             .to_dtype(DType::F32)?;
 
         // Time embedding, once per distinct timestep.
@@ -328,12 +358,15 @@ impl WanModel {
         let sinusoid = steps.sinusoid(cfg.freq_dim, cfg.time_embedding, x.device())?;
         let e = self
             .time_embedding2
-            .forward(&self.time_embedding0.forward(&sinusoid)?.silu()?)?
+            .forward(
+                kernels,
+                &self.time_embedding0.forward(kernels, &sinusoid)?.silu()?,
+            )?
             .to_dtype(DType::F32)?;
         let rows = steps.values.len();
         let e0 = self
             .time_projection
-            .forward(&e.silu()?)?
+            .forward(kernels, &e.silu()?)?
             .to_dtype(DType::F32)?
             .reshape((rows, 6, cfg.dim))?;
         let e0 = PerToken::new(e0, &steps, b, tokens)?;
@@ -341,19 +374,24 @@ impl WanModel {
         let context = self.embed_text(context)?;
         let rope = Rope::new(grid, cfg.head_dim(), x.device())?;
         for block in &self.blocks {
-            x = block.forward(&x, &e0, &rope, &context)?;
+            x = block.forward(kernels, &x, &e0, &rope, &context)?;
         }
 
         // Head: modulated norm and projection back to patches.
         let e = PerToken::new(e.reshape((rows, 1, cfg.dim))?, &steps, b, tokens)?
             .map(|e| e.broadcast_add(&self.head_modulation))?;
-        let scale = (e.part(1)? + 1.0)?;
-        let normed = self
-            .head_norm
-            .forward(&x)?
-            .broadcast_mul(&scale)?
-            .broadcast_add(&e.part(0)?)?;
-        let out = self.head.forward(&normed)?.to_dtype(DType::F32)?;
+        let ((shift, rows_per_entry), (scale, _)) = (e.part_rows(0)?, e.part_rows(1)?);
+        let normed = self.head_norm.forward(
+            kernels,
+            &x,
+            Some(Modulation {
+                shift: &shift,
+                scale: &scale,
+                rows_per_entry,
+            }),
+            self.head.dtype(),
+        )?;
+        let out = self.head.forward(kernels, &normed)?.to_dtype(DType::F32)?;
 
         // Unpatchify: [B, tokens, pt·ph·pw·c] -> [B, c, F, H, W].
         let co = cfg.out_dim;
@@ -369,8 +407,8 @@ impl WanModel {
         let (b, len, width) = context.dims3()?;
         let text_len = self.cfg.text_len;
         if !self.cfg.pad_context && width == self.cfg.text_dim {
-            let h = self.text_embedding0.forward(context)?.gelu()?;
-            return self.text_embedding2.forward(&h);
+            let h = self.text_embedding0.forward_gelu(&self.kernels, context)?;
+            return self.text_embedding2.forward(&self.kernels, &h);
         }
         if width != self.cfg.text_dim || len > text_len {
             return Err(EngineError::BadModelInput {
@@ -391,8 +429,8 @@ impl WanModel {
         } else {
             context.clone()
         };
-        let h = self.text_embedding0.forward(&context)?.gelu()?;
-        self.text_embedding2.forward(&h)
+        let h = self.text_embedding0.forward_gelu(&self.kernels, &context)?;
+        self.text_embedding2.forward(&self.kernels, &h)
     }
 }
 

@@ -7,7 +7,9 @@
 //! float32 and rotate in float32, which equals the float64 result to float32 rounding
 //! (proved in the tests below).
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{Device, Tensor};
+
+use stillmotion_kernels::Kernels;
 
 use crate::EngineError;
 
@@ -71,17 +73,12 @@ impl Rope {
         })
     }
 
-    /// Rotates `x` = `[batch, tokens, heads, head_dim]` (float32 result, like the official code).
-    pub fn apply(&self, x: &Tensor) -> Result<Tensor, EngineError> {
-        let (b, s, h, d) = x.dims4()?;
-        let x = x.to_dtype(DType::F32)?.reshape((b, s, h, d / 2, 2))?;
-        let re = x.narrow(D::Minus1, 0, 1)?;
-        let im = x.narrow(D::Minus1, 1, 1)?;
-        let cos = self.cos.reshape((1, s, 1, d / 2, 1))?;
-        let sin = self.sin.reshape((1, s, 1, d / 2, 1))?;
-        let out_re = (re.broadcast_mul(&cos)? - im.broadcast_mul(&sin)?)?;
-        let out_im = (re.broadcast_mul(&sin)? + im.broadcast_mul(&cos)?)?;
-        Ok(Tensor::cat(&[out_re, out_im], D::Minus1)?.reshape((b, s, h, d))?)
+    /// Rotates `x` = `[batch, tokens, heads, head_dim]` (float32 on the CPU, like the official
+    /// code; x's dtype from the CUDA kernel, as the official code casts back before attention).
+    pub fn apply(&self, kernels: &Kernels, x: &Tensor) -> Result<Tensor, EngineError> {
+        Ok(stillmotion_kernels::glue::rope(
+            kernels, x, &self.cos, &self.sin,
+        )?)
     }
 }
 
@@ -135,7 +132,7 @@ mod tests {
         let rope = Rope::new(grid, d, &Device::Cpu).unwrap();
         let xt = Tensor::from_vec(x.clone(), (1, tokens, heads, d), &Device::Cpu).unwrap();
         let ours = rope
-            .apply(&xt)
+            .apply(&Kernels::cpu(), &xt)
             .unwrap()
             .flatten_all()
             .unwrap()

@@ -165,6 +165,16 @@ impl PerToken {
         })
     }
 
+    /// Part `i` as `[entries, width]` with the number of consecutive tokens each entry covers:
+    /// one entry per sample covering all its tokens, or one per token.
+    pub fn part_rows(&self, i: usize) -> Result<(Tensor, usize), EngineError> {
+        let part = self.table.narrow(1, i, 1)?.squeeze(1)?.contiguous()?;
+        match &self.index {
+            None => Ok((part, self.tokens)),
+            Some(index) => Ok((part.index_select(index, 0)?, 1)),
+        }
+    }
+
     /// Part `i`, broadcastable against `[batch, tokens, width]`.
     pub fn part(&self, i: usize) -> Result<Tensor, EngineError> {
         let part = self.table.narrow(1, i, 1)?;

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine, from the repository root, after `cargo xtask bench-gpu` staged
+# bench/stage/ (the release `stillmotion-bench` with CUDA, xz-compressed, and the diffusers
+# wheels). Writes every result line to $OUT/results.jsonl and logs beside it.
+# Usage: bench/run-gpu.sh [quick|full]
+set -uo pipefail
+OUT=${OUT:-/tmp/stillmotion-bench}
+mkdir -p "$OUT"
+MODE=${1:-full}
+TORCH_SITE=/opt/torch/.venv/lib/python3.12/site-packages
+export LD_LIBRARY_PATH=$TORCH_SITE/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}
+export STILLMOTION_CUDNN_LIBRARY=${STILLMOTION_CUDNN_LIBRARY:-$TORCH_SITE/nvidia/cudnn/lib/libcudnn.so.9}
+PY=${PYTHON:-/opt/torch/.venv/bin/python}
+BIN=/tmp/stillmotion-bench-bin
+xz -dc bench/stage/stillmotion-bench.xz > "$BIN" && chmod +x "$BIN"
+if [ -d bench/stage/wheels ]; then
+  $PY -m pip install -q --no-index --no-deps --target /tmp/site bench/stage/wheels/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt"
+R="$OUT/results.jsonl"
+ours() { echo "+ stillmotion-bench $*" >> "$OUT/log.txt"; "$BIN" "$@" 2>>"$OUT/log.txt" | tee -a "$R"; }
+torch_ref() { echo "+ torch_reference.py $*" >> "$OUT/log.txt"; $PY bench/torch_reference.py "$@" 2>>"$OUT/log.txt" | tee -a "$R"; }
+# Peak device memory of each process, sampled every 50 ms.
+peak() { local tag=$1; shift; nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 > "$OUT/mem-$tag.txt" & local p=$!; "$@"; kill $p; echo "{\"kind\": \"peak_mem\", \"run\": \"$tag\", \"mib\": $(sort -n "$OUT/mem-$tag.txt" | tail -1)}" | tee -a "$R"; }
+
+ours parity
+for n in "32760 32760" "32760 512"; do ours attention $n; torch_ref attention $n; done
+ours linear 32760 5120 5120; torch_ref linear 32760 5120 5120
+peak ours-dit-480 ours dit 832 480 81
+peak torch-dit-480 torch_ref dit 832 480 81
+if [ "$MODE" = full ]; then
+  for n in "75600 75600" "147600 147600"; do ours attention $n; torch_ref attention $n; done
+  peak ours-dit-480-flash ours dit 832 480 81 flash
+  peak ours-dit-720 ours dit 1280 720 81
+  peak torch-dit-720 torch_ref dit 1280 720 81
+fi
+echo done >> "$OUT/log.txt"

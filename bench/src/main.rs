@@ -1,0 +1,379 @@
+//! `stillmotion-bench`: timings and GPU-vs-CPU parity of our kernels and models, printed as
+//! one JSON object per line so `bench/run-gpu.sh` can put them beside PyTorch's numbers.
+//!
+//! - `parity`: every kernel and a small DiT on the GPU against the CPU float32 reference;
+//! - `attention TOKENS KEYS`: each attention backend, 40 heads × 128, bf16;
+//! - `linear M K N`: a linear layer with bias, cuBLASLt epilogue against candle's matmul + add;
+//! - `dit WIDTH HEIGHT FRAMES`: one full Wan2.2-I2V-A14B expert forward, random weights, bf16.
+//!
+//! Built by `cargo xtask bench-gpu`, run on a GPU machine. Nothing here asserts a timing.
+
+mod random_weights;
+mod report;
+
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use candle_core::{DType, Device, Tensor};
+use stillmotion_engine::wan::{Config, WanModel};
+use stillmotion_kernels::attention::{attention, reference};
+use stillmotion_kernels::glue::{self, Modulation};
+use stillmotion_kernels::linear::{Epilogue, linear};
+use stillmotion_kernels::{AttentionChoice, Kernels};
+
+use report::{Line, rel_l2};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize, default: usize| -> anyhow::Result<usize> {
+        args.get(i).map_or(Ok(default), |s| {
+            s.parse().with_context(|| format!("argument {s:?}"))
+        })
+    };
+    let device = Device::new_cuda(0).context("this benchmark needs a CUDA device")?;
+    let kernels = Kernels::for_device(&device, &stillmotion_engine::device::kernel_options())?;
+    Line::new("setup")
+        .text("kernels", &kernels.describe())
+        .print();
+    match args.first().map(String::as_str) {
+        Some("parity") => parity(&device, &kernels),
+        Some("attention") => {
+            let tokens = number(1, 32_760)?;
+            bench_attention(&device, &kernels, tokens, number(2, tokens)?)
+        }
+        Some("linear") => bench_linear(
+            &device,
+            &kernels,
+            number(1, 32_760)?,
+            number(2, 5120)?,
+            number(3, 5120)?,
+        ),
+        Some("dit") => bench_dit(
+            &device,
+            &kernels,
+            number(1, 832)?,
+            number(2, 480)?,
+            number(3, 81)?,
+            args.get(4).map(String::as_str),
+        ),
+        _ => bail!(
+            "usage: stillmotion-bench parity | attention TOKENS [KEYS] | linear M K N | dit WIDTH HEIGHT FRAMES [cudnn|flash]"
+        ),
+    }
+}
+
+/// Seconds per call of `f`, after one warm-up call, over `iterations`.
+fn time(
+    device: &Device,
+    iterations: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    f()?;
+    device.synchronize()?;
+    let start = Instant::now();
+    for _ in 0..iterations {
+        f()?;
+    }
+    device.synchronize()?;
+    Ok(start.elapsed().as_secs_f64() / iterations as f64)
+}
+
+fn randn(shape: &[usize], device: &Device, dtype: DType) -> anyhow::Result<Tensor> {
+    Ok(Tensor::randn(0f32, 1.0, shape, device)?.to_dtype(dtype)?)
+}
+
+fn backends(kernels: &Kernels, device: &Device) -> Vec<(AttentionChoice, &'static str)> {
+    let mut list = vec![(AttentionChoice::Flash, "ours")];
+    if kernels
+        .with_attention(AttentionChoice::Auto)
+        .attention_backend(device)
+        == stillmotion_kernels::AttentionBackend::Cudnn
+    {
+        list.insert(0, (AttentionChoice::Cudnn, "cudnn"));
+    }
+    list
+}
+
+fn bench_attention(
+    device: &Device,
+    kernels: &Kernels,
+    tokens: usize,
+    keys: usize,
+) -> anyhow::Result<()> {
+    let (heads, dim) = (40, 128);
+    let q = randn(&[1, tokens, heads, dim], device, DType::BF16)?;
+    let k = randn(&[1, keys, heads, dim], device, DType::BF16)?;
+    let v = randn(&[1, keys, heads, dim], device, DType::BF16)?;
+    // The float32 reference on the first 256 queries (all keys).
+    let rows = tokens.min(256);
+    let expected = reference::attention(&q.narrow(1, 0, rows)?, &k, &v)?;
+    let flops = 4.0 * (heads * tokens * keys * dim) as f64;
+    for (choice, name) in backends(kernels, device) {
+        let kernels = kernels.with_attention(choice);
+        let out = attention(&kernels, &q, &k, &v)?;
+        let error = rel_l2(&out.narrow(1, 0, rows)?, &expected)?;
+        let iterations = if tokens > 50_000 { 3 } else { 10 };
+        let seconds = time(device, iterations, || {
+            attention(&kernels, &q, &k, &v)?;
+            Ok(())
+        })?;
+        Line::new("attention")
+            .text("backend", name)
+            .int("queries", tokens)
+            .int("keys", keys)
+            .num("ms", seconds * 1e3)
+            .num("tflops", flops / seconds / 1e12)
+            .num("rel_l2_vs_f32", error)
+            .print();
+    }
+    Ok(())
+}
+
+fn bench_linear(
+    device: &Device,
+    kernels: &Kernels,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> anyhow::Result<()> {
+    let x = randn(&[m, k], device, DType::BF16)?;
+    let w = (randn(&[n, k], device, DType::F32)? * 0.02)?.to_dtype(DType::BF16)?;
+    let b = randn(&[n], device, DType::BF16)?;
+    let ours = linear(kernels, &x, &w, Some(&b), Epilogue::None)?;
+    let candle = x.matmul(&w.t()?)?.broadcast_add(&b)?;
+    let error = rel_l2(&ours, &candle)?;
+    let flops = 2.0 * (m * k * n) as f64;
+    let fused = time(device, 10, || {
+        linear(kernels, &x, &w, Some(&b), Epilogue::None)?;
+        Ok(())
+    })?;
+    let plain = time(device, 10, || {
+        x.matmul(&w.t()?)?.broadcast_add(&b)?;
+        Ok(())
+    })?;
+    Line::new("linear")
+        .int("m", m)
+        .int("k", k)
+        .int("n", n)
+        .num("cublaslt_bias_ms", fused * 1e3)
+        .num("candle_matmul_add_ms", plain * 1e3)
+        .num("tflops", flops / fused / 1e12)
+        .num("rel_l2_vs_candle", error)
+        .print();
+    Ok(())
+}
+
+/// adaLN parameters for the parity inputs: one entry per sample of 300 tokens.
+fn modulation<'a>(shift: &'a Tensor, scale: &'a Tensor) -> Modulation<'a> {
+    Modulation {
+        shift,
+        scale,
+        rows_per_entry: 300,
+    }
+}
+
+/// Every kernel on the GPU against its CPU reference on the same inputs.
+fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
+    let cpu = Kernels::cpu();
+    let on_cpu = |t: &Tensor| -> anyhow::Result<Tensor> { Ok(t.to_device(&Device::Cpu)?) };
+    let (rows, cols) = (2 * 300, 1024);
+    let x = randn(&[2, 300, cols], device, DType::F32)?;
+    let shift = (randn(&[2, cols], device, DType::F32)? * 0.1)?;
+    let scale = (randn(&[2, cols], device, DType::F32)? * 0.1)?;
+    let w = randn(&[cols], device, DType::F32)?;
+    let b = randn(&[cols], device, DType::F32)?;
+    let gpu_out = glue::layer_norm_modulate(
+        kernels,
+        &x,
+        Some((&w, &b)),
+        Some(modulation(&shift, &scale)),
+        1e-6,
+        DType::F32,
+    )?;
+    let (xc, sc, cc, wc, bc) = (
+        on_cpu(&x)?,
+        on_cpu(&shift)?,
+        on_cpu(&scale)?,
+        on_cpu(&w)?,
+        on_cpu(&b)?,
+    );
+    let cpu_out = glue::layer_norm_modulate(
+        &cpu,
+        &xc,
+        Some((&wc, &bc)),
+        Some(modulation(&sc, &cc)),
+        1e-6,
+        DType::F32,
+    )?;
+    Line::new("parity")
+        .text("kernel", "layer_norm_modulate f32")
+        .num("rel_l2", rel_l2(&gpu_out, &cpu_out)?)
+        .print();
+    let gpu_bf16 = glue::layer_norm_modulate(
+        kernels,
+        &x,
+        None,
+        Some(modulation(&shift, &scale)),
+        1e-6,
+        DType::BF16,
+    )?;
+    let cpu_plain = glue::layer_norm_modulate(
+        &cpu,
+        &xc,
+        None,
+        Some(modulation(&sc, &cc)),
+        1e-6,
+        DType::F32,
+    )?;
+    Line::new("parity")
+        .text("kernel", "layer_norm_modulate bf16 out")
+        .num("rel_l2", rel_l2(&gpu_bf16, &cpu_plain)?)
+        .print();
+
+    let y = randn(&[2, 300, cols], device, DType::BF16)?;
+    let gpu_res = glue::gated_residual(kernels, &x, &y, Some((&scale, 300)))?;
+    let cpu_res = glue::gated_residual(&cpu, &xc, &on_cpu(&y)?, Some((&cc, 300)))?;
+    Line::new("parity")
+        .text("kernel", "gated_residual")
+        .num("rel_l2", rel_l2(&gpu_res, &cpu_res)?)
+        .print();
+
+    let xr = randn(&[rows, cols], device, DType::F32)?;
+    let gpu_rms = glue::rms_norm(kernels, &xr, &w, 1e-6)?;
+    let cpu_rms = glue::rms_norm(&cpu, &on_cpu(&xr)?, &wc, 1e-6)?;
+    Line::new("parity")
+        .text("kernel", "rms_norm f32")
+        .num("rel_l2", rel_l2(&gpu_rms, &cpu_rms)?)
+        .print();
+
+    let q = randn(&[2, 300, 8, 128], device, DType::F32)?;
+    let cos = randn(&[300, 64], device, DType::F32)?.cos()?;
+    let sin = randn(&[300, 64], device, DType::F32)?.sin()?;
+    let gpu_rope = glue::rope(kernels, &q, &cos, &sin)?;
+    let cpu_rope = glue::rope(&cpu, &on_cpu(&q)?, &on_cpu(&cos)?, &on_cpu(&sin)?)?;
+    Line::new("parity")
+        .text("kernel", "rope f32")
+        .num("rel_l2", rel_l2(&gpu_rope, &cpu_rope)?)
+        .print();
+
+    for (k_len, d) in [(300, 128), (77, 64), (1000, 128)] {
+        let q = randn(&[2, 300, 8, d], device, DType::BF16)?;
+        let k = randn(&[2, k_len, 8, d], device, DType::BF16)?;
+        let v = randn(&[2, k_len, 8, d], device, DType::BF16)?;
+        let expected = reference::attention(&on_cpu(&q)?, &on_cpu(&k)?, &on_cpu(&v)?)?;
+        for (choice, name) in backends(kernels, device) {
+            let out = attention(&kernels.with_attention(choice), &q, &k, &v)?;
+            Line::new("parity")
+                .text("kernel", &format!("attention {name} keys {k_len} d {d}"))
+                .num("rel_l2", rel_l2(&out, &expected)?)
+                .print();
+        }
+    }
+
+    let x = randn(&[300, 512], device, DType::BF16)?;
+    let w = (randn(&[768, 512], device, DType::F32)? * 0.05)?.to_dtype(DType::BF16)?;
+    let b = randn(&[768], device, DType::BF16)?;
+    for (epilogue, name) in [
+        (Epilogue::None, "linear bias"),
+        (Epilogue::GeluTanh, "linear bias gelu"),
+    ] {
+        let gpu = linear(kernels, &x, &w, Some(&b), epilogue)?;
+        let reference = linear(
+            &cpu,
+            &on_cpu(&x)?.to_dtype(DType::F32)?,
+            &on_cpu(&w)?.to_dtype(DType::F32)?,
+            Some(&on_cpu(&b)?.to_dtype(DType::F32)?),
+            epilogue,
+        )?;
+        Line::new("parity")
+            .text("kernel", name)
+            .num("rel_l2", rel_l2(&gpu, &reference)?)
+            .print();
+    }
+    dit_parity(device)
+}
+
+/// A small DiT (2 blocks, 128-wide heads) in bf16 on the GPU against float32 on the CPU, same
+/// weights and inputs.
+fn dit_parity(device: &Device) -> anyhow::Result<()> {
+    let cfg = Config {
+        dim: 256,
+        ffn_dim: 512,
+        num_heads: 2,
+        num_layers: 2,
+        text_dim: 64,
+        text_len: 32,
+        ..Config::i2v_a14b()
+    };
+    let weights = random_weights::state_dict(&cfg, &Device::Cpu, DType::F32, 7)?;
+    let cpu_model = WanModel::from_state_dict(&cfg, weights.clone(), DType::F32, &Device::Cpu)?;
+    let x = randn(&[1, 16, 5, 16, 16], &Device::Cpu, DType::F32)?;
+    let y = randn(&[1, 20, 5, 16, 16], &Device::Cpu, DType::F32)?;
+    let t = Tensor::new(&[900f32], &Device::Cpu)?;
+    let context = randn(&[1, 20, 64], &Device::Cpu, DType::F32)?;
+    let expected = cpu_model.forward(&x, Some(&y), &t, &context)?;
+    for (choice, name) in [
+        (AttentionChoice::Auto, "auto"),
+        (AttentionChoice::Flash, "ours"),
+    ] {
+        let gpu_model = WanModel::from_state_dict(&cfg, weights.clone(), DType::BF16, device)?;
+        let gpu_model = gpu_model
+            .clone()
+            .with_kernels(gpu_model.kernels().with_attention(choice));
+        let to = |t: &Tensor| t.to_device(device);
+        let out = gpu_model.forward(&to(&x)?, Some(&to(&y)?), &to(&t)?, &to(&context)?)?;
+        Line::new("parity")
+            .text(
+                "kernel",
+                &format!("dit 2 blocks bf16 gpu vs f32 cpu, attention {name}"),
+            )
+            .num("rel_l2", rel_l2(&out, &expected)?)
+            .print();
+    }
+    Ok(())
+}
+
+fn bench_dit(
+    device: &Device,
+    kernels: &Kernels,
+    width: usize,
+    height: usize,
+    frames: usize,
+    attention_choice: Option<&str>,
+) -> anyhow::Result<()> {
+    let cfg = Config::i2v_a14b();
+    let choice = match attention_choice {
+        Some("flash" | "ours") => AttentionChoice::Flash,
+        Some("cudnn") => AttentionChoice::Cudnn,
+        _ => AttentionChoice::Auto,
+    };
+    let load = Instant::now();
+    let weights = random_weights::state_dict(&cfg, device, DType::BF16, 11)?;
+    let model = WanModel::from_state_dict(&cfg, weights, DType::BF16, device)?
+        .with_kernels(kernels.with_attention(choice));
+    device.synchronize()?;
+    let load_seconds = load.elapsed().as_secs_f64();
+    let (t_lat, h_lat, w_lat) = ((frames - 1) / 4 + 1, height / 8, width / 8);
+    let x = randn(&[1, 16, t_lat, h_lat, w_lat], device, DType::F32)?;
+    let y = randn(&[1, 20, t_lat, h_lat, w_lat], device, DType::F32)?;
+    let t = Tensor::new(&[900f32], device)?;
+    let context = (randn(&[1, 512, cfg.text_dim], device, DType::F32)? * 0.1)?;
+    let seconds = time(device, 2, || {
+        model.forward(&x, Some(&y), &t, &context)?;
+        Ok(())
+    })?;
+    Line::new("dit")
+        .text("model", "Wan2.2-I2V-A14B expert, random weights, bf16")
+        .int("width", width)
+        .int("height", height)
+        .int("frames", frames)
+        .int("tokens", t_lat * (h_lat / 2) * (w_lat / 2))
+        .text(
+            "attention",
+            &format!("{:?}", model.kernels().attention_backend(device)),
+        )
+        .num("forward_s", seconds)
+        .num("build_s", load_seconds)
+        .print();
+    Ok(())
+}

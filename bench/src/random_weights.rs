@@ -1,0 +1,71 @@
+//! Random weights at a model's real shapes, in the original Wan key layout, generated on the
+//! target device (no real Wan2.2 weights can be downloaded where the benchmark runs).
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use stillmotion_engine::wan::Config;
+
+/// Every tensor of a Wan DiT with `cfg`'s shapes: weights ~ N(0, 0.02²), norm scales 1.
+pub fn state_dict(
+    cfg: &Config,
+    device: &Device,
+    dtype: DType,
+    seed: u64,
+) -> anyhow::Result<HashMap<String, Tensor>> {
+    if device.is_cuda() {
+        device.set_seed(seed)?;
+    }
+    let (dim, ffn, [pt, ph, pw]) = (cfg.dim, cfg.ffn_dim, cfg.patch_size);
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        (
+            "patch_embedding.weight".into(),
+            vec![dim, cfg.in_dim, pt, ph, pw],
+        ),
+        ("patch_embedding.bias".into(), vec![dim]),
+        ("text_embedding.0.weight".into(), vec![dim, cfg.text_dim]),
+        ("text_embedding.0.bias".into(), vec![dim]),
+        ("text_embedding.2.weight".into(), vec![dim, dim]),
+        ("text_embedding.2.bias".into(), vec![dim]),
+        ("time_embedding.0.weight".into(), vec![dim, cfg.freq_dim]),
+        ("time_embedding.0.bias".into(), vec![dim]),
+        ("time_embedding.2.weight".into(), vec![dim, dim]),
+        ("time_embedding.2.bias".into(), vec![dim]),
+        ("time_projection.1.weight".into(), vec![6 * dim, dim]),
+        ("time_projection.1.bias".into(), vec![6 * dim]),
+        (
+            "head.head.weight".into(),
+            vec![cfg.out_dim * pt * ph * pw, dim],
+        ),
+        ("head.head.bias".into(), vec![cfg.out_dim * pt * ph * pw]),
+        ("head.modulation".into(), vec![1, 2, dim]),
+    ];
+    for i in 0..cfg.num_layers {
+        let p = format!("blocks.{i}");
+        for attn in ["self_attn", "cross_attn"] {
+            for proj in ["q", "k", "v", "o"] {
+                shapes.push((format!("{p}.{attn}.{proj}.weight"), vec![dim, dim]));
+                shapes.push((format!("{p}.{attn}.{proj}.bias"), vec![dim]));
+            }
+            shapes.push((format!("{p}.{attn}.norm_q.weight"), vec![dim]));
+            shapes.push((format!("{p}.{attn}.norm_k.weight"), vec![dim]));
+        }
+        shapes.push((format!("{p}.norm3.weight"), vec![dim]));
+        shapes.push((format!("{p}.norm3.bias"), vec![dim]));
+        shapes.push((format!("{p}.ffn.0.weight"), vec![ffn, dim]));
+        shapes.push((format!("{p}.ffn.0.bias"), vec![ffn]));
+        shapes.push((format!("{p}.ffn.2.weight"), vec![dim, ffn]));
+        shapes.push((format!("{p}.ffn.2.bias"), vec![dim]));
+        shapes.push((format!("{p}.modulation"), vec![1, 6, dim]));
+    }
+    let mut tensors = HashMap::with_capacity(shapes.len());
+    for (name, shape) in shapes {
+        let tensor = if name.contains("norm") && name.ends_with(".weight") {
+            Tensor::ones(shape.as_slice(), dtype, device)?
+        } else {
+            (Tensor::randn(0f32, 0.02, shape.as_slice(), device)?).to_dtype(dtype)?
+        };
+        tensors.insert(name, tensor);
+    }
+    Ok(tensors)
+}

@@ -1,0 +1,83 @@
+//! One JSON object per result line, and the error measure every parity line uses.
+
+use std::fmt::Write as _;
+
+use candle_core::{DType, Device, Tensor};
+
+/// Relative L2 error ‖a − b‖ / ‖b‖ in float64 on the CPU.
+pub fn rel_l2(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
+    let flat = |t: &Tensor| -> anyhow::Result<Vec<f64>> {
+        Ok(t.to_device(&Device::Cpu)?
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?)
+    };
+    let (a, b) = (flat(a)?, flat(b)?);
+    anyhow::ensure!(
+        a.len() == b.len(),
+        "lengths {} and {} differ",
+        a.len(),
+        b.len()
+    );
+    let diff: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let norm: f64 = b.iter().map(|y| y * y).sum();
+    Ok((diff / norm.max(f64::MIN_POSITIVE)).sqrt())
+}
+
+/// A result line being built.
+pub struct Line {
+    fields: Vec<(String, String)>,
+}
+
+impl Line {
+    pub fn new(kind: &str) -> Self {
+        Self {
+            fields: vec![("kind".to_owned(), quote(kind))],
+        }
+    }
+
+    pub fn text(mut self, key: &str, value: &str) -> Self {
+        self.fields.push((key.to_owned(), quote(value)));
+        self
+    }
+
+    pub fn int(mut self, key: &str, value: usize) -> Self {
+        self.fields.push((key.to_owned(), value.to_string()));
+        self
+    }
+
+    pub fn num(mut self, key: &str, value: f64) -> Self {
+        let shown = if value.is_finite() {
+            format!("{value:.6e}")
+        } else {
+            "null".to_owned()
+        };
+        self.fields.push((key.to_owned(), shown));
+        self
+    }
+
+    pub fn print(self) {
+        let body: Vec<String> = self
+            .fields
+            .iter()
+            .map(|(k, v)| format!("{}: {v}", quote(k)))
+            .collect();
+        println!("{{{}}}", body.join(", "));
+    }
+}
+
+fn quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

@@ -1,0 +1,102 @@
+"""PyTorch side of `bench/run-gpu.sh`: the numbers ours are compared with, in the same run.
+
+Prints one JSON object per line, like `stillmotion-bench`:
+- attention: torch SDPA (its default backend: cuDNN on H100) at the given token counts,
+  40 heads x 128, bf16;
+- linear: nn.Linear with bias, bf16;
+- dit: diffusers `WanTransformer3DModel` with the Wan2.2-I2V-A14B config, random weights in
+  bf16 built on the GPU, one forward at the given size (eager; `--compile` adds torch.compile),
+  with peak memory.
+"""
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def line(kind, **fields):
+    print(json.dumps({"kind": kind, **fields}), flush=True)
+
+
+def timed(fn, iterations):
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iterations):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / iterations
+
+
+def attention(tokens, keys):
+    q = torch.randn(1, 40, tokens, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, 40, keys, 128, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(1, 40, keys, 128, device="cuda", dtype=torch.bfloat16)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    seconds = timed(lambda: sdpa(q, k, v), 3 if tokens > 50_000 else 10)
+    flops = 4.0 * 40 * tokens * keys * 128
+    line("attention", backend="torch_sdpa", queries=tokens, keys=keys, ms=seconds * 1e3,
+         tflops=flops / seconds / 1e12)
+
+
+def linear(m, k, n):
+    layer = torch.nn.Linear(k, n, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    seconds = timed(lambda: layer(x), 10)
+    line("linear", backend="torch", m=m, k=k, n=n, ms=seconds * 1e3,
+         tflops=2.0 * m * k * n / seconds / 1e12)
+
+
+def dit(width, height, frames, compile_model):
+    from diffusers import WanTransformer3DModel
+
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128,
+            in_channels=36, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824,
+            num_layers=40, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+            image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024,
+        ).eval()
+    torch.set_default_dtype(torch.float32)
+    t_lat, h_lat, w_lat = (frames - 1) // 4 + 1, height // 8, width // 8
+    x = torch.randn(1, 36, t_lat, h_lat, w_lat, device="cuda", dtype=torch.bfloat16)
+    t = torch.tensor([900.0], device="cuda")
+    context = torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16) * 0.1
+    runs = [("eager", model)]
+    if compile_model:
+        runs.append(("compile", torch.compile(model)))
+    for name, fn in runs:
+        torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            start = time.perf_counter()
+            fn(hidden_states=x, timestep=t, encoder_hidden_states=context, return_dict=False)
+            torch.cuda.synchronize()
+            first = time.perf_counter() - start
+            seconds = timed(lambda: fn(hidden_states=x, timestep=t,
+                                       encoder_hidden_states=context, return_dict=False), 2)
+        line("dit", backend=f"diffusers_{name}", width=width, height=height, frames=frames,
+             forward_s=seconds, first_call_s=first,
+             peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["attention", "linear", "dit"])
+    parser.add_argument("sizes", nargs="*", type=int)
+    parser.add_argument("--compile", action="store_true")
+    args = parser.parse_args()
+    line("setup", torch=torch.__version__, gpu=torch.cuda.get_device_name(),
+         cudnn=torch.backends.cudnn.version())
+    if args.what == "attention":
+        attention(*(args.sizes or [32760, 32760]))
+    elif args.what == "linear":
+        linear(*(args.sizes or [32760, 5120, 5120]))
+    else:
+        dit(*(args.sizes or [832, 480, 81]), args.compile)
+
+
+if __name__ == "__main__":
+    main()

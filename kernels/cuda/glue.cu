@@ -1,0 +1,182 @@
+// The elementwise glue between the transformer's GEMMs, fused so each tensor is read once.
+//
+// Every kernel has a CPU reference in src/glue/reference.rs that defines what it computes.
+// Rows are tokens (batch · sequence), columns the model width. A per-row parameter table
+// (`shift`, `scale`, `gate`: the adaLN modulation) holds one row per `rows_per_entry` rows of
+// x: the sequence length when every token of a sample shares its timestep, 1 for per-token
+// timesteps (TI2V's pinned first frame).
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace {
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+    return __float2bfloat16_rn(v);
+}
+template <> __device__ __forceinline__ __half from_float<__half>(float v) {
+    return __float2half_rn(v);
+}
+
+constexpr int kRowThreads = 256;
+
+// Sum over the block; every thread gets the total.
+__device__ __forceinline__ float block_sum(float value, float *scratch) {
+    for (int offset = 16; offset > 0; offset /= 2) {
+        value += __shfl_xor_sync(0xffffffff, value, offset);
+    }
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    __syncthreads();  // scratch may still be read from the previous call
+    if (lane == 0) {
+        scratch[warp] = value;
+    }
+    __syncthreads();
+    float total = 0.f;
+    for (int w = 0; w < kRowThreads / 32; ++w) {
+        total += scratch[w];
+    }
+    return total;
+}
+
+// y = (LayerNorm(x) · ln_weight + ln_bias) · (1 + scale) + shift, any of the four optional.
+// Mean first, then the variance of (x − mean): the two-pass order PyTorch's float32 layer
+// norm agrees with to rounding.
+template <typename In, typename Out>
+__device__ __forceinline__ void layer_norm_modulate(const In *x, const float *ln_weight,
+                                                    const float *ln_bias, const float *shift,
+                                                    const float *scale, Out *y, int cols,
+                                                    int rows_per_entry, float eps) {
+    __shared__ float scratch[kRowThreads / 32];
+    const int64_t row = blockIdx.x;
+    const In *xr = x + row * cols;
+    Out *yr = y + row * cols;
+    const int64_t entry = (row / rows_per_entry) * cols;
+    float sum = 0.f;
+    for (int c = threadIdx.x; c < cols; c += kRowThreads) {
+        sum += to_float(xr[c]);
+    }
+    const float mean = block_sum(sum, scratch) / cols;
+    float squares = 0.f;
+    for (int c = threadIdx.x; c < cols; c += kRowThreads) {
+        const float d = to_float(xr[c]) - mean;
+        squares += d * d;
+    }
+    const float inv_std = rsqrtf(block_sum(squares, scratch) / cols + eps);
+    for (int c = threadIdx.x; c < cols; c += kRowThreads) {
+        float v = (to_float(xr[c]) - mean) * inv_std;
+        if (ln_weight != nullptr) v *= ln_weight[c];
+        if (ln_bias != nullptr) v += ln_bias[c];
+        if (scale != nullptr) v *= 1.f + scale[entry + c];
+        if (shift != nullptr) v += shift[entry + c];
+        yr[c] = from_float<Out>(v);
+    }
+}
+
+// y = round_to_T(x · rsqrt(mean(x²) + eps)) · weight: Wan's q/k RMSNorm, which normalises in
+// float32, casts back to the activation type, then multiplies by the weight.
+template <typename T>
+__device__ __forceinline__ void rms_norm(const T *x, const float *weight, T *y, int cols, float eps) {
+    __shared__ float scratch[kRowThreads / 32];
+    const int64_t row = blockIdx.x;
+    const T *xr = x + row * cols;
+    T *yr = y + row * cols;
+    float squares = 0.f;
+    for (int c = threadIdx.x; c < cols; c += kRowThreads) {
+        const float v = to_float(xr[c]);
+        squares += v * v;
+    }
+    const float inv_rms = rsqrtf(block_sum(squares, scratch) / cols + eps);
+    for (int c = threadIdx.x; c < cols; c += kRowThreads) {
+        const T normed = from_float<T>(to_float(xr[c]) * inv_rms);
+        yr[c] = from_float<T>(to_float(normed) * weight[c]);
+    }
+}
+
+// out = x + y · gate (gate optional: plain residual add), x and out float32.
+template <typename T>
+__device__ __forceinline__ void gated_residual(const float *x, const T *y, const float *gate,
+                                               float *out, int64_t n, int cols,
+                                               int rows_per_entry) {
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += stride) {
+        float v = to_float(y[i]);
+        if (gate != nullptr) {
+            const int64_t row = i / cols;
+            v *= gate[(row / rows_per_entry) * cols + i % cols];
+        }
+        out[i] = x[i] + v;
+    }
+}
+
+}  // namespace
+
+#define STILLMOTION_LN_MODULATE(NAME, In, Out)                                                  \
+    extern "C" __global__ void __launch_bounds__(kRowThreads)                                   \
+        NAME(const In *x, const float *ln_weight, const float *ln_bias, const float *shift,     \
+             const float *scale, Out *y, int cols, int rows_per_entry, float eps) {             \
+        layer_norm_modulate<In, Out>(x, ln_weight, ln_bias, shift, scale, y, cols,              \
+                                     rows_per_entry, eps);                                      \
+    }
+STILLMOTION_LN_MODULATE(stillmotion_layer_norm_modulate_f32_bf16, float, __nv_bfloat16)
+STILLMOTION_LN_MODULATE(stillmotion_layer_norm_modulate_f32_f16, float, __half)
+STILLMOTION_LN_MODULATE(stillmotion_layer_norm_modulate_f32_f32, float, float)
+
+#define STILLMOTION_RMS_NORM(NAME, T)                                                           \
+    extern "C" __global__ void __launch_bounds__(kRowThreads)                                   \
+        NAME(const T *x, const float *weight, T *y, int cols, float eps) {                          \
+        rms_norm<T>(x, weight, y, cols, eps);                                                   \
+    }
+STILLMOTION_RMS_NORM(stillmotion_rms_norm_bf16, __nv_bfloat16)
+STILLMOTION_RMS_NORM(stillmotion_rms_norm_f16, __half)
+STILLMOTION_RMS_NORM(stillmotion_rms_norm_f32, float)
+
+#define STILLMOTION_GATED_RESIDUAL(NAME, T)                                                     \
+    extern "C" __global__ void NAME(const float *x, const T *y, const float *gate, float *out,  \
+                                    int64_t n, int cols, int rows_per_entry) {                  \
+        gated_residual<T>(x, y, gate, out, n, cols, rows_per_entry);                            \
+    }
+STILLMOTION_GATED_RESIDUAL(stillmotion_gated_residual_bf16, __nv_bfloat16)
+STILLMOTION_GATED_RESIDUAL(stillmotion_gated_residual_f16, __half)
+STILLMOTION_GATED_RESIDUAL(stillmotion_gated_residual_f32, float)
+
+namespace {
+
+// 3-axis RoPE on x [B, S, H, D]: each (even, odd) pair is a complex number rotated by the
+// token's angle, cos/sin tables [S, D/2] float32. The result is rounded to T, as the official
+// code casts the rotated float64 values back to the activation type.
+template <typename T>
+__device__ __forceinline__ void rope(const T *x, const float *cos_table, const float *sin_table,
+                                     T *y, int64_t pairs, int seq, int heads, int half_dim) {
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < pairs;
+         p += stride) {
+        const int j = static_cast<int>(p % half_dim);
+        const int64_t token = (p / half_dim / heads) % seq;
+        const float c = cos_table[token * half_dim + j];
+        const float s = sin_table[token * half_dim + j];
+        const float re = to_float(x[2 * p]);
+        const float im = to_float(x[2 * p + 1]);
+        y[2 * p] = from_float<T>(re * c - im * s);
+        y[2 * p + 1] = from_float<T>(re * s + im * c);
+    }
+}
+
+}  // namespace
+
+#define STILLMOTION_ROPE(NAME, T)                                                               \
+    extern "C" __global__ void NAME(const T *x, const float *cos_table, const float *sin_table, \
+                                    T *y, int64_t pairs, int seq, int heads, int half_dim) {    \
+        rope<T>(x, cos_table, sin_table, y, pairs, seq, heads, half_dim);                       \
+    }
+STILLMOTION_ROPE(stillmotion_rope_bf16, __nv_bfloat16)
+STILLMOTION_ROPE(stillmotion_rope_f16, __half)
+STILLMOTION_ROPE(stillmotion_rope_f32, float)

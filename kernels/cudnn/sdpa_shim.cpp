@@ -1,0 +1,233 @@
+// A C ABI over cuDNN's fused flash attention (the frontend's graph API), for Rust.
+//
+// Built by kernels/build.rs with the host C++ compiler: no nvcc, nothing links libcudnn or
+// libcudart (NV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING), so a machine without cuDNN gets an error
+// code at run time rather than a binary that cannot start. cuDNN picks (or compiles, through
+// NVRTC) the kernel for the GPU at run time, so this file has no GPU architecture.
+//
+// Layout: q [B, Sq, H, D], k/v [B, Sk, H, D], o [B, Sq, H, D], contiguous; cuDNN's dims are
+// (b, h, s, d) and the strides in elements are {S·H·D, D, H·D, 1}, so nothing is transposed.
+//
+// Building a plan takes 60 ms (0.7–1 s the first time a kernel variant is compiled), so plans
+// are cached per shape in the context. A context (and its cuDNN handle) must be used from one
+// thread at a time; the Rust side holds it behind a mutex.
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+
+#include <dlfcn.h>
+
+#include <cudnn_frontend.h>
+
+namespace fe = cudnn_frontend;
+
+// The frontend resolves every cuDNN symbol through this handle (dynamic loading mode).
+namespace cudnn_frontend {
+void *cudnn_dlhandle = nullptr;
+}
+
+namespace {
+
+enum Uid : int64_t { kQ = 1, kK = 2, kV = 3, kO = 4 };
+
+using ShapeKey = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, float>;
+
+struct Context {
+    cudnnHandle_t handle = nullptr;
+    std::map<ShapeKey, std::shared_ptr<fe::graph::Graph>> plans;
+};
+
+void write_error(char *error, size_t error_len, const std::string &message) {
+    if (error == nullptr || error_len == 0) {
+        return;
+    }
+    std::snprintf(error, error_len, "%s", message.c_str());
+}
+
+std::shared_ptr<fe::graph::Graph> build_graph(Context &ctx, int dtype, int64_t b, int64_t h,
+                                              int64_t sq, int64_t sk, int64_t d, float scale,
+                                              std::string &problem) {
+    auto io_type = dtype == 0 ? fe::DataType_t::BFLOAT16 : fe::DataType_t::HALF;
+    auto graph = std::make_shared<fe::graph::Graph>();
+    graph->set_io_data_type(io_type)
+        .set_intermediate_data_type(fe::DataType_t::FLOAT)
+        .set_compute_data_type(fe::DataType_t::FLOAT);
+    auto tensor = [&](const char *name, int64_t uid, int64_t s) {
+        return graph->tensor(fe::graph::Tensor_attributes()
+                                 .set_name(name)
+                                 .set_uid(uid)
+                                 .set_dim({b, h, s, d})
+                                 .set_stride({s * h * d, d, h * d, 1}));
+    };
+    auto q = tensor("Q", kQ, sq);
+    auto k = tensor("K", kK, sk);
+    auto v = tensor("V", kV, sk);
+    auto options = fe::graph::SDPA_attributes()
+                       .set_name("stillmotion_attention")
+                       .set_generate_stats(false)
+                       .set_attn_scale(scale);
+    auto outputs = graph->sdpa(q, k, v, options);
+    outputs[0]
+        ->set_output(true)
+        .set_uid(kO)
+        .set_dim({b, h, sq, d})
+        .set_stride({sq * h * d, d, h * d, 1});
+
+    auto check = [&](fe::error_t status, const char *what) {
+        if (status.is_good()) {
+            return true;
+        }
+        problem = std::string(what) + ": " + status.get_message();
+        return false;
+    };
+    if (!check(graph->validate(), "validate") ||
+        !check(graph->build_operation_graph(ctx.handle), "build_operation_graph") ||
+        !check(graph->create_execution_plans({fe::HeurMode_t::A}), "create_execution_plans") ||
+        !check(graph->check_support(ctx.handle), "check_support") ||
+        !check(graph->build_plans(ctx.handle), "build_plans")) {
+        return nullptr;
+    }
+    return graph;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Opens libcudnn at `library_path` (or by soname when null) and creates a handle.
+// Returns 0 on success; otherwise writes a sentence into `error`.
+int stillmotion_cudnn_open(const char *library_path, void **out_context, char *error,
+                           size_t error_len) {
+    *out_context = nullptr;
+    // The frontend opens libcudart by itself; without a name it may pick a CUDA 12 copy.
+    setenv("CUDNN_FRONTEND_CUDART_LIB_NAME", "libcudart.so.13", 0);
+    if (fe::cudnn_dlhandle == nullptr) {
+        const char *name = library_path != nullptr ? library_path : "libcudnn.so.9";
+        void *library = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+        if (library == nullptr) {
+            const char *reason = dlerror();
+            write_error(error, error_len,
+                        std::string("cannot load ") + name + ": " + (reason ? reason : "unknown"));
+            return 1;
+        }
+        fe::cudnn_dlhandle = library;
+    }
+    auto ctx = std::make_unique<Context>();
+    try {
+        auto status = fe::detail::create_handle(&ctx->handle);
+        if (status != CUDNN_STATUS_SUCCESS) {
+            write_error(error, error_len,
+                        "cudnnCreate failed with status " + std::to_string(static_cast<int>(status)));
+            return 2;
+        }
+    } catch (const std::exception &e) {
+        write_error(error, error_len, std::string("cudnnCreate: ") + e.what());
+        return 2;
+    }
+    *out_context = ctx.release();
+    return 0;
+}
+
+// The cuDNN version the loaded library reports (e.g. 91900), or 0.
+int64_t stillmotion_cudnn_version(void) {
+    if (fe::cudnn_dlhandle == nullptr) {
+        return 0;
+    }
+    try {
+        return static_cast<int64_t>(fe::detail::get_backend_version());
+    } catch (const std::exception &) {
+        return 0;
+    }
+}
+
+void stillmotion_cudnn_close(void *context) {
+    auto *ctx = static_cast<Context *>(context);
+    if (ctx == nullptr) {
+        return;
+    }
+    if (ctx->handle != nullptr) {
+        try {
+            fe::detail::destroy_handle(ctx->handle);
+        } catch (const std::exception &) {
+        }
+    }
+    delete ctx;
+}
+
+// Builds (or finds) the plan for a shape and reports the workspace it needs, in bytes.
+// dtype: 0 bfloat16, 1 float16.
+int stillmotion_cudnn_sdpa_prepare(void *context, int dtype, int64_t b, int64_t h, int64_t sq,
+                                   int64_t sk, int64_t d, float scale, int64_t *workspace_bytes,
+                                   char *error, size_t error_len) {
+    auto *ctx = static_cast<Context *>(context);
+    ShapeKey key{dtype, b, h, sq, sk, d, scale};
+    try {
+        auto found = ctx->plans.find(key);
+        std::shared_ptr<fe::graph::Graph> graph;
+        if (found != ctx->plans.end()) {
+            graph = found->second;
+        } else {
+            std::string problem;
+            graph = build_graph(*ctx, dtype, b, h, sq, sk, d, scale, problem);
+            if (graph == nullptr) {
+                write_error(error, error_len, problem);
+                return 3;
+            }
+            ctx->plans.emplace(key, graph);
+        }
+        int64_t size = 0;
+        fe::error_t status = graph->get_workspace_size(size);
+        if (!status.is_good()) {
+            write_error(error, error_len, "get_workspace_size: " + status.get_message());
+            return 3;
+        }
+        *workspace_bytes = size;
+    } catch (const std::exception &e) {
+        write_error(error, error_len, std::string("building the attention plan: ") + e.what());
+        return 3;
+    }
+    return 0;
+}
+
+// Runs attention on `stream` (a CUstream / cudaStream_t). The plan must have been prepared.
+int stillmotion_cudnn_sdpa_run(void *context, void *stream, int dtype, int64_t b, int64_t h,
+                               int64_t sq, int64_t sk, int64_t d, float scale, const void *q,
+                               const void *k, const void *v, void *o, void *workspace,
+                               char *error, size_t error_len) {
+    auto *ctx = static_cast<Context *>(context);
+    ShapeKey key{dtype, b, h, sq, sk, d, scale};
+    auto found = ctx->plans.find(key);
+    if (found == ctx->plans.end()) {
+        write_error(error, error_len, "no plan prepared for this shape");
+        return 4;
+    }
+    try {
+        auto status = fe::detail::set_stream(ctx->handle, static_cast<cudaStream_t>(stream));
+        if (status != CUDNN_STATUS_SUCCESS) {
+            write_error(error, error_len,
+                        "cudnnSetStream failed with status " + std::to_string(static_cast<int>(status)));
+            return 4;
+        }
+        std::unordered_map<int64_t, void *> pack{{kQ, const_cast<void *>(q)},
+                                                 {kK, const_cast<void *>(k)},
+                                                 {kV, const_cast<void *>(v)},
+                                                 {kO, o}};
+        fe::error_t result = found->second->execute(ctx->handle, pack, workspace);
+        if (!result.is_good()) {
+            write_error(error, error_len, "execute: " + result.get_message());
+            return 4;
+        }
+    } catch (const std::exception &e) {
+        write_error(error, error_len, std::string("running attention: ") + e.what());
+        return 4;
+    }
+    return 0;
+}
+
+}  // extern "C"

@@ -1,0 +1,51 @@
+//! Scaled dot-product attention without a mask: softmax(q·kᵀ/√d)·v for q `[B, Sq, H, D]` and
+//! k, v `[B, Sk, H, D]`, in the layout the transformer produces (no transposing copies on the
+//! GPU).
+//!
+//! Backends (see [`crate::AttentionBackend`]): the exact float32 [`reference`] on the CPU (and
+//! for float32 tensors anywhere); on CUDA for bf16/f16 with head dims 64 and 128, cuDNN's fused
+//! flash attention when the library loads, else our own kernel.
+
+pub mod reference;
+
+use candle_core::{DType, Tensor};
+
+use crate::{AttentionBackend, KernelError, Kernels};
+
+pub(crate) const KERNEL: &str = "attention";
+
+pub(crate) fn bad(problem: String) -> KernelError {
+    KernelError::BadInput {
+        kernel: KERNEL,
+        problem,
+    }
+}
+
+/// Attention with the best backend `kernels` has for these tensors. The result has q's dtype
+/// (float32 for the reference).
+pub fn attention(
+    kernels: &Kernels,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+) -> Result<Tensor, KernelError> {
+    let (b, _, h, d) = q.dims4()?;
+    let (bk, sk, hk, dk) = k.dims4()?;
+    if (bk, hk, dk) != (b, h, d) || v.dims() != k.dims() || sk == 0 {
+        return Err(bad(format!(
+            "shapes disagree: q {:?}, k {:?}, v {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )));
+    }
+    let half = matches!(q.dtype(), DType::BF16 | DType::F16);
+    match kernels.attention_backend(q.device()) {
+        AttentionBackend::Reference => reference::attention(q, k, v),
+        _ if !half || !matches!(d, 64 | 128) => reference::attention(q, k, v),
+        #[cfg(feature = "cuda")]
+        backend => crate::gpu::attention::fused(kernels, backend, q, k, v),
+        #[cfg(not(feature = "cuda"))]
+        _ => reference::attention(q, k, v),
+    }
+}

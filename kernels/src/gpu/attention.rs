@@ -1,0 +1,132 @@
+//! The CUDA backends of [`crate::attention::attention`].
+
+use std::ffi::c_void;
+
+use candle_core::{DType, Shape, Tensor};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::cudnn::SdpaShape;
+use super::{device_ptr, empty_like_shape, output_tensor};
+use crate::attention::{KERNEL, bad};
+use crate::{AttentionBackend, KernelError, Kernels};
+
+/// Rows of queries per block of our kernel (`kBlockM` in `cuda/flash_attention.cu`).
+const FLASH_BLOCK_M: usize = 64;
+const FLASH_THREADS: u32 = 128;
+/// `kPad` in the kernel: shared rows are `D + 8` elements.
+const FLASH_PAD: usize = 8;
+
+pub(crate) fn fused(
+    kernels: &Kernels,
+    backend: AttentionBackend,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+) -> Result<Tensor, KernelError> {
+    let Some(gpu) = &kernels.gpu else {
+        return Err(bad("no CUDA kernels loaded for this device".to_owned()));
+    };
+    let (b, sq, h, d) = q.dims4()?;
+    let sk = k.dim(1)?;
+    let dtype = q.dtype();
+    let (q, k, v) = (
+        q.contiguous()?,
+        k.to_dtype(dtype)?.contiguous()?,
+        v.to_dtype(dtype)?.contiguous()?,
+    );
+    let shape = Shape::from((b, sq, h, d));
+    let (storage, o) = empty_like_shape(&gpu.device, dtype, &shape)?;
+    let (qp, kp, vp) = (
+        device_ptr(&q, KERNEL)?,
+        device_ptr(&k, KERNEL)?,
+        device_ptr(&v, KERNEL)?,
+    );
+    let scale = 1.0 / (d as f32).sqrt();
+    let stream = gpu.device.cuda_stream();
+    match backend {
+        AttentionBackend::Cudnn => {
+            let cudnn = gpu.cudnn.as_ref().map_err(|reason| KernelError::Cuda {
+                problem: format!("cuDNN attention unavailable: {reason}"),
+            })?;
+            let mut cudnn = cudnn.lock().map_err(|_| KernelError::Cuda {
+                problem: "the cuDNN handle's lock was poisoned by a panic".to_owned(),
+            })?;
+            let call = SdpaShape {
+                dtype: i32::from(dtype == DType::F16),
+                batch: b as i64,
+                heads: h as i64,
+                queries: sq as i64,
+                keys: sk as i64,
+                head_dim: d as i64,
+                scale,
+            };
+            let workspace_bytes = cudnn
+                .prepare(call)
+                .map_err(|problem| KernelError::Cuda { problem })?;
+            let workspace = if workspace_bytes > 0 {
+                // SAFETY: scratch memory that cuDNN fully owns during the call.
+                Some(unsafe { stream.alloc::<u8>(workspace_bytes) }?)
+            } else {
+                None
+            };
+            let workspace_ptr = workspace
+                .as_ref()
+                .map_or(0, |w| cudarc::driver::DevicePtr::device_ptr(w, &stream).0);
+            // SAFETY: q, k, v are contiguous [B, S, H, D] tensors alive for this call, `o`
+            // was allocated for the output shape, the workspace has the prepared size; all
+            // on candle's stream, whose frees are stream-ordered.
+            unsafe {
+                cudnn.run(
+                    stream.cu_stream().cast::<c_void>(),
+                    call,
+                    qp,
+                    kp,
+                    vp,
+                    o,
+                    workspace_ptr,
+                )
+            }
+            .map_err(|problem| KernelError::Cuda { problem })?;
+            drop(workspace);
+        }
+        AttentionBackend::Flash | AttentionBackend::Reference => {
+            let name = format!(
+                "stillmotion_flash_attention_{}_d{d}",
+                if dtype == DType::F16 { "f16" } else { "bf16" }
+            );
+            let function = gpu.flash_function(&name)?;
+            let config = LaunchConfig {
+                grid_dim: (
+                    u32::try_from(sq.div_ceil(FLASH_BLOCK_M))
+                        .map_err(|_| bad(format!("{sq} queries is too many")))?,
+                    u32::try_from(h).map_err(|_| bad(format!("{h} heads")))?,
+                    u32::try_from(b).map_err(|_| bad(format!("batch {b}")))?,
+                ),
+                block_dim: (FLASH_THREADS, 1, 1),
+                shared_mem_bytes: u32::try_from(2 * 64 * (d + FLASH_PAD) * 2)
+                    .map_err(|_| bad(format!("head dim {d}")))?,
+            };
+            let (sq32, sk32, h32) = (
+                i32::try_from(sq).map_err(|_| bad(format!("{sq} queries")))?,
+                i32::try_from(sk).map_err(|_| bad(format!("{sk} keys")))?,
+                i32::try_from(h).map_err(|_| bad(format!("{h} heads")))?,
+            );
+            let scale_log2 = scale * std::f32::consts::LOG2_E;
+            let mut launch = stream.launch_builder(&function);
+            launch
+                .arg(&qp)
+                .arg(&kp)
+                .arg(&vp)
+                .arg(&o)
+                .arg(&sq32)
+                .arg(&sk32)
+                .arg(&h32)
+                .arg(&scale_log2);
+            // SAFETY: the arguments match the kernel's signature (four device addresses of
+            // contiguous [B, S, H, D] tensors, lengths, heads, scale) and the grid covers
+            // every query row exactly once.
+            unsafe { launch.launch(config) }?;
+        }
+    }
+    Ok(output_tensor(storage, shape))
+}

@@ -1,0 +1,213 @@
+//! Launches of `cuda/glue.cu`.
+
+use candle_core::{D, DType, Tensor};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::{device_ptr, empty_like_shape, grid_1d, output_tensor};
+use crate::glue::Modulation;
+use crate::{KernelError, Kernels};
+
+const ROW_THREADS: u32 = 256;
+
+fn gpu(kernels: &Kernels) -> Result<&super::GpuKernels, KernelError> {
+    kernels.gpu.as_deref().ok_or_else(|| KernelError::Cuda {
+        problem: "no CUDA kernels loaded for this device".to_owned(),
+    })
+}
+
+fn suffix(kernel: &'static str, dtype: DType) -> Result<&'static str, KernelError> {
+    match dtype {
+        DType::BF16 => Ok("bf16"),
+        DType::F16 => Ok("f16"),
+        DType::F32 => Ok("f32"),
+        other => Err(KernelError::BadInput {
+            kernel,
+            problem: format!("dtype {other:?} is not supported"),
+        }),
+    }
+}
+
+fn int(kernel: &'static str, value: usize) -> Result<i32, KernelError> {
+    i32::try_from(value).map_err(|_| KernelError::BadInput {
+        kernel,
+        problem: format!("{value} does not fit a 32-bit int"),
+    })
+}
+
+fn f32_table(kernel: &'static str, t: &Tensor) -> Result<(Tensor, u64), KernelError> {
+    let t = t.to_dtype(DType::F32)?.contiguous()?;
+    let ptr = device_ptr(&t, kernel)?;
+    Ok((t, ptr))
+}
+
+pub(crate) fn layer_norm_modulate(
+    kernels: &Kernels,
+    x: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    modulation: Option<Modulation<'_>>,
+    eps: f32,
+    out_dtype: DType,
+) -> Result<Tensor, KernelError> {
+    const KERNEL: &str = "layer_norm_modulate";
+    let gpu = gpu(kernels)?;
+    let x = x.contiguous()?;
+    let cols = x.dim(D::Minus1)?;
+    let rows = x.elem_count() / cols.max(1);
+    let xp = device_ptr(&x, KERNEL)?;
+    let mut keep = Vec::new();
+    let mut table = |t: Option<&Tensor>| -> Result<u64, KernelError> {
+        match t {
+            None => Ok(0),
+            Some(t) => {
+                let (t, ptr) = f32_table(KERNEL, t)?;
+                keep.push(t);
+                Ok(ptr)
+            }
+        }
+    };
+    let (wp, bp) = (table(affine.map(|a| a.0))?, table(affine.map(|a| a.1))?);
+    let (sp, cp) = (
+        table(modulation.map(|m| m.shift))?,
+        table(modulation.map(|m| m.scale))?,
+    );
+    let rows_per_entry = modulation.map_or(rows.max(1), |m| m.rows_per_entry.max(1));
+    let name = format!(
+        "stillmotion_layer_norm_modulate_f32_{}",
+        suffix(KERNEL, out_dtype)?
+    );
+    let function = gpu.glue_function(&name)?;
+    let (storage, yp) = empty_like_shape(&gpu.device, out_dtype, x.shape())?;
+    let (cols32, per32) = (int(KERNEL, cols)?, int(KERNEL, rows_per_entry)?);
+    let stream = gpu.device.cuda_stream();
+    let mut launch = stream.launch_builder(&function);
+    launch
+        .arg(&xp)
+        .arg(&wp)
+        .arg(&bp)
+        .arg(&sp)
+        .arg(&cp)
+        .arg(&yp)
+        .arg(&cols32)
+        .arg(&per32)
+        .arg(&eps);
+    let config = LaunchConfig {
+        grid_dim: (int(KERNEL, rows.max(1))? as u32, 1, 1),
+        block_dim: (ROW_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the arguments match the kernel's signature; null tables are allowed by it; one
+    // block per row writes every element of its row.
+    unsafe { launch.launch(config) }?;
+    drop(keep);
+    Ok(output_tensor(storage, x.shape().clone()))
+}
+
+pub(crate) fn rms_norm(
+    kernels: &Kernels,
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f32,
+) -> Result<Tensor, KernelError> {
+    const KERNEL: &str = "rms_norm";
+    let gpu = gpu(kernels)?;
+    let x = x.contiguous()?;
+    let cols = x.dim(D::Minus1)?;
+    let rows = x.elem_count() / cols.max(1);
+    let xp = device_ptr(&x, KERNEL)?;
+    let (weight, wp) = f32_table(KERNEL, weight)?;
+    let name = format!("stillmotion_rms_norm_{}", suffix(KERNEL, x.dtype())?);
+    let function = gpu.glue_function(&name)?;
+    let (storage, yp) = empty_like_shape(&gpu.device, x.dtype(), x.shape())?;
+    let cols32 = int(KERNEL, cols)?;
+    let stream = gpu.device.cuda_stream();
+    let mut launch = stream.launch_builder(&function);
+    launch.arg(&xp).arg(&wp).arg(&yp).arg(&cols32).arg(&eps);
+    let config = LaunchConfig {
+        grid_dim: (int(KERNEL, rows.max(1))? as u32, 1, 1),
+        block_dim: (ROW_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: matches the kernel's signature; one block per row.
+    unsafe { launch.launch(config) }?;
+    drop(weight);
+    Ok(output_tensor(storage, x.shape().clone()))
+}
+
+pub(crate) fn gated_residual(
+    kernels: &Kernels,
+    x: &Tensor,
+    y: &Tensor,
+    gate: Option<(&Tensor, usize)>,
+) -> Result<Tensor, KernelError> {
+    const KERNEL: &str = "gated_residual";
+    let gpu = gpu(kernels)?;
+    let (x, y) = (x.contiguous()?, y.contiguous()?);
+    let cols = x.dim(D::Minus1)?;
+    let n = x.elem_count();
+    let (xp, yp) = (device_ptr(&x, KERNEL)?, device_ptr(&y, KERNEL)?);
+    let (gate_tensor, gp, per) = match gate {
+        None => (None, 0, 1),
+        Some((g, per)) => {
+            let (g, p) = f32_table(KERNEL, g)?;
+            (Some(g), p, per.max(1))
+        }
+    };
+    let name = format!("stillmotion_gated_residual_{}", suffix(KERNEL, y.dtype())?);
+    let function = gpu.glue_function(&name)?;
+    let (storage, op) = empty_like_shape(&gpu.device, DType::F32, x.shape())?;
+    let (n64, cols32, per32) = (n as i64, int(KERNEL, cols)?, int(KERNEL, per)?);
+    let stream = gpu.device.cuda_stream();
+    let mut launch = stream.launch_builder(&function);
+    launch
+        .arg(&xp)
+        .arg(&yp)
+        .arg(&gp)
+        .arg(&op)
+        .arg(&n64)
+        .arg(&cols32)
+        .arg(&per32);
+    // SAFETY: matches the kernel's signature; a grid-stride loop covers all n elements.
+    unsafe { launch.launch(grid_1d(n, 256)) }?;
+    drop(gate_tensor);
+    Ok(output_tensor(storage, x.shape().clone()))
+}
+
+pub(crate) fn rope(
+    kernels: &Kernels,
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<Tensor, KernelError> {
+    const KERNEL: &str = "rope";
+    let gpu = gpu(kernels)?;
+    let x = x.contiguous()?;
+    let (_, s, h, d) = x.dims4()?;
+    let xp = device_ptr(&x, KERNEL)?;
+    let (cos, cp) = f32_table(KERNEL, cos)?;
+    let (sin, sp) = f32_table(KERNEL, sin)?;
+    let name = format!("stillmotion_rope_{}", suffix(KERNEL, x.dtype())?);
+    let function = gpu.glue_function(&name)?;
+    let (storage, yp) = empty_like_shape(&gpu.device, x.dtype(), x.shape())?;
+    let pairs = x.elem_count() / 2;
+    let (pairs64, s32, h32, half32) = (
+        pairs as i64,
+        int(KERNEL, s)?,
+        int(KERNEL, h)?,
+        int(KERNEL, d / 2)?,
+    );
+    let stream = gpu.device.cuda_stream();
+    let mut launch = stream.launch_builder(&function);
+    launch
+        .arg(&xp)
+        .arg(&cp)
+        .arg(&sp)
+        .arg(&yp)
+        .arg(&pairs64)
+        .arg(&s32)
+        .arg(&h32)
+        .arg(&half32);
+    // SAFETY: matches the kernel's signature; a grid-stride loop covers every pair.
+    unsafe { launch.launch(grid_1d(pairs, 256)) }?;
+    drop((cos, sin));
+    Ok(output_tensor(storage, x.shape().clone()))
+}

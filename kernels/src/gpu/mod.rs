@@ -1,0 +1,83 @@
+//! The CUDA side of the kernels: our fatbins loaded on one device, cuDNN's attention when the
+//! library is present, and a cuBLASLt handle for GEMMs with fused epilogues.
+//!
+//! Everything here works on candle's own stream and allocator, so our launches order with
+//! candle's kernels without extra synchronisation.
+
+pub(crate) mod attention;
+mod cudnn;
+pub(crate) mod glue;
+mod launch;
+pub(crate) mod linear;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use candle_core::CudaDevice;
+use cudarc::cublaslt::CudaBlasLT;
+use cudarc::driver::{CudaFunction, CudaModule};
+use cudarc::nvrtc::Ptx;
+
+use cudnn::Cudnn;
+pub(crate) use launch::{device_ptr, empty_like_shape, grid_1d, output_tensor};
+
+use crate::KernelError;
+
+const FLASH_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flash_attention.fatbin"));
+const GLUE_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/glue.fatbin"));
+
+/// Our kernels and the vendor libraries, ready on one CUDA device.
+pub(crate) struct GpuKernels {
+    pub(crate) device: CudaDevice,
+    flash: Arc<CudaModule>,
+    glue: Arc<CudaModule>,
+    pub(crate) cudnn: Result<Mutex<Cudnn>, String>,
+    pub(crate) blas_lt: CudaBlasLT,
+}
+
+impl GpuKernels {
+    pub(crate) fn load(
+        device: &CudaDevice,
+        cudnn_candidates: &[PathBuf],
+    ) -> Result<Self, KernelError> {
+        let stream = device.cuda_stream();
+        let context = stream.context();
+        let load = |bytes: &[u8]| {
+            context
+                .load_module(Ptx::from_binary(bytes.to_vec()))
+                .map_err(|e| KernelError::Cuda {
+                    problem: format!("loading our kernels: {e}"),
+                })
+        };
+        let flash = load(FLASH_FATBIN)?;
+        let glue = load(GLUE_FATBIN)?;
+        let blas_lt = CudaBlasLT::new(stream.clone()).map_err(|e| KernelError::Cuda {
+            problem: format!("creating a cuBLASLt handle: {e}"),
+        })?;
+        let cudnn = Cudnn::open_first(cudnn_candidates).map(Mutex::new);
+        if let Err(reason) = &cudnn {
+            tracing::info!("cuDNN attention unavailable, using our own kernel: {reason}");
+        }
+        Ok(Self {
+            device: device.clone(),
+            flash,
+            glue,
+            cudnn,
+            blas_lt,
+        })
+    }
+
+    pub(crate) fn flash_function(&self, name: &str) -> Result<CudaFunction, KernelError> {
+        function(&self.flash, name)
+    }
+
+    pub(crate) fn glue_function(&self, name: &str) -> Result<CudaFunction, KernelError> {
+        function(&self.glue, name)
+    }
+}
+
+fn function(module: &Arc<CudaModule>, name: &str) -> Result<CudaFunction, KernelError> {
+    module.load_function(name).map_err(|e| KernelError::Cuda {
+        problem: format!("kernel {name}: {e}"),
+    })
+}

@@ -1,0 +1,73 @@
+//! `cargo xtask bench-gpu`: builds the GPU benchmark and stages what the GPU machine needs.
+//!
+//! The build machine has no GPU and the GPU machine has no Rust toolchain, so this builds the
+//! release `stillmotion-bench` with CUDA here and stages it in `bench/stage/` (ignored by git)
+//! with the diffusers wheels the PyTorch side needs. `bench/run-gpu.sh` runs everything of one
+//! benchmark in one go on the GPU machine and writes JSON lines to `$OUT`.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Context;
+
+use super::cuda;
+
+/// The PyTorch reference needs diffusers, which the GPU machine's Python does not have.
+const REFERENCE_WHEELS: &[&str] = &[
+    "diffusers==0.42.1",
+    "importlib_metadata==8.7.0",
+    "zipp==3.23.0",
+];
+
+pub fn stage() -> anyhow::Result<()> {
+    let toolchain = cuda::ensure_toolchain()?;
+    // H100/H200 unless told otherwise: the benchmark machine's architecture.
+    let gpu = cuda::Gpu {
+        name: "benchmark target".to_owned(),
+        compute_cap: std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".to_owned()),
+    };
+    let mut build = super::cargo::command(&[
+        "build",
+        "--release",
+        "-p",
+        "stillmotion-bench",
+        "--features",
+        "cuda",
+    ]);
+    toolchain.apply(&mut build, &gpu)?;
+    let lock = std::fs::read("Cargo.lock").context("reading Cargo.lock")?;
+    let built = super::cargo::run(&mut build);
+    std::fs::write("Cargo.lock", lock).context("restoring Cargo.lock")?;
+    built?;
+
+    let stage = Path::new("bench").join("stage");
+    std::fs::create_dir_all(stage.join("wheels"))?;
+    let binary = super::cargo::target_dir()
+        .join("release")
+        .join("stillmotion-bench");
+    let stripped = stage.join("stillmotion-bench");
+    std::fs::copy(&binary, &stripped).with_context(|| format!("copying {}", binary.display()))?;
+    super::cargo::run(Command::new("strip").arg(&stripped))?;
+    // xz: the binary is mostly candle's PTX text, and the device call carries at most 64 MiB.
+    super::cargo::run(Command::new("xz").args(["-f", "-T0", "-6"]).arg(&stripped))?;
+    super::cargo::run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--dest",
+            ])
+            .arg(stage.join("wheels"))
+            .args(REFERENCE_WHEELS),
+    )
+    .context("downloading the diffusers wheels needs python3 with pip")?;
+    println!(
+        "xtask: staged {}; on the GPU machine run `bench/run-gpu.sh` from the repository root (carry bench/stage)",
+        stage.display()
+    );
+    Ok(())
+}
