@@ -21,7 +21,10 @@ use std::process::Command;
 /// data centre, Blackwell consumer.
 const ARCHITECTURES: &str = "80,86,89,90a,100,120";
 
-const CUDA_SOURCES: &[&str] = &["flash_attention", "glue"];
+/// Our CUDA sources, and whether each may use fast (approximate) math: attention's exp2 may;
+/// the warp must not (it is bit-exact with its reference) and the norms need not.
+const CUDA_SOURCES: &[(&str, bool)] =
+    &[("flash_attention", true), ("glue", false), ("warp", false)];
 
 fn main() {
     for variable in [
@@ -69,16 +72,19 @@ fn compile_fatbins(cuda_home: &Path, out_dir: &Path) {
         .map(str::trim)
         .filter(|a| !a.is_empty())
         .collect();
-    for source in CUDA_SOURCES {
+    for &(source, fast_math) in CUDA_SOURCES {
         let input = PathBuf::from("cuda").join(format!("{source}.cu"));
         println!("cargo:rerun-if-changed={}", input.display());
         let output = out_dir.join(format!("{source}.fatbin"));
         let mut command = Command::new(&nvcc);
         command
-            .args(["--fatbin", "-O3", "-std=c++17", "--use_fast_math"])
+            .args(["--fatbin", "-O3", "-std=c++17"])
             .arg("-o")
             .arg(&output)
             .arg(&input);
+        if fast_math {
+            command.arg("--use_fast_math");
+        }
         for (i, arch) in archs.iter().enumerate() {
             // SASS for each; PTX of the newest too, so a later GPU can JIT it.
             let code = if i + 1 == archs.len() {

