@@ -27,6 +27,8 @@ peak() { local tag=$1; shift; nvidia-smi --query-gpu=memory.used --format=csv,no
 ours parity
 for n in "32760 32760" "32760 512"; do ours attention $n; torch_ref attention $n; done
 ours linear 32760 5120 5120; torch_ref linear 32760 5120 5120
+peak ours-vae-480 ours vae 832 480 81
+peak ours-rife-480 ours rife bench/stage/flownet.pkl 832 480 81
 peak ours-dit-480 ours dit 832 480 81
 peak torch-dit-480 torch_ref dit 832 480 81
 if [ "$MODE" = full ]; then

@@ -48,6 +48,14 @@ fn main() -> anyhow::Result<()> {
             number(2, 5120)?,
             number(3, 5120)?,
         ),
+        Some("vae") => bench_vae(&device, number(1, 832)?, number(2, 480)?, number(3, 81)?),
+        Some("rife") => bench_rife(
+            &device,
+            args.get(1).map(String::as_str),
+            number(2, 832)?,
+            number(3, 480)?,
+            number(4, 81)?,
+        ),
         Some("dit") => bench_dit(
             &device,
             &kernels,
@@ -371,6 +379,88 @@ fn bench_dit(
         )
         .num("forward_s", seconds)
         .num("build_s", load_seconds)
+        .print();
+    Ok(())
+}
+
+/// The Wan2.1 VAE (random weights at the real shapes) decoding one clip's latents, bf16.
+fn bench_vae(device: &Device, width: usize, height: usize, frames: usize) -> anyhow::Result<()> {
+    use stillmotion_engine::wan_vae::{Config as VaeConfig, WanVae};
+    let vb = candle_nn::VarBuilder::from_backend(
+        Box::new(random_weights::RandomBackend),
+        DType::BF16,
+        device.clone(),
+    );
+    let vae = WanVae::new(&VaeConfig::wan21(), &vb)?;
+    let latents = randn(
+        &[16, (frames - 1) / 4 + 1, height / 8, width / 8],
+        device,
+        DType::BF16,
+    )?;
+    let seconds = time(device, 1, || {
+        vae.decode(&latents)?;
+        Ok(())
+    })?;
+    Line::new("vae")
+        .text("model", "Wan2.1 VAE decode, random weights, bf16, untiled")
+        .int("width", width)
+        .int("height", height)
+        .int("frames", frames)
+        .num("decode_s", seconds)
+        .print();
+    Ok(())
+}
+
+/// RIFE ×2 of a clip with the real weights, frames in and out as RGB8 (what the app does).
+fn bench_rife(
+    device: &Device,
+    weights: Option<&str>,
+    width: usize,
+    height: usize,
+    frames: usize,
+) -> anyhow::Result<()> {
+    use stillmotion_engine::rife::{
+        InterpolationContext, InterpolationSettings, Rife, interpolate,
+    };
+    let weights = weights.context("rife needs the path of flownet.pkl")?;
+    let rife = Rife::load(std::path::Path::new(weights), device)?;
+    // A gradient that drifts a little each frame: similar frames, so no pair is a scene cut.
+    let clip: Vec<image::RgbImage> = (0..frames)
+        .map(|f| {
+            image::RgbImage::from_fn(width as u32, height as u32, |x, y| {
+                let v = (x + y + 3 * f as u32) % 256;
+                image::Rgb([v as u8, (255 - v) as u8, ((x * 7 + f as u32) % 256) as u8])
+            })
+        })
+        .collect();
+    let settings = InterpolationSettings {
+        scene_cut_below: None,
+        ..InterpolationSettings::with_multiplier(2)
+    };
+    let not_cancelled = || false;
+    let mut progress = |_| {};
+    let mut run = || -> anyhow::Result<usize> {
+        let mut ctx = InterpolationContext {
+            is_cancelled: &not_cancelled,
+            on_progress: &mut progress,
+        };
+        Ok(interpolate(&rife, &clip, &settings, &mut ctx)?.len())
+    };
+    let out_frames = run()?;
+    device.synchronize()?;
+    let start = Instant::now();
+    run()?;
+    device.synchronize()?;
+    Line::new("rife")
+        .text(
+            "model",
+            &format!("RIFE {} x2, real weights, f32", rife.version()),
+        )
+        .int("width", width)
+        .int("height", height)
+        .int("frames_in", frames)
+        .int("frames_out", out_frames)
+        .num("seconds", start.elapsed().as_secs_f64())
         .print();
     Ok(())
 }

@@ -65,6 +65,10 @@ pub fn stage() -> anyhow::Result<()> {
             .args(REFERENCE_WHEELS),
     )
     .context("downloading the diffusers wheels needs python3 with pip")?;
+    // RIFE runs with the real weights.
+    let weights = super::rife_weights::ensure()?;
+    std::fs::copy(&weights, stage.join("flownet.pkl"))
+        .with_context(|| format!("copying {}", weights.display()))?;
     println!(
         "xtask: staged {}; on the GPU machine run `bench/run-gpu.sh` from the repository root (carry bench/stage)",
         stage.display()
