@@ -383,26 +383,27 @@ fn bench_dit(
     Ok(())
 }
 
-/// The Wan2.1 VAE (random weights at the real shapes) decoding one clip's latents, bf16.
+/// The Wan2.1 VAE (random weights at the real shapes) decoding one clip's latents, float32
+/// (the dtype the pipeline and diffusers' reference run use).
 fn bench_vae(device: &Device, width: usize, height: usize, frames: usize) -> anyhow::Result<()> {
     use stillmotion_engine::wan_vae::{Config as VaeConfig, WanVae};
     let vb = candle_nn::VarBuilder::from_backend(
         Box::new(random_weights::RandomBackend),
-        DType::BF16,
+        DType::F32,
         device.clone(),
     );
     let vae = WanVae::new(&VaeConfig::wan21(), &vb)?;
     let latents = randn(
         &[16, (frames - 1) / 4 + 1, height / 8, width / 8],
         device,
-        DType::BF16,
+        DType::F32,
     )?;
     let seconds = time(device, 1, || {
         vae.decode(&latents)?;
         Ok(())
     })?;
     Line::new("vae")
-        .text("model", "Wan2.1 VAE decode, random weights, bf16, untiled")
+        .text("model", "Wan2.1 VAE decode, random weights, f32, untiled")
         .int("width", width)
         .int("height", height)
         .int("frames", frames)
