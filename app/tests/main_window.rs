@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use egui_kittest::{Harness, kittest::Queryable};
-use stillmotion_app::gui::{JobState, StartOptions, StillmotionApp};
+use stillmotion_app::gui::{ClipPlayer, JobState, StartOptions, StillmotionApp, UiAction};
 use stillmotion_engine::EngineError;
 use stillmotion_engine::runtime::{JobContext, JobKind, JobOutput, JobRunner, Stage};
 
@@ -170,4 +170,110 @@ fn render_validates_then_queues_and_the_queue_follows_engine_events() {
     assert_eq!(job.progress.unwrap().done, 3);
     harness.run();
     harness.get_by_label_contains("done in");
+}
+
+/// A larger window than kittest's default, so the preview and history have room.
+fn big_app(options: StartOptions) -> Harness<'static, StillmotionApp> {
+    Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_eframe(move |cc| StillmotionApp::new(cc, options, Steps(3)))
+}
+
+/// Steps frames until `done` holds (or fails the test after about ten seconds).
+fn run_until(
+    harness: &mut Harness<'_, StillmotionApp>,
+    what: &str,
+    done: impl Fn(&StillmotionApp) -> bool,
+) {
+    for _ in 0..1000 {
+        harness.run_steps(1);
+        if done(harness.state()) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Writes a real `frames`-frame MP4 (16 fps, each frame a different grey) with the engine's
+/// writer, carrying `recipe` like a Stillmotion output.
+fn write_clip(
+    path: &Path,
+    frames: u8,
+    recipe: Option<stillmotion_engine::video::EmbeddedRecipe>,
+) -> PathBuf {
+    let settings = stillmotion_engine::video::EncodeSettings {
+        preset: "ultrafast".to_owned(),
+        ..Default::default()
+    };
+    let mut writer =
+        stillmotion_engine::video::VideoWriter::create(path, &settings, 32, 32, recipe).unwrap();
+    let never = std::sync::atomic::AtomicBool::new(false);
+    for index in 0..frames {
+        let level = 40 * index;
+        writer
+            .push(
+                &image::RgbImage::from_pixel(32, 32, image::Rgb([level, level, level])),
+                &never,
+            )
+            .unwrap();
+    }
+    writer.finish().unwrap()
+}
+
+#[test]
+fn player_steps_through_the_frames_of_a_real_clip() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = write_clip(&dir.path().join("clip.mp4"), 5, None);
+    let mut harness = big_app(StartOptions::default());
+    harness.run();
+    harness
+        .state_mut()
+        .perform(UiAction::PreviewClip(clip.clone()));
+    run_until(&mut harness, "the clip to decode", |app| {
+        app.player().is_some_and(ClipPlayer::is_loaded)
+    });
+    let player = harness.state().player().unwrap();
+    assert!(player.error().is_none(), "{:?}", player.error());
+    assert_eq!((player.frame_count(), player.fps()), (5, 16.0));
+    assert_eq!(player.path(), clip);
+    assert!(player.is_playing(), "a clip opened for preview plays");
+
+    harness.get_by_label("Pause").click();
+    harness.run();
+    assert!(!harness.state().player().unwrap().is_playing());
+    harness.state_mut().player_mut().unwrap().seek(0);
+    harness.run();
+    harness.get_by_label_contains("Frame 1 / 5");
+
+    harness.get_by_label("Next frame").click();
+    harness.run();
+    assert_eq!(harness.state().player().unwrap().frame_index(), 1);
+    harness.key_press(egui::Key::ArrowRight);
+    harness.run();
+    assert_eq!(harness.state().player().unwrap().frame_index(), 2);
+    harness.get_by_label_contains("Frame 3 / 5 · 0:00.12 / 0:00.31");
+    harness.key_press(egui::Key::ArrowLeft);
+    harness.run();
+    assert_eq!(harness.state().player().unwrap().frame_index(), 1);
+    harness.get_by_label("Previous frame").click();
+    harness.get_by_label("Previous frame").click();
+    harness.run();
+    assert_eq!(
+        harness.state().player().unwrap().frame_index(),
+        4,
+        "stepping back from the first frame wraps while looping"
+    );
+    harness.get_by_label("Loop").click();
+    harness.get_by_label("Next frame").click();
+    harness.run();
+    assert_eq!(harness.state().player().unwrap().frame_index(), 4);
+
+    // Play plays from the start when at the end; the scrub bar and speed are there to use.
+    harness.get_by_label("Play").click();
+    harness.run_steps(1);
+    assert!(harness.state().player().unwrap().is_playing());
+    harness.get_by_label("Position");
+    harness.get_by_label("Open file");
+    harness.get_by_label("Show in folder");
 }

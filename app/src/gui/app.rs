@@ -11,6 +11,7 @@ use stillmotion_engine::recipe::Recipe;
 use stillmotion_engine::runtime::{Command, EngineHandle, JobKind, JobRunner};
 
 use super::jobs::{self, JobList};
+use super::player::{self, ClipPlayer};
 use super::settings::{self, ModelSlot, Settings};
 use super::source_image::{self, SourceImage};
 use crate::ui::theme;
@@ -40,6 +41,12 @@ pub enum UiAction {
     Render,
     /// Cancel a queued or running job.
     CancelJob(stillmotion_engine::runtime::JobId),
+    /// Load this clip into the preview player and play it.
+    PreviewClip(PathBuf),
+    /// Open this file with the system's default program.
+    OpenFile(PathBuf),
+    /// Open the folder holding this file in the file manager.
+    ShowInFolder(PathBuf),
 }
 
 /// What an open native dialog is choosing.
@@ -79,6 +86,7 @@ pub struct StillmotionApp {
     engine: Option<EngineHandle>,
     outbox: VecDeque<Command>,
     jobs: JobList,
+    player: Option<ClipPlayer>,
 }
 
 impl StillmotionApp {
@@ -133,6 +141,7 @@ impl StillmotionApp {
             engine,
             outbox: VecDeque::new(),
             jobs: JobList::default(),
+            player: None,
         }
     }
 
@@ -159,6 +168,23 @@ impl StillmotionApp {
         self.source.as_ref()
     }
 
+    /// Queues `action` as if a panel had produced it (scripted use and tests); it runs at the
+    /// start of the next frame.
+    pub fn perform(&mut self, action: UiAction) {
+        self.pending.push(action);
+    }
+
+    /// The clip in the preview player, if any.
+    #[must_use]
+    pub fn player(&self) -> Option<&ClipPlayer> {
+        self.player.as_ref()
+    }
+
+    /// The preview player, for tests and scripted use.
+    pub fn player_mut(&mut self) -> Option<&mut ClipPlayer> {
+        self.player.as_mut()
+    }
+
     /// The error currently shown to the user, if any.
     #[must_use]
     pub fn error(&self) -> Option<&str> {
@@ -182,6 +208,25 @@ impl StillmotionApp {
             UiAction::ChooseOutputFolder => self.open_dialog(ctx, DialogPurpose::OutputFolder),
             UiAction::Render => self.submit_render(),
             UiAction::CancelJob(job_id) => self.outbox.push_back(Command::Cancel(job_id)),
+            UiAction::PreviewClip(path) => self.player = Some(ClipPlayer::open(ctx, path, true)),
+            UiAction::OpenFile(path) => self.open_with_system(&path),
+            UiAction::ShowInFolder(path) => {
+                let folder = path
+                    .parent()
+                    .filter(|parent| !parent.as_os_str().is_empty())
+                    .map_or_else(|| PathBuf::from("."), PathBuf::from);
+                self.open_with_system(&folder);
+            }
+        }
+    }
+
+    /// Hands `path` to the desktop's default program (it returns at once; the program runs on).
+    fn open_with_system(&mut self, path: &std::path::Path) {
+        if let Err(error) = opener::open(path) {
+            self.error = Some(format!(
+                "Could not open it ({error}); open it from your file manager: {}",
+                path.display()
+            ));
         }
     }
 
@@ -321,7 +366,15 @@ impl eframe::App for StillmotionApp {
         if let Some(engine) = &self.engine {
             for event in engine.events().try_iter() {
                 self.jobs.apply(&event);
+                if let stillmotion_engine::runtime::Event::Finished { output, .. } = &event {
+                    self.pending
+                        .push(UiAction::PreviewClip(output.path.clone()));
+                    ctx.request_repaint();
+                }
             }
+        }
+        if let Some(player) = &mut self.player {
+            player.poll(ctx);
         }
         if !self.outbox.is_empty() {
             ctx.request_repaint_after(std::time::Duration::from_millis(50));
@@ -382,6 +435,14 @@ impl eframe::App for StillmotionApp {
                 });
             });
         egui::CentralPanel::default().show(ui, |ui| {
+            if let Some(player) = &mut self.player {
+                let height = ui.available_height();
+                egui::Panel::bottom("preview")
+                    .resizable(true)
+                    .default_size(height * 0.6)
+                    .min_size(160.0)
+                    .show(ui, |ui| actions.extend(player::show(ui, player)));
+            }
             actions.extend(source_image::show(ui, self.source.as_ref()));
         });
 

@@ -2,10 +2,12 @@
 
 mod app;
 mod jobs;
+mod player;
 mod settings;
 mod source_image;
 
 pub use app::{StartOptions, StillmotionApp, UiAction, run};
 pub use jobs::{JobEntry, JobList, JobState};
+pub use player::ClipPlayer;
 pub use settings::{ModelSlot, SamplerChoice, Settings};
 pub use source_image::SourceImage;
