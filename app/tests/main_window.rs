@@ -11,9 +11,11 @@ use egui_kittest::{Harness, kittest::Queryable};
 use stillmotion_app::gui::{ClipPlayer, JobState, StartOptions, StillmotionApp, UiAction};
 use stillmotion_engine::EngineError;
 use stillmotion_engine::runtime::{JobContext, JobKind, JobOutput, JobRunner, Stage};
+use stillmotion_engine::video::EmbeddedRecipe;
 
-/// Stands in for the pipeline in these layout tests: walks a few steps, reporting progress and
-/// honouring cancellation. (The real pipeline is driven end to end in the engine's tests.)
+/// Stands in for the pipeline in these tests: walks a few steps, reporting progress and
+/// honouring cancellation, then writes a real 5-frame MP4 carrying the recipe with the engine's
+/// writer, as the pipeline does. (The real pipeline is driven end to end in the engine's tests.)
 struct Steps(u32);
 
 impl JobRunner for Steps {
@@ -28,8 +30,9 @@ impl JobRunner for Steps {
             std::thread::sleep(std::time::Duration::from_millis(5));
             ctx.progress(Stage::DenoisingHighNoise, step + 1, self.0);
         }
+        let embedded = EmbeddedRecipe::new(serde_json::to_value(recipe).unwrap());
         Ok(JobOutput {
-            path: recipe.output.clone(),
+            path: write_clip(&recipe.output, 5, Some(embedded)),
         })
     }
 
@@ -162,6 +165,9 @@ fn render_validates_then_queues_and_the_queue_follows_engine_events() {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    run_until(&mut harness, "the clip to load", |app| {
+        app.player().is_some_and(ClipPlayer::is_loaded)
+    });
     let job = harness.state().jobs().entries().first().unwrap().clone();
     let JobState::Finished { path, .. } = &job.state else {
         panic!("the job did not finish: {job:?}");
@@ -197,11 +203,7 @@ fn run_until(
 
 /// Writes a real `frames`-frame MP4 (16 fps, each frame a different grey) with the engine's
 /// writer, carrying `recipe` like a Stillmotion output.
-fn write_clip(
-    path: &Path,
-    frames: u8,
-    recipe: Option<stillmotion_engine::video::EmbeddedRecipe>,
-) -> PathBuf {
+fn write_clip(path: &Path, frames: u8, recipe: Option<EmbeddedRecipe>) -> PathBuf {
     let settings = stillmotion_engine::video::EncodeSettings {
         preset: "ultrafast".to_owned(),
         ..Default::default()
@@ -276,4 +278,209 @@ fn player_steps_through_the_frames_of_a_real_clip() {
     harness.get_by_label("Position");
     harness.get_by_label("Open file");
     harness.get_by_label("Show in folder");
+}
+
+/// eframe storage kept in memory, as the real app keeps it in a file between runs.
+#[derive(Default)]
+struct MemoryStorage(std::collections::HashMap<String, String>);
+
+impl eframe::Storage for MemoryStorage {
+    fn get_string(&self, key: &str) -> Option<String> {
+        self.0.get(key).cloned()
+    }
+
+    fn set_string(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+
+    fn remove_string(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+
+    fn flush(&mut self) {}
+}
+
+/// Starts the app as the next run would: with what `previous` saved.
+fn restart(previous: &mut Harness<'_, StillmotionApp>) -> Harness<'static, StillmotionApp> {
+    use eframe::App as _;
+    let mut storage = MemoryStorage::default();
+    previous.state_mut().save(&mut storage);
+    let storage: &'static MemoryStorage = Box::leak(Box::new(storage));
+    Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_eframe(move |cc| {
+            cc.storage = Some(storage);
+            StillmotionApp::new(cc, StartOptions::default(), Steps(3))
+        })
+}
+
+fn touch(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, b"x").unwrap();
+    path
+}
+
+/// Settings that pass validation: a prompt and (placeholder) model files.
+fn ready_to_render(harness: &mut Harness<'_, StillmotionApp>, dir: &Path, prompt: &str, seed: u64) {
+    let settings = harness.state_mut().settings_mut();
+    prompt.clone_into(&mut settings.prompt);
+    settings.high_noise = Some(touch(dir, "high.safetensors"));
+    settings.low_noise = Some(touch(dir, "low.safetensors"));
+    settings.text_encoder = Some(touch(dir, "umt5.safetensors"));
+    settings.vae = Some(touch(dir, "vae.safetensors"));
+    settings.seed_locked = true;
+    settings.seed = seed;
+}
+
+#[test]
+fn finished_render_enters_history_restores_settings_and_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "lake.png", 64, 48);
+    let mut harness = big_app(StartOptions {
+        image: Some(png.clone()),
+    });
+    harness.run();
+    harness.get_by_label_contains("Finished renders appear here");
+    ready_to_render(&mut harness, dir.path(), "the lake ripples", 11);
+    harness.state_mut().settings_mut().steps = 6;
+    harness.get_by_label("Render").click();
+    run_until(&mut harness, "the render to enter history", |app| {
+        app.history()
+            .entries()
+            .first()
+            .is_some_and(|entry| app.has_thumbnail(&entry.path))
+            && app.player().is_some_and(ClipPlayer::is_loaded)
+    });
+    let entry = harness.state().history().entries()[0].clone();
+    assert!(entry.path.ends_with("stillmotion-11.mp4"), "{entry:?}");
+    assert_eq!(harness.state().player().unwrap().path(), entry.path);
+    // The prompt names the job in the queue and the entry in the history.
+    assert_eq!(harness.get_all_by_label("the lake ripples").count(), 2);
+    harness.get_by_label("seed 11 · 6 steps · 81 frames");
+
+    // Change everything, then one click brings the render's settings back.
+    {
+        let settings = harness.state_mut().settings_mut();
+        settings.prompt = "something else".to_owned();
+        settings.seed = 3;
+        settings.seed_locked = false;
+        settings.steps = 9;
+        settings.high_noise = None;
+    }
+    harness.get_by_label("Restore settings").click();
+    harness.run();
+    let settings = harness.state().settings().clone();
+    assert_eq!(settings.prompt, "the lake ripples");
+    assert_eq!(
+        (settings.seed, settings.seed_locked, settings.steps),
+        (11, true, 6)
+    );
+    assert_eq!(
+        settings.high_noise,
+        Some(dir.path().join("high.safetensors"))
+    );
+    assert_eq!(settings.preset, stillmotion_app::cli::DEFAULT_PRESET);
+    assert!(harness.state().error().is_none());
+
+    // Selecting the entry plays it in the preview.
+    let other = write_clip(&dir.path().join("other.mp4"), 3, None);
+    harness
+        .state_mut()
+        .perform(UiAction::PreviewClip(other.clone()));
+    run_until(&mut harness, "the other clip", |app| {
+        app.player()
+            .is_some_and(|p| p.path() == other && p.is_loaded())
+    });
+    harness
+        .get_all_by_label("stillmotion-11.mp4")
+        .next()
+        .unwrap();
+    let name = entry.path.file_name().unwrap().to_str().unwrap().to_owned();
+    harness.get_all_by_label(&name).last().unwrap().click();
+    run_until(&mut harness, "the history clip to play", |app| {
+        app.player()
+            .is_some_and(|p| p.path() == entry.path && p.is_loaded())
+    });
+
+    // The next run remembers it, with its thumbnail made again from the file...
+    let mut second = restart(&mut harness);
+    assert_eq!(
+        second.state().history().entries(),
+        std::slice::from_ref(&entry)
+    );
+    run_until(&mut second, "the thumbnail after a restart", |app| {
+        app.has_thumbnail(&entry.path)
+    });
+    // ...and forgets it once the file is gone.
+    std::fs::remove_file(&entry.path).unwrap();
+    let third = restart(&mut second);
+    assert!(third.state().history().entries().is_empty());
+}
+
+#[test]
+fn dropping_a_stillmotion_clip_restores_its_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "cliff.png", 48, 32);
+    let presets = stillmotion_engine::preset::shipped().unwrap();
+    let (stem, preset) = presets
+        .iter()
+        .find(|(stem, _)| stem == "wan22-i2v-a14b-official-480p")
+        .unwrap();
+    let recipe = stillmotion_engine::recipe::Recipe::from_layers(
+        preset,
+        stillmotion_engine::recipe::RecipeChoices {
+            image: Some(png.clone()),
+            prompt: Some("waves break on the cliff".to_owned()),
+            negative_prompt: Some("blur".to_owned()),
+            seed: Some(42),
+            steps: Some(30),
+            cfg_high_noise: Some(3.5),
+            models: stillmotion_engine::recipe::ModelFiles {
+                vae: Some(dir.path().join("vae.safetensors")),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    let embedded = EmbeddedRecipe::new(serde_json::to_value(&recipe).unwrap());
+    let clip = write_clip(&dir.path().join("shared.mp4"), 3, Some(embedded));
+    // Only the container carries it here: the sidecar is gone, as when a clip is shared alone.
+    std::fs::remove_file(dir.path().join("shared.json")).unwrap();
+
+    let mut harness = big_app(StartOptions::default());
+    harness.run();
+    drop_file(&mut harness, clip.clone());
+    run_until(&mut harness, "the recipe to be restored", |app| {
+        app.source().is_some() && app.player().is_some_and(ClipPlayer::is_loaded)
+    });
+    assert!(
+        harness.state().error().is_none(),
+        "{:?}",
+        harness.state().error()
+    );
+    let settings = harness.state().settings().clone();
+    assert_eq!(settings.preset, *stem);
+    assert_eq!(settings.prompt, "waves break on the cliff");
+    assert_eq!(settings.negative_prompt, "blur");
+    assert_eq!((settings.seed, settings.seed_locked), (42, true));
+    assert_eq!((settings.steps, settings.cfg_high_noise), (30, 3.5));
+    assert_eq!(settings.vae, Some(dir.path().join("vae.safetensors")));
+    assert_eq!(harness.state().source().unwrap().path, png);
+    assert_eq!(harness.state().player().unwrap().path(), clip);
+
+    // An MP4 from elsewhere has no recipe: the user is told, and nothing changes.
+    let foreign = write_clip(&dir.path().join("foreign.mp4"), 3, None);
+    drop_file(&mut harness, foreign.clone());
+    harness.run();
+    let error = harness.state().error().unwrap().to_owned();
+    assert!(
+        error.contains("only clips rendered by Stillmotion")
+            && error.ends_with(foreign.to_str().unwrap()),
+        "{error}"
+    );
+    harness.get_by_label_contains("No settings to restore");
+    assert_eq!(
+        harness.state().settings().prompt,
+        "waves break on the cliff"
+    );
 }

@@ -1,15 +1,16 @@
 //! `StillmotionApp`: the eframe application. `logic` runs actions and drains background results;
 //! `ui` only draws and queues [`UiAction`]s.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 
-use crossbeam_channel::{Receiver, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use stillmotion_engine::image_input;
 use stillmotion_engine::preset::{self, Preset};
 use stillmotion_engine::recipe::Recipe;
-use stillmotion_engine::runtime::{Command, EngineHandle, JobKind, JobRunner};
+use stillmotion_engine::runtime::{Command, EngineHandle, Event, JobId, JobKind, JobRunner};
 
+use super::history::{self, History, HistoryEntry, Thumbnail};
 use super::jobs::{self, JobList};
 use super::player::{self, ClipPlayer};
 use super::settings::{self, ModelSlot, Settings};
@@ -18,11 +19,17 @@ use crate::ui::theme;
 
 /// Image file extensions offered by the open dialog.
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"];
+/// Dropped files with these extensions are clips (or recipe sidecars) whose recipe is restored.
+const CLIP_EXTENSIONS: &[&str] = &["mp4", "m4v", "mov", "webm", "mkv", "json"];
 
 /// What the user asked for; produced by panels, executed by `App::logic`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[must_use]
 pub enum UiAction {
+    /// Restore the settings of the history entry for this file.
+    RestoreFromHistory(PathBuf),
+    /// Restore the settings from the recipe stored in (or beside) this clip.
+    RestoreFromClip(PathBuf),
     /// Show the native file dialog to choose a source image.
     OpenImageDialog,
     /// Load this file as the source image.
@@ -40,7 +47,7 @@ pub enum UiAction {
     /// Validate the current settings and queue a render.
     Render,
     /// Cancel a queued or running job.
-    CancelJob(stillmotion_engine::runtime::JobId),
+    CancelJob(JobId),
     /// Load this clip into the preview player and play it.
     PreviewClip(PathBuf),
     /// Open this file with the system's default program.
@@ -69,6 +76,7 @@ pub struct StartOptions {
 struct UiState {
     last_image_dir: Option<PathBuf>,
     settings: Settings,
+    history: History,
 }
 
 const STORAGE_KEY: &str = "stillmotion.ui_state";
@@ -87,6 +95,11 @@ pub struct StillmotionApp {
     outbox: VecDeque<Command>,
     jobs: JobList,
     player: Option<ClipPlayer>,
+    /// The recipes of render jobs not yet finished, for their history entries.
+    render_recipes: HashMap<JobId, Recipe>,
+    thumbnails: HashMap<PathBuf, egui::TextureHandle>,
+    thumbnail_sender: Sender<Thumbnail>,
+    thumbnail_receiver: Receiver<Thumbnail>,
 }
 
 impl StillmotionApp {
@@ -117,6 +130,17 @@ impl StillmotionApp {
         {
             state.settings.apply_preset(stem, preset);
         }
+        state.history.drop_missing();
+        let (thumbnail_sender, thumbnail_receiver) = bounded(8);
+        let paths = state
+            .history
+            .entries()
+            .iter()
+            .map(|e| e.path.clone())
+            .collect();
+        if let Err(e) = history::spawn_thumbnails(&cc.egui_ctx, paths, thumbnail_sender.clone()) {
+            tracing::warn!("history thumbnails are unavailable: {e}");
+        }
         let wake_ctx = cc.egui_ctx.clone();
         let engine = match EngineHandle::spawn(runner, move || wake_ctx.request_repaint()) {
             Ok(engine) => Some(engine),
@@ -142,6 +166,10 @@ impl StillmotionApp {
             outbox: VecDeque::new(),
             jobs: JobList::default(),
             player: None,
+            render_recipes: HashMap::new(),
+            thumbnails: HashMap::new(),
+            thumbnail_sender,
+            thumbnail_receiver,
         }
     }
 
@@ -174,6 +202,18 @@ impl StillmotionApp {
         self.pending.push(action);
     }
 
+    /// The finished renders remembered across runs.
+    #[must_use]
+    pub fn history(&self) -> &History {
+        &self.state.history
+    }
+
+    /// Whether the history entry for `path` has its thumbnail yet.
+    #[must_use]
+    pub fn has_thumbnail(&self, path: &std::path::Path) -> bool {
+        self.thumbnails.contains_key(path)
+    }
+
     /// The clip in the preview player, if any.
     #[must_use]
     pub fn player(&self) -> Option<&ClipPlayer> {
@@ -193,6 +233,15 @@ impl StillmotionApp {
 
     fn run_action(&mut self, ctx: &egui::Context, action: UiAction) {
         match action {
+            UiAction::RestoreFromHistory(path) => {
+                let entry = self.state.history.entries().iter().find(|e| e.path == path);
+                match entry.map(HistoryEntry::recipe) {
+                    Some(Ok(recipe)) => self.restore(&recipe),
+                    Some(Err(message)) => self.error = Some(message),
+                    None => {}
+                }
+            }
+            UiAction::RestoreFromClip(path) => self.restore_from_clip(path),
             UiAction::OpenImageDialog => self.open_dialog(ctx, DialogPurpose::SourceImage),
             UiAction::LoadImage(path) => self.load_image(ctx, path),
             UiAction::DismissError => self.error = None,
@@ -216,6 +265,53 @@ impl StillmotionApp {
                     .filter(|parent| !parent.as_os_str().is_empty())
                     .map_or_else(|| PathBuf::from("."), PathBuf::from);
                 self.open_with_system(&folder);
+            }
+        }
+    }
+
+    /// Takes a finished render's settings, and its source image when it is still there.
+    fn restore(&mut self, recipe: &Recipe) {
+        self.state.settings.restore(recipe, &self.presets);
+        self.error = None;
+        if recipe.image.is_file() {
+            self.pending.push(UiAction::LoadImage(recipe.image.clone()));
+        } else {
+            self.error = Some(format!(
+                "Settings restored, but the render's source image is gone; open it again: {}",
+                recipe.image.display()
+            ));
+        }
+    }
+
+    /// Restores the recipe stored in a dropped clip (or its sidecar) and previews the clip.
+    fn restore_from_clip(&mut self, path: PathBuf) {
+        let embedded = match stillmotion_engine::video::read_recipe(&path) {
+            Ok(embedded) => embedded,
+            Err(error) => {
+                self.error = Some(format!(
+                    "No settings to restore (only clips rendered by Stillmotion carry them): \
+                     {error:#}"
+                ));
+                return;
+            }
+        };
+        match serde_json::from_value::<Recipe>(embedded.recipe) {
+            Ok(recipe) => {
+                self.restore(&recipe);
+                let is_clip = !path
+                    .extension()
+                    .is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
+                if is_clip {
+                    self.pending.push(UiAction::PreviewClip(path));
+                }
+            }
+            Err(error) => {
+                self.error = Some(format!(
+                    "This clip's recipe was written by Stillmotion {} and this version cannot \
+                     read it ({error}): {}",
+                    embedded.app_version,
+                    path.display()
+                ));
             }
         }
     }
@@ -308,6 +404,7 @@ impl StillmotionApp {
         }
         let title: String = recipe.prompt.chars().take(48).collect();
         let job_id = self.jobs.add(title);
+        self.render_recipes.insert(job_id, recipe.clone());
         self.outbox.push_back(Command::Submit {
             job_id,
             kind: JobKind::Render(Box::new(recipe)),
@@ -366,12 +463,39 @@ impl eframe::App for StillmotionApp {
         if let Some(engine) = &self.engine {
             for event in engine.events().try_iter() {
                 self.jobs.apply(&event);
-                if let stillmotion_engine::runtime::Event::Finished { output, .. } = &event {
-                    self.pending
-                        .push(UiAction::PreviewClip(output.path.clone()));
-                    ctx.request_repaint();
+                match &event {
+                    Event::Finished { job_id, output, .. } => {
+                        if let Some(recipe) = self.render_recipes.remove(job_id) {
+                            let path = output.path.clone();
+                            self.state
+                                .history
+                                .add(HistoryEntry::new(path.clone(), &recipe));
+                            let sender = self.thumbnail_sender.clone();
+                            if let Err(e) = history::spawn_thumbnails(ctx, vec![path], sender) {
+                                tracing::warn!("no thumbnail for the new render: {e}");
+                            }
+                        }
+                        self.pending
+                            .push(UiAction::PreviewClip(output.path.clone()));
+                        ctx.request_repaint();
+                    }
+                    Event::Cancelled { job_id } | Event::Failed { job_id, .. } => {
+                        self.render_recipes.remove(job_id);
+                    }
+                    _ => {}
                 }
             }
+        }
+        for (path, frame) in self.thumbnail_receiver.try_iter() {
+            let (width, height) = frame.dimensions();
+            let image =
+                egui::ColorImage::from_rgb([width as usize, height as usize], frame.as_raw());
+            let texture = ctx.load_texture(
+                format!("thumbnail {}", path.display()),
+                image,
+                egui::TextureOptions::LINEAR,
+            );
+            self.thumbnails.insert(path, texture);
         }
         if let Some(player) = &mut self.player {
             player.poll(ctx);
@@ -391,7 +515,18 @@ impl eframe::App for StillmotionApp {
                 .map(|file| file.path().to_owned())
                 .collect()
         });
-        actions.extend(dropped.into_iter().take(1).map(UiAction::LoadImage));
+        actions.extend(dropped.into_iter().take(1).map(|path| {
+            let is_clip = path.extension().is_some_and(|ext| {
+                CLIP_EXTENSIONS
+                    .iter()
+                    .any(|clip| ext.eq_ignore_ascii_case(clip))
+            });
+            if is_clip {
+                UiAction::RestoreFromClip(path)
+            } else {
+                UiAction::LoadImage(path)
+            }
+        }));
 
         egui::Panel::top("top_bar").show(ui, |ui| {
             ui.horizontal(|ui| {
@@ -432,6 +567,14 @@ impl eframe::App for StillmotionApp {
             .show(ui, |ui| {
                 egui::ScrollArea::vertical().show(ui, |ui| {
                     actions.extend(jobs::show(ui, &self.jobs));
+                    ui.separator();
+                    let playing = self.player.as_ref().map(ClipPlayer::path);
+                    actions.extend(history::show(
+                        ui,
+                        &self.state.history,
+                        &self.thumbnails,
+                        playing,
+                    ));
                 });
             });
         egui::CentralPanel::default().show(ui, |ui| {

@@ -1,12 +1,14 @@
 //! The main window: state, per-frame logic, and drawing.
 
 mod app;
+mod history;
 mod jobs;
 mod player;
 mod settings;
 mod source_image;
 
 pub use app::{StartOptions, StillmotionApp, UiAction, run};
+pub use history::{History, HistoryEntry};
 pub use jobs::{JobEntry, JobList, JobState};
 pub use player::ClipPlayer;
 pub use settings::{ModelSlot, SamplerChoice, Settings};

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use stillmotion_engine::preset::{Preset, SamplerKind};
-use stillmotion_engine::recipe::{Interpolation, ModelFiles, RecipeChoices};
+use stillmotion_engine::recipe::{
+    Interpolation, ModelFiles, Recipe, RecipeChoices, WAN_DEFAULT_NEGATIVE_PROMPT,
+};
 
 use super::UiAction;
 use crate::ui::theme;
@@ -136,6 +138,48 @@ impl Settings {
         self.shift = preset.shift;
         self.sampler = preset.sampler.into();
         self.interpolation_factor = preset.interpolation_factor;
+    }
+
+    /// Takes every value a finished render's `recipe` used that these settings can hold, so the
+    /// next render repeats it: the seed is locked, and the preset is the one the recipe named
+    /// (by its display name) when it is among `presets`.
+    pub fn restore(&mut self, recipe: &Recipe, presets: &[(String, Preset)]) {
+        if let Some((stem, _)) = presets
+            .iter()
+            .find(|(_, preset)| preset.name == recipe.preset_name)
+        {
+            stem.clone_into(&mut self.preset);
+        }
+        recipe.prompt.clone_into(&mut self.prompt);
+        self.negative_prompt = if recipe.negative_prompt == WAN_DEFAULT_NEGATIVE_PROMPT {
+            String::new()
+        } else {
+            recipe.negative_prompt.clone()
+        };
+        self.steps = recipe.steps;
+        self.num_frames = recipe.num_frames;
+        self.cfg_high_noise = recipe.cfg_high_noise;
+        self.cfg_low_noise = recipe.cfg_low_noise;
+        self.shift = recipe.shift;
+        self.sampler = recipe.sampler.into();
+        self.seed = recipe.seed;
+        self.seed_locked = true;
+        self.interpolation_factor = match recipe.interpolation {
+            Interpolation::Multiplier { factor } => factor,
+            Interpolation::Off | Interpolation::TargetFps { .. } => 1,
+        };
+        self.high_noise.clone_from(&recipe.models.high_noise);
+        self.low_noise.clone_from(&recipe.models.low_noise);
+        self.text_encoder.clone_from(&recipe.models.text_encoder);
+        self.vae.clone_from(&recipe.models.vae);
+        if let Some(dir) = recipe
+            .output
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+        {
+            self.output_dir = Some(dir.to_owned());
+        }
+        self.reserve_vram_gb = recipe.reserve_vram_gb;
     }
 
     /// The user's choices for a render of `image`, written into `output_dir` (or beside the
