@@ -39,6 +39,14 @@ impl JobRunner for Steps {
     fn unload(&mut self) {}
 }
 
+/// Start options that never touch the user's real preset folder.
+fn isolated(image: Option<PathBuf>) -> StartOptions {
+    StartOptions {
+        image,
+        preset_dir: Some(std::env::temp_dir().join("stillmotion-tests-no-user-presets")),
+    }
+}
+
 fn app(options: StartOptions) -> Harness<'static, StillmotionApp> {
     Harness::new_eframe(move |cc| StillmotionApp::new(cc, options, Steps(3)))
 }
@@ -76,7 +84,7 @@ fn write_png(dir: &Path, name: &str, width: u32, height: u32) -> PathBuf {
 fn start_image_is_shown_with_its_size() {
     let dir = tempfile::tempdir().unwrap();
     let png = write_png(dir.path(), "portrait.png", 48, 80);
-    let mut harness = app(StartOptions { image: Some(png) });
+    let mut harness = app(isolated(Some(png)));
     harness.run();
     harness.get_by_label_contains("portrait.png · 48×80");
     let source = harness.state().source().unwrap();
@@ -91,7 +99,7 @@ fn dropped_file_loads_and_a_bad_one_shows_a_clear_error() {
     let junk = dir.path().join("notes.png");
     std::fs::write(&junk, "not pixels").unwrap();
 
-    let mut harness = app(StartOptions::default());
+    let mut harness = app(isolated(None));
     harness.run();
     harness.get_by_label_contains("Drop an image here");
     assert!(harness.state().source().is_none());
@@ -120,7 +128,7 @@ fn dropped_file_loads_and_a_bad_one_shows_a_clear_error() {
 fn render_validates_then_queues_and_the_queue_follows_engine_events() {
     let dir = tempfile::tempdir().unwrap();
     let png = write_png(dir.path(), "still.png", 64, 48);
-    let mut harness = app(StartOptions { image: Some(png) });
+    let mut harness = app(isolated(Some(png)));
     harness.run();
     // Shipped presets are listed and the default one is applied on first start.
     assert_eq!(
@@ -227,7 +235,7 @@ fn write_clip(path: &Path, frames: u8, recipe: Option<EmbeddedRecipe>) -> PathBu
 fn player_steps_through_the_frames_of_a_real_clip() {
     let dir = tempfile::tempdir().unwrap();
     let clip = write_clip(&dir.path().join("clip.mp4"), 5, None);
-    let mut harness = big_app(StartOptions::default());
+    let mut harness = big_app(isolated(None));
     harness.run();
     harness
         .state_mut()
@@ -310,7 +318,7 @@ fn restart(previous: &mut Harness<'_, StillmotionApp>) -> Harness<'static, Still
         .with_size(egui::vec2(1400.0, 1000.0))
         .build_eframe(move |cc| {
             cc.storage = Some(storage);
-            StillmotionApp::new(cc, StartOptions::default(), Steps(3))
+            StillmotionApp::new(cc, isolated(None), Steps(3))
         })
 }
 
@@ -336,9 +344,7 @@ fn ready_to_render(harness: &mut Harness<'_, StillmotionApp>, dir: &Path, prompt
 fn finished_render_enters_history_restores_settings_and_persists() {
     let dir = tempfile::tempdir().unwrap();
     let png = write_png(dir.path(), "lake.png", 64, 48);
-    let mut harness = big_app(StartOptions {
-        image: Some(png.clone()),
-    });
+    let mut harness = big_app(isolated(Some(png.clone())));
     harness.run();
     harness.get_by_label_contains("Finished renders appear here");
     ready_to_render(&mut harness, dir.path(), "the lake ripples", 11);
@@ -447,7 +453,7 @@ fn dropping_a_stillmotion_clip_restores_its_recipe() {
     // Only the container carries it here: the sidecar is gone, as when a clip is shared alone.
     std::fs::remove_file(dir.path().join("shared.json")).unwrap();
 
-    let mut harness = big_app(StartOptions::default());
+    let mut harness = big_app(isolated(None));
     harness.run();
     drop_file(&mut harness, clip.clone());
     run_until(&mut harness, "the recipe to be restored", |app| {
@@ -483,4 +489,99 @@ fn dropping_a_stillmotion_clip_restores_its_recipe() {
         harness.state().settings().prompt,
         "waves break on the cliff"
     );
+}
+
+#[test]
+fn save_as_preset_writes_a_preset_file_listed_after_the_shipped_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let preset_dir = dir
+        .path()
+        .join("config")
+        .join("stillmotion")
+        .join("presets");
+    let options = StartOptions {
+        image: None,
+        preset_dir: Some(preset_dir.clone()),
+    };
+    let shipped = stillmotion_engine::preset::shipped().unwrap();
+    let mut harness = big_app(options.clone());
+    harness.run();
+    assert_eq!(harness.state().presets().len(), shipped.len());
+    {
+        let settings = harness.state_mut().settings_mut();
+        settings.steps = 6;
+        settings.num_frames = 49;
+        settings.cfg_high_noise = 2.5;
+        settings.shift = 3.0;
+        settings.interpolation_factor = 2;
+        settings.sampler = stillmotion_app::gui::SamplerChoice::UniPc;
+    }
+    let base = harness.state().settings().preset.clone();
+    let (_, base) = shipped.iter().find(|(stem, _)| *stem == base).unwrap();
+
+    harness.get_by_label("New preset name").focus();
+    harness.run();
+    harness
+        .get_by_label("New preset name")
+        .type_text("Slow pan");
+    harness.run();
+    harness.get_by_label("Save as preset").click();
+    harness.run();
+    assert!(
+        harness.state().error().is_none(),
+        "{:?}",
+        harness.state().error()
+    );
+    let saved =
+        stillmotion_engine::preset::Preset::load(&preset_dir.join("slow-pan.toml")).unwrap();
+    assert_eq!(saved.name, "Slow pan");
+    assert_eq!((saved.steps, saved.num_frames, saved.shift), (6, 49, 3.0));
+    assert_eq!((saved.cfg_high_noise, saved.interpolation_factor), (2.5, 2));
+    assert_eq!(
+        saved.sampler,
+        stillmotion_engine::preset::SamplerKind::Unipc
+    );
+    assert_eq!(
+        (
+            saved.model,
+            saved.width,
+            saved.height,
+            saved.fps,
+            saved.boundary
+        ),
+        (base.model, base.width, base.height, base.fps, base.boundary)
+    );
+    assert_eq!(harness.state().settings().preset, "slow-pan");
+    harness.get_by_label_contains("Saved your preset");
+    assert_eq!(harness.state().presets()[shipped.len()].0, "slow-pan");
+
+    // A shipped name is refused and nothing is written.
+    harness.get_by_label("New preset name").focus();
+    harness.run();
+    harness
+        .get_by_label("New preset name")
+        .type_text(&shipped[0].1.name);
+    harness.run();
+    harness.get_by_label("Save as preset").click();
+    harness.run();
+    let error = harness.state().error().unwrap().to_owned();
+    assert!(error.contains("shipped preset"), "{error}");
+    assert_eq!(std::fs::read_dir(&preset_dir).unwrap().count(), 1);
+
+    // The next run lists it after the shipped presets, and one click switches to it.
+    let mut next = big_app(options);
+    next.run();
+    assert_eq!(next.state().presets().len(), shipped.len() + 1);
+    assert_eq!(next.state().settings().steps, base.steps);
+    next.get_by_label("Preset").click();
+    next.run();
+    next.get_by_label("Your presets");
+    // The popup scrolls: the user's presets are at its end.
+    next.get_by_label("Slow pan").scroll_to_me();
+    next.run();
+    next.get_by_label("Slow pan").click();
+    next.run();
+    let settings = next.state().settings();
+    assert_eq!(settings.preset, "slow-pan");
+    assert_eq!((settings.steps, settings.num_frames), (6, 49));
 }

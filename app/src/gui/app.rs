@@ -15,6 +15,7 @@ use super::jobs::{self, JobList};
 use super::player::{self, ClipPlayer};
 use super::settings::{self, ModelSlot, Settings};
 use super::source_image::{self, SourceImage};
+use super::user_presets;
 use crate::ui::theme;
 
 /// Image file extensions offered by the open dialog.
@@ -30,6 +31,8 @@ pub enum UiAction {
     RestoreFromHistory(PathBuf),
     /// Restore the settings from the recipe stored in (or beside) this clip.
     RestoreFromClip(PathBuf),
+    /// Save the current choices as the user's preset with this name.
+    SavePreset(String),
     /// Show the native file dialog to choose a source image.
     OpenImageDialog,
     /// Load this file as the source image.
@@ -68,6 +71,9 @@ enum DialogPurpose {
 #[derive(Clone, Debug, Default)]
 pub struct StartOptions {
     pub image: Option<PathBuf>,
+    /// The folder of the user's own presets; `None` means
+    /// `<config dir>/stillmotion/presets`.
+    pub preset_dir: Option<PathBuf>,
 }
 
 /// What persists between runs (eframe storage).
@@ -84,7 +90,13 @@ const STORAGE_KEY: &str = "stillmotion.ui_state";
 /// The application.
 pub struct StillmotionApp {
     state: UiState,
+    /// The shipped presets, then the user's own (file stem, preset).
     presets: Vec<(String, Preset)>,
+    shipped_count: usize,
+    preset_dir: Option<PathBuf>,
+    new_preset_name: String,
+    /// A confirmation shown until the next action (not an error).
+    notice: Option<String>,
     source: Option<SourceImage>,
     compute_description: String,
     display_adapter: Option<String>,
@@ -116,10 +128,22 @@ impl StillmotionApp {
             .and_then(|storage| eframe::get_value(storage, STORAGE_KEY))
             .unwrap_or_default();
         let mut error = None;
-        let presets = preset::shipped().unwrap_or_else(|e| {
+        let mut presets = preset::shipped().unwrap_or_else(|e| {
             error = Some(format!("{e:#}"));
             Vec::new()
         });
+        let shipped_count = presets.len();
+        let preset_dir = options
+            .preset_dir
+            .clone()
+            .or_else(user_presets::default_dir);
+        if let Some(dir) = &preset_dir {
+            let (own, problems) = user_presets::load(dir, &presets);
+            presets.extend(own);
+            if !problems.is_empty() {
+                error = Some(problems.join("\n"));
+            }
+        }
         if !presets
             .iter()
             .any(|(stem, _)| *stem == state.settings.preset)
@@ -156,6 +180,10 @@ impl StillmotionApp {
         Self {
             state,
             presets,
+            shipped_count,
+            preset_dir,
+            new_preset_name: String::new(),
+            notice: None,
             source: None,
             compute_description: stillmotion_engine::device::availability_summary(),
             display_adapter,
@@ -232,6 +260,7 @@ impl StillmotionApp {
     }
 
     fn run_action(&mut self, ctx: &egui::Context, action: UiAction) {
+        self.notice = None;
         match action {
             UiAction::RestoreFromHistory(path) => {
                 let entry = self.state.history.entries().iter().find(|e| e.path == path);
@@ -242,9 +271,13 @@ impl StillmotionApp {
                 }
             }
             UiAction::RestoreFromClip(path) => self.restore_from_clip(path),
+            UiAction::SavePreset(name) => self.save_preset(&name),
             UiAction::OpenImageDialog => self.open_dialog(ctx, DialogPurpose::SourceImage),
             UiAction::LoadImage(path) => self.load_image(ctx, path),
-            UiAction::DismissError => self.error = None,
+            UiAction::DismissError => {
+                self.error = None;
+                self.notice = None;
+            }
             UiAction::ApplyPreset(stem) => {
                 if let Some((stem, preset)) = self.presets.iter().find(|(s, _)| *s == stem) {
                     self.state.settings.apply_preset(stem, preset);
@@ -267,6 +300,51 @@ impl StillmotionApp {
                 self.open_with_system(&folder);
             }
         }
+    }
+
+    /// Writes the current choices as the user's preset `name`, lists it, and selects it.
+    fn save_preset(&mut self, name: &str) {
+        let Some(dir) = self.preset_dir.clone() else {
+            self.error = Some("This system has no configuration folder to keep presets in".into());
+            return;
+        };
+        let Some((_, base)) = self
+            .presets
+            .iter()
+            .find(|(stem, _)| *stem == self.state.settings.preset)
+        else {
+            self.error = Some("Choose a preset to start from first".to_owned());
+            return;
+        };
+        let preset = user_presets::preset_from(name, &self.state.settings, base);
+        match user_presets::save(&dir, &preset, &self.presets[..self.shipped_count]) {
+            Ok(stem) => {
+                let (own, problems) = user_presets::load(&dir, &self.presets[..self.shipped_count]);
+                self.presets.truncate(self.shipped_count);
+                self.presets.extend(own);
+                self.state.settings.preset.clone_from(&stem);
+                self.new_preset_name.clear();
+                self.error = (!problems.is_empty()).then(|| problems.join("\n"));
+                self.notice = Some(format!(
+                    "Saved your preset “{}”: {}",
+                    preset.name,
+                    dir.join(format!("{stem}.toml")).display()
+                ));
+            }
+            Err(message) => self.error = Some(message),
+        }
+    }
+
+    /// The presets in the picker: shipped first, then the user's own.
+    #[must_use]
+    pub fn presets(&self) -> &[(String, Preset)] {
+        &self.presets
+    }
+
+    /// A confirmation shown to the user, if any.
+    #[must_use]
+    pub fn notice(&self) -> Option<&str> {
+        self.notice.as_deref()
     }
 
     /// Takes a finished render's settings, and its source image when it is still there.
@@ -540,11 +618,24 @@ impl eframe::App for StillmotionApp {
                 }
             });
         });
-        if let Some(error) = &self.error {
+        let message = self
+            .error
+            .as_deref()
+            .map(|error| (theme::ERROR_TEXT, error))
+            .or_else(|| {
+                self.notice
+                    .as_deref()
+                    .map(|notice| (theme::NOTICE_TEXT, notice))
+            });
+        if let Some((colour, message)) = message {
             egui::Panel::bottom("error_bar").show(ui, |ui| {
                 ui.horizontal(|ui| {
-                    ui.colored_label(theme::ERROR_TEXT, error);
-                    if ui.button("Dismiss").clicked() {
+                    ui.colored_label(colour, message);
+                    if ui
+                        .button("Dismiss")
+                        .on_hover_text("Hide this message")
+                        .clicked()
+                    {
                         actions.push(UiAction::DismissError);
                     }
                 });
@@ -558,7 +649,13 @@ impl eframe::App for StillmotionApp {
             .default_size(360.0)
             .show(ui, |ui| {
                 egui::ScrollArea::vertical().show(ui, |ui| {
-                    actions.extend(settings::show(ui, &mut self.state.settings, &self.presets));
+                    actions.extend(settings::show(
+                        ui,
+                        &mut self.state.settings,
+                        &self.presets,
+                        self.shipped_count,
+                        &mut self.new_preset_name,
+                    ));
                 });
             });
         egui::Panel::right("queue")

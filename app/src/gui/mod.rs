@@ -6,6 +6,7 @@ mod jobs;
 mod player;
 mod settings;
 mod source_image;
+mod user_presets;
 
 pub use app::{StartOptions, StillmotionApp, UiAction, run};
 pub use history::{History, HistoryEntry};

@@ -238,12 +238,15 @@ impl Settings {
     }
 }
 
-/// Draws the settings. `presets` are (file stem, preset) pairs.
+/// Draws the settings. `presets` are (file stem, preset) pairs, the first `shipped_count` of
+/// them shipped and the rest the user's; `new_preset_name` is the "save as preset" name field.
 #[must_use]
 pub fn show(
     ui: &mut egui::Ui,
     settings: &mut Settings,
     presets: &[(String, Preset)],
+    shipped_count: usize,
+    new_preset_name: &mut String,
 ) -> Option<UiAction> {
     let mut action = None;
     ui.heading("Settings");
@@ -255,7 +258,11 @@ pub fn show(
     egui::ComboBox::from_label("Preset")
         .selected_text(current)
         .show_ui(ui, |ui| {
-            for (stem, preset) in presets {
+            for (index, (stem, preset)) in presets.iter().enumerate() {
+                if index == shipped_count {
+                    ui.separator();
+                    ui.colored_label(theme::WEAK_TEXT, "Your presets");
+                }
                 if ui
                     .selectable_label(settings.preset == *stem, &preset.name)
                     .on_hover_text(&preset.description)
@@ -267,6 +274,30 @@ pub fn show(
         })
         .response
         .on_hover_text("One click sets steps, frames, sampler, guidance and interpolation");
+    ui.horizontal(|ui| {
+        let label = ui.label("New preset name");
+        ui.add(
+            egui::TextEdit::singleline(new_preset_name)
+                .hint_text("e.g. Slow pan, 6 steps")
+                .desired_width(140.0),
+        )
+        .labelled_by(label.id)
+        .on_hover_text("The name your preset gets in the picker");
+        if ui
+            .add_enabled(
+                !new_preset_name.trim().is_empty(),
+                egui::Button::new("Save as preset"),
+            )
+            .on_hover_text(
+                "Save steps, frames, sampler, shift, guidance and interpolation as your own \
+                 preset (the size and model come from the chosen preset)",
+            )
+            .on_disabled_hover_text("Type a name for the preset first")
+            .clicked()
+        {
+            action = Some(UiAction::SavePreset(new_preset_name.clone()));
+        }
+    });
 
     ui.label("Prompt");
     ui.add(
