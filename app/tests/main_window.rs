@@ -15,15 +15,16 @@ use stillmotion_engine::video::EmbeddedRecipe;
 
 /// Stands in for the pipeline in these tests: walks a few steps, reporting progress and
 /// honouring cancellation, then writes a real 5-frame MP4 carrying the recipe with the engine's
-/// writer, as the pipeline does. (The real pipeline is driven end to end in the engine's tests.)
+/// writer, as the pipeline does. An interpolation decodes its input and writes
+/// (n − 1) × multiplier + 1 frames at multiplier × its rate (repeated frames: RIFE itself is
+/// tested in the engine). (The real pipeline is driven end to end in the engine's tests.)
 struct Steps(u32);
 
 impl JobRunner for Steps {
     fn run(&mut self, kind: &JobKind, ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
-        let JobKind::Render(recipe) = kind else {
-            return Err(EngineError::BadInterpolationInput {
-                problem: "this test runner only renders".to_owned(),
-            });
+        let recipe = match kind {
+            JobKind::Render(recipe) => recipe,
+            JobKind::Interpolate(request) => return Ok(stand_in_interpolation(request)),
         };
         for step in 0..self.0 {
             ctx.check()?;
@@ -39,9 +40,38 @@ impl JobRunner for Steps {
     fn unload(&mut self) {}
 }
 
-/// Start options that never touch the user's real preset folder.
+fn stand_in_interpolation(request: &stillmotion_engine::recipe::InterpolateRequest) -> JobOutput {
+    let input = stillmotion_engine::video::read_video(&request.input, 1000, 1 << 20).unwrap();
+    let settings = stillmotion_engine::video::EncodeSettings {
+        preset: "ultrafast".to_owned(),
+        fps: stillmotion_engine::video::FrameRate::whole(
+            input.fps.numerator / input.fps.denominator * request.multiplier,
+        ),
+        ..Default::default()
+    };
+    let mut writer = stillmotion_engine::video::VideoWriter::create(
+        &request.output,
+        &settings,
+        input.width,
+        input.height,
+        None,
+    )
+    .unwrap();
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let count = (input.frames.len() - 1) * request.multiplier as usize + 1;
+    for index in 0..count {
+        let frame = &input.frames[index / request.multiplier as usize];
+        writer.push(frame, &never).unwrap();
+    }
+    JobOutput {
+        path: writer.finish().unwrap(),
+    }
+}
+
+/// Start options that never touch the user's real preset folder, on a machine without a GPU.
 fn isolated(image: Option<PathBuf>) -> StartOptions {
     StartOptions {
+        gpu_available: Some(false),
         image,
         preset_dir: Some(std::env::temp_dir().join("stillmotion-tests-no-user-presets")),
     }
@@ -500,8 +530,8 @@ fn save_as_preset_writes_a_preset_file_listed_after_the_shipped_ones() {
         .join("stillmotion")
         .join("presets");
     let options = StartOptions {
-        image: None,
         preset_dir: Some(preset_dir.clone()),
+        ..isolated(None)
     };
     let shipped = stillmotion_engine::preset::shipped().unwrap();
     let mut harness = big_app(options.clone());
@@ -584,4 +614,51 @@ fn save_as_preset_writes_a_preset_file_listed_after_the_shipped_ones() {
     let settings = next.state().settings();
     assert_eq!(settings.preset, "slow-pan");
     assert_eq!((settings.steps, settings.num_frames), (6, 49));
+}
+
+#[test]
+fn without_a_gpu_the_app_says_so_and_still_interpolates_clips() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = write_clip(&dir.path().join("walk.mp4"), 3, None);
+    let mut harness = big_app(isolated(None));
+    harness.run();
+    harness.get_by_label_contains("No GPU: rendering runs on the CPU");
+
+    harness.get_by_label("Interpolate a clip…").click();
+    harness.run();
+    harness.get_by_label("Choose clip…");
+    harness.get_by_label("Choose output…");
+    // The native dialog cannot be driven here; it fills in the same field.
+    harness.state_mut().interpolate_form_mut().input = Some(clip.clone());
+    harness.run();
+    harness.get_by_label("walk-x2.mp4");
+    // The settings panel has a ×3 too (render interpolation); the form's window comes last.
+    harness.get_all_by_label("×3").last().unwrap().click();
+    harness.run();
+    harness.get_by_label("walk-x3.mp4");
+    harness.get_by_label("Interpolate").click();
+    run_until(&mut harness, "the interpolated clip to play", |app| {
+        app.player()
+            .is_some_and(|p| p.path().ends_with("walk-x3.mp4") && p.is_loaded())
+    });
+    let job = harness.state().jobs().entries()[0].clone();
+    assert_eq!(job.title, "Interpolate walk.mp4 ×3");
+    assert!(matches!(job.state, JobState::Finished { .. }), "{job:?}");
+    let player = harness.state().player().unwrap();
+    assert_eq!((player.frame_count(), player.fps()), (7, 48.0));
+    // An interpolation has no render recipe, so it does not enter the render history.
+    assert!(harness.state().history().entries().is_empty());
+
+    // A GPU machine shows where rendering runs instead.
+    let mut with_gpu = big_app(StartOptions {
+        gpu_available: Some(true),
+        ..isolated(None)
+    });
+    with_gpu.run();
+    assert!(
+        with_gpu
+            .query_by_label_contains("No GPU: rendering runs on the CPU")
+            .is_none()
+    );
+    with_gpu.get_by_label("Interpolate a clip…");
 }

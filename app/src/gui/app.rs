@@ -11,6 +11,7 @@ use stillmotion_engine::recipe::Recipe;
 use stillmotion_engine::runtime::{Command, EngineHandle, Event, JobId, JobKind, JobRunner};
 
 use super::history::{self, History, HistoryEntry, Thumbnail};
+use super::interpolate::{self, InterpolateForm};
 use super::jobs::{self, JobList};
 use super::player::{self, ClipPlayer};
 use super::settings::{self, ModelSlot, Settings};
@@ -22,6 +23,8 @@ use crate::ui::theme;
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"];
 /// Dropped files with these extensions are clips (or recipe sidecars) whose recipe is restored.
 const CLIP_EXTENSIONS: &[&str] = &["mp4", "m4v", "mov", "webm", "mkv", "json"];
+/// Clips offered by the "Interpolate a clip" dialog.
+const CLIP_EXTENSIONS_TO_INTERPOLATE: &[&str] = &["mp4", "m4v", "mov", "webm", "mkv", "gif"];
 
 /// What the user asked for; produced by panels, executed by `App::logic`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +36,14 @@ pub enum UiAction {
     RestoreFromClip(PathBuf),
     /// Save the current choices as the user's preset with this name.
     SavePreset(String),
+    /// Show the "Interpolate a clip" form.
+    OpenInterpolate,
+    /// Choose the clip to interpolate with the native dialog.
+    ChooseInterpolateInput,
+    /// Choose where the interpolated clip goes with the native dialog.
+    ChooseInterpolateOutput,
+    /// Validate the interpolation form and queue it.
+    SubmitInterpolation,
     /// Show the native file dialog to choose a source image.
     OpenImageDialog,
     /// Load this file as the source image.
@@ -65,6 +76,8 @@ enum DialogPurpose {
     SourceImage,
     ModelFile(ModelSlot),
     OutputFolder,
+    InterpolateInput,
+    InterpolateOutput,
 }
 
 /// How the app was started (from the command line).
@@ -74,6 +87,8 @@ pub struct StartOptions {
     /// The folder of the user's own presets; `None` means
     /// `<config dir>/stillmotion/presets`.
     pub preset_dir: Option<PathBuf>,
+    /// Whether a CUDA GPU can render; `None` asks the driver (this build must have CUDA too).
+    pub gpu_available: Option<bool>,
 }
 
 /// What persists between runs (eframe storage).
@@ -99,6 +114,8 @@ pub struct StillmotionApp {
     notice: Option<String>,
     source: Option<SourceImage>,
     compute_description: String,
+    gpu_available: bool,
+    interpolate: InterpolateForm,
     display_adapter: Option<String>,
     error: Option<String>,
     pending: Vec<UiAction>,
@@ -186,6 +203,14 @@ impl StillmotionApp {
             notice: None,
             source: None,
             compute_description: stillmotion_engine::device::availability_summary(),
+            gpu_available: options.gpu_available.unwrap_or_else(|| {
+                stillmotion_kernels::built_with_cuda()
+                    && matches!(
+                        stillmotion_kernels::probe_cuda_driver(),
+                        stillmotion_kernels::DriverProbe::Available { .. }
+                    )
+            }),
+            interpolate: InterpolateForm::default(),
             display_adapter,
             error,
             pending: options.image.map(UiAction::LoadImage).into_iter().collect(),
@@ -271,6 +296,14 @@ impl StillmotionApp {
                 }
             }
             UiAction::RestoreFromClip(path) => self.restore_from_clip(path),
+            UiAction::OpenInterpolate => self.interpolate.open = true,
+            UiAction::ChooseInterpolateInput => {
+                self.open_dialog(ctx, DialogPurpose::InterpolateInput);
+            }
+            UiAction::ChooseInterpolateOutput => {
+                self.open_dialog(ctx, DialogPurpose::InterpolateOutput);
+            }
+            UiAction::SubmitInterpolation => self.submit_interpolation(),
             UiAction::SavePreset(name) => self.save_preset(&name),
             UiAction::OpenImageDialog => self.open_dialog(ctx, DialogPurpose::SourceImage),
             UiAction::LoadImage(path) => self.load_image(ctx, path),
@@ -411,8 +444,21 @@ impl StillmotionApp {
         let (sender, receiver) = bounded(1);
         let start_dir = match purpose {
             DialogPurpose::SourceImage => self.state.last_image_dir.clone(),
+            DialogPurpose::InterpolateInput | DialogPurpose::InterpolateOutput => self
+                .interpolate
+                .input
+                .as_deref()
+                .and_then(std::path::Path::parent)
+                .map(PathBuf::from),
             DialogPurpose::ModelFile(_) | DialogPurpose::OutputFolder => None,
         };
+        let default_output = self.interpolate.input.as_deref().map(|input| {
+            self.interpolate
+                .output_for(input)
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
         let ctx = ctx.clone();
         // The native dialog blocks its thread until the user answers; keep the UI live meanwhile.
         let spawned = std::thread::Builder::new()
@@ -432,6 +478,15 @@ impl StillmotionApp {
                         .add_filter("Model files", &["safetensors", "gguf", "pth"])
                         .pick_file(),
                     DialogPurpose::OutputFolder => dialog.set_title("Output folder").pick_folder(),
+                    DialogPurpose::InterpolateInput => dialog
+                        .set_title("Clip to interpolate")
+                        .add_filter("Videos", CLIP_EXTENSIONS_TO_INTERPOLATE)
+                        .pick_file(),
+                    DialogPurpose::InterpolateOutput => dialog
+                        .set_title("Save the interpolated clip as")
+                        .set_file_name(default_output.unwrap_or_default())
+                        .add_filter("Videos", &["mp4", "webm", "webp", "gif"])
+                        .save_file(),
                 };
                 // The receiver may be gone if the app closed meanwhile; nothing to do then.
                 let _ = sender.send(picked);
@@ -448,7 +503,36 @@ impl StillmotionApp {
             DialogPurpose::SourceImage => self.pending.push(UiAction::LoadImage(path)),
             DialogPurpose::ModelFile(slot) => self.state.settings.set_model_path(slot, path),
             DialogPurpose::OutputFolder => self.state.settings.output_dir = Some(path),
+            DialogPurpose::InterpolateInput => self.interpolate.input = Some(path),
+            DialogPurpose::InterpolateOutput => self.interpolate.output = Some(path),
         }
+    }
+
+    /// Queues RIFE over an existing clip (no video model needed).
+    fn submit_interpolation(&mut self) {
+        match self.interpolate.request() {
+            Ok(request) => {
+                let name = request.input.file_name().map_or_else(
+                    || request.input.display().to_string(),
+                    |name| name.to_string_lossy().into_owned(),
+                );
+                let job_id = self
+                    .jobs
+                    .add(format!("Interpolate {name} ×{}", request.multiplier));
+                self.outbox.push_back(Command::Submit {
+                    job_id,
+                    kind: JobKind::Interpolate(Box::new(request)),
+                });
+                self.interpolate.open = false;
+                self.error = None;
+            }
+            Err(message) => self.error = Some(message),
+        }
+    }
+
+    /// The "Interpolate a clip" form, for tests and scripted use.
+    pub fn interpolate_form_mut(&mut self) -> &mut InterpolateForm {
+        &mut self.interpolate
     }
 
     /// Builds the recipe from the settings, validates it, and queues it on the engine.
@@ -610,8 +694,28 @@ impl eframe::App for StillmotionApp {
             ui.horizontal(|ui| {
                 ui.strong("Stillmotion");
                 ui.separator();
-                ui.label(&self.compute_description)
-                    .on_hover_text("Where rendering runs");
+                if self.gpu_available {
+                    ui.label(&self.compute_description)
+                        .on_hover_text("Where rendering runs");
+                } else {
+                    ui.colored_label(
+                        theme::WARNING_TEXT,
+                        "No GPU: rendering runs on the CPU and takes hours. Interpolating \
+                         existing clips works well without one.",
+                    )
+                    .on_hover_text(&self.compute_description);
+                }
+                ui.separator();
+                if ui
+                    .button("Interpolate a clip…")
+                    .on_hover_text(
+                        "Smooth an existing clip with RIFE frame interpolation (no video model \
+                         or GPU needed)",
+                    )
+                    .clicked()
+                {
+                    actions.push(UiAction::OpenInterpolate);
+                }
                 if let Some(adapter) = &self.display_adapter {
                     ui.separator();
                     ui.colored_label(theme::WEAK_TEXT, format!("Display: {adapter}"));
@@ -686,6 +790,7 @@ impl eframe::App for StillmotionApp {
             actions.extend(source_image::show(ui, self.source.as_ref()));
         });
 
+        actions.extend(interpolate::show(ui.ctx(), &mut self.interpolate));
         if !actions.is_empty() {
             self.pending.extend(actions);
             ui.ctx().request_repaint();

@@ -2,6 +2,7 @@
 
 mod app;
 mod history;
+mod interpolate;
 mod jobs;
 mod player;
 mod settings;
@@ -10,6 +11,7 @@ mod user_presets;
 
 pub use app::{StartOptions, StillmotionApp, UiAction, run};
 pub use history::{History, HistoryEntry};
+pub use interpolate::InterpolateForm;
 pub use jobs::{JobEntry, JobList, JobState};
 pub use player::ClipPlayer;
 pub use settings::{ModelSlot, SamplerChoice, Settings};
