@@ -779,15 +779,19 @@ impl eframe::App for StillmotionApp {
                 });
             });
         egui::CentralPanel::default().show(ui, |ui| {
-            if let Some(player) = &mut self.player {
-                let height = ui.available_height();
-                egui::Panel::bottom("preview")
-                    .resizable(true)
-                    .default_size(height * 0.6)
-                    .min_size(160.0)
-                    .show(ui, |ui| actions.extend(player::show(ui, player)));
-            }
-            actions.extend(source_image::show(ui, self.source.as_ref()));
+            let Some(player) = &mut self.player else {
+                actions.extend(source_image::show(ui, self.source.as_ref()));
+                return;
+            };
+            // The clip gets most of the room; the source image stays in view above it.
+            let source_height = (ui.available_height() * 0.35).max(120.0);
+            let width = ui.available_width();
+            ui.allocate_ui(egui::vec2(width, source_height), |ui| {
+                ui.set_max_height(source_height);
+                actions.extend(source_image::show(ui, self.source.as_ref()));
+            });
+            ui.separator();
+            actions.extend(player::show(ui, player));
         });
 
         actions.extend(interpolate::show(ui.ctx(), &mut self.interpolate));

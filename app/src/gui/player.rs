@@ -348,6 +348,8 @@ pub fn show(ui: &mut egui::Ui, player: &mut ClipPlayer) -> Option<UiAction> {
     ui.horizontal(|ui| {
         let mut frame = player.frame_index();
         let last = count.saturating_sub(1);
+        // The scrub bar takes the row's width, less room for the counter.
+        ui.spacing_mut().slider_width = (ui.available_width() - 320.0).max(80.0);
         let slider = ui
             .add_enabled(
                 count > 1,
@@ -379,7 +381,10 @@ pub fn show(ui: &mut egui::Ui, player: &mut ClipPlayer) -> Option<UiAction> {
             .on_hover_text(format!("{:.3} frames per second", player.fps));
     });
 
+    // Not while typing; and Space only when no widget has focus (Space clicks a focused button,
+    // which would toggle twice).
     let keys_free = !ui.ctx().egui_wants_keyboard_input();
+    let nothing_focused = ui.ctx().memory(|memory| memory.focused().is_none());
     if keys_free {
         let (left, right, space) = ui.input(|input| {
             (
@@ -394,7 +399,7 @@ pub fn show(ui: &mut egui::Ui, player: &mut ClipPlayer) -> Option<UiAction> {
         if right {
             player.step(1);
         }
-        if space {
+        if space && nothing_focused {
             player.toggle_play();
         }
     }
