@@ -286,13 +286,21 @@ fn player_steps_through_the_frames_of_a_real_clip() {
     harness.run();
     harness.get_by_label_contains("Frame 1 / 5");
 
+    // The frames are the clip's, in order: frame k is grey level 40·k (give or take H.264).
+    let grey = |harness: &Harness<'_, StillmotionApp>| {
+        let frame = harness.state().player().unwrap().current_frame().unwrap();
+        i32::from(frame.get_pixel(16, 16)[0])
+    };
+    assert!(grey(&harness) <= 3, "{}", grey(&harness));
     harness.get_by_label("Next frame").click();
     harness.run();
     assert_eq!(harness.state().player().unwrap().frame_index(), 1);
+    assert!((grey(&harness) - 40).abs() <= 3, "{}", grey(&harness));
     harness.key_press(egui::Key::ArrowRight);
     harness.run();
     assert_eq!(harness.state().player().unwrap().frame_index(), 2);
     harness.get_by_label_contains("Frame 3 / 5 · 0:00.12 / 0:00.31");
+    assert!((grey(&harness) - 80).abs() <= 3, "{}", grey(&harness));
     harness.key_press(egui::Key::ArrowLeft);
     harness.run();
     assert_eq!(harness.state().player().unwrap().frame_index(), 1);

@@ -1,6 +1,7 @@
 //! The preview player of a finished clip: frames are decoded by the engine's video reader on a
-//! named thread and uploaded as textures as they arrive; playback runs at the clip's own rate
-//! (times the chosen speed) from egui's clock, so it needs no timer thread.
+//! named thread and kept in memory as RGB; only the frame on screen is uploaded, into one
+//! texture, so a long clip never takes GPU memory the renderer needs. Playback runs at the
+//! clip's own rate (times the chosen speed) from egui's clock, so it needs no timer thread.
 
 use std::path::{Path, PathBuf};
 
@@ -14,15 +15,24 @@ use crate::ui::theme;
 /// Clips longer than this are previewed up to here (about 2 minutes at 16 fps); the file itself
 /// is untouched.
 pub const MAX_PREVIEW_FRAMES: usize = 2_000;
-/// Textures uploaded per UI frame, so a long clip never stalls the UI while it loads.
-const UPLOADS_PER_FRAME: usize = 8;
+/// Memory the decoded frames of one preview may take (RGB8); a longer clip is previewed up to
+/// here (720p: about 580 frames).
+pub const MAX_PREVIEW_BYTES: u64 = 1 << 31;
+/// Decoded frames taken per UI frame, so loading never stalls the UI.
+const FRAMES_PER_UI_FRAME: usize = 8;
 /// Playback speeds offered (× the clip's frame rate).
 pub const SPEEDS: [f32; 5] = [0.25, 0.5, 1.0, 1.5, 2.0];
 
 /// What the decoding thread reports.
 enum Decoded {
-    Opened { fps: f64, width: u32, height: u32 },
+    Opened {
+        fps: f64,
+        width: u32,
+        height: u32,
+    },
     Frame(RgbImage),
+    /// The clip goes on, but the preview stops at the frames sent.
+    Truncated,
     Failed(String),
     Done,
 }
@@ -32,7 +42,10 @@ pub struct ClipPlayer {
     path: PathBuf,
     fps: f64,
     size: (u32, u32),
-    frames: Vec<egui::TextureHandle>,
+    frames: Vec<RgbImage>,
+    /// The one texture on screen, and which frame it holds.
+    texture: Option<(egui::TextureHandle, usize)>,
+    truncated: bool,
     decoding: Option<Receiver<Decoded>>,
     error: Option<String>,
     playing: bool,
@@ -55,6 +68,8 @@ impl ClipPlayer {
             fps: 16.0,
             size: (0, 0),
             frames: Vec::new(),
+            texture: None,
+            truncated: false,
             decoding: Some(receiver),
             error: None,
             playing: autoplay,
@@ -96,6 +111,12 @@ impl ClipPlayer {
     #[must_use]
     pub fn frame_index(&self) -> usize {
         (self.position.floor().max(0.0) as usize).min(self.frames.len().saturating_sub(1))
+    }
+
+    /// The decoded frame on screen (RGB8), once decoded.
+    #[must_use]
+    pub fn current_frame(&self) -> Option<&RgbImage> {
+        self.frames.get(self.frame_index())
     }
 
     #[must_use]
@@ -149,6 +170,29 @@ impl ClipPlayer {
         self.last_time = None;
     }
 
+    /// The texture showing the current frame, uploaded when the frame changed.
+    fn current_texture(&mut self, ctx: &egui::Context) -> Option<&egui::TextureHandle> {
+        let index = self.frame_index();
+        let frame = self.frames.get(index)?;
+        let image = || {
+            let (width, height) = frame.dimensions();
+            egui::ColorImage::from_rgb([width as usize, height as usize], frame.as_raw())
+        };
+        match &mut self.texture {
+            Some((texture, shown)) if *shown != index => {
+                texture.set(image(), egui::TextureOptions::LINEAR);
+                *shown = index;
+            }
+            Some(_) => {}
+            None => {
+                let texture =
+                    ctx.load_texture("clip-preview", image(), egui::TextureOptions::LINEAR);
+                self.texture = Some((texture, index));
+            }
+        }
+        self.texture.as_ref().map(|(texture, _)| texture)
+    }
+
     /// Takes decoded frames and advances playback; call once per frame from `logic`.
     pub fn poll(&mut self, ctx: &egui::Context) {
         self.receive(ctx);
@@ -185,22 +229,14 @@ impl ClipPlayer {
             return;
         };
         let mut finished = false;
-        for message in receiver.try_iter().take(UPLOADS_PER_FRAME) {
+        for message in receiver.try_iter().take(FRAMES_PER_UI_FRAME) {
             match message {
                 Decoded::Opened { fps, width, height } => {
                     self.fps = fps;
                     self.size = (width, height);
                 }
-                Decoded::Frame(frame) => {
-                    let (width, height) = frame.dimensions();
-                    let image = egui::ColorImage::from_rgb(
-                        [width as usize, height as usize],
-                        frame.as_raw(),
-                    );
-                    let name = format!("clip-frame-{}", self.frames.len());
-                    self.frames
-                        .push(ctx.load_texture(name, image, egui::TextureOptions::LINEAR));
-                }
+                Decoded::Frame(frame) => self.frames.push(frame),
+                Decoded::Truncated => self.truncated = true,
                 Decoded::Failed(message) => {
                     self.error = Some(message);
                     finished = true;
@@ -211,7 +247,7 @@ impl ClipPlayer {
         if finished {
             self.decoding = None;
         } else {
-            // More may be waiting behind the per-frame upload budget.
+            // More may be waiting behind the per-frame budget.
             ctx.request_repaint_after(std::time::Duration::from_millis(5));
         }
     }
@@ -232,6 +268,8 @@ fn decode(path: &Path, sender: &Sender<Decoded>, wake: &egui::Context) {
         }
     };
     let (width, height) = reader.size();
+    let frame_bytes = u64::from(width) * u64::from(height) * 3;
+    let limit = MAX_PREVIEW_FRAMES.min((MAX_PREVIEW_BYTES / frame_bytes.max(1)).max(1) as usize);
     if !send(Decoded::Opened {
         fps: reader.fps().as_f64(),
         width,
@@ -239,8 +277,14 @@ fn decode(path: &Path, sender: &Sender<Decoded>, wake: &egui::Context) {
     }) {
         return;
     }
-    for _ in 0..MAX_PREVIEW_FRAMES {
+    for sent in 0.. {
         match reader.next_frame() {
+            Ok(Some(_)) if sent == limit => {
+                if !send(Decoded::Truncated) {
+                    return;
+                }
+                break;
+            }
             Ok(Some(frame)) => {
                 if !send(Decoded::Frame(frame)) {
                     return; // The player was closed.
@@ -295,8 +339,8 @@ pub fn show(ui: &mut egui::Ui, player: &mut ClipPlayer) -> Option<UiAction> {
     }
     let count = player.frames.len();
     let controls_height = 3.0 * ui.spacing().interact_size.y + 16.0;
-    if let Some(texture) = player.frames.get(player.frame_index()) {
-        let (width, height) = player.size;
+    let (width, height) = player.size;
+    if let Some(texture) = player.current_texture(ui.ctx()) {
         let available = ui.available_size() - egui::vec2(0.0, controls_height);
         let scale = (available.x / width.max(1) as f32)
             .min(available.y / height.max(1) as f32)
@@ -376,6 +420,9 @@ pub fn show(ui: &mut egui::Ui, player: &mut ClipPlayer) -> Option<UiAction> {
         );
         if !player.is_loaded() {
             counter.push_str(" · loading");
+        }
+        if player.truncated {
+            counter.push_str(" · preview ends here, the file goes on");
         }
         ui.label(counter)
             .on_hover_text(format!("{:.3} frames per second", player.fps));
