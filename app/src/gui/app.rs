@@ -203,13 +203,9 @@ impl StillmotionApp {
             notice: None,
             source: None,
             compute_description: stillmotion_engine::device::availability_summary(),
-            gpu_available: options.gpu_available.unwrap_or_else(|| {
-                stillmotion_kernels::built_with_cuda()
-                    && matches!(
-                        stillmotion_kernels::probe_cuda_driver(),
-                        stillmotion_kernels::DriverProbe::Available { .. }
-                    )
-            }),
+            gpu_available: options
+                .gpu_available
+                .unwrap_or_else(stillmotion_engine::device::cuda_available),
             interpolate: InterpolateForm::default(),
             display_adapter,
             error,
