@@ -300,6 +300,15 @@ fn player_steps_through_the_frames_of_a_real_clip() {
     harness.run();
     assert_eq!(harness.state().player().unwrap().frame_index(), 2);
     harness.get_by_label_contains("Frame 3 / 5 · 0:00.12 / 0:00.31");
+    // Space plays and pauses too.
+    harness.key_press(egui::Key::Space);
+    harness.run_steps(1);
+    assert!(harness.state().player().unwrap().is_playing());
+    harness.key_press(egui::Key::Space);
+    harness.run();
+    assert!(!harness.state().player().unwrap().is_playing());
+    harness.state_mut().player_mut().unwrap().seek(2);
+    harness.run();
     assert!((grey(&harness) - 80).abs() <= 3, "{}", grey(&harness));
     harness.key_press(egui::Key::ArrowLeft);
     harness.run();

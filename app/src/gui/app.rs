@@ -378,7 +378,7 @@ impl StillmotionApp {
 
     /// Takes a finished render's settings, and its source image when it is still there.
     fn restore(&mut self, recipe: &Recipe) {
-        self.state.settings.restore(recipe, &self.presets);
+        let preset_found = self.state.settings.restore(recipe, &self.presets);
         self.error = None;
         if recipe.image.is_file() {
             self.pending.push(UiAction::LoadImage(recipe.image.clone()));
@@ -386,6 +386,18 @@ impl StillmotionApp {
             self.error = Some(format!(
                 "Settings restored, but the render's source image is gone; open it again: {}",
                 recipe.image.display()
+            ));
+        }
+        if !preset_found {
+            let current = self
+                .presets
+                .iter()
+                .find(|(stem, _)| *stem == self.state.settings.preset)
+                .map_or("none", |(_, preset)| preset.name.as_str());
+            self.error = Some(format!(
+                "Settings restored, but the render's preset “{}” is not installed here, so the \
+                 size and model come from “{current}”",
+                recipe.preset_name
             ));
         }
     }

@@ -428,11 +428,9 @@ pub fn show(ui: &mut egui::Ui, player: &mut ClipPlayer) -> Option<UiAction> {
             .on_hover_text(format!("{:.3} frames per second", player.fps));
     });
 
-    // Not while typing; and Space only when no widget has focus (Space clicks a focused button,
-    // which would toggle twice).
-    let keys_free = !ui.ctx().egui_wants_keyboard_input();
-    let nothing_focused = ui.ctx().memory(|memory| memory.focused().is_none());
-    if keys_free {
+    // Only while no widget has keyboard focus: a focused widget takes the keys itself (text
+    // editing, Space clicks a button, arrows move focus or a slider), and both would act.
+    if ui.ctx().memory(|memory| memory.focused().is_none()) {
         let (left, right, space) = ui.input(|input| {
             (
                 input.key_pressed(egui::Key::ArrowLeft),
@@ -446,7 +444,7 @@ pub fn show(ui: &mut egui::Ui, player: &mut ClipPlayer) -> Option<UiAction> {
         if right {
             player.step(1);
         }
-        if space && nothing_focused {
+        if space {
             player.toggle_play();
         }
     }

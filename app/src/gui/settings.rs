@@ -142,12 +142,12 @@ impl Settings {
 
     /// Takes every value a finished render's `recipe` used that these settings can hold, so the
     /// next render repeats it: the seed is locked, and the preset is the one the recipe named
-    /// (by its display name) when it is among `presets`.
-    pub fn restore(&mut self, recipe: &Recipe, presets: &[(String, Preset)]) {
-        if let Some((stem, _)) = presets
+    /// (by its display name) when it is among `presets`. Returns whether it was.
+    pub fn restore(&mut self, recipe: &Recipe, presets: &[(String, Preset)]) -> bool {
+        let preset = presets
             .iter()
-            .find(|(_, preset)| preset.name == recipe.preset_name)
-        {
+            .find(|(_, preset)| preset.name == recipe.preset_name);
+        if let Some((stem, _)) = preset {
             stem.clone_into(&mut self.preset);
         }
         recipe.prompt.clone_into(&mut self.prompt);
@@ -180,6 +180,7 @@ impl Settings {
             self.output_dir = Some(dir.to_owned());
         }
         self.reserve_vram_gb = recipe.reserve_vram_gb;
+        preset.is_some()
     }
 
     /// The user's choices for a render of `image`, written into `output_dir` (or beside the
@@ -448,4 +449,50 @@ pub fn show(
         action = Some(UiAction::Render);
     }
     action
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restoring_a_recipe_gives_back_the_settings_that_made_it() {
+        let presets = stillmotion_engine::preset::shipped().unwrap();
+        let (stem, preset) = &presets[3];
+        let mut made = Settings::default();
+        made.apply_preset(stem, preset);
+        made.prompt = "a heron takes off".to_owned();
+        made.negative_prompt = "blur".to_owned();
+        made.seed = 99;
+        made.seed_locked = true;
+        made.steps = 12;
+        made.cfg_low_noise = 2.0;
+        made.interpolation_factor = 3;
+        made.vae = Some(PathBuf::from("/models/vae.safetensors"));
+        made.output_dir = Some(PathBuf::from("/clips"));
+        made.reserve_vram_gb = 6.0;
+        let recipe = Recipe::from_layers(
+            preset,
+            made.choices(PathBuf::from("/images/heron.png"), "out.mp4"),
+        );
+
+        let mut restored = Settings::default();
+        assert!(restored.restore(&recipe, &presets));
+        assert_eq!(restored, made);
+
+        // Wan's default negative prompt comes back as the empty field that stands for it.
+        made.negative_prompt.clear();
+        let recipe = Recipe::from_layers(
+            preset,
+            made.choices(PathBuf::from("/images/heron.png"), "out.mp4"),
+        );
+        assert!(restored.restore(&recipe, &presets));
+        assert_eq!(restored, made);
+
+        // A preset this installation lacks keeps the current one, and says so.
+        let mut foreign = recipe;
+        foreign.preset_name = "Someone else's preset".to_owned();
+        assert!(!restored.restore(&foreign, &presets));
+        assert_eq!(restored.preset, *stem);
+    }
 }
