@@ -679,3 +679,97 @@ fn without_a_gpu_the_app_says_so_and_still_interpolates_clips() {
     );
     with_gpu.get_by_label("Interpolate a clip…");
 }
+
+/// The tiny random-weight Wan2.2 I2V models of the pipeline's reference case.
+fn tiny_case() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/pipeline_i2v_official_tiny")
+}
+
+#[test]
+fn a_real_render_of_tiny_models_plays_enters_history_and_restores() {
+    let case = tiny_case();
+    let dir = tempfile::tempdir().unwrap();
+    // The user's own preset gives the tiny size (the shipped ones are 480p and up).
+    let preset_dir = dir.path().join("presets");
+    std::fs::create_dir(&preset_dir).unwrap();
+    std::fs::write(
+        preset_dir.join("tiny.toml"),
+        "format_version = 1\nname = \"Tiny\"\ndescription = \"64x48 test size\"\n\
+         model = \"wan22-i2v-a14b\"\nwidth = 64\nheight = 48\nnum_frames = 5\nfps = 16\n\
+         steps = 4\nsampler = \"unipc\"\nshift = 5.0\ncfg_high_noise = 3.5\n\
+         cfg_low_noise = 3.0\nboundary = 0.9\ninterpolation_factor = 1\n",
+    )
+    .unwrap();
+    let options = StartOptions {
+        image: Some(case.join("image.png")),
+        preset_dir: Some(preset_dir),
+        ..isolated(None)
+    };
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_eframe(move |cc| {
+            StillmotionApp::new(
+                cc,
+                options,
+                stillmotion_engine::pipeline::PipelineRunner::new(),
+            )
+        });
+    harness.run();
+    harness
+        .state_mut()
+        .perform(UiAction::ApplyPreset("tiny".to_owned()));
+    harness.run();
+    {
+        let settings = harness.state_mut().settings_mut();
+        assert_eq!((settings.preset.as_str(), settings.num_frames), ("tiny", 5));
+        settings.prompt = "a small red boat drifts across a calm lake at sunset".to_owned();
+        settings.negative_prompt = "blurry, static, low quality".to_owned();
+        settings.high_noise = Some(case.join("high_noise.safetensors"));
+        settings.low_noise = Some(case.join("low_noise.safetensors"));
+        settings.text_encoder = Some(case.join("umt5.safetensors"));
+        settings.vae = Some(case.join("wan_2.1_vae.safetensors"));
+        settings.output_dir = Some(dir.path().to_owned());
+        settings.seed = 5;
+        settings.seed_locked = true;
+    }
+    harness.get_by_label("Render").click();
+    run_until(
+        &mut harness,
+        "the render to finish, play and enter history",
+        |app| {
+            app.history()
+                .entries()
+                .first()
+                .is_some_and(|entry| app.has_thumbnail(&entry.path))
+                && app.player().is_some_and(ClipPlayer::is_loaded)
+                || app
+                    .jobs()
+                    .entries()
+                    .iter()
+                    .any(|job| matches!(job.state, JobState::Failed { .. }))
+        },
+    );
+    let job = harness.state().jobs().entries()[0].clone();
+    assert!(matches!(job.state, JobState::Finished { .. }), "{job:?}");
+    let entry = harness.state().history().entries()[0].clone();
+    assert_eq!(entry.path, dir.path().join("stillmotion-5.mp4"));
+    let player = harness.state().player().unwrap();
+    assert_eq!(player.path(), entry.path);
+    assert_eq!((player.frame_count(), player.fps()), (5, 16.0));
+    assert_eq!(player.current_frame().unwrap().dimensions(), (64, 48));
+    // The clip carries the recipe the history restores.
+    let embedded = stillmotion_engine::video::read_recipe(&entry.path).unwrap();
+    assert_eq!(embedded.recipe["seed"], 5);
+    assert_eq!(embedded.recipe["preset_name"], "Tiny");
+
+    harness.state_mut().settings_mut().seed = 6;
+    harness.state_mut().settings_mut().prompt.clear();
+    harness.get_by_label("Restore settings").click();
+    harness.run();
+    let settings = harness.state().settings();
+    assert_eq!((settings.seed, settings.preset.as_str()), (5, "tiny"));
+    assert_eq!(
+        settings.prompt,
+        "a small red boat drifts across a calm lake at sunset"
+    );
+}
