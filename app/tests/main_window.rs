@@ -772,4 +772,25 @@ fn a_real_render_of_tiny_models_plays_enters_history_and_restores() {
         settings.prompt,
         "a small red boat drifts across a calm lake at sunset"
     );
+
+    // The same engine interpolates the clip with the real RIFE weights.
+    harness.get_by_label("Interpolate a clip…").click();
+    harness.run();
+    harness.state_mut().interpolate_form_mut().input = Some(entry.path.clone());
+    harness.run();
+    harness.get_by_label("Interpolate").click();
+    let doubled = dir.path().join("stillmotion-5-x2.mp4");
+    run_until(&mut harness, "the interpolated clip to play", |app| {
+        app.player()
+            .is_some_and(|p| p.path() == doubled && p.is_loaded())
+            || app
+                .jobs()
+                .entries()
+                .iter()
+                .any(|job| matches!(job.state, JobState::Failed { .. }))
+    });
+    let player = harness.state().player().unwrap();
+    assert!(player.error().is_none(), "{:?}", player.error());
+    assert_eq!((player.frame_count(), player.fps()), (9, 32.0));
+    assert_eq!(harness.state().history().entries().len(), 1);
 }
