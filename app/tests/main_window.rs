@@ -331,6 +331,11 @@ fn player_steps_through_the_frames_of_a_real_clip() {
     harness.run_steps(1);
     assert!(harness.state().player().unwrap().is_playing());
     harness.get_by_label("Position");
+    assert_eq!(
+        harness.get_by_label("Speed").value().as_deref(),
+        Some("1×"),
+        "the speed picker is named for screen readers"
+    );
     harness.get_by_label("Open file");
     harness.get_by_label("Show in folder");
 }
@@ -645,6 +650,7 @@ fn without_a_gpu_the_app_says_so_and_still_interpolates_clips() {
     harness.run();
     harness.get_by_label("Choose clip…");
     harness.get_by_label("Choose output…");
+    harness.get_by_label("Folder fps");
     // The native dialog cannot be driven here; it fills in the same field.
     harness.state_mut().interpolate_form_mut().input = Some(clip.clone());
     harness.run();

@@ -128,8 +128,9 @@ pub fn show(ctx: &egui::Context, form: &mut InterpolateForm) -> Option<UiAction>
                         .on_hover_text("For clips that play in a loop");
                     ui.end_row();
 
-                    ui.label("Folder fps");
+                    let label = ui.label("Folder fps");
                     ui.add(egui::DragValue::new(&mut form.frames_fps).range(1..=240))
+                        .labelled_by(label.id)
                         .on_hover_text(
                             "Frame rate of a folder of PNG frames (videos carry their own)",
                         );

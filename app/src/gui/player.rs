@@ -377,7 +377,7 @@ pub fn show(ui: &mut egui::Ui, player: &mut ClipPlayer) -> Option<UiAction> {
         }
         ui.checkbox(&mut player.looping, "Loop")
             .on_hover_text("Start again at the end");
-        ui.label("Speed");
+        let label = ui.label("Speed");
         egui::ComboBox::from_id_salt("playback_speed")
             .selected_text(format!("{}×", player.speed))
             .show_ui(ui, |ui| {
@@ -387,6 +387,7 @@ pub fn show(ui: &mut egui::Ui, player: &mut ClipPlayer) -> Option<UiAction> {
                 }
             })
             .response
+            .labelled_by(label.id)
             .on_hover_text("Playback speed (× the clip's frame rate)");
     });
     ui.horizontal(|ui| {
