@@ -541,6 +541,23 @@ fn dropping_a_stillmotion_clip_restores_its_recipe() {
         harness.state().settings().prompt,
         "waves break on the cliff"
     );
+
+    // A clip made with a preset this installation lacks: restored, with a warning that stays.
+    let mut foreign_preset = recipe.clone();
+    foreign_preset.preset_name = "Someone else's preset".to_owned();
+    foreign_preset.seed = 43;
+    let embedded = EmbeddedRecipe::new(serde_json::to_value(&foreign_preset).unwrap());
+    let clip = write_clip(&dir.path().join("borrowed.mp4"), 3, Some(embedded));
+    drop_file(&mut harness, clip);
+    run_until(&mut harness, "the second restore", |app| {
+        app.settings().seed == 43 && app.player().is_some_and(ClipPlayer::is_loaded)
+    });
+    let error = harness.state().error().unwrap().to_owned();
+    assert!(
+        error.contains("“Someone else's preset” is not installed"),
+        "{error}"
+    );
+    assert_eq!(harness.state().settings().preset, *stem);
 }
 
 #[test]

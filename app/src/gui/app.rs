@@ -286,12 +286,12 @@ impl StillmotionApp {
             UiAction::RestoreFromHistory(path) => {
                 let entry = self.state.history.entries().iter().find(|e| e.path == path);
                 match entry.map(HistoryEntry::recipe) {
-                    Some(Ok(recipe)) => self.restore(&recipe),
+                    Some(Ok(recipe)) => self.restore(ctx, &recipe),
                     Some(Err(message)) => self.error = Some(message),
                     None => {}
                 }
             }
-            UiAction::RestoreFromClip(path) => self.restore_from_clip(path),
+            UiAction::RestoreFromClip(path) => self.restore_from_clip(ctx, path),
             UiAction::OpenInterpolate => self.interpolate.open = true,
             UiAction::ChooseInterpolateInput => {
                 self.open_dialog(ctx, DialogPurpose::InterpolateInput);
@@ -377,11 +377,13 @@ impl StillmotionApp {
     }
 
     /// Takes a finished render's settings, and its source image when it is still there.
-    fn restore(&mut self, recipe: &Recipe) {
+    fn restore(&mut self, ctx: &egui::Context, recipe: &Recipe) {
         let preset_found = self.state.settings.restore(recipe, &self.presets);
         self.error = None;
         if recipe.image.is_file() {
-            self.pending.push(UiAction::LoadImage(recipe.image.clone()));
+            // Now rather than queued: a successful load clears the error line, and the warnings
+            // below must stay.
+            self.load_image(ctx, recipe.image.clone());
         } else {
             self.error = Some(format!(
                 "Settings restored, but the render's source image is gone; open it again: {}",
@@ -403,7 +405,7 @@ impl StillmotionApp {
     }
 
     /// Restores the recipe stored in a dropped clip (or its sidecar) and previews the clip.
-    fn restore_from_clip(&mut self, path: PathBuf) {
+    fn restore_from_clip(&mut self, ctx: &egui::Context, path: PathBuf) {
         let embedded = match stillmotion_engine::video::read_recipe(&path) {
             Ok(embedded) => embedded,
             Err(error) => {
@@ -416,7 +418,7 @@ impl StillmotionApp {
         };
         match serde_json::from_value::<Recipe>(embedded.recipe) {
             Ok(recipe) => {
-                self.restore(&recipe);
+                self.restore(ctx, &recipe);
                 let is_clip = !path
                     .extension()
                     .is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
