@@ -816,4 +816,10 @@ fn a_real_render_of_tiny_models_plays_enters_history_and_restores() {
     assert!(player.error().is_none(), "{:?}", player.error());
     assert_eq!((player.frame_count(), player.fps()), (9, 32.0));
     assert_eq!(harness.state().history().entries().len(), 1);
+
+    // Removing the entry forgets the render, not the file.
+    harness.get_by_label("Remove from history").click();
+    harness.run();
+    assert!(harness.state().history().entries().is_empty());
+    assert!(entry.path.is_file());
 }

@@ -32,6 +32,8 @@ const CLIP_EXTENSIONS_TO_INTERPOLATE: &[&str] = &["mp4", "m4v", "mov", "webm", "
 pub enum UiAction {
     /// Restore the settings of the history entry for this file.
     RestoreFromHistory(PathBuf),
+    /// Remove the history entry for this file (the file stays).
+    ForgetRender(PathBuf),
     /// Restore the settings from the recipe stored in (or beside) this clip.
     RestoreFromClip(PathBuf),
     /// Save the current choices as the user's preset with this name.
@@ -292,6 +294,10 @@ impl StillmotionApp {
                 }
             }
             UiAction::RestoreFromClip(path) => self.restore_from_clip(ctx, path),
+            UiAction::ForgetRender(path) => {
+                self.state.history.remove(&path);
+                self.thumbnails.remove(&path);
+            }
             UiAction::OpenInterpolate => self.interpolate.open = true,
             UiAction::ChooseInterpolateInput => {
                 self.open_dialog(ctx, DialogPurpose::InterpolateInput);

@@ -74,6 +74,11 @@ impl History {
         self.entries.truncate(MAX_ENTRIES);
     }
 
+    /// Forgets the entry for `path` (the file stays).
+    pub fn remove(&mut self, path: &Path) {
+        self.entries.retain(|entry| entry.path != path);
+    }
+
     /// Forgets entries whose file is gone (deleted or moved since).
     pub fn drop_missing(&mut self) {
         self.entries.retain(|entry| entry.path.exists());
@@ -211,16 +216,25 @@ pub fn show(
                             ),
                         );
                     }
-                    if ui
-                        .button("Restore settings")
-                        .on_hover_text(
-                            "Set prompt, seed, steps, guidance, models and the source image \
-                             to this render's",
-                        )
-                        .clicked()
-                    {
-                        action = Some(UiAction::RestoreFromHistory(entry.path.clone()));
-                    }
+                    ui.horizontal(|ui| {
+                        if ui
+                            .button("Restore settings")
+                            .on_hover_text(
+                                "Set prompt, seed, steps, guidance, models and the source image \
+                                 to this render's",
+                            )
+                            .clicked()
+                        {
+                            action = Some(UiAction::RestoreFromHistory(entry.path.clone()));
+                        }
+                        if ui
+                            .button("Remove from history")
+                            .on_hover_text("Forget this render here; the file stays where it is")
+                            .clicked()
+                        {
+                            action = Some(UiAction::ForgetRender(entry.path.clone()));
+                        }
+                    });
                 });
             });
         });
