@@ -401,6 +401,7 @@ fn finished_render_enters_history_restores_settings_and_persists() {
     harness.get_by_label_contains("Finished renders appear here");
     ready_to_render(&mut harness, dir.path(), "the lake ripples", 11);
     harness.state_mut().settings_mut().steps = 6;
+    harness.state_mut().settings_mut().interpolation_factor = 2;
     harness.get_by_label("Render").click();
     run_until(&mut harness, "the render to enter history", |app| {
         app.history()
@@ -412,6 +413,11 @@ fn finished_render_enters_history_restores_settings_and_persists() {
     let entry = harness.state().history().entries()[0].clone();
     assert!(entry.path.ends_with("stillmotion-11.mp4"), "{entry:?}");
     assert_eq!(harness.state().player().unwrap().path(), entry.path);
+    // Its recipe says it was interpolated ×2: the player offers before/after.
+    assert_eq!(
+        harness.state().player().unwrap().interpolation_factor(),
+        Some(2)
+    );
     // The prompt names the job in the queue and the entry in the history.
     assert_eq!(harness.get_all_by_label("the lake ripples").count(), 2);
     harness.get_by_label("seed 11 · 6 steps · 81 frames");
@@ -686,6 +692,34 @@ fn without_a_gpu_the_app_says_so_and_still_interpolates_clips() {
     assert!(matches!(job.state, JobState::Finished { .. }), "{job:?}");
     let player = harness.state().player().unwrap();
     assert_eq!((player.frame_count(), player.fps()), (7, 48.0));
+    assert_eq!(player.interpolation_factor(), Some(3));
+
+    // Before/after: "before" shows only the original frames (0, 3, 6 of the ×3 clip).
+    harness.get_by_label("Pause").click();
+    harness.run();
+    harness.state_mut().player_mut().unwrap().seek(4);
+    harness.get_by_label("Before interpolation").click();
+    harness.run();
+    let index =
+        |harness: &Harness<'_, StillmotionApp>| harness.state().player().unwrap().frame_index();
+    assert_eq!(index(&harness), 3);
+    harness.get_by_label("Next frame").click();
+    harness.run();
+    assert_eq!(index(&harness), 6);
+    harness.get_by_label("Next frame").click();
+    harness.run();
+    assert_eq!(
+        index(&harness),
+        0,
+        "wraps to the first original while looping"
+    );
+    harness.get_by_label("Previous frame").click();
+    harness.run();
+    assert_eq!(index(&harness), 6);
+    harness.get_by_label("Before interpolation").click();
+    harness.get_by_label("Previous frame").click();
+    harness.run();
+    assert_eq!(index(&harness), 5, "after: every frame again");
     // An interpolation has no render recipe, so it does not enter the render history.
     assert!(harness.state().history().entries().is_empty());
 

@@ -129,6 +129,10 @@ pub struct StillmotionApp {
     /// The recipes of render jobs not yet finished, for their history entries.
     render_recipes: HashMap<JobId, Recipe>,
     thumbnails: HashMap<PathBuf, egui::TextureHandle>,
+    /// Interpolation jobs not yet finished, and their multipliers.
+    interpolation_jobs: HashMap<JobId, u32>,
+    /// Clips known to be interpolated ×m that are not render-history entries.
+    clip_factors: HashMap<PathBuf, u32>,
     thumbnail_sender: Sender<Thumbnail>,
     thumbnail_receiver: Receiver<Thumbnail>,
 }
@@ -219,6 +223,8 @@ impl StillmotionApp {
             player: None,
             render_recipes: HashMap::new(),
             thumbnails: HashMap::new(),
+            interpolation_jobs: HashMap::new(),
+            clip_factors: HashMap::new(),
             thumbnail_sender,
             thumbnail_receiver,
         }
@@ -325,7 +331,12 @@ impl StillmotionApp {
             UiAction::ChooseOutputFolder => self.open_dialog(ctx, DialogPurpose::OutputFolder),
             UiAction::Render => self.submit_render(),
             UiAction::CancelJob(job_id) => self.outbox.push_back(Command::Cancel(job_id)),
-            UiAction::PreviewClip(path) => self.player = Some(ClipPlayer::open(ctx, path, true)),
+            UiAction::PreviewClip(path) => {
+                let factor = self.interpolation_factor_of(&path);
+                let mut player = ClipPlayer::open(ctx, path, true);
+                player.set_interpolation_factor(factor);
+                self.player = Some(player);
+            }
             UiAction::OpenFile(path) => self.open_with_system(&path),
             UiAction::ShowInFolder(path) => {
                 let folder = path
@@ -382,6 +393,20 @@ impl StillmotionApp {
         self.notice.as_deref()
     }
 
+    /// How many times the clip at `path` was interpolated, when the app knows: from its render
+    /// recipe in the history, or from the interpolation or restore that produced it.
+    fn interpolation_factor_of(&self, path: &std::path::Path) -> Option<u32> {
+        let from_history = self
+            .state
+            .history
+            .entries()
+            .iter()
+            .find(|entry| entry.path == path)
+            .and_then(|entry| entry.recipe().ok())
+            .and_then(|recipe| multiplier_of(&recipe));
+        from_history.or_else(|| self.clip_factors.get(path).copied())
+    }
+
     /// Takes a finished render's settings, and its source image when it is still there.
     fn restore(&mut self, ctx: &egui::Context, recipe: &Recipe) {
         let preset_found = self.state.settings.restore(recipe, &self.presets);
@@ -429,6 +454,9 @@ impl StillmotionApp {
                     .extension()
                     .is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
                 if is_clip {
+                    if let Some(factor) = multiplier_of(&recipe) {
+                        self.clip_factors.insert(path.clone(), factor);
+                    }
                     self.pending.push(UiAction::PreviewClip(path));
                 }
             }
@@ -535,6 +563,7 @@ impl StillmotionApp {
                 let job_id = self
                     .jobs
                     .add(format!("Interpolate {name} ×{}", request.multiplier));
+                self.interpolation_jobs.insert(job_id, request.multiplier);
                 self.outbox.push_back(Command::Submit {
                     job_id,
                     kind: JobKind::Interpolate(Box::new(request)),
@@ -653,12 +682,16 @@ impl eframe::App for StillmotionApp {
                                 tracing::warn!("no thumbnail for the new render: {e}");
                             }
                         }
+                        if let Some(factor) = self.interpolation_jobs.remove(job_id) {
+                            self.clip_factors.insert(output.path.clone(), factor);
+                        }
                         self.pending
                             .push(UiAction::PreviewClip(output.path.clone()));
                         ctx.request_repaint();
                     }
                     Event::Cancelled { job_id } | Event::Failed { job_id, .. } => {
                         self.render_recipes.remove(job_id);
+                        self.interpolation_jobs.remove(job_id);
                     }
                     _ => {}
                 }
@@ -819,6 +852,17 @@ impl eframe::App for StillmotionApp {
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         eframe::set_value(storage, STORAGE_KEY, &self.state);
+    }
+}
+
+/// The RIFE multiplier a render used, when it used one (a target frame rate keeps no originals
+/// at a fixed stride).
+fn multiplier_of(recipe: &Recipe) -> Option<u32> {
+    match recipe.interpolation {
+        stillmotion_engine::recipe::Interpolation::Multiplier { factor } if factor > 1 => {
+            Some(factor)
+        }
+        _ => None,
     }
 }
 

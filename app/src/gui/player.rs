@@ -45,7 +45,8 @@ pub struct ClipPlayer {
     frames: Vec<RgbImage>,
     /// The one texture on screen, and which frame it holds.
     texture: Option<(egui::TextureHandle, usize)>,
-    truncated: bool,
+    /// Set when the preview stops before the clip does: the frames previewed.
+    truncated_at: Option<usize>,
     decoding: Option<Receiver<Decoded>>,
     error: Option<String>,
     playing: bool,
@@ -53,6 +54,11 @@ pub struct ClipPlayer {
     pub looping: bool,
     /// Multiplies the clip's frame rate.
     pub speed: f32,
+    /// The clip was interpolated ×m from frames of which every m-th is kept (RIFE keeps the
+    /// originals), so "before" can show just those.
+    interpolated: Option<u32>,
+    /// Show only the frames from before interpolation (each held for m frames).
+    pub before_interpolation: bool,
     /// Current frame, fractional between frames while playing.
     position: f64,
     /// egui time of the last playback advance.
@@ -69,12 +75,14 @@ impl ClipPlayer {
             size: (0, 0),
             frames: Vec::new(),
             texture: None,
-            truncated: false,
+            truncated_at: None,
             decoding: Some(receiver),
             error: None,
             playing: autoplay,
             looping: true,
             speed: 1.0,
+            interpolated: None,
+            before_interpolation: false,
             position: 0.0,
             last_time: None,
         };
@@ -110,7 +118,31 @@ impl ClipPlayer {
     /// Index of the frame shown.
     #[must_use]
     pub fn frame_index(&self) -> usize {
-        (self.position.floor().max(0.0) as usize).min(self.frames.len().saturating_sub(1))
+        let index =
+            (self.position.floor().max(0.0) as usize).min(self.frames.len().saturating_sub(1));
+        let stride = self.stride();
+        index / stride * stride
+    }
+
+    /// Says the clip was interpolated ×`factor` (`None` or 1: it was not), which offers the
+    /// before/after comparison.
+    pub fn set_interpolation_factor(&mut self, factor: Option<u32>) {
+        self.interpolated = factor.filter(|&factor| factor > 1);
+        self.before_interpolation &= self.interpolated.is_some();
+    }
+
+    /// The interpolation factor the clip was made with, if it was interpolated.
+    #[must_use]
+    pub fn interpolation_factor(&self) -> Option<u32> {
+        self.interpolated
+    }
+
+    /// Frames between shown frames: the interpolation factor while showing "before", else 1.
+    fn stride(&self) -> usize {
+        match self.interpolated {
+            Some(factor) if self.before_interpolation => factor as usize,
+            _ => 1,
+        }
     }
 
     /// The decoded frame on screen (RGB8), once decoded.
@@ -155,11 +187,15 @@ impl ClipPlayer {
         if count == 0 {
             return;
         }
-        let target = self.frame_index() as i64 + delta;
-        let target = if self.looping {
-            target.rem_euclid(count)
-        } else {
-            target.clamp(0, count - 1)
+        let stride = self.stride() as i64;
+        let last = (count - 1) / stride * stride;
+        let target = self.frame_index() as i64 + delta * stride;
+        let target = match (target < 0, target > last) {
+            (true, _) if self.looping => last,
+            (true, _) => 0,
+            (_, true) if self.looping => 0,
+            (_, true) => last,
+            _ => target,
         };
         self.position = target as f64;
     }
@@ -236,7 +272,7 @@ impl ClipPlayer {
                     self.size = (width, height);
                 }
                 Decoded::Frame(frame) => self.frames.push(frame),
-                Decoded::Truncated => self.truncated = true,
+                Decoded::Truncated => self.truncated_at = Some(self.frames.len()),
                 Decoded::Failed(message) => {
                     self.error = Some(message);
                     finished = true;
@@ -377,6 +413,13 @@ pub fn show(ui: &mut egui::Ui, player: &mut ClipPlayer) -> Option<UiAction> {
         }
         ui.checkbox(&mut player.looping, "Loop")
             .on_hover_text("Start again at the end");
+        if let Some(factor) = player.interpolated {
+            ui.checkbox(&mut player.before_interpolation, "Before interpolation")
+                .on_hover_text(format!(
+                    "Show only the frames the model made (every {factor}th, each held for \
+                     {factor} frames), to compare with the interpolated clip"
+                ));
+        }
         let label = ui.label("Speed");
         egui::ComboBox::from_id_salt("playback_speed")
             .selected_text(format!("{}×", player.speed))
@@ -422,7 +465,7 @@ pub fn show(ui: &mut egui::Ui, player: &mut ClipPlayer) -> Option<UiAction> {
         if !player.is_loaded() {
             counter.push_str(" · loading");
         }
-        if player.truncated {
+        if player.truncated_at.is_some() {
             counter.push_str(" · preview ends here, the file goes on");
         }
         ui.label(counter)
