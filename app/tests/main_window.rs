@@ -852,7 +852,7 @@ fn a_real_render_of_tiny_models_plays_enters_history_and_restores() {
     assert_eq!(harness.state().history().entries().len(), 1);
 
     // Removing the entry forgets the render, not the file.
-    harness.get_by_label("Remove from history").click();
+    harness.get_by_label("Remove").click();
     harness.run();
     assert!(harness.state().history().entries().is_empty());
     assert!(entry.path.is_file());

@@ -228,8 +228,8 @@ pub fn show(
                             action = Some(UiAction::RestoreFromHistory(entry.path.clone()));
                         }
                         if ui
-                            .button("Remove from history")
-                            .on_hover_text("Forget this render here; the file stays where it is")
+                            .button("Remove")
+                            .on_hover_text("Remove from the history; the file stays where it is")
                             .clicked()
                         {
                             action = Some(UiAction::ForgetRender(entry.path.clone()));

@@ -374,7 +374,7 @@ pub fn show(ui: &mut egui::Ui, player: &mut ClipPlayer) -> Option<UiAction> {
         ui.colored_label(theme::ERROR_TEXT, format!("Cannot preview: {error}"));
     }
     let count = player.frames.len();
-    let controls_height = 3.0 * ui.spacing().interact_size.y + 16.0;
+    let controls_height = 4.0 * ui.spacing().interact_size.y + 24.0;
     let (width, height) = player.size;
     if let Some(texture) = player.current_texture(ui.ctx()) {
         let available = ui.available_size() - egui::vec2(0.0, controls_height);
@@ -388,7 +388,8 @@ pub fn show(ui: &mut egui::Ui, player: &mut ClipPlayer) -> Option<UiAction> {
         ui.colored_label(theme::WEAK_TEXT, "Loading the clip…");
     }
 
-    ui.horizontal(|ui| {
+    // Wraps rather than clipping when the central area is narrow.
+    ui.horizontal_wrapped(|ui| {
         let label = if player.playing { "Pause" } else { "Play" };
         if ui
             .button(label)
@@ -436,8 +437,8 @@ pub fn show(ui: &mut egui::Ui, player: &mut ClipPlayer) -> Option<UiAction> {
     ui.horizontal(|ui| {
         let mut frame = player.frame_index();
         let last = count.saturating_sub(1);
-        // The scrub bar takes the row's width, less room for the counter.
-        ui.spacing_mut().slider_width = (ui.available_width() - 320.0).max(80.0);
+        // The scrub bar takes the row's width, less room for its name.
+        ui.spacing_mut().slider_width = (ui.available_width() - 70.0).max(80.0);
         let slider = ui
             .add_enabled(
                 count > 1,
@@ -450,27 +451,27 @@ pub fn show(ui: &mut egui::Ui, player: &mut ClipPlayer) -> Option<UiAction> {
             player.playing = false;
             player.seek(frame);
         }
-        let fps = player.fps.max(1e-3);
-        let mut counter = format!(
-            "Frame {} / {} · {} / {}",
-            if count == 0 {
-                0
-            } else {
-                player.frame_index() + 1
-            },
-            count,
-            clock(player.frame_index() as f64 / fps),
-            clock(count as f64 / fps),
-        );
-        if !player.is_loaded() {
-            counter.push_str(" · loading");
-        }
-        if player.truncated_at.is_some() {
-            counter.push_str(" · preview ends here, the file goes on");
-        }
-        ui.label(counter)
-            .on_hover_text(format!("{:.3} frames per second", player.fps));
     });
+    let fps = player.fps.max(1e-3);
+    let mut counter = format!(
+        "Frame {} / {} · {} / {}",
+        if count == 0 {
+            0
+        } else {
+            player.frame_index() + 1
+        },
+        count,
+        clock(player.frame_index() as f64 / fps),
+        clock(count as f64 / fps),
+    );
+    if !player.is_loaded() {
+        counter.push_str(" · loading");
+    }
+    if player.truncated_at.is_some() {
+        counter.push_str(" · preview ends here, the file goes on");
+    }
+    ui.label(counter)
+        .on_hover_text(format!("{:.3} frames per second", player.fps));
 
     // Only while no widget has keyboard focus: a focused widget takes the keys itself (text
     // editing, Space clicks a button, arrows move focus or a slider), and both would act.
