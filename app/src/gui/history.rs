@@ -28,6 +28,11 @@ pub struct HistoryEntry {
     pub recipe_json: String,
     /// When the render finished (seconds since the Unix epoch).
     pub finished_unix_secs: u64,
+    /// The prompt and a one-line summary, kept so drawing the list never parses recipes.
+    #[serde(default)]
+    pub prompt: String,
+    #[serde(default)]
+    pub summary: String,
 }
 
 impl HistoryEntry {
@@ -37,6 +42,11 @@ impl HistoryEntry {
         Self {
             path,
             recipe_json: serde_json::to_string(recipe).unwrap_or_default(),
+            prompt: recipe.prompt.clone(),
+            summary: format!(
+                "seed {} · {} steps · {} frames",
+                recipe.seed, recipe.steps, recipe.num_frames
+            ),
             finished_unix_secs: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |elapsed| elapsed.as_secs()),
@@ -205,17 +215,9 @@ pub fn show(
                         action = Some(UiAction::PreviewClip(entry.path.clone()));
                     }
                     ui.colored_label(theme::WEAK_TEXT, format_date(entry.finished_unix_secs));
-                    if let Ok(recipe) = entry.recipe() {
-                        let prompt: String = recipe.prompt.chars().take(60).collect();
-                        ui.label(prompt).on_hover_text(recipe.prompt.clone());
-                        ui.colored_label(
-                            theme::WEAK_TEXT,
-                            format!(
-                                "seed {} · {} steps · {} frames",
-                                recipe.seed, recipe.steps, recipe.num_frames
-                            ),
-                        );
-                    }
+                    let prompt: String = entry.prompt.chars().take(60).collect();
+                    ui.label(prompt).on_hover_text(&entry.prompt);
+                    ui.colored_label(theme::WEAK_TEXT, &entry.summary);
                     ui.horizontal(|ui| {
                         if ui
                             .button("Restore settings")
@@ -262,6 +264,8 @@ mod tests {
             path: path.to_owned(),
             recipe_json: String::new(),
             finished_unix_secs: secs,
+            prompt: String::new(),
+            summary: String::new(),
         };
         let mut history = History::default();
         history.add(entry(&kept, 1));
