@@ -582,6 +582,14 @@ fn save_as_preset_writes_a_preset_file_listed_after_the_shipped_ones() {
     let mut harness = big_app(options.clone());
     harness.run();
     assert_eq!(harness.state().presets().len(), shipped.len());
+    // The settings' number fields are named for screen readers (and found by name here).
+    let base_steps = harness.state().settings().steps.to_string();
+    assert_eq!(
+        harness.get_by_label("Steps").value().as_deref(),
+        Some(base_steps.as_str())
+    );
+    harness.get_by_label("Frames");
+    harness.get_by_label("Seed");
     {
         let settings = harness.state_mut().settings_mut();
         settings.steps = 6;

@@ -321,10 +321,11 @@ pub fn show(
     egui::Grid::new("settings_grid")
         .num_columns(2)
         .show(ui, |ui| {
-            ui.label("Frames");
+            let label = ui.label("Frames");
             ui.horizontal(|ui| {
                 let mut frames = settings.num_frames;
                 ui.add(egui::DragValue::new(&mut frames).range(5..=321).speed(4))
+                    .labelled_by(label.id)
                     .on_hover_text("4n+1 frames; 81 frames are 5 s at 16 fps");
                 settings.num_frames = (frames.saturating_sub(1) / 4) * 4 + 1;
                 ui.colored_label(
@@ -334,8 +335,9 @@ pub fn show(
             });
             ui.end_row();
 
-            ui.label("Steps");
+            let label = ui.label("Steps");
             ui.add(egui::DragValue::new(&mut settings.steps).range(1..=100))
+                .labelled_by(label.id)
                 .on_hover_text("Denoising steps (4 with the LightX2V LoRA, 40 official)");
             ui.end_row();
 
@@ -348,12 +350,13 @@ pub fn show(
             });
             ui.end_row();
 
-            ui.label("Shift");
+            let label = ui.label("Shift");
             ui.add(
                 egui::DragValue::new(&mut settings.shift)
                     .range(0.5..=20.0)
                     .speed(0.1),
             )
+            .labelled_by(label.id)
             .on_hover_text("Flow shift of the sigma schedule (5.0 for Wan2.2)");
             ui.end_row();
 
@@ -374,9 +377,10 @@ pub fn show(
             });
             ui.end_row();
 
-            ui.label("Seed");
+            let label = ui.label("Seed");
             ui.horizontal(|ui| {
                 ui.add(egui::DragValue::new(&mut settings.seed))
+                    .labelled_by(label.id)
                     .on_hover_text("The same seed and settings give the same clip");
                 ui.checkbox(&mut settings.seed_locked, "Lock")
                     .on_hover_text("Unlocked: a new random seed for every render");
@@ -399,13 +403,14 @@ pub fn show(
             });
             ui.end_row();
 
-            ui.label("VRAM reserve");
+            let label = ui.label("VRAM reserve");
             ui.add(
                 egui::DragValue::new(&mut settings.reserve_vram_gb)
                     .range(0.0..=64.0)
                     .speed(0.25)
                     .suffix(" GB"),
             )
+            .labelled_by(label.id)
             .on_hover_text("GPU memory left free for the desktop and other programs");
             ui.end_row();
         });
