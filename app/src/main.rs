@@ -40,7 +40,10 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(cli::run_interpolate(&args, PipelineRunner::new()))
         }
         None => {
-            let options = stillmotion_app::gui::StartOptions { image: cli.image };
+            let options = stillmotion_app::gui::StartOptions {
+                image: cli.image,
+                ..Default::default()
+            };
             match stillmotion_app::gui::run(options, PipelineRunner::new()) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(error) => {

@@ -8,32 +8,73 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use egui_kittest::{Harness, kittest::Queryable};
-use stillmotion_app::gui::{JobState, StartOptions, StillmotionApp};
+use stillmotion_app::gui::{ClipPlayer, JobState, StartOptions, StillmotionApp, UiAction};
 use stillmotion_engine::EngineError;
 use stillmotion_engine::runtime::{JobContext, JobKind, JobOutput, JobRunner, Stage};
+use stillmotion_engine::video::EmbeddedRecipe;
 
-/// Stands in for the pipeline in these layout tests: walks a few steps, reporting progress and
-/// honouring cancellation. (The real pipeline is driven end to end in the engine's tests.)
+/// Stands in for the pipeline in these tests: walks a few steps, reporting progress and
+/// honouring cancellation, then writes a real 5-frame MP4 carrying the recipe with the engine's
+/// writer, as the pipeline does. An interpolation decodes its input and writes
+/// (n − 1) × multiplier + 1 frames at multiplier × its rate (repeated frames: RIFE itself is
+/// tested in the engine). (The real pipeline is driven end to end in the engine's tests.)
 struct Steps(u32);
 
 impl JobRunner for Steps {
     fn run(&mut self, kind: &JobKind, ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
-        let JobKind::Render(recipe) = kind else {
-            return Err(EngineError::BadInterpolationInput {
-                problem: "this test runner only renders".to_owned(),
-            });
+        let recipe = match kind {
+            JobKind::Render(recipe) => recipe,
+            JobKind::Interpolate(request) => return Ok(stand_in_interpolation(request)),
         };
         for step in 0..self.0 {
             ctx.check()?;
             std::thread::sleep(std::time::Duration::from_millis(5));
             ctx.progress(Stage::DenoisingHighNoise, step + 1, self.0);
         }
+        let embedded = EmbeddedRecipe::new(serde_json::to_value(recipe).unwrap());
         Ok(JobOutput {
-            path: recipe.output.clone(),
+            path: write_clip(&recipe.output, 5, Some(embedded)),
         })
     }
 
     fn unload(&mut self) {}
+}
+
+fn stand_in_interpolation(request: &stillmotion_engine::recipe::InterpolateRequest) -> JobOutput {
+    let input = stillmotion_engine::video::read_video(&request.input, 1000, 1 << 20).unwrap();
+    let settings = stillmotion_engine::video::EncodeSettings {
+        preset: "ultrafast".to_owned(),
+        fps: stillmotion_engine::video::FrameRate::whole(
+            input.fps.numerator / input.fps.denominator * request.multiplier,
+        ),
+        ..Default::default()
+    };
+    let mut writer = stillmotion_engine::video::VideoWriter::create(
+        &request.output,
+        &settings,
+        input.width,
+        input.height,
+        None,
+    )
+    .unwrap();
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let count = (input.frames.len() - 1) * request.multiplier as usize + 1;
+    for index in 0..count {
+        let frame = &input.frames[index / request.multiplier as usize];
+        writer.push(frame, &never).unwrap();
+    }
+    JobOutput {
+        path: writer.finish().unwrap(),
+    }
+}
+
+/// Start options that never touch the user's real preset folder, on a machine without a GPU.
+fn isolated(image: Option<PathBuf>) -> StartOptions {
+    StartOptions {
+        gpu_available: Some(false),
+        image,
+        preset_dir: Some(std::env::temp_dir().join("stillmotion-tests-no-user-presets")),
+    }
 }
 
 fn app(options: StartOptions) -> Harness<'static, StillmotionApp> {
@@ -73,7 +114,7 @@ fn write_png(dir: &Path, name: &str, width: u32, height: u32) -> PathBuf {
 fn start_image_is_shown_with_its_size() {
     let dir = tempfile::tempdir().unwrap();
     let png = write_png(dir.path(), "portrait.png", 48, 80);
-    let mut harness = app(StartOptions { image: Some(png) });
+    let mut harness = app(isolated(Some(png)));
     harness.run();
     harness.get_by_label_contains("portrait.png · 48×80");
     let source = harness.state().source().unwrap();
@@ -88,7 +129,7 @@ fn dropped_file_loads_and_a_bad_one_shows_a_clear_error() {
     let junk = dir.path().join("notes.png");
     std::fs::write(&junk, "not pixels").unwrap();
 
-    let mut harness = app(StartOptions::default());
+    let mut harness = app(isolated(None));
     harness.run();
     harness.get_by_label_contains("Drop an image here");
     assert!(harness.state().source().is_none());
@@ -117,7 +158,7 @@ fn dropped_file_loads_and_a_bad_one_shows_a_clear_error() {
 fn render_validates_then_queues_and_the_queue_follows_engine_events() {
     let dir = tempfile::tempdir().unwrap();
     let png = write_png(dir.path(), "still.png", 64, 48);
-    let mut harness = app(StartOptions { image: Some(png) });
+    let mut harness = app(isolated(Some(png)));
     harness.run();
     // Shipped presets are listed and the default one is applied on first start.
     assert_eq!(
@@ -162,6 +203,9 @@ fn render_validates_then_queues_and_the_queue_follows_engine_events() {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    run_until(&mut harness, "the clip to load", |app| {
+        app.player().is_some_and(ClipPlayer::is_loaded)
+    });
     let job = harness.state().jobs().entries().first().unwrap().clone();
     let JobState::Finished { path, .. } = &job.state else {
         panic!("the job did not finish: {job:?}");
@@ -170,4 +214,654 @@ fn render_validates_then_queues_and_the_queue_follows_engine_events() {
     assert_eq!(job.progress.unwrap().done, 3);
     harness.run();
     harness.get_by_label_contains("done in");
+}
+
+/// A larger window than kittest's default, so the preview and history have room.
+fn big_app(options: StartOptions) -> Harness<'static, StillmotionApp> {
+    Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_eframe(move |cc| StillmotionApp::new(cc, options, Steps(3)))
+}
+
+/// Steps frames until `done` holds (or fails the test after about ten seconds).
+fn run_until(
+    harness: &mut Harness<'_, StillmotionApp>,
+    what: &str,
+    done: impl Fn(&StillmotionApp) -> bool,
+) {
+    for _ in 0..1000 {
+        harness.run_steps(1);
+        if done(harness.state()) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Writes a real `frames`-frame MP4 (16 fps, each frame a different grey) with the engine's
+/// writer, carrying `recipe` like a Stillmotion output.
+fn write_clip(path: &Path, frames: u8, recipe: Option<EmbeddedRecipe>) -> PathBuf {
+    let settings = stillmotion_engine::video::EncodeSettings {
+        preset: "ultrafast".to_owned(),
+        ..Default::default()
+    };
+    let mut writer =
+        stillmotion_engine::video::VideoWriter::create(path, &settings, 32, 32, recipe).unwrap();
+    let never = std::sync::atomic::AtomicBool::new(false);
+    for index in 0..frames {
+        let level = 40 * index;
+        writer
+            .push(
+                &image::RgbImage::from_pixel(32, 32, image::Rgb([level, level, level])),
+                &never,
+            )
+            .unwrap();
+    }
+    writer.finish().unwrap()
+}
+
+#[test]
+fn player_steps_through_the_frames_of_a_real_clip() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = write_clip(&dir.path().join("clip.mp4"), 5, None);
+    let mut harness = big_app(isolated(None));
+    harness.run();
+    harness
+        .state_mut()
+        .perform(UiAction::PreviewClip(clip.clone()));
+    run_until(&mut harness, "the clip to decode", |app| {
+        app.player().is_some_and(ClipPlayer::is_loaded)
+    });
+    let player = harness.state().player().unwrap();
+    assert!(player.error().is_none(), "{:?}", player.error());
+    assert_eq!((player.frame_count(), player.fps()), (5, 16.0));
+    assert_eq!(player.path(), clip);
+    assert!(player.is_playing(), "a clip opened for preview plays");
+
+    harness.get_by_label("Pause").click();
+    harness.run();
+    assert!(!harness.state().player().unwrap().is_playing());
+    harness.state_mut().player_mut().unwrap().seek(0);
+    harness.run();
+    harness.get_by_label_contains("Frame 1 / 5");
+
+    // The frames are the clip's, in order: frame k is grey level 40·k (give or take H.264).
+    let grey = |harness: &Harness<'_, StillmotionApp>| {
+        let frame = harness.state().player().unwrap().current_frame().unwrap();
+        i32::from(frame.get_pixel(16, 16)[0])
+    };
+    assert!(grey(&harness) <= 3, "{}", grey(&harness));
+    harness.get_by_label("Next frame").click();
+    harness.run();
+    assert_eq!(harness.state().player().unwrap().frame_index(), 1);
+    assert!((grey(&harness) - 40).abs() <= 3, "{}", grey(&harness));
+    harness.key_press(egui::Key::ArrowRight);
+    harness.run();
+    assert_eq!(harness.state().player().unwrap().frame_index(), 2);
+    harness.get_by_label_contains("Frame 3 / 5 · 0:00.12 / 0:00.31");
+    // Space plays and pauses too.
+    harness.key_press(egui::Key::Space);
+    harness.run_steps(1);
+    assert!(harness.state().player().unwrap().is_playing());
+    harness.key_press(egui::Key::Space);
+    harness.run();
+    assert!(!harness.state().player().unwrap().is_playing());
+    harness.state_mut().player_mut().unwrap().seek(2);
+    harness.run();
+    assert!((grey(&harness) - 80).abs() <= 3, "{}", grey(&harness));
+    harness.key_press(egui::Key::ArrowLeft);
+    harness.run();
+    assert_eq!(harness.state().player().unwrap().frame_index(), 1);
+    harness.get_by_label("Previous frame").click();
+    harness.get_by_label("Previous frame").click();
+    harness.run();
+    assert_eq!(
+        harness.state().player().unwrap().frame_index(),
+        4,
+        "stepping back from the first frame wraps while looping"
+    );
+    harness.get_by_label("Loop").click();
+    harness.get_by_label("Next frame").click();
+    harness.run();
+    assert_eq!(harness.state().player().unwrap().frame_index(), 4);
+
+    // Play plays from the start when at the end; the scrub bar and speed are there to use.
+    harness.get_by_label("Play").click();
+    harness.run_steps(1);
+    assert!(harness.state().player().unwrap().is_playing());
+    harness.get_by_label("Position");
+    assert_eq!(
+        harness.get_by_label("Speed").value().as_deref(),
+        Some("1×"),
+        "the speed picker is named for screen readers"
+    );
+    harness.get_by_label("Open file");
+    harness.get_by_label("Show in folder");
+}
+
+/// eframe storage kept in memory, as the real app keeps it in a file between runs.
+#[derive(Default)]
+struct MemoryStorage(std::collections::HashMap<String, String>);
+
+impl eframe::Storage for MemoryStorage {
+    fn get_string(&self, key: &str) -> Option<String> {
+        self.0.get(key).cloned()
+    }
+
+    fn set_string(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+
+    fn remove_string(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+
+    fn flush(&mut self) {}
+}
+
+/// Starts the app as the next run would: with what `previous` saved.
+fn restart(previous: &mut Harness<'_, StillmotionApp>) -> Harness<'static, StillmotionApp> {
+    use eframe::App as _;
+    let mut storage = MemoryStorage::default();
+    previous.state_mut().save(&mut storage);
+    let storage: &'static MemoryStorage = Box::leak(Box::new(storage));
+    Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_eframe(move |cc| {
+            cc.storage = Some(storage);
+            StillmotionApp::new(cc, isolated(None), Steps(3))
+        })
+}
+
+fn touch(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, b"x").unwrap();
+    path
+}
+
+/// Settings that pass validation: a prompt and (placeholder) model files.
+fn ready_to_render(harness: &mut Harness<'_, StillmotionApp>, dir: &Path, prompt: &str, seed: u64) {
+    let settings = harness.state_mut().settings_mut();
+    prompt.clone_into(&mut settings.prompt);
+    settings.high_noise = Some(touch(dir, "high.safetensors"));
+    settings.low_noise = Some(touch(dir, "low.safetensors"));
+    settings.text_encoder = Some(touch(dir, "umt5.safetensors"));
+    settings.vae = Some(touch(dir, "vae.safetensors"));
+    settings.seed_locked = true;
+    settings.seed = seed;
+}
+
+#[test]
+fn finished_render_enters_history_restores_settings_and_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "lake.png", 64, 48);
+    let mut harness = big_app(isolated(Some(png.clone())));
+    harness.run();
+    harness.get_by_label_contains("Finished renders appear here");
+    ready_to_render(&mut harness, dir.path(), "the lake ripples", 11);
+    harness.state_mut().settings_mut().steps = 6;
+    harness.state_mut().settings_mut().interpolation_factor = 2;
+    harness.get_by_label("Render").click();
+    run_until(&mut harness, "the render to enter history", |app| {
+        app.history()
+            .entries()
+            .first()
+            .is_some_and(|entry| app.has_thumbnail(&entry.path))
+            && app.player().is_some_and(ClipPlayer::is_loaded)
+    });
+    let entry = harness.state().history().entries()[0].clone();
+    assert!(entry.path.ends_with("stillmotion-11.mp4"), "{entry:?}");
+    assert_eq!(harness.state().player().unwrap().path(), entry.path);
+    // Its recipe says it was interpolated ×2: the player offers before/after.
+    assert_eq!(
+        harness.state().player().unwrap().interpolation_factor(),
+        Some(2)
+    );
+    // The prompt names the job in the queue and the entry in the history.
+    assert_eq!(harness.get_all_by_label("the lake ripples").count(), 2);
+    harness.get_by_label("seed 11 · 6 steps · 81 frames");
+
+    // Change everything, then one click brings the render's settings back.
+    {
+        let settings = harness.state_mut().settings_mut();
+        settings.prompt = "something else".to_owned();
+        settings.seed = 3;
+        settings.seed_locked = false;
+        settings.steps = 9;
+        settings.high_noise = None;
+    }
+    harness.get_by_label("Restore settings").click();
+    harness.run();
+    let settings = harness.state().settings().clone();
+    assert_eq!(settings.prompt, "the lake ripples");
+    assert_eq!(
+        (settings.seed, settings.seed_locked, settings.steps),
+        (11, true, 6)
+    );
+    assert_eq!(
+        settings.high_noise,
+        Some(dir.path().join("high.safetensors"))
+    );
+    assert_eq!(settings.preset, stillmotion_app::cli::DEFAULT_PRESET);
+    assert!(harness.state().error().is_none());
+
+    // Selecting the entry plays it in the preview.
+    let other = write_clip(&dir.path().join("other.mp4"), 3, None);
+    harness
+        .state_mut()
+        .perform(UiAction::PreviewClip(other.clone()));
+    run_until(&mut harness, "the other clip", |app| {
+        app.player()
+            .is_some_and(|p| p.path() == other && p.is_loaded())
+    });
+    harness
+        .get_all_by_label("stillmotion-11.mp4")
+        .next()
+        .unwrap();
+    let name = entry.path.file_name().unwrap().to_str().unwrap().to_owned();
+    harness.get_all_by_label(&name).last().unwrap().click();
+    run_until(&mut harness, "the history clip to play", |app| {
+        app.player()
+            .is_some_and(|p| p.path() == entry.path && p.is_loaded())
+    });
+
+    // The next run remembers it, with its thumbnail made again from the file...
+    let mut second = restart(&mut harness);
+    assert_eq!(
+        second.state().history().entries(),
+        std::slice::from_ref(&entry)
+    );
+    run_until(&mut second, "the thumbnail after a restart", |app| {
+        app.has_thumbnail(&entry.path)
+    });
+    // ...and forgets it once the file is gone.
+    std::fs::remove_file(&entry.path).unwrap();
+    let third = restart(&mut second);
+    assert!(third.state().history().entries().is_empty());
+}
+
+#[test]
+fn dropping_a_stillmotion_clip_restores_its_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "cliff.png", 48, 32);
+    let presets = stillmotion_engine::preset::shipped().unwrap();
+    let (stem, preset) = presets
+        .iter()
+        .find(|(stem, _)| stem == "wan22-i2v-a14b-official-480p")
+        .unwrap();
+    let recipe = stillmotion_engine::recipe::Recipe::from_layers(
+        preset,
+        stillmotion_engine::recipe::RecipeChoices {
+            image: Some(png.clone()),
+            prompt: Some("waves break on the cliff".to_owned()),
+            negative_prompt: Some("blur".to_owned()),
+            seed: Some(42),
+            steps: Some(30),
+            cfg_high_noise: Some(3.5),
+            models: stillmotion_engine::recipe::ModelFiles {
+                vae: Some(dir.path().join("vae.safetensors")),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    let embedded = EmbeddedRecipe::new(serde_json::to_value(&recipe).unwrap());
+    let clip = write_clip(&dir.path().join("shared.mp4"), 3, Some(embedded));
+    // Only the container carries it here: the sidecar is gone, as when a clip is shared alone.
+    std::fs::remove_file(dir.path().join("shared.json")).unwrap();
+
+    let mut harness = big_app(isolated(None));
+    harness.run();
+    drop_file(&mut harness, clip.clone());
+    run_until(&mut harness, "the recipe to be restored", |app| {
+        app.source().is_some() && app.player().is_some_and(ClipPlayer::is_loaded)
+    });
+    assert!(
+        harness.state().error().is_none(),
+        "{:?}",
+        harness.state().error()
+    );
+    let settings = harness.state().settings().clone();
+    assert_eq!(settings.preset, *stem);
+    assert_eq!(settings.prompt, "waves break on the cliff");
+    assert_eq!(settings.negative_prompt, "blur");
+    assert_eq!((settings.seed, settings.seed_locked), (42, true));
+    assert_eq!((settings.steps, settings.cfg_high_noise), (30, 3.5));
+    assert_eq!(settings.vae, Some(dir.path().join("vae.safetensors")));
+    assert_eq!(harness.state().source().unwrap().path, png);
+    assert_eq!(harness.state().player().unwrap().path(), clip);
+
+    // An MP4 from elsewhere has no recipe: the user is told, and nothing changes.
+    let foreign = write_clip(&dir.path().join("foreign.mp4"), 3, None);
+    drop_file(&mut harness, foreign.clone());
+    harness.run();
+    let error = harness.state().error().unwrap().to_owned();
+    assert!(
+        error.contains("only clips rendered by Stillmotion")
+            && error.ends_with(foreign.to_str().unwrap()),
+        "{error}"
+    );
+    harness.get_by_label_contains("No settings to restore");
+    assert_eq!(
+        harness.state().settings().prompt,
+        "waves break on the cliff"
+    );
+
+    // A clip made with a preset this installation lacks: restored, with a warning that stays.
+    let mut foreign_preset = recipe.clone();
+    foreign_preset.preset_name = "Someone else's preset".to_owned();
+    foreign_preset.seed = 43;
+    let embedded = EmbeddedRecipe::new(serde_json::to_value(&foreign_preset).unwrap());
+    let clip = write_clip(&dir.path().join("borrowed.mp4"), 3, Some(embedded));
+    drop_file(&mut harness, clip);
+    run_until(&mut harness, "the second restore", |app| {
+        app.settings().seed == 43 && app.player().is_some_and(ClipPlayer::is_loaded)
+    });
+    let error = harness.state().error().unwrap().to_owned();
+    assert!(
+        error.contains("“Someone else's preset” is not installed"),
+        "{error}"
+    );
+    assert_eq!(harness.state().settings().preset, *stem);
+}
+
+#[test]
+fn save_as_preset_writes_a_preset_file_listed_after_the_shipped_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let preset_dir = dir
+        .path()
+        .join("config")
+        .join("stillmotion")
+        .join("presets");
+    let options = StartOptions {
+        preset_dir: Some(preset_dir.clone()),
+        ..isolated(None)
+    };
+    let shipped = stillmotion_engine::preset::shipped().unwrap();
+    let mut harness = big_app(options.clone());
+    harness.run();
+    assert_eq!(harness.state().presets().len(), shipped.len());
+    // The settings' number fields are named for screen readers (and found by name here).
+    let base_steps = harness.state().settings().steps.to_string();
+    assert_eq!(
+        harness.get_by_label("Steps").value().as_deref(),
+        Some(base_steps.as_str())
+    );
+    harness.get_by_label("Frames");
+    harness.get_by_label("Seed");
+    {
+        let settings = harness.state_mut().settings_mut();
+        settings.steps = 6;
+        settings.num_frames = 49;
+        settings.cfg_high_noise = 2.5;
+        settings.shift = 3.0;
+        settings.interpolation_factor = 2;
+        settings.sampler = stillmotion_app::gui::SamplerChoice::UniPc;
+    }
+    let base = harness.state().settings().preset.clone();
+    let (_, base) = shipped.iter().find(|(stem, _)| *stem == base).unwrap();
+
+    harness.get_by_label("New preset name").focus();
+    harness.run();
+    harness
+        .get_by_label("New preset name")
+        .type_text("Slow pan");
+    harness.run();
+    harness.get_by_label("Save as preset").click();
+    harness.run();
+    assert!(
+        harness.state().error().is_none(),
+        "{:?}",
+        harness.state().error()
+    );
+    let saved =
+        stillmotion_engine::preset::Preset::load(&preset_dir.join("slow-pan.toml")).unwrap();
+    assert_eq!(saved.name, "Slow pan");
+    assert_eq!((saved.steps, saved.num_frames, saved.shift), (6, 49, 3.0));
+    assert_eq!((saved.cfg_high_noise, saved.interpolation_factor), (2.5, 2));
+    assert_eq!(
+        saved.sampler,
+        stillmotion_engine::preset::SamplerKind::Unipc
+    );
+    assert_eq!(
+        (
+            saved.model,
+            saved.width,
+            saved.height,
+            saved.fps,
+            saved.boundary
+        ),
+        (base.model, base.width, base.height, base.fps, base.boundary)
+    );
+    assert_eq!(harness.state().settings().preset, "slow-pan");
+    harness.get_by_label_contains("Saved your preset");
+    assert_eq!(harness.state().presets()[shipped.len()].0, "slow-pan");
+
+    // A shipped name is refused and nothing is written.
+    harness.get_by_label("New preset name").focus();
+    harness.run();
+    harness
+        .get_by_label("New preset name")
+        .type_text(&shipped[0].1.name);
+    harness.run();
+    harness.get_by_label("Save as preset").click();
+    harness.run();
+    let error = harness.state().error().unwrap().to_owned();
+    assert!(error.contains("shipped preset"), "{error}");
+    assert_eq!(std::fs::read_dir(&preset_dir).unwrap().count(), 1);
+
+    // The next run lists it after the shipped presets, and one click switches to it.
+    let mut next = big_app(options);
+    next.run();
+    assert_eq!(next.state().presets().len(), shipped.len() + 1);
+    assert_eq!(next.state().settings().steps, base.steps);
+    next.get_by_label("Preset").click();
+    next.run();
+    next.get_by_label("Your presets");
+    // The popup scrolls: the user's presets are at its end.
+    next.get_by_label("Slow pan").scroll_to_me();
+    next.run();
+    next.get_by_label("Slow pan").click();
+    next.run();
+    let settings = next.state().settings();
+    assert_eq!(settings.preset, "slow-pan");
+    assert_eq!((settings.steps, settings.num_frames), (6, 49));
+}
+
+#[test]
+fn without_a_gpu_the_app_says_so_and_still_interpolates_clips() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = write_clip(&dir.path().join("walk.mp4"), 3, None);
+    let mut harness = big_app(isolated(None));
+    harness.run();
+    harness.get_by_label_contains("No GPU: rendering runs on the CPU");
+
+    harness.get_by_label("Interpolate a clip…").click();
+    harness.run();
+    harness.get_by_label("Choose clip…");
+    harness.get_by_label("Choose output…");
+    harness.get_by_label("Folder fps");
+    // The native dialog cannot be driven here; it fills in the same field.
+    harness.state_mut().interpolate_form_mut().input = Some(clip.clone());
+    harness.run();
+    harness.get_by_label("walk-x2.mp4");
+    // The settings panel has a ×3 too (render interpolation); the form's window comes last.
+    harness.get_all_by_label("×3").last().unwrap().click();
+    harness.run();
+    harness.get_by_label("walk-x3.mp4");
+    harness.get_by_label("Interpolate").click();
+    run_until(&mut harness, "the interpolated clip to play", |app| {
+        app.player()
+            .is_some_and(|p| p.path().ends_with("walk-x3.mp4") && p.is_loaded())
+    });
+    let job = harness.state().jobs().entries()[0].clone();
+    assert_eq!(job.title, "Interpolate walk.mp4 ×3");
+    assert!(matches!(job.state, JobState::Finished { .. }), "{job:?}");
+    let player = harness.state().player().unwrap();
+    assert_eq!((player.frame_count(), player.fps()), (7, 48.0));
+    assert_eq!(player.interpolation_factor(), Some(3));
+
+    // Before/after: "before" shows only the original frames (0, 3, 6 of the ×3 clip).
+    harness.get_by_label("Pause").click();
+    harness.run();
+    harness.state_mut().player_mut().unwrap().seek(4);
+    harness.get_by_label("Before interpolation").click();
+    harness.run();
+    let index =
+        |harness: &Harness<'_, StillmotionApp>| harness.state().player().unwrap().frame_index();
+    assert_eq!(index(&harness), 3);
+    harness.get_by_label("Next frame").click();
+    harness.run();
+    assert_eq!(index(&harness), 6);
+    harness.get_by_label("Next frame").click();
+    harness.run();
+    assert_eq!(
+        index(&harness),
+        0,
+        "wraps to the first original while looping"
+    );
+    harness.get_by_label("Previous frame").click();
+    harness.run();
+    assert_eq!(index(&harness), 6);
+    harness.get_by_label("Before interpolation").click();
+    harness.get_by_label("Previous frame").click();
+    harness.run();
+    assert_eq!(index(&harness), 5, "after: every frame again");
+    // An interpolation has no render recipe, so it does not enter the render history.
+    assert!(harness.state().history().entries().is_empty());
+
+    // A GPU machine shows where rendering runs instead.
+    let mut with_gpu = big_app(StartOptions {
+        gpu_available: Some(true),
+        ..isolated(None)
+    });
+    with_gpu.run();
+    assert!(
+        with_gpu
+            .query_by_label_contains("No GPU: rendering runs on the CPU")
+            .is_none()
+    );
+    with_gpu.get_by_label("Interpolate a clip…");
+}
+
+/// The tiny random-weight Wan2.2 I2V models of the pipeline's reference case.
+fn tiny_case() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/pipeline_i2v_official_tiny")
+}
+
+#[test]
+fn a_real_render_of_tiny_models_plays_enters_history_and_restores() {
+    let case = tiny_case();
+    let dir = tempfile::tempdir().unwrap();
+    // The user's own preset gives the tiny size (the shipped ones are 480p and up).
+    let preset_dir = dir.path().join("presets");
+    std::fs::create_dir(&preset_dir).unwrap();
+    std::fs::write(
+        preset_dir.join("tiny.toml"),
+        "format_version = 1\nname = \"Tiny\"\ndescription = \"64x48 test size\"\n\
+         model = \"wan22-i2v-a14b\"\nwidth = 64\nheight = 48\nnum_frames = 5\nfps = 16\n\
+         steps = 4\nsampler = \"unipc\"\nshift = 5.0\ncfg_high_noise = 3.5\n\
+         cfg_low_noise = 3.0\nboundary = 0.9\ninterpolation_factor = 1\n",
+    )
+    .unwrap();
+    let options = StartOptions {
+        image: Some(case.join("image.png")),
+        preset_dir: Some(preset_dir),
+        ..isolated(None)
+    };
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_eframe(move |cc| {
+            StillmotionApp::new(
+                cc,
+                options,
+                stillmotion_engine::pipeline::PipelineRunner::new(),
+            )
+        });
+    harness.run();
+    harness
+        .state_mut()
+        .perform(UiAction::ApplyPreset("tiny".to_owned()));
+    harness.run();
+    {
+        let settings = harness.state_mut().settings_mut();
+        assert_eq!((settings.preset.as_str(), settings.num_frames), ("tiny", 5));
+        settings.prompt = "a small red boat drifts across a calm lake at sunset".to_owned();
+        settings.negative_prompt = "blurry, static, low quality".to_owned();
+        settings.high_noise = Some(case.join("high_noise.safetensors"));
+        settings.low_noise = Some(case.join("low_noise.safetensors"));
+        settings.text_encoder = Some(case.join("umt5.safetensors"));
+        settings.vae = Some(case.join("wan_2.1_vae.safetensors"));
+        settings.output_dir = Some(dir.path().to_owned());
+        settings.seed = 5;
+        settings.seed_locked = true;
+    }
+    harness.get_by_label("Render").click();
+    run_until(
+        &mut harness,
+        "the render to finish, play and enter history",
+        |app| {
+            app.history()
+                .entries()
+                .first()
+                .is_some_and(|entry| app.has_thumbnail(&entry.path))
+                && app.player().is_some_and(ClipPlayer::is_loaded)
+                || app
+                    .jobs()
+                    .entries()
+                    .iter()
+                    .any(|job| matches!(job.state, JobState::Failed { .. }))
+        },
+    );
+    let job = harness.state().jobs().entries()[0].clone();
+    assert!(matches!(job.state, JobState::Finished { .. }), "{job:?}");
+    let entry = harness.state().history().entries()[0].clone();
+    assert_eq!(entry.path, dir.path().join("stillmotion-5.mp4"));
+    let player = harness.state().player().unwrap();
+    assert_eq!(player.path(), entry.path);
+    assert_eq!((player.frame_count(), player.fps()), (5, 16.0));
+    assert_eq!(player.current_frame().unwrap().dimensions(), (64, 48));
+    // The clip carries the recipe the history restores.
+    let embedded = stillmotion_engine::video::read_recipe(&entry.path).unwrap();
+    assert_eq!(embedded.recipe["seed"], 5);
+    assert_eq!(embedded.recipe["preset_name"], "Tiny");
+
+    harness.state_mut().settings_mut().seed = 6;
+    harness.state_mut().settings_mut().prompt.clear();
+    harness.get_by_label("Restore settings").click();
+    harness.run();
+    let settings = harness.state().settings();
+    assert_eq!((settings.seed, settings.preset.as_str()), (5, "tiny"));
+    assert_eq!(
+        settings.prompt,
+        "a small red boat drifts across a calm lake at sunset"
+    );
+
+    // The same engine interpolates the clip with the real RIFE weights.
+    harness.get_by_label("Interpolate a clip…").click();
+    harness.run();
+    harness.state_mut().interpolate_form_mut().input = Some(entry.path.clone());
+    harness.run();
+    harness.get_by_label("Interpolate").click();
+    let doubled = dir.path().join("stillmotion-5-x2.mp4");
+    run_until(&mut harness, "the interpolated clip to play", |app| {
+        app.player()
+            .is_some_and(|p| p.path() == doubled && p.is_loaded())
+            || app
+                .jobs()
+                .entries()
+                .iter()
+                .any(|job| matches!(job.state, JobState::Failed { .. }))
+    });
+    let player = harness.state().player().unwrap();
+    assert!(player.error().is_none(), "{:?}", player.error());
+    assert_eq!((player.frame_count(), player.fps()), (9, 32.0));
+    assert_eq!(harness.state().history().entries().len(), 1);
+
+    // Removing the entry forgets the render, not the file.
+    harness.get_by_label("Remove").click();
+    harness.run();
+    assert!(harness.state().history().entries().is_empty());
+    assert!(entry.path.is_file());
 }

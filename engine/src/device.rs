@@ -52,6 +52,14 @@ pub fn availability_summary() -> String {
     }
 }
 
+/// Whether renders can run on a CUDA GPU: this build has CUDA and a driver reports a device.
+/// Cheap (does not start CUDA); the app's no-GPU mode asks this.
+#[must_use]
+pub fn cuda_available() -> bool {
+    stillmotion_kernels::built_with_cuda()
+        && matches!(probe_cuda_driver(), DriverProbe::Available { .. })
+}
+
 fn cpu(description: String) -> SelectedDevice {
     SelectedDevice {
         device: candle_core::Device::Cpu,

@@ -1,27 +1,51 @@
 //! `StillmotionApp`: the eframe application. `logic` runs actions and drains background results;
 //! `ui` only draws and queues [`UiAction`]s.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 
-use crossbeam_channel::{Receiver, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use stillmotion_engine::image_input;
 use stillmotion_engine::preset::{self, Preset};
 use stillmotion_engine::recipe::Recipe;
-use stillmotion_engine::runtime::{Command, EngineHandle, JobKind, JobRunner};
+use stillmotion_engine::runtime::{Command, EngineHandle, Event, JobId, JobKind, JobRunner};
 
+use super::history::{self, History, HistoryEntry, Thumbnail};
+use super::interpolate::{self, InterpolateForm};
 use super::jobs::{self, JobList};
+use super::player::{self, ClipPlayer};
 use super::settings::{self, ModelSlot, Settings};
 use super::source_image::{self, SourceImage};
+use super::user_presets;
 use crate::ui::theme;
 
 /// Image file extensions offered by the open dialog.
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"];
+/// Dropped files with these extensions are clips (or recipe sidecars) whose recipe is restored.
+const CLIP_EXTENSIONS: &[&str] = &["mp4", "m4v", "mov", "webm", "mkv", "json"];
+/// Clips offered by the "Interpolate a clip" dialog.
+const CLIP_EXTENSIONS_TO_INTERPOLATE: &[&str] = &["mp4", "m4v", "mov", "webm", "mkv", "gif"];
 
 /// What the user asked for; produced by panels, executed by `App::logic`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[must_use]
 pub enum UiAction {
+    /// Restore the settings of the history entry for this file.
+    RestoreFromHistory(PathBuf),
+    /// Remove the history entry for this file (the file stays).
+    ForgetRender(PathBuf),
+    /// Restore the settings from the recipe stored in (or beside) this clip.
+    RestoreFromClip(PathBuf),
+    /// Save the current choices as the user's preset with this name.
+    SavePreset(String),
+    /// Show the "Interpolate a clip" form.
+    OpenInterpolate,
+    /// Choose the clip to interpolate with the native dialog.
+    ChooseInterpolateInput,
+    /// Choose where the interpolated clip goes with the native dialog.
+    ChooseInterpolateOutput,
+    /// Validate the interpolation form and queue it.
+    SubmitInterpolation,
     /// Show the native file dialog to choose a source image.
     OpenImageDialog,
     /// Load this file as the source image.
@@ -39,7 +63,13 @@ pub enum UiAction {
     /// Validate the current settings and queue a render.
     Render,
     /// Cancel a queued or running job.
-    CancelJob(stillmotion_engine::runtime::JobId),
+    CancelJob(JobId),
+    /// Load this clip into the preview player and play it.
+    PreviewClip(PathBuf),
+    /// Open this file with the system's default program.
+    OpenFile(PathBuf),
+    /// Open the folder holding this file in the file manager.
+    ShowInFolder(PathBuf),
 }
 
 /// What an open native dialog is choosing.
@@ -48,12 +78,19 @@ enum DialogPurpose {
     SourceImage,
     ModelFile(ModelSlot),
     OutputFolder,
+    InterpolateInput,
+    InterpolateOutput,
 }
 
 /// How the app was started (from the command line).
 #[derive(Clone, Debug, Default)]
 pub struct StartOptions {
     pub image: Option<PathBuf>,
+    /// The folder of the user's own presets; `None` means
+    /// `<config dir>/stillmotion/presets`.
+    pub preset_dir: Option<PathBuf>,
+    /// Whether a CUDA GPU can render; `None` asks the driver (this build must have CUDA too).
+    pub gpu_available: Option<bool>,
 }
 
 /// What persists between runs (eframe storage).
@@ -62,6 +99,7 @@ pub struct StartOptions {
 struct UiState {
     last_image_dir: Option<PathBuf>,
     settings: Settings,
+    history: History,
 }
 
 const STORAGE_KEY: &str = "stillmotion.ui_state";
@@ -69,9 +107,17 @@ const STORAGE_KEY: &str = "stillmotion.ui_state";
 /// The application.
 pub struct StillmotionApp {
     state: UiState,
+    /// The shipped presets, then the user's own (file stem, preset).
     presets: Vec<(String, Preset)>,
+    shipped_count: usize,
+    preset_dir: Option<PathBuf>,
+    new_preset_name: String,
+    /// A confirmation shown until the next action (not an error).
+    notice: Option<String>,
     source: Option<SourceImage>,
     compute_description: String,
+    gpu_available: bool,
+    interpolate: InterpolateForm,
     display_adapter: Option<String>,
     error: Option<String>,
     pending: Vec<UiAction>,
@@ -79,6 +125,16 @@ pub struct StillmotionApp {
     engine: Option<EngineHandle>,
     outbox: VecDeque<Command>,
     jobs: JobList,
+    player: Option<ClipPlayer>,
+    /// The recipes of render jobs not yet finished, for their history entries.
+    render_recipes: HashMap<JobId, Recipe>,
+    thumbnails: HashMap<PathBuf, egui::TextureHandle>,
+    /// Interpolation jobs not yet finished, and their multipliers.
+    interpolation_jobs: HashMap<JobId, u32>,
+    /// Clips known to be interpolated ×m that are not render-history entries.
+    clip_factors: HashMap<PathBuf, u32>,
+    thumbnail_sender: Sender<Thumbnail>,
+    thumbnail_receiver: Receiver<Thumbnail>,
 }
 
 impl StillmotionApp {
@@ -95,10 +151,22 @@ impl StillmotionApp {
             .and_then(|storage| eframe::get_value(storage, STORAGE_KEY))
             .unwrap_or_default();
         let mut error = None;
-        let presets = preset::shipped().unwrap_or_else(|e| {
+        let mut presets = preset::shipped().unwrap_or_else(|e| {
             error = Some(format!("{e:#}"));
             Vec::new()
         });
+        let shipped_count = presets.len();
+        let preset_dir = options
+            .preset_dir
+            .clone()
+            .or_else(user_presets::default_dir);
+        if let Some(dir) = &preset_dir {
+            let (own, problems) = user_presets::load(dir, &presets);
+            presets.extend(own);
+            if !problems.is_empty() {
+                error = Some(problems.join("\n"));
+            }
+        }
         if !presets
             .iter()
             .any(|(stem, _)| *stem == state.settings.preset)
@@ -108,6 +176,17 @@ impl StillmotionApp {
                 .or_else(|| presets.first())
         {
             state.settings.apply_preset(stem, preset);
+        }
+        state.history.drop_missing();
+        let (thumbnail_sender, thumbnail_receiver) = bounded(8);
+        let paths = state
+            .history
+            .entries()
+            .iter()
+            .map(|e| e.path.clone())
+            .collect();
+        if let Err(e) = history::spawn_thumbnails(&cc.egui_ctx, paths, thumbnail_sender.clone()) {
+            tracing::warn!("history thumbnails are unavailable: {e}");
         }
         let wake_ctx = cc.egui_ctx.clone();
         let engine = match EngineHandle::spawn(runner, move || wake_ctx.request_repaint()) {
@@ -124,8 +203,16 @@ impl StillmotionApp {
         Self {
             state,
             presets,
+            shipped_count,
+            preset_dir,
+            new_preset_name: String::new(),
+            notice: None,
             source: None,
             compute_description: stillmotion_engine::device::availability_summary(),
+            gpu_available: options
+                .gpu_available
+                .unwrap_or_else(stillmotion_engine::device::cuda_available),
+            interpolate: InterpolateForm::default(),
             display_adapter,
             error,
             pending: options.image.map(UiAction::LoadImage).into_iter().collect(),
@@ -133,6 +220,13 @@ impl StillmotionApp {
             engine,
             outbox: VecDeque::new(),
             jobs: JobList::default(),
+            player: None,
+            render_recipes: HashMap::new(),
+            thumbnails: HashMap::new(),
+            interpolation_jobs: HashMap::new(),
+            clip_factors: HashMap::new(),
+            thumbnail_sender,
+            thumbnail_receiver,
         }
     }
 
@@ -159,6 +253,35 @@ impl StillmotionApp {
         self.source.as_ref()
     }
 
+    /// Queues `action` as if a panel had produced it (scripted use and tests); it runs at the
+    /// start of the next frame.
+    pub fn perform(&mut self, action: UiAction) {
+        self.pending.push(action);
+    }
+
+    /// The finished renders remembered across runs.
+    #[must_use]
+    pub fn history(&self) -> &History {
+        &self.state.history
+    }
+
+    /// Whether the history entry for `path` has its thumbnail yet.
+    #[must_use]
+    pub fn has_thumbnail(&self, path: &std::path::Path) -> bool {
+        self.thumbnails.contains_key(path)
+    }
+
+    /// The clip in the preview player, if any.
+    #[must_use]
+    pub fn player(&self) -> Option<&ClipPlayer> {
+        self.player.as_ref()
+    }
+
+    /// The preview player, for tests and scripted use.
+    pub fn player_mut(&mut self) -> Option<&mut ClipPlayer> {
+        self.player.as_mut()
+    }
+
     /// The error currently shown to the user, if any.
     #[must_use]
     pub fn error(&self) -> Option<&str> {
@@ -166,10 +289,36 @@ impl StillmotionApp {
     }
 
     fn run_action(&mut self, ctx: &egui::Context, action: UiAction) {
+        self.notice = None;
         match action {
+            UiAction::RestoreFromHistory(path) => {
+                let entry = self.state.history.entries().iter().find(|e| e.path == path);
+                match entry.map(HistoryEntry::recipe) {
+                    Some(Ok(recipe)) => self.restore(ctx, &recipe),
+                    Some(Err(message)) => self.error = Some(message),
+                    None => {}
+                }
+            }
+            UiAction::RestoreFromClip(path) => self.restore_from_clip(ctx, path),
+            UiAction::ForgetRender(path) => {
+                self.state.history.remove(&path);
+                self.thumbnails.remove(&path);
+            }
+            UiAction::OpenInterpolate => self.interpolate.open = true,
+            UiAction::ChooseInterpolateInput => {
+                self.open_dialog(ctx, DialogPurpose::InterpolateInput);
+            }
+            UiAction::ChooseInterpolateOutput => {
+                self.open_dialog(ctx, DialogPurpose::InterpolateOutput);
+            }
+            UiAction::SubmitInterpolation => self.submit_interpolation(),
+            UiAction::SavePreset(name) => self.save_preset(&name),
             UiAction::OpenImageDialog => self.open_dialog(ctx, DialogPurpose::SourceImage),
             UiAction::LoadImage(path) => self.load_image(ctx, path),
-            UiAction::DismissError => self.error = None,
+            UiAction::DismissError => {
+                self.error = None;
+                self.notice = None;
+            }
             UiAction::ApplyPreset(stem) => {
                 if let Some((stem, preset)) = self.presets.iter().find(|(s, _)| *s == stem) {
                     self.state.settings.apply_preset(stem, preset);
@@ -182,6 +331,153 @@ impl StillmotionApp {
             UiAction::ChooseOutputFolder => self.open_dialog(ctx, DialogPurpose::OutputFolder),
             UiAction::Render => self.submit_render(),
             UiAction::CancelJob(job_id) => self.outbox.push_back(Command::Cancel(job_id)),
+            UiAction::PreviewClip(path) => {
+                let factor = self.interpolation_factor_of(&path);
+                let mut player = ClipPlayer::open(ctx, path, true);
+                player.set_interpolation_factor(factor);
+                self.player = Some(player);
+            }
+            UiAction::OpenFile(path) => self.open_with_system(&path),
+            UiAction::ShowInFolder(path) => {
+                let folder = path
+                    .parent()
+                    .filter(|parent| !parent.as_os_str().is_empty())
+                    .map_or_else(|| PathBuf::from("."), PathBuf::from);
+                self.open_with_system(&folder);
+            }
+        }
+    }
+
+    /// Writes the current choices as the user's preset `name`, lists it, and selects it.
+    fn save_preset(&mut self, name: &str) {
+        let Some(dir) = self.preset_dir.clone() else {
+            self.error = Some("This system has no configuration folder to keep presets in".into());
+            return;
+        };
+        let Some((_, base)) = self
+            .presets
+            .iter()
+            .find(|(stem, _)| *stem == self.state.settings.preset)
+        else {
+            self.error = Some("Choose a preset to start from first".to_owned());
+            return;
+        };
+        let preset = user_presets::preset_from(name, &self.state.settings, base);
+        match user_presets::save(&dir, &preset, &self.presets[..self.shipped_count]) {
+            Ok(stem) => {
+                let (own, problems) = user_presets::load(&dir, &self.presets[..self.shipped_count]);
+                self.presets.truncate(self.shipped_count);
+                self.presets.extend(own);
+                self.state.settings.preset.clone_from(&stem);
+                self.new_preset_name.clear();
+                self.error = (!problems.is_empty()).then(|| problems.join("\n"));
+                self.notice = Some(format!(
+                    "Saved your preset “{}”: {}",
+                    preset.name,
+                    dir.join(format!("{stem}.toml")).display()
+                ));
+            }
+            Err(message) => self.error = Some(message),
+        }
+    }
+
+    /// The presets in the picker: shipped first, then the user's own.
+    #[must_use]
+    pub fn presets(&self) -> &[(String, Preset)] {
+        &self.presets
+    }
+
+    /// A confirmation shown to the user, if any.
+    #[must_use]
+    pub fn notice(&self) -> Option<&str> {
+        self.notice.as_deref()
+    }
+
+    /// How many times the clip at `path` was interpolated, when the app knows: from its render
+    /// recipe in the history, or from the interpolation or restore that produced it.
+    fn interpolation_factor_of(&self, path: &std::path::Path) -> Option<u32> {
+        let from_history = self
+            .state
+            .history
+            .entries()
+            .iter()
+            .find(|entry| entry.path == path)
+            .and_then(|entry| entry.recipe().ok())
+            .and_then(|recipe| multiplier_of(&recipe));
+        from_history.or_else(|| self.clip_factors.get(path).copied())
+    }
+
+    /// Takes a finished render's settings, and its source image when it is still there.
+    fn restore(&mut self, ctx: &egui::Context, recipe: &Recipe) {
+        let preset_found = self.state.settings.restore(recipe, &self.presets);
+        self.error = None;
+        if recipe.image.is_file() {
+            // Now rather than queued: a successful load clears the error line, and the warnings
+            // below must stay.
+            self.load_image(ctx, recipe.image.clone());
+        } else {
+            self.error = Some(format!(
+                "Settings restored, but the render's source image is gone; open it again: {}",
+                recipe.image.display()
+            ));
+        }
+        if !preset_found {
+            let current = self
+                .presets
+                .iter()
+                .find(|(stem, _)| *stem == self.state.settings.preset)
+                .map_or("none", |(_, preset)| preset.name.as_str());
+            self.error = Some(format!(
+                "Settings restored, but the render's preset “{}” is not installed here, so the \
+                 size and model come from “{current}”",
+                recipe.preset_name
+            ));
+        }
+    }
+
+    /// Restores the recipe stored in a dropped clip (or its sidecar) and previews the clip.
+    fn restore_from_clip(&mut self, ctx: &egui::Context, path: PathBuf) {
+        let embedded = match stillmotion_engine::video::read_recipe(&path) {
+            Ok(embedded) => embedded,
+            Err(error) => {
+                self.error = Some(format!(
+                    "No settings to restore (only clips rendered by Stillmotion carry them): \
+                     {error:#}"
+                ));
+                return;
+            }
+        };
+        match serde_json::from_value::<Recipe>(embedded.recipe) {
+            Ok(recipe) => {
+                self.restore(ctx, &recipe);
+                let is_clip = !path
+                    .extension()
+                    .is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
+                if is_clip {
+                    if let Some(factor) = multiplier_of(&recipe) {
+                        self.clip_factors.insert(path.clone(), factor);
+                    }
+                    self.pending.push(UiAction::PreviewClip(path));
+                }
+            }
+            Err(error) => {
+                self.error = Some(format!(
+                    "This clip's recipe was written by Stillmotion {} and this version cannot \
+                     read it ({error}): {}",
+                    embedded.app_version,
+                    path.display()
+                ));
+            }
+        }
+    }
+
+    /// Hands `path` to the desktop's default program (it returns at once; the program runs on).
+    fn open_with_system(&mut self, path: &std::path::Path) {
+        if let Err(error) = opener::open(path) {
+            self.error = Some(format!(
+                "Could not open it ({error}); open it from your file manager: {}",
+                path.display()
+            ));
         }
     }
 
@@ -192,8 +488,21 @@ impl StillmotionApp {
         let (sender, receiver) = bounded(1);
         let start_dir = match purpose {
             DialogPurpose::SourceImage => self.state.last_image_dir.clone(),
+            DialogPurpose::InterpolateInput | DialogPurpose::InterpolateOutput => self
+                .interpolate
+                .input
+                .as_deref()
+                .and_then(std::path::Path::parent)
+                .map(PathBuf::from),
             DialogPurpose::ModelFile(_) | DialogPurpose::OutputFolder => None,
         };
+        let default_output = self.interpolate.input.as_deref().map(|input| {
+            self.interpolate
+                .output_for(input)
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
         let ctx = ctx.clone();
         // The native dialog blocks its thread until the user answers; keep the UI live meanwhile.
         let spawned = std::thread::Builder::new()
@@ -213,6 +522,15 @@ impl StillmotionApp {
                         .add_filter("Model files", &["safetensors", "gguf", "pth"])
                         .pick_file(),
                     DialogPurpose::OutputFolder => dialog.set_title("Output folder").pick_folder(),
+                    DialogPurpose::InterpolateInput => dialog
+                        .set_title("Clip to interpolate")
+                        .add_filter("Videos", CLIP_EXTENSIONS_TO_INTERPOLATE)
+                        .pick_file(),
+                    DialogPurpose::InterpolateOutput => dialog
+                        .set_title("Save the interpolated clip as")
+                        .set_file_name(default_output.unwrap_or_default())
+                        .add_filter("Videos", &["mp4", "webm", "webp", "gif"])
+                        .save_file(),
                 };
                 // The receiver may be gone if the app closed meanwhile; nothing to do then.
                 let _ = sender.send(picked);
@@ -229,7 +547,37 @@ impl StillmotionApp {
             DialogPurpose::SourceImage => self.pending.push(UiAction::LoadImage(path)),
             DialogPurpose::ModelFile(slot) => self.state.settings.set_model_path(slot, path),
             DialogPurpose::OutputFolder => self.state.settings.output_dir = Some(path),
+            DialogPurpose::InterpolateInput => self.interpolate.input = Some(path),
+            DialogPurpose::InterpolateOutput => self.interpolate.output = Some(path),
         }
+    }
+
+    /// Queues RIFE over an existing clip (no video model needed).
+    fn submit_interpolation(&mut self) {
+        match self.interpolate.request() {
+            Ok(request) => {
+                let name = request.input.file_name().map_or_else(
+                    || request.input.display().to_string(),
+                    |name| name.to_string_lossy().into_owned(),
+                );
+                let job_id = self
+                    .jobs
+                    .add(format!("Interpolate {name} ×{}", request.multiplier));
+                self.interpolation_jobs.insert(job_id, request.multiplier);
+                self.outbox.push_back(Command::Submit {
+                    job_id,
+                    kind: JobKind::Interpolate(Box::new(request)),
+                });
+                self.interpolate.open = false;
+                self.error = None;
+            }
+            Err(message) => self.error = Some(message),
+        }
+    }
+
+    /// The "Interpolate a clip" form, for tests and scripted use.
+    pub fn interpolate_form_mut(&mut self) -> &mut InterpolateForm {
+        &mut self.interpolate
     }
 
     /// Builds the recipe from the settings, validates it, and queues it on the engine.
@@ -263,6 +611,7 @@ impl StillmotionApp {
         }
         let title: String = recipe.prompt.chars().take(48).collect();
         let job_id = self.jobs.add(title);
+        self.render_recipes.insert(job_id, recipe.clone());
         self.outbox.push_back(Command::Submit {
             job_id,
             kind: JobKind::Render(Box::new(recipe)),
@@ -321,7 +670,46 @@ impl eframe::App for StillmotionApp {
         if let Some(engine) = &self.engine {
             for event in engine.events().try_iter() {
                 self.jobs.apply(&event);
+                match &event {
+                    Event::Finished { job_id, output, .. } => {
+                        if let Some(recipe) = self.render_recipes.remove(job_id) {
+                            let path = output.path.clone();
+                            self.state
+                                .history
+                                .add(HistoryEntry::new(path.clone(), &recipe));
+                            let sender = self.thumbnail_sender.clone();
+                            if let Err(e) = history::spawn_thumbnails(ctx, vec![path], sender) {
+                                tracing::warn!("no thumbnail for the new render: {e}");
+                            }
+                        }
+                        if let Some(factor) = self.interpolation_jobs.remove(job_id) {
+                            self.clip_factors.insert(output.path.clone(), factor);
+                        }
+                        self.pending
+                            .push(UiAction::PreviewClip(output.path.clone()));
+                        ctx.request_repaint();
+                    }
+                    Event::Cancelled { job_id } | Event::Failed { job_id, .. } => {
+                        self.render_recipes.remove(job_id);
+                        self.interpolation_jobs.remove(job_id);
+                    }
+                    _ => {}
+                }
             }
+        }
+        for (path, frame) in self.thumbnail_receiver.try_iter() {
+            let (width, height) = frame.dimensions();
+            let image =
+                egui::ColorImage::from_rgb([width as usize, height as usize], frame.as_raw());
+            let texture = ctx.load_texture(
+                format!("thumbnail {}", path.display()),
+                image,
+                egui::TextureOptions::LINEAR,
+            );
+            self.thumbnails.insert(path, texture);
+        }
+        if let Some(player) = &mut self.player {
+            player.poll(ctx);
         }
         if !self.outbox.is_empty() {
             ctx.request_repaint_after(std::time::Duration::from_millis(50));
@@ -338,25 +726,69 @@ impl eframe::App for StillmotionApp {
                 .map(|file| file.path().to_owned())
                 .collect()
         });
-        actions.extend(dropped.into_iter().take(1).map(UiAction::LoadImage));
+        actions.extend(dropped.into_iter().take(1).map(|path| {
+            let is_clip = path.extension().is_some_and(|ext| {
+                CLIP_EXTENSIONS
+                    .iter()
+                    .any(|clip| ext.eq_ignore_ascii_case(clip))
+            });
+            if is_clip {
+                UiAction::RestoreFromClip(path)
+            } else {
+                UiAction::LoadImage(path)
+            }
+        }));
 
         egui::Panel::top("top_bar").show(ui, |ui| {
             ui.horizontal(|ui| {
                 ui.strong("Stillmotion");
                 ui.separator();
-                ui.label(&self.compute_description)
-                    .on_hover_text("Where rendering runs");
+                if self.gpu_available {
+                    ui.label(&self.compute_description)
+                        .on_hover_text("Where rendering runs");
+                } else {
+                    ui.colored_label(
+                        theme::WARNING_TEXT,
+                        "No GPU: rendering runs on the CPU and takes hours. Interpolating \
+                         existing clips works well without one.",
+                    )
+                    .on_hover_text(&self.compute_description);
+                }
+                ui.separator();
+                if ui
+                    .button("Interpolate a clip…")
+                    .on_hover_text(
+                        "Smooth an existing clip with RIFE frame interpolation (no video model \
+                         or GPU needed)",
+                    )
+                    .clicked()
+                {
+                    actions.push(UiAction::OpenInterpolate);
+                }
                 if let Some(adapter) = &self.display_adapter {
                     ui.separator();
                     ui.colored_label(theme::WEAK_TEXT, format!("Display: {adapter}"));
                 }
             });
         });
-        if let Some(error) = &self.error {
+        let message = self
+            .error
+            .as_deref()
+            .map(|error| (theme::ERROR_TEXT, error))
+            .or_else(|| {
+                self.notice
+                    .as_deref()
+                    .map(|notice| (theme::NOTICE_TEXT, notice))
+            });
+        if let Some((colour, message)) = message {
             egui::Panel::bottom("error_bar").show(ui, |ui| {
                 ui.horizontal(|ui| {
-                    ui.colored_label(theme::ERROR_TEXT, error);
-                    if ui.button("Dismiss").clicked() {
+                    ui.colored_label(colour, message);
+                    if ui
+                        .button("Dismiss")
+                        .on_hover_text("Hide this message")
+                        .clicked()
+                    {
                         actions.push(UiAction::DismissError);
                     }
                 });
@@ -370,7 +802,13 @@ impl eframe::App for StillmotionApp {
             .default_size(360.0)
             .show(ui, |ui| {
                 egui::ScrollArea::vertical().show(ui, |ui| {
-                    actions.extend(settings::show(ui, &mut self.state.settings, &self.presets));
+                    actions.extend(settings::show(
+                        ui,
+                        &mut self.state.settings,
+                        &self.presets,
+                        self.shipped_count,
+                        &mut self.new_preset_name,
+                    ));
                 });
             });
         egui::Panel::right("queue")
@@ -379,12 +817,33 @@ impl eframe::App for StillmotionApp {
             .show(ui, |ui| {
                 egui::ScrollArea::vertical().show(ui, |ui| {
                     actions.extend(jobs::show(ui, &self.jobs));
+                    ui.separator();
+                    let playing = self.player.as_ref().map(ClipPlayer::path);
+                    actions.extend(history::show(
+                        ui,
+                        &self.state.history,
+                        &self.thumbnails,
+                        playing,
+                    ));
                 });
             });
         egui::CentralPanel::default().show(ui, |ui| {
-            actions.extend(source_image::show(ui, self.source.as_ref()));
+            let Some(player) = &mut self.player else {
+                actions.extend(source_image::show(ui, self.source.as_ref()));
+                return;
+            };
+            // The clip gets most of the room; the source image stays in view above it.
+            let source_height = (ui.available_height() * 0.35).max(120.0);
+            let width = ui.available_width();
+            ui.allocate_ui(egui::vec2(width, source_height), |ui| {
+                ui.set_max_height(source_height);
+                actions.extend(source_image::show(ui, self.source.as_ref()));
+            });
+            ui.separator();
+            actions.extend(player::show(ui, player));
         });
 
+        actions.extend(interpolate::show(ui.ctx(), &mut self.interpolate));
         if !actions.is_empty() {
             self.pending.extend(actions);
             ui.ctx().request_repaint();
@@ -393,6 +852,17 @@ impl eframe::App for StillmotionApp {
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         eframe::set_value(storage, STORAGE_KEY, &self.state);
+    }
+}
+
+/// The RIFE multiplier a render used, when it used one (a target frame rate keeps no originals
+/// at a fixed stride).
+fn multiplier_of(recipe: &Recipe) -> Option<u32> {
+    match recipe.interpolation {
+        stillmotion_engine::recipe::Interpolation::Multiplier { factor } if factor > 1 => {
+            Some(factor)
+        }
+        _ => None,
     }
 }
 

@@ -1,11 +1,18 @@
 //! The main window: state, per-frame logic, and drawing.
 
 mod app;
+mod history;
+mod interpolate;
 mod jobs;
+mod player;
 mod settings;
 mod source_image;
+mod user_presets;
 
 pub use app::{StartOptions, StillmotionApp, UiAction, run};
+pub use history::{History, HistoryEntry};
+pub use interpolate::InterpolateForm;
 pub use jobs::{JobEntry, JobList, JobState};
+pub use player::ClipPlayer;
 pub use settings::{ModelSlot, SamplerChoice, Settings};
 pub use source_image::SourceImage;

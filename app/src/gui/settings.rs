@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use stillmotion_engine::preset::{Preset, SamplerKind};
-use stillmotion_engine::recipe::{Interpolation, ModelFiles, RecipeChoices};
+use stillmotion_engine::recipe::{
+    Interpolation, ModelFiles, Recipe, RecipeChoices, WAN_DEFAULT_NEGATIVE_PROMPT,
+};
 
 use super::UiAction;
 use crate::ui::theme;
@@ -138,6 +140,49 @@ impl Settings {
         self.interpolation_factor = preset.interpolation_factor;
     }
 
+    /// Takes every value a finished render's `recipe` used that these settings can hold, so the
+    /// next render repeats it: the seed is locked, and the preset is the one the recipe named
+    /// (by its display name) when it is among `presets`. Returns whether it was.
+    pub fn restore(&mut self, recipe: &Recipe, presets: &[(String, Preset)]) -> bool {
+        let preset = presets
+            .iter()
+            .find(|(_, preset)| preset.name == recipe.preset_name);
+        if let Some((stem, _)) = preset {
+            stem.clone_into(&mut self.preset);
+        }
+        recipe.prompt.clone_into(&mut self.prompt);
+        self.negative_prompt = if recipe.negative_prompt == WAN_DEFAULT_NEGATIVE_PROMPT {
+            String::new()
+        } else {
+            recipe.negative_prompt.clone()
+        };
+        self.steps = recipe.steps;
+        self.num_frames = recipe.num_frames;
+        self.cfg_high_noise = recipe.cfg_high_noise;
+        self.cfg_low_noise = recipe.cfg_low_noise;
+        self.shift = recipe.shift;
+        self.sampler = recipe.sampler.into();
+        self.seed = recipe.seed;
+        self.seed_locked = true;
+        self.interpolation_factor = match recipe.interpolation {
+            Interpolation::Multiplier { factor } => factor,
+            Interpolation::Off | Interpolation::TargetFps { .. } => 1,
+        };
+        self.high_noise.clone_from(&recipe.models.high_noise);
+        self.low_noise.clone_from(&recipe.models.low_noise);
+        self.text_encoder.clone_from(&recipe.models.text_encoder);
+        self.vae.clone_from(&recipe.models.vae);
+        if let Some(dir) = recipe
+            .output
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+        {
+            self.output_dir = Some(dir.to_owned());
+        }
+        self.reserve_vram_gb = recipe.reserve_vram_gb;
+        preset.is_some()
+    }
+
     /// The user's choices for a render of `image`, written into `output_dir` (or beside the
     /// image when no folder was chosen).
     #[must_use]
@@ -194,12 +239,15 @@ impl Settings {
     }
 }
 
-/// Draws the settings. `presets` are (file stem, preset) pairs.
+/// Draws the settings. `presets` are (file stem, preset) pairs, the first `shipped_count` of
+/// them shipped and the rest the user's; `new_preset_name` is the "save as preset" name field.
 #[must_use]
 pub fn show(
     ui: &mut egui::Ui,
     settings: &mut Settings,
     presets: &[(String, Preset)],
+    shipped_count: usize,
+    new_preset_name: &mut String,
 ) -> Option<UiAction> {
     let mut action = None;
     ui.heading("Settings");
@@ -211,7 +259,11 @@ pub fn show(
     egui::ComboBox::from_label("Preset")
         .selected_text(current)
         .show_ui(ui, |ui| {
-            for (stem, preset) in presets {
+            for (index, (stem, preset)) in presets.iter().enumerate() {
+                if index == shipped_count {
+                    ui.separator();
+                    ui.colored_label(theme::WEAK_TEXT, "Your presets");
+                }
                 if ui
                     .selectable_label(settings.preset == *stem, &preset.name)
                     .on_hover_text(&preset.description)
@@ -223,6 +275,30 @@ pub fn show(
         })
         .response
         .on_hover_text("One click sets steps, frames, sampler, guidance and interpolation");
+    ui.horizontal(|ui| {
+        let label = ui.label("New preset name");
+        ui.add(
+            egui::TextEdit::singleline(new_preset_name)
+                .hint_text("e.g. Slow pan, 6 steps")
+                .desired_width(140.0),
+        )
+        .labelled_by(label.id)
+        .on_hover_text("The name your preset gets in the picker");
+        if ui
+            .add_enabled(
+                !new_preset_name.trim().is_empty(),
+                egui::Button::new("Save as preset"),
+            )
+            .on_hover_text(
+                "Save steps, frames, sampler, shift, guidance and interpolation as your own \
+                 preset (the size and model come from the chosen preset)",
+            )
+            .on_disabled_hover_text("Type a name for the preset first")
+            .clicked()
+        {
+            action = Some(UiAction::SavePreset(new_preset_name.clone()));
+        }
+    });
 
     ui.label("Prompt");
     ui.add(
@@ -245,10 +321,11 @@ pub fn show(
     egui::Grid::new("settings_grid")
         .num_columns(2)
         .show(ui, |ui| {
-            ui.label("Frames");
+            let label = ui.label("Frames");
             ui.horizontal(|ui| {
                 let mut frames = settings.num_frames;
                 ui.add(egui::DragValue::new(&mut frames).range(5..=321).speed(4))
+                    .labelled_by(label.id)
                     .on_hover_text("4n+1 frames; 81 frames are 5 s at 16 fps");
                 settings.num_frames = (frames.saturating_sub(1) / 4) * 4 + 1;
                 ui.colored_label(
@@ -258,8 +335,9 @@ pub fn show(
             });
             ui.end_row();
 
-            ui.label("Steps");
+            let label = ui.label("Steps");
             ui.add(egui::DragValue::new(&mut settings.steps).range(1..=100))
+                .labelled_by(label.id)
                 .on_hover_text("Denoising steps (4 with the LightX2V LoRA, 40 official)");
             ui.end_row();
 
@@ -272,12 +350,13 @@ pub fn show(
             });
             ui.end_row();
 
-            ui.label("Shift");
+            let label = ui.label("Shift");
             ui.add(
                 egui::DragValue::new(&mut settings.shift)
                     .range(0.5..=20.0)
                     .speed(0.1),
             )
+            .labelled_by(label.id)
             .on_hover_text("Flow shift of the sigma schedule (5.0 for Wan2.2)");
             ui.end_row();
 
@@ -298,9 +377,10 @@ pub fn show(
             });
             ui.end_row();
 
-            ui.label("Seed");
+            let label = ui.label("Seed");
             ui.horizontal(|ui| {
                 ui.add(egui::DragValue::new(&mut settings.seed))
+                    .labelled_by(label.id)
                     .on_hover_text("The same seed and settings give the same clip");
                 ui.checkbox(&mut settings.seed_locked, "Lock")
                     .on_hover_text("Unlocked: a new random seed for every render");
@@ -323,13 +403,14 @@ pub fn show(
             });
             ui.end_row();
 
-            ui.label("VRAM reserve");
+            let label = ui.label("VRAM reserve");
             ui.add(
                 egui::DragValue::new(&mut settings.reserve_vram_gb)
                     .range(0.0..=64.0)
                     .speed(0.25)
                     .suffix(" GB"),
             )
+            .labelled_by(label.id)
             .on_hover_text("GPU memory left free for the desktop and other programs");
             ui.end_row();
         });
@@ -373,4 +454,50 @@ pub fn show(
         action = Some(UiAction::Render);
     }
     action
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restoring_a_recipe_gives_back_the_settings_that_made_it() {
+        let presets = stillmotion_engine::preset::shipped().unwrap();
+        let (stem, preset) = &presets[3];
+        let mut made = Settings::default();
+        made.apply_preset(stem, preset);
+        made.prompt = "a heron takes off".to_owned();
+        made.negative_prompt = "blur".to_owned();
+        made.seed = 99;
+        made.seed_locked = true;
+        made.steps = 12;
+        made.cfg_low_noise = 2.0;
+        made.interpolation_factor = 3;
+        made.vae = Some(PathBuf::from("/models/vae.safetensors"));
+        made.output_dir = Some(PathBuf::from("/clips"));
+        made.reserve_vram_gb = 6.0;
+        let recipe = Recipe::from_layers(
+            preset,
+            made.choices(PathBuf::from("/images/heron.png"), "out.mp4"),
+        );
+
+        let mut restored = Settings::default();
+        assert!(restored.restore(&recipe, &presets));
+        assert_eq!(restored, made);
+
+        // Wan's default negative prompt comes back as the empty field that stands for it.
+        made.negative_prompt.clear();
+        let recipe = Recipe::from_layers(
+            preset,
+            made.choices(PathBuf::from("/images/heron.png"), "out.mp4"),
+        );
+        assert!(restored.restore(&recipe, &presets));
+        assert_eq!(restored, made);
+
+        // A preset this installation lacks keeps the current one, and says so.
+        let mut foreign = recipe;
+        foreign.preset_name = "Someone else's preset".to_owned();
+        assert!(!restored.restore(&foreign, &presets));
+        assert_eq!(restored.preset, *stem);
+    }
 }

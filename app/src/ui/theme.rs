@@ -5,6 +5,10 @@ use egui::Color32;
 
 /// Text and icons that report a problem the user must act on.
 pub const ERROR_TEXT: Color32 = Color32::from_rgb(0xE5, 0x53, 0x4B);
+/// Limitations the user should know about (no GPU).
+pub const WARNING_TEXT: Color32 = Color32::from_rgb(0xE0, 0xB0, 0x4C);
+/// Confirmations (a preset was saved).
+pub const NOTICE_TEXT: Color32 = Color32::from_rgb(0x7C, 0xC4, 0x7F);
 /// Secondary information (sizes, hints).
 pub const WEAK_TEXT: Color32 = Color32::from_rgb(0x9A, 0x9A, 0x9A);
 /// Background of the empty drop zone.
