@@ -116,6 +116,26 @@ fn bench_attention(
     let rows = tokens.min(256);
     let expected = reference::attention(&q.narrow(1, 0, rows)?, &k, &v)?;
     let flops = 4.0 * (heads * tokens * keys * dim) as f64;
+    let flash64 = |q: &Tensor, k: &Tensor, v: &Tensor| {
+        stillmotion_kernels::attention::flash_with_block_rows(kernels, q, k, v, 64)
+    };
+    {
+        let out = flash64(&q, &k, &v)?;
+        let error = rel_l2(&out.narrow(1, 0, rows)?, &expected)?;
+        let iterations = if tokens > 50_000 { 3 } else { 10 };
+        let seconds = time(device, iterations, || {
+            flash64(&q, &k, &v)?;
+            Ok(())
+        })?;
+        Line::new("attention")
+            .text("backend", "ours_m64")
+            .int("queries", tokens)
+            .int("keys", keys)
+            .num("ms", seconds * 1e3)
+            .num("tflops", flops / seconds / 1e12)
+            .num("rel_l2_vs_f32", error)
+            .print();
+    }
     for (choice, name) in backends(kernels, device) {
         let kernels = kernels.with_attention(choice);
         let out = attention(&kernels, &q, &k, &v)?;
@@ -259,6 +279,12 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
         let k = randn(&[2, k_len, 8, d], device, DType::BF16)?;
         let v = randn(&[2, k_len, 8, d], device, DType::BF16)?;
         let expected = reference::attention(&on_cpu(&q)?, &on_cpu(&k)?, &on_cpu(&v)?)?;
+        let out64 = stillmotion_kernels::attention::flash_with_block_rows(kernels, &q, &k, &v, 64)?;
+        checks.check(
+            &format!("attention ours_m64 keys {k_len} d {d}"),
+            rel_l2(&out64, &expected)?,
+            BF16_BOUND,
+        );
         for (choice, name) in backends(kernels, device) {
             let out = attention(&kernels.with_attention(choice), &q, &k, &v)?;
             checks.check(

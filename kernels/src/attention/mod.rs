@@ -49,3 +49,31 @@ pub fn attention(
         _ => reference::attention(q, k, v),
     }
 }
+
+/// Our flash kernel with an explicit number of query rows per block (64 or 128), for the
+/// benchmark that compares them; [`attention`] uses the default. bf16/f16, head dim 64 or 128,
+/// CUDA only.
+pub fn flash_with_block_rows(
+    kernels: &Kernels,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    block_rows: usize,
+) -> Result<Tensor, KernelError> {
+    #[cfg(feature = "cuda")]
+    if q.device().is_cuda() {
+        return crate::gpu::attention::fused_with_rows(
+            kernels,
+            AttentionBackend::Flash,
+            q,
+            k,
+            v,
+            block_rows,
+        );
+    }
+    let _ = (kernels, k, v, block_rows);
+    Err(bad(format!(
+        "our flash kernel runs on CUDA tensors, got {:?}",
+        q.device().location()
+    )))
+}

@@ -10,9 +10,12 @@ use super::{device_ptr, empty_like_shape, output_tensor};
 use crate::attention::{KERNEL, bad};
 use crate::{AttentionBackend, KernelError, Kernels};
 
-/// Rows of queries per block of our kernel (`kBlockM` in `cuda/flash_attention.cu`).
-const FLASH_BLOCK_M: usize = 64;
+/// Query rows per block of our kernel: 64 (one 16-row tile per warp) or 128 (two, which
+/// halves shared-memory traffic per FLOP). 128 is the default; the benchmark measures both.
+pub(crate) const FLASH_BLOCK_ROWS: usize = 128;
 const FLASH_THREADS: u32 = 128;
+/// Keys per tile (`kBlockN` in the kernel).
+const FLASH_BLOCK_N: usize = 64;
 /// `kPad` in the kernel: shared rows are `D + 8` elements.
 const FLASH_PAD: usize = 8;
 
@@ -23,6 +26,20 @@ pub(crate) fn fused(
     k: &Tensor,
     v: &Tensor,
 ) -> Result<Tensor, KernelError> {
+    fused_with_rows(kernels, backend, q, k, v, FLASH_BLOCK_ROWS)
+}
+
+pub(crate) fn fused_with_rows(
+    kernels: &Kernels,
+    backend: AttentionBackend,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    block_rows: usize,
+) -> Result<Tensor, KernelError> {
+    if !matches!(block_rows, 64 | 128) {
+        return Err(bad(format!("{block_rows} query rows per block: 64 or 128")));
+    }
     let Some(gpu) = &kernels.gpu else {
         return Err(bad("no CUDA kernels loaded for this device".to_owned()));
     };
@@ -91,20 +108,26 @@ pub(crate) fn fused(
         }
         AttentionBackend::Flash | AttentionBackend::Reference => {
             let name = format!(
-                "stillmotion_flash_attention_{}_d{d}",
+                "stillmotion_flash_attention_{}_d{d}_m{block_rows}",
                 if dtype == DType::F16 { "f16" } else { "bf16" }
             );
             let function = gpu.flash_function(&name)?;
+            let shared = (block_rows + 2 * FLASH_BLOCK_N) * (d + FLASH_PAD) * 2;
+            let shared = u32::try_from(shared).map_err(|_| bad(format!("head dim {d}")))?;
+            // Above 48 KiB a kernel must opt in to more dynamic shared memory.
+            function.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                shared as i32,
+            )?;
             let config = LaunchConfig {
                 grid_dim: (
-                    u32::try_from(sq.div_ceil(FLASH_BLOCK_M))
+                    u32::try_from(sq.div_ceil(block_rows))
                         .map_err(|_| bad(format!("{sq} queries is too many")))?,
                     u32::try_from(h).map_err(|_| bad(format!("{h} heads")))?,
                     u32::try_from(b).map_err(|_| bad(format!("batch {b}")))?,
                 ),
                 block_dim: (FLASH_THREADS, 1, 1),
-                shared_mem_bytes: u32::try_from(2 * 64 * (d + FLASH_PAD) * 2)
-                    .map_err(|_| bad(format!("head dim {d}")))?,
+                shared_mem_bytes: shared,
             };
             let (sq32, sk32, h32) = (
                 i32::try_from(sq).map_err(|_| bad(format!("{sq} queries")))?,
