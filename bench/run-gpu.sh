@@ -2,13 +2,12 @@
 # Runs on the GPU machine, from the repository root, after `cargo xtask bench-gpu` staged
 # bench/stage/ (the release `stillmotion-bench` with CUDA, xz-compressed, and the diffusers
 # wheels). Writes every result line to $OUT/results.jsonl and logs beside it.
-# Usage: bench/run-gpu.sh [quick|full]
+# Usage: bench/run-gpu.sh [quick] [scale] [compile] [profile]   (several modes run in order)
 set -uo pipefail
 OUT=${OUT:-/tmp/stillmotion-bench}
 mkdir -p "$OUT"
-MODE=${1:-full}
 TORCH_SITE=/opt/torch/.venv/lib/python3.12/site-packages
-export LD_LIBRARY_PATH=$TORCH_SITE/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH=$TORCH_SITE/nvidia/cu13/lib:$TORCH_SITE/nvidia/cudnn/lib:${LD_LIBRARY_PATH:-}
 export STILLMOTION_CUDNN_LIBRARY=${STILLMOTION_CUDNN_LIBRARY:-$TORCH_SITE/nvidia/cudnn/lib/libcudnn.so.9}
 PY=${PYTHON:-/opt/torch/.venv/bin/python}
 BIN=/tmp/stillmotion-bench-bin
@@ -24,17 +23,34 @@ torch_ref() { echo "+ torch_reference.py $*" >> "$OUT/log.txt"; $PY bench/torch_
 # Peak device memory of each process, sampled every 50 ms.
 peak() { local tag=$1; shift; nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 > "$OUT/mem-$tag.txt" & local p=$!; "$@"; kill $p; echo "{\"kind\": \"peak_mem\", \"run\": \"$tag\", \"mib\": $(sort -n "$OUT/mem-$tag.txt" | tail -1)}" | tee -a "$R"; }
 
-ours parity
-for n in "32760 32760" "32760 512"; do ours attention $n; torch_ref attention $n; done
-ours linear 32760 5120 5120; torch_ref linear 32760 5120 5120
-peak ours-vae-480 ours vae 832 480 81
-peak ours-rife-480 ours rife bench/stage/flownet.pkl 832 480 81
-peak ours-dit-480 ours dit 832 480 81
-peak torch-dit-480 torch_ref dit 832 480 81
-if [ "$MODE" = full ]; then
-  for n in "75600 75600" "147600 147600"; do ours attention $n; torch_ref attention $n; done
-  peak ours-dit-480-flash ours dit 832 480 81 flash
-  peak ours-dit-720 ours dit 1280 720 81
-  peak torch-dit-720 torch_ref dit 1280 720 81
-fi
+for mode in "${@:-quick}"; do
+  case $mode in
+    quick)
+      ours parity
+      for n in "32760 32760" "32760 512"; do ours attention $n; torch_ref attention $n; done
+      ours linear 32760 5120 5120; torch_ref linear 32760 5120 5120
+      peak ours-vae-480 ours vae 832 480 81
+      peak ours-rife-480 ours rife bench/stage/flownet.pkl 832 480 81
+      peak ours-dit-480 ours dit 832 480 81
+      peak torch-dit-480 torch_ref dit 832 480 81 ;;
+    scale)
+      for n in "75600 75600" "147600 147600"; do ours attention $n; torch_ref attention $n; done
+      peak ours-dit-480-flash ours dit 832 480 81 flash
+      peak ours-dit-720 ours dit 1280 720 81
+      peak torch-dit-720 torch_ref dit 1280 720 81 ;;
+    compile)
+      peak torch-dit-480-compile torch_ref dit 832 480 81 --compile ;;
+    profile)
+      # Kernel time by kernel name for one of our 480p forwards (Nsight Systems, if present).
+      NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+      if [ -n "$NSYS" ]; then
+        "$NSYS" profile -o "$OUT/dit-480" --force-overwrite true "$BIN" dit 832 480 81 >> "$OUT/log.txt" 2>&1
+        "$NSYS" stats --report cuda_gpu_kern_sum --format csv -o "$OUT/dit-480" "$OUT/dit-480.nsys-rep" >> "$OUT/log.txt" 2>&1
+        rm -f "$OUT/dit-480.nsys-rep" "$OUT/dit-480.sqlite"
+      else
+        echo "no nsys on this machine" >> "$OUT/log.txt"
+      fi ;;
+    *) echo "unknown mode $mode (quick, scale, compile, profile)" >> "$OUT/log.txt" ;;
+  esac
+done
 echo done >> "$OUT/log.txt"
