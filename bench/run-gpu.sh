@@ -2,7 +2,7 @@
 # Runs on the GPU machine, from the repository root, after `cargo xtask bench-gpu` staged
 # bench/stage/ (the release `stillmotion-bench` with CUDA, xz-compressed, and the diffusers
 # wheels). Writes every result line to $OUT/results.jsonl and logs beside it.
-# Usage: bench/run-gpu.sh [quick] [scale] [compile] [profile]   (several modes run in order)
+# Usage: bench/run-gpu.sh [quick] [scale] [conv] [compile] [profile]   (several modes run in order)
 set -uo pipefail
 OUT=${OUT:-/tmp/stillmotion-bench}
 mkdir -p "$OUT"
@@ -38,6 +38,9 @@ for mode in "${@:-quick}"; do
       peak ours-dit-480-flash ours dit 832 480 81 flash
       peak ours-dit-720 ours dit 1280 720 81
       peak torch-dit-720 torch_ref dit 1280 720 81 ;;
+    conv)
+      peak ours-vae-480 ours vae 832 480 81
+      peak ours-rife-480 ours rife bench/stage/flownet.pkl 832 480 81 ;;
     compile)
       peak torch-dit-480-compile torch_ref dit 832 480 81 --compile ;;
     profile)
@@ -50,7 +53,7 @@ for mode in "${@:-quick}"; do
       else
         echo "no nsys on this machine" >> "$OUT/log.txt"
       fi ;;
-    *) echo "unknown mode $mode (quick, scale, compile, profile)" >> "$OUT/log.txt" ;;
+    *) echo "unknown mode $mode (quick, scale, conv, compile, profile)" >> "$OUT/log.txt" ;;
   esac
 done
 echo done >> "$OUT/log.txt"
