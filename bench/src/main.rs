@@ -30,10 +30,6 @@ fn main() -> anyhow::Result<()> {
             s.parse().with_context(|| format!("argument {s:?}"))
         })
     };
-    // As the engine does before CUDA work: candle's convolutions need cuDNN loadable.
-    let cudnn = stillmotion_kernels::preload_cudnn(
-        &stillmotion_engine::device::kernel_options().cudnn_libraries,
-    );
     let device = Device::new_cuda(0).context("this benchmark needs a CUDA device")?;
     let kernels = Kernels::for_device(&device, &stillmotion_engine::device::kernel_options())?;
     Line::new("setup")

@@ -76,14 +76,6 @@ fn cuda_device() -> Result<SelectedDevice, String> {
                 .to_owned(),
         ),
         DriverProbe::Available { driver_version, .. } => {
-            // candle's convolutions (VAE, RIFE) open cuDNN by soname and panic without it.
-            let cudnn = stillmotion_kernels::preload_cudnn(&kernel_options().cudnn_libraries)
-                .map_err(|reason| {
-                    format!(
-                        "cuDNN 9 was not found ({reason}); the GPU path needs it for convolutions. `cargo xtask run` installs it, or set STILLMOTION_CUDNN_LIBRARY to a libcudnn.so.9"
-                    )
-                })?;
-            tracing::info!("cuDNN loaded from {}", cudnn.display());
             let device = candle_core::Device::new_cuda(0).map_err(|error| {
                 format!("the NVIDIA driver is present but CUDA could not start: {error}")
             })?;

@@ -14,7 +14,6 @@
 )]
 
 pub mod attention;
-mod cudnn_library;
 mod driver;
 mod error;
 pub mod glue;
@@ -24,7 +23,6 @@ mod kernels;
 pub mod linear;
 pub mod warp;
 
-pub use cudnn_library::preload_cudnn;
 pub use driver::{DriverProbe, probe_cuda_driver};
 pub use error::KernelError;
 pub use kernels::{AttentionBackend, AttentionChoice, KernelOptions, Kernels};
