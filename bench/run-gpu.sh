@@ -7,7 +7,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/stillmotion-bench}
 mkdir -p "$OUT"
 TORCH_SITE=/opt/torch/.venv/lib/python3.12/site-packages
-export LD_LIBRARY_PATH=$TORCH_SITE/nvidia/cu13/lib:$TORCH_SITE/nvidia/cudnn/lib:${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH=$TORCH_SITE/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}
 export STILLMOTION_CUDNN_LIBRARY=${STILLMOTION_CUDNN_LIBRARY:-$TORCH_SITE/nvidia/cudnn/lib/libcudnn.so.9}
 PY=${PYTHON:-/opt/torch/.venv/bin/python}
 BIN=/tmp/stillmotion-bench-bin
