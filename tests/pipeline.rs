@@ -238,3 +238,29 @@ fn a_prompt_over_the_token_limit_is_rendered_with_a_warning_event() {
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("prompt is longer"), "{warnings:?}");
 }
+
+#[test]
+fn a_job_over_its_memory_budget_is_refused_before_loading_anything() {
+    let case = case();
+    let dir = tempfile::tempdir().unwrap();
+    let runner = PipelineRunner::new().with_memory_budget(1 << 20);
+    let loads = runner.models().load_counter();
+    let recipe = recipe(&case, &dir.path().join("frames")).unwrap();
+    let events = RefCell::new(Vec::new());
+    let sink = |event: Event| events.borrow_mut().push(event);
+    let ctx = JobContext::new(1, CancelToken::new(), &sink, None);
+    let mut runner = runner;
+    let error = runner
+        .run(&JobKind::Render(Box::new(recipe)), &ctx)
+        .unwrap_err();
+    let EngineError::MemoryPlanRefused { problem } = &error else {
+        panic!("{error:?}");
+    };
+    assert!(
+        problem.contains("smaller resolution") && problem.contains("budget is 0.0 GB"),
+        "{problem}"
+    );
+    assert_eq!(loads.load(Ordering::Relaxed), 0, "nothing was loaded");
+    assert!(events.borrow().is_empty(), "{:?}", events.borrow());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

@@ -101,6 +101,20 @@ fn renders_the_reference_case_to_png_frames_through_the_cli() {
             .iter()
             .any(|e| e["event"] == "progress" && e["stage"] == "high-noise expert")
     );
+    // The memory plan comes before any model work (the first progress event).
+    let plan_at = events
+        .iter()
+        .position(|e| e["event"] == "memory_plan")
+        .unwrap();
+    let first_progress = events
+        .iter()
+        .position(|e| e["event"] == "progress")
+        .unwrap();
+    assert!(plan_at < first_progress, "{events:?}");
+    let plan = &events[plan_at]["plan"];
+    assert_eq!(plan["dit"]["mode"], "both_resident", "{plan}");
+    assert_eq!(plan["tokens"]["count"], 2 * 3 * 4, "{plan}");
+    assert!(plan["predicted"]["peak"].as_u64().unwrap() > 0, "{plan}");
     let finished = events.last().unwrap();
     assert_eq!(finished["event"], "finished", "{events:?}");
 

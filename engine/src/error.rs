@@ -106,6 +106,10 @@ pub enum EngineError {
     /// shard); `problem` says what is wrong and what to do.
     #[error("{problem}: {path}")]
     BadModelFile { problem: String, path: PathBuf },
+    /// The render does not fit the device's memory budget under any placement; `problem`
+    /// says what it needs and what to change.
+    #[error("{problem}")]
+    MemoryPlanRefused { problem: String },
 }
 
 impl EngineError {

@@ -21,9 +21,11 @@ mod denoiser;
 mod interpolate_job;
 mod models;
 mod output;
+mod plan;
 mod runner;
 
 pub use denoiser::WanDenoiser;
 pub use models::{ModelCache, sidecar_config};
 pub use output::format_for_output;
+pub use plan::plan_for;
 pub use runner::PipelineRunner;

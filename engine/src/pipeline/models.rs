@@ -93,7 +93,7 @@ fn load_dit(path: &Path, dtype: DType, device: &Device) -> Result<WanModel, Engi
     WanModel::from_state_dict(&cfg, tensors, dtype, device)
 }
 
-fn vae_config(path: &Path, family: ModelFamily) -> Result<wan_vae::Config, EngineError> {
+pub(super) fn vae_config(path: &Path, family: ModelFamily) -> Result<wan_vae::Config, EngineError> {
     match sidecar_config(path) {
         Some(json) => {
             serde_json::from_str(&read_text(&json)?).map_err(|e| EngineError::BadWeights {

@@ -7,9 +7,11 @@ use candle_core::{DType, Device, Tensor};
 use super::denoiser::WanDenoiser;
 use super::models::ModelCache;
 use super::output::format_for_output;
+use super::plan::plan_for;
 use crate::EngineError;
 use crate::device::select_device;
 use crate::image_input::{self, LoadOptions, fit};
+use crate::memory_plan::Placement;
 use crate::preset::ModelFamily;
 use crate::recipe::{ImageFit, Interpolation, Recipe, WAN_DEFAULT_NEGATIVE_PROMPT};
 use crate::rife::{InterpolationContext, InterpolationSettings, interpolate_stream};
@@ -19,7 +21,7 @@ use crate::sampling::{
     initial_noise, new_scheduler,
 };
 use crate::video::{EmbeddedRecipe, EncodeSettings, FrameRate, VideoWriter};
-use crate::wan_vae::i2v_condition;
+use crate::wan_vae::{Tiling, i2v_condition, to_rgb8};
 
 /// Renders recipes, keeping the models loaded between jobs.
 #[derive(Default)]
@@ -27,6 +29,8 @@ pub struct PipelineRunner {
     pub(super) models: ModelCache,
     /// RIFE weights; `None` finds them where the app installs them.
     rife_weights: Option<PathBuf>,
+    /// A memory budget in bytes that replaces the device's (tests plan CPU jobs against one).
+    budget_override: Option<u64>,
 }
 
 impl PipelineRunner {
@@ -39,6 +43,14 @@ impl PipelineRunner {
     #[must_use]
     pub fn with_rife_weights(mut self, path: PathBuf) -> Self {
         self.rife_weights = Some(path);
+        self
+    }
+
+    /// Plans every job against `bytes` of device memory instead of the device's own (on the
+    /// CPU, where there is no device budget, this makes the plan's decisions testable).
+    #[must_use]
+    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
+        self.budget_override = Some(bytes);
         self
     }
 
@@ -75,6 +87,13 @@ impl PipelineRunner {
         } else {
             DType::F32
         };
+        // The plan, before any model is loaded; a refusal ends the job here.
+        let mut plan = plan_for(recipe, &device, dtype, self.budget_override)?;
+        if !device.is_cuda() {
+            // Everything already runs on the CPU: there is nothing to move to it.
+            plan.text_encoder = Placement::Device;
+        }
+        ctx.memory_plan(plan.clone());
         let loop_cfg = LoopConfig {
             boundary: recipe.boundary.unwrap_or(0.9),
             cfg_high_noise: recipe.cfg_high_noise,
@@ -88,17 +107,25 @@ impl PipelineRunner {
         let needs_negative = [Expert::HighNoise, Expert::LowNoise]
             .iter()
             .any(|&e| loop_cfg.guidance_scale(e).is_some());
-        let encoder = self.models.text_encoder(recipe, dtype, &device)?;
+        let (text_device, text_dtype) = match plan.text_encoder {
+            Placement::Device => (device.clone(), dtype),
+            Placement::Cpu => (Device::Cpu, DType::F32),
+        };
+        let encoder = self.models.text_encoder(recipe, text_dtype, &text_device)?;
         let text_total = if needs_negative { 2 } else { 1 };
         ctx.progress(Stage::EncodingText, 0, text_total);
         warn_if_truncated(encoder, &recipe.prompt, "prompt", ctx)?;
-        let context = encoder.encode_prompt(&recipe.prompt)?.unsqueeze(0)?;
+        let context = encoder
+            .encode_prompt(&recipe.prompt)?
+            .to_device(&device)?
+            .unsqueeze(0)?;
         ctx.progress(Stage::EncodingText, 1, text_total);
         let negative_context = if needs_negative {
             ctx.check()?;
             warn_if_truncated(encoder, negative_prompt(recipe), "negative prompt", ctx)?;
             let negative = encoder
                 .encode_prompt(negative_prompt(recipe))?
+                .to_device(&device)?
                 .unsqueeze(0)?;
             ctx.progress(Stage::EncodingText, 2, text_total);
             Some(negative)
@@ -183,7 +210,7 @@ impl PipelineRunner {
         let mut decoded = Vec::new();
         let mut chunks_done = 0;
         ctx.progress(Stage::Decoding, 0, count(lat_t));
-        vae.decode_rgb8_each(&latents, |frames| {
+        let mut take_frames = |frames: Vec<image::RgbImage>, chunks: u32| {
             ctx.check()?;
             if multiplier.is_some() {
                 decoded.extend(frames);
@@ -192,10 +219,23 @@ impl PipelineRunner {
                     writer.push(frame, cancel)?;
                 }
             }
-            chunks_done += 1;
+            chunks_done += chunks;
             ctx.progress(Stage::Decoding, chunks_done, count(lat_t));
-            Ok(())
-        })?;
+            Ok::<(), EngineError>(())
+        };
+        match plan.vae_tile {
+            // Tiles decode over the whole clip each, so frames come out at the end.
+            Some(tile) => {
+                let tile = usize::try_from(tile).unwrap_or(usize::MAX);
+                let tiling = Tiling {
+                    tile,
+                    overlap: (tile / 4).max(8),
+                };
+                let video = vae.decode_tiled(&latents, tiling)?;
+                take_frames(to_rgb8(&video)?, count(lat_t))?;
+            }
+            None => vae.decode_rgb8_each(&latents, |frames| take_frames(frames, 1))?,
+        }
 
         if let Some(multiplier) = multiplier {
             let path = self.rife_weights_path()?;
