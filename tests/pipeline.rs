@@ -264,3 +264,35 @@ fn a_job_over_its_memory_budget_is_refused_before_loading_anything() {
     assert!(events.borrow().is_empty(), "{:?}", events.borrow());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn a_target_fps_resamples_the_render_keeping_frames_on_the_grid() {
+    let case = case();
+    let dir = tempfile::tempdir().unwrap();
+    let mut recipe = recipe(&case, &dir.path().join("fps24")).unwrap();
+    // 5 frames at 16 fps to 24 fps: source times 0, 2/3, 4/3, 2, 8/3, 10/3, 4 (in frames).
+    recipe.interpolation = Interpolation::TargetFps { fps: 24.0 };
+    let sink = |_event: Event| {};
+    let ctx = JobContext::new(1, CancelToken::new(), &sink, None);
+    let output = PipelineRunner::new()
+        .run(&JobKind::Render(Box::new(recipe)), &ctx)
+        .unwrap();
+    let frames = read_frames(&output.path).unwrap();
+    assert_eq!(frames.dim(0).unwrap(), 7);
+    let on_grid = frames
+        .index_select(
+            &Tensor::new(&[0u32, 3, 6], &candle_core::Device::Cpu).unwrap(),
+            0,
+        )
+        .unwrap();
+    let expected = expected_frames(&case)
+        .index_select(
+            &Tensor::new(&[0u32, 2, 4], &candle_core::Device::Cpu).unwrap(),
+            0,
+        )
+        .unwrap();
+    let db = psnr(&on_grid, &expected);
+    assert!(db >= 40.0, "frames on the source grid: {db:.2} dB");
+    // (The tiny random model's frames differ like scene cuts, so the off-grid frames here are
+    // duplicates; app/tests/cli_interpolate.rs checks new frames on a real photo.)
+}

@@ -152,3 +152,22 @@ fn bad_flags_exit_with_code_two_and_write_nothing() {
     assert!(!out.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn target_fps_renders_an_mp4_at_exactly_that_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("clip.mp4");
+    let output = render(&out, &["--target-fps", "24"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let video = stillmotion_engine::video::read_video(&out, 100, 1 << 20).unwrap();
+    assert_eq!((video.fps.numerator, video.fps.denominator), (24, 1));
+    // 5 frames at 16 fps span 4/16 s: 7 frames at 24 fps.
+    assert_eq!(video.frames.len(), 7);
+    let recipe = stillmotion_engine::video::read_recipe(&out).unwrap();
+    assert_eq!(recipe.recipe["interpolation"]["mode"], "target_fps");
+}

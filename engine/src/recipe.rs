@@ -387,6 +387,10 @@ pub struct InterpolateRequest {
     pub frames_fps: u32,
     /// Output frames per input pair: (n−1)·multiplier+1 frames at fps × multiplier.
     pub multiplier: u32,
+    /// Resample to this frame rate instead of multiplying (RIFE at fractional timesteps;
+    /// frames that fall on source frames are copied exactly).
+    #[serde(default)]
+    pub target_fps: Option<f64>,
     /// Also interpolate from the last frame back to the first (for loops).
     pub loop_clip: bool,
     /// A video file, or a folder (no extension) for PNG frames.
@@ -402,7 +406,15 @@ impl InterpolateRequest {
                 problem: format!("does not exist: {}", self.input.display()),
             });
         }
-        if !(2..=16).contains(&self.multiplier) {
+        if let Some(fps) = self.target_fps
+            && !(fps.is_finite() && fps > 0.0 && fps <= 240.0)
+        {
+            return Err(EngineError::BadRecipe {
+                field: "target-fps",
+                problem: format!("must be within 0..=240 frames per second, got {fps}"),
+            });
+        }
+        if self.target_fps.is_none() && !(2..=16).contains(&self.multiplier) {
             return Err(EngineError::BadRecipe {
                 field: "multiplier",
                 problem: format!("must be within 2..=16, got {}", self.multiplier),

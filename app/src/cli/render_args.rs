@@ -76,8 +76,8 @@ pub struct RenderArgs {
     /// RIFE frame multiplier (1 = off).
     #[arg(long, conflicts_with = "interpolate_fps")]
     pub interpolate: Option<u32>,
-    /// Interpolate to this frame rate instead of a multiplier.
-    #[arg(long)]
+    /// Interpolate to this frame rate (e.g. 24, 30, 29.97) instead of a multiplier.
+    #[arg(long = "target-fps", visible_alias = "interpolate-fps")]
     pub interpolate_fps: Option<f64>,
     /// Output: a video file (.mp4, .webm, .webp, .gif) or a folder for PNG frames.
     #[arg(long)]
@@ -120,7 +120,7 @@ impl RenderArgs {
             (Some(factor), None) => Some(Interpolation::Multiplier { factor }),
             (None, Some(fps)) => Some(Interpolation::TargetFps { fps }),
             (None, None) => None,
-            (Some(_), Some(_)) => bail!("give --interpolate or --interpolate-fps, not both"),
+            (Some(_), Some(_)) => bail!("give --interpolate or --target-fps, not both"),
         };
         let choices = RecipeChoices {
             models: ModelFiles {

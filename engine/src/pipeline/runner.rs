@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use super::denoiser::WanDenoiser;
+use super::interpolate_job::{retime_frames, target_rate};
 use super::models::ModelCache;
 use super::output::format_for_output;
 use super::plan::plan_for;
@@ -69,17 +70,14 @@ impl PipelineRunner {
                     .to_owned(),
             });
         }
-        // Refused before any model work.
         let multiplier = match recipe.interpolation {
             Interpolation::Off => None,
             Interpolation::Multiplier { factor } => Some(factor.max(1) as usize),
-            Interpolation::TargetFps { .. } => {
-                return Err(EngineError::BadRecipe {
-                    field: "interpolation",
-                    problem: "target_fps is not available in renders yet: use a multiplier"
-                        .to_owned(),
-                });
-            }
+            Interpolation::TargetFps { .. } => Some(1),
+        };
+        let target = match recipe.interpolation {
+            Interpolation::TargetFps { fps } => Some(target_rate(fps)?),
+            _ => None,
         };
         let device = select_device(recipe.device)?.device;
         let dtype = if device.is_cuda() {
@@ -182,10 +180,10 @@ impl PipelineRunner {
         // Decoding, straight into the writer (or into RIFE first).
         ctx.check()?;
         let format = format_for_output(&recipe.output)?;
-        let fps = FrameRate::whole(match recipe.interpolation {
+        let fps = target.unwrap_or(FrameRate::whole(match recipe.interpolation {
             Interpolation::Multiplier { factor } => recipe.fps * factor.max(1),
             Interpolation::Off | Interpolation::TargetFps { .. } => recipe.fps,
-        });
+        }));
         let settings = EncodeSettings {
             format,
             fps,
@@ -237,7 +235,14 @@ impl PipelineRunner {
             None => vae.decode_rgb8_each(&latents, |frames| take_frames(frames, 1))?,
         }
 
-        if let Some(multiplier) = multiplier {
+        if let Some(target) = target {
+            let path = self.rife_weights_path()?;
+            let rife = self.models.rife(&path, &device)?;
+            let source = FrameRate::whole(recipe.fps);
+            for frame in retime_frames(rife, &decoded, source, target, ctx)? {
+                writer.push(&frame, cancel)?;
+            }
+        } else if let Some(multiplier) = multiplier {
             let path = self.rife_weights_path()?;
             let rife = self.models.rife(&path, &device)?;
             let settings = InterpolationSettings::with_multiplier(multiplier);

@@ -50,6 +50,34 @@ impl FrameRate {
     pub fn as_f64(self) -> f64 {
         f64::from(self.numerator) / f64::from(self.denominator)
     }
+
+    /// The exact fraction for a rate given as a decimal: the smallest denominator up to 1001
+    /// within 1e-9 (relative) of `fps`, so 24 is 24/1, 29.97 is 2997/100 and 30000/1001 as a
+    /// float is 30000/1001. `None` for rates that are not positive and finite.
+    pub fn from_fps(fps: f64) -> Option<Self> {
+        if !(fps.is_finite() && fps > 0.0 && fps < f64::from(u32::MAX) / 1001.0) {
+            return None;
+        }
+        let mut best: Option<(f64, Self)> = None;
+        for denominator in 1..=1001_u32 {
+            let numerator = (fps * f64::from(denominator)).round();
+            if numerator < 1.0 {
+                continue;
+            }
+            let rate = Self {
+                numerator: numerator as u32,
+                denominator,
+            };
+            let error = (rate.as_f64() - fps).abs() / fps;
+            if error <= 1e-9 {
+                return Some(rate);
+            }
+            if best.is_none_or(|(e, _)| error < e) {
+                best = Some((error, rate));
+            }
+        }
+        best.map(|(_, rate)| rate)
+    }
 }
 
 /// The container and codec of an output.
@@ -110,5 +138,22 @@ impl Default for EncodeSettings {
             crf: 17,
             preset: "medium".to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod frame_rate_tests {
+    use super::FrameRate;
+
+    #[test]
+    fn decimal_rates_become_exact_fractions() {
+        let rate = |fps: f64| FrameRate::from_fps(fps).map(|r| (r.numerator, r.denominator));
+        assert_eq!(rate(24.0), Some((24, 1)));
+        assert_eq!(rate(29.97), Some((2997, 100)));
+        assert_eq!(rate(30000.0 / 1001.0), Some((30000, 1001)));
+        assert_eq!(rate(24000.0 / 1001.0), Some((24000, 1001)));
+        assert_eq!(rate(12.5), Some((25, 2)));
+        assert_eq!(rate(0.0), None);
+        assert_eq!(rate(f64::NAN), None);
     }
 }
