@@ -10,7 +10,7 @@ use std::time::Duration;
 use candle_core::Tensor;
 use stillmotion_engine::EngineError;
 use stillmotion_engine::pipeline::PipelineRunner;
-use stillmotion_engine::recipe::Interpolation;
+use stillmotion_engine::recipe::{Interpolation, Recipe};
 use stillmotion_engine::runtime::{
     CancelToken, Command, EngineHandle, Event, JobContext, JobKind, JobOutput, JobRunner, Stage,
 };
@@ -126,9 +126,15 @@ fn run_cancelled_at(
     output: &Path,
     interpolation: Interpolation,
 ) -> (Result<JobOutput, EngineError>, Vec<Stage>) {
-    let case = case();
-    let mut recipe = recipe(&case, output).unwrap();
+    let mut recipe = recipe(&case(), output).unwrap();
     recipe.interpolation = interpolation;
+    run_recipe_cancelled_at(n, recipe)
+}
+
+fn run_recipe_cancelled_at(
+    n: usize,
+    recipe: Recipe,
+) -> (Result<JobOutput, EngineError>, Vec<Stage>) {
     let checks = Cell::new(0);
     let hook = |ctx: &JobContext<'_>| {
         checks.set(checks.get() + 1);
@@ -147,16 +153,29 @@ fn run_cancelled_at(
     (result, stages.into_inner())
 }
 
+/// What a cancelled job left in `dir`: nothing, or only its save point.
+fn left_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
-fn cancel_while_denoising_or_decoding_leaves_no_output() {
+fn cancel_while_denoising_or_decoding_leaves_no_output_only_a_save_point() {
     let dir = tempfile::tempdir().unwrap();
     // Checks: prompt, negative prompt, image, before denoising, 4 steps, before decoding,
-    // then one per decoded chunk: 6 and 7 are steps 2 and 3 (timesteps 937, high noise, and
-    // 833, low noise), 10 is the first decoded chunk (the writer's partial folder exists then).
-    for (n, last_stage) in [
-        (6, Stage::DenoisingHighNoise),
-        (7, Stage::DenoisingLowNoise),
-        (10, Stage::Decoding),
+    // then one per decoded chunk: 5 and 6 are steps 1 and 2 (timesteps 999 and 937, high
+    // noise), 7 is step 3 (833, low noise), 10 is the first decoded chunk (the writer's partial
+    // folder exists then). From the end of the high-noise phase on, the save point stays.
+    let save_point = "frames.latents.safetensors".to_owned();
+    for (n, last_stage, left) in [
+        (5, Stage::DenoisingHighNoise, vec![]),
+        (6, Stage::DenoisingHighNoise, vec![save_point.clone()]),
+        (7, Stage::DenoisingLowNoise, vec![save_point.clone()]),
+        (10, Stage::Decoding, vec![save_point.clone()]),
     ] {
         let (result, stages) = run_cancelled_at(n, &dir.path().join("frames"), Interpolation::Off);
         assert!(
@@ -164,8 +183,7 @@ fn cancel_while_denoising_or_decoding_leaves_no_output() {
             "check {n}: {result:?}"
         );
         assert_eq!(stages.last(), Some(&last_stage), "check {n}: {stages:?}");
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert!(left.is_empty(), "check {n} left {left:?}");
+        assert_eq!(left_in(dir.path()), left, "check {n}");
     }
 }
 
@@ -177,8 +195,93 @@ fn cancel_while_interpolating_leaves_no_output() {
     let (result, stages) = run_cancelled_at(13, &dir.path().join("frames"), x2);
     assert!(matches!(result, Err(EngineError::Cancelled)), "{result:?}");
     assert_eq!(stages.last(), Some(&Stage::Interpolating), "{stages:?}");
-    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert!(left.is_empty(), "left {left:?}");
+    assert_eq!(left_in(dir.path()), ["frames.latents.safetensors"]);
+}
+
+/// Runs `recipe` to the end on a fresh runner.
+fn render_to_end(recipe: &Recipe) -> Result<JobOutput, EngineError> {
+    let sink = |_event: Event| {};
+    let ctx = JobContext::new(1, CancelToken::new(), &sink, None);
+    PipelineRunner::new().run(&JobKind::Render(Box::new(recipe.clone())), &ctx)
+}
+
+#[test]
+fn a_cancelled_job_resumes_to_the_same_frames_as_an_uninterrupted_run() {
+    let case = case();
+    let dir = tempfile::tempdir().unwrap();
+    let whole = render_to_end(&recipe(&case, &dir.path().join("whole")).unwrap()).unwrap();
+    let expected = read_frames(&whole.path).unwrap();
+    assert!(!dir.path().join("whole.latents.safetensors").exists());
+
+    // Cancelled in the low-noise phase (check 7) and during decoding (check 10). The noise
+    // file is then zeroed: only a real resume (not a restart) still gives the same frames.
+    for n in [7, 10] {
+        let out = dir.path().join(format!("resumed-{n}"));
+        let noise_file = dir.path().join(format!("noise-{n}.safetensors"));
+        std::fs::copy(case.file("inputs.safetensors"), &noise_file).unwrap();
+        let mut first = recipe(&case, &out).unwrap();
+        first.init_noise = Some(noise_file.clone());
+        let (result, _) = run_recipe_cancelled_at(n, first.clone());
+        assert!(matches!(result, Err(EngineError::Cancelled)), "{result:?}");
+        let noise = candle_core::safetensors::load(&noise_file, &candle_core::Device::Cpu)
+            .unwrap()
+            .remove("noise")
+            .unwrap();
+        candle_core::safetensors::save(
+            &std::collections::HashMap::from([("noise", noise.zeros_like().unwrap())]),
+            &noise_file,
+        )
+        .unwrap();
+        let mut again = first;
+        again.resume = true;
+        let output = render_to_end(&again).unwrap();
+        let frames = read_frames(&output.path).unwrap();
+        let diff = (&frames - &expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0, "check {n}: resumed frames differ");
+        assert!(
+            !dir.path()
+                .join(format!("resumed-{n}.latents.safetensors"))
+                .exists(),
+            "the save point is removed on success"
+        );
+    }
+}
+
+#[test]
+fn resume_refuses_another_recipe_and_a_missing_save_point() {
+    let case = case();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("frames");
+    let mut missing = recipe(&case, &out).unwrap();
+    missing.resume = true;
+    let message = render_to_end(&missing).unwrap_err().to_string();
+    assert!(message.contains("nothing to continue"), "{message}");
+
+    let (result, _) = run_cancelled_at(7, &out, Interpolation::Off);
+    assert!(matches!(result, Err(EngineError::Cancelled)));
+    let mut other = recipe(&case, &out).unwrap();
+    other.resume = true;
+    other.prompt = "another prompt".to_owned();
+    let error = render_to_end(&other).unwrap_err();
+    assert!(
+        matches!(error, EngineError::ResumeState { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("different recipe"), "{message}");
+    // The output path and interpolation may change: they do not touch the latents.
+    let mut same = recipe(&case, &out).unwrap();
+    same.resume = true;
+    same.interpolation = Interpolation::Multiplier { factor: 2 };
+    let frames = read_frames(&render_to_end(&same).unwrap().path).unwrap();
+    assert_eq!(frames.dim(0).unwrap(), 9);
 }
 
 #[test]

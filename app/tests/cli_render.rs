@@ -171,3 +171,36 @@ fn target_fps_renders_an_mp4_at_exactly_that_rate() {
     let recipe = stillmotion_engine::video::read_recipe(&out).unwrap();
     assert_eq!(recipe.recipe["interpolation"]["mode"], "target_fps");
 }
+
+#[test]
+fn resume_needs_a_save_point_made_from_the_same_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("clip.mp4");
+    let output = render(&out, &["--resume"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--resume has nothing to continue"),
+        "{stderr}"
+    );
+
+    // A save point from another recipe is refused by the job, and kept.
+    let save_point = stillmotion_engine::pipeline::resume::latents_path(&out);
+    let latents = candle_core::Tensor::zeros(
+        (1, 16, 2, 6, 8),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    stillmotion_engine::pipeline::resume::save(
+        &save_point,
+        "another recipe",
+        &stillmotion_engine::pipeline::resume::SavedState::Denoised { latents },
+    )
+    .unwrap();
+    let output = render(&out, &["--resume"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("different recipe"), "{stdout}");
+    assert!(save_point.exists() && !out.exists());
+}

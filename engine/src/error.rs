@@ -110,6 +110,11 @@ pub enum EngineError {
     /// says what it needs and what to change.
     #[error("{problem}")]
     MemoryPlanRefused { problem: String },
+
+    /// A render's save point (`<output>.latents.safetensors`) cannot be used to resume;
+    /// `problem` says why and what to do.
+    #[error("{problem}: {path}")]
+    ResumeState { problem: String, path: PathBuf },
 }
 
 impl EngineError {

@@ -103,6 +103,10 @@ pub struct Recipe {
     pub output: PathBuf,
     pub reserve_vram_gb: f64,
     pub device: DevicePreference,
+    /// Continue from the save point beside the output (`<output>.latents.safetensors`)
+    /// instead of starting over.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resume: bool,
 }
 
 /// The user's choices on top of a preset; `None` keeps the preset's value.
@@ -176,6 +180,7 @@ impl Recipe {
                 .unwrap_or_else(|| PathBuf::from("output.mp4")),
             reserve_vram_gb: choices.reserve_vram_gb.unwrap_or(DEFAULT_RESERVE_VRAM_GB),
             device: choices.device.unwrap_or_default(),
+            resume: false,
         }
     }
 
@@ -304,6 +309,16 @@ impl Recipe {
         }
         if self.output.as_os_str().is_empty() {
             return bad("out", "needs a file or folder to write to".to_owned());
+        }
+        let save_point = crate::pipeline::resume::latents_path(&self.output);
+        if self.resume && !save_point.is_file() {
+            return bad(
+                "resume",
+                format!(
+                    "has nothing to continue: no saved latents beside the output (run without --resume): {}",
+                    save_point.display()
+                ),
+            );
         }
         Ok(())
     }

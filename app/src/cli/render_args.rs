@@ -87,6 +87,10 @@ pub struct RenderArgs {
     /// GPU memory to leave free for other programs, in GB.
     #[arg(long, allow_negative_numbers = true)]
     pub reserve_vram: Option<f64>,
+    /// Continue an interrupted render from the latents saved beside --out
+    /// (`<out>.latents.safetensors`), with the same settings.
+    #[arg(long)]
+    pub resume: bool,
     /// Print one JSON event per line on stdout instead of a progress bar.
     #[arg(long)]
     pub json: bool,
@@ -161,7 +165,8 @@ impl RenderArgs {
                 DeviceArg::Cuda => DevicePreference::Cuda,
             }),
         };
-        let recipe = Recipe::from_layers(&preset, choices);
+        let mut recipe = Recipe::from_layers(&preset, choices);
+        recipe.resume = self.resume;
         recipe.validate().map_err(|error| match error {
             EngineError::BadRecipe { field, problem } => {
                 anyhow::anyhow!("--{} {problem}", flag_for_field(field))

@@ -17,11 +17,13 @@
 //! [`crate::wan_vae::Config`], the umT5 keys of [`crate::umt5::Config`]), otherwise the released
 //! model's config (the DiT's is read from the tensor shapes).
 
+mod denoise_stage;
 mod denoiser;
 mod interpolate_job;
 mod models;
 mod output;
 mod plan;
+pub mod resume;
 mod runner;
 
 pub use denoiser::WanDenoiser;

@@ -4,11 +4,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::denoiser::WanDenoiser;
+use super::denoise_stage::DenoiseStage;
 use super::interpolate_job::{retime_frames, target_rate};
 use super::models::ModelCache;
 use super::output::format_for_output;
 use super::plan::plan_for;
+use super::resume::{self, SavedState, latents_path, recipe_hash};
 use crate::EngineError;
 use crate::device::select_device;
 use crate::image_input::{self, LoadOptions, fit};
@@ -17,12 +18,9 @@ use crate::preset::ModelFamily;
 use crate::recipe::{ImageFit, Interpolation, Recipe, WAN_DEFAULT_NEGATIVE_PROMPT};
 use crate::rife::{InterpolationContext, InterpolationSettings, interpolate_stream};
 use crate::runtime::{JobContext, JobKind, JobOutput, JobRunner, Stage};
-use crate::sampling::{
-    Expert, GuidanceRule, InitialNoise, LoopConfig, UniPcConfig, default_schedule, denoise,
-    initial_noise, new_scheduler,
-};
+use crate::sampling::{GuidanceRule, LoopConfig};
 use crate::video::{EmbeddedRecipe, EncodeSettings, FrameRate, VideoWriter};
-use crate::wan_vae::{Tiling, i2v_condition, to_rgb8};
+use crate::wan_vae::{Tiling, to_rgb8};
 
 /// Renders recipes, keeping the models loaded between jobs.
 #[derive(Default)]
@@ -99,83 +97,38 @@ impl PipelineRunner {
             guidance: GuidanceRule::Official,
         };
 
-        // Text.
-        ctx.check()?;
-        ctx.progress(Stage::LoadingWeights, 0, 3);
-        let needs_negative = [Expert::HighNoise, Expert::LowNoise]
-            .iter()
-            .any(|&e| loop_cfg.guidance_scale(e).is_some());
-        let (text_device, text_dtype) = match plan.text_encoder {
-            Placement::Device => (device.clone(), dtype),
-            Placement::Cpu => (Device::Cpu, DType::F32),
-        };
-        let encoder = self.models.text_encoder(recipe, text_dtype, &text_device)?;
-        let text_total = if needs_negative { 2 } else { 1 };
-        ctx.progress(Stage::EncodingText, 0, text_total);
-        warn_if_truncated(encoder, &recipe.prompt, "prompt", ctx)?;
-        let context = encoder
-            .encode_prompt(&recipe.prompt)?
-            .to_device(&device)?
-            .unsqueeze(0)?;
-        ctx.progress(Stage::EncodingText, 1, text_total);
-        let negative_context = if needs_negative {
-            ctx.check()?;
-            warn_if_truncated(encoder, negative_prompt(recipe), "negative prompt", ctx)?;
-            let negative = encoder
-                .encode_prompt(negative_prompt(recipe))?
-                .to_device(&device)?
-                .unsqueeze(0)?;
-            ctx.progress(Stage::EncodingText, 2, text_total);
-            Some(negative)
+        let save_point = latents_path(&recipe.output);
+        let hash = recipe_hash(recipe)?;
+        let saved = if recipe.resume {
+            Some(resume::load(&save_point, &hash, &device)?)
         } else {
             None
         };
-
-        // Image and its conditioning.
-        ctx.check()?;
-        let image = fitted_image(recipe, &device)?;
-        let (_, height, width) = image.dims3()?;
-        ctx.progress(Stage::LoadingWeights, 1, 3);
-        let vae = self.models.vae(recipe, &device)?;
-        ctx.progress(Stage::EncodingImage, 0, 1);
-        let y = i2v_condition(vae, &image, recipe.num_frames as usize)?.unsqueeze(0)?;
-        ctx.progress(Stage::EncodingImage, 1, 1);
-        let z_dim = vae.config().z_dim;
-        let (_, _, lat_t, lat_h, lat_w) = y.dims5()?;
-        let noise = match &recipe.init_noise {
-            Some(path) => InitialNoise::Injected(read_noise(path)?),
-            None => InitialNoise::Seeded(recipe.seed),
+        let latents = match saved {
+            Some(SavedState::Denoised { latents }) => latents,
+            saved => {
+                let stage = DenoiseStage {
+                    plan: &plan,
+                    device: &device,
+                    dtype,
+                    loop_cfg: &loop_cfg,
+                    save_point: &save_point,
+                    hash: &hash,
+                };
+                let latents = self.denoise_latents(recipe, ctx, &stage, saved)?;
+                resume::save(
+                    &save_point,
+                    &hash,
+                    &SavedState::Denoised {
+                        latents: latents.clone(),
+                    },
+                )?;
+                latents
+            }
         };
-        let noise = initial_noise(&noise, (1, z_dim, lat_t, lat_h, lat_w), &device)?;
-
-        // Denoising.
-        ctx.check()?;
-        ctx.progress(Stage::LoadingWeights, 2, 3);
-        let (high_noise, low_noise) = self.models.experts(recipe, dtype, &device)?;
-        ctx.progress(Stage::LoadingWeights, 3, 3);
-        let mut denoiser = WanDenoiser {
-            high_noise,
-            low_noise,
-            y,
-            context,
-            negative_context,
-        };
-        let mut scheduler = new_scheduler(
-            recipe.sampler,
-            default_schedule(recipe.sampler),
-            UniPcConfig::wan22(),
-            recipe.steps as usize,
-            recipe.shift,
-        )?;
-        let latents = denoise(&mut denoiser, &mut *scheduler, noise, &loop_cfg, |step| {
-            let stage = match step.expert {
-                Expert::HighNoise => Stage::DenoisingHighNoise,
-                Expert::LowNoise => Stage::DenoisingLowNoise,
-            };
-            ctx.progress(stage, count(step.index + 1), count(step.total));
-            ctx.check()
-        })?;
-        drop(denoiser);
+        let (_, _, lat_t, lat_h, lat_w) = latents.dims5()?;
+        let stride = self.models.vae(recipe, &device)?.config().spatial_stride();
+        let (height, width) = (lat_h * stride, lat_w * stride);
 
         // Decoding, straight into the writer (or into RIFE first).
         ctx.check()?;
@@ -268,6 +221,10 @@ impl PipelineRunner {
         }
         ctx.check()?;
         let path = writer.finish()?;
+        // The clip is complete: its save point has served.
+        if let Err(error) = std::fs::remove_file(&save_point) {
+            tracing::warn!("could not remove {}: {error}", save_point.display());
+        }
         Ok(JobOutput { path })
     }
 }
@@ -300,7 +257,7 @@ impl JobRunner for PipelineRunner {
 
 /// The negative prompt to encode: an empty one means Wan's default, as in the official
 /// `generate` (`if n_prompt == "": n_prompt = sample_neg_prompt`).
-fn negative_prompt(recipe: &Recipe) -> &str {
+pub(super) fn negative_prompt(recipe: &Recipe) -> &str {
     if recipe.negative_prompt.is_empty() {
         WAN_DEFAULT_NEGATIVE_PROMPT
     } else {
@@ -309,12 +266,12 @@ fn negative_prompt(recipe: &Recipe) -> &str {
 }
 
 /// Progress counts are small; saturate rather than fail on absurd ones.
-fn count(n: usize) -> u32 {
+pub(super) fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// The recipe's image, fitted as it asks, `[3, h, w]` in [-1, 1] on `device`.
-fn fitted_image(recipe: &Recipe, device: &Device) -> Result<Tensor, EngineError> {
+pub(super) fn fitted_image(recipe: &Recipe, device: &Device) -> Result<Tensor, EngineError> {
     let loaded = image_input::load(&recipe.image, &LoadOptions::default())?;
     let mode = match recipe.image_fit {
         ImageFit::Official => fit::FitMode::Wan {
@@ -329,7 +286,7 @@ fn fitted_image(recipe: &Recipe, device: &Device) -> Result<Tensor, EngineError>
 }
 
 /// The `noise` tensor of a safetensors file, `[z, t, h, w]` or with a batch dimension of 1.
-fn read_noise(path: &Path) -> Result<Tensor, EngineError> {
+pub(super) fn read_noise(path: &Path) -> Result<Tensor, EngineError> {
     let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
     let noise = tensors
         .remove("noise")
@@ -345,7 +302,7 @@ fn read_noise(path: &Path) -> Result<Tensor, EngineError> {
 }
 
 /// Tells the user (an event, not only a log line) when a prompt is cut to the encoder's length.
-fn warn_if_truncated(
+pub(super) fn warn_if_truncated(
     encoder: &crate::umt5::TextEncoder,
     text: &str,
     what: &str,
