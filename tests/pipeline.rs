@@ -290,11 +290,7 @@ fn interpolation_doubles_the_clip_keeping_the_rendered_frames() {
     let dir = tempfile::tempdir().unwrap();
     let mut recipe = recipe(&case, &dir.path().join("x2")).unwrap();
     recipe.interpolation = Interpolation::Multiplier { factor: 2 };
-    let sink = |_event: Event| {};
-    let ctx = JobContext::new(1, CancelToken::new(), &sink, None);
-    let output = PipelineRunner::new()
-        .run(&JobKind::Render(Box::new(recipe)), &ctx)
-        .unwrap();
+    let output = render_to_end(&recipe).unwrap();
     let frames = read_frames(&output.path).unwrap();
     let expected = expected_frames(&case);
     assert_eq!(frames.dim(0).unwrap(), 9, "(5 - 1) × 2 + 1 frames");
@@ -310,6 +306,33 @@ fn interpolation_doubles_the_clip_keeping_the_rendered_frames() {
         db >= 40.0,
         "rendered frames inside the interpolated clip: {db:.2} dB"
     );
+
+    // The stored recipe restores the render and fingerprints every model file it used.
+    let embedded = stillmotion_engine::video::read_recipe(&output.path).unwrap();
+    let restored = Recipe::from_json(&embedded.recipe.to_string()).unwrap();
+    assert_eq!(restored, recipe);
+    let used: Vec<&str> = embedded
+        .model_files
+        .iter()
+        .map(|f| f.used_as.as_str())
+        .collect();
+    assert_eq!(
+        used,
+        ["high_noise", "low_noise", "text_encoder", "vae", "rife"]
+    );
+    let high = &embedded.model_files[0];
+    assert_eq!(high.detected_role, "dit_expert");
+    assert_eq!(high.format, "safetensors");
+    assert_eq!(
+        high.bytes,
+        std::fs::metadata(recipe.models.high_noise.as_ref().unwrap())
+            .unwrap()
+            .len()
+    );
+    assert_eq!(high.sampled_sha256.len(), 64);
+    assert_ne!(high.sampled_sha256, embedded.model_files[1].sampled_sha256);
+    assert_eq!(embedded.model_files[3].detected_role, "vae");
+    assert_eq!(embedded.model_files[4].format, "pickle");
 }
 
 #[test]

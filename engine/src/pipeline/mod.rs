@@ -19,6 +19,7 @@
 
 mod denoise_stage;
 mod denoiser;
+pub mod fingerprints;
 mod interpolate_job;
 mod models;
 mod output;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use super::denoise_stage::DenoiseStage;
+use super::fingerprints::model_file_records;
 use super::interpolate_job::{retime_frames, target_rate};
 use super::models::ModelCache;
 use super::output::format_for_output;
@@ -142,8 +143,13 @@ impl PipelineRunner {
             fps,
             ..EncodeSettings::default()
         };
+        let rife_path = match recipe.interpolation {
+            Interpolation::Off => None,
+            _ => self.rife_weights_path().ok(),
+        };
+        let model_files = model_file_records(recipe, rife_path.as_deref())?;
         let embedded = serde_json::to_value(recipe)
-            .map(EmbeddedRecipe::new)
+            .map(|value| EmbeddedRecipe::new(value).with_model_files(model_files))
             .map_err(|e| EngineError::BadRecipe {
                 field: "recipe",
                 problem: format!("cannot be stored in the output ({e})"),

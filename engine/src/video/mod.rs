@@ -25,7 +25,7 @@ pub mod recipe;
 pub mod writer;
 
 pub use reader::{DecodedVideo, VideoReader, read_video};
-pub use recipe::{EmbeddedRecipe, read_recipe};
+pub use recipe::{EmbeddedRecipe, ModelFileRecord, read_recipe};
 pub use writer::VideoWriter;
 
 /// A frame rate as an exact fraction (16/1 for Wan; 48/1 or 30000/1001 after interpolation).
