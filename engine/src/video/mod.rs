@@ -19,6 +19,7 @@
 
 mod encode;
 mod graph;
+mod hvc1;
 mod paths;
 pub mod reader;
 pub mod recipe;
@@ -87,7 +88,8 @@ pub enum VideoFormat {
     /// MP4 with H.264 (libx264), yuv420p: plays everywhere. The default.
     #[default]
     Mp4H264,
-    /// MP4 with H.265 (libx265), yuv420p: smaller, less universally playable.
+    /// MP4 with H.265 (libx265), yuv420p, tagged `hvc1` so Apple players open it: smaller,
+    /// less universally playable.
     Mp4H265,
     /// WebM with VP9 (libvpx-vp9), yuv420p.
     WebmVp9,
