@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use candle_core::Tensor;
 use stillmotion_engine::EngineError;
+use stillmotion_engine::memory_plan::DitPlacement;
 use stillmotion_engine::pipeline::PipelineRunner;
 use stillmotion_engine::recipe::{Interpolation, Recipe};
 use stillmotion_engine::runtime::{
@@ -421,4 +422,28 @@ fn a_target_fps_resamples_the_render_keeping_frames_on_the_grid() {
     assert!(db >= 40.0, "frames on the source grid: {db:.2} dB");
     // (The tiny random model's frames differ like scene cuts, so the off-grid frames here are
     // duplicates; app/tests/cli_interpolate.rs checks new frames on a real photo.)
+}
+
+#[test]
+fn one_expert_at_a_time_gives_the_same_frames_and_swaps_the_experts() {
+    let case = case();
+    let dir = tempfile::tempdir().unwrap();
+    let runner = PipelineRunner::new().with_dit_placement(DitPlacement::OneAtATime);
+    let loads = runner.models().load_counter();
+    let engine = EngineHandle::spawn(runner, || {}).unwrap();
+    for job_id in 1..=2 {
+        let recipe = recipe(&case, &dir.path().join(format!("job{job_id}"))).unwrap();
+        engine
+            .send(Command::Submit {
+                job_id,
+                kind: JobKind::Render(Box::new(recipe)),
+            })
+            .unwrap();
+        let output = wait(&engine, job_id).unwrap();
+        let db = psnr(&read_frames(&output.path).unwrap(), &expected_frames(&case));
+        assert!(db >= 40.0, "job {job_id}: PSNR {db:.2} dB");
+    }
+    // Job 1: text encoder, VAE, high, low. Job 2 reuses the text encoder and VAE, but the
+    // high-noise expert was freed for the low-noise one, and the other way round.
+    assert_eq!(loads.load(Ordering::Relaxed), 6);
 }

@@ -12,7 +12,7 @@ use super::runner::{
     PipelineRunner, count, fitted_image, negative_prompt, read_noise, warn_if_truncated,
 };
 use crate::EngineError;
-use crate::memory_plan::{MemoryPlan, Placement};
+use crate::memory_plan::{DitPlacement, MemoryPlan, Placement};
 use crate::recipe::Recipe;
 use crate::runtime::{JobContext, Stage};
 use crate::sampling::{
@@ -102,13 +102,22 @@ impl PipelineRunner {
         // Denoising.
         ctx.check()?;
         ctx.progress(Stage::LoadingWeights, 2, 3);
-        let (high_noise, low_noise) = self.models.experts(recipe, stage.dtype, device)?;
+        // Both experts up front when they stay resident; else each at its phase.
+        let keep_both = stage.plan.dit == DitPlacement::BothResident;
+        if keep_both {
+            for expert in [Expert::HighNoise, Expert::LowNoise] {
+                self.models.expert(recipe, expert, stage.dtype, device)?;
+            }
+        }
         ctx.progress(Stage::LoadingWeights, 3, 3);
         let recorded = RefCell::new(Some(Vec::new()));
         let mut denoiser = Replay {
             inner: WanDenoiser {
-                high_noise,
-                low_noise,
+                models: &mut self.models,
+                recipe,
+                dtype: stage.dtype,
+                device,
+                keep_both,
                 y,
                 context,
                 negative_context,

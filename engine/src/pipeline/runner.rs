@@ -14,7 +14,7 @@ use super::resume::{self, SavedState, latents_path, recipe_hash};
 use crate::EngineError;
 use crate::device::select_device;
 use crate::image_input::{self, LoadOptions, fit};
-use crate::memory_plan::Placement;
+use crate::memory_plan::{DitPlacement, Placement};
 use crate::preset::ModelFamily;
 use crate::recipe::{ImageFit, Interpolation, Recipe, WAN_DEFAULT_NEGATIVE_PROMPT};
 use crate::rife::{InterpolationContext, InterpolationSettings, interpolate_stream};
@@ -31,6 +31,8 @@ pub struct PipelineRunner {
     rife_weights: Option<PathBuf>,
     /// A memory budget in bytes that replaces the device's (tests plan CPU jobs against one).
     budget_override: Option<u64>,
+    /// A DiT placement that replaces the plan's (tests).
+    dit_override: Option<DitPlacement>,
 }
 
 impl PipelineRunner {
@@ -51,6 +53,15 @@ impl PipelineRunner {
     #[must_use]
     pub fn with_memory_budget(mut self, bytes: u64) -> Self {
         self.budget_override = Some(bytes);
+        self
+    }
+
+    /// Runs the DiT as `placement` says whatever the plan decides. Tests use it to exercise
+    /// one-expert-at-a-time on tiny models, whose VAE decode outweighs the DiT under any
+    /// budget.
+    #[must_use]
+    pub fn with_dit_placement(mut self, placement: DitPlacement) -> Self {
+        self.dit_override = Some(placement);
         self
     }
 
@@ -90,7 +101,19 @@ impl PipelineRunner {
             // Everything already runs on the CPU: there is nothing to move to it.
             plan.text_encoder = Placement::Device;
         }
+        if let Some(placement) = self.dit_override {
+            plan.dit = placement;
+        }
         ctx.memory_plan(plan.clone());
+        if let DitPlacement::BlockSwap { .. } = plan.dit {
+            ctx.warn(format!(
+                "the experts do not fit the memory budget and block swapping is not available yet: running one expert at a time, which needs about {} (lower --reserve-vram, or use float8 files, if the GPU runs out of memory)",
+                crate::memory_plan::gib(
+                    plan.predicted.high_noise_weights.max(plan.predicted.low_noise_weights)
+                        + plan.predicted.dit_activation_peak
+                )
+            ));
+        }
         let loop_cfg = LoopConfig {
             boundary: recipe.boundary.unwrap_or(0.9),
             cfg_high_noise: recipe.cfg_high_noise,
