@@ -252,6 +252,9 @@ fn a_cancelled_job_resumes_to_the_same_frames_as_an_uninterrupted_run() {
                 .exists(),
             "the save point is removed on success"
         );
+        // The stored recipe restores the render, not a resume of it.
+        let stored = stillmotion_engine::video::read_recipe(&output.path).unwrap();
+        assert!(stored.recipe.get("resume").is_none(), "{}", stored.recipe);
     }
 }
 

@@ -135,6 +135,8 @@ pub struct MemoryPlan {
     pub text_encoder: Placement,
     /// Square VAE decode tiles of this many latent pixels a side; `None` decodes whole frames.
     pub vae_tile: Option<u64>,
+    /// Pixels per latent pixel on a side (8 for the Wan2.1 VAE), for showing tile sizes.
+    pub vae_stride: u64,
     pub predicted: Predictions,
 }
 
@@ -257,6 +259,7 @@ impl MemoryPlan {
             dit,
             text_encoder,
             vae_tile,
+            vae_stride: s.vae.spatial_stride,
             predicted: Predictions {
                 high_noise_weights: s.high_noise_weights,
                 low_noise_weights: s.low_noise_weights,
@@ -299,7 +302,10 @@ impl MemoryPlan {
         };
         let vae = match self.vae_tile {
             None => "whole frames".to_owned(),
-            Some(t) => format!("{}×{} pixel tiles", t * 8, t * 8),
+            Some(t) => {
+                let pixels = t * self.vae_stride;
+                format!("{pixels}×{pixels} pixel tiles")
+            }
         };
         let budget = self.budget.map_or_else(|| "no limit".to_owned(), gib);
         format!(

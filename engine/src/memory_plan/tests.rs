@@ -76,6 +76,7 @@ fn a14b_at_24_16_and_10_gb_swaps_fewer_blocks_as_the_budget_shrinks() {
     for budget_gb in [24, 16, 10] {
         let budget = budget_gb * GIB;
         let plan = MemoryPlan::decide(&inputs, Some(budget)).unwrap();
+        eprintln!("{budget_gb} GB: {}", plan.summary());
         let DitPlacement::BlockSwap {
             resident_blocks,
             total_blocks,

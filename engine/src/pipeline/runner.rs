@@ -171,7 +171,12 @@ impl PipelineRunner {
             _ => self.rife_weights_path().ok(),
         };
         let model_files = model_file_records(recipe, rife_path.as_deref())?;
-        let embedded = serde_json::to_value(recipe)
+        // The stored recipe restores the render itself, not its continuation.
+        let stored = Recipe {
+            resume: false,
+            ..recipe.clone()
+        };
+        let embedded = serde_json::to_value(&stored)
             .map(|value| EmbeddedRecipe::new(value).with_model_files(model_files))
             .map_err(|e| EngineError::BadRecipe {
                 field: "recipe",
