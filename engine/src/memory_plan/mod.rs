@@ -209,7 +209,13 @@ impl MemoryPlan {
             let fit = (room / block.max(1)).saturating_sub(1);
             let total = s.dit.num_blocks;
             if fit == 0 {
-                return Err(refusal(inputs, budget, activations, non_block + 2 * block));
+                let needed = activations + RUNTIME_OVERHEAD + non_block + 2 * block;
+                let why = format!(
+                    "{} of activations for {} tokens and two transformer blocks",
+                    gib(activations),
+                    tokens.count
+                );
+                return Err(refusal(inputs, budget, needed, &why));
             }
             let resident_blocks = fit.min(total);
             let resident = non_block + (resident_blocks + 1) * block;
@@ -232,7 +238,15 @@ impl MemoryPlan {
             let per_latent_pixel = vae_decode_peak(&s.vae, &tokens, Some(1)).max(1);
             let side = ((vae_room / per_latent_pixel) as f64).sqrt() as u64;
             if side < MIN_VAE_TILE {
-                return Err(refusal(inputs, budget, activations, non_block + 2 * block));
+                let needed = dit_resident
+                    + s.vae_weights
+                    + RUNTIME_OVERHEAD
+                    + vae_decode_peak(&s.vae, &tokens, Some(MIN_VAE_TILE));
+                let why = format!(
+                    "decoding the VAE in its smallest tiles beside the DiT's {}",
+                    gib(dit_resident)
+                );
+                return Err(refusal(inputs, budget, needed, &why));
             }
             Some(side)
         };
@@ -319,13 +333,7 @@ impl MemoryPlan {
 }
 
 /// The refusal: what is needed, what is available, and what to change.
-fn refusal(
-    inputs: &PlanInputs,
-    budget: Option<u64>,
-    activations: u64,
-    min_dit: u64,
-) -> EngineError {
-    let needed = activations + RUNTIME_OVERHEAD + min_dit;
+fn refusal(inputs: &PlanInputs, budget: Option<u64>, needed: u64, why: &str) -> EngineError {
     let fp8 = if inputs.sizes.dit_is_float8 {
         ""
     } else {
@@ -333,10 +341,8 @@ fn refusal(
     };
     EngineError::MemoryPlanRefused {
         problem: format!(
-            "this render needs at least {} on the device ({} of activations for {} tokens) but the budget is {}: choose a smaller resolution or fewer frames,{fp8} or lower --reserve-vram",
+            "this render needs at least {} on the device ({why}) but the budget is {}: choose a smaller resolution or fewer frames,{fp8} or lower --reserve-vram",
             gib(needed),
-            gib(activations),
-            inputs.tokens.count,
             budget.map_or_else(|| "unlimited".to_owned(), gib),
         ),
     }
