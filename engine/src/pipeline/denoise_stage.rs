@@ -105,8 +105,11 @@ impl PipelineRunner {
         // Both experts up front when they stay resident; else each at its phase.
         let keep_both = stage.plan.dit == DitPlacement::BothResident;
         if keep_both {
+            let resumed = !replay.is_empty();
             for expert in [Expert::HighNoise, Expert::LowNoise] {
-                self.models.expert(recipe, expert, stage.dtype, device)?;
+                if !(resumed && expert == Expert::HighNoise) {
+                    self.models.expert(recipe, expert, stage.dtype, device)?;
+                }
             }
         }
         ctx.progress(Stage::LoadingWeights, 3, 3);

@@ -106,8 +106,9 @@ pub fn model_file_records(
     for lora in &recipe.loras {
         records.push(record("lora", &lora.path)?);
     }
+    // Missing weights are reported by the RIFE stage itself, with what to do.
     if recipe.interpolation != Interpolation::Off
-        && let Some(path) = rife
+        && let Some(path) = rife.filter(|p| p.is_file())
     {
         records.push(record("rife", path)?);
     }

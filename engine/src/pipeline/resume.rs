@@ -178,6 +178,11 @@ pub struct Replay<'a, D> {
 
 impl<D: Denoiser> Denoiser for Replay<'_, D> {
     fn prepare_expert(&mut self, expert: Expert) -> Result<(), EngineError> {
+        // A phase answered from the save point needs no network (a resumed job never loads
+        // the high-noise expert).
+        if self.replay.len() > 0 {
+            return Ok(());
+        }
         self.inner.prepare_expert(expert)
     }
 
