@@ -203,3 +203,18 @@ fn sizes_are_read_from_headers_at_the_resident_dtype() {
         Err(EngineError::BadModelFile { .. })
     ));
 }
+
+#[test]
+fn float8_experts_run_whole_where_bf16_ones_need_block_swapping() {
+    let mut fp8 = a14b_bf16(832, 480, 81);
+    let dit = DitSize::from_architecture(5120, 13824, 40, 4096, 36, 1);
+    fp8.sizes.dit = dit;
+    fp8.sizes.high_noise_weights = dit.total();
+    fp8.sizes.low_noise_weights = dit.total();
+    fp8.sizes.dit_is_float8 = true;
+    let bf16 = MemoryPlan::decide(&a14b_bf16(832, 480, 81), Some(24 * GIB)).unwrap();
+    assert!(matches!(bf16.dit, DitPlacement::BlockSwap { .. }));
+    let plan = MemoryPlan::decide(&fp8, Some(24 * GIB)).unwrap();
+    assert_eq!(plan.dit, DitPlacement::OneAtATime, "{}", plan.summary());
+    assert!(plan.predicted.peak <= 24 * GIB);
+}
