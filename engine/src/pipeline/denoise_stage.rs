@@ -89,7 +89,7 @@ impl PipelineRunner {
         let (_, _, lat_t, lat_h, lat_w) = y.dims5()?;
         let (noise, replay) = if let Some(SavedState::HighNoiseDone { noise, predictions }) = saved
         {
-            (noise, predictions)
+            (noise.to_device(device)?, predictions)
         } else {
             let noise = match &recipe.init_noise {
                 Some(path) => InitialNoise::Injected(read_noise(path)?),

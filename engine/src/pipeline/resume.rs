@@ -119,8 +119,8 @@ pub fn save(path: &Path, hash: &str, state: &SavedState) -> Result<(), EngineErr
     std::fs::rename(&partial, path).map_err(|e| EngineError::io("saving the latents", path, e))
 }
 
-/// Reads the save point at `path`, refusing one made from another recipe.
-pub fn load(path: &Path, hash: &str, device: &Device) -> Result<SavedState, EngineError> {
+/// Reads the save point at `path` into host memory, refusing one made from another recipe.
+pub fn load(path: &Path, hash: &str) -> Result<SavedState, EngineError> {
     let bad = |problem: String| EngineError::ResumeState {
         problem,
         path: path.to_owned(),
@@ -142,7 +142,7 @@ pub fn load(path: &Path, hash: &str, device: &Device) -> Result<SavedState, Engi
         }
         None => return Err(bad("this is not a Stillmotion save point".to_owned())),
     }
-    let mut tensors = candle_core::safetensors::load(path, device)?;
+    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
     let mut take = |name: &str| {
         tensors
             .remove(name)
@@ -169,7 +169,8 @@ pub fn load(path: &Path, hash: &str, device: &Device) -> Result<SavedState, Engi
 }
 
 /// A denoiser that first hands back recorded predictions (in call order), then runs the real
-/// network; while `recorded` holds a list, every prediction it returns is added to it.
+/// network; while `recorded` holds a list, every prediction it returns is added to it. Both
+/// lists live in host memory, so the save point costs no device memory.
 pub struct Replay<'a, D> {
     pub inner: D,
     pub replay: std::vec::IntoIter<Tensor>,
@@ -194,11 +195,11 @@ impl<D: Denoiser> Denoiser for Replay<'_, D> {
         branch: Branch,
     ) -> Result<Tensor, EngineError> {
         let flow = match self.replay.next() {
-            Some(saved) => saved,
+            Some(saved) => saved.to_device(latents.device())?,
             None => self.inner.predict_flow(latents, timestep, expert, branch)?,
         };
         if let Some(recorded) = self.recorded.borrow_mut().as_mut() {
-            recorded.push(flow.clone());
+            recorded.push(flow.to_device(&Device::Cpu)?);
         }
         Ok(flow)
     }

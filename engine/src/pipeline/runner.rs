@@ -124,12 +124,12 @@ impl PipelineRunner {
         let save_point = latents_path(&recipe.output);
         let hash = recipe_hash(recipe)?;
         let saved = if recipe.resume {
-            Some(resume::load(&save_point, &hash, &device)?)
+            Some(resume::load(&save_point, &hash)?)
         } else {
             None
         };
         let latents = match saved {
-            Some(SavedState::Denoised { latents }) => latents,
+            Some(SavedState::Denoised { latents }) => latents.to_device(&device)?,
             saved => {
                 let stage = DenoiseStage {
                     plan: &plan,
