@@ -192,6 +192,23 @@ pub fn model_bytes(headers: &[Header], compute_bytes: u64) -> u64 {
         .sum()
 }
 
+/// Resident bytes of a text encoder or VAE: from its headers, or, for a PyTorch checkpoint
+/// (`.pth`, which those loaders also read), from its file size, taken as 16-bit weights
+/// converted to `compute_bytes` (never less than the file).
+pub fn model_bytes_at(path: &Path, compute_bytes: u64) -> Result<u64, EngineError> {
+    match headers(path) {
+        Ok(headers) => Ok(model_bytes(&headers, compute_bytes)),
+        Err(error) => {
+            let fingerprint = crate::model_files::fingerprint(path)?;
+            if fingerprint.format == crate::model_files::Format::Pickle {
+                Ok(fingerprint.bytes.max(fingerprint.bytes / 2 * compute_bytes))
+            } else {
+                Err(error)
+            }
+        }
+    }
+}
+
 impl ModelSizes {
     /// Reads the sizes of a two-expert render's files; the VAE in f32 as the engine runs it.
     pub fn read(
@@ -214,8 +231,8 @@ impl ModelSizes {
             low_noise_weights: low.total(),
             dit,
             dit_is_float8: high_fp8 && low_fp8,
-            text_encoder: model_bytes(&headers(text_encoder)?, compute_bytes),
-            vae_weights: model_bytes(&headers(vae)?, 4),
+            text_encoder: model_bytes_at(text_encoder, compute_bytes)?,
+            vae_weights: model_bytes_at(vae, 4)?,
             vae: vae_size,
         })
     }

@@ -192,6 +192,14 @@ fn sizes_are_read_from_headers_at_the_resident_dtype() {
     assert_eq!(dit.block_weights, (256 * 256 + 2 * 1024 * 256) + 3 * 2);
     assert_eq!(dit.non_block_weights, (256 * 36 * 4 + 64 * 256) * 2);
 
+    // A PyTorch checkpoint (the official Wan2.1_VAE.pth) is sized from its file.
+    let pth = dir.path().join("Wan2.1_VAE.pth");
+    let mut pickle = vec![0x80, 2];
+    pickle.resize(1000, 0);
+    std::fs::write(&pth, pickle).unwrap();
+    assert_eq!(sizes::model_bytes_at(&pth, 4).unwrap(), 2000);
+    assert_eq!(sizes::model_bytes_at(&pth, 2).unwrap(), 1000);
+
     let not_dit = dir.path().join("vae.safetensors");
     fake_safetensors(&not_dit, &[("decoder.conv1.weight", "F32", &[4, 4])], &[]);
     assert_eq!(
