@@ -186,4 +186,19 @@ fn target_fps_and_multiplier_are_exclusive() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--target-fps"), "{stderr}");
+    let output = interpolate(&[
+        "--in",
+        dir.path().to_str().unwrap(),
+        "--target-fps",
+        "30",
+        "--loop",
+        "--out",
+        dir.path().join("out.mp4").to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--loop works with --multiplier only"),
+        "{stderr}"
+    );
 }

@@ -429,6 +429,12 @@ impl InterpolateRequest {
                 problem: format!("must be within 0..=240 frames per second, got {fps}"),
             });
         }
+        if self.target_fps.is_some() && self.loop_clip {
+            return Err(EngineError::BadRecipe {
+                field: "loop",
+                problem: "works with --multiplier only, not with --target-fps".to_owned(),
+            });
+        }
         if self.target_fps.is_none() && !(2..=16).contains(&self.multiplier) {
             return Err(EngineError::BadRecipe {
                 field: "multiplier",
