@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use candle_core::Tensor;
 use stillmotion_engine::EngineError;
+use stillmotion_engine::memory_plan::DitPlacement;
 use stillmotion_engine::pipeline::PipelineRunner;
-use stillmotion_engine::recipe::Interpolation;
+use stillmotion_engine::recipe::{Interpolation, Recipe};
 use stillmotion_engine::runtime::{
     CancelToken, Command, EngineHandle, Event, JobContext, JobKind, JobOutput, JobRunner, Stage,
 };
@@ -126,9 +127,15 @@ fn run_cancelled_at(
     output: &Path,
     interpolation: Interpolation,
 ) -> (Result<JobOutput, EngineError>, Vec<Stage>) {
-    let case = case();
-    let mut recipe = recipe(&case, output).unwrap();
+    let mut recipe = recipe(&case(), output).unwrap();
     recipe.interpolation = interpolation;
+    run_recipe_cancelled_at(n, recipe)
+}
+
+fn run_recipe_cancelled_at(
+    n: usize,
+    recipe: Recipe,
+) -> (Result<JobOutput, EngineError>, Vec<Stage>) {
     let checks = Cell::new(0);
     let hook = |ctx: &JobContext<'_>| {
         checks.set(checks.get() + 1);
@@ -147,16 +154,29 @@ fn run_cancelled_at(
     (result, stages.into_inner())
 }
 
+/// What a cancelled job left in `dir`: nothing, or only its save point.
+fn left_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
-fn cancel_while_denoising_or_decoding_leaves_no_output() {
+fn cancel_while_denoising_or_decoding_leaves_no_output_only_a_save_point() {
     let dir = tempfile::tempdir().unwrap();
     // Checks: prompt, negative prompt, image, before denoising, 4 steps, before decoding,
-    // then one per decoded chunk: 6 and 7 are steps 2 and 3 (timesteps 937, high noise, and
-    // 833, low noise), 10 is the first decoded chunk (the writer's partial folder exists then).
-    for (n, last_stage) in [
-        (6, Stage::DenoisingHighNoise),
-        (7, Stage::DenoisingLowNoise),
-        (10, Stage::Decoding),
+    // then one per decoded chunk: 5 and 6 are steps 1 and 2 (timesteps 999 and 937, high
+    // noise), 7 is step 3 (833, low noise), 10 is the first decoded chunk (the writer's partial
+    // folder exists then). From the end of the high-noise phase on, the save point stays.
+    let save_point = "frames.latents.safetensors".to_owned();
+    for (n, last_stage, left) in [
+        (5, Stage::DenoisingHighNoise, vec![]),
+        (6, Stage::DenoisingHighNoise, vec![save_point.clone()]),
+        (7, Stage::DenoisingLowNoise, vec![save_point.clone()]),
+        (10, Stage::Decoding, vec![save_point.clone()]),
     ] {
         let (result, stages) = run_cancelled_at(n, &dir.path().join("frames"), Interpolation::Off);
         assert!(
@@ -164,8 +184,7 @@ fn cancel_while_denoising_or_decoding_leaves_no_output() {
             "check {n}: {result:?}"
         );
         assert_eq!(stages.last(), Some(&last_stage), "check {n}: {stages:?}");
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert!(left.is_empty(), "check {n} left {left:?}");
+        assert_eq!(left_in(dir.path()), left, "check {n}");
     }
 }
 
@@ -177,8 +196,107 @@ fn cancel_while_interpolating_leaves_no_output() {
     let (result, stages) = run_cancelled_at(13, &dir.path().join("frames"), x2);
     assert!(matches!(result, Err(EngineError::Cancelled)), "{result:?}");
     assert_eq!(stages.last(), Some(&Stage::Interpolating), "{stages:?}");
-    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert!(left.is_empty(), "left {left:?}");
+    assert_eq!(left_in(dir.path()), ["frames.latents.safetensors"]);
+}
+
+/// Runs `recipe` to the end on a fresh runner.
+fn render_to_end(recipe: &Recipe) -> Result<JobOutput, EngineError> {
+    render_counting_loads(recipe).0
+}
+
+/// Runs `recipe` to the end on a fresh runner; also returns how many models it loaded.
+fn render_counting_loads(recipe: &Recipe) -> (Result<JobOutput, EngineError>, usize) {
+    let sink = |_event: Event| {};
+    let ctx = JobContext::new(1, CancelToken::new(), &sink, None);
+    let mut runner = PipelineRunner::new();
+    let result = runner.run(&JobKind::Render(Box::new(recipe.clone())), &ctx);
+    (result, runner.models().loads())
+}
+
+#[test]
+fn a_cancelled_job_resumes_to_the_same_frames_as_an_uninterrupted_run() {
+    let case = case();
+    let dir = tempfile::tempdir().unwrap();
+    let whole = render_to_end(&recipe(&case, &dir.path().join("whole")).unwrap()).unwrap();
+    let expected = read_frames(&whole.path).unwrap();
+    assert!(!dir.path().join("whole.latents.safetensors").exists());
+
+    // Cancelled in the low-noise phase (check 7) and during decoding (check 10). The noise
+    // file is then zeroed: only a real resume (not a restart) still gives the same frames.
+    // Resuming loads only what is left to run: text encoder, VAE and the low-noise expert
+    // after the high-noise phase; the VAE alone after denoising.
+    for (n, loads_on_resume) in [(7, 3), (10, 1)] {
+        let out = dir.path().join(format!("resumed-{n}"));
+        let noise_file = dir.path().join(format!("noise-{n}.safetensors"));
+        std::fs::copy(case.file("inputs.safetensors"), &noise_file).unwrap();
+        let mut first = recipe(&case, &out).unwrap();
+        first.init_noise = Some(noise_file.clone());
+        let (result, _) = run_recipe_cancelled_at(n, first.clone());
+        assert!(matches!(result, Err(EngineError::Cancelled)), "{result:?}");
+        let noise = candle_core::safetensors::load(&noise_file, &candle_core::Device::Cpu)
+            .unwrap()
+            .remove("noise")
+            .unwrap();
+        candle_core::safetensors::save(
+            &std::collections::HashMap::from([("noise", noise.zeros_like().unwrap())]),
+            &noise_file,
+        )
+        .unwrap();
+        let mut again = first;
+        again.resume = true;
+        let (output, loads) = render_counting_loads(&again);
+        let output = output.unwrap();
+        assert_eq!(loads, loads_on_resume, "check {n}");
+        let frames = read_frames(&output.path).unwrap();
+        let diff = (&frames - &expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0, "check {n}: resumed frames differ");
+        assert!(
+            !dir.path()
+                .join(format!("resumed-{n}.latents.safetensors"))
+                .exists(),
+            "the save point is removed on success"
+        );
+        // The stored recipe restores the render, not a resume of it.
+        let stored = stillmotion_engine::video::read_recipe(&output.path).unwrap();
+        assert!(stored.recipe.get("resume").is_none(), "{}", stored.recipe);
+    }
+}
+
+#[test]
+fn resume_refuses_another_recipe_and_a_missing_save_point() {
+    let case = case();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("frames");
+    let mut missing = recipe(&case, &out).unwrap();
+    missing.resume = true;
+    let message = render_to_end(&missing).unwrap_err().to_string();
+    assert!(message.contains("nothing to continue"), "{message}");
+
+    let (result, _) = run_cancelled_at(7, &out, Interpolation::Off);
+    assert!(matches!(result, Err(EngineError::Cancelled)));
+    let mut other = recipe(&case, &out).unwrap();
+    other.resume = true;
+    other.prompt = "another prompt".to_owned();
+    let error = render_to_end(&other).unwrap_err();
+    assert!(
+        matches!(error, EngineError::ResumeState { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("different recipe"), "{message}");
+    // The output path and interpolation may change: they do not touch the latents.
+    let mut same = recipe(&case, &out).unwrap();
+    same.resume = true;
+    same.interpolation = Interpolation::Multiplier { factor: 2 };
+    let frames = read_frames(&render_to_end(&same).unwrap().path).unwrap();
+    assert_eq!(frames.dim(0).unwrap(), 9);
 }
 
 #[test]
@@ -187,11 +305,7 @@ fn interpolation_doubles_the_clip_keeping_the_rendered_frames() {
     let dir = tempfile::tempdir().unwrap();
     let mut recipe = recipe(&case, &dir.path().join("x2")).unwrap();
     recipe.interpolation = Interpolation::Multiplier { factor: 2 };
-    let sink = |_event: Event| {};
-    let ctx = JobContext::new(1, CancelToken::new(), &sink, None);
-    let output = PipelineRunner::new()
-        .run(&JobKind::Render(Box::new(recipe)), &ctx)
-        .unwrap();
+    let output = render_to_end(&recipe).unwrap();
     let frames = read_frames(&output.path).unwrap();
     let expected = expected_frames(&case);
     assert_eq!(frames.dim(0).unwrap(), 9, "(5 - 1) × 2 + 1 frames");
@@ -207,6 +321,33 @@ fn interpolation_doubles_the_clip_keeping_the_rendered_frames() {
         db >= 40.0,
         "rendered frames inside the interpolated clip: {db:.2} dB"
     );
+
+    // The stored recipe restores the render and fingerprints every model file it used.
+    let embedded = stillmotion_engine::video::read_recipe(&output.path).unwrap();
+    let restored = Recipe::from_json(&embedded.recipe.to_string()).unwrap();
+    assert_eq!(restored, recipe);
+    let used: Vec<&str> = embedded
+        .model_files
+        .iter()
+        .map(|f| f.used_as.as_str())
+        .collect();
+    assert_eq!(
+        used,
+        ["high_noise", "low_noise", "text_encoder", "vae", "rife"]
+    );
+    let high = &embedded.model_files[0];
+    assert_eq!(high.detected_role, "dit_expert");
+    assert_eq!(high.format, "safetensors");
+    assert_eq!(
+        high.bytes,
+        std::fs::metadata(recipe.models.high_noise.as_ref().unwrap())
+            .unwrap()
+            .len()
+    );
+    assert_eq!(high.sampled_sha256.len(), 64);
+    assert_ne!(high.sampled_sha256, embedded.model_files[1].sampled_sha256);
+    assert_eq!(embedded.model_files[3].detected_role, "vae");
+    assert_eq!(embedded.model_files[4].format, "pickle");
 }
 
 #[test]
@@ -237,4 +378,86 @@ fn a_prompt_over_the_token_limit_is_rendered_with_a_warning_event() {
     }
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("prompt is longer"), "{warnings:?}");
+}
+
+#[test]
+fn a_job_over_its_memory_budget_is_refused_before_loading_anything() {
+    let case = case();
+    let dir = tempfile::tempdir().unwrap();
+    let runner = PipelineRunner::new().with_memory_budget(1 << 20);
+    let loads = runner.models().load_counter();
+    let recipe = recipe(&case, &dir.path().join("frames")).unwrap();
+    let events = RefCell::new(Vec::new());
+    let sink = |event: Event| events.borrow_mut().push(event);
+    let ctx = JobContext::new(1, CancelToken::new(), &sink, None);
+    let mut runner = runner;
+    let error = runner
+        .run(&JobKind::Render(Box::new(recipe)), &ctx)
+        .unwrap_err();
+    let EngineError::MemoryPlanRefused { problem } = &error else {
+        panic!("{error:?}");
+    };
+    assert!(
+        problem.contains("smaller resolution") && problem.contains("budget is 0.0 GB"),
+        "{problem}"
+    );
+    assert_eq!(loads.load(Ordering::Relaxed), 0, "nothing was loaded");
+    assert!(events.borrow().is_empty(), "{:?}", events.borrow());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_target_fps_resamples_the_render_keeping_frames_on_the_grid() {
+    let case = case();
+    let dir = tempfile::tempdir().unwrap();
+    let mut recipe = recipe(&case, &dir.path().join("fps24")).unwrap();
+    // 5 frames at 16 fps to 24 fps: source times 0, 2/3, 4/3, 2, 8/3, 10/3, 4 (in frames).
+    recipe.interpolation = Interpolation::TargetFps { fps: 24.0 };
+    let sink = |_event: Event| {};
+    let ctx = JobContext::new(1, CancelToken::new(), &sink, None);
+    let output = PipelineRunner::new()
+        .run(&JobKind::Render(Box::new(recipe)), &ctx)
+        .unwrap();
+    let frames = read_frames(&output.path).unwrap();
+    assert_eq!(frames.dim(0).unwrap(), 7);
+    let on_grid = frames
+        .index_select(
+            &Tensor::new(&[0u32, 3, 6], &candle_core::Device::Cpu).unwrap(),
+            0,
+        )
+        .unwrap();
+    let expected = expected_frames(&case)
+        .index_select(
+            &Tensor::new(&[0u32, 2, 4], &candle_core::Device::Cpu).unwrap(),
+            0,
+        )
+        .unwrap();
+    let db = psnr(&on_grid, &expected);
+    assert!(db >= 40.0, "frames on the source grid: {db:.2} dB");
+    // (The tiny random model's frames differ like scene cuts, so the off-grid frames here are
+    // duplicates; app/tests/cli_interpolate.rs checks new frames on a real photo.)
+}
+
+#[test]
+fn one_expert_at_a_time_gives_the_same_frames_and_swaps_the_experts() {
+    let case = case();
+    let dir = tempfile::tempdir().unwrap();
+    let runner = PipelineRunner::new().with_dit_placement(DitPlacement::OneAtATime);
+    let loads = runner.models().load_counter();
+    let engine = EngineHandle::spawn(runner, || {}).unwrap();
+    for job_id in 1..=2 {
+        let recipe = recipe(&case, &dir.path().join(format!("job{job_id}"))).unwrap();
+        engine
+            .send(Command::Submit {
+                job_id,
+                kind: JobKind::Render(Box::new(recipe)),
+            })
+            .unwrap();
+        let output = wait(&engine, job_id).unwrap();
+        let db = psnr(&read_frames(&output.path).unwrap(), &expected_frames(&case));
+        assert!(db >= 40.0, "job {job_id}: PSNR {db:.2} dB");
+    }
+    // Job 1: text encoder, VAE, high, low. Job 2 reuses the text encoder and VAE, but the
+    // high-noise expert was freed for the low-noise one, and the other way round.
+    assert_eq!(loads.load(Ordering::Relaxed), 6);
 }

@@ -93,3 +93,112 @@ fn bad_flags_exit_with_code_two() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--multiplier"));
 }
+
+#[test]
+fn target_fps_resamples_with_an_exact_rate_and_keeps_frames_on_the_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    let originals = write_clip(&input);
+    // 3 frames at 16 fps to 40 fps: source times 0, 0.4, 0.8, 1.2, 1.6, 2.0 (in frames).
+    let frames_out = dir.path().join("frames");
+    let output = interpolate(&[
+        "--in",
+        input.to_str().unwrap(),
+        "--fps",
+        "16",
+        "--target-fps",
+        "40",
+        "--out",
+        frames_out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let written: Vec<_> = (0..6)
+        .map(|i| {
+            image::open(frames_out.join(format!("frame_{i:05}.png")))
+                .unwrap()
+                .to_rgb8()
+        })
+        .collect();
+    assert!(!frames_out.join("frame_00006.png").exists());
+    assert!(written[0] == originals[0] && written[5] == originals[2]);
+    for middle in &written[1..5] {
+        assert!(originals.iter().all(|o| o != middle), "a new frame");
+    }
+
+    // NTSC-style rates are written as exact fractions.
+    for (target, numerator, denominator, frames) in [
+        ("40", 40, 1, 6),
+        ("29.97", 2997, 100, 4),
+        ("23.976023976", 24000, 1001, 3),
+    ] {
+        let clip = dir.path().join(format!("clip-{target}.mp4"));
+        let output = interpolate(&[
+            "--in",
+            input.to_str().unwrap(),
+            "--target-fps",
+            target,
+            "--out",
+            clip.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let video = stillmotion_engine::video::read_video(&clip, 100, 1 << 20).unwrap();
+        assert_eq!(
+            (video.fps.numerator, video.fps.denominator),
+            (numerator, denominator),
+            "{target}"
+        );
+        assert_eq!(video.frames.len(), frames, "{target}");
+    }
+}
+
+#[test]
+fn target_fps_and_multiplier_are_exclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = interpolate(&[
+        "--in",
+        dir.path().to_str().unwrap(),
+        "--multiplier",
+        "3",
+        "--target-fps",
+        "30",
+        "--out",
+        dir.path().join("out.mp4").to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let output = interpolate(&[
+        "--in",
+        dir.path().to_str().unwrap(),
+        "--target-fps",
+        "0",
+        "--out",
+        dir.path().join("out.mp4").to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--target-fps"), "{stderr}");
+    let output = interpolate(&[
+        "--in",
+        dir.path().to_str().unwrap(),
+        "--target-fps",
+        "30",
+        "--loop",
+        "--out",
+        dir.path().join("out.mp4").to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--loop works with --multiplier only"),
+        "{stderr}"
+    );
+}

@@ -101,6 +101,20 @@ fn renders_the_reference_case_to_png_frames_through_the_cli() {
             .iter()
             .any(|e| e["event"] == "progress" && e["stage"] == "high-noise expert")
     );
+    // The memory plan comes before any model work (the first progress event).
+    let plan_at = events
+        .iter()
+        .position(|e| e["event"] == "memory_plan")
+        .unwrap();
+    let first_progress = events
+        .iter()
+        .position(|e| e["event"] == "progress")
+        .unwrap();
+    assert!(plan_at < first_progress, "{events:?}");
+    let plan = &events[plan_at]["plan"];
+    assert_eq!(plan["dit"]["mode"], "both_resident", "{plan}");
+    assert_eq!(plan["tokens"]["count"], 2 * 3 * 4, "{plan}");
+    assert!(plan["predicted"]["peak"].as_u64().unwrap() > 0, "{plan}");
     let finished = events.last().unwrap();
     assert_eq!(finished["event"], "finished", "{events:?}");
 
@@ -137,4 +151,56 @@ fn bad_flags_exit_with_code_two_and_write_nothing() {
     );
     assert!(!out.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn target_fps_renders_an_mp4_at_exactly_that_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("clip.mp4");
+    let output = render(&out, &["--target-fps", "24"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let video = stillmotion_engine::video::read_video(&out, 100, 1 << 20).unwrap();
+    assert_eq!((video.fps.numerator, video.fps.denominator), (24, 1));
+    // 5 frames at 16 fps span 4/16 s: 7 frames at 24 fps.
+    assert_eq!(video.frames.len(), 7);
+    let recipe = stillmotion_engine::video::read_recipe(&out).unwrap();
+    assert_eq!(recipe.recipe["interpolation"]["mode"], "target_fps");
+}
+
+#[test]
+fn resume_needs_a_save_point_made_from_the_same_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("clip.mp4");
+    let output = render(&out, &["--resume"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--resume has nothing to continue"),
+        "{stderr}"
+    );
+
+    // A save point from another recipe is refused by the job, and kept.
+    let save_point = stillmotion_engine::pipeline::resume::latents_path(&out);
+    let latents = candle_core::Tensor::zeros(
+        (1, 16, 2, 6, 8),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    stillmotion_engine::pipeline::resume::save(
+        &save_point,
+        "another recipe",
+        &stillmotion_engine::pipeline::resume::SavedState::Denoised { latents },
+    )
+    .unwrap();
+    let output = render(&out, &["--resume"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("different recipe"), "{stdout}");
+    assert!(save_point.exists() && !out.exists());
 }

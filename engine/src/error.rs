@@ -106,6 +106,15 @@ pub enum EngineError {
     /// shard); `problem` says what is wrong and what to do.
     #[error("{problem}: {path}")]
     BadModelFile { problem: String, path: PathBuf },
+    /// The render does not fit the device's memory budget under any placement; `problem`
+    /// says what it needs and what to change.
+    #[error("{problem}")]
+    MemoryPlanRefused { problem: String },
+
+    /// A render's save point (`<output>.latents.safetensors`) cannot be used to resume;
+    /// `problem` says why and what to do.
+    #[error("{problem}: {path}")]
+    ResumeState { problem: String, path: PathBuf },
 }
 
 impl EngineError {

@@ -11,6 +11,7 @@ pub mod device;
 pub mod error;
 pub mod gguf;
 pub mod image_input;
+pub mod memory_plan;
 pub mod model_files;
 pub mod paths;
 pub mod pipeline;

@@ -103,6 +103,10 @@ pub struct Recipe {
     pub output: PathBuf,
     pub reserve_vram_gb: f64,
     pub device: DevicePreference,
+    /// Continue from the save point beside the output (`<output>.latents.safetensors`)
+    /// instead of starting over.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resume: bool,
 }
 
 /// The user's choices on top of a preset; `None` keeps the preset's value.
@@ -176,6 +180,7 @@ impl Recipe {
                 .unwrap_or_else(|| PathBuf::from("output.mp4")),
             reserve_vram_gb: choices.reserve_vram_gb.unwrap_or(DEFAULT_RESERVE_VRAM_GB),
             device: choices.device.unwrap_or_default(),
+            resume: false,
         }
     }
 
@@ -305,6 +310,16 @@ impl Recipe {
         if self.output.as_os_str().is_empty() {
             return bad("out", "needs a file or folder to write to".to_owned());
         }
+        let save_point = crate::pipeline::resume::latents_path(&self.output);
+        if self.resume && !save_point.is_file() {
+            return bad(
+                "resume",
+                format!(
+                    "has nothing to continue: no saved latents beside the output (run without --resume): {}",
+                    save_point.display()
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -387,6 +402,10 @@ pub struct InterpolateRequest {
     pub frames_fps: u32,
     /// Output frames per input pair: (n−1)·multiplier+1 frames at fps × multiplier.
     pub multiplier: u32,
+    /// Resample to this frame rate instead of multiplying (RIFE at fractional timesteps;
+    /// frames that fall on source frames are copied exactly).
+    #[serde(default)]
+    pub target_fps: Option<f64>,
     /// Also interpolate from the last frame back to the first (for loops).
     pub loop_clip: bool,
     /// A video file, or a folder (no extension) for PNG frames.
@@ -402,7 +421,21 @@ impl InterpolateRequest {
                 problem: format!("does not exist: {}", self.input.display()),
             });
         }
-        if !(2..=16).contains(&self.multiplier) {
+        if let Some(fps) = self.target_fps
+            && !(fps.is_finite() && fps > 0.0 && fps <= 240.0)
+        {
+            return Err(EngineError::BadRecipe {
+                field: "target-fps",
+                problem: format!("must be within 0..=240 frames per second, got {fps}"),
+            });
+        }
+        if self.target_fps.is_some() && self.loop_clip {
+            return Err(EngineError::BadRecipe {
+                field: "loop",
+                problem: "works with --multiplier only, not with --target-fps".to_owned(),
+            });
+        }
+        if self.target_fps.is_none() && !(2..=16).contains(&self.multiplier) {
             return Err(EngineError::BadRecipe {
                 field: "multiplier",
                 problem: format!("must be within 2..=16, got {}", self.multiplier),

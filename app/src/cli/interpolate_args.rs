@@ -14,6 +14,10 @@ pub struct InterpolateArgs {
     /// Frames per input pair: 2 doubles the frame rate.
     #[arg(long, default_value_t = 2)]
     pub multiplier: u32,
+    /// Resample to this frame rate (e.g. 24, 30, 29.97) instead of multiplying; frames that
+    /// fall on input frames are kept exactly.
+    #[arg(long, conflicts_with = "multiplier")]
+    pub target_fps: Option<f64>,
     /// Frame rate of a PNG-frame folder (a video file's own rate is used otherwise).
     #[arg(long, default_value_t = 16)]
     pub fps: u32,
@@ -35,6 +39,7 @@ impl InterpolateArgs {
             input: self.input.clone(),
             frames_fps: self.fps,
             multiplier: self.multiplier,
+            target_fps: self.target_fps,
             loop_clip: self.loop_clip,
             output: self.out.clone(),
         };

@@ -117,6 +117,7 @@ fn show(event: &Event, terminal: bool) {
             line
         }
         Event::Warning { message, .. } => format!("warning: {message}"),
+        Event::MemoryPlan { plan, .. } => plan.summary(),
         Event::Finished {
             output,
             elapsed_secs,
@@ -174,5 +175,11 @@ pub fn event_json(event: &Event) -> serde_json::Value {
             json!({"event": "failed", "job_id": job_id, "message": message})
         }
         Event::Unloaded => json!({"event": "unloaded"}),
+        Event::MemoryPlan { job_id, plan } => json!({
+            "event": "memory_plan",
+            "job_id": job_id,
+            "summary": plan.summary(),
+            "plan": serde_json::to_value(plan).unwrap_or_default(),
+        }),
     }
 }

@@ -76,8 +76,8 @@ pub struct RenderArgs {
     /// RIFE frame multiplier (1 = off).
     #[arg(long, conflicts_with = "interpolate_fps")]
     pub interpolate: Option<u32>,
-    /// Interpolate to this frame rate instead of a multiplier.
-    #[arg(long)]
+    /// Interpolate to this frame rate (e.g. 24, 30, 29.97) instead of a multiplier.
+    #[arg(long = "target-fps", visible_alias = "interpolate-fps")]
     pub interpolate_fps: Option<f64>,
     /// Output: a video file (.mp4, .webm, .webp, .gif) or a folder for PNG frames.
     #[arg(long)]
@@ -87,6 +87,10 @@ pub struct RenderArgs {
     /// GPU memory to leave free for other programs, in GB.
     #[arg(long, allow_negative_numbers = true)]
     pub reserve_vram: Option<f64>,
+    /// Continue an interrupted render from the latents saved beside --out
+    /// (`<out>.latents.safetensors`), with the same settings.
+    #[arg(long)]
+    pub resume: bool,
     /// Print one JSON event per line on stdout instead of a progress bar.
     #[arg(long)]
     pub json: bool,
@@ -120,7 +124,7 @@ impl RenderArgs {
             (Some(factor), None) => Some(Interpolation::Multiplier { factor }),
             (None, Some(fps)) => Some(Interpolation::TargetFps { fps }),
             (None, None) => None,
-            (Some(_), Some(_)) => bail!("give --interpolate or --interpolate-fps, not both"),
+            (Some(_), Some(_)) => bail!("give --interpolate or --target-fps, not both"),
         };
         let choices = RecipeChoices {
             models: ModelFiles {
@@ -161,7 +165,8 @@ impl RenderArgs {
                 DeviceArg::Cuda => DevicePreference::Cuda,
             }),
         };
-        let recipe = Recipe::from_layers(&preset, choices);
+        let mut recipe = Recipe::from_layers(&preset, choices);
+        recipe.resume = self.resume;
         recipe.validate().map_err(|error| match error {
             EngineError::BadRecipe { field, problem } => {
                 anyhow::anyhow!("--{} {problem}", flag_for_field(field))

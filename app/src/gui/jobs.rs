@@ -92,7 +92,7 @@ impl JobList {
             | Event::Finished { job_id, .. }
             | Event::Cancelled { job_id }
             | Event::Failed { job_id, .. } => *job_id,
-            Event::Unloaded => return,
+            Event::Unloaded | Event::MemoryPlan { .. } => return,
         };
         let Some(entry) = self.entries.iter_mut().find(|entry| entry.id == id) else {
             return;
@@ -131,7 +131,7 @@ impl JobList {
                     message: message.clone(),
                 };
             }
-            Event::Unloaded => {}
+            Event::Unloaded | Event::MemoryPlan { .. } => {}
         }
     }
 }

@@ -1,16 +1,22 @@
-//! The two Wan experts as the sampling loop's [`Denoiser`].
+//! The two Wan experts as the sampling loop's [`Denoiser`], loaded through the model cache so
+//! that, when the memory plan says so, only the expert in use is loaded.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
+use super::models::ModelCache;
 use crate::EngineError;
+use crate::recipe::Recipe;
 use crate::sampling::{Branch, Denoiser, Expert};
-use crate::wan::WanModel;
 
 /// Predicts the flow with the high- or low-noise expert, conditioned on the I2V `y` and on the
 /// prompt's or the negative prompt's context.
 pub struct WanDenoiser<'a> {
-    pub high_noise: &'a WanModel,
-    pub low_noise: &'a WanModel,
+    pub models: &'a mut ModelCache,
+    pub recipe: &'a Recipe,
+    pub dtype: DType,
+    pub device: &'a Device,
+    /// Keep both experts loaded; otherwise one is freed before the other loads.
+    pub keep_both: bool,
     /// `[1, 4 + z, t, h, w]`: mask and image latent.
     pub y: Tensor,
     /// `[1, text_len, d]`.
@@ -20,6 +26,19 @@ pub struct WanDenoiser<'a> {
 }
 
 impl Denoiser for WanDenoiser<'_> {
+    fn prepare_expert(&mut self, expert: Expert) -> Result<(), EngineError> {
+        if !self.keep_both {
+            let other = match expert {
+                Expert::HighNoise => Expert::LowNoise,
+                Expert::LowNoise => Expert::HighNoise,
+            };
+            self.models.free_expert(other);
+        }
+        self.models
+            .expert(self.recipe, expert, self.dtype, self.device)?;
+        Ok(())
+    }
+
     fn predict_flow(
         &mut self,
         latents: &Tensor,
@@ -27,10 +46,9 @@ impl Denoiser for WanDenoiser<'_> {
         expert: Expert,
         branch: Branch,
     ) -> Result<Tensor, EngineError> {
-        let model = match expert {
-            Expert::HighNoise => self.high_noise,
-            Expert::LowNoise => self.low_noise,
-        };
+        let model = self
+            .models
+            .expert(self.recipe, expert, self.dtype, self.device)?;
         let context = match branch {
             Branch::Cond => &self.context,
             Branch::Uncond => {

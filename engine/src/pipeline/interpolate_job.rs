@@ -11,7 +11,9 @@ use super::runner::PipelineRunner;
 use crate::EngineError;
 use crate::image_input::DEFAULT_MAX_PIXELS;
 use crate::recipe::InterpolateRequest;
-use crate::rife::{InterpolationContext, InterpolationSettings, PairProgress, interpolate_stream};
+use crate::rife::{
+    InterpolationContext, InterpolationSettings, PairProgress, Rife, interpolate_stream, retime,
+};
 use crate::runtime::{JobContext, JobOutput, Stage};
 use crate::video::{EncodeSettings, FrameRate, VideoReader, VideoWriter};
 
@@ -93,12 +95,13 @@ impl PipelineRunner {
         let weights = self.rife_weights_path()?;
         let rife = self.models.rife(&weights, &Device::Cpu)?;
         ctx.progress(Stage::LoadingWeights, 1, 1);
+        let target = request.target_fps.map(target_rate).transpose()?;
         let settings = EncodeSettings {
             format,
-            fps: FrameRate {
+            fps: target.unwrap_or(FrameRate {
                 numerator: fps.numerator * request.multiplier,
                 denominator: fps.denominator,
-            },
+            }),
             ..EncodeSettings::default()
         };
         let mut writer = VideoWriter::create(
@@ -109,6 +112,19 @@ impl PipelineRunner {
             None,
         )?;
         let cancel = ctx.cancel_token().flag();
+        if let Some(target) = target {
+            let mut all = vec![first];
+            while let Some(frame) = frames.next_frame() {
+                ctx.check()?;
+                all.push(frame?);
+            }
+            for frame in retime_frames(rife, &all, fps, target, ctx)? {
+                writer.push(&frame, cancel)?;
+            }
+            ctx.check()?;
+            let path = writer.finish()?;
+            return Ok(JobOutput { path });
+        }
         let mut interpolation = InterpolationSettings::with_multiplier(request.multiplier as usize);
         interpolation.loop_clip = request.loop_clip;
         // `check` (not the bare token) also takes in Cancel commands sent meanwhile.
@@ -138,4 +154,46 @@ impl PipelineRunner {
         let path = writer.finish()?;
         Ok(JobOutput { path })
     }
+}
+
+/// The exact output rate for a target given in frames per second.
+pub(super) fn target_rate(fps: f64) -> Result<FrameRate, EngineError> {
+    FrameRate::from_fps(fps).ok_or_else(|| EngineError::BadRecipe {
+        field: "interpolation",
+        problem: format!("target fps must be a positive frame rate, got {fps}"),
+    })
+}
+
+/// `frames` at `source` resampled to `target` with RIFE (see [`retime`]), reporting progress
+/// per frame pair and stopping between pairs when cancelled.
+pub(super) fn retime_frames(
+    rife: &Rife,
+    frames: &[RgbImage],
+    source: FrameRate,
+    target: FrameRate,
+    ctx: &JobContext<'_>,
+) -> Result<Vec<RgbImage>, EngineError> {
+    let is_cancelled = || ctx.check().is_err();
+    let mut on_progress = |p: PairProgress| {
+        let total = p.pairs_total.unwrap_or(p.pairs_done);
+        ctx.progress(
+            Stage::Interpolating,
+            u32::try_from(p.pairs_done).unwrap_or(u32::MAX),
+            u32::try_from(total).unwrap_or(u32::MAX),
+        );
+    };
+    let mut rife_ctx = InterpolationContext {
+        is_cancelled: &is_cancelled,
+        on_progress: &mut on_progress,
+    };
+    // The multiplier is unused by `retime`; scene cuts, network scale and rounding apply.
+    let settings = InterpolationSettings::with_multiplier(2);
+    retime(
+        rife,
+        frames,
+        source.as_f64(),
+        target.as_f64(),
+        &settings,
+        &mut rife_ctx,
+    )
 }

@@ -11,6 +11,7 @@ use crate::EngineError;
 use crate::preset::ModelFamily;
 use crate::recipe::Recipe;
 use crate::rife::Rife;
+use crate::sampling::Expert;
 use crate::umt5::{self, TextEncoder};
 use crate::wan::{self, WanModel};
 use crate::wan_vae::{self, WanVae};
@@ -93,7 +94,7 @@ fn load_dit(path: &Path, dtype: DType, device: &Device) -> Result<WanModel, Engi
     WanModel::from_state_dict(&cfg, tensors, dtype, device)
 }
 
-fn vae_config(path: &Path, family: ModelFamily) -> Result<wan_vae::Config, EngineError> {
+pub(super) fn vae_config(path: &Path, family: ModelFamily) -> Result<wan_vae::Config, EngineError> {
     match sidecar_config(path) {
         Some(json) => {
             serde_json::from_str(&read_text(&json)?).map_err(|e| EngineError::BadWeights {
@@ -147,33 +148,33 @@ impl ModelCache {
         self.loads = loads;
     }
 
-    /// The high- and low-noise experts of `recipe`.
-    pub fn experts(
+    /// One expert of `recipe`, loading it unless it is loaded.
+    pub fn expert(
         &mut self,
         recipe: &Recipe,
+        expert: Expert,
         dtype: DType,
         device: &Device,
-    ) -> Result<(&WanModel, &WanModel), EngineError> {
-        let high = required(recipe.models.high_noise.as_ref(), "models.high_noise")?;
-        let low = required(recipe.models.low_noise.as_ref(), "models.low_noise")?;
-        let dk = device_key(device, dtype);
-        get_or_load(
-            &mut self.high_noise,
-            &self.loads,
-            (high.to_owned(), dk.clone()),
-            || load_dit(high, dtype, device),
-        )?;
-        get_or_load(
-            &mut self.low_noise,
-            &self.loads,
-            (low.to_owned(), dk),
-            || load_dit(low, dtype, device),
-        )?;
-        match (&self.high_noise, &self.low_noise) {
-            (Some(h), Some(l)) => Ok((&h.model, &l.model)),
-            _ => Err(EngineError::BadCheckpoint {
-                problem: "an expert is missing after loading".to_owned(),
-            }),
+    ) -> Result<&WanModel, EngineError> {
+        let (slot, path) = match expert {
+            Expert::HighNoise => (
+                &mut self.high_noise,
+                required(recipe.models.high_noise.as_ref(), "models.high_noise")?,
+            ),
+            Expert::LowNoise => (
+                &mut self.low_noise,
+                required(recipe.models.low_noise.as_ref(), "models.low_noise")?,
+            ),
+        };
+        let key = (path.to_owned(), device_key(device, dtype));
+        get_or_load(slot, &self.loads, key, || load_dit(path, dtype, device))
+    }
+
+    /// Frees one expert (the next job or phase that needs it reloads it).
+    pub fn free_expert(&mut self, expert: Expert) {
+        match expert {
+            Expert::HighNoise => self.high_noise = None,
+            Expert::LowNoise => self.low_noise = None,
         }
     }
 

@@ -4,22 +4,24 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::denoiser::WanDenoiser;
+use super::denoise_stage::DenoiseStage;
+use super::fingerprints::model_file_records;
+use super::interpolate_job::{retime_frames, target_rate};
 use super::models::ModelCache;
 use super::output::format_for_output;
+use super::plan::plan_for;
+use super::resume::{self, SavedState, latents_path, recipe_hash};
 use crate::EngineError;
 use crate::device::select_device;
 use crate::image_input::{self, LoadOptions, fit};
+use crate::memory_plan::{DitPlacement, Placement};
 use crate::preset::ModelFamily;
 use crate::recipe::{ImageFit, Interpolation, Recipe, WAN_DEFAULT_NEGATIVE_PROMPT};
 use crate::rife::{InterpolationContext, InterpolationSettings, interpolate_stream};
 use crate::runtime::{JobContext, JobKind, JobOutput, JobRunner, Stage};
-use crate::sampling::{
-    Expert, GuidanceRule, InitialNoise, LoopConfig, UniPcConfig, default_schedule, denoise,
-    initial_noise, new_scheduler,
-};
+use crate::sampling::{GuidanceRule, LoopConfig};
 use crate::video::{EmbeddedRecipe, EncodeSettings, FrameRate, VideoWriter};
-use crate::wan_vae::i2v_condition;
+use crate::wan_vae::{Tiling, to_rgb8};
 
 /// Renders recipes, keeping the models loaded between jobs.
 #[derive(Default)]
@@ -27,6 +29,10 @@ pub struct PipelineRunner {
     pub(super) models: ModelCache,
     /// RIFE weights; `None` finds them where the app installs them.
     rife_weights: Option<PathBuf>,
+    /// A memory budget in bytes that replaces the device's (tests plan CPU jobs against one).
+    budget_override: Option<u64>,
+    /// A DiT placement that replaces the plan's (tests).
+    dit_override: Option<DitPlacement>,
 }
 
 impl PipelineRunner {
@@ -39,6 +45,23 @@ impl PipelineRunner {
     #[must_use]
     pub fn with_rife_weights(mut self, path: PathBuf) -> Self {
         self.rife_weights = Some(path);
+        self
+    }
+
+    /// Plans every job against `bytes` of device memory instead of the device's own (on the
+    /// CPU, where there is no device budget, this makes the plan's decisions testable).
+    #[must_use]
+    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
+        self.budget_override = Some(bytes);
+        self
+    }
+
+    /// Runs the DiT as `placement` says whatever the plan decides. Tests use it to exercise
+    /// one-expert-at-a-time on tiny models, whose VAE decode outweighs the DiT under any
+    /// budget.
+    #[must_use]
+    pub fn with_dit_placement(mut self, placement: DitPlacement) -> Self {
+        self.dit_override = Some(placement);
         self
     }
 
@@ -57,17 +80,14 @@ impl PipelineRunner {
                     .to_owned(),
             });
         }
-        // Refused before any model work.
         let multiplier = match recipe.interpolation {
             Interpolation::Off => None,
             Interpolation::Multiplier { factor } => Some(factor.max(1) as usize),
-            Interpolation::TargetFps { .. } => {
-                return Err(EngineError::BadRecipe {
-                    field: "interpolation",
-                    problem: "target_fps is not available in renders yet: use a multiplier"
-                        .to_owned(),
-                });
-            }
+            Interpolation::TargetFps { .. } => Some(1),
+        };
+        let target = match recipe.interpolation {
+            Interpolation::TargetFps { fps } => Some(target_rate(fps)?),
+            _ => None,
         };
         let device = select_device(recipe.device)?.device;
         let dtype = if device.is_cuda() {
@@ -75,6 +95,25 @@ impl PipelineRunner {
         } else {
             DType::F32
         };
+        // The plan, before any model is loaded; a refusal ends the job here.
+        let mut plan = plan_for(recipe, &device, dtype, self.budget_override)?;
+        if !device.is_cuda() {
+            // Everything already runs on the CPU: there is nothing to move to it.
+            plan.text_encoder = Placement::Device;
+        }
+        if let Some(placement) = self.dit_override {
+            plan.dit = placement;
+        }
+        ctx.memory_plan(plan.clone());
+        if let DitPlacement::BlockSwap { .. } = plan.dit {
+            ctx.warn(format!(
+                "the experts do not fit the memory budget and block swapping is not available yet: running one expert at a time, which needs about {} (lower --reserve-vram, or use float8 files, if the GPU runs out of memory)",
+                crate::memory_plan::gib(
+                    plan.predicted.high_noise_weights.max(plan.predicted.low_noise_weights)
+                        + plan.predicted.dit_activation_peak
+                )
+            ));
+        }
         let loop_cfg = LoopConfig {
             boundary: recipe.boundary.unwrap_or(0.9),
             cfg_high_noise: recipe.cfg_high_noise,
@@ -82,90 +121,63 @@ impl PipelineRunner {
             guidance: GuidanceRule::Official,
         };
 
-        // Text.
-        ctx.check()?;
-        ctx.progress(Stage::LoadingWeights, 0, 3);
-        let needs_negative = [Expert::HighNoise, Expert::LowNoise]
-            .iter()
-            .any(|&e| loop_cfg.guidance_scale(e).is_some());
-        let encoder = self.models.text_encoder(recipe, dtype, &device)?;
-        let text_total = if needs_negative { 2 } else { 1 };
-        ctx.progress(Stage::EncodingText, 0, text_total);
-        warn_if_truncated(encoder, &recipe.prompt, "prompt", ctx)?;
-        let context = encoder.encode_prompt(&recipe.prompt)?.unsqueeze(0)?;
-        ctx.progress(Stage::EncodingText, 1, text_total);
-        let negative_context = if needs_negative {
-            ctx.check()?;
-            warn_if_truncated(encoder, negative_prompt(recipe), "negative prompt", ctx)?;
-            let negative = encoder
-                .encode_prompt(negative_prompt(recipe))?
-                .unsqueeze(0)?;
-            ctx.progress(Stage::EncodingText, 2, text_total);
-            Some(negative)
+        let save_point = latents_path(&recipe.output);
+        let hash = recipe_hash(recipe)?;
+        let saved = if recipe.resume {
+            Some(resume::load(&save_point, &hash)?)
         } else {
             None
         };
-
-        // Image and its conditioning.
-        ctx.check()?;
-        let image = fitted_image(recipe, &device)?;
-        let (_, height, width) = image.dims3()?;
-        ctx.progress(Stage::LoadingWeights, 1, 3);
-        let vae = self.models.vae(recipe, &device)?;
-        ctx.progress(Stage::EncodingImage, 0, 1);
-        let y = i2v_condition(vae, &image, recipe.num_frames as usize)?.unsqueeze(0)?;
-        ctx.progress(Stage::EncodingImage, 1, 1);
-        let z_dim = vae.config().z_dim;
-        let (_, _, lat_t, lat_h, lat_w) = y.dims5()?;
-        let noise = match &recipe.init_noise {
-            Some(path) => InitialNoise::Injected(read_noise(path)?),
-            None => InitialNoise::Seeded(recipe.seed),
+        let latents = match saved {
+            Some(SavedState::Denoised { latents }) => latents.to_device(&device)?,
+            saved => {
+                let stage = DenoiseStage {
+                    plan: &plan,
+                    device: &device,
+                    dtype,
+                    loop_cfg: &loop_cfg,
+                    save_point: &save_point,
+                    hash: &hash,
+                };
+                let latents = self.denoise_latents(recipe, ctx, &stage, saved)?;
+                resume::save(
+                    &save_point,
+                    &hash,
+                    &SavedState::Denoised {
+                        latents: latents.clone(),
+                    },
+                )?;
+                latents
+            }
         };
-        let noise = initial_noise(&noise, (1, z_dim, lat_t, lat_h, lat_w), &device)?;
-
-        // Denoising.
-        ctx.check()?;
-        ctx.progress(Stage::LoadingWeights, 2, 3);
-        let (high_noise, low_noise) = self.models.experts(recipe, dtype, &device)?;
-        ctx.progress(Stage::LoadingWeights, 3, 3);
-        let mut denoiser = WanDenoiser {
-            high_noise,
-            low_noise,
-            y,
-            context,
-            negative_context,
-        };
-        let mut scheduler = new_scheduler(
-            recipe.sampler,
-            default_schedule(recipe.sampler),
-            UniPcConfig::wan22(),
-            recipe.steps as usize,
-            recipe.shift,
-        )?;
-        let latents = denoise(&mut denoiser, &mut *scheduler, noise, &loop_cfg, |step| {
-            let stage = match step.expert {
-                Expert::HighNoise => Stage::DenoisingHighNoise,
-                Expert::LowNoise => Stage::DenoisingLowNoise,
-            };
-            ctx.progress(stage, count(step.index + 1), count(step.total));
-            ctx.check()
-        })?;
-        drop(denoiser);
+        let (_, _, lat_t, lat_h, lat_w) = latents.dims5()?;
+        let stride = self.models.vae(recipe, &device)?.config().spatial_stride();
+        let (height, width) = (lat_h * stride, lat_w * stride);
 
         // Decoding, straight into the writer (or into RIFE first).
         ctx.check()?;
         let format = format_for_output(&recipe.output)?;
-        let fps = FrameRate::whole(match recipe.interpolation {
+        let fps = target.unwrap_or(FrameRate::whole(match recipe.interpolation {
             Interpolation::Multiplier { factor } => recipe.fps * factor.max(1),
             Interpolation::Off | Interpolation::TargetFps { .. } => recipe.fps,
-        });
+        }));
         let settings = EncodeSettings {
             format,
             fps,
             ..EncodeSettings::default()
         };
-        let embedded = serde_json::to_value(recipe)
-            .map(EmbeddedRecipe::new)
+        let rife_path = match recipe.interpolation {
+            Interpolation::Off => None,
+            _ => self.rife_weights_path().ok(),
+        };
+        let model_files = model_file_records(recipe, rife_path.as_deref())?;
+        // The stored recipe restores the render itself, not its continuation.
+        let stored = Recipe {
+            resume: false,
+            ..recipe.clone()
+        };
+        let embedded = serde_json::to_value(&stored)
+            .map(|value| EmbeddedRecipe::new(value).with_model_files(model_files))
             .map_err(|e| EngineError::BadRecipe {
                 field: "recipe",
                 problem: format!("cannot be stored in the output ({e})"),
@@ -183,7 +195,7 @@ impl PipelineRunner {
         let mut decoded = Vec::new();
         let mut chunks_done = 0;
         ctx.progress(Stage::Decoding, 0, count(lat_t));
-        vae.decode_rgb8_each(&latents, |frames| {
+        let mut take_frames = |frames: Vec<image::RgbImage>, chunks: u32| {
             ctx.check()?;
             if multiplier.is_some() {
                 decoded.extend(frames);
@@ -192,12 +204,32 @@ impl PipelineRunner {
                     writer.push(frame, cancel)?;
                 }
             }
-            chunks_done += 1;
+            chunks_done += chunks;
             ctx.progress(Stage::Decoding, chunks_done, count(lat_t));
-            Ok(())
-        })?;
+            Ok::<(), EngineError>(())
+        };
+        match plan.vae_tile {
+            // Tiles decode over the whole clip each, so frames come out at the end.
+            Some(tile) => {
+                let tile = usize::try_from(tile).unwrap_or(usize::MAX);
+                let tiling = Tiling {
+                    tile,
+                    overlap: (tile / 4).max(8),
+                };
+                let video = vae.decode_tiled(&latents, tiling)?;
+                take_frames(to_rgb8(&video)?, count(lat_t))?;
+            }
+            None => vae.decode_rgb8_each(&latents, |frames| take_frames(frames, 1))?,
+        }
 
-        if let Some(multiplier) = multiplier {
+        if let Some(target) = target {
+            let path = self.rife_weights_path()?;
+            let rife = self.models.rife(&path, &device)?;
+            let source = FrameRate::whole(recipe.fps);
+            for frame in retime_frames(rife, &decoded, source, target, ctx)? {
+                writer.push(&frame, cancel)?;
+            }
+        } else if let Some(multiplier) = multiplier {
             let path = self.rife_weights_path()?;
             let rife = self.models.rife(&path, &device)?;
             let settings = InterpolationSettings::with_multiplier(multiplier);
@@ -223,6 +255,10 @@ impl PipelineRunner {
         }
         ctx.check()?;
         let path = writer.finish()?;
+        // The clip is complete: its save point has served.
+        if let Err(error) = std::fs::remove_file(&save_point) {
+            tracing::warn!("could not remove {}: {error}", save_point.display());
+        }
         Ok(JobOutput { path })
     }
 }
@@ -255,7 +291,7 @@ impl JobRunner for PipelineRunner {
 
 /// The negative prompt to encode: an empty one means Wan's default, as in the official
 /// `generate` (`if n_prompt == "": n_prompt = sample_neg_prompt`).
-fn negative_prompt(recipe: &Recipe) -> &str {
+pub(super) fn negative_prompt(recipe: &Recipe) -> &str {
     if recipe.negative_prompt.is_empty() {
         WAN_DEFAULT_NEGATIVE_PROMPT
     } else {
@@ -264,12 +300,12 @@ fn negative_prompt(recipe: &Recipe) -> &str {
 }
 
 /// Progress counts are small; saturate rather than fail on absurd ones.
-fn count(n: usize) -> u32 {
+pub(super) fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// The recipe's image, fitted as it asks, `[3, h, w]` in [-1, 1] on `device`.
-fn fitted_image(recipe: &Recipe, device: &Device) -> Result<Tensor, EngineError> {
+pub(super) fn fitted_image(recipe: &Recipe, device: &Device) -> Result<Tensor, EngineError> {
     let loaded = image_input::load(&recipe.image, &LoadOptions::default())?;
     let mode = match recipe.image_fit {
         ImageFit::Official => fit::FitMode::Wan {
@@ -284,7 +320,7 @@ fn fitted_image(recipe: &Recipe, device: &Device) -> Result<Tensor, EngineError>
 }
 
 /// The `noise` tensor of a safetensors file, `[z, t, h, w]` or with a batch dimension of 1.
-fn read_noise(path: &Path) -> Result<Tensor, EngineError> {
+pub(super) fn read_noise(path: &Path) -> Result<Tensor, EngineError> {
     let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
     let noise = tensors
         .remove("noise")
@@ -300,7 +336,7 @@ fn read_noise(path: &Path) -> Result<Tensor, EngineError> {
 }
 
 /// Tells the user (an event, not only a log line) when a prompt is cut to the encoder's length.
-fn warn_if_truncated(
+pub(super) fn warn_if_truncated(
     encoder: &crate::umt5::TextEncoder,
     text: &str,
     what: &str,

@@ -115,6 +115,15 @@ impl<'a> JobContext<'a> {
         });
     }
 
+    /// Reports the job's memory plan (before its first GPU work).
+    pub fn memory_plan(&self, plan: crate::memory_plan::MemoryPlan) {
+        tracing::info!(job_id = self.job_id, "{}", plan.summary());
+        (self.events)(Event::MemoryPlan {
+            job_id: self.job_id,
+            plan: Box::new(plan),
+        });
+    }
+
     /// Tells the user something that does not stop the job.
     pub fn warn(&self, message: impl Into<String>) {
         let message = message.into();

@@ -77,4 +77,10 @@ pub enum Event {
     },
     /// Loaded models were freed.
     Unloaded,
+    /// Where the job's components will live and the predicted peak, sent before its first GPU
+    /// work.
+    MemoryPlan {
+        job_id: JobId,
+        plan: Box<crate::memory_plan::MemoryPlan>,
+    },
 }

@@ -140,6 +140,9 @@ pub(super) struct LibavSink {
     encoder_time_base: Rational,
     stream_time_base: Rational,
     next_pts: i64,
+    /// The file, and whether its H.265 track gets the `hvc1` tag once complete.
+    path: std::path::PathBuf,
+    retag_hvc1: bool,
 }
 
 impl LibavSink {
@@ -236,6 +239,8 @@ impl LibavSink {
             encoder_time_base,
             stream_time_base,
             next_pts: 0,
+            path: path.to_owned(),
+            retag_hvc1: settings.format == VideoFormat::Mp4H265,
         })
     }
 
@@ -276,7 +281,14 @@ impl LibavSink {
         self.drain_encoder()?;
         self.output
             .write_trailer()
-            .map_err(failed("finishing the file"))
+            .map_err(failed("finishing the file"))?;
+        let (path, retag) = (self.path.clone(), self.retag_hvc1);
+        // Close the file before patching it.
+        drop(self);
+        if retag {
+            super::hvc1::retag_hevc_as_hvc1(&path)?;
+        }
+        Ok(())
     }
 
     fn drain_graph(&mut self) -> Result<(), Problem> {

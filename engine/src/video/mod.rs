@@ -19,13 +19,14 @@
 
 mod encode;
 mod graph;
+mod hvc1;
 mod paths;
 pub mod reader;
 pub mod recipe;
 pub mod writer;
 
 pub use reader::{DecodedVideo, VideoReader, read_video};
-pub use recipe::{EmbeddedRecipe, read_recipe};
+pub use recipe::{EmbeddedRecipe, ModelFileRecord, read_recipe};
 pub use writer::VideoWriter;
 
 /// A frame rate as an exact fraction (16/1 for Wan; 48/1 or 30000/1001 after interpolation).
@@ -50,6 +51,34 @@ impl FrameRate {
     pub fn as_f64(self) -> f64 {
         f64::from(self.numerator) / f64::from(self.denominator)
     }
+
+    /// The exact fraction for a rate given as a decimal: the smallest denominator up to 1001
+    /// within 1e-9 (relative) of `fps`, so 24 is 24/1, 29.97 is 2997/100 and 30000/1001 as a
+    /// float is 30000/1001. `None` for rates that are not positive and finite.
+    pub fn from_fps(fps: f64) -> Option<Self> {
+        if !(fps.is_finite() && fps > 0.0 && fps < f64::from(u32::MAX) / 1001.0) {
+            return None;
+        }
+        let mut best: Option<(f64, Self)> = None;
+        for denominator in 1..=1001_u32 {
+            let numerator = (fps * f64::from(denominator)).round();
+            if numerator < 1.0 {
+                continue;
+            }
+            let rate = Self {
+                numerator: numerator as u32,
+                denominator,
+            };
+            let error = (rate.as_f64() - fps).abs() / fps;
+            if error <= 1e-9 {
+                return Some(rate);
+            }
+            if best.is_none_or(|(e, _)| error < e) {
+                best = Some((error, rate));
+            }
+        }
+        best.map(|(_, rate)| rate)
+    }
 }
 
 /// The container and codec of an output.
@@ -59,7 +88,8 @@ pub enum VideoFormat {
     /// MP4 with H.264 (libx264), yuv420p: plays everywhere. The default.
     #[default]
     Mp4H264,
-    /// MP4 with H.265 (libx265), yuv420p: smaller, less universally playable.
+    /// MP4 with H.265 (libx265), yuv420p, tagged `hvc1` so Apple players open it: smaller,
+    /// less universally playable.
     Mp4H265,
     /// WebM with VP9 (libvpx-vp9), yuv420p.
     WebmVp9,
@@ -110,5 +140,22 @@ impl Default for EncodeSettings {
             crf: 17,
             preset: "medium".to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod frame_rate_tests {
+    use super::FrameRate;
+
+    #[test]
+    fn decimal_rates_become_exact_fractions() {
+        let rate = |fps: f64| FrameRate::from_fps(fps).map(|r| (r.numerator, r.denominator));
+        assert_eq!(rate(24.0), Some((24, 1)));
+        assert_eq!(rate(29.97), Some((2997, 100)));
+        assert_eq!(rate(30000.0 / 1001.0), Some((30000, 1001)));
+        assert_eq!(rate(24000.0 / 1001.0), Some((24000, 1001)));
+        assert_eq!(rate(12.5), Some((25, 2)));
+        assert_eq!(rate(0.0), None);
+        assert_eq!(rate(f64::NAN), None);
     }
 }

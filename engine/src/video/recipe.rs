@@ -20,8 +20,39 @@ pub struct EmbeddedRecipe {
     pub stillmotion: String,
     /// The version of the app that rendered the clip.
     pub app_version: String,
-    /// The full recipe (model files and fingerprints, LoRAs, prompt, seed, sizes, sampler, …).
+    /// The full recipe (model files, LoRAs, prompt, seed, sizes, sampler, …).
     pub recipe: serde_json::Value,
+    /// What each model file of the render was, read from its header when rendering, so a
+    /// restored recipe can tell whether the files at those paths are still the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_files: Vec<ModelFileRecord>,
+}
+
+/// One model file's fingerprint as stored with the recipe.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelFileRecord {
+    /// What the render used it as: `high_noise`, `low_noise`, `text_encoder`, `vae`, `lora`,
+    /// `rife`.
+    pub used_as: String,
+    pub path: std::path::PathBuf,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// `safetensors`, `gguf` or `pickle`.
+    pub format: String,
+    /// The dtype holding most of the bytes (`BF16`, `F8_E4M3`, `Q8_0`, …).
+    pub dtype: Option<String>,
+    pub scaled_fp8: bool,
+    /// What the header says the file is (`dit_expert`, `text_encoder`, `vae`, `lora`, …).
+    pub detected_role: String,
+    /// `wan21`/`wan22`, `b14`/`b5`/`b1_3`, `high`/`low`, when the header tells.
+    pub family: Option<String>,
+    pub size: Option<String>,
+    pub noise: Option<String>,
+    pub tensors: usize,
+    /// SHA-256 of the file's size and three 1 MiB samples (its start, which holds the header,
+    /// its middle and its end; the whole file when under 3 MiB): tells a swapped file (another
+    /// release, quantisation or fine-tune) from the same one without hashing gigabytes.
+    pub sampled_sha256: String,
 }
 
 impl EmbeddedRecipe {
@@ -31,7 +62,15 @@ impl EmbeddedRecipe {
             stillmotion: "recipe/1".to_owned(),
             app_version: crate::VERSION.to_owned(),
             recipe,
+            model_files: Vec::new(),
         }
+    }
+
+    /// Adds the fingerprints of the render's model files.
+    #[must_use]
+    pub fn with_model_files(mut self, model_files: Vec<ModelFileRecord>) -> Self {
+        self.model_files = model_files;
+        self
     }
 
     /// Compact JSON, as stored in the container.

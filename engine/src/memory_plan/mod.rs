@@ -1,0 +1,352 @@
+//! The memory plan: before a job's first GPU work, predict what each component needs on the
+//! device and decide where it lives, or refuse the job with what to change.
+//!
+//! **Inputs.** Model sizes come from the file headers ([`sizes`]), never from loading: each
+//! tensor counts at the dtype it is resident in (float8 weights of ComfyUI `fp8_scaled` files
+//! stay float8, see `wan/linear.rs`; everything else, GGUF included, is converted to the compute
+//! dtype at load). The token count is `latent frames × (h / 8 / 2) × (w / 8 / 2)` for the Wan2.1
+//! VAE (spatial stride 8) and the DiT's 1×2×2 patches. The budget is device memory minus the
+//! user's reserve; on the CPU a plan is made against a given budget (tests) or none.
+//!
+//! **Predictions** (bytes; `a` = activation dtype size, 2 for bf16, `L` tokens, `d` model
+//! width, `f` FFN width, `h` heads):
+//! - DiT weights per expert: the header's resident bytes; one block is the largest
+//!   `blocks.N.*` group.
+//! - DiT activation peak, one transformer block at a time, batch 1 (guidance runs the
+//!   conditional and unconditional passes one after the other, as `sampling::denoise` does):
+//!   residual stream and its modulated copy in f32 (`2·L·d·4`, the official forward keeps
+//!   the stream in float32 under autocast); q, k, v (`3·L·d·a`); the attention output
+//!   (`L·d·a`); the score block of the chunked attention, f32 scores and their softmax
+//!   (`2·4·min(h·L², MAX_SCORE_ELEMENTS)`, `wan/attention.rs`); the FFN hidden layer before
+//!   and after GELU (`2·L·f·a`). A fixed [`RUNTIME_OVERHEAD`] covers the CUDA context,
+//!   cuBLAS workspace and the latents, condition and text context (tens of MB at 480p).
+//! - VAE decode peak: [`VAE_LIVE_VALUES_PER_PIXEL_CHANNEL`] f32 values per output pixel and
+//!   decoder channel of one tile (the calibration `wan_vae/tiling.rs` documents), plus the
+//!   VAE weights in f32.
+//! - Text encoder: its resident weights plus [`TEXT_ENCODER_ACTIVATIONS`] (512 tokens).
+//!
+//! **Decisions**, cheapest in time first: both experts resident; one expert at a time
+//! (swapped at the boundary); block swapping with `N` blocks resident plus one being
+//! prefetched; refuse. The VAE decodes whole frames when they fit next to what stays
+//! resident, else in the largest square tiles that do. The text encoder runs on the device
+//! when it fits beside both (it stays loaded between jobs), else on the CPU.
+
+pub mod sizes;
+
+use serde::Serialize;
+
+pub use sizes::{DitSize, ModelSizes, VaeSize};
+
+use crate::EngineError;
+
+/// One GiB: budgets and reserves are given in GB meaning GiB, as ComfyUI's `--reserve-vram`.
+pub const GIB: u64 = 1 << 30;
+
+/// CUDA context, cuBLAS workspace, latents, condition and text context.
+pub const RUNTIME_OVERHEAD: u64 = GIB / 2;
+
+/// umT5-XXL activations for 512 tokens (a few MB per layer), rounded up generously.
+pub const TEXT_ENCODER_ACTIVATIONS: u64 = GIB / 4;
+
+/// f32 values held at once per output pixel and per channel of the VAE decoder's last stage
+/// (calibrated on the CPU in `wan_vae/tiling.rs`).
+pub const VAE_LIVE_VALUES_PER_PIXEL_CHANNEL: u64 = 120;
+
+/// Smallest VAE tile side, in latent pixels (as `wan_vae::Tiling::for_budget`).
+const MIN_VAE_TILE: u64 = 16;
+
+/// The shape of the clip the DiT sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Tokens {
+    pub latent_frames: u64,
+    pub latent_height: u64,
+    pub latent_width: u64,
+    /// `latent_frames × latent_height / 2 × latent_width / 2` (1×2×2 patches).
+    pub count: u64,
+}
+
+impl Tokens {
+    /// The tokens of a `width`×`height`, `num_frames` clip with a VAE of `spatial_stride`
+    /// (8 for Wan2.1, 16 for Wan2.2) and temporal stride 4.
+    #[must_use]
+    pub fn new(num_frames: u32, width: u32, height: u32, spatial_stride: u32) -> Self {
+        let latent_frames = u64::from((num_frames.max(1) - 1) / 4 + 1);
+        let latent_height = u64::from(height / spatial_stride);
+        let latent_width = u64::from(width / spatial_stride);
+        Self {
+            latent_frames,
+            latent_height,
+            latent_width,
+            count: latent_frames * (latent_height / 2) * (latent_width / 2),
+        }
+    }
+}
+
+/// Where the DiT experts live while denoising.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum DitPlacement {
+    /// Both experts on the device for the whole job (no reloads at the boundary).
+    BothResident,
+    /// One expert on the device at a time: the high-noise one is freed before the low-noise
+    /// one is loaded.
+    OneAtATime,
+    /// Of each expert, `resident_blocks` of `total_blocks` transformer blocks stay on the
+    /// device; the rest stream from pinned host memory, one prefetched while one computes.
+    BlockSwap {
+        resident_blocks: u64,
+        total_blocks: u64,
+    },
+}
+
+/// Where a component runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    Device,
+    Cpu,
+}
+
+/// The predicted sizes behind a plan, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Predictions {
+    pub high_noise_weights: u64,
+    pub low_noise_weights: u64,
+    /// The largest transformer block of either expert.
+    pub dit_block_weights: u64,
+    /// An expert's weights outside its blocks (embeddings, head).
+    pub dit_non_block_weights: u64,
+    pub dit_activation_peak: u64,
+    pub text_encoder: u64,
+    pub vae_weights: u64,
+    /// The VAE decode activations with the chosen tiling.
+    pub vae_decode_peak: u64,
+    /// The largest device use of the job under this plan.
+    pub peak: u64,
+}
+
+/// What goes where, decided before the job's first GPU work.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemoryPlan {
+    /// Device memory minus the reserve; `None` when unlimited (a CPU job).
+    pub budget: Option<u64>,
+    pub tokens: Tokens,
+    pub dit: DitPlacement,
+    pub text_encoder: Placement,
+    /// Square VAE decode tiles of this many latent pixels a side; `None` decodes whole frames.
+    pub vae_tile: Option<u64>,
+    /// Pixels per latent pixel on a side (8 for the Wan2.1 VAE), for showing tile sizes.
+    pub vae_stride: u64,
+    pub predicted: Predictions,
+}
+
+/// Everything a plan is made from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanInputs {
+    pub sizes: ModelSizes,
+    pub tokens: Tokens,
+    /// Bytes per activation element (2 for bf16 on CUDA, 4 for f32 on the CPU).
+    pub activation_bytes: u64,
+}
+
+/// GiB with one decimal, for messages.
+#[must_use]
+pub fn gib(bytes: u64) -> String {
+    format!("{:.1} GB", bytes as f64 / GIB as f64)
+}
+
+/// The DiT's activation peak for one block over `tokens` (see the module doc).
+#[must_use]
+pub fn dit_activation_peak(dit: &DitSize, tokens: u64, activation_bytes: u64) -> u64 {
+    let (l, d, f, a) = (tokens, dit.dim, dit.ffn_dim, activation_bytes);
+    let stream = 2 * l * d * 4;
+    let qkv = 3 * l * d * a;
+    let attention_out = l * d * a;
+    let scores =
+        2 * 4 * (dit.num_heads * l * l).min(crate::wan::attention::MAX_SCORE_ELEMENTS as u64);
+    let ffn_hidden = 2 * l * f * a;
+    stream + qkv + attention_out + scores + ffn_hidden
+}
+
+/// The VAE decode activations for square tiles of `tile` latent pixels (`None`: whole frames).
+#[must_use]
+pub fn vae_decode_peak(vae: &VaeSize, tokens: &Tokens, tile: Option<u64>) -> u64 {
+    let (h, w) = match tile {
+        Some(t) => (t.min(tokens.latent_height), t.min(tokens.latent_width)),
+        None => (tokens.latent_height, tokens.latent_width),
+    };
+    VAE_LIVE_VALUES_PER_PIXEL_CHANNEL
+        * vae.last_stage_channels
+        * vae.spatial_stride
+        * vae.spatial_stride
+        * 4
+        * h
+        * w
+}
+
+impl MemoryPlan {
+    /// Decides placements for `inputs` within `budget` bytes (`None`: unlimited). Refuses with
+    /// [`EngineError::MemoryPlanRefused`], naming what to change, when nothing fits.
+    pub fn decide(inputs: &PlanInputs, budget: Option<u64>) -> Result<Self, EngineError> {
+        let s = &inputs.sizes;
+        let tokens = inputs.tokens;
+        let activations = dit_activation_peak(&s.dit, tokens.count, inputs.activation_bytes);
+        let expert = s.high_noise_weights.max(s.low_noise_weights);
+        let both = s.high_noise_weights + s.low_noise_weights;
+        let block = s.dit.block_weights;
+        let non_block = s.dit.non_block_weights;
+        let denoise_fixed = activations + RUNTIME_OVERHEAD;
+        let limit = budget.unwrap_or(u64::MAX);
+
+        // DiT placement and what of it stays on the device (during decode too).
+        let (dit, dit_resident, dit_peak) = if both.saturating_add(denoise_fixed) <= limit {
+            (DitPlacement::BothResident, both, both + denoise_fixed)
+        } else if expert + denoise_fixed <= limit {
+            (DitPlacement::OneAtATime, expert, expert + denoise_fixed)
+        } else {
+            // N resident blocks plus one in flight.
+            let room = limit.saturating_sub(denoise_fixed + non_block);
+            let fit = (room / block.max(1)).saturating_sub(1);
+            let total = s.dit.num_blocks;
+            if fit == 0 {
+                let needed = activations + RUNTIME_OVERHEAD + non_block + 2 * block;
+                let why = format!(
+                    "{} of activations for {} tokens and two transformer blocks",
+                    gib(activations),
+                    tokens.count
+                );
+                return Err(refusal(inputs, budget, needed, &why));
+            }
+            let resident_blocks = fit.min(total);
+            let resident = non_block + (resident_blocks + 1) * block;
+            (
+                DitPlacement::BlockSwap {
+                    resident_blocks,
+                    total_blocks: total,
+                },
+                resident,
+                resident + denoise_fixed,
+            )
+        };
+
+        // VAE decode next to what of the DiT stays resident.
+        let vae_room = limit.saturating_sub(dit_resident + s.vae_weights + RUNTIME_OVERHEAD);
+        let whole = vae_decode_peak(&s.vae, &tokens, None);
+        let vae_tile = if whole <= vae_room {
+            None
+        } else {
+            let per_latent_pixel = vae_decode_peak(&s.vae, &tokens, Some(1)).max(1);
+            let side = ((vae_room / per_latent_pixel) as f64).sqrt() as u64;
+            if side < MIN_VAE_TILE {
+                let needed = dit_resident
+                    + s.vae_weights
+                    + RUNTIME_OVERHEAD
+                    + vae_decode_peak(&s.vae, &tokens, Some(MIN_VAE_TILE));
+                let why = format!(
+                    "decoding the VAE in its smallest tiles beside the DiT's {}",
+                    gib(dit_resident)
+                );
+                return Err(refusal(inputs, budget, needed, &why));
+            }
+            Some(side)
+        };
+        let vae_peak = vae_decode_peak(&s.vae, &tokens, vae_tile);
+        let decode_total = dit_resident + s.vae_weights + vae_peak + RUNTIME_OVERHEAD;
+
+        // The text encoder stays loaded between jobs (encodings are cached, prompts change), so
+        // it goes on the device only when it fits beside both the denoising and the decoding.
+        let text_total = s.text_encoder + TEXT_ENCODER_ACTIVATIONS;
+        let text_encoder = if dit_peak.max(decode_total).saturating_add(text_total) <= limit {
+            Placement::Device
+        } else {
+            Placement::Cpu
+        };
+        let text_share = if text_encoder == Placement::Device {
+            text_total
+        } else {
+            0
+        };
+        let peak = (dit_peak + text_share).max(decode_total + text_share);
+        Ok(Self {
+            budget,
+            tokens,
+            dit,
+            text_encoder,
+            vae_tile,
+            vae_stride: s.vae.spatial_stride,
+            predicted: Predictions {
+                high_noise_weights: s.high_noise_weights,
+                low_noise_weights: s.low_noise_weights,
+                dit_block_weights: block,
+                dit_non_block_weights: non_block,
+                dit_activation_peak: activations,
+                text_encoder: s.text_encoder,
+                vae_weights: s.vae_weights,
+                vae_decode_peak: vae_peak,
+                peak,
+            },
+        })
+    }
+
+    /// One line per decision, for the CLI and the log.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let p = &self.predicted;
+        let dit = match self.dit {
+            DitPlacement::BothResident => format!(
+                "both experts resident ({} + {})",
+                gib(p.high_noise_weights),
+                gib(p.low_noise_weights)
+            ),
+            DitPlacement::OneAtATime => format!(
+                "one expert at a time ({} each)",
+                gib(p.high_noise_weights.max(p.low_noise_weights))
+            ),
+            DitPlacement::BlockSwap {
+                resident_blocks,
+                total_blocks,
+            } => format!(
+                "block swapping, {resident_blocks} of {total_blocks} blocks resident ({} a block)",
+                gib(p.dit_block_weights)
+            ),
+        };
+        let text = match self.text_encoder {
+            Placement::Device => "on the device",
+            Placement::Cpu => "on the CPU",
+        };
+        let vae = match self.vae_tile {
+            None => "whole frames".to_owned(),
+            Some(t) => {
+                let pixels = t * self.vae_stride;
+                format!("{pixels}×{pixels} pixel tiles")
+            }
+        };
+        let budget = self.budget.map_or_else(|| "no limit".to_owned(), gib);
+        format!(
+            "memory plan ({} tokens, budget {budget}): DiT {dit}, activations {}; text encoder {text}; VAE decode {vae} ({}); predicted peak {}",
+            self.tokens.count,
+            gib(p.dit_activation_peak),
+            gib(p.vae_decode_peak),
+            gib(p.peak)
+        )
+    }
+}
+
+/// The refusal: what is needed, what is available, and what to change.
+fn refusal(inputs: &PlanInputs, budget: Option<u64>, needed: u64, why: &str) -> EngineError {
+    let fp8 = if inputs.sizes.dit_is_float8 {
+        ""
+    } else {
+        " or a float8 (fp8_scaled) DiT file, which halves the weights (GGUF files are dequantized at load and do not help here),"
+    };
+    EngineError::MemoryPlanRefused {
+        problem: format!(
+            "this render needs at least {} on the device ({why}) but the budget is {}: choose a smaller resolution or fewer frames,{fp8} or lower --reserve-vram",
+            gib(needed),
+            budget.map_or_else(|| "unlimited".to_owned(), gib),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,239 @@
+//! Model sizes for the memory plan, read from file headers (safetensors, shards, GGUF) without
+//! loading any tensor data.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::EngineError;
+use crate::weights::Header;
+
+/// Head size shared by every released Wan model.
+const WAN_HEAD_DIM: u64 = 128;
+
+/// The DiT's shape and how its resident bytes split between blocks and the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct DitSize {
+    pub dim: u64,
+    pub ffn_dim: u64,
+    pub num_heads: u64,
+    pub num_blocks: u64,
+    /// The largest `blocks.N.*` group, resident bytes.
+    pub block_weights: u64,
+    /// Everything outside the blocks (embeddings, time MLP, head), resident bytes.
+    pub non_block_weights: u64,
+}
+
+impl DitSize {
+    /// The shape of a Wan DiT from its architecture: `dim`, `ffn_dim`, `num_blocks`, the text
+    /// width `text_dim`, `in_dim` channels, at `bytes_per_param` (for planning without a file).
+    #[must_use]
+    pub fn from_architecture(
+        dim: u64,
+        ffn_dim: u64,
+        num_blocks: u64,
+        text_dim: u64,
+        in_dim: u64,
+        bytes_per_param: u64,
+    ) -> Self {
+        // Self- and cross-attention (q, k, v, o with biases, q/k norms), FFN, modulation, norm3.
+        let attention = 4 * (dim * dim + dim) + 2 * dim;
+        let block = 2 * attention + (dim * ffn_dim + ffn_dim) + (ffn_dim * dim + dim) + 8 * dim;
+        // Patch embedding, text MLP, time MLP and projection, head.
+        let freq_dim = 256;
+        let non_block = in_dim * 4 * dim
+            + dim
+            + (text_dim * dim + dim)
+            + (dim * dim + dim)
+            + (freq_dim * dim + dim)
+            + (dim * dim + dim)
+            + (dim * 6 * dim + 6 * dim)
+            + (dim * 64 + 64)
+            + 2 * dim;
+        Self {
+            dim,
+            ffn_dim,
+            num_heads: dim / WAN_HEAD_DIM,
+            num_blocks,
+            block_weights: block * bytes_per_param,
+            non_block_weights: non_block * bytes_per_param,
+        }
+    }
+
+    /// Resident bytes of the whole expert.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.non_block_weights + self.block_weights * self.num_blocks
+    }
+}
+
+/// The VAE decoder's shape, for its decode peak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct VaeSize {
+    /// Channels of the decoder's full-resolution stage (96 for the Wan2.1 VAE).
+    pub last_stage_channels: u64,
+    /// Pixels per latent pixel on a side (8 for Wan2.1, 16 for Wan2.2).
+    pub spatial_stride: u64,
+}
+
+impl VaeSize {
+    #[must_use]
+    pub fn from_config(cfg: &crate::wan_vae::Config) -> Self {
+        let base = cfg.decoder_base_dim.unwrap_or(cfg.base_dim);
+        Self {
+            last_stage_channels: (base * cfg.dim_mult.first().copied().unwrap_or(1)) as u64,
+            spatial_stride: cfg.spatial_stride() as u64,
+        }
+    }
+}
+
+/// Every model of a render, as resident bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ModelSizes {
+    pub high_noise_weights: u64,
+    pub low_noise_weights: u64,
+    /// The larger expert's shape.
+    pub dit: DitSize,
+    /// Whether the DiT weights are already float8 (no cheaper file to suggest).
+    pub dit_is_float8: bool,
+    pub text_encoder: u64,
+    pub vae_weights: u64,
+    pub vae: VaeSize,
+}
+
+/// The headers of a model file or folder (shards, a diffusers component folder, GGUF).
+pub fn headers(path: &Path) -> Result<Vec<Header>, EngineError> {
+    if path.is_file() && crate::gguf::is_gguf(path) {
+        return Ok(vec![crate::gguf::GgufFile::open(path)?.header()]);
+    }
+    crate::weights::model_files(path)?
+        .iter()
+        .map(|file| crate::weights::read_header(file))
+        .collect()
+}
+
+/// Bytes a tensor takes once loaded: float8 stays float8 in `fp8_scaled` files (the linear
+/// layer dequantizes at use); everything else becomes the compute dtype.
+fn resident_bytes(dtype: &str, shape: &[usize], scaled_fp8: bool, compute_bytes: u64) -> u64 {
+    let numel = shape.iter().product::<usize>() as u64;
+    if scaled_fp8 && dtype.starts_with("F8") {
+        numel
+    } else {
+        numel * compute_bytes
+    }
+}
+
+fn is_scaled_fp8(headers: &[Header]) -> bool {
+    headers.iter().flat_map(|h| h.tensors.keys()).any(|k| {
+        k.ends_with("scaled_fp8") || k.ends_with(".scale_weight") || k.ends_with(".weight_scale")
+    })
+}
+
+/// The block index of a DiT key (`blocks.12.self_attn.q.weight` → 12), any prefix.
+fn block_index(key: &str) -> Option<u64> {
+    let rest = crate::wan::weights::strip_prefix(key).strip_prefix("blocks.")?;
+    rest.split('.').next()?.parse().ok()
+}
+
+/// A DiT expert's size from its headers at `compute_bytes` per converted element.
+pub fn dit_size(headers: &[Header], compute_bytes: u64) -> Result<(DitSize, bool), EngineError> {
+    let scaled_fp8 = is_scaled_fp8(headers);
+    let mut blocks: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut non_block = 0;
+    let mut dim = None;
+    let mut ffn_dim = 0;
+    for (key, entry) in headers.iter().flat_map(|h| h.tensors.iter()) {
+        let bytes = resident_bytes(&entry.dtype, &entry.shape, scaled_fp8, compute_bytes);
+        let bare = crate::wan::weights::strip_prefix(key);
+        if bare == "patch_embedding.weight" {
+            dim = entry.shape.first().map(|&d| d as u64);
+        }
+        match block_index(key) {
+            Some(index) => {
+                *blocks.entry(index).or_default() += bytes;
+                if index == 0 && entry.shape.len() == 2 {
+                    ffn_dim = ffn_dim.max(entry.shape[0] as u64);
+                }
+            }
+            None => non_block += bytes,
+        }
+    }
+    let path = headers.first().map(|h| h.path.clone()).unwrap_or_default();
+    let Some(dim) = dim else {
+        return Err(EngineError::BadModelFile {
+            problem: "this is not a Wan diffusion transformer (no patch_embedding.weight): choose the DiT expert file".to_owned(),
+            path,
+        });
+    };
+    Ok((
+        DitSize {
+            dim,
+            ffn_dim,
+            num_heads: dim / WAN_HEAD_DIM,
+            num_blocks: blocks.len() as u64,
+            block_weights: blocks.values().copied().max().unwrap_or(0),
+            non_block_weights: non_block,
+        },
+        scaled_fp8,
+    ))
+}
+
+/// Resident bytes of a whole model (text encoder, VAE): its encoder-side tensors at
+/// `compute_bytes` each (a full T5 file's `decoder.*` is never loaded).
+#[must_use]
+pub fn model_bytes(headers: &[Header], compute_bytes: u64) -> u64 {
+    let scaled_fp8 = is_scaled_fp8(headers);
+    headers
+        .iter()
+        .flat_map(|h| h.tensors.iter())
+        .filter(|(key, _)| !key.starts_with("decoder.block"))
+        .map(|(_, e)| resident_bytes(&e.dtype, &e.shape, scaled_fp8, compute_bytes))
+        .sum()
+}
+
+/// Resident bytes of a text encoder or VAE: from its headers, or, for a PyTorch checkpoint
+/// (`.pth`, which those loaders also read), from its file size, taken as 16-bit weights
+/// converted to `compute_bytes` (never less than the file).
+pub fn model_bytes_at(path: &Path, compute_bytes: u64) -> Result<u64, EngineError> {
+    match headers(path) {
+        Ok(headers) => Ok(model_bytes(&headers, compute_bytes)),
+        Err(error) => {
+            let fingerprint = crate::model_files::fingerprint(path)?;
+            if fingerprint.format == crate::model_files::Format::Pickle {
+                Ok(fingerprint.bytes.max(fingerprint.bytes / 2 * compute_bytes))
+            } else {
+                Err(error)
+            }
+        }
+    }
+}
+
+impl ModelSizes {
+    /// Reads the sizes of a two-expert render's files; the VAE in f32 as the engine runs it.
+    pub fn read(
+        high_noise: &Path,
+        low_noise: &Path,
+        text_encoder: &Path,
+        vae: &Path,
+        vae_size: VaeSize,
+        compute_bytes: u64,
+    ) -> Result<Self, EngineError> {
+        let (high, high_fp8) = dit_size(&headers(high_noise)?, compute_bytes)?;
+        let (low, low_fp8) = dit_size(&headers(low_noise)?, compute_bytes)?;
+        let dit = if low.total() > high.total() {
+            low
+        } else {
+            high
+        };
+        Ok(Self {
+            high_noise_weights: high.total(),
+            low_noise_weights: low.total(),
+            dit,
+            dit_is_float8: high_fp8 && low_fp8,
+            text_encoder: model_bytes_at(text_encoder, compute_bytes)?,
+            vae_weights: model_bytes_at(vae, 4)?,
+            vae: vae_size,
+        })
+    }
+}

@@ -1,0 +1,228 @@
+use super::*;
+use crate::model_files::fingerprint::fake_safetensors;
+
+/// umT5-XXL's encoder: 5.68 B parameters.
+const UMT5_XXL_PARAMS: u64 = 5_680_000_000;
+/// The Wan2.1 VAE: 127 M parameters.
+const WAN21_VAE_PARAMS: u64 = 127_000_000;
+
+fn wan21_vae() -> VaeSize {
+    VaeSize::from_config(&crate::wan_vae::Config::wan21())
+}
+
+/// The released Wan2.2 I2V-A14B experts in bf16 (5120 wide, 40 blocks, FFN 13824).
+fn a14b_bf16(width: u32, height: u32, frames: u32) -> PlanInputs {
+    let dit = DitSize::from_architecture(5120, 13824, 40, 4096, 36, 2);
+    PlanInputs {
+        sizes: ModelSizes {
+            high_noise_weights: dit.total(),
+            low_noise_weights: dit.total(),
+            dit,
+            dit_is_float8: false,
+            text_encoder: UMT5_XXL_PARAMS * 2,
+            vae_weights: WAN21_VAE_PARAMS * 4,
+            vae: wan21_vae(),
+        },
+        tokens: Tokens::new(frames, width, height, 8),
+        activation_bytes: 2,
+    }
+}
+
+#[test]
+fn the_a14b_architecture_has_14b_parameters_per_expert() {
+    let dit = DitSize::from_architecture(5120, 13824, 40, 4096, 36, 1);
+    let params = dit.total() as f64;
+    assert!((14.0e9..14.5e9).contains(&params), "{params}");
+    assert_eq!(dit.num_heads, 40);
+    assert_eq!(Tokens::new(81, 832, 480, 8).count, 21 * 30 * 52);
+}
+
+#[test]
+fn activation_peak_follows_the_documented_terms() {
+    let dit = DitSize::from_architecture(5120, 13824, 40, 4096, 36, 2);
+    let l = 32_760_u64;
+    let expected =
+        2 * l * 5120 * 4 + 3 * l * 5120 * 2 + l * 5120 * 2 + 2 * 4 * (1 << 28) + 2 * l * 13824 * 2;
+    assert_eq!(dit_activation_peak(&dit, l, 2), expected);
+    // About 6.2 GiB at 480p, 81 frames: diffusers' group-offloaded run peaked at 9.3 GiB with
+    // one block (0.65 GiB) resident, ours keeps the attention scores in bounded chunks.
+    let gib_f = expected as f64 / GIB as f64;
+    assert!((5.5..8.0).contains(&gib_f), "{gib_f}");
+}
+
+#[test]
+fn an_unlimited_or_large_budget_keeps_everything_resident() {
+    let inputs = a14b_bf16(832, 480, 81);
+    let plan = MemoryPlan::decide(&inputs, None).unwrap();
+    assert_eq!(plan.dit, DitPlacement::BothResident);
+    assert_eq!(plan.text_encoder, Placement::Device);
+    assert_eq!(plan.vae_tile, None);
+    // 80 GB: both experts (53 GB) and whole-frame decoding (17 GB) fit, umT5 (11 GB) no more.
+    let plan = MemoryPlan::decide(&inputs, Some(80 * GIB)).unwrap();
+    assert_eq!(plan.dit, DitPlacement::BothResident);
+    assert_eq!(plan.text_encoder, Placement::Cpu);
+    assert_eq!(plan.vae_tile, None);
+    assert!(plan.predicted.peak <= 80 * GIB);
+    let plan = MemoryPlan::decide(&inputs, Some(40 * GIB)).unwrap();
+    assert_eq!(plan.dit, DitPlacement::OneAtATime);
+    assert_eq!(plan.text_encoder, Placement::Cpu);
+    assert!(plan.vae_tile.is_some());
+}
+
+#[test]
+fn a14b_at_24_16_and_10_gb_swaps_fewer_blocks_as_the_budget_shrinks() {
+    let inputs = a14b_bf16(832, 480, 81);
+    let mut resident = Vec::new();
+    for budget_gb in [24, 16, 10] {
+        let budget = budget_gb * GIB;
+        let plan = MemoryPlan::decide(&inputs, Some(budget)).unwrap();
+        eprintln!("{budget_gb} GB: {}", plan.summary());
+        let DitPlacement::BlockSwap {
+            resident_blocks,
+            total_blocks,
+        } = plan.dit
+        else {
+            panic!("{budget_gb} GB: {:?}", plan.dit);
+        };
+        assert_eq!(total_blocks, 40);
+        assert!(resident_blocks >= 1, "{budget_gb} GB");
+        assert_eq!(plan.text_encoder, Placement::Cpu, "{budget_gb} GB");
+        let tile = plan.vae_tile.unwrap();
+        assert!(
+            (MIN_VAE_TILE..104).contains(&tile),
+            "{budget_gb} GB: tile {tile}"
+        );
+        assert!(
+            plan.predicted.peak <= budget,
+            "{budget_gb} GB: {}",
+            plan.summary()
+        );
+        resident.push(resident_blocks);
+    }
+    assert!(
+        resident[0] > resident[1] && resident[1] > resident[2],
+        "{resident:?}"
+    );
+    // 24 GB: (24 − 6.7 activations − 0.4 non-block) / 0.65 per block − 1 in flight.
+    assert!((20..=27).contains(&resident[0]), "{resident:?}");
+}
+
+#[test]
+fn every_budget_that_is_planned_is_respected() {
+    let inputs = a14b_bf16(832, 480, 81);
+    for budget_gb in 8..=96 {
+        if let Ok(plan) = MemoryPlan::decide(&inputs, Some(budget_gb * GIB)) {
+            assert!(plan.predicted.peak <= budget_gb * GIB, "{}", plan.summary());
+        }
+    }
+}
+
+#[test]
+fn a_render_that_cannot_fit_is_refused_with_what_to_change() {
+    let inputs = a14b_bf16(1280, 720, 81);
+    let error = MemoryPlan::decide(&inputs, Some(10 * GIB)).unwrap_err();
+    let EngineError::MemoryPlanRefused { problem } = &error else {
+        panic!("{error:?}");
+    };
+    for wanted in [
+        "smaller resolution",
+        "fewer frames",
+        "float8",
+        "--reserve-vram",
+        "10.0 GB",
+    ] {
+        assert!(problem.contains(wanted), "{wanted:?} missing: {problem}");
+    }
+    // The same clip at 480p fits the same budget.
+    assert!(MemoryPlan::decide(&a14b_bf16(832, 480, 81), Some(10 * GIB)).is_ok());
+    // With float8 experts the message no longer suggests them.
+    let mut fp8 = inputs;
+    fp8.sizes.dit_is_float8 = true;
+    let message = MemoryPlan::decide(&fp8, Some(10 * GIB))
+        .unwrap_err()
+        .to_string();
+    assert!(!message.contains("float8"), "{message}");
+}
+
+#[test]
+fn sizes_are_read_from_headers_at_the_resident_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let dim = 256;
+    let mut tensors: Vec<(String, &str, Vec<usize>)> = vec![
+        (
+            "model.diffusion_model.patch_embedding.weight".to_owned(),
+            "BF16",
+            vec![dim, 36, 1, 2, 2],
+        ),
+        (
+            "model.diffusion_model.head.head.weight".to_owned(),
+            "BF16",
+            vec![64, dim],
+        ),
+    ];
+    for block in 0..3 {
+        for (name, shape) in [
+            ("self_attn.q.weight", vec![dim, dim]),
+            ("ffn.0.weight", vec![1024, dim]),
+            ("ffn.2.weight", vec![dim, 1024]),
+        ] {
+            tensors.push((
+                format!("model.diffusion_model.blocks.{block}.{name}"),
+                "F8_E4M3",
+                shape,
+            ));
+            tensors.push((
+                format!("model.diffusion_model.blocks.{block}.{name}_scale"),
+                "F32",
+                vec![1],
+            ));
+        }
+    }
+    // `weight_scale` marks ComfyUI's scaled float8.
+    let path = dir.path().join("dit_fp8.safetensors");
+    let borrowed: Vec<(&str, &str, &[usize])> = tensors
+        .iter()
+        .map(|(n, d, s)| (n.as_str(), *d, s.as_slice()))
+        .collect();
+    fake_safetensors(&path, &borrowed, &[]);
+    let (dit, fp8) = sizes::dit_size(&sizes::headers(&path).unwrap(), 2).unwrap();
+    assert!(fp8);
+    assert_eq!((dit.dim, dit.ffn_dim, dit.num_blocks), (256, 1024, 3));
+    // Float8 stays one byte; the f32 scales become bf16.
+    assert_eq!(dit.block_weights, (256 * 256 + 2 * 1024 * 256) + 3 * 2);
+    assert_eq!(dit.non_block_weights, (256 * 36 * 4 + 64 * 256) * 2);
+
+    // A PyTorch checkpoint (the official Wan2.1_VAE.pth) is sized from its file.
+    let pth = dir.path().join("Wan2.1_VAE.pth");
+    let mut pickle = vec![0x80, 2];
+    pickle.resize(1000, 0);
+    std::fs::write(&pth, pickle).unwrap();
+    assert_eq!(sizes::model_bytes_at(&pth, 4).unwrap(), 2000);
+    assert_eq!(sizes::model_bytes_at(&pth, 2).unwrap(), 1000);
+
+    let not_dit = dir.path().join("vae.safetensors");
+    fake_safetensors(&not_dit, &[("decoder.conv1.weight", "F32", &[4, 4])], &[]);
+    assert_eq!(
+        sizes::model_bytes(&sizes::headers(&not_dit).unwrap(), 4),
+        64
+    );
+    assert!(matches!(
+        sizes::dit_size(&sizes::headers(&not_dit).unwrap(), 2),
+        Err(EngineError::BadModelFile { .. })
+    ));
+}
+
+#[test]
+fn float8_experts_run_whole_where_bf16_ones_need_block_swapping() {
+    let mut fp8 = a14b_bf16(832, 480, 81);
+    let dit = DitSize::from_architecture(5120, 13824, 40, 4096, 36, 1);
+    fp8.sizes.dit = dit;
+    fp8.sizes.high_noise_weights = dit.total();
+    fp8.sizes.low_noise_weights = dit.total();
+    fp8.sizes.dit_is_float8 = true;
+    let bf16 = MemoryPlan::decide(&a14b_bf16(832, 480, 81), Some(24 * GIB)).unwrap();
+    assert!(matches!(bf16.dit, DitPlacement::BlockSwap { .. }));
+    let plan = MemoryPlan::decide(&fp8, Some(24 * GIB)).unwrap();
+    assert_eq!(plan.dit, DitPlacement::OneAtATime, "{}", plan.summary());
+    assert!(plan.predicted.peak <= 24 * GIB);
+}
