@@ -60,6 +60,8 @@ impl InterpolateForm {
             input: input.clone(),
             frames_fps: self.frames_fps,
             multiplier: self.multiplier,
+            // The form offers multipliers; a target frame rate is a CLI flag for now.
+            target_fps: None,
             loop_clip: self.loop_clip,
             output: self.output_for(input),
         };

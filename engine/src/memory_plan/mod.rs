@@ -162,8 +162,10 @@ pub fn dit_activation_peak(dit: &DitSize, tokens: u64, activation_bytes: u64) ->
     let stream = 2 * l * d * 4;
     let qkv = 3 * l * d * a;
     let attention_out = l * d * a;
-    let scores =
-        2 * 4 * (dit.num_heads * l * l).min(crate::wan::attention::MAX_SCORE_ELEMENTS as u64);
+    let scores = 2
+        * 4
+        * (dit.num_heads * l * l)
+            .min(stillmotion_kernels::attention::reference::MAX_SCORE_ELEMENTS as u64);
     let ffn_hidden = 2 * l * f * a;
     stream + qkv + attention_out + scores + ffn_hidden
 }
