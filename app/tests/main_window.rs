@@ -816,6 +816,14 @@ fn a_real_render_of_tiny_models_plays_enters_history_and_restores() {
     );
     let job = harness.state().jobs().entries()[0].clone();
     assert!(matches!(job.state, JobState::Finished { .. }), "{job:?}");
+    // The real pipeline's denoising steps reached the live preview (the last one is kept).
+    let (preview_job, preview) = harness.state().live_preview().unwrap();
+    assert_eq!(preview_job, job.id);
+    assert_eq!((preview.step, preview.total_steps), (3, 4));
+    assert_eq!(
+        (preview.width, preview.height, preview.frames.len()),
+        (8, 6, 2)
+    );
     let entry = harness.state().history().entries()[0].clone();
     assert_eq!(entry.path, dir.path().join("stillmotion-5.mp4"));
     let player = harness.state().player().unwrap();
@@ -864,4 +872,106 @@ fn a_real_render_of_tiny_models_plays_enters_history_and_restores() {
     harness.run();
     assert!(harness.state().history().entries().is_empty());
     assert!(entry.path.is_file());
+}
+
+/// A render that runs the engine's real denoising loop (16-channel latents, 3 Euler steps) with a
+/// network that always predicts a clean latent of zero, and stops at step one until cancelled.
+struct DenoiseThenWait;
+
+struct TowardsZero;
+
+impl stillmotion_engine::sampling::Denoiser for TowardsZero {
+    fn predict_flow(
+        &mut self,
+        latents: &candle_core::Tensor,
+        _timestep: f32,
+        _expert: stillmotion_engine::sampling::Expert,
+        _branch: stillmotion_engine::sampling::Branch,
+    ) -> Result<candle_core::Tensor, EngineError> {
+        // x = (1 − σ) x0 + σ n with x0 = 0 gives the flow v = n − x0 = x / σ; σ = 1 at step one.
+        Ok(latents.clone())
+    }
+}
+
+impl JobRunner for DenoiseThenWait {
+    fn run(&mut self, kind: &JobKind, ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
+        use stillmotion_engine::sampling::{FlowEuler, LoopConfig, ScheduleKind, denoise};
+        let JobKind::Render(_) = kind else {
+            panic!("only renders here");
+        };
+        let noise = candle_core::Tensor::ones(
+            (1, 16, 2, 6, 8),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let mut sampler = FlowEuler::new(ScheduleKind::Simple, 3, 5.0).unwrap();
+        let cfg = LoopConfig {
+            cfg_high_noise: 1.0,
+            cfg_low_noise: 1.0,
+            ..LoopConfig::i2v_a14b()
+        };
+        denoise(&mut TowardsZero, &mut sampler, noise, &cfg, |step| {
+            ctx.progress(Stage::DenoisingHighNoise, step.index as u32 + 1, 3);
+            for _ in 0..1000 {
+                ctx.check()?;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            panic!("the test never cancelled");
+        })?;
+        unreachable!("the loop waits for the cancel at step one")
+    }
+
+    fn unload(&mut self) {}
+}
+
+#[test]
+fn the_live_preview_shows_step_one_and_the_job_can_be_stopped_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "field.png", 64, 48);
+    let options = isolated(Some(png));
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_eframe(move |cc| StillmotionApp::new(cc, options, DenoiseThenWait));
+    harness.run();
+    ready_to_render(&mut harness, dir.path(), "a field of wheat in the wind", 3);
+    harness.get_by_label("Render").click();
+    run_until(&mut harness, "the first step's preview", |app| {
+        app.live_preview().is_some()
+    });
+    harness.run();
+    let (job_id, preview) = harness.state().live_preview().unwrap();
+    assert_eq!((preview.step, preview.total_steps), (0, 3));
+    assert_eq!(
+        (preview.width, preview.height, preview.frames.len()),
+        (8, 6, 2)
+    );
+    // The predicted clean latent (zero) is shown, not the noisy sample (ones): zero latents
+    // project to the bias alone, ((b + 1) / 2 × 255) of Wan2.1's (−0.1835, −0.0868, −0.3360).
+    assert!(
+        preview
+            .frames
+            .iter()
+            .flatten()
+            .copied()
+            .collect::<Vec<u8>>()
+            .chunks(3)
+            .all(|p| p == [104, 116, 84]),
+        "{:?}",
+        &preview.frames[0][..6]
+    );
+    harness.get_by_label("Live preview · step 1/3");
+    harness.get_by_label("Live preview, latent frame 1");
+
+    harness.get_by_label("Cancel").click();
+    run_until(&mut harness, "the cancel", |app| {
+        app.jobs()
+            .get(job_id)
+            .is_some_and(|job| job.state == JobState::Cancelled)
+    });
+    harness.run();
+    assert!(
+        harness.query_by_label_contains("Live preview").is_none(),
+        "the preview goes once its job ends"
+    );
 }

@@ -9,10 +9,12 @@ use stillmotion_engine::image_input;
 use stillmotion_engine::preset::{self, Preset};
 use stillmotion_engine::recipe::Recipe;
 use stillmotion_engine::runtime::{Command, EngineHandle, Event, JobId, JobKind, JobRunner};
+use stillmotion_engine::sampling::LatentPreview;
 
 use super::history::{self, History, HistoryEntry, Thumbnail};
 use super::interpolate::{self, InterpolateForm};
 use super::jobs::{self, JobList};
+use super::live_preview::{self, LivePreview, PreviewSlot, PreviewingRunner};
 use super::player::{self, ClipPlayer};
 use super::settings::{self, ModelSlot, Settings};
 use super::source_image::{self, SourceImage};
@@ -135,6 +137,9 @@ pub struct StillmotionApp {
     clip_factors: HashMap<PathBuf, u32>,
     thumbnail_sender: Sender<Thumbnail>,
     thumbnail_receiver: Receiver<Thumbnail>,
+    /// The latest denoising step's preview (shown while its job runs).
+    live_preview: Option<LivePreview>,
+    preview_slot: PreviewSlot,
 }
 
 impl StillmotionApp {
@@ -189,6 +194,7 @@ impl StillmotionApp {
             tracing::warn!("history thumbnails are unavailable: {e}");
         }
         let wake_ctx = cc.egui_ctx.clone();
+        let (runner, preview_slot) = PreviewingRunner::new(runner, cc.egui_ctx.clone());
         let engine = match EngineHandle::spawn(runner, move || wake_ctx.request_repaint()) {
             Ok(engine) => Some(engine),
             Err(e) => {
@@ -227,7 +233,17 @@ impl StillmotionApp {
             clip_factors: HashMap::new(),
             thumbnail_sender,
             thumbnail_receiver,
+            live_preview: None,
+            preview_slot,
         }
+    }
+
+    /// The latest live preview of a render's denoising, and its job (kept after the job ends).
+    #[must_use]
+    pub fn live_preview(&self) -> Option<(JobId, &LatentPreview)> {
+        self.live_preview
+            .as_ref()
+            .map(|live| (live.job_id, &live.preview))
     }
 
     /// The render settings.
@@ -697,6 +713,14 @@ impl eframe::App for StillmotionApp {
                 }
             }
         }
+        let newest = self
+            .preview_slot
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take());
+        if let Some((job_id, preview)) = newest {
+            self.live_preview = Some(LivePreview::new(ctx, job_id, preview));
+        }
         for (path, frame) in self.thumbnail_receiver.try_iter() {
             let (width, height) = frame.dimensions();
             let image =
@@ -828,6 +852,22 @@ impl eframe::App for StillmotionApp {
                 });
             });
         egui::CentralPanel::default().show(ui, |ui| {
+            let live = self.live_preview.as_ref().filter(|live| {
+                self.jobs
+                    .get(live.job_id)
+                    .is_some_and(jobs::JobEntry::is_active)
+            });
+            if let Some(live) = live {
+                let source_height = (ui.available_height() * 0.35).max(120.0);
+                let width = ui.available_width();
+                ui.allocate_ui(egui::vec2(width, source_height), |ui| {
+                    ui.set_max_height(source_height);
+                    actions.extend(source_image::show(ui, self.source.as_ref()));
+                });
+                ui.separator();
+                live_preview::show(ui, live);
+                return;
+            }
             let Some(player) = &mut self.player else {
                 actions.extend(source_image::show(ui, self.source.as_ref()));
                 return;
