@@ -975,3 +975,102 @@ fn the_live_preview_shows_step_one_and_the_job_can_be_stopped_there() {
         "the preview goes once its job ends"
     );
 }
+
+/// Records the prompt of each render it starts; holds the first one until it is cancelled, then
+/// renders like [`Steps`].
+struct HoldFirst {
+    started: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl JobRunner for HoldFirst {
+    fn run(&mut self, kind: &JobKind, ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
+        let JobKind::Render(recipe) = kind else {
+            panic!("only renders here");
+        };
+        let first = {
+            let mut started = self.started.lock().unwrap();
+            started.push(recipe.prompt.clone());
+            started.len() == 1
+        };
+        if first {
+            ctx.progress(Stage::DenoisingHighNoise, 1, 4);
+            for _ in 0..1000 {
+                ctx.check()?;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            panic!("the test never cancelled the first job");
+        }
+        Steps(2).run(kind, ctx)
+    }
+
+    fn unload(&mut self) {}
+}
+
+#[test]
+fn waiting_jobs_can_be_reordered_removed_and_cancelled_before_they_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "sea.png", 64, 48);
+    let options = StartOptions {
+        preset_dir: Some(dir.path().join("no-presets")),
+        ..isolated(Some(png))
+    };
+    let started = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let runner = HoldFirst {
+        started: started.clone(),
+    };
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_eframe(move |cc| StillmotionApp::new(cc, options, runner));
+    harness.run();
+    for (seed, prompt) in [(1, "first"), (2, "second"), (3, "third"), (4, "fourth")] {
+        ready_to_render(&mut harness, dir.path(), prompt, seed);
+        harness.state_mut().settings_mut().output_dir = Some(dir.path().to_owned());
+        harness.get_by_label("Render").click();
+        harness.run();
+    }
+    run_until(&mut harness, "the first job to run", |app| {
+        app.jobs().entries()[0].progress.is_some()
+    });
+    harness.run();
+    let ids: Vec<_> = harness
+        .state()
+        .jobs()
+        .entries()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(harness.state().jobs().waiting(), ids[1..]);
+    harness.get_by_label_contains("high-noise expert · step 1/4");
+    harness.get_by_label("waiting (3 ahead)");
+
+    // The third job moves before the second; the fourth is removed; the second is cancelled.
+    harness.get_all_by_label("Move up").nth(1).unwrap().click();
+    harness.run();
+    assert_eq!(harness.state().jobs().waiting(), [ids[2], ids[1], ids[3]]);
+    harness
+        .get_all_by_label("Remove from queue")
+        .nth(2)
+        .unwrap()
+        .click();
+    harness.run();
+    assert_eq!(harness.state().jobs().waiting(), [ids[2], ids[1]]);
+    assert!(harness.state().jobs().get(ids[3]).is_none());
+    harness.get_all_by_label("Cancel").nth(2).unwrap().click();
+    harness.run();
+    assert_eq!(harness.state().jobs().waiting(), [ids[2]]);
+    assert_eq!(
+        harness.state().jobs().get(ids[1]).unwrap().state,
+        JobState::Cancelled
+    );
+
+    // Cancelling the running job lets the next waiting one run.
+    harness.get_all_by_label("Cancel").next().unwrap().click();
+    run_until(&mut harness, "the third job to finish", |app| {
+        matches!(
+            app.jobs().get(ids[2]).unwrap().state,
+            JobState::Finished { .. }
+        )
+    });
+    assert_eq!(*started.lock().unwrap(), ["first", "third"]);
+    assert_eq!(harness.state().history().entries().len(), 1);
+}

@@ -66,6 +66,12 @@ pub enum UiAction {
     Render,
     /// Cancel a queued or running job.
     CancelJob(JobId),
+    /// Run this waiting job one place earlier.
+    MoveJobUp(JobId),
+    /// Run this waiting job one place later.
+    MoveJobDown(JobId),
+    /// Take a waiting or ended job off the queue.
+    RemoveJob(JobId),
     /// Load this clip into the preview player and play it.
     PreviewClip(PathBuf),
     /// Open this file with the system's default program.
@@ -346,7 +352,23 @@ impl StillmotionApp {
             }
             UiAction::ChooseOutputFolder => self.open_dialog(ctx, DialogPurpose::OutputFolder),
             UiAction::Render => self.submit_render(),
-            UiAction::CancelJob(job_id) => self.outbox.push_back(Command::Cancel(job_id)),
+            UiAction::CancelJob(job_id) => {
+                if self.jobs.cancel_waiting(job_id) {
+                    self.render_recipes.remove(&job_id);
+                    self.interpolation_jobs.remove(&job_id);
+                } else {
+                    self.outbox.push_back(Command::Cancel(job_id));
+                }
+            }
+            UiAction::MoveJobUp(job_id) => self.jobs.move_waiting(job_id, true),
+            UiAction::MoveJobDown(job_id) => self.jobs.move_waiting(job_id, false),
+            UiAction::RemoveJob(job_id) => {
+                if self.jobs.get(job_id).is_some_and(|job| !job.is_at_engine()) {
+                    self.render_recipes.remove(&job_id);
+                    self.interpolation_jobs.remove(&job_id);
+                    self.jobs.remove(job_id);
+                }
+            }
             UiAction::PreviewClip(path) => {
                 let factor = self.interpolation_factor_of(&path);
                 let mut player = ClipPlayer::open(ctx, path, true);
@@ -576,14 +598,12 @@ impl StillmotionApp {
                     || request.input.display().to_string(),
                     |name| name.to_string_lossy().into_owned(),
                 );
-                let job_id = self
-                    .jobs
-                    .add(format!("Interpolate {name} ×{}", request.multiplier));
-                self.interpolation_jobs.insert(job_id, request.multiplier);
-                self.outbox.push_back(Command::Submit {
-                    job_id,
-                    kind: JobKind::Interpolate(Box::new(request)),
-                });
+                let multiplier = request.multiplier;
+                let job_id = self.jobs.add(
+                    format!("Interpolate {name} ×{multiplier}"),
+                    JobKind::Interpolate(Box::new(request)),
+                );
+                self.interpolation_jobs.insert(job_id, multiplier);
                 self.interpolate.open = false;
                 self.error = None;
             }
@@ -626,12 +646,10 @@ impl StillmotionApp {
             return;
         }
         let title: String = recipe.prompt.chars().take(48).collect();
-        let job_id = self.jobs.add(title);
-        self.render_recipes.insert(job_id, recipe.clone());
-        self.outbox.push_back(Command::Submit {
-            job_id,
-            kind: JobKind::Render(Box::new(recipe)),
-        });
+        let job_id = self
+            .jobs
+            .add(title, JobKind::Render(Box::new(recipe.clone())));
+        self.render_recipes.insert(job_id, recipe);
         self.error = None;
     }
 
@@ -640,6 +658,9 @@ impl StillmotionApp {
         let Some(engine) = &self.engine else {
             return;
         };
+        if let Some((job_id, kind)) = self.jobs.next_for_engine() {
+            self.outbox.push_back(Command::Submit { job_id, kind });
+        }
         while let Some(command) = self.outbox.pop_front() {
             match engine.try_send(command.clone()) {
                 Ok(true) => {}
@@ -735,6 +756,8 @@ impl eframe::App for StillmotionApp {
         if let Some(player) = &mut self.player {
             player.poll(ctx);
         }
+        // A job that just ended lets the next waiting one go now, not on the next input.
+        self.flush_outbox();
         if !self.outbox.is_empty() {
             ctx.request_repaint_after(std::time::Duration::from_millis(50));
         }
