@@ -74,6 +74,7 @@ fn isolated(image: Option<PathBuf>) -> StartOptions {
         gpu_available: Some(false),
         image,
         preset_dir: Some(std::env::temp_dir().join("stillmotion-tests-no-user-presets")),
+        models_view_at_start: Some(false),
     }
 }
 
@@ -1073,4 +1074,152 @@ fn waiting_jobs_can_be_reordered_removed_and_cancelled_before_they_run() {
     });
     assert_eq!(*started.lock().unwrap(), ["first", "third"]);
     assert_eq!(harness.state().history().entries().len(), 1);
+}
+
+/// Writes a safetensors file whose header lists `tensors` (name, dtype, shape); the data is a
+/// sparse hole of the right length (the scan reads headers only).
+fn fake_safetensors(path: &Path, tensors: &[(&str, &str, &[usize])]) {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0_u64;
+    for (name, dtype, shape) in tensors {
+        let width = if *dtype == "BF16" { 2 } else { 1 };
+        let end = offset + shape.iter().product::<usize>() as u64 * width;
+        header.insert(
+            (*name).to_owned(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let text = serde_json::Value::Object(header).to_string();
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(text.as_bytes());
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(bytes.len() as u64 + offset)
+        .unwrap();
+}
+
+/// A ComfyUI `models/` tree with the Wan2.2 I2V-A14B files (no LoRA) and a broken VAE file.
+fn comfyui_models(root: &Path) -> PathBuf {
+    let models = root.join("models");
+    for noise in ["high", "low"] {
+        fake_safetensors(
+            &models.join("diffusion_models").join(format!(
+                "wan2.2_i2v_{noise}_noise_14B_fp8_scaled.safetensors"
+            )),
+            &[
+                (
+                    "model.diffusion_model.patch_embedding.weight",
+                    "BF16",
+                    &[5120, 36, 1, 2, 2],
+                ),
+                (
+                    "model.diffusion_model.blocks.0.self_attn.q.weight",
+                    "F8_E4M3",
+                    &[5120, 5120],
+                ),
+            ],
+        );
+    }
+    fake_safetensors(
+        &models
+            .join("text_encoders")
+            .join("umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+        &[
+            ("shared.weight", "F8_E4M3", &[256_384, 4096]),
+            (
+                "encoder.block.0.layer.0.SelfAttention.q.weight",
+                "F8_E4M3",
+                &[4096, 4096],
+            ),
+        ],
+    );
+    fake_safetensors(
+        &models.join("vae").join("wan_2.1_vae.safetensors"),
+        &[
+            ("decoder.conv1.weight", "BF16", &[384, 16, 3, 3, 3]),
+            ("encoder.conv1.weight", "BF16", &[96, 3, 3, 3, 3]),
+        ],
+    );
+    std::fs::write(
+        models.join("vae").join("wan2.2_vae.safetensors"),
+        b"cut short",
+    )
+    .unwrap();
+    models
+}
+
+#[test]
+fn first_start_opens_the_models_view_which_scans_a_comfyui_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = comfyui_models(dir.path());
+    let options = StartOptions {
+        models_view_at_start: None,
+        ..isolated(None)
+    };
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_eframe(move |cc| StillmotionApp::new(cc, options, Steps(1)));
+    harness.run();
+    // Nothing is known on a first start: the view is open and asks for the folder.
+    assert!(harness.state().models_view().open);
+    harness.get_by_label("Choose models folder…");
+
+    harness.state_mut().settings_mut().models_folder = Some(models.clone());
+    harness.state_mut().perform(UiAction::ScanModels);
+    run_until(&mut harness, "the scan", |app| {
+        app.models_view().report.is_some()
+    });
+    harness.run();
+    harness.get_by_label_contains("5 model files found in");
+    // The official presets need no LoRA: ready. The 4-step ones miss theirs and say where it
+    // goes; the 5B ones find the broken Wan2.2 VAE and say why it cannot serve.
+    harness.get_by_label("Use these files for Wan2.2 14B · official · 480p");
+    assert!(
+        harness
+            .query_all_by_label_contains("missing. Get the lightx2v-4step LoRA")
+            .count()
+            >= 4
+    );
+    let broken = harness
+        .get_all_by_label_contains("vae/wan2.2_vae.safetensors")
+        .count();
+    assert!(
+        broken >= 2,
+        "both 5B presets say why the Wan2.2 VAE is unusable"
+    );
+    assert!(harness.get_all_by_label_contains("unusable: ").count() >= 2);
+    let present = "present: wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors (";
+    assert!(harness.get_all_by_label_contains(present).count() >= 4);
+
+    harness
+        .get_by_label("Use these files for Wan2.2 14B · official · 480p")
+        .click();
+    harness.run();
+    let settings = harness.state().settings();
+    assert_eq!(settings.preset, "wan22-i2v-a14b-official-480p");
+    assert_eq!(
+        settings.high_noise.as_deref(),
+        Some(
+            models
+                .join("diffusion_models/wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors")
+                .as_path()
+        )
+    );
+    assert_eq!(
+        settings.vae.as_deref(),
+        Some(models.join("vae/wan_2.1_vae.safetensors").as_path())
+    );
+    assert!(!harness.state().models_view().open);
+    assert!(
+        harness
+            .state()
+            .notice()
+            .unwrap()
+            .contains("official · 480p")
+    );
 }

@@ -15,6 +15,7 @@ use super::history::{self, History, HistoryEntry, Thumbnail};
 use super::interpolate::{self, InterpolateForm};
 use super::jobs::{self, JobList};
 use super::live_preview::{self, LivePreview, PreviewSlot, PreviewingRunner};
+use super::models_view::{self, ModelsView};
 use super::player::{self, ClipPlayer};
 use super::settings::{self, ModelSlot, Settings};
 use super::source_image::{self, SourceImage};
@@ -50,6 +51,14 @@ pub enum UiAction {
     SubmitInterpolation,
     /// Show the native file dialog to choose a source image.
     OpenImageDialog,
+    /// Show the Models view.
+    OpenModels,
+    /// Choose the models folder with the native dialog (then scan it).
+    ChooseModelsFolder,
+    /// Scan the models folder again.
+    ScanModels,
+    /// Use the files the last scan found for the preset at this index of the picker.
+    UseScannedModels(usize),
     /// Load this file as the source image.
     LoadImage(PathBuf),
     /// Hide the error banner.
@@ -86,6 +95,7 @@ enum DialogPurpose {
     SourceImage,
     ModelFile(ModelSlot),
     OutputFolder,
+    ModelsFolder,
     InterpolateInput,
     InterpolateOutput,
 }
@@ -99,6 +109,9 @@ pub struct StartOptions {
     pub preset_dir: Option<PathBuf>,
     /// Whether a CUDA GPU can render; `None` asks the driver (this build must have CUDA too).
     pub gpu_available: Option<bool>,
+    /// Whether the Models view opens at start; `None`: when no usable model files are known
+    /// (first start).
+    pub models_view_at_start: Option<bool>,
 }
 
 /// What persists between runs (eframe storage).
@@ -146,6 +159,9 @@ pub struct StillmotionApp {
     /// The latest denoising step's preview (shown while its job runs).
     live_preview: Option<LivePreview>,
     preview_slot: PreviewSlot,
+    models: ModelsView,
+    /// Open the Models view when the start-up scan finds nothing usable.
+    models_check_pending: bool,
 }
 
 impl StillmotionApp {
@@ -212,7 +228,7 @@ impl StillmotionApp {
             let info = render_state.adapter.get_info();
             format!("{} ({:?})", info.name, info.backend)
         });
-        Self {
+        let mut app = Self {
             state,
             presets,
             shipped_count,
@@ -241,7 +257,55 @@ impl StillmotionApp {
             thumbnail_receiver,
             live_preview: None,
             preview_slot,
+            models: ModelsView::default(),
+            models_check_pending: false,
+        };
+        app.check_models_at_start(&cc.egui_ctx, options.models_view_at_start);
+        app
+    }
+
+    /// First start: open the Models view when no usable model files are known (after scanning
+    /// the models folder, when one was chosen before).
+    fn check_models_at_start(&mut self, ctx: &egui::Context, at_start: Option<bool>) {
+        let files_known = self.settings_files_exist();
+        match (at_start, self.state.settings.models_folder.clone()) {
+            (Some(open), folder) => {
+                self.models.open = open;
+                if let Some(folder) = folder {
+                    self.scan_models(ctx, folder);
+                }
+            }
+            (None, Some(folder)) => {
+                self.models_check_pending = !files_known;
+                self.scan_models(ctx, folder);
+            }
+            (None, None) => self.models.open = !files_known,
         }
+    }
+
+    /// Whether every model file the settings name exists.
+    fn settings_files_exist(&self) -> bool {
+        let settings = &self.state.settings;
+        [
+            &settings.high_noise,
+            &settings.low_noise,
+            &settings.text_encoder,
+            &settings.vae,
+        ]
+        .iter()
+        .all(|file| file.as_ref().is_some_and(|path| path.is_file()))
+    }
+
+    fn scan_models(&mut self, ctx: &egui::Context, folder: PathBuf) {
+        if let Err(message) = self.models.start_scan(ctx, folder, &self.presets) {
+            self.error = Some(message);
+        }
+    }
+
+    /// The Models view's state (its last scan), for tests.
+    #[must_use]
+    pub fn models_view(&self) -> &ModelsView {
+        &self.models
     }
 
     /// The latest live preview of a render's denoising, and its job (kept after the job ends).
@@ -351,6 +415,14 @@ impl StillmotionApp {
                 self.open_dialog(ctx, DialogPurpose::ModelFile(slot));
             }
             UiAction::ChooseOutputFolder => self.open_dialog(ctx, DialogPurpose::OutputFolder),
+            UiAction::OpenModels => self.models.open = true,
+            UiAction::ChooseModelsFolder => self.open_dialog(ctx, DialogPurpose::ModelsFolder),
+            UiAction::ScanModels => {
+                if let Some(folder) = self.state.settings.models_folder.clone() {
+                    self.scan_models(ctx, folder);
+                }
+            }
+            UiAction::UseScannedModels(index) => self.use_scanned_models(index),
             UiAction::Render => self.submit_render(),
             UiAction::CancelJob(job_id) => {
                 if self.jobs.cancel_waiting(job_id) {
@@ -532,7 +604,9 @@ impl StillmotionApp {
                 .as_deref()
                 .and_then(std::path::Path::parent)
                 .map(PathBuf::from),
-            DialogPurpose::ModelFile(_) | DialogPurpose::OutputFolder => None,
+            DialogPurpose::ModelFile(_)
+            | DialogPurpose::OutputFolder
+            | DialogPurpose::ModelsFolder => None,
         };
         let default_output = self.interpolate.input.as_deref().map(|input| {
             self.interpolate
@@ -560,6 +634,9 @@ impl StillmotionApp {
                         .add_filter("Model files", &["safetensors", "gguf", "pth"])
                         .pick_file(),
                     DialogPurpose::OutputFolder => dialog.set_title("Output folder").pick_folder(),
+                    DialogPurpose::ModelsFolder => dialog
+                        .set_title("Models folder (ours or ComfyUI's models/)")
+                        .pick_folder(),
                     DialogPurpose::InterpolateInput => dialog
                         .set_title("Clip to interpolate")
                         .add_filter("Videos", CLIP_EXTENSIONS_TO_INTERPOLATE)
@@ -585,9 +662,34 @@ impl StillmotionApp {
             DialogPurpose::SourceImage => self.pending.push(UiAction::LoadImage(path)),
             DialogPurpose::ModelFile(slot) => self.state.settings.set_model_path(slot, path),
             DialogPurpose::OutputFolder => self.state.settings.output_dir = Some(path),
+            DialogPurpose::ModelsFolder => {
+                self.state.settings.models_folder = Some(path);
+                self.pending.push(UiAction::ScanModels);
+            }
             DialogPurpose::InterpolateInput => self.interpolate.input = Some(path),
             DialogPurpose::InterpolateOutput => self.interpolate.output = Some(path),
         }
+    }
+
+    /// Takes the files the last scan found for the preset at `index`, and switches to it.
+    fn use_scanned_models(&mut self, index: usize) {
+        let Some((_, report)) = &self.models.report else {
+            return;
+        };
+        let (Some(status), Some((stem, preset))) =
+            (report.presets.get(index), self.presets.get(index))
+        else {
+            return;
+        };
+        let [high_noise, low_noise, text_encoder, vae] = models_view::files_of(status);
+        let settings = &mut self.state.settings;
+        settings.apply_preset(stem, preset);
+        settings.high_noise = high_noise;
+        settings.low_noise = low_noise;
+        settings.text_encoder = text_encoder;
+        settings.vae = vae;
+        self.notice = Some(format!("Using the model files found for “{}”", preset.name));
+        self.models.open = false;
     }
 
     /// Queues RIFE over an existing clip (no video model needed).
@@ -756,6 +858,9 @@ impl eframe::App for StillmotionApp {
         if let Some(player) = &mut self.player {
             player.poll(ctx);
         }
+        if self.models.poll() && std::mem::take(&mut self.models_check_pending) {
+            self.models.open |= !self.models.any_preset_ready();
+        }
         // A job that just ended lets the next waiting one go now, not on the next input.
         self.flush_outbox();
         if !self.outbox.is_empty() {
@@ -811,6 +916,16 @@ impl eframe::App for StillmotionApp {
                     .clicked()
                 {
                     actions.push(UiAction::OpenInterpolate);
+                }
+                if ui
+                    .button("Models…")
+                    .on_hover_text(
+                        "Which model files each preset needs, which are present, missing or \
+                         unusable, and where to get them",
+                    )
+                    .clicked()
+                {
+                    actions.push(UiAction::OpenModels);
                 }
                 if let Some(adapter) = &self.display_adapter {
                     ui.separator();
@@ -907,6 +1022,11 @@ impl eframe::App for StillmotionApp {
         });
 
         actions.extend(interpolate::show(ui.ctx(), &mut self.interpolate));
+        actions.extend(models_view::show(
+            ui.ctx(),
+            &mut self.models,
+            self.state.settings.models_folder.as_deref(),
+        ));
         if !actions.is_empty() {
             self.pending.extend(actions);
             ui.ctx().request_repaint();

@@ -75,6 +75,8 @@ pub struct Settings {
     pub vae: Option<PathBuf>,
     pub output_dir: Option<PathBuf>,
     pub reserve_vram_gb: f64,
+    /// The folder the Models view scans (ours, or a ComfyUI `models/` folder).
+    pub models_folder: Option<PathBuf>,
 }
 
 /// Serializable mirror of the engine's sampler kind.
@@ -123,6 +125,7 @@ impl Default for Settings {
             vae: None,
             output_dir: None,
             reserve_vram_gb: stillmotion_engine::recipe::DEFAULT_RESERVE_VRAM_GB,
+            models_folder: None,
         }
     }
 }
