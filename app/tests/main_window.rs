@@ -732,6 +732,13 @@ fn without_a_gpu_the_app_says_so_and_still_interpolates_clips() {
     // An interpolation has no render recipe, so it does not enter the render history.
     assert!(harness.state().history().entries().is_empty());
 
+    // The memory gauge beside the VRAM reserve says there is nothing to measure.
+    assert_eq!(
+        harness.state().gpu_memory(),
+        stillmotion_app::gui::GaugeReading::NoGpu
+    );
+    harness.get_by_label("No CUDA GPU: no memory gauge");
+
     // A GPU machine shows where rendering runs instead.
     let mut with_gpu = big_app(StartOptions {
         gpu_available: Some(true),

@@ -11,6 +11,7 @@ use stillmotion_engine::recipe::Recipe;
 use stillmotion_engine::runtime::{Command, EngineHandle, Event, JobId, JobKind, JobRunner};
 use stillmotion_engine::sampling::LatentPreview;
 
+use super::gpu_gauge::{GaugeReading, GpuGauge};
 use super::history::{self, History, HistoryEntry, Thumbnail};
 use super::interpolate::{self, InterpolateForm};
 use super::jobs::{self, JobList};
@@ -160,6 +161,7 @@ pub struct StillmotionApp {
     live_preview: Option<LivePreview>,
     preview_slot: PreviewSlot,
     models: ModelsView,
+    gpu_gauge: GpuGauge,
     /// Open the Models view when the start-up scan finds nothing usable.
     models_check_pending: bool,
 }
@@ -228,6 +230,9 @@ impl StillmotionApp {
             let info = render_state.adapter.get_info();
             format!("{} ({:?})", info.name, info.backend)
         });
+        let gpu_available = options
+            .gpu_available
+            .unwrap_or_else(stillmotion_engine::device::cuda_available);
         let mut app = Self {
             state,
             presets,
@@ -237,9 +242,7 @@ impl StillmotionApp {
             notice: None,
             source: None,
             compute_description: stillmotion_engine::device::availability_summary(),
-            gpu_available: options
-                .gpu_available
-                .unwrap_or_else(stillmotion_engine::device::cuda_available),
+            gpu_available,
             interpolate: InterpolateForm::default(),
             display_adapter,
             error,
@@ -258,6 +261,7 @@ impl StillmotionApp {
             live_preview: None,
             preview_slot,
             models: ModelsView::default(),
+            gpu_gauge: GpuGauge::start(&cc.egui_ctx, gpu_available),
             models_check_pending: false,
         };
         app.check_models_at_start(&cc.egui_ctx, options.models_view_at_start);
@@ -300,6 +304,12 @@ impl StillmotionApp {
         if let Err(message) = self.models.start_scan(ctx, folder, &self.presets) {
             self.error = Some(message);
         }
+    }
+
+    /// What the GPU memory gauge shows.
+    #[must_use]
+    pub fn gpu_memory(&self) -> GaugeReading {
+        self.gpu_gauge.reading()
     }
 
     /// The Models view's state (its last scan), for tests.
@@ -963,14 +973,23 @@ impl eframe::App for StillmotionApp {
             .resizable(true)
             .default_size(360.0)
             .show(ui, |ui| {
-                egui::ScrollArea::vertical().show(ui, |ui| {
-                    actions.extend(settings::show(
-                        ui,
-                        &mut self.state.settings,
-                        &self.presets,
-                        self.shipped_count,
-                        &mut self.new_preset_name,
-                    ));
+                // Render stays in view at the bottom however long the settings get.
+                ui.with_layout(egui::Layout::bottom_up(egui::Align::LEFT), |ui| {
+                    ui.add_space(4.0);
+                    actions.extend(settings::render_button(ui));
+                    ui.separator();
+                    ui.with_layout(egui::Layout::top_down(egui::Align::LEFT), |ui| {
+                        egui::ScrollArea::vertical().show(ui, |ui| {
+                            actions.extend(settings::show(
+                                ui,
+                                &mut self.state.settings,
+                                &self.presets,
+                                self.shipped_count,
+                                &mut self.new_preset_name,
+                                self.gpu_gauge.reading(),
+                            ));
+                        });
+                    });
                 });
             });
         egui::Panel::right("queue")

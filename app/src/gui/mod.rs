@@ -1,6 +1,7 @@
 //! The main window: state, per-frame logic, and drawing.
 
 mod app;
+mod gpu_gauge;
 mod history;
 mod interpolate;
 mod jobs;
@@ -12,6 +13,7 @@ mod source_image;
 mod user_presets;
 
 pub use app::{StartOptions, StillmotionApp, UiAction, run};
+pub use gpu_gauge::GaugeReading;
 pub use history::{History, HistoryEntry};
 pub use interpolate::InterpolateForm;
 pub use jobs::{JobEntry, JobList, JobState};

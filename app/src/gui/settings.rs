@@ -10,6 +10,7 @@ use stillmotion_engine::recipe::{
 };
 
 use super::UiAction;
+use super::gpu_gauge::GaugeReading;
 use crate::ui::theme;
 
 /// Which model file a "Choose…" button is for.
@@ -251,6 +252,7 @@ pub fn show(
     presets: &[(String, Preset)],
     shipped_count: usize,
     new_preset_name: &mut String,
+    gauge: GaugeReading,
 ) -> Option<UiAction> {
     let mut action = None;
     ui.heading("Settings");
@@ -416,6 +418,10 @@ pub fn show(
             .labelled_by(label.id)
             .on_hover_text("GPU memory left free for the desktop and other programs");
             ui.end_row();
+
+            ui.label("GPU memory");
+            super::gpu_gauge::show(ui, gauge, settings.reserve_vram_gb);
+            ui.end_row();
         });
 
     ui.separator();
@@ -449,14 +455,16 @@ pub fn show(
             action = Some(UiAction::ChooseOutputFolder);
         }
     });
-    ui.separator();
-    let render = ui
-        .add(egui::Button::new("Render").min_size(egui::vec2(120.0, 28.0)))
-        .on_hover_text("Add this render to the queue (Ctrl+Enter)");
-    if render.clicked() {
-        action = Some(UiAction::Render);
-    }
     action
+}
+
+/// The Render button (kept out of the settings' scroll area so it is always in view).
+#[must_use]
+pub fn render_button(ui: &mut egui::Ui) -> Option<UiAction> {
+    ui.add(egui::Button::new("Render").min_size(egui::vec2(120.0, 28.0)))
+        .on_hover_text("Add this render to the queue (Ctrl+Enter)")
+        .clicked()
+        .then_some(UiAction::Render)
 }
 
 #[cfg(test)]
