@@ -75,6 +75,7 @@ fn isolated(image: Option<PathBuf>) -> StartOptions {
         image,
         preset_dir: Some(std::env::temp_dir().join("stillmotion-tests-no-user-presets")),
         models_view_at_start: Some(false),
+        paste_dir: None,
     }
 }
 
@@ -1229,4 +1230,57 @@ fn first_start_opens_the_models_view_which_scans_a_comfyui_folder() {
             .unwrap()
             .contains("official · 480p")
     );
+}
+
+#[test]
+fn a_pasted_image_or_image_path_becomes_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let paste_dir = dir.path().join("pasted");
+    let options = StartOptions {
+        paste_dir: Some(paste_dir.clone()),
+        ..isolated(None)
+    };
+    let mut harness = app(options);
+    harness.run();
+    harness.get_by_label("Paste image");
+    harness.get_by_label("Drop an image here, paste one (Ctrl+V), or press Open…");
+
+    // What egui-winit sends for Ctrl+V when the clipboard holds an image.
+    let mut image = egui::ColorImage::filled([40, 24], egui::Color32::from_rgb(10, 200, 30));
+    image.pixels[0] = egui::Color32::from_rgb(250, 5, 5);
+    harness
+        .input_mut()
+        .events
+        .push(egui::Event::PasteImage(Arc::new(image)));
+    harness.run();
+    let source = harness
+        .state()
+        .source()
+        .expect("the pasted image is the source");
+    assert_eq!((source.width, source.height), (40, 24));
+    assert!(
+        source.path.starts_with(&paste_dir),
+        "{}",
+        source.path.display()
+    );
+    let saved = image::open(&source.path).unwrap().to_rgb8();
+    assert_eq!(saved.get_pixel(0, 0).0, [250, 5, 5]);
+    assert_eq!(saved.get_pixel(1, 0).0, [10, 200, 30]);
+
+    // A file manager's copy pastes the file's URI as text.
+    let png = write_png(dir.path(), "copied.png", 32, 16);
+    harness
+        .input_mut()
+        .events
+        .push(egui::Event::Paste(format!("file://{}", png.display())));
+    harness.run();
+    assert_eq!(harness.state().source().unwrap().path, png);
+    // Other text does nothing.
+    harness
+        .input_mut()
+        .events
+        .push(egui::Event::Paste("just words".to_owned()));
+    harness.run();
+    assert_eq!(harness.state().source().unwrap().path, png);
+    assert!(harness.state().error().is_none());
 }

@@ -52,6 +52,8 @@ pub enum UiAction {
     SubmitInterpolation,
     /// Show the native file dialog to choose a source image.
     OpenImageDialog,
+    /// Ask the window for the clipboard's content (an image arrives as a paste event).
+    PasteFromClipboard,
     /// Show the Models view.
     OpenModels,
     /// Choose the models folder with the native dialog (then scan it).
@@ -110,6 +112,9 @@ pub struct StartOptions {
     pub preset_dir: Option<PathBuf>,
     /// Whether a CUDA GPU can render; `None` asks the driver (this build must have CUDA too).
     pub gpu_available: Option<bool>,
+    /// Where pasted images are saved (a render's recipe names its image by path); `None`
+    /// means `<cache dir>/pasted`.
+    pub paste_dir: Option<PathBuf>,
     /// Whether the Models view opens at start; `None`: when no usable model files are known
     /// (first start).
     pub models_view_at_start: Option<bool>,
@@ -162,6 +167,9 @@ pub struct StillmotionApp {
     preview_slot: PreviewSlot,
     models: ModelsView,
     gpu_gauge: GpuGauge,
+    paste_dir: PathBuf,
+    /// An image pasted this frame, saved and loaded by `logic`.
+    pasted: Option<std::sync::Arc<egui::ColorImage>>,
     /// Open the Models view when the start-up scan finds nothing usable.
     models_check_pending: bool,
 }
@@ -262,6 +270,11 @@ impl StillmotionApp {
             preview_slot,
             models: ModelsView::default(),
             gpu_gauge: GpuGauge::start(&cc.egui_ctx, gpu_available),
+            paste_dir: options
+                .paste_dir
+                .clone()
+                .unwrap_or_else(|| stillmotion_engine::paths::cache_dir().join("pasted")),
+            pasted: None,
             models_check_pending: false,
         };
         app.check_models_at_start(&cc.egui_ctx, options.models_view_at_start);
@@ -410,6 +423,9 @@ impl StillmotionApp {
             UiAction::SubmitInterpolation => self.submit_interpolation(),
             UiAction::SavePreset(name) => self.save_preset(&name),
             UiAction::OpenImageDialog => self.open_dialog(ctx, DialogPurpose::SourceImage),
+            UiAction::PasteFromClipboard => {
+                ctx.send_viewport_cmd(egui::ViewportCommand::RequestPaste);
+            }
             UiAction::LoadImage(path) => self.load_image(ctx, path),
             UiAction::DismissError => {
                 self.error = None;
@@ -812,6 +828,12 @@ impl eframe::App for StillmotionApp {
                 self.dialog_answered(purpose, path);
             }
         }
+        if let Some(image) = self.pasted.take() {
+            match save_pasted(&self.paste_dir, &image) {
+                Ok(path) => self.load_image(ctx, path),
+                Err(message) => self.error = Some(message),
+            }
+        }
         for action in std::mem::take(&mut self.pending) {
             self.run_action(ctx, action);
         }
@@ -901,6 +923,25 @@ impl eframe::App for StillmotionApp {
             }
         }));
 
+        // Images paste anywhere; text only when no text field has focus (it takes the paste
+        // itself), and only when it names an image file (a file manager's copy).
+        let text_focused = ui.memory(|memory| memory.focused().is_some());
+        ui.input(|input| {
+            for event in &input.events {
+                match event {
+                    egui::Event::PasteImage(image) => self.pasted = Some(image.clone()),
+                    egui::Event::Paste(text) if !text_focused => {
+                        if let Some(path) = pasted_image_path(text) {
+                            actions.push(UiAction::LoadImage(path));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        if self.pasted.is_some() {
+            ui.ctx().request_repaint();
+        }
         egui::Panel::top("top_bar").show(ui, |ui| {
             ui.horizontal(|ui| {
                 ui.strong("Stillmotion");
@@ -1066,6 +1107,53 @@ fn multiplier_of(recipe: &Recipe) -> Option<u32> {
         }
         _ => None,
     }
+}
+
+/// Saves a pasted image as PNG in `dir` under a new name, for the recipe to name.
+fn save_pasted(dir: &std::path::Path, image: &egui::ColorImage) -> Result<PathBuf, String> {
+    let [width, height] = image.size;
+    let rgb: Vec<u8> = image
+        .pixels
+        .iter()
+        .flat_map(|pixel| [pixel.r(), pixel.g(), pixel.b()])
+        .collect();
+    let (Ok(width), Ok(height)) = (u32::try_from(width), u32::try_from(height)) else {
+        return Err("The pasted image is too large".to_owned());
+    };
+    let Some(buffer) = image::RgbImage::from_raw(width, height, rgb) else {
+        return Err("The pasted image is malformed".to_owned());
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis());
+    let path = dir.join(format!("pasted-{stamp}.png"));
+    std::fs::create_dir_all(dir)
+        .map_err(|error| error.to_string())
+        .and_then(|()| buffer.save(&path).map_err(|error| error.to_string()))
+        .map_err(|error| {
+            format!(
+                "Could not keep the pasted image (check the folder is writable): {error}: {}",
+                path.display()
+            )
+        })?;
+    Ok(path)
+}
+
+/// The image file a pasted text names (a path, or a `file://` URI as file managers copy),
+/// when it exists and has an image extension.
+fn pasted_image_path(text: &str) -> Option<PathBuf> {
+    let line = text.lines().next()?.trim();
+    let path = PathBuf::from(
+        line.strip_prefix("file://")
+            .unwrap_or(line)
+            .replace("%20", " "),
+    );
+    let is_image = path.extension().is_some_and(|ext| {
+        IMAGE_EXTENSIONS
+            .iter()
+            .any(|known| ext.eq_ignore_ascii_case(known))
+    });
+    (is_image && path.is_file()).then_some(path)
 }
 
 /// A fresh random seed (from the OS's randomly keyed hasher: no extra dependency needed).
