@@ -1230,6 +1230,14 @@ fn first_start_opens_the_models_view_which_scans_a_comfyui_folder() {
             .unwrap()
             .contains("official · 480p")
     );
+
+    // Escape closes the view from the keyboard.
+    harness.get_by_label("Models…").click();
+    harness.run();
+    assert!(harness.state().models_view().open);
+    harness.key_press(egui::Key::Escape);
+    harness.run();
+    assert!(!harness.state().models_view().open);
 }
 
 #[test]
@@ -1283,4 +1291,68 @@ fn a_pasted_image_or_image_path_becomes_the_source() {
     harness.run();
     assert_eq!(harness.state().source().unwrap().path, png);
     assert!(harness.state().error().is_none());
+}
+
+/// Snapshot images of the main states, rendered with wgpu (lavapipe on machines without a GPU)
+/// and compared with `app/tests/snapshots/*.png` (`UPDATE_SNAPSHOTS=1` rewrites them; look at
+/// them before committing). Every state shown is deterministic: fixed names and paths, no
+/// timings on screen.
+#[test]
+fn snapshots_of_the_main_states() {
+    let fixed = std::env::temp_dir().join("stillmotion-snapshots");
+    let _ = std::fs::remove_dir_all(&fixed);
+    std::fs::create_dir_all(&fixed).unwrap();
+    let build = |options: StartOptions, runner: DenoiseThenWait| {
+        Harness::builder()
+            .with_size(egui::vec2(1280.0, 800.0))
+            .wgpu()
+            .build_eframe(move |cc| StillmotionApp::new(cc, options, runner))
+    };
+
+    // First start: no image, the Models view asks for the folder.
+    let mut harness = build(
+        StartOptions {
+            models_view_at_start: Some(true),
+            ..isolated(None)
+        },
+        DenoiseThenWait,
+    );
+    harness.run();
+    harness.snapshot("first_start_models_view");
+
+    // The Models view over a ComfyUI folder.
+    let models = comfyui_models(&fixed);
+    harness.state_mut().settings_mut().models_folder = Some(models);
+    harness.state_mut().perform(UiAction::ScanModels);
+    run_until(&mut harness, "the scan", |app| {
+        app.models_view().report.is_some()
+    });
+    harness.run();
+    harness.snapshot("models_view_scanned");
+    let mut results = harness.take_snapshot_results();
+    drop(harness);
+
+    // An image loaded and a render at its first step: live preview and queue row.
+    let png = write_png(&fixed, "field.png", 320, 192);
+    let mut harness = build(isolated(Some(png)), DenoiseThenWait);
+    harness.run();
+    harness.snapshot("image_loaded");
+    ready_to_render(&mut harness, &fixed, "a field of wheat in the wind", 3);
+    harness.get_by_label("Render").click();
+    run_until(&mut harness, "the first step's preview", |app| {
+        app.live_preview().is_some()
+    });
+    harness.run();
+    harness.snapshot("live_preview_step_one");
+    harness.get_by_label("Cancel").click();
+    let job = harness.state().jobs().entries()[0].id;
+    run_until(&mut harness, "the cancel", |app| {
+        app.jobs()
+            .get(job)
+            .is_some_and(|entry| entry.state == JobState::Cancelled)
+    });
+    harness.run();
+    harness.snapshot("cancelled");
+    results.extend_harness(&mut harness);
+    results.unwrap();
 }

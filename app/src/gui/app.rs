@@ -1007,6 +1007,11 @@ impl eframe::App for StillmotionApp {
                 });
             });
         }
+        // Escape closes the open windows (Models, Interpolate) from the keyboard.
+        if ui.input(|input| input.key_pressed(egui::Key::Escape)) {
+            self.models.open = false;
+            self.interpolate.open = false;
+        }
         if ui.input(|input| input.modifiers.command && input.key_pressed(egui::Key::Enter)) {
             actions.push(UiAction::Render);
         }
