@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use crossbeam_channel::{Receiver, bounded};
-use stillmotion_engine::model_files::{Need, Noise, PresetStatus, ScanReport, Status, scan};
+use stillmotion_engine::model_files::scan::FoundFile;
+use stillmotion_engine::model_files::{
+    Format, Need, Noise, PresetStatus, ScanReport, Status, scan,
+};
 use stillmotion_engine::preset::{ModelFamily, Preset};
 
 use super::UiAction;
@@ -173,7 +176,7 @@ pub fn show(ctx: &egui::Context, view: &mut ModelsView, folder: Option<&Path>) -
                     continue;
                 };
                 ui.separator();
-                if let Some(chosen) = preset_section(ui, index, status, *family) {
+                if let Some(chosen) = preset_section(ui, index, status, *family, &report.files) {
                     action = Some(chosen);
                 }
             }
@@ -187,6 +190,7 @@ fn preset_section(
     index: usize,
     status: &PresetStatus,
     family: ModelFamily,
+    files: &[FoundFile],
 ) -> Option<UiAction> {
     let mut action = None;
     ui.horizontal(|ui| {
@@ -212,12 +216,11 @@ fn preset_section(
                 ui.label(need_label(need));
                 match found {
                     Status::Present(path) => {
-                        let size = std::fs::metadata(path).map_or(0, |meta| meta.len());
                         ui.label(format!(
                             "present: {} ({})",
                             path.file_name()
                                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-                            human_size(size)
+                            describe(path, files)
                         ))
                         .on_hover_text(path.display().to_string());
                     }
@@ -297,6 +300,31 @@ pub fn where_to_get(need: &Need, family: ModelFamily) -> String {
              _low_noise.safetensors for LightX2V 4-step), into loras/"
         ),
     }
+}
+
+/// "14.3 GB · safetensors · F8_E4M3 scaled", from the scan's fingerprint of `path`.
+fn describe(path: &Path, files: &[FoundFile]) -> String {
+    let Some(Ok(fingerprint)) = files
+        .iter()
+        .find(|file| file.path == path)
+        .map(|file| file.fingerprint.as_ref())
+    else {
+        return "size unknown".to_owned();
+    };
+    let format = match fingerprint.format {
+        Format::Safetensors => "safetensors",
+        Format::Gguf => "GGUF",
+        Format::Pickle => "PyTorch pickle",
+    };
+    let mut text = format!("{} · {format}", human_size(fingerprint.bytes));
+    if let Some(dtype) = &fingerprint.dtype {
+        text.push_str(" · ");
+        text.push_str(dtype);
+    }
+    if fingerprint.scaled_fp8 {
+        text.push_str(" scaled");
+    }
+    text
 }
 
 /// "12.3 GB", "540 MB", "12 KB".
