@@ -145,7 +145,8 @@ pub struct StillmotionApp {
     compute_description: String,
     gpu_available: bool,
     interpolate: InterpolateForm,
-    display_adapter: Option<String>,
+    /// The display adapter's short name, and its full description for the tooltip.
+    display_adapter: Option<(String, String)>,
     error: Option<String>,
     pending: Vec<UiAction>,
     dialog: Option<(DialogPurpose, Receiver<Option<PathBuf>>)>,
@@ -236,7 +237,15 @@ impl StillmotionApp {
         };
         let display_adapter = cc.wgpu_render_state.as_ref().map(|render_state| {
             let info = render_state.adapter.get_info();
-            format!("{} ({:?})", info.name, info.backend)
+            // Software renderers append build details ("llvmpipe (LLVM 15.0.6, 256 bits)").
+            let short = info.name.split(" (").next().unwrap_or(&info.name);
+            (
+                format!("{short} ({:?})", info.backend),
+                format!(
+                    "{} ({:?}, driver {})",
+                    info.name, info.backend, info.driver_info
+                ),
+            )
         });
         let gpu_available = options
             .gpu_available
@@ -978,9 +987,10 @@ impl eframe::App for StillmotionApp {
                 {
                     actions.push(UiAction::OpenModels);
                 }
-                if let Some(adapter) = &self.display_adapter {
+                if let Some((adapter, details)) = &self.display_adapter {
                     ui.separator();
-                    ui.colored_label(theme::WEAK_TEXT, format!("Display: {adapter}"));
+                    ui.colored_label(theme::WEAK_TEXT, format!("Display: {adapter}"))
+                        .on_hover_text(details);
                 }
             });
         });
