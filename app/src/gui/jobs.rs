@@ -374,13 +374,15 @@ mod tests {
     use stillmotion_engine::runtime::JobOutput;
 
     fn interpolation() -> JobKind {
-        JobKind::Interpolate(Box::new(stillmotion_engine::recipe::InterpolateRequest {
-            input: "in.mp4".into(),
-            frames_fps: 16,
-            multiplier: 2,
-            loop_clip: false,
-            output: "out.mp4".into(),
-        }))
+        // Through serde, so fields the engine adds with defaults need no change here.
+        let request = serde_json::json!({
+            "input": "in.mp4",
+            "frames_fps": 16,
+            "multiplier": 2,
+            "loop_clip": false,
+            "output": "out.mp4",
+        });
+        JobKind::Interpolate(Box::new(serde_json::from_value(request).unwrap()))
     }
 
     #[test]
