@@ -74,6 +74,8 @@ fn isolated(image: Option<PathBuf>) -> StartOptions {
         gpu_available: Some(false),
         image,
         preset_dir: Some(std::env::temp_dir().join("stillmotion-tests-no-user-presets")),
+        models_view_at_start: Some(false),
+        paste_dir: None,
     }
 }
 
@@ -731,6 +733,13 @@ fn without_a_gpu_the_app_says_so_and_still_interpolates_clips() {
     // An interpolation has no render recipe, so it does not enter the render history.
     assert!(harness.state().history().entries().is_empty());
 
+    // The memory gauge beside the VRAM reserve says there is nothing to measure.
+    assert_eq!(
+        harness.state().gpu_memory(),
+        stillmotion_app::gui::GaugeReading::NoGpu
+    );
+    harness.get_by_label("No CUDA GPU: no memory gauge");
+
     // A GPU machine shows where rendering runs instead.
     let mut with_gpu = big_app(StartOptions {
         gpu_available: Some(true),
@@ -816,6 +825,14 @@ fn a_real_render_of_tiny_models_plays_enters_history_and_restores() {
     );
     let job = harness.state().jobs().entries()[0].clone();
     assert!(matches!(job.state, JobState::Finished { .. }), "{job:?}");
+    // The real pipeline's denoising steps reached the live preview (the last one is kept).
+    let (preview_job, preview) = harness.state().live_preview().unwrap();
+    assert_eq!(preview_job, job.id);
+    assert_eq!((preview.step, preview.total_steps), (3, 4));
+    assert_eq!(
+        (preview.width, preview.height, preview.frames.len()),
+        (8, 6, 2)
+    );
     let entry = harness.state().history().entries()[0].clone();
     assert_eq!(entry.path, dir.path().join("stillmotion-5.mp4"));
     let player = harness.state().player().unwrap();
@@ -864,4 +881,478 @@ fn a_real_render_of_tiny_models_plays_enters_history_and_restores() {
     harness.run();
     assert!(harness.state().history().entries().is_empty());
     assert!(entry.path.is_file());
+}
+
+/// A render that runs the engine's real denoising loop (16-channel latents, 3 Euler steps) with a
+/// network that always predicts a clean latent of zero, and stops at step one until cancelled.
+struct DenoiseThenWait;
+
+struct TowardsZero;
+
+impl stillmotion_engine::sampling::Denoiser for TowardsZero {
+    fn predict_flow(
+        &mut self,
+        latents: &candle_core::Tensor,
+        _timestep: f32,
+        _expert: stillmotion_engine::sampling::Expert,
+        _branch: stillmotion_engine::sampling::Branch,
+    ) -> Result<candle_core::Tensor, EngineError> {
+        // x = (1 − σ) x0 + σ n with x0 = 0 gives the flow v = n − x0 = x / σ; σ = 1 at step one.
+        Ok(latents.clone())
+    }
+}
+
+impl JobRunner for DenoiseThenWait {
+    fn run(&mut self, kind: &JobKind, ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
+        use stillmotion_engine::sampling::{FlowEuler, LoopConfig, ScheduleKind, denoise};
+        let JobKind::Render(_) = kind else {
+            panic!("only renders here");
+        };
+        let noise = candle_core::Tensor::ones(
+            (1, 16, 2, 6, 8),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let mut sampler = FlowEuler::new(ScheduleKind::Simple, 3, 5.0).unwrap();
+        let cfg = LoopConfig {
+            cfg_high_noise: 1.0,
+            cfg_low_noise: 1.0,
+            ..LoopConfig::i2v_a14b()
+        };
+        denoise(&mut TowardsZero, &mut sampler, noise, &cfg, |step| {
+            ctx.progress(Stage::DenoisingHighNoise, step.index as u32 + 1, 3);
+            for _ in 0..1000 {
+                ctx.check()?;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            panic!("the test never cancelled");
+        })?;
+        unreachable!("the loop waits for the cancel at step one")
+    }
+
+    fn unload(&mut self) {}
+}
+
+#[test]
+fn the_live_preview_shows_step_one_and_the_job_can_be_stopped_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "field.png", 64, 48);
+    let options = isolated(Some(png));
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_eframe(move |cc| StillmotionApp::new(cc, options, DenoiseThenWait));
+    harness.run();
+    ready_to_render(&mut harness, dir.path(), "a field of wheat in the wind", 3);
+    harness.get_by_label("Render").click();
+    run_until(&mut harness, "the first step's preview", |app| {
+        app.live_preview().is_some()
+    });
+    harness.run();
+    let (job_id, preview) = harness.state().live_preview().unwrap();
+    assert_eq!((preview.step, preview.total_steps), (0, 3));
+    assert_eq!(
+        (preview.width, preview.height, preview.frames.len()),
+        (8, 6, 2)
+    );
+    // The predicted clean latent (zero) is shown, not the noisy sample (ones): zero latents
+    // project to the bias alone, ((b + 1) / 2 × 255) of Wan2.1's (−0.1835, −0.0868, −0.3360).
+    assert!(
+        preview
+            .frames
+            .iter()
+            .flatten()
+            .copied()
+            .collect::<Vec<u8>>()
+            .chunks(3)
+            .all(|p| p == [104, 116, 84]),
+        "{:?}",
+        &preview.frames[0][..6]
+    );
+    harness.get_by_label("Live preview · step 1/3");
+    harness.get_by_label("Live preview, latent frame 1");
+
+    harness.get_by_label("Cancel").click();
+    run_until(&mut harness, "the cancel", |app| {
+        app.jobs()
+            .get(job_id)
+            .is_some_and(|job| job.state == JobState::Cancelled)
+    });
+    harness.run();
+    assert!(
+        harness.query_by_label_contains("Live preview").is_none(),
+        "the preview goes once its job ends"
+    );
+}
+
+/// Records the prompt of each render it starts; holds the first one until it is cancelled, then
+/// renders like [`Steps`].
+struct HoldFirst {
+    started: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl JobRunner for HoldFirst {
+    fn run(&mut self, kind: &JobKind, ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
+        let JobKind::Render(recipe) = kind else {
+            panic!("only renders here");
+        };
+        let first = {
+            let mut started = self.started.lock().unwrap();
+            started.push(recipe.prompt.clone());
+            started.len() == 1
+        };
+        if first {
+            ctx.progress(Stage::DenoisingHighNoise, 1, 4);
+            for _ in 0..1000 {
+                ctx.check()?;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            panic!("the test never cancelled the first job");
+        }
+        Steps(2).run(kind, ctx)
+    }
+
+    fn unload(&mut self) {}
+}
+
+#[test]
+fn waiting_jobs_can_be_reordered_removed_and_cancelled_before_they_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "sea.png", 64, 48);
+    let options = StartOptions {
+        preset_dir: Some(dir.path().join("no-presets")),
+        ..isolated(Some(png))
+    };
+    let started = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let runner = HoldFirst {
+        started: started.clone(),
+    };
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_eframe(move |cc| StillmotionApp::new(cc, options, runner));
+    harness.run();
+    for (seed, prompt) in [(1, "first"), (2, "second"), (3, "third"), (4, "fourth")] {
+        ready_to_render(&mut harness, dir.path(), prompt, seed);
+        harness.state_mut().settings_mut().output_dir = Some(dir.path().to_owned());
+        harness.get_by_label("Render").click();
+        harness.run();
+    }
+    run_until(&mut harness, "the first job to run", |app| {
+        app.jobs().entries()[0].progress.is_some()
+    });
+    harness.run();
+    let ids: Vec<_> = harness
+        .state()
+        .jobs()
+        .entries()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(harness.state().jobs().waiting(), ids[1..]);
+    harness.get_by_label_contains("high-noise expert · step 1/4");
+    harness.get_by_label("waiting (3 ahead)");
+
+    // The third job moves before the second; the fourth is removed; the second is cancelled.
+    harness.get_all_by_label("Move up").nth(1).unwrap().click();
+    harness.run();
+    assert_eq!(harness.state().jobs().waiting(), [ids[2], ids[1], ids[3]]);
+    harness
+        .get_all_by_label("Remove from queue")
+        .nth(2)
+        .unwrap()
+        .click();
+    harness.run();
+    assert_eq!(harness.state().jobs().waiting(), [ids[2], ids[1]]);
+    assert!(harness.state().jobs().get(ids[3]).is_none());
+    harness.get_all_by_label("Cancel").nth(2).unwrap().click();
+    harness.run();
+    assert_eq!(harness.state().jobs().waiting(), [ids[2]]);
+    assert_eq!(
+        harness.state().jobs().get(ids[1]).unwrap().state,
+        JobState::Cancelled
+    );
+
+    // Cancelling the running job lets the next waiting one run.
+    harness.get_all_by_label("Cancel").next().unwrap().click();
+    run_until(&mut harness, "the third job to finish", |app| {
+        matches!(
+            app.jobs().get(ids[2]).unwrap().state,
+            JobState::Finished { .. }
+        )
+    });
+    assert_eq!(*started.lock().unwrap(), ["first", "third"]);
+    assert_eq!(harness.state().history().entries().len(), 1);
+}
+
+/// Writes a safetensors file whose header lists `tensors` (name, dtype, shape); the data is a
+/// sparse hole of the right length (the scan reads headers only).
+fn fake_safetensors(path: &Path, tensors: &[(&str, &str, &[usize])]) {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0_u64;
+    for (name, dtype, shape) in tensors {
+        let width = if *dtype == "BF16" { 2 } else { 1 };
+        let end = offset + shape.iter().product::<usize>() as u64 * width;
+        header.insert(
+            (*name).to_owned(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let text = serde_json::Value::Object(header).to_string();
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(text.as_bytes());
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(bytes.len() as u64 + offset)
+        .unwrap();
+}
+
+/// A ComfyUI `models/` tree with the Wan2.2 I2V-A14B files (no LoRA) and a broken VAE file.
+fn comfyui_models(root: &Path) -> PathBuf {
+    let models = root.join("models");
+    for noise in ["high", "low"] {
+        fake_safetensors(
+            &models.join("diffusion_models").join(format!(
+                "wan2.2_i2v_{noise}_noise_14B_fp8_scaled.safetensors"
+            )),
+            &[
+                (
+                    "model.diffusion_model.patch_embedding.weight",
+                    "BF16",
+                    &[5120, 36, 1, 2, 2],
+                ),
+                (
+                    "model.diffusion_model.blocks.0.self_attn.q.weight",
+                    "F8_E4M3",
+                    &[5120, 5120],
+                ),
+            ],
+        );
+    }
+    fake_safetensors(
+        &models
+            .join("text_encoders")
+            .join("umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+        &[
+            ("shared.weight", "F8_E4M3", &[256_384, 4096]),
+            (
+                "encoder.block.0.layer.0.SelfAttention.q.weight",
+                "F8_E4M3",
+                &[4096, 4096],
+            ),
+        ],
+    );
+    fake_safetensors(
+        &models.join("vae").join("wan_2.1_vae.safetensors"),
+        &[
+            ("decoder.conv1.weight", "BF16", &[384, 16, 3, 3, 3]),
+            ("encoder.conv1.weight", "BF16", &[96, 3, 3, 3, 3]),
+        ],
+    );
+    std::fs::write(
+        models.join("vae").join("wan2.2_vae.safetensors"),
+        b"cut short",
+    )
+    .unwrap();
+    models
+}
+
+#[test]
+fn first_start_opens_the_models_view_which_scans_a_comfyui_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = comfyui_models(dir.path());
+    let options = StartOptions {
+        models_view_at_start: None,
+        ..isolated(None)
+    };
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_eframe(move |cc| StillmotionApp::new(cc, options, Steps(1)));
+    harness.run();
+    // Nothing is known on a first start: the view is open and asks for the folder.
+    assert!(harness.state().models_view().open);
+    harness.get_by_label("Choose models folder…");
+
+    harness.state_mut().settings_mut().models_folder = Some(models.clone());
+    harness.state_mut().perform(UiAction::ScanModels);
+    run_until(&mut harness, "the scan", |app| {
+        app.models_view().report.is_some()
+    });
+    harness.run();
+    harness.get_by_label_contains("5 model files found in");
+    // The official presets need no LoRA: ready. The 4-step ones miss theirs and say where it
+    // goes; the 5B ones find the broken Wan2.2 VAE and say why it cannot serve.
+    harness.get_by_label("Use these files for Wan2.2 14B · official · 480p");
+    assert!(
+        harness
+            .query_all_by_label_contains("missing. Get the lightx2v-4step LoRA")
+            .count()
+            >= 4
+    );
+    let broken = harness
+        .get_all_by_label_contains("vae/wan2.2_vae.safetensors")
+        .count();
+    assert!(
+        broken >= 2,
+        "both 5B presets say why the Wan2.2 VAE is unusable"
+    );
+    assert!(harness.get_all_by_label_contains("unusable: ").count() >= 2);
+    let present = "present: wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors (";
+    assert!(harness.get_all_by_label_contains(present).count() >= 4);
+
+    harness
+        .get_by_label("Use these files for Wan2.2 14B · official · 480p")
+        .click();
+    harness.run();
+    let settings = harness.state().settings();
+    assert_eq!(settings.preset, "wan22-i2v-a14b-official-480p");
+    assert_eq!(
+        settings.high_noise.as_deref(),
+        Some(
+            models
+                .join("diffusion_models/wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors")
+                .as_path()
+        )
+    );
+    assert_eq!(
+        settings.vae.as_deref(),
+        Some(models.join("vae/wan_2.1_vae.safetensors").as_path())
+    );
+    assert!(!harness.state().models_view().open);
+    assert!(
+        harness
+            .state()
+            .notice()
+            .unwrap()
+            .contains("official · 480p")
+    );
+
+    // Escape closes the view from the keyboard.
+    harness.get_by_label("Models…").click();
+    harness.run();
+    assert!(harness.state().models_view().open);
+    harness.key_press(egui::Key::Escape);
+    harness.run();
+    assert!(!harness.state().models_view().open);
+}
+
+#[test]
+fn a_pasted_image_or_image_path_becomes_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let paste_dir = dir.path().join("pasted");
+    let options = StartOptions {
+        paste_dir: Some(paste_dir.clone()),
+        ..isolated(None)
+    };
+    let mut harness = app(options);
+    harness.run();
+    harness.get_by_label("Paste image");
+    harness.get_by_label("Drop an image here, paste one (Ctrl+V), or press Open…");
+
+    // What egui-winit sends for Ctrl+V when the clipboard holds an image.
+    let mut image = egui::ColorImage::filled([40, 24], egui::Color32::from_rgb(10, 200, 30));
+    image.pixels[0] = egui::Color32::from_rgb(250, 5, 5);
+    harness
+        .input_mut()
+        .events
+        .push(egui::Event::PasteImage(Arc::new(image)));
+    harness.run();
+    let source = harness
+        .state()
+        .source()
+        .expect("the pasted image is the source");
+    assert_eq!((source.width, source.height), (40, 24));
+    assert!(
+        source.path.starts_with(&paste_dir),
+        "{}",
+        source.path.display()
+    );
+    let saved = image::open(&source.path).unwrap().to_rgb8();
+    assert_eq!(saved.get_pixel(0, 0).0, [250, 5, 5]);
+    assert_eq!(saved.get_pixel(1, 0).0, [10, 200, 30]);
+
+    // A file manager's copy pastes the file's URI as text.
+    let png = write_png(dir.path(), "copied.png", 32, 16);
+    harness
+        .input_mut()
+        .events
+        .push(egui::Event::Paste(format!("file://{}", png.display())));
+    harness.run();
+    assert_eq!(harness.state().source().unwrap().path, png);
+    // Other text does nothing.
+    harness
+        .input_mut()
+        .events
+        .push(egui::Event::Paste("just words".to_owned()));
+    harness.run();
+    assert_eq!(harness.state().source().unwrap().path, png);
+    assert!(harness.state().error().is_none());
+}
+
+/// Snapshot images of the main states, rendered with wgpu (lavapipe on machines without a GPU)
+/// and compared with `app/tests/snapshots/*.png` (`UPDATE_SNAPSHOTS=1` rewrites them; look at
+/// them before committing). Every state shown is deterministic: fixed names and paths, no
+/// timings on screen.
+#[test]
+fn snapshots_of_the_main_states() {
+    let fixed = std::env::temp_dir().join("stillmotion-snapshots");
+    let _ = std::fs::remove_dir_all(&fixed);
+    std::fs::create_dir_all(&fixed).unwrap();
+    let build = |options: StartOptions, runner: DenoiseThenWait| {
+        Harness::builder()
+            .with_size(egui::vec2(1280.0, 800.0))
+            .wgpu()
+            .build_eframe(move |cc| StillmotionApp::new(cc, options, runner))
+    };
+
+    // First start: no image, the Models view asks for the folder.
+    let mut harness = build(
+        StartOptions {
+            models_view_at_start: Some(true),
+            ..isolated(None)
+        },
+        DenoiseThenWait,
+    );
+    harness.run();
+    harness.snapshot("first_start_models_view");
+
+    // The Models view over a ComfyUI folder.
+    let models = comfyui_models(&fixed);
+    harness.state_mut().settings_mut().models_folder = Some(models);
+    harness.state_mut().perform(UiAction::ScanModels);
+    run_until(&mut harness, "the scan", |app| {
+        app.models_view().report.is_some()
+    });
+    harness.run();
+    harness.snapshot("models_view_scanned");
+    let mut results = harness.take_snapshot_results();
+    drop(harness);
+
+    // An image loaded and a render at its first step: live preview and queue row.
+    let png = write_png(&fixed, "field.png", 320, 192);
+    let mut harness = build(isolated(Some(png)), DenoiseThenWait);
+    harness.run();
+    harness.snapshot("image_loaded");
+    ready_to_render(&mut harness, &fixed, "a field of wheat in the wind", 3);
+    harness.get_by_label("Render").click();
+    run_until(&mut harness, "the first step's preview", |app| {
+        app.live_preview().is_some()
+    });
+    harness.run();
+    harness.snapshot("live_preview_step_one");
+    harness.get_by_label("Cancel").click();
+    let job = harness.state().jobs().entries()[0].id;
+    run_until(&mut harness, "the cancel", |app| {
+        app.jobs()
+            .get(job)
+            .is_some_and(|entry| entry.state == JobState::Cancelled)
+    });
+    harness.run();
+    harness.snapshot("cancelled");
+    results.extend_harness(&mut harness);
+    results.unwrap();
 }

@@ -10,6 +10,7 @@
 pub mod device;
 pub mod error;
 pub mod gguf;
+pub mod gpu_memory;
 pub mod image_input;
 pub mod memory_plan;
 pub mod model_files;

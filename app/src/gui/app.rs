@@ -9,10 +9,14 @@ use stillmotion_engine::image_input;
 use stillmotion_engine::preset::{self, Preset};
 use stillmotion_engine::recipe::Recipe;
 use stillmotion_engine::runtime::{Command, EngineHandle, Event, JobId, JobKind, JobRunner};
+use stillmotion_engine::sampling::LatentPreview;
 
+use super::gpu_gauge::{GaugeReading, GpuGauge};
 use super::history::{self, History, HistoryEntry, Thumbnail};
 use super::interpolate::{self, InterpolateForm};
 use super::jobs::{self, JobList};
+use super::live_preview::{self, LivePreview, PreviewSlot, PreviewingRunner};
+use super::models_view::{self, ModelsView};
 use super::player::{self, ClipPlayer};
 use super::settings::{self, ModelSlot, Settings};
 use super::source_image::{self, SourceImage};
@@ -48,6 +52,16 @@ pub enum UiAction {
     SubmitInterpolation,
     /// Show the native file dialog to choose a source image.
     OpenImageDialog,
+    /// Ask the window for the clipboard's content (an image arrives as a paste event).
+    PasteFromClipboard,
+    /// Show the Models view.
+    OpenModels,
+    /// Choose the models folder with the native dialog (then scan it).
+    ChooseModelsFolder,
+    /// Scan the models folder again.
+    ScanModels,
+    /// Use the files the last scan found for the preset at this index of the picker.
+    UseScannedModels(usize),
     /// Load this file as the source image.
     LoadImage(PathBuf),
     /// Hide the error banner.
@@ -64,6 +78,12 @@ pub enum UiAction {
     Render,
     /// Cancel a queued or running job.
     CancelJob(JobId),
+    /// Run this waiting job one place earlier.
+    MoveJobUp(JobId),
+    /// Run this waiting job one place later.
+    MoveJobDown(JobId),
+    /// Take a waiting or ended job off the queue.
+    RemoveJob(JobId),
     /// Load this clip into the preview player and play it.
     PreviewClip(PathBuf),
     /// Open this file with the system's default program.
@@ -78,6 +98,7 @@ enum DialogPurpose {
     SourceImage,
     ModelFile(ModelSlot),
     OutputFolder,
+    ModelsFolder,
     InterpolateInput,
     InterpolateOutput,
 }
@@ -91,6 +112,12 @@ pub struct StartOptions {
     pub preset_dir: Option<PathBuf>,
     /// Whether a CUDA GPU can render; `None` asks the driver (this build must have CUDA too).
     pub gpu_available: Option<bool>,
+    /// Where pasted images are saved (a render's recipe names its image by path); `None`
+    /// means `<cache dir>/pasted`.
+    pub paste_dir: Option<PathBuf>,
+    /// Whether the Models view opens at start; `None`: when no usable model files are known
+    /// (first start).
+    pub models_view_at_start: Option<bool>,
 }
 
 /// What persists between runs (eframe storage).
@@ -118,7 +145,8 @@ pub struct StillmotionApp {
     compute_description: String,
     gpu_available: bool,
     interpolate: InterpolateForm,
-    display_adapter: Option<String>,
+    /// The display adapter's short name, and its full description for the tooltip.
+    display_adapter: Option<(String, String)>,
     error: Option<String>,
     pending: Vec<UiAction>,
     dialog: Option<(DialogPurpose, Receiver<Option<PathBuf>>)>,
@@ -135,6 +163,16 @@ pub struct StillmotionApp {
     clip_factors: HashMap<PathBuf, u32>,
     thumbnail_sender: Sender<Thumbnail>,
     thumbnail_receiver: Receiver<Thumbnail>,
+    /// The latest denoising step's preview (shown while its job runs).
+    live_preview: Option<LivePreview>,
+    preview_slot: PreviewSlot,
+    models: ModelsView,
+    gpu_gauge: GpuGauge,
+    paste_dir: PathBuf,
+    /// An image pasted this frame, saved and loaded by `logic`.
+    pasted: Option<std::sync::Arc<egui::ColorImage>>,
+    /// Open the Models view when the start-up scan finds nothing usable.
+    models_check_pending: bool,
 }
 
 impl StillmotionApp {
@@ -189,6 +227,7 @@ impl StillmotionApp {
             tracing::warn!("history thumbnails are unavailable: {e}");
         }
         let wake_ctx = cc.egui_ctx.clone();
+        let (runner, preview_slot) = PreviewingRunner::new(runner, cc.egui_ctx.clone());
         let engine = match EngineHandle::spawn(runner, move || wake_ctx.request_repaint()) {
             Ok(engine) => Some(engine),
             Err(e) => {
@@ -198,9 +237,20 @@ impl StillmotionApp {
         };
         let display_adapter = cc.wgpu_render_state.as_ref().map(|render_state| {
             let info = render_state.adapter.get_info();
-            format!("{} ({:?})", info.name, info.backend)
+            // Software renderers append build details ("llvmpipe (LLVM 15.0.6, 256 bits)").
+            let short = info.name.split(" (").next().unwrap_or(&info.name);
+            (
+                format!("{short} ({:?})", info.backend),
+                format!(
+                    "{} ({:?}, driver {})",
+                    info.name, info.backend, info.driver_info
+                ),
+            )
         });
-        Self {
+        let gpu_available = options
+            .gpu_available
+            .unwrap_or_else(stillmotion_engine::device::cuda_available);
+        let mut app = Self {
             state,
             presets,
             shipped_count,
@@ -209,9 +259,7 @@ impl StillmotionApp {
             notice: None,
             source: None,
             compute_description: stillmotion_engine::device::availability_summary(),
-            gpu_available: options
-                .gpu_available
-                .unwrap_or_else(stillmotion_engine::device::cuda_available),
+            gpu_available,
             interpolate: InterpolateForm::default(),
             display_adapter,
             error,
@@ -227,7 +275,77 @@ impl StillmotionApp {
             clip_factors: HashMap::new(),
             thumbnail_sender,
             thumbnail_receiver,
+            live_preview: None,
+            preview_slot,
+            models: ModelsView::default(),
+            gpu_gauge: GpuGauge::start(&cc.egui_ctx, gpu_available),
+            paste_dir: options
+                .paste_dir
+                .clone()
+                .unwrap_or_else(|| stillmotion_engine::paths::cache_dir().join("pasted")),
+            pasted: None,
+            models_check_pending: false,
+        };
+        app.check_models_at_start(&cc.egui_ctx, options.models_view_at_start);
+        app
+    }
+
+    /// First start: open the Models view when no usable model files are known (after scanning
+    /// the models folder, when one was chosen before).
+    fn check_models_at_start(&mut self, ctx: &egui::Context, at_start: Option<bool>) {
+        let files_known = self.settings_files_exist();
+        match (at_start, self.state.settings.models_folder.clone()) {
+            (Some(open), folder) => {
+                self.models.open = open;
+                if let Some(folder) = folder {
+                    self.scan_models(ctx, folder);
+                }
+            }
+            (None, Some(folder)) => {
+                self.models_check_pending = !files_known;
+                self.scan_models(ctx, folder);
+            }
+            (None, None) => self.models.open = !files_known,
         }
+    }
+
+    /// Whether every model file the settings name exists.
+    fn settings_files_exist(&self) -> bool {
+        let settings = &self.state.settings;
+        [
+            &settings.high_noise,
+            &settings.low_noise,
+            &settings.text_encoder,
+            &settings.vae,
+        ]
+        .iter()
+        .all(|file| file.as_ref().is_some_and(|path| path.is_file()))
+    }
+
+    fn scan_models(&mut self, ctx: &egui::Context, folder: PathBuf) {
+        if let Err(message) = self.models.start_scan(ctx, folder, &self.presets) {
+            self.error = Some(message);
+        }
+    }
+
+    /// What the GPU memory gauge shows.
+    #[must_use]
+    pub fn gpu_memory(&self) -> GaugeReading {
+        self.gpu_gauge.reading()
+    }
+
+    /// The Models view's state (its last scan), for tests.
+    #[must_use]
+    pub fn models_view(&self) -> &ModelsView {
+        &self.models
+    }
+
+    /// The latest live preview of a render's denoising, and its job (kept after the job ends).
+    #[must_use]
+    pub fn live_preview(&self) -> Option<(JobId, &LatentPreview)> {
+        self.live_preview
+            .as_ref()
+            .map(|live| (live.job_id, &live.preview))
     }
 
     /// The render settings.
@@ -314,6 +432,9 @@ impl StillmotionApp {
             UiAction::SubmitInterpolation => self.submit_interpolation(),
             UiAction::SavePreset(name) => self.save_preset(&name),
             UiAction::OpenImageDialog => self.open_dialog(ctx, DialogPurpose::SourceImage),
+            UiAction::PasteFromClipboard => {
+                ctx.send_viewport_cmd(egui::ViewportCommand::RequestPaste);
+            }
             UiAction::LoadImage(path) => self.load_image(ctx, path),
             UiAction::DismissError => {
                 self.error = None;
@@ -329,8 +450,32 @@ impl StillmotionApp {
                 self.open_dialog(ctx, DialogPurpose::ModelFile(slot));
             }
             UiAction::ChooseOutputFolder => self.open_dialog(ctx, DialogPurpose::OutputFolder),
+            UiAction::OpenModels => self.models.open = true,
+            UiAction::ChooseModelsFolder => self.open_dialog(ctx, DialogPurpose::ModelsFolder),
+            UiAction::ScanModels => {
+                if let Some(folder) = self.state.settings.models_folder.clone() {
+                    self.scan_models(ctx, folder);
+                }
+            }
+            UiAction::UseScannedModels(index) => self.use_scanned_models(index),
             UiAction::Render => self.submit_render(),
-            UiAction::CancelJob(job_id) => self.outbox.push_back(Command::Cancel(job_id)),
+            UiAction::CancelJob(job_id) => {
+                if self.jobs.cancel_waiting(job_id) {
+                    self.render_recipes.remove(&job_id);
+                    self.interpolation_jobs.remove(&job_id);
+                } else {
+                    self.outbox.push_back(Command::Cancel(job_id));
+                }
+            }
+            UiAction::MoveJobUp(job_id) => self.jobs.move_waiting(job_id, true),
+            UiAction::MoveJobDown(job_id) => self.jobs.move_waiting(job_id, false),
+            UiAction::RemoveJob(job_id) => {
+                if self.jobs.get(job_id).is_some_and(|job| !job.is_at_engine()) {
+                    self.render_recipes.remove(&job_id);
+                    self.interpolation_jobs.remove(&job_id);
+                    self.jobs.remove(job_id);
+                }
+            }
             UiAction::PreviewClip(path) => {
                 let factor = self.interpolation_factor_of(&path);
                 let mut player = ClipPlayer::open(ctx, path, true);
@@ -494,7 +639,9 @@ impl StillmotionApp {
                 .as_deref()
                 .and_then(std::path::Path::parent)
                 .map(PathBuf::from),
-            DialogPurpose::ModelFile(_) | DialogPurpose::OutputFolder => None,
+            DialogPurpose::ModelFile(_)
+            | DialogPurpose::OutputFolder
+            | DialogPurpose::ModelsFolder => None,
         };
         let default_output = self.interpolate.input.as_deref().map(|input| {
             self.interpolate
@@ -522,6 +669,9 @@ impl StillmotionApp {
                         .add_filter("Model files", &["safetensors", "gguf", "pth"])
                         .pick_file(),
                     DialogPurpose::OutputFolder => dialog.set_title("Output folder").pick_folder(),
+                    DialogPurpose::ModelsFolder => dialog
+                        .set_title("Models folder (ours or ComfyUI's models/)")
+                        .pick_folder(),
                     DialogPurpose::InterpolateInput => dialog
                         .set_title("Clip to interpolate")
                         .add_filter("Videos", CLIP_EXTENSIONS_TO_INTERPOLATE)
@@ -547,9 +697,34 @@ impl StillmotionApp {
             DialogPurpose::SourceImage => self.pending.push(UiAction::LoadImage(path)),
             DialogPurpose::ModelFile(slot) => self.state.settings.set_model_path(slot, path),
             DialogPurpose::OutputFolder => self.state.settings.output_dir = Some(path),
+            DialogPurpose::ModelsFolder => {
+                self.state.settings.models_folder = Some(path);
+                self.pending.push(UiAction::ScanModels);
+            }
             DialogPurpose::InterpolateInput => self.interpolate.input = Some(path),
             DialogPurpose::InterpolateOutput => self.interpolate.output = Some(path),
         }
+    }
+
+    /// Takes the files the last scan found for the preset at `index`, and switches to it.
+    fn use_scanned_models(&mut self, index: usize) {
+        let Some((_, report)) = &self.models.report else {
+            return;
+        };
+        let (Some(status), Some((stem, preset))) =
+            (report.presets.get(index), self.presets.get(index))
+        else {
+            return;
+        };
+        let [high_noise, low_noise, text_encoder, vae] = models_view::files_of(status);
+        let settings = &mut self.state.settings;
+        settings.apply_preset(stem, preset);
+        settings.high_noise = high_noise;
+        settings.low_noise = low_noise;
+        settings.text_encoder = text_encoder;
+        settings.vae = vae;
+        self.notice = Some(format!("Using the model files found for “{}”", preset.name));
+        self.models.open = false;
     }
 
     /// Queues RIFE over an existing clip (no video model needed).
@@ -560,14 +735,12 @@ impl StillmotionApp {
                     || request.input.display().to_string(),
                     |name| name.to_string_lossy().into_owned(),
                 );
-                let job_id = self
-                    .jobs
-                    .add(format!("Interpolate {name} ×{}", request.multiplier));
-                self.interpolation_jobs.insert(job_id, request.multiplier);
-                self.outbox.push_back(Command::Submit {
-                    job_id,
-                    kind: JobKind::Interpolate(Box::new(request)),
-                });
+                let multiplier = request.multiplier;
+                let job_id = self.jobs.add(
+                    format!("Interpolate {name} ×{multiplier}"),
+                    JobKind::Interpolate(Box::new(request)),
+                );
+                self.interpolation_jobs.insert(job_id, multiplier);
                 self.interpolate.open = false;
                 self.error = None;
             }
@@ -610,12 +783,10 @@ impl StillmotionApp {
             return;
         }
         let title: String = recipe.prompt.chars().take(48).collect();
-        let job_id = self.jobs.add(title);
-        self.render_recipes.insert(job_id, recipe.clone());
-        self.outbox.push_back(Command::Submit {
-            job_id,
-            kind: JobKind::Render(Box::new(recipe)),
-        });
+        let job_id = self
+            .jobs
+            .add(title, JobKind::Render(Box::new(recipe.clone())));
+        self.render_recipes.insert(job_id, recipe);
         self.error = None;
     }
 
@@ -624,6 +795,9 @@ impl StillmotionApp {
         let Some(engine) = &self.engine else {
             return;
         };
+        if let Some((job_id, kind)) = self.jobs.next_for_engine() {
+            self.outbox.push_back(Command::Submit { job_id, kind });
+        }
         while let Some(command) = self.outbox.pop_front() {
             match engine.try_send(command.clone()) {
                 Ok(true) => {}
@@ -663,6 +837,12 @@ impl eframe::App for StillmotionApp {
                 self.dialog_answered(purpose, path);
             }
         }
+        if let Some(image) = self.pasted.take() {
+            match save_pasted(&self.paste_dir, &image) {
+                Ok(path) => self.load_image(ctx, path),
+                Err(message) => self.error = Some(message),
+            }
+        }
         for action in std::mem::take(&mut self.pending) {
             self.run_action(ctx, action);
         }
@@ -697,6 +877,14 @@ impl eframe::App for StillmotionApp {
                 }
             }
         }
+        let newest = self
+            .preview_slot
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take());
+        if let Some((job_id, preview)) = newest {
+            self.live_preview = Some(LivePreview::new(ctx, job_id, preview));
+        }
         for (path, frame) in self.thumbnail_receiver.try_iter() {
             let (width, height) = frame.dimensions();
             let image =
@@ -711,6 +899,11 @@ impl eframe::App for StillmotionApp {
         if let Some(player) = &mut self.player {
             player.poll(ctx);
         }
+        if self.models.poll() && std::mem::take(&mut self.models_check_pending) {
+            self.models.open |= !self.models.any_preset_ready();
+        }
+        // A job that just ended lets the next waiting one go now, not on the next input.
+        self.flush_outbox();
         if !self.outbox.is_empty() {
             ctx.request_repaint_after(std::time::Duration::from_millis(50));
         }
@@ -739,6 +932,25 @@ impl eframe::App for StillmotionApp {
             }
         }));
 
+        // Images paste anywhere; text only when no text field has focus (it takes the paste
+        // itself), and only when it names an image file (a file manager's copy).
+        let text_focused = ui.memory(|memory| memory.focused().is_some());
+        ui.input(|input| {
+            for event in &input.events {
+                match event {
+                    egui::Event::PasteImage(image) => self.pasted = Some(image.clone()),
+                    egui::Event::Paste(text) if !text_focused => {
+                        if let Some(path) = pasted_image_path(text) {
+                            actions.push(UiAction::LoadImage(path));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        if self.pasted.is_some() {
+            ui.ctx().request_repaint();
+        }
         egui::Panel::top("top_bar").show(ui, |ui| {
             ui.horizontal(|ui| {
                 ui.strong("Stillmotion");
@@ -765,9 +977,20 @@ impl eframe::App for StillmotionApp {
                 {
                     actions.push(UiAction::OpenInterpolate);
                 }
-                if let Some(adapter) = &self.display_adapter {
+                if ui
+                    .button("Models…")
+                    .on_hover_text(
+                        "Which model files each preset needs, which are present, missing or \
+                         unusable, and where to get them",
+                    )
+                    .clicked()
+                {
+                    actions.push(UiAction::OpenModels);
+                }
+                if let Some((adapter, details)) = &self.display_adapter {
                     ui.separator();
-                    ui.colored_label(theme::WEAK_TEXT, format!("Display: {adapter}"));
+                    ui.colored_label(theme::WEAK_TEXT, format!("Display: {adapter}"))
+                        .on_hover_text(details);
                 }
             });
         });
@@ -794,6 +1017,11 @@ impl eframe::App for StillmotionApp {
                 });
             });
         }
+        // Escape closes the open windows (Models, Interpolate) from the keyboard.
+        if ui.input(|input| input.key_pressed(egui::Key::Escape)) {
+            self.models.open = false;
+            self.interpolate.open = false;
+        }
         if ui.input(|input| input.modifiers.command && input.key_pressed(egui::Key::Enter)) {
             actions.push(UiAction::Render);
         }
@@ -801,14 +1029,23 @@ impl eframe::App for StillmotionApp {
             .resizable(true)
             .default_size(360.0)
             .show(ui, |ui| {
-                egui::ScrollArea::vertical().show(ui, |ui| {
-                    actions.extend(settings::show(
-                        ui,
-                        &mut self.state.settings,
-                        &self.presets,
-                        self.shipped_count,
-                        &mut self.new_preset_name,
-                    ));
+                // Render stays in view at the bottom however long the settings get.
+                ui.with_layout(egui::Layout::bottom_up(egui::Align::LEFT), |ui| {
+                    ui.add_space(4.0);
+                    actions.extend(settings::render_button(ui));
+                    ui.separator();
+                    ui.with_layout(egui::Layout::top_down(egui::Align::LEFT), |ui| {
+                        egui::ScrollArea::vertical().show(ui, |ui| {
+                            actions.extend(settings::show(
+                                ui,
+                                &mut self.state.settings,
+                                &self.presets,
+                                self.shipped_count,
+                                &mut self.new_preset_name,
+                                self.gpu_gauge.reading(),
+                            ));
+                        });
+                    });
                 });
             });
         egui::Panel::right("queue")
@@ -828,6 +1065,22 @@ impl eframe::App for StillmotionApp {
                 });
             });
         egui::CentralPanel::default().show(ui, |ui| {
+            let live = self.live_preview.as_ref().filter(|live| {
+                self.jobs
+                    .get(live.job_id)
+                    .is_some_and(jobs::JobEntry::is_active)
+            });
+            if let Some(live) = live {
+                let source_height = (ui.available_height() * 0.35).max(120.0);
+                let width = ui.available_width();
+                ui.allocate_ui(egui::vec2(width, source_height), |ui| {
+                    ui.set_max_height(source_height);
+                    actions.extend(source_image::show(ui, self.source.as_ref()));
+                });
+                ui.separator();
+                live_preview::show(ui, live);
+                return;
+            }
             let Some(player) = &mut self.player else {
                 actions.extend(source_image::show(ui, self.source.as_ref()));
                 return;
@@ -844,6 +1097,11 @@ impl eframe::App for StillmotionApp {
         });
 
         actions.extend(interpolate::show(ui.ctx(), &mut self.interpolate));
+        actions.extend(models_view::show(
+            ui.ctx(),
+            &mut self.models,
+            self.state.settings.models_folder.as_deref(),
+        ));
         if !actions.is_empty() {
             self.pending.extend(actions);
             ui.ctx().request_repaint();
@@ -864,6 +1122,53 @@ fn multiplier_of(recipe: &Recipe) -> Option<u32> {
         }
         _ => None,
     }
+}
+
+/// Saves a pasted image as PNG in `dir` under a new name, for the recipe to name.
+fn save_pasted(dir: &std::path::Path, image: &egui::ColorImage) -> Result<PathBuf, String> {
+    let [width, height] = image.size;
+    let rgb: Vec<u8> = image
+        .pixels
+        .iter()
+        .flat_map(|pixel| [pixel.r(), pixel.g(), pixel.b()])
+        .collect();
+    let (Ok(width), Ok(height)) = (u32::try_from(width), u32::try_from(height)) else {
+        return Err("The pasted image is too large".to_owned());
+    };
+    let Some(buffer) = image::RgbImage::from_raw(width, height, rgb) else {
+        return Err("The pasted image is malformed".to_owned());
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis());
+    let path = dir.join(format!("pasted-{stamp}.png"));
+    std::fs::create_dir_all(dir)
+        .map_err(|error| error.to_string())
+        .and_then(|()| buffer.save(&path).map_err(|error| error.to_string()))
+        .map_err(|error| {
+            format!(
+                "Could not keep the pasted image (check the folder is writable): {error}: {}",
+                path.display()
+            )
+        })?;
+    Ok(path)
+}
+
+/// The image file a pasted text names (a path, or a `file://` URI as file managers copy),
+/// when it exists and has an image extension.
+fn pasted_image_path(text: &str) -> Option<PathBuf> {
+    let line = text.lines().next()?.trim();
+    let path = PathBuf::from(
+        line.strip_prefix("file://")
+            .unwrap_or(line)
+            .replace("%20", " "),
+    );
+    let is_image = path.extension().is_some_and(|ext| {
+        IMAGE_EXTENSIONS
+            .iter()
+            .any(|known| ext.eq_ignore_ascii_case(known))
+    });
+    (is_image && path.is_file()).then_some(path)
 }
 
 /// A fresh random seed (from the OS's randomly keyed hasher: no extra dependency needed).

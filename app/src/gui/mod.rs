@@ -1,18 +1,24 @@
 //! The main window: state, per-frame logic, and drawing.
 
 mod app;
+mod gpu_gauge;
 mod history;
 mod interpolate;
 mod jobs;
+mod live_preview;
+mod models_view;
 mod player;
 mod settings;
 mod source_image;
 mod user_presets;
 
 pub use app::{StartOptions, StillmotionApp, UiAction, run};
+pub use gpu_gauge::GaugeReading;
 pub use history::{History, HistoryEntry};
 pub use interpolate::InterpolateForm;
 pub use jobs::{JobEntry, JobList, JobState};
+pub use live_preview::PreviewingRunner;
+pub use models_view::ModelsView;
 pub use player::ClipPlayer;
 pub use settings::{ModelSlot, SamplerChoice, Settings};
 pub use source_image::SourceImage;

@@ -10,6 +10,7 @@ use stillmotion_engine::recipe::{
 };
 
 use super::UiAction;
+use super::gpu_gauge::GaugeReading;
 use crate::ui::theme;
 
 /// Which model file a "Choose…" button is for.
@@ -75,6 +76,8 @@ pub struct Settings {
     pub vae: Option<PathBuf>,
     pub output_dir: Option<PathBuf>,
     pub reserve_vram_gb: f64,
+    /// The folder the Models view scans (ours, or a ComfyUI `models/` folder).
+    pub models_folder: Option<PathBuf>,
 }
 
 /// Serializable mirror of the engine's sampler kind.
@@ -123,6 +126,7 @@ impl Default for Settings {
             vae: None,
             output_dir: None,
             reserve_vram_gb: stillmotion_engine::recipe::DEFAULT_RESERVE_VRAM_GB,
+            models_folder: None,
         }
     }
 }
@@ -248,6 +252,7 @@ pub fn show(
     presets: &[(String, Preset)],
     shipped_count: usize,
     new_preset_name: &mut String,
+    gauge: GaugeReading,
 ) -> Option<UiAction> {
     let mut action = None;
     ui.heading("Settings");
@@ -413,6 +418,10 @@ pub fn show(
             .labelled_by(label.id)
             .on_hover_text("GPU memory left free for the desktop and other programs");
             ui.end_row();
+
+            ui.label("GPU memory");
+            super::gpu_gauge::show(ui, gauge, settings.reserve_vram_gb);
+            ui.end_row();
         });
 
     ui.separator();
@@ -446,14 +455,16 @@ pub fn show(
             action = Some(UiAction::ChooseOutputFolder);
         }
     });
-    ui.separator();
-    let render = ui
-        .add(egui::Button::new("Render").min_size(egui::vec2(120.0, 28.0)))
-        .on_hover_text("Add this render to the queue (Ctrl+Enter)");
-    if render.clicked() {
-        action = Some(UiAction::Render);
-    }
     action
+}
+
+/// The Render button (kept out of the settings' scroll area so it is always in view).
+#[must_use]
+pub fn render_button(ui: &mut egui::Ui) -> Option<UiAction> {
+    ui.add(egui::Button::new("Render").min_size(egui::vec2(120.0, 28.0)))
+        .on_hover_text("Add this render to the queue (Ctrl+Enter)")
+        .clicked()
+        .then_some(UiAction::Render)
 }
 
 #[cfg(test)]

@@ -45,6 +45,13 @@ pub fn show(ui: &mut egui::Ui, source: Option<&SourceImage>) -> Option<UiAction>
         {
             action = Some(UiAction::OpenImageDialog);
         }
+        if ui
+            .button("Paste image")
+            .on_hover_text("Use the image on the clipboard (or press Ctrl+V)")
+            .clicked()
+        {
+            action = Some(UiAction::PasteFromClipboard);
+        }
     });
     match source {
         Some(source) => {
@@ -72,7 +79,10 @@ pub fn show(ui: &mut egui::Ui, source: Option<&SourceImage>) -> Option<UiAction>
                         240.0_f32.min(ui.available_height()),
                     ));
                     ui.centered_and_justified(|ui| {
-                        ui.colored_label(theme::WEAK_TEXT, "Drop an image here, or press Open…");
+                        ui.colored_label(
+                            theme::WEAK_TEXT,
+                            "Drop an image here, paste one (Ctrl+V), or press Open…",
+                        );
                     });
                 });
         }

@@ -177,6 +177,7 @@ where
             }
             None => (cond, 1),
         };
+        super::preview::offer(index, total, &*scheduler, &latents, &flow);
         latents = scheduler.step(&flow, &latents)?;
         tracing::debug!(step = index + 1, total, timestep, ?expert, "denoise step");
         on_step(&StepProgress {

@@ -14,6 +14,7 @@
 mod denoise;
 mod euler;
 mod noise;
+mod preview;
 mod schedule;
 mod unipc;
 
@@ -22,6 +23,7 @@ use candle_core::Tensor;
 pub use denoise::{Branch, Denoiser, Expert, GuidanceRule, LoopConfig, StepProgress, denoise};
 pub use euler::FlowEuler;
 pub use noise::{InitialNoise, initial_noise};
+pub use preview::{LatentPreview, MAX_PREVIEW_SIDE, project as project_latents, with_preview_sink};
 pub use schedule::{NUM_TRAIN_TIMESTEPS, Schedule, ScheduleKind, is_high_noise};
 pub use unipc::{FlowUniPc, SolverType, UniPcConfig};
 

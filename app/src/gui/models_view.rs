@@ -1,0 +1,367 @@
+//! The Models view: the models folder (ours, or an existing ComfyUI `models/` tree), what each
+//! preset needs, what is present, missing or invalid and why, with sizes and where to get each
+//! file. The scan reads file headers only, on a named helper thread.
+
+use std::path::{Path, PathBuf};
+
+use crossbeam_channel::{Receiver, bounded};
+use stillmotion_engine::model_files::scan::FoundFile;
+use stillmotion_engine::model_files::{
+    Format, Need, Noise, PresetStatus, ScanReport, Status, scan,
+};
+use stillmotion_engine::preset::{ModelFamily, Preset};
+
+use super::UiAction;
+use crate::ui::theme;
+
+/// The view's state: whether it is open, the last scan, and a scan in progress.
+#[derive(Default)]
+pub struct ModelsView {
+    pub open: bool,
+    /// The folder the last scan looked at, and what it found.
+    pub report: Option<(PathBuf, ScanReport)>,
+    /// The families of the presets the report lists, in the same order.
+    families: Vec<ModelFamily>,
+    scanning: Option<Receiver<(PathBuf, ScanReport)>>,
+}
+
+impl ModelsView {
+    /// Starts scanning `folder` for `presets` on a helper thread; the result arrives in
+    /// [`ModelsView::poll`].
+    pub fn start_scan(
+        &mut self,
+        ctx: &egui::Context,
+        folder: PathBuf,
+        presets: &[(String, Preset)],
+    ) -> Result<(), String> {
+        let (sender, receiver) = bounded(1);
+        let presets: Vec<Preset> = presets.iter().map(|(_, preset)| preset.clone()).collect();
+        self.families = presets.iter().map(|preset| preset.model).collect();
+        let ctx = ctx.clone();
+        std::thread::Builder::new()
+            .name("models-scan".to_owned())
+            .spawn(move || {
+                let report = scan(&folder, &presets);
+                // The app may have closed meanwhile; nothing to do then.
+                let _ = sender.send((folder, report));
+                ctx.request_repaint();
+            })
+            .map_err(|error| format!("Could not scan the models folder: {error}"))?;
+        self.scanning = Some(receiver);
+        Ok(())
+    }
+
+    /// Takes a finished scan; returns whether one arrived.
+    pub fn poll(&mut self) -> bool {
+        let Some(receiver) = &self.scanning else {
+            return false;
+        };
+        match receiver.try_recv() {
+            Ok(report) => {
+                self.report = Some(report);
+                self.scanning = None;
+                true
+            }
+            Err(crossbeam_channel::TryRecvError::Empty) => false,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                self.scanning = None;
+                false
+            }
+        }
+    }
+
+    #[must_use]
+    pub fn is_scanning(&self) -> bool {
+        self.scanning.is_some()
+    }
+
+    /// Whether the last scan found every file of at least one preset.
+    #[must_use]
+    pub fn any_preset_ready(&self) -> bool {
+        self.report
+            .as_ref()
+            .is_some_and(|(_, report)| report.presets.iter().any(PresetStatus::ready))
+    }
+}
+
+/// The model files a ready preset's scan found, for the settings' model slots:
+/// (high-noise, low-noise, text encoder, VAE).
+#[must_use]
+pub fn files_of(status: &PresetStatus) -> [Option<PathBuf>; 4] {
+    let mut files = [None, None, None, None];
+    for (need, found) in &status.needs {
+        let Status::Present(path) = found else {
+            continue;
+        };
+        let slot = match need {
+            Need::Dit {
+                noise: Some(Noise::High) | None,
+            } => 0,
+            Need::Dit {
+                noise: Some(Noise::Low),
+            } => 1,
+            Need::TextEncoder => 2,
+            Need::Vae => 3,
+            Need::Lora { .. } => continue,
+        };
+        files[slot] = Some(path.clone());
+    }
+    files
+}
+
+/// Draws the view as a window; returns the user's action.
+#[must_use]
+pub fn show(ctx: &egui::Context, view: &mut ModelsView, folder: Option<&Path>) -> Option<UiAction> {
+    let mut action = None;
+    let mut open = view.open;
+    egui::Window::new("Models")
+        .open(&mut open)
+        .default_size([640.0, 520.0])
+        .vscroll(true)
+        .show(ctx, |ui| {
+            ui.horizontal(|ui| {
+                ui.label("Models folder:");
+                match folder {
+                    Some(folder) => ui.monospace(folder.display().to_string()),
+                    None => ui.colored_label(theme::WARNING_TEXT, "none chosen"),
+                };
+            });
+            ui.horizontal(|ui| {
+                if ui
+                    .button("Choose models folder…")
+                    .on_hover_text(
+                        "Our own models folder, or an existing ComfyUI models/ folder \
+                         (diffusion_models/, text_encoders/, vae/, loras/)",
+                    )
+                    .clicked()
+                {
+                    action = Some(UiAction::ChooseModelsFolder);
+                }
+                if folder.is_some()
+                    && ui
+                        .add_enabled(!view.is_scanning(), egui::Button::new("Rescan"))
+                        .on_hover_text("Look at the folder again (reads file headers only)")
+                        .clicked()
+                {
+                    action = Some(UiAction::ScanModels);
+                }
+                if view.is_scanning() {
+                    ui.spinner();
+                    ui.label("scanning…");
+                }
+            });
+            ui.separator();
+            let Some((scanned, report)) = &view.report else {
+                ui.label(
+                    "Choose the folder that holds your Wan2.2 model files. Nothing is copied \
+                     or moved; the app reads the files where they are.",
+                );
+                return;
+            };
+            ui.colored_label(
+                theme::WEAK_TEXT,
+                format!(
+                    "{} model files found in {}",
+                    report.files.len(),
+                    scanned.display()
+                ),
+            );
+            // Ready presets first: they are what the user can render with now.
+            let mut order: Vec<usize> = (0..report.presets.len()).collect();
+            order.sort_by_key(|&index| !report.presets[index].ready());
+            for index in order {
+                let (Some(status), Some(family)) =
+                    (report.presets.get(index), view.families.get(index))
+                else {
+                    continue;
+                };
+                ui.separator();
+                if let Some(chosen) = preset_section(ui, index, status, *family, &report.files) {
+                    action = Some(chosen);
+                }
+            }
+        });
+    view.open = open;
+    action
+}
+
+fn preset_section(
+    ui: &mut egui::Ui,
+    index: usize,
+    status: &PresetStatus,
+    family: ModelFamily,
+    files: &[FoundFile],
+) -> Option<UiAction> {
+    let mut action = None;
+    ui.horizontal(|ui| {
+        ui.strong(&status.preset);
+        if status.ready() {
+            ui.colored_label(theme::NOTICE_TEXT, "ready");
+            if ui
+                .button(format!("Use these files for {}", status.preset))
+                .on_hover_text("Fill the model file choices in the settings with these files")
+                .clicked()
+            {
+                action = Some(UiAction::UseScannedModels(index));
+            }
+        } else {
+            ui.colored_label(theme::WARNING_TEXT, "files missing");
+        }
+    });
+    egui::Grid::new(("models", index))
+        .num_columns(2)
+        .striped(true)
+        .show(ui, |ui| {
+            for (need, found) in &status.needs {
+                ui.label(need_label(need));
+                match found {
+                    Status::Present(path) => {
+                        ui.label(format!(
+                            "present: {} ({})",
+                            path.file_name()
+                                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                            describe(path, files)
+                        ))
+                        .on_hover_text(path.display().to_string());
+                    }
+                    Status::Missing => {
+                        ui.colored_label(
+                            theme::WARNING_TEXT,
+                            format!("missing. {}", where_to_get(need, family)),
+                        );
+                    }
+                    Status::Invalid { path, reason } => {
+                        ui.colored_label(
+                            theme::ERROR_TEXT,
+                            format!(
+                                "unusable: {reason}. {}: {}",
+                                where_to_get(need, family),
+                                path.display()
+                            ),
+                        );
+                    }
+                }
+                ui.end_row();
+            }
+        });
+    action
+}
+
+fn need_label(need: &Need) -> String {
+    match need {
+        Need::Dit {
+            noise: Some(Noise::High),
+        } => "High-noise expert".to_owned(),
+        Need::Dit {
+            noise: Some(Noise::Low),
+        } => "Low-noise expert".to_owned(),
+        Need::Dit { noise: None } => "Video model".to_owned(),
+        Need::TextEncoder => "Text encoder".to_owned(),
+        Need::Vae => "VAE".to_owned(),
+        Need::Lora { name } => format!("LoRA {name}"),
+    }
+}
+
+/// Which file to get and where it goes (the names of the ComfyUI repackaged Wan2.2 release,
+/// which most users already have).
+#[must_use]
+pub fn where_to_get(need: &Need, family: ModelFamily) -> String {
+    let a14b = family == ModelFamily::Wan22I2vA14b;
+    match need {
+        Need::Dit { noise } => {
+            let noise = match noise {
+                Some(Noise::High) => "high",
+                Some(Noise::Low) => "low",
+                None => "",
+            };
+            if a14b {
+                format!(
+                    "Get wan2.2_i2v_{noise}_noise_14B_fp8_scaled.safetensors (or _fp16, or a \
+                     Wan2.2-I2V-A14B GGUF Q4_K_M…Q8_0) from the Wan2.2 ComfyUI repackaged \
+                     release, into diffusion_models/"
+                )
+            } else {
+                "Get wan2.2_ti2v_5B_fp16.safetensors from the Wan2.2 ComfyUI repackaged \
+                 release, into diffusion_models/"
+                    .to_owned()
+            }
+        }
+        Need::TextEncoder => "Get umt5_xxl_fp8_e4m3fn_scaled.safetensors (or umt5_xxl_fp16) \
+                              from the Wan2.1 ComfyUI repackaged release, into text_encoders/"
+            .to_owned(),
+        Need::Vae if a14b => "Get wan_2.1_vae.safetensors from the Wan2.2 ComfyUI repackaged \
+                              release, into vae/"
+            .to_owned(),
+        Need::Vae => "Get wan2.2_vae.safetensors from the Wan2.2 ComfyUI repackaged release, \
+                      into vae/"
+            .to_owned(),
+        Need::Lora { name } => format!(
+            "Get the {name} LoRA (wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise and \
+             _low_noise.safetensors for LightX2V 4-step), into loras/"
+        ),
+    }
+}
+
+/// "14.3 GB · safetensors · F8_E4M3 scaled", from the scan's fingerprint of `path`.
+fn describe(path: &Path, files: &[FoundFile]) -> String {
+    let Some(Ok(fingerprint)) = files
+        .iter()
+        .find(|file| file.path == path)
+        .map(|file| file.fingerprint.as_ref())
+    else {
+        return "size unknown".to_owned();
+    };
+    let format = match fingerprint.format {
+        Format::Safetensors => "safetensors",
+        Format::Gguf => "GGUF",
+        Format::Pickle => "PyTorch pickle",
+    };
+    let mut text = format!("{} · {format}", human_size(fingerprint.bytes));
+    if let Some(dtype) = &fingerprint.dtype {
+        text.push_str(" · ");
+        text.push_str(dtype);
+    }
+    if fingerprint.scaled_fp8 {
+        text.push_str(" scaled");
+    }
+    text
+}
+
+/// "12.3 GB", "540 MB", "12 KB".
+#[must_use]
+pub fn human_size(bytes: u64) -> String {
+    #[allow(clippy::cast_precision_loss, reason = "a size shown to one decimal")]
+    let value = bytes as f64;
+    if value >= 1e9 {
+        format!("{:.1} GB", value / 1e9)
+    } else if value >= 1e6 {
+        format!("{:.0} MB", value / 1e6)
+    } else {
+        format!("{:.0} KB", value / 1e3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_a_file_manager() {
+        assert_eq!(human_size(14_300_000_000), "14.3 GB");
+        assert_eq!(human_size(254_000_000), "254 MB");
+        assert_eq!(human_size(12_000), "12 KB");
+    }
+
+    #[test]
+    fn each_need_says_which_file_and_which_folder() {
+        let high = where_to_get(
+            &Need::Dit {
+                noise: Some(Noise::High),
+            },
+            ModelFamily::Wan22I2vA14b,
+        );
+        assert!(high.contains("wan2.2_i2v_high_noise_14B") && high.contains("diffusion_models/"));
+        assert!(where_to_get(&Need::Vae, ModelFamily::Wan22Ti2v5b).contains("wan2.2_vae"));
+        assert!(where_to_get(&Need::Vae, ModelFamily::Wan22I2vA14b).contains("wan_2.1_vae"));
+    }
+}
