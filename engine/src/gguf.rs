@@ -115,6 +115,21 @@ fn stored_bytes(dtype: GgmlDType, elements: usize) -> usize {
     elements / dtype.block_size() * dtype.type_size()
 }
 
+/// An integer metadata value, written with whichever integer type the writer chose.
+pub(crate) fn int_value(value: &Value) -> Option<i64> {
+    Some(match value {
+        Value::U8(v) => i64::from(*v),
+        Value::U16(v) => i64::from(*v),
+        Value::U32(v) => i64::from(*v),
+        Value::U64(v) => i64::try_from(*v).ok()?,
+        Value::I8(v) => i64::from(*v),
+        Value::I16(v) => i64::from(*v),
+        Value::I32(v) => i64::from(*v),
+        Value::I64(v) => *v,
+        _ => return None,
+    })
+}
+
 /// One dimension of a stored shape, written with whichever integer type the writer chose.
 fn dim(value: &Value) -> Option<usize> {
     let v = match value {
@@ -239,6 +254,16 @@ impl GgufFile {
             metadata,
             file_len: self.file_len,
         }
+    }
+
+    /// The file's metadata (`general.architecture`, `tokenizer.ggml.*`, ...).
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn orig_shape(&self, name: &str) -> Option<Vec<usize>> {

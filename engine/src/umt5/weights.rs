@@ -7,6 +7,9 @@
 //!   `model.safetensors.index.json`, HF naming, and a `config.json`.
 //! - the official `models_t5_umt5-xxl-enc-bf16.pth`: a PyTorch pickle (read as data by
 //!   `candle_core::pickle`, never executed) in Wan-native naming, renamed by [`WAN_RENAMES`].
+//! - city96's `umt5-xxl-encoder-*.gguf`: llama.cpp's T5 naming (`enc.blk.N.attn_q.weight`),
+//!   renamed by [`gguf_to_hf`]; each tensor is dequantized to the model dtype as it is read
+//!   (the encoder runs plain weights).
 //!
 //! Per-tensor fp8 scales (`scale_weight`, ComfyUI's `scaled_fp8` marker) are refused until the
 //! fp8 path lands: ignoring them would silently produce garbage.
@@ -15,8 +18,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use candle_nn::var_builder::SimpleBackend;
 
 use super::{Config, Umt5Encoder};
 use crate::EngineError;
@@ -135,7 +141,20 @@ impl Checkpoint {
                 problem: format!("cannot read this checkpoint ({e})"),
                 path: file.clone(),
             };
-            if file.to_string_lossy().ends_with(".safetensors") {
+            if crate::gguf::is_gguf(file) {
+                let gguf = crate::gguf::GgufFile::open(file)?;
+                let names: HashMap<String, String> =
+                    gguf.shapes().into_keys().map(|k| (k.clone(), k)).collect();
+                let keys: Vec<String> = names.keys().cloned().collect();
+                let backend: Arc<dyn SimpleBackend> =
+                    Arc::from(gguf.into_backend(names, crate::gguf::QuantizedMatmul::default()));
+                found.extend(keys.into_iter().map(|key| {
+                    (
+                        gguf_to_hf(&key),
+                        Source::Gguf(Arc::clone(&backend), file.clone(), key),
+                    )
+                }));
+            } else if file.to_string_lossy().ends_with(".safetensors") {
                 found.extend(
                     safetensors_entries(file)?
                         .into_iter()
@@ -163,6 +182,13 @@ impl Checkpoint {
             let tensor = match source {
                 Source::Loaded(tensor) => tensor,
                 Source::File(file, entry) => entry.read(&file)?,
+                // Dequantized one tensor at a time, straight to `dtype`.
+                Source::Gguf(backend, file, key) => backend
+                    .get_unchecked(&key, DType::F32, &Device::Cpu)
+                    .map_err(|e| EngineError::BadTextEncoder {
+                        problem: format!("cannot read tensor {key} ({e})"),
+                        path: file,
+                    })?,
             };
             out.insert(hf, tensor.to_device(device)?.to_dtype(dtype)?);
         }
@@ -195,10 +221,12 @@ impl Checkpoint {
     }
 }
 
-/// Where a tensor comes from: a place in a safetensors file, or a pickle already read.
+/// Where a tensor comes from: a place in a safetensors file, a pickle already read, or a GGUF
+/// file's tensor (by its key there).
 enum Source {
     File(PathBuf, Entry),
     Loaded(Tensor),
+    Gguf(Arc<dyn SimpleBackend>, PathBuf, String),
 }
 
 impl Source {
@@ -206,8 +234,43 @@ impl Source {
         match self {
             Self::File(_, entry) => entry.dtype,
             Self::Loaded(tensor) => Some(tensor.dtype()),
+            Self::Gguf(..) => None,
         }
     }
+}
+
+/// llama.cpp's T5 tensor names (city96's umt5-xxl GGUF files) → HF names, by the same
+/// substring replacements ComfyUI-GGUF applies.
+const GGUF_T5_RENAMES: &[(&str, &str)] = &[
+    ("enc.", "encoder."),
+    ("dec.", "decoder."),
+    (".blk.", ".block."),
+    ("token_embd", "shared"),
+    ("output_norm", "final_layer_norm"),
+    ("attn_q", "layer.0.SelfAttention.q"),
+    ("attn_k", "layer.0.SelfAttention.k"),
+    ("attn_v", "layer.0.SelfAttention.v"),
+    ("attn_o", "layer.0.SelfAttention.o"),
+    ("attn_norm", "layer.0.layer_norm"),
+    (
+        "attn_rel_b",
+        "layer.0.SelfAttention.relative_attention_bias",
+    ),
+    ("ffn_up", "layer.1.DenseReluDense.wi_1"),
+    ("ffn_down", "layer.1.DenseReluDense.wo"),
+    ("ffn_gate", "layer.1.DenseReluDense.wi_0"),
+    ("ffn_norm", "layer.1.layer_norm"),
+];
+
+/// The HF name of a tensor in a GGUF text encoder (names already in HF form pass unchanged).
+#[must_use]
+pub fn gguf_to_hf(name: &str) -> String {
+    if !name.starts_with("enc.") && !name.starts_with("dec.") && !name.starts_with("token_embd") {
+        return name.to_owned();
+    }
+    GGUF_T5_RENAMES
+        .iter()
+        .fold(name.to_owned(), |n, (from, to)| n.replace(from, to))
 }
 
 /// Refuses fp8-scaled checkpoints (their scales would otherwise be silently ignored).
@@ -355,6 +418,54 @@ mod tests {
         );
         assert_eq!(wan_to_hf("blocks.x.norm1.weight"), None);
         assert_eq!(wan_to_hf("head.weight"), None);
+    }
+
+    #[test]
+    fn llama_cpp_t5_names_map_onto_hf_names() {
+        for (gguf, hf) in [
+            ("token_embd.weight", "shared.weight"),
+            ("enc.output_norm.weight", "encoder.final_layer_norm.weight"),
+            (
+                "enc.blk.7.attn_rel_b.weight",
+                "encoder.block.7.layer.0.SelfAttention.relative_attention_bias.weight",
+            ),
+            (
+                "enc.blk.0.attn_norm.weight",
+                "encoder.block.0.layer.0.layer_norm.weight",
+            ),
+            (
+                "enc.blk.23.ffn_gate.weight",
+                "encoder.block.23.layer.1.DenseReluDense.wi_0.weight",
+            ),
+            (
+                "enc.blk.23.ffn_up.weight",
+                "encoder.block.23.layer.1.DenseReluDense.wi_1.weight",
+            ),
+            (
+                "enc.blk.23.ffn_down.weight",
+                "encoder.block.23.layer.1.DenseReluDense.wo.weight",
+            ),
+            (
+                "dec.blk.0.attn_q.weight",
+                "decoder.block.0.layer.0.SelfAttention.q.weight",
+            ),
+            ("shared.weight", "shared.weight"),
+        ] {
+            assert_eq!(gguf_to_hf(gguf), hf, "{gguf}");
+        }
+    }
+
+    #[test]
+    fn a_gguf_without_tokenizer_metadata_says_what_to_choose() {
+        let dit = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/golden/files_dit_gguf_q8_0/wan_t2v_Q8_0.gguf");
+        let error = super::super::PromptTokenizer::open(&dit, 512)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("tokenizer.ggml.tokens") && error.contains("spiece.model"),
+            "{error}"
+        );
     }
 
     #[test]
