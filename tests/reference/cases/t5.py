@@ -130,6 +130,7 @@ def _encoder_cases() -> None:
     )
 
     _gguf_encoder_case(model, state, inputs, cfg)
+    _fp8_scaled_case(model, state, inputs, cfg)
 
     wan = load_wan()
     t5 = wan.modules.t5
@@ -239,6 +240,45 @@ def _gguf_encoder_case(model, state, inputs, cfg) -> None:
         expected={"hidden_states": hidden},
         config=dict(cfg, checkpoint="umt5_tiny_Q8_0.gguf"),
         extra_files={"umt5_tiny_Q8_0.gguf": blob},
+        seed=SEED,
+    )
+
+
+def _fp8_scaled_case(model, state, inputs, cfg) -> None:
+    """ComfyUI's `umt5_xxl_fp8_e4m3fn_scaled.safetensors` layout: HF names, every Linear weight
+    float8_e4m3fn with a float32 0-dim `scale_weight` (per-tensor absmax / 448), a `scaled_fp8`
+    marker, the rest (embedding, position biases, norms) in bfloat16. The reference is the HF
+    model on `stored.float() * scale` (ComfyUI's dequantization), so a loader that drops the
+    scale is off by hundreds."""
+    fp8 = torch.float8_e4m3fn
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    stored = {}
+    dequantized = {}
+    for name, p in sorted(state.items()):
+        layer = name.rsplit(".", 1)[0]
+        if layer in linears and name.endswith(".weight"):
+            scale = (p.abs().max() / torch.finfo(fp8).max).to(torch.float32)
+            q = (p / scale).to(fp8)
+            stored[name] = q
+            stored[f"{layer}.scale_weight"] = scale.reshape(())
+            dequantized[name] = q.to(torch.float32) * scale
+        else:
+            stored[name] = p.to(torch.bfloat16)
+            dequantized[name] = stored[name].to(torch.float32)
+    stored["scaled_fp8"] = torch.empty(0, dtype=fp8)
+    reference = UMT5EncoderModel(model.config).eval()
+    missing, unexpected = reference.load_state_dict(dequantized, strict=False)
+    assert not unexpected and set(missing) <= {"encoder.embed_tokens.weight"}, (missing, unexpected)
+    with torch.no_grad():
+        hidden = reference(**inputs).last_hidden_state
+    common.write_case(
+        "umt5_comfyui_fp8_scaled",
+        component="umt5",
+        description="the tiny UMT5EncoderModel as ComfyUI's umt5_xxl_fp8_e4m3fn_scaled file: float8_e4m3fn Linear weights + scale_weight, scaled_fp8 marker, bf16 rest; reference on the dequantized weights",
+        weights={"umt5_tiny_fp8_e4m3fn_scaled.safetensors": stored},
+        inputs=inputs,
+        expected={"hidden_states": hidden},
+        config=dict(cfg, checkpoint="umt5_tiny_fp8_e4m3fn_scaled.safetensors"),
         seed=SEED,
     )
 
