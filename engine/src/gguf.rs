@@ -266,6 +266,37 @@ impl GgufFile {
         &self.path
     }
 
+    /// `general.architecture`, when the file names one (`wan`, `t5encoder`, ...).
+    pub fn architecture(&self) -> Option<&str> {
+        self.content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .map(String::as_str)
+    }
+
+    /// Refuses a file whose `general.architecture` is not one of `expected`, naming what it is
+    /// and where it belongs (`role`: what the caller loads, for the message).
+    pub fn expect_architecture(&self, expected: &[&str], role: &str) -> Result<(), EngineError> {
+        let Some(arch) = self.architecture() else {
+            return Ok(());
+        };
+        if expected.contains(&arch) {
+            return Ok(());
+        }
+        let what = match arch {
+            "t5" | "t5encoder" | "umt5" => "a text encoder (umT5): choose it as the text encoder",
+            "wan" => "a Wan diffusion transformer: choose it as a DiT expert",
+            _ => "not a Wan2.2 model file",
+        };
+        Err(EngineError::BadModelFile {
+            problem: format!(
+                "this GGUF file's architecture is {arch:?}, {what}; it cannot be loaded as the {role}"
+            ),
+            path: self.path.clone(),
+        })
+    }
+
     fn orig_shape(&self, name: &str) -> Option<Vec<usize>> {
         match self.content.metadata.get(&format!("{ORIG_SHAPE}{name}"))? {
             Value::Array(dims) => dims.iter().map(dim).collect(),

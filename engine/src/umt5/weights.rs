@@ -144,6 +144,7 @@ impl Checkpoint {
             };
             if crate::gguf::is_gguf(file) {
                 let gguf = crate::gguf::GgufFile::open(file)?;
+                gguf.expect_architecture(&["t5", "t5encoder", "umt5"], "text encoder")?;
                 let names: HashMap<String, String> =
                     gguf.shapes().into_keys().map(|k| (k.clone(), k)).collect();
                 let keys: Vec<String> = names.keys().cloned().collect();
@@ -529,6 +530,21 @@ mod tests {
         ] {
             assert_eq!(gguf_to_hf(gguf), hf, "{gguf}");
         }
+    }
+
+    #[test]
+    fn a_dit_gguf_given_as_the_text_encoder_is_named() {
+        let dit = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/golden/files_dit_gguf_q8_0/wan_t2v_Q8_0.gguf");
+        let error = Checkpoint::locate(&dit)
+            .unwrap()
+            .read_tensors(DType::F32, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("\"wan\"") && error.contains("DiT expert"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -71,6 +71,7 @@ impl WanModel {
             && is_gguf(file)
         {
             let gguf = GgufFile::open(file)?;
+            gguf.expect_architecture(&["wan"], "diffusion transformer")?;
             let shapes = gguf.shapes();
             let names = original_names(shapes.keys().map(String::as_str))?;
             let config = match config {
@@ -244,6 +245,18 @@ mod tests {
         let diff = (a - b).unwrap().sqr().unwrap().sum_all().unwrap();
         let norm = b.sqr().unwrap().sum_all().unwrap();
         (diff.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt()
+    }
+
+    #[test]
+    fn a_text_encoder_gguf_given_as_the_dit_is_named() {
+        let umt5 = golden("umt5_gguf_city96_q8_0").join("umt5_tiny_Q8_0.gguf");
+        let err = WanModel::load(&umt5, &Device::Cpu, DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t5encoder") && err.contains("choose it as the text encoder"),
+            "{err}"
+        );
     }
 
     #[test]
