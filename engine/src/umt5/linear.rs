@@ -1,15 +1,22 @@
 //! The encoder's projections (no bias): a plain weight, or a float8 e4m3 weight with a
 //! per-tensor `scale_weight` as ComfyUI's `umt5_xxl_fp8_e4m3fn_scaled.safetensors` stores it.
 //! Float8 weights stay resident as float8 (half the memory of bf16) and are dequantized at use,
-//! `weight.to(dtype) * scale`, as ComfyUI does when it does not run an fp8 matmul.
+//! `weight.to(dtype) * scale`, as ComfyUI does when it does not run an fp8 matmul. GGUF
+//! projections in a block-quantized type stay resident as a candle `QTensor` and are
+//! dequantized at use too (ComfyUI-GGUF's arithmetic).
 
 #![allow(
     clippy::needless_pass_by_value,
     reason = "candle's layer constructors take the VarBuilder by value: vb.pp(..) makes one per layer"
 )]
 
+use std::sync::Arc;
+
+use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Linear, VarBuilder, linear_no_bias};
+
+use crate::gguf::{GGML_TYPE_SUFFIX, ggml_type_from_id};
 
 /// Name of the per-tensor scale beside a float8 weight.
 pub(super) const SCALE_WEIGHT: &str = "scale_weight";
@@ -23,6 +30,11 @@ pub(super) enum Proj {
         scale: f64,
         dtype: DType,
     },
+    /// GGML blocks `[out, in]` and the dtype they dequantize to.
+    Quantized {
+        weight: Arc<QTensor>,
+        dtype: DType,
+    },
 }
 
 impl Proj {
@@ -31,6 +43,30 @@ impl Proj {
         out_dim: usize,
         vb: VarBuilder<'_>,
     ) -> candle_core::Result<Self> {
+        let marker = format!("weight{GGML_TYPE_SUFFIX}");
+        if vb.contains_tensor(&marker) {
+            let code = vb
+                .get_unchecked_dtype(&marker, DType::U32)?
+                .to_vec1::<u32>()?;
+            let ggml = code.first().and_then(|&id| ggml_type_from_id(id));
+            if let Some(ggml) = ggml
+                && in_dim.is_multiple_of(ggml.block_size())
+            {
+                let bytes = vb
+                    .get_unchecked_dtype("weight", DType::U8)?
+                    .to_vec1::<u8>()?;
+                let storage =
+                    QStorage::from_data(std::borrow::Cow::Owned(bytes), vb.device(), ggml)?;
+                return Ok(Self::Quantized {
+                    weight: Arc::new(QTensor::new(storage, (out_dim, in_dim))?),
+                    dtype: vb.dtype(),
+                });
+            }
+            candle_core::bail!(
+                "{}.weight is stored in a GGML type this layer cannot use",
+                vb.prefix()
+            );
+        }
         if !vb.contains_tensor(SCALE_WEIGHT) {
             return Ok(Self::Plain(linear_no_bias(in_dim, out_dim, vb)?));
         }
@@ -65,6 +101,7 @@ impl Proj {
         match self {
             Self::Plain(linear) => linear.weight().dtype(),
             Self::Scaled { weight, .. } => weight.dtype(),
+            Self::Quantized { .. } => DType::U8,
         }
     }
 }
@@ -79,6 +116,10 @@ impl Module for Proj {
                 dtype,
             } => {
                 let weight = weight.to_dtype(*dtype)?.affine(*scale, 0.0)?;
+                Linear::new(weight, None).forward(x)
+            }
+            Self::Quantized { weight, dtype } => {
+                let weight = weight.dequantize(&weight.device())?.to_dtype(*dtype)?;
                 Linear::new(weight, None).forward(x)
             }
         }

@@ -331,6 +331,36 @@ mod tests {
     }
 
     #[test]
+    fn a_gguf_encoder_keeps_its_block_quantized_projections_quantized() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/golden/umt5_gguf_city96_q8_0/umt5_tiny_Q8_0.gguf");
+        let cfg = Config {
+            vocab_size: 96,
+            d_model: 32,
+            d_kv: 6,
+            d_ff: 40,
+            num_heads: 4,
+            num_layers: 2,
+            ..Config::umt5_xxl()
+        };
+        let encoder = super::super::Checkpoint::locate(&path)
+            .unwrap()
+            .load_encoder(&cfg, DType::F32, &Device::Cpu)
+            .unwrap();
+        for block in &encoder.blocks {
+            let a = &block.attention;
+            let f = &block.ffn;
+            // Input width 32 (one Q8_0 block): q, k, v, wi_0, wi_1. o (24) and wo (40) are F16.
+            for proj in [&a.q, &a.k, &a.v, &f.wi_0, &f.wi_1] {
+                assert_eq!(proj.stored_dtype(), DType::U8);
+            }
+            for proj in [&a.o, &f.wo] {
+                assert_eq!(proj.stored_dtype(), DType::F32);
+            }
+        }
+    }
+
+    #[test]
     fn buckets_match_hand_computed_t5_values() {
         // 32 buckets, max distance 128: 16 per direction, exact below 8, log-spaced to 128.
         let buckets = relative_position_buckets(200, 32, 128);

@@ -8,8 +8,9 @@
 //! - the official `models_t5_umt5-xxl-enc-bf16.pth`: a PyTorch pickle (read as data by
 //!   `candle_core::pickle`, never executed) in Wan-native naming, renamed by [`WAN_RENAMES`].
 //! - city96's `umt5-xxl-encoder-*.gguf`: llama.cpp's T5 naming (`enc.blk.N.attn_q.weight`),
-//!   renamed by [`gguf_to_hf`]; each tensor is dequantized to the model dtype as it is read
-//!   (the encoder runs plain weights).
+//!   renamed by [`gguf_to_hf`]. Block-quantized projections stay quantized (raw blocks with a
+//!   `<name>.ggml_type` marker, as `crate::gguf` hands them to the DiT); every other tensor is
+//!   dequantized to the model dtype as it is read.
 //! - ComfyUI's `umt5_xxl_fp8_e4m3fn_scaled.safetensors`: HF naming, float8 e4m3 weights with a
 //!   per-tensor `scale_weight` (and a `scaled_fp8` marker). The projections keep their float8
 //!   weights resident and dequantize at use (`super::linear`); other float8 tensors are
@@ -24,6 +25,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_nn::var_builder::SimpleBackend;
+
+use crate::gguf::GGML_TYPE_SUFFIX;
 
 use super::{Config, Umt5Encoder};
 use crate::EngineError;
@@ -187,6 +190,29 @@ impl Checkpoint {
                 tracing::debug!(tensor = %name, "unused by the umT5 encoder");
                 continue;
             };
+            // Block-quantized GGUF projections stay quantized: their raw blocks (CPU, u8)
+            // and GGML type go to `super::linear`, which builds the QTensor on the device.
+            if let Source::Gguf(backend, file, key) = &source
+                && is_projection_weight(&hf)
+            {
+                let marker = format!("{key}{GGML_TYPE_SUFFIX}");
+                if backend.contains_tensor(&marker) {
+                    let read = |name: &str, dtype| {
+                        backend
+                            .get_unchecked(name, dtype, &Device::Cpu)
+                            .map_err(|e| EngineError::BadTextEncoder {
+                                problem: format!("cannot read tensor {key} ({e})"),
+                                path: file.clone(),
+                            })
+                    };
+                    out.insert(
+                        format!("{hf}{GGML_TYPE_SUFFIX}"),
+                        read(&marker, DType::U32)?,
+                    );
+                    out.insert(hf, read(key, DType::U8)?);
+                    continue;
+                }
+            }
             let tensor = match source {
                 Source::Loaded(tensor) => tensor,
                 Source::File(file, entry) => entry.read(&file)?,
