@@ -76,7 +76,7 @@ fn dtype_size(dtype: &str) -> Option<u64> {
 fn sniff_other_format(first: &[u8]) -> Option<&'static str> {
     if first.starts_with(b"GGUF") {
         Some(
-            "this is a GGUF file, which only the diffusion transformer loader reads: use the .safetensors release of this model",
+            "this is a GGUF file, which Stillmotion reads only as a diffusion transformer or a text encoder: use the .safetensors release of this model",
         )
     } else if matches!(first, [0x80, 2..=5, ..]) || first.starts_with(b"PK\x03\x04") {
         Some(

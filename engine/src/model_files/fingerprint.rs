@@ -98,7 +98,12 @@ pub fn fingerprint(path: &Path) -> Result<Fingerprint, EngineError> {
         bytes,
     };
     if magic == *b"GGUF" {
-        let header = crate::gguf::GgufFile::open(path)?.header();
+        let mut header = crate::gguf::GgufFile::open(path)?.header();
+        // llama.cpp's T5 names (GGUF text encoders) read as the HF names the roles know.
+        header.tensors = std::mem::take(&mut header.tensors)
+            .into_iter()
+            .map(|(k, v)| (crate::umt5::weights::gguf_to_hf(&k), v))
+            .collect();
         return Ok(Fingerprint {
             format: Format::Gguf,
             ..from_header(&header)
@@ -394,6 +399,10 @@ mod tests {
             (Format::Gguf, Role::DitExpert, Some(16))
         );
         assert_eq!(fp.dtype.as_deref(), Some("Q8_0"));
+        let umt5 = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/golden/umt5_gguf_city96_q8_0/umt5_tiny_Q8_0.gguf");
+        let fp = fingerprint(&umt5).unwrap();
+        assert_eq!((fp.format, fp.role), (Format::Gguf, Role::TextEncoder));
         let rife = dir.path().join("flownet.pkl");
         std::fs::write(&rife, b"\x80\x02}q\0").unwrap();
         let fp = fingerprint(&rife).unwrap();

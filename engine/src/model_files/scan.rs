@@ -114,11 +114,11 @@ fn walk(dir: &Path, role: Option<Role>, depth: usize, out: &mut Vec<FoundFile>) 
 
 /// Why `fp` cannot serve `need` for `preset`; `None` if it can.
 fn mismatch(need: &Need, model: ModelFamily, fp: &Fingerprint) -> Option<String> {
-    let gguf_dit = fp.format == Format::Gguf && matches!(need, Need::Dit { .. });
-    if fp.format != Format::Safetensors && !gguf_dit {
+    let gguf_ok = fp.format == Format::Gguf && matches!(need, Need::Dit { .. } | Need::TextEncoder);
+    if fp.format != Format::Safetensors && !gguf_ok {
         return Some(match fp.format {
             Format::Gguf => {
-                "GGUF is loaded for the diffusion transformer only: use the .safetensors file"
+                "GGUF is loaded for the diffusion transformer and the text encoder only: use the .safetensors file"
                     .to_owned()
             }
             _ => "PyTorch pickle files are not loaded: use the .safetensors file".to_owned(),

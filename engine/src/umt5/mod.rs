@@ -14,6 +14,7 @@ mod cache;
 mod clean;
 mod config;
 mod encoder;
+mod linear;
 mod model;
 mod spm;
 pub mod tokenizer;

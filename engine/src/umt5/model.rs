@@ -7,7 +7,9 @@
 )]
 
 use candle_core::{D, DType, Device, Module, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder, embedding, linear_no_bias};
+use candle_nn::{Embedding, VarBuilder, embedding};
+
+use super::linear::Proj;
 
 use super::Config;
 
@@ -67,10 +69,10 @@ fn relative_position_buckets(len: usize, num_buckets: usize, max_distance: usize
 /// 1/√d scaling of the scores (T5 folds it into the weights).
 #[derive(Clone, Debug)]
 struct SelfAttention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    q: Proj,
+    k: Proj,
+    v: Proj,
+    o: Proj,
     relative_attention_bias: Embedding,
     num_heads: usize,
     d_kv: usize,
@@ -82,10 +84,10 @@ impl SelfAttention {
     fn new(cfg: &Config, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
         let inner = cfg.inner_dim();
         Ok(Self {
-            q: linear_no_bias(cfg.d_model, inner, vb.pp("q"))?,
-            k: linear_no_bias(cfg.d_model, inner, vb.pp("k"))?,
-            v: linear_no_bias(cfg.d_model, inner, vb.pp("v"))?,
-            o: linear_no_bias(inner, cfg.d_model, vb.pp("o"))?,
+            q: Proj::new(cfg.d_model, inner, vb.pp("q"))?,
+            k: Proj::new(cfg.d_model, inner, vb.pp("k"))?,
+            v: Proj::new(cfg.d_model, inner, vb.pp("v"))?,
+            o: Proj::new(inner, cfg.d_model, vb.pp("o"))?,
             relative_attention_bias: embedding(
                 cfg.relative_attention_num_buckets,
                 cfg.num_heads,
@@ -144,17 +146,17 @@ impl SelfAttention {
 /// Gated-GELU feed-forward: `wo(gelu_tanh(wi_0 x) * wi_1 x)`.
 #[derive(Clone, Debug)]
 struct DenseGatedGeluDense {
-    wi_0: Linear,
-    wi_1: Linear,
-    wo: Linear,
+    wi_0: Proj,
+    wi_1: Proj,
+    wo: Proj,
 }
 
 impl DenseGatedGeluDense {
     fn new(cfg: &Config, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
         Ok(Self {
-            wi_0: linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("wi_0"))?,
-            wi_1: linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("wi_1"))?,
-            wo: linear_no_bias(cfg.d_ff, cfg.d_model, vb.pp("wo"))?,
+            wi_0: Proj::new(cfg.d_model, cfg.d_ff, vb.pp("wi_0"))?,
+            wi_1: Proj::new(cfg.d_model, cfg.d_ff, vb.pp("wi_1"))?,
+            wo: Proj::new(cfg.d_ff, cfg.d_model, vb.pp("wo"))?,
         })
     }
 
@@ -295,6 +297,67 @@ mod tests {
         assert_eq!((clamped[1], clamped[2]), (-clamped[0], 1.5));
         let kept = fp16_clamp(x).unwrap().to_vec1::<f32>().unwrap();
         assert!(kept[0].is_infinite());
+    }
+
+    #[test]
+    fn a_comfyui_fp8_scaled_file_keeps_every_projection_float8() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
+            "../tests/golden/umt5_comfyui_fp8_scaled/umt5_tiny_fp8_e4m3fn_scaled.safetensors",
+        );
+        let cfg = Config {
+            vocab_size: 96,
+            d_model: 32,
+            d_kv: 6,
+            d_ff: 40,
+            num_heads: 4,
+            num_layers: 2,
+            ..Config::umt5_xxl()
+        };
+        let encoder = super::super::Checkpoint::locate(&path)
+            .unwrap()
+            .load_encoder(&cfg, DType::BF16, &Device::Cpu)
+            .unwrap();
+        let mut resident = 0;
+        for block in &encoder.blocks {
+            let a = &block.attention;
+            let f = &block.ffn;
+            for proj in [&a.q, &a.k, &a.v, &a.o, &f.wi_0, &f.wi_1, &f.wo] {
+                assert_eq!(proj.stored_dtype(), DType::F8E4M3);
+                resident += 1;
+            }
+        }
+        assert_eq!(resident, 14);
+        assert_eq!(encoder.shared.embeddings().dtype(), DType::BF16);
+    }
+
+    #[test]
+    fn a_gguf_encoder_keeps_its_block_quantized_projections_quantized() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/golden/umt5_gguf_city96_q8_0/umt5_tiny_Q8_0.gguf");
+        let cfg = Config {
+            vocab_size: 96,
+            d_model: 32,
+            d_kv: 6,
+            d_ff: 40,
+            num_heads: 4,
+            num_layers: 2,
+            ..Config::umt5_xxl()
+        };
+        let encoder = super::super::Checkpoint::locate(&path)
+            .unwrap()
+            .load_encoder(&cfg, DType::F32, &Device::Cpu)
+            .unwrap();
+        for block in &encoder.blocks {
+            let a = &block.attention;
+            let f = &block.ffn;
+            // Input width 32 (one Q8_0 block): q, k, v, wi_0, wi_1. o (24) and wo (40) are F16.
+            for proj in [&a.q, &a.k, &a.v, &f.wi_0, &f.wi_1] {
+                assert_eq!(proj.stored_dtype(), DType::U8);
+            }
+            for proj in [&a.o, &f.wo] {
+                assert_eq!(proj.stored_dtype(), DType::F32);
+            }
+        }
     }
 
     #[test]

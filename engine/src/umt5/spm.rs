@@ -14,7 +14,7 @@ pub enum PieceKind {
 }
 
 impl PieceKind {
-    fn from_proto(value: u64) -> Self {
+    pub(super) fn from_proto(value: u64) -> Self {
         match value {
             2 => Self::Unknown,
             3 => Self::Control,

@@ -80,8 +80,9 @@ fn bad(path: &Path, problem: impl std::fmt::Display) -> EngineError {
 }
 
 impl PromptTokenizer {
-    /// Finds the tokenizer in a file or folder: `tokenizer.json`, `spiece.model`, or a
-    /// `.safetensors` text encoder that embeds `spiece_model`.
+    /// Finds the tokenizer in a file or folder: `tokenizer.json`, `spiece.model`, a
+    /// `.safetensors` text encoder that embeds `spiece_model`, or a GGUF text encoder with
+    /// `tokenizer.ggml.*` metadata.
     pub fn open(path: &Path, text_len: usize) -> Result<Self, EngineError> {
         if path.is_dir() {
             for name in ["tokenizer.json", "spiece.model"] {
@@ -96,7 +97,9 @@ impl PromptTokenizer {
             ));
         }
         let name = path.to_string_lossy();
-        if name.ends_with(".json") {
+        if crate::gguf::is_gguf(path) {
+            Self::from_gguf(path, text_len)
+        } else if name.ends_with(".json") {
             Self::from_tokenizer_json(path, text_len)
         } else if name.ends_with(".safetensors") {
             Self::from_text_encoder_file(path, text_len)
@@ -115,6 +118,105 @@ impl PromptTokenizer {
         path: &Path,
     ) -> Result<Self, EngineError> {
         let model = SpmModel::parse(bytes).map_err(|p| bad(path, p))?;
+        Self::from_spm(&model, extra_ids, text_len, path)
+    }
+
+    /// From the SentencePiece vocabulary in a GGUF text encoder's `tokenizer.ggml.*` metadata
+    /// (llama.cpp's T5 layout, as city96's umt5-xxl GGUF files carry it): `tokens`, `scores`,
+    /// `token_type` (SentencePiece piece types) and `precompiled_charsmap`. Trailing `[PAD…]`
+    /// fillers (unused pieces padding the list to the embedding's rows) are dropped, and the
+    /// `<extra_id_N>` sentinels are added as for `spiece.model` unless the list has them.
+    pub fn from_gguf(path: &Path, text_len: usize) -> Result<Self, EngineError> {
+        use candle_core::quantized::gguf_file::Value;
+
+        let file = crate::gguf::GgufFile::open(path)?;
+        let meta = file.metadata();
+        let array = |key: &str| -> Result<&Vec<Value>, EngineError> {
+            match meta.get(key) {
+                Some(Value::Array(values)) => Ok(values),
+                _ => Err(bad(
+                    path,
+                    format!(
+                        "this GGUF file has no {key} (no tokenizer embedded); choose a \
+                         tokenizer.json or spiece.model"
+                    ),
+                )),
+            }
+        };
+        if let Some(model) = meta.get("tokenizer.ggml.model")
+            && let Ok(model) = model.to_string()
+            && !matches!(model.as_str(), "t5" | "t5encoder" | "umt5")
+        {
+            return Err(bad(
+                path,
+                format!("its tokenizer is {model:?}, not the T5 SentencePiece one umT5 needs"),
+            ));
+        }
+        let tokens = array("tokenizer.ggml.tokens")?;
+        let scores = array("tokenizer.ggml.scores")?;
+        let types = meta.get("tokenizer.ggml.token_type");
+        let charsmap = match meta.get("tokenizer.ggml.precompiled_charsmap") {
+            Some(Value::Array(bytes)) => bytes
+                .iter()
+                .map(|b| {
+                    crate::gguf::int_value(b)
+                        .and_then(|b| u8::try_from(b & 0xff).ok())
+                        .ok_or_else(|| bad(path, "its precompiled_charsmap is not bytes"))
+                })
+                .collect::<Result<Vec<u8>, _>>()?,
+            _ => Vec::new(),
+        };
+        if scores.len() != tokens.len() {
+            return Err(bad(
+                path,
+                "its tokenizer has a different number of tokens and scores: the file is damaged",
+            ));
+        }
+        let mut pieces = Vec::with_capacity(tokens.len());
+        for (i, (token, score)) in tokens.iter().zip(scores).enumerate() {
+            let text = token
+                .to_string()
+                .map_err(|_| bad(path, "a tokenizer.ggml.tokens entry is not a string"))?
+                .clone();
+            let score = score
+                .to_f32()
+                .map_err(|_| bad(path, "a tokenizer.ggml.scores entry is not a float"))?;
+            let kind = match types {
+                Some(Value::Array(types)) => types
+                    .get(i)
+                    .and_then(crate::gguf::int_value)
+                    .map_or(PieceKind::Normal, |t| {
+                        PieceKind::from_proto(u64::try_from(t).unwrap_or(1))
+                    }),
+                _ => PieceKind::Normal,
+            };
+            pieces.push(super::spm::Piece { text, score, kind });
+        }
+        while pieces
+            .last()
+            .is_some_and(|p| p.kind == PieceKind::Unused && p.text.starts_with("[PAD"))
+        {
+            pieces.pop();
+        }
+        let extra_ids = if pieces.iter().any(|p| p.text.starts_with("<extra_id_")) {
+            0
+        } else {
+            DEFAULT_EXTRA_IDS
+        };
+        let model = SpmModel {
+            pieces,
+            model_type: 1,
+            precompiled_charsmap: charsmap,
+        };
+        Self::from_spm(&model, extra_ids, text_len, path)
+    }
+
+    fn from_spm(
+        model: &SpmModel,
+        extra_ids: usize,
+        text_len: usize,
+        path: &Path,
+    ) -> Result<Self, EngineError> {
         if model.model_type != 1 {
             return Err(bad(
                 path,

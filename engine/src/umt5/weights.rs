@@ -7,16 +7,26 @@
 //!   `model.safetensors.index.json`, HF naming, and a `config.json`.
 //! - the official `models_t5_umt5-xxl-enc-bf16.pth`: a PyTorch pickle (read as data by
 //!   `candle_core::pickle`, never executed) in Wan-native naming, renamed by [`WAN_RENAMES`].
-//!
-//! Per-tensor fp8 scales (`scale_weight`, ComfyUI's `scaled_fp8` marker) are refused until the
-//! fp8 path lands: ignoring them would silently produce garbage.
+//! - city96's `umt5-xxl-encoder-*.gguf`: llama.cpp's T5 naming (`enc.blk.N.attn_q.weight`),
+//!   renamed by [`gguf_to_hf`]. Block-quantized projections stay quantized (raw blocks with a
+//!   `<name>.ggml_type` marker, as `crate::gguf` hands them to the DiT); every other tensor is
+//!   dequantized to the model dtype as it is read.
+//! - ComfyUI's `umt5_xxl_fp8_e4m3fn_scaled.safetensors`: HF naming, float8 e4m3 weights with a
+//!   per-tensor `scale_weight` (and a `scaled_fp8` marker). The projections keep their float8
+//!   weights resident and dequantize at use (`super::linear`); other float8 tensors are
+//!   dequantized here, `weight.to(float32) * scale`. Unscaled float8 is cast; e5m2 is refused.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use candle_nn::var_builder::SimpleBackend;
+
+use crate::gguf::GGML_TYPE_SUFFIX;
 
 use super::{Config, Umt5Encoder};
 use crate::EngineError;
@@ -135,7 +145,21 @@ impl Checkpoint {
                 problem: format!("cannot read this checkpoint ({e})"),
                 path: file.clone(),
             };
-            if file.to_string_lossy().ends_with(".safetensors") {
+            if crate::gguf::is_gguf(file) {
+                let gguf = crate::gguf::GgufFile::open(file)?;
+                gguf.expect_architecture(&["t5", "t5encoder", "umt5"], "text encoder")?;
+                let names: HashMap<String, String> =
+                    gguf.shapes().into_keys().map(|k| (k.clone(), k)).collect();
+                let keys: Vec<String> = names.keys().cloned().collect();
+                let backend: Arc<dyn SimpleBackend> =
+                    Arc::from(gguf.into_backend(names, crate::gguf::QuantizedMatmul::default()));
+                found.extend(keys.into_iter().map(|key| {
+                    (
+                        gguf_to_hf(&key),
+                        Source::Gguf(Arc::clone(&backend), file.clone(), key),
+                    )
+                }));
+            } else if file.to_string_lossy().ends_with(".safetensors") {
                 found.extend(
                     safetensors_entries(file)?
                         .into_iter()
@@ -146,7 +170,7 @@ impl Checkpoint {
                 found.extend(read.into_iter().map(|(n, t)| (n, Source::Loaded(t))));
             }
         }
-        refuse_fp8(&found, &self.path)?;
+        refuse_e5m2(&found, &self.path)?;
         let wan_layout = found.iter().any(|(n, _)| n == "token_embedding.weight");
         let mut out = HashMap::with_capacity(found.len());
         for (name, source) in found {
@@ -155,17 +179,68 @@ impl Checkpoint {
             } else {
                 Some(name.clone())
             };
-            let Some(hf) = renamed.filter(|hf| hf != SPIECE_TENSOR && !hf.starts_with("decoder."))
-            else {
+            // `scaled_fp8` only marks the format; `scale_input` serves ComfyUI's fp8 matmul,
+            // not the dequantizing path it (and we) take otherwise.
+            let Some(hf) = renamed.filter(|hf| {
+                hf != SPIECE_TENSOR
+                    && hf != "scaled_fp8"
+                    && !hf.ends_with(".scale_input")
+                    && !hf.starts_with("decoder.")
+            }) else {
                 tracing::debug!(tensor = %name, "unused by the umT5 encoder");
                 continue;
             };
+            // Block-quantized GGUF projections stay quantized: their raw blocks (CPU, u8)
+            // and GGML type go to `super::linear`, which builds the QTensor on the device.
+            if let Source::Gguf(backend, file, key) = &source
+                && is_projection_weight(&hf)
+            {
+                let marker = format!("{key}{GGML_TYPE_SUFFIX}");
+                if backend.contains_tensor(&marker) {
+                    let read = |name: &str, dtype| {
+                        backend
+                            .get_unchecked(name, dtype, &Device::Cpu)
+                            .map_err(|e| EngineError::BadTextEncoder {
+                                problem: format!("cannot read tensor {key} ({e})"),
+                                path: file.clone(),
+                            })
+                    };
+                    out.insert(
+                        format!("{hf}{GGML_TYPE_SUFFIX}"),
+                        read(&marker, DType::U32)?,
+                    );
+                    out.insert(hf, read(key, DType::U8)?);
+                    continue;
+                }
+            }
             let tensor = match source {
                 Source::Loaded(tensor) => tensor,
                 Source::File(file, entry) => entry.read(&file)?,
+                // Dequantized one tensor at a time, straight to `dtype`.
+                Source::Gguf(backend, file, key) => backend
+                    .get_unchecked(&key, DType::F32, &Device::Cpu)
+                    .map_err(|e| EngineError::BadTextEncoder {
+                        problem: format!("cannot read tensor {key} ({e})"),
+                        path: file,
+                    })?,
             };
-            out.insert(hf, tensor.to_device(device)?.to_dtype(dtype)?);
+            let tensor = tensor.to_device(device)?;
+            // Float8 and scales stay as stored until every scale is known (below).
+            let keep = tensor.dtype() == DType::F8E4M3 || hf.ends_with(SCALED_SUFFIX);
+            out.insert(
+                hf,
+                if keep {
+                    tensor.to_dtype(if tensor.dtype() == DType::F8E4M3 {
+                        DType::F8E4M3
+                    } else {
+                        DType::F32
+                    })?
+                } else {
+                    tensor.to_dtype(dtype)?
+                },
+            );
         }
+        resolve_float8(&mut out, dtype)?;
         // transformers ties the input embedding; some exports keep only this copy.
         if !out.contains_key("shared.weight")
             && let Some(tied) = out.remove("encoder.embed_tokens.weight")
@@ -195,34 +270,61 @@ impl Checkpoint {
     }
 }
 
-/// Where a tensor comes from: a place in a safetensors file, or a pickle already read.
+/// Where a tensor comes from: a place in a safetensors file, a pickle already read, or a GGUF
+/// file's tensor (by its key there).
 enum Source {
     File(PathBuf, Entry),
     Loaded(Tensor),
+    Gguf(Arc<dyn SimpleBackend>, PathBuf, String),
 }
 
-impl Source {
-    fn dtype(&self) -> Option<DType> {
-        match self {
-            Self::File(_, entry) => entry.dtype,
-            Self::Loaded(tensor) => Some(tensor.dtype()),
-        }
+/// llama.cpp's T5 tensor names (city96's umt5-xxl GGUF files) → HF names, by the same
+/// substring replacements ComfyUI-GGUF applies.
+const GGUF_T5_RENAMES: &[(&str, &str)] = &[
+    ("enc.", "encoder."),
+    ("dec.", "decoder."),
+    (".blk.", ".block."),
+    ("token_embd", "shared"),
+    ("output_norm", "final_layer_norm"),
+    ("attn_q", "layer.0.SelfAttention.q"),
+    ("attn_k", "layer.0.SelfAttention.k"),
+    ("attn_v", "layer.0.SelfAttention.v"),
+    ("attn_o", "layer.0.SelfAttention.o"),
+    ("attn_norm", "layer.0.layer_norm"),
+    (
+        "attn_rel_b",
+        "layer.0.SelfAttention.relative_attention_bias",
+    ),
+    ("ffn_up", "layer.1.DenseReluDense.wi_1"),
+    ("ffn_down", "layer.1.DenseReluDense.wo"),
+    ("ffn_gate", "layer.1.DenseReluDense.wi_0"),
+    ("ffn_norm", "layer.1.layer_norm"),
+];
+
+/// The HF name of a tensor in a GGUF text encoder (names already in HF form pass unchanged).
+#[must_use]
+pub fn gguf_to_hf(name: &str) -> String {
+    if !name.starts_with("enc.") && !name.starts_with("dec.") && !name.starts_with("token_embd") {
+        return name.to_owned();
     }
+    GGUF_T5_RENAMES
+        .iter()
+        .fold(name.to_owned(), |n, (from, to)| n.replace(from, to))
 }
 
-/// Refuses fp8-scaled checkpoints (their scales would otherwise be silently ignored).
-fn refuse_fp8(found: &[(String, Source)], path: &Path) -> Result<(), EngineError> {
-    let scaled = found.iter().find(|(name, source)| {
-        name.ends_with("scale_weight")
-            || name.ends_with("scale_input")
-            || name == "scaled_fp8"
-            || source.dtype() == Some(DType::F8E4M3)
-    });
-    match scaled {
+/// Suffix of ComfyUI's per-tensor float8 scale.
+const SCALED_SUFFIX: &str = ".scale_weight";
+
+/// Refuses float8 e5m2 by name (candle cannot hold it; it has no scaled ComfyUI form).
+fn refuse_e5m2(found: &[(String, Source)], path: &Path) -> Result<(), EngineError> {
+    match found.iter().find(|(_, source)| match source {
+        Source::File(_, entry) => entry.raw_dtype == "F8_E5M2",
+        _ => false,
+    }) {
         Some((name, _)) => Err(EngineError::BadTextEncoder {
             problem: format!(
-                "fp8-scaled text encoders (tensor {name}) are not supported yet; use \
-                 umt5_xxl_fp16.safetensors or models_t5_umt5-xxl-enc-bf16.pth"
+                "tensor {name} is float8 e5m2, which Stillmotion does not run; use \
+                 umt5_xxl_fp8_e4m3fn_scaled.safetensors or umt5_xxl_fp16.safetensors"
             ),
             path: path.to_owned(),
         }),
@@ -230,10 +332,72 @@ fn refuse_fp8(found: &[(String, Source)], path: &Path) -> Result<(), EngineError
     }
 }
 
+/// Whether an HF tensor name is the weight of one of the encoder's projections (the layers
+/// that keep float8 resident, `super::linear`).
+fn is_projection_weight(name: &str) -> bool {
+    name.ends_with(".weight")
+        && (name.contains(".DenseReluDense.")
+            || (name.contains(".SelfAttention.") && !name.contains("relative_attention_bias")))
+}
+
+/// ComfyUI float8 (`fp8_e4m3fn` with or without `scale_weight`): projection weights with a
+/// scale stay float8 beside their float32 scale; every other float8 tensor is dequantized now
+/// (`weight.to(float32) * scale`, or a plain cast without one) to `dtype`.
+fn resolve_float8(out: &mut HashMap<String, Tensor>, dtype: DType) -> Result<(), EngineError> {
+    let float8: Vec<String> = out
+        .iter()
+        .filter(|(_, t)| t.dtype() == DType::F8E4M3)
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in float8 {
+        let module = name.strip_suffix(".weight").unwrap_or(&name);
+        let scale_name = format!("{module}{SCALED_SUFFIX}");
+        if out.contains_key(&scale_name) && is_projection_weight(&name) {
+            continue;
+        }
+        let Some(weight) = out.remove(&name) else {
+            continue;
+        };
+        let mut weight = weight.to_dtype(DType::F32)?;
+        if let Some(scale) = out.remove(&scale_name) {
+            let values = scale
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let [value] = values[..] else {
+                return Err(EngineError::BadCheckpoint {
+                    problem: format!(
+                        "{scale_name} holds {} values; only per-tensor float8 scales are supported",
+                        values.len()
+                    ),
+                });
+            };
+            weight = weight.affine(f64::from(value), 0.0)?;
+        }
+        out.insert(name, weight.to_dtype(dtype)?);
+    }
+    // Scales left without a float8 weight scale nothing: drop them.
+    let orphans: Vec<String> = out
+        .keys()
+        .filter(|k| k.ends_with(SCALED_SUFFIX))
+        .filter(|k| {
+            let weight = format!("{}.weight", &k[..k.len() - SCALED_SUFFIX.len()]);
+            out.get(&weight).is_none_or(|w| w.dtype() != DType::F8E4M3)
+        })
+        .cloned()
+        .collect();
+    for k in orphans {
+        out.remove(&k);
+    }
+    Ok(())
+}
+
 /// One tensor's place in a safetensors file. `dtype` is `None` for types candle lacks.
 pub(super) struct Entry {
     pub(super) name: String,
     pub(super) dtype: Option<DType>,
+    /// The safetensors dtype name, for messages about types candle lacks.
+    raw_dtype: String,
     shape: Vec<usize>,
     /// Absolute byte range in the file.
     start: u64,
@@ -304,7 +468,8 @@ pub(super) fn safetensors_entries(file: &Path) -> Result<Vec<Entry>, EngineError
         ) else {
             return Err(bad());
         };
-        let dtype = match info["dtype"].as_str().ok_or_else(bad)? {
+        let raw_dtype = info["dtype"].as_str().ok_or_else(bad)?.to_owned();
+        let dtype = match raw_dtype.as_str() {
             "F32" => Some(DType::F32),
             "F16" => Some(DType::F16),
             "BF16" => Some(DType::BF16),
@@ -318,6 +483,7 @@ pub(super) fn safetensors_entries(file: &Path) -> Result<Vec<Entry>, EngineError
         entries.push(Entry {
             name,
             dtype,
+            raw_dtype,
             shape,
             start: data_start + start,
             end: data_start + end.max(start),
@@ -358,24 +524,136 @@ mod tests {
     }
 
     #[test]
-    fn fp8_scales_are_refused_not_ignored() {
+    fn llama_cpp_t5_names_map_onto_hf_names() {
+        for (gguf, hf) in [
+            ("token_embd.weight", "shared.weight"),
+            ("enc.output_norm.weight", "encoder.final_layer_norm.weight"),
+            (
+                "enc.blk.7.attn_rel_b.weight",
+                "encoder.block.7.layer.0.SelfAttention.relative_attention_bias.weight",
+            ),
+            (
+                "enc.blk.0.attn_norm.weight",
+                "encoder.block.0.layer.0.layer_norm.weight",
+            ),
+            (
+                "enc.blk.23.ffn_gate.weight",
+                "encoder.block.23.layer.1.DenseReluDense.wi_0.weight",
+            ),
+            (
+                "enc.blk.23.ffn_up.weight",
+                "encoder.block.23.layer.1.DenseReluDense.wi_1.weight",
+            ),
+            (
+                "enc.blk.23.ffn_down.weight",
+                "encoder.block.23.layer.1.DenseReluDense.wo.weight",
+            ),
+            (
+                "dec.blk.0.attn_q.weight",
+                "decoder.block.0.layer.0.SelfAttention.q.weight",
+            ),
+            ("shared.weight", "shared.weight"),
+        ] {
+            assert_eq!(gguf_to_hf(gguf), hf, "{gguf}");
+        }
+    }
+
+    #[test]
+    fn a_dit_gguf_given_as_the_text_encoder_is_named() {
+        let dit = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/golden/files_dit_gguf_q8_0/wan_t2v_Q8_0.gguf");
+        let error = Checkpoint::locate(&dit)
+            .unwrap()
+            .read_tensors(DType::F32, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("\"wan\"") && error.contains("DiT expert"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_gguf_without_tokenizer_metadata_says_what_to_choose() {
+        let dit = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/golden/files_dit_gguf_q8_0/wan_t2v_Q8_0.gguf");
+        let error = super::super::PromptTokenizer::open(&dit, 512)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("tokenizer.ggml.tokens") && error.contains("spiece.model"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn float8_projections_stay_float8_and_the_rest_is_dequantized_with_its_scale() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("umt5_xxl_fp8_e4m3fn_scaled.safetensors");
-        let t = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
+        let dev = Device::Cpu;
+        let f8 = |v: &[f32]| {
+            Tensor::new(v, &dev)
+                .unwrap()
+                .to_dtype(DType::F8E4M3)
+                .unwrap()
+        };
+        let scalar = |v: f32| Tensor::new(v, &dev).unwrap();
         let tensors = HashMap::from([
-            ("shared.weight".to_owned(), t.clone()),
+            ("shared.weight".to_owned(), f8(&[1.0, 2.0])),
+            ("shared.scale_weight".to_owned(), scalar(0.5)),
+            (
+                "encoder.block.0.layer.0.SelfAttention.q.weight".to_owned(),
+                f8(&[4.0, -1.0]),
+            ),
             (
                 "encoder.block.0.layer.0.SelfAttention.q.scale_weight".to_owned(),
-                t,
+                scalar(0.25),
             ),
+            (
+                "encoder.block.0.layer.0.SelfAttention.q.scale_input".to_owned(),
+                scalar(1.0),
+            ),
+            (
+                "encoder.block.0.layer.1.DenseReluDense.wo.weight".to_owned(),
+                f8(&[2.0]),
+            ),
+            ("scaled_fp8".to_owned(), f8(&[])),
         ]);
         candle_core::safetensors::save(&tensors, &path).unwrap();
+        let out = Checkpoint::locate(&path)
+            .unwrap()
+            .read_tensors(DType::BF16, &dev)
+            .unwrap();
+        let q = "encoder.block.0.layer.0.SelfAttention.q";
+        assert_eq!(out[&format!("{q}.weight")].dtype(), DType::F8E4M3);
+        assert_eq!(out[&format!("{q}.scale_weight")].dtype(), DType::F32);
+        let shared = out["shared.weight"].to_dtype(DType::F32).unwrap();
+        assert_eq!(shared.to_vec1::<f32>().unwrap(), vec![0.5, 1.0]);
+        // Unscaled float8 is cast plainly.
+        let wo = &out["encoder.block.0.layer.1.DenseReluDense.wo.weight"];
+        assert_eq!(wo.dtype(), DType::BF16);
+        assert!(!out.contains_key("scaled_fp8") && !out.contains_key(&format!("{q}.scale_input")));
+        assert!(!out.contains_key("shared.scale_weight"));
+    }
+
+    #[test]
+    fn float8_e5m2_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("umt5_e5m2.safetensors");
+        let header = br#"{"shared.weight":{"dtype":"F8_E5M2","shape":[2],"data_offsets":[0,2]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&[0, 0]);
+        std::fs::write(&path, bytes).unwrap();
         let error = Checkpoint::locate(&path)
             .unwrap()
             .read_tensors(DType::F32, &Device::Cpu)
             .unwrap_err()
             .to_string();
-        assert!(error.contains("fp8-scaled"), "{error}");
+        assert!(
+            error.contains("e5m2") && error.contains("e4m3fn_scaled"),
+            "{error}"
+        );
         assert!(error.ends_with(&path.display().to_string()), "{error}");
     }
 

@@ -2,13 +2,22 @@
 //! ComfyUI's `fp8_scaled` files store it (`scale_weight`, or `weight_scale` in the newer
 //! `comfy_quant` format). Float8 weights stay resident as float8 and are dequantized at use,
 //! `weight.to(dtype) * scale`, the dequantization ComfyUI applies before its matmul.
+//!
+//! GGUF weights in a block-quantized type (Q4_0…Q8_0, K-quants) stay resident as a candle
+//! `QTensor` on the model's device (see `crate::gguf` for how the loader hands them over) and
+//! are multiplied per [`QuantizedMatmul`]: dequantized at use (ComfyUI-GGUF's arithmetic, the
+//! default) or by candle's `QMatMul`. The bias stays a plain tensor.
 
-use candle_core::{DType, Shape, Tensor};
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{DType, Module, Shape, Tensor};
 use candle_nn::VarBuilder;
 use stillmotion_kernels::Kernels;
 use stillmotion_kernels::linear::{Epilogue, linear};
 
 use crate::EngineError;
+use crate::gguf::{GGML_TYPE_SUFFIX, QuantizedMatmul, ggml_type_from_id};
 
 /// Per-tensor scale names: ComfyUI's `scaled_fp8` files, then its `comfy_quant` format.
 const SCALE_NAMES: [&str; 2] = ["scale_weight", "weight_scale"];
@@ -20,6 +29,12 @@ enum Weight {
     Scaled {
         weight: Tensor,
         scale: f64,
+        dtype: DType,
+    },
+    /// GGML blocks as stored, `[out, in]`, and the dtype the layer computes in.
+    Quantized {
+        weight: Arc<QTensor>,
+        matmul: QuantizedMatmul,
         dtype: DType,
     },
 }
@@ -51,6 +66,9 @@ impl Lin {
     ) -> Result<Self, EngineError> {
         let stored = stored.into();
         let bias = vb.get(out_dim, "bias")?;
+        if let Some(weight) = Self::quantized(&stored, out_dim, in_dim, vb)? {
+            return Ok(Self { weight, bias });
+        }
         let Some(scale_name) = SCALE_NAMES.iter().find(|n| vb.contains_tensor(n)) else {
             let weight = vb.get(stored, "weight")?.reshape((out_dim, in_dim))?;
             return Ok(Self {
@@ -85,11 +103,69 @@ impl Lin {
         })
     }
 
-    /// The weight as stored (float8 for scaled layers).
+    /// A GGUF weight kept quantized, when the loader offers one (`<weight>.ggml_type`) and its
+    /// blocks fit the `[out_dim, in_dim]` rows; else `None` (the weight is read plain).
+    fn quantized(
+        stored: &Shape,
+        out_dim: usize,
+        in_dim: usize,
+        vb: &VarBuilder<'_>,
+    ) -> Result<Option<Weight>, EngineError> {
+        let marker = format!("weight{GGML_TYPE_SUFFIX}");
+        if !vb.contains_tensor(&marker) {
+            return Ok(None);
+        }
+        let code = vb
+            .get_unchecked_dtype(&marker, DType::U32)?
+            .to_vec1::<u32>()?;
+        let [type_id, matmul] = code[..] else {
+            return Ok(None);
+        };
+        let Some(ggml) = ggml_type_from_id(type_id) else {
+            return Ok(None);
+        };
+        // Blocks run along rows of the stored tensor; when `in_dim` is a whole number of
+        // blocks, the `[out_dim, in_dim]` view of a flattened (patch-embedding) tensor keeps
+        // every block inside one row.
+        if stored.elem_count() != out_dim * in_dim || !in_dim.is_multiple_of(ggml.block_size()) {
+            return Ok(None);
+        }
+        let bytes = vb
+            .get_unchecked_dtype("weight", DType::U8)?
+            .to_vec1::<u8>()?;
+        let storage = QStorage::from_data(std::borrow::Cow::Owned(bytes), vb.device(), ggml)?;
+        let weight = QTensor::new(storage, (out_dim, in_dim))?;
+        let mut matmul = QuantizedMatmul::from_code(matmul);
+        // candle's CPU dot products for these types assert (in debug builds) an even number of
+        // blocks per row, though the arithmetic is right either way: such layers dequantize.
+        let pairs_only = matches!(ggml, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1);
+        if pairs_only && !(in_dim / ggml.block_size()).is_multiple_of(2) {
+            matmul = QuantizedMatmul::DequantizeAtUse;
+        }
+        Ok(Some(Weight::Quantized {
+            weight: Arc::new(weight),
+            matmul,
+            dtype: vb.dtype(),
+        }))
+    }
+
+    /// The weight as stored (float8 for scaled layers, u8 blocks for quantized ones).
     #[cfg(test)]
     pub(super) fn stored_dtype(&self) -> DType {
         match &self.weight {
             Weight::Plain(w) | Weight::Scaled { weight: w, .. } => w.dtype(),
+            Weight::Quantized { .. } => DType::U8,
+        }
+    }
+
+    /// Bytes the weight keeps resident (the bias not counted).
+    #[cfg(test)]
+    pub(super) fn weight_bytes(&self) -> usize {
+        match &self.weight {
+            Weight::Plain(w) | Weight::Scaled { weight: w, .. } => {
+                w.elem_count() * w.dtype().size_in_bytes()
+            }
+            Weight::Quantized { weight, .. } => weight.storage_size_in_bytes(),
         }
     }
 
@@ -97,7 +173,7 @@ impl Lin {
     pub(super) fn dtype(&self) -> DType {
         match &self.weight {
             Weight::Plain(w) => w.dtype(),
-            Weight::Scaled { dtype, .. } => *dtype,
+            Weight::Scaled { dtype, .. } | Weight::Quantized { dtype, .. } => *dtype,
         }
     }
 
@@ -109,6 +185,9 @@ impl Lin {
                 scale,
                 dtype,
             } => weight.to_dtype(*dtype)?.affine(*scale, 0.0)?,
+            Weight::Quantized { weight, dtype, .. } => {
+                weight.dequantize(&weight.device())?.to_dtype(*dtype)?
+            }
         })
     }
 
@@ -131,6 +210,23 @@ impl Lin {
         x: &Tensor,
         epilogue: Epilogue,
     ) -> Result<Tensor, EngineError> {
+        if let Weight::Quantized {
+            weight,
+            matmul: QuantizedMatmul::Native,
+            dtype,
+        } = &self.weight
+        {
+            // candle's quantized kernels take float32 activations on every device.
+            let x = x.to_dtype(DType::F32)?.contiguous()?;
+            let y = QMatMul::QTensor(Arc::clone(weight))
+                .forward(&x)?
+                .broadcast_add(&self.bias.to_dtype(DType::F32)?)?;
+            let y = match epilogue {
+                Epilogue::None => y,
+                Epilogue::GeluTanh => y.gelu()?,
+            };
+            return Ok(y.to_dtype(*dtype)?);
+        }
         Ok(linear(
             kernels,
             x,
@@ -212,6 +308,59 @@ mod tests {
             let y = y.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
             assert_eq!(y, vec![vec![-0.5, 2.25]]);
         }
+    }
+
+    #[test]
+    fn gguf_block_quantized_weights_stay_quantized_and_save_memory() {
+        use std::path::Path;
+
+        use crate::gguf::{GgufFile, QuantizedMatmul};
+
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/golden/files_dit_gguf_kquants/wan_t2v_kquants.gguf");
+        let dev = Device::Cpu;
+        let file = GgufFile::open(&path).unwrap();
+        let header = file.header();
+        // Whole file: what the DiT keeps resident vs. the same weights dequantized to bf16.
+        let resident = file.resident_bytes(2, false);
+        let dequantized = file.resident_bytes(2, true);
+        println!(
+            "K-quant GGUF: {resident} bytes resident quantized, {dequantized} as bf16 ({:.2}x less)",
+            dequantized as f64 / resident as f64
+        );
+        assert!(resident * 3 < dequantized, "{resident} vs {dequantized}");
+
+        let names: HashMap<String, String> = file
+            .shapes()
+            .keys()
+            .map(|k| (k.clone(), k.clone()))
+            .collect();
+        let vb = VarBuilder::from_backend(
+            file.into_backend(names, QuantizedMatmul::default()),
+            DType::BF16,
+            dev.clone(),
+        );
+        let mut quantized = 0;
+        for (module, in_dim, out_dim) in [
+            ("blocks.0.self_attn.q", 256, 256),
+            ("blocks.0.cross_attn.o", 256, 256),
+            ("blocks.0.ffn.2", 256, 256),
+            ("time_projection.1", 256, 6 * 256),
+        ] {
+            let lin = Lin::new(in_dim, out_dim, &vb.pp(module)).unwrap();
+            let stored = &header.tensors[&format!("{module}.weight")];
+            assert!(stored.dtype.starts_with('Q'), "{module}: {}", stored.dtype);
+            assert_eq!(lin.stored_dtype(), DType::U8, "{module}");
+            assert_eq!(lin.weight_bytes() as u64, stored.bytes, "{module}");
+            // Less than half of bf16 for every block type (Q6_K: 6.56 bits a value).
+            assert!(lin.weight_bytes() * 2 < in_dim * out_dim * 2, "{module}");
+            assert_eq!(lin.dtype(), DType::BF16);
+            quantized += 1;
+        }
+        assert_eq!(quantized, 4);
+        // Plain GGUF tensors (F16 here: its input width is not a whole K-quant block) stay plain.
+        let text = Lin::new(24, 256, &vb.pp("text_embedding.0")).unwrap();
+        assert_eq!(text.stored_dtype(), DType::BF16);
     }
 
     #[test]

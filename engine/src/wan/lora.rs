@@ -15,6 +15,7 @@ use candle_nn::var_builder::SimpleBackend;
 
 use super::weights::{Layout, detect_layout, rename};
 use crate::EngineError;
+use crate::gguf::GGML_TYPE_SUFFIX;
 
 /// One LoRA file and how strongly to apply it (strength is per expert: pass each expert its own).
 #[derive(Clone, Debug, PartialEq)]
@@ -281,6 +282,12 @@ impl SimpleBackend for Merged {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
+        // A GGUF weight a LoRA changes is merged dequantized: hide that it could stay quantized.
+        if let Some(weight) = name.strip_suffix(GGML_TYPE_SUFFIX)
+            && self.deltas.contains_key(weight)
+        {
+            return false;
+        }
         self.inner.contains_tensor(name)
     }
 }

@@ -26,6 +26,7 @@ pub mod rope;
 pub mod time;
 pub mod weights;
 
+pub use crate::gguf::QuantizedMatmul;
 pub use config::{Config, ModelType, TimeEmbedding};
 pub use lora::{LoraReport, LoraSpec};
 pub use model::WanModel;

@@ -27,7 +27,8 @@ import torch
 from safetensors.torch import save, save_file
 
 import common
-from cases.dit import TINY, _config, _official, _tokens
+from cases.dit import TINY, _config, _official, _randomize, _tokens
+from wan_shims import load_wan
 
 FP8 = torch.float8_e4m3fn
 PREFIX = "model.diffusion_model."
@@ -250,6 +251,172 @@ def _case_gguf(seed: int) -> None:
     save_file({"out": torch.stack(out).contiguous()}, str(case_dir / "expected.safetensors"))
 
 
+def _write_gguf(path, state: dict[str, torch.Tensor], encode) -> None:
+    """Writes a city96-layout GGUF (architecture `wan`, original keys, 5-D tensors flattened to
+    2-D with `comfy.gguf.orig_shape.<name>`). `encode(name, data)` returns (stored array, GGML
+    type or None for a plain array, dequantized float32 values)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "wan")
+    for name, p in sorted(state.items()):
+        data = p.detach().float().numpy()
+        if data.ndim > 4:
+            writer.add_array(f"comfy.gguf.orig_shape.{name}", list(data.shape))
+            data = data.reshape(data.shape[0], -1)
+        stored, qtype, deq = encode(name, data)
+        if qtype is None:
+            writer.add_tensor(name, stored)
+        else:
+            writer.add_tensor(name, stored, raw_dtype=qtype)
+        p.copy_(torch.from_numpy(np.ascontiguousarray(deq, dtype=np.float32)).reshape(p.shape))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _plain(data):
+    import numpy as np
+
+    if data.ndim >= 2:
+        half = data.astype(np.float16)
+        return half, None, half.astype(np.float32)
+    return data, None, data
+
+
+def _case_gguf_legacy(seed: int) -> None:
+    """Every legacy block type candle runs (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), cycled over the
+    matrices whose input width is a whole number of 32-wide blocks, the flattened 5-D patch
+    embedding included; once dequantized at use (exact) and once through candle's QMatMul."""
+    import gguf
+
+    types = [gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.Q4_1, gguf.GGMLQuantizationType.Q5_0,
+             gguf.GGMLQuantizationType.Q5_1, gguf.GGMLQuantizationType.Q8_0]
+    # Widths of two or more 32-wide blocks: candle's Q4_1/Q5_x dot products want pairs of blocks.
+    wide = dict(TINY, dim=64, ffn_dim=128, freq_dim=64, text_dim=64)
+    wan = load_wan()
+    gen = common.seed_everything(seed)
+    model = wan.modules.model.WanModel(
+        model_type="t2v", patch_size=(1, 2, 2), in_dim=16, out_dim=16,
+        window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, **wide).eval()
+    _randomize(model, gen)
+    x = torch.randn((1, 16, 2, 4, 4), generator=gen)
+    context = torch.randn((1, 5, wide["text_dim"]), generator=gen)
+    t = torch.tensor([700], dtype=torch.int64)
+    cfg = dict(model_type="t2v", in_dim=16, out_dim=16, patch_size=[1, 2, 2], cross_attn_norm=True, **wide)
+    counter = iter(range(10_000))
+
+    def encode(name, data):
+        if data.ndim == 2 and data.shape[1] % 32 == 0:
+            qtype = types[next(counter) % len(types)]
+            q = gguf.quants.quantize(data, qtype)
+            return q, qtype, gguf.quants.dequantize(q, qtype).reshape(data.shape)
+        return _plain(data)
+
+    file = "wan_t2v_mixed.gguf"
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_gguf(Path(tmp) / file, model.state_dict(), encode)
+        blob = (Path(tmp) / file).read_bytes()
+    out = model(list(x), t=t, context=list(context), seq_len=_tokens(x.shape[1:]))
+    common.write_case(
+        "files_dit_gguf_legacy_quants", component="wan_dit_file",
+        description="GGUF DiT (city96 layout) with Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 matrices (patch embedding quantized too), kept quantized and dequantized at use; reference on the dequantized weights; t=700",
+        inputs={"x": x, "t": t, "context": context},
+        expected={"out": torch.stack(out)},
+        extra_files={file: blob},
+        config=dict(path=file, **cfg), seed=seed)
+    common.write_case(
+        "files_dit_gguf_legacy_quants_qmatmul", component="wan_dit_file",
+        description="the same GGUF DiT through candle's QMatMul (activations quantized to 8-bit blocks as ggml does); reference on the dequantized weights; t=700",
+        inputs={"x": x, "t": t, "context": context},
+        expected={"out": torch.stack(out)},
+        extra_files={file: blob},
+        rel_l2=QMATMUL_REL_L2, reason=QMATMUL_REASON,
+        config=dict(path=file, quantized_matmul="native", **cfg), seed=seed)
+
+
+QMATMUL_REL_L2 = 2e-2
+QMATMUL_REASON = ("candle's QMatMul quantizes the activations of each quantized layer to Q8_0 / Q8_K blocks "
+                  "(ggml's vec_dot) before the integer dot products; the reference multiplies the dequantized "
+                  "weights in float32")
+
+# Byte offsets of the float16 scale fields in each K-quant block (gguf-py's block layouts).
+K_SCALES = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def _random_kquant(data, qtype, rng):
+    """Random but valid K-quant blocks for a matrix shaped like `data`, scaled to its spread."""
+    import gguf
+    import numpy as np
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    rows, cols = data.shape
+    blocks = rng.integers(0, 256, size=(rows * cols // block, size), dtype=np.uint8)
+    fields = K_SCALES[qtype.name]
+
+    def with_scale(scale):
+        out = blocks.copy()
+        for off in fields:
+            out[:, off:off + 2] = np.frombuffer(np.full(len(out), scale, dtype=np.float16).tobytes(), dtype=np.uint8).reshape(-1, 2)
+        return out.reshape(rows, -1)
+
+    probe = gguf.quants.dequantize(with_scale(1.0), qtype)
+    scale = float(data.std()) / float(probe.std())
+    q = with_scale(scale)
+    return q, gguf.quants.dequantize(q, qtype).reshape(data.shape)
+
+
+def _case_gguf_kquants(seed: int) -> None:
+    """K-quants need 256-wide blocks: a one-block model of width 256 whose matrices cycle through
+    Q2_K…Q6_K with random valid blocks (gguf-py has no K-quant quantizer). The engine's unit
+    tests also run this file through candle's QMatMul against this expected output."""
+    import gguf
+    import numpy as np
+
+    types = [gguf.GGMLQuantizationType.Q2_K, gguf.GGMLQuantizationType.Q3_K, gguf.GGMLQuantizationType.Q4_K,
+             gguf.GGMLQuantizationType.Q5_K, gguf.GGMLQuantizationType.Q6_K]
+    wide = dict(TINY, dim=256, ffn_dim=256, num_layers=1, num_heads=2)
+    wan = load_wan()
+    gen = common.seed_everything(seed)
+    model = wan.modules.model.WanModel(
+        model_type="t2v", patch_size=(1, 2, 2), in_dim=16, out_dim=16,
+        window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, **wide).eval()
+    _randomize(model, gen)
+    rng = np.random.default_rng(seed)
+    counter = iter(range(10_000))
+
+    def encode(name, data):
+        if data.ndim == 2 and data.shape[1] % 256 == 0:
+            qtype = types[next(counter) % len(types)]
+            q, deq = _random_kquant(data, qtype, rng)
+            return q, qtype, deq
+        return _plain(data)
+
+    file = "wan_t2v_kquants.gguf"
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_gguf(Path(tmp) / file, model.state_dict(), encode)
+        blob = (Path(tmp) / file).read_bytes()
+    x = torch.randn((1, 16, 2, 2, 4), generator=gen)
+    context = torch.randn((1, 5, wide["text_dim"]), generator=gen)
+    t = torch.tensor([880], dtype=torch.int64)
+    out = model(list(x), t=t, context=list(context), seq_len=_tokens(x.shape[1:]))
+    cfg = dict(model_type="t2v", in_dim=16, out_dim=16, patch_size=[1, 2, 2], cross_attn_norm=True, **wide)
+    common.write_case(
+        "files_dit_gguf_kquants", component="wan_dit_file",
+        description="GGUF DiT of width 256 with Q2_K/Q3_K/Q4_K/Q5_K/Q6_K matrices (random valid blocks), kept quantized and dequantized at use; reference on the dequantized weights; t=880",
+        inputs={"x": x, "t": t, "context": context},
+        expected={"out": torch.stack(out)},
+        extra_files={file: blob},
+        config=dict(path=file, **cfg), seed=seed)
+
+
 def generate() -> None:
     torch.set_grad_enabled(False)
     _case_scaled_fp8(2001)
@@ -258,3 +425,5 @@ def generate() -> None:
     _case_lora(2004)
     _case_diffusers_folder(2005)
     _case_gguf(2006)
+    _case_gguf_legacy(2007)
+    _case_gguf_kquants(2008)

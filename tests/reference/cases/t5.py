@@ -11,7 +11,7 @@ with identity normalisation and no byte fallback. Reference ids come from the of
 `wan/modules/tokenizers.py` `HuggingfaceTokenizer` (transformers `AutoTokenizer` on the folder,
 512 tokens), with its prompt cleaning and without; each case carries the tokenizer in all three
 forms users have (tokenizer.json, spiece.model, a `spiece_model` tensor in a text-encoder
-safetensors file).
+safetensors file), and as the `tokenizer.ggml.*` metadata of a GGUF text encoder.
 """
 
 from __future__ import annotations
@@ -129,6 +129,9 @@ def _encoder_cases() -> None:
         seed=SEED,
     )
 
+    _gguf_encoder_case(model, state, inputs, cfg)
+    _fp8_scaled_case(model, state, inputs, cfg)
+
     wan = load_wan()
     t5 = wan.modules.t5
     official = t5.T5Encoder(
@@ -165,6 +168,150 @@ def _encoder_cases() -> None:
         seed=SEED,
     )
     print("  hf vs official rel l2:", float((official_hidden - hidden).norm() / hidden.norm()))
+
+
+# HF name fragments -> llama.cpp's T5 names (city96's umt5-xxl GGUF files), applied in reverse
+# of ComfyUI-GGUF's map.
+HF_TO_GGUF = [
+    ("encoder.final_layer_norm", "enc.output_norm"),
+    ("shared", "token_embd"),
+    ("layer.0.SelfAttention.relative_attention_bias", "attn_rel_b"),
+    ("layer.0.SelfAttention.q", "attn_q"),
+    ("layer.0.SelfAttention.k", "attn_k"),
+    ("layer.0.SelfAttention.v", "attn_v"),
+    ("layer.0.SelfAttention.o", "attn_o"),
+    ("layer.0.layer_norm", "attn_norm"),
+    ("layer.1.DenseReluDense.wi_0", "ffn_gate"),
+    ("layer.1.DenseReluDense.wi_1", "ffn_up"),
+    ("layer.1.DenseReluDense.wo", "ffn_down"),
+    ("layer.1.layer_norm", "ffn_norm"),
+    ("encoder.block.", "enc.blk."),
+]
+
+
+def _gguf_name(hf: str) -> str:
+    for a, b in HF_TO_GGUF:
+        hf = hf.replace(a, b)
+    return hf
+
+
+def _gguf_encoder_case(model, state, inputs, cfg) -> None:
+    """The same encoder as city96's umt5-xxl GGUF files lay it out: architecture `t5encoder`,
+    llama.cpp tensor names, Q8_0 matrices where the input width is a whole number of 32-wide
+    blocks, F16 other matrices, F32 norms. The reference is the HF model on the dequantized
+    weights."""
+    import gguf
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "umt5_tiny_Q8_0.gguf"
+        writer = gguf.GGUFWriter(str(path), "t5encoder")
+        dequantized = {}
+        for name, p in sorted(state.items()):
+            data = p.detach().float().numpy()
+            if data.ndim == 2 and data.shape[1] % 32 == 0:
+                q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
+                writer.add_tensor(_gguf_name(name), q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+                deq = gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0).reshape(data.shape)
+            elif data.ndim == 2:
+                half = data.astype(np.float16)
+                writer.add_tensor(_gguf_name(name), half)
+                deq = half.astype(np.float32)
+            else:
+                writer.add_tensor(_gguf_name(name), data)
+                deq = data
+            dequantized[name] = torch.from_numpy(np.ascontiguousarray(deq, dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        blob = path.read_bytes()
+    reference = UMT5EncoderModel(model.config).eval()
+    missing, unexpected = reference.load_state_dict(dequantized, strict=False)
+    assert not unexpected and set(missing) <= {"encoder.embed_tokens.weight"}, (missing, unexpected)
+    with torch.no_grad():
+        hidden = reference(**inputs).last_hidden_state
+    common.write_case(
+        "umt5_gguf_city96_q8_0",
+        component="umt5",
+        description="the tiny UMT5EncoderModel as a city96-layout GGUF (t5encoder, llama.cpp names, Q8_0/F16/F32); reference on the dequantized weights",
+        weights={},
+        inputs=inputs,
+        expected={"hidden_states": hidden},
+        config=dict(cfg, checkpoint="umt5_tiny_Q8_0.gguf"),
+        extra_files={"umt5_tiny_Q8_0.gguf": blob},
+        seed=SEED,
+    )
+
+
+def _fp8_scaled_case(model, state, inputs, cfg) -> None:
+    """ComfyUI's `umt5_xxl_fp8_e4m3fn_scaled.safetensors` layout: HF names, every Linear weight
+    float8_e4m3fn with a float32 0-dim `scale_weight` (per-tensor absmax / 448), a `scaled_fp8`
+    marker, the rest (embedding, position biases, norms) in bfloat16. The reference is the HF
+    model on `stored.float() * scale` (ComfyUI's dequantization), so a loader that drops the
+    scale is off by hundreds."""
+    fp8 = torch.float8_e4m3fn
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    stored = {}
+    dequantized = {}
+    for name, p in sorted(state.items()):
+        layer = name.rsplit(".", 1)[0]
+        if layer in linears and name.endswith(".weight"):
+            scale = (p.abs().max() / torch.finfo(fp8).max).to(torch.float32)
+            q = (p / scale).to(fp8)
+            stored[name] = q
+            stored[f"{layer}.scale_weight"] = scale.reshape(())
+            dequantized[name] = q.to(torch.float32) * scale
+        else:
+            stored[name] = p.to(torch.bfloat16)
+            dequantized[name] = stored[name].to(torch.float32)
+    stored["scaled_fp8"] = torch.empty(0, dtype=fp8)
+    reference = UMT5EncoderModel(model.config).eval()
+    missing, unexpected = reference.load_state_dict(dequantized, strict=False)
+    assert not unexpected and set(missing) <= {"encoder.embed_tokens.weight"}, (missing, unexpected)
+    with torch.no_grad():
+        hidden = reference(**inputs).last_hidden_state
+    common.write_case(
+        "umt5_comfyui_fp8_scaled",
+        component="umt5",
+        description="the tiny UMT5EncoderModel as ComfyUI's umt5_xxl_fp8_e4m3fn_scaled file: float8_e4m3fn Linear weights + scale_weight, scaled_fp8 marker, bf16 rest; reference on the dequantized weights",
+        weights={"umt5_tiny_fp8_e4m3fn_scaled.safetensors": stored},
+        inputs=inputs,
+        expected={"hidden_states": hidden},
+        config=dict(cfg, checkpoint="umt5_tiny_fp8_e4m3fn_scaled.safetensors"),
+        seed=SEED,
+    )
+
+
+def _gguf_tokenizer_file(spiece: bytes) -> bytes:
+    """A GGUF text encoder carrying the SentencePiece model as llama.cpp's T5 converter writes
+    it (`tokenizer.ggml.*`: tokens, scores, SentencePiece piece types, precompiled charsmap) and
+    a stand-in embedding tensor."""
+    import gguf
+    import numpy as np
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(spiece)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "umt5.gguf"
+        writer = gguf.GGUFWriter(str(path), "t5encoder")
+        writer.add_tokenizer_model("t5")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list([p.piece for p in proto.pieces])
+        writer.add_token_scores([float(p.score) for p in proto.pieces])
+        writer.add_token_types([int(p.type) for p in proto.pieces])
+        writer.add_precompiled_charsmap(proto.normalizer_spec.precompiled_charsmap)
+        writer.add_unk_token_id(2)
+        writer.add_eos_token_id(1)
+        writer.add_pad_token_id(0)
+        writer.add_add_eos_token(True)
+        writer.add_tensor("token_embd.weight", np.zeros((len(proto.pieces), 4), dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return path.read_bytes()
 
 
 NEGATIVE_PROMPT = (
@@ -320,12 +467,14 @@ def _tokenizer_case(name: str, *, byte_fallback: bool, normalization: str, legac
         weights={"umt5_encoder_with_tokenizer.safetensors": encoder_file},
         expected=expected,
         config={"text_len": 512, "prompts": "prompts.json", "tokenizer_json": "tokenizer.json",
-                "spiece_model": "spiece.model", "encoder_file": "umt5_encoder_with_tokenizer.safetensors"},
+                "spiece_model": "spiece.model", "encoder_file": "umt5_encoder_with_tokenizer.safetensors",
+                "gguf_file": "umt5_encoder_with_tokenizer.gguf"},
         extra_files={
             "prompts.json": json.dumps({"clean": cleanable, "raw": prompts}, ensure_ascii=True, indent=0).encode(),
             "tokenizer.json": tokenizer_json,
             "spiece.model": spiece,
             "tokenizer_config.json": config,
+            "umt5_encoder_with_tokenizer.gguf": _gguf_tokenizer_file(spiece),
         },
         max_abs=0.0,  # ids: any difference fails, however small relative to the whole
         seed=SEED,

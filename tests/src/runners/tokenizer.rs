@@ -2,7 +2,8 @@
 //!
 //! Config keys: `text_len`; `prompts` (a JSON file `{"clean": [...], "raw": [...]}`);
 //! `tokenizer_json`, `spiece_model`, `encoder_file` (a text-encoder safetensors embedding the
-//! model as a `spiece_model` tensor), all relative to the case. Outputs `clean.ids` /
+//! model as a `spiece_model` tensor), optionally `gguf_file` (a GGUF text encoder with the
+//! tokenizer in its `tokenizer.ggml.*` metadata), all relative to the case. Outputs `clean.ids` /
 //! `clean.lengths` (prompts cleaned as the official pipeline does, then tokenized) and
 //! `raw.ids` / `raw.lengths` (tokenized as given): every prompt's real ids (`</s>` included)
 //! concatenated, and each prompt's count. The ids are computed from each form; a form that
@@ -22,6 +23,8 @@ struct Keys {
     tokenizer_json: String,
     spiece_model: String,
     encoder_file: String,
+    /// Optional: a GGUF text encoder carrying the tokenizer as `tokenizer.ggml.*` metadata.
+    gguf_file: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -39,7 +42,7 @@ pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
         &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
     )
     .with_context(|| format!("parsing {}", path.display()))?;
-    let forms = [
+    let mut forms = vec![
         (
             "tokenizer.json",
             PromptTokenizer::from_tokenizer_json(&case.file(&keys.tokenizer_json), keys.text_len)?,
@@ -53,6 +56,12 @@ pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
             PromptTokenizer::from_text_encoder_file(&case.file(&keys.encoder_file), keys.text_len)?,
         ),
     ];
+    if let Some(gguf) = &keys.gguf_file {
+        forms.push((
+            "GGUF tokenizer.ggml metadata",
+            PromptTokenizer::open(&case.file(gguf), keys.text_len)?,
+        ));
+    }
     let runs: [(&str, &[String], Encoder); 2] = [
         ("clean", &prompts.clean, PromptTokenizer::encode),
         ("raw", &prompts.raw, PromptTokenizer::encode_raw),

@@ -5,12 +5,13 @@
 //! `[config]`: `path` (a file or folder, relative to the case folder) and, optionally, the
 //! model's config keys as in `wan_dit`; without them the files' own config is used. `lora`
 //! (a LoRA file merged at load), `lora_strength` (default 1) and `lora_unmatched` (how many
-//! LoRA keys must be reported unmatched). Inputs as
+//! LoRA keys must be reported unmatched), `quantized_matmul` (`"dequantize"`, the default, or
+//! `"native"`: how GGUF layers kept quantized multiply). Inputs as
 //! in `wan_dit`: `x`, optional `y`, `t`, `context`. Output: `out`.
 
 use anyhow::Context;
 use candle_core::{DType, Device};
-use stillmotion_engine::wan::{Config, LoraSpec, WanModel};
+use stillmotion_engine::wan::{Config, LoraSpec, QuantizedMatmul, WanModel};
 
 use super::{Outputs, inputs, take};
 use crate::golden::Case;
@@ -21,7 +22,20 @@ pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
         .get("path")
         .and_then(toml::Value::as_str)
         .context("[config] needs `path`, the model file or folder")?;
-    let runner_keys = ["path", "lora", "lora_strength", "lora_unmatched"];
+    let runner_keys = [
+        "path",
+        "lora",
+        "lora_strength",
+        "lora_unmatched",
+        "quantized_matmul",
+    ];
+    let matmul = match given.get("quantized_matmul").and_then(toml::Value::as_str) {
+        None | Some("dequantize") => QuantizedMatmul::DequantizeAtUse,
+        Some("native") => QuantizedMatmul::Native,
+        Some(other) => {
+            anyhow::bail!("quantized_matmul {other:?}: use \"dequantize\" or \"native\"")
+        }
+    };
     let config: Option<Config> = if given.keys().any(|k| !runner_keys.contains(&k.as_str())) {
         Some(case.config()?)
     } else {
@@ -37,10 +51,11 @@ pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
         }],
         None => Vec::new(),
     };
-    let (model, reports) = WanModel::load_with_loras(
+    let (model, reports) = WanModel::load_with_options(
         &case.file(path),
         config.as_ref(),
         &loras,
+        matmul,
         device,
         DType::F32,
     )?;
