@@ -72,12 +72,10 @@ impl Kernels {
             #[cfg(feature = "cuda")]
             Device::Cuda(cuda) => {
                 let gpu = crate::gpu::GpuKernels::load(cuda, &options.cudnn_libraries)?;
-                if options.attention == AttentionChoice::Cudnn {
-                    if let Err(reason) = &gpu.cudnn {
-                        return Err(KernelError::Cuda {
-                            problem: format!("cuDNN attention was asked for but {reason}"),
-                        });
-                    }
+                if let (AttentionChoice::Cudnn, Err(reason)) = (options.attention, &gpu.cudnn) {
+                    return Err(KernelError::Cuda {
+                        problem: format!("cuDNN attention was asked for but {reason}"),
+                    });
                 }
                 Ok(Self {
                     attention: options.attention,
@@ -114,10 +112,9 @@ impl Kernels {
         #[cfg(feature = "cuda")]
         if let (Some(gpu), true) = (&self.gpu, device.is_cuda()) {
             return match self.attention {
-                AttentionChoice::Flash => AttentionBackend::Flash,
                 AttentionChoice::Cudnn => AttentionBackend::Cudnn,
                 AttentionChoice::Auto if gpu.cudnn.is_ok() => AttentionBackend::Cudnn,
-                AttentionChoice::Auto => AttentionBackend::Flash,
+                AttentionChoice::Flash | AttentionChoice::Auto => AttentionBackend::Flash,
             };
         }
         let _ = device;

@@ -6,7 +6,7 @@
 //! hold it behind a mutex.
 
 use std::ffi::{CString, c_char, c_int, c_void};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 const ERROR_LEN: usize = 1024;
 
@@ -97,7 +97,7 @@ impl Cudnn {
         Err(reasons.join("; "))
     }
 
-    fn open(path: &PathBuf) -> Result<Self, String> {
+    fn open(path: &Path) -> Result<Self, String> {
         let name = CString::new(path.to_string_lossy().as_bytes())
             .map_err(|_| format!("{} contains a NUL byte", path.display()))?;
         let mut context = std::ptr::null_mut();

@@ -53,6 +53,19 @@ pub(crate) fn device_ptr(tensor: &Tensor, kernel: &'static str) -> Result<u64, K
     Ok(base + (offset * element) as u64)
 }
 
+/// Device memory for `n` elements of `T`, wrapped as candle storage, with its address.
+fn alloc<T: DeviceRepr + candle_core::cuda::CudaDType>(
+    device: &CudaDevice,
+    n: usize,
+) -> Result<(CudaStorage, u64), KernelError> {
+    let stream = device.cuda_stream();
+    // SAFETY: every kernel that receives this memory writes all `n` elements before
+    // anything reads them.
+    let slice = unsafe { stream.alloc::<T>(n) }?;
+    let ptr = slice.device_ptr(&stream).0;
+    Ok((CudaStorage::wrap_cuda_slice(slice, device.clone()), ptr))
+}
+
 /// Uninitialised device memory for `shape` elements of `dtype`, with its address.
 pub(crate) fn empty_like_shape(
     device: &CudaDevice,
@@ -60,17 +73,6 @@ pub(crate) fn empty_like_shape(
     shape: &Shape,
 ) -> Result<(CudaStorage, u64), KernelError> {
     let n = shape.elem_count().max(1);
-    fn alloc<T: DeviceRepr + candle_core::cuda::CudaDType>(
-        device: &CudaDevice,
-        n: usize,
-    ) -> Result<(CudaStorage, u64), KernelError> {
-        let stream = device.cuda_stream();
-        // SAFETY: every kernel that receives this memory writes all `n` elements before
-        // anything reads them.
-        let slice = unsafe { stream.alloc::<T>(n) }?;
-        let ptr = slice.device_ptr(&stream).0;
-        Ok((CudaStorage::wrap_cuda_slice(slice, device.clone()), ptr))
-    }
     match dtype {
         DType::BF16 => alloc::<half::bf16>(device, n),
         DType::F16 => alloc::<half::f16>(device, n),
