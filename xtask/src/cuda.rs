@@ -255,11 +255,10 @@ pub fn compile_check() -> anyhow::Result<()> {
         "--all-targets",
         "--features",
         "stillmotion-app/cuda",
-        "--",
-        "-D",
-        "warnings",
     ]);
+    // `apply` adds cargo's `--config` patch, which must come before clippy's own arguments.
     toolchain.apply(&mut check, &gpu)?;
+    check.args(["--", "-D", "warnings"]);
     let result = super::cargo::run(&mut check);
     // The patch rewrites candle-core's entry in Cargo.lock; the repository keeps the plain one.
     std::fs::write("Cargo.lock", lock).context("restoring Cargo.lock")?;
