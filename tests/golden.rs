@@ -68,12 +68,23 @@ fn check_case(case: &Case, device: &Device) -> Vec<Row> {
         .collect()
 }
 
+/// The CPU unless `STILLMOTION_GOLDEN_DEVICE=cuda` (a build with `--features cuda` on a GPU
+/// machine): then every case runs on CUDA in the cases' float32, against the same tolerances.
+fn golden_device() -> Device {
+    match std::env::var("STILLMOTION_GOLDEN_DEVICE").as_deref() {
+        Ok("cuda") => {
+            Device::new_cuda(0).expect("STILLMOTION_GOLDEN_DEVICE=cuda needs a CUDA build and GPU")
+        }
+        _ => Device::Cpu,
+    }
+}
+
 #[test]
 fn golden_cases_match_the_reference() {
     let roots = golden::case_roots();
     let cases = golden::discover(&roots).unwrap();
     assert!(!cases.is_empty(), "no golden cases found in {roots:?}");
-    let device = Device::Cpu;
+    let device = golden_device();
     let rows: Vec<Row> = cases
         .iter()
         .flat_map(|case| check_case(case, &device))
