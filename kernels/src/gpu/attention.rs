@@ -40,9 +40,7 @@ pub(crate) fn fused_with_rows(
     if !matches!(block_rows, 64 | 128) {
         return Err(bad(format!("{block_rows} query rows per block: 64 or 128")));
     }
-    let Some(gpu) = &kernels.gpu else {
-        return Err(bad("no CUDA kernels loaded for this device".to_owned()));
-    };
+    let gpu = super::loaded(kernels)?;
     let (b, sq, h, d) = q.dims4()?;
     let sk = k.dim(1)?;
     let dtype = q.dtype();

@@ -3,17 +3,11 @@
 use candle_core::{D, DType, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-use super::{device_ptr, empty_like_shape, grid_1d, output_tensor};
+use super::{device_ptr, empty_like_shape, grid_1d, int, loaded, output_tensor};
 use crate::glue::Modulation;
 use crate::{KernelError, Kernels};
 
 const ROW_THREADS: u32 = 256;
-
-fn gpu(kernels: &Kernels) -> Result<&super::GpuKernels, KernelError> {
-    kernels.gpu.as_deref().ok_or_else(|| KernelError::Cuda {
-        problem: "no CUDA kernels loaded for this device".to_owned(),
-    })
-}
 
 fn suffix(kernel: &'static str, dtype: DType) -> Result<&'static str, KernelError> {
     match dtype {
@@ -25,13 +19,6 @@ fn suffix(kernel: &'static str, dtype: DType) -> Result<&'static str, KernelErro
             problem: format!("dtype {other:?} is not supported"),
         }),
     }
-}
-
-fn int(kernel: &'static str, value: usize) -> Result<i32, KernelError> {
-    i32::try_from(value).map_err(|_| KernelError::BadInput {
-        kernel,
-        problem: format!("{value} does not fit a 32-bit int"),
-    })
 }
 
 fn f32_table(kernel: &'static str, t: &Tensor) -> Result<(Tensor, u64), KernelError> {
@@ -49,7 +36,7 @@ pub(crate) fn layer_norm_modulate(
     out_dtype: DType,
 ) -> Result<Tensor, KernelError> {
     const KERNEL: &str = "layer_norm_modulate";
-    let gpu = gpu(kernels)?;
+    let gpu = loaded(kernels)?;
     let x = x.contiguous()?;
     let cols = x.dim(D::Minus1)?;
     let rows = x.elem_count() / cols.max(1);
@@ -109,7 +96,7 @@ pub(crate) fn rms_norm(
     eps: f32,
 ) -> Result<Tensor, KernelError> {
     const KERNEL: &str = "rms_norm";
-    let gpu = gpu(kernels)?;
+    let gpu = loaded(kernels)?;
     let x = x.contiguous()?;
     let cols = x.dim(D::Minus1)?;
     let rows = x.elem_count() / cols.max(1);
@@ -140,7 +127,7 @@ pub(crate) fn gated_residual(
     gate: Option<(&Tensor, usize)>,
 ) -> Result<Tensor, KernelError> {
     const KERNEL: &str = "gated_residual";
-    let gpu = gpu(kernels)?;
+    let gpu = loaded(kernels)?;
     let (x, y) = (x.contiguous()?, y.contiguous()?);
     let cols = x.dim(D::Minus1)?;
     let n = x.elem_count();
@@ -179,7 +166,7 @@ pub(crate) fn rope(
     sin: &Tensor,
 ) -> Result<Tensor, KernelError> {
     const KERNEL: &str = "rope";
-    let gpu = gpu(kernels)?;
+    let gpu = loaded(kernels)?;
     let x = x.contiguous()?;
     let (_, s, h, d) = x.dims4()?;
     let xp = device_ptr(&x, KERNEL)?;

@@ -16,9 +16,7 @@ pub(crate) fn linear(
     bias: Option<&Tensor>,
     epilogue: Epilogue,
 ) -> Result<Tensor, KernelError> {
-    let gpu = kernels.gpu.as_deref().ok_or_else(|| KernelError::Cuda {
-        problem: "no CUDA kernels loaded for this device".to_owned(),
-    })?;
+    let gpu = super::loaded(kernels)?;
     let k = x.dim(D::Minus1)?;
     let (n, wk) = weight.dims2()?;
     if wk != k {

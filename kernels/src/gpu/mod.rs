@@ -85,6 +85,21 @@ impl GpuKernels {
     }
 }
 
+/// The CUDA side of `kernels`, or the error every launcher gives for CPU kernels.
+pub(crate) fn loaded(kernels: &crate::Kernels) -> Result<&GpuKernels, KernelError> {
+    kernels.gpu.as_deref().ok_or_else(|| KernelError::Cuda {
+        problem: "no CUDA kernels loaded for this device".to_owned(),
+    })
+}
+
+/// A size as the kernels' 32-bit `int` parameter.
+pub(crate) fn int(kernel: &'static str, value: usize) -> Result<i32, KernelError> {
+    i32::try_from(value).map_err(|_| KernelError::BadInput {
+        kernel,
+        problem: format!("{value} does not fit a 32-bit int"),
+    })
+}
+
 fn function(module: &Arc<CudaModule>, name: &str) -> Result<CudaFunction, KernelError> {
     module.load_function(name).map_err(|e| KernelError::Cuda {
         problem: format!("kernel {name}: {e}"),

@@ -3,7 +3,7 @@
 use candle_core::Tensor;
 use cudarc::driver::PushKernelArg;
 
-use super::{device_ptr, empty_like_shape, grid_1d, output_tensor};
+use super::{device_ptr, empty_like_shape, grid_1d, int, loaded, output_tensor};
 use crate::{KernelError, Kernels};
 
 const KERNEL: &str = "backward_warp";
@@ -13,18 +13,15 @@ pub(crate) fn backward_warp(
     input: &Tensor,
     flow: &Tensor,
 ) -> Result<Tensor, KernelError> {
-    let gpu = kernels.gpu.as_deref().ok_or_else(|| KernelError::Cuda {
-        problem: "no CUDA kernels loaded for this device".to_owned(),
-    })?;
+    let gpu = loaded(kernels)?;
     let (input, flow) = (input.contiguous()?, flow.contiguous()?);
     let (b, c, h, w) = input.dims4()?;
-    let int = |v: usize| {
-        i32::try_from(v).map_err(|_| KernelError::BadInput {
-            kernel: KERNEL,
-            problem: format!("{v} does not fit a 32-bit int"),
-        })
-    };
-    let (b32, c32, h32, w32) = (int(b)?, int(c)?, int(h)?, int(w)?);
+    let (b32, c32, h32, w32) = (
+        int(KERNEL, b)?,
+        int(KERNEL, c)?,
+        int(KERNEL, h)?,
+        int(KERNEL, w)?,
+    );
     let (ip, fp) = (device_ptr(&input, KERNEL)?, device_ptr(&flow, KERNEL)?);
     let (storage, op) = empty_like_shape(&gpu.device, input.dtype(), input.shape())?;
     let function = gpu.warp_function("stillmotion_backward_warp_f32")?;
