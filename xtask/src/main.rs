@@ -109,6 +109,17 @@ fn test() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The engine without libav (the GPU benchmark's build): its own cfg branches are linted too.
+    cargo::run(&mut cargo::command(&[
+        "clippy",
+        "-p",
+        "stillmotion-engine",
+        "--no-default-features",
+        "--lib",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     deps_rule::check()?;
     cuda::compile_check()?;
     // Build everything the tests need (the app binary included, with the tests' feature set so

@@ -17,18 +17,67 @@
 //! complete; cancelling, an error, or dropping the writer removes it. An existing file is never
 //! overwritten: the next free numbered name (`name-1.ext`, `name-2.ext`, …) is used.
 
+#[cfg(feature = "ffmpeg")]
 mod encode;
+#[cfg(feature = "ffmpeg")]
 mod graph;
+#[cfg(feature = "ffmpeg")]
 mod hvc1;
 mod paths;
+#[cfg_attr(not(feature = "ffmpeg"), path = "reader_without_libav.rs")]
 pub mod reader;
 pub mod recipe;
 pub mod writer;
 
-pub use reader::{DecodedVideo, VideoReader, read_video};
+use std::path::Path;
+
+use image::RgbImage;
+
+pub use reader::VideoReader;
 pub use recipe::{EmbeddedRecipe, ModelFileRecord, read_recipe};
 pub use writer::VideoWriter;
 
+use crate::EngineError;
+
+/// Whether this build can read and write video containers (libav). Builds without the engine's
+/// `ffmpeg` feature (the GPU benchmark, headless parity runs on machines without libav) write
+/// PNG frame folders only.
+pub const HAS_LIBAV: bool = cfg!(feature = "ffmpeg");
+
+/// A decoded clip.
+#[derive(Clone, Debug)]
+pub struct DecodedVideo {
+    pub fps: FrameRate,
+    pub width: u32,
+    pub height: u32,
+    pub frames: Vec<RgbImage>,
+}
+
+/// Decodes a whole clip, refusing clips with more than `max_frames` frames or frames over
+/// `max_pixels`.
+pub fn read_video(
+    path: &Path,
+    max_frames: usize,
+    max_pixels: u64,
+) -> Result<DecodedVideo, EngineError> {
+    let mut reader = VideoReader::open(path, max_pixels)?;
+    let mut frames = Vec::new();
+    while let Some(frame) = reader.next_frame()? {
+        if frames.len() == max_frames {
+            return Err(reader.error(format!("the clip has more than {max_frames} frames")));
+        }
+        frames.push(frame);
+    }
+    let Some(first) = frames.first() else {
+        return Err(reader.error("the video has no decodable frame".to_owned()));
+    };
+    Ok(DecodedVideo {
+        fps: reader.fps(),
+        width: first.width(),
+        height: first.height(),
+        frames,
+    })
+}
 /// A frame rate as an exact fraction (16/1 for Wan; 48/1 or 30000/1001 after interpolation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FrameRate {

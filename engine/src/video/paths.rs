@@ -47,6 +47,10 @@ pub(super) fn free_target(path: &Path) -> PathBuf {
 
 /// Moves the finished `partial` file to `target` (or the next free numbered name if someone
 /// took `target` meanwhile) without ever replacing an existing file; returns the final path.
+#[cfg_attr(
+    not(feature = "ffmpeg"),
+    allow(dead_code, reason = "only the libav sinks write single files")
+)]
 pub(super) fn publish_file(partial: &Path, target: &Path) -> Result<PathBuf, EngineError> {
     let mut n = 0;
     loop {

@@ -13,15 +13,6 @@ use image::RgbImage;
 use super::FrameRate;
 use crate::EngineError;
 
-/// A decoded clip.
-#[derive(Clone, Debug)]
-pub struct DecodedVideo {
-    pub fps: FrameRate,
-    pub width: u32,
-    pub height: u32,
-    pub frames: Vec<RgbImage>,
-}
-
 /// One metadata tag of the container (`None` when absent).
 pub(super) fn metadata_tag(path: &Path, key: &str) -> Result<Option<String>, EngineError> {
     ffmpeg::init()
@@ -142,7 +133,7 @@ impl VideoReader {
         }
     }
 
-    fn error(&self, problem: String) -> EngineError {
+    pub(super) fn error(&self, problem: String) -> EngineError {
         read_error(&self.path, problem)
     }
 
@@ -161,32 +152,6 @@ impl VideoReader {
         }
         Ok(())
     }
-}
-
-/// Decodes a whole clip, refusing clips with more than `max_frames` frames or frames over
-/// `max_pixels`.
-pub fn read_video(
-    path: &Path,
-    max_frames: usize,
-    max_pixels: u64,
-) -> Result<DecodedVideo, EngineError> {
-    let mut reader = VideoReader::open(path, max_pixels)?;
-    let mut frames = Vec::new();
-    while let Some(frame) = reader.next_frame()? {
-        if frames.len() == max_frames {
-            return Err(reader.error(format!("the clip has more than {max_frames} frames")));
-        }
-        frames.push(frame);
-    }
-    let Some(first) = frames.first() else {
-        return Err(reader.error("the video has no decodable frame".to_owned()));
-    };
-    Ok(DecodedVideo {
-        fps: reader.fps,
-        width: first.width(),
-        height: first.height(),
-        frames,
-    })
 }
 
 /// The swscale matrix name for a stream's declared colour space.

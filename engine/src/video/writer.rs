@@ -5,13 +5,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use image::RgbImage;
 
+#[cfg(feature = "ffmpeg")]
 use super::encode::LibavSink;
-use super::paths::{free_target, partial_path, publish_dir, publish_file};
+#[cfg(feature = "ffmpeg")]
+use super::paths::publish_file;
+use super::paths::{free_target, partial_path, publish_dir};
 use super::recipe::{EmbeddedRecipe, write_sidecar};
 use super::{EncodeSettings, VideoFormat};
 use crate::EngineError;
 
 enum Sink {
+    #[cfg(feature = "ffmpeg")]
     Libav(LibavSink),
     Png,
 }
@@ -58,17 +62,7 @@ impl VideoWriter {
                 .map_err(|error| EngineError::io("creating the frame folder", &partial, error))?;
             Sink::Png
         } else {
-            let comment = recipe
-                .as_ref()
-                .filter(|_| settings.format.embeds_recipe())
-                .map(EmbeddedRecipe::to_json);
-            match LibavSink::open(&partial, settings, width, height, comment.as_deref()) {
-                Ok(encoder) => Sink::Libav(encoder),
-                Err(problem) => {
-                    remove(&partial);
-                    return Err(fail(problem));
-                }
-            }
+            Self::open_libav(&partial, settings, width, height, recipe.as_ref()).map_err(fail)?
         };
         tracing::debug!(target = %target.display(), ?settings, width, height, "video writer opened");
         Ok(Self {
@@ -80,6 +74,38 @@ impl VideoWriter {
             frames: 0,
             recipe,
         })
+    }
+
+    #[cfg(feature = "ffmpeg")]
+    fn open_libav(
+        partial: &Path,
+        settings: &EncodeSettings,
+        width: u32,
+        height: u32,
+        recipe: Option<&EmbeddedRecipe>,
+    ) -> Result<Sink, String> {
+        let comment = recipe
+            .filter(|_| settings.format.embeds_recipe())
+            .map(EmbeddedRecipe::to_json);
+        LibavSink::open(partial, settings, width, height, comment.as_deref())
+            .map(Sink::Libav)
+            .inspect_err(|_| remove(partial))
+    }
+
+    /// Without libav only the PNG folder can be written.
+    #[cfg(not(feature = "ffmpeg"))]
+    fn open_libav(
+        _partial: &Path,
+        settings: &EncodeSettings,
+        _width: u32,
+        _height: u32,
+        _recipe: Option<&EmbeddedRecipe>,
+    ) -> Result<Sink, String> {
+        Err(format!(
+            "this build of Stillmotion has no video encoder (built without the `ffmpeg` \
+             feature), so it cannot write {:?}; choose PNG frames or use a build with it",
+            settings.format
+        ))
     }
 
     /// The name the file will have if nothing takes it first.
@@ -109,6 +135,7 @@ impl VideoWriter {
             return Err(self.error(problem));
         }
         let result = match self.sink.as_mut() {
+            #[cfg(feature = "ffmpeg")]
             Some(Sink::Libav(encoder)) => encoder.push(frame.as_raw()),
             Some(Sink::Png) => {
                 let path = self.partial.join(format!("frame_{:05}.png", self.frames));
@@ -138,6 +165,7 @@ impl VideoWriter {
             return Err(self.error("no frames were written".to_owned()));
         }
         let published = match self.sink.take() {
+            #[cfg(feature = "ffmpeg")]
             Some(Sink::Libav(encoder)) => match encoder.finish() {
                 Ok(()) => publish_file(&self.partial, &self.target),
                 Err(problem) => Err(self.error(problem)),
@@ -168,7 +196,7 @@ impl VideoWriter {
 
     /// Closes libav (so the file handle is gone) and deletes the partial output.
     fn abandon(&mut self) {
-        drop(self.sink.take());
+        self.sink = None;
         remove(&self.partial);
     }
 }
