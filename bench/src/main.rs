@@ -4,10 +4,14 @@
 //! - `parity`: every kernel and a small DiT on the GPU against the CPU float32 reference;
 //! - `attention TOKENS KEYS`: each attention backend, 40 heads × 128, bf16;
 //! - `linear M K N`: a linear layer with bias, cuBLASLt epilogue against candle's matmul + add;
-//! - `dit WIDTH HEIGHT FRAMES`: one full Wan2.2-I2V-A14B expert forward, random weights, bf16.
+//! - `dit WIDTH HEIGHT FRAMES`: one full Wan2.2-I2V-A14B expert forward, random weights, bf16;
+//! - `e2e DIR WIDTH HEIGHT FRAMES FLOWNET`: two whole 4-step renders with RIFE ×2 through the
+//!   engine thread, from real-size fp8_scaled model files written into `DIR` (see [`e2e`]).
 //!
 //! Built by `cargo xtask bench-gpu`, run on a GPU machine. Nothing here asserts a timing.
 
+mod e2e;
+mod model_files;
 mod random_weights;
 mod report;
 
@@ -64,8 +68,18 @@ fn main() -> anyhow::Result<()> {
             number(3, 81)?,
             args.get(4).map(String::as_str),
         ),
+        Some("e2e") => e2e::run(
+            std::path::Path::new(
+                args.get(1)
+                    .context("e2e needs a folder for the model files")?,
+            ),
+            u32::try_from(number(2, 832)?)?,
+            u32::try_from(number(3, 480)?)?,
+            u32::try_from(number(4, 81)?)?,
+            args.get(5).map(std::path::PathBuf::from),
+        ),
         _ => bail!(
-            "usage: stillmotion-bench parity | attention TOKENS [KEYS] | linear M K N | dit WIDTH HEIGHT FRAMES [cudnn|flash]"
+            "usage: stillmotion-bench parity | attention TOKENS [KEYS] | linear M K N | dit WIDTH HEIGHT FRAMES [cudnn|flash] | e2e DIR WIDTH HEIGHT FRAMES [FLOWNET]"
         ),
     }
 }

@@ -16,6 +16,21 @@ pub fn state_dict(
     if device.is_cuda() {
         device.set_seed(seed)?;
     }
+    let shapes = dit_shapes(cfg);
+    let mut tensors = HashMap::with_capacity(shapes.len());
+    for (name, shape) in shapes {
+        let tensor = if name.contains("norm") && name.ends_with(".weight") {
+            Tensor::ones(shape.as_slice(), dtype, device)?
+        } else {
+            (Tensor::randn(0f32, 0.02, shape.as_slice(), device)?).to_dtype(dtype)?
+        };
+        tensors.insert(name, tensor);
+    }
+    Ok(tensors)
+}
+
+/// The name and shape of every tensor of a Wan DiT with `cfg`, in the original key layout.
+pub fn dit_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
     let (dim, ffn, [pt, ph, pw]) = (cfg.dim, cfg.ffn_dim, cfg.patch_size);
     let mut shapes: Vec<(String, Vec<usize>)> = vec![
         (
@@ -58,16 +73,7 @@ pub fn state_dict(
         shapes.push((format!("{p}.ffn.2.bias"), vec![dim]));
         shapes.push((format!("{p}.modulation"), vec![1, 6, dim]));
     }
-    let mut tensors = HashMap::with_capacity(shapes.len());
-    for (name, shape) in shapes {
-        let tensor = if name.contains("norm") && name.ends_with(".weight") {
-            Tensor::ones(shape.as_slice(), dtype, device)?
-        } else {
-            (Tensor::randn(0f32, 0.02, shape.as_slice(), device)?).to_dtype(dtype)?
-        };
-        tensors.insert(name, tensor);
-    }
-    Ok(tensors)
+    shapes
 }
 
 /// A weight source that makes up every tensor a model asks for: N(0, 0.02²), or ones for

@@ -1,0 +1,227 @@
+//! `e2e DIR WIDTH HEIGHT FRAMES`: a whole render through the product's engine thread, as the
+//! app and the CLI run it: the LightX2V 4-step recipe (Euler, 2 + 2 steps, CFG 1) with RIFE ×2,
+//! on the A14B experts at their real size (random weights in ComfyUI's fp8_scaled files, see
+//! [`crate::model_files`]), written as PNG frames (this build has no libav).
+//!
+//! Two jobs run back to back: the first loads every model, the second (another seed) reuses
+//! them, so its time is what a user waits for each render after the first. Each stage's time,
+//! the seconds per denoising step and the peak GPU memory (device-wide, polled every 50 ms) are
+//! printed as JSON lines.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use stillmotion_engine::device::DevicePreference;
+use stillmotion_engine::gpu_memory::GpuMemoryReader;
+use stillmotion_engine::pipeline::PipelineRunner;
+use stillmotion_engine::preset;
+use stillmotion_engine::recipe::{ModelFiles, Recipe, RecipeChoices};
+use stillmotion_engine::runtime::{Command, EngineHandle, Event, JobKind, Stage};
+
+use crate::model_files::ModelSet;
+use crate::report::Line;
+
+/// The golden cases' small SentencePiece tokenizer (ids under 100; the table is real-size).
+pub const TOKENIZER_JSON: &str =
+    include_str!("../../tests/golden/tokenizer_spm_identity_plain/tokenizer.json");
+
+const PRESET: &str = "wan22-i2v-a14b-lightx2v-4step-480p-rife2";
+
+pub fn run(
+    dir: &Path,
+    width: u32,
+    height: u32,
+    frames: u32,
+    rife: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let models = ModelSet::in_dir(dir);
+    let start = Instant::now();
+    let written = models.write_missing(TOKENIZER_JSON)?;
+    Line::new("e2e-files")
+        .num("gb_written", written as f64 / 1e9)
+        .num("secs", start.elapsed().as_secs_f64())
+        .print();
+
+    let image = dir.join("source.png");
+    write_source_image(&image, width, height)?;
+    let preset = preset::find(PRESET)?;
+    let recipe = |seed: u64, name: &str| {
+        Recipe::from_layers(
+            &preset,
+            RecipeChoices {
+                models: ModelFiles {
+                    model_dir: None,
+                    high_noise: Some(models.high_noise.clone()),
+                    low_noise: Some(models.low_noise.clone()),
+                    text_encoder: Some(models.text_encoder.clone()),
+                    vae: Some(models.vae.clone()),
+                },
+                image: Some(image.clone()),
+                prompt: Some("a lighthouse on a cliff at dusk, waves below".to_owned()),
+                seed: Some(seed),
+                width: Some(width),
+                height: Some(height),
+                num_frames: Some(frames),
+                output: Some(dir.join(name)),
+                device: Some(DevicePreference::Cuda),
+                ..RecipeChoices::default()
+            },
+        )
+    };
+
+    let mut runner = PipelineRunner::new();
+    if let Some(rife) = rife {
+        runner = runner.with_rife_weights(rife);
+    }
+    let engine = EngineHandle::spawn(runner, || {})?;
+    let peak = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = spawn_memory_poller(Arc::clone(&peak), Arc::clone(&stop))?;
+    for (job_id, label) in [(1, "cold"), (2, "warm")] {
+        peak.store(0, Ordering::Relaxed);
+        let job = recipe(job_id, &format!("frames-{label}"));
+        job.validate()?;
+        engine.send(Command::Submit {
+            job_id,
+            kind: JobKind::Render(Box::new(job)),
+        })?;
+        watch(&engine, job_id, label, &peak)?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = poller.join();
+    engine.send(Command::Shutdown)?;
+    Ok(())
+}
+
+/// Prints each stage's time as it ends and a summary when the job does.
+fn watch(engine: &EngineHandle, job_id: u64, label: &str, peak: &AtomicU64) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut stage: Option<(Stage, Instant)> = None;
+    let mut secs_per_step: Vec<f64> = Vec::new();
+    let end_stage = |stage: Option<(Stage, Instant)>| {
+        if let Some((stage, since)) = stage {
+            Line::new("e2e-stage")
+                .text("job", label)
+                .text("stage", stage.label())
+                .num("secs", since.elapsed().as_secs_f64())
+                .num(
+                    "peak_gib",
+                    peak.load(Ordering::Relaxed) as f64 / f64::from(1 << 30),
+                )
+                .print();
+        }
+    };
+    loop {
+        let event = engine
+            .events()
+            .recv_timeout(Duration::from_mins(10))
+            .context("no event from the engine for 10 minutes")?;
+        match event {
+            Event::Progress {
+                job_id: id,
+                progress,
+                secs_per_unit,
+                ..
+            } if id == job_id => {
+                if stage.is_none_or(|(s, _)| s != progress.stage) {
+                    end_stage(stage.take());
+                    stage = Some((progress.stage, Instant::now()));
+                }
+                if matches!(
+                    progress.stage,
+                    Stage::DenoisingHighNoise | Stage::DenoisingLowNoise
+                ) && progress.done > 0
+                    && let Some(secs) = secs_per_unit
+                {
+                    secs_per_step.push(secs);
+                }
+            }
+            Event::MemoryPlan { job_id: id, plan } if id == job_id => {
+                Line::new("e2e-plan")
+                    .text("job", label)
+                    .text("plan", &format!("{plan:?}"))
+                    .print();
+            }
+            Event::Warning {
+                job_id: id,
+                message,
+            } if id == job_id => {
+                Line::new("e2e-warning").text("message", &message).print();
+            }
+            Event::Finished {
+                job_id: id,
+                output,
+                elapsed_secs,
+            } if id == job_id => {
+                end_stage(stage.take());
+                Line::new("e2e")
+                    .text("job", label)
+                    .num("secs", elapsed_secs)
+                    .num("wall_secs", start.elapsed().as_secs_f64())
+                    .num(
+                        "last_secs_per_step",
+                        secs_per_step.last().copied().unwrap_or(0.0),
+                    )
+                    .num(
+                        "peak_gib",
+                        peak.load(Ordering::Relaxed) as f64 / f64::from(1 << 30),
+                    )
+                    .text("output", &output.path.display().to_string())
+                    .print();
+                return Ok(());
+            }
+            Event::Failed {
+                job_id: id,
+                message,
+            } if id == job_id => {
+                end_stage(stage.take());
+                bail!("the {label} render failed: {message}");
+            }
+            Event::Cancelled { job_id: id } if id == job_id => {
+                bail!("the {label} render was cancelled")
+            }
+            _ => {}
+        }
+    }
+}
+
+fn spawn_memory_poller(
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let reader = GpuMemoryReader::open().context("no GPU memory reading")?;
+    Ok(std::thread::Builder::new()
+        .name("gpu-memory-poller".to_owned())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(memory) = reader.read() {
+                    peak.fetch_max(memory.used_bytes(), Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })?)
+}
+
+/// A smooth colour field with a few edges, so the VAE and RIFE see structure.
+fn write_source_image(path: &Path, width: u32, height: u32) -> anyhow::Result<()> {
+    let image = image::RgbImage::from_fn(width, height, |x, y| {
+        let (fx, fy) = (x as f32 / width as f32, y as f32 / height as f32);
+        let stripe = if (x / 48 + y / 48) % 2 == 0 {
+            40.0
+        } else {
+            0.0
+        };
+        image::Rgb([
+            (fx * 200.0 + stripe) as u8,
+            (fy * 200.0 + stripe) as u8,
+            ((1.0 - fx) * 150.0 + 50.0) as u8,
+        ])
+    });
+    image
+        .save(path)
+        .with_context(|| format!("writing {}", path.display()))
+}
