@@ -3,7 +3,7 @@
 //! Without the `cuda` feature it does nothing. With it:
 //! - each `cuda/*.cu` file becomes a fatbin (SASS for every architecture we ship, plus PTX of
 //!   the newest for GPUs after it) that the crate embeds and loads at run time;
-//! - `cudnn/sdpa_shim.cpp`, our C ABI over cuDNN's fused attention, is compiled with the host
+//! - `cudnn/shim.cpp`, our C ABI over cuDNN's fused attention and convolutions, is compiled with the host
 //!   C++ compiler against the cuDNN frontend headers; nothing links libcudnn (it is opened at
 //!   run time, so a machine without cuDNN still runs);
 //! - candle's kernels link `-lcudart` without a search path, so the toolkit's library folder is
@@ -126,7 +126,7 @@ fn compile_cudnn_shim(cuda_home: &Path) {
         "STILLMOTION_CUDNN_FRONTEND_INCLUDE",
         "cuDNN frontend headers",
     );
-    let shim = Path::new("cudnn").join("sdpa_shim.cpp");
+    let shim = Path::new("cudnn").join("shim.cpp");
     println!("cargo:rerun-if-changed={}", shim.display());
     cc::Build::new()
         .cpp(true)

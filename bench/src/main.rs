@@ -336,8 +336,80 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
         )?;
         checks.check(name, rel_l2(&gpu, &reference)?, BF16_BOUND);
     }
+    conv_parity(device, kernels, &mut checks)?;
     dit_parity(device, &mut checks)?;
     checks.finish()
+}
+
+/// cuDNN's convolution (TF32 in float32, tensor cores in bf16) against the CPU reference, and
+/// a small Wan VAE decode on the GPU (its convolutions through cuDNN) against the CPU.
+fn conv_parity(device: &Device, kernels: &Kernels, checks: &mut Checks) -> anyhow::Result<()> {
+    use stillmotion_engine::wan_vae::{Config as VaeConfig, WanVae};
+    use stillmotion_kernels::conv::{ConvGeometry, ConvWeight, conv3d_frames, fused_available};
+    if !fused_available(kernels, device) {
+        Line::new("skip")
+            .text("check", "conv3d: cuDNN is not loaded")
+            .print();
+        return Ok(());
+    }
+    let on_cpu = |t: &Tensor| -> anyhow::Result<Tensor> { Ok(t.to_device(&Device::Cpu)?) };
+    let cpu = Kernels::cpu();
+    let down = ConvGeometry {
+        pre_padding: [0, 0, 0],
+        post_padding: [0, 1, 1],
+        stride: [1, 2, 2],
+    };
+    let cases = [
+        (
+            "causal 3x3x3",
+            [5, 96, 30, 52],
+            [64, 96, 3, 3, 3],
+            ConvGeometry::spatial_padding(1),
+        ),
+        (
+            "downsample 3x3 s2",
+            [3, 64, 31, 40],
+            [64, 64, 1, 3, 3],
+            down,
+        ),
+    ];
+    for (name, xs, ws, geometry) in cases {
+        for (dtype, bound) in [(DType::F32, 5e-3), (DType::BF16, BF16_BOUND)] {
+            let x = randn(&xs, device, dtype)?;
+            let w = (randn(&ws, device, DType::F32)? * 0.05)?.to_dtype(dtype)?;
+            let b = randn(&ws[..1], device, dtype)?;
+            let gpu = conv3d_frames(kernels, &x, &ConvWeight::new(&w)?, Some(&b), geometry)?;
+            let f32 =
+                |t: &Tensor| -> anyhow::Result<Tensor> { Ok(on_cpu(t)?.to_dtype(DType::F32)?) };
+            let reference = conv3d_frames(
+                &cpu,
+                &f32(&x)?,
+                &ConvWeight::new(&f32(&w)?)?,
+                Some(&f32(&b)?),
+                geometry,
+            )?;
+            checks.check(
+                &format!("conv3d {name} {dtype:?}"),
+                rel_l2(&gpu, &reference)?,
+                bound,
+            );
+        }
+    }
+
+    let weights = random_weights::state_dict_from(&VaeConfig::wan21())?;
+    let build = |device: &Device| -> anyhow::Result<WanVae> {
+        let vb = candle_nn::VarBuilder::from_tensors(weights.clone(), DType::F32, device);
+        Ok(WanVae::new(&VaeConfig::wan21(), &vb)?)
+    };
+    let latents = Tensor::randn(0_f32, 1.0, (16, 3, 12, 16), &Device::Cpu)?;
+    let gpu = build(device)?.decode(&latents.to_device(device)?)?;
+    let reference = build(&Device::Cpu)?.decode(&latents)?;
+    checks.check(
+        "vae decode f32 (cuDNN TF32 convs)",
+        rel_l2(&gpu, &reference)?,
+        1e-2,
+    );
+    Ok(())
 }
 
 /// A small DiT (2 blocks, 128-wide heads) in bf16 on the GPU against float32 on the CPU, same
@@ -432,23 +504,28 @@ fn bench_vae(device: &Device, width: usize, height: usize, frames: usize) -> any
         DType::F32,
         device.clone(),
     );
-    let vae = WanVae::new(&VaeConfig::wan21(), &vb)?;
+    let fused = WanVae::new(&VaeConfig::wan21(), &vb)?;
     let latents = randn(
         &[16, (frames - 1) / 4 + 1, height / 8, width / 8],
         device,
         DType::F32,
     )?;
-    let seconds = time(device, 1, || {
-        vae.decode(&latents)?;
-        Ok(())
-    })?;
-    Line::new("vae")
-        .text("model", "Wan2.1 VAE decode, random weights, f32, untiled")
-        .int("width", width)
-        .int("height", height)
-        .int("frames", frames)
-        .num("decode_s", seconds)
-        .print();
+    // cuDNN convolutions (when loaded), then candle's (im2col + GEMM) on the same weights.
+    let candle_convs = fused.clone().with_kernels(Kernels::cpu());
+    for (vae, convs) in [(&fused, "cudnn"), (&candle_convs, "candle")] {
+        let seconds = time(device, 1, || {
+            vae.decode(&latents)?;
+            Ok(())
+        })?;
+        Line::new("vae")
+            .text("model", "Wan2.1 VAE decode, random weights, f32, untiled")
+            .text("convs", convs)
+            .int("width", width)
+            .int("height", height)
+            .int("frames", frames)
+            .num("decode_s", seconds)
+            .print();
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
+use candle_nn::var_builder::SimpleBackend;
 use stillmotion_engine::wan::Config;
 
 /// Every tensor of a Wan DiT with `cfg`'s shapes: weights ~ N(0, 0.02²), norm scales 1.
@@ -80,7 +81,7 @@ pub fn dit_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
 /// norm scales (`gamma`, `*norm*.weight`). Lets any model be built at its real shapes.
 pub struct RandomBackend;
 
-impl candle_nn::var_builder::SimpleBackend for RandomBackend {
+impl SimpleBackend for RandomBackend {
     fn get(
         &self,
         shape: candle_core::Shape,
@@ -107,5 +108,56 @@ impl candle_nn::var_builder::SimpleBackend for RandomBackend {
 
     fn contains_tensor(&self, _name: &str) -> bool {
         true
+    }
+}
+
+/// Every tensor the Wan VAE with `cfg` asks for, random on the CPU (for GPU-vs-CPU parity).
+pub fn state_dict_from(
+    cfg: &stillmotion_engine::wan_vae::Config,
+) -> anyhow::Result<HashMap<String, Tensor>> {
+    let recorder = Recording::default();
+    let vb =
+        candle_nn::VarBuilder::from_backend(Box::new(recorder.clone()), DType::F32, Device::Cpu);
+    stillmotion_engine::wan_vae::WanVae::new(cfg, &vb)?;
+    let tensors = recorder
+        .tensors
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    Ok(tensors.clone())
+}
+
+/// [`RandomBackend`] that keeps what it handed out.
+#[derive(Clone, Default)]
+struct Recording {
+    tensors: std::sync::Arc<std::sync::Mutex<HashMap<String, Tensor>>>,
+}
+
+impl SimpleBackend for Recording {
+    fn get(
+        &self,
+        shape: candle_core::Shape,
+        name: &str,
+        hints: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = RandomBackend.get(shape, name, hints, dtype, device)?;
+        if let Ok(mut tensors) = self.tensors.lock() {
+            tensors.insert(name.to_owned(), tensor.clone());
+        }
+        Ok(tensor)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        RandomBackend.get_unchecked(name, dtype, device)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        RandomBackend.contains_tensor(name)
     }
 }

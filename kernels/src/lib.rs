@@ -14,6 +14,7 @@
 )]
 
 pub mod attention;
+pub mod conv;
 mod driver;
 mod error;
 pub mod glue;

@@ -5,8 +5,9 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
+use stillmotion_kernels::Kernels;
 
-use super::conv::{CausalConv3d, Conv2d, FrameCache};
+use super::conv::{CausalConv3d, Conv2d, ConvSlot, FrameCache};
 
 /// The temporal state of one layer between chunks (the reference's `feat_cache[idx]`).
 #[derive(Debug, Default)]
@@ -21,9 +22,22 @@ pub struct Slot {
 pub struct ChunkState {
     slots: Vec<Slot>,
     cursor: usize,
+    /// The device's kernels, for fused convolutions (`None`: candle's own).
+    kernels: Option<Kernels>,
 }
 
 impl ChunkState {
+    pub fn with_kernels(kernels: Option<Kernels>) -> Self {
+        Self {
+            kernels,
+            ..Self::default()
+        }
+    }
+
+    pub fn kernels(&self) -> Option<&Kernels> {
+        self.kernels.as_ref()
+    }
+
     /// Call before each chunk: layers take their slots again from the first.
     pub fn begin_chunk(&mut self) {
         self.cursor = 0;
@@ -37,9 +51,16 @@ impl ChunkState {
         &mut self.slots[self.cursor - 1]
     }
 
-    /// The next layer's cached frames.
-    pub fn next_frames(&mut self) -> &mut FrameCache {
-        &mut self.next().frames
+    /// The next layer's cached frames, with the kernels to convolve them with.
+    pub fn next_frames(&mut self) -> ConvSlot<'_> {
+        if self.cursor == self.slots.len() {
+            self.slots.push(Slot::default());
+        }
+        self.cursor += 1;
+        ConvSlot {
+            frames: &mut self.slots[self.cursor - 1].frames,
+            kernels: self.kernels.as_ref(),
+        }
     }
 }
 
@@ -107,7 +128,7 @@ impl ResidualBlock {
 
     pub fn forward(&self, x: &Tensor, state: &mut ChunkState) -> Result<Tensor> {
         let h = match &self.shortcut {
-            Some(conv) => conv.forward_frames(x)?,
+            Some(conv) => conv.forward_frames_with(x, state.kernels())?,
             None => x.clone(),
         };
         let y = self.norm1.forward(x)?.silu()?;
@@ -210,33 +231,38 @@ impl Resample {
     }
 
     pub fn forward(&self, x: &Tensor, state: &mut ChunkState) -> Result<Tensor> {
+        let kernels = state.kernels().cloned();
+        let kernels = kernels.as_ref();
         match (self.mode, &self.time_conv) {
             (ResampleMode::Upsample2d | ResampleMode::Downsample2d, _) | (_, None) => {
-                self.spatial(x)
+                self.spatial(x, kernels)
             }
             (ResampleMode::Upsample3d, Some(time_conv)) => {
                 let slot = state.next();
                 // The first chunk (the first latent frame) is not doubled in time.
                 if !slot.started {
                     slot.started = true;
-                    return self.spatial(x);
+                    return self.spatial(x, kernels);
                 }
                 let (t, c, h, w) = x.dims4()?;
-                let y = time_conv.forward(x, &mut slot.frames)?;
+                let conv_slot = ConvSlot {
+                    frames: &mut slot.frames,
+                    kernels,
+                };
+                let y = time_conv.forward(x, conv_slot)?;
                 // Channels (2, c): the first half is frame 2i, the second 2i + 1.
                 let y = y.reshape((2 * t, c, h, w))?;
-                self.spatial(&y)
+                self.spatial(&y, kernels)
             }
             (ResampleMode::Downsample3d, Some(time_conv)) => {
-                let y = self.spatial(x)?;
+                let y = self.spatial(x, kernels)?;
                 let slot = state.next();
                 let t = y.dim(0)?;
                 let last = y.narrow(0, t - 1, 1)?;
                 // The first chunk passes through; later ones see the previous chunk's last frame.
                 let out = match slot.frames.take() {
-                    Some(previous) if slot.started => {
-                        time_conv.forward_frames(&Tensor::cat(&[&previous, &y], 0)?)?
-                    }
+                    Some(previous) if slot.started => time_conv
+                        .forward_frames_with(&Tensor::cat(&[&previous, &y], 0)?, kernels)?,
                     _ => y,
                 };
                 slot.started = true;
@@ -246,14 +272,17 @@ impl Resample {
         }
     }
 
-    fn spatial(&self, x: &Tensor) -> Result<Tensor> {
+    fn spatial(&self, x: &Tensor, kernels: Option<&Kernels>) -> Result<Tensor> {
         match self.mode {
             ResampleMode::Upsample2d | ResampleMode::Upsample3d => {
                 let (_, _, h, w) = x.dims4()?;
                 // Nearest-exact at an exact ×2 repeats each pixel.
-                self.conv.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)
+                self.conv
+                    .forward_with(&x.upsample_nearest2d(2 * h, 2 * w)?, kernels)
             }
-            ResampleMode::Downsample2d | ResampleMode::Downsample3d => self.conv.forward(x),
+            ResampleMode::Downsample2d | ResampleMode::Downsample3d => {
+                self.conv.forward_with(x, kernels)
+            }
         }
     }
 }

@@ -11,9 +11,26 @@
 //! `frames × out_h × out_w × in × kh × kw` elements, gigabytes for one 832×480 frame at 96
 //! channels, so off the CPU big convolutions run per frame and per band of output rows (with
 //! their halo of input rows).
+//!
+//! On CUDA with cuDNN, when the job's kernels are handed down through the [`ConvSlot`], each
+//! convolution is one cuDNN call instead ([`stillmotion_kernels::conv`]): all taps at once, on
+//! tensor cores, without an im2col buffer.
 
 use candle_core::{D, Result, Tensor};
 use candle_nn::VarBuilder;
+use stillmotion_kernels::Kernels;
+use stillmotion_kernels::conv::{ConvGeometry, ConvWeight, conv3d_frames, fused_available};
+
+/// A layer's temporal cache and the kernels of the job's device, handed to each causal conv.
+pub struct ConvSlot<'a> {
+    pub frames: &'a mut FrameCache,
+    pub kernels: Option<&'a Kernels>,
+}
+
+/// The kernels to convolve `x` with, when they can run it fused.
+fn fused_kernels<'a>(kernels: Option<&'a Kernels>, x: &Tensor) -> Option<&'a Kernels> {
+    kernels.filter(|k| fused_available(k, x.device()))
+}
 
 /// Largest im2col buffer (in elements) one conv2d call may build: 256 MiB of f32.
 const MAX_IM2COL_ELEMS: usize = 64 << 20;
@@ -23,6 +40,9 @@ const MAX_IM2COL_ELEMS: usize = 64 << 20;
 pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// The weight for the fused path (with its channels-last copy on CUDA) and the plain bias.
+    fused: ConvWeight,
+    plain_bias: Option<Tensor>,
     padding: [usize; 4],
     stride: usize,
 }
@@ -49,13 +69,32 @@ impl Conv2d {
         padding: [usize; 4],
         stride: usize,
     ) -> Result<Self> {
+        let fused = ConvWeight::new(&weight).map_err(candle_core::Error::wrap)?;
+        let plain_bias = bias.cloned();
         let bias = bias.map(|b| b.reshape((1, (), 1, 1))).transpose()?;
         Ok(Self {
             weight,
             bias,
+            fused,
+            plain_bias,
             padding,
             stride,
         })
+    }
+
+    /// [`Self::forward`], fused when `kernels` can run it on `x`'s device.
+    pub fn forward_with(&self, x: &Tensor, kernels: Option<&Kernels>) -> Result<Tensor> {
+        let Some(kernels) = fused_kernels(kernels, x) else {
+            return self.forward(x);
+        };
+        let [top, bottom, left, right] = self.padding;
+        let geometry = ConvGeometry {
+            pre_padding: [0, top, left],
+            post_padding: [0, bottom, right],
+            stride: [1, self.stride, self.stride],
+        };
+        conv3d_frames(kernels, x, &self.fused, self.plain_bias.as_ref(), geometry)
+            .map_err(candle_core::Error::wrap)
     }
 
     /// `x`: `(n, in, h, w)` → `(n, out, h', w')`.
@@ -126,6 +165,10 @@ pub struct CausalConv3d {
     /// One convolution per temporal tap, oldest frame first; the last one carries the bias.
     taps: Vec<Conv2d>,
     stride_t: usize,
+    /// All taps at once for the fused path.
+    fused: ConvWeight,
+    bias: Tensor,
+    spatial_padding: usize,
 }
 
 impl CausalConv3d {
@@ -141,6 +184,7 @@ impl CausalConv3d {
         let weight = vb.get((out_channels, in_channels, taps, kernel, kernel), "weight")?;
         let bias = vb.get(out_channels, "bias")?;
         let p = spatial_padding;
+        let fused = ConvWeight::new(&weight).map_err(candle_core::Error::wrap)?;
         let taps = (0..taps)
             .map(|k| {
                 let w = weight.narrow(2, k, 1)?.squeeze(2)?.contiguous()?;
@@ -148,7 +192,28 @@ impl CausalConv3d {
                 Conv2d::from_parts(w, b, [p, p, p, p], 1)
             })
             .collect::<Result<_>>()?;
-        Ok(Self { taps, stride_t })
+        Ok(Self {
+            taps,
+            stride_t,
+            fused,
+            bias,
+            spatial_padding,
+        })
+    }
+
+    /// [`Self::forward_frames`], fused when `kernels` can run it on `x`'s device.
+    pub fn forward_frames_with(&self, x: &Tensor, kernels: Option<&Kernels>) -> Result<Tensor> {
+        let Some(kernels) = fused_kernels(kernels, x) else {
+            return self.forward_frames(x);
+        };
+        let p = self.spatial_padding;
+        let geometry = ConvGeometry {
+            pre_padding: [0, p, p],
+            post_padding: [0, p, p],
+            stride: [self.stride_t, 1, 1],
+        };
+        conv3d_frames(kernels, x, &self.fused, Some(&self.bias), geometry)
+            .map_err(candle_core::Error::wrap)
     }
 
     /// Convolves frames that already hold their temporal context: `(t, in, h, w)` →
@@ -175,10 +240,14 @@ impl CausalConv3d {
 
     /// Causal convolution of one chunk `(t, in, h, w)`, continuing from `cache` (the frames of
     /// the previous chunks), which it then updates: the reference's `feat_cache` for one layer.
-    pub fn forward(&self, x: &Tensor, cache: &mut FrameCache) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, slot: ConvSlot<'_>) -> Result<Tensor> {
+        let ConvSlot {
+            frames: cache,
+            kernels,
+        } = slot;
         let context = self.taps.len() - 1;
         if context == 0 {
-            return self.forward_frames(x);
+            return self.forward_frames_with(x, kernels);
         }
         let joined = match cache.take() {
             Some(previous) => Tensor::cat(&[&previous, x], 0)?,
@@ -194,7 +263,7 @@ impl CausalConv3d {
         } else {
             joined
         };
-        self.forward_frames(&padded)
+        self.forward_frames_with(&padded, kernels)
     }
 }
 
@@ -227,13 +296,24 @@ mod tests {
     fn chunked_causal_conv_equals_one_pass() {
         let conv = conv3d(3, 5, 3, 3, 1);
         let x = Tensor::randn(0f32, 1.0, (9, 3, 6, 7), &Device::Cpu).unwrap();
-        let whole = conv.forward(&x, &mut None).unwrap();
+        let whole = conv
+            .forward(
+                &x,
+                ConvSlot {
+                    frames: &mut None,
+                    kernels: None,
+                },
+            )
+            .unwrap();
         let mut cache = None;
         let parts: Vec<Tensor> = [(0, 1), (1, 4), (5, 1), (6, 3)]
             .iter()
             .map(|&(s, l)| {
-                conv.forward(&x.narrow(0, s, l).unwrap(), &mut cache)
-                    .unwrap()
+                let slot = ConvSlot {
+                    frames: &mut cache,
+                    kernels: None,
+                };
+                conv.forward(&x.narrow(0, s, l).unwrap(), slot).unwrap()
             })
             .collect();
         let chunked = Tensor::cat(&parts, 0).unwrap();

@@ -159,6 +159,8 @@ pub struct WanVae {
     conv2: CausalConv3d,
     mean: Tensor,
     inv_std: Tensor,
+    /// The device's kernels: with cuDNN, convolutions run fused (see [`conv`]).
+    kernels: Option<stillmotion_kernels::Kernels>,
 }
 
 impl WanVae {
@@ -187,7 +189,19 @@ impl WanVae {
             mean: stats(&cfg.latents_mean)?,
             inv_std,
             cfg: cfg.clone(),
+            kernels: Some(
+                stillmotion_kernels::Kernels::for_device(device, &crate::device::kernel_options())
+                    .map_err(candle_core::Error::wrap)?,
+            ),
         })
+    }
+
+    /// Runs the convolutions through `kernels` where they can (cuDNN on CUDA); without, or on
+    /// the CPU, candle's convolutions run.
+    #[must_use]
+    pub fn with_kernels(mut self, kernels: stillmotion_kernels::Kernels) -> Self {
+        self.kernels = Some(kernels);
+        self
     }
 
     pub fn config(&self) -> &Config {
@@ -213,7 +227,7 @@ impl WanVae {
     ) -> Result<Tensor> {
         let stride = self.cfg.temporal_stride();
         let chunks = 1 + num_frames.saturating_sub(1) / stride;
-        let mut state = ChunkState::default();
+        let mut state = ChunkState::with_kernels(self.kernels.clone());
         let mut moments = Vec::with_capacity(chunks);
         for i in 0..chunks {
             let (start, len) = if i == 0 {
@@ -263,7 +277,7 @@ impl WanVae {
         let z = to_frames(latents)?;
         let z = z.broadcast_div(&self.inv_std)?.broadcast_add(&self.mean)?;
         let x = self.conv2.forward_frames(&z)?;
-        let mut state = ChunkState::default();
+        let mut state = ChunkState::with_kernels(self.kernels.clone());
         for i in 0..x.dim(0)? {
             let latent = x.narrow(0, i, 1)?;
             let pixels = match &self.decoder {

@@ -1,4 +1,5 @@
-//! cuDNN's fused flash attention through our C++ shim (`cudnn/sdpa_shim.cpp`).
+//! cuDNN's fused flash attention and channels-last convolutions through our C++ shim
+//! (`cudnn/shim.cpp`).
 //!
 //! The shim is linked statically; libcudnn itself is opened at run time from the first path
 //! that loads, so a machine without cuDNN runs our own kernel instead. A context owns one cuDNN
@@ -50,6 +51,35 @@ unsafe extern "C" {
         error: *mut c_char,
         error_len: usize,
     ) -> c_int;
+    fn stillmotion_cudnn_conv_prepare(
+        context: *mut c_void,
+        dtype: c_int,
+        shape: *const i64,
+        workspace_bytes: *mut i64,
+        error: *mut c_char,
+        error_len: usize,
+    ) -> c_int;
+    fn stillmotion_cudnn_conv_run(
+        context: *mut c_void,
+        stream: *mut c_void,
+        dtype: c_int,
+        shape: *const i64,
+        x: *const c_void,
+        filter: *const c_void,
+        y: *mut c_void,
+        workspace: *mut c_void,
+        error: *mut c_char,
+        error_len: usize,
+    ) -> c_int;
+}
+
+/// One convolution as the shim keys its plans: dtype (0 bfloat16, 1 float16, 2 float32) and
+/// n, c, d, h, w (input), k, t, r, s (filter), pre-padding d/h/w, post-padding d/h/w, stride
+/// d/h/w.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvCall {
+    pub dtype: c_int,
+    pub shape: [i64; 18],
 }
 
 /// The shape of one attention call, as the shim keys its plans.
@@ -187,6 +217,67 @@ impl Cudnn {
                 k as *const c_void,
                 v as *const c_void,
                 o as *mut c_void,
+                workspace as *mut c_void,
+                error.as_mut_ptr().cast(),
+                ERROR_LEN,
+            )
+        };
+        if status != 0 {
+            return Err(message(&error));
+        }
+        Ok(())
+    }
+}
+
+impl Cudnn {
+    /// Builds the plan for a convolution (cached) and returns the workspace it needs in bytes.
+    pub(crate) fn prepare_conv(&mut self, call: &ConvCall) -> Result<usize, String> {
+        let mut workspace = 0_i64;
+        let mut error = [0u8; ERROR_LEN];
+        // SAFETY: `self.context` came from `stillmotion_cudnn_open`; `shape` holds the 18
+        // values the shim reads; output pointers are valid.
+        let status = unsafe {
+            stillmotion_cudnn_conv_prepare(
+                self.context,
+                call.dtype,
+                call.shape.as_ptr(),
+                &raw mut workspace,
+                error.as_mut_ptr().cast(),
+                ERROR_LEN,
+            )
+        };
+        if status != 0 {
+            return Err(message(&error));
+        }
+        usize::try_from(workspace).map_err(|_| format!("negative workspace size {workspace}"))
+    }
+
+    /// Queues a convolution `prepare_conv` planned on `stream`.
+    ///
+    /// # Safety
+    /// `x`, `filter`, `y` and `workspace` must be device addresses of contiguous channels-last
+    /// buffers of the sizes `call` implies (and the prepared workspace size), alive until the
+    /// stream has run the kernel.
+    pub(crate) unsafe fn run_conv(
+        &mut self,
+        stream: *mut c_void,
+        call: &ConvCall,
+        x: u64,
+        filter: u64,
+        y: u64,
+        workspace: u64,
+    ) -> Result<(), String> {
+        let mut error = [0u8; ERROR_LEN];
+        // SAFETY: guaranteed by the caller (see above); the context is ours.
+        let status = unsafe {
+            stillmotion_cudnn_conv_run(
+                self.context,
+                stream,
+                call.dtype,
+                call.shape.as_ptr(),
+                x as *const c_void,
+                filter as *const c_void,
+                y as *mut c_void,
                 workspace as *mut c_void,
                 error.as_mut_ptr().cast(),
                 ERROR_LEN,

@@ -5,6 +5,7 @@
 //! candle's kernels without extra synchronisation.
 
 pub(crate) mod attention;
+pub(crate) mod conv;
 mod cudnn;
 pub(crate) mod glue;
 mod launch;

@@ -1,12 +1,16 @@
-// A C ABI over cuDNN's fused flash attention (the frontend's graph API), for Rust.
+// A C ABI over cuDNN's fused flash attention and its convolutions (the frontend's graph API),
+// for Rust.
 //
 // Built by kernels/build.rs with the host C++ compiler: no nvcc, nothing links libcudnn or
 // libcudart (NV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING), so a machine without cuDNN gets an error
 // code at run time rather than a binary that cannot start. cuDNN picks (or compiles, through
 // NVRTC) the kernel for the GPU at run time, so this file has no GPU architecture.
 //
-// Layout: q [B, Sq, H, D], k/v [B, Sk, H, D], o [B, Sq, H, D], contiguous; cuDNN's dims are
+// Attention layout: q [B, Sq, H, D], k/v [B, Sk, H, D], o [B, Sq, H, D], contiguous; cuDNN's dims are
 // (b, h, s, d) and the strides in elements are {S·H·D, D, H·D, 1}, so nothing is transposed.
+//
+// Convolutions are channels-last (NDHWC activations, KTRSC weights): the layout cuDNN's
+// tensor-core kernels read without transposing; the Rust side permutes candle's NCDHW.
 //
 // Building a plan takes 60 ms (0.7–1 s the first time a kernel variant is compiled), so plans
 // are cached per shape in the context. A context (and its cuDNN handle) must be used from one
@@ -16,6 +20,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <array>
 #include <map>
 #include <memory>
 #include <string>
@@ -34,14 +39,32 @@ void *cudnn_dlhandle = nullptr;
 
 namespace {
 
-enum Uid : int64_t { kQ = 1, kK = 2, kV = 3, kO = 4 };
+enum Uid : int64_t { kQ = 1, kK = 2, kV = 3, kO = 4, kX = 11, kW = 12, kY = 13 };
 
 using ShapeKey = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, float>;
+
+// A convolution's shape, in the order the C ABI passes it:
+// n, c, d, h, w (input), k, t, r, s (filter), pre-padding d/h/w, post-padding d/h/w, stride d/h/w.
+constexpr size_t kConvShapeLen = 18;
+using ConvShape = std::array<int64_t, kConvShapeLen>;
+using ConvKey = std::pair<int, ConvShape>;
 
 struct Context {
     cudnnHandle_t handle = nullptr;
     std::map<ShapeKey, std::shared_ptr<fe::graph::Graph>> plans;
+    std::map<ConvKey, std::shared_ptr<fe::graph::Graph>> convs;
 };
+
+fe::DataType_t io_type(int dtype) {
+    switch (dtype) {
+        case 0:
+            return fe::DataType_t::BFLOAT16;
+        case 1:
+            return fe::DataType_t::HALF;
+        default:
+            return fe::DataType_t::FLOAT;
+    }
+}
 
 void write_error(char *error, size_t error_len, const std::string &message) {
     if (error == nullptr || error_len == 0) {
@@ -50,12 +73,26 @@ void write_error(char *error, size_t error_len, const std::string &message) {
     std::snprintf(error, error_len, "%s", message.c_str());
 }
 
+bool finish_graph(Context &ctx, fe::graph::Graph &graph, std::string &problem) {
+    auto check = [&](fe::error_t status, const char *what) {
+        if (status.is_good()) {
+            return true;
+        }
+        problem = std::string(what) + ": " + status.get_message();
+        return false;
+    };
+    return check(graph.validate(), "validate") &&
+           check(graph.build_operation_graph(ctx.handle), "build_operation_graph") &&
+           check(graph.create_execution_plans({fe::HeurMode_t::A}), "create_execution_plans") &&
+           check(graph.check_support(ctx.handle), "check_support") &&
+           check(graph.build_plans(ctx.handle), "build_plans");
+}
+
 std::shared_ptr<fe::graph::Graph> build_graph(Context &ctx, int dtype, int64_t b, int64_t h,
                                               int64_t sq, int64_t sk, int64_t d, float scale,
                                               std::string &problem) {
-    auto io_type = dtype == 0 ? fe::DataType_t::BFLOAT16 : fe::DataType_t::HALF;
     auto graph = std::make_shared<fe::graph::Graph>();
-    graph->set_io_data_type(io_type)
+    graph->set_io_data_type(io_type(dtype))
         .set_intermediate_data_type(fe::DataType_t::FLOAT)
         .set_compute_data_type(fe::DataType_t::FLOAT);
     auto tensor = [&](const char *name, int64_t uid, int64_t s) {
@@ -79,18 +116,54 @@ std::shared_ptr<fe::graph::Graph> build_graph(Context &ctx, int dtype, int64_t b
         .set_dim({b, h, sq, d})
         .set_stride({sq * h * d, d, h * d, 1});
 
-    auto check = [&](fe::error_t status, const char *what) {
-        if (status.is_good()) {
-            return true;
-        }
-        problem = std::string(what) + ": " + status.get_message();
-        return false;
-    };
-    if (!check(graph->validate(), "validate") ||
-        !check(graph->build_operation_graph(ctx.handle), "build_operation_graph") ||
-        !check(graph->create_execution_plans({fe::HeurMode_t::A}), "create_execution_plans") ||
-        !check(graph->check_support(ctx.handle), "check_support") ||
-        !check(graph->build_plans(ctx.handle), "build_plans")) {
+    if (!finish_graph(ctx, *graph, problem)) {
+        return nullptr;
+    }
+    return graph;
+}
+
+// Output extent of one axis.
+int64_t conv_out(int64_t in, int64_t pre, int64_t post, int64_t kernel, int64_t stride) {
+    return (in + pre + post - kernel) / stride + 1;
+}
+
+std::shared_ptr<fe::graph::Graph> build_conv(Context &ctx, int dtype, const ConvShape &s,
+                                             std::string &problem) {
+    const auto [n, c, d, h, w, k, t, r, q] = std::array<int64_t, 9>{s[0], s[1], s[2], s[3], s[4],
+                                                                      s[5], s[6], s[7], s[8]};
+    const int64_t od = conv_out(d, s[9], s[12], t, s[15]);
+    const int64_t oh = conv_out(h, s[10], s[13], r, s[16]);
+    const int64_t ow = conv_out(w, s[11], s[14], q, s[17]);
+    if (od < 1 || oh < 1 || ow < 1) {
+        problem = "the convolution has an empty output";
+        return nullptr;
+    }
+    auto graph = std::make_shared<fe::graph::Graph>();
+    graph->set_io_data_type(io_type(dtype))
+        .set_intermediate_data_type(fe::DataType_t::FLOAT)
+        .set_compute_data_type(fe::DataType_t::FLOAT);
+    auto x = graph->tensor(fe::graph::Tensor_attributes()
+                               .set_name("X")
+                               .set_uid(kX)
+                               .set_dim({n, c, d, h, w})
+                               .set_stride({d * h * w * c, 1, h * w * c, w * c, c}));
+    auto filter = graph->tensor(fe::graph::Tensor_attributes()
+                                    .set_name("W")
+                                    .set_uid(kW)
+                                    .set_dim({k, c, t, r, q})
+                                    .set_stride({t * r * q * c, 1, r * q * c, q * c, c}));
+    auto options = fe::graph::Conv_fprop_attributes()
+                       .set_name("stillmotion_conv")
+                       .set_pre_padding({s[9], s[10], s[11]})
+                       .set_post_padding({s[12], s[13], s[14]})
+                       .set_stride({s[15], s[16], s[17]})
+                       .set_dilation({1, 1, 1});
+    auto y = graph->conv_fprop(x, filter, options);
+    y->set_output(true)
+        .set_uid(kY)
+        .set_dim({n, k, od, oh, ow})
+        .set_stride({od * oh * ow * k, 1, oh * ow * k, ow * k, k});
+    if (!finish_graph(ctx, *graph, problem)) {
         return nullptr;
     }
     return graph;
@@ -225,6 +298,74 @@ int stillmotion_cudnn_sdpa_run(void *context, void *stream, int dtype, int64_t b
         }
     } catch (const std::exception &e) {
         write_error(error, error_len, std::string("running attention: ") + e.what());
+        return 4;
+    }
+    return 0;
+}
+
+// Builds (or finds) the plan for a convolution and reports the workspace it needs, in bytes.
+// dtype: 0 bfloat16, 1 float16, 2 float32; `shape` holds the 18 values of ConvShape.
+int stillmotion_cudnn_conv_prepare(void *context, int dtype, const int64_t *shape,
+                                   int64_t *workspace_bytes, char *error, size_t error_len) {
+    auto *ctx = static_cast<Context *>(context);
+    ConvKey key{dtype, {}};
+    std::copy(shape, shape + kConvShapeLen, key.second.begin());
+    try {
+        auto found = ctx->convs.find(key);
+        std::shared_ptr<fe::graph::Graph> graph;
+        if (found != ctx->convs.end()) {
+            graph = found->second;
+        } else {
+            std::string problem;
+            graph = build_conv(*ctx, dtype, key.second, problem);
+            if (graph == nullptr) {
+                write_error(error, error_len, problem);
+                return 3;
+            }
+            ctx->convs.emplace(key, graph);
+        }
+        int64_t size = 0;
+        fe::error_t status = graph->get_workspace_size(size);
+        if (!status.is_good()) {
+            write_error(error, error_len, "get_workspace_size: " + status.get_message());
+            return 3;
+        }
+        *workspace_bytes = size;
+    } catch (const std::exception &e) {
+        write_error(error, error_len, std::string("building the convolution plan: ") + e.what());
+        return 3;
+    }
+    return 0;
+}
+
+// Runs a prepared convolution on `stream`: x NDHWC, filter KTRSC, y NDHWC, all contiguous.
+int stillmotion_cudnn_conv_run(void *context, void *stream, int dtype, const int64_t *shape,
+                               const void *x, const void *filter, void *y, void *workspace,
+                               char *error, size_t error_len) {
+    auto *ctx = static_cast<Context *>(context);
+    ConvKey key{dtype, {}};
+    std::copy(shape, shape + kConvShapeLen, key.second.begin());
+    auto found = ctx->convs.find(key);
+    if (found == ctx->convs.end()) {
+        write_error(error, error_len, "no plan prepared for this convolution");
+        return 4;
+    }
+    try {
+        auto status = fe::detail::set_stream(ctx->handle, static_cast<cudaStream_t>(stream));
+        if (status != CUDNN_STATUS_SUCCESS) {
+            write_error(error, error_len,
+                        "cudnnSetStream failed with status " + std::to_string(static_cast<int>(status)));
+            return 4;
+        }
+        std::unordered_map<int64_t, void *> pack{
+            {kX, const_cast<void *>(x)}, {kW, const_cast<void *>(filter)}, {kY, y}};
+        fe::error_t result = found->second->execute(ctx->handle, pack, workspace);
+        if (!result.is_good()) {
+            write_error(error, error_len, "execute: " + result.get_message());
+            return 4;
+        }
+    } catch (const std::exception &e) {
+        write_error(error, error_len, std::string("running the convolution: ") + e.what());
         return 4;
     }
     return 0;
