@@ -3,11 +3,12 @@
 #![allow(clippy::unwrap_used, reason = "test helpers unwrap")]
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use stillmotion_engine::EngineError;
 use stillmotion_engine::memory_plan::DitPlacement;
 use stillmotion_engine::pipeline::PipelineRunner;
@@ -238,7 +239,7 @@ fn a_cancelled_job_resumes_to_the_same_frames_as_an_uninterrupted_run() {
             .remove("noise")
             .unwrap();
         candle_core::safetensors::save(
-            &std::collections::HashMap::from([("noise", noise.zeros_like().unwrap())]),
+            &HashMap::from([("noise", noise.zeros_like().unwrap())]),
             &noise_file,
         )
         .unwrap();
@@ -460,4 +461,208 @@ fn one_expert_at_a_time_gives_the_same_frames_and_swaps_the_experts() {
     // Job 1: text encoder, VAE, high, low. Job 2 reuses the text encoder and VAE, but the
     // high-noise expert was freed for the low-noise one, and the other way round.
     assert_eq!(loads.load(Ordering::Relaxed), 6);
+}
+
+/// The case's expert weights, by name.
+fn expert_tensors(case: &Case, name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(case.file(name), &candle_core::Device::Cpu).unwrap()
+}
+
+/// Writes `tensors` as one f32 safetensors file with the case expert's sidecar config beside it.
+fn write_plain(case: &Case, sidecar_of: &str, tensors: &HashMap<String, Tensor>, path: &Path) {
+    candle_core::safetensors::save(tensors, path).unwrap();
+    copy_sidecar(case, sidecar_of, path);
+}
+
+/// Copies the case expert's `<stem>.json` config beside `path` (GGUF and single files carry no
+/// head count the loader could read).
+fn copy_sidecar(case: &Case, expert: &str, path: &Path) {
+    let json = case.file(expert).with_extension("json");
+    std::fs::copy(json, path.with_extension("json")).unwrap();
+}
+
+/// Whether ComfyUI's fp8_scaled files store this weight as float8: the linear layers of the
+/// blocks.
+fn is_block_linear(name: &str) -> bool {
+    name.starts_with("blocks.")
+        && name.ends_with(".weight")
+        && [".q.", ".k.", ".v.", ".o.", ".ffn.0.", ".ffn.2."]
+            .iter()
+            .any(|part| name.contains(part))
+}
+
+/// The expert as a ComfyUI fp8_scaled file (float8 e4m3 block weights with a per-tensor
+/// `scale_weight`, marked by `scaled_fp8`), and the same weights dequantized to f32.
+fn fp8_scaled(
+    tensors: &HashMap<String, Tensor>,
+) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
+    let mut fp8 = HashMap::new();
+    let mut dequantized = HashMap::new();
+    for (name, weight) in tensors {
+        if !is_block_linear(name) {
+            fp8.insert(name.clone(), weight.clone());
+            dequantized.insert(name.clone(), weight.clone());
+            continue;
+        }
+        let max = weight
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let scale = max / 448.0;
+        let stored = (weight / f64::from(scale))
+            .unwrap()
+            .to_dtype(DType::F8E4M3)
+            .unwrap();
+        let back = stored
+            .to_dtype(DType::F32)
+            .unwrap()
+            .affine(f64::from(scale), 0.0)
+            .unwrap();
+        let prefix = name.trim_end_matches(".weight");
+        fp8.insert(
+            format!("{prefix}.scale_weight"),
+            Tensor::new(&[scale], &candle_core::Device::Cpu).unwrap(),
+        );
+        fp8.insert(name.clone(), stored);
+        dequantized.insert(name.clone(), back);
+    }
+    fp8.insert(
+        "scaled_fp8".to_owned(),
+        Tensor::zeros(0, DType::F8E4M3, &candle_core::Device::Cpu).unwrap(),
+    );
+    (fp8, dequantized)
+}
+
+/// The expert as a city96-style GGUF file at `path` (`general.architecture = wan`, Q8_0 where
+/// rows are whole blocks, F32 elsewhere, the 5-D patch embedding flattened with its
+/// `comfy.gguf.orig_shape`); returns the weights the file dequantizes to.
+fn write_gguf(tensors: &HashMap<String, Tensor>, path: &Path) -> HashMap<String, Tensor> {
+    use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut quantized = Vec::new();
+    let mut dequantized = HashMap::new();
+    let mut orig_shapes = Vec::new();
+    for name in names {
+        let tensor = &tensors[name];
+        let dims = tensor.dims().to_vec();
+        let stored = if dims.len() > 4 {
+            orig_shapes.push((
+                format!("comfy.gguf.orig_shape.{name}"),
+                gguf_file::Value::Array(
+                    dims.iter()
+                        .map(|&d| gguf_file::Value::U32(u32::try_from(d).unwrap()))
+                        .collect(),
+                ),
+            ));
+            tensor
+                .reshape((dims[0], dims[1], dims[2..].iter().product::<usize>()))
+                .unwrap()
+        } else {
+            tensor.clone()
+        };
+        let ggml = if dims.len() == 2 && dims[1].is_multiple_of(32) {
+            GgmlDType::Q8_0
+        } else {
+            GgmlDType::F32
+        };
+        let q = QTensor::quantize(&stored, ggml).unwrap();
+        let back = q
+            .dequantize(&candle_core::Device::Cpu)
+            .unwrap()
+            .reshape(dims)
+            .unwrap();
+        dequantized.insert(name.clone(), back);
+        quantized.push((name.clone(), q));
+    }
+    let arch = gguf_file::Value::String("wan".to_owned());
+    let mut metadata: Vec<(&str, &gguf_file::Value)> = vec![("general.architecture", &arch)];
+    metadata.extend(orig_shapes.iter().map(|(k, v)| (k.as_str(), v)));
+    let tensors: Vec<(&str, &QTensor)> = quantized.iter().map(|(k, q)| (k.as_str(), q)).collect();
+    let mut file = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut file, &metadata, &tensors).unwrap();
+    dequantized
+}
+
+/// The expert as an official sharded release: two shards, their index and `config.json`.
+fn write_sharded(case: &Case, expert: &str, tensors: &HashMap<String, Tensor>, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (i, half) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("diffusion_pytorch_model-0000{}-of-00002.safetensors", i + 1);
+        let shard: HashMap<&str, Tensor> = half
+            .iter()
+            .map(|k| (k.as_str(), tensors[*k].clone()))
+            .collect();
+        candle_core::safetensors::save(&shard, dir.join(&file)).unwrap();
+        for name in half {
+            weight_map.insert((*name).clone(), serde_json::Value::String(file.clone()));
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(
+        dir.join("diffusion_pytorch_model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    std::fs::copy(
+        case.file(expert).with_extension("json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn quantized_and_sharded_expert_files_render_the_frames_of_their_dequantized_weights() {
+    // fp8_scaled (high noise) and GGUF Q8_0 (low noise) against the weights they dequantize
+    // to, written as f32: one as a single file, one as a sharded official folder. The loader
+    // dequantizes exactly as written here, so the frames must be identical.
+    let case = case();
+    let dir = tempfile::tempdir().unwrap();
+    let (high, low) = ("high_noise.safetensors", "low_noise.safetensors");
+    let (fp8, fp8_dequantized) = fp8_scaled(&expert_tensors(&case, high));
+    let fp8_path = dir.path().join("high_fp8_scaled.safetensors");
+    candle_core::safetensors::save(&fp8, &fp8_path).unwrap();
+    copy_sidecar(&case, high, &fp8_path);
+    let gguf_path = dir.path().join("low_Q8_0.gguf");
+    let gguf_dequantized = write_gguf(&expert_tensors(&case, low), &gguf_path);
+    copy_sidecar(&case, low, &gguf_path);
+
+    let mut quantized = recipe(&case, &dir.path().join("quantized")).unwrap();
+    quantized.models.high_noise = Some(fp8_path);
+    quantized.models.low_noise = Some(gguf_path);
+    let frames = read_frames(&render_to_end(&quantized).unwrap().path).unwrap();
+
+    let sharded = dir.path().join("high_sharded");
+    write_sharded(&case, high, &fp8_dequantized, &sharded);
+    let plain_low = dir.path().join("low_dequantized.safetensors");
+    write_plain(&case, low, &gguf_dequantized, &plain_low);
+    let mut plain = recipe(&case, &dir.path().join("plain")).unwrap();
+    plain.models.high_noise = Some(sharded);
+    plain.models.low_noise = Some(plain_low);
+    let expected = read_frames(&render_to_end(&plain).unwrap().path).unwrap();
+
+    assert_eq!(max_abs_diff(&frames, &expected), 0.0);
+    // Quantizing changed the weights enough to show: a loader that dropped the scales or read
+    // the original files would not pass the check above by accident.
+    let original = expected_frames(&case);
+    let moved = max_abs_diff(&expected, &original);
+    eprintln!("quantized weights moved the frames by up to {moved} levels");
+    assert!(moved > 0.0);
 }

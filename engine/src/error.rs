@@ -115,6 +115,10 @@ pub enum EngineError {
     /// `problem` says why and what to do.
     #[error("{problem}: {path}")]
     ResumeState { problem: String, path: PathBuf },
+
+    /// The GPU ran out of memory during a job; `problem` says what to change.
+    #[error("{problem}")]
+    OutOfMemory { problem: String },
 }
 
 impl EngineError {

@@ -9,6 +9,7 @@
 
 pub mod device;
 pub mod error;
+pub mod failure;
 pub mod gguf;
 pub mod gpu_memory;
 pub mod image_input;

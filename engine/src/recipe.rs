@@ -26,7 +26,8 @@ pub const DEFAULT_RESERVE_VRAM_GB: f64 = 4.0;
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelFiles {
-    /// A diffusers-format Wan2.2 folder (`model_index.json`); individual files override parts.
+    /// A folder holding the model files: a diffusers-format Wan2.2 folder (`model_index.json`)
+    /// or a models folder (ComfyUI's `models/` layout); individual files override parts.
     pub model_dir: Option<PathBuf>,
     /// The high-noise expert (two-expert models) or the only DiT (TI2V-5B).
     pub high_noise: Option<PathBuf>,
@@ -58,6 +59,16 @@ pub enum Interpolation {
     TargetFps {
         fps: f64,
     },
+}
+
+/// The video codec of an output whose container offers more than one (MP4: H.264 or H.265).
+/// Unset, the extension decides: `.mp4` is H.264, `.webm` is VP9.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VideoCodec {
+    H264,
+    H265,
+    Vp9,
 }
 
 /// How the source image is fitted to the target size.
@@ -101,6 +112,9 @@ pub struct Recipe {
     pub interpolation: Interpolation,
     /// The output file (`.mp4`, `.webm`, …) or a folder for PNG frames.
     pub output: PathBuf,
+    /// The output's codec where its container offers a choice; unset, the extension's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codec: Option<VideoCodec>,
     pub reserve_vram_gb: f64,
     pub device: DevicePreference,
     /// Continue from the save point beside the output (`<output>.latents.safetensors`)
@@ -132,6 +146,7 @@ pub struct RecipeChoices {
     pub boundary: Option<f64>,
     pub interpolation: Option<Interpolation>,
     pub output: Option<PathBuf>,
+    pub codec: Option<VideoCodec>,
     pub reserve_vram_gb: Option<f64>,
     pub device: Option<DevicePreference>,
 }
@@ -178,6 +193,7 @@ impl Recipe {
             output: choices
                 .output
                 .unwrap_or_else(|| PathBuf::from("output.mp4")),
+            codec: choices.codec,
             reserve_vram_gb: choices.reserve_vram_gb.unwrap_or(DEFAULT_RESERVE_VRAM_GB),
             device: choices.device.unwrap_or_default(),
             resume: false,
@@ -310,6 +326,7 @@ impl Recipe {
         if self.output.as_os_str().is_empty() {
             return bad("out", "needs a file or folder to write to".to_owned());
         }
+        crate::pipeline::format_for_recipe(&self.output, self.codec)?;
         let save_point = crate::pipeline::resume::latents_path(&self.output);
         if self.resume && !save_point.is_file() {
             return bad(
@@ -324,18 +341,8 @@ impl Recipe {
     }
 
     fn validate_model_files(&self) -> Result<(), EngineError> {
-        let files = &self.models;
-        if let Some(dir) = &files.model_dir
-            && !dir.join("model_index.json").is_file()
-        {
-            return Err(EngineError::BadRecipe {
-                field: "model_dir",
-                problem: format!(
-                    "is not a diffusers-format folder (no model_index.json): {}",
-                    dir.display()
-                ),
-            });
-        }
+        // A models folder fills in what was not given one by one (or names what it lacks).
+        let files = &crate::pipeline::resolve_model_files(&self.models, self.model)?;
         let two_experts = self.model == ModelFamily::Wan22I2vA14b;
         let needed: &[(&'static str, &Option<PathBuf>)] = if two_experts {
             &[
@@ -353,13 +360,14 @@ impl Recipe {
         };
         for (field, path) in needed {
             match path {
+                // Diffusers components and official releases are folders.
+                Some(path) if path.is_dir() => {}
                 Some(path) => require_file(field, path)?,
-                None if files.model_dir.is_some() => {}
                 None => {
                     return Err(EngineError::BadRecipe {
                         field,
                         problem:
-                            "is missing: give the file, or a diffusers folder with --model-dir"
+                            "is missing: give the file, or a models folder (ComfyUI's models/ or a diffusers folder) with --model-dir"
                                 .to_owned(),
                     });
                 }
@@ -636,7 +644,7 @@ mod tests {
             (
                 RecipeChoices {
                     models: ModelFiles {
-                        model_dir: Some("/tmp".into()),
+                        model_dir: Some("/nonexistent/models".into()),
                         ..files.choices.models.clone()
                     },
                     ..files.choices.clone()

@@ -112,6 +112,9 @@ impl PipelineRunner {
                 }
             }
         }
+        for warning in self.models.take_warnings() {
+            ctx.warn(warning);
+        }
         ctx.progress(Stage::LoadingWeights, 3, 3);
         let recorded = RefCell::new(Some(Vec::new()));
         let mut denoiser = Replay {

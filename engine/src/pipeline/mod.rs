@@ -26,6 +26,7 @@ mod denoise_stage;
 mod denoiser;
 pub mod fingerprints;
 mod interpolate_job;
+mod model_dir;
 mod models;
 mod output;
 mod plan;
@@ -33,7 +34,8 @@ pub mod resume;
 mod runner;
 
 pub use denoiser::WanDenoiser;
+pub use model_dir::resolve_model_files;
 pub use models::{ModelCache, sidecar_config};
-pub use output::format_for_output;
+pub use output::{format_for_output, format_for_recipe};
 pub use plan::plan_for;
 pub use runner::PipelineRunner;

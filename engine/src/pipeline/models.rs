@@ -1,6 +1,6 @@
-//! Loaded models, kept between jobs and reloaded only when a path (or device) changes.
+//! Loaded models, kept between jobs and reloaded only when a path, the device or (for a DiT
+//! expert) its LoRAs change.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,12 +13,31 @@ use crate::recipe::Recipe;
 use crate::rife::Rife;
 use crate::sampling::Expert;
 use crate::umt5::{self, TextEncoder};
-use crate::wan::{self, WanModel};
+use crate::wan::{self, LoraSpec, WanModel};
 use crate::wan_vae::{self, WanVae};
+
+/// What a loaded model was made from: its file or folder, the device and dtype, and (DiT
+/// experts) the LoRAs merged into it with their strengths.
+#[derive(Clone, Debug, PartialEq)]
+struct ModelKey {
+    path: PathBuf,
+    device: String,
+    loras: Vec<LoraSpec>,
+}
+
+impl ModelKey {
+    fn plain(path: &Path, device: &Device, dtype: DType) -> Self {
+        Self {
+            path: path.to_owned(),
+            device: device_key(device, dtype),
+            loras: Vec::new(),
+        }
+    }
+}
 
 /// One loaded model and what it was loaded from.
 struct Slot<T> {
-    key: (PathBuf, String),
+    key: ModelKey,
     model: T,
 }
 
@@ -31,6 +50,9 @@ pub struct ModelCache {
     vae: Option<Slot<WanVae>>,
     rife: Option<Slot<Rife>>,
     loads: Arc<AtomicUsize>,
+    /// What loading found that the user should hear about (LoRA keys that matched nothing),
+    /// until the runner reports it.
+    warnings: Vec<String>,
 }
 
 /// The sidecar config of a single weights file: `<stem>.json` beside it, when present.
@@ -56,13 +78,13 @@ fn read_text(path: &Path) -> Result<String, EngineError> {
 fn get_or_load<'a, T>(
     slot: &'a mut Option<Slot<T>>,
     loads: &AtomicUsize,
-    key: (PathBuf, String),
+    key: ModelKey,
     load: impl FnOnce() -> Result<T, EngineError>,
 ) -> Result<&'a T, EngineError> {
     if slot.as_ref().is_none_or(|s| s.key != key) {
         // Free the old model before loading its replacement: both may not fit together.
         *slot = None;
-        tracing::info!(path = %key.0.display(), "loading model");
+        tracing::info!(path = %key.path.display(), loras = key.loras.len(), "loading model");
         let model = load()?;
         loads.fetch_add(1, Ordering::Relaxed);
         *slot = Some(Slot { key, model });
@@ -78,20 +100,55 @@ fn device_key(device: &Device, dtype: DType) -> String {
     format!("{:?}/{dtype:?}", device.location())
 }
 
-/// Loads a DiT expert from one safetensors file (any supported key layout).
-fn load_dit(path: &Path, dtype: DType, device: &Device) -> Result<WanModel, EngineError> {
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
-    let cfg = if let Some(json) = sidecar_config(path) {
-        wan::Config::from_json(&read_text(&json)?)?
-    } else {
-        let original = wan::weights::to_original_layout(tensors.clone())?;
-        let shapes = original
-            .iter()
-            .map(|(k, v)| (k.clone(), v.dims().to_vec()))
-            .collect::<HashMap<_, _>>();
-        wan::Config::detect(&shapes)?
+/// The LoRAs of `recipe` for one expert, with that expert's strength; a LoRA at strength 0
+/// for this expert (one made for the other expert) is left out.
+fn expert_loras(recipe: &Recipe, expert: Expert) -> Vec<LoraSpec> {
+    recipe
+        .loras
+        .iter()
+        .filter_map(|lora| {
+            let strength = match expert {
+                Expert::HighNoise => lora.strength_high_noise,
+                Expert::LowNoise => lora.strength_low_noise,
+            };
+            (strength != 0.0).then(|| LoraSpec {
+                path: lora.path.clone(),
+                strength,
+            })
+        })
+        .collect()
+}
+
+/// Loads a DiT expert through the model loader (memory-mapped safetensors, official shards
+/// with their index and `config.json`, diffusers folders, ComfyUI fp8_scaled, GGUF), merging
+/// `loras`; a sidecar `<stem>.json` beside a single file is its config. LoRA keys that matched
+/// nothing are returned as warnings.
+fn load_dit(
+    path: &Path,
+    loras: &[LoraSpec],
+    dtype: DType,
+    device: &Device,
+) -> Result<(WanModel, Vec<String>), EngineError> {
+    let cfg = match sidecar_config(path) {
+        Some(json) => Some(wan::Config::from_json(&read_text(&json)?)?),
+        None => None,
     };
-    WanModel::from_state_dict(&cfg, tensors, dtype, device)
+    let (model, reports) = WanModel::load_with_loras(path, cfg.as_ref(), loras, device, dtype)?;
+    let warnings = loras
+        .iter()
+        .zip(&reports)
+        .flat_map(|(spec, report)| {
+            report.unmatched.iter().map(move |(reason, keys)| {
+                let some = keys.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+                format!(
+                    "LoRA {} keys ignored ({reason}), e.g. {some}: {}",
+                    keys.len(),
+                    spec.path.display()
+                )
+            })
+        })
+        .collect();
+    Ok((model, warnings))
 }
 
 pub(super) fn vae_config(path: &Path, family: ModelFamily) -> Result<wan_vae::Config, EngineError> {
@@ -118,10 +175,13 @@ fn load_text_encoder(
         Some(json) => Some(umt5::Config::from_json_file(&json)?),
         None => None,
     };
-    // The tokenizer: the folder's, a tokenizer.json beside the file, or the one the file embeds.
+    // The tokenizer: a tokenizer.json beside the file, a diffusers folder's `tokenizer/`
+    // beside its `text_encoder/`, the folder's own, or the one the file embeds.
     let beside = path.parent().map(|dir| dir.join("tokenizer.json"));
-    let tokenizer = match beside {
-        Some(json) if path.is_file() && json.is_file() => json,
+    let sibling = path.parent().map(|dir| dir.join("tokenizer"));
+    let tokenizer = match (beside, sibling) {
+        (Some(json), _) if path.is_file() && json.is_file() => json,
+        (_, Some(dir)) if path.is_dir() && dir.is_dir() => dir,
         _ => path.to_owned(),
     };
     TextEncoder::load(path, &tokenizer, cfg.as_ref(), dtype, device)
@@ -166,8 +226,22 @@ impl ModelCache {
                 required(recipe.models.low_noise.as_ref(), "models.low_noise")?,
             ),
         };
-        let key = (path.to_owned(), device_key(device, dtype));
-        get_or_load(slot, &self.loads, key, || load_dit(path, dtype, device))
+        let loras = expert_loras(recipe, expert);
+        let key = ModelKey {
+            loras: loras.clone(),
+            ..ModelKey::plain(path, device, dtype)
+        };
+        let warnings = &mut self.warnings;
+        get_or_load(slot, &self.loads, key, || {
+            let (model, found) = load_dit(path, &loras, dtype, device)?;
+            warnings.extend(found);
+            Ok(model)
+        })
+    }
+
+    /// What loading found that the user should hear about since the last call.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
     }
 
     /// Frees one expert (the next job or phase that needs it reloads it).
@@ -186,7 +260,7 @@ impl ModelCache {
         device: &Device,
     ) -> Result<&mut TextEncoder, EngineError> {
         let path = required(recipe.models.text_encoder.as_ref(), "models.text_encoder")?;
-        let key = (path.to_owned(), device_key(device, dtype));
+        let key = ModelKey::plain(path, device, dtype);
         get_or_load(&mut self.text_encoder, &self.loads, key, || {
             load_text_encoder(path, dtype, device)
         })?;
@@ -201,7 +275,7 @@ impl ModelCache {
     /// The VAE of `recipe` (always float32, as the reference runs it).
     pub fn vae(&mut self, recipe: &Recipe, device: &Device) -> Result<&WanVae, EngineError> {
         let path = required(recipe.models.vae.as_ref(), "models.vae")?;
-        let key = (path.to_owned(), device_key(device, DType::F32));
+        let key = ModelKey::plain(path, device, DType::F32);
         let family = recipe.model;
         get_or_load(&mut self.vae, &self.loads, key, || {
             wan_vae::load(&vae_config(path, family)?, path, device)
@@ -210,9 +284,91 @@ impl ModelCache {
 
     /// The RIFE network from `path`.
     pub fn rife(&mut self, path: &Path, device: &Device) -> Result<&Rife, EngineError> {
-        let key = (path.to_owned(), device_key(device, DType::F32));
+        let key = ModelKey::plain(path, device, DType::F32);
         get_or_load(&mut self.rife, &self.loads, key, || {
             Rife::load(path, device)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::Tensor;
+
+    use super::*;
+    use crate::preset;
+    use crate::recipe::{LoraChoice, RecipeChoices};
+
+    fn golden(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/golden/pipeline_i2v_official_tiny")
+            .join(name)
+    }
+
+    #[test]
+    fn a_changed_lora_reloads_its_expert_and_an_unchanged_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        let t = |shape: &[usize], seed: f32| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n)
+                .map(|i| ((i as f32 + seed) * 0.37).sin() * 0.2)
+                .collect();
+            Tensor::from_vec(v, shape, &dev).unwrap()
+        };
+        let lora_path = dir.path().join("lora.safetensors");
+        candle_core::safetensors::save(
+            &HashMap::from([
+                (
+                    "diffusion_model.blocks.0.self_attn.q.lora_down.weight",
+                    t(&[4, 32], 1.0),
+                ),
+                (
+                    "diffusion_model.blocks.0.self_attn.q.lora_up.weight",
+                    t(&[32, 4], 2.0),
+                ),
+                (
+                    "diffusion_model.blocks.0.k_img.lora_up.weight",
+                    t(&[32, 4], 3.0),
+                ),
+            ]),
+            &lora_path,
+        )
+        .unwrap();
+        let preset = preset::find("wan22-i2v-a14b-official-480p").unwrap();
+        let mut recipe = Recipe::from_layers(&preset, RecipeChoices::default());
+        recipe.models.high_noise = Some(golden("high_noise.safetensors"));
+        recipe.models.low_noise = Some(golden("low_noise.safetensors"));
+        let mut cache = ModelCache::default();
+        let weight = |cache: &mut ModelCache, recipe: &Recipe| {
+            cache
+                .expert(recipe, Expert::HighNoise, DType::F32, &dev)
+                .unwrap();
+            cache.loads()
+        };
+        assert_eq!(weight(&mut cache, &recipe), 1);
+        assert_eq!(weight(&mut cache, &recipe), 1, "same files: reused");
+        recipe.loras = vec![LoraChoice {
+            path: lora_path.clone(),
+            strength_high_noise: 1.0,
+            strength_low_noise: 0.0,
+        }];
+        assert_eq!(weight(&mut cache, &recipe), 2, "a LoRA added: reloaded");
+        let warnings = cache.take_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("k_img"), "{warnings:?}");
+        assert_eq!(weight(&mut cache, &recipe), 2, "same LoRA: reused");
+        recipe.loras[0].strength_low_noise = 0.5;
+        assert_eq!(
+            weight(&mut cache, &recipe),
+            2,
+            "only the other expert's strength changed"
+        );
+        recipe.loras[0].strength_high_noise = 0.5;
+        assert_eq!(weight(&mut cache, &recipe), 3, "strength changed: reloaded");
+        recipe.loras.clear();
+        assert_eq!(weight(&mut cache, &recipe), 4, "LoRA removed: reloaded");
     }
 }

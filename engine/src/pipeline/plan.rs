@@ -27,7 +27,7 @@ pub fn plan_for(
     dtype: DType,
     budget_override: Option<u64>,
 ) -> Result<MemoryPlan, EngineError> {
-    let files = &recipe.models;
+    let files = &super::resolve_model_files(&recipe.models, recipe.model)?;
     let vae = required(files.vae.as_ref(), "vae")?;
     let vae_cfg = vae_config(vae, recipe.model)?;
     let compute_bytes = dtype.size_in_bytes() as u64;

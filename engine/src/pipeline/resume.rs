@@ -50,6 +50,7 @@ pub fn recipe_hash(recipe: &Recipe) -> Result<String, EngineError> {
     if let Some(fields) = value.as_object_mut() {
         for field in [
             "output",
+            "codec",
             "interpolation",
             "device",
             "reserve_vram_gb",

@@ -8,7 +8,7 @@ use super::denoise_stage::DenoiseStage;
 use super::fingerprints::model_file_records;
 use super::interpolate_job::{retime_frames, target_rate};
 use super::models::ModelCache;
-use super::output::format_for_output;
+use super::output::format_for_recipe;
 use super::plan::plan_for;
 use super::resume::{self, SavedState, latents_path, recipe_hash};
 use crate::EngineError;
@@ -73,6 +73,11 @@ impl PipelineRunner {
 
     fn render(&mut self, recipe: &Recipe, ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
         recipe.validate()?;
+        let models = super::resolve_model_files(&recipe.models, recipe.model)?;
+        let recipe = &Recipe {
+            models,
+            ..recipe.clone()
+        };
         if recipe.model != ModelFamily::Wan22I2vA14b {
             return Err(EngineError::BadRecipe {
                 field: "model",
@@ -140,6 +145,10 @@ impl PipelineRunner {
                     hash: &hash,
                 };
                 let latents = self.denoise_latents(recipe, ctx, &stage, saved)?;
+                self.models
+                    .take_warnings()
+                    .into_iter()
+                    .for_each(|w| ctx.warn(w));
                 resume::save(
                     &save_point,
                     &hash,
@@ -156,7 +165,7 @@ impl PipelineRunner {
 
         // Decoding, straight into the writer (or into RIFE first).
         ctx.check()?;
-        let format = format_for_output(&recipe.output)?;
+        let format = format_for_recipe(&recipe.output, recipe.codec)?;
         let fps = target.unwrap_or(FrameRate::whole(match recipe.interpolation {
             Interpolation::Multiplier { factor } => recipe.fps * factor.max(1),
             Interpolation::Off | Interpolation::TargetFps { .. } => recipe.fps,
@@ -282,6 +291,7 @@ impl JobRunner for PipelineRunner {
             JobKind::Render(recipe) => self.render(recipe, ctx),
             JobKind::Interpolate(request) => self.interpolate_clip(request, ctx),
         }
+        .map_err(EngineError::classify_out_of_memory)
     }
 
     fn unload(&mut self) {
