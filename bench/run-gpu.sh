@@ -2,7 +2,8 @@
 # Runs on the GPU machine, from the repository root, after `cargo xtask bench-gpu` staged
 # bench/stage/ (the release `stillmotion-bench` with CUDA, xz-compressed, and the diffusers
 # wheels). Writes every result line to $OUT/results.jsonl and logs beside it.
-# Usage: bench/run-gpu.sh [quick] [scale] [conv] [compile] [profile]   (several modes run in order)
+# Usage: bench/run-gpu.sh [quick] [scale] [conv] [compile] [profile] [parity] [vae] [e2e]
+# (several modes run in order). e2e writes 35 GB of random-weight model files to $E2E_DIR.
 set -uo pipefail
 OUT=${OUT:-/tmp/stillmotion-bench}
 mkdir -p "$OUT"
@@ -43,6 +44,14 @@ for mode in "${@:-quick}"; do
       peak ours-rife-480 ours rife bench/stage/flownet.pkl 832 480 81 ;;
     compile)
       peak torch-dit-480-compile torch_ref dit 832 480 81 --compile ;;
+    parity)
+      ours parity ;;
+    vae)
+      peak ours-vae-480 ours vae 832 480 81
+      peak torch-vae-480 torch_ref vae 832 480 81 ;;
+    e2e)
+      # Two whole renders (4-step LightX2V recipe, RIFE x2) on real-size fp8_scaled files.
+      ours e2e "${E2E_DIR:-/tmp/stillmotion-e2e}" 832 480 81 bench/stage/flownet.pkl ;;
     profile)
       # Kernel time by kernel name for one of our 480p forwards (Nsight Systems, if present).
       NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
@@ -53,7 +62,7 @@ for mode in "${@:-quick}"; do
       else
         echo "no nsys on this machine" >> "$OUT/log.txt"
       fi ;;
-    *) echo "unknown mode $mode (quick, scale, conv, compile, profile)" >> "$OUT/log.txt" ;;
+    *) echo "unknown mode $mode (quick, scale, conv, compile, profile, parity, vae, e2e)" >> "$OUT/log.txt" ;;
   esac
 done
 echo done >> "$OUT/log.txt"

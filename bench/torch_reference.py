@@ -6,7 +6,9 @@ Prints one JSON object per line, like `stillmotion-bench`:
 - linear: nn.Linear with bias, bf16;
 - dit: diffusers `WanTransformer3DModel` with the Wan2.2-I2V-A14B config, random weights in
   bf16 built on the GPU, one forward at the given size (eager; `--compile` adds torch.compile),
-  with peak memory.
+  with peak memory;
+- vae: diffusers `AutoencoderKLWan` (the Wan2.1 VAE), random weights, decoding the latents of a
+  clip of the given size in float32 (TF32 convolutions, PyTorch's default for cuDNN) and bf16.
 """
 
 import argparse
@@ -82,9 +84,26 @@ def dit(width, height, frames, compile_model):
              peak_gib=torch.cuda.max_memory_allocated() / 2**30)
 
 
+def vae(width, height, frames):
+    from diffusers import AutoencoderKLWan
+
+    t_lat, h_lat, w_lat = (frames - 1) // 4 + 1, height // 8, width // 8
+    for dtype in (torch.float32, torch.bfloat16):
+        with torch.device("cuda"):
+            model = AutoencoderKLWan().to(dtype).eval()
+        z = torch.randn(1, 16, t_lat, h_lat, w_lat, device="cuda", dtype=dtype)
+        torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            seconds = timed(lambda: model.decode(z, return_dict=False), 1)
+        line("vae", backend="diffusers", dtype=str(dtype).replace("torch.", ""), width=width,
+             height=height, frames=frames, decode_s=seconds,
+             peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+        del model
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["attention", "linear", "dit"])
+    parser.add_argument("what", choices=["attention", "linear", "dit", "vae"])
     parser.add_argument("sizes", nargs="*", type=int)
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
@@ -94,6 +113,8 @@ def main():
         attention(*(args.sizes or [32760, 32760]))
     elif args.what == "linear":
         linear(*(args.sizes or [32760, 5120, 5120]))
+    elif args.what == "vae":
+        vae(*(args.sizes or [832, 480, 81]))
     else:
         dit(*(args.sizes or [832, 480, 81]), args.compile)
 
