@@ -402,8 +402,17 @@ fn conv_parity(device: &Device, kernels: &Kernels, checks: &mut Checks) -> anyho
         Ok(WanVae::new(&VaeConfig::wan21(), &vb)?)
     };
     let latents = Tensor::randn(0_f32, 1.0, (16, 3, 12, 16), &Device::Cpu)?;
+    let started = Instant::now();
     let gpu = build(device)?.decode(&latents.to_device(device)?)?;
+    Line::new("progress")
+        .text("step", "vae decode on the GPU")
+        .num("secs", started.elapsed().as_secs_f64())
+        .print();
     let reference = build(&Device::Cpu)?.decode(&latents)?;
+    Line::new("progress")
+        .text("step", "vae decode on the CPU")
+        .num("secs", started.elapsed().as_secs_f64())
+        .print();
     checks.check(
         "vae decode f32 (cuDNN TF32 convs)",
         rel_l2(&gpu, &reference)?,

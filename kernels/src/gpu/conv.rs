@@ -50,7 +50,8 @@ pub(crate) fn conv3d_frames(
     };
     let int = |v: usize| i64::try_from(v).map_err(|_| cuda_error(format!("size {v}")));
     let mut shape = [0_i64; 18];
-    let values = [t, c, h, w, k, kt, kh, kw]
+    // The shim's order: n, c, d, h, w, then k, t, r, s; our frames are the depth axis.
+    let values = [c, t, h, w, k, kt, kh, kw]
         .into_iter()
         .chain(geometry.pre_padding)
         .chain(geometry.post_padding)
