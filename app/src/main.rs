@@ -6,7 +6,7 @@ use stillmotion_engine::pipeline::PipelineRunner;
 
 /// Stillmotion: turn a still image and a prompt into a short video.
 #[derive(Debug, Parser)]
-#[command(name = "stillmotion", version, about)]
+#[command(name = "stillmotion", version, about, after_help = cli::EXIT_CODES_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Subcommand>,
@@ -18,8 +18,10 @@ struct Cli {
 #[derive(Debug, clap::Subcommand)]
 enum Subcommand {
     /// Render one recipe headless: image + prompt → video.
+    #[command(after_help = cli::EXIT_CODES_HELP)]
     Render(Box<cli::RenderArgs>),
     /// Interpolate an existing clip (video file or PNG-frame folder) with RIFE.
+    #[command(after_help = cli::EXIT_CODES_HELP)]
     Interpolate(cli::InterpolateArgs),
 }
 
@@ -33,9 +35,13 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Subcommand::Render(args)) => {
-            std::process::ExitCode::from(cli::run_render(&args, PipelineRunner::new()))
-        }
+        Some(Subcommand::Render(args)) => match args.runner() {
+            Ok(runner) => std::process::ExitCode::from(cli::run_render(&args, runner)),
+            Err(error) => {
+                eprintln!("stillmotion render: {error:#}");
+                std::process::ExitCode::from(cli::exit_code::BAD_INPUT)
+            }
+        },
         Some(Subcommand::Interpolate(args)) => {
             std::process::ExitCode::from(cli::run_interpolate(&args, PipelineRunner::new()))
         }

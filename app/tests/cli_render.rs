@@ -16,6 +16,25 @@ fn case_dir() -> PathBuf {
 fn render(out: &Path, extra: &[&str]) -> std::process::Output {
     let case = case_dir();
     let file = |name: &str| case.join(name).display().to_string();
+    let mut args: Vec<String> = Vec::new();
+    for (flag, name) in [
+        ("--high-noise", "high_noise.safetensors"),
+        ("--low-noise", "low_noise.safetensors"),
+        ("--text-encoder", "umt5.safetensors"),
+        ("--vae", "wan_2.1_vae.safetensors"),
+    ] {
+        args.push(flag.to_owned());
+        args.push(file(name));
+    }
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    render_with_models_from_flags(out, &args)
+}
+
+/// Renders the reference case's settings; the model files come from `extra`.
+fn render_with_models_from_flags(out: &Path, extra: &[&str]) -> std::process::Output {
+    let case = case_dir();
+    let file = |name: &str| case.join(name).display().to_string();
     let mut args: Vec<String> = [
         "render",
         "--preset",
@@ -49,10 +68,6 @@ fn render(out: &Path, extra: &[&str]) -> std::process::Output {
     .collect();
     for (flag, name) in [
         ("--image", "image.png"),
-        ("--high-noise", "high_noise.safetensors"),
-        ("--low-noise", "low_noise.safetensors"),
-        ("--text-encoder", "umt5.safetensors"),
-        ("--vae", "wan_2.1_vae.safetensors"),
         ("--init-noise", "inputs.safetensors"),
     ] {
         args.push(flag.to_owned());
@@ -203,4 +218,191 @@ fn resume_needs_a_save_point_made_from_the_same_recipe() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("different recipe"), "{stdout}");
     assert!(save_point.exists() && !out.exists());
+}
+
+/// PSNR of the 5 PNG frames in `out` against the reference frames.
+fn psnr_against_reference(out: &Path) -> f64 {
+    let expected = expected_frames();
+    let mut actual = Vec::new();
+    for index in 0..5 {
+        let frame = image::open(out.join(format!("frame_{index:05}.png")))
+            .unwrap()
+            .to_rgb8();
+        actual.extend(frame.as_raw().iter().map(|&v| f32::from(v)));
+    }
+    assert_eq!(actual.len(), expected.len());
+    let mse = actual
+        .iter()
+        .zip(&expected)
+        .map(|(a, e)| f64::from(a - e).powi(2))
+        .sum::<f64>()
+        / expected.len() as f64;
+    10.0 * (255.0_f64 * 255.0 / mse.max(1e-12)).log10()
+}
+
+fn json_events(output: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_render_the_memory_plan_refuses_exits_with_code_two_and_a_stable_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("clip.mp4");
+    let output = render(&out, &["--plan-for-vram", "0.001"]);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let events = json_events(&output);
+    let failed = events.last().unwrap();
+    assert_eq!(failed["event"], "failed", "{events:?}");
+    assert_eq!(failed["code"], "plan_refused", "{failed}");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("smaller resolution"),
+        "{failed}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn help_lists_the_exit_codes() {
+    for args in [&["--help"][..], &["render", "--help"]] {
+        let output = Command::new(env!("CARGO_BIN_EXE_stillmotion"))
+            .args(args)
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&output.stdout);
+        for line in ["Exit codes:", "  2 ", "  130 ", "plan_refused"] {
+            assert!(help.contains(line), "{args:?}: {help}");
+        }
+    }
+}
+
+/// The case's model files as a diffusers-format folder (`model_index.json`, `transformer/`,
+/// `transformer_2/`, `text_encoder/`, `tokenizer/`, `vae/`). The tiny models keep their
+/// configs: `config.json` for the experts and the text encoder, and a sidecar beside the VAE
+/// (a real diffusers VAE is the released one and needs none).
+fn diffusers_folder(root: &Path) {
+    let case = case_dir();
+    let put = |from: &str, to: &str| {
+        let target = root.join(to);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(case.join(from), target).unwrap();
+    };
+    std::fs::create_dir_all(root).unwrap();
+    std::fs::write(root.join("model_index.json"), "{}").unwrap();
+    put(
+        "high_noise.safetensors",
+        "transformer/diffusion_pytorch_model.safetensors",
+    );
+    put("high_noise.json", "transformer/config.json");
+    put(
+        "low_noise.safetensors",
+        "transformer_2/diffusion_pytorch_model.safetensors",
+    );
+    put("low_noise.json", "transformer_2/config.json");
+    put("umt5.safetensors", "text_encoder/model.safetensors");
+    put("umt5.json", "text_encoder/config.json");
+    put("tokenizer.json", "tokenizer/tokenizer.json");
+    put("tokenizer_config.json", "tokenizer/tokenizer_config.json");
+    put(
+        "wan_2.1_vae.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    );
+    put("wan_2.1_vae.json", "vae/diffusion_pytorch_model.json");
+}
+
+#[test]
+fn model_dir_alone_finds_every_model_file_or_names_the_missing_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("Wan2.2-I2V-A14B-Diffusers");
+    diffusers_folder(&models);
+    let out = dir.path().join("frames");
+    let models_arg = models.display().to_string();
+    let output = render_with_models_from_flags(&out, &["--model-dir", &models_arg]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let psnr = psnr_against_reference(&out);
+    assert!(psnr >= 40.0, "PSNR {psnr:.1} dB against the reference");
+
+    // A ComfyUI-style models folder with nothing in it: each file is named with its place.
+    let empty = dir.path().join("models");
+    std::fs::create_dir_all(empty.join("diffusion_models")).unwrap();
+    let empty_arg = empty.display().to_string();
+    let output =
+        render_with_models_from_flags(&dir.path().join("none"), &["--model-dir", &empty_arg]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for missing in [
+        "the high-noise expert is missing (put it in diffusion_models/",
+        "the low-noise expert is missing",
+        "the text encoder is missing (put it in text_encoders/",
+        "the VAE is missing (put it in vae/ (wan_2.1_vae.safetensors))",
+    ] {
+        assert!(stderr.contains(missing), "{stderr}");
+    }
+}
+
+fn probe(path: &Path) -> String {
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+        .arg("stream=codec_name,codec_tag_string")
+        .args(["-of", "default=noprint_wrappers=1"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn codec_h265_writes_an_hvc1_mp4_and_mp4_stays_h264_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let h265 = dir.path().join("h265.mp4");
+    let output = render(&h265, &["--codec", "h265"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let streams = probe(&h265);
+    assert!(
+        streams.contains("codec_name=hevc") && streams.contains("codec_tag_string=hvc1"),
+        "{streams}"
+    );
+    let video = stillmotion_engine::video::read_video(&h265, 100, 1 << 20).unwrap();
+    assert_eq!(video.frames.len(), 5);
+    let recipe = stillmotion_engine::video::read_recipe(&h265).unwrap();
+    assert_eq!(recipe.recipe["codec"], "h265");
+
+    // Without --codec, .mp4 means H.264.
+    let h264 = dir.path().join("h264.mp4");
+    let output = render(&h264, &[]);
+    assert_eq!(output.status.code(), Some(0));
+    let streams = probe(&h264);
+    assert!(
+        streams.contains("codec_name=h264") && streams.contains("codec_tag_string=avc1"),
+        "{streams}"
+    );
+
+    let output = render(&dir.path().join("vp9.mp4"), &["--codec", "vp9"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--codec vp9 is written to .webm"),
+        "{stderr}"
+    );
 }

@@ -201,7 +201,7 @@ mod tests {
     fn the_real_cudarc_errors_are_recognised() {
         use candle_core::cuda_backend::cudarc::cublas::result::CublasError;
         use candle_core::cuda_backend::cudarc::cublas::sys::cublasStatus_t;
-        use candle_core::cuda_backend::cudarc::driver::DriverError;
+        use candle_core::cuda_backend::cudarc::driver::result::DriverError;
         use candle_core::cuda_backend::cudarc::driver::sys::CUresult;
         let driver =
             candle_core::Error::Cuda(Box::new(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY)));

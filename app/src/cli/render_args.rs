@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use stillmotion_engine::EngineError;
 use stillmotion_engine::device::DevicePreference;
+use stillmotion_engine::pipeline::PipelineRunner;
 use stillmotion_engine::preset::{self, SamplerKind};
 use stillmotion_engine::recipe::{
-    ImageFit, Interpolation, LoraChoice, ModelFiles, Recipe, RecipeChoices,
+    ImageFit, Interpolation, LoraChoice, ModelFiles, Recipe, RecipeChoices, VideoCodec,
 };
 
 /// The preset used when `--preset` is not given: what most users run.
@@ -82,11 +83,19 @@ pub struct RenderArgs {
     /// Output: a video file (.mp4, .webm, .webp, .gif) or a folder for PNG frames.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Video codec where the container offers a choice: h264 (the .mp4 default), h265 (.mp4,
+    /// tagged hvc1 for Apple players), vp9 (.webm).
+    #[arg(long, value_enum)]
+    pub codec: Option<CodecArg>,
     #[arg(long, value_enum)]
     pub device: Option<DeviceArg>,
     /// GPU memory to leave free for other programs, in GB.
     #[arg(long, allow_negative_numbers = true)]
     pub reserve_vram: Option<f64>,
+    /// Plan the render as if the device had this much memory, in GB (to see what a smaller GPU
+    /// would do; on the CPU, to get a plan at all). The reserve is not subtracted.
+    #[arg(long, value_name = "GB")]
+    pub plan_for_vram: Option<f64>,
     /// Continue an interrupted render from the latents saved beside --out
     /// (`<out>.latents.safetensors`), with the same settings.
     #[arg(long)]
@@ -103,6 +112,13 @@ pub enum SamplerArg {
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum CodecArg {
+    H264,
+    H265,
+    Vp9,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum FitArg {
     Official,
     Crop,
@@ -116,6 +132,20 @@ pub enum DeviceArg {
 }
 
 impl RenderArgs {
+    /// The runner these flags ask for (`--plan-for-vram` replaces the device's memory).
+    pub fn runner(&self) -> anyhow::Result<PipelineRunner> {
+        let runner = PipelineRunner::new();
+        Ok(match self.plan_for_vram {
+            None => runner,
+            Some(gb) if gb.is_finite() && gb > 0.0 => {
+                // `as` saturates: absurd sizes plan as unlimited.
+                let bytes = (gb * 1024.0 * 1024.0 * 1024.0) as u64;
+                runner.with_memory_budget(bytes)
+            }
+            Some(gb) => bail!("--plan-for-vram must be a positive number of GB, got {gb}"),
+        })
+    }
+
     /// The validated recipe these flags describe.
     pub fn to_recipe(&self) -> anyhow::Result<Recipe> {
         let preset = preset::find(&self.preset)?;
@@ -158,6 +188,11 @@ impl RenderArgs {
             boundary: self.boundary,
             interpolation,
             output: self.out.clone(),
+            codec: self.codec.map(|codec| match codec {
+                CodecArg::H264 => VideoCodec::H264,
+                CodecArg::H265 => VideoCodec::H265,
+                CodecArg::Vp9 => VideoCodec::Vp9,
+            }),
             reserve_vram_gb: self.reserve_vram,
             device: self.device.map(|device| match device {
                 DeviceArg::Auto => DevicePreference::Auto,

@@ -1,9 +1,11 @@
-//! `--model-dir DIR`: the model files a recipe needs, found in one folder. Two kinds of folder:
-//! a diffusers-format Wan2.2 repository (`model_index.json`; `transformer/` is the high-noise
-//! expert and `transformer_2/` the low-noise one, as diffusers' `WanImageToVideoPipeline` uses
-//! them, with `text_encoder/`, `tokenizer/` and `vae/`), or a models folder (ours, or ComfyUI's
-//! `models/` with `diffusion_models/` or `unet/`, `text_encoders/` or `clip/`, `vae/`), matched
-//! by [`crate::model_files::scan`]. Files given one by one take precedence over the folder's.
+//! `--model-dir DIR`: the model files a recipe needs, found in one folder. Three kinds of
+//! folder: a diffusers-format Wan2.2 repository (`model_index.json`; `transformer/` is the
+//! high-noise expert and `transformer_2/` the low-noise one, as diffusers'
+//! `WanImageToVideoPipeline` uses them, with `text_encoder/`, `tokenizer/` and `vae/`); the
+//! official release (`high_noise_model/`, `low_noise_model/`, `models_t5_umt5-xxl-enc-bf16.pth`,
+//! `Wan2.1_VAE.pth`, the tokenizer in `google/umt5-xxl/`); or a models folder (ours, or
+//! ComfyUI's `models/` with `diffusion_models/` or `unet/`, `text_encoders/` or `clip/`, `vae/`),
+//! matched by [`crate::model_files::scan`]. Files given one by one take precedence.
 
 use std::path::{Path, PathBuf};
 
@@ -42,7 +44,9 @@ pub fn resolve_model_files(
         return Ok(files.clone());
     }
     let found = if dir.join("model_index.json").is_file() {
-        diffusers(dir, family, &wanted)?
+        release(dir, family, &wanted, true)?
+    } else if dir.join(OFFICIAL_T5).is_file() || dir.join("high_noise_model").is_dir() {
+        release(dir, family, &wanted, false)?
     } else {
         models_folder(dir, family, &wanted)?
     };
@@ -80,55 +84,80 @@ fn refused(problem: String) -> EngineError {
     }
 }
 
-/// The components of a diffusers-format folder.
-fn diffusers(dir: &Path, family: ModelFamily, wanted: &Wanted) -> Result<ModelFiles, EngineError> {
-    let vae_file = dir.join("vae").join("diffusion_pytorch_model.safetensors");
-    let parts: [(bool, PathBuf, &str); 4] = [
-        (
-            wanted.has(Part::HighNoise),
-            dir.join("transformer"),
-            "transformer/",
+/// The official release's text encoder, beside its experts.
+const OFFICIAL_T5: &str = "models_t5_umt5-xxl-enc-bf16.pth";
+
+/// The components of a release folder: diffusers (`model_index.json`) or official.
+fn release(
+    dir: &Path,
+    family: ModelFamily,
+    wanted: &Wanted,
+    diffusers: bool,
+) -> Result<ModelFiles, EngineError> {
+    let (kind, repo, parts): (&str, &str, [(Part, &str); 4]) = match (diffusers, family) {
+        (true, _) => (
+            "a diffusers folder",
+            match family {
+                ModelFamily::Wan22I2vA14b => "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+                ModelFamily::Wan22Ti2v5b => "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+            },
+            [
+                (Part::HighNoise, "transformer"),
+                (Part::LowNoise, "transformer_2"),
+                (Part::TextEncoder, "text_encoder"),
+                (Part::Vae, "vae/diffusion_pytorch_model.safetensors"),
+            ],
         ),
-        (
-            wanted.has(Part::LowNoise),
-            dir.join("transformer_2"),
-            "transformer_2/",
+        (false, ModelFamily::Wan22I2vA14b) => (
+            "an official release folder",
+            "Wan-AI/Wan2.2-I2V-A14B",
+            [
+                (Part::HighNoise, "high_noise_model"),
+                (Part::LowNoise, "low_noise_model"),
+                (Part::TextEncoder, OFFICIAL_T5),
+                (Part::Vae, "Wan2.1_VAE.pth"),
+            ],
         ),
-        (
-            wanted.has(Part::TextEncoder),
-            dir.join("text_encoder"),
-            "text_encoder/",
+        // TI2V-5B's shards and config.json sit at the top of its release.
+        (false, ModelFamily::Wan22Ti2v5b) => (
+            "an official release folder",
+            "Wan-AI/Wan2.2-TI2V-5B",
+            [
+                (Part::HighNoise, ""),
+                (Part::LowNoise, ""),
+                (Part::TextEncoder, OFFICIAL_T5),
+                (Part::Vae, "Wan2.2_VAE.pth"),
+            ],
         ),
-        (
-            wanted.has(Part::Vae),
-            vae_file.clone(),
-            "vae/diffusion_pytorch_model.safetensors",
-        ),
-    ];
-    let missing: Vec<&str> = parts
+    };
+    let wanted_parts: Vec<(Part, PathBuf, &str)> = parts
         .iter()
-        .filter(|(want, path, _)| *want && !path.exists())
+        .filter(|(part, _)| wanted.has(*part))
+        .map(|&(part, name)| (part, dir.join(name), name))
+        .collect();
+    let missing: Vec<&str> = wanted_parts
+        .iter()
+        .filter(|(_, path, _)| !path.exists())
         .map(|(_, _, name)| *name)
         .collect();
     if !missing.is_empty() {
-        let repo = match family {
-            ModelFamily::Wan22I2vA14b => "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
-            ModelFamily::Wan22Ti2v5b => "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
-        };
         return Err(refused(format!(
-            "is a diffusers folder without {}: download the whole {repo} repository into it, or give those files with --high-noise, --low-noise, --text-encoder, --vae: {}",
+            "is {kind} without {}: download the whole {repo} repository into it, or give those files with --high-noise, --low-noise, --text-encoder, --vae: {}",
             missing.join(", "),
             dir.display()
         )));
     }
-    let pick = |want: bool, path: PathBuf| want.then_some(path);
-    Ok(ModelFiles {
-        model_dir: None,
-        high_noise: pick(wanted.has(Part::HighNoise), dir.join("transformer")),
-        low_noise: pick(wanted.has(Part::LowNoise), dir.join("transformer_2")),
-        text_encoder: pick(wanted.has(Part::TextEncoder), dir.join("text_encoder")),
-        vae: pick(wanted.has(Part::Vae), vae_file),
-    })
+    let mut found = ModelFiles::default();
+    for (part, path, _) in wanted_parts {
+        let slot = match part {
+            Part::HighNoise => &mut found.high_noise,
+            Part::LowNoise => &mut found.low_noise,
+            Part::TextEncoder => &mut found.text_encoder,
+            Part::Vae => &mut found.vae,
+        };
+        *slot = Some(path);
+    }
+    Ok(found)
 }
 
 /// What a need is called and where it goes in a models folder.
@@ -330,7 +359,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("without transformer_2/, vae/diffusion_pytorch_model.safetensors")
+            error.contains("without transformer_2, vae/diffusion_pytorch_model.safetensors")
                 && error.contains("Wan2.2-I2V-A14B-Diffusers"),
             "{error}"
         );
@@ -339,5 +368,28 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(missing.contains("is not a folder"), "{missing}");
+    }
+
+    #[test]
+    fn an_official_release_folder_gives_its_experts_t5_and_vae() {
+        let dir = tempfile::tempdir().unwrap();
+        for expert in ["high_noise_model", "low_noise_model"] {
+            std::fs::create_dir(dir.path().join(expert)).unwrap();
+        }
+        std::fs::write(dir.path().join(OFFICIAL_T5), b"x").unwrap();
+        let error = resolve_model_files(&folder(dir.path()), ModelFamily::Wan22I2vA14b)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("official release folder without Wan2.1_VAE.pth")
+                && error.contains("Wan-AI/Wan2.2-I2V-A14B "),
+            "{error}"
+        );
+        std::fs::write(dir.path().join("Wan2.1_VAE.pth"), b"x").unwrap();
+        let files = resolve_model_files(&folder(dir.path()), ModelFamily::Wan22I2vA14b).unwrap();
+        assert_eq!(files.high_noise, Some(dir.path().join("high_noise_model")));
+        assert_eq!(files.low_noise, Some(dir.path().join("low_noise_model")));
+        assert_eq!(files.text_encoder, Some(dir.path().join(OFFICIAL_T5)));
+        assert_eq!(files.vae, Some(dir.path().join("Wan2.1_VAE.pth")));
     }
 }

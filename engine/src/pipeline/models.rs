@@ -175,14 +175,17 @@ fn load_text_encoder(
         Some(json) => Some(umt5::Config::from_json_file(&json)?),
         None => None,
     };
-    // The tokenizer: a tokenizer.json beside the file, a diffusers folder's `tokenizer/`
-    // beside its `text_encoder/`, the folder's own, or the one the file embeds.
-    let beside = path.parent().map(|dir| dir.join("tokenizer.json"));
-    let sibling = path.parent().map(|dir| dir.join("tokenizer"));
-    let tokenizer = match (beside, sibling) {
+    // The tokenizer: a tokenizer.json beside the file, the official release's
+    // `google/umt5-xxl/` beside its `.pth`, a diffusers folder's `tokenizer/` beside its
+    // `text_encoder/`, the folder's own, or the one the file embeds.
+    let beside = |name: &str| path.parent().map(|dir| dir.join(name));
+    let tokenizer = match (beside("tokenizer.json"), beside("google/umt5-xxl")) {
         (Some(json), _) if path.is_file() && json.is_file() => json,
-        (_, Some(dir)) if path.is_dir() && dir.is_dir() => dir,
-        _ => path.to_owned(),
+        (_, Some(official)) if path.is_file() && official.is_dir() => official,
+        _ => match beside("tokenizer") {
+            Some(dir) if path.is_dir() && dir.is_dir() => dir,
+            _ => path.to_owned(),
+        },
     };
     TextEncoder::load(path, &tokenizer, cfg.as_ref(), dtype, device)
 }
