@@ -21,6 +21,9 @@ mod decoder;
 mod encoder;
 mod frames;
 mod i2v;
+#[cfg(test)]
+mod test_support;
+mod tiled_encode;
 mod tiling;
 mod wan22;
 mod weights;
@@ -31,6 +34,7 @@ use serde::Deserialize;
 
 pub use frames::to_rgb8;
 pub use i2v::{i2v_condition, i2v_mask};
+pub use tiled_encode::EncodeTiling;
 pub use tiling::Tiling;
 pub use weights::{WeightLayout, diffusers_key, load};
 
@@ -38,7 +42,7 @@ use blocks::{ChunkState, from_frames, to_frames};
 use conv::CausalConv3d;
 use decoder::Decoder3d;
 use encoder::Encoder3d;
-use wan22::{Decoder22, Encoder22, patchify, unpatchify};
+use wan22::{Decoder22, Encoder22, unpatchify};
 
 /// The Wan2.1 latent statistics (per channel), as `Wan2_1_VAE` hard-codes them.
 pub const WAN21_LATENTS_MEAN: [f32; 16] = [
@@ -209,6 +213,17 @@ impl WanVae {
     pub fn encode_with(
         &self,
         num_frames: usize,
+        frames: impl FnMut(usize, usize) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let mu = self.encode_moments(num_frames, frames)?;
+        from_frames(&self.normalise(&mu)?)
+    }
+
+    /// The posterior moments `(t, 2z, h/s, w/s)` of a clip, chunk by chunk (see
+    /// [`Self::encode_with`]).
+    fn encode_raw(
+        &self,
+        num_frames: usize,
         mut frames: impl FnMut(usize, usize) -> Result<Tensor>,
     ) -> Result<Tensor> {
         let stride = self.cfg.temporal_stride();
@@ -221,20 +236,19 @@ impl WanVae {
             } else {
                 (1 + stride * (i - 1), stride)
             };
-            let mut x = frames(start, len)?;
-            if self.cfg.patch_size == 2 {
-                x = patchify(&x)?;
-            }
+            let x = self.patchify_input(frames(start, len)?)?;
             let out = match &self.encoder {
                 Encoder::Wan21(encoder) => encoder.forward(&x, &mut state)?,
                 Encoder::Wan22(encoder) => encoder.forward(&x, &mut state)?,
             };
             moments.push(self.conv1.forward_frames(&out)?);
         }
-        let moments = Tensor::cat(&moments, 0)?;
-        let mu = moments.narrow(1, 0, self.cfg.z_dim)?;
-        let mu = mu.broadcast_sub(&self.mean)?.broadcast_mul(&self.inv_std)?;
-        from_frames(&mu)
+        Tensor::cat(&moments, 0)
+    }
+
+    /// `(mu − latents_mean) · (1 / latents_std)` on frames-first `(t, z, h, w)`.
+    fn normalise(&self, mu: &Tensor) -> Result<Tensor> {
+        mu.broadcast_sub(&self.mean)?.broadcast_mul(&self.inv_std)
     }
 
     /// Decodes normalised latents `(z, t, h, w)` to pixels `(3, 1 + 4(t-1), 8h, 8w)` clamped to
