@@ -1,5 +1,7 @@
 //! Test helpers for the VAE's tiling tests: seeded random weights and inputs, PSNR.
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
@@ -24,8 +26,9 @@ pub fn normal(shape: &[usize], state: &mut u64) -> Tensor {
     Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
 }
 
-/// A tiny VAE with random weights (gains near 1, fan-in-scaled convolutions).
-pub fn random_vae(cfg: &Config, attention: bool) -> WanVae {
+/// Random weights for `cfg` by name (gains near 1, fan-in-scaled convolutions); the attention
+/// output projections are zero unless `attention`.
+pub fn random_weights(cfg: &Config, attention: bool) -> HashMap<String, Tensor> {
     let dev = Device::Cpu;
     let mut state = 7;
     let map = VarMap::new();
@@ -33,9 +36,9 @@ pub fn random_vae(cfg: &Config, attention: bool) -> WanVae {
     let data = map.data().lock().unwrap();
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
+    let mut out = HashMap::new();
     for name in names {
-        let var = &data[name];
-        let dims = var.dims().to_vec();
+        let dims = data[name].dims().to_vec();
         let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
         let noise = normal(&dims, &mut state);
         let value = if name.ends_with("proj.weight") && !attention {
@@ -47,10 +50,23 @@ pub fn random_vae(cfg: &Config, attention: bool) -> WanVae {
         } else {
             (noise / (fan_in as f64).sqrt()).unwrap()
         };
-        var.set(&value).unwrap();
+        out.insert(name.clone(), value);
     }
-    drop(data);
-    WanVae::new(cfg, &VarBuilder::from_varmap(&map, DType::F32, &dev)).unwrap()
+    out
+}
+
+/// A tiny VAE with [`random_weights`] in `dtype`.
+pub fn random_vae_in(cfg: &Config, attention: bool, dtype: DType) -> WanVae {
+    let weights = random_weights(cfg, attention)
+        .into_iter()
+        .map(|(k, v)| (k, v.to_dtype(dtype).unwrap()))
+        .collect();
+    WanVae::new(cfg, &VarBuilder::from_tensors(weights, dtype, &Device::Cpu)).unwrap()
+}
+
+/// A tiny f32 VAE with [`random_weights`].
+pub fn random_vae(cfg: &Config, attention: bool) -> WanVae {
+    random_vae_in(cfg, attention, DType::F32)
 }
 
 pub fn psnr(a: &Tensor, b: &Tensor) -> f64 {
