@@ -1,4 +1,5 @@
-//! Measures the peak resident memory of a Wan2.1 VAE decode on the CPU, untiled or tiled.
+//! Measures the peak resident memory of a Wan2.1 VAE decode (or, with `--encode`, encode) on
+//! the CPU, untiled or tiled.
 //!
 //! Weights are zeros (the full-size architecture, or `--base-dim` for a smaller one): memory
 //! depends on shapes, not values. Peak memory is the process's `VmHWM`, so run one mode per
@@ -7,11 +8,12 @@
 //! ```sh
 //! cargo run --release -p stillmotion-engine --example vae_decode_memory -- 81 480 832
 //! cargo run --release -p stillmotion-engine --example vae_decode_memory -- 81 480 832 --budget-gb 4
+//! cargo run --release -p stillmotion-engine --example vae_decode_memory -- 17 256 256 --encode [--tile 128]
 //! ```
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use stillmotion_engine::wan_vae::{Config, Tiling, WanVae};
+use stillmotion_engine::wan_vae::{Config, EncodeTiling, Tiling, WanVae};
 
 fn peak_rss_mib() -> f64 {
     rss_mib("VmHWM:")
@@ -40,6 +42,7 @@ fn main() -> Result<(), candle_core::Error> {
             .and_then(|v| v.parse::<f64>().ok())
     };
     let (frames, height, width) = (number(0, 81), number(1, 480), number(2, 832));
+    let frames_n = frames;
     let mut cfg = Config::wan21();
     if let Some(dim) = flag("--base-dim") {
         cfg.base_dim = dim as usize;
@@ -70,6 +73,29 @@ fn main() -> Result<(), candle_core::Error> {
             );
             Ok(())
         })?;
+        return Ok(());
+    }
+    if args.iter().any(|a| a == "--encode") {
+        // Frames are made per chunk, as the I2V conditioning makes them.
+        let frames =
+            |_: usize, len: usize| Tensor::ones((len, 3, height, width), DType::F32, &device);
+        let tiling = flag("--tile")
+            .map(|tile| EncodeTiling::square(tile as usize, tile as usize / 4 * 3))
+            .or_else(|| {
+                flag("--budget-gb").and_then(|gb| {
+                    EncodeTiling::for_budget(&cfg, (gb * 1e9) as usize, height, width)
+                })
+            });
+        let latent = match tiling {
+            Some(tiling) => vae.encode_tiled_with(frames_n, (height, width), tiling, frames)?,
+            None => vae.encode_with(frames_n, frames)?,
+        };
+        println!(
+            "encoded {:?} ({tiling:?}) in {:.1} s: peak RSS {:.0} MiB (weights and latents: {before:.0} MiB)",
+            latent.dims(),
+            start.elapsed().as_secs_f64(),
+            peak_rss_mib()
+        );
         return Ok(());
     }
     let video = match tiling {

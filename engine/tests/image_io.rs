@@ -246,3 +246,71 @@ fn bad_images_are_refused_with_clear_messages() {
         "{missing}"
     );
 }
+
+/// A real AVIF file (encoded here by the image crate's own AV1 encoder) is refused by name with
+/// what to do, since this build has no AVIF decoder.
+#[test]
+fn real_avif_is_refused_with_advice() {
+    use image::ImageEncoder as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let pattern = image::RgbImage::from_fn(16, 16, |x, y| Rgb([x as u8 * 16, y as u8 * 16, 90]));
+    let mut bytes = Vec::new();
+    image::codecs::avif::AvifEncoder::new_with_speed_quality(&mut bytes, 10, 80)
+        .write_image(pattern.as_raw(), 16, 16, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    assert_eq!(&bytes[4..8], b"ftyp", "the encoder wrote an ISO-BMFF file");
+    let path = dir.path().join("real.avif");
+    std::fs::write(&path, &bytes).unwrap();
+    let message = load(&path, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("AVIF") && message.contains("convert") && message.ends_with("real.avif"),
+        "{message}"
+    );
+    // Content decides, not the name: the same file named .png is still AVIF.
+    let renamed = dir.path().join("real.png");
+    std::fs::write(&renamed, &bytes).unwrap();
+    let message = load(&renamed, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("AVIF"), "{message}");
+}
+
+/// By default a transparent image reads as the references read it (`convert("RGB")` in the
+/// official Wan script, ComfyUI's LoadImage and diffusers' load_image): alpha dropped, the
+/// stored colour kept, with a note saying so.
+#[test]
+fn default_drops_alpha_like_the_references() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rgba = RgbaImage::from_pixel(3, 1, Rgba([10, 20, 30, 255]));
+    rgba.put_pixel(1, 0, Rgba([200, 100, 50, 0]));
+    rgba.put_pixel(2, 0, Rgba([0, 0, 0, 0]));
+    let path = dir.path().join("cutout.png");
+    rgba.save(&path).unwrap();
+    let loaded = load(&path, &LoadOptions::default()).unwrap();
+    assert_eq!(loaded.rgb.get_pixel(0, 0).0, [10, 20, 30]);
+    assert_eq!(loaded.rgb.get_pixel(1, 0).0, [200, 100, 50]);
+    assert_eq!(loaded.rgb.get_pixel(2, 0).0, [0, 0, 0]);
+    assert!(
+        loaded
+            .notes
+            .iter()
+            .any(|n| n.contains("transparent") && n.contains("background")),
+        "{:?}",
+        loaded.notes
+    );
+    assert_eq!(load_rgb8(&path, 1 << 20).unwrap(), loaded.rgb);
+    // An opaque RGBA image gets no note.
+    let opaque = dir.path().join("opaque.png");
+    RgbaImage::from_pixel(2, 2, Rgba([1, 2, 3, 255]))
+        .save(&opaque)
+        .unwrap();
+    assert!(
+        load(&opaque, &LoadOptions::default())
+            .unwrap()
+            .notes
+            .is_empty()
+    );
+}

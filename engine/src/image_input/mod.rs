@@ -2,10 +2,18 @@
 //! and fitting it to the model's size ([`fit`]).
 //!
 //! Reads PNG (and APNG), JPEG (including CMYK), WebP, BMP, TIFF, GIF and the other formats the
-//! `image` crate decodes; AVIF is refused with advice because this build has no AVIF decoder
-//! (the `image` crate needs the native dav1d library for it). 16-bit, grayscale and palette
-//! images become RGB8; alpha is composited over a chosen background; EXIF orientation is
-//! applied; animations give their first frame with a note.
+//! `image` crate decodes. AVIF is refused with advice: the `image` crate decodes AVIF only with
+//! its `avif-native` feature, which binds the system's libdav1d (through the `dav1d` crate and
+//! pkg-config), and this build links no such library (its own `avif` feature is an encoder).
+//! 16-bit, grayscale and palette images become RGB8; EXIF orientation is applied; animations
+//! give their first frame with a note.
+//!
+//! Transparency: by default the alpha channel is dropped and the colour stored under it kept,
+//! because that is what both references feed the model: the official Wan script
+//! (`Image.open(path).convert("RGB")`) and ComfyUI's `LoadImage` (`i.convert("RGB")`, the alpha
+//! going to a separate mask that the Wan templates do not use), as does diffusers' `load_image`.
+//! So a transparent PNG conditions the same clip here as there. A chosen background
+//! ([`LoadOptions::background`]) composites over a colour instead.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -29,8 +37,8 @@ pub struct LoadOptions {
     /// Refuse images that decode to more pixels than this.
     pub max_pixels: u64,
     /// Transparent pixels are composited over this colour (straight alpha, in sRGB values, as
-    /// image editors flatten). `None` drops the alpha channel and keeps the colour stored under
-    /// it, which is what the official Wan script's `Image.open(..).convert("RGB")` does.
+    /// image editors flatten). `None` (the default) drops the alpha channel and keeps the colour
+    /// stored under it, as the official Wan script and ComfyUI do (see the module doc).
     pub background: Option<[u8; 3]>,
 }
 
@@ -38,7 +46,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             max_pixels: DEFAULT_MAX_PIXELS,
-            background: Some([255, 255, 255]),
+            background: None,
         }
     }
 }
@@ -54,7 +62,7 @@ pub struct LoadedImage {
 }
 
 /// Loads `path` as RGB8 with EXIF orientation applied, refusing images over `max_pixels`.
-/// Transparency is flattened onto white.
+/// Alpha is dropped as the references do ([`LoadOptions::default`]).
 pub fn load_rgb8(path: &Path, max_pixels: u64) -> Result<RgbImage, EngineError> {
     let options = LoadOptions {
         max_pixels,
@@ -96,7 +104,9 @@ pub fn load_bytes(
     // Decide by content, not by extension: a renamed text file must read as "not an image".
     let format = if is_avif(bytes) {
         return Err(bad(
-            "AVIF images cannot be read by this build; convert it to PNG or JPEG first".to_owned(),
+            "AVIF images cannot be read by this build (it has no AVIF decoder); \
+             convert the image to PNG, JPEG or WebP first"
+                .to_owned(),
         ));
     } else {
         image::guess_format(bytes).map_err(|_| {
@@ -157,7 +167,17 @@ pub fn load_bytes(
             }
             flatten(&image, background)
         }
-        _ => image.to_rgb8(),
+        _ => {
+            if image.color().has_alpha() && has_transparency(&image) {
+                notes.push(
+                    "the image has transparent areas; they keep the colour stored under them, \
+                     as ComfyUI and the official Wan script read it (choose a background colour \
+                     to flatten it instead)"
+                        .to_owned(),
+                );
+            }
+            image.to_rgb8()
+        }
     };
     Ok(LoadedImage {
         rgb,

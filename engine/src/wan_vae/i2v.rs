@@ -39,7 +39,7 @@ pub fn i2v_condition(
         }
     })?;
     let (_, _, lat_h, lat_w) = latent.dims4()?;
-    let mask = i2v_mask(num_frames, lat_h, lat_w, image.device())?;
+    let mask = i2v_mask(num_frames, lat_h, lat_w, image.device())?.to_dtype(latent.dtype())?;
     Ok(Tensor::cat(&[mask, latent], 0)?)
 }
 

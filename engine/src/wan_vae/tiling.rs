@@ -140,59 +140,10 @@ impl WanVae {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device, Tensor};
-    use candle_nn::{VarBuilder, VarMap};
 
     use super::{Tiling, starts};
-    use crate::wan_vae::{Config, WanVae};
-
-    /// Deterministic standard-normal-ish values (Irwin–Hall of 12 uniforms from an LCG):
-    /// candle cannot seed its CPU generator, and a seam measurement must not vary per run.
-    fn normal(shape: &[usize], state: &mut u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n)
-            .map(|_| {
-                let mut sum = 0f32;
-                for _ in 0..12 {
-                    *state = state
-                        .wrapping_mul(6_364_136_223_846_793_005)
-                        .wrapping_add(1_442_695_040_888_963_407);
-                    sum += (*state >> 40) as f32 / (1u64 << 24) as f32;
-                }
-                sum - 6.0
-            })
-            .collect();
-        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-    }
-
-    /// A tiny VAE with random weights (gains near 1, fan-in-scaled convolutions).
-    fn random_vae(cfg: &Config, attention: bool) -> WanVae {
-        let dev = Device::Cpu;
-        let mut state = 7;
-        let map = VarMap::new();
-        WanVae::new(cfg, &VarBuilder::from_varmap(&map, DType::F32, &dev)).unwrap();
-        let data = map.data().lock().unwrap();
-        let mut names: Vec<&String> = data.keys().collect();
-        names.sort();
-        for name in names {
-            let var = &data[name];
-            let dims = var.dims().to_vec();
-            let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
-            let noise = normal(&dims, &mut state);
-            let value = if name.ends_with("proj.weight") && !attention {
-                noise.zeros_like().unwrap()
-            } else if name.ends_with("gamma") {
-                ((noise * 0.3).unwrap() + 1.0).unwrap()
-            } else if name.ends_with("bias") {
-                (noise * 0.1).unwrap()
-            } else {
-                (noise / (fan_in as f64).sqrt()).unwrap()
-            };
-            var.set(&value).unwrap();
-        }
-        drop(data);
-        WanVae::new(cfg, &VarBuilder::from_varmap(&map, DType::F32, &dev)).unwrap()
-    }
+    use crate::wan_vae::Config;
+    use crate::wan_vae::test_support::{normal, psnr, random_vae};
 
     #[test]
     fn tile_starts_cover_the_axis() {
@@ -216,39 +167,49 @@ mod tests {
         assert!(tiling.overlap > 0 && tiling.overlap < tiling.tile);
     }
 
-    fn psnr(a: &Tensor, b: &Tensor) -> f64 {
-        let mse = (a - b).unwrap().sqr().unwrap().mean_all().unwrap();
-        // Peak-to-peak range of [-1, 1] is 2.
-        10.0 * (4.0 / f64::from(mse.to_scalar::<f32>().unwrap())).log10()
-    }
-
-    /// Random weights see much further than trained ones (no learnt locality), so seams are
-    /// checked on a model without its global attention (output projection zeroed) and with
-    /// large overlaps; the ≥ 40 dB target is for trained weights.
+    /// Seams measured: tiled against untiled decode of the same latents (2 latent frames of
+    /// 28×28: 5 frames of 224×224 pixels), 3×3 tiles so that two seams cross each way. Random
+    /// weights see much further than trained ones (no learnt locality: the receptive field is
+    /// the whole stack's, about ±13 latent pixels), so seams are measured on a model without
+    /// its global attention (output projection zeroed) and need larger overlaps than trained
+    /// weights: 27.8 dB at overlap 4, 40.6 dB at overlap 16 here (on a 16×40 clip with one
+    /// row of tiles: 32 dB at overlap 8, 39 dB at 12, 45 dB at 16, 48 dB at 20).
     #[test]
-    fn tiled_decode_converges_to_untiled() {
+    fn tiled_decode_seams_psnr() {
         let cfg = Config {
             base_dim: 4,
             num_res_blocks: 1,
             ..Config::wan21()
         };
-        let z = normal(&[16, 3, 12, 20], &mut 11);
+        let z = normal(&[16, 2, 28, 28], &mut 11);
         let vae = random_vae(&cfg, false);
         let whole = vae.decode(&z).unwrap();
         let mut last = 0.0;
-        for (tile, overlap) in [(8, 4), (12, 8)] {
+        for (tile, overlap) in [(12, 4), (20, 16)] {
             let tiled = vae.decode_tiled(&z, Tiling { tile, overlap }).unwrap();
-            assert_eq!(tiled.dims(), &[3, 9, 96, 160]);
+            assert_eq!(tiled.dims(), &[3, 5, 224, 224]);
             let db = psnr(&tiled, &whole);
-            println!("tiled (tile {tile}, overlap {overlap}) vs untiled: PSNR {db:.1} dB");
+            println!(
+                "tiled decode (tile {tile}, overlap {overlap}, 3×3 tiles) vs untiled: PSNR {db:.1} dB"
+            );
             assert!(
                 db > last + 3.0,
                 "tile {tile}, overlap {overlap}: {db:.1} dB"
             );
             last = db;
         }
-        assert!(last >= 35.0, "{last:.1} dB");
-        // One tile covering the frame is the untiled decode, attention included.
+        assert!(last >= 40.0, "{last:.1} dB");
+    }
+
+    /// One tile covering the frame is the untiled decode, attention included.
+    #[test]
+    fn one_tile_is_the_untiled_decode() {
+        let cfg = Config {
+            base_dim: 4,
+            num_res_blocks: 1,
+            ..Config::wan21()
+        };
+        let z = normal(&[16, 2, 12, 20], &mut 11);
         let vae = random_vae(&cfg, true);
         let whole = vae.decode(&z).unwrap();
         let single = vae

@@ -4,14 +4,16 @@
 //! `dim_mult`, `num_res_blocks`, `attn_scales`, `temporal_downsample`, `latents_mean`,
 //! `latents_std`; missing keys take the released Wan2.1 values), `layout` ("original" or
 //! "diffusers": informational, the loader detects it from the keys) and `num_frames` (the I2V
-//! clip length, default: the frames of `video`). Inputs, each optional: `video` `(3, f, h, w)`,
+//! clip length, default: the frames of `video`), `encode_tiling` ([tile height, tile width,
+//! stride height, stride width] in encoder-input pixels, as diffusers' `enable_tiling`). Inputs, each optional: `video` `(3, f, h, w)`,
 //! `z` `(z, t, h/8, w/8)`, `image` `(3, h, w)`. Outputs: `latent` (encode of `video`),
-//! `latent_short` (encode of its first 5 frames), `decoded` / `decoded_raw` (decode of `z`,
+//! `latent_short` (encode of its first 5 frames), `latent_tiled` (tiled encode of `video`, with
+//! `encode_tiling`), `decoded` / `decoded_raw` (decode of `z`,
 //! clamped / not), `y` (I2V conditioning of `image`).
 
 use anyhow::Context;
 use candle_core::Device;
-use stillmotion_engine::wan_vae::{self, Config};
+use stillmotion_engine::wan_vae::{self, Config, EncodeTiling};
 
 use super::{Outputs, inputs};
 use crate::golden::Case;
@@ -31,6 +33,9 @@ pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
         let frames = video.dim(1)?;
         num_frames = Some(frames);
         out.insert("latent".into(), vae.encode(video)?);
+        if let Some(tiling) = encode_tiling(case)? {
+            out.insert("latent_tiled".into(), vae.encode_tiled(video, tiling)?);
+        }
         if frames >= 5 {
             out.insert("latent_short".into(), vae.encode(&video.narrow(1, 0, 5)?)?);
         }
@@ -52,4 +57,31 @@ pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
         out.insert("y".into(), wan_vae::i2v_condition(&vae, image, frames)?);
     }
     Ok(out)
+}
+
+fn encode_tiling(case: &Case) -> anyhow::Result<Option<EncodeTiling>> {
+    let Some(value) = case.manifest.config.get("encode_tiling") else {
+        return Ok(None);
+    };
+    let sizes = value
+        .as_array()
+        .context("config encode_tiling must be an array")?
+        .iter()
+        .map(|v| {
+            v.as_integer()
+                .and_then(|i| usize::try_from(i).ok())
+                .context("config encode_tiling holds pixel counts")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let [tile_height, tile_width, stride_height, stride_width] = sizes[..] else {
+        anyhow::bail!(
+            "config encode_tiling is [tile height, tile width, stride height, stride width]"
+        );
+    };
+    Ok(Some(EncodeTiling {
+        tile_height,
+        tile_width,
+        stride_height,
+        stride_width,
+    }))
 }
