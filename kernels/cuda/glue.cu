@@ -8,6 +8,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <stdint.h>
 
 namespace {
@@ -180,3 +181,20 @@ __device__ __forceinline__ void rope(const T *x, const float *cos_table, const f
 STILLMOTION_ROPE(stillmotion_rope_bf16, __nv_bfloat16)
 STILLMOTION_ROPE(stillmotion_rope_f16, __half)
 STILLMOTION_ROPE(stillmotion_rope_f32, float)
+
+// float8 e4m3 weights (ComfyUI's fp8_scaled files) to the compute dtype, times the per-tensor
+// scale: value = float(w) * scale, rounded once. candle 0.11's own fp8 casts on CUDA ask for
+// kernels under names its PTX does not have.
+#define FP8_DEQUANTIZE(NAME, T)                                                              \
+    extern "C" __global__ void NAME(const uint8_t *w, T *out, float scale, long long n) {    \
+        for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;           \
+             i += (long long)gridDim.x * blockDim.x) {                                        \
+            __nv_fp8_e4m3 v;                                                                  \
+            v.__x = w[i];                                                                     \
+            out[i] = from_float<T>(static_cast<float>(v) * scale);                            \
+        }                                                                                     \
+    }
+
+FP8_DEQUANTIZE(stillmotion_fp8_dequantize_f32, float)
+FP8_DEQUANTIZE(stillmotion_fp8_dequantize_bf16, __nv_bfloat16)
+FP8_DEQUANTIZE(stillmotion_fp8_dequantize_f16, __half)

@@ -17,6 +17,7 @@ pub mod attention;
 pub mod conv;
 mod driver;
 mod error;
+pub mod fp8;
 pub mod glue;
 #[cfg(feature = "cuda")]
 mod gpu;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Linear, VarBuilder, linear_no_bias};
+use stillmotion_kernels::Kernels;
 
 use crate::gguf::{GGML_TYPE_SUFFIX, ggml_type_from_id};
 
@@ -29,6 +30,8 @@ pub(super) enum Proj {
         weight: Tensor,
         scale: f64,
         dtype: DType,
+        /// Dequantizes on the weight's device (candle's own fp8 casts fail on CUDA).
+        kernels: Kernels,
     },
     /// GGML blocks `[out, in]` and the dtype they dequantize to.
     Quantized {
@@ -42,6 +45,7 @@ impl Proj {
         in_dim: usize,
         out_dim: usize,
         vb: VarBuilder<'_>,
+        kernels: &Kernels,
     ) -> candle_core::Result<Self> {
         let marker = format!("weight{GGML_TYPE_SUFFIX}");
         if vb.contains_tensor(&marker) {
@@ -92,6 +96,7 @@ impl Proj {
             weight,
             scale: f64::from(scale),
             dtype: vb.dtype(),
+            kernels: kernels.clone(),
         })
     }
 
@@ -114,8 +119,10 @@ impl Module for Proj {
                 weight,
                 scale,
                 dtype,
+                kernels,
             } => {
-                let weight = weight.to_dtype(*dtype)?.affine(*scale, 0.0)?;
+                let weight = stillmotion_kernels::fp8::dequantize(kernels, weight, *scale, *dtype)
+                    .map_err(candle_core::Error::wrap)?;
                 Linear::new(weight, None).forward(x)
             }
             Self::Quantized { weight, dtype } => {
@@ -149,7 +156,7 @@ mod tests {
             ),
         ]);
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
-        let proj = Proj::new(2, 2, vb.pp("q")).unwrap();
+        let proj = Proj::new(2, 2, vb.pp("q"), &Kernels::cpu()).unwrap();
         assert_eq!(proj.stored_dtype(), DType::F8E4M3);
         let y = proj
             .forward(&Tensor::new(&[[1.0_f32, 1.0]], &dev).unwrap())

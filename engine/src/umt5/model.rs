@@ -8,6 +8,7 @@
 
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder, embedding};
+use stillmotion_kernels::Kernels;
 
 use super::linear::Proj;
 
@@ -81,13 +82,13 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn new(cfg: &Config, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
+    fn new(cfg: &Config, vb: VarBuilder<'_>, kernels: &Kernels) -> candle_core::Result<Self> {
         let inner = cfg.inner_dim();
         Ok(Self {
-            q: Proj::new(cfg.d_model, inner, vb.pp("q"))?,
-            k: Proj::new(cfg.d_model, inner, vb.pp("k"))?,
-            v: Proj::new(cfg.d_model, inner, vb.pp("v"))?,
-            o: Proj::new(inner, cfg.d_model, vb.pp("o"))?,
+            q: Proj::new(cfg.d_model, inner, vb.pp("q"), kernels)?,
+            k: Proj::new(cfg.d_model, inner, vb.pp("k"), kernels)?,
+            v: Proj::new(cfg.d_model, inner, vb.pp("v"), kernels)?,
+            o: Proj::new(inner, cfg.d_model, vb.pp("o"), kernels)?,
             relative_attention_bias: embedding(
                 cfg.relative_attention_num_buckets,
                 cfg.num_heads,
@@ -152,11 +153,11 @@ struct DenseGatedGeluDense {
 }
 
 impl DenseGatedGeluDense {
-    fn new(cfg: &Config, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
+    fn new(cfg: &Config, vb: VarBuilder<'_>, kernels: &Kernels) -> candle_core::Result<Self> {
         Ok(Self {
-            wi_0: Proj::new(cfg.d_model, cfg.d_ff, vb.pp("wi_0"))?,
-            wi_1: Proj::new(cfg.d_model, cfg.d_ff, vb.pp("wi_1"))?,
-            wo: Proj::new(cfg.d_ff, cfg.d_model, vb.pp("wo"))?,
+            wi_0: Proj::new(cfg.d_model, cfg.d_ff, vb.pp("wi_0"), kernels)?,
+            wi_1: Proj::new(cfg.d_model, cfg.d_ff, vb.pp("wi_1"), kernels)?,
+            wo: Proj::new(cfg.d_ff, cfg.d_model, vb.pp("wo"), kernels)?,
         })
     }
 
@@ -175,7 +176,7 @@ struct Block {
 }
 
 impl Block {
-    fn new(cfg: &Config, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
+    fn new(cfg: &Config, vb: VarBuilder<'_>, kernels: &Kernels) -> candle_core::Result<Self> {
         let attn = vb.pp("layer.0");
         let ffn = vb.pp("layer.1");
         Ok(Self {
@@ -184,9 +185,9 @@ impl Block {
                 cfg.layer_norm_epsilon,
                 attn.pp("layer_norm"),
             )?,
-            attention: SelfAttention::new(cfg, attn.pp("SelfAttention"))?,
+            attention: SelfAttention::new(cfg, attn.pp("SelfAttention"), kernels)?,
             ffn_norm: T5LayerNorm::new(cfg.d_model, cfg.layer_norm_epsilon, ffn.pp("layer_norm"))?,
-            ffn: DenseGatedGeluDense::new(cfg, ffn.pp("DenseReluDense"))?,
+            ffn: DenseGatedGeluDense::new(cfg, ffn.pp("DenseReluDense"), kernels)?,
         })
     }
 
@@ -232,8 +233,12 @@ impl Umt5Encoder {
     /// `vb` is rooted at the checkpoint's top level (`shared.weight`, `encoder.…`).
     pub fn new(cfg: &Config, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
         let encoder = vb.pp("encoder");
+        // One handle for every layer: fp8 weights are dequantized through it at use.
+        let kernels = Kernels::for_device(vb.device(), &crate::device::kernel_options())
+            .map_err(candle_core::Error::wrap)?;
+        let kernels = &kernels;
         let blocks = (0..cfg.num_layers)
-            .map(|i| Block::new(cfg, encoder.pp(format!("block.{i}"))))
+            .map(|i| Block::new(cfg, encoder.pp(format!("block.{i}")), kernels))
             .collect::<candle_core::Result<_>>()?;
         Ok(Self {
             shared: embedding(cfg.vocab_size, cfg.d_model, vb.pp("shared"))?,

@@ -177,14 +177,14 @@ impl Lin {
         }
     }
 
-    fn weight(&self) -> Result<Tensor, EngineError> {
+    fn weight(&self, kernels: &Kernels) -> Result<Tensor, EngineError> {
         Ok(match &self.weight {
             Weight::Plain(w) => w.clone(),
             Weight::Scaled {
                 weight,
                 scale,
                 dtype,
-            } => weight.to_dtype(*dtype)?.affine(*scale, 0.0)?,
+            } => stillmotion_kernels::fp8::dequantize(kernels, weight, *scale, *dtype)?,
             Weight::Quantized { weight, dtype, .. } => {
                 weight.dequantize(&weight.device())?.to_dtype(*dtype)?
             }
@@ -230,7 +230,7 @@ impl Lin {
         Ok(linear(
             kernels,
             x,
-            &self.weight()?,
+            &self.weight(kernels)?,
             Some(&self.bias),
             epilogue,
         )?)

@@ -198,3 +198,50 @@ pub(crate) fn rope(
     drop((cos, sin));
     Ok(output_tensor(storage, x.shape().clone()))
 }
+
+pub(crate) fn fp8_dequantize(
+    kernels: &Kernels,
+    weight: &Tensor,
+    scale: f64,
+    dtype: DType,
+) -> Result<Tensor, KernelError> {
+    const KERNEL: &str = "fp8_dequantize";
+    let gpu = loaded(kernels)?;
+    let weight = weight.contiguous()?;
+    let n = weight.elem_count();
+    let wp = {
+        let (storage, layout) = weight.storage_and_layout();
+        let candle_core::Storage::Cuda(cuda) = &*storage else {
+            return Err(KernelError::BadInput {
+                kernel: KERNEL,
+                problem: "tensor is not on a CUDA device".to_owned(),
+            });
+        };
+        let candle_core::cuda::CudaStorageSlice::F8E4M3(slice) = &cuda.slice else {
+            return Err(KernelError::BadInput {
+                kernel: KERNEL,
+                problem: format!("needs float8 e4m3, got {:?}", weight.dtype()),
+            });
+        };
+        let stream = gpu.device.cuda_stream();
+        let offset = layout.start_offset() as u64;
+        cudarc::driver::DevicePtr::device_ptr(slice, &stream).0 + offset
+    };
+    let name = format!("stillmotion_fp8_dequantize_{}", suffix(KERNEL, dtype)?);
+    let function = gpu.glue_function(&name)?;
+    let (storage, op) = empty_like_shape(&gpu.device, dtype, weight.shape())?;
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the scale is a float32 in the file"
+    )]
+    let (scale32, n64) = (scale as f32, n as i64);
+    let stream = gpu.device.cuda_stream();
+    let mut launch = stream.launch_builder(&function);
+    launch.arg(&wp).arg(&op).arg(&scale32).arg(&n64);
+    // SAFETY: matches the kernel's signature; a grid-stride loop covers all n elements; the
+    // weight stays alive (held by `weight`) while candle's stream runs the kernel.
+    unsafe { launch.launch(grid_1d(n, 256)) }?;
+    let shape = weight.shape().clone();
+    drop(weight);
+    Ok(output_tensor(storage, shape))
+}
