@@ -1424,14 +1424,21 @@ fn a_tiny_real_render_on_the_engine_thread_sends_a_preview_per_step() {
         }
     }
     let steps: Vec<(usize, usize)> = previews.iter().map(|p| (p.step, p.total_steps)).collect();
-    assert_eq!(steps, [(0, 4), (1, 4), (2, 4), (3, 4)], "one preview per step");
+    assert_eq!(
+        steps,
+        [(0, 4), (1, 4), (2, 4), (3, 4)],
+        "one preview per step"
+    );
     assert_eq!(
         denoising_steps_before,
         [1, 2, 3, 4],
         "each preview follows its step's progress"
     );
     for preview in &previews {
-        assert_eq!((preview.width, preview.height, preview.frames.len()), (8, 6, 2));
+        assert_eq!(
+            (preview.width, preview.height, preview.frames.len()),
+            (8, 6, 2)
+        );
     }
     assert_ne!(
         previews[0].frames, previews[3].frames,

@@ -207,7 +207,10 @@ pub fn show(
                     {
                         action = Some(UiAction::PreviewClip(entry.path.clone()));
                     }
-                    ui.colored_label(theme::WEAK_TEXT, format_date(entry.finished_unix_secs, &zone));
+                    ui.colored_label(
+                        theme::WEAK_TEXT,
+                        format_date(entry.finished_unix_secs, &zone),
+                    );
                     let prompt: String = entry.prompt.chars().take(60).collect();
                     ui.label(prompt).on_hover_text(&entry.prompt);
                     ui.colored_label(theme::WEAK_TEXT, &entry.summary);

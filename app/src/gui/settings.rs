@@ -578,8 +578,14 @@ mod tests {
         let mut restored = Settings::default();
         assert!(restored.restore(&recipe, &presets));
         assert_eq!(restored.interpolation_target_fps, Some(24.0));
-        assert_eq!(restored.interpolation(), Interpolation::TargetFps { fps: 24.0 });
-        assert_eq!(restored.interpolation_factor, 1, "a target rate has no multiplier");
+        assert_eq!(
+            restored.interpolation(),
+            Interpolation::TargetFps { fps: 24.0 }
+        );
+        assert_eq!(
+            restored.interpolation_factor, 1,
+            "a target rate has no multiplier"
+        );
 
         restored.apply_preset(stem, preset);
         assert_eq!(restored.interpolation_target_fps, None);

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::*;
 use super::thread::EVENT_CAPACITY_FOR_TESTS;
+use super::*;
 use crate::EngineError;
 use crate::preset::Preset;
 use crate::recipe::{Recipe, RecipeChoices};
@@ -263,7 +263,10 @@ fn previews_are_dropped_rather_than_block_and_are_built_only_when_asked_for() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let (seen, done) = until_terminal(&handle, 1);
-    assert!(matches!(done, Event::Finished { job_id: 1, .. }), "{done:?}");
+    assert!(
+        matches!(done, Event::Finished { job_id: 1, .. }),
+        "{done:?}"
+    );
     let steps: Vec<usize> = seen
         .iter()
         .filter_map(|e| match e {
