@@ -1495,7 +1495,8 @@ fn the_memory_plan_shows_in_the_job_row_and_a_refusal_says_what_to_change() {
     let png = write_png(dir.path(), "pier.png", 64, 48);
     let options = isolated(Some(png));
     let mut harness = Harness::builder()
-        .with_size(egui::vec2(1400.0, 1000.0))
+        .with_size(egui::vec2(1280.0, 800.0))
+        .wgpu()
         .build_eframe(move |cc| StillmotionApp::new(cc, options, Planned));
     harness.run();
     // 40 GB: one 28 GB expert at a time fits, both do not.
@@ -1541,6 +1542,7 @@ fn the_memory_plan_shows_in_the_job_row_and_a_refusal_says_what_to_change() {
     );
     harness.get_by_label("Memory plan: does not fit");
     harness.get_by_label(&refusal);
+    harness.snapshot("memory_plan_and_refusal");
 }
 
 #[test]
