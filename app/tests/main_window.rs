@@ -922,6 +922,7 @@ impl JobRunner for DenoiseThenWait {
         };
         denoise(&mut TowardsZero, &mut sampler, noise, &cfg, |step| {
             ctx.progress(Stage::DenoisingHighNoise, step.index as u32 + 1, 3);
+            ctx.preview(|| stillmotion_engine::sampling::LatentPreview::of_step(step));
             for _ in 0..1000 {
                 ctx.check()?;
                 std::thread::sleep(std::time::Duration::from_millis(10));
@@ -1355,4 +1356,272 @@ fn snapshots_of_the_main_states() {
     harness.snapshot("cancelled");
     results.extend_harness(&mut harness);
     results.unwrap();
+}
+
+/// The tiny preset the real-render tests use (the shipped ones are 480p and up).
+const TINY_PRESET: &str = "format_version = 1\nname = \"Tiny\"\ndescription = \"64x48 test size\"\n\
+     model = \"wan22-i2v-a14b\"\nwidth = 64\nheight = 48\nnum_frames = 5\nfps = 16\n\
+     steps = 4\nsampler = \"unipc\"\nshift = 5.0\ncfg_high_noise = 3.5\n\
+     cfg_low_noise = 3.0\nboundary = 0.9\ninterpolation_factor = 1\n";
+
+#[test]
+fn a_tiny_real_render_on_the_engine_thread_sends_a_preview_per_step() {
+    use stillmotion_engine::runtime::{Command, EngineHandle, Event};
+    let case = tiny_case();
+    let dir = tempfile::tempdir().unwrap();
+    let preset_path = dir.path().join("tiny.toml");
+    std::fs::write(&preset_path, TINY_PRESET).unwrap();
+    let preset = stillmotion_engine::preset::Preset::load(&preset_path).unwrap();
+    let mut settings = stillmotion_app::gui::Settings::default();
+    settings.apply_preset("tiny", &preset);
+    settings.prompt = "a small red boat drifts across a calm lake at sunset".to_owned();
+    settings.high_noise = Some(case.join("high_noise.safetensors"));
+    settings.low_noise = Some(case.join("low_noise.safetensors"));
+    settings.text_encoder = Some(case.join("umt5.safetensors"));
+    settings.vae = Some(case.join("wan_2.1_vae.safetensors"));
+    settings.output_dir = Some(dir.path().to_owned());
+    settings.seed = 5;
+    let recipe = stillmotion_engine::recipe::Recipe::from_layers(
+        &preset,
+        settings.choices(case.join("image.png"), "previewed.mp4"),
+    );
+    let engine = EngineHandle::spawn_with_previews(
+        stillmotion_engine::pipeline::PipelineRunner::new(),
+        || {},
+    )
+    .unwrap();
+    engine
+        .send(Command::Submit {
+            job_id: 9,
+            kind: JobKind::Render(Box::new(recipe)),
+        })
+        .unwrap();
+    let mut previews = Vec::new();
+    let mut denoising_steps_before = Vec::new();
+    let mut steps_reported = 0;
+    loop {
+        let event = engine
+            .events()
+            .recv_timeout(std::time::Duration::from_mins(2))
+            .unwrap();
+        match event {
+            Event::Progress { progress, .. }
+                if matches!(
+                    progress.stage,
+                    Stage::DenoisingHighNoise | Stage::DenoisingLowNoise
+                ) =>
+            {
+                steps_reported = progress.done;
+            }
+            Event::Preview { job_id, preview } => {
+                assert_eq!(job_id, 9);
+                denoising_steps_before.push(steps_reported);
+                previews.push(preview);
+            }
+            Event::Finished { .. } => break,
+            Event::Failed { message, .. } => panic!("{message}"),
+            _ => {}
+        }
+    }
+    let steps: Vec<(usize, usize)> = previews.iter().map(|p| (p.step, p.total_steps)).collect();
+    assert_eq!(
+        steps,
+        [(0, 4), (1, 4), (2, 4), (3, 4)],
+        "one preview per step"
+    );
+    assert_eq!(
+        denoising_steps_before,
+        [1, 2, 3, 4],
+        "each preview follows its step's progress"
+    );
+    for preview in &previews {
+        assert_eq!(
+            (preview.width, preview.height, preview.frames.len()),
+            (8, 6, 2)
+        );
+    }
+    assert_ne!(
+        previews[0].frames, previews[3].frames,
+        "the prediction changes as the steps go"
+    );
+}
+
+/// Makes the memory plan of the released A14B experts (bf16) at 832×480, 81 frames, with a
+/// budget of `seed` GB (the seed is a convenient per-job number), and sends it; a job that fits
+/// then waits at its first step until cancelled, one that does not fails with the refusal.
+struct Planned;
+
+impl JobRunner for Planned {
+    fn run(&mut self, kind: &JobKind, ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
+        use stillmotion_engine::memory_plan::{
+            DitSize, GIB, MemoryPlan, ModelSizes, PlanInputs, Tokens, VaeSize,
+        };
+        let JobKind::Render(recipe) = kind else {
+            panic!("only renders here");
+        };
+        let dit = DitSize::from_architecture(5120, 13824, 40, 4096, 36, 2);
+        let inputs = PlanInputs {
+            sizes: ModelSizes {
+                high_noise_weights: dit.total(),
+                low_noise_weights: dit.total(),
+                dit,
+                dit_is_float8: false,
+                text_encoder: 5_680_000_000 * 2,
+                vae_weights: 127_000_000 * 4,
+                vae: VaeSize {
+                    last_stage_channels: 96,
+                    spatial_stride: 8,
+                },
+            },
+            tokens: Tokens::new(81, 832, 480, 8),
+            activation_bytes: 2,
+        };
+        let plan = MemoryPlan::decide(&inputs, Some(recipe.seed * GIB))?;
+        ctx.memory_plan(plan);
+        for _ in 0..1000 {
+            ctx.check()?;
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the test never cancelled");
+    }
+
+    fn unload(&mut self) {}
+}
+
+#[test]
+fn the_memory_plan_shows_in_the_job_row_and_a_refusal_says_what_to_change() {
+    use stillmotion_engine::memory_plan::DitPlacement;
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "pier.png", 64, 48);
+    let options = isolated(Some(png));
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .wgpu()
+        .build_eframe(move |cc| StillmotionApp::new(cc, options, Planned));
+    harness.run();
+    // 40 GB: one 28 GB expert at a time fits, both do not.
+    ready_to_render(&mut harness, dir.path(), "the pier at dawn", 40);
+    harness.get_by_label("Render").click();
+    run_until(&mut harness, "the memory plan", |app| {
+        app.jobs()
+            .entries()
+            .first()
+            .is_some_and(|job| job.memory_plan.is_some())
+    });
+    harness.run();
+    let job = harness.state().jobs().entries()[0].clone();
+    assert_eq!(job.memory_plan.unwrap().dit, DitPlacement::OneAtATime);
+    harness.get_by_label("Memory plan: fits, one expert at a time");
+    harness.get_by_label_contains("Experts: one at a time, swapped at the boundary");
+    harness.get_by_label_contains("Text encoder: on the CPU");
+    harness.get_by_label_contains("VAE decode:");
+    harness.get_by_label_contains("of a 40.0 GB budget");
+    harness.get_by_label("Cancel").click();
+    run_until(&mut harness, "the cancel", |app| {
+        app.jobs()
+            .get(job.id)
+            .is_some_and(|entry| entry.state == JobState::Cancelled)
+    });
+
+    // 8 GB: not even two transformer blocks and the activations fit.
+    ready_to_render(&mut harness, dir.path(), "the pier at dusk", 8);
+    harness.get_by_label("Render").click();
+    run_until(&mut harness, "the refusal", |app| {
+        app.jobs()
+            .entries()
+            .iter()
+            .any(|job| matches!(job.state, JobState::Failed { .. }))
+    });
+    harness.run();
+    let refused = harness.state().jobs().entries()[1].clone();
+    assert!(refused.memory_plan.is_none());
+    let refusal = refused.memory_refusal.unwrap();
+    assert!(
+        refusal.contains("choose a smaller resolution or fewer frames"),
+        "{refusal}"
+    );
+    harness.get_by_label("Memory plan: does not fit");
+    harness.get_by_label(&refusal);
+    harness.snapshot("memory_plan_and_refusal");
+}
+
+#[test]
+fn guidance_fields_are_named_and_a_restored_target_frame_rate_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "dunes.png", 64, 48);
+    let mut harness = big_app(isolated(Some(png)));
+    harness.run();
+    {
+        let settings = harness.state_mut().settings_mut();
+        settings.cfg_high_noise = 3.5;
+        settings.cfg_low_noise = 2.5;
+    }
+    harness.run();
+    // Every number field has a name for screen readers (and for these tests).
+    assert_eq!(
+        harness.get_by_label("high noise").value().as_deref(),
+        Some("3.5")
+    );
+    assert_eq!(
+        harness.get_by_label("low noise").value().as_deref(),
+        Some("2.5")
+    );
+    assert!(harness.query_by_label("Target frame rate").is_none());
+    harness.get_by_label("Target fps").click();
+    harness.run();
+    assert_eq!(
+        harness.state().settings().interpolation_target_fps,
+        Some(30.0)
+    );
+    let field = harness.get_by_label("Target frame rate");
+    assert!(field.value().is_some_and(|v| v.contains("30")), "{field:?}");
+
+    // A render at 24 fps, then other settings, then one click brings 24 fps back.
+    ready_to_render(&mut harness, dir.path(), "dunes shift in the wind", 21);
+    harness.state_mut().settings_mut().interpolation_target_fps = Some(24.0);
+    harness.get_by_label("Render").click();
+    run_until(&mut harness, "the render to enter history", |app| {
+        !app.history().entries().is_empty()
+    });
+    harness.get_by_label("×2").click();
+    harness.run();
+    assert_eq!(harness.state().settings().interpolation_target_fps, None);
+    assert_eq!(harness.state().settings().interpolation_factor, 2);
+    harness.get_by_label("Restore settings").click();
+    harness.run();
+    let settings = harness.state().settings();
+    assert_eq!(settings.interpolation_target_fps, Some(24.0));
+    assert_eq!(
+        settings.interpolation(),
+        stillmotion_engine::recipe::Interpolation::TargetFps { fps: 24.0 }
+    );
+    harness.get_by_label("Target frame rate");
+}
+
+#[test]
+fn a_folder_of_png_frames_plays_in_the_preview() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("stillmotion-3");
+    std::fs::create_dir(&folder).unwrap();
+    for index in 0..3_u8 {
+        image::RgbImage::from_pixel(32, 24, image::Rgb([60 * index, 0, 0]))
+            .save(folder.join(format!("frame_{index:05}.png")))
+            .unwrap();
+    }
+    let mut harness = big_app(isolated(None));
+    harness.run();
+    harness
+        .state_mut()
+        .perform(UiAction::PreviewClip(folder.clone()));
+    run_until(&mut harness, "the frames to load", |app| {
+        app.player()
+            .is_some_and(|p| p.path() == folder && p.is_loaded())
+    });
+    harness.run();
+    let player = harness.state().player().unwrap();
+    assert!(player.error().is_none(), "{:?}", player.error());
+    assert_eq!((player.frame_count(), player.fps()), (3, 16.0));
+    assert_eq!(player.current_frame().unwrap().dimensions(), (32, 24));
+    // It plays (autoplay) through three frames.
+    harness.get_by_label_contains(" / 3 · ");
 }

@@ -174,7 +174,11 @@ fn show(event: &Event, terminal: bool) {
         } => format!("done in {elapsed_secs:.1} s: {}", output.path.display()),
         Event::Cancelled { .. } => "cancelled; nothing was written".to_owned(),
         Event::Failed { message, .. } => format!("failed: {message}"),
-        Event::Queued { .. } | Event::Started { .. } | Event::Unloaded => return,
+        Event::Queued { .. }
+        | Event::Started { .. }
+        | Event::Unloaded
+        | Event::Preview { .. }
+        | Event::MemoryPlanRefused { .. } => return,
     };
     if terminal {
         eprintln!("\r\x1b[2K{line}");
@@ -224,6 +228,12 @@ pub fn event_json(event: &Event) -> serde_json::Value {
             json!({"event": "failed", "job_id": job_id, "message": message})
         }
         Event::Unloaded => json!({"event": "unloaded"}),
+        Event::Preview { job_id, preview } => {
+            json!({"event": "preview", "job_id": job_id, "step": preview.step})
+        }
+        Event::MemoryPlanRefused { job_id, message } => {
+            json!({"event": "memory_plan_refused", "job_id": job_id, "message": message})
+        }
         Event::MemoryPlan { job_id, plan } => json!({
             "event": "memory_plan",
             "job_id": job_id,

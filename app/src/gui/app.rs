@@ -15,7 +15,7 @@ use super::gpu_gauge::{GaugeReading, GpuGauge};
 use super::history::{self, History, HistoryEntry, Thumbnail};
 use super::interpolate::{self, InterpolateForm};
 use super::jobs::{self, JobList};
-use super::live_preview::{self, LivePreview, PreviewSlot, PreviewingRunner};
+use super::live_preview::{self, LivePreview};
 use super::models_view::{self, ModelsView};
 use super::player::{self, ClipPlayer};
 use super::settings::{self, ModelSlot, Settings};
@@ -165,7 +165,6 @@ pub struct StillmotionApp {
     thumbnail_receiver: Receiver<Thumbnail>,
     /// The latest denoising step's preview (shown while its job runs).
     live_preview: Option<LivePreview>,
-    preview_slot: PreviewSlot,
     models: ModelsView,
     gpu_gauge: GpuGauge,
     paste_dir: PathBuf,
@@ -227,8 +226,9 @@ impl StillmotionApp {
             tracing::warn!("history thumbnails are unavailable: {e}");
         }
         let wake_ctx = cc.egui_ctx.clone();
-        let (runner, preview_slot) = PreviewingRunner::new(runner, cc.egui_ctx.clone());
-        let engine = match EngineHandle::spawn(runner, move || wake_ctx.request_repaint()) {
+        let engine = match EngineHandle::spawn_with_previews(runner, move || {
+            wake_ctx.request_repaint();
+        }) {
             Ok(engine) => Some(engine),
             Err(e) => {
                 error = Some(format!("The engine could not start: {e:#}"));
@@ -276,7 +276,6 @@ impl StillmotionApp {
             thumbnail_sender,
             thumbnail_receiver,
             live_preview: None,
-            preview_slot,
             models: ModelsView::default(),
             gpu_gauge: GpuGauge::start(&cc.egui_ctx, gpu_available),
             paste_dir: options
@@ -847,8 +846,14 @@ impl eframe::App for StillmotionApp {
             self.run_action(ctx, action);
         }
         self.flush_outbox();
+        // Only the newest preview is uploaded: a UI that fell behind skips steps.
+        let mut newest = None;
         if let Some(engine) = &self.engine {
             for event in engine.events().try_iter() {
+                if let Event::Preview { job_id, preview } = event {
+                    newest = Some((job_id, preview));
+                    continue;
+                }
                 self.jobs.apply(&event);
                 match &event {
                     Event::Finished { job_id, output, .. } => {
@@ -877,11 +882,6 @@ impl eframe::App for StillmotionApp {
                 }
             }
         }
-        let newest = self
-            .preview_slot
-            .lock()
-            .ok()
-            .and_then(|mut slot| slot.take());
         if let Some((job_id, preview)) = newest {
             self.live_preview = Some(LivePreview::new(ctx, job_id, preview));
         }

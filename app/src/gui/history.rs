@@ -6,11 +6,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crossbeam_channel::Sender;
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
 use stillmotion_engine::image_input;
 use stillmotion_engine::recipe::Recipe;
-use stillmotion_engine::video::VideoReader;
 
 use super::UiAction;
+use super::clip_frames::ClipFrames;
 use crate::ui::theme;
 
 /// Older entries beyond this many are forgotten (the files stay).
@@ -125,7 +127,7 @@ pub fn spawn_thumbnails(
 }
 
 fn first_frame(path: &Path) -> Option<image_input::RgbImage> {
-    let result = VideoReader::open(path, image_input::DEFAULT_MAX_PIXELS)
+    let result = ClipFrames::open(path, image_input::DEFAULT_MAX_PIXELS)
         .and_then(|mut reader| reader.next_frame());
     match result {
         Ok(Some(frame)) => Some(image::imageops::thumbnail(
@@ -147,27 +149,17 @@ fn first_frame(path: &Path) -> Option<image_input::RgbImage> {
     }
 }
 
-/// `unix_secs` as `YYYY-MM-DD HH:MM UTC` (civil-from-days; no time-zone database needed).
+/// `unix_secs` as `YYYY-MM-DD HH:MM` and the zone's abbreviation in `zone` (the app passes
+/// the system's time zone: people remember when they rendered in their own time).
 #[must_use]
-pub fn format_date(unix_secs: u64) -> String {
-    let days = (unix_secs / 86_400) as i64;
-    let minutes_of_day = (unix_secs % 86_400) / 60;
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
-        minutes_of_day / 60,
-        minutes_of_day % 60
-    )
+pub fn format_date(unix_secs: u64, zone: &TimeZone) -> String {
+    match i64::try_from(unix_secs).map(Timestamp::from_second) {
+        Ok(Ok(timestamp)) => timestamp
+            .to_zoned_datetime(zone.clone())
+            .strftime("%Y-%m-%d %H:%M %Z")
+            .to_string(),
+        _ => "unknown date".to_owned(),
+    }
 }
 
 /// Draws the history list; `playing` is the clip in the preview, if any.
@@ -179,6 +171,7 @@ pub fn show(
     playing: Option<&Path>,
 ) -> Option<UiAction> {
     let mut action = None;
+    let zone = TimeZone::system();
     ui.heading("History");
     if history.entries.is_empty() {
         ui.colored_label(
@@ -214,7 +207,10 @@ pub fn show(
                     {
                         action = Some(UiAction::PreviewClip(entry.path.clone()));
                     }
-                    ui.colored_label(theme::WEAK_TEXT, format_date(entry.finished_unix_secs));
+                    ui.colored_label(
+                        theme::WEAK_TEXT,
+                        format_date(entry.finished_unix_secs, &zone),
+                    );
                     let prompt: String = entry.prompt.chars().take(60).collect();
                     ui.label(prompt).on_hover_text(&entry.prompt);
                     ui.colored_label(theme::WEAK_TEXT, &entry.summary);
@@ -249,10 +245,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_are_utc_calendar_dates() {
-        assert_eq!(format_date(0), "1970-01-01 00:00 UTC");
-        assert_eq!(format_date(951_782_400), "2000-02-29 00:00 UTC");
-        assert_eq!(format_date(1_795_631_400), "2026-11-25 18:30 UTC");
+    fn dates_are_calendar_dates_in_the_given_time_zone() {
+        assert_eq!(format_date(0, &TimeZone::UTC), "1970-01-01 00:00 UTC");
+        assert_eq!(
+            format_date(951_782_400, &TimeZone::UTC),
+            "2000-02-29 00:00 UTC"
+        );
+        let tokyo = TimeZone::fixed(jiff::tz::offset(9));
+        assert_eq!(
+            format_date(1_795_631_400, &tokyo),
+            "2026-11-26 03:30 +09",
+            "the next day in Tokyo"
+        );
+        let new_york = TimeZone::posix("EST5EDT,M3.2.0,M11.1.0").unwrap();
+        assert_eq!(
+            format_date(1_795_631_400, &new_york),
+            "2026-11-25 13:30 EST"
+        );
+        assert_eq!(
+            format_date(1_782_405_000, &new_york),
+            "2026-06-25 12:30 EDT",
+            "summer time"
+        );
     }
 
     #[test]

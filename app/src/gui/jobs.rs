@@ -6,9 +6,11 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use stillmotion_engine::memory_plan::MemoryPlan;
 use stillmotion_engine::runtime::{Event, JobId, JobKind, Progress, Stage};
 
 use super::UiAction;
+use super::memory_plan;
 use crate::ui::theme;
 
 /// Where a job stands.
@@ -44,6 +46,10 @@ pub struct JobEntry {
     pub secs_per_unit: Option<f64>,
     pub eta_secs: Option<f64>,
     pub warnings: Vec<String>,
+    /// Where the job's components live and its predicted peak (renders, once planned).
+    pub memory_plan: Option<Box<MemoryPlan>>,
+    /// Why the memory plan refused the job, and what to change.
+    pub memory_refusal: Option<String>,
 }
 
 impl JobEntry {
@@ -88,6 +94,8 @@ impl JobList {
             secs_per_unit: None,
             eta_secs: None,
             warnings: Vec::new(),
+            memory_plan: None,
+            memory_refusal: None,
         });
         self.waiting.push((self.next_id, kind));
         self.renumber();
@@ -175,11 +183,6 @@ impl JobList {
     }
 
     /// Updates the list from one engine event.
-    #[allow(
-        clippy::match_wildcard_for_single_variants,
-        reason = "events the queue does not show (today only Unloaded; the engine adds more) \
-                  must not need a change here"
-    )]
     pub fn apply(&mut self, event: &Event) {
         let id = match event {
             Event::Queued { job_id, .. }
@@ -188,7 +191,9 @@ impl JobList {
             | Event::Warning { job_id, .. }
             | Event::Finished { job_id, .. }
             | Event::Cancelled { job_id }
-            | Event::Failed { job_id, .. } => *job_id,
+            | Event::Failed { job_id, .. }
+            | Event::MemoryPlan { job_id, .. }
+            | Event::MemoryPlanRefused { job_id, .. } => *job_id,
             _ => return,
         };
         let Some(entry) = self.entries.iter_mut().find(|entry| entry.id == id) else {
@@ -212,6 +217,10 @@ impl JobList {
                 entry.eta_secs = *eta_secs;
             }
             Event::Warning { message, .. } => entry.warnings.push(message.clone()),
+            Event::MemoryPlan { plan, .. } => entry.memory_plan = Some(plan.clone()),
+            Event::MemoryPlanRefused { message, .. } => {
+                entry.memory_refusal = Some(message.clone());
+            }
             Event::Finished {
                 output,
                 elapsed_secs,
@@ -336,8 +345,15 @@ fn row(ui: &mut egui::Ui, entry: &JobEntry, waiting: &[JobId]) -> Option<UiActio
             ui.colored_label(theme::WEAK_TEXT, "cancelled");
         }
         JobState::Failed { message } => {
-            ui.colored_label(theme::ERROR_TEXT, message);
+            if entry.memory_refusal.as_ref() == Some(message) {
+                memory_plan::show_refusal(ui, message);
+            } else {
+                ui.colored_label(theme::ERROR_TEXT, message);
+            }
         }
+    }
+    if let Some(plan) = &entry.memory_plan {
+        memory_plan::show(ui, entry.id, plan, entry.is_active());
     }
     for warning in &entry.warnings {
         ui.colored_label(theme::WEAK_TEXT, warning);

@@ -1,66 +1,16 @@
 //! The live preview of a running render: the engine's cheap latent → RGB projection of each
-//! denoising step, animated in the central area so a bad seed can be stopped at step one.
+//! denoising step (its `Event::Preview`), animated in the central area so a bad seed can be
+//! stopped at step one.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stillmotion_engine::EngineError;
-use stillmotion_engine::runtime::{JobContext, JobId, JobKind, JobOutput, JobRunner};
-use stillmotion_engine::sampling::{LatentPreview, with_preview_sink};
+use stillmotion_engine::runtime::JobId;
+use stillmotion_engine::sampling::LatentPreview;
 
 use crate::ui::theme;
 
-/// The newest step's preview, handed from the engine thread to the UI: a slot, not a queue, so
-/// a UI that falls behind skips steps and always shows the latest one.
-pub type PreviewSlot = Arc<Mutex<Option<(JobId, LatentPreview)>>>;
-
 /// Each latent frame stands for 4 video frames at 16 fps (redrawn every 250 ms).
 const LATENT_FRAMES_PER_SEC: f32 = 4.0;
-
-/// Wraps the engine's job runner so that each job's denoising steps reach the UI.
-pub struct PreviewingRunner<R> {
-    inner: R,
-    slot: PreviewSlot,
-    wake: egui::Context,
-}
-
-impl<R: JobRunner> PreviewingRunner<R> {
-    /// The runner, and the slot its previews arrive in.
-    pub fn new(inner: R, wake: egui::Context) -> (Self, PreviewSlot) {
-        let slot = PreviewSlot::default();
-        (
-            Self {
-                inner,
-                slot: slot.clone(),
-                wake,
-            },
-            slot,
-        )
-    }
-}
-
-impl<R: JobRunner> JobRunner for PreviewingRunner<R> {
-    fn run(&mut self, kind: &JobKind, ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
-        let job_id = ctx.job_id();
-        let slot = self.slot.clone();
-        let wake = self.wake.clone();
-        let inner = &mut self.inner;
-        with_preview_sink(
-            move |preview| {
-                // A poisoned slot means the UI thread panicked: nobody is watching.
-                if let Ok(mut slot) = slot.lock() {
-                    *slot = Some((job_id, preview));
-                    wake.request_repaint();
-                }
-            },
-            || inner.run(kind, ctx),
-        )
-    }
-
-    fn unload(&mut self) {
-        self.inner.unload();
-    }
-}
 
 /// The latest preview of the running render, uploaded as one texture per latent frame.
 pub struct LivePreview {

@@ -1,11 +1,13 @@
 //! The main window: state, per-frame logic, and drawing.
 
 mod app;
+mod clip_frames;
 mod gpu_gauge;
 mod history;
 mod interpolate;
 mod jobs;
 mod live_preview;
+mod memory_plan;
 mod models_view;
 mod player;
 mod settings;
@@ -17,7 +19,6 @@ pub use gpu_gauge::GaugeReading;
 pub use history::{History, HistoryEntry};
 pub use interpolate::InterpolateForm;
 pub use jobs::{JobEntry, JobList, JobState};
-pub use live_preview::PreviewingRunner;
 pub use models_view::ModelsView;
 pub use player::ClipPlayer;
 pub use settings::{ModelSlot, SamplerChoice, Settings};

@@ -1,15 +1,16 @@
-//! The preview player of a finished clip: frames are decoded by the engine's video reader on a
-//! named thread and kept in memory as RGB; only the frame on screen is uploaded, into one
-//! texture, so a long clip never takes GPU memory the renderer needs. Playback runs at the
-//! clip's own rate (times the chosen speed) from egui's clock, so it needs no timer thread.
+//! The preview player of a finished clip: frames are decoded by the engine's video reader (or
+//! read from a folder of PNG frames) on a named thread and kept in memory as RGB; only the frame
+//! on screen is uploaded, into one texture, so a long clip never takes GPU memory the renderer
+//! needs. Playback runs at the clip's own rate (times the chosen speed) from egui's clock, so it
+//! needs no timer thread.
 
 use std::path::{Path, PathBuf};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use stillmotion_engine::image_input::{self, RgbImage};
-use stillmotion_engine::video::VideoReader;
 
 use super::UiAction;
+use super::clip_frames::ClipFrames;
 use crate::ui::theme;
 
 /// Clips longer than this are previewed up to here (about 2 minutes at 16 fps); the file itself
@@ -296,7 +297,7 @@ fn decode(path: &Path, sender: &Sender<Decoded>, wake: &egui::Context) {
         wake.request_repaint();
         sent
     };
-    let mut reader = match VideoReader::open(path, image_input::DEFAULT_MAX_PIXELS) {
+    let mut reader = match ClipFrames::open(path, image_input::DEFAULT_MAX_PIXELS) {
         Ok(reader) => reader,
         Err(error) => {
             send(Decoded::Failed(format!("{error:#}")));
@@ -307,7 +308,7 @@ fn decode(path: &Path, sender: &Sender<Decoded>, wake: &egui::Context) {
     let frame_bytes = u64::from(width) * u64::from(height) * 3;
     let limit = MAX_PREVIEW_FRAMES.min((MAX_PREVIEW_BYTES / frame_bytes.max(1)).max(1) as usize);
     if !send(Decoded::Opened {
-        fps: reader.fps().as_f64(),
+        fps: reader.fps(),
         width,
         height,
     }) {

@@ -70,6 +70,9 @@ pub struct Settings {
     pub seed: u64,
     pub seed_locked: bool,
     pub interpolation_factor: u32,
+    /// Resample to this frame rate with RIFE instead of multiplying the frame count (then
+    /// `interpolation_factor` is ignored).
+    pub interpolation_target_fps: Option<f64>,
     pub high_noise: Option<PathBuf>,
     pub low_noise: Option<PathBuf>,
     pub text_encoder: Option<PathBuf>,
@@ -120,6 +123,7 @@ impl Default for Settings {
             seed: 0,
             seed_locked: false,
             interpolation_factor: 1,
+            interpolation_target_fps: None,
             high_noise: None,
             low_noise: None,
             text_encoder: None,
@@ -142,6 +146,7 @@ impl Settings {
         self.shift = preset.shift;
         self.sampler = preset.sampler.into();
         self.interpolation_factor = preset.interpolation_factor;
+        self.interpolation_target_fps = None;
     }
 
     /// Takes every value a finished render's `recipe` used that these settings can hold, so the
@@ -168,9 +173,10 @@ impl Settings {
         self.sampler = recipe.sampler.into();
         self.seed = recipe.seed;
         self.seed_locked = true;
-        self.interpolation_factor = match recipe.interpolation {
-            Interpolation::Multiplier { factor } => factor,
-            Interpolation::Off | Interpolation::TargetFps { .. } => 1,
+        (self.interpolation_factor, self.interpolation_target_fps) = match recipe.interpolation {
+            Interpolation::Multiplier { factor } => (factor, None),
+            Interpolation::TargetFps { fps } => (1, Some(fps)),
+            Interpolation::Off => (1, None),
         };
         self.high_noise.clone_from(&recipe.models.high_noise);
         self.low_noise.clone_from(&recipe.models.low_noise);
@@ -215,16 +221,22 @@ impl Settings {
             shift: Some(self.shift),
             cfg_high_noise: Some(self.cfg_high_noise),
             cfg_low_noise: Some(self.cfg_low_noise),
-            interpolation: Some(if self.interpolation_factor > 1 {
-                Interpolation::Multiplier {
-                    factor: self.interpolation_factor,
-                }
-            } else {
-                Interpolation::Off
-            }),
+            interpolation: Some(self.interpolation()),
             output: Some(output_dir.join(output_name)),
             reserve_vram_gb: Some(self.reserve_vram_gb),
             ..RecipeChoices::default()
+        }
+    }
+
+    /// The interpolation these settings ask for.
+    #[must_use]
+    pub fn interpolation(&self) -> Interpolation {
+        match self.interpolation_target_fps {
+            Some(fps) => Interpolation::TargetFps { fps },
+            None if self.interpolation_factor > 1 => Interpolation::Multiplier {
+                factor: self.interpolation_factor,
+            },
+            None => Interpolation::Off,
         }
     }
 
@@ -240,6 +252,39 @@ impl Settings {
     /// Sets a model path (from a file dialog).
     pub fn set_model_path(&mut self, slot: ModelSlot, path: PathBuf) {
         *self.model_path_mut(slot) = Some(path);
+    }
+}
+
+/// Frame rate offered when the user switches to a target frame rate.
+const DEFAULT_TARGET_FPS: f64 = 30.0;
+
+/// Off, ×2, ×3, ×4, or a target frame rate with its field.
+fn interpolation_choice(ui: &mut egui::Ui, settings: &mut Settings) {
+    for (factor, label) in [(1, "Off"), (2, "×2"), (3, "×3"), (4, "×4")] {
+        let selected =
+            settings.interpolation_target_fps.is_none() && settings.interpolation_factor == factor;
+        if ui
+            .selectable_label(selected, label)
+            .on_hover_text("RIFE frame interpolation after decoding")
+            .clicked()
+        {
+            settings.interpolation_factor = factor;
+            settings.interpolation_target_fps = None;
+        }
+    }
+    if ui
+        .selectable_label(settings.interpolation_target_fps.is_some(), "Target fps")
+        .on_hover_text("Resample the clip to a frame rate of your choice with RIFE")
+        .clicked()
+        && settings.interpolation_target_fps.is_none()
+    {
+        settings.interpolation_target_fps = Some(DEFAULT_TARGET_FPS);
+    }
+    if let Some(fps) = &mut settings.interpolation_target_fps {
+        let label = ui.label("Target frame rate");
+        ui.add(egui::DragValue::new(fps).range(1.0..=240.0).suffix(" fps"))
+            .labelled_by(label.id)
+            .on_hover_text("The frame rate of the interpolated clip");
     }
 }
 
@@ -365,19 +410,24 @@ pub fn show(
             .on_hover_text("Flow shift of the sigma schedule (5.0 for Wan2.2)");
             ui.end_row();
 
-            ui.label("CFG high / low");
+            ui.label("CFG");
             ui.horizontal(|ui| {
+                // Each field is named for screen readers by its own label.
+                let high = ui.label("high noise");
                 ui.add(
                     egui::DragValue::new(&mut settings.cfg_high_noise)
                         .range(1.0..=20.0)
                         .speed(0.1),
                 )
+                .labelled_by(high.id)
                 .on_hover_text("Guidance of the high-noise expert (1 = off, faster)");
+                let low = ui.label("low noise");
                 ui.add(
                     egui::DragValue::new(&mut settings.cfg_low_noise)
                         .range(1.0..=20.0)
                         .speed(0.1),
                 )
+                .labelled_by(low.id)
                 .on_hover_text("Guidance of the low-noise expert (1 = off, faster)");
             });
             ui.end_row();
@@ -401,10 +451,7 @@ pub fn show(
 
             ui.label("Interpolation");
             ui.horizontal(|ui| {
-                for (factor, label) in [(1, "Off"), (2, "×2"), (3, "×3"), (4, "×4")] {
-                    ui.selectable_value(&mut settings.interpolation_factor, factor, label)
-                        .on_hover_text("RIFE frame interpolation after decoding");
-                }
+                interpolation_choice(ui, settings);
             });
             ui.end_row();
 
@@ -510,5 +557,45 @@ mod tests {
         foreign.preset_name = "Someone else's preset".to_owned();
         assert!(!restored.restore(&foreign, &presets));
         assert_eq!(restored.preset, *stem);
+    }
+
+    #[test]
+    fn a_target_frame_rate_survives_a_restore_and_a_preset_switch_clears_it() {
+        let presets = stillmotion_engine::preset::shipped().unwrap();
+        let (stem, preset) = &presets[0];
+        let mut made = Settings::default();
+        made.apply_preset(stem, preset);
+        made.prompt = "waves".to_owned();
+        made.interpolation_factor = 3;
+        made.interpolation_target_fps = Some(24.0);
+        assert_eq!(made.interpolation(), Interpolation::TargetFps { fps: 24.0 });
+        let recipe = Recipe::from_layers(
+            preset,
+            made.choices(PathBuf::from("/images/sea.png"), "out.mp4"),
+        );
+        assert_eq!(recipe.interpolation, Interpolation::TargetFps { fps: 24.0 });
+
+        let mut restored = Settings::default();
+        assert!(restored.restore(&recipe, &presets));
+        assert_eq!(restored.interpolation_target_fps, Some(24.0));
+        assert_eq!(
+            restored.interpolation(),
+            Interpolation::TargetFps { fps: 24.0 }
+        );
+        assert_eq!(
+            restored.interpolation_factor, 1,
+            "a target rate has no multiplier"
+        );
+
+        restored.apply_preset(stem, preset);
+        assert_eq!(restored.interpolation_target_fps, None);
+        assert_eq!(
+            restored.interpolation(),
+            Settings {
+                interpolation_factor: preset.interpolation_factor,
+                ..Settings::default()
+            }
+            .interpolation()
+        );
     }
 }

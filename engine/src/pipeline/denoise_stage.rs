@@ -154,6 +154,7 @@ impl PipelineRunner {
                 Expert::LowNoise => Stage::DenoisingLowNoise,
             };
             ctx.progress(stage_now, count(step.index + 1), count(step.total));
+            ctx.preview(|| crate::sampling::LatentPreview::of_step(step));
             if has_low && Some(step.index) == last_high {
                 // Recording stops here: the low-noise phase is saved as final latents.
                 if let Some(predictions) = recorded.borrow_mut().take() {

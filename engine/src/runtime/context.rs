@@ -7,6 +7,7 @@ use crossbeam_channel::Receiver;
 use super::cancel::CancelToken;
 use super::messages::{Command, Event, JobId};
 use crate::EngineError;
+use crate::sampling::LatentPreview;
 
 /// The stages of a job, in the order a render goes through them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -53,6 +54,8 @@ pub struct JobContext<'a> {
     events: &'a dyn Fn(Event),
     /// Commands that arrived while the job runs; the runtime handles them between steps.
     pending: Option<&'a dyn Fn(&JobContext<'_>)>,
+    /// Where live previews go, when the caller wants them; never blocks.
+    previews: Option<&'a dyn Fn(Event)>,
     stage_started: std::cell::Cell<Option<(Stage, Instant, u32)>>,
 }
 
@@ -70,7 +73,37 @@ impl<'a> JobContext<'a> {
             cancel,
             events,
             pending: between_steps,
+            previews: None,
             stage_started: std::cell::Cell::new(None),
+        }
+    }
+
+    /// The same context, sending live previews through `previews`, which must not block (the
+    /// runtime drops a preview when its event channel is full).
+    #[must_use]
+    pub fn with_previews(mut self, previews: &'a dyn Fn(Event)) -> Self {
+        self.previews = Some(previews);
+        self
+    }
+
+    /// Whether anyone listens to live previews (building one costs a little).
+    #[must_use]
+    pub fn wants_previews(&self) -> bool {
+        self.previews.is_some()
+    }
+
+    /// Sends the live preview `make` builds, when anyone listens (`make` runs only then). A
+    /// preview never fails a job: one that cannot be built is logged and skipped.
+    pub fn preview(&self, make: impl FnOnce() -> Result<LatentPreview, EngineError>) {
+        let Some(previews) = self.previews else {
+            return;
+        };
+        match make() {
+            Ok(preview) => previews(Event::Preview {
+                job_id: self.job_id,
+                preview,
+            }),
+            Err(error) => tracing::warn!(job_id = self.job_id, "no live preview: {error}"),
         }
     }
 

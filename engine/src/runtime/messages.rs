@@ -83,4 +83,17 @@ pub enum Event {
         job_id: JobId,
         plan: Box<crate::memory_plan::MemoryPlan>,
     },
+    /// The live preview of the denoising step just taken (only to callers that asked for
+    /// previews). Disposable: the engine drops one rather than wait when the event channel is
+    /// full, so a caller may miss steps.
+    Preview {
+        job_id: JobId,
+        preview: crate::sampling::LatentPreview,
+    },
+    /// The job's memory plan found no placement that fits the device's budget; `message` says
+    /// what it needs and what to change. A `Failed` with the same message follows.
+    MemoryPlanRefused {
+        job_id: JobId,
+        message: String,
+    },
 }

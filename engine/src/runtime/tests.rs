@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use super::thread::EVENT_CAPACITY_FOR_TESTS;
 use super::*;
 use crate::EngineError;
 use crate::preset::Preset;
@@ -213,4 +214,86 @@ fn unload_waits_for_the_running_job_and_drop_joins_the_thread() {
         })
         .unwrap();
     drop(handle); // Shutdown cancels job 2 and joins; must not hang.
+}
+
+/// Sends `count` previews as fast as it can, counting how often a preview was built.
+struct PreviewRunner {
+    count: usize,
+    built: Arc<AtomicUsize>,
+}
+
+impl JobRunner for PreviewRunner {
+    fn run(&mut self, _kind: &JobKind, ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
+        for step in 0..self.count {
+            ctx.preview(|| {
+                self.built.fetch_add(1, Ordering::SeqCst);
+                Ok(crate::sampling::LatentPreview {
+                    step,
+                    total_steps: self.count,
+                    width: 1,
+                    height: 1,
+                    frames: vec![vec![0, 0, 0]],
+                })
+            });
+        }
+        Ok(JobOutput {
+            path: "p.mp4".into(),
+        })
+    }
+
+    fn unload(&mut self) {}
+}
+
+#[test]
+fn previews_are_dropped_rather_than_block_and_are_built_only_when_asked_for() {
+    let built = Arc::new(AtomicUsize::new(0));
+    let runner = PreviewRunner {
+        count: 300,
+        built: built.clone(),
+    };
+    let handle = EngineHandle::spawn_with_previews(runner, || {}).unwrap();
+    handle
+        .send(Command::Submit {
+            job_id: 1,
+            kind: render("p.mp4"),
+        })
+        .unwrap();
+    // Nobody drains while the job runs: the channel fills with the first previews.
+    while built.load(Ordering::SeqCst) < 300 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (seen, done) = until_terminal(&handle, 1);
+    assert!(
+        matches!(done, Event::Finished { job_id: 1, .. }),
+        "{done:?}"
+    );
+    let steps: Vec<usize> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Preview { job_id: 1, preview } => Some(preview.step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        (0..EVENT_CAPACITY_FOR_TESTS - 2).collect::<Vec<_>>(),
+        "Queued and Started take two slots; previews past a full channel are dropped, in order"
+    );
+    drop(handle);
+
+    let built = Arc::new(AtomicUsize::new(0));
+    let runner = PreviewRunner {
+        count: 3,
+        built: built.clone(),
+    };
+    let handle = EngineHandle::spawn(runner, || {}).unwrap();
+    handle
+        .send(Command::Submit {
+            job_id: 2,
+            kind: render("p.mp4"),
+        })
+        .unwrap();
+    let (seen, _) = until_terminal(&handle, 2);
+    assert!(!seen.iter().any(|e| matches!(e, Event::Preview { .. })));
+    assert_eq!(built.load(Ordering::SeqCst), 0, "no preview is built");
 }

@@ -17,6 +17,8 @@ const COMMAND_CAPACITY: usize = 8;
 /// Capacity of the event channel: a GUI drains it every frame, a CLI continuously. When a caller
 /// stops draining, the engine waits (back-pressure) rather than growing memory.
 const EVENT_CAPACITY: usize = 256;
+#[cfg(test)]
+pub(super) const EVENT_CAPACITY_FOR_TESTS: usize = EVENT_CAPACITY;
 
 /// Does the work of a job. The engine thread owns one runner, which owns the loaded models, so
 /// models stay loaded between jobs.
@@ -37,10 +39,27 @@ pub struct EngineHandle {
 
 impl EngineHandle {
     /// Starts the engine thread. `wake` is called after every event (a GUI passes
-    /// `move || ctx.request_repaint()`).
+    /// `move || ctx.request_repaint()`). Jobs send no live previews.
     pub fn spawn(
         runner: impl JobRunner,
         wake: impl Fn() + Send + Sync + 'static,
+    ) -> Result<Self, EngineError> {
+        Self::start(runner, wake, false)
+    }
+
+    /// Like [`spawn`](Self::spawn), and render jobs also send an [`Event::Preview`] per
+    /// denoising step (dropped rather than waited for when the event channel is full).
+    pub fn spawn_with_previews(
+        runner: impl JobRunner,
+        wake: impl Fn() + Send + Sync + 'static,
+    ) -> Result<Self, EngineError> {
+        Self::start(runner, wake, true)
+    }
+
+    fn start(
+        runner: impl JobRunner,
+        wake: impl Fn() + Send + Sync + 'static,
+        previews: bool,
     ) -> Result<Self, EngineError> {
         let (command_sender, command_receiver) = bounded(COMMAND_CAPACITY);
         let (event_sender, event_receiver) = bounded(EVENT_CAPACITY);
@@ -55,6 +74,7 @@ impl EngineHandle {
                         wake: Box::new(wake),
                         queue: RefCell::new(VecDeque::new()),
                         stopping: Cell::new(false),
+                        previews,
                     },
                 }
                 .run();
@@ -122,6 +142,8 @@ struct Shared {
     wake: Box<dyn Fn() + Send + Sync>,
     queue: RefCell<VecDeque<(JobId, JobKind)>>,
     stopping: Cell<bool>,
+    /// Whether jobs send live previews.
+    previews: bool,
 }
 
 impl<R: JobRunner> EngineLoop<R> {
@@ -170,7 +192,11 @@ impl<R: JobRunner> EngineLoop<R> {
                 }
             }
         };
-        let ctx = JobContext::new(job_id, cancel.clone(), &emit, Some(&between_steps));
+        let preview = |event: Event| shared.emit_disposable(event);
+        let mut ctx = JobContext::new(job_id, cancel.clone(), &emit, Some(&between_steps));
+        if shared.previews {
+            ctx = ctx.with_previews(&preview);
+        }
         // Commands that arrived before the job started (a cancel, a shutdown) apply first.
         let result = ctx.check().and_then(|()| self.runner.run(kind, &ctx));
         match result {
@@ -181,6 +207,12 @@ impl<R: JobRunner> EngineLoop<R> {
             }),
             Err(EngineError::Cancelled) => shared.emit(Event::Cancelled { job_id }),
             Err(error) => {
+                if let EngineError::MemoryPlanRefused { problem } = &error {
+                    shared.emit(Event::MemoryPlanRefused {
+                        job_id,
+                        message: problem.clone(),
+                    });
+                }
                 let message = format!("{error:#}");
                 tracing::error!("job {job_id} failed: {message}");
                 shared.emit(Event::Failed { job_id, message });
@@ -197,6 +229,17 @@ impl Shared {
     fn emit(&self, event: Event) {
         if self.events.send(event).is_ok() {
             (self.wake)();
+        }
+    }
+
+    /// Sends an event that may be lost (a live preview): never waits for a full channel.
+    fn emit_disposable(&self, event: Event) {
+        match self.events.try_send(event) {
+            Ok(()) => (self.wake)(),
+            Err(TrySendError::Full(_)) => {
+                tracing::debug!("the event channel is full: a live preview was dropped");
+            }
+            Err(TrySendError::Disconnected(_)) => {}
         }
     }
 

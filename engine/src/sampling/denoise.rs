@@ -134,8 +134,13 @@ pub struct StepProgress<'a> {
     pub expert: Expert,
     /// Number of network passes this step took (1 or 2).
     pub model_calls: usize,
-    /// The latents after this step (for previews).
+    /// The latents after this step.
     pub latents: &'a Tensor,
+    /// The latents this step started from, the flow it applied and the step's sigma: together
+    /// the clean latent the step predicts (`x0 = x − σ·v`), which live previews show.
+    pub previous: &'a Tensor,
+    pub flow: &'a Tensor,
+    pub sigma: Option<f32>,
 }
 
 /// Runs every step of `scheduler`'s schedule from `noise` and returns the final latents.
@@ -177,8 +182,12 @@ where
             }
             None => (cond, 1),
         };
-        super::preview::offer(index, total, &*scheduler, &latents, &flow);
-        latents = scheduler.step(&flow, &latents)?;
+        let sigma = scheduler
+            .schedule()
+            .sigmas
+            .get(scheduler.step_index())
+            .copied();
+        let next = scheduler.step(&flow, &latents)?;
         tracing::debug!(step = index + 1, total, timestep, ?expert, "denoise step");
         on_step(&StepProgress {
             index,
@@ -186,8 +195,12 @@ where
             timestep,
             expert,
             model_calls,
-            latents: &latents,
+            latents: &next,
+            previous: &latents,
+            flow: &flow,
+            sigma,
         })?;
+        latents = next;
     }
     Ok(latents)
 }

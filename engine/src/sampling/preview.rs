@@ -7,18 +7,16 @@
 //! DiT works on (ours are the same: `(z - mean) / std` per channel); the result maps −1..1 to
 //! 0..255 as ComfyUI's `Latent2RGBPreviewer` does.
 //!
-//! How previews reach a listener: the job runner (the app's wrapper around the pipeline) scopes
-//! a sink to one job's run on the engine thread with [`with_preview_sink`]; the loop offers each
-//! step to it. Nothing is computed when no sink is set (the CLI, the golden tests). The sink is
-//! scoped to the calling thread and the closure's extent, so two jobs never share it.
-// TODO(lead): once `Event` gets a `Preview` variant, the runner can pass previews through
-// `JobContext` like progress, and this scoped sink can go.
-
-use std::cell::RefCell;
+//! How previews reach a listener: the denoising loop hands each step's latents, flow and sigma
+//! to its callback ([`StepProgress`]); the pipeline passes [`LatentPreview::of_step`] to
+//! [`JobContext::preview`](crate::runtime::JobContext::preview), which builds the preview only
+//! when the job's caller asked for previews and sends it as an
+//! [`Event::Preview`](crate::runtime::Event::Preview). Nothing is computed otherwise (the CLI,
+//! the golden tests).
 
 use candle_core::{DType, Device, Tensor};
 
-use super::FlowScheduler;
+use super::StepProgress;
 use crate::EngineError;
 
 /// Latent channel → (R, G, B) weights of the Wan2.1 VAE's 16 latent channels.
@@ -58,72 +56,28 @@ pub struct LatentPreview {
     pub frames: Vec<Vec<u8>>,
 }
 
-type Sink = Box<dyn FnMut(LatentPreview)>;
-
-thread_local! {
-    static SINK: RefCell<Option<Sink>> = const { RefCell::new(None) };
-}
-
-/// Restores the sink that was set before, also when the body unwinds.
-struct Restore(Option<Sink>);
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        let previous = self.0.take();
-        SINK.with(|slot| *slot.borrow_mut() = previous);
-    }
-}
-
-/// Runs `body` with `sink` receiving one [`LatentPreview`] per denoising step taken on this
-/// thread inside it.
-pub fn with_preview_sink<R>(
-    sink: impl FnMut(LatentPreview) + 'static,
-    body: impl FnOnce() -> R,
-) -> R {
-    let previous = SINK.with(|slot| slot.borrow_mut().replace(Box::new(sink)));
-    let _restore = Restore(previous);
-    body()
-}
-
-/// Called by the loop before each step: when a sink listens, sends the projection of the clean
-/// latent predicted from `latents` and `flow` at the step's sigma (flow matching:
-/// `x0 = x − σ·v`). A preview never fails a render: errors are logged.
-pub(crate) fn offer<S: FlowScheduler + ?Sized>(
-    step: usize,
-    total_steps: usize,
-    scheduler: &S,
-    latents: &Tensor,
-    flow: &Tensor,
-) {
-    let Some(mut sink) = SINK.with(|slot| slot.borrow_mut().take()) else {
-        return;
-    };
-    let sigma = scheduler
-        .schedule()
-        .sigmas
-        .get(scheduler.step_index())
-        .copied();
-    let preview = sigma
-        .ok_or_else(|| EngineError::Sampler {
+impl LatentPreview {
+    /// The preview of the step just taken: the projection of the clean latent it predicts
+    /// (flow matching: `x0 = x − σ·v` at the step's sigma), downscaled to
+    /// [`MAX_PREVIEW_SIDE`].
+    ///
+    /// # Errors
+    /// [`EngineError::Sampler`] when the step has no sigma or the latents do not have 16
+    /// channels; tensor errors.
+    pub fn of_step(step: &StepProgress<'_>) -> Result<Self, EngineError> {
+        let sigma = step.sigma.ok_or_else(|| EngineError::Sampler {
             problem: "the schedule has no sigma for this step".to_owned(),
-        })
-        .and_then(|sigma| predicted_clean(latents, flow, sigma));
-    match preview.and_then(|x0| project(&x0, MAX_PREVIEW_SIDE)) {
-        Ok((width, height, frames)) => sink(LatentPreview {
-            step,
-            total_steps,
+        })?;
+        let x0 = predicted_clean(step.previous, step.flow, sigma)?;
+        let (width, height, frames) = project(&x0, MAX_PREVIEW_SIDE)?;
+        Ok(Self {
+            step: step.index,
+            total_steps: step.total,
             width,
             height,
             frames,
-        }),
-        Err(error) => tracing::warn!("no live preview for step {}: {error}", step + 1),
+        })
     }
-    SINK.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(sink);
-        }
-    });
 }
 
 fn predicted_clean(latents: &Tensor, flow: &Tensor, sigma: f32) -> Result<Tensor, EngineError> {
@@ -251,7 +205,7 @@ mod tests {
     }
 
     #[test]
-    fn the_sink_sees_only_steps_inside_its_scope() {
+    fn each_step_previews_the_clean_latent_it_predicts() {
         use crate::sampling::{Denoiser, Expert, LoopConfig, ScheduleKind, denoise};
 
         /// Predicts the flow that leads to a clean latent of 1.0 in channel 14 from any sample.
@@ -271,32 +225,32 @@ mod tests {
                 Ok((latents - clean)?)
             }
         }
-        let run = |expected: usize| {
-            let noise = Tensor::ones((16, 1, 2, 2), DType::F32, &Device::Cpu).unwrap();
-            let mut sampler =
-                crate::sampling::FlowEuler::new(ScheduleKind::Simple, expected, 5.0).unwrap();
-            let cfg = LoopConfig {
-                cfg_high_noise: 1.0,
-                cfg_low_noise: 1.0,
-                ..LoopConfig::i2v_a14b()
-            };
-            denoise(&mut TowardsOne, &mut sampler, noise, &cfg, |_| Ok(())).unwrap();
+        let noise = Tensor::ones((16, 1, 2, 2), DType::F32, &Device::Cpu).unwrap();
+        let mut sampler = crate::sampling::FlowEuler::new(ScheduleKind::Simple, 2, 5.0).unwrap();
+        let cfg = LoopConfig {
+            cfg_high_noise: 1.0,
+            cfg_low_noise: 1.0,
+            ..LoopConfig::i2v_a14b()
         };
-        let seen = std::rc::Rc::new(RefCell::new(Vec::new()));
-        run(3);
-        let sink_seen = seen.clone();
-        with_preview_sink(
-            move |preview: LatentPreview| sink_seen.borrow_mut().push(preview),
-            || run(2),
-        );
-        run(3);
-        let seen = seen.borrow();
-        assert_eq!(seen.len(), 2, "one preview per step, only inside the scope");
+        let mut seen = Vec::new();
+        denoise(&mut TowardsOne, &mut sampler, noise, &cfg, |step| {
+            seen.push(LatentPreview::of_step(step)?);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 2, "one preview per step");
         assert_eq!((seen[1].step, seen[1].total_steps), (1, 2));
         // Step 0 is at σ = 1: x0 = x − v is the clean latent exactly.
         let expected: Vec<u8> = (0..3)
             .map(|c| to_byte(LATENT_RGB_BIAS[c] + LATENT_RGB_FACTORS[14][c]))
             .collect();
         assert_eq!(&seen[0].frames[0][..3], &expected[..]);
+        // The noise (all ones) projects elsewhere: the preview is x0, not the sample.
+        let of_noise: Vec<u8> = (0..3)
+            .map(|c| {
+                to_byte(LATENT_RGB_BIAS[c] + LATENT_RGB_FACTORS.iter().map(|f| f[c]).sum::<f32>())
+            })
+            .collect();
+        assert_ne!(expected, of_noise);
     }
 }
