@@ -7,8 +7,9 @@
 //! - The CPU path and test oracle, [`reference::conv3d_frames`], is one candle conv2d per
 //!   temporal tap, summed: exact in float32.
 //! - On CUDA with cuDNN loaded, one cuDNN convolution (the frontend graph API through
-//!   `cudnn/shim.cpp`) on channels-last copies: tensor cores in bf16/f16, TF32 in float32 (as
-//!   PyTorch's default `torch.backends.cudnn.allow_tf32`). Candle's own CUDA conv2d builds a
+//!   `cudnn/shim.cpp`) on channels-last copies: tensor cores in bf16/f16; float32 stays true
+//!   float32 (tensor-core engines, which round to TF32, are left out unless cuDNN has nothing
+//!   else for the shape), so the golden cases hold on a GPU. Candle's own CUDA conv2d builds a
 //!   whole im2col buffer (gigabytes per 480p frame at 96 channels) and runs a plain GEMM.
 //!
 //! [`ConvWeight`] holds the weight in both layouts, prepared once at load.

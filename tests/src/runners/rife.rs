@@ -20,8 +20,8 @@ use candle_core::Device;
 use candle_core::{DType, Tensor};
 use stillmotion_engine::image_input::RgbImage;
 use stillmotion_engine::rife::{
-    FrameLayout, InterpolationContext, InterpolationSettings, PixelRounding, Rife, backward_warp,
-    interpolate,
+    FrameLayout, InterpolationContext, InterpolationSettings, PixelRounding, Rife,
+    backward_warp_with, interpolate,
 };
 
 use super::{Outputs, inputs, take};
@@ -124,6 +124,14 @@ pub fn run_warp(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
     let input = take(&mut tensors, "input")?;
     let flow = take(&mut tensors, "flow")?;
     let mut outputs = Outputs::new();
-    outputs.insert("warped".to_owned(), backward_warp(&input, &flow)?);
+    // The device's kernels: on CUDA the warp kernel, bit-exact with the CPU reference.
+    let kernels = stillmotion_kernels::Kernels::for_device(
+        device,
+        &stillmotion_engine::device::kernel_options(),
+    )?;
+    outputs.insert(
+        "warped".to_owned(),
+        backward_warp_with(&kernels, &input, &flow)?,
+    );
     Ok(outputs)
 }
