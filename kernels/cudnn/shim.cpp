@@ -190,6 +190,29 @@ std::shared_ptr<fe::graph::Graph> build_conv(Context &ctx, int dtype, const Conv
     return build_conv(ctx, dtype, s, problem, false);
 }
 
+// Runs a built graph on `stream`: 0, or 4 with a sentence in `error`.
+int execute_on(Context &ctx, fe::graph::Graph &graph, void *stream,
+               std::unordered_map<int64_t, void *> &pack, void *workspace, const char *what,
+               char *error, size_t error_len) {
+    try {
+        auto status = fe::detail::set_stream(ctx.handle, static_cast<cudaStream_t>(stream));
+        if (status != CUDNN_STATUS_SUCCESS) {
+            write_error(error, error_len,
+                        "cudnnSetStream failed with status " + std::to_string(static_cast<int>(status)));
+            return 4;
+        }
+        fe::error_t result = graph.execute(ctx.handle, pack, workspace);
+        if (!result.is_good()) {
+            write_error(error, error_len, "execute: " + result.get_message());
+            return 4;
+        }
+    } catch (const std::exception &e) {
+        write_error(error, error_len, std::string(what) + ": " + e.what());
+        return 4;
+    }
+    return 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -301,27 +324,12 @@ int stillmotion_cudnn_sdpa_run(void *context, void *stream, int dtype, int64_t b
         write_error(error, error_len, "no plan prepared for this shape");
         return 4;
     }
-    try {
-        auto status = fe::detail::set_stream(ctx->handle, static_cast<cudaStream_t>(stream));
-        if (status != CUDNN_STATUS_SUCCESS) {
-            write_error(error, error_len,
-                        "cudnnSetStream failed with status " + std::to_string(static_cast<int>(status)));
-            return 4;
-        }
-        std::unordered_map<int64_t, void *> pack{{kQ, const_cast<void *>(q)},
-                                                 {kK, const_cast<void *>(k)},
-                                                 {kV, const_cast<void *>(v)},
-                                                 {kO, o}};
-        fe::error_t result = found->second->execute(ctx->handle, pack, workspace);
-        if (!result.is_good()) {
-            write_error(error, error_len, "execute: " + result.get_message());
-            return 4;
-        }
-    } catch (const std::exception &e) {
-        write_error(error, error_len, std::string("running attention: ") + e.what());
-        return 4;
-    }
-    return 0;
+    std::unordered_map<int64_t, void *> pack{{kQ, const_cast<void *>(q)},
+                                             {kK, const_cast<void *>(k)},
+                                             {kV, const_cast<void *>(v)},
+                                             {kO, o}};
+    return execute_on(*ctx, *found->second, stream, pack, workspace, "running attention", error,
+                      error_len);
 }
 
 // Builds (or finds) the plan for a convolution and reports the workspace it needs, in bytes.
@@ -371,25 +379,10 @@ int stillmotion_cudnn_conv_run(void *context, void *stream, int dtype, const int
         write_error(error, error_len, "no plan prepared for this convolution");
         return 4;
     }
-    try {
-        auto status = fe::detail::set_stream(ctx->handle, static_cast<cudaStream_t>(stream));
-        if (status != CUDNN_STATUS_SUCCESS) {
-            write_error(error, error_len,
-                        "cudnnSetStream failed with status " + std::to_string(static_cast<int>(status)));
-            return 4;
-        }
-        std::unordered_map<int64_t, void *> pack{
-            {kX, const_cast<void *>(x)}, {kW, const_cast<void *>(filter)}, {kY, y}};
-        fe::error_t result = found->second->execute(ctx->handle, pack, workspace);
-        if (!result.is_good()) {
-            write_error(error, error_len, "execute: " + result.get_message());
-            return 4;
-        }
-    } catch (const std::exception &e) {
-        write_error(error, error_len, std::string("running the convolution: ") + e.what());
-        return 4;
-    }
-    return 0;
+    std::unordered_map<int64_t, void *> pack{
+        {kX, const_cast<void *>(x)}, {kW, const_cast<void *>(filter)}, {kY, y}};
+    return execute_on(*ctx, *found->second, stream, pack, workspace, "running the convolution",
+                      error, error_len);
 }
 
 }  // extern "C"

@@ -6,7 +6,7 @@ use candle_core::{DType, Shape, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::cudnn::SdpaShape;
-use super::{device_ptr, empty_like_shape, output_tensor};
+use super::{device_ptr, empty_like_shape, output_tensor, scratch};
 use crate::attention::{KERNEL, bad};
 use crate::{AttentionBackend, KernelError, Kernels};
 
@@ -78,15 +78,7 @@ pub(crate) fn fused_with_rows(
             let workspace_bytes = cudnn
                 .prepare(call)
                 .map_err(|problem| KernelError::Cuda { problem })?;
-            let workspace = if workspace_bytes > 0 {
-                // SAFETY: scratch memory that cuDNN fully owns during the call.
-                Some(unsafe { stream.alloc::<u8>(workspace_bytes) }?)
-            } else {
-                None
-            };
-            let workspace_ptr = workspace
-                .as_ref()
-                .map_or(0, |w| cudarc::driver::DevicePtr::device_ptr(w, &stream).0);
+            let (workspace, workspace_ptr) = scratch(&stream, workspace_bytes)?;
             // SAFETY: q, k, v are contiguous [B, S, H, D] tensors alive for this call, `o`
             // was allocated for the output shape, the workspace has the prepared size; all
             // on candle's stream, whose frees are stream-ordered.

@@ -5,7 +5,7 @@ use std::ffi::c_void;
 use candle_core::{DType, Device, Shape, Tensor};
 
 use super::cudnn::ConvCall;
-use super::{device_ptr, empty_like_shape, output_tensor};
+use super::{device_ptr, empty_like_shape, output_tensor, scratch};
 use crate::conv::ConvGeometry;
 use crate::{KernelError, Kernels};
 
@@ -75,15 +75,7 @@ pub(crate) fn conv3d_frames(
             cuda_error("the cuDNN handle's lock was poisoned by a panic".to_owned())
         })?;
         let workspace_bytes = cudnn.prepare_conv(&call).map_err(cuda_error)?;
-        let workspace = if workspace_bytes > 0 {
-            // SAFETY: scratch memory that cuDNN fully owns during the call.
-            Some(unsafe { stream.alloc::<u8>(workspace_bytes) }?)
-        } else {
-            None
-        };
-        let workspace_ptr = workspace
-            .as_ref()
-            .map_or(0, |w| cudarc::driver::DevicePtr::device_ptr(w, &stream).0);
+        let (workspace, workspace_ptr) = scratch(&stream, workspace_bytes)?;
         // SAFETY: x_cl and the filter are contiguous channels-last tensors alive for this
         // call, the output was allocated for (t', h', w', k), the workspace has the prepared
         // size; all on candle's stream, whose frees are stream-ordered.

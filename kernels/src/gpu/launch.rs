@@ -84,6 +84,22 @@ pub(crate) fn empty_like_shape(
     }
 }
 
+/// Scratch memory a vendor library owns during one call on `stream`, with its address (0 and no
+/// allocation when it needs none). Keep the slice alive until the call is queued: frees on
+/// candle's stream are stream-ordered.
+pub(crate) fn scratch(
+    stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+    bytes: usize,
+) -> Result<(Option<cudarc::driver::CudaSlice<u8>>, u64), KernelError> {
+    if bytes == 0 {
+        return Ok((None, 0));
+    }
+    // SAFETY: the library writes its scratch before it reads it; nothing else touches it.
+    let slice = unsafe { stream.alloc::<u8>(bytes) }?;
+    let ptr = slice.device_ptr(stream).0;
+    Ok((Some(slice), ptr))
+}
+
 /// Wraps storage filled by a kernel as a tensor of `shape`.
 pub(crate) fn output_tensor(storage: CudaStorage, shape: Shape) -> Tensor {
     Tensor::from_storage(Storage::Cuda(storage), shape, BackpropOp::none(), false)

@@ -21,7 +21,7 @@ use cudarc::driver::{CudaFunction, CudaModule};
 use cudarc::nvrtc::Ptx;
 
 use cudnn::Cudnn;
-pub(crate) use launch::{device_ptr, empty_like_shape, grid_1d, output_tensor};
+pub(crate) use launch::{device_ptr, empty_like_shape, grid_1d, output_tensor, scratch};
 
 use crate::KernelError;
 
