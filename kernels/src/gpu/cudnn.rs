@@ -111,6 +111,18 @@ fn message(buffer: &[u8]) -> String {
     String::from_utf8_lossy(&buffer[..end]).into_owned()
 }
 
+/// Calls the shim with an error buffer of `ERROR_LEN` bytes (it writes at most that many,
+/// NUL-terminated); a nonzero status becomes the sentence it wrote.
+fn checked(call: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), String> {
+    let mut error = [0u8; ERROR_LEN];
+    let status = call(error.as_mut_ptr().cast(), ERROR_LEN);
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(message(&error))
+    }
+}
+
 impl Cudnn {
     /// Opens the first candidate that loads (a full path, or a soname for the system loader).
     pub(crate) fn open_first(candidates: &[PathBuf]) -> Result<Self, String> {
@@ -157,9 +169,8 @@ impl Cudnn {
     /// Builds the plan for `shape` (cached) and returns the workspace it needs in bytes.
     pub(crate) fn prepare(&mut self, shape: SdpaShape) -> Result<usize, String> {
         let mut workspace = 0_i64;
-        let mut error = [0u8; ERROR_LEN];
         // SAFETY: `self.context` came from `stillmotion_cudnn_open`; output pointers are valid.
-        let status = unsafe {
+        checked(|error, len| unsafe {
             stillmotion_cudnn_sdpa_prepare(
                 self.context,
                 shape.dtype,
@@ -170,13 +181,10 @@ impl Cudnn {
                 shape.head_dim,
                 shape.scale,
                 &raw mut workspace,
-                error.as_mut_ptr().cast(),
-                ERROR_LEN,
+                error,
+                len,
             )
-        };
-        if status != 0 {
-            return Err(message(&error));
-        }
+        })?;
         usize::try_from(workspace).map_err(|_| format!("negative workspace size {workspace}"))
     }
 
@@ -200,9 +208,8 @@ impl Cudnn {
         o: u64,
         workspace: u64,
     ) -> Result<(), String> {
-        let mut error = [0u8; ERROR_LEN];
         // SAFETY: guaranteed by the caller (see above); the context is ours.
-        let status = unsafe {
+        checked(|error, len| unsafe {
             stillmotion_cudnn_sdpa_run(
                 self.context,
                 stream,
@@ -218,14 +225,10 @@ impl Cudnn {
                 v as *const c_void,
                 o as *mut c_void,
                 workspace as *mut c_void,
-                error.as_mut_ptr().cast(),
-                ERROR_LEN,
+                error,
+                len,
             )
-        };
-        if status != 0 {
-            return Err(message(&error));
-        }
-        Ok(())
+        })
     }
 }
 
@@ -233,22 +236,18 @@ impl Cudnn {
     /// Builds the plan for a convolution (cached) and returns the workspace it needs in bytes.
     pub(crate) fn prepare_conv(&mut self, call: &ConvCall) -> Result<usize, String> {
         let mut workspace = 0_i64;
-        let mut error = [0u8; ERROR_LEN];
         // SAFETY: `self.context` came from `stillmotion_cudnn_open`; `shape` holds the 18
         // values the shim reads; output pointers are valid.
-        let status = unsafe {
+        checked(|error, len| unsafe {
             stillmotion_cudnn_conv_prepare(
                 self.context,
                 call.dtype,
                 call.shape.as_ptr(),
                 &raw mut workspace,
-                error.as_mut_ptr().cast(),
-                ERROR_LEN,
+                error,
+                len,
             )
-        };
-        if status != 0 {
-            return Err(message(&error));
-        }
+        })?;
         usize::try_from(workspace).map_err(|_| format!("negative workspace size {workspace}"))
     }
 
@@ -267,9 +266,8 @@ impl Cudnn {
         y: u64,
         workspace: u64,
     ) -> Result<(), String> {
-        let mut error = [0u8; ERROR_LEN];
         // SAFETY: guaranteed by the caller (see above); the context is ours.
-        let status = unsafe {
+        checked(|error, len| unsafe {
             stillmotion_cudnn_conv_run(
                 self.context,
                 stream,
@@ -279,14 +277,10 @@ impl Cudnn {
                 filter as *const c_void,
                 y as *mut c_void,
                 workspace as *mut c_void,
-                error.as_mut_ptr().cast(),
-                ERROR_LEN,
+                error,
+                len,
             )
-        };
-        if status != 0 {
-            return Err(message(&error));
-        }
-        Ok(())
+        })
     }
 }
 
