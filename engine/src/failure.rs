@@ -80,8 +80,8 @@ impl EngineError {
                 problem: format!(
                     "the GPU ran out of memory ({marker}): render fewer frames or a smaller \
                      resolution, use float8 (fp8_scaled) or GGUF model files, close other \
-                     programs that use the GPU, or raise --reserve-vram so the memory plan \
-                     keeps more of the GPU free and offloads more"
+                     programs that use the GPU, or raise the VRAM reserve (--reserve-vram) so \
+                     the memory plan keeps more of the GPU free and offloads more"
                 ),
             },
             None => self,
@@ -151,7 +151,7 @@ mod tests {
                 "fewer frames",
                 "float8",
                 "close other programs",
-                "raise --reserve-vram",
+                "raise the VRAM reserve (--reserve-vram)",
             ] {
                 assert!(message.contains(advice), "{message}");
             }

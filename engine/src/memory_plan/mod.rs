@@ -343,7 +343,7 @@ fn refusal(inputs: &PlanInputs, budget: Option<u64>, needed: u64, why: &str) -> 
     };
     EngineError::MemoryPlanRefused {
         problem: format!(
-            "this render needs at least {} on the device ({why}) but the budget is {}: choose a smaller resolution or fewer frames,{fp8} or lower --reserve-vram",
+            "this render needs at least {} on the device ({why}) but the budget is {}: choose a smaller resolution or fewer frames,{fp8} or lower the VRAM reserve (--reserve-vram)",
             gib(needed),
             budget.map_or_else(|| "unlimited".to_owned(), gib),
         ),

@@ -128,7 +128,7 @@ fn a_render_that_cannot_fit_is_refused_with_what_to_change() {
         "smaller resolution",
         "fewer frames",
         "float8",
-        "--reserve-vram",
+        "lower the VRAM reserve (--reserve-vram)",
         "10.0 GB",
     ] {
         assert!(problem.contains(wanted), "{wanted:?} missing: {problem}");
