@@ -1583,12 +1583,19 @@ fn guidance_fields_are_named_and_a_restored_target_frame_rate_comes_back() {
     run_until(&mut harness, "the render to enter history", |app| {
         !app.history().entries().is_empty()
     });
+    // The clip now loads in the player and history on their threads, which keep asking for
+    // repaints, so step until each click has landed rather than waiting for the UI to settle.
     harness.get_by_label("×2").click();
-    harness.run();
+    run_until(&mut harness, "×2 to be chosen", |app| {
+        app.settings().interpolation_factor == 2
+    });
     assert_eq!(harness.state().settings().interpolation_target_fps, None);
     assert_eq!(harness.state().settings().interpolation_factor, 2);
     harness.get_by_label("Restore settings").click();
-    harness.run();
+    run_until(&mut harness, "the restored recipe", |app| {
+        app.settings().interpolation_target_fps.is_some()
+    });
+    harness.run_steps(1);
     let settings = harness.state().settings();
     assert_eq!(settings.interpolation_target_fps, Some(24.0));
     assert_eq!(
