@@ -190,6 +190,40 @@ std::shared_ptr<fe::graph::Graph> build_conv(Context &ctx, int dtype, const Conv
     return build_conv(ctx, dtype, s, problem, false);
 }
 
+// Finds the plan for `key` in `cache` or builds it with `build` (a graph, or null with the
+// reason in its argument), then reports the workspace it needs: 0, or 3 with a sentence.
+template <typename Key, typename Build>
+int prepare_cached(std::map<Key, std::shared_ptr<fe::graph::Graph>> &cache, const Key &key,
+                   Build build, const char *what, int64_t *workspace_bytes, char *error,
+                   size_t error_len) {
+    try {
+        auto found = cache.find(key);
+        std::shared_ptr<fe::graph::Graph> graph;
+        if (found != cache.end()) {
+            graph = found->second;
+        } else {
+            std::string problem;
+            graph = build(problem);
+            if (graph == nullptr) {
+                write_error(error, error_len, problem);
+                return 3;
+            }
+            cache.emplace(key, graph);
+        }
+        int64_t size = 0;
+        fe::error_t status = graph->get_workspace_size(size);
+        if (!status.is_good()) {
+            write_error(error, error_len, "get_workspace_size: " + status.get_message());
+            return 3;
+        }
+        *workspace_bytes = size;
+    } catch (const std::exception &e) {
+        write_error(error, error_len, std::string(what) + ": " + e.what());
+        return 3;
+    }
+    return 0;
+}
+
 // Runs a built graph on `stream`: 0, or 4 with a sentence in `error`.
 int execute_on(Context &ctx, fe::graph::Graph &graph, void *stream,
                std::unordered_map<int64_t, void *> &pack, void *workspace, const char *what,
@@ -284,32 +318,12 @@ int stillmotion_cudnn_sdpa_prepare(void *context, int dtype, int64_t b, int64_t 
                                    char *error, size_t error_len) {
     auto *ctx = static_cast<Context *>(context);
     ShapeKey key{dtype, b, h, sq, sk, d, scale};
-    try {
-        auto found = ctx->plans.find(key);
-        std::shared_ptr<fe::graph::Graph> graph;
-        if (found != ctx->plans.end()) {
-            graph = found->second;
-        } else {
-            std::string problem;
-            graph = build_graph(*ctx, dtype, b, h, sq, sk, d, scale, problem);
-            if (graph == nullptr) {
-                write_error(error, error_len, problem);
-                return 3;
-            }
-            ctx->plans.emplace(key, graph);
-        }
-        int64_t size = 0;
-        fe::error_t status = graph->get_workspace_size(size);
-        if (!status.is_good()) {
-            write_error(error, error_len, "get_workspace_size: " + status.get_message());
-            return 3;
-        }
-        *workspace_bytes = size;
-    } catch (const std::exception &e) {
-        write_error(error, error_len, std::string("building the attention plan: ") + e.what());
-        return 3;
-    }
-    return 0;
+    return prepare_cached(
+        ctx->plans, key,
+        [&](std::string &problem) {
+            return build_graph(*ctx, dtype, b, h, sq, sk, d, scale, problem);
+        },
+        "building the attention plan", workspace_bytes, error, error_len);
 }
 
 // Runs attention on `stream` (a CUstream / cudaStream_t). The plan must have been prepared.
@@ -339,32 +353,10 @@ int stillmotion_cudnn_conv_prepare(void *context, int dtype, const int64_t *shap
     auto *ctx = static_cast<Context *>(context);
     ConvKey key{dtype, {}};
     std::copy(shape, shape + kConvShapeLen, key.second.begin());
-    try {
-        auto found = ctx->convs.find(key);
-        std::shared_ptr<fe::graph::Graph> graph;
-        if (found != ctx->convs.end()) {
-            graph = found->second;
-        } else {
-            std::string problem;
-            graph = build_conv(*ctx, dtype, key.second, problem);
-            if (graph == nullptr) {
-                write_error(error, error_len, problem);
-                return 3;
-            }
-            ctx->convs.emplace(key, graph);
-        }
-        int64_t size = 0;
-        fe::error_t status = graph->get_workspace_size(size);
-        if (!status.is_good()) {
-            write_error(error, error_len, "get_workspace_size: " + status.get_message());
-            return 3;
-        }
-        *workspace_bytes = size;
-    } catch (const std::exception &e) {
-        write_error(error, error_len, std::string("building the convolution plan: ") + e.what());
-        return 3;
-    }
-    return 0;
+    return prepare_cached(
+        ctx->convs, key,
+        [&](std::string &problem) { return build_conv(*ctx, dtype, key.second, problem); },
+        "building the convolution plan", workspace_bytes, error, error_len);
 }
 
 // Runs a prepared convolution on `stream`: x NDHWC, filter KTRSC, y NDHWC, all contiguous.
