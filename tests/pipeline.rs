@@ -666,3 +666,61 @@ fn quantized_and_sharded_expert_files_render_the_frames_of_their_dequantized_wei
     eprintln!("quantized weights moved the frames by up to {moved} levels");
     assert!(moved > 0.0);
 }
+
+#[test]
+fn block_swapping_renders_the_frames_of_resident_experts() {
+    // Every block of both experts streams through the two device slots (fp8_scaled high-noise
+    // expert, so each streamed layer brings its own scale); the low-noise expert is GGUF, which
+    // cannot stream and loads whole with a warning.
+    let case = case();
+    let dir = tempfile::tempdir().unwrap();
+    let (high, low) = ("high_noise.safetensors", "low_noise.safetensors");
+    let (fp8, _) = fp8_scaled(&expert_tensors(&case, high));
+    let fp8_path = dir.path().join("high_fp8_scaled.safetensors");
+    candle_core::safetensors::save(&fp8, &fp8_path).unwrap();
+    copy_sidecar(&case, high, &fp8_path);
+    let gguf_path = dir.path().join("low_Q8_0.gguf");
+    write_gguf(&expert_tensors(&case, low), &gguf_path);
+    copy_sidecar(&case, low, &gguf_path);
+    let mut recipe = recipe(&case, &dir.path().join("resident")).unwrap();
+    recipe.models.high_noise = Some(fp8_path);
+    recipe.models.low_noise = Some(gguf_path);
+    let expected = read_frames(&render_to_end(&recipe).unwrap().path).unwrap();
+
+    let swap = DitPlacement::BlockSwap {
+        resident_blocks: 0,
+        total_blocks: 2,
+    };
+    let engine =
+        EngineHandle::spawn(PipelineRunner::new().with_dit_placement(swap), || {}).unwrap();
+    recipe.output = dir.path().join("swapped");
+    engine
+        .send(Command::Submit {
+            job_id: 1,
+            kind: JobKind::Render(Box::new(recipe)),
+        })
+        .unwrap();
+    let mut warnings = Vec::new();
+    let output = loop {
+        match engine
+            .events()
+            .recv_timeout(Duration::from_mins(2))
+            .unwrap()
+        {
+            Event::Warning { message, .. } => warnings.push(message),
+            Event::Finished { output, .. } => break output,
+            Event::Failed { message, .. } => panic!("{message}"),
+            _ => {}
+        }
+    };
+    assert_eq!(
+        max_abs_diff(&read_frames(&output.path).unwrap(), &expected),
+        0.0
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("GGUF") && w.contains("low_Q8_0.gguf")),
+        "{warnings:?}"
+    );
+}

@@ -24,6 +24,7 @@ mod gpu;
 mod kernels;
 pub mod linear;
 pub mod warp;
+pub mod weight_stream;
 
 pub use driver::{DriverProbe, probe_cuda_driver};
 pub use error::KernelError;

@@ -26,10 +26,11 @@
 //! - Text encoder: its resident weights plus [`TEXT_ENCODER_ACTIVATIONS`] (512 tokens).
 //!
 //! **Decisions**, cheapest in time first: both experts resident; one expert at a time
-//! (swapped at the boundary); block swapping with `N` blocks resident plus one being
-//! prefetched; refuse. The VAE decodes whole frames when they fit next to what stays
-//! resident, else in the largest square tiles that do. The text encoder runs on the device
-//! when it fits beside both (it stays loaded between jobs), else on the CPU.
+//! (swapped at the boundary); block swapping with `N` blocks resident plus two streaming
+//! slots (one computing, one being filled from pinned host memory); refuse. The VAE decodes
+//! whole frames when they fit next to what stays resident, else in the largest square tiles
+//! that do. The text encoder runs on the device when it fits beside both (it stays loaded
+//! between jobs), else on the CPU.
 
 pub mod sizes;
 
@@ -92,7 +93,8 @@ pub enum DitPlacement {
     /// one is loaded.
     OneAtATime,
     /// Of each expert, `resident_blocks` of `total_blocks` transformer blocks stay on the
-    /// device; the rest stream from pinned host memory, one prefetched while one computes.
+    /// device; the rest stream from pinned host memory through two device slots, one
+    /// prefetched while one computes. One expert is on the device at a time.
     BlockSwap {
         resident_blocks: u64,
         total_blocks: u64,
@@ -206,12 +208,13 @@ impl MemoryPlan {
         } else if expert + denoise_fixed <= limit {
             (DitPlacement::OneAtATime, expert, expert + denoise_fixed)
         } else {
-            // N resident blocks plus one in flight.
+            // N resident blocks plus two streaming slots: one block computing while the next
+            // one's weights arrive (`wan/streamed.rs`).
             let room = limit.saturating_sub(denoise_fixed + non_block);
-            let fit = (room / block.max(1)).saturating_sub(1);
+            let slots = 2 * block;
             let total = s.dit.num_blocks;
-            if fit == 0 {
-                let needed = activations + RUNTIME_OVERHEAD + non_block + 2 * block;
+            if room < slots {
+                let needed = activations + RUNTIME_OVERHEAD + non_block + slots;
                 let why = format!(
                     "{} of activations for {} tokens and two transformer blocks",
                     gib(activations),
@@ -219,8 +222,9 @@ impl MemoryPlan {
                 );
                 return Err(refusal(inputs, budget, needed, &why));
             }
+            let fit = (room - slots) / block.max(1);
             let resident_blocks = fit.min(total);
-            let resident = non_block + (resident_blocks + 1) * block;
+            let resident = non_block + resident_blocks * block + slots;
             (
                 DitPlacement::BlockSwap {
                     resident_blocks,

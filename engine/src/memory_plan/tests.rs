@@ -103,7 +103,7 @@ fn a14b_at_24_16_and_10_gb_swaps_fewer_blocks_as_the_budget_shrinks() {
         resident[0] > resident[1] && resident[1] > resident[2],
         "{resident:?}"
     );
-    // 24 GB: (24 − 6.7 activations − 0.4 non-block) / 0.65 per block − 1 in flight.
+    // 24 GB: (24 − 6.7 activations − 0.4 non-block) / 0.65 per block − 2 streaming slots.
     assert!((20..=27).contains(&resident[0]), "{resident:?}");
 }
 

@@ -108,7 +108,8 @@ impl PipelineRunner {
             let resumed = !replay.is_empty();
             for expert in [Expert::HighNoise, Expert::LowNoise] {
                 if !(resumed && expert == Expert::HighNoise) {
-                    self.models.expert(recipe, expert, stage.dtype, device)?;
+                    self.models
+                        .expert(recipe, expert, (stage.dtype, device), None)?;
                 }
             }
         }
@@ -124,6 +125,12 @@ impl PipelineRunner {
                 dtype: stage.dtype,
                 device,
                 keep_both,
+                resident_blocks: match stage.plan.dit {
+                    DitPlacement::BlockSwap {
+                        resident_blocks, ..
+                    } => Some(usize::try_from(resident_blocks).unwrap_or(usize::MAX)),
+                    _ => None,
+                },
                 y,
                 context,
                 negative_context,

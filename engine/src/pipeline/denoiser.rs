@@ -17,6 +17,8 @@ pub struct WanDenoiser<'a> {
     pub device: &'a Device,
     /// Keep both experts loaded; otherwise one is freed before the other loads.
     pub keep_both: bool,
+    /// Block swapping: the transformer blocks of an expert kept on the device.
+    pub resident_blocks: Option<usize>,
     /// `[1, 4 + z, t, h, w]`: mask and image latent.
     pub y: Tensor,
     /// `[1, text_len, d]`.
@@ -34,8 +36,12 @@ impl Denoiser for WanDenoiser<'_> {
             };
             self.models.free_expert(other);
         }
-        self.models
-            .expert(self.recipe, expert, self.dtype, self.device)?;
+        self.models.expert(
+            self.recipe,
+            expert,
+            (self.dtype, self.device),
+            self.resident_blocks,
+        )?;
         Ok(())
     }
 
@@ -46,9 +52,12 @@ impl Denoiser for WanDenoiser<'_> {
         expert: Expert,
         branch: Branch,
     ) -> Result<Tensor, EngineError> {
-        let model = self
-            .models
-            .expert(self.recipe, expert, self.dtype, self.device)?;
+        let model = self.models.expert(
+            self.recipe,
+            expert,
+            (self.dtype, self.device),
+            self.resident_blocks,
+        )?;
         let context = match branch {
             Branch::Cond => &self.context,
             Branch::Uncond => {

@@ -23,6 +23,8 @@ struct ModelKey {
     path: PathBuf,
     device: String,
     loras: Vec<LoraSpec>,
+    /// DiT experts under block swapping: the blocks kept on the device.
+    resident_blocks: Option<usize>,
 }
 
 impl ModelKey {
@@ -31,6 +33,7 @@ impl ModelKey {
             path: path.to_owned(),
             device: device_key(device, dtype),
             loras: Vec::new(),
+            resident_blocks: None,
         }
     }
 }
@@ -121,33 +124,44 @@ fn expert_loras(recipe: &Recipe, expert: Expert) -> Vec<LoraSpec> {
 
 /// Loads a DiT expert through the model loader (memory-mapped safetensors, official shards
 /// with their index and `config.json`, diffusers folders, ComfyUI fp8_scaled, GGUF), merging
-/// `loras`; a sidecar `<stem>.json` beside a single file is its config. LoRA keys that matched
-/// nothing are returned as warnings.
+/// `loras`, with only `resident_blocks` transformer blocks on the device when block swapping
+/// (GGUF files load whole: their quantized blocks cannot stream); a sidecar `<stem>.json`
+/// beside a single file is its config. LoRA keys that matched nothing, and a swap that could
+/// not be done, are returned as warnings.
 fn load_dit(
     path: &Path,
     loras: &[LoraSpec],
-    dtype: DType,
-    device: &Device,
+    resident_blocks: Option<usize>,
+    (dtype, device): (DType, &Device),
 ) -> Result<(WanModel, Vec<String>), EngineError> {
     let cfg = match sidecar_config(path) {
         Some(json) => Some(wan::Config::from_json(&read_text(&json)?)?),
         None => None,
     };
-    let (model, reports) = WanModel::load_with_loras(path, cfg.as_ref(), loras, device, dtype)?;
-    let warnings = loras
-        .iter()
-        .zip(&reports)
-        .flat_map(|(spec, report)| {
-            report.unmatched.iter().map(move |(reason, keys)| {
-                let some = keys.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
-                format!(
-                    "LoRA {} keys ignored ({reason}), e.g. {some}: {}",
-                    keys.len(),
-                    spec.path.display()
-                )
-            })
+    let mut warnings = Vec::new();
+    let (model, reports) = match resident_blocks {
+        Some(_) if crate::gguf::is_gguf(path) => {
+            warnings.push(format!(
+                "block swapping cannot stream a GGUF model's quantized blocks, so the whole expert is loaded: if the GPU runs out of memory, use the fp8_scaled or bf16 file, or lower the VRAM reserve (--reserve-vram): {}",
+                path.display()
+            ));
+            WanModel::load_with_loras(path, cfg.as_ref(), loras, device, dtype)?
+        }
+        Some(resident) => {
+            WanModel::load_streamed(path, cfg.as_ref(), loras, resident, device, dtype)?
+        }
+        None => WanModel::load_with_loras(path, cfg.as_ref(), loras, device, dtype)?,
+    };
+    warnings.extend(loras.iter().zip(&reports).flat_map(|(spec, report)| {
+        report.unmatched.iter().map(move |(reason, keys)| {
+            let some = keys.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+            format!(
+                "LoRA {} keys ignored ({reason}), e.g. {some}: {}",
+                keys.len(),
+                spec.path.display()
+            )
         })
-        .collect();
+    }));
     Ok((model, warnings))
 }
 
@@ -211,13 +225,14 @@ impl ModelCache {
         self.loads = loads;
     }
 
-    /// One expert of `recipe`, loading it unless it is loaded.
+    /// One expert of `recipe`, loading it unless it is loaded, with only `resident_blocks`
+    /// transformer blocks on the device (block swapping) unless that is `None`.
     pub fn expert(
         &mut self,
         recipe: &Recipe,
         expert: Expert,
-        dtype: DType,
-        device: &Device,
+        (dtype, device): (DType, &Device),
+        resident_blocks: Option<usize>,
     ) -> Result<&WanModel, EngineError> {
         let (slot, path) = match expert {
             Expert::HighNoise => (
@@ -232,11 +247,12 @@ impl ModelCache {
         let loras = expert_loras(recipe, expert);
         let key = ModelKey {
             loras: loras.clone(),
+            resident_blocks,
             ..ModelKey::plain(path, device, dtype)
         };
         let warnings = &mut self.warnings;
         get_or_load(slot, &self.loads, key, || {
-            let (model, found) = load_dit(path, &loras, dtype, device)?;
+            let (model, found) = load_dit(path, &loras, resident_blocks, (dtype, device))?;
             warnings.extend(found);
             Ok(model)
         })
@@ -347,7 +363,7 @@ mod tests {
         let mut cache = ModelCache::default();
         let weight = |cache: &mut ModelCache, recipe: &Recipe| {
             cache
-                .expert(recipe, Expert::HighNoise, DType::F32, &dev)
+                .expert(recipe, Expert::HighNoise, (DType::F32, &dev), None)
                 .unwrap();
             cache.loads()
         };

@@ -110,15 +110,6 @@ impl PipelineRunner {
             plan.dit = placement;
         }
         ctx.memory_plan(plan.clone());
-        if let DitPlacement::BlockSwap { .. } = plan.dit {
-            ctx.warn(format!(
-                "the experts do not fit the memory budget and block swapping is not available yet: running one expert at a time, which needs about {} (lower the VRAM reserve (--reserve-vram), or use float8 files, if the GPU runs out of memory)",
-                crate::memory_plan::gib(
-                    plan.predicted.high_noise_weights.max(plan.predicted.low_noise_weights)
-                        + plan.predicted.dit_activation_peak
-                )
-            ));
-        }
         let loop_cfg = LoopConfig {
             boundary: recipe.boundary.unwrap_or(0.9),
             cfg_high_noise: recipe.cfg_high_noise,

@@ -149,6 +149,36 @@ impl Lin {
         }))
     }
 
+    /// The layer's tensors, weight then bias, for streaming it from host memory. GGUF
+    /// block-quantized weights cannot stream (they are not candle tensors).
+    pub(super) fn tensors(&self) -> Result<[&Tensor; 2], EngineError> {
+        match &self.weight {
+            Weight::Plain(w) | Weight::Scaled { weight: w, .. } => Ok([w, &self.bias]),
+            Weight::Quantized { .. } => Err(EngineError::BadModelInput {
+                problem: "block swapping cannot stream GGUF block-quantized layers: use an fp8_scaled or bf16 file of the model, or a larger VRAM budget".to_owned(),
+            }),
+        }
+    }
+
+    /// The same layer (scale, dtype) computing with `weight` and `bias` instead of its own:
+    /// tensors of the same shapes and dtypes, such as a streaming slot's.
+    pub(super) fn with_tensors(&self, weight: Tensor, bias: Tensor) -> Result<Self, EngineError> {
+        let weight = match &self.weight {
+            Weight::Plain(_) => Weight::Plain(weight),
+            Weight::Scaled { scale, dtype, .. } => Weight::Scaled {
+                weight,
+                scale: *scale,
+                dtype: *dtype,
+            },
+            Weight::Quantized { .. } => {
+                return Err(EngineError::BadModelInput {
+                    problem: "GGUF block-quantized layers cannot take streamed tensors".to_owned(),
+                });
+            }
+        };
+        Ok(Self { weight, bias })
+    }
+
     /// The weight as stored (float8 for scaled layers, u8 blocks for quantized ones).
     #[cfg(test)]
     pub(super) fn stored_dtype(&self) -> DType {

@@ -56,6 +56,29 @@ impl WanModel {
         )
     }
 
+    /// As [`WanModel::load_with_loras`], keeping only the first `resident_blocks` transformer
+    /// blocks on the device and streaming the others from host memory (block swapping, see
+    /// [`WanModel::new_streamed`]). GGUF block-quantized files cannot stream.
+    pub fn load_streamed(
+        path: &Path,
+        config: Option<&Config>,
+        loras: &[LoraSpec],
+        resident_blocks: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Self, Vec<LoraReport>), EngineError> {
+        let matmul = QuantizedMatmul::default();
+        Self::load_inner(
+            path,
+            config,
+            loras,
+            matmul,
+            Some(resident_blocks),
+            device,
+            dtype,
+        )
+    }
+
     /// As [`WanModel::load_with_loras`], choosing how layers kept quantized (GGUF) multiply.
     /// A layer a LoRA changes is merged on its dequantized weight and kept plain.
     pub fn load_with_options(
@@ -63,6 +86,18 @@ impl WanModel {
         config: Option<&Config>,
         loras: &[LoraSpec],
         matmul: QuantizedMatmul,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Self, Vec<LoraReport>), EngineError> {
+        Self::load_inner(path, config, loras, matmul, None, device, dtype)
+    }
+
+    fn load_inner(
+        path: &Path,
+        config: Option<&Config>,
+        loras: &[LoraSpec],
+        matmul: QuantizedMatmul,
+        resident_blocks: Option<usize>,
         device: &Device,
         dtype: DType,
     ) -> Result<(Self, Vec<LoraReport>), EngineError> {
@@ -79,7 +114,8 @@ impl WanModel {
                 None => Config::detect(&original_shapes(&names, &shapes))?,
             };
             let backend = gguf.into_backend(names.clone(), matmul);
-            return Self::build(&config, backend, &names, loras, device, dtype);
+            let target = (device, dtype, resident_blocks);
+            return Self::build(&config, backend, &names, loras, target);
         }
         let mapped = MappedFiles::open(&files)?;
         check_quantization(&mapped)?;
@@ -99,17 +135,23 @@ impl WanModel {
         };
         tracing::debug!(files = files.len(), ?config, "loading the Wan transformer");
         let backend = mapped.into_backend(names.clone());
-        Self::build(&config, backend, &names, loras, device, dtype)
+        Self::build(
+            &config,
+            backend,
+            &names,
+            loras,
+            (device, dtype, resident_blocks),
+        )
     }
 
-    /// Builds the model on `backend`, merging `loras` first.
+    /// Builds the model on `backend`, merging `loras` first, on the target's device in its
+    /// dtype with its resident blocks.
     fn build(
         config: &Config,
         backend: Box<dyn SimpleBackend>,
         names: &HashMap<String, String>,
         loras: &[LoraSpec],
-        device: &Device,
-        dtype: DType,
+        (device, dtype, resident_blocks): (&Device, DType, Option<usize>),
     ) -> Result<(Self, Vec<LoraReport>), EngineError> {
         let model_names = names.keys().cloned().collect();
         let mut deltas = LoraDeltas::default();
@@ -126,7 +168,7 @@ impl WanModel {
             deltas.wrap(backend)
         };
         let vb = candle_nn::VarBuilder::from_backend(backend, dtype, device.clone());
-        Ok((Self::new(config, &vb)?, reports))
+        Ok((Self::new_streamed(config, &vb, resident_blocks)?, reports))
     }
 }
 

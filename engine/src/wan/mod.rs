@@ -17,12 +17,14 @@
 //! layouts onto them. Sampling lives elsewhere (`crate::sampling`); the model knows no sigmas.
 
 pub mod attention;
+mod block;
 pub mod config;
 mod linear;
 mod load;
 pub mod lora;
 pub mod model;
 pub mod rope;
+mod streamed;
 pub mod time;
 pub mod weights;
 

@@ -3,226 +3,22 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use stillmotion_kernels::Kernels;
-use stillmotion_kernels::glue::{self, Modulation};
+use stillmotion_kernels::glue::Modulation;
 
-use super::attention::attention;
+use super::block::{Block, LayerNorm};
 use super::config::Config;
 use super::linear::Lin;
 use super::rope::Rope;
+use super::streamed::StreamedBlocks;
 use super::time::{PerToken, Timesteps};
 use super::weights::to_original_layout;
 use crate::EngineError;
-
-/// LayerNorm over the last dim in float32 (the reference casts to float32 first), fused with
-/// the adaLN modulation that follows it; layers without parameters have no affine part.
-#[derive(Clone, Debug)]
-struct LayerNorm {
-    affine: Option<(Tensor, Tensor)>,
-    eps: f32,
-}
-
-impl LayerNorm {
-    fn plain(eps: f64) -> Self {
-        Self {
-            affine: None,
-            eps: eps as f32,
-        }
-    }
-
-    fn affine(dim: usize, eps: f64, vb: &VarBuilder<'_>) -> Result<Self, EngineError> {
-        Ok(Self {
-            affine: Some((
-                vb.get(dim, "weight")?.to_dtype(DType::F32)?,
-                vb.get(dim, "bias")?.to_dtype(DType::F32)?,
-            )),
-            eps: eps as f32,
-        })
-    }
-
-    /// The normalised (and modulated) rows, in `dtype` for the layer that consumes them.
-    fn forward(
-        &self,
-        kernels: &Kernels,
-        x: &Tensor,
-        modulation: Option<Modulation<'_>>,
-        dtype: DType,
-    ) -> Result<Tensor, EngineError> {
-        let affine = self.affine.as_ref().map(|(w, b)| (w, b));
-        Ok(glue::layer_norm_modulate(
-            kernels, x, affine, modulation, self.eps, dtype,
-        )?)
-    }
-}
-
-/// RMSNorm across all heads (the q/k norm), computed in float32.
-#[derive(Clone, Debug)]
-struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
-}
-
-impl RmsNorm {
-    fn new(dim: usize, eps: f64, vb: &VarBuilder<'_>) -> Result<Self, EngineError> {
-        Ok(Self {
-            weight: vb.get(dim, "weight")?.to_dtype(DType::F32)?,
-            eps: eps as f32,
-        })
-    }
-
-    fn forward(&self, kernels: &Kernels, x: &Tensor) -> Result<Tensor, EngineError> {
-        Ok(glue::rms_norm(kernels, x, &self.weight, self.eps)?)
-    }
-}
-
-/// Self- or cross-attention with q/k RMSNorm (`self_attn`, `cross_attn`).
-#[derive(Clone, Debug)]
-struct Attention {
-    q: Lin,
-    k: Lin,
-    v: Lin,
-    o: Lin,
-    norm_q: Option<RmsNorm>,
-    norm_k: Option<RmsNorm>,
-    num_heads: usize,
-}
-
-impl Attention {
-    fn new(cfg: &Config, vb: &VarBuilder<'_>) -> Result<Self, EngineError> {
-        let dim = cfg.dim;
-        let norm = |name: &str| -> Result<Option<RmsNorm>, EngineError> {
-            if cfg.qk_norm {
-                Ok(Some(RmsNorm::new(dim, cfg.eps, &vb.pp(name))?))
-            } else {
-                Ok(None)
-            }
-        };
-        Ok(Self {
-            q: Lin::new(dim, dim, &vb.pp("q"))?,
-            k: Lin::new(dim, dim, &vb.pp("k"))?,
-            v: Lin::new(dim, dim, &vb.pp("v"))?,
-            o: Lin::new(dim, dim, &vb.pp("o"))?,
-            norm_q: norm("norm_q")?,
-            norm_k: norm("norm_k")?,
-            num_heads: cfg.num_heads,
-        })
-    }
-
-    fn heads(&self, x: &Tensor) -> Result<Tensor, EngineError> {
-        let (b, s, c) = x.dims3()?;
-        Ok(x.reshape((b, s, self.num_heads, c / self.num_heads))?)
-    }
-
-    /// `x` `[B, L, C]` attends to `source` (`x` itself for self-attention); `rope` rotates q
-    /// and k (self-attention only).
-    fn forward(
-        &self,
-        kernels: &Kernels,
-        x: &Tensor,
-        source: &Tensor,
-        rope: Option<&Rope>,
-    ) -> Result<Tensor, EngineError> {
-        let (b, l, c) = x.dims3()?;
-        let normed = |norm: &Option<RmsNorm>, t: Tensor| match norm {
-            Some(n) => n.forward(kernels, &t),
-            None => Ok(t),
-        };
-        let q = self.heads(&normed(&self.norm_q, self.q.forward(kernels, x)?)?)?;
-        let k = self.heads(&normed(&self.norm_k, self.k.forward(kernels, source)?)?)?;
-        let v = self.heads(&self.v.forward(kernels, source)?)?;
-        let (q, k) = match rope {
-            Some(rope) => (rope.apply(kernels, &q)?, rope.apply(kernels, &k)?),
-            None => (q, k),
-        };
-        let out = attention(kernels, &q, &k, &v)?.reshape((b, l, c))?;
-        self.o.forward(kernels, &out)
-    }
-}
-
-/// One transformer block (`blocks.N`).
-#[derive(Clone, Debug)]
-struct Block {
-    norm1: LayerNorm,
-    self_attn: Attention,
-    norm3: Option<LayerNorm>,
-    cross_attn: Attention,
-    norm2: LayerNorm,
-    ffn0: Lin,
-    ffn2: Lin,
-    /// `[1, 6, dim]`: shift, scale, gate (self-attention), shift, scale, gate (FFN).
-    modulation: Tensor,
-}
-
-impl Block {
-    fn new(cfg: &Config, vb: &VarBuilder<'_>) -> Result<Self, EngineError> {
-        Ok(Self {
-            norm1: LayerNorm::plain(cfg.eps),
-            self_attn: Attention::new(cfg, &vb.pp("self_attn"))?,
-            norm3: if cfg.cross_attn_norm {
-                Some(LayerNorm::affine(cfg.dim, cfg.eps, &vb.pp("norm3"))?)
-            } else {
-                None
-            },
-            cross_attn: Attention::new(cfg, &vb.pp("cross_attn"))?,
-            norm2: LayerNorm::plain(cfg.eps),
-            ffn0: Lin::new(cfg.dim, cfg.ffn_dim, &vb.pp("ffn.0"))?,
-            ffn2: Lin::new(cfg.ffn_dim, cfg.dim, &vb.pp("ffn.2"))?,
-            modulation: vb
-                .get((1, 6, cfg.dim), "modulation")?
-                .to_dtype(DType::F32)?,
-        })
-    }
-
-    /// `x` `[B, L, C]` float32, `e0` the time projection rows `[rows, 6, C]`.
-    fn forward(
-        &self,
-        kernels: &Kernels,
-        x: &Tensor,
-        e0: &PerToken,
-        rope: &Rope,
-        context: &Tensor,
-    ) -> Result<Tensor, EngineError> {
-        let e = e0.map(|t| t.broadcast_add(&self.modulation))?;
-        let parts = (0..6)
-            .map(|i| e.part_rows(i))
-            .collect::<Result<Vec<_>, _>>()?;
-        let rows_per_entry = parts[0].1;
-        let modulation = |shift: usize| Modulation {
-            shift: &parts[shift].0,
-            scale: &parts[shift + 1].0,
-            rows_per_entry,
-        };
-        let dtype = self.ffn0.dtype();
-
-        let h = self.norm1.forward(kernels, x, Some(modulation(0)), dtype)?;
-        let y = self.self_attn.forward(kernels, &h, &h, Some(rope))?;
-        let x = glue::gated_residual(kernels, x, &y, Some((&parts[2].0, rows_per_entry)))?;
-
-        let h = match &self.norm3 {
-            Some(norm) => norm.forward(kernels, &x, None, dtype)?,
-            None => x.to_dtype(dtype)?,
-        };
-        let y = self.cross_attn.forward(kernels, &h, context, None)?;
-        let x = glue::gated_residual(kernels, &x, &y, None)?;
-
-        let h = self
-            .norm2
-            .forward(kernels, &x, Some(modulation(3)), dtype)?;
-        let y = self
-            .ffn2
-            .forward(kernels, &self.ffn0.forward_gelu(kernels, &h)?)?;
-        Ok(glue::gated_residual(
-            kernels,
-            &x,
-            &y,
-            Some((&parts[5].0, rows_per_entry)),
-        )?)
-    }
-}
 
 /// The Wan2.x diffusion transformer.
 #[derive(Clone, Debug)]
@@ -234,7 +30,10 @@ pub struct WanModel {
     time_embedding0: Lin,
     time_embedding2: Lin,
     time_projection: Lin,
+    /// The blocks on the device: all of them, or the first ones under block swapping.
     blocks: Vec<Block>,
+    /// The blocks after `blocks`, streamed from host memory (block swapping).
+    streamed: Option<Arc<StreamedBlocks>>,
     head_norm: LayerNorm,
     head: Lin,
     /// `[1, 2, dim]`: shift, scale of the output norm.
@@ -247,7 +46,22 @@ impl WanModel {
     /// Builds the model from weights in the original key layout (see
     /// [`super::weights::to_original_layout`]).
     pub fn new(cfg: &Config, vb: &VarBuilder<'_>) -> Result<Self, EngineError> {
+        Self::new_streamed(cfg, vb, None)
+    }
+
+    /// As [`WanModel::new`], keeping only the first `resident_blocks` transformer blocks on
+    /// the device (all when `None`) and streaming the others from host memory at every
+    /// forward pass (see [`super::streamed`]).
+    pub fn new_streamed(
+        cfg: &Config,
+        vb: &VarBuilder<'_>,
+        resident_blocks: Option<usize>,
+    ) -> Result<Self, EngineError> {
         cfg.validate()?;
+        let resident = resident_blocks
+            .unwrap_or(cfg.num_layers)
+            .min(cfg.num_layers);
+        let kernels = Kernels::for_device(vb.device(), &crate::device::kernel_options())?;
         let [pt, ph, pw] = cfg.patch_size;
         let patch_in = cfg.in_dim * pt * ph * pw;
         // The Conv3d with kernel = stride = patch is a matmul over flattened patches.
@@ -257,9 +71,15 @@ impl WanModel {
             patch_in,
             &vb.pp("patch_embedding"),
         )?;
-        let blocks = (0..cfg.num_layers)
+        let blocks = (0..resident)
             .map(|i| Block::new(cfg, &vb.pp("blocks").pp(i)))
             .collect::<Result<Vec<_>, _>>()?;
+        let streamed = if resident < cfg.num_layers {
+            let streamed = StreamedBlocks::load(cfg, vb, resident, &kernels, vb.device())?;
+            Some(Arc::new(streamed))
+        } else {
+            None
+        };
         let out_width = cfg.out_dim * pt * ph * pw;
         Ok(Self {
             cfg: cfg.clone(),
@@ -270,12 +90,13 @@ impl WanModel {
             time_embedding2: Lin::new(cfg.dim, cfg.dim, &vb.pp("time_embedding.2"))?,
             time_projection: Lin::new(cfg.dim, 6 * cfg.dim, &vb.pp("time_projection.1"))?,
             blocks,
+            streamed,
             head_norm: LayerNorm::plain(cfg.eps),
             head: Lin::new(cfg.dim, out_width, &vb.pp("head.head"))?,
             head_modulation: vb
                 .get((1, 2, cfg.dim), "head.modulation")?
                 .to_dtype(DType::F32)?,
-            kernels: Kernels::for_device(vb.device(), &crate::device::kernel_options())?,
+            kernels,
         })
     }
 
@@ -305,6 +126,15 @@ impl WanModel {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Transformer blocks streamed from host memory at every forward pass (0 when all are
+    /// resident) and the host bytes they hold.
+    #[must_use]
+    pub fn streamed_blocks(&self) -> (usize, usize) {
+        self.streamed
+            .as_ref()
+            .map_or((0, 0), |s| (s.len(), s.host_bytes()))
     }
 
     /// Predicts the flow for latents `x` `[B, C, F, H, W]`.
@@ -373,8 +203,14 @@ impl WanModel {
 
         let context = self.embed_text(context)?;
         let rope = Rope::new(grid, cfg.head_dim(), x.device())?;
-        for block in &self.blocks {
-            x = block.forward(kernels, &x, &e0, &rope, &context)?;
+        let run = |block: &Block, x: &Tensor| block.forward(kernels, x, &e0, &rope, &context);
+        match &self.streamed {
+            Some(streamed) => x = streamed.forward(&self.blocks, x, run)?,
+            None => {
+                for block in &self.blocks {
+                    x = run(block, &x)?;
+                }
+            }
         }
 
         // Head: modulated norm and projection back to patches.

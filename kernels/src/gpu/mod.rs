@@ -10,6 +10,7 @@ mod cudnn;
 pub(crate) mod glue;
 mod launch;
 pub(crate) mod linear;
+pub(crate) mod stream;
 pub(crate) mod warp;
 
 use std::path::PathBuf;
