@@ -2,7 +2,7 @@
 # Runs on the GPU machine, from the repository root, after `cargo xtask bench-gpu` staged
 # bench/stage/ (the release `stillmotion-bench` with CUDA, xz-compressed, and the diffusers
 # wheels). Writes every result line to $OUT/results.jsonl and logs beside it.
-# Usage: bench/run-gpu.sh [quick] [scale] [conv] [compile] [profile] [parity] [vae] [e2e]
+# Usage: bench/run-gpu.sh [quick] [scale] [conv] [compile] [profile] [parity] [vae] [e2e] [budgets] [swap]
 # (several modes run in order). e2e writes 35 GB of random-weight model files to $E2E_DIR.
 set -uo pipefail
 OUT=${OUT:-/tmp/stillmotion-bench}
@@ -52,6 +52,13 @@ for mode in "${@:-quick}"; do
     e2e)
       # Two whole renders (4-step LightX2V recipe, RIFE x2) on real-size fp8_scaled files.
       ours e2e "${E2E_DIR:-/tmp/stillmotion-e2e}" 832 480 81 bench/stage/flownet.pkl ;;
+    budgets)
+      # One render per memory budget (GiB; 0 = the whole GPU), each in a fresh engine.
+      ours e2e "${E2E_DIR:-/tmp/stillmotion-e2e}" 832 480 81 bench/stage/flownet.pkl ${BUDGETS:-0 24 16 10} ;;
+    swap)
+      # One 480p expert forward resident, then with every block streamed (block swapping).
+      peak ours-dit-480 ours dit 832 480 81 auto
+      peak ours-dit-480-swap0 ours dit 832 480 81 auto 0 ;;
     profile)
       # Kernel time by kernel name for one of our 480p forwards (Nsight Systems, if present).
       NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
@@ -62,7 +69,7 @@ for mode in "${@:-quick}"; do
       else
         echo "no nsys on this machine" >> "$OUT/log.txt"
       fi ;;
-    *) echo "unknown mode $mode (quick, scale, conv, compile, profile, parity, vae, e2e)" >> "$OUT/log.txt" ;;
+    *) echo "unknown mode $mode (quick, scale, conv, compile, profile, parity, vae, e2e, budgets, swap)" >> "$OUT/log.txt" ;;
   esac
 done
 echo done >> "$OUT/log.txt"

@@ -3,12 +3,15 @@
 //! on the A14B experts at their real size (random weights in ComfyUI's fp8_scaled files, see
 //! [`crate::model_files`]), written as PNG frames (this build has no libav).
 //!
-//! Two jobs run back to back: the first loads every model, the second (another seed) reuses
-//! them, so its time is what a user waits for each render after the first. Each stage's time,
-//! the seconds per denoising step and the peak GPU memory (device-wide, polled every 50 ms) are
-//! printed as JSON lines.
+//! Without budgets, two jobs run back to back: the first loads every model, the second (another
+//! seed) reuses them, so its time is what a user waits for each render after the first. With
+//! budgets (GiB; 0 for the device's whole memory), each budget gets a fresh engine planning
+//! against it (as `--plan-for-vram` does) and one job: the memory plan decides block swapping,
+//! the text encoder's and the VAE's placement, and the measured peak shows whether the plan
+//! held. Each stage's time, the seconds per denoising step and the peak GPU memory
+//! (device-wide, polled every 50 ms) are printed as JSON lines.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -35,7 +38,8 @@ pub fn run(
     width: u32,
     height: u32,
     frames: u32,
-    rife: Option<PathBuf>,
+    rife: Option<&Path>,
+    budgets_gib: &[f64],
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let models = ModelSet::in_dir(dir);
@@ -73,27 +77,45 @@ pub fn run(
         )
     };
 
-    let mut runner = PipelineRunner::new();
-    if let Some(rife) = rife {
-        runner = runner.with_rife_weights(rife);
-    }
-    let engine = EngineHandle::spawn(runner, || {})?;
+    let runner = |budget_gib: f64| {
+        let mut runner = PipelineRunner::new();
+        if let Some(rife) = rife {
+            runner = runner.with_rife_weights(rife.to_path_buf());
+        }
+        if budget_gib > 0.0 {
+            runner = runner.with_memory_budget((budget_gib * f64::from(1 << 30)) as u64);
+        }
+        runner
+    };
     let peak = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let poller = spawn_memory_poller(Arc::clone(&peak), Arc::clone(&stop))?;
-    for (job_id, label) in [(1, "cold"), (2, "warm")] {
-        peak.store(0, Ordering::Relaxed);
-        let job = recipe(job_id, &format!("frames-{label}"));
-        job.validate()?;
-        engine.send(Command::Submit {
-            job_id,
-            kind: JobKind::Render(Box::new(job)),
-        })?;
-        watch(&engine, job_id, label, &peak)?;
+    let jobs: Vec<(f64, Vec<(u64, String)>)> = if budgets_gib.is_empty() {
+        vec![(0.0, vec![(1, "cold".to_owned()), (2, "warm".to_owned())])]
+    } else {
+        budgets_gib
+            .iter()
+            .zip(1..)
+            .map(|(&gib, id)| (gib, vec![(id, format!("budget-{gib}gib"))]))
+            .collect()
+    };
+    for (budget_gib, engine_jobs) in jobs {
+        let engine = EngineHandle::spawn(runner(budget_gib), || {})?;
+        for (job_id, label) in engine_jobs {
+            peak.store(0, Ordering::Relaxed);
+            let job = recipe(job_id, &format!("frames-{label}"));
+            job.validate()?;
+            engine.send(Command::Submit {
+                job_id,
+                kind: JobKind::Render(Box::new(job)),
+            })?;
+            watch(&engine, job_id, &label, &peak)?;
+        }
+        // Dropping the handle shuts the engine down and frees its models before the next one.
+        drop(engine);
     }
     stop.store(true, Ordering::Relaxed);
     let _ = poller.join();
-    engine.send(Command::Shutdown)?;
     Ok(())
 }
 

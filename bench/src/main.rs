@@ -19,6 +19,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use stillmotion_engine::wan::weights::to_original_layout;
 use stillmotion_engine::wan::{Config, WanModel};
 use stillmotion_kernels::attention::{attention, reference};
 use stillmotion_kernels::glue::{self, Modulation};
@@ -67,6 +69,7 @@ fn main() -> anyhow::Result<()> {
             number(2, 480)?,
             number(3, 81)?,
             args.get(4).map(String::as_str),
+            args.get(5).map(|s| s.parse::<usize>()).transpose()?,
         ),
         Some("e2e") => e2e::run(
             std::path::Path::new(
@@ -76,10 +79,15 @@ fn main() -> anyhow::Result<()> {
             u32::try_from(number(2, 832)?)?,
             u32::try_from(number(3, 480)?)?,
             u32::try_from(number(4, 81)?)?,
-            args.get(5).map(std::path::PathBuf::from),
+            args.get(5).map(std::path::Path::new),
+            &args
+                .iter()
+                .skip(6)
+                .map(|a| a.parse::<f64>().with_context(|| format!("budget {a:?}")))
+                .collect::<anyhow::Result<Vec<_>>>()?,
         ),
         _ => bail!(
-            "usage: stillmotion-bench parity | attention TOKENS [KEYS] | linear M K N | dit WIDTH HEIGHT FRAMES [cudnn|flash] | e2e DIR WIDTH HEIGHT FRAMES [FLOWNET]"
+            "usage: stillmotion-bench parity | attention TOKENS [KEYS] | linear M K N | dit WIDTH HEIGHT FRAMES [auto|cudnn|flash] [RESIDENT_BLOCKS] | e2e DIR WIDTH HEIGHT FRAMES [FLOWNET [BUDGET_GIB...]]"
         ),
     }
 }
@@ -414,7 +422,7 @@ fn conv_parity(device: &Device, kernels: &Kernels, checks: &mut Checks) -> anyho
 
     let weights = random_weights::state_dict_from(&VaeConfig::wan21())?;
     let build = |device: &Device| -> anyhow::Result<WanVae> {
-        let vb = candle_nn::VarBuilder::from_tensors(weights.clone(), DType::F32, device);
+        let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, device);
         Ok(WanVae::new(&VaeConfig::wan21(), &vb)?)
     };
     let latents = Tensor::randn(0_f32, 1.0, (16, 3, 12, 16), &Device::Cpu)?;
@@ -472,6 +480,28 @@ fn dit_parity(device: &Device, checks: &mut Checks) -> anyhow::Result<()> {
             DIT_BOUND,
         );
     }
+    // Block swapping: 4 blocks, 1 resident and 3 streamed through two slots, against the
+    // same weights resident; the arithmetic is the same, so only a copy racing a block's
+    // kernels (or landing in the wrong slot) can make a difference.
+    let cfg = Config {
+        num_layers: 4,
+        ..cfg
+    };
+    let weights = to_original_layout(random_weights::state_dict(&cfg, device, DType::BF16, 8)?)?;
+    let vb = VarBuilder::from_tensors(weights, DType::BF16, device);
+    let resident = WanModel::new(&cfg, &vb)?;
+    let streamed = WanModel::new_streamed(&cfg, &vb, Some(1))?;
+    let to = |t: &Tensor| t.to_device(device);
+    let (x, y, t, context) = (to(&x)?, to(&y)?, to(&t)?, to(&context)?);
+    let expected = resident.forward(&x, Some(&y), &t, &context)?;
+    for round in 0..3 {
+        let out = streamed.forward(&x, Some(&y), &t, &context)?;
+        checks.check(
+            &format!("dit 4 blocks bf16, 3 streamed vs resident, pass {round}"),
+            rel_l2(&out, &expected)?,
+            0.0,
+        );
+    }
     Ok(())
 }
 
@@ -482,6 +512,7 @@ fn bench_dit(
     height: usize,
     frames: usize,
     attention_choice: Option<&str>,
+    resident_blocks: Option<usize>,
 ) -> anyhow::Result<()> {
     let cfg = Config::i2v_a14b();
     let choice = match attention_choice {
@@ -491,8 +522,12 @@ fn bench_dit(
     };
     let load = Instant::now();
     let weights = random_weights::state_dict(&cfg, device, DType::BF16, 11)?;
-    let model = WanModel::from_state_dict(&cfg, weights, DType::BF16, device)?
+    // With resident blocks given, the others stream from pinned host memory (block swapping);
+    // the random weights are made on the GPU, copied to the host block by block, then freed.
+    let vb = VarBuilder::from_tensors(to_original_layout(weights)?, DType::BF16, device);
+    let model = WanModel::new_streamed(&cfg, &vb, resident_blocks)?
         .with_kernels(kernels.with_attention(choice));
+    drop(vb);
     device.synchronize()?;
     let load_seconds = load.elapsed().as_secs_f64();
     let (t_lat, h_lat, w_lat) = ((frames - 1) / 4 + 1, height / 8, width / 8);
@@ -514,6 +549,8 @@ fn bench_dit(
             "attention",
             &format!("{:?}", model.kernels().attention_backend(device)),
         )
+        .int("streamed_blocks", model.streamed_blocks().0)
+        .num("pinned_gb", model.streamed_blocks().1 as f64 / 1e9)
         .num("forward_s", seconds)
         .num("build_s", load_seconds)
         .print();
@@ -524,7 +561,7 @@ fn bench_dit(
 /// (the dtype the pipeline and diffusers' reference run use).
 fn bench_vae(device: &Device, width: usize, height: usize, frames: usize) -> anyhow::Result<()> {
     use stillmotion_engine::wan_vae::{Config as VaeConfig, WanVae};
-    let vb = candle_nn::VarBuilder::from_backend(
+    let vb = VarBuilder::from_backend(
         Box::new(random_weights::RandomBackend),
         DType::F32,
         device.clone(),
