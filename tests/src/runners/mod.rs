@@ -31,13 +31,13 @@ pub type Outputs = BTreeMap<String, Tensor>;
 /// The model runners (DiT, VAE, umT5, RIFE) load their weights and float inputs in it, except
 /// that the convolutional ones (VAE, RIFE) run bf16 as f16 on the CPU: candle 0.11's CPU
 /// convolutions call its gemm directly, which has f16 but no bf16 kernel ("unsupported dtype
-/// BF16 for op matmul"; plain matmuls widen bf16 to f32 and work). The
-/// render job picks its own dtype from the device (bf16 on CUDA, f32 on the CPU), so a
-/// `pipeline` case runs on CUDA only when bf16 is asked for there, and on the CPU in f32
-/// otherwise. Everything else stays f32: the samplers (schedules and steps are f32/f64 math in
-/// both references, and the engine keeps latents in f32 between steps), the tokenizer and
-/// prompt cleaning (no tensors), the image fit (pixels in f32 before the VAE), and the RIFE
-/// warp alone (its kernel is f32-only; RIFE casts around it).
+/// BF16 for op matmul"; plain matmuls widen bf16 to f32 and work). The render job picks its
+/// own dtype from the device (bf16 on CUDA, f32 on the CPU), so a `pipeline` case runs on CUDA
+/// only when bf16 is asked for there, and on the CPU in f32 otherwise. Everything else stays
+/// f32: the samplers (schedules and steps are f32/f64 math in both references, and the engine
+/// keeps latents in f32 between steps), the tokenizer and prompt cleaning (no tensors), the
+/// image fit (pixels in f32 before the VAE), and the RIFE warp alone (its kernel is f32-only;
+/// RIFE casts around it).
 #[must_use]
 pub fn dtype_for(component: &str, requested: DType, device: &Device) -> DType {
     match component {
