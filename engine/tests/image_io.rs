@@ -278,6 +278,25 @@ fn real_avif_is_refused_with_advice() {
     assert!(message.contains("AVIF"), "{message}");
 }
 
+/// AVIF files from real encoders (libavif through Pillow: 8-bit, 8-bit with alpha; ffmpeg with
+/// libaom: 10-bit) are each refused by name with what to do: the libdav1d the `image` crate's
+/// decoder needs is newer than Debian 12's (see the image_input module doc).
+#[test]
+fn avif_from_other_encoders_is_refused_with_advice() {
+    for name in ["avif-rgb8.avif", "avif-rgba8.avif", "avif-rgb10.avif"] {
+        let path = data(name);
+        let message = load(&path, &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("AVIF images cannot be read by this build")
+                && message.contains("convert the image to PNG, JPEG or WebP")
+                && message.ends_with(name),
+            "{message}"
+        );
+    }
+}
+
 /// By default a transparent image reads as the references read it (`convert("RGB")` in the
 /// official Wan script, ComfyUI's LoadImage and diffusers' load_image): alpha dropped, the
 /// stored colour kept, with a note saying so.

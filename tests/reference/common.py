@@ -77,10 +77,20 @@ def write_case(
     reason: str | None = None,
     seed: int = 0,
     extra_files: dict[str, bytes] | None = None,
+    reduced: dict[str, dict] | None = None,
 ) -> Path:
-    """Writes tests/golden/<name>/ afresh. `weights` maps file name -> state dict."""
+    """Writes tests/golden/<name>/ afresh. `weights` maps file name -> state dict.
+
+    `reduced` sets the case's own bound in a bf16 or f16 run of the harness
+    (`STILLMOTION_GOLDEN_DTYPE`): {"bf16": {"rel_l2": 3e-2, "reason": "..."}} becomes
+    `[tolerance.bf16]`. Without it, the case's entry in `reduced_bounds.BOUNDS` is used.
+    """
     if rel_l2 > 1e-4 and not reason:
         raise ValueError(f"{name}: a tolerance looser than 1e-4 needs a reason")
+    if reduced is None:
+        import reduced_bounds
+
+        reduced = reduced_bounds.BOUNDS.get(name)
     case_dir = GOLDEN_DIR / name
     if case_dir.exists():
         shutil.rmtree(case_dir)
@@ -112,6 +122,7 @@ def write_case(
         lines.append(f"max_abs = {_toml_value(float(max_abs))}")
     if reason:
         lines.append(f"reason = {_toml_value(reason)}")
+    lines.extend(reduced_tables(reduced or {}))
     lines.append("")
     lines.append("[reference]")
     lines.append(f"script = {_toml_value(SCRIPT)}")
@@ -119,6 +130,28 @@ def write_case(
     lines.append(f"versions = {_toml_value(versions())}")
     (case_dir / "case.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return case_dir
+
+
+REDUCED_DEFAULTS = {"bf16": 1e-2, "f16": 2e-3}
+
+
+def reduced_tables(reduced: dict[str, dict]) -> list[str]:
+    """The `[tolerance.bf16]` / `[tolerance.f16]` lines of a manifest, each after a blank line.
+
+    A bound looser than the precision's default (bf16 1e-2, f16 2e-3) needs a reason.
+    """
+    lines = []
+    for precision, bound in reduced.items():
+        if precision not in REDUCED_DEFAULTS:
+            raise ValueError(f"reduced precision {precision!r} is not bf16 or f16")
+        if bound["rel_l2"] > REDUCED_DEFAULTS[precision] and not bound.get("reason"):
+            raise ValueError(f"a {precision} bound looser than the default needs a reason")
+        lines.append("")
+        lines.append(f"[tolerance.{precision}]")
+        for key in ("rel_l2", "max_abs", "reason"):
+            if key in bound:
+                lines.append(f"{key} = {_toml_value(bound[key])}")
+    return lines
 
 
 def case_size_bytes() -> int:

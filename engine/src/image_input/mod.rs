@@ -3,8 +3,15 @@
 //!
 //! Reads PNG (and APNG), JPEG (including CMYK), WebP, BMP, TIFF, GIF and the other formats the
 //! `image` crate decodes. AVIF is refused with advice: the `image` crate decodes AVIF only with
-//! its `avif-native` feature, which binds the system's libdav1d (through the `dav1d` crate and
-//! pkg-config), and this build links no such library (its own `avif` feature is an encoder).
+//! its `avif-native` feature (its `avif` feature is an encoder), which binds the system's
+//! libdav1d, and the systems we build on ship one too old for it. image 0.25.10 pulls `dav1d`
+//! 0.11 → `dav1d-sys` 0.8.3, whose build script asks pkg-config for `dav1d >= 1.3.0` (1.3.0
+//! changed the ABI: soname 7) or else clones and builds libdav1d 1.5.0 from git with meson, a
+//! vendored C library we do not want. Debian 12 ships libdav1d 1.0.0 (`libdav1d-dev
+//! 1.0.0-2+deb12u1`: "Package 'dav1d' has version '1.0.0', required version is '>= 1.3.0'"),
+//! Ubuntu 22.04 0.9.2 and Ubuntu 24.04 1.4.1, so only the last could turn the feature on.
+//! Revisit when Debian 13 (1.5.1) is the oldest system we build on. Detection
+//! ([`is_avif`]) reads the `ftyp` box's major and compatible brands.
 //! 16-bit, grayscale and palette images become RGB8; EXIF orientation is applied; animations
 //! give their first frame with a note.
 //!
@@ -186,9 +193,18 @@ pub fn load_bytes(
     })
 }
 
-/// AVIF (and HEIF) files start with an `ftyp` box naming an `avif`/`avis` brand.
+/// AVIF files are ISO-BMFF: an `ftyp` box (size, `ftyp`, major brand, minor version,
+/// compatible brands) naming `avif` (a still image) or `avis` (a sequence), as the major brand
+/// (libavif, ffmpeg) or only among the compatible ones (writers that lead with `mif1`).
 fn is_avif(bytes: &[u8]) -> bool {
-    bytes.len() >= 12 && &bytes[4..8] == b"ftyp" && matches!(&bytes[8..12], b"avif" | b"avis")
+    if bytes.len() < 12 || &bytes[4..8] != b"ftyp" {
+        return false;
+    }
+    let size = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    let compatible = bytes.get(16..size.min(bytes.len())).unwrap_or_default();
+    std::iter::once(&bytes[8..12])
+        .chain(compatible.chunks_exact(4))
+        .any(|brand| brand == b"avif" || brand == b"avis")
 }
 
 /// A JPEG ends with the EOI marker (trailing padding some cameras add is allowed).
@@ -241,6 +257,30 @@ fn flatten(image: &DynamicImage, background: [u8; 3]) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn avif_is_known_by_its_major_or_compatible_brand() {
+        let ftyp = |major: &[u8; 4], compatible: &[&[u8; 4]]| {
+            let size = 16 + 4 * compatible.len() as u32;
+            let mut bytes = size.to_be_bytes().to_vec();
+            bytes.extend(b"ftyp");
+            bytes.extend(major);
+            bytes.extend([0; 4]);
+            for brand in compatible {
+                bytes.extend(*brand);
+            }
+            // The next box, whose bytes must not be read as brands.
+            bytes.extend(b"\0\0\0\x08avif");
+            bytes
+        };
+        assert!(is_avif(&ftyp(b"avif", &[b"mif1"])));
+        assert!(is_avif(&ftyp(b"avis", &[])));
+        assert!(is_avif(&ftyp(b"mif1", &[b"miaf", b"avif"])));
+        assert!(!is_avif(&ftyp(b"heic", &[b"mif1", b"heic"])));
+        assert!(!is_avif(&ftyp(b"mif1", &[])));
+        assert!(!is_avif(b"\0\0\0\x10ftyp"));
+        assert!(!is_avif(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"));
+    }
 
     #[test]
     fn loads_a_png_and_refuses_junk_and_oversize() {

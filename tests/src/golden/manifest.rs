@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+use super::precision::Precision;
+
 /// Tolerance of a case. Anything looser than 1e-4 relative L2 must say why.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,6 +18,80 @@ pub struct Tolerance {
     /// Why the tolerance is looser than the default, if it is.
     #[serde(default)]
     pub reason: Option<String>,
+    /// The case's own bound in a bf16 run (`[tolerance.bf16]`), instead of the default.
+    #[serde(default)]
+    pub bf16: Option<DtypeTolerance>,
+    /// The case's own bound in an f16 run (`[tolerance.f16]`), instead of the default.
+    #[serde(default)]
+    pub f16: Option<DtypeTolerance>,
+}
+
+/// A case's bound in one reduced precision. Looser than that precision's default needs a reason.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DtypeTolerance {
+    pub rel_l2: f64,
+    #[serde(default)]
+    pub max_abs: Option<f64>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The bounds a tensor is held to in one precision.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    pub rel_l2: f64,
+    pub max_abs: Option<f64>,
+}
+
+impl Tolerance {
+    /// The bounds in `precision`. In f32, the case's own. In bf16 or f16, the case's
+    /// `[tolerance.bf16]` / `[tolerance.f16]` if it has one, else the precision's default
+    /// relative L2 (or the case's f32 bound where that is already looser) and no per-element
+    /// bound: rounding the weights moves every element, so an f32 `max_abs` says nothing there.
+    #[must_use]
+    pub fn limits(&self, precision: Precision) -> Limits {
+        let own = match precision {
+            Precision::F32 => {
+                return Limits {
+                    rel_l2: self.rel_l2,
+                    max_abs: self.max_abs,
+                };
+            }
+            Precision::Bf16 => self.bf16.as_ref(),
+            Precision::F16 => self.f16.as_ref(),
+        };
+        match own {
+            Some(own) => Limits {
+                rel_l2: own.rel_l2,
+                max_abs: own.max_abs,
+            },
+            None => Limits {
+                rel_l2: self.rel_l2.max(precision.default_rel_l2()),
+                max_abs: None,
+            },
+        }
+    }
+}
+
+/// Checks one bound: positive, and explained when looser than `default`.
+fn check_bound(
+    table: &str,
+    rel_l2: f64,
+    default: f64,
+    reason: Option<&str>,
+    path: &Path,
+) -> anyhow::Result<()> {
+    if !(rel_l2.is_finite() && rel_l2 > 0.0) {
+        bail!("{table}.rel_l2 must be positive: {}", path.display());
+    }
+    if rel_l2 > default && reason.is_none_or(|r| r.trim().is_empty()) {
+        bail!(
+            "{table}.rel_l2 = {rel_l2} is looser than {default}: add {table}.reason: {}",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// The default tolerance for float32 CPU parity.
@@ -76,23 +152,27 @@ pub fn load_case(dir: &Path) -> anyhow::Result<Case> {
     let manifest: CaseManifest =
         toml::from_str(&text).with_context(|| format!("parsing {}", manifest_path.display()))?;
     let tolerance = &manifest.tolerance;
-    if !(tolerance.rel_l2.is_finite() && tolerance.rel_l2 > 0.0) {
-        bail!(
-            "tolerance.rel_l2 must be positive: {}",
-            manifest_path.display()
-        );
-    }
-    if tolerance.rel_l2 > DEFAULT_REL_L2
-        && tolerance
-            .reason
-            .as_deref()
-            .is_none_or(|r| r.trim().is_empty())
-    {
-        bail!(
-            "tolerance.rel_l2 = {} is looser than {DEFAULT_REL_L2}: add tolerance.reason: {}",
-            tolerance.rel_l2,
-            manifest_path.display()
-        );
+    check_bound(
+        "tolerance",
+        tolerance.rel_l2,
+        DEFAULT_REL_L2,
+        tolerance.reason.as_deref(),
+        &manifest_path,
+    )?;
+    let reduced = [
+        ("tolerance.bf16", Precision::Bf16, &tolerance.bf16),
+        ("tolerance.f16", Precision::F16, &tolerance.f16),
+    ];
+    for (table, precision, own) in reduced {
+        if let Some(own) = own {
+            check_bound(
+                table,
+                own.rel_l2,
+                precision.default_rel_l2(),
+                own.reason.as_deref(),
+                &manifest_path,
+            )?;
+        }
     }
     let named = manifest
         .weights
@@ -134,10 +214,16 @@ pub fn discover(roots: &[PathBuf]) -> anyhow::Result<Vec<Case>> {
     Ok(cases)
 }
 
-/// The committed folder plus every folder in `STILLMOTION_GOLDEN_DIRS`.
+/// The committed folder (where it exists: a harness built elsewhere, such as for a GPU machine,
+/// may not find its build-time path) plus every folder in `STILLMOTION_GOLDEN_DIRS`.
 #[must_use]
 pub fn case_roots() -> Vec<PathBuf> {
-    let mut roots = vec![super::committed_dir()];
+    let committed = super::committed_dir();
+    let mut roots: Vec<PathBuf> = committed
+        .is_dir()
+        .then_some(committed)
+        .into_iter()
+        .collect();
     if let Some(extra) = std::env::var_os(super::EXTRA_DIRS_VAR) {
         roots.extend(std::env::split_paths(&extra).filter(|p| !p.as_os_str().is_empty()));
     }
@@ -189,5 +275,54 @@ mod tests {
         std::fs::remove_file(root.path().join("a_ok/expected.safetensors")).unwrap();
         let error = discover(&[root.path().to_owned()]).unwrap_err().to_string();
         assert!(error.contains("missing"), "{error}");
+    }
+
+    #[test]
+    fn reduced_precision_bounds() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("c");
+        write_case(&dir, "rel_l2 = 1e-5\nmax_abs = 1e-6");
+        let case = load_case(&dir).unwrap();
+        let tolerance = &case.manifest.tolerance;
+        let f32 = Limits {
+            rel_l2: 1e-5,
+            max_abs: Some(1e-6),
+        };
+        assert_eq!(tolerance.limits(Precision::F32), f32);
+        // The default per precision, without the f32 per-element bound.
+        let bf16 = tolerance.limits(Precision::Bf16);
+        assert_eq!((bf16.rel_l2, bf16.max_abs), (1e-2, None));
+        assert_eq!(tolerance.limits(Precision::F16).rel_l2, 2e-3);
+
+        // A case looser than the default in f32 keeps its bound in bf16.
+        write_case(&dir, "rel_l2 = 2e-2\nreason = \"quantized\"");
+        let case = load_case(&dir).unwrap();
+        assert_eq!(case.manifest.tolerance.limits(Precision::Bf16).rel_l2, 2e-2);
+
+        // The case's own table wins; looser than the default needs a reason.
+        write_case(
+            &dir,
+            "rel_l2 = 1e-5\n[tolerance.bf16]\nrel_l2 = 5e-3\nmax_abs = 0.5",
+        );
+        let case = load_case(&dir).unwrap();
+        let own = case.manifest.tolerance.limits(Precision::Bf16);
+        assert_eq!((own.rel_l2, own.max_abs), (5e-3, Some(0.5)));
+        assert_eq!(case.manifest.tolerance.limits(Precision::F16).rel_l2, 2e-3);
+        write_case(&dir, "rel_l2 = 1e-5\n[tolerance.f16]\nrel_l2 = 5e-3");
+        let error = load_case(&dir).unwrap_err().to_string();
+        assert!(error.contains("add tolerance.f16.reason"), "{error}");
+        write_case(
+            &dir,
+            "rel_l2 = 1e-5\n[tolerance.f16]\nrel_l2 = 5e-3\nreason = \"long loop\"",
+        );
+        assert_eq!(
+            load_case(&dir)
+                .unwrap()
+                .manifest
+                .tolerance
+                .limits(Precision::F16)
+                .rel_l2,
+            5e-3
+        );
     }
 }

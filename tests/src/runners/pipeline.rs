@@ -7,11 +7,14 @@
 //! order: high-noise expert, low-noise expert, VAE, text encoder (each with its sidecar
 //! `<stem>.json` config; `tokenizer.json` beside the text encoder). `inputs`: `noise`, injected.
 //! Output: `frames` `[F, H, W, 3]`, the written uint8 frames as f32.
+//!
+//! The render job picks its dtype from its device (bf16 on CUDA, f32 on the CPU): a bf16 run
+//! on CUDA renders there; every other run renders on the CPU in f32 (`runners::dtype_for`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use stillmotion_engine::device::DevicePreference;
 use stillmotion_engine::pipeline::PipelineRunner;
@@ -81,8 +84,13 @@ fn model_files(case: &Case) -> ModelFiles {
     }
 }
 
-/// The recipe a `pipeline` case describes, writing to `output` (no extension: PNG frames).
+/// The recipe a `pipeline` case describes, writing to `output` (no extension: PNG frames), on
+/// the CPU.
 pub fn recipe(case: &Case, output: &Path) -> anyhow::Result<Recipe> {
+    recipe_on(case, output, DevicePreference::Cpu)
+}
+
+fn recipe_on(case: &Case, output: &Path, device: DevicePreference) -> anyhow::Result<Recipe> {
     let cfg: RenderConfig = case.config()?;
     let preset = preset::find(PRESET)?;
     let file = |name: &str| Some(case.file(name));
@@ -108,7 +116,7 @@ pub fn recipe(case: &Case, output: &Path) -> anyhow::Result<Recipe> {
         boundary: Some(cfg.boundary),
         interpolation: Some(Interpolation::Off),
         output: Some(output.to_owned()),
-        device: Some(DevicePreference::Cpu),
+        device: Some(device),
         ..RecipeChoices::default()
     };
     Ok(Recipe::from_layers(&preset, choices))
@@ -136,14 +144,19 @@ pub fn read_frames(dir: &Path) -> anyhow::Result<Tensor> {
     )?)
 }
 
-pub fn run(case: &Case, _device: &Device) -> anyhow::Result<Outputs> {
+pub fn run(case: &Case, device: &Device, dtype: DType) -> anyhow::Result<Outputs> {
     let out_dir = std::env::temp_dir().join(format!(
         "stillmotion-golden-{}-{}",
         case.name,
         std::process::id()
     ));
     std::fs::create_dir_all(&out_dir)?;
-    let recipe = recipe(case, &out_dir.join("frames"))?;
+    let on = if device.is_cuda() && dtype == DType::BF16 {
+        DevicePreference::Cuda
+    } else {
+        DevicePreference::Cpu
+    };
+    let recipe = recipe_on(case, &out_dir.join("frames"), on)?;
     let sink = |_event: Event| {};
     let ctx = JobContext::new(1, CancelToken::new(), &sink, None);
     let result = PipelineRunner::new().run(&JobKind::Render(Box::new(recipe)), &ctx);

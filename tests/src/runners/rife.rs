@@ -14,6 +14,9 @@
 //! `engine::rife::interpolate`.
 //!
 //! `rife_warp`: inputs `input` `(b, c, h, w)` and `flow` `(b, 2, h, w)`; output `warped`.
+//!
+//! In a bf16/f16 run `rife` and `rife_clip` load the network in that dtype (`Rife::load_in`)
+//! and `rife` casts its frames to it; `rife_warp` stays f32 (the warp kernel is f32-only).
 
 use anyhow::Context;
 use candle_core::Device;
@@ -24,7 +27,7 @@ use stillmotion_engine::rife::{
     backward_warp_with, interpolate,
 };
 
-use super::{Outputs, inputs, take};
+use super::{Outputs, inputs, inputs_in, take};
 use crate::golden::Case;
 
 #[derive(serde::Deserialize)]
@@ -46,12 +49,10 @@ fn default_network_scale() -> f64 {
     1.0
 }
 
-pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
+pub fn run(case: &Case, device: &Device, dtype: DType) -> anyhow::Result<Outputs> {
     let config: RifeCaseConfig = case.config()?;
-    let weights =
-        stillmotion_engine::paths::rife_weights_path().context("locating the RIFE weights")?;
-    let rife = Rife::load(&weights, device).context("loading the real RIFE weights")?;
-    let mut tensors = inputs(case, device)?;
+    let rife = load(device, dtype)?;
+    let mut tensors = inputs_in(case, device, dtype)?;
     let img0 = take(&mut tensors, "img0")?;
     let img1 = take(&mut tensors, "img1")?;
     let (_, _, height, width) = img0.dims4()?;
@@ -82,11 +83,9 @@ struct ClipCaseConfig {
     network_scale: Option<f64>,
 }
 
-pub fn run_clip(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
+pub fn run_clip(case: &Case, device: &Device, dtype: DType) -> anyhow::Result<Outputs> {
     let config: ClipCaseConfig = case.config()?;
-    let weights =
-        stillmotion_engine::paths::rife_weights_path().context("locating the RIFE weights")?;
-    let rife = Rife::load(&weights, device).context("loading the real RIFE weights")?;
+    let rife = load(device, dtype)?;
     let mut tensors = inputs(case, &Device::Cpu)?;
     let clip = take(&mut tensors, "frames")?.to_dtype(DType::U8)?;
     let (n, h, w, _) = clip.dims4()?;
@@ -117,6 +116,13 @@ pub fn run_clip(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
         Tensor::from_vec(data, (len, h, w, 3), device)?,
     );
     Ok(outputs)
+}
+
+/// The real weights (`engine::paths::rife_weights_path()`) in `dtype`.
+fn load(device: &Device, dtype: DType) -> anyhow::Result<Rife> {
+    let weights =
+        stillmotion_engine::paths::rife_weights_path().context("locating the RIFE weights")?;
+    Rife::load_in(&weights, device, dtype).context("loading the real RIFE weights")
 }
 
 pub fn run_warp(case: &Case, device: &Device) -> anyhow::Result<Outputs> {

@@ -4,7 +4,8 @@
 //! `checkpoint` (file, shard index or folder, relative to the case). Inputs `input_ids`,
 //! `attention_mask` (`[batch, len]`, int64). Outputs `hidden_states` (the masked forward over
 //! the whole padded batch) and `context` (each sample's real tokens encoded alone, zero-padded
-//! to `text_len`: what the Wan pipeline hands the DiT).
+//! to `text_len`: what the Wan pipeline hands the DiT). A bf16/f16 run loads the weights in that
+//! dtype (the ids and mask are integers either way).
 
 use anyhow::Context as _;
 use candle_core::{DType, Device, Tensor};
@@ -18,11 +19,11 @@ struct Keys {
     checkpoint: String,
 }
 
-pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
+pub fn run(case: &Case, device: &Device, dtype: DType) -> anyhow::Result<Outputs> {
     let cfg: Config = case.config()?;
     let keys: Keys = case.config()?;
     let encoder =
-        Checkpoint::locate(&case.file(&keys.checkpoint))?.load_encoder(&cfg, DType::F32, device)?;
+        Checkpoint::locate(&case.file(&keys.checkpoint))?.load_encoder(&cfg, dtype, device)?;
     let mut tensors = inputs(case, device)?;
     let ids = take(&mut tensors, "input_ids")?;
     let mask = take(&mut tensors, "attention_mask")?;

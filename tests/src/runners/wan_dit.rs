@@ -7,6 +7,9 @@
 //! key layout, with or without the `model.diffusion_model.` prefix. Inputs: `x`
 //! `[B, C, F, H, W]`, optional `y` (concatenated to `x` along channels), `t` (`[B]` or
 //! `[B, tokens]`, any dtype) and `context` `[B, L, text_dim]`. Output: `out`.
+//!
+//! In a bf16/f16 run the weights and `x`, `y`, `context` are in that dtype; `t` stays as given
+//! (the model embeds it in f64/f32, as the pipeline passes it).
 
 use std::collections::HashMap;
 
@@ -15,10 +18,10 @@ use candle_core::{DType, Device};
 use stillmotion_engine::wan::weights::{self, Layout};
 use stillmotion_engine::wan::{Config, TimeEmbedding, WanModel};
 
-use super::{Outputs, inputs, take};
+use super::{Outputs, in_dtype::float_to, inputs, take};
 use crate::golden::Case;
 
-pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
+pub fn run(case: &Case, device: &Device, dtype: DType) -> anyhow::Result<Outputs> {
     let mut config: Config = case.config()?;
     let mut tensors = HashMap::new();
     for file in &case.manifest.weights {
@@ -39,13 +42,16 @@ pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
             config.pad_context = false;
         }
     }
-    let model = WanModel::from_state_dict(&config, tensors, DType::F32, device)?;
+    let model = WanModel::from_state_dict(&config, tensors, dtype, device)?;
 
     let mut inputs = inputs(case, device)?;
-    let x = take(&mut inputs, "x")?;
-    let y = inputs.remove("y");
+    let x = float_to(&take(&mut inputs, "x")?, dtype)?;
+    let y = inputs
+        .remove("y")
+        .map(|y| float_to(&y, dtype))
+        .transpose()?;
     let t = take(&mut inputs, "t")?;
-    let context = take(&mut inputs, "context")?;
+    let context = float_to(&take(&mut inputs, "context")?, dtype)?;
     let out = model.forward(&x, y.as_ref(), &t, &context)?;
     Ok(Outputs::from([("out".to_owned(), out)]))
 }

@@ -7,16 +7,17 @@
 //! (a LoRA file merged at load), `lora_strength` (default 1) and `lora_unmatched` (how many
 //! LoRA keys must be reported unmatched), `quantized_matmul` (`"dequantize"`, the default, or
 //! `"native"`: how GGUF layers kept quantized multiply). Inputs as
-//! in `wan_dit`: `x`, optional `y`, `t`, `context`. Output: `out`.
+//! in `wan_dit`: `x`, optional `y`, `t`, `context`. Output: `out`. A bf16/f16 run loads in that
+//! dtype (float8 and GGUF weights convert to it at use) and casts `x`, `y`, `context` to it.
 
 use anyhow::Context;
 use candle_core::{DType, Device};
 use stillmotion_engine::wan::{Config, LoraSpec, QuantizedMatmul, WanModel};
 
-use super::{Outputs, inputs, take};
+use super::{Outputs, in_dtype::float_to, inputs, take};
 use crate::golden::Case;
 
-pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
+pub fn run(case: &Case, device: &Device, dtype: DType) -> anyhow::Result<Outputs> {
     let given = &case.manifest.config;
     let path = given
         .get("path")
@@ -57,7 +58,7 @@ pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
         &loras,
         matmul,
         device,
-        DType::F32,
+        dtype,
     )?;
     if let Some(expected) = given
         .get("lora_unmatched")
@@ -75,10 +76,13 @@ pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
     }
 
     let mut inputs = inputs(case, device)?;
-    let x = take(&mut inputs, "x")?;
-    let y = inputs.remove("y");
+    let x = float_to(&take(&mut inputs, "x")?, dtype)?;
+    let y = inputs
+        .remove("y")
+        .map(|y| float_to(&y, dtype))
+        .transpose()?;
     let t = take(&mut inputs, "t")?;
-    let context = take(&mut inputs, "context")?;
+    let context = float_to(&take(&mut inputs, "context")?, dtype)?;
     let out = model.forward(&x, y.as_ref(), &t, &context)?;
     Ok(Outputs::from([("out".to_owned(), out)]))
 }

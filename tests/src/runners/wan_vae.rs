@@ -9,24 +9,25 @@
 //! `z` `(z, t, h/8, w/8)`, `image` `(3, h, w)`. Outputs: `latent` (encode of `video`),
 //! `latent_short` (encode of its first 5 frames), `latent_tiled` (tiled encode of `video`, with
 //! `encode_tiling`), `decoded` / `decoded_raw` (decode of `z`,
-//! clamped / not), `y` (I2V conditioning of `image`).
+//! clamped / not), `y` (I2V conditioning of `image`). A bf16/f16 run loads the weights and
+//! float inputs in that dtype.
 
 use anyhow::Context;
-use candle_core::Device;
+use candle_core::{DType, Device};
 use stillmotion_engine::wan_vae::{self, Config, EncodeTiling};
 
-use super::{Outputs, inputs};
+use super::{Outputs, in_dtype, inputs_in};
 use crate::golden::Case;
 
-pub fn run(case: &Case, device: &Device) -> anyhow::Result<Outputs> {
+pub fn run(case: &Case, device: &Device, dtype: DType) -> anyhow::Result<Outputs> {
     let cfg: Config = case.config()?;
     let weights = case
         .manifest
         .weights
         .first()
         .context("a wan_vae case needs one weight file")?;
-    let vae = wan_vae::load(&cfg, &case.file(weights), device)?;
-    let tensors = inputs(case, device)?;
+    let vae = in_dtype::wan_vae(&cfg, &case.file(weights), device, dtype)?;
+    let tensors = inputs_in(case, device, dtype)?;
     let mut out = Outputs::new();
     let mut num_frames = None;
     if let Some(video) = tensors.get("video") {
