@@ -8,8 +8,8 @@
 //! budgets (GiB; 0 for the device's whole memory), each budget gets a fresh engine planning
 //! against it (as `--plan-for-vram` does) and one job: the memory plan decides block swapping,
 //! the text encoder's and the VAE's placement, and the measured peak shows whether the plan
-//! held. Each stage's time, the seconds per denoising step and the peak GPU memory
-//! (device-wide, polled every 50 ms) are printed as JSON lines.
+//! held. Each stage's time, the seconds per denoising step and the peak GPU memory of each
+//! stage and job (device-wide, polled every 50 ms) are printed as JSON lines.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -124,16 +124,18 @@ fn watch(engine: &EngineHandle, job_id: u64, label: &str, peak: &AtomicU64) -> a
     let start = Instant::now();
     let mut stage: Option<(Stage, Instant)> = None;
     let mut secs_per_step: Vec<f64> = Vec::new();
+    // Each stage reports its own peak (the poller's value is reset as a stage ends); the job's
+    // peak is the largest of them.
+    let job_peak = std::cell::Cell::new(0_u64);
     let end_stage = |stage: Option<(Stage, Instant)>| {
         if let Some((stage, since)) = stage {
+            let stage_peak = peak.swap(0, Ordering::Relaxed);
+            job_peak.set(job_peak.get().max(stage_peak));
             Line::new("e2e-stage")
                 .text("job", label)
                 .text("stage", stage.label())
                 .num("secs", since.elapsed().as_secs_f64())
-                .num(
-                    "peak_gib",
-                    peak.load(Ordering::Relaxed) as f64 / f64::from(1 << 30),
-                )
+                .num("peak_gib", stage_peak as f64 / f64::from(1 << 30))
                 .print();
         }
     };
@@ -188,10 +190,7 @@ fn watch(engine: &EngineHandle, job_id: u64, label: &str, peak: &AtomicU64) -> a
                         "last_secs_per_step",
                         secs_per_step.last().copied().unwrap_or(0.0),
                     )
-                    .num(
-                        "peak_gib",
-                        peak.load(Ordering::Relaxed) as f64 / f64::from(1 << 30),
-                    )
+                    .num("peak_gib", job_peak.get() as f64 / f64::from(1 << 30))
                     .text("output", &output.path.display().to_string())
                     .print();
                 return Ok(());
