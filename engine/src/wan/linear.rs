@@ -93,6 +93,19 @@ impl Lin {
         let weight = vb
             .get_with_hints_dtype(stored, "weight", candle_nn::Init::Const(0.0), DType::F8E4M3)?
             .reshape((out_dim, in_dim))?;
+        if weight.dtype() != DType::F8E4M3 {
+            // A LoRA merged into the layer: its float32 values, still divided by the scale,
+            // become a plain weight in the model's dtype, the value dequantizing would give
+            // (bf16 on the GPU: half the float32 merge's memory).
+            let weight = weight
+                .to_dtype(DType::F32)?
+                .affine(f64::from(scale), 0.0)?
+                .to_dtype(vb.dtype())?;
+            return Ok(Self {
+                weight: Weight::Plain(weight),
+                bias,
+            });
+        }
         Ok(Self {
             weight: Weight::Scaled {
                 weight,
@@ -305,6 +318,73 @@ mod tests {
         let expected = [-0.01_f32 + 0.25, 0.01 * 4.5];
         for (a, b) in y[0].iter().zip(expected) {
             assert!((a - b).abs() < 1e-7, "{y:?} vs {expected:?}");
+        }
+    }
+
+    /// What the LoRA backend gives for a float8 layer it merged into: float32 values, still
+    /// divided by the scale, for the "as stored" request.
+    struct MergedLike(HashMap<String, Tensor>);
+
+    impl candle_nn::var_builder::SimpleBackend for MergedLike {
+        fn get(
+            &self,
+            _: Shape,
+            name: &str,
+            _: candle_nn::Init,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
+            self.get_unchecked(name, dtype, dev)
+        }
+
+        fn get_unchecked(
+            &self,
+            name: &str,
+            dtype: DType,
+            _: &Device,
+        ) -> candle_core::Result<Tensor> {
+            let t = self.0[name].clone();
+            if dtype == DType::F8E4M3 {
+                Ok(t)
+            } else {
+                t.to_dtype(dtype)
+            }
+        }
+
+        fn contains_tensor(&self, name: &str) -> bool {
+            self.0.contains_key(name)
+        }
+    }
+
+    #[test]
+    fn a_lora_merged_float8_layer_is_kept_in_the_model_dtype() {
+        let dev = Device::Cpu;
+        let tensors = HashMap::from([
+            (
+                "weight".to_owned(),
+                Tensor::new(&[[3.0_f32, -1.0], [0.25, 5.0]], &dev).unwrap(),
+            ),
+            (
+                "bias".to_owned(),
+                Tensor::zeros(2, DType::F32, &dev).unwrap(),
+            ),
+            (
+                "scale_weight".to_owned(),
+                Tensor::new(0.5_f32, &dev).unwrap(),
+            ),
+        ]);
+        let x = Tensor::new(&[[1.0_f32, 2.0]], &dev).unwrap();
+        for dtype in [DType::F32, DType::BF16] {
+            let backend: Box<dyn candle_nn::var_builder::SimpleBackend> =
+                Box::new(MergedLike(tensors.clone()));
+            let vb = VarBuilder::from_backend(backend, dtype, dev.clone());
+            let lin = Lin::new(2, 2, &vb).unwrap();
+            // Two bytes a value in bf16, not the merge's four.
+            assert_eq!(lin.stored_dtype(), dtype);
+            assert_eq!(lin.weight_bytes(), 4 * dtype.size_in_bytes());
+            let y = lin.forward(&Kernels::cpu(), &x).unwrap();
+            let y = y.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+            assert_eq!(y, vec![vec![0.5, 5.125]]);
         }
     }
 
