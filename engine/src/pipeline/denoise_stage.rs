@@ -118,6 +118,7 @@ impl PipelineRunner {
         }
         ctx.progress(Stage::LoadingWeights, 3, 3);
         let recorded = RefCell::new(Some(Vec::new()));
+        let warn = |message: String| ctx.warn(message);
         let mut denoiser = Replay {
             inner: WanDenoiser {
                 models: &mut self.models,
@@ -134,6 +135,7 @@ impl PipelineRunner {
                 y,
                 context,
                 negative_context,
+                warn: &warn,
             },
             replay: replay.into_iter(),
             recorded: &recorded,

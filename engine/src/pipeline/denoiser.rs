@@ -1,5 +1,9 @@
 //! The two Wan experts as the sampling loop's [`Denoiser`], loaded through the model cache so
 //! that, when the memory plan says so, only the expert in use is loaded.
+//!
+//! A GPU out-of-memory error while loading an expert or computing a step deepens the placement
+//! and retries the step: both experts → one at a time → half the transformer blocks streamed
+//! from host memory → … → every block streamed. Only when even that fails does the job fail.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -25,10 +29,66 @@ pub struct WanDenoiser<'a> {
     pub context: Tensor,
     /// `[1, text_len, d]`; `None` when no expert runs guidance.
     pub negative_context: Option<Tensor>,
+    /// Tells the user how the placement was deepened after running out of memory.
+    pub warn: &'a dyn Fn(String),
 }
 
-impl Denoiser for WanDenoiser<'_> {
-    fn prepare_expert(&mut self, expert: Expert) -> Result<(), EngineError> {
+/// The placement after an out-of-memory error under `keep_both` / `resident_blocks` with
+/// `num_layers` blocks an expert, or `None` when every block already streams.
+fn deeper(
+    keep_both: bool,
+    resident_blocks: Option<usize>,
+    num_layers: usize,
+) -> Option<(bool, Option<usize>)> {
+    if keep_both {
+        return Some((false, resident_blocks));
+    }
+    match resident_blocks {
+        None => Some((false, Some(num_layers / 2))),
+        Some(0) => None,
+        Some(n) => Some((false, Some(n / 2))),
+    }
+}
+
+impl WanDenoiser<'_> {
+    /// Deepens the placement after an out-of-memory error (freeing what must reload), or
+    /// `false` when nothing deeper is left.
+    fn deepen(&mut self, expert: Expert) -> bool {
+        let num_layers = self.models.loaded_expert_layers(expert).unwrap_or(0);
+        let Some((keep_both, resident_blocks)) =
+            deeper(self.keep_both, self.resident_blocks, num_layers)
+        else {
+            return false;
+        };
+        let how = match resident_blocks {
+            Some(n) if self.resident_blocks != resident_blocks => {
+                format!("block swapping, {n} of {num_layers} transformer blocks kept on the GPU")
+            }
+            _ => "one expert at a time".to_owned(),
+        };
+        (self.warn)(format!(
+            "the GPU ran out of memory: retrying the step with {how} (raise the VRAM reserve (--reserve-vram) to plan this from the start)"
+        ));
+        tracing::warn!(
+            ?expert,
+            keep_both,
+            ?resident_blocks,
+            "out of memory: deepening the placement"
+        );
+        self.keep_both = keep_both;
+        if self.resident_blocks != resident_blocks {
+            self.resident_blocks = resident_blocks;
+            self.models.free_expert(expert);
+        }
+        for other in [Expert::HighNoise, Expert::LowNoise] {
+            if other != expert {
+                self.models.free_expert(other);
+            }
+        }
+        true
+    }
+
+    fn load_expert(&mut self, expert: Expert) -> Result<(), EngineError> {
         if !self.keep_both {
             let other = match expert {
                 Expert::HighNoise => Expert::LowNoise,
@@ -45,13 +105,14 @@ impl Denoiser for WanDenoiser<'_> {
         Ok(())
     }
 
-    fn predict_flow(
+    fn flow_once(
         &mut self,
         latents: &Tensor,
         timestep: f32,
         expert: Expert,
         branch: Branch,
     ) -> Result<Tensor, EngineError> {
+        self.load_expert(expert)?;
         let model = self.models.expert(
             self.recipe,
             expert,
@@ -73,5 +134,69 @@ impl Denoiser for WanDenoiser<'_> {
         // sinusoid is built from it in float64, so an integral f64 carries it exactly.
         let t = Tensor::new(&[f64::from(timestep)], latents.device())?.to_dtype(DType::F64)?;
         model.forward(latents, Some(&self.y), &t, context)
+    }
+
+    /// `attempt` until it succeeds, deepening the placement after each out-of-memory error.
+    fn retrying_out_of_memory<T>(
+        &mut self,
+        expert: Expert,
+        mut attempt: impl FnMut(&mut Self) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        loop {
+            match attempt(self).map_err(EngineError::classify_out_of_memory) {
+                Err(EngineError::OutOfMemory { problem }) => {
+                    if !self.deepen(expert) {
+                        return Err(EngineError::OutOfMemory { problem });
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Denoiser for WanDenoiser<'_> {
+    fn prepare_expert(&mut self, expert: Expert) -> Result<(), EngineError> {
+        self.retrying_out_of_memory(expert, |d| d.load_expert(expert))
+    }
+
+    fn predict_flow(
+        &mut self,
+        latents: &Tensor,
+        timestep: f32,
+        expert: Expert,
+        branch: Branch,
+    ) -> Result<Tensor, EngineError> {
+        self.retrying_out_of_memory(expert, |d| d.flow_once(latents, timestep, expert, branch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::deeper;
+
+    #[test]
+    fn out_of_memory_deepens_step_by_step_down_to_every_block_streamed() {
+        let mut placement = (true, None);
+        let mut seen = vec![placement];
+        while let Some(next) = deeper(placement.0, placement.1, 40) {
+            placement = next;
+            seen.push(placement);
+        }
+        assert_eq!(
+            seen,
+            [
+                (true, None),
+                (false, None),
+                (false, Some(20)),
+                (false, Some(10)),
+                (false, Some(5)),
+                (false, Some(2)),
+                (false, Some(1)),
+                (false, Some(0)),
+            ]
+        );
+        // A plan that already swaps blocks starts from there.
+        assert_eq!(deeper(false, Some(7), 40), Some((false, Some(3))));
     }
 }

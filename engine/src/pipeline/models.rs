@@ -263,6 +263,16 @@ impl ModelCache {
         std::mem::take(&mut self.warnings)
     }
 
+    /// The number of transformer blocks of `expert` as loaded (`None` when it is not loaded).
+    #[must_use]
+    pub fn loaded_expert_layers(&self, expert: Expert) -> Option<usize> {
+        let slot = match expert {
+            Expert::HighNoise => &self.high_noise,
+            Expert::LowNoise => &self.low_noise,
+        };
+        slot.as_ref().map(|s| s.model.config().num_layers)
+    }
+
     /// Frees one expert (the next job or phase that needs it reloads it).
     pub fn free_expert(&mut self, expert: Expert) {
         match expert {
