@@ -1545,6 +1545,78 @@ fn the_memory_plan_shows_in_the_job_row_and_a_refusal_says_what_to_change() {
     harness.snapshot("memory_plan_and_refusal");
 }
 
+/// Fails each render as its seed says: 1 with a GPU allocation failure in candle's words (the
+/// engine thread recognises it), 2 with an unusable model file.
+struct Failing;
+
+impl JobRunner for Failing {
+    fn run(&mut self, kind: &JobKind, _ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
+        let JobKind::Render(recipe) = kind else {
+            panic!("only renders here");
+        };
+        Err(match recipe.seed {
+            1 => EngineError::Candle(candle_core::Error::Msg(
+                r#"DriverError(CUDA_ERROR_OUT_OF_MEMORY, "out of memory")"#.to_owned(),
+            )),
+            _ => EngineError::BadModelFile {
+                problem: "is truncated: download it again".to_owned(),
+                path: "high.safetensors".into(),
+            },
+        })
+    }
+
+    fn unload(&mut self) {}
+}
+
+#[test]
+fn out_of_memory_and_bad_input_failures_each_say_what_to_do() {
+    use stillmotion_engine::failure::FailureKind;
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "reef.png", 64, 48);
+    let options = isolated(Some(png));
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .wgpu()
+        .build_eframe(move |cc| StillmotionApp::new(cc, options, Failing));
+    harness.run();
+    for (seed, expected, headline, advice) in [
+        (
+            1,
+            FailureKind::OutOfMemory,
+            "Out of GPU memory",
+            "Nothing was written",
+        ),
+        (
+            2,
+            FailureKind::InvalidRequest,
+            "Cannot start: a setting or file needs fixing",
+            "the Models view lists",
+        ),
+    ] {
+        ready_to_render(&mut harness, dir.path(), "the reef at noon", seed);
+        harness.get_by_label("Render").click();
+        run_until(&mut harness, "the failure", |app| {
+            app.jobs()
+                .entries()
+                .last()
+                .is_some_and(|job| matches!(job.state, JobState::Failed { .. }))
+        });
+        harness.run();
+        let job = harness.state().jobs().entries().last().unwrap().clone();
+        let JobState::Failed { kind, message } = job.state else {
+            unreachable!()
+        };
+        assert_eq!(kind, expected, "{message}");
+        assert!(job.memory_refusal.is_none());
+        harness.get_by_label(headline);
+        harness.get_by_label(&message);
+        harness.get_by_label_contains(advice);
+        // Only this job's row is open: remove it so the next one's labels are unique.
+        harness.state_mut().perform(UiAction::RemoveJob(job.id));
+        harness.run();
+    }
+}
+
 #[test]
 fn guidance_fields_are_named_and_a_restored_target_frame_rate_comes_back() {
     let dir = tempfile::tempdir().unwrap();

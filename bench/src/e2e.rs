@@ -177,6 +177,7 @@ fn watch(engine: &EngineHandle, job_id: u64, label: &str, peak: &AtomicU64) -> a
             Event::Failed {
                 job_id: id,
                 message,
+                ..
             } if id == job_id => {
                 end_stage(stage.take());
                 bail!("the {label} render failed: {message}");
