@@ -190,6 +190,46 @@ fn render_validates_then_queues_and_the_queue_follows_engine_events() {
         settings.seed_locked = true;
         settings.seed = 7;
     }
+    // The 4-step preset's LoRA files are not beside the experts: the list says so, and the
+    // render is refused with both file names.
+    let lora =
+        |noise: &str| format!("wan2.2_i2v_lightx2v_4steps_lora_v1_{noise}_noise.safetensors");
+    harness.run();
+    harness.get_by_label("The preset's LoRA is missing");
+    harness.get_by_label("Render").click();
+    harness.run();
+    let error = harness.state().error().unwrap().to_owned();
+    assert!(
+        error.contains(&lora("high")) && error.contains(&lora("low")),
+        "{error}"
+    );
+    assert!(harness.state().jobs().entries().is_empty());
+    // Once there, they are listed like the user's own, one per expert.
+    let (high, low) = (touch(&lora("high")), touch(&lora("low")));
+    harness.state_mut().perform(UiAction::ScanModels);
+    harness.run();
+    assert!(
+        harness
+            .query_by_label("The preset's LoRA is missing")
+            .is_none()
+    );
+    harness.get_by_label(&lora("high"));
+    harness.get_by_label(&lora("low"));
+    assert_eq!(harness.query_all_by_label("from the preset").count(), 2);
+    let listed: Vec<_> = harness
+        .state()
+        .settings()
+        .loras
+        .iter()
+        .map(|e| {
+            (
+                e.choice.path.clone(),
+                e.choice.strength_high_noise,
+                e.choice.strength_low_noise,
+            )
+        })
+        .collect();
+    assert_eq!(listed, [(high, 1.0, 0.0), (low, 0.0, 1.0)]);
     // Ctrl+Enter renders too.
     harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
     for _ in 0..200 {
@@ -390,6 +430,13 @@ fn ready_to_render(harness: &mut Harness<'_, StillmotionApp>, dir: &Path, prompt
     settings.low_noise = Some(touch(dir, "low.safetensors"));
     settings.text_encoder = Some(touch(dir, "umt5.safetensors"));
     settings.vae = Some(touch(dir, "vae.safetensors"));
+    // The default 4-step preset's LoRA, beside the experts.
+    for noise in ["high", "low"] {
+        touch(
+            dir,
+            &format!("wan2.2_i2v_lightx2v_4steps_lora_v1_{noise}_noise.safetensors"),
+        );
+    }
     settings.seed_locked = true;
     settings.seed = seed;
 }

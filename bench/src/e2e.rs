@@ -49,8 +49,10 @@ pub fn run(
     let image = dir.join("source.png");
     write_source_image(&image, width, height)?;
     let preset = preset::find(PRESET)?;
-    let recipe = |seed: u64, name: &str| {
-        Recipe::from_layers(
+    // Random weights: the preset's LoRA files are not written, so none is looked for.
+    let recipe = |seed: u64, name: &str| Recipe {
+        preset_lora: None,
+        ..Recipe::from_layers(
             &preset,
             RecipeChoices {
                 models: ModelFiles {
