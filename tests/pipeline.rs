@@ -67,6 +67,7 @@ fn wait(engine: &EngineHandle, job_id: u64) -> Result<JobOutput, String> {
             Event::Failed {
                 job_id: id,
                 message,
+                ..
             } if id == job_id => return Err(message),
             Event::Cancelled { job_id: id } if id == job_id => return Err("cancelled".to_owned()),
             _ => {}

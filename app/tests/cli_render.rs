@@ -35,37 +35,46 @@ fn render(out: &Path, extra: &[&str]) -> std::process::Output {
 fn render_with_models_from_flags(out: &Path, extra: &[&str]) -> std::process::Output {
     let case = case_dir();
     let file = |name: &str| case.join(name).display().to_string();
-    let mut args: Vec<String> = [
-        "render",
-        "--preset",
-        "wan22-i2v-a14b-official-480p",
-        "--prompt",
-        "a small red boat drifts across a calm lake at sunset",
-        "--negative",
-        "blurry, static, low quality",
-        "--width",
-        "64",
-        "--height",
-        "48",
-        "--frames",
-        "5",
-        "--steps",
-        "4",
-        "--sampler",
-        "unipc",
-        "--shift",
-        "5",
-        "--cfg",
-        "3.5,3.0",
-        "--boundary",
-        "0.9",
-        "--device",
-        "cpu",
-        "--json",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    // The official preset unless the test names another.
+    let preset = if extra.contains(&"--preset") {
+        &[][..]
+    } else {
+        &["--preset", "wan22-i2v-a14b-official-480p"][..]
+    };
+    let mut args: Vec<String> = ["render"]
+        .iter()
+        .chain(preset)
+        .map(|s| (*s).to_owned())
+        .collect();
+    args.extend(
+        [
+            "--prompt",
+            "a small red boat drifts across a calm lake at sunset",
+            "--negative",
+            "blurry, static, low quality",
+            "--width",
+            "64",
+            "--height",
+            "48",
+            "--frames",
+            "5",
+            "--steps",
+            "4",
+            "--sampler",
+            "unipc",
+            "--shift",
+            "5",
+            "--cfg",
+            "3.5,3.0",
+            "--boundary",
+            "0.9",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned()),
+    );
     for (flag, name) in [
         ("--image", "image.png"),
         ("--init-noise", "inputs.safetensors"),
@@ -405,4 +414,92 @@ fn codec_h265_writes_an_hvc1_mp4_and_mp4_stays_h264_by_default() {
         stderr.contains("--codec vp9 is written to .webm"),
         "{stderr}"
     );
+}
+
+/// A LoRA for the tiny DiT's first self-attention query (dim 32), rank 2, filled with `value`.
+fn tiny_lora(path: &Path, value: f32) {
+    let device = candle_core::Device::Cpu;
+    let tensor = |shape: (usize, usize)| {
+        candle_core::Tensor::full(value, shape, &device)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+    };
+    let tensors = std::collections::HashMap::from([
+        (
+            "diffusion_model.blocks.0.self_attn.q.lora_down.weight".to_owned(),
+            tensor((2, 32)),
+        ),
+        (
+            "diffusion_model.blocks.0.self_attn.q.lora_up.weight".to_owned(),
+            tensor((32, 2)),
+        ),
+    ]);
+    candle_core::safetensors::save(&tensors, path).unwrap();
+}
+
+#[test]
+fn the_4_step_presets_lora_is_found_in_loras_and_applied_or_its_absence_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    let out = dir.path().join("frames");
+    let models_arg = models.display().to_string();
+    let flags = [
+        "--preset",
+        "wan22-i2v-a14b-lightx2v-4step-480p",
+        "--model-dir",
+        &models_arg,
+    ];
+    let output = render(&out, &flags);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for part in [
+        "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
+        "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors",
+        "loras/",
+        "--lora",
+        "a preset without the LoRA",
+    ] {
+        assert!(stderr.contains(part), "{part}: {stderr}");
+    }
+    assert!(!out.exists());
+
+    let loras = models.join("loras");
+    std::fs::create_dir(&loras).unwrap();
+    let high = loras.join("wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors");
+    let low = loras.join("wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors");
+    tiny_lora(&high, 0.5);
+    tiny_lora(&low, -0.5);
+    let output = render(&out, &flags);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let warnings: Vec<_> = json_events(&output)
+        .into_iter()
+        .filter(|e| e["event"] == "warning")
+        .collect();
+    assert!(warnings.is_empty(), "every LoRA key applies: {warnings:?}");
+    let stored = stillmotion_engine::video::read_recipe(&out).unwrap();
+    let used: Vec<(&str, &Path)> = stored
+        .model_files
+        .iter()
+        .filter(|f| f.used_as == "lora")
+        .map(|f| (f.used_as.as_str(), f.path.as_path()))
+        .collect();
+    assert_eq!(used, [("lora", high.as_path()), ("lora", low.as_path())]);
+    let recipe: stillmotion_engine::recipe::Recipe = serde_json::from_value(stored.recipe).unwrap();
+    let strengths: Vec<(f64, f64)> = recipe
+        .loras
+        .iter()
+        .map(|l| (l.strength_high_noise, l.strength_low_noise))
+        .collect();
+    assert_eq!(strengths, [(1.0, 0.0), (0.0, 1.0)]);
+    // The LoRAs changed the experts' weights, so the frames leave the reference's.
+    let psnr = psnr_against_reference(&out);
+    eprintln!("PSNR with the tiny LoRAs against the reference without: {psnr:.1} dB");
+    assert!(psnr < 40.0, "PSNR {psnr:.1} dB: the LoRAs had no effect");
 }

@@ -190,6 +190,46 @@ fn render_validates_then_queues_and_the_queue_follows_engine_events() {
         settings.seed_locked = true;
         settings.seed = 7;
     }
+    // The 4-step preset's LoRA files are not beside the experts: the list says so, and the
+    // render is refused with both file names.
+    let lora =
+        |noise: &str| format!("wan2.2_i2v_lightx2v_4steps_lora_v1_{noise}_noise.safetensors");
+    harness.run();
+    harness.get_by_label("The preset's LoRA is missing");
+    harness.get_by_label("Render").click();
+    harness.run();
+    let error = harness.state().error().unwrap().to_owned();
+    assert!(
+        error.contains(&lora("high")) && error.contains(&lora("low")),
+        "{error}"
+    );
+    assert!(harness.state().jobs().entries().is_empty());
+    // Once there, they are listed like the user's own, one per expert.
+    let (high, low) = (touch(&lora("high")), touch(&lora("low")));
+    harness.state_mut().perform(UiAction::ScanModels);
+    harness.run();
+    assert!(
+        harness
+            .query_by_label("The preset's LoRA is missing")
+            .is_none()
+    );
+    harness.get_by_label(&lora("high"));
+    harness.get_by_label(&lora("low"));
+    assert_eq!(harness.query_all_by_label("from the preset").count(), 2);
+    let listed: Vec<_> = harness
+        .state()
+        .settings()
+        .loras
+        .iter()
+        .map(|e| {
+            (
+                e.choice.path.clone(),
+                e.choice.strength_high_noise,
+                e.choice.strength_low_noise,
+            )
+        })
+        .collect();
+    assert_eq!(listed, [(high, 1.0, 0.0), (low, 0.0, 1.0)]);
     // Ctrl+Enter renders too.
     harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
     for _ in 0..200 {
@@ -390,6 +430,13 @@ fn ready_to_render(harness: &mut Harness<'_, StillmotionApp>, dir: &Path, prompt
     settings.low_noise = Some(touch(dir, "low.safetensors"));
     settings.text_encoder = Some(touch(dir, "umt5.safetensors"));
     settings.vae = Some(touch(dir, "vae.safetensors"));
+    // The default 4-step preset's LoRA, beside the experts.
+    for noise in ["high", "low"] {
+        touch(
+            dir,
+            &format!("wan2.2_i2v_lightx2v_4steps_lora_v1_{noise}_noise.safetensors"),
+        );
+    }
     settings.seed_locked = true;
     settings.seed = seed;
 }
@@ -1543,6 +1590,78 @@ fn the_memory_plan_shows_in_the_job_row_and_a_refusal_says_what_to_change() {
     harness.get_by_label("Memory plan: does not fit");
     harness.get_by_label(&refusal);
     harness.snapshot("memory_plan_and_refusal");
+}
+
+/// Fails each render as its seed says: 1 with a GPU allocation failure in candle's words (the
+/// engine thread recognises it), 2 with an unusable model file.
+struct Failing;
+
+impl JobRunner for Failing {
+    fn run(&mut self, kind: &JobKind, _ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
+        let JobKind::Render(recipe) = kind else {
+            panic!("only renders here");
+        };
+        Err(match recipe.seed {
+            1 => EngineError::Candle(candle_core::Error::Msg(
+                r#"DriverError(CUDA_ERROR_OUT_OF_MEMORY, "out of memory")"#.to_owned(),
+            )),
+            _ => EngineError::BadModelFile {
+                problem: "is truncated: download it again".to_owned(),
+                path: "high.safetensors".into(),
+            },
+        })
+    }
+
+    fn unload(&mut self) {}
+}
+
+#[test]
+fn out_of_memory_and_bad_input_failures_each_say_what_to_do() {
+    use stillmotion_engine::failure::FailureKind;
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "reef.png", 64, 48);
+    let options = isolated(Some(png));
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .wgpu()
+        .build_eframe(move |cc| StillmotionApp::new(cc, options, Failing));
+    harness.run();
+    for (seed, expected, headline, advice) in [
+        (
+            1,
+            FailureKind::OutOfMemory,
+            "Out of GPU memory",
+            "Nothing was written",
+        ),
+        (
+            2,
+            FailureKind::InvalidRequest,
+            "Cannot start: a setting or file needs fixing",
+            "the Models view lists",
+        ),
+    ] {
+        ready_to_render(&mut harness, dir.path(), "the reef at noon", seed);
+        harness.get_by_label("Render").click();
+        run_until(&mut harness, "the failure", |app| {
+            app.jobs()
+                .entries()
+                .last()
+                .is_some_and(|job| matches!(job.state, JobState::Failed { .. }))
+        });
+        harness.run();
+        let job = harness.state().jobs().entries().last().unwrap().clone();
+        let JobState::Failed { kind, message } = job.state else {
+            unreachable!()
+        };
+        assert_eq!(kind, expected, "{message}");
+        assert!(job.memory_refusal.is_none());
+        harness.get_by_label(headline);
+        harness.get_by_label(&message);
+        harness.get_by_label_contains(advice);
+        // Only this job's row is open: remove it so the next one's labels are unique.
+        harness.state_mut().perform(UiAction::RemoveJob(job.id));
+        harness.run();
+    }
 }
 
 #[test]

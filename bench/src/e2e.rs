@@ -53,8 +53,10 @@ pub fn run(
     let image = dir.join("source.png");
     write_source_image(&image, width, height)?;
     let preset = preset::find(PRESET)?;
-    let recipe = |seed: u64, name: &str| {
-        Recipe::from_layers(
+    // Random weights: the preset's LoRA files are not written, so none is looked for.
+    let recipe = |seed: u64, name: &str| Recipe {
+        preset_lora: None,
+        ..Recipe::from_layers(
             &preset,
             RecipeChoices {
                 models: ModelFiles {
@@ -198,6 +200,7 @@ fn watch(engine: &EngineHandle, job_id: u64, label: &str, peak: &AtomicU64) -> a
             Event::Failed {
                 job_id: id,
                 message,
+                ..
             } if id == job_id => {
                 end_stage(stage.take());
                 bail!("the {label} render failed: {message}");

@@ -92,6 +92,10 @@ pub struct Recipe {
     pub model: ModelFamily,
     pub models: ModelFiles,
     pub loras: Vec<LoraChoice>,
+    /// The LoRA the preset names (e.g. `lightx2v-4step`): its files are found in the models
+    /// folder and added to `loras` for each expert none of those covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset_lora: Option<String>,
     pub image: PathBuf,
     pub image_fit: ImageFit,
     pub prompt: String,
@@ -171,6 +175,7 @@ impl Recipe {
             model: preset.model,
             models: choices.models,
             loras: choices.loras,
+            preset_lora: preset.lora.clone(),
             image: choices.image.unwrap_or_default(),
             image_fit: choices.image_fit.unwrap_or_default(),
             prompt: choices.prompt.unwrap_or_default(),
@@ -308,7 +313,7 @@ impl Recipe {
         if let Some(noise) = &self.init_noise {
             require_file("init_noise", noise)?;
         }
-        self.validate_model_files()?;
+        let files = self.validate_model_files()?;
         for lora in &self.loras {
             require_file("lora", &lora.path)?;
             for value in [lora.strength_high_noise, lora.strength_low_noise] {
@@ -323,6 +328,7 @@ impl Recipe {
                 }
             }
         }
+        crate::pipeline::resolve_preset_lora(self.preset_lora.as_deref(), &self.loras, &files)?;
         if self.output.as_os_str().is_empty() {
             return bad("out", "needs a file or folder to write to".to_owned());
         }
@@ -340,9 +346,10 @@ impl Recipe {
         Ok(())
     }
 
-    fn validate_model_files(&self) -> Result<(), EngineError> {
+    /// The model files, resolved (a models folder fills in what was not given one by one).
+    fn validate_model_files(&self) -> Result<ModelFiles, EngineError> {
         // A models folder fills in what was not given one by one (or names what it lacks).
-        let files = &crate::pipeline::resolve_model_files(&self.models, self.model)?;
+        let files = crate::pipeline::resolve_model_files(&self.models, self.model)?;
         let two_experts = self.model == ModelFamily::Wan22I2vA14b;
         let needed: &[(&'static str, &Option<PathBuf>)] = if two_experts {
             &[
@@ -380,7 +387,7 @@ impl Recipe {
                     .to_owned(),
             });
         }
-        Ok(())
+        Ok(files)
     }
 
     /// Reads a recipe from JSON (an output's sidecar or metadata).
@@ -518,6 +525,12 @@ mod tests {
             prompt: Some("a cat turns its head".to_owned()),
             ..RecipeChoices::default()
         };
+        // The 4-step presets' LoRA, beside the experts.
+        for noise in ["high", "low"] {
+            touch(&format!(
+                "wan2.2_i2v_lightx2v_4steps_lora_v1_{noise}_noise.safetensors"
+            ));
+        }
         Files { _dir: dir, choices }
     }
 
@@ -545,8 +558,50 @@ mod tests {
         assert_eq!(recipe.output_fps(), 32.0);
         assert_eq!(recipe.num_latent_frames(), 21);
         assert_eq!(recipe.negative_prompt, WAN_DEFAULT_NEGATIVE_PROMPT);
+        assert_eq!(recipe.preset_lora.as_deref(), Some("lightx2v-4step"));
         let back = Recipe::from_json(&recipe.to_json().unwrap()).unwrap();
         assert_eq!(back, recipe);
+    }
+
+    #[test]
+    fn a_preset_lora_whose_files_are_missing_is_refused_before_any_model_work() {
+        let files = files();
+        let four_step = preset("wan22-i2v-a14b-lightx2v-4step-480p.toml");
+        let high = files
+            .choices
+            .models
+            .high_noise
+            .as_ref()
+            .unwrap()
+            .with_file_name("wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors");
+        std::fs::remove_file(&high).unwrap();
+        let recipe = Recipe::from_layers(&four_step, files.choices.clone());
+        let message = recipe.validate().unwrap_err().to_string();
+        assert!(
+            message.starts_with("lora") && message.contains("lora_v1_high_noise"),
+            "{message}"
+        );
+        // The official presets name no LoRA.
+        Recipe::from_layers(
+            &preset("wan22-i2v-a14b-official-480p.toml"),
+            files.choices.clone(),
+        )
+        .validate()
+        .unwrap();
+        // The user's own file for the high-noise expert is enough.
+        let recipe = Recipe::from_layers(
+            &four_step,
+            RecipeChoices {
+                loras: vec![LoraChoice {
+                    path: high.with_file_name("my_lightx2v_4step_high_noise.safetensors"),
+                    strength_high_noise: 1.0,
+                    strength_low_noise: 0.0,
+                }],
+                ..files.choices.clone()
+            },
+        );
+        std::fs::write(&recipe.loras[0].path, b"x").unwrap();
+        recipe.validate().unwrap();
     }
 
     #[test]

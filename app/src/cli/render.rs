@@ -4,13 +4,9 @@
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
-use std::sync::{Arc, Mutex, PoisonError};
 
-use stillmotion_engine::EngineError;
 use stillmotion_engine::failure::FailureKind;
-use stillmotion_engine::runtime::{
-    Command, EngineHandle, Event, JobContext, JobKind, JobOutput, JobRunner,
-};
+use stillmotion_engine::runtime::{Command, EngineHandle, Event, JobKind, JobRunner};
 
 use super::{InterpolateArgs, RenderArgs, exit_code};
 
@@ -46,48 +42,17 @@ pub fn run_interpolate(args: &InterpolateArgs, runner: impl JobRunner) -> u8 {
     }
 }
 
-/// Passes jobs to `inner` and keeps the kind of the last failure: the engine's `Failed` event
-/// carries the message, the exit code needs the typed error's kind.
-struct KindRecorder<R> {
-    inner: R,
-    last_failure: Arc<Mutex<Option<FailureKind>>>,
-}
-
-impl<R: JobRunner> JobRunner for KindRecorder<R> {
-    fn run(&mut self, kind: &JobKind, ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
-        let result = self.inner.run(kind, ctx);
-        if let Err(error) = &result {
-            *self
-                .last_failure
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(error.kind());
-        }
-        result
-    }
-
-    fn unload(&mut self) {
-        self.inner.unload();
-    }
-}
-
-/// The exit code for a job that failed as `kind` (unknown: a runtime failure).
-fn failure_exit_code(kind: Option<FailureKind>) -> u8 {
+/// The exit code for a job that failed as `kind`.
+fn failure_exit_code(kind: FailureKind) -> u8 {
     match kind {
-        Some(kind) if kind.is_request_problem() => exit_code::BAD_INPUT,
-        Some(FailureKind::Cancelled) => exit_code::CANCELLED,
+        kind if kind.is_request_problem() => exit_code::BAD_INPUT,
+        FailureKind::Cancelled => exit_code::CANCELLED,
         _ => exit_code::FAILED,
     }
 }
 
 /// Runs one job on a fresh engine thread and reports it; Ctrl+C cancels it.
 fn run_job(name: &str, kind: JobKind, runner: impl JobRunner, json: bool) -> u8 {
-    let last_failure = Arc::new(Mutex::new(None));
-    let runner = KindRecorder {
-        inner: runner,
-        last_failure: Arc::clone(&last_failure),
-    };
-    // The runner has stored the kind before the engine sends `Failed`.
-    let failure = || *last_failure.lock().unwrap_or_else(PoisonError::into_inner);
     let engine = match EngineHandle::spawn(runner, || {}) {
         Ok(engine) => engine,
         Err(error) => {
@@ -118,11 +83,7 @@ fn run_job(name: &str, kind: JobKind, runner: impl JobRunner, json: bool) -> u8 
                     return exit_code::FAILED;
                 };
                 if json {
-                    let mut line = event_json(&event);
-                    if let (Event::Failed { .. }, Some(kind)) = (&event, failure()) {
-                        line["code"] = kind.code().into();
-                    }
-                    println!("{line}");
+                    println!("{}", event_json(&event));
                     let _ = std::io::stdout().flush();
                 } else {
                     show(&event, terminal);
@@ -130,7 +91,7 @@ fn run_job(name: &str, kind: JobKind, runner: impl JobRunner, json: bool) -> u8 
                 match event {
                     Event::Finished { .. } => return exit_code::OK,
                     Event::Cancelled { .. } => return exit_code::CANCELLED,
-                    Event::Failed { .. } => return failure_exit_code(failure()),
+                    Event::Failed { kind, .. } => return failure_exit_code(kind),
                     _ => {}
                 }
             }
@@ -224,9 +185,16 @@ pub fn event_json(event: &Event) -> serde_json::Value {
             "elapsed_secs": elapsed_secs,
         }),
         Event::Cancelled { job_id } => json!({"event": "cancelled", "job_id": job_id}),
-        Event::Failed { job_id, message } => {
-            json!({"event": "failed", "job_id": job_id, "message": message})
-        }
+        Event::Failed {
+            job_id,
+            kind,
+            message,
+        } => json!({
+            "event": "failed",
+            "job_id": job_id,
+            "code": kind.code(),
+            "message": message,
+        }),
         Event::Unloaded => json!({"event": "unloaded"}),
         Event::Preview { job_id, preview } => {
             json!({"event": "preview", "job_id": job_id, "step": preview.step})

@@ -309,6 +309,10 @@ mod tests {
         };
         let (image, high, low, te, vae) =
             (file("i.png"), file("h"), file("l"), file("t"), file("v"));
+        // Without the default preset's LoRA beside the experts, the render is refused.
+        let lora =
+            |noise: &str| format!("wan2.2_i2v_lightx2v_4steps_lora_v1_{noise}_noise.safetensors");
+        file(&lora("high"));
         let base = [
             "--image",
             &image,
@@ -323,6 +327,12 @@ mod tests {
             "--vae",
             &vae,
         ];
+        let message = parse(&base).to_recipe().unwrap_err().to_string();
+        assert!(
+            message.starts_with("--lora the preset uses the LightX2V 4-step LoRA"),
+            "{message}"
+        );
+        file(&lora("low"));
         let recipe = parse(
             &[
                 &base[..],

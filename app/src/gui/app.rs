@@ -16,6 +16,7 @@ use super::history::{self, History, HistoryEntry, Thumbnail};
 use super::interpolate::{self, InterpolateForm};
 use super::jobs::{self, JobList};
 use super::live_preview::{self, LivePreview};
+use super::loras::{self, LoraEntry, LoraKey};
 use super::models_view::{self, ModelsView};
 use super::player::{self, ClipPlayer};
 use super::settings::{self, ModelSlot, Settings};
@@ -74,6 +75,10 @@ pub enum UiAction {
     ChooseModelFile(ModelSlot),
     /// Choose the output folder with the native dialog.
     ChooseOutputFolder,
+    /// Choose a LoRA file to add with the native dialog.
+    ChooseLora,
+    /// Take the LoRA at this index off the list.
+    RemoveLora(usize),
     /// Validate the current settings and queue a render.
     Render,
     /// Cancel a queued or running job.
@@ -97,6 +102,7 @@ pub enum UiAction {
 enum DialogPurpose {
     SourceImage,
     ModelFile(ModelSlot),
+    Lora,
     OutputFolder,
     ModelsFolder,
     InterpolateInput,
@@ -172,6 +178,10 @@ pub struct StillmotionApp {
     pasted: Option<std::sync::Arc<egui::ColorImage>>,
     /// Open the Models view when the start-up scan finds nothing usable.
     models_check_pending: bool,
+    /// What the preset's LoRAs in the list were found for; looked for again when it changes.
+    lora_key: Option<LoraKey>,
+    /// Why the preset's LoRA is not in the list (its files were not found).
+    lora_problem: Option<String>,
 }
 
 impl StillmotionApp {
@@ -284,6 +294,8 @@ impl StillmotionApp {
                 .unwrap_or_else(|| stillmotion_engine::paths::cache_dir().join("pasted")),
             pasted: None,
             models_check_pending: false,
+            lora_key: None,
+            lora_problem: None,
         };
         app.check_models_at_start(&cc.egui_ctx, options.models_view_at_start);
         app
@@ -449,9 +461,16 @@ impl StillmotionApp {
                 self.open_dialog(ctx, DialogPurpose::ModelFile(slot));
             }
             UiAction::ChooseOutputFolder => self.open_dialog(ctx, DialogPurpose::OutputFolder),
+            UiAction::ChooseLora => self.open_dialog(ctx, DialogPurpose::Lora),
+            UiAction::RemoveLora(index) => {
+                if index < self.state.settings.loras.len() {
+                    self.state.settings.loras.remove(index);
+                }
+            }
             UiAction::OpenModels => self.models.open = true,
             UiAction::ChooseModelsFolder => self.open_dialog(ctx, DialogPurpose::ModelsFolder),
             UiAction::ScanModels => {
+                self.refresh_preset_loras(true);
                 if let Some(folder) = self.state.settings.models_folder.clone() {
                     self.scan_models(ctx, folder);
                 }
@@ -639,6 +658,7 @@ impl StillmotionApp {
                 .and_then(std::path::Path::parent)
                 .map(PathBuf::from),
             DialogPurpose::ModelFile(_)
+            | DialogPurpose::Lora
             | DialogPurpose::OutputFolder
             | DialogPurpose::ModelsFolder => None,
         };
@@ -666,6 +686,10 @@ impl StillmotionApp {
                     DialogPurpose::ModelFile(slot) => dialog
                         .set_title(slot.label())
                         .add_filter("Model files", &["safetensors", "gguf", "pth"])
+                        .pick_file(),
+                    DialogPurpose::Lora => dialog
+                        .set_title("Add a LoRA")
+                        .add_filter("LoRA files", &["safetensors"])
                         .pick_file(),
                     DialogPurpose::OutputFolder => dialog.set_title("Output folder").pick_folder(),
                     DialogPurpose::ModelsFolder => dialog
@@ -695,6 +719,7 @@ impl StillmotionApp {
         match purpose {
             DialogPurpose::SourceImage => self.pending.push(UiAction::LoadImage(path)),
             DialogPurpose::ModelFile(slot) => self.state.settings.set_model_path(slot, path),
+            DialogPurpose::Lora => self.state.settings.loras.push(LoraEntry::added(path)),
             DialogPurpose::OutputFolder => self.state.settings.output_dir = Some(path),
             DialogPurpose::ModelsFolder => {
                 self.state.settings.models_folder = Some(path);
@@ -752,8 +777,26 @@ impl StillmotionApp {
         &mut self.interpolate
     }
 
+    /// Lists the preset's LoRA files (or why they are missing) when the preset, the model
+    /// files or the user's LoRAs changed, or when `force`d (files may have appeared on disk).
+    fn refresh_preset_loras(&mut self, force: bool) {
+        let key = LoraKey::of(&self.state.settings);
+        if !force && self.lora_key.as_ref() == Some(&key) {
+            return;
+        }
+        let preset = self
+            .presets
+            .iter()
+            .find(|(stem, _)| *stem == self.state.settings.preset)
+            .map(|(_, preset)| preset);
+        self.lora_problem = loras::refresh(&mut self.state.settings, preset);
+        self.lora_key = Some(LoraKey::of(&self.state.settings));
+    }
+
     /// Builds the recipe from the settings, validates it, and queues it on the engine.
     fn submit_render(&mut self) {
+        // The list shows what the render applies: files may have appeared since it was made.
+        self.refresh_preset_loras(true);
         let Some(source) = &self.source else {
             self.error =
                 Some("Open an image first (drop it on the window or press Open…)".to_owned());
@@ -842,6 +885,7 @@ impl eframe::App for StillmotionApp {
                 Err(message) => self.error = Some(message),
             }
         }
+        self.refresh_preset_loras(false);
         for action in std::mem::take(&mut self.pending) {
             self.run_action(ctx, action);
         }
@@ -1043,6 +1087,12 @@ impl eframe::App for StillmotionApp {
                                 self.shipped_count,
                                 &mut self.new_preset_name,
                                 self.gpu_gauge.reading(),
+                            ));
+                            ui.separator();
+                            actions.extend(loras::show(
+                                ui,
+                                &mut self.state.settings,
+                                self.lora_problem.as_deref(),
                             ));
                         });
                     });

@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use stillmotion_engine::failure::FailureKind;
 use stillmotion_engine::memory_plan::MemoryPlan;
 use stillmotion_engine::runtime::{Event, JobId, JobKind, Progress, Stage};
 
@@ -32,6 +33,8 @@ pub enum JobState {
     },
     Cancelled,
     Failed {
+        /// The engine's stable failure code: it decides the wording and the advice.
+        kind: FailureKind,
         message: String,
     },
 }
@@ -232,8 +235,9 @@ impl JobList {
                 };
             }
             Event::Cancelled { .. } => entry.state = JobState::Cancelled,
-            Event::Failed { message, .. } => {
+            Event::Failed { kind, message, .. } => {
                 entry.state = JobState::Failed {
+                    kind: *kind,
                     message: message.clone(),
                 };
             }
@@ -344,13 +348,7 @@ fn row(ui: &mut egui::Ui, entry: &JobEntry, waiting: &[JobId]) -> Option<UiActio
         JobState::Cancelled => {
             ui.colored_label(theme::WEAK_TEXT, "cancelled");
         }
-        JobState::Failed { message } => {
-            if entry.memory_refusal.as_ref() == Some(message) {
-                memory_plan::show_refusal(ui, message);
-            } else {
-                ui.colored_label(theme::ERROR_TEXT, message);
-            }
-        }
+        JobState::Failed { kind, message } => show_failure(ui, entry, *kind, message),
     }
     if let Some(plan) = &entry.memory_plan {
         memory_plan::show(ui, entry.id, plan, entry.is_active());
@@ -359,6 +357,45 @@ fn row(ui: &mut egui::Ui, entry: &JobEntry, waiting: &[JobId]) -> Option<UiActio
         ui.colored_label(theme::WEAK_TEXT, warning);
     }
     action
+}
+
+/// What a failure of `kind` is called in the queue, and what the user can do about it (the
+/// engine's message above it names the field, file or size).
+#[must_use]
+pub fn failure_wording(kind: FailureKind) -> (&'static str, Option<&'static str>) {
+    match kind {
+        FailureKind::InvalidRequest => (
+            "Cannot start: a setting or file needs fixing",
+            Some(
+                "Change the setting or file the message names (the Models view lists what \
+                 each preset needs), then render again.",
+            ),
+        ),
+        // The plan's own message says what to change, with its numbers.
+        FailureKind::PlanRefused => (memory_plan::REFUSAL_HEADLINE, None),
+        FailureKind::OutOfMemory => (
+            "Out of GPU memory",
+            // The engine's message lists the changes that free memory.
+            Some("Nothing was written: make one of the changes above, then render again."),
+        ),
+        FailureKind::Cancelled => ("Cancelled", None),
+        FailureKind::Failed => ("Failed", None),
+    }
+}
+
+/// Draws a failed job: a refusal with the memory plan's wording (its message says what to
+/// change), any other failure with its kind's headline, the engine's message and the advice.
+fn show_failure(ui: &mut egui::Ui, entry: &JobEntry, kind: FailureKind, message: &str) {
+    if kind == FailureKind::PlanRefused {
+        memory_plan::show_refusal(ui, entry.memory_refusal.as_deref().unwrap_or(message));
+        return;
+    }
+    let (headline, advice) = failure_wording(kind);
+    ui.colored_label(theme::ERROR_TEXT, headline);
+    ui.colored_label(theme::ERROR_TEXT, message);
+    if let Some(advice) = advice {
+        ui.label(advice);
+    }
 }
 
 /// "high-noise expert · step 2/4 · 3.1 s/step · ETA 6 s".
@@ -437,6 +474,25 @@ mod tests {
     }
 
     #[test]
+    fn each_failure_kind_has_its_own_headline_and_advice() {
+        let kinds = [
+            FailureKind::InvalidRequest,
+            FailureKind::PlanRefused,
+            FailureKind::OutOfMemory,
+            FailureKind::Failed,
+        ];
+        let headlines: std::collections::HashSet<_> =
+            kinds.iter().map(|kind| failure_wording(*kind).0).collect();
+        assert_eq!(headlines.len(), kinds.len());
+        assert!(
+            failure_wording(FailureKind::OutOfMemory)
+                .1
+                .unwrap()
+                .contains("Nothing was written")
+        );
+    }
+
+    #[test]
     fn events_move_a_job_through_its_states() {
         let mut jobs = JobList::default();
         let id = jobs.add("waves".to_owned(), interpolation());
@@ -481,11 +537,13 @@ mod tests {
         assert_eq!(jobs.next_for_engine().unwrap().0, other);
         jobs.apply(&Event::Failed {
             job_id: other,
+            kind: FailureKind::OutOfMemory,
             message: "out of memory".to_owned(),
         });
         assert_eq!(
             jobs.get(other).unwrap().state,
             JobState::Failed {
+                kind: FailureKind::OutOfMemory,
                 message: "out of memory".to_owned()
             }
         );

@@ -114,10 +114,13 @@ pub fn show(ui: &mut egui::Ui, id: JobId, plan: &MemoryPlan, open: bool) {
         });
 }
 
+/// The headline of a job the memory plan refused.
+pub const REFUSAL_HEADLINE: &str = "Memory plan: does not fit";
+
 /// Draws a refusal: the plan found no placement that fits, and the engine's message says
 /// what to change.
 pub fn show_refusal(ui: &mut egui::Ui, message: &str) {
-    ui.colored_label(theme::ERROR_TEXT, "Memory plan: does not fit");
+    ui.colored_label(theme::ERROR_TEXT, REFUSAL_HEADLINE);
     ui.colored_label(theme::ERROR_TEXT, message);
 }
 

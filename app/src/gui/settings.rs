@@ -11,6 +11,7 @@ use stillmotion_engine::recipe::{
 
 use super::UiAction;
 use super::gpu_gauge::GaugeReading;
+use super::loras::LoraEntry;
 use crate::ui::theme;
 
 /// Which model file a "Choose…" button is for.
@@ -81,6 +82,8 @@ pub struct Settings {
     pub reserve_vram_gb: f64,
     /// The folder the Models view scans (ours, or a ComfyUI `models/` folder).
     pub models_folder: Option<PathBuf>,
+    /// The LoRAs to apply: the user's, and those the preset names.
+    pub loras: Vec<LoraEntry>,
 }
 
 /// Serializable mirror of the engine's sampler kind.
@@ -131,6 +134,7 @@ impl Default for Settings {
             output_dir: None,
             reserve_vram_gb: stillmotion_engine::recipe::DEFAULT_RESERVE_VRAM_GB,
             models_folder: None,
+            loras: Vec::new(),
         }
     }
 }
@@ -182,6 +186,24 @@ impl Settings {
         self.low_noise.clone_from(&recipe.models.low_noise);
         self.text_encoder.clone_from(&recipe.models.text_encoder);
         self.vae.clone_from(&recipe.models.vae);
+        // The preset's own files are marked so, and follow the preset from now on.
+        let named = recipe
+            .preset_lora
+            .as_deref()
+            .and_then(stillmotion_engine::pipeline::named_lora_files);
+        self.loras = recipe
+            .loras
+            .iter()
+            .map(|choice| LoraEntry {
+                choice: choice.clone(),
+                from_preset: named.is_some_and(|(high, low)| {
+                    choice
+                        .path
+                        .file_name()
+                        .is_some_and(|name| name == high || name == low)
+                }),
+            })
+            .collect();
         if let Some(dir) = recipe
             .output
             .parent()
@@ -210,6 +232,11 @@ impl Settings {
                 text_encoder: self.text_encoder.clone(),
                 vae: self.vae.clone(),
             },
+            loras: self
+                .loras
+                .iter()
+                .map(|entry| entry.choice.clone())
+                .collect(),
             image: Some(image),
             prompt: Some(self.prompt.clone()),
             negative_prompt: (!self.negative_prompt.trim().is_empty())

@@ -74,8 +74,11 @@ impl PipelineRunner {
     fn render(&mut self, recipe: &Recipe, ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
         recipe.validate()?;
         let models = super::resolve_model_files(&recipe.models, recipe.model)?;
+        let loras =
+            super::resolve_preset_lora(recipe.preset_lora.as_deref(), &recipe.loras, &models)?;
         let recipe = &Recipe {
             models,
+            loras,
             ..recipe.clone()
         };
         if recipe.model != ModelFamily::Wan22I2vA14b {

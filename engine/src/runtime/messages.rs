@@ -70,9 +70,11 @@ pub enum Event {
     Cancelled {
         job_id: JobId,
     },
-    /// The job failed; `message` is the full error chain, for the user.
+    /// The job failed; `kind` is its stable failure code (the CLI's exit code and JSON `code`
+    /// come from it), `message` the full error chain, for the user.
     Failed {
         job_id: JobId,
+        kind: crate::failure::FailureKind,
         message: String,
     },
     /// Loaded models were freed.

@@ -297,3 +297,60 @@ fn previews_are_dropped_rather_than_block_and_are_built_only_when_asked_for() {
     assert!(!seen.iter().any(|e| matches!(e, Event::Preview { .. })));
     assert_eq!(built.load(Ordering::SeqCst), 0, "no preview is built");
 }
+
+/// Fails every job with the error its output path names.
+struct FailingRunner;
+
+impl JobRunner for FailingRunner {
+    fn run(&mut self, kind: &JobKind, _ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
+        let JobKind::Render(recipe) = kind else {
+            unreachable!("only renders here")
+        };
+        Err(match recipe.output.to_str().unwrap() {
+            "bad.mp4" => EngineError::BadRecipe {
+                field: "frames",
+                problem: "must be 4n+1".to_owned(),
+            },
+            "refused.mp4" => EngineError::MemoryPlanRefused {
+                problem: "needs 30 GB; lower the resolution".to_owned(),
+            },
+            // What candle says when cudarc's allocation fails; only the thread classifies it.
+            "oom.mp4" => EngineError::Candle(candle_core::Error::Msg(
+                r#"DriverError(CUDA_ERROR_OUT_OF_MEMORY, "out of memory")"#.to_owned(),
+            )),
+            _ => EngineError::Candle(candle_core::Error::Msg("shape mismatch".to_owned())),
+        })
+    }
+
+    fn unload(&mut self) {}
+}
+
+#[test]
+fn a_failed_job_carries_its_stable_failure_kind() {
+    use crate::failure::FailureKind;
+    let handle = EngineHandle::spawn(FailingRunner, || {}).unwrap();
+    let cases = [
+        ("bad.mp4", FailureKind::InvalidRequest, "frames"),
+        ("refused.mp4", FailureKind::PlanRefused, "needs 30 GB"),
+        ("oom.mp4", FailureKind::OutOfMemory, "ran out of memory"),
+        ("other.mp4", FailureKind::Failed, "shape mismatch"),
+    ];
+    for (job_id, (output, expected, words)) in (1..).zip(cases) {
+        handle
+            .send(Command::Submit {
+                job_id,
+                kind: render(output),
+            })
+            .unwrap();
+        let (seen, done) = until_terminal(&handle, job_id);
+        let Event::Failed { kind, message, .. } = &done else {
+            panic!("{done:?}")
+        };
+        assert_eq!(*kind, expected, "{output}: {message}");
+        assert!(message.contains(words), "{output}: {message}");
+        let refusal = seen
+            .iter()
+            .any(|e| matches!(e, Event::MemoryPlanRefused { job_id: id, .. } if *id == job_id));
+        assert_eq!(refusal, expected == FailureKind::PlanRefused, "{seen:?}");
+    }
+}

@@ -207,6 +207,8 @@ impl<R: JobRunner> EngineLoop<R> {
             }),
             Err(EngineError::Cancelled) => shared.emit(Event::Cancelled { job_id }),
             Err(error) => {
+                // Any runner's GPU allocation failure is told as out of memory, not a crash.
+                let error = error.classify_out_of_memory();
                 if let EngineError::MemoryPlanRefused { problem } = &error {
                     shared.emit(Event::MemoryPlanRefused {
                         job_id,
@@ -214,8 +216,13 @@ impl<R: JobRunner> EngineLoop<R> {
                     });
                 }
                 let message = format!("{error:#}");
-                tracing::error!("job {job_id} failed: {message}");
-                shared.emit(Event::Failed { job_id, message });
+                let kind = error.kind();
+                tracing::error!("job {job_id} failed ({}): {message}", kind.code());
+                shared.emit(Event::Failed {
+                    job_id,
+                    kind,
+                    message,
+                });
             }
         }
         drop(ctx);

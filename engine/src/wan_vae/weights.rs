@@ -97,8 +97,9 @@ pub fn diffusers_key(original: &str, num_res_blocks: usize, residual: bool) -> S
     key
 }
 
-/// Loads a VAE checkpoint (`.safetensors` in either layout, detected from its keys, or the
-/// official `.pth`, read by candle's pickle reader, which runs no code) onto `device` in f32.
+/// Loads a VAE checkpoint (`.safetensors` in either layout, detected from its keys and
+/// memory-mapped, or the official `.pth`, read by candle's pickle reader, which runs no code)
+/// onto `device` in f32.
 pub fn load(cfg: &Config, path: &Path, device: &Device) -> Result<WanVae, EngineError> {
     let is_pth = path
         .extension()
@@ -106,9 +107,14 @@ pub fn load(cfg: &Config, path: &Path, device: &Device) -> Result<WanVae, Engine
     let vb = if is_pth {
         VarBuilder::from_pth(path, DType::F32, device).map_err(|e| bad(path, &e))?
     } else {
-        let bytes = std::fs::read(path).map_err(|e| EngineError::io("reading the VAE", path, e))?;
-        VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
-            .map_err(|e| bad(path, &e))?
+        // Mapped, its header checked first: tensors are read one at a time from the mapping,
+        // never the whole file into memory.
+        let mapped = crate::weights::MappedFiles::open(&[path.to_owned()])?;
+        let names = mapped
+            .entries()
+            .map(|(name, _)| (name.to_owned(), name.to_owned()))
+            .collect();
+        mapped.into_var_builder(names, DType::F32, device)
     };
     let layout = if vb.contains_tensor("encoder.conv1.weight") {
         WeightLayout::Original
