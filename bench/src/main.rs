@@ -557,16 +557,19 @@ fn bench_dit(
     Ok(())
 }
 
-/// The Wan2.1 VAE (random weights at the real shapes) decoding one clip's latents, float32
-/// (the dtype the pipeline and diffusers' reference run use).
+/// The Wan2.1 VAE (random weights at the real shapes) decoding one clip's latents: float32
+/// (the dtype diffusers' reference run uses) with cuDNN and with candle's convolutions, and
+/// bf16 (the pipeline's GPU path), with the bf16 frames' PSNR against the float32 ones.
 fn bench_vae(device: &Device, width: usize, height: usize, frames: usize) -> anyhow::Result<()> {
     use stillmotion_engine::wan_vae::{Config as VaeConfig, WanVae};
-    let vb = VarBuilder::from_backend(
-        Box::new(random_weights::RandomBackend),
-        DType::F32,
-        device.clone(),
-    );
-    let fused = WanVae::new(&VaeConfig::wan21(), &vb)?;
+    let cfg = VaeConfig::wan21();
+    let weights = random_weights::state_dict_from(&cfg)?;
+    let build = |dtype: DType| -> anyhow::Result<WanVae> {
+        let vb = VarBuilder::from_tensors(weights.clone(), dtype, device);
+        Ok(WanVae::new(&cfg, &vb)?)
+    };
+    let fused = build(DType::F32)?;
+    let bf16 = build(DType::BF16)?;
     let latents = randn(
         &[16, (frames - 1) / 4 + 1, height / 8, width / 8],
         device,
@@ -574,18 +577,40 @@ fn bench_vae(device: &Device, width: usize, height: usize, frames: usize) -> any
     )?;
     // cuDNN convolutions (when loaded), then candle's (im2col + GEMM) on the same weights.
     let candle_convs = fused.clone().with_kernels(Kernels::cpu());
-    for (vae, convs) in [(&fused, "cudnn"), (&candle_convs, "candle")] {
+    let mut outputs = Vec::new();
+    for (vae, convs, dtype) in [
+        (&fused, "cudnn", "f32"),
+        (&candle_convs, "candle", "f32"),
+        (&bf16, "cudnn", "bf16"),
+    ] {
+        let mut out = None;
         let seconds = time(device, 1, || {
-            vae.decode(&latents)?;
+            out = Some(vae.decode(&latents)?.to_dtype(DType::F32)?);
             Ok(())
         })?;
         Line::new("vae")
-            .text("model", "Wan2.1 VAE decode, random weights, f32, untiled")
+            .text("model", "Wan2.1 VAE decode, random weights, untiled")
+            .text("dtype", dtype)
             .text("convs", convs)
             .int("width", width)
             .int("height", height)
             .int("frames", frames)
             .num("decode_s", seconds)
+            .print();
+        if convs == "cudnn" {
+            outputs.extend(out);
+        }
+    }
+    if let [f32_frames, bf16_frames] = outputs.as_slice() {
+        // Frames in [-1, 1]: a peak-to-peak of 2.
+        let mse = (bf16_frames - f32_frames)?
+            .sqr()?
+            .mean_all()?
+            .to_scalar::<f32>()?;
+        Line::new("vae-precision")
+            .text("compare", "bf16 decode vs f32 decode, random weights")
+            .num("psnr_db", 10.0 * (4.0 / f64::from(mse)).log10())
+            .num("rel_l2", rel_l2(bf16_frames, f32_frames)?)
             .print();
     }
     Ok(())
