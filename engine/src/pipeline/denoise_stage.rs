@@ -83,7 +83,10 @@ impl PipelineRunner {
         ctx.progress(Stage::LoadingWeights, 1, 3);
         let vae = self.models.vae(recipe, device)?;
         ctx.progress(Stage::EncodingImage, 0, 1);
-        let y = i2v_condition(vae, &image, recipe.num_frames as usize)?.unsqueeze(0)?;
+        // The condition joins the f32 latents in the DiT, whatever the VAE's dtype.
+        let y = i2v_condition(vae, &image, recipe.num_frames as usize)?
+            .to_dtype(DType::F32)?
+            .unsqueeze(0)?;
         ctx.progress(Stage::EncodingImage, 1, 1);
         let z_dim = vae.config().z_dim;
         let (_, _, lat_t, lat_h, lat_w) = y.dims5()?;

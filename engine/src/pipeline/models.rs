@@ -301,13 +301,20 @@ impl ModelCache {
             })
     }
 
-    /// The VAE of `recipe` (always float32, as the reference runs it).
+    /// The VAE of `recipe`: float32 on the CPU, as the references run it (the golden cases
+    /// hold there); bfloat16 on the GPU, as ComfyUI runs it on recent GPUs, where float32
+    /// convolutions cost 2.4 times bf16's (`bench/RESULTS.md`).
     pub fn vae(&mut self, recipe: &Recipe, device: &Device) -> Result<&WanVae, EngineError> {
         let path = required(recipe.models.vae.as_ref(), "models.vae")?;
-        let key = ModelKey::plain(path, device, DType::F32);
+        let dtype = if device.is_cuda() {
+            DType::BF16
+        } else {
+            DType::F32
+        };
+        let key = ModelKey::plain(path, device, dtype);
         let family = recipe.model;
         get_or_load(&mut self.vae, &self.loads, key, || {
-            wan_vae::load(&vae_config(path, family)?, path, device)
+            wan_vae::load_in(&vae_config(path, family)?, path, device, dtype)
         })
     }
 

@@ -15,10 +15,11 @@
 //! [`diffusers_key`]).
 //! Latents are normalised as the reference does: `(mean − latents_mean) · (1 / latents_std)`.
 //!
-//! The references run the VAE in f32, and so does the engine. It also runs in the dtype of its
-//! weights: in f16 on the CPU a tiny random model lands at 8.8e-4 rel L2 (encode) and 3.5e-3
-//! (decode, 62 dB) from f32 (`precision_tests.rs`); bf16 cannot run on the CPU (candle's CPU
-//! matmul has no bf16).
+//! The references run the VAE in f32, and so does the engine on the CPU. It runs in the dtype
+//! of its weights, converting f32 pixels and latents on the way in (the pipeline loads it in
+//! bf16 on the GPU): in f16 on the CPU a tiny random model lands at 8.8e-4 rel L2 (encode) and
+//! 3.5e-3 (decode, 62 dB) from f32 (`precision_tests.rs`); bf16 cannot run on the CPU (candle's
+//! CPU convolutions have no bf16 kernel).
 
 mod blocks;
 mod conv;
@@ -43,7 +44,7 @@ pub use frames::to_rgb8;
 pub use i2v::{i2v_condition, i2v_mask};
 pub use tiled_encode::EncodeTiling;
 pub use tiling::Tiling;
-pub use weights::{WeightLayout, diffusers_key, load};
+pub use weights::{WeightLayout, diffusers_key, load, load_in};
 
 use blocks::{ChunkState, from_frames, to_frames};
 use conv::CausalConv3d;
@@ -261,7 +262,8 @@ impl WanVae {
             } else {
                 (1 + stride * (i - 1), stride)
             };
-            let x = self.patchify_input(frames(start, len)?)?;
+            // Pixels arrive in f32; the network runs in its weights' dtype.
+            let x = self.patchify_input(frames(start, len)?.to_dtype(self.mean.dtype())?)?;
             let out = match &self.encoder {
                 Encoder::Wan21(encoder) => encoder.forward(&x, &mut state)?,
                 Encoder::Wan22(encoder) => encoder.forward(&x, &mut state)?,
@@ -299,7 +301,7 @@ impl WanVae {
         latents: &Tensor,
         mut sink: impl FnMut(Tensor) -> Result<()>,
     ) -> Result<()> {
-        let z = to_frames(latents)?;
+        let z = to_frames(latents)?.to_dtype(self.mean.dtype())?;
         let z = z.broadcast_div(&self.inv_std)?.broadcast_add(&self.mean)?;
         let x = self.conv2.forward_frames(&z)?;
         let mut state = ChunkState::with_kernels(self.kernels.clone());

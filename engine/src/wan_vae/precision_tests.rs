@@ -50,4 +50,9 @@ fn half_precision_vae_against_f32() {
     // Measured 8.8e-4, 3.5e-3 and 61.7 dB.
     assert!(enc < 3e-3, "f16 encode rel L2 {enc}");
     assert!(db > 55.0 && dec < 1e-2, "f16 decode {dec:.2e}, {db:.1} dB");
+    // The pipeline hands a half-precision VAE f32 pixels and latents: it converts them itself.
+    let from_f32 = vae.encode(&video).unwrap();
+    assert_eq!(rel_l2(&from_f32, &half_latent), 0.0);
+    let decoded = vae.decode(&z).unwrap().to_dtype(DType::F32).unwrap();
+    assert_eq!(rel_l2(&decoded, &half_pixels), 0.0);
 }

@@ -101,11 +101,22 @@ pub fn diffusers_key(original: &str, num_res_blocks: usize, residual: bool) -> S
 /// memory-mapped, or the official `.pth`, read by candle's pickle reader, which runs no code)
 /// onto `device` in f32.
 pub fn load(cfg: &Config, path: &Path, device: &Device) -> Result<WanVae, EngineError> {
+    load_in(cfg, path, device, DType::F32)
+}
+
+/// As [`load`], with the weights (and so the whole network) in `dtype`: bf16 on the GPU is the
+/// pipeline's fast path, as ComfyUI runs the Wan VAE on recent GPUs.
+pub fn load_in(
+    cfg: &Config,
+    path: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<WanVae, EngineError> {
     let is_pth = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("pth") || e.eq_ignore_ascii_case("pt"));
     let vb = if is_pth {
-        VarBuilder::from_pth(path, DType::F32, device).map_err(|e| bad(path, &e))?
+        VarBuilder::from_pth(path, dtype, device).map_err(|e| bad(path, &e))?
     } else {
         // Mapped, its header checked first: tensors are read one at a time from the mapping,
         // never the whole file into memory.
@@ -114,7 +125,7 @@ pub fn load(cfg: &Config, path: &Path, device: &Device) -> Result<WanVae, Engine
             .entries()
             .map(|(name, _)| (name.to_owned(), name.to_owned()))
             .collect();
-        mapped.into_var_builder(names, DType::F32, device)
+        mapped.into_var_builder(names, dtype, device)
     };
     let layout = if vb.contains_tensor("encoder.conv1.weight") {
         WeightLayout::Original
