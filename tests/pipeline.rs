@@ -697,10 +697,10 @@ fn render_planned(
 /// untiled; the decode alone tiled (room for the whole encode only); encode and decode tiled.
 /// The bounds are the VAE's own seams: the decode's, asserted at 40 dB or more at these tile
 /// sizes (`wan_vae/tiled_decode.rs`), measured 47.1 dB here; the encode's change reaches the
-/// frames through the conditioning, and tiled encodes of random-weight VAEs sit at 33–40 dB in a
-/// decoded round trip (`wan_vae/tiled_encode.rs`), measured 39.0 dB here: 35 dB leaves margin for
-/// rounding yet fails a misplaced tile or blend (per-tile attention alone, with the case's VAE
-/// as it is, brings the frames down to 29 dB). The tiled render must also differ from the
+/// frames through the conditioning, and the pipeline's smallest encode tiles give 36.0 dB in a
+/// decoded round trip of a white-noise clip (`wan_vae/tiled_encode.rs`), measured 39.4 dB here:
+/// 35 dB leaves margin yet fails a misplaced tile or blend (per-tile attention alone, with the
+/// case's VAE as it is, brought the frames to 29 dB in quarter-overlap encode tiles). The tiled render must also differ from the
 /// decode-only one, or the encode was not tiled.
 #[test]
 fn a_budget_that_tiles_the_image_encode_renders_the_untiled_frames_within_the_seams() {

@@ -63,12 +63,12 @@ pub const VAE_LIVE_VALUES_PER_PIXEL_CHANNEL: u64 = 120;
 /// 94 MiB (94 values per tile pixel); rounded up.
 pub const VAE_ENCODE_VALUES_PER_PIXEL_CHANNEL: u64 = 100;
 
-/// Smallest VAE decode tile side, in latent pixels: `wan_vae::DECODE_MIN_TILE`, the smallest
-/// tiles whose seams were measured at 40 dB or more.
-pub const MIN_VAE_TILE: u64 = crate::wan_vae::DECODE_MIN_TILE as u64;
+/// Smallest VAE decode tile side, in latent pixels: `wan_vae::MIN_TILE`, the smallest tiles
+/// whose seams were measured at 40 dB or more.
+pub const MIN_VAE_TILE: u64 = crate::wan_vae::MIN_TILE as u64;
 
-/// Smallest VAE encode tile side, in latent pixels (128 pixels of the Wan2.1 VAE's input).
-pub const MIN_VAE_ENCODE_TILE: u64 = 16;
+/// Smallest VAE encode tile side, in latent pixels: the same tiles as the decode's.
+pub const MIN_VAE_ENCODE_TILE: u64 = MIN_VAE_TILE;
 
 /// The shape of the clip the DiT sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -42,7 +42,7 @@ use serde::Deserialize;
 
 pub use frames::to_rgb8;
 pub use i2v::{i2v_condition, i2v_condition_tiled, i2v_mask};
-pub use tiling::{DECODE_MIN_OVERLAP, DECODE_MIN_TILE, Tiling};
+pub use tiling::{MIN_TILE, MIN_TILE_OVERLAP, Tiling};
 pub use weights::{WeightLayout, diffusers_key, load};
 
 use blocks::{ChunkState, from_frames, to_frames};

@@ -104,7 +104,7 @@ impl WanVae {
 mod tests {
     use super::Tiling;
     use crate::wan_vae::test_support::{normal, psnr, random_vae};
-    use crate::wan_vae::{Config, DECODE_MIN_TILE, WanVae};
+    use crate::wan_vae::{Config, MIN_TILE, WanVae};
 
     fn tiny() -> Config {
         Config {
@@ -147,7 +147,7 @@ mod tests {
     }
 
     /// Seams at the smallest tiles the pipeline decodes in (the plan's tile raised to
-    /// [`DECODE_MIN_TILE`]), where they are worst: 3×3 tiles on 40×48 latents, so seams cross each
+    /// [`MIN_TILE`]), where they are worst: 3×3 tiles on 40×48 latents, so seams cross each
     /// way and meet. Random weights see much further than trained ones (no learnt locality: the
     /// receptive field is the whole stack's), so seams are measured on a model without its
     /// global attention (output projection zeroed), whose per-tile attention no tiling can match.
@@ -157,7 +157,7 @@ mod tests {
     #[test]
     fn pipeline_decode_seams_psnr() {
         let vae = random_vae(&tiny(), false);
-        let db = pipeline_seams_db(&vae, DECODE_MIN_TILE, 40, 48);
+        let db = pipeline_seams_db(&vae, MIN_TILE, 40, 48);
         assert!(db >= 40.0, "{db:.1} dB");
     }
 

@@ -20,16 +20,17 @@ pub struct Tiling {
     pub stride_width: usize,
 }
 
-/// The least overlap, in latent pixels, of the tiles the pipeline decodes. Tiled against untiled
-/// decode of the same latents, on random weights without attention (which see much further
-/// than trained ones): 43.6 dB at the smallest tiles ([`DECODE_MIN_TILE`], overlap 16 or more,
-/// `tiled_decode.rs`); diffusers' grid at 32-latent tiles overlapping by 8 gave 38.6 dB, and the
-/// pipeline's earlier overlap of 8 with its own blend 32–37 dB.
-pub const DECODE_MIN_OVERLAP: usize = 16;
+/// The least overlap, in latent pixels, of the tiles the pipeline encodes and decodes in. Tiled
+/// against untiled decode of the same latents, on random weights without attention (which see
+/// much further than trained ones): 43.6 dB at the smallest tiles ([`MIN_TILE`], overlap 16 or
+/// more, `tiled_decode.rs`); diffusers' grid at 32-latent tiles overlapping by 8 gave 38.6 dB,
+/// and the pipeline's earlier decode overlap of 8 with its own blend 32–37 dB. The encode's
+/// seams are in `tiled_encode.rs`.
+pub const MIN_TILE_OVERLAP: usize = 16;
 
-/// The smallest decode tile side the pipeline uses, in latent pixels: twice the overlap, so
-/// that tiles advance by at least as much as they share.
-pub const DECODE_MIN_TILE: usize = 2 * DECODE_MIN_OVERLAP;
+/// The smallest tile side the pipeline encodes or decodes in, in latent pixels: twice the
+/// overlap, so that tiles advance by at least as much as they share.
+pub const MIN_TILE: usize = 2 * MIN_TILE_OVERLAP;
 
 impl Tiling {
     /// diffusers' defaults: 256-pixel tiles every 192 pixels.
@@ -51,23 +52,18 @@ impl Tiling {
     }
 
     /// The decode tiling the pipeline uses for a `lat_h × lat_w` latent frame in tiles of at
-    /// most `side` latent pixels a side (the memory plan's `vae_tile`; raised to
-    /// [`DECODE_MIN_TILE`]), overlapping by at least a quarter of a tile and
-    /// [`DECODE_MIN_OVERLAP`] (see [`Self::grid`]).
+    /// most `side` latent pixels a side (the memory plan's `vae_tile`; raised to [`MIN_TILE`]),
+    /// overlapping by at least a quarter of a tile and [`MIN_TILE_OVERLAP`] (see
+    /// [`Self::grid`]); in output pixels.
     pub fn for_decode(cfg: &Config, side: usize, lat_h: usize, lat_w: usize) -> Self {
-        let side = side.max(DECODE_MIN_TILE);
-        let overlap = (side / 4).max(DECODE_MIN_OVERLAP);
-        Self::grid(cfg.spatial_stride(), side, overlap, lat_h, lat_w)
+        Self::grid(cfg.spatial_stride(), side, lat_h, lat_w)
     }
 
-    /// The encode tiling the pipeline uses for a `lat_h × lat_w` latent frame in tiles of at
-    /// most `side` latent pixels a side (the memory plan's `vae_encode_tile`, at least 4),
-    /// overlapping by at least a quarter of a tile as diffusers' defaults (256 every 192) do;
-    /// in encoder-input pixels (patchified for Wan2.2), see [`Self::grid`].
+    /// The encode tiling the pipeline uses, as [`Self::for_decode`] (`side` is the memory
+    /// plan's `vae_encode_tile`) but in encoder-input pixels (patchified for Wan2.2).
     pub fn for_encode(cfg: &Config, side: usize, lat_h: usize, lat_w: usize) -> Self {
-        let side = side.max(4);
         let unit = cfg.spatial_stride() / cfg.patch_size.max(1);
-        Self::grid(unit, side, side / 4, lat_h, lat_w)
+        Self::grid(unit, side, lat_h, lat_w)
     }
 
     /// Tiles of `side` latent pixels (`unit` pixels each) advancing by the same stride along
@@ -75,12 +71,14 @@ impl Tiling {
     /// as that allows and the last one (which diffusers cuts short at the frame's edge, never
     /// shifts back) as long as the stride rather than a sliver; an axis that fits one tile is
     /// not split.
-    fn grid(unit: usize, side: usize, overlap: usize, lat_h: usize, lat_w: usize) -> Self {
+    fn grid(unit: usize, side: usize, lat_h: usize, lat_w: usize) -> Self {
+        let side = side.max(MIN_TILE);
+        let overlap = (side / 4).max(MIN_TILE_OVERLAP);
         let axis = |len: usize| {
             if len <= side {
                 return (side * unit, side * unit);
             }
-            let tiles = len.div_ceil((side - overlap).max(1));
+            let tiles = len.div_ceil(side - overlap);
             (side * unit, len.div_ceil(tiles) * unit)
         };
         let (tile_height, stride_height) = axis(lat_h);
@@ -175,17 +173,16 @@ mod tests {
             (t.tile_height, t.stride_height, t.tile_width, t.stride_width),
             (256, 256, 256, 120)
         );
-        // Encode tiles overlap by a quarter: 128 encoder pixels every 96 or less.
-        let t = Tiling::for_encode(&cfg, 16, 60, 104);
+        // Encode tiles: the same grid in encoder-input pixels.
         assert_eq!(
-            (t.tile_height, t.stride_height, t.tile_width, t.stride_width),
-            (128, 96, 128, 96)
+            Tiling::for_encode(&cfg, 40, 60, 104),
+            Tiling::for_decode(&cfg, 40, 60, 104)
         );
         // Wan2.2 encodes patchified pixels: 16-pixel latents are 8 of them.
         let t = Tiling::for_encode(&Config::wan22(), 32, 44, 80);
         assert_eq!(
             (t.tile_height, t.stride_height, t.tile_width, t.stride_width),
-            (256, 176, 256, 160)
+            (256, 120, 256, 128)
         );
     }
 }
