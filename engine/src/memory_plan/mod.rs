@@ -29,10 +29,10 @@
 //! **Decisions**, cheapest in time first: both experts resident; one expert at a time
 //! (swapped at the boundary); block swapping with `N` blocks resident plus one being
 //! prefetched; refuse. The VAE decodes whole frames when they fit next to what stays
-//! resident, else in the largest square tiles that do (at least [`MIN_VAE_TILE`], below which the
-//! seams would show); the conditioning clip encodes the same way, in its own tiles. The text
-//! encoder runs on the device
-//! when it fits beside both (it stays loaded between jobs), else on the CPU.
+//! resident, else in the largest square tiles that do (at least [`MIN_VAE_TILE`], below which
+//! the seams would show); the conditioning clip encodes the same way, in its own tiles. The
+//! text encoder runs on the device when it fits beside both (it stays loaded between jobs),
+//! else on the CPU.
 
 pub mod sizes;
 

@@ -66,11 +66,11 @@ impl Tiling {
         Self::grid(unit, side, lat_h, lat_w)
     }
 
-    /// Tiles of `side` latent pixels (`unit` pixels each) advancing by the same stride along
-    /// each axis, as diffusers' grid does, overlapping by at least `overlap`, with as few tiles
-    /// as that allows and the last one (which diffusers cuts short at the frame's edge, never
-    /// shifts back) as long as the stride rather than a sliver; an axis that fits one tile is
-    /// not split.
+    /// Tiles of `side` latent pixels (`unit` pixels each; `side` raised to [`MIN_TILE`])
+    /// advancing by the same stride along each axis, as diffusers' grid does, overlapping by at
+    /// least a quarter of a tile and [`MIN_TILE_OVERLAP`], with as few tiles as that allows and
+    /// the last one (which diffusers cuts short at the frame's edge, never shifts back) as long
+    /// as the stride rather than a sliver; an axis that fits one tile is not split.
     fn grid(unit: usize, side: usize, lat_h: usize, lat_w: usize) -> Self {
         let side = side.max(MIN_TILE);
         let overlap = (side / 4).max(MIN_TILE_OVERLAP);
