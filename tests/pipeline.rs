@@ -725,3 +725,104 @@ fn block_swapping_renders_the_frames_of_resident_experts() {
         "{warnings:?}"
     );
 }
+
+/// Renders `recipe` on the CPU, planned against `budget`: its frames and the job's memory plan.
+fn render_planned(
+    recipe: &Recipe,
+    budget: Option<u64>,
+) -> (Tensor, stillmotion_engine::memory_plan::MemoryPlan) {
+    let plans = RefCell::new(Vec::new());
+    let sink = |event: Event| {
+        if let Event::MemoryPlan { plan, .. } = event {
+            plans.borrow_mut().push(*plan);
+        }
+    };
+    let ctx = JobContext::new(1, CancelToken::new(), &sink, None);
+    let mut runner = PipelineRunner::new();
+    if let Some(bytes) = budget {
+        runner = runner.with_memory_budget(bytes);
+    }
+    let output = runner
+        .run(&JobKind::Render(Box::new(recipe.clone())), &ctx)
+        .unwrap();
+    let plan = plans.borrow_mut().pop().unwrap();
+    (read_frames(&output.path).unwrap(), plan)
+}
+
+/// A budget under the whole-frame image encode makes the plan tile it (and the decode), and the
+/// render encodes the conditioning clip in those tiles: its frames against the untiled render's.
+///
+/// Three renders of the case's tiny models at 384×320 (48×40 latents), the VAE's attention off:
+/// untiled; the decode alone tiled (room for the whole encode only); encode and decode tiled.
+/// The bounds are the VAE's own seams: the decode's, asserted at 40 dB or more at these tile
+/// sizes (`wan_vae/tiled_decode.rs`), measured 47.1 dB here; the encode's change reaches the
+/// frames through the conditioning, and the pipeline's smallest encode tiles give 36.0 dB in a
+/// decoded round trip of a white-noise clip (`wan_vae/tiled_encode.rs`), measured 39.4 dB here:
+/// 35 dB leaves margin yet fails a misplaced tile or blend (per-tile attention alone, with the
+/// case's VAE as it is, brought the frames to 29 dB in quarter-overlap encode tiles). The tiled render must also differ from the
+/// decode-only one, or the encode was not tiled.
+#[test]
+fn a_budget_that_tiles_the_image_encode_renders_the_untiled_frames_within_the_seams() {
+    use stillmotion_engine::memory_plan::RUNTIME_OVERHEAD;
+    use stillmotion_engine::recipe::ImageFit;
+
+    let case = case();
+    let dir = tempfile::tempdir().unwrap();
+    let mut recipe = recipe(&case, &dir.path().join("whole")).unwrap();
+    // 384×320 (48×40 latents): the smallest decode tiles (32 latents) fit where the whole-frame
+    // encode does not.
+    recipe.init_noise = None;
+    recipe.seed = 5;
+    recipe.width = 384;
+    recipe.height = 320;
+    recipe.image_fit = ImageFit::CenterCrop;
+    // The case's VAE without its attention (output projections zeroed): a tile's attention
+    // sees only its tile, which no overlap can make up for.
+    let vae_name = "wan_2.1_vae.safetensors";
+    let vae = expert_tensors(&case, vae_name)
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if k.ends_with("proj.weight") {
+                v.zeros_like().unwrap()
+            } else {
+                v
+            };
+            (k, v)
+        })
+        .collect();
+    let vae_path = dir.path().join(vae_name);
+    write_plain(&case, vae_name, &vae, &vae_path);
+    recipe.models.vae = Some(vae_path);
+    let (whole, whole_plan) = render_planned(&recipe, None);
+    assert_eq!(
+        (whole_plan.vae_tile, whole_plan.vae_encode_tile),
+        (None, None)
+    );
+    let p = &whole_plan.predicted;
+    let fixed = p.high_noise_weights + p.low_noise_weights + p.vae_weights + RUNTIME_OVERHEAD;
+    // Room for the whole-frame encode but not the whole-frame decode: the decode alone tiles.
+    recipe.output = dir.path().join("decode_tiled");
+    let (decode_tiled, plan) = render_planned(&recipe, Some(fixed + p.vae_encode_peak));
+    assert!(
+        plan.vae_tile.is_some() && plan.vae_encode_tile.is_none(),
+        "{}",
+        plan.summary()
+    );
+    // A quarter less: the encode tiles too.
+    recipe.output = dir.path().join("tiled");
+    let (tiled, plan) = render_planned(&recipe, Some(fixed + p.vae_encode_peak * 3 / 4));
+    assert!(
+        plan.vae_encode_tile.is_some() && plan.vae_tile.is_some(),
+        "{}",
+        plan.summary()
+    );
+    let decode_db = psnr(&decode_tiled, &whole);
+    let encode_db = psnr(&tiled, &decode_tiled);
+    eprintln!(
+        "tiled decode vs untiled render: PSNR {decode_db:.2} dB; tiled encode and decode vs tiled decode: {encode_db:.2} dB; vs untiled: {:.2} dB",
+        psnr(&tiled, &whole)
+    );
+    assert!(decode_db >= 40.0, "tiled decode: PSNR {decode_db:.2} dB");
+    assert!(encode_db.is_finite(), "the image encode was not tiled");
+    assert!(encode_db >= 35.0, "tiled encode: PSNR {encode_db:.2} dB");
+}

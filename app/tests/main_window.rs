@@ -1518,6 +1518,8 @@ impl JobRunner for Planned {
                 vae: VaeSize {
                     last_stage_channels: 96,
                     spatial_stride: 8,
+                    first_stage_channels: 96,
+                    encode_stride: 8,
                 },
             },
             tokens: Tokens::new(81, 832, 480, 8),

@@ -7,13 +7,13 @@
 //!
 //! ```sh
 //! cargo run --release -p stillmotion-engine --example vae_decode_memory -- 81 480 832
-//! cargo run --release -p stillmotion-engine --example vae_decode_memory -- 81 480 832 --budget-gb 4
-//! cargo run --release -p stillmotion-engine --example vae_decode_memory -- 17 256 256 --encode [--tile 128]
+//! cargo run --release -p stillmotion-engine --example vae_decode_memory -- 81 480 832 --tile 40
+//! cargo run --release -p stillmotion-engine --example vae_decode_memory -- 17 256 256 --encode [--tile 16]
 //! ```
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use stillmotion_engine::wan_vae::{Config, EncodeTiling, Tiling, WanVae};
+use stillmotion_engine::wan_vae::{Config, Tiling, WanVae};
 
 fn peak_rss_mib() -> f64 {
     rss_mib("VmHWM:")
@@ -60,8 +60,8 @@ fn main() -> Result<(), candle_core::Error> {
     )?;
     let before = peak_rss_mib();
     let start = std::time::Instant::now();
-    let tiling = flag("--budget-gb")
-        .and_then(|gb| Tiling::for_budget(&cfg, (gb * 1e9) as usize, height / s, width / s));
+    // `--tile N`: square tiles of N latent pixels, with the overlap the pipeline gives them.
+    let tile = flag("--tile").map(|t| t as usize);
     if std::env::var_os("VAE_MEMORY_PER_CHUNK").is_some() {
         let mut n = 0;
         vae.decode_each(&latents, |chunk| {
@@ -79,13 +79,7 @@ fn main() -> Result<(), candle_core::Error> {
         // Frames are made per chunk, as the I2V conditioning makes them.
         let frames =
             |_: usize, len: usize| Tensor::ones((len, 3, height, width), DType::F32, &device);
-        let tiling = flag("--tile")
-            .map(|tile| EncodeTiling::square(tile as usize, tile as usize / 4 * 3))
-            .or_else(|| {
-                flag("--budget-gb").and_then(|gb| {
-                    EncodeTiling::for_budget(&cfg, (gb * 1e9) as usize, height, width)
-                })
-            });
+        let tiling = tile.map(|t| Tiling::for_encode(&cfg, t, height / s, width / s));
         let latent = match tiling {
             Some(tiling) => vae.encode_tiled_with(frames_n, (height, width), tiling, frames)?,
             None => vae.encode_with(frames_n, frames)?,
@@ -98,6 +92,7 @@ fn main() -> Result<(), candle_core::Error> {
         );
         return Ok(());
     }
+    let tiling = tile.map(|t| Tiling::for_decode(&cfg, t, height / s, width / s));
     let video = match tiling {
         Some(tiling) => vae.decode_tiled(&latents, tiling)?,
         None => vae.decode(&latents)?,

@@ -136,6 +136,7 @@ mod tests {
             dit,
             text_encoder,
             vae_tile,
+            vae_encode_tile: None,
             vae_stride: 8,
             predicted: Predictions {
                 high_noise_weights: 14 * GIB,
@@ -146,6 +147,7 @@ mod tests {
                 text_encoder: 11 * GIB,
                 vae_weights: GIB / 2,
                 vae_decode_peak: 4 * GIB,
+                vae_encode_peak: 3 * GIB,
                 peak: 18 * GIB,
             },
         }

@@ -21,16 +21,18 @@
 //!   and after GELU (`2·L·f·a`). A fixed [`RUNTIME_OVERHEAD`] covers the CUDA context,
 //!   cuBLAS workspace and the latents, condition and text context (tens of MB at 480p).
 //! - VAE decode peak: [`VAE_LIVE_VALUES_PER_PIXEL_CHANNEL`] f32 values per output pixel and
-//!   decoder channel of one tile (the calibration `wan_vae/tiling.rs` documents), plus the
-//!   VAE weights in f32.
+//!   decoder channel of one tile, plus the VAE weights in f32.
+//! - VAE encode peak (the conditioning clip): [`VAE_ENCODE_VALUES_PER_PIXEL_CHANNEL`] f32 values
+//!   per encoder-input pixel and channel of the encoder's first stage, for one tile.
 //! - Text encoder: its resident weights plus [`TEXT_ENCODER_ACTIVATIONS`] (512 tokens).
 //!
 //! **Decisions**, cheapest in time first: both experts resident; one expert at a time
 //! (swapped at the boundary); block swapping with `N` blocks resident plus two streaming
 //! slots (one computing, one being filled from pinned host memory); refuse. The VAE decodes
 //! whole frames when they fit next to what stays resident, else in the largest square tiles
-//! that do. The text encoder runs on the device when it fits beside both (it stays loaded
-//! between jobs), else on the CPU.
+//! that do (at least [`MIN_VAE_TILE`], below which the seams would show); the conditioning
+//! clip encodes the same way, in its own tiles. The text encoder runs on the device when it
+//! fits beside both (it stays loaded between jobs), else on the CPU.
 
 pub mod sizes;
 
@@ -49,12 +51,24 @@ pub const RUNTIME_OVERHEAD: u64 = GIB / 2;
 /// umT5-XXL activations for 512 tokens (a few MB per layer), rounded up generously.
 pub const TEXT_ENCODER_ACTIVATIONS: u64 = GIB / 4;
 
-/// f32 values held at once per output pixel and per channel of the VAE decoder's last stage
-/// (calibrated on the CPU in `wan_vae/tiling.rs`).
+/// f32 values held at once per output pixel and per channel of the VAE decoder's last stage.
+/// Calibrated on the CPU (`examples/vae_decode_memory.rs`, base dim 16, 256×256): untiled peak
+/// 500 MiB at 17 frames and 533 MiB at 49 (the difference is the output clip), tiled with
+/// 17-latent tiles 183 MiB: about 120 values per pixel and channel.
 pub const VAE_LIVE_VALUES_PER_PIXEL_CHANNEL: u64 = 120;
 
-/// Smallest VAE tile side, in latent pixels (as `wan_vae::Tiling::for_budget`).
-const MIN_VAE_TILE: u64 = 16;
+/// f32 values held at once per encoder-input pixel and per channel of the VAE encoder's first
+/// stage. Measured on the CPU (`examples/vae_decode_memory.rs --encode`, base dim 16, 17
+/// frames): 256×256 untiled peaked 348 MiB above the weights (87 values), 128-pixel tiles
+/// 94 MiB (94 values per tile pixel); rounded up.
+pub const VAE_ENCODE_VALUES_PER_PIXEL_CHANNEL: u64 = 100;
+
+/// Smallest VAE decode tile side, in latent pixels: `wan_vae::MIN_TILE`, the smallest tiles
+/// whose seams were measured at 40 dB or more.
+pub const MIN_VAE_TILE: u64 = crate::wan_vae::MIN_TILE as u64;
+
+/// Smallest VAE encode tile side, in latent pixels: the same tiles as the decode's.
+pub const MIN_VAE_ENCODE_TILE: u64 = MIN_VAE_TILE;
 
 /// The shape of the clip the DiT sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -123,6 +137,8 @@ pub struct Predictions {
     pub vae_weights: u64,
     /// The VAE decode activations with the chosen tiling.
     pub vae_decode_peak: u64,
+    /// The VAE encode activations (conditioning clip) with the chosen tiling.
+    pub vae_encode_peak: u64,
     /// The largest device use of the job under this plan.
     pub peak: u64,
 }
@@ -135,8 +151,12 @@ pub struct MemoryPlan {
     pub tokens: Tokens,
     pub dit: DitPlacement,
     pub text_encoder: Placement,
-    /// Square VAE decode tiles of this many latent pixels a side; `None` decodes whole frames.
+    /// Square VAE decode tiles of at most this many latent pixels a side (the decode's
+    /// `wan_vae::Tiling::for_decode`); `None` decodes whole frames.
     pub vae_tile: Option<u64>,
+    /// Square VAE encode tiles of this many latent pixels a side for the conditioning clip
+    /// (`wan_vae::Tiling::for_encode`); `None` encodes whole frames.
+    pub vae_encode_tile: Option<u64>,
     /// Pixels per latent pixel on a side (8 for the Wan2.1 VAE), for showing tile sizes.
     pub vae_stride: u64,
     pub predicted: Predictions,
@@ -188,6 +208,38 @@ pub fn vae_decode_peak(vae: &VaeSize, tokens: &Tokens, tile: Option<u64>) -> u64
         * w
 }
 
+/// The VAE encode activations of the conditioning clip for square tiles of `tile` latent
+/// pixels (`None`: whole frames).
+#[must_use]
+pub fn vae_encode_peak(vae: &VaeSize, tokens: &Tokens, tile: Option<u64>) -> u64 {
+    let (h, w) = match tile {
+        Some(t) => (t.min(tokens.latent_height), t.min(tokens.latent_width)),
+        None => (tokens.latent_height, tokens.latent_width),
+    };
+    VAE_ENCODE_VALUES_PER_PIXEL_CHANNEL
+        * vae.first_stage_channels
+        * vae.encode_stride
+        * vae.encode_stride
+        * 4
+        * h
+        * w
+}
+
+/// The largest square tile side (latent pixels) whose activations, `peak(Some(1))` per latent
+/// pixel, fit `room`: `Ok(None)` when whole frames fit, `Err(needed)` (the activations of the
+/// smallest tile, `min`) when not even those do.
+fn tile_for(room: u64, min: u64, peak: impl Fn(Option<u64>) -> u64) -> Result<Option<u64>, u64> {
+    if peak(None) <= room {
+        return Ok(None);
+    }
+    let side = ((room / peak(Some(1)).max(1)) as f64).sqrt() as u64;
+    if side < min {
+        Err(peak(Some(min)))
+    } else {
+        Ok(Some(side))
+    }
+}
+
 impl MemoryPlan {
     /// Decides placements for `inputs` within `budget` bytes (`None`: unlimited). Refuses with
     /// [`EngineError::MemoryPlanRefused`], naming what to change, when nothing fits.
@@ -237,32 +289,38 @@ impl MemoryPlan {
 
         // VAE decode next to what of the DiT stays resident.
         let vae_room = limit.saturating_sub(dit_resident + s.vae_weights + RUNTIME_OVERHEAD);
-        let whole = vae_decode_peak(&s.vae, &tokens, None);
-        let vae_tile = if whole <= vae_room {
-            None
-        } else {
-            let per_latent_pixel = vae_decode_peak(&s.vae, &tokens, Some(1)).max(1);
-            let side = ((vae_room / per_latent_pixel) as f64).sqrt() as u64;
-            if side < MIN_VAE_TILE {
-                let needed = dit_resident
-                    + s.vae_weights
-                    + RUNTIME_OVERHEAD
-                    + vae_decode_peak(&s.vae, &tokens, Some(MIN_VAE_TILE));
-                let why = format!(
-                    "decoding the VAE in its smallest tiles beside the DiT's {}",
-                    gib(dit_resident)
-                );
-                return Err(refusal(inputs, budget, needed, &why));
-            }
-            Some(side)
-        };
+        let vae_fixed = dit_resident + s.vae_weights + RUNTIME_OVERHEAD;
+        let vae_tile = tile_for(vae_room, MIN_VAE_TILE, |t| {
+            vae_decode_peak(&s.vae, &tokens, t)
+        })
+        .map_err(|tile_peak| {
+            let why = format!(
+                "decoding the VAE in its smallest tiles beside the DiT's {}",
+                gib(dit_resident)
+            );
+            refusal(inputs, budget, vae_fixed + tile_peak, &why)
+        })?;
         let vae_peak = vae_decode_peak(&s.vae, &tokens, vae_tile);
-        let decode_total = dit_resident + s.vae_weights + vae_peak + RUNTIME_OVERHEAD;
+        let decode_total = vae_fixed + vae_peak;
+        // The conditioning clip's encode, planned beside the same (experts stay loaded between
+        // jobs, so they may be resident when the next job encodes its image).
+        let vae_encode_tile = tile_for(vae_room, MIN_VAE_ENCODE_TILE, |t| {
+            vae_encode_peak(&s.vae, &tokens, t)
+        })
+        .map_err(|tile_peak| {
+            let why = format!(
+                "encoding the image with the VAE in its smallest tiles beside the DiT's {}",
+                gib(dit_resident)
+            );
+            refusal(inputs, budget, vae_fixed + tile_peak, &why)
+        })?;
+        let encode_peak = vae_encode_peak(&s.vae, &tokens, vae_encode_tile);
+        let vae_total = decode_total.max(vae_fixed + encode_peak);
 
         // The text encoder stays loaded between jobs (encodings are cached, prompts change), so
         // it goes on the device only when it fits beside both the denoising and the decoding.
         let text_total = s.text_encoder + TEXT_ENCODER_ACTIVATIONS;
-        let text_encoder = if dit_peak.max(decode_total).saturating_add(text_total) <= limit {
+        let text_encoder = if dit_peak.max(vae_total).saturating_add(text_total) <= limit {
             Placement::Device
         } else {
             Placement::Cpu
@@ -272,13 +330,14 @@ impl MemoryPlan {
         } else {
             0
         };
-        let peak = (dit_peak + text_share).max(decode_total + text_share);
+        let peak = (dit_peak + text_share).max(vae_total + text_share);
         Ok(Self {
             budget,
             tokens,
             dit,
             text_encoder,
             vae_tile,
+            vae_encode_tile,
             vae_stride: s.vae.spatial_stride,
             predicted: Predictions {
                 high_noise_weights: s.high_noise_weights,
@@ -289,6 +348,7 @@ impl MemoryPlan {
                 text_encoder: s.text_encoder,
                 vae_weights: s.vae_weights,
                 vae_decode_peak: vae_peak,
+                vae_encode_peak: encode_peak,
                 peak,
             },
         })
@@ -320,19 +380,22 @@ impl MemoryPlan {
             Placement::Device => "on the device",
             Placement::Cpu => "on the CPU",
         };
-        let vae = match self.vae_tile {
+        let tiles = |tile: Option<u64>| match tile {
             None => "whole frames".to_owned(),
             Some(t) => {
                 let pixels = t * self.vae_stride;
                 format!("{pixels}×{pixels} pixel tiles")
             }
         };
+        let vae = tiles(self.vae_tile);
+        let encode = tiles(self.vae_encode_tile);
         let budget = self.budget.map_or_else(|| "no limit".to_owned(), gib);
         format!(
-            "memory plan ({} tokens, budget {budget}): DiT {dit}, activations {}; text encoder {text}; VAE decode {vae} ({}); predicted peak {}",
+            "memory plan ({} tokens, budget {budget}): DiT {dit}, activations {}; text encoder {text}; VAE decode {vae} ({}), image encode {encode} ({}); predicted peak {}",
             self.tokens.count,
             gib(p.dit_activation_peak),
             gib(p.vae_decode_peak),
+            gib(p.vae_encode_peak),
             gib(p.peak)
         )
     }

@@ -68,22 +68,29 @@ impl DitSize {
     }
 }
 
-/// The VAE decoder's shape, for its decode peak.
+/// The VAE's shape, for its decode and encode peaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct VaeSize {
     /// Channels of the decoder's full-resolution stage (96 for the Wan2.1 VAE).
     pub last_stage_channels: u64,
     /// Pixels per latent pixel on a side (8 for Wan2.1, 16 for Wan2.2).
     pub spatial_stride: u64,
+    /// Channels of the encoder's full-resolution stage (96 for Wan2.1, 160 for Wan2.2).
+    pub first_stage_channels: u64,
+    /// Encoder-input pixels per latent pixel on a side (8 for both: Wan2.2 patchifies first).
+    pub encode_stride: u64,
 }
 
 impl VaeSize {
     #[must_use]
     pub fn from_config(cfg: &crate::wan_vae::Config) -> Self {
         let base = cfg.decoder_base_dim.unwrap_or(cfg.base_dim);
+        let mult = cfg.dim_mult.first().copied().unwrap_or(1);
         Self {
-            last_stage_channels: (base * cfg.dim_mult.first().copied().unwrap_or(1)) as u64,
+            last_stage_channels: (base * mult) as u64,
             spatial_stride: cfg.spatial_stride() as u64,
+            first_stage_channels: (cfg.base_dim * mult) as u64,
+            encode_stride: (cfg.spatial_stride() / cfg.patch_size.max(1)) as u64,
         }
     }
 }

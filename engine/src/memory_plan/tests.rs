@@ -226,3 +226,43 @@ fn float8_experts_run_whole_where_bf16_ones_need_block_swapping() {
     assert_eq!(plan.dit, DitPlacement::OneAtATime, "{}", plan.summary());
     assert!(plan.predicted.peak <= 24 * GIB);
 }
+
+#[test]
+fn the_image_encode_is_tiled_only_when_whole_frames_do_not_fit() {
+    let inputs = a14b_bf16(832, 480, 81);
+    let unlimited = MemoryPlan::decide(&inputs, None).unwrap();
+    assert_eq!(unlimited.vae_encode_tile, None);
+    // The encode holds fewer values per pixel than the decode (100 per encoder-input pixel
+    // and channel, against 120 per output pixel and channel), so it tiles later.
+    let whole_encode = unlimited.predicted.vae_encode_peak;
+    assert!(whole_encode < unlimited.predicted.vae_decode_peak);
+    for budget_gb in [24, 16, 10] {
+        let plan = MemoryPlan::decide(&inputs, Some(budget_gb * GIB)).unwrap();
+        if let Some(tile) = plan.vae_encode_tile {
+            assert!(
+                (MIN_VAE_ENCODE_TILE..104).contains(&tile),
+                "{budget_gb} GB: {}",
+                plan.summary()
+            );
+            assert!(plan.predicted.vae_encode_peak < whole_encode);
+        }
+        assert!(plan.predicted.peak <= budget_gb * GIB, "{}", plan.summary());
+        assert!(
+            plan.summary().contains("image encode"),
+            "{}",
+            plan.summary()
+        );
+    }
+    // Where the decode is tiled by a budget, a smaller one tiles the encode too.
+    let plan = (8..=40)
+        .rev()
+        .filter_map(|budget_gb| MemoryPlan::decide(&inputs, Some(budget_gb * GIB)).ok())
+        .find(|plan| plan.vae_encode_tile.is_some())
+        .expect("some budget tiles the image encode");
+    assert!(plan.vae_tile.is_some(), "{}", plan.summary());
+    assert!(
+        plan.predicted.peak <= plan.budget.unwrap(),
+        "{}",
+        plan.summary()
+    );
+}

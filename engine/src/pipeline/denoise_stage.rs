@@ -19,7 +19,7 @@ use crate::sampling::{
     Expert, InitialNoise, LoopConfig, UniPcConfig, default_schedule, denoise, initial_noise,
     new_scheduler,
 };
-use crate::wan_vae::i2v_condition;
+use crate::wan_vae::i2v_condition_tiled;
 
 /// What the denoising stage runs with.
 pub(super) struct DenoiseStage<'a> {
@@ -83,8 +83,9 @@ impl PipelineRunner {
         ctx.progress(Stage::LoadingWeights, 1, 3);
         let vae = self.models.vae(recipe, device)?;
         ctx.progress(Stage::EncodingImage, 0, 1);
+        let tile = (stage.plan.vae_encode_tile).and_then(|t| usize::try_from(t).ok());
         // The condition joins the f32 latents in the DiT, whatever the VAE's dtype.
-        let y = i2v_condition(vae, &image, recipe.num_frames as usize)?
+        let y = i2v_condition_tiled(vae, &image, recipe.num_frames as usize, tile)?
             .to_dtype(DType::F32)?
             .unsqueeze(0)?;
         ctx.progress(Stage::EncodingImage, 1, 1);

@@ -215,10 +215,7 @@ impl PipelineRunner {
             // Tiles decode over the whole clip each, so frames come out at the end.
             Some(tile) => {
                 let tile = usize::try_from(tile).unwrap_or(usize::MAX);
-                let tiling = Tiling {
-                    tile,
-                    overlap: (tile / 4).max(8),
-                };
+                let tiling = Tiling::for_decode(vae.config(), tile, lat_h, lat_w);
                 let video = vae.decode_tiled(&latents, tiling)?;
                 take_frames(to_rgb8(&video)?, count(lat_t))?;
             }

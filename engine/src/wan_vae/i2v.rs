@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::WanVae;
+use super::{Tiling, WanVae};
 use crate::EngineError;
 
 /// The 4-channel mask `(4, t, h, w)` for `num_frames` pixel frames: ones on latent frame 0 (the
@@ -28,16 +28,34 @@ pub fn i2v_condition(
     image: &Tensor,
     num_frames: usize,
 ) -> Result<Tensor, EngineError> {
+    i2v_condition_tiled(vae, image, num_frames, None)
+}
+
+/// [`i2v_condition`], encoding the clip in square tiles of at most `tile` latent pixels a side
+/// when given (the memory plan's `vae_encode_tile`: [`Tiling::for_encode`] and
+/// [`WanVae::encode_tiled_with`], diffusers' tiled encode).
+pub fn i2v_condition_tiled(
+    vae: &WanVae,
+    image: &Tensor,
+    num_frames: usize,
+    tile: Option<usize>,
+) -> Result<Tensor, EngineError> {
     check_frames(num_frames)?;
     let (c, h, w) = image.dims3()?;
+    let s = vae.config().spatial_stride();
+    let tiling = tile.map(|side| Tiling::for_encode(vae.config(), side, h / s, w / s));
     let first = image.unsqueeze(0)?;
-    let latent = vae.encode_with(num_frames, |start, len| {
+    let frames = |start: usize, len: usize| {
         if start == 0 {
             Ok(first.clone())
         } else {
             Tensor::zeros((len, c, h, w), image.dtype(), image.device())
         }
-    })?;
+    };
+    let latent = match tiling {
+        Some(tiling) => vae.encode_tiled_with(num_frames, (h, w), tiling, frames)?,
+        None => vae.encode_with(num_frames, frames)?,
+    };
     let (_, _, lat_h, lat_w) = latent.dims4()?;
     let mask = i2v_mask(num_frames, lat_h, lat_w, image.device())?.to_dtype(latent.dtype())?;
     Ok(Tensor::cat(&[mask, latent], 0)?)

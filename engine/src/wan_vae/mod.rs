@@ -31,6 +31,7 @@ mod i2v;
 mod precision_tests;
 #[cfg(test)]
 mod test_support;
+mod tiled_decode;
 mod tiled_encode;
 mod tiling;
 mod wan22;
@@ -41,9 +42,8 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 pub use frames::to_rgb8;
-pub use i2v::{i2v_condition, i2v_mask};
-pub use tiled_encode::EncodeTiling;
-pub use tiling::Tiling;
+pub use i2v::{i2v_condition, i2v_condition_tiled, i2v_mask};
+pub use tiling::{MIN_TILE, MIN_TILE_OVERLAP, Tiling};
 pub use weights::{WeightLayout, diffusers_key, load, load_in};
 
 use blocks::{ChunkState, from_frames, to_frames};
@@ -299,6 +299,17 @@ impl WanVae {
     pub fn decode_each(
         &self,
         latents: &Tensor,
+        sink: impl FnMut(Tensor) -> Result<()>,
+    ) -> Result<()> {
+        self.decode_chunks(latents, true, sink)
+    }
+
+    /// [`Self::decode_each`], leaving the Wan2.2 decoder's output patchified (12 channels at
+    /// half the pixels a side) unless `unpatch`: diffusers blends decoded tiles there.
+    fn decode_chunks(
+        &self,
+        latents: &Tensor,
+        unpatch: bool,
         mut sink: impl FnMut(Tensor) -> Result<()>,
     ) -> Result<()> {
         let z = to_frames(latents)?.to_dtype(self.mean.dtype())?;
@@ -311,7 +322,7 @@ impl WanVae {
                 Decoder::Wan21(decoder) => decoder.forward(&latent, &mut state)?,
                 Decoder::Wan22(decoder) => decoder.forward(&latent, &mut state, i == 0)?,
             };
-            sink(if self.cfg.patch_size == 2 {
+            sink(if unpatch && self.cfg.patch_size == 2 {
                 unpatchify(&pixels)?
             } else {
                 pixels

@@ -1,232 +1,188 @@
-//! Spatially tiled decoding: each tile of the latent is decoded over the whole clip on its own
-//! (with its own temporal state), and the tiles are blended with linear ramps across their
-//! overlap, so peak memory follows the tile size instead of the frame size.
+//! Spatial tiles as diffusers' `AutoencoderKLWan.enable_tiling` describes them, shared by the
+//! tiled encode ([`super::tiled_encode`]) and decode ([`super::tiled_decode`]), and the blend
+//! both use between neighbouring tiles (`blend_v` / `blend_h`).
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 
-use super::{Config, WanVae};
+use super::Config;
 
-/// Tiles of the latent, in latent pixels.
+/// Tiles in sample pixels, named as diffusers' `enable_tiling` names them. The encode reads them
+/// in encoder-input pixels (for the Wan2.2 VAE: patchified pixels, half the image's), the decode
+/// in output pixels; see each for how they map to latents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tiling {
-    /// Tile height and width.
-    pub tile: usize,
-    /// Rows or columns shared by neighbouring tiles (less than `tile`).
-    pub overlap: usize,
+    /// Tile height and width (diffusers' `tile_sample_min_height` / `_width`).
+    pub tile_height: usize,
+    pub tile_width: usize,
+    /// Distance between tile starts (`tile_sample_stride_height` / `_width`); neighbouring
+    /// tiles are blended over `tile − stride`.
+    pub stride_height: usize,
+    pub stride_width: usize,
 }
 
-/// f32 values held at once per output pixel and per channel of the decoder's last stage, for
-/// choosing tiles. Calibrated on the CPU (`examples/vae_decode_memory.rs`, base dim 16,
-/// 256×256): untiled peak 500 MiB at 17 frames and 533 MiB at 49 (the difference is the output
-/// clip), tiled with 17-latent tiles 183 MiB; activations came to about 120 values per pixel
-/// and channel, three times a count of live tensors and caches.
-const LIVE_VALUES_PER_PIXEL_CHANNEL: usize = 120;
+/// The least overlap, in latent pixels, of the tiles the pipeline encodes and decodes in. Tiled
+/// against untiled decode of the same latents, on random weights without attention (which see
+/// much further than trained ones): 43.6 dB at the smallest tiles ([`MIN_TILE`], overlap 16 or
+/// more, `tiled_decode.rs`); diffusers' grid at 32-latent tiles overlapping by 8 gave 38.6 dB,
+/// and the pipeline's earlier decode overlap of 8 with its own blend 32–37 dB. The encode's
+/// seams are in `tiled_encode.rs`.
+pub const MIN_TILE_OVERLAP: usize = 16;
+
+/// The smallest tile side the pipeline encodes or decodes in, in latent pixels: twice the
+/// overlap, so that tiles advance by at least as much as they share.
+pub const MIN_TILE: usize = 2 * MIN_TILE_OVERLAP;
 
 impl Tiling {
-    /// The largest square tiles whose decode should fit `budget_bytes`, or `None` when the
-    /// whole `lat_h × lat_w` frame fits. Tiles are at least 16 latent pixels; overlap is a
-    /// quarter of the tile, at least 8 (64 pixels, as diffusers blends).
-    pub fn for_budget(
-        cfg: &Config,
-        budget_bytes: usize,
-        lat_h: usize,
-        lat_w: usize,
-    ) -> Option<Self> {
-        let stride = cfg.spatial_stride();
-        let base = cfg.decoder_base_dim.unwrap_or(cfg.base_dim);
-        let channels = base * cfg.dim_mult.first().copied().unwrap_or(1);
-        let per_latent_pixel = LIVE_VALUES_PER_PIXEL_CHANNEL * channels * stride * stride * 4;
-        let fits = budget_bytes / per_latent_pixel.max(1);
-        if lat_h * lat_w <= fits {
-            return None;
+    /// diffusers' defaults: 256-pixel tiles every 192 pixels.
+    pub const DIFFUSERS: Self = Self {
+        tile_height: 256,
+        tile_width: 256,
+        stride_height: 192,
+        stride_width: 192,
+    };
+
+    /// Square `tile` tiles every `stride` pixels.
+    pub fn square(tile: usize, stride: usize) -> Self {
+        Self {
+            tile_height: tile,
+            tile_width: tile,
+            stride_height: stride,
+            stride_width: stride,
         }
-        let tile = (fits as f64).sqrt() as usize;
-        let tile = tile.max(16);
-        Some(Self {
-            tile,
-            overlap: (tile / 4).max(8),
-        })
     }
-}
 
-/// Tile starts along one axis of `len` latent pixels: the last tile ends at `len`.
-fn starts(len: usize, tiling: Tiling) -> Vec<usize> {
-    if len <= tiling.tile {
-        return vec![0];
+    /// The decode tiling the pipeline uses for a `lat_h × lat_w` latent frame in tiles of at
+    /// most `side` latent pixels a side (the memory plan's `vae_tile`; raised to [`MIN_TILE`]),
+    /// overlapping by at least a quarter of a tile and [`MIN_TILE_OVERLAP`] (see
+    /// [`Self::grid`]); in output pixels.
+    pub fn for_decode(cfg: &Config, side: usize, lat_h: usize, lat_w: usize) -> Self {
+        Self::grid(cfg.spatial_stride(), side, lat_h, lat_w)
     }
-    let step = (tiling.tile - tiling.overlap).max(1);
-    let mut out: Vec<usize> = (0..len - tiling.tile).step_by(step).collect();
-    out.push(len - tiling.tile);
-    out
-}
 
-/// Blend weights along one axis for a tile at pixel `start`, `size` long, in an axis of `len`
-/// pixels: ramps of `ramp` pixels on sides that have a neighbour.
-fn ramp(start: usize, size: usize, len: usize, ramp: usize) -> Vec<f32> {
-    (0..size)
-        .map(|i| {
-            let mut w = 1f32;
-            if ramp > 0 {
-                if start > 0 {
-                    w = w.min((i as f32 + 0.5) / ramp as f32);
-                }
-                if start + size < len {
-                    w = w.min(((size - i) as f32 - 0.5) / ramp as f32);
-                }
+    /// The encode tiling the pipeline uses, as [`Self::for_decode`] (`side` is the memory
+    /// plan's `vae_encode_tile`) but in encoder-input pixels (patchified for Wan2.2).
+    pub fn for_encode(cfg: &Config, side: usize, lat_h: usize, lat_w: usize) -> Self {
+        let unit = cfg.spatial_stride() / cfg.patch_size.max(1);
+        Self::grid(unit, side, lat_h, lat_w)
+    }
+
+    /// Tiles of `side` latent pixels (`unit` pixels each; `side` raised to [`MIN_TILE`])
+    /// advancing by the same stride along each axis, as diffusers' grid does, overlapping by at
+    /// least a quarter of a tile and [`MIN_TILE_OVERLAP`], with as few tiles as that allows and
+    /// the last one (which diffusers cuts short at the frame's edge, never shifts back) as long
+    /// as the stride rather than a sliver; an axis that fits one tile is not split.
+    fn grid(unit: usize, side: usize, lat_h: usize, lat_w: usize) -> Self {
+        let side = side.max(MIN_TILE);
+        let overlap = (side / 4).max(MIN_TILE_OVERLAP);
+        let axis = |len: usize| {
+            if len <= side {
+                return (side * unit, side * unit);
             }
-            w
-        })
-        .collect()
+            let tiles = len.div_ceil(side - overlap);
+            (side * unit, len.div_ceil(tiles) * unit)
+        };
+        let (tile_height, stride_height) = axis(lat_h);
+        let (tile_width, stride_width) = axis(lat_w);
+        Self {
+            tile_height,
+            tile_width,
+            stride_height,
+            stride_width,
+        }
+    }
 }
 
-impl WanVae {
-    /// [`WanVae::decode`] in spatial tiles: `(3, 1 + 4(t-1), 8h, 8w)` clamped to [-1, 1].
-    pub fn decode_tiled(&self, latents: &Tensor, tiling: Tiling) -> Result<Tensor> {
-        let (_, _, lat_h, lat_w) = latents.dims4()?;
-        let s = self.config().spatial_stride();
-        let (px_h, px_w) = (lat_h * s, lat_w * s);
-        let rows = starts(lat_h, tiling);
-        let cols = starts(lat_w, tiling);
-        let mut acc: Vec<f32> = Vec::new();
-        let mut weight_sum = vec![0f32; px_h * px_w];
-        let mut num_frames = 0;
-        for &r in &rows {
-            let th = tiling.tile.min(lat_h);
-            let wy = ramp(r * s, th * s, px_h, tiling.overlap * s);
-            for &c in &cols {
-                let tw = tiling.tile.min(lat_w);
-                let wx = ramp(c * s, tw * s, px_w, tiling.overlap * s);
-                let tile = latents.narrow(2, r, th)?.narrow(3, c, tw)?;
-                let mut frame0 = 0;
-                self.decode_each(&tile, |chunk| {
-                    let (n, ch, h, w) = chunk.dims4()?;
-                    let values = chunk
-                        .to_dtype(DType::F32)?
-                        .flatten_all()?
-                        .to_vec1::<f32>()?;
-                    if acc.len() < (frame0 + n) * ch * px_h * px_w {
-                        acc.resize((frame0 + n) * ch * px_h * px_w, 0.0);
-                    }
-                    for (f, frame) in values.chunks_exact(ch * h * w).enumerate() {
-                        for (k, plane) in frame.chunks_exact(h * w).enumerate() {
-                            let base = ((frame0 + f) * ch + k) * px_h * px_w;
-                            for (y, row) in plane.chunks_exact(w).enumerate() {
-                                let out = base + (r * s + y) * px_w + c * s;
-                                for (x, v) in row.iter().enumerate() {
-                                    acc[out + x] += v * wy[y] * wx[x];
-                                }
-                            }
-                        }
-                    }
-                    frame0 += n;
-                    Ok(())
-                })?;
-                num_frames = frame0;
-                for (y, wyv) in wy.iter().enumerate() {
-                    for (x, wxv) in wx.iter().enumerate() {
-                        weight_sum[(r * s + y) * px_w + c * s + x] += wyv * wxv;
-                    }
-                }
-            }
-        }
-        let plane = px_h * px_w;
-        for (i, v) in acc.iter_mut().enumerate() {
-            *v /= weight_sum[i % plane];
-        }
-        let video = Tensor::from_vec(acc, (num_frames, 3, px_h, px_w), latents.device())?;
-        video.transpose(0, 1)?.contiguous()?.clamp(-1f32, 1f32)
+/// `b` with its first `extent` rows (`dim` 2) or columns (`dim` 3) ramped from `a`'s last ones
+/// to its own, as diffusers' `blend_v` / `blend_h`: `a · (1 − y/e) + b · (y/e)`, with `e` no
+/// more than either tile's extent along `dim`.
+pub(super) fn blend(a: &Tensor, b: &Tensor, dim: usize, extent: usize) -> Result<Tensor> {
+    let extent = extent.min(a.dim(dim)?).min(b.dim(dim)?);
+    if extent == 0 {
+        return Ok(b.clone());
     }
+    let mut shape = [1usize; 4];
+    shape[dim] = extent;
+    // The reference computes each weight in f64 and multiplies by it as an f32 scalar.
+    let ramp: Vec<f32> = (0..extent)
+        .map(|y| (y as f64 / extent as f64) as f32)
+        .collect();
+    let keep: Vec<f32> = (0..extent)
+        .map(|y| (1.0 - y as f64 / extent as f64) as f32)
+        .collect();
+    let ramp = Tensor::from_vec(ramp, shape.as_slice(), b.device())?.to_dtype(b.dtype())?;
+    let keep = Tensor::from_vec(keep, shape.as_slice(), b.device())?.to_dtype(b.dtype())?;
+    let tail = a.narrow(dim, a.dim(dim)? - extent, extent)?;
+    let head = b.narrow(dim, 0, extent)?;
+    let mixed = (tail.broadcast_mul(&keep)? + head.broadcast_mul(&ramp)?)?;
+    let rest = b.narrow(dim, extent, b.dim(dim)? - extent)?;
+    Tensor::cat(&[mixed, rest], dim)
+}
+
+/// The last `extent` rows (`dim` 2) or columns (`dim` 3) of `t`, all of it if shorter: all that
+/// [`blend`] reads of a neighbour.
+pub(super) fn tail(t: &Tensor, dim: usize, extent: usize) -> Result<Tensor> {
+    let len = t.dim(dim)?;
+    let keep = extent.min(len);
+    t.narrow(dim, len - keep, keep)
 }
 
 #[cfg(test)]
 mod tests {
+    use candle_core::{Device, Tensor};
 
-    use super::{Tiling, starts};
+    use super::{Tiling, blend, tail};
     use crate::wan_vae::Config;
-    use crate::wan_vae::test_support::{normal, psnr, random_vae};
 
     #[test]
-    fn tile_starts_cover_the_axis() {
-        let t = Tiling {
-            tile: 8,
-            overlap: 2,
-        };
-        assert_eq!(starts(6, t), vec![0]);
-        assert_eq!(starts(8, t), vec![0]);
-        assert_eq!(starts(20, t), vec![0, 6, 12]);
-        assert_eq!(starts(13, t), vec![0, 5]);
-    }
-
-    #[test]
-    fn budget_picks_tiles_only_when_the_frame_does_not_fit() {
-        let cfg = Config::wan21();
-        // 832×480 is 104×60 latents.
-        assert_eq!(Tiling::for_budget(&cfg, 1 << 40, 60, 104), None);
-        let tiling = Tiling::for_budget(&cfg, 4 << 30, 60, 104).unwrap();
-        assert!(tiling.tile >= 16 && tiling.tile < 104, "{tiling:?}");
-        assert!(tiling.overlap > 0 && tiling.overlap < tiling.tile);
-    }
-
-    /// Seams measured: tiled against untiled decode of the same latents (2 latent frames of
-    /// 28×28: 5 frames of 224×224 pixels), 3×3 tiles so that two seams cross each way. Random
-    /// weights see much further than trained ones (no learnt locality: the receptive field is
-    /// the whole stack's, about ±13 latent pixels), so seams are measured on a model without
-    /// its global attention (output projection zeroed) and need larger overlaps than trained
-    /// weights: 27.8 dB at overlap 4, 40.6 dB at overlap 16 here (on a 16×40 clip with one
-    /// row of tiles: 32 dB at overlap 8, 39 dB at 12, 45 dB at 16, 48 dB at 20).
-    #[test]
-    fn tiled_decode_seams_psnr() {
-        let cfg = Config {
-            base_dim: 4,
-            num_res_blocks: 1,
-            ..Config::wan21()
-        };
-        let z = normal(&[16, 2, 28, 28], &mut 11);
-        let vae = random_vae(&cfg, false);
-        let whole = vae.decode(&z).unwrap();
-        let mut last = 0.0;
-        for (tile, overlap) in [(12, 4), (20, 16)] {
-            let tiled = vae.decode_tiled(&z, Tiling { tile, overlap }).unwrap();
-            assert_eq!(tiled.dims(), &[3, 5, 224, 224]);
-            let db = psnr(&tiled, &whole);
-            println!(
-                "tiled decode (tile {tile}, overlap {overlap}, 3×3 tiles) vs untiled: PSNR {db:.1} dB"
-            );
-            assert!(
-                db > last + 3.0,
-                "tile {tile}, overlap {overlap}: {db:.1} dB"
-            );
-            last = db;
+    fn blend_ramps_from_the_neighbour() {
+        let a = Tensor::new(&[[[[1f32], [2.], [3.], [4.]]]], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[[[[10f32], [20.], [30.]]]], &Device::Cpu).unwrap();
+        let out = blend(&a, &b, 2, 2).unwrap().flatten_all().unwrap();
+        // Row 0 is all `a`'s second-to-last row, row 1 half of each.
+        assert_eq!(out.to_vec1::<f32>().unwrap(), vec![3.0, 12.0, 30.0]);
+        // Only the tail of `a` is read.
+        let short = blend(&tail(&a, 2, 2).unwrap(), &b, 2, 2).unwrap();
+        assert_eq!(
+            short.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![3.0, 12.0, 30.0]
+        );
+        let out = blend(&a, &b, 2, 9).unwrap().flatten_all().unwrap();
+        let third = 1.0 / 3.0;
+        let expected = [
+            2.0,
+            3.0 * (1.0 - third) + 20.0 * third,
+            4.0 * third + 30.0 * (1.0 - third),
+        ];
+        for (x, e) in out.to_vec1::<f32>().unwrap().iter().zip(expected) {
+            assert!((x - e).abs() < 1e-5, "{x} vs {e}");
         }
-        assert!(last >= 40.0, "{last:.1} dB");
     }
 
-    /// One tile covering the frame is the untiled decode, attention included.
     #[test]
-    fn one_tile_is_the_untiled_decode() {
-        let cfg = Config {
-            base_dim: 4,
-            num_res_blocks: 1,
-            ..Config::wan21()
-        };
-        let z = normal(&[16, 2, 12, 20], &mut 11);
-        let vae = random_vae(&cfg, true);
-        let whole = vae.decode(&z).unwrap();
-        let single = vae
-            .decode_tiled(
-                &z,
-                Tiling {
-                    tile: 20,
-                    overlap: 4,
-                },
-            )
-            .unwrap();
-        let diff = (&single - &whole)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+    fn pipeline_tilings_are_whole_latents_with_the_least_overlap() {
+        let cfg = Config::wan21();
+        // 832×480: 104×60 latents in 40-latent tiles: 5 columns every 21, 3 rows every 20.
+        let t = Tiling::for_decode(&cfg, 40, 60, 104);
+        assert_eq!(
+            (t.tile_height, t.stride_height, t.tile_width, t.stride_width),
+            (320, 160, 320, 168)
+        );
+        // Smaller tiles are raised to twice the least overlap; an axis that fits is not split.
+        let t = Tiling::for_decode(&cfg, 10, 30, 104);
+        assert_eq!(
+            (t.tile_height, t.stride_height, t.tile_width, t.stride_width),
+            (256, 256, 256, 120)
+        );
+        // Encode tiles: the same grid in encoder-input pixels.
+        assert_eq!(
+            Tiling::for_encode(&cfg, 40, 60, 104),
+            Tiling::for_decode(&cfg, 40, 60, 104)
+        );
+        // Wan2.2 encodes patchified pixels: 16-pixel latents are 8 of them.
+        let t = Tiling::for_encode(&Config::wan22(), 32, 44, 80);
+        assert_eq!(
+            (t.tile_height, t.stride_height, t.tile_width, t.stride_width),
+            (256, 120, 256, 128)
+        );
     }
 }
