@@ -273,6 +273,14 @@ impl ModelCache {
         slot.as_ref().map(|s| s.model.config().num_layers)
     }
 
+    /// Frees the DiT experts and the text encoder, keeping the VAE (and RIFE): room for a decode
+    /// that ran out of memory.
+    pub fn free_all_but_vae(&mut self) {
+        self.high_noise = None;
+        self.low_noise = None;
+        self.text_encoder = None;
+    }
+
     /// Frees one expert (the next job or phase that needs it reloads it).
     pub fn free_expert(&mut self, expert: Expert) {
         match expert {

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
+use super::decode_stage::FrameSink;
 use super::denoise_stage::DenoiseStage;
 use super::fingerprints::model_file_records;
 use super::interpolate_job::{retime_frames, target_rate};
@@ -21,7 +22,6 @@ use crate::rife::{InterpolationContext, InterpolationSettings, interpolate_strea
 use crate::runtime::{JobContext, JobKind, JobOutput, JobRunner, Stage};
 use crate::sampling::{GuidanceRule, LoopConfig};
 use crate::video::{EmbeddedRecipe, EncodeSettings, FrameRate, VideoWriter};
-use crate::wan_vae::{Tiling, to_rgb8};
 
 /// Renders recipes, keeping the models loaded between jobs.
 #[derive(Default)]
@@ -153,7 +153,7 @@ impl PipelineRunner {
                 latents
             }
         };
-        let (_, _, lat_t, lat_h, lat_w) = latents.dims5()?;
+        let (_, _, _, lat_h, lat_w) = latents.dims5()?;
         let stride = self.models.vae(recipe, &device)?.config().spatial_stride();
         let (height, width) = (lat_h * stride, lat_w * stride);
 
@@ -185,42 +185,25 @@ impl PipelineRunner {
                 field: "recipe",
                 problem: format!("cannot be stored in the output ({e})"),
             })?;
-        let mut writer = VideoWriter::create(
-            &recipe.output,
-            &settings,
-            count(width),
-            count(height),
-            Some(embedded),
-        )?;
-        let latents = latents.squeeze(0)?;
-        let vae = self.models.vae(recipe, &device)?;
-        let cancel = ctx.cancel_token().flag();
-        let mut decoded = Vec::new();
-        let mut chunks_done = 0;
-        ctx.progress(Stage::Decoding, 0, count(lat_t));
-        let mut take_frames = |frames: Vec<image::RgbImage>, chunks: u32| {
-            ctx.check()?;
-            if multiplier.is_some() {
-                decoded.extend(frames);
-            } else {
-                for frame in &frames {
-                    writer.push(frame, cancel)?;
-                }
-            }
-            chunks_done += chunks;
-            ctx.progress(Stage::Decoding, chunks_done, count(lat_t));
-            Ok::<(), EngineError>(())
+        let new_writer = || {
+            VideoWriter::create(
+                &recipe.output,
+                &settings,
+                count(width),
+                count(height),
+                Some(embedded.clone()),
+            )
         };
-        match plan.vae_tile {
-            // Tiles decode over the whole clip each, so frames come out at the end.
-            Some(tile) => {
-                let tile = usize::try_from(tile).unwrap_or(usize::MAX);
-                let tiling = Tiling::for_decode(vae.config(), tile, lat_h, lat_w);
-                let video = vae.decode_tiled(&latents, tiling)?;
-                take_frames(to_rgb8(&video)?, count(lat_t))?;
-            }
-            None => vae.decode_rgb8_each(&latents, |frames| take_frames(frames, 1))?,
-        }
+        let latents = latents.squeeze(0)?;
+        let tile = plan
+            .vae_tile
+            .map(|t| usize::try_from(t).unwrap_or(usize::MAX));
+        let sink = FrameSink {
+            new_writer: &new_writer,
+            keep: multiplier.is_some(),
+        };
+        let (mut writer, decoded) = self.decode_clip(recipe, ctx, &latents, tile, &sink)?;
+        let cancel = ctx.cancel_token().flag();
 
         if let Some(target) = target {
             let path = self.rife_weights_path()?;
