@@ -89,6 +89,18 @@ pub fn run(
         }
         runner
     };
+    // `STILLMOTION_BENCH_BALLAST_GIB` takes that much GPU memory away for the whole run, while
+    // the engine plans against the device's total: it must recover from running out of memory.
+    let ballast = match std::env::var("STILLMOTION_BENCH_BALLAST_GIB") {
+        Ok(gib) => {
+            let gib: f64 = gib.parse().context("STILLMOTION_BENCH_BALLAST_GIB")?;
+            let values = (gib * f64::from(1 << 30) / 4.0) as usize;
+            let device = candle_core::Device::new_cuda(0)?;
+            Line::new("e2e-ballast").num("gib", gib).print();
+            Some(candle_core::Tensor::zeros(values, candle_core::DType::F32, &device)?)
+        }
+        Err(_) => None,
+    };
     let peak = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let poller = spawn_memory_poller(Arc::clone(&peak), Arc::clone(&stop))?;
@@ -118,6 +130,7 @@ pub fn run(
     }
     stop.store(true, Ordering::Relaxed);
     let _ = poller.join();
+    drop(ballast);
     Ok(())
 }
 
