@@ -54,7 +54,10 @@ pub const TEXT_ENCODER_ACTIVATIONS: u64 = GIB / 4;
 /// f32 values held at once per output pixel and per channel of the VAE decoder's last stage.
 /// Calibrated on the CPU (`examples/vae_decode_memory.rs`, base dim 16, 256×256): untiled peak
 /// 500 MiB at 17 frames and 533 MiB at 49 (the difference is the output clip), tiled with
-/// 17-latent tiles 183 MiB: about 120 values per pixel and channel.
+/// 17-latent tiles 183 MiB: about 120 values per pixel and channel. The diffusers-style tiled
+/// decode at 512×512 (17 frames, base dim 16): untiled 1738 MiB peak RSS, in the pipeline's
+/// smallest tiles (256 pixels every 128) 620 MiB, of which 480 MiB is this estimate for one
+/// tile and the rest the assembled clip and the kept tile rows (2.8× the untiled time).
 pub const VAE_LIVE_VALUES_PER_PIXEL_CHANNEL: u64 = 120;
 
 /// f32 values held at once per encoder-input pixel and per channel of the VAE encoder's first
