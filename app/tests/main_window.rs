@@ -1725,6 +1725,71 @@ fn guidance_fields_are_named_and_a_restored_target_frame_rate_comes_back() {
 }
 
 #[test]
+fn a_saved_preset_keeps_its_target_frame_rate_and_the_field_takes_only_what_renders() {
+    let dir = tempfile::tempdir().unwrap();
+    let preset_dir = dir.path().join("presets");
+    let options = StartOptions {
+        preset_dir: Some(preset_dir.clone()),
+        ..isolated(None)
+    };
+    let mut harness = big_app(options);
+    harness.run();
+    let base = harness.state().settings().preset.clone();
+    harness.get_by_label("Target fps").click();
+    harness.run();
+    // The field says its limits, from the clip's 16 fps up to 240.
+    harness.get_by_label("16–240");
+    // Typing a rate below the clip's own is taken as the lowest the render accepts.
+    harness.get_by_label("Target frame rate").focus();
+    harness.run();
+    harness.get_by_label("Target frame rate").type_text("8");
+    harness.run();
+    harness.key_press(egui::Key::Enter);
+    harness.run();
+    assert_eq!(
+        harness.state().settings().interpolation_target_fps,
+        Some(16.0)
+    );
+    harness.state_mut().settings_mut().interpolation_target_fps = Some(24.0);
+    harness.run();
+
+    harness.get_by_label("New preset name").focus();
+    harness.run();
+    harness
+        .get_by_label("New preset name")
+        .type_text("Smooth 24");
+    harness.run();
+    harness.get_by_label("Save as preset").click();
+    harness.run();
+    assert!(
+        harness.state().error().is_none(),
+        "{:?}",
+        harness.state().error()
+    );
+    let saved =
+        stillmotion_engine::preset::Preset::load(&preset_dir.join("smooth-24.toml")).unwrap();
+    assert_eq!(
+        (saved.interpolation_target_fps, saved.interpolation_factor),
+        (Some(24.0), 1)
+    );
+
+    // Another preset clears the rate; choosing the saved one brings it back.
+    harness.state_mut().perform(UiAction::ApplyPreset(base));
+    harness.run();
+    assert_eq!(harness.state().settings().interpolation_target_fps, None);
+    harness
+        .state_mut()
+        .perform(UiAction::ApplyPreset("smooth-24".to_owned()));
+    harness.run();
+    assert_eq!(
+        harness.state().settings().interpolation(),
+        stillmotion_engine::recipe::Interpolation::TargetFps { fps: 24.0 }
+    );
+    let field = harness.get_by_label("Target frame rate");
+    assert!(field.value().is_some_and(|v| v.contains("24")), "{field:?}");
+}
+
+#[test]
 fn a_folder_of_png_frames_plays_in_the_preview() {
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("stillmotion-3");
