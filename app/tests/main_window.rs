@@ -230,6 +230,25 @@ fn render_validates_then_queues_and_the_queue_follows_engine_events() {
         })
         .collect();
     assert_eq!(listed, [(high, 1.0, 0.0), (low, 0.0, 1.0)]);
+    // A LoRA the user adds gets a strength per expert and a Remove button; the preset's do not.
+    let grain = touch("grain.safetensors");
+    harness
+        .state_mut()
+        .settings_mut()
+        .loras
+        .insert(0, stillmotion_app::gui::LoraEntry::added(grain));
+    harness.run();
+    assert_eq!(harness.query_all_by_label("high-noise strength").count(), 3);
+    assert_eq!(
+        harness.query_all_by_label_contains("Remove wan2.2").count(),
+        0
+    );
+    // (The button is below the fold of this small window: its action is performed directly.)
+    harness.get_by_label("Remove grain.safetensors");
+    harness.state_mut().perform(UiAction::RemoveLora(0));
+    harness.run();
+    assert_eq!(harness.state().settings().loras.len(), 2);
+    assert!(harness.query_by_label("grain.safetensors").is_none());
     // Ctrl+Enter renders too.
     harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
     for _ in 0..200 {
