@@ -230,6 +230,25 @@ fn render_validates_then_queues_and_the_queue_follows_engine_events() {
         })
         .collect();
     assert_eq!(listed, [(high, 1.0, 0.0), (low, 0.0, 1.0)]);
+    // A LoRA the user adds gets a strength per expert and a Remove button; the preset's do not.
+    let grain = touch("grain.safetensors");
+    harness
+        .state_mut()
+        .settings_mut()
+        .loras
+        .insert(0, stillmotion_app::gui::LoraEntry::added(grain));
+    harness.run();
+    assert_eq!(harness.query_all_by_label("high-noise strength").count(), 3);
+    assert_eq!(
+        harness.query_all_by_label_contains("Remove wan2.2").count(),
+        0
+    );
+    // (The button is below the fold of this small window: its action is performed directly.)
+    harness.get_by_label("Remove grain.safetensors");
+    harness.state_mut().perform(UiAction::RemoveLora(0));
+    harness.run();
+    assert_eq!(harness.state().settings().loras.len(), 2);
+    assert!(harness.query_by_label("grain.safetensors").is_none());
     // Ctrl+Enter renders too.
     harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
     for _ in 0..200 {
@@ -1724,6 +1743,71 @@ fn guidance_fields_are_named_and_a_restored_target_frame_rate_comes_back() {
         stillmotion_engine::recipe::Interpolation::TargetFps { fps: 24.0 }
     );
     harness.get_by_label("Target frame rate");
+}
+
+#[test]
+fn a_saved_preset_keeps_its_target_frame_rate_and_the_field_takes_only_what_renders() {
+    let dir = tempfile::tempdir().unwrap();
+    let preset_dir = dir.path().join("presets");
+    let options = StartOptions {
+        preset_dir: Some(preset_dir.clone()),
+        ..isolated(None)
+    };
+    let mut harness = big_app(options);
+    harness.run();
+    let base = harness.state().settings().preset.clone();
+    harness.get_by_label("Target fps").click();
+    harness.run();
+    // The field says its limits, from the clip's 16 fps up to 240.
+    harness.get_by_label("16–240");
+    // Typing a rate below the clip's own is taken as the lowest the render accepts.
+    harness.get_by_label("Target frame rate").focus();
+    harness.run();
+    harness.get_by_label("Target frame rate").type_text("8");
+    harness.run();
+    harness.key_press(egui::Key::Enter);
+    harness.run();
+    assert_eq!(
+        harness.state().settings().interpolation_target_fps,
+        Some(16.0)
+    );
+    harness.state_mut().settings_mut().interpolation_target_fps = Some(24.0);
+    harness.run();
+
+    harness.get_by_label("New preset name").focus();
+    harness.run();
+    harness
+        .get_by_label("New preset name")
+        .type_text("Smooth 24");
+    harness.run();
+    harness.get_by_label("Save as preset").click();
+    harness.run();
+    assert!(
+        harness.state().error().is_none(),
+        "{:?}",
+        harness.state().error()
+    );
+    let saved =
+        stillmotion_engine::preset::Preset::load(&preset_dir.join("smooth-24.toml")).unwrap();
+    assert_eq!(
+        (saved.interpolation_target_fps, saved.interpolation_factor),
+        (Some(24.0), 1)
+    );
+
+    // Another preset clears the rate; choosing the saved one brings it back.
+    harness.state_mut().perform(UiAction::ApplyPreset(base));
+    harness.run();
+    assert_eq!(harness.state().settings().interpolation_target_fps, None);
+    harness
+        .state_mut()
+        .perform(UiAction::ApplyPreset("smooth-24".to_owned()));
+    harness.run();
+    assert_eq!(
+        harness.state().settings().interpolation(),
+        stillmotion_engine::recipe::Interpolation::TargetFps { fps: 24.0 }
+    );
+    let field = harness.get_by_label("Target frame rate");
+    assert!(field.value().is_some_and(|v| v.contains("24")), "{field:?}");
 }
 
 #[test]

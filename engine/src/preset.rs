@@ -58,6 +58,10 @@ pub struct Preset {
     pub boundary: Option<f64>,
     /// RIFE frame multiplier; 1 means no interpolation.
     pub interpolation_factor: u32,
+    /// Resample the clip to this frame rate with RIFE instead (then `interpolation_factor` is
+    /// 1). Optional, so presets written before it read the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpolation_target_fps: Option<f64>,
 }
 
 impl Preset {
@@ -118,6 +122,20 @@ impl Preset {
                 return Err(format!("{field} must be at least 1.0, got {value}"));
             }
         }
+        if let Some(fps) = self.interpolation_target_fps {
+            let (lowest, highest) = target_fps_range(self.fps);
+            if !(fps.is_finite() && (lowest..=highest).contains(&fps)) {
+                return Err(format!(
+                    "interpolation_target_fps must be within {lowest}..={highest} (from the clip's fps up), got {fps}"
+                ));
+            }
+            if self.interpolation_factor != 1 {
+                return Err(
+                    "interpolation_factor must be 1 when interpolation_target_fps is set"
+                        .to_owned(),
+                );
+            }
+        }
         match (self.model, self.boundary) {
             (ModelFamily::Wan22I2vA14b, None) => {
                 Err("boundary is required for the two-expert A14B model (0.9 for I2V)".to_owned())
@@ -135,6 +153,16 @@ impl Preset {
         f64::from(self.num_frames) / f64::from(self.fps)
     }
 }
+
+/// The frame rates interpolation to a target rate accepts for a clip made at `fps`: from the
+/// clip's own rate (RIFE adds frames, it does not drop them) up to 240.
+#[must_use]
+pub fn target_fps_range(fps: u32) -> (f64, f64) {
+    (f64::from(fps), MAX_TARGET_FPS)
+}
+
+/// The highest frame rate interpolation produces.
+pub const MAX_TARGET_FPS: f64 = 240.0;
 
 /// The presets shipped in `presets/`, compiled into the binary so an installed app has them.
 /// (file stem, TOML text); a test checks this list matches the folder.
@@ -289,6 +317,16 @@ mod tests {
             ("shift = 5.0", "shift = -1.0", "shift"),
             ("format_version = 1", "format_version = 2", "format_version"),
             ("boundary = 0.9", "", "boundary"),
+            (
+                "interpolation_factor = 1",
+                "interpolation_factor = 1\ninterpolation_target_fps = 12.0",
+                "interpolation_target_fps must be within 16..=240",
+            ),
+            (
+                "interpolation_factor = 1",
+                "interpolation_factor = 2\ninterpolation_target_fps = 24.0",
+                "interpolation_factor must be 1",
+            ),
             ("steps = 40", "steps = 40\ncolour = \"red\"", "colour"),
         ] {
             assert!(good.contains(from), "{from}");

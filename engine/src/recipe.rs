@@ -160,15 +160,13 @@ impl Recipe {
     /// defaults (Wan's negative prompt, seed 0, `output.mp4`); call [`Recipe::validate`] next.
     #[must_use]
     pub fn from_layers(preset: &Preset, choices: RecipeChoices) -> Self {
-        let interpolation = choices
-            .interpolation
-            .unwrap_or(if preset.interpolation_factor > 1 {
-                Interpolation::Multiplier {
-                    factor: preset.interpolation_factor,
-                }
-            } else {
-                Interpolation::Off
-            });
+        let interpolation = choices.interpolation.unwrap_or(
+            match (preset.interpolation_target_fps, preset.interpolation_factor) {
+                (Some(fps), _) => Interpolation::TargetFps { fps },
+                (None, factor) if factor > 1 => Interpolation::Multiplier { factor },
+                (None, _) => Interpolation::Off,
+            },
+        );
         Self {
             format_version: RECIPE_FORMAT_VERSION,
             preset_name: preset.name.clone(),
@@ -287,13 +285,14 @@ impl Recipe {
                     format!("multiplier must be within 1..=16, got {factor}"),
                 );
             }
-            Interpolation::TargetFps { fps }
-                if !(fps.is_finite() && fps >= f64::from(self.fps) && fps <= 240.0) =>
-            {
-                return bad(
-                    "interpolate",
-                    format!("target fps must be within {}..=240, got {fps}", self.fps),
-                );
+            Interpolation::TargetFps { fps } => {
+                let (lowest, highest) = crate::preset::target_fps_range(self.fps);
+                if !(fps.is_finite() && (lowest..=highest).contains(&fps)) {
+                    return bad(
+                        "interpolate",
+                        format!("target fps must be within {lowest}..={highest}, got {fps}"),
+                    );
+                }
             }
             _ => {}
         }

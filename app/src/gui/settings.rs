@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use stillmotion_engine::preset::{Preset, SamplerKind};
+use stillmotion_engine::preset::{Preset, SamplerKind, target_fps_range};
 use stillmotion_engine::recipe::{
     Interpolation, ModelFiles, Recipe, RecipeChoices, WAN_DEFAULT_NEGATIVE_PROMPT,
 };
@@ -150,7 +150,7 @@ impl Settings {
         self.shift = preset.shift;
         self.sampler = preset.sampler.into();
         self.interpolation_factor = preset.interpolation_factor;
-        self.interpolation_target_fps = None;
+        self.interpolation_target_fps = preset.interpolation_target_fps;
     }
 
     /// Takes every value a finished render's `recipe` used that these settings can hold, so the
@@ -285,8 +285,10 @@ impl Settings {
 /// Frame rate offered when the user switches to a target frame rate.
 const DEFAULT_TARGET_FPS: f64 = 30.0;
 
-/// Off, ×2, ×3, ×4, or a target frame rate with its field.
-fn interpolation_choice(ui: &mut egui::Ui, settings: &mut Settings) {
+/// Off, ×2, ×3, ×4, or a target frame rate with its field, which takes only the rates a render
+/// accepts: from the clip's own rate `clip_fps` up to 240.
+fn interpolation_choice(ui: &mut egui::Ui, settings: &mut Settings, clip_fps: u32) {
+    let (lowest, highest) = target_fps_range(clip_fps);
     for (factor, label) in [(1, "Off"), (2, "×2"), (3, "×3"), (4, "×4")] {
         let selected =
             settings.interpolation_target_fps.is_none() && settings.interpolation_factor == factor;
@@ -305,13 +307,24 @@ fn interpolation_choice(ui: &mut egui::Ui, settings: &mut Settings) {
         .clicked()
         && settings.interpolation_target_fps.is_none()
     {
-        settings.interpolation_target_fps = Some(DEFAULT_TARGET_FPS);
+        settings.interpolation_target_fps = Some(DEFAULT_TARGET_FPS.max(lowest));
     }
     if let Some(fps) = &mut settings.interpolation_target_fps {
+        // A rate from elsewhere (a restored render, another preset) comes into range here,
+        // so what Render sends is what the field shows.
+        *fps = fps.clamp(lowest, highest);
         let label = ui.label("Target frame rate");
-        ui.add(egui::DragValue::new(fps).range(1.0..=240.0).suffix(" fps"))
-            .labelled_by(label.id)
-            .on_hover_text("The frame rate of the interpolated clip");
+        ui.add(
+            egui::DragValue::new(fps)
+                .range(lowest..=highest)
+                .suffix(" fps"),
+        )
+        .labelled_by(label.id)
+        .on_hover_text(format!(
+            "The frame rate of the interpolated clip: {lowest}–{highest} fps (the clip is \
+             made at {clip_fps} fps)"
+        ));
+        ui.colored_label(theme::WEAK_TEXT, format!("{lowest}–{highest}"));
     }
 }
 
@@ -328,11 +341,15 @@ pub fn show(
 ) -> Option<UiAction> {
     let mut action = None;
     ui.heading("Settings");
-    let current = presets
+    let chosen = presets
         .iter()
         .find(|(stem, _)| *stem == settings.preset)
-        .map_or("Choose a preset", |(_, preset)| preset.name.as_str())
+        .map(|(_, preset)| preset);
+    let current = chosen
+        .map_or("Choose a preset", |preset| preset.name.as_str())
         .to_owned();
+    // No preset chosen yet: the A14B models make 16 fps clips.
+    let clip_fps = chosen.map_or(16, |preset| preset.fps);
     egui::ComboBox::from_label("Preset")
         .selected_text(current)
         .show_ui(ui, |ui| {
@@ -478,7 +495,7 @@ pub fn show(
 
             ui.label("Interpolation");
             ui.horizontal(|ui| {
-                interpolation_choice(ui, settings);
+                interpolation_choice(ui, settings, clip_fps);
             });
             ui.end_row();
 

@@ -90,7 +90,13 @@ pub fn preset_from(name: &str, settings: &Settings, base: &Preset) -> Preset {
         cfg_high_noise: settings.cfg_high_noise,
         cfg_low_noise: settings.cfg_low_noise,
         boundary: base.boundary,
-        interpolation_factor: settings.interpolation_factor,
+        // A target rate replaces the multiplier, as in the recipe.
+        interpolation_factor: if settings.interpolation_target_fps.is_some() {
+            1
+        } else {
+            settings.interpolation_factor
+        },
+        interpolation_target_fps: settings.interpolation_target_fps,
     }
 }
 
@@ -160,6 +166,41 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(loaded, [("seven-steps".to_owned(), preset)]);
 
+        // A target frame rate is saved, and comes back when the preset is chosen.
+        let settings = Settings {
+            interpolation_factor: 3,
+            interpolation_target_fps: Some(24.0),
+            ..settings
+        };
+        let preset = preset_from("Smooth 24", &settings, base);
+        assert_eq!(save(dir.path(), &preset, &shipped).unwrap(), "smooth-24");
+        let (loaded, _) = load(dir.path(), &shipped);
+        let (stem, smooth) = loaded.iter().find(|(stem, _)| stem == "smooth-24").unwrap();
+        assert_eq!(smooth, &preset);
+        assert_eq!(
+            (smooth.interpolation_factor, smooth.interpolation_target_fps),
+            (1, Some(24.0))
+        );
+        let mut chosen = Settings::default();
+        chosen.apply_preset(stem, smooth);
+        assert_eq!(chosen.interpolation_target_fps, Some(24.0));
+        assert_eq!(
+            chosen.interpolation(),
+            stillmotion_engine::recipe::Interpolation::TargetFps { fps: 24.0 }
+        );
+        // Below the clip's own rate is refused before anything is written.
+        let slow = preset_from(
+            "Slow",
+            &Settings {
+                interpolation_target_fps: Some(8.0),
+                ..settings.clone()
+            },
+            base,
+        );
+        let error = save(dir.path(), &slow, &shipped).unwrap_err();
+        assert!(error.contains("16..=240"), "{error}");
+        assert!(!dir.path().join("slow.toml").exists());
+
         for taken in [shipped[1].1.name.clone(), shipped[1].1.name.to_uppercase()] {
             let clash = preset_from(&taken, &settings, base);
             let error = save(dir.path(), &clash, &shipped).unwrap_err();
@@ -172,7 +213,7 @@ mod tests {
         )
         .unwrap();
         let (loaded, problems) = load(dir.path(), &shipped);
-        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded.len(), 2, "seven-steps and smooth-24");
         assert_eq!(problems.len(), 1, "{problems:?}");
     }
 }
