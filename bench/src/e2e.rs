@@ -97,7 +97,11 @@ pub fn run(
             let values = (gib * f64::from(1 << 30) / 4.0) as usize;
             let device = candle_core::Device::new_cuda(0)?;
             Line::new("e2e-ballast").num("gib", gib).print();
-            Some(candle_core::Tensor::zeros(values, candle_core::DType::F32, &device)?)
+            Some(candle_core::Tensor::zeros(
+                values,
+                candle_core::DType::F32,
+                &device,
+            )?)
         }
         Err(_) => None,
     };
