@@ -2,8 +2,10 @@
 //!
 //! The build machine has no GPU and the GPU machine has no Rust toolchain, so this builds the
 //! release `stillmotion-bench` with CUDA here and stages it in `bench/stage/` (ignored by git)
-//! with the diffusers wheels the PyTorch side needs. `bench/run-gpu.sh` runs everything of one
-//! benchmark in one go on the GPU machine and writes JSON lines to `$OUT`.
+//! with the diffusers wheels the PyTorch side needs, and the golden-case harness built with CUDA
+//! in `bench/stage/golden/`. `bench/run-gpu.sh` runs everything of one benchmark in one go on the
+//! GPU machine and writes JSON lines to `$OUT`; `bench/run-golden-gpu.sh` runs the golden cases
+//! there in f32, bf16 and f16.
 
 use std::path::Path;
 use std::process::Command;
@@ -37,6 +39,23 @@ pub fn stage() -> anyhow::Result<()> {
     toolchain.apply(&mut build, &gpu)?;
     let lock = std::fs::read("Cargo.lock").context("reading Cargo.lock")?;
     let built = super::cargo::run(&mut build);
+    std::fs::write("Cargo.lock", &lock).context("restoring Cargo.lock")?;
+    built?;
+    // The golden harness too, without libav (the GPU machine has none).
+    let mut golden = super::cargo::command(&[
+        "test",
+        "--release",
+        "-p",
+        "stillmotion-tests",
+        "--no-default-features",
+        "--features",
+        "cuda",
+        "--test",
+        "golden",
+        "--no-run",
+    ]);
+    toolchain.apply(&mut golden, &gpu)?;
+    let built = super::cargo::run(&mut golden);
     std::fs::write("Cargo.lock", lock).context("restoring Cargo.lock")?;
     built?;
 
@@ -67,13 +86,38 @@ pub fn stage() -> anyhow::Result<()> {
             .args(REFERENCE_WHEELS),
     )
     .context("downloading the diffusers wheels needs python3 with pip")?;
+    stage_golden(&stage)?;
     // RIFE runs with the real weights.
     let weights = super::rife_weights::ensure()?;
     std::fs::copy(&weights, stage.join("flownet.pkl"))
         .with_context(|| format!("copying {}", weights.display()))?;
     println!(
-        "xtask: staged {}; on the GPU machine run `bench/run-gpu.sh` from the repository root (carry bench/stage)",
+        "xtask: staged {}; on the GPU machine run `bench/run-gpu.sh` from the repository root (carry bench/stage), or `bench/run-golden-gpu.sh` (carry bench/stage/golden and bench/stage/flownet.pkl)",
         stage.display()
     );
+    Ok(())
+}
+
+/// Copies the newest golden-harness executable into `stage/golden/`, stripped and compressed
+/// as the benchmark is.
+fn stage_golden(stage: &Path) -> anyhow::Result<()> {
+    let deps = super::cargo::target_dir().join("release").join("deps");
+    let newest = std::fs::read_dir(&deps)
+        .with_context(|| format!("reading {}", deps.display()))?
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.starts_with("golden-") && !name.contains('.')
+        })
+        .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
+        .max_by_key(|(modified, _)| *modified)
+        .map(|(_, path)| path)
+        .context("the golden harness was built but its executable is not in target/release/deps")?;
+    let dir = stage.join("golden");
+    std::fs::create_dir_all(&dir)?;
+    let staged = dir.join("golden");
+    std::fs::copy(&newest, &staged).with_context(|| format!("copying {}", newest.display()))?;
+    super::cargo::run(Command::new("strip").arg("--strip-debug").arg(&staged))?;
+    super::cargo::run(Command::new("xz").args(["-f", "-T0", "-6"]).arg(&staged))?;
     Ok(())
 }
