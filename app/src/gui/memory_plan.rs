@@ -59,9 +59,20 @@ pub fn details(plan: &MemoryPlan) -> Vec<String> {
             )
         }
     };
+    let encode = match plan.vae_encode_tile {
+        None => format!("Image encode: whole frames ({})", gib(p.vae_encode_peak)),
+        Some(tile) => {
+            let pixels = tile * plan.vae_stride;
+            format!(
+                "Image encode: in {pixels}×{pixels} pixel tiles ({})",
+                gib(p.vae_encode_peak)
+            )
+        }
+    };
     vec![
         experts,
         text_encoder,
+        encode,
         vae,
         format!(
             "Activations: {} for {} tokens",
@@ -136,7 +147,8 @@ mod tests {
             dit,
             text_encoder,
             vae_tile,
-            vae_encode_tile: None,
+            // The encode tiles when the decode does (its peak per pixel is lower).
+            vae_encode_tile: vae_tile.map(|t| t + 4),
             vae_stride: 8,
             predicted: Predictions {
                 high_noise_weights: 14 * GIB,
@@ -174,14 +186,20 @@ mod tests {
             lines[0]
         );
         assert!(lines[1].contains("on the CPU"), "{}", lines[1]);
-        assert!(lines[2].contains("256×256 pixel tiles"), "{}", lines[2]);
-        assert!(lines[4].starts_with("Predicted peak 18.0 GB of a 20.0 GB budget"));
+        assert!(
+            lines[2].starts_with("Image encode: in 288×288 pixel tiles"),
+            "{}",
+            lines[2]
+        );
+        assert!(lines[3].contains("256×256 pixel tiles"), "{}", lines[3]);
+        assert!(lines[5].starts_with("Predicted peak 18.0 GB of a 20.0 GB budget"));
 
         let one = plan(DitPlacement::OneAtATime, Placement::Device, None);
         assert_eq!(headline(&one), "Memory plan: fits, one expert at a time");
         let lines = details(&one);
         assert!(lines[0].contains("one at a time"), "{}", lines[0]);
         assert_eq!(lines[1], "Text encoder: on the device");
-        assert!(lines[2].starts_with("VAE decode: whole frames"));
+        assert!(lines[2].starts_with("Image encode: whole frames"));
+        assert!(lines[3].starts_with("VAE decode: whole frames"));
     }
 }
