@@ -15,17 +15,15 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use stillmotion_engine::wan_vae::{Config, Tiling, WanVae};
 
+#[path = "../tests/support/peak_rss.rs"]
+mod peak_rss;
+
 fn peak_rss_mib() -> f64 {
-    rss_mib("VmHWM:")
+    peak_rss::peak_mib().unwrap_or(f64::NAN)
 }
 
 fn rss_mib(key: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kib| kib / 1024.0)
+    peak_rss::status_mib(key).unwrap_or(f64::NAN)
 }
 
 fn main() -> Result<(), candle_core::Error> {

@@ -17,18 +17,11 @@ use stillmotion_engine::wan_vae::{Config, load};
 /// Bytes of the tensor no layer asks for; written as a hole, so the file costs no disk or RAM.
 const UNUSED_BYTES: u64 = 256 << 20;
 
+#[path = "support/peak_rss.rs"]
+mod peak_rss;
+
 fn peak_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .unwrap();
-    kib / 1024.0
+    peak_rss::peak_mib().unwrap()
 }
 
 /// The tiny VAE of the pipeline case, plus an unused `UNUSED_BYTES` tensor at the end of the

@@ -11,18 +11,11 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use stillmotion_engine::wan_vae::{Config, WanVae};
 
+#[path = "support/peak_rss.rs"]
+mod peak_rss;
+
 fn peak_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .unwrap();
-    kib / 1024.0
+    peak_rss::peak_mib().unwrap()
 }
 
 #[test]
