@@ -11,6 +11,7 @@ use super::models::ModelCache;
 use crate::EngineError;
 use crate::recipe::Recipe;
 use crate::sampling::{Branch, Denoiser, Expert};
+use crate::wan::WanModel;
 
 /// Predicts the flow with the high- or low-noise expert, conditioned on the I2V `y` and on the
 /// prompt's or the negative prompt's context.
@@ -88,7 +89,8 @@ impl WanDenoiser<'_> {
         true
     }
 
-    fn load_expert(&mut self, expert: Expert) -> Result<(), EngineError> {
+    /// `expert`, loading it unless it is loaded (the other expert freed first unless both stay).
+    fn load_expert(&mut self, expert: Expert) -> Result<&WanModel, EngineError> {
         if !self.keep_both {
             let other = match expert {
                 Expert::HighNoise => Expert::LowNoise,
@@ -101,8 +103,7 @@ impl WanDenoiser<'_> {
             expert,
             (self.dtype, self.device),
             self.resident_blocks,
-        )?;
-        Ok(())
+        )
     }
 
     fn flow_once(
@@ -112,28 +113,24 @@ impl WanDenoiser<'_> {
         expert: Expert,
         branch: Branch,
     ) -> Result<Tensor, EngineError> {
-        self.load_expert(expert)?;
-        let model = self.models.expert(
-            self.recipe,
-            expert,
-            (self.dtype, self.device),
-            self.resident_blocks,
-        )?;
+        // Handles on the inputs (tensors share their storage), so the model can be borrowed.
         let context = match branch {
-            Branch::Cond => &self.context,
+            Branch::Cond => self.context.clone(),
             Branch::Uncond => {
                 self.negative_context
-                    .as_ref()
+                    .clone()
                     .ok_or_else(|| EngineError::BadModelInput {
                         problem: "guidance asked for the negative prompt, which was not encoded"
                             .to_owned(),
                     })?
             }
         };
+        let y = self.y.clone();
         // The official pipeline passes the scheduler's integer timestep (int64); the model's
         // sinusoid is built from it in float64, so an integral f64 carries it exactly.
         let t = Tensor::new(&[f64::from(timestep)], latents.device())?.to_dtype(DType::F64)?;
-        model.forward(latents, Some(&self.y), &t, context)
+        self.load_expert(expert)?
+            .forward(latents, Some(&y), &t, &context)
     }
 
     /// `attempt` until it succeeds, deepening the placement after each out-of-memory error.
@@ -157,7 +154,7 @@ impl WanDenoiser<'_> {
 
 impl Denoiser for WanDenoiser<'_> {
     fn prepare_expert(&mut self, expert: Expert) -> Result<(), EngineError> {
-        self.retrying_out_of_memory(expert, |d| d.load_expert(expert))
+        self.retrying_out_of_memory(expert, |d| d.load_expert(expert).map(|_| ()))
     }
 
     fn predict_flow(
