@@ -33,8 +33,9 @@ pub(crate) struct CopyStream {
     slots: Vec<SlotState>,
 }
 
-/// The raw bytes of a contiguous CPU tensor.
-fn cpu_bytes(tensor: &Tensor) -> Result<Vec<u8>, KernelError> {
+/// Copies a tensor's raw bytes (from the host; a device tensor is brought there first) into
+/// `dst`, which is exactly their size.
+fn copy_raw_bytes(tensor: &Tensor, dst: &mut [u8]) -> Result<(), KernelError> {
     let tensor = tensor.to_device(&Device::Cpu)?.contiguous()?;
     let (storage, layout) = tensor.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
@@ -58,7 +59,14 @@ fn cpu_bytes(tensor: &Tensor) -> Result<Vec<u8>, KernelError> {
             )));
         }
     };
-    Ok(raw[start * element..end * element].to_vec())
+    let raw = &raw[start * element..end * element];
+    if raw.len() != dst.len() {
+        return Err(bad(
+            "a tensor's bytes do not fit its place in the pinned group",
+        ));
+    }
+    dst.copy_from_slice(raw);
+    Ok(())
 }
 
 fn bytes_of<T: Copy>(values: &[T]) -> &[u8] {
@@ -146,10 +154,13 @@ impl CopyStream {
         let mut ranges = Vec::with_capacity(tensors.len());
         let mut offset = 0;
         for tensor in tensors {
-            let raw = cpu_bytes(tensor)?;
-            host[offset..offset + raw.len()].copy_from_slice(&raw);
-            ranges.push((offset, raw.len()));
-            offset += raw.len();
+            let len = tensor.elem_count() * tensor.dtype().size_in_bytes();
+            let place = host
+                .get_mut(offset..offset + len)
+                .ok_or_else(|| bad("the group is larger than its pinned allocation"))?;
+            copy_raw_bytes(tensor, place)?;
+            ranges.push((offset, len));
+            offset += len;
         }
         Ok(PinnedGroup { bytes, ranges })
     }
