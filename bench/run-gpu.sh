@@ -2,7 +2,7 @@
 # Runs on the GPU machine, from the repository root, after `cargo xtask bench-gpu` staged
 # bench/stage/ (the release `stillmotion-bench` with CUDA, xz-compressed, and the diffusers
 # wheels). Writes every result line to $OUT/results.jsonl and logs beside it.
-# Usage: bench/run-gpu.sh [quick] [scale] [conv] [compile] [profile] [parity] [vae] [e2e] [budgets] [swap]
+# Usage: bench/run-gpu.sh [quick] [scale] [conv] [compile] [profile] [parity] [int8] [vae] [e2e] [budgets] [swap]
 # (several modes run in order). e2e writes 35 GB of random-weight model files to $E2E_DIR.
 set -uo pipefail
 OUT=${OUT:-/tmp/stillmotion-bench}
@@ -46,6 +46,12 @@ for mode in "${@:-quick}"; do
       peak torch-dit-480-compile torch_ref dit 832 480 81 --compile ;;
     parity)
       ours parity ;;
+    int8)
+      # The 8-bit attention against cuDNN and torch SDPA at the three token counts, then one
+      # 480p expert forward with each backend and its error against the default's.
+      for n in "32760 32760" "75600 75600" "32760 512"; do ours attention $n; torch_ref attention $n; done
+      peak ours-dit-480-int8 ours dit 832 480 81 int8
+      ours dit-accuracy 832 480 81 ;;
     vae)
       peak ours-vae-480 ours vae 832 480 81
       peak torch-vae-480 torch_ref vae 832 480 81 ;;
@@ -69,7 +75,7 @@ for mode in "${@:-quick}"; do
       else
         echo "no nsys on this machine" >> "$OUT/log.txt"
       fi ;;
-    *) echo "unknown mode $mode (quick, scale, conv, compile, profile, parity, vae, e2e, budgets, swap)" >> "$OUT/log.txt" ;;
+    *) echo "unknown mode $mode (quick, scale, conv, compile, profile, parity, int8, vae, e2e, budgets, swap)" >> "$OUT/log.txt" ;;
   esac
 done
 echo done >> "$OUT/log.txt"

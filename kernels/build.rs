@@ -23,8 +23,14 @@ const ARCHITECTURES: &str = "80,86,89,90a,100,120";
 
 /// Our CUDA sources, and whether each may use fast (approximate) math: attention's exp2 may;
 /// the warp must not (it is bit-exact with its reference) and the norms need not.
-const CUDA_SOURCES: &[(&str, bool)] =
-    &[("flash_attention", true), ("glue", false), ("warp", false)];
+const CUDA_SOURCES: &[(&str, bool)] = &[
+    ("flash_attention", true),
+    ("sage_attention", true),
+    ("glue", false),
+    ("warp", false),
+];
+/// Headers the sources include.
+const CUDA_HEADERS: &[&str] = &["mma_common.cuh"];
 
 fn main() {
     for variable in [
@@ -72,6 +78,9 @@ fn compile_fatbins(cuda_home: &Path, out_dir: &Path) {
         .map(str::trim)
         .filter(|a| !a.is_empty())
         .collect();
+    for header in CUDA_HEADERS {
+        println!("cargo:rerun-if-changed=cuda/{header}");
+    }
     for &(source, fast_math) in CUDA_SOURCES {
         let input = PathBuf::from("cuda").join(format!("{source}.cu"));
         println!("cargo:rerun-if-changed={}", input.display());

@@ -2,9 +2,11 @@
 //! one JSON object per line so `bench/run-gpu.sh` can put them beside PyTorch's numbers.
 //!
 //! - `parity`: every kernel and a small DiT on the GPU against the CPU float32 reference;
-//! - `attention TOKENS KEYS`: each attention backend, 40 heads × 128, bf16;
+//! - `attention TOKENS KEYS`: each attention backend (the 8-bit one too), 40 heads × 128, bf16;
 //! - `linear M K N`: a linear layer with bias, cuBLASLt epilogue against candle's matmul + add;
 //! - `dit WIDTH HEIGHT FRAMES`: one full Wan2.2-I2V-A14B expert forward, random weights, bf16;
+//! - `dit-accuracy WIDTH HEIGHT FRAMES`: that forward with each attention backend, timed, and
+//!   each output against the default backend's;
 //! - `e2e DIR WIDTH HEIGHT FRAMES FLOWNET`: two whole 4-step renders with RIFE ×2 through the
 //!   engine thread, from real-size fp8_scaled model files written into `DIR` (see [`e2e`]).
 //!
@@ -22,12 +24,15 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use stillmotion_engine::wan::weights::to_original_layout;
 use stillmotion_engine::wan::{Config, WanModel};
-use stillmotion_kernels::attention::{attention, reference};
+use stillmotion_kernels::attention::{attention, int8_reference, reference};
 use stillmotion_kernels::glue::{self, Modulation};
 use stillmotion_kernels::linear::{Epilogue, linear};
-use stillmotion_kernels::{AttentionChoice, Kernels};
+use stillmotion_kernels::{AttentionBackend, AttentionChoice, Kernels};
 
-use report::{BF16_BOUND, Checks, DIT_BOUND, Line, rel_l2};
+use report::{
+    BF16_BOUND, Checks, DIT_BOUND, INT8_EMULATION_BOUND, INT8_EXACT_BOUND, Line, cosine, rel_l1,
+    rel_l2,
+};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -71,6 +76,11 @@ fn main() -> anyhow::Result<()> {
             args.get(4).map(String::as_str),
             args.get(5).map(|s| s.parse::<usize>()).transpose()?,
         ),
+        Some("dit-accuracy") => dit_accuracy(
+            &device,
+            &kernels,
+            (number(1, 832)?, number(2, 480)?, number(3, 81)?),
+        ),
         Some("e2e") => e2e::run(
             std::path::Path::new(
                 args.get(1)
@@ -87,7 +97,7 @@ fn main() -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?,
         ),
         _ => bail!(
-            "usage: stillmotion-bench parity | attention TOKENS [KEYS] | linear M K N | dit WIDTH HEIGHT FRAMES [auto|cudnn|flash] [RESIDENT_BLOCKS] | e2e DIR WIDTH HEIGHT FRAMES [FLOWNET [BUDGET_GIB...]]"
+            "usage: stillmotion-bench parity | attention TOKENS [KEYS] | linear M K N | dit WIDTH HEIGHT FRAMES [auto|cudnn|flash|int8|int8pv16] [RESIDENT_BLOCKS] | dit-accuracy WIDTH HEIGHT FRAMES | e2e DIR WIDTH HEIGHT FRAMES [FLOWNET [BUDGET_GIB...]]"
         ),
     }
 }
@@ -112,17 +122,24 @@ fn randn(shape: &[usize], device: &Device, dtype: DType) -> anyhow::Result<Tenso
     Ok(Tensor::randn(0f32, 1.0, shape, device)?.to_dtype(dtype)?)
 }
 
+/// The 16-bit attention backends this GPU has.
 fn backends(kernels: &Kernels, device: &Device) -> Vec<(AttentionChoice, &'static str)> {
     let mut list = vec![(AttentionChoice::Flash, "ours")];
     if kernels
         .with_attention(AttentionChoice::Auto)
         .attention_backend(device)
-        == stillmotion_kernels::AttentionBackend::Cudnn
+        == AttentionBackend::Cudnn
     {
         list.insert(0, (AttentionChoice::Cudnn, "cudnn"));
     }
     list
 }
+
+/// Our 8-bit attention: with FP8 P·V where the GPU has it, and with 16-bit P·V.
+const INT8_BACKENDS: [(AttentionChoice, &str, bool); 2] = [
+    (AttentionChoice::Int8, "int8", true),
+    (AttentionChoice::Int8Pv16, "int8_pv16", false),
+];
 
 fn bench_attention(
     device: &Device,
@@ -158,10 +175,14 @@ fn bench_attention(
             .num("rel_l2_vs_f32", error)
             .print();
     }
-    for (choice, name) in backends(kernels, device) {
+    let int8 = INT8_BACKENDS
+        .iter()
+        .map(|&(choice, name, _)| (choice, name));
+    for (choice, name) in backends(kernels, device).into_iter().chain(int8) {
         let kernels = kernels.with_attention(choice);
         let out = attention(&kernels, &q, &k, &v)?;
         let error = rel_l2(&out.narrow(1, 0, rows)?, &expected)?;
+        let cos = cosine(&out.narrow(1, 0, rows)?, &expected)?;
         let iterations = if tokens > 50_000 { 3 } else { 10 };
         let seconds = time(device, iterations, || {
             attention(&kernels, &q, &k, &v)?;
@@ -174,6 +195,7 @@ fn bench_attention(
             .num("ms", seconds * 1e3)
             .num("tflops", flops / seconds / 1e12)
             .num("rel_l2_vs_f32", error)
+            .num("cos_vs_f32", cos)
             .print();
     }
     Ok(())
@@ -313,6 +335,26 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
                 &format!("attention {name} keys {k_len} d {d}"),
                 rel_l2(&out, &expected)?,
                 BF16_BOUND,
+            );
+        }
+        for (choice, name, fp8) in INT8_BACKENDS {
+            let kernels = kernels.with_attention(choice);
+            let fp8 =
+                fp8 && kernels.attention_backend(device) == AttentionBackend::Int8 { fp8_pv: true };
+            let out = attention(&kernels, &q, &k, &v)?;
+            let emulated =
+                int8_reference::int8_attention(&on_cpu(&q)?, &on_cpu(&k)?, &on_cpu(&v)?, fp8)?;
+            checks.check(
+                &format!(
+                    "attention {name} (fp8 P·V {fp8}) keys {k_len} d {d} vs its CPU emulation"
+                ),
+                rel_l2(&out, &emulated)?,
+                INT8_EMULATION_BOUND,
+            );
+            checks.check(
+                &format!("attention {name} (fp8 P·V {fp8}) keys {k_len} d {d} vs exact f32"),
+                rel_l2(&out, &expected)?,
+                INT8_EXACT_BOUND,
             );
         }
     }
@@ -505,6 +547,74 @@ fn dit_parity(device: &Device, checks: &mut Checks) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn attention_choice_named(name: Option<&str>) -> AttentionChoice {
+    match name {
+        Some("flash" | "ours") => AttentionChoice::Flash,
+        Some("cudnn") => AttentionChoice::Cudnn,
+        Some("int8") => AttentionChoice::Int8,
+        Some("int8pv16") => AttentionChoice::Int8Pv16,
+        _ => AttentionChoice::Auto,
+    }
+}
+
+/// One full expert forward at the real shapes with each attention backend on the same
+/// weights and inputs: time, and the output's error against the default backend's (the
+/// end-to-end accuracy of an attention on the DiT's own activations).
+fn dit_accuracy(
+    device: &Device,
+    kernels: &Kernels,
+    (width, height, frames): (usize, usize, usize),
+) -> anyhow::Result<()> {
+    let cfg = Config::i2v_a14b();
+    let weights = random_weights::state_dict(&cfg, device, DType::BF16, 11)?;
+    let vb = VarBuilder::from_tensors(to_original_layout(weights)?, DType::BF16, device);
+    let model = WanModel::new(&cfg, &vb)?;
+    drop(vb);
+    let (t_lat, h_lat, w_lat) = ((frames - 1) / 4 + 1, height / 8, width / 8);
+    let x = randn(&[1, 16, t_lat, h_lat, w_lat], device, DType::F32)?;
+    let y = randn(&[1, 20, t_lat, h_lat, w_lat], device, DType::F32)?;
+    let t = Tensor::new(&[900f32], device)?;
+    let context = (randn(&[1, 512, cfg.text_dim], device, DType::F32)? * 0.1)?;
+    let mut baseline: Option<Tensor> = None;
+    for name in ["auto", "flash", "int8", "int8pv16"] {
+        let model = model
+            .clone()
+            .with_kernels(kernels.with_attention(attention_choice_named(Some(name))));
+        let mut out = None;
+        let seconds = time(device, 1, || {
+            out = Some(model.forward(&x, Some(&y), &t, &context)?);
+            Ok(())
+        })?;
+        let out = out.context("no forward ran")?.to_dtype(DType::F32)?;
+        let mut line = Line::new("dit_accuracy")
+            .text("attention", name)
+            .text(
+                "backend",
+                &format!("{:?}", model.kernels().attention_backend(device)),
+            )
+            .int("width", width)
+            .int("height", height)
+            .int("frames", frames)
+            .num("forward_s", seconds);
+        if let Some(base) = &baseline {
+            line = line
+                .num("rel_l2_vs_auto", rel_l2(&out, base)?)
+                .num(
+                    "rel_l1_vs_auto",
+                    rel_l1(
+                        &out.to_device(&Device::Cpu)?,
+                        &base.to_device(&Device::Cpu)?,
+                    )?,
+                )
+                .num("cos_vs_auto", cosine(&out, base)?);
+        } else {
+            baseline = Some(out);
+        }
+        line.print();
+    }
+    Ok(())
+}
+
 fn bench_dit(
     device: &Device,
     kernels: &Kernels,
@@ -515,11 +625,7 @@ fn bench_dit(
     resident_blocks: Option<usize>,
 ) -> anyhow::Result<()> {
     let cfg = Config::i2v_a14b();
-    let choice = match attention_choice {
-        Some("flash" | "ours") => AttentionChoice::Flash,
-        Some("cudnn") => AttentionChoice::Cudnn,
-        _ => AttentionChoice::Auto,
-    };
+    let choice = attention_choice_named(attention_choice);
     let load = Instant::now();
     let weights = random_weights::state_dict(&cfg, device, DType::BF16, 11)?;
     // With resident blocks given, the others stream from pinned host memory (block swapping);

@@ -24,6 +24,41 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
     Ok((diff / norm.max(f64::MIN_POSITIVE)).sqrt())
 }
 
+/// Cosine similarity of two tensors' flattened values, in float64 on the CPU.
+pub fn cosine(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
+    let flat = |t: &Tensor| -> anyhow::Result<Vec<f64>> {
+        Ok(t.to_device(&Device::Cpu)?
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?)
+    };
+    let (a, b) = (flat(a)?, flat(b)?);
+    let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    Ok(dot / (norm(&a) * norm(&b)).max(f64::MIN_POSITIVE))
+}
+
+/// Relative L1 error Σ|a − b| / Σ|b| (SageAttention's measure), in float64 on the CPU.
+pub fn rel_l1(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
+    let diff = (a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?
+        .abs()?
+        .sum_all()?
+        .to_scalar::<f64>()?;
+    let norm = b
+        .to_dtype(DType::F64)?
+        .abs()?
+        .sum_all()?
+        .to_scalar::<f64>()?;
+    Ok(diff / norm.max(f64::MIN_POSITIVE))
+}
+
+/// Bound on the GPU 8-bit attention kernel against its CPU emulation (same quantization; what
+/// differs is exp2's last bits flipping an e4m3 rounding now and then).
+pub const INT8_EMULATION_BOUND: f64 = 1e-2;
+/// Bound on the 8-bit attention against exact float32 attention on random inputs (flat
+/// attention over Gaussian keys is its worst case: e4m3 keeps 3 mantissa bits).
+pub const INT8_EXACT_BOUND: f64 = 6e-2;
+
 /// Bound on the relative L2 error of a bf16 kernel against the float32 reference.
 pub const BF16_BOUND: f64 = 1e-2;
 /// Bound for a whole bf16 network (errors of 2 blocks add up) against float32.

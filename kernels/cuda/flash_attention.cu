@@ -12,9 +12,7 @@
 // with operands fetched by ldmatrix; the score accumulator's register layout is exactly the A
 // operand layout of the P·V product, so P never goes through shared memory.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
+#include "mma_common.cuh"
 
 namespace {
 
@@ -22,63 +20,6 @@ constexpr int kBlockN = 64;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kPad = 8;  // elements of padding per shared row: spreads ldmatrix rows over banks
-
-template <typename T> struct Mma;
-
-template <> struct Mma<__nv_bfloat16> {
-    static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4],
-                                               uint32_t b0, uint32_t b1) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-            "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&v);
-    }
-};
-
-template <> struct Mma<__half> {
-    static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4],
-                                               uint32_t b0, uint32_t b1) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
-            "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __half2 v = __floats2half2_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&v);
-    }
-};
-
-__device__ __forceinline__ uint32_t smem_address(const void *p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_address(p)));
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_address(p)));
-}
-
-// 16 bytes global → shared, zero-filled when `valid` is false (rows past the sequence end).
-__device__ __forceinline__ void cp_async_16(void *dst, const void *src, bool valid) {
-    int src_size = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)),
-                 "l"(src), "r"(src_size));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
 
 // Loads `rows` rows (tokens first_row…) of one head into shared memory [row][D + kPad].
 template <typename T, int D>
@@ -182,54 +123,22 @@ __device__ __forceinline__ void flash_attention_forward(const T *__restrict__ q,
             }
         }
 
-        // Online softmax in the log2 domain; keys past the end get -inf.
+        float scales[kMTiles];
+#pragma unroll
+        for (int m = 0; m < kMTiles; ++m) {
+            scales[m] = scale_log2;
+        }
+        online_softmax(score, out, row_max, row_sum, scales, key_start, sk);
         uint32_t p_frag[kMTiles][kBlockN / 16][4];
 #pragma unroll
         for (int m = 0; m < kMTiles; ++m) {
-            float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
             for (int t = 0; t < kScoreTiles; ++t) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int key = key_start + t * 8 + (lane % 4) * 2 + (e % 2);
-                    float value = key < sk ? score[m][t][e] * scale_log2 : -INFINITY;
-                    score[m][t][e] = value;
-                    tile_max[e / 2] = fmaxf(tile_max[e / 2], value);
-                }
-            }
-            float rescale[2];
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffff, tile_max[r], 1));
-                tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffff, tile_max[r], 2));
-                const float new_max = fmaxf(row_max[m][r], tile_max[r]);
-                // A row whose keys so far are all masked keeps max -inf: subtract 0 instead.
-                const float base = new_max == -INFINITY ? 0.f : new_max;
-                rescale[r] = exp2f(row_max[m][r] - base);
-                row_max[m][r] = new_max;
-                row_sum[m][r] *= rescale[r];
-                tile_max[r] = base;
-            }
-#pragma unroll
-            for (int t = 0; t < kOutTiles; ++t) {
-                out[m][t][0] *= rescale[0];
-                out[m][t][1] *= rescale[0];
-                out[m][t][2] *= rescale[1];
-                out[m][t][3] *= rescale[1];
-            }
-#pragma unroll
-            for (int t = 0; t < kScoreTiles; ++t) {
-                float p[4];
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    p[e] = exp2f(score[m][t][e] - tile_max[e / 2]);
-                    row_sum[m][e / 2] += p[e];
-                }
                 // Score tile t covers keys 8t…8t+7: tile 2j is the low half of k-step j.
                 const int step = t / 2;
                 const int half = (t % 2) * 2;
-                p_frag[m][step][half] = Mma<T>::pack(p[0], p[1]);
-                p_frag[m][step][half + 1] = Mma<T>::pack(p[2], p[3]);
+                p_frag[m][step][half] = Mma<T>::pack(score[m][t][0], score[m][t][1]);
+                p_frag[m][step][half + 1] = Mma<T>::pack(score[m][t][2], score[m][t][3]);
             }
         }
 
@@ -258,27 +167,7 @@ __device__ __forceinline__ void flash_attention_forward(const T *__restrict__ q,
     }
 
     T *o_base = o + (static_cast<int64_t>(batch) * sq * heads + head) * D;
-#pragma unroll
-    for (int m = 0; m < kMTiles; ++m) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float sum = row_sum[m][r];
-            sum += __shfl_xor_sync(0xffffffff, sum, 1);
-            sum += __shfl_xor_sync(0xffffffff, sum, 2);
-            const float inv = sum > 0.f ? 1.f / sum : 0.f;
-            const int token = q_start + (warp * kMTiles + m) * 16 + lane / 4 + r * 8;
-            if (token >= sq) {
-                continue;
-            }
-            T *row = o_base + static_cast<int64_t>(token) * row_stride;
-#pragma unroll
-            for (int t = 0; t < kOutTiles; ++t) {
-                const int col = t * 8 + (lane % 4) * 2;
-                *reinterpret_cast<uint32_t *>(row + col) =
-                    Mma<T>::pack(out[m][t][r * 2] * inv, out[m][t][r * 2 + 1] * inv);
-            }
-        }
-    }
+    store_rows<T>(o_base, row_stride, out, row_sum, q_start + warp * kMTiles * 16, sq, nullptr);
 }
 
 }  // namespace

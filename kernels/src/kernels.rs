@@ -18,6 +18,11 @@ pub enum AttentionChoice {
     Cudnn,
     /// Our own flash-attention kernel.
     Flash,
+    /// Our 8-bit kernel: INT8 q·kᵀ with smoothed K, and FP8 P·V where the GPU has FP8 tensor
+    /// cores (compute capability 8.9 and later), 16-bit P·V before. Faster, slightly less exact.
+    Int8,
+    /// The 8-bit kernel with 16-bit P·V on any GPU (for measuring the two against each other).
+    Int8Pv16,
 }
 
 /// The attention implementation that actually runs.
@@ -29,6 +34,8 @@ pub enum AttentionBackend {
     Cudnn,
     /// Our own flash-attention kernel (`cuda/flash_attention.cu`).
     Flash,
+    /// Our 8-bit kernel (`cuda/sage_attention.cu`), with FP8 or 16-bit P·V.
+    Int8 { fp8_pv: bool },
 }
 
 /// How to set up the kernels of a device.
@@ -115,6 +122,10 @@ impl Kernels {
                 AttentionChoice::Cudnn => AttentionBackend::Cudnn,
                 AttentionChoice::Auto if gpu.cudnn.is_ok() => AttentionBackend::Cudnn,
                 AttentionChoice::Flash | AttentionChoice::Auto => AttentionBackend::Flash,
+                AttentionChoice::Int8 => AttentionBackend::Int8 {
+                    fp8_pv: gpu.has_fp8_mma(),
+                },
+                AttentionChoice::Int8Pv16 => AttentionBackend::Int8 { fp8_pv: false },
             };
         }
         let _ = device;

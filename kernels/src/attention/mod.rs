@@ -4,8 +4,10 @@
 //!
 //! Backends (see [`crate::AttentionBackend`]): the exact float32 [`reference`] on the CPU (and
 //! for float32 tensors anywhere); on CUDA for bf16/f16 with head dims 64 and 128, cuDNN's fused
-//! flash attention when the library loads, else our own kernel.
+//! flash attention when the library loads, else our own kernel; on request our 8-bit kernel,
+//! whose CPU emulation is [`int8_reference`].
 
+pub mod int8_reference;
 pub mod reference;
 
 use candle_core::{DType, Tensor};

@@ -41,6 +41,14 @@ pub(crate) fn fused_with_rows(
         return Err(bad(format!("{block_rows} query rows per block: 64 or 128")));
     }
     let gpu = super::loaded(kernels)?;
+    if let AttentionBackend::Int8 { fp8_pv } = backend {
+        let pv = if fp8_pv {
+            super::sage::PvPrecision::Fp8
+        } else {
+            super::sage::PvPrecision::Half
+        };
+        return super::sage::attention(gpu, q, k, v, pv, block_rows);
+    }
     let (b, sq, h, d) = q.dims4()?;
     let sk = k.dim(1)?;
     let dtype = q.dtype();
@@ -96,7 +104,8 @@ pub(crate) fn fused_with_rows(
             .map_err(|problem| KernelError::Cuda { problem })?;
             drop(workspace);
         }
-        AttentionBackend::Flash | AttentionBackend::Reference => {
+        // Handled above.
+        AttentionBackend::Int8 { .. } | AttentionBackend::Flash | AttentionBackend::Reference => {
             let name = format!(
                 "stillmotion_flash_attention_{}_d{d}_m{block_rows}",
                 if dtype == DType::F16 { "f16" } else { "bf16" }

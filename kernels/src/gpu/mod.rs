@@ -10,6 +10,7 @@ mod cudnn;
 pub(crate) mod glue;
 mod launch;
 pub(crate) mod linear;
+pub(crate) mod sage;
 pub(crate) mod stream;
 pub(crate) mod warp;
 
@@ -28,12 +29,14 @@ use crate::KernelError;
 
 const FLASH_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flash_attention.fatbin"));
 const GLUE_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/glue.fatbin"));
+const SAGE_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sage_attention.fatbin"));
 const WARP_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/warp.fatbin"));
 
 /// Our kernels and the vendor libraries, ready on one CUDA device.
 pub(crate) struct GpuKernels {
     pub(crate) device: CudaDevice,
     flash: Arc<CudaModule>,
+    sage: Arc<CudaModule>,
     glue: Arc<CudaModule>,
     warp: Arc<CudaModule>,
     pub(crate) cudnn: Result<Mutex<Cudnn>, String>,
@@ -55,6 +58,7 @@ impl GpuKernels {
                 })
         };
         let flash = load(FLASH_FATBIN)?;
+        let sage = load(SAGE_FATBIN)?;
         let glue = load(GLUE_FATBIN)?;
         let warp = load(WARP_FATBIN)?;
         let blas_lt = CudaBlasLT::new(stream.clone()).map_err(|e| KernelError::Cuda {
@@ -67,6 +71,7 @@ impl GpuKernels {
         Ok(Self {
             device: device.clone(),
             flash,
+            sage,
             glue,
             warp,
             cudnn,
@@ -76,6 +81,19 @@ impl GpuKernels {
 
     pub(crate) fn flash_function(&self, name: &str) -> Result<CudaFunction, KernelError> {
         function(&self.flash, name)
+    }
+
+    pub(crate) fn sage_function(&self, name: &str) -> Result<CudaFunction, KernelError> {
+        function(&self.sage, name)
+    }
+
+    /// Whether the GPU has FP8 tensor-core products (compute capability 8.9 and later).
+    pub(crate) fn has_fp8_mma(&self) -> bool {
+        self.device
+            .cuda_stream()
+            .context()
+            .compute_capability()
+            .is_ok_and(|(major, minor)| (major, minor) >= (8, 9))
     }
 
     pub(crate) fn glue_function(&self, name: &str) -> Result<CudaFunction, KernelError> {

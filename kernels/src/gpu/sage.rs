@@ -1,0 +1,262 @@
+//! The 8-bit attention path (`cuda/sage_attention.cu`): a quantizing pre-pass, then our flash
+//! kernel with INT8 q·kᵀ and FP8 (or 16-bit) P·V.
+
+use candle_core::{DType, Shape, Tensor};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+use super::{GpuKernels, device_ptr, empty_like_shape, int, output_tensor};
+use crate::KernelError;
+use crate::attention::{KERNEL, bad};
+
+const THREADS: u32 = 128;
+/// Keys per tile (`kBlockN`): K's scale group, and V's padding.
+const BLOCK_N: usize = 64;
+/// Query rows per Q scale (`kQRows`).
+const Q_ROWS: usize = 16;
+/// Tokens each block of the channel-statistics kernel sums.
+const STATS_TOKENS: usize = 512;
+/// Padding bytes of an 8-bit shared row (`kPad8`).
+const PAD8: usize = 16;
+
+/// How P·V is multiplied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PvPrecision {
+    /// e4m3 (sm_89 and later), V per-channel scaled.
+    Fp8,
+    /// The input's bf16/f16.
+    Half,
+}
+
+/// Device memory owned for the length of one attention call.
+struct Buffer {
+    _slice: CudaSlice<u8>,
+    ptr: u64,
+}
+
+fn buffer(gpu: &GpuKernels, bytes: usize, zeroed: bool) -> Result<Buffer, KernelError> {
+    use cudarc::driver::DevicePtrMut;
+    let stream = gpu.device.cuda_stream();
+    let mut slice = if zeroed {
+        stream.alloc_zeros::<u8>(bytes.max(1))?
+    } else {
+        // SAFETY: the pre-pass writes every byte of these buffers before the main kernel
+        // reads them (padding rows included).
+        unsafe { stream.alloc::<u8>(bytes.max(1)) }?
+    };
+    let ptr = slice.device_ptr_mut(&stream).0;
+    Ok(Buffer { _slice: slice, ptr })
+}
+
+fn grid(x: usize, heads: usize, batch: usize) -> Result<(u32, u32, u32), KernelError> {
+    let dim = |value: usize, what: &str| {
+        u32::try_from(value).map_err(|_| bad(format!("{value} {what} is too many")))
+    };
+    Ok((
+        dim(x, "blocks")?,
+        dim(heads, "heads")?,
+        dim(batch, "batch")?,
+    ))
+}
+
+/// softmax(q·kᵀ/√d)·v through the 8-bit kernels: q `[B, Sq, H, D]`, k/v `[B, Sk, H, D]`,
+/// bf16 or f16, D = 64 or 128; `block_rows` query rows per block (64 or 128).
+pub(crate) fn attention(
+    gpu: &GpuKernels,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    pv: PvPrecision,
+    block_rows: usize,
+) -> Result<Tensor, KernelError> {
+    if !matches!(block_rows, 64 | 128) {
+        return Err(bad(format!("{block_rows} query rows per block: 64 or 128")));
+    }
+    let (b, sq, h, d) = q.dims4()?;
+    let sk = k.dim(1)?;
+    let dtype = q.dtype();
+    let suffix = match dtype {
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        other => {
+            return Err(bad(format!(
+                "the 8-bit path takes bf16 or f16, got {other:?}"
+            )));
+        }
+    };
+    let (q, k, v) = (
+        q.contiguous()?,
+        k.to_dtype(dtype)?.contiguous()?,
+        v.to_dtype(dtype)?.contiguous()?,
+    );
+    let (qp, kp, vp) = (
+        device_ptr(&q, KERNEL)?,
+        device_ptr(&k, KERNEL)?,
+        device_ptr(&v, KERNEL)?,
+    );
+    let sq_padded = sq.div_ceil(128) * 128;
+    let sk_padded = sk.div_ceil(BLOCK_N) * BLOCK_N;
+    let stream = gpu.device.cuda_stream();
+    let (h32, d32) = (int(KERNEL, h)?, int(KERNEL, d)?);
+    let (sq32, sk32) = (int(KERNEL, sq)?, int(KERNEL, sk)?);
+    let (sq_padded32, sk_padded32) = (int(KERNEL, sq_padded)?, int(KERNEL, sk_padded)?);
+
+    // Channel statistics: K's sums (its mean), V's max |v| (the FP8 scale).
+    let channels = b * h * d;
+    let stats = buffer(gpu, 4 * channels * 4, true)?;
+    let (k_sums, k_absmax, v_sums, v_absmax) = (
+        stats.ptr,
+        stats.ptr + (channels * 4) as u64,
+        stats.ptr + (2 * channels * 4) as u64,
+        stats.ptr + (3 * channels * 4) as u64,
+    );
+    let stats_fn = gpu.sage_function(&format!("stillmotion_sage_channel_stats_{suffix}"))?;
+    let tokens32 = int(KERNEL, STATS_TOKENS)?;
+    let stat_pass = |x: u64, s: usize, s32: i32, sums: u64, absmax: u64| {
+        let config = LaunchConfig {
+            grid_dim: grid(h, b, s.div_ceil(STATS_TOKENS))?,
+            block_dim: (
+                u32::try_from(d).map_err(|_| bad(format!("head dim {d}")))?,
+                1,
+                1,
+            ),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(&stats_fn);
+        launch
+            .arg(&x)
+            .arg(&sums)
+            .arg(&absmax)
+            .arg(&s32)
+            .arg(&h32)
+            .arg(&d32)
+            .arg(&tokens32);
+        // SAFETY: x is a contiguous [B, s, H, D] tensor; sums/absmax hold B·H·D floats; the
+        // grid is (H, B, ⌈s/512⌉) with D threads, as the kernel indexes.
+        unsafe { launch.launch(config) }?;
+        Ok::<(), KernelError>(())
+    };
+    stat_pass(kp, sk, sk32, k_sums, k_absmax)?;
+    if pv == PvPrecision::Fp8 {
+        stat_pass(vp, sk, sk32, v_sums, v_absmax)?;
+    }
+
+    // INT8 Q (scales carry the softmax scale in log2 units) and smoothed K.
+    let quantize = gpu.sage_function(&format!("stillmotion_sage_quantize_{suffix}"))?;
+    let q8 = buffer(gpu, b * h * sq_padded * d, false)?;
+    let q_scale = buffer(gpu, b * h * (sq_padded / Q_ROWS) * 4, false)?;
+    let k8 = buffer(gpu, b * h * sk_padded * d, false)?;
+    let k_scale = buffer(gpu, b * h * (sk_padded / BLOCK_N) * 4, false)?;
+    let softmax_log2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
+    let quantize_pass = |x: u64,
+                         sums: u64,
+                         (out, scales): (u64, u64),
+                         (s32, s_padded, s_padded32): (i32, usize, i32),
+                         rows: usize,
+                         extra: f32| {
+        let config = LaunchConfig {
+            grid_dim: grid(s_padded / rows, h, b)?,
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let rows32 = int(KERNEL, rows)?;
+        let mut launch = stream.launch_builder(&quantize);
+        launch
+            .arg(&x)
+            .arg(&sums)
+            .arg(&out)
+            .arg(&scales)
+            .arg(&s32)
+            .arg(&s_padded32)
+            .arg(&h32)
+            .arg(&d32)
+            .arg(&rows32)
+            .arg(&extra);
+        // SAFETY: x is contiguous [B, s, H, D]; sums is null or B·H·D floats; out holds
+        // B·H·s_padded·D bytes and scales B·H·s_padded/rows floats; one block per group.
+        unsafe { launch.launch(config) }?;
+        Ok::<(), KernelError>(())
+    };
+    quantize_pass(
+        qp,
+        0,
+        (q8.ptr, q_scale.ptr),
+        (sq32, sq_padded, sq_padded32),
+        Q_ROWS,
+        softmax_log2,
+    )?;
+    quantize_pass(
+        kp,
+        k_sums,
+        (k8.ptr, k_scale.ptr),
+        (sk32, sk_padded, sk_padded32),
+        BLOCK_N,
+        1.0,
+    )?;
+
+    // FP8 V, transposed, with its per-channel output scale.
+    let (v_operand, col_scale, _v_buffers) = match pv {
+        PvPrecision::Half => (vp, 0, None),
+        PvPrecision::Fp8 => {
+            let vt = buffer(gpu, b * h * d * sk_padded, false)?;
+            let scale = buffer(gpu, channels * 4, false)?;
+            let v_fp8 = gpu.sage_function(&format!("stillmotion_sage_v_fp8_{suffix}"))?;
+            let config = LaunchConfig {
+                grid_dim: grid(sk_padded / BLOCK_N, h, b)?,
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = stream.launch_builder(&v_fp8);
+            launch
+                .arg(&vp)
+                .arg(&v_absmax)
+                .arg(&vt.ptr)
+                .arg(&scale.ptr)
+                .arg(&sk32)
+                .arg(&sk_padded32)
+                .arg(&h32)
+                .arg(&d32);
+            // SAFETY: v is contiguous [B, Sk, H, D]; absmax holds B·H·D floats; vt holds
+            // B·H·D·sk_padded bytes and scale B·H·D floats; one block per 64-key tile.
+            unsafe { launch.launch(config) }?;
+            (vt.ptr, scale.ptr, Some((vt, scale)))
+        }
+    };
+
+    let shape = Shape::from((b, sq, h, d));
+    let (storage, o) = empty_like_shape(&gpu.device, dtype, &shape)?;
+    let (pv_name, v_bytes) = match pv {
+        PvPrecision::Fp8 => ("pv8", d * (BLOCK_N + PAD8)),
+        PvPrecision::Half => ("pv16", BLOCK_N * (d + 8) * 2),
+    };
+    let name = format!("stillmotion_sage_{suffix}_d{d}_m{block_rows}_{pv_name}");
+    let function = gpu.sage_function(&name)?;
+    let shared = (block_rows + BLOCK_N) * (d + PAD8) + v_bytes;
+    let shared = u32::try_from(shared).map_err(|_| bad(format!("head dim {d}")))?;
+    function.set_attribute(
+        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        shared as i32,
+    )?;
+    let config = LaunchConfig {
+        grid_dim: grid(sq_padded / block_rows, h, b)?,
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: shared,
+    };
+    let mut launch = stream.launch_builder(&function);
+    launch
+        .arg(&q8.ptr)
+        .arg(&q_scale.ptr)
+        .arg(&k8.ptr)
+        .arg(&k_scale.ptr)
+        .arg(&v_operand)
+        .arg(&col_scale)
+        .arg(&o)
+        .arg(&sq32)
+        .arg(&sk32)
+        .arg(&sq_padded32)
+        .arg(&sk_padded32)
+        .arg(&h32);
+    // SAFETY: every buffer was sized above for these lengths and filled by the pre-pass on
+    // this stream; the grid covers the padded queries once; o has [B, Sq, H, D] elements.
+    unsafe { launch.launch(config) }?;
+    Ok(output_tensor(storage, shape))
+}
