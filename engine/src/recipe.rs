@@ -82,6 +82,29 @@ pub enum ImageFit {
     CenterCrop,
 }
 
+/// How the transformer's self-attention is computed on the GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionMode {
+    /// 16-bit attention (cuDNN's, or our flash kernel without cuDNN): the reference's numbers
+    /// to bf16 precision.
+    #[default]
+    Standard,
+    /// Our 8-bit kernel (INT8 q·kᵀ, FP8 or 16-bit P·V): faster where 8-bit tensor cores are
+    /// (RTX 40 and 50 series), slightly different pixels. The CPU ignores it.
+    Int8,
+}
+
+impl AttentionMode {
+    #[allow(
+        clippy::trivially_copy_pass_by_ref,
+        reason = "serde's skip_serializing_if passes a reference"
+    )]
+    fn is_standard(&self) -> bool {
+        *self == Self::Standard
+    }
+}
+
 /// A complete render description.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +144,9 @@ pub struct Recipe {
     pub codec: Option<VideoCodec>,
     pub reserve_vram_gb: f64,
     pub device: DevicePreference,
+    /// Left out of stored recipes when standard, so those of earlier versions stay the same.
+    #[serde(default, skip_serializing_if = "AttentionMode::is_standard")]
+    pub attention: AttentionMode,
     /// Continue from the save point beside the output (`<output>.latents.safetensors`)
     /// instead of starting over.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -153,6 +179,7 @@ pub struct RecipeChoices {
     pub codec: Option<VideoCodec>,
     pub reserve_vram_gb: Option<f64>,
     pub device: Option<DevicePreference>,
+    pub attention: Option<AttentionMode>,
 }
 
 impl Recipe {
@@ -198,6 +225,7 @@ impl Recipe {
                 .unwrap_or_else(|| PathBuf::from("output.mp4")),
             codec: choices.codec,
             reserve_vram_gb: choices.reserve_vram_gb.unwrap_or(DEFAULT_RESERVE_VRAM_GB),
+            attention: choices.attention.unwrap_or_default(),
             device: choices.device.unwrap_or_default(),
             resume: false,
         }
@@ -716,6 +744,29 @@ mod tests {
                 "expected a message about {field}, got: {message}"
             );
         }
+    }
+
+    #[test]
+    fn the_attention_mode_is_stored_only_when_it_is_not_standard() {
+        let files = files();
+        let preset = preset("wan22-i2v-a14b-official-480p.toml");
+        let standard = Recipe::from_layers(&preset, files.choices.clone());
+        assert_eq!(standard.attention, AttentionMode::Standard);
+        // Recipes stored before the field existed read back the same, and standard ones are
+        // written as they were (their save points' hashes stay valid).
+        let json = standard.to_json().unwrap();
+        assert!(!json.contains("attention"), "{json}");
+        assert_eq!(Recipe::from_json(&json).unwrap(), standard);
+        let int8 = Recipe::from_layers(
+            &preset,
+            RecipeChoices {
+                attention: Some(AttentionMode::Int8),
+                ..files.choices.clone()
+            },
+        );
+        let json = int8.to_json().unwrap();
+        assert!(json.contains("\"attention\": \"int8\""), "{json}");
+        assert_eq!(Recipe::from_json(&json).unwrap(), int8);
     }
 
     #[test]

@@ -18,8 +18,9 @@ pub enum AttentionChoice {
     Cudnn,
     /// Our own flash-attention kernel.
     Flash,
-    /// Our 8-bit kernel: INT8 q·kᵀ with smoothed K, and FP8 P·V where the GPU has FP8 tensor
-    /// cores (compute capability 8.9 and later), 16-bit P·V before. Faster, slightly less exact.
+    /// Our 8-bit kernel for long key sequences (self-attention): INT8 q·kᵀ with smoothed K, and
+    /// FP8 P·V where that is faster than 16-bit (Ada, consumer Blackwell), 16-bit P·V elsewhere.
+    /// Slightly less exact. Short key sequences (cross-attention to the text) keep `Auto`.
     Int8,
     /// The 8-bit kernel with 16-bit P·V on any GPU (for measuring the two against each other).
     Int8Pv16,
@@ -123,7 +124,7 @@ impl Kernels {
                 AttentionChoice::Auto if gpu.cudnn.is_ok() => AttentionBackend::Cudnn,
                 AttentionChoice::Flash | AttentionChoice::Auto => AttentionBackend::Flash,
                 AttentionChoice::Int8 => AttentionBackend::Int8 {
-                    fp8_pv: gpu.has_fp8_mma(),
+                    fp8_pv: gpu.fp8_mma_is_fast(),
                 },
                 AttentionChoice::Int8Pv16 => AttentionBackend::Int8 { fp8_pv: false },
             };

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use stillmotion_engine::preset::{Preset, SamplerKind, target_fps_range};
 use stillmotion_engine::recipe::{
-    Interpolation, ModelFiles, Recipe, RecipeChoices, WAN_DEFAULT_NEGATIVE_PROMPT,
+    AttentionMode, Interpolation, ModelFiles, Recipe, RecipeChoices, WAN_DEFAULT_NEGATIVE_PROMPT,
 };
 
 use super::UiAction;
@@ -80,6 +80,8 @@ pub struct Settings {
     pub vae: Option<PathBuf>,
     pub output_dir: Option<PathBuf>,
     pub reserve_vram_gb: f64,
+    /// Standard (16-bit) or our 8-bit self-attention on the GPU.
+    pub attention: AttentionMode,
     /// The folder the Models view scans (ours, or a ComfyUI `models/` folder).
     pub models_folder: Option<PathBuf>,
     /// The LoRAs to apply: the user's, and those the preset names.
@@ -133,6 +135,7 @@ impl Default for Settings {
             vae: None,
             output_dir: None,
             reserve_vram_gb: stillmotion_engine::recipe::DEFAULT_RESERVE_VRAM_GB,
+            attention: AttentionMode::Standard,
             models_folder: None,
             loras: Vec::new(),
         }
@@ -212,6 +215,7 @@ impl Settings {
             self.output_dir = Some(dir.to_owned());
         }
         self.reserve_vram_gb = recipe.reserve_vram_gb;
+        self.attention = recipe.attention;
         preset.is_some()
     }
 
@@ -251,6 +255,7 @@ impl Settings {
             interpolation: Some(self.interpolation()),
             output: Some(output_dir.join(output_name)),
             reserve_vram_gb: Some(self.reserve_vram_gb),
+            attention: Some(self.attention),
             ..RecipeChoices::default()
         }
     }
@@ -512,6 +517,18 @@ pub fn show(
 
             ui.label("GPU memory");
             super::gpu_gauge::show(ui, gauge, settings.reserve_vram_gb);
+            ui.end_row();
+
+            ui.label("Attention");
+            ui.horizontal(|ui| {
+                ui.selectable_value(&mut settings.attention, AttentionMode::Standard, "Standard")
+                    .on_hover_text("16-bit, the reference implementation's numbers");
+                ui.selectable_value(&mut settings.attention, AttentionMode::Int8, "8-bit")
+                    .on_hover_text(
+                        "Our 8-bit attention kernel: faster on RTX 40 and 50 series GPUs, \
+                         slightly different pixels",
+                    );
+            });
             ui.end_row();
         });
 

@@ -9,9 +9,10 @@ use candle_core::{DType, Device, Tensor};
 
 use super::models::ModelCache;
 use crate::EngineError;
-use crate::recipe::Recipe;
+use crate::recipe::{AttentionMode, Recipe};
 use crate::sampling::{Branch, Denoiser, Expert};
 use crate::wan::WanModel;
+use stillmotion_kernels::AttentionChoice;
 
 /// Predicts the flow with the high- or low-noise expert, conditioned on the I2V `y` and on the
 /// prompt's or the negative prompt's context.
@@ -129,8 +130,16 @@ impl WanDenoiser<'_> {
         // The official pipeline passes the scheduler's integer timestep (int64); the model's
         // sinusoid is built from it in float64, so an integral f64 carries it exactly.
         let t = Tensor::new(&[f64::from(timestep)], latents.device())?.to_dtype(DType::F64)?;
-        self.load_expert(expert)?
-            .forward(latents, Some(&y), &t, &context)
+        let attention = self.recipe.attention;
+        let model = self.load_expert(expert)?;
+        match attention {
+            AttentionMode::Standard => model.forward(latents, Some(&y), &t, &context),
+            // A clone shares every weight: only the kernels' attention choice differs.
+            AttentionMode::Int8 => model
+                .clone()
+                .with_kernels(model.kernels().with_attention(AttentionChoice::Int8))
+                .forward(latents, Some(&y), &t, &context),
+        }
     }
 
     /// `attempt` until it succeeds, deepening the placement after each out-of-memory error.

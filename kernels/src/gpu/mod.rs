@@ -87,13 +87,17 @@ impl GpuKernels {
         function(&self.sage, name)
     }
 
-    /// Whether the GPU has FP8 tensor-core products (compute capability 8.9 and later).
-    pub(crate) fn has_fp8_mma(&self) -> bool {
+    /// Whether FP8 `mma.sync` products beat 16-bit ones here: on the consumer GPUs with FP8
+    /// tensor cores (Ada 8.9, Blackwell 12.x), where a product accumulating in float32 runs at
+    /// twice the 16-bit rate. Hopper and data-centre Blackwell run `mma.sync` FP8 slower than
+    /// 16-bit (H200: 79.6 against 62.3 ms for 32,760² tokens, bench/RESULTS.md run 18): their
+    /// fast FP8 is the warpgroup instruction only.
+    pub(crate) fn fp8_mma_is_fast(&self) -> bool {
         self.device
             .cuda_stream()
             .context()
             .compute_capability()
-            .is_ok_and(|(major, minor)| (major, minor) >= (8, 9))
+            .is_ok_and(|(major, minor)| (major, minor) == (8, 9) || major == 12)
     }
 
     pub(crate) fn glue_function(&self, name: &str) -> Result<CudaFunction, KernelError> {
