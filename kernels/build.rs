@@ -26,6 +26,7 @@ const ARCHITECTURES: &str = "80,86,89,90a,100,120";
 const CUDA_SOURCES: &[(&str, bool)] = &[
     ("flash_attention", true),
     ("sage_attention", true),
+    ("wgmma_attention", true),
     ("glue", false),
     ("warp", false),
 ];

@@ -24,7 +24,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use stillmotion_engine::wan::weights::to_original_layout;
 use stillmotion_engine::wan::{Config, WanModel};
-use stillmotion_kernels::attention::{attention, int8_reference, reference};
+use stillmotion_kernels::attention::{INT8_MIN_KEYS, attention, int8_reference, reference};
 use stillmotion_kernels::glue::{self, Modulation};
 use stillmotion_kernels::linear::{Epilogue, linear};
 use stillmotion_kernels::{AttentionBackend, AttentionChoice, Kernels};
@@ -175,6 +175,46 @@ fn bench_attention(
             .num("rel_l2_vs_f32", error)
             .print();
     }
+    // Our mma.sync kernel with 128-row blocks (what "ours" is off Hopper), and the wgmma
+    // kernel built for one block an SM (the default, "ours" on Hopper, is two).
+    let explicit: [(
+        &str,
+        Box<dyn Fn(&Tensor, &Tensor, &Tensor) -> anyhow::Result<Tensor>>,
+    ); 2] = [
+        (
+            "ours_mma_m128",
+            Box::new(|q, k, v| {
+                Ok(stillmotion_kernels::attention::flash_with_block_rows(
+                    kernels, q, k, v, 128,
+                )?)
+            }),
+        ),
+        (
+            "ours_wgmma_x1",
+            Box::new(|q, k, v| {
+                Ok(stillmotion_kernels::attention::flash_wgmma(
+                    kernels, q, k, v, 1,
+                )?)
+            }),
+        ),
+    ];
+    for (name, run) in &explicit {
+        let Ok(out) = run(&q, &k, &v) else { continue };
+        let error = rel_l2(&out.narrow(1, 0, rows)?, &expected)?;
+        let iterations = if tokens > 50_000 { 3 } else { 10 };
+        let seconds = time(device, iterations, || {
+            run(&q, &k, &v)?;
+            Ok(())
+        })?;
+        Line::new("attention")
+            .text("backend", name)
+            .int("queries", tokens)
+            .int("keys", keys)
+            .num("ms", seconds * 1e3)
+            .num("tflops", flops / seconds / 1e12)
+            .num("rel_l2_vs_f32", error)
+            .print();
+    }
     let int8 = INT8_BACKENDS
         .iter()
         .map(|&(choice, name, _)| (choice, name));
@@ -318,11 +358,21 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
     let cpu_rope = glue::rope(&cpu, &on_cpu(&q)?, &on_cpu(&cos)?, &on_cpu(&sin)?)?;
     checks.check("rope f32", rel_l2(&gpu_rope, &cpu_rope)?, 1e-5);
 
-    for (k_len, d) in [(300, 128), (77, 64), (1000, 128)] {
+    for (k_len, d) in [(300, 128), (77, 64), (1000, 128), (100, 128)] {
         let q = randn(&[2, 300, 8, d], device, DType::BF16)?;
         let k = randn(&[2, k_len, 8, d], device, DType::BF16)?;
         let v = randn(&[2, k_len, 8, d], device, DType::BF16)?;
         let expected = reference::attention(&on_cpu(&q)?, &on_cpu(&k)?, &on_cpu(&v)?)?;
+        if d == 128 {
+            match stillmotion_kernels::attention::flash_wgmma(kernels, &q, &k, &v, 2) {
+                Ok(out) => checks.check(
+                    &format!("attention ours_wgmma keys {k_len} d {d}"),
+                    rel_l2(&out, &expected)?,
+                    BF16_BOUND,
+                ),
+                Err(e) => Line::new("note").text("wgmma", &e.to_string()).print(),
+            }
+        }
         let out64 = stillmotion_kernels::attention::flash_with_block_rows(kernels, &q, &k, &v, 64)?;
         checks.check(
             &format!("attention ours_m64 keys {k_len} d {d}"),
@@ -337,6 +387,13 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
                 BF16_BOUND,
             );
         }
+    }
+    // The 8-bit kernel runs from INT8_MIN_KEYS keys on (shorter ones take the 16-bit path).
+    for (k_len, d) in [(INT8_MIN_KEYS + 52, 128), (INT8_MIN_KEYS + 1, 64)] {
+        let q = randn(&[2, 300, 8, d], device, DType::BF16)?;
+        let k = randn(&[2, k_len, 8, d], device, DType::BF16)?;
+        let v = randn(&[2, k_len, 8, d], device, DType::BF16)?;
+        let expected = reference::attention(&on_cpu(&q)?, &on_cpu(&k)?, &on_cpu(&v)?)?;
         for (choice, name, fp8) in INT8_BACKENDS {
             let kernels = kernels.with_attention(choice);
             let fp8 =

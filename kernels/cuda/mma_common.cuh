@@ -68,15 +68,17 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 // One key tile of the online softmax, in the log2 domain, for a warp's kMTiles 16-row query
 // tiles. `score` holds q·kᵀ in the m16n8 accumulator layout (rows lane/4 and lane/4 + 8,
 // keys 8t + 2·(lane % 4) + {0, 1}); `scale_log2[m]` turns tile m's scores into log2 units.
-// Keys at or past `sk` are masked. Updates the running max and sum, rescales the output
-// accumulators, and leaves exp2(score − max) in `score`, ready to be packed as P.
-template <int kMTiles, int kScoreTiles, int kOutTiles>
-__device__ __forceinline__ void online_softmax(float (&score)[kMTiles][kScoreTiles][4],
-                                               float (&out)[kMTiles][kOutTiles][4],
-                                               float (&row_max)[kMTiles][2],
-                                               float (&row_sum)[kMTiles][2],
-                                               const float (&scale_log2)[kMTiles],
-                                               int key_start, int sk) {
+// Keys at or past `sk` are masked. Updates the running max and sum, hands each
+// p = exp2(score − max) to `emit(m, t, e, p)`, and leaves the factor the output accumulators
+// must be multiplied by in `rescale` (the caller applies it when they are its to touch).
+// `score` is only read: a wgmma kernel's accumulators must not be written while another
+// product is in flight.
+template <int kMTiles, int kScoreTiles, typename Emit>
+__device__ __forceinline__ void softmax_tile(const float (&score)[kMTiles][kScoreTiles][4],
+                                             float (&row_max)[kMTiles][2],
+                                             float (&row_sum)[kMTiles][2],
+                                             const float (&scale_log2)[kMTiles], int key_start,
+                                             int sk, float (&rescale)[kMTiles][2], Emit emit) {
     const int lane = threadIdx.x % 32;
 #pragma unroll
     for (int m = 0; m < kMTiles; ++m) {
@@ -87,11 +89,9 @@ __device__ __forceinline__ void online_softmax(float (&score)[kMTiles][kScoreTil
             for (int e = 0; e < 4; ++e) {
                 const int key = key_start + t * 8 + (lane % 4) * 2 + (e % 2);
                 const float value = key < sk ? score[m][t][e] * scale_log2[m] : -INFINITY;
-                score[m][t][e] = value;
                 tile_max[e / 2] = fmaxf(tile_max[e / 2], value);
             }
         }
-        float rescale[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffff, tile_max[r], 1));
@@ -99,27 +99,53 @@ __device__ __forceinline__ void online_softmax(float (&score)[kMTiles][kScoreTil
             const float new_max = fmaxf(row_max[m][r], tile_max[r]);
             // A row whose keys so far are all masked keeps max -inf: subtract 0 instead.
             const float base = new_max == -INFINITY ? 0.f : new_max;
-            rescale[r] = exp2f(row_max[m][r] - base);
+            rescale[m][r] = exp2f(row_max[m][r] - base);
             row_max[m][r] = new_max;
-            row_sum[m][r] *= rescale[r];
+            row_sum[m][r] *= rescale[m][r];
             tile_max[r] = base;
-        }
-#pragma unroll
-        for (int t = 0; t < kOutTiles; ++t) {
-            out[m][t][0] *= rescale[0];
-            out[m][t][1] *= rescale[0];
-            out[m][t][2] *= rescale[1];
-            out[m][t][3] *= rescale[1];
         }
 #pragma unroll
         for (int t = 0; t < kScoreTiles; ++t) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                score[m][t][e] = exp2f(score[m][t][e] - tile_max[e / 2]);
-                row_sum[m][e / 2] += score[m][t][e];
+                const int key = key_start + t * 8 + (lane % 4) * 2 + (e % 2);
+                const float p =
+                    key < sk ? exp2f(score[m][t][e] * scale_log2[m] - tile_max[e / 2]) : 0.f;
+                row_sum[m][e / 2] += p;
+                emit(m, t, e, p);
             }
         }
     }
+}
+
+// Multiplies each thread's two rows of the output accumulators by `rescale`.
+template <int kMTiles, int kOutTiles>
+__device__ __forceinline__ void rescale_rows(float (&out)[kMTiles][kOutTiles][4],
+                                             const float (&rescale)[kMTiles][2]) {
+#pragma unroll
+    for (int m = 0; m < kMTiles; ++m) {
+#pragma unroll
+        for (int t = 0; t < kOutTiles; ++t) {
+            out[m][t][0] *= rescale[m][0];
+            out[m][t][1] *= rescale[m][0];
+            out[m][t][2] *= rescale[m][1];
+            out[m][t][3] *= rescale[m][1];
+        }
+    }
+}
+
+// softmax_tile with P written over the scores, then the output accumulators rescaled.
+template <int kMTiles, int kScoreTiles, int kOutTiles>
+__device__ __forceinline__ void online_softmax(float (&score)[kMTiles][kScoreTiles][4],
+                                               float (&out)[kMTiles][kOutTiles][4],
+                                               float (&row_max)[kMTiles][2],
+                                               float (&row_sum)[kMTiles][2],
+                                               const float (&scale_log2)[kMTiles],
+                                               int key_start, int sk) {
+    float rescale[kMTiles][2];
+    softmax_tile(score, row_max, row_sum, scale_log2, key_start, sk, rescale,
+                 [&](int m, int t, int e, float p) { score[m][t][e] = p; });
+    rescale_rows(out, rescale);
 }
 
 // Writes a warp's kMTiles 16-row output tiles (rows first_row…, those below `sq`) as

@@ -4,7 +4,8 @@
 //!
 //! Backends (see [`crate::AttentionBackend`]): the exact float32 [`reference`] on the CPU (and
 //! for float32 tensors anywhere); on CUDA for bf16/f16 with head dims 64 and 128, cuDNN's fused
-//! flash attention when the library loads, else our own kernel; on request our 8-bit kernel,
+//! flash attention when the library loads, else our own kernel (wgmma on Hopper, mma.sync
+//! elsewhere); on request our 8-bit kernel,
 //! whose CPU emulation is [`int8_reference`].
 
 pub mod int8_reference;
@@ -87,6 +88,26 @@ pub fn flash_with_block_rows(
     let _ = (kernels, k, v, block_rows);
     Err(bad(format!(
         "our flash kernel runs on CUDA tensors, got {:?}",
+        q.device().location()
+    )))
+}
+
+/// Our wgmma kernel explicitly (what [`attention`] runs for our kernel on Hopper, with 2 blocks
+/// an SM), for the benchmark. bf16/f16, head dim 128, compute capability 9.0 only.
+pub fn flash_wgmma(
+    kernels: &Kernels,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    blocks_per_sm: u32,
+) -> Result<Tensor, KernelError> {
+    #[cfg(feature = "cuda")]
+    if q.device().is_cuda() {
+        return crate::gpu::attention::wgmma(kernels, q, k, v, blocks_per_sm);
+    }
+    let _ = (kernels, k, v, blocks_per_sm);
+    Err(bad(format!(
+        "the wgmma kernel runs on CUDA tensors, got {:?}",
         q.device().location()
     )))
 }

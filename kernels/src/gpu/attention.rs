@@ -26,6 +26,11 @@ pub(crate) fn fused(
     k: &Tensor,
     v: &Tensor,
 ) -> Result<Tensor, KernelError> {
+    // On Hopper our kernel is the wgmma one (head dim 128: every Wan2.2 model's).
+    if backend == AttentionBackend::Flash && q.dim(3)? == 128 && super::loaded(kernels)?.has_wgmma()
+    {
+        return wgmma(kernels, q, k, v, 2);
+    }
     fused_with_rows(kernels, backend, q, k, v, FLASH_BLOCK_ROWS)
 }
 
@@ -150,5 +155,94 @@ pub(crate) fn fused_with_rows(
             unsafe { launch.launch(config) }?;
         }
     }
+    Ok(output_tensor(storage, shape))
+}
+
+/// Query rows and keys per block of the wgmma kernel; its shared memory.
+const WGMMA_ROWS: usize = 128;
+const WGMMA_THREADS: u32 = 256;
+/// Q (128 rows), a K and a V tile (64 keys), 128 elements a row, and 1024 bytes to align the
+/// atoms.
+const WGMMA_SHARED: usize = (WGMMA_ROWS + 2 * 64) * 128 * 2 + 1024;
+
+/// Our wgmma (Hopper) kernel: bf16/f16, head dim 128, on compute capability 9.0, built for
+/// `blocks_per_sm` (1 or 2) blocks an SM.
+pub(crate) fn wgmma(
+    kernels: &Kernels,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    blocks_per_sm: u32,
+) -> Result<Tensor, KernelError> {
+    if !matches!(blocks_per_sm, 1 | 2) {
+        return Err(bad(format!("{blocks_per_sm} blocks an SM: 1 or 2")));
+    }
+    let gpu = super::loaded(kernels)?;
+    if !gpu.has_wgmma() {
+        return Err(bad(
+            "the wgmma kernel runs on compute capability 9.0 (Hopper)".to_owned(),
+        ));
+    }
+    let (b, sq, h, d) = q.dims4()?;
+    let sk = k.dim(1)?;
+    let dtype = q.dtype();
+    if d != 128 || !matches!(dtype, DType::BF16 | DType::F16) {
+        return Err(bad(format!(
+            "the wgmma kernel takes bf16/f16 with head dim 128, got {dtype:?} and {d}"
+        )));
+    }
+    let (q, k, v) = (
+        q.contiguous()?,
+        k.to_dtype(dtype)?.contiguous()?,
+        v.to_dtype(dtype)?.contiguous()?,
+    );
+    let shape = Shape::from((b, sq, h, d));
+    let (storage, o) = empty_like_shape(&gpu.device, dtype, &shape)?;
+    let (qp, kp, vp) = (
+        device_ptr(&q, KERNEL)?,
+        device_ptr(&k, KERNEL)?,
+        device_ptr(&v, KERNEL)?,
+    );
+    let name = format!(
+        "stillmotion_wgmma_attention_{}_d128_x{blocks_per_sm}",
+        if dtype == DType::F16 { "f16" } else { "bf16" }
+    );
+    let function = gpu.wgmma_function(&name)?;
+    let shared = u32::try_from(WGMMA_SHARED).map_err(|_| bad("shared memory".to_owned()))?;
+    function.set_attribute(
+        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        shared as i32,
+    )?;
+    let config = LaunchConfig {
+        grid_dim: (
+            u32::try_from(sq.div_ceil(WGMMA_ROWS))
+                .map_err(|_| bad(format!("{sq} queries is too many")))?,
+            u32::try_from(h).map_err(|_| bad(format!("{h} heads")))?,
+            u32::try_from(b).map_err(|_| bad(format!("batch {b}")))?,
+        ),
+        block_dim: (WGMMA_THREADS, 1, 1),
+        shared_mem_bytes: shared,
+    };
+    let (sq32, sk32, h32) = (
+        i32::try_from(sq).map_err(|_| bad(format!("{sq} queries")))?,
+        i32::try_from(sk).map_err(|_| bad(format!("{sk} keys")))?,
+        i32::try_from(h).map_err(|_| bad(format!("{h} heads")))?,
+    );
+    let scale_log2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
+    let stream = gpu.device.cuda_stream();
+    let mut launch = stream.launch_builder(&function);
+    launch
+        .arg(&qp)
+        .arg(&kp)
+        .arg(&vp)
+        .arg(&o)
+        .arg(&sq32)
+        .arg(&sk32)
+        .arg(&h32)
+        .arg(&scale_log2);
+    // SAFETY: the arguments match the kernel's signature (four device addresses of contiguous
+    // [B, S, H, 128] tensors, lengths, heads, scale); the grid covers every query
+    // row once; the shared memory asked for is what the kernel lays out.
+    unsafe { launch.launch(config) }?;
     Ok(output_tensor(storage, shape))
 }

@@ -30,6 +30,7 @@ use crate::KernelError;
 const FLASH_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flash_attention.fatbin"));
 const GLUE_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/glue.fatbin"));
 const SAGE_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sage_attention.fatbin"));
+const WGMMA_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/wgmma_attention.fatbin"));
 const WARP_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/warp.fatbin"));
 
 /// Our kernels and the vendor libraries, ready on one CUDA device.
@@ -37,6 +38,7 @@ pub(crate) struct GpuKernels {
     pub(crate) device: CudaDevice,
     flash: Arc<CudaModule>,
     sage: Arc<CudaModule>,
+    wgmma: Arc<CudaModule>,
     glue: Arc<CudaModule>,
     warp: Arc<CudaModule>,
     pub(crate) cudnn: Result<Mutex<Cudnn>, String>,
@@ -59,6 +61,7 @@ impl GpuKernels {
         };
         let flash = load(FLASH_FATBIN)?;
         let sage = load(SAGE_FATBIN)?;
+        let wgmma = load(WGMMA_FATBIN)?;
         let glue = load(GLUE_FATBIN)?;
         let warp = load(WARP_FATBIN)?;
         let blas_lt = CudaBlasLT::new(stream.clone()).map_err(|e| KernelError::Cuda {
@@ -72,6 +75,7 @@ impl GpuKernels {
             device: device.clone(),
             flash,
             sage,
+            wgmma,
             glue,
             warp,
             cudnn,
@@ -85,6 +89,20 @@ impl GpuKernels {
 
     pub(crate) fn sage_function(&self, name: &str) -> Result<CudaFunction, KernelError> {
         function(&self.sage, name)
+    }
+
+    pub(crate) fn wgmma_function(&self, name: &str) -> Result<CudaFunction, KernelError> {
+        function(&self.wgmma, name)
+    }
+
+    /// Whether the GPU has the warpgroup tensor-core instruction our wgmma kernel is built for
+    /// (compute capability 9.0: Hopper).
+    pub(crate) fn has_wgmma(&self) -> bool {
+        self.device
+            .cuda_stream()
+            .context()
+            .compute_capability()
+            .is_ok_and(|capability| capability == (9, 0))
     }
 
     /// Whether FP8 `mma.sync` products beat 16-bit ones here: on the consumer GPUs with FP8

@@ -224,6 +224,12 @@ pub(crate) fn attention(
 
     let shape = Shape::from((b, sq, h, d));
     let (storage, o) = empty_like_shape(&gpu.device, dtype, &shape)?;
+    // With FP8 P·V and 128-wide heads, 128-row blocks spill registers (ptxas, sm_89).
+    let block_rows = if pv == PvPrecision::Fp8 && d == 128 {
+        64
+    } else {
+        block_rows
+    };
     let (pv_name, v_bytes) = match pv {
         PvPrecision::Fp8 => ("pv8", d * (BLOCK_N + PAD8)),
         PvPrecision::Half => ("pv16", BLOCK_N * (d + 8) * 2),

@@ -1,0 +1,356 @@
+// Our attention forward on Hopper's warpgroup tensor-core instruction (wgmma, sm_90a): the
+// flash kernel of flash_attention.cu with each 16-row mma.sync tile replaced by one 64-row
+// wgmma per warpgroup. mma.sync tops out near half of Hopper's tensor throughput; wgmma reads
+// both operands of q·kᵀ and the V operand of P·V straight from shared memory.
+//
+// q [B, Sq, H, D], k/v [B, Sk, H, D], o [B, Sq, H, D], bf16 or f16, D = 128, no mask, any lengths.
+// A block is two warpgroups (256 threads) and 128 query rows; keys stream in tiles of 64. Tiles
+// are small enough (128 registers a thread, 65 KiB of shared memory) for two blocks to share an
+// SM, so one block's softmax runs while the other's products use the tensor cores. (A single
+// block overlapping its own softmax with its P·V needed a second P buffer and spilled: 70 ms
+// against 62.5 ms for 32,760² tokens on the H200.)
+//
+// Shared tiles are stored in the canonical 128-byte-swizzled layout wgmma reads: a tile of R rows
+// × 128 elements is two column halves of R rows × 64 elements (128 bytes a row), and within each
+// 8-row, 1024-byte atom the 16-byte chunk c of row r sits at chunk c ^ (r % 8). Q and K are read
+// K-major (the reduction runs along a row); V is read MN-major (transposed): the same bytes, other
+// descriptor strides (checked on the H200: the other reading of the MN-major fields gives noise).
+// P stays in registers: the score accumulator's layout is the register A operand of P·V (as in
+// the mma.sync kernel).
+//
+// Other GPUs compile this file to nothing: the launcher uses it on compute capability 9.0 only.
+
+#include "mma_common.cuh"
+
+namespace {
+
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define STILLMOTION_HAS_WGMMA 1
+#endif
+
+constexpr int kHeadDim = 128;
+constexpr int kRows = 128;      // query rows per block: 64 per warpgroup
+constexpr int kKeys = 64;       // keys per tile
+constexpr int kThreads = 256;   // two warpgroups
+constexpr int kRowBytes = 128;  // one swizzled row: 64 elements
+constexpr int kAtomBytes = 1024;
+
+#if defined(STILLMOTION_HAS_WGMMA)
+
+// d = A·Bᵀ (the accumulator only written: the first step), as wgmma_ss64_bf16.
+__device__ __forceinline__ void wgmma_ss64_first_bf16(float (&d)[32], uint64_t a, uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]),
+          "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]),
+          "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]),
+          "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]),
+          "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]),
+          "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]),
+          "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]),
+          "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
+        : "l"(a), "l"(b));
+}
+
+// d (+)= A·Bᵀ, A and B from shared memory (both K-major), m64 n64 k16, bf16.
+__device__ __forceinline__ void wgmma_ss64_bf16(float (&d)[32], uint64_t a, uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
+          "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
+          "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(a), "l"(b));
+}
+
+// d += A·B, A from registers, B from shared memory MN-major (transposed), m64 n128 k16, bf16.
+__device__ __forceinline__ void wgmma_rs_bf16(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
+          "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
+          "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+          "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
+          "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]),
+          "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+          "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+
+// d = A·Bᵀ (the accumulator only written: the first step), as wgmma_ss64_f16.
+__device__ __forceinline__ void wgmma_ss64_first_f16(float (&d)[32], uint64_t a, uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]),
+          "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]),
+          "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]),
+          "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]),
+          "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]),
+          "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]),
+          "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]),
+          "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
+        : "l"(a), "l"(b));
+}
+
+// d (+)= A·Bᵀ, A and B from shared memory (both K-major), m64 n64 k16, f16.
+__device__ __forceinline__ void wgmma_ss64_f16(float (&d)[32], uint64_t a, uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
+          "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
+          "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(a), "l"(b));
+}
+
+// d += A·B, A from registers, B from shared memory MN-major (transposed), m64 n128 k16, f16.
+__device__ __forceinline__ void wgmma_rs_f16(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
+          "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
+          "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+          "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
+          "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]),
+          "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+          "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit_and_wait() {
+    asm volatile("wgmma.commit_group.sync.aligned;\nwgmma.wait_group.sync.aligned 0;\n" ::
+                     : "memory");
+}
+// Orders this thread's (generic-proxy) shared-memory writes before wgmma's (async-proxy) reads.
+__device__ __forceinline__ void fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// A shared-memory matrix descriptor: start address, leading and stride byte offsets, 128-byte
+// swizzle (layout type 1 in bits 62–63). Atoms are 1024-byte aligned, so the base offset is 0.
+__device__ __forceinline__ uint64_t descriptor(const void *start, uint32_t leading_bytes,
+                                               uint32_t stride_bytes) {
+    const uint64_t address = smem_address(start);
+    return ((address & 0x3FFFF) >> 4) | (static_cast<uint64_t>(leading_bytes >> 4) << 16) |
+           (static_cast<uint64_t>(stride_bytes >> 4) << 32) | (1ull << 62);
+}
+
+template <typename T> struct Wgmma;
+template <> struct Wgmma<__nv_bfloat16> {
+    static __device__ __forceinline__ void scores(float (&d)[32], uint64_t a, uint64_t b,
+                                                  bool accumulate) {
+        if (accumulate) {
+            wgmma_ss64_bf16(d, a, b);
+        } else {
+            wgmma_ss64_first_bf16(d, a, b);
+        }
+    }
+    static __device__ __forceinline__ void values(float (&d)[64], const uint32_t (&a)[4],
+                                                  uint64_t b) {
+        wgmma_rs_bf16(d, a, b);
+    }
+};
+template <> struct Wgmma<__half> {
+    static __device__ __forceinline__ void scores(float (&d)[32], uint64_t a, uint64_t b,
+                                                  bool accumulate) {
+        if (accumulate) {
+            wgmma_ss64_f16(d, a, b);
+        } else {
+            wgmma_ss64_first_f16(d, a, b);
+        }
+    }
+    static __device__ __forceinline__ void values(float (&d)[64], const uint32_t (&a)[4],
+                                                  uint64_t b) {
+        wgmma_rs_f16(d, a, b);
+    }
+};
+
+// `rows` rows (tokens first…, zero past seq_len) of one head into a swizzled tile.
+template <typename T>
+__device__ __forceinline__ void load_swizzled(unsigned char *tile, const T *base, int first,
+                                              int rows, int seq_len, int64_t row_stride) {
+    constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
+    for (int i = threadIdx.x; i < rows * kChunks; i += kThreads) {
+        const int r = i / kChunks;
+        const int c = i % kChunks;
+        const int token = first + r;
+        const bool valid = token < seq_len;
+        const T *src = base + static_cast<int64_t>(valid ? token : 0) * row_stride + c * 8;
+        unsigned char *dst = tile + (c / 8) * rows * kRowBytes + r * kRowBytes +
+                             (((c % 8) ^ (r % 8)) << 4);
+        cp_async_16(dst, src, valid);
+    }
+}
+
+#endif
+
+template <typename T>
+__device__ __forceinline__ void wgmma_forward(const T *__restrict__ q, const T *__restrict__ k,
+                                              const T *__restrict__ v, T *__restrict__ o,
+                                              int sq, int sk, int heads, float scale_log2) {
+#if defined(STILLMOTION_HAS_WGMMA)
+    extern __shared__ __align__(1024) unsigned char shared_raw[];
+    // Dynamic shared memory is only 16-byte aligned by contract: align the atoms by hand.
+    unsigned char *shared = reinterpret_cast<unsigned char *>(
+        (reinterpret_cast<uintptr_t>(shared_raw) + kAtomBytes - 1) & ~uintptr_t(kAtomBytes - 1));
+    unsigned char *q_tile = shared;
+    unsigned char *k_tile = q_tile + kRows * kHeadDim * 2;
+    unsigned char *v_tile = k_tile + kKeys * kHeadDim * 2;
+
+    const int warpgroup = threadIdx.x / 128;
+    const int warp = (threadIdx.x / 32) % 4;
+    const int head = blockIdx.y;
+    const int batch = blockIdx.z;
+    const int q_start = blockIdx.x * kRows;
+    const int64_t row_stride = static_cast<int64_t>(heads) * kHeadDim;
+    const T *q_base = q + (static_cast<int64_t>(batch) * sq * heads + head) * kHeadDim;
+    const T *k_base = k + (static_cast<int64_t>(batch) * sk * heads + head) * kHeadDim;
+    const T *v_base = v + (static_cast<int64_t>(batch) * sk * heads + head) * kHeadDim;
+
+    load_swizzled(q_tile, q_base, q_start, kRows, sq, row_stride);
+    load_swizzled(k_tile, k_base, 0, kKeys, sk, row_stride);
+    cp_async_commit();
+
+    constexpr int kTiles = kKeys / 8;  // 8-key score tiles
+    constexpr int kOutTiles = kHeadDim / 8;
+    float score[1][kTiles][4];
+    float out[1][kOutTiles][4];
+    float row_max[1][2] = {{-INFINITY, -INFINITY}};
+    float row_sum[1][2] = {{0.f, 0.f}};
+    float rescale[1][2];
+    uint32_t p[kKeys / 16][4];
+#pragma unroll
+    for (int t = 0; t < kOutTiles; ++t) {
+        out[0][t][0] = out[0][t][1] = out[0][t][2] = out[0][t][3] = 0.f;
+    }
+    float(&s_flat)[kTiles * 4] = *reinterpret_cast<float(*)[kTiles * 4]>(&score[0][0][0]);
+    float(&o_flat)[kOutTiles * 4] = *reinterpret_cast<float(*)[kOutTiles * 4]>(&out[0][0][0]);
+    const float scales[1] = {scale_log2};
+
+    const int key_tiles = (sk + kKeys - 1) / kKeys;
+    for (int tile = 0; tile < key_tiles; ++tile) {
+        const int key_start = tile * kKeys;
+        cp_async_wait_all();
+        fence_proxy_async();
+        __syncthreads();  // K (and Q) landed; every warpgroup is done with the previous V
+        load_swizzled(v_tile, v_base, key_start, kKeys, sk, row_stride);
+        cp_async_commit();
+
+        // S = Q·Kᵀ over the head dimension: 8 steps of 16, 4 in each column half.
+        wgmma_fence();
+#pragma unroll
+        for (int step = 0; step < kHeadDim / 16; ++step) {
+            const int half = step / 4;
+            const int within = (step % 4) * 32;
+            const uint64_t a = descriptor(
+                q_tile + half * kRows * kRowBytes + warpgroup * 64 * kRowBytes + within, 16,
+                kAtomBytes);
+            const uint64_t b =
+                descriptor(k_tile + half * kKeys * kRowBytes + within, 16, kAtomBytes);
+            Wgmma<T>::scores(s_flat, a, b, step > 0);
+        }
+        wgmma_commit_and_wait();
+
+        // P packed straight into the register A operand of P·V: step s covers score tiles 2s
+        // and 2s + 1; registers 0 and 2 hold row lane/4, 1 and 3 row lane/4 + 8.
+        float low = 0.f;  // the first of each pair of adjacent keys
+        softmax_tile(score, row_max, row_sum, scales, key_start, sk, rescale,
+                     [&](int, int t, int e, float value) {
+                         if (e % 2 == 0) {
+                             low = value;
+                         } else {
+                             p[t / 2][(e / 2) + 2 * (t % 2)] = Mma<T>::pack(low, value);
+                         }
+                     });
+        rescale_rows(out, rescale);
+
+        cp_async_wait_all();
+        fence_proxy_async();
+        __syncthreads();  // V landed; every warpgroup is done with K
+        if (tile + 1 < key_tiles) {
+            load_swizzled(k_tile, k_base, key_start + kKeys, kKeys, sk, row_stride);
+            cp_async_commit();
+        }
+
+        // O += P·V over the tile's keys: 4 steps of 16 keys (two 8-key atoms each); V is read
+        // MN-major: the leading offset is one 64-column half, the stride one 8-key atom.
+        wgmma_fence();
+#pragma unroll
+        for (int step = 0; step < kKeys / 16; ++step) {
+            const uint64_t b =
+                descriptor(v_tile + step * 2 * kAtomBytes, kKeys * kRowBytes, kAtomBytes);
+            Wgmma<T>::values(o_flat, p[step], b);
+        }
+        wgmma_commit_and_wait();
+    }
+
+    T *o_base = o + (static_cast<int64_t>(batch) * sq * heads + head) * kHeadDim;
+    store_rows<T>(o_base, row_stride, out, row_sum, q_start + warpgroup * 64 + warp * 16, sq,
+                  nullptr);
+#else
+    __trap();  // the launcher uses this kernel on compute capability 9.0 only
+#endif
+}
+
+}  // namespace
+
+// Entry points by type and blocks an SM (2: registers capped at 128; 1: uncapped, for the
+// benchmark's comparison). Shared memory: (128 + 2·64)·128·2 bytes + 1024 for alignment.
+#define STILLMOTION_WGMMA(NAME, T, BLOCKS)                                                     \
+    extern "C" __global__ void __launch_bounds__(kThreads, BLOCKS)                             \
+        NAME(const T *q, const T *k, const T *v, T *o, int sq, int sk, int heads,              \
+             float scale_log2) {                                                               \
+        wgmma_forward<T>(q, k, v, o, sq, sk, heads, scale_log2);                              \
+    }
+
+STILLMOTION_WGMMA(stillmotion_wgmma_attention_bf16_d128_x2, __nv_bfloat16, 2)
+STILLMOTION_WGMMA(stillmotion_wgmma_attention_f16_d128_x2, __half, 2)
+STILLMOTION_WGMMA(stillmotion_wgmma_attention_bf16_d128_x1, __nv_bfloat16, 1)
+STILLMOTION_WGMMA(stillmotion_wgmma_attention_f16_d128_x1, __half, 1)
