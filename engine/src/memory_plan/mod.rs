@@ -32,7 +32,8 @@
 //! whole frames when they fit next to what stays resident, else in the largest square tiles
 //! that do (at least [`MIN_VAE_TILE`], below which the seams would show); the conditioning
 //! clip encodes the same way, in its own tiles. The text encoder runs on the device when it
-//! fits beside both (it stays loaded between jobs), else on the CPU.
+//! fits beside both (it stays loaded between jobs); else on the device alone (beside the VAE),
+//! before the experts load, freed after encoding, when it fits there; else on the CPU.
 
 pub mod sizes;
 
@@ -126,6 +127,10 @@ pub enum DitPlacement {
 pub enum Placement {
     Device,
     Cpu,
+    /// On the device before the experts load (they go to host memory meanwhile), freed as
+    /// soon as the prompts are encoded: for a component that fits the device alone but not
+    /// beside the experts. Only a job whose prompts are not cached loads it.
+    DeviceThenFreed,
 }
 
 /// The predicted sizes behind a plan, in bytes.
@@ -322,20 +327,25 @@ impl MemoryPlan {
         let encode_peak = vae_encode_peak(&s.vae, &tokens, vae_encode_tile);
         let vae_total = decode_total.max(vae_fixed + encode_peak);
 
-        // The text encoder stays loaded between jobs (encodings are cached, prompts change), so
-        // it goes on the device only when it fits beside both the denoising and the decoding.
+        // The text encoder stays loaded between jobs (encodings are cached, prompts change) when
+        // it fits beside both the denoising and the decoding. Else it runs on the device alone,
+        // next to the VAE (kept between jobs) before the experts load, and is freed after
+        // encoding: the CPU's umT5-XXL takes 40 s or more where the device takes about one.
         let text_total = s.text_encoder + TEXT_ENCODER_ACTIVATIONS;
-        let text_encoder = if dit_peak.max(vae_total).saturating_add(text_total) <= limit {
-            Placement::Device
+        let text_alone = text_total + s.vae_weights + RUNTIME_OVERHEAD;
+        let (text_encoder, peak) = if dit_peak.max(vae_total).saturating_add(text_total) <= limit {
+            (
+                Placement::Device,
+                (dit_peak + text_total).max(vae_total + text_total),
+            )
+        } else if text_alone <= limit {
+            (
+                Placement::DeviceThenFreed,
+                dit_peak.max(vae_total).max(text_alone),
+            )
         } else {
-            Placement::Cpu
+            (Placement::Cpu, dit_peak.max(vae_total))
         };
-        let text_share = if text_encoder == Placement::Device {
-            text_total
-        } else {
-            0
-        };
-        let peak = (dit_peak + text_share).max(vae_total + text_share);
         Ok(Self {
             budget,
             tokens,
@@ -384,6 +394,9 @@ impl MemoryPlan {
         let text = match self.text_encoder {
             Placement::Device => "on the device",
             Placement::Cpu => "on the CPU",
+            Placement::DeviceThenFreed => {
+                "on the device before the experts load, freed after encoding"
+            }
         };
         let tiles = |tile: Option<u64>| match tile {
             None => "whole frames".to_owned(),

@@ -57,15 +57,16 @@ fn an_unlimited_or_large_budget_keeps_everything_resident() {
     assert_eq!(plan.dit, DitPlacement::BothResident);
     assert_eq!(plan.text_encoder, Placement::Device);
     assert_eq!(plan.vae_tile, None);
-    // 80 GB: both experts (53 GB) and whole-frame decoding (17 GB) fit, umT5 (11 GB) no more.
+    // 80 GB: both experts (53 GB) and whole-frame decoding (17 GB) fit, umT5 (11 GB) no more
+    // beside them: it runs alone before the experts load.
     let plan = MemoryPlan::decide(&inputs, Some(80 * GIB)).unwrap();
     assert_eq!(plan.dit, DitPlacement::BothResident);
-    assert_eq!(plan.text_encoder, Placement::Cpu);
+    assert_eq!(plan.text_encoder, Placement::DeviceThenFreed);
     assert_eq!(plan.vae_tile, None);
     assert!(plan.predicted.peak <= 80 * GIB);
     let plan = MemoryPlan::decide(&inputs, Some(40 * GIB)).unwrap();
     assert_eq!(plan.dit, DitPlacement::OneAtATime);
-    assert_eq!(plan.text_encoder, Placement::Cpu);
+    assert_eq!(plan.text_encoder, Placement::DeviceThenFreed);
     assert!(plan.vae_tile.is_some());
 }
 
@@ -86,7 +87,13 @@ fn a14b_at_24_16_and_10_gb_swaps_fewer_blocks_as_the_budget_shrinks() {
         };
         assert_eq!(total_blocks, 40);
         assert!(resident_blocks >= 1, "{budget_gb} GB");
-        assert_eq!(plan.text_encoder, Placement::Cpu, "{budget_gb} GB");
+        // umT5-XXL in bf16 (11.4 GB) fits 24 and 16 GB alone, not 10.
+        let text = if budget_gb == 10 {
+            Placement::Cpu
+        } else {
+            Placement::DeviceThenFreed
+        };
+        assert_eq!(plan.text_encoder, text, "{budget_gb} GB");
         let tile = plan.vae_tile.unwrap();
         assert!(
             (MIN_VAE_TILE..104).contains(&tile),
@@ -265,4 +272,52 @@ fn the_image_encode_is_tiled_only_when_whole_frames_do_not_fit() {
         "{}",
         plan.summary()
     );
+}
+
+#[test]
+fn the_text_encoder_goes_beside_the_experts_alone_before_them_or_to_the_cpu() {
+    // Small experts and VAE, so that only the text encoder's size decides.
+    let mut inputs = a14b_bf16(832, 480, 81);
+    let dit = DitSize::from_architecture(1024, 4096, 8, 4096, 36, 2);
+    inputs.sizes.dit = dit;
+    inputs.sizes.high_noise_weights = dit.total();
+    inputs.sizes.low_noise_weights = dit.total();
+    inputs.tokens = Tokens::new(17, 256, 256, 8);
+    let budget = 16 * GIB;
+    let with_text = |bytes: u64| {
+        let mut inputs = inputs.clone();
+        inputs.sizes.text_encoder = bytes;
+        MemoryPlan::decide(&inputs, Some(budget)).unwrap()
+    };
+    // Without the encoder's weights (its activations are counted even then).
+    let base = with_text(0);
+    assert_eq!(base.text_encoder, Placement::Device);
+    let others = base.predicted.peak - TEXT_ENCODER_ACTIVATIONS;
+    let beside = budget - base.predicted.peak;
+    let alone = budget - TEXT_ENCODER_ACTIVATIONS - inputs.sizes.vae_weights - RUNTIME_OVERHEAD;
+    assert!(beside < alone);
+    // Fits beside everything: stays on the device, counted in the peak.
+    let plan = with_text(beside);
+    assert_eq!(plan.text_encoder, Placement::Device);
+    assert_eq!(plan.predicted.peak, budget);
+    // One byte more: on the device alone, freed before the experts load.
+    let plan = with_text(beside + 1);
+    assert_eq!(plan.text_encoder, Placement::DeviceThenFreed);
+    let text_alone =
+        beside + 1 + TEXT_ENCODER_ACTIVATIONS + inputs.sizes.vae_weights + RUNTIME_OVERHEAD;
+    assert_eq!(plan.predicted.peak, others.max(text_alone));
+    assert!(
+        plan.summary()
+            .contains("text encoder on the device before the experts load, freed after encoding"),
+        "{}",
+        plan.summary()
+    );
+    // The largest that fits alone; its peak is the encoder's, not the experts'.
+    let plan = with_text(alone);
+    assert_eq!(plan.text_encoder, Placement::DeviceThenFreed);
+    assert_eq!(plan.predicted.peak, budget);
+    // Too large even alone: the CPU, and the peak no longer counts it.
+    let plan = with_text(alone + 1);
+    assert_eq!(plan.text_encoder, Placement::Cpu);
+    assert_eq!(plan.predicted.peak, others);
 }

@@ -12,7 +12,7 @@ use crate::preset::ModelFamily;
 use crate::recipe::Recipe;
 use crate::rife::Rife;
 use crate::sampling::Expert;
-use crate::umt5::{self, TextEncoder};
+use crate::umt5::{self, EncoderFingerprint, Encoding, EncodingCache, TextEncoder};
 use crate::wan::{self, LoraSpec, WanModel};
 use crate::wan_vae::{self, WanVae};
 
@@ -52,6 +52,9 @@ pub struct ModelCache {
     text_encoder: Option<Slot<TextEncoder>>,
     vae: Option<Slot<WanVae>>,
     rife: Option<Slot<Rife>>,
+    /// Prompt encodings, kept here rather than in the encoder so that they survive it being
+    /// freed after encoding (or reloaded); keyed by the encoder's fingerprint.
+    encodings: EncodingCache,
     loads: Arc<AtomicUsize>,
     /// What loading found that the user should hear about (LoRA keys that matched nothing),
     /// until the runner reports it.
@@ -180,6 +183,16 @@ pub(super) fn vae_config(path: &Path, family: ModelFamily) -> Result<wan_vae::Co
     }
 }
 
+/// The fingerprint of the text encoder at `path` (with its sidecar config) in `dtype`, without
+/// loading it.
+fn text_encoder_fingerprint(path: &Path, dtype: DType) -> Result<EncoderFingerprint, EngineError> {
+    let cfg = match sidecar_config(path) {
+        Some(json) => Some(umt5::Config::from_json_file(&json)?),
+        None => None,
+    };
+    TextEncoder::fingerprint_of(path, cfg.as_ref(), dtype)
+}
+
 fn load_text_encoder(
     path: &Path,
     dtype: DType,
@@ -218,11 +231,13 @@ impl ModelCache {
         Arc::clone(&self.loads)
     }
 
-    /// Frees every model.
+    /// Frees every model (prompt encodings, in host memory, are kept).
     pub fn clear(&mut self) {
         let loads = Arc::clone(&self.loads);
+        let encodings = std::mem::take(&mut self.encodings);
         *self = Self::default();
         self.loads = loads;
+        self.encodings = encodings;
     }
 
     /// One expert of `recipe`, loading it unless it is loaded, with only `resident_blocks`
@@ -295,18 +310,91 @@ impl ModelCache {
         recipe: &Recipe,
         dtype: DType,
         device: &Device,
-    ) -> Result<&mut TextEncoder, EngineError> {
+    ) -> Result<&TextEncoder, EngineError> {
         let path = required(recipe.models.text_encoder.as_ref(), "models.text_encoder")?;
         let key = ModelKey::plain(path, device, dtype);
         get_or_load(&mut self.text_encoder, &self.loads, key, || {
             load_text_encoder(path, dtype, device)
-        })?;
-        self.text_encoder
-            .as_mut()
-            .map(|s| &mut s.model)
-            .ok_or_else(|| EngineError::BadCheckpoint {
-                problem: "the text encoder is missing after loading".to_owned(),
+        })
+    }
+
+    /// Frees the text encoder (its encodings stay cached) and lets the device's allocator
+    /// return its memory before the experts load.
+    pub fn free_text_encoder(&mut self, device: &Device) -> Result<(), EngineError> {
+        if self.text_encoder.take().is_some() {
+            // Frees on the device are queued on its stream: wait for them, so the memory is
+            // back before the next allocation asks for it.
+            device.synchronize()?;
+            tracing::info!("text encoder freed after encoding");
+        }
+        Ok(())
+    }
+
+    /// The encodings of `prompts` by the recipe's text encoder in `dtype` on `device`: cached
+    /// ones as they are, the others encoded (loading the encoder only then) and cached.
+    /// `then_free`: the encoder runs on the device alone, so the experts leave the device
+    /// before it loads, and it is freed after encoding.
+    pub fn encode_prompts(
+        &mut self,
+        recipe: &Recipe,
+        prompts: &[&str],
+        (dtype, device): (DType, &Device),
+        then_free: bool,
+    ) -> Result<Vec<Encoding>, EngineError> {
+        let path = required(recipe.models.text_encoder.as_ref(), "models.text_encoder")?;
+        let fingerprint = text_encoder_fingerprint(path, dtype)?;
+        let mut found: Vec<Option<Encoding>> = prompts
+            .iter()
+            .map(|prompt| self.encodings.get(prompt, &fingerprint))
+            .collect();
+        if found.iter().all(Option::is_some) {
+            if then_free {
+                self.free_text_encoder(device)?;
+            }
+        } else {
+            if then_free {
+                self.make_room_for_text_encoder(device)?;
+            }
+            let encoder = self.text_encoder(recipe, dtype, device)?;
+            let mut fresh = Vec::new();
+            for (prompt, slot) in prompts.iter().zip(&mut found) {
+                if slot.is_none() {
+                    let encoding = encoder.encode(prompt)?;
+                    // Kept in host memory: a handful of contexts should not hold device memory.
+                    let encoding = Encoding {
+                        context: encoding.context.to_device(&Device::Cpu)?,
+                        ..encoding
+                    };
+                    fresh.push((*prompt, encoding.clone()));
+                    *slot = Some(encoding);
+                }
+            }
+            for (prompt, encoding) in fresh {
+                self.encodings.insert(prompt, &fingerprint, encoding);
+            }
+            if then_free {
+                self.free_text_encoder(device)?;
+            }
+        }
+        found
+            .into_iter()
+            .map(|encoding| {
+                encoding.ok_or_else(|| EngineError::BadCheckpoint {
+                    problem: "a prompt was left unencoded".to_owned(),
+                })
             })
+            .collect()
+    }
+
+    /// Frees what of the DiT is on the device, for the text encoder to run there alone.
+    fn make_room_for_text_encoder(&mut self, device: &Device) -> Result<(), EngineError> {
+        let loaded = self.high_noise.is_some() || self.low_noise.is_some();
+        self.high_noise = None;
+        self.low_noise = None;
+        if loaded {
+            device.synchronize()?;
+        }
+        Ok(())
     }
 
     /// The VAE of `recipe`: float32 on the CPU, as the references run it (the golden cases
@@ -414,5 +502,71 @@ mod tests {
         assert_eq!(weight(&mut cache, &recipe), 3, "strength changed: reloaded");
         recipe.loras.clear();
         assert_eq!(weight(&mut cache, &recipe), 4, "LoRA removed: reloaded");
+    }
+
+    #[test]
+    fn cached_encodings_outlive_a_freed_encoder_and_never_serve_another_file() {
+        let dev = Device::Cpu;
+        let preset = preset::find("wan22-i2v-a14b-official-480p").unwrap();
+        let mut recipe = Recipe::from_layers(&preset, RecipeChoices::default());
+        recipe.models.text_encoder = Some(golden("umt5.safetensors"));
+        recipe.models.high_noise = Some(golden("high_noise.safetensors"));
+        let mut cache = ModelCache::default();
+        let prompts = ["a lighthouse at dusk", "blurry"];
+        let encode = |cache: &mut ModelCache, recipe: &Recipe, prompts: &[&str]| {
+            cache
+                .encode_prompts(recipe, prompts, (DType::F32, &dev), true)
+                .unwrap()
+        };
+        // An expert loaded by an earlier job leaves the device before the encoder loads.
+        cache
+            .expert(&recipe, Expert::HighNoise, (DType::F32, &dev), None)
+            .unwrap();
+        let first = encode(&mut cache, &recipe, &prompts);
+        assert_eq!(cache.loads(), 2, "the expert, then the text encoder");
+        assert!(cache.text_encoder.is_none(), "freed after encoding");
+        assert!(
+            cache.high_noise.is_none(),
+            "the expert left the device first"
+        );
+        assert_eq!(first.len(), 2);
+        assert!(first.iter().all(|e| !e.truncated));
+
+        // The next job, same prompts: nothing loads, the same contexts come back.
+        let again = encode(&mut cache, &recipe, &prompts);
+        assert_eq!(cache.loads(), 2, "cached: the encoder is not loaded again");
+        for (a, b) in first.iter().zip(&again) {
+            let diff = (&a.context - &b.context).unwrap().abs().unwrap();
+            assert_eq!(diff.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        }
+
+        // One new prompt: the encoder loads once, for it alone, and is freed again.
+        encode(&mut cache, &recipe, &["a lighthouse at dawn", "blurry"]);
+        assert_eq!(cache.loads(), 3);
+        assert!(cache.text_encoder.is_none());
+
+        // Another encoder file (same bytes, another path) never reuses those encodings.
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["umt5.json", "tokenizer.json"] {
+            std::fs::copy(golden(name), dir.path().join(name)).unwrap();
+        }
+        let other = dir.path().join("umt5.safetensors");
+        std::fs::copy(golden("umt5.safetensors"), &other).unwrap();
+        recipe.models.text_encoder = Some(other);
+        let copied = encode(&mut cache, &recipe, &prompts);
+        assert_eq!(cache.loads(), 4, "a different file is encoded afresh");
+        assert_eq!(copied[0].context.dims(), first[0].context.dims());
+
+        // Kept on the device (the placement that keeps it): loaded once, then reused.
+        let kept = cache
+            .encode_prompts(&recipe, &["a third prompt"], (DType::F32, &dev), false)
+            .unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(cache.loads(), 5);
+        assert!(cache.text_encoder.is_some());
+        cache
+            .encode_prompts(&recipe, &["a fourth prompt"], (DType::F32, &dev), false)
+            .unwrap();
+        assert_eq!(cache.loads(), 5, "a loaded encoder is reused");
     }
 }
