@@ -13,6 +13,7 @@ use crate::recipe::Recipe;
 use crate::rife::Rife;
 use crate::sampling::Expert;
 use crate::umt5::{self, EncoderFingerprint, Encoding, EncodingCache, TextEncoder};
+use crate::wan::model::ParkedModel;
 use crate::wan::{self, LoraSpec, WanModel};
 use crate::wan_vae::{self, WanVae};
 
@@ -44,11 +45,41 @@ struct Slot<T> {
     model: T,
 }
 
+/// A DiT expert between uses: on its device, or parked in host memory while the other expert
+/// runs (one at a time), so that bringing it back uploads from host memory instead of reading
+/// its file again.
+enum Held {
+    OnDevice(WanModel),
+    Parked(ParkedModel),
+}
+
+/// Host memory left free beside a parked expert: the OS, the decode's frames, RIFE.
+const PARK_HOST_MARGIN: u64 = 4 << 30;
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes; `None` where it cannot be read.
+fn host_memory_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_mem_available(&text)
+}
+
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Whether `bytes` more of host memory leave [`PARK_HOST_MARGIN`] of `available` free.
+fn host_has_room(bytes: u64, available: Option<u64>) -> bool {
+    available.is_some_and(|available| bytes.saturating_add(PARK_HOST_MARGIN) <= available)
+}
+
 /// The models of the last job. A job that names the same files reuses them.
 #[derive(Default)]
 pub struct ModelCache {
-    high_noise: Option<Slot<WanModel>>,
-    low_noise: Option<Slot<WanModel>>,
+    high_noise: Option<Slot<Held>>,
+    low_noise: Option<Slot<Held>>,
     text_encoder: Option<Slot<TextEncoder>>,
     vae: Option<Slot<WanVae>>,
     rife: Option<Slot<Rife>>,
@@ -240,8 +271,9 @@ impl ModelCache {
         self.encodings = encodings;
     }
 
-    /// One expert of `recipe`, loading it unless it is loaded, with only `resident_blocks`
-    /// transformer blocks on the device (block swapping) unless that is `None`.
+    /// One expert of `recipe`, loading it unless it is loaded (or bringing it back from host
+    /// memory when it was parked: no file is read), with only `resident_blocks` transformer blocks on the
+    /// device (block swapping) unless that is `None`.
     pub fn expert(
         &mut self,
         recipe: &Recipe,
@@ -265,12 +297,90 @@ impl ModelCache {
             resident_blocks,
             ..ModelKey::plain(path, device, dtype)
         };
+        if let Some(Slot {
+            key: parked_key,
+            model: Held::Parked(_),
+        }) = slot
+            && *parked_key == key
+            && let Some(Slot {
+                key,
+                model: Held::Parked(parked),
+            }) = slot.take()
+        {
+            tracing::info!(?expert, "expert back on the device from host memory");
+            *slot = Some(Slot {
+                key,
+                model: Held::OnDevice(parked.restore()?),
+            });
+        }
         let warnings = &mut self.warnings;
-        get_or_load(slot, &self.loads, key, || {
+        let held = get_or_load(slot, &self.loads, key, || {
             let (model, found) = load_dit(path, &loras, resident_blocks, (dtype, device))?;
             warnings.extend(found);
-            Ok(model)
-        })
+            Ok(Held::OnDevice(model))
+        })?;
+        match held {
+            Held::OnDevice(model) => Ok(model),
+            Held::Parked(_) => Err(EngineError::BadCheckpoint {
+                problem: "the expert is still parked after loading".to_owned(),
+            }),
+        }
+    }
+
+    /// Moves `expert` off the device into host memory when host memory allows (bringing it
+    /// back then reads no file), else frees it; the next phase or job that needs it gets it
+    /// back through [`ModelCache::expert`].
+    pub fn park_expert(&mut self, expert: Expert) {
+        let slot = match expert {
+            Expert::HighNoise => &mut self.high_noise,
+            Expert::LowNoise => &mut self.low_noise,
+        };
+        if !slot
+            .as_ref()
+            .is_some_and(|s| matches!(s.model, Held::OnDevice(_)))
+        {
+            return;
+        }
+        let Some(Slot {
+            key,
+            model: Held::OnDevice(model),
+        }) = slot.take()
+        else {
+            return;
+        };
+        // On the CPU parking moves nothing: the tensors already are in host memory.
+        let needed = if key.device.starts_with("Cpu") {
+            0
+        } else {
+            model.resident_bytes() as u64
+        };
+        let available = host_memory_available();
+        if needed > 0 && !host_has_room(needed, available) {
+            tracing::info!(
+                ?expert,
+                needed,
+                ?available,
+                margin = PARK_HOST_MARGIN,
+                "expert freed, not parked: host memory is short (it will be read from its file again)"
+            );
+            return;
+        }
+        match model.park() {
+            Ok(parked) => {
+                tracing::info!(
+                    ?expert,
+                    host_bytes = parked.host_bytes(),
+                    "expert parked in host memory"
+                );
+                *slot = Some(Slot {
+                    key,
+                    model: Held::Parked(parked),
+                });
+            }
+            Err(error) => {
+                tracing::info!(?expert, %error, "expert freed, not parked");
+            }
+        }
     }
 
     /// What loading found that the user should hear about since the last call.
@@ -285,7 +395,10 @@ impl ModelCache {
             Expert::HighNoise => &self.high_noise,
             Expert::LowNoise => &self.low_noise,
         };
-        slot.as_ref().map(|s| s.model.config().num_layers)
+        slot.as_ref().map(|s| match &s.model {
+            Held::OnDevice(model) => model.config().num_layers,
+            Held::Parked(parked) => parked.config().num_layers,
+        })
     }
 
     /// Frees the DiT experts and the text encoder, keeping the VAE (and RIFE): room for a decode
@@ -386,11 +499,16 @@ impl ModelCache {
             .collect()
     }
 
-    /// Frees what of the DiT is on the device, for the text encoder to run there alone.
+    /// Moves what of the DiT is on the device to host memory (or frees it), for the text
+    /// encoder to run there alone.
     fn make_room_for_text_encoder(&mut self, device: &Device) -> Result<(), EngineError> {
-        let loaded = self.high_noise.is_some() || self.low_noise.is_some();
-        self.high_noise = None;
-        self.low_noise = None;
+        let on_device = |slot: &Option<Slot<Held>>| {
+            slot.as_ref()
+                .is_some_and(|s| matches!(s.model, Held::OnDevice(_)))
+        };
+        let loaded = on_device(&self.high_noise) || on_device(&self.low_noise);
+        self.park_expert(Expert::HighNoise);
+        self.park_expert(Expert::LowNoise);
         if loaded {
             device.synchronize()?;
         }
@@ -526,8 +644,14 @@ mod tests {
         assert_eq!(cache.loads(), 2, "the expert, then the text encoder");
         assert!(cache.text_encoder.is_none(), "freed after encoding");
         assert!(
-            cache.high_noise.is_none(),
-            "the expert left the device first"
+            matches!(
+                cache.high_noise,
+                Some(Slot {
+                    model: Held::Parked(_),
+                    ..
+                })
+            ),
+            "the expert left the device (parked in host memory) first"
         );
         assert_eq!(first.len(), 2);
         assert!(first.iter().all(|e| !e.truncated));
@@ -568,5 +692,88 @@ mod tests {
             .encode_prompts(&recipe, &["a fourth prompt"], (DType::F32, &dev), false)
             .unwrap();
         assert_eq!(cache.loads(), 5, "a loaded encoder is reused");
+    }
+
+    /// The flow `expert` predicts for fixed inputs, through the cache as the denoiser asks.
+    fn flow(
+        cache: &mut ModelCache,
+        recipe: &Recipe,
+        expert: Expert,
+        swap: Option<usize>,
+    ) -> Tensor {
+        let dev = Device::Cpu;
+        let model = cache
+            .expert(recipe, expert, (DType::F32, &dev), swap)
+            .unwrap();
+        let cfg = model.config().clone();
+        let ramp = |shape: &[usize], phase: f32| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37 + phase).sin()).collect();
+            Tensor::from_vec(v, shape, &dev).unwrap()
+        };
+        let x = ramp(&[1, cfg.out_dim, 2, 4, 4], 0.0);
+        let y = ramp(&[1, cfg.in_dim - cfg.out_dim, 2, 4, 4], 1.0);
+        let context = ramp(&[1, 3, cfg.text_dim], 2.0);
+        let t = Tensor::new(&[700.0_f64], &dev).unwrap();
+        model.forward(&x, Some(&y), &t, &context).unwrap()
+    }
+
+    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_parked_expert_comes_back_without_reading_its_file_and_computes_the_same() {
+        let preset = preset::find("wan22-i2v-a14b-official-480p").unwrap();
+        let mut recipe = Recipe::from_layers(&preset, RecipeChoices::default());
+        recipe.models.high_noise = Some(golden("high_noise.safetensors"));
+        recipe.models.low_noise = Some(golden("low_noise.safetensors"));
+        // Whole experts, then every block streamed, then one of two.
+        for swap in [None, Some(0), Some(1)] {
+            let mut cache = ModelCache::default();
+            let high = flow(&mut cache, &recipe, Expert::HighNoise, swap);
+            // Two jobs' worth of phase switches, one expert on the device at a time.
+            for _ in 0..2 {
+                cache.park_expert(Expert::HighNoise);
+                let low = flow(&mut cache, &recipe, Expert::LowNoise, swap);
+                cache.park_expert(Expert::LowNoise);
+                let again = flow(&mut cache, &recipe, Expert::HighNoise, swap);
+                assert_eq!(max_abs(&again, &high), 0.0, "{swap:?}");
+                assert!(max_abs(&low, &high) > 0.0, "the other expert ran");
+            }
+            assert_eq!(
+                cache.loads(),
+                2,
+                "{swap:?}: each expert read from its file once"
+            );
+            // What the key holds still reloads: another block split.
+            cache.park_expert(Expert::HighNoise);
+            let other_split = swap.map_or(Some(1), |_| None);
+            let reloaded = flow(&mut cache, &recipe, Expert::HighNoise, other_split);
+            assert_eq!(cache.loads(), 3, "{swap:?}: another block split reloads");
+            assert_eq!(max_abs(&reloaded, &high), 0.0);
+        }
+    }
+
+    #[test]
+    fn parking_needs_mem_available_beyond_the_margin() {
+        let meminfo =
+            "MemTotal:       131072000 kB\nMemFree:         1000 kB\nMemAvailable:   10485760 kB\n";
+        let available = parse_mem_available(meminfo);
+        assert_eq!(available, Some(10 << 30));
+        assert!(host_has_room(6 << 30, available));
+        assert!(!host_has_room((6 << 30) + 1, available));
+        assert!(
+            !host_has_room(1, None),
+            "unknown host memory: free, do not park"
+        );
+        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
     }
 }
