@@ -4,8 +4,10 @@
 //! **Inputs.** Model sizes come from the file headers ([`sizes`]), never from loading: each
 //! tensor counts at the dtype it is resident in (float8 weights of ComfyUI `fp8_scaled` files
 //! stay float8, see `wan/linear.rs`; everything else, GGUF included, is converted to the compute
-//! dtype at load). The token count is `latent frames × (h / 8 / 2) × (w / 8 / 2)` for the Wan2.1
-//! VAE (spatial stride 8) and the DiT's 1×2×2 patches. The budget is device memory minus the
+//! dtype at load; a float8 layer a LoRA changes is merged into a compute-dtype weight, which the
+//! LoRA file's header tells). The token count is `latent frames × (h / 8 / 2) × (w / 8 / 2)` for
+//! the Wan2.1 VAE (spatial stride 8) and the DiT's 1×2×2 patches, `w`×`h` the size the image is
+//! fitted to (the official fit keeps the image's aspect, so it may differ from the recipe's). The budget is device memory minus the
 //! user's reserve; on the CPU a plan is made against a given budget (tests) or none.
 //!
 //! **Predictions** (bytes; `a` = activation dtype size, 2 for bf16, `L` tokens, `d` model
@@ -20,10 +22,12 @@
 //!   (`2·4·min(h·L², MAX_SCORE_ELEMENTS)`, `wan/attention.rs`); the FFN hidden layer before
 //!   and after GELU (`2·L·f·a`). A fixed [`RUNTIME_OVERHEAD`] covers the CUDA context,
 //!   cuBLAS workspace and the latents, condition and text context (tens of MB at 480p).
-//! - VAE decode peak: [`VAE_LIVE_VALUES_PER_PIXEL_CHANNEL`] f32 values per output pixel and
-//!   decoder channel of one tile, plus the VAE weights in f32.
-//! - VAE encode peak (the conditioning clip): [`VAE_ENCODE_VALUES_PER_PIXEL_CHANNEL`] f32 values
-//!   per encoder-input pixel and channel of the encoder's first stage, for one tile.
+//! - VAE decode peak: [`VAE_LIVE_VALUES_PER_PIXEL_CHANNEL`] values per output pixel and
+//!   decoder channel of one tile, plus the VAE weights, both in the VAE's dtype (`a`: bf16 on
+//!   CUDA, f32 on the CPU, as `pipeline::ModelCache::vae` loads it).
+//! - VAE encode peak (the conditioning clip): [`VAE_ENCODE_VALUES_PER_PIXEL_CHANNEL`] values
+//!   per encoder-input pixel and channel of the encoder's first stage, for one tile, in the
+//!   VAE's dtype.
 //! - Text encoder: its resident weights plus [`TEXT_ENCODER_ACTIVATIONS`] (512 tokens).
 //!
 //! **Decisions**, cheapest in time first: both experts resident; one expert at a time
@@ -54,7 +58,8 @@ pub const RUNTIME_OVERHEAD: u64 = 3 * GIB / 4;
 /// umT5-XXL activations for 512 tokens (a few MB per layer), rounded up generously.
 pub const TEXT_ENCODER_ACTIVATIONS: u64 = GIB / 4;
 
-/// f32 values held at once per output pixel and per channel of the VAE decoder's last stage.
+/// Values held at once per output pixel and per channel of the VAE decoder's last stage (at
+/// the VAE's dtype).
 /// Calibrated on the CPU (`examples/vae_decode_memory.rs`, base dim 16, 256×256): untiled peak
 /// 500 MiB at 17 frames and 533 MiB at 49 (the difference is the output clip), tiled with
 /// 17-latent tiles 183 MiB: about 120 values per pixel and channel. The diffusers-style tiled
@@ -177,7 +182,8 @@ pub struct MemoryPlan {
 pub struct PlanInputs {
     pub sizes: ModelSizes,
     pub tokens: Tokens,
-    /// Bytes per activation element (2 for bf16 on CUDA, 4 for f32 on the CPU).
+    /// Bytes per activation element (2 for bf16 on CUDA, 4 for f32 on the CPU), the DiT's
+    /// and the VAE's alike (`ModelCache::vae` runs the VAE in bf16 on CUDA, f32 on the CPU).
     pub activation_bytes: u64,
 }
 
@@ -202,9 +208,10 @@ pub fn dit_activation_peak(dit: &DitSize, tokens: u64, activation_bytes: u64) ->
     stream + qkv + attention_out + scores + ffn_hidden
 }
 
-/// The VAE decode activations for square tiles of `tile` latent pixels (`None`: whole frames).
+/// The VAE decode activations for square tiles of `tile` latent pixels (`None`: whole frames),
+/// `bytes` per value (the VAE's dtype).
 #[must_use]
-pub fn vae_decode_peak(vae: &VaeSize, tokens: &Tokens, tile: Option<u64>) -> u64 {
+pub fn vae_decode_peak(vae: &VaeSize, tokens: &Tokens, tile: Option<u64>, bytes: u64) -> u64 {
     let (h, w) = match tile {
         Some(t) => (t.min(tokens.latent_height), t.min(tokens.latent_width)),
         None => (tokens.latent_height, tokens.latent_width),
@@ -213,15 +220,15 @@ pub fn vae_decode_peak(vae: &VaeSize, tokens: &Tokens, tile: Option<u64>) -> u64
         * vae.last_stage_channels
         * vae.spatial_stride
         * vae.spatial_stride
-        * 4
+        * bytes
         * h
         * w
 }
 
 /// The VAE encode activations of the conditioning clip for square tiles of `tile` latent
-/// pixels (`None`: whole frames).
+/// pixels (`None`: whole frames), `bytes` per value (the VAE's dtype).
 #[must_use]
-pub fn vae_encode_peak(vae: &VaeSize, tokens: &Tokens, tile: Option<u64>) -> u64 {
+pub fn vae_encode_peak(vae: &VaeSize, tokens: &Tokens, tile: Option<u64>, bytes: u64) -> u64 {
     let (h, w) = match tile {
         Some(t) => (t.min(tokens.latent_height), t.min(tokens.latent_width)),
         None => (tokens.latent_height, tokens.latent_width),
@@ -230,7 +237,7 @@ pub fn vae_encode_peak(vae: &VaeSize, tokens: &Tokens, tile: Option<u64>) -> u64
         * vae.first_stage_channels
         * vae.encode_stride
         * vae.encode_stride
-        * 4
+        * bytes
         * h
         * w
 }
@@ -256,6 +263,8 @@ impl MemoryPlan {
     pub fn decide(inputs: &PlanInputs, budget: Option<u64>) -> Result<Self, EngineError> {
         let s = &inputs.sizes;
         let tokens = inputs.tokens;
+        // The VAE computes in the activation dtype: bf16 on CUDA, f32 on the CPU.
+        let vae_bytes = inputs.activation_bytes;
         let activations = dit_activation_peak(&s.dit, tokens.count, inputs.activation_bytes);
         let expert = s.high_noise_weights.max(s.low_noise_weights);
         let both = s.high_noise_weights + s.low_noise_weights;
@@ -301,7 +310,7 @@ impl MemoryPlan {
         let vae_room = limit.saturating_sub(dit_resident + s.vae_weights + RUNTIME_OVERHEAD);
         let vae_fixed = dit_resident + s.vae_weights + RUNTIME_OVERHEAD;
         let vae_tile = tile_for(vae_room, MIN_VAE_TILE, |t| {
-            vae_decode_peak(&s.vae, &tokens, t)
+            vae_decode_peak(&s.vae, &tokens, t, vae_bytes)
         })
         .map_err(|tile_peak| {
             let why = format!(
@@ -310,12 +319,12 @@ impl MemoryPlan {
             );
             refusal(inputs, budget, vae_fixed + tile_peak, &why)
         })?;
-        let vae_peak = vae_decode_peak(&s.vae, &tokens, vae_tile);
+        let vae_peak = vae_decode_peak(&s.vae, &tokens, vae_tile, vae_bytes);
         let decode_total = vae_fixed + vae_peak;
         // The conditioning clip's encode, planned beside the same (experts stay loaded between
         // jobs, so they may be resident when the next job encodes its image).
         let vae_encode_tile = tile_for(vae_room, MIN_VAE_ENCODE_TILE, |t| {
-            vae_encode_peak(&s.vae, &tokens, t)
+            vae_encode_peak(&s.vae, &tokens, t, vae_bytes)
         })
         .map_err(|tile_peak| {
             let why = format!(
@@ -324,7 +333,7 @@ impl MemoryPlan {
             );
             refusal(inputs, budget, vae_fixed + tile_peak, &why)
         })?;
-        let encode_peak = vae_encode_peak(&s.vae, &tokens, vae_encode_tile);
+        let encode_peak = vae_encode_peak(&s.vae, &tokens, vae_encode_tile, vae_bytes);
         let vae_total = decode_total.max(vae_fixed + encode_peak);
 
         // The text encoder stays loaded between jobs (encodings are cached, prompts change) when

@@ -57,17 +57,26 @@ fn an_unlimited_or_large_budget_keeps_everything_resident() {
     assert_eq!(plan.dit, DitPlacement::BothResident);
     assert_eq!(plan.text_encoder, Placement::Device);
     assert_eq!(plan.vae_tile, None);
-    // 80 GB: both experts (53 GB) and whole-frame decoding (17 GB) fit, umT5 (11 GB) no more
-    // beside them: it runs alone before the experts load.
+    // 80 GB: both experts (53 GiB), whole-frame decoding in bf16 (9 GiB) and umT5 (11 GiB).
     let plan = MemoryPlan::decide(&inputs, Some(80 * GIB)).unwrap();
+    assert_eq!(plan.dit, DitPlacement::BothResident);
+    assert_eq!(plan.text_encoder, Placement::Device);
+    assert_eq!(plan.vae_tile, None);
+    assert!(plan.predicted.peak <= 80 * GIB);
+    // 64 GB: the experts and the decode still fit, umT5 no more beside them: it runs alone
+    // before the experts load.
+    let plan = MemoryPlan::decide(&inputs, Some(64 * GIB)).unwrap();
     assert_eq!(plan.dit, DitPlacement::BothResident);
     assert_eq!(plan.text_encoder, Placement::DeviceThenFreed);
     assert_eq!(plan.vae_tile, None);
-    assert!(plan.predicted.peak <= 80 * GIB);
-    let plan = MemoryPlan::decide(&inputs, Some(40 * GIB)).unwrap();
+    assert!(plan.predicted.peak <= 64 * GIB);
+    // 36 GB: one expert (27 GiB) at a time; the whole-frame decode beside it (36.2 GiB) does
+    // not fit, so it is tiled.
+    let plan = MemoryPlan::decide(&inputs, Some(36 * GIB)).unwrap();
     assert_eq!(plan.dit, DitPlacement::OneAtATime);
     assert_eq!(plan.text_encoder, Placement::DeviceThenFreed);
     assert!(plan.vae_tile.is_some());
+    assert!(plan.predicted.peak <= 36 * GIB);
 }
 
 #[test]
@@ -320,4 +329,133 @@ fn the_text_encoder_goes_beside_the_experts_alone_before_them_or_to_the_cpu() {
     let plan = with_text(alone + 1);
     assert_eq!(plan.text_encoder, Placement::Cpu);
     assert_eq!(plan.predicted.peak, others);
+}
+
+#[test]
+fn a_lora_merged_into_a_float8_layer_counts_at_the_compute_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let dim = 256;
+    let mut tensors: Vec<(String, &str, Vec<usize>)> = vec![(
+        "model.diffusion_model.patch_embedding.weight".to_owned(),
+        "BF16",
+        vec![dim, 36, 1, 2, 2],
+    )];
+    for block in 0..2 {
+        for (name, shape) in [("self_attn.q", vec![dim, dim]), ("ffn.0", vec![1024, dim])] {
+            let layer = format!("model.diffusion_model.blocks.{block}.{name}");
+            tensors.push((format!("{layer}.weight"), "F8_E4M3", shape));
+            tensors.push((format!("{layer}.scale_weight"), "F32", vec![1]));
+        }
+    }
+    let dit = dir.path().join("dit_fp8.safetensors");
+    let borrowed: Vec<(&str, &str, &[usize])> = tensors
+        .iter()
+        .map(|(n, d, s)| (n.as_str(), *d, s.as_slice()))
+        .collect();
+    fake_safetensors(&dit, &borrowed, &[]);
+    let headers = sizes::headers(&dit).unwrap();
+    let (plain, _) = sizes::dit_size(&headers, 2).unwrap();
+    let block = (dim * dim + 1024 * dim) as u64 + 2 * 2;
+    assert_eq!(plain.block_weights, block);
+
+    // ComfyUI naming on block 0's q (with an alpha), kohya's on block 1's FFN, and keys that
+    // match no layer (ignored, as the merge ignores them).
+    let comfy = dir.path().join("lora_comfy.safetensors");
+    fake_safetensors(
+        &comfy,
+        &[
+            (
+                "diffusion_model.blocks.0.self_attn.q.lora_down.weight",
+                "BF16",
+                &[4, dim],
+            ),
+            (
+                "diffusion_model.blocks.0.self_attn.q.lora_up.weight",
+                "BF16",
+                &[dim, 4],
+            ),
+            ("diffusion_model.blocks.0.self_attn.q.alpha", "F32", &[]),
+            (
+                "diffusion_model.blocks.0.k_img.lora_up.weight",
+                "BF16",
+                &[dim, 4],
+            ),
+            (
+                "diffusion_model.blocks.9.ffn.0.lora_up.weight",
+                "BF16",
+                &[1024, 4],
+            ),
+        ],
+        &[],
+    );
+    let kohya = dir.path().join("lora_kohya.safetensors");
+    fake_safetensors(
+        &kohya,
+        &[
+            (
+                "lora_unet_blocks_1_ffn_0.lora_down.weight",
+                "BF16",
+                &[4, dim],
+            ),
+            (
+                "lora_unet_blocks_1_ffn_0.lora_up.weight",
+                "BF16",
+                &[1024, 4],
+            ),
+        ],
+        &[],
+    );
+    let (one, _) = sizes::dit_size_with_loras(&headers, std::slice::from_ref(&comfy), 2).unwrap();
+    // Block 0's q becomes bf16: one more byte per element; block 1 unchanged.
+    assert_eq!(one.block_weights, block + (dim * dim) as u64);
+    assert_eq!(one.non_block_weights, plain.non_block_weights);
+    let (both, _) = sizes::dit_size_with_loras(&headers, &[comfy, kohya], 2).unwrap();
+    // Block 1's FFN (the larger layer) becomes bf16 too: the largest block is now block 1.
+    assert_eq!(both.block_weights, block + (1024 * dim) as u64);
+    // Compute dtype f32 (the CPU): four bytes per merged element.
+    let kohya_only = [dir.path().join("lora_kohya.safetensors")];
+    let (f32_merge, _) = sizes::dit_size_with_loras(&headers, &kohya_only, 4).unwrap();
+    assert_eq!(
+        f32_merge.block_weights,
+        (dim * dim) as u64 + 4 * (1024 * dim) as u64 + 2 * 4
+    );
+}
+
+#[test]
+fn vae_peaks_are_predicted_at_the_vae_dtype() {
+    let vae = wan21_vae();
+    let tokens = Tokens::new(81, 832, 480, 8);
+    for tile in [None, Some(40)] {
+        assert_eq!(
+            2 * vae_decode_peak(&vae, &tokens, tile, 2),
+            vae_decode_peak(&vae, &tokens, tile, 4)
+        );
+        assert_eq!(
+            2 * vae_encode_peak(&vae, &tokens, tile, 2),
+            vae_encode_peak(&vae, &tokens, tile, 4)
+        );
+    }
+    // The plan for bf16 activations (CUDA, where the VAE runs in bf16) predicts at 2 bytes;
+    // for f32 ones (the CPU, where engine/tests measure it) at 4.
+    let bf16 = a14b_bf16(832, 480, 81);
+    let plan = MemoryPlan::decide(&bf16, None).unwrap();
+    assert_eq!(
+        plan.predicted.vae_decode_peak,
+        vae_decode_peak(&vae, &tokens, None, 2)
+    );
+    assert_eq!(
+        plan.predicted.vae_encode_peak,
+        vae_encode_peak(&vae, &tokens, None, 2)
+    );
+    let mut f32_inputs = bf16.clone();
+    f32_inputs.activation_bytes = 4;
+    let plan = MemoryPlan::decide(&f32_inputs, None).unwrap();
+    assert_eq!(
+        plan.predicted.vae_decode_peak,
+        vae_decode_peak(&vae, &tokens, None, 4)
+    );
+    // Under a budget, bf16 activations decode in larger tiles than f32 ones would.
+    let budget = Some(24 * GIB);
+    let tile = |inputs: &PlanInputs| MemoryPlan::decide(inputs, budget).unwrap().vae_tile;
+    assert!(tile(&bf16).unwrap_or(u64::MAX) > tile(&f32_inputs).unwrap());
 }

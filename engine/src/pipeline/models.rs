@@ -139,7 +139,7 @@ fn device_key(device: &Device, dtype: DType) -> String {
 
 /// The LoRAs of `recipe` for one expert, with that expert's strength; a LoRA at strength 0
 /// for this expert (one made for the other expert) is left out.
-fn expert_loras(recipe: &Recipe, expert: Expert) -> Vec<LoraSpec> {
+pub(super) fn expert_loras(recipe: &Recipe, expert: Expert) -> Vec<LoraSpec> {
     recipe
         .loras
         .iter()
