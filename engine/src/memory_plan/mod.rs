@@ -20,7 +20,8 @@
 //!   the stream in float32 under autocast); q, k, v (`3·L·d·a`); the attention output
 //!   (`L·d·a`); the score block of the chunked attention, f32 scores and their softmax
 //!   (`2·4·min(h·L², MAX_SCORE_ELEMENTS)`, `wan/attention.rs`); the FFN hidden layer before
-//!   and after GELU (`2·L·f·a`). A fixed [`RUNTIME_OVERHEAD`] covers the CUDA context,
+//!   and after GELU (`2·L·f·a`); for float8 weights, the FFN weight dequantized for its call
+//!   (`f·d·a`, [`dequantized_weight`]). A fixed [`RUNTIME_OVERHEAD`] covers the CUDA context,
 //!   cuBLAS workspace and the latents, condition and text context (tens of MB at 480p).
 //! - VAE decode peak: [`VAE_LIVE_VALUES_PER_PIXEL_CHANNEL`] values per output pixel and
 //!   decoder channel of one tile, plus the VAE weights, both in the VAE's dtype (`a`: bf16 on
@@ -53,6 +54,15 @@ pub const GIB: u64 = 1 << 30;
 /// CUDA context, cuBLAS and cuDNN workspaces, latents, condition and text context. Measured
 /// device-wide on an H200, a 10 GiB plan with half a GiB here peaked at 10.18 GiB
 /// (`bench/RESULTS.md`, run 15).
+///
+/// Not in it: allocator overhead per resident tensor. Probed on an H200 with the driver's
+/// stream-ordered pool (what candle allocates from): one A14B float8 block's 27 tensors,
+/// 25 times over, reserve 0.07 MiB a block beyond their bytes, and an image-encode /
+/// weight-load / step pattern reserves within 6 MiB of its peak use, with 6 or 25 resident
+/// blocks alike. Run 16's 0.35 GiB overrun at 16 GiB came in the high-noise phase only (the
+/// low-noise phase, same 25 resident blocks, peaked at 15.93 GiB): a first-phase transient,
+/// not growth with the resident blocks. The pipeline now synchronises after the image encode
+/// and after freeing the text encoder, so the pool returns that memory before experts load.
 pub const RUNTIME_OVERHEAD: u64 = 3 * GIB / 4;
 
 /// umT5-XXL activations for 512 tokens (a few MB per layer), rounded up generously.
@@ -208,6 +218,18 @@ pub fn dit_activation_peak(dit: &DitSize, tokens: u64, activation_bytes: u64) ->
     stream + qkv + attention_out + scores + ffn_hidden
 }
 
+/// The weight a float8 layer dequantizes to at each call (`wan/linear.rs`), alive beside the
+/// FFN's hidden activations: the largest layer (the FFN's, `f·d`) in the activation dtype.
+/// Nothing for a DiT whose weights are already in the compute dtype.
+#[must_use]
+pub fn dequantized_weight(dit: &DitSize, float8: bool, activation_bytes: u64) -> u64 {
+    if float8 {
+        dit.ffn_dim * dit.dim * activation_bytes
+    } else {
+        0
+    }
+}
+
 /// The VAE decode activations for square tiles of `tile` latent pixels (`None`: whole frames),
 /// `bytes` per value (the VAE's dtype).
 #[must_use]
@@ -265,7 +287,8 @@ impl MemoryPlan {
         let tokens = inputs.tokens;
         // The VAE computes in the activation dtype: bf16 on CUDA, f32 on the CPU.
         let vae_bytes = inputs.activation_bytes;
-        let activations = dit_activation_peak(&s.dit, tokens.count, inputs.activation_bytes);
+        let activations = dit_activation_peak(&s.dit, tokens.count, inputs.activation_bytes)
+            + dequantized_weight(&s.dit, s.dit_is_float8, inputs.activation_bytes);
         let expert = s.high_noise_weights.max(s.low_noise_weights);
         let both = s.high_noise_weights + s.low_noise_weights;
         let block = s.dit.block_weights;

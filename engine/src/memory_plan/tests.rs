@@ -459,3 +459,21 @@ fn vae_peaks_are_predicted_at_the_vae_dtype() {
     let tile = |inputs: &PlanInputs| MemoryPlan::decide(inputs, budget).unwrap().vae_tile;
     assert!(tile(&bf16).unwrap_or(u64::MAX) > tile(&f32_inputs).unwrap());
 }
+
+#[test]
+fn float8_weights_add_their_dequantized_ffn_weight_to_the_activations() {
+    let bf16 = a14b_bf16(832, 480, 81);
+    let mut fp8 = bf16.clone();
+    let dit = DitSize::from_architecture(5120, 13824, 40, 4096, 36, 1);
+    fp8.sizes.dit = dit;
+    fp8.sizes.high_noise_weights = dit.total();
+    fp8.sizes.low_noise_weights = dit.total();
+    fp8.sizes.dit_is_float8 = true;
+    let tokens = bf16.tokens.count;
+    let plain = dit_activation_peak(&dit, tokens, 2);
+    let plan = MemoryPlan::decide(&bf16, None).unwrap();
+    assert_eq!(plan.predicted.dit_activation_peak, plain);
+    let plan = MemoryPlan::decide(&fp8, None).unwrap();
+    // 13824 × 5120 bf16: 0.13 GiB beside the FFN's hidden layer.
+    assert_eq!(plan.predicted.dit_activation_peak, plain + 13824 * 5120 * 2);
+}

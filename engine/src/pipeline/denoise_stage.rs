@@ -90,6 +90,10 @@ impl PipelineRunner {
             .unsqueeze(0)?;
         ctx.progress(Stage::EncodingImage, 1, 1);
         let z_dim = vae.config().z_dim;
+        // The encode's activations are freed on the stream; waiting returns them to the device
+        // (the allocator's pool keeps freed memory until a synchronisation) before the experts
+        // load, so the denoising starts from what the plan counts.
+        device.synchronize()?;
         let (_, _, lat_t, lat_h, lat_w) = y.dims5()?;
         let (noise, replay) = if let Some(SavedState::HighNoiseDone { noise, predictions }) = saved
         {
