@@ -65,6 +65,10 @@ impl PipelineRunner {
         let encodings =
             self.models
                 .encode_prompts(recipe, &prompts, (text_dtype, &text_device), then_free)?;
+        if needs_negative {
+            // The second prompt's cancel point, as when the prompts were encoded one by one.
+            ctx.check()?;
+        }
         let mut contexts = Vec::with_capacity(encodings.len());
         for (encoding, what) in encodings.into_iter().zip(["prompt", "negative prompt"]) {
             warn_if_truncated(&encoding, what, ctx)?;
