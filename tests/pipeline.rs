@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Tensor};
 use stillmotion_engine::EngineError;
-use stillmotion_engine::memory_plan::DitPlacement;
+use stillmotion_engine::memory_plan::{DitPlacement, Placement};
 use stillmotion_engine::pipeline::PipelineRunner;
 use stillmotion_engine::recipe::{Interpolation, Recipe};
 use stillmotion_engine::runtime::{
@@ -440,15 +440,26 @@ fn a_target_fps_resamples_the_render_keeping_frames_on_the_grid() {
     // duplicates; app/tests/cli_interpolate.rs checks new frames on a real photo.)
 }
 
-#[test]
-fn one_expert_at_a_time_gives_the_same_frames_and_swaps_the_experts() {
-    let case = case();
-    let dir = tempfile::tempdir().unwrap();
-    let runner = PipelineRunner::new().with_dit_placement(DitPlacement::OneAtATime);
+/// Two jobs on one runner with `placement` for the experts and `text` for the text encoder:
+/// their frames and the models loaded.
+fn two_jobs(
+    case: &Case,
+    dir: &Path,
+    placement: Option<DitPlacement>,
+    text: Option<Placement>,
+) -> (Vec<Tensor>, usize) {
+    let mut runner = PipelineRunner::new();
+    if let Some(placement) = placement {
+        runner = runner.with_dit_placement(placement);
+    }
+    if let Some(text) = text {
+        runner = runner.with_text_encoder_placement(text);
+    }
     let loads = runner.models().load_counter();
     let engine = EngineHandle::spawn(runner, || {}).unwrap();
+    let mut frames = Vec::new();
     for job_id in 1..=2 {
-        let recipe = recipe(&case, &dir.path().join(format!("job{job_id}"))).unwrap();
+        let recipe = recipe(case, &dir.join(format!("job{job_id}"))).unwrap();
         engine
             .send(Command::Submit {
                 job_id,
@@ -456,12 +467,64 @@ fn one_expert_at_a_time_gives_the_same_frames_and_swaps_the_experts() {
             })
             .unwrap();
         let output = wait(&engine, job_id).unwrap();
-        let db = psnr(&read_frames(&output.path).unwrap(), &expected_frames(&case));
-        assert!(db >= 40.0, "job {job_id}: PSNR {db:.2} dB");
+        frames.push(read_frames(&output.path).unwrap());
     }
-    // Job 1: text encoder, VAE, high, low. Job 2 reuses the text encoder and VAE, but the
-    // high-noise expert was freed for the low-noise one, and the other way round.
-    assert_eq!(loads.load(Ordering::Relaxed), 6);
+    (frames, loads.load(Ordering::Relaxed))
+}
+
+#[test]
+fn one_expert_at_a_time_reads_each_expert_once_and_gives_the_same_frames() {
+    let case = case();
+    let dir = tempfile::tempdir().unwrap();
+    let plain = read_frames(
+        &render_to_end(&recipe(&case, &dir.path().join("plain")).unwrap())
+            .unwrap()
+            .path,
+    )
+    .unwrap();
+    let db = psnr(&plain, &expected_frames(&case));
+    assert!(db >= 40.0, "PSNR {db:.2} dB");
+    let swap = DitPlacement::BlockSwap {
+        resident_blocks: 1,
+        total_blocks: 2,
+    };
+    for placement in [DitPlacement::OneAtATime, swap] {
+        let (frames, loads) = two_jobs(&case, dir.path(), Some(placement), None);
+        for (job, frames) in frames.iter().enumerate() {
+            assert_eq!(
+                max_abs_diff(frames, &plain),
+                0.0,
+                "{placement:?}, job {job}"
+            );
+        }
+        // Text encoder, VAE, high, low: the expert not in use waits in host memory, so
+        // neither phase switch nor the second job reads an expert file again.
+        assert_eq!(loads, 4, "{placement:?}");
+    }
+}
+
+#[test]
+fn a_text_encoder_freed_after_encoding_is_not_loaded_again_for_the_same_prompts() {
+    let case = case();
+    let dir = tempfile::tempdir().unwrap();
+    let plain = read_frames(
+        &render_to_end(&recipe(&case, &dir.path().join("plain")).unwrap())
+            .unwrap()
+            .path,
+    )
+    .unwrap();
+    let (frames, loads) = two_jobs(
+        &case,
+        dir.path(),
+        Some(DitPlacement::OneAtATime),
+        Some(Placement::DeviceThenFreed),
+    );
+    for frames in &frames {
+        assert_eq!(max_abs_diff(frames, &plain), 0.0);
+    }
+    // The second job's prompts come from the cache: the encoder, freed after the first job's
+    // encoding, is not loaded again.
+    assert_eq!(loads, 4, "text encoder, VAE, two experts, each once");
 }
 
 /// The case's expert weights, by name.

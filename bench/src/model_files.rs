@@ -460,7 +460,7 @@ mod tests {
         write(&file, comfy_fp8_scaled(shapes, "", 3)).unwrap();
         let tokenizer = dir.join("tokenizer.json");
         std::fs::write(&tokenizer, crate::e2e::TOKENIZER_JSON).unwrap();
-        let mut encoder =
+        let encoder =
             umt5::TextEncoder::load(&file, &tokenizer, Some(&t5), DType::F32, &Device::Cpu)
                 .unwrap();
         assert_finite(&encoder.encode_prompt("a lighthouse at dusk").unwrap());

@@ -48,6 +48,9 @@ pub fn details(plan: &MemoryPlan) -> Vec<String> {
         Placement::Cpu => {
             "Text encoder: on the CPU (it does not fit beside the experts)".to_owned()
         }
+        Placement::DeviceThenFreed => {
+            "Text encoder: on the device before the experts load, freed after encoding".to_owned()
+        }
     };
     let vae = match plan.vae_tile {
         None => format!("VAE decode: whole frames ({})", gib(p.vae_decode_peak)),
@@ -201,5 +204,11 @@ mod tests {
         assert_eq!(lines[1], "Text encoder: on the device");
         assert!(lines[2].starts_with("Image encode: whole frames"));
         assert!(lines[3].starts_with("VAE decode: whole frames"));
+
+        let freed = plan(DitPlacement::OneAtATime, Placement::DeviceThenFreed, None);
+        assert_eq!(
+            details(&freed)[1],
+            "Text encoder: on the device before the experts load, freed after encoding"
+        );
     }
 }

@@ -4,8 +4,10 @@
 //! **Inputs.** Model sizes come from the file headers ([`sizes`]), never from loading: each
 //! tensor counts at the dtype it is resident in (float8 weights of ComfyUI `fp8_scaled` files
 //! stay float8, see `wan/linear.rs`; everything else, GGUF included, is converted to the compute
-//! dtype at load). The token count is `latent frames × (h / 8 / 2) × (w / 8 / 2)` for the Wan2.1
-//! VAE (spatial stride 8) and the DiT's 1×2×2 patches. The budget is device memory minus the
+//! dtype at load; a float8 layer a LoRA changes is merged into a compute-dtype weight, which the
+//! LoRA file's header tells). The token count is `latent frames × (h / 8 / 2) × (w / 8 / 2)` for
+//! the Wan2.1 VAE (spatial stride 8) and the DiT's 1×2×2 patches, `w`×`h` the size the image is
+//! fitted to (the official fit keeps the image's aspect, so it may differ from the recipe's). The budget is device memory minus the
 //! user's reserve; on the CPU a plan is made against a given budget (tests) or none.
 //!
 //! **Predictions** (bytes; `a` = activation dtype size, 2 for bf16, `L` tokens, `d` model
@@ -18,12 +20,15 @@
 //!   the stream in float32 under autocast); q, k, v (`3·L·d·a`); the attention output
 //!   (`L·d·a`); the score block of the chunked attention, f32 scores and their softmax
 //!   (`2·4·min(h·L², MAX_SCORE_ELEMENTS)`, `wan/attention.rs`); the FFN hidden layer before
-//!   and after GELU (`2·L·f·a`). A fixed [`RUNTIME_OVERHEAD`] covers the CUDA context,
+//!   and after GELU (`2·L·f·a`); for float8 weights, the FFN weight dequantized for its call
+//!   (`f·d·a`, [`dequantized_weight`]). A fixed [`RUNTIME_OVERHEAD`] covers the CUDA context,
 //!   cuBLAS workspace and the latents, condition and text context (tens of MB at 480p).
-//! - VAE decode peak: [`VAE_LIVE_VALUES_PER_PIXEL_CHANNEL`] f32 values per output pixel and
-//!   decoder channel of one tile, plus the VAE weights in f32.
-//! - VAE encode peak (the conditioning clip): [`VAE_ENCODE_VALUES_PER_PIXEL_CHANNEL`] f32 values
-//!   per encoder-input pixel and channel of the encoder's first stage, for one tile.
+//! - VAE decode peak: [`VAE_LIVE_VALUES_PER_PIXEL_CHANNEL`] values per output pixel and
+//!   decoder channel of one tile, plus the VAE weights, both in the VAE's dtype (`a`: bf16 on
+//!   CUDA, f32 on the CPU, as `pipeline::ModelCache::vae` loads it).
+//! - VAE encode peak (the conditioning clip): [`VAE_ENCODE_VALUES_PER_PIXEL_CHANNEL`] values
+//!   per encoder-input pixel and channel of the encoder's first stage, for one tile, in the
+//!   VAE's dtype.
 //! - Text encoder: its resident weights plus [`TEXT_ENCODER_ACTIVATIONS`] (512 tokens).
 //!
 //! **Decisions**, cheapest in time first: both experts resident; one expert at a time
@@ -32,7 +37,8 @@
 //! whole frames when they fit next to what stays resident, else in the largest square tiles
 //! that do (at least [`MIN_VAE_TILE`], below which the seams would show); the conditioning
 //! clip encodes the same way, in its own tiles. The text encoder runs on the device when it
-//! fits beside both (it stays loaded between jobs), else on the CPU.
+//! fits beside both (it stays loaded between jobs); else on the device alone (beside the VAE),
+//! before the experts load, freed after encoding, when it fits there; else on the CPU.
 
 pub mod sizes;
 
@@ -48,12 +54,22 @@ pub const GIB: u64 = 1 << 30;
 /// CUDA context, cuBLAS and cuDNN workspaces, latents, condition and text context. Measured
 /// device-wide on an H200, a 10 GiB plan with half a GiB here peaked at 10.18 GiB
 /// (`bench/RESULTS.md`, run 15).
+///
+/// Not in it: allocator overhead per resident tensor. Probed on an H200 with the driver's
+/// stream-ordered pool (what candle allocates from): one A14B float8 block's 27 tensors,
+/// 25 times over, reserve 0.07 MiB a block beyond their bytes, and an image-encode /
+/// weight-load / step pattern reserves within 6 MiB of its peak use, with 6 or 25 resident
+/// blocks alike. Run 16's 0.35 GiB overrun at 16 GiB came in the high-noise phase only (the
+/// low-noise phase, same 25 resident blocks, peaked at 15.93 GiB): a first-phase transient,
+/// not growth with the resident blocks. The pipeline now synchronises after the image encode
+/// and after freeing the text encoder, so the pool returns that memory before experts load.
 pub const RUNTIME_OVERHEAD: u64 = 3 * GIB / 4;
 
 /// umT5-XXL activations for 512 tokens (a few MB per layer), rounded up generously.
 pub const TEXT_ENCODER_ACTIVATIONS: u64 = GIB / 4;
 
-/// f32 values held at once per output pixel and per channel of the VAE decoder's last stage.
+/// Values held at once per output pixel and per channel of the VAE decoder's last stage (at
+/// the VAE's dtype).
 /// Calibrated on the CPU (`examples/vae_decode_memory.rs`, base dim 16, 256×256): untiled peak
 /// 500 MiB at 17 frames and 533 MiB at 49 (the difference is the output clip), tiled with
 /// 17-latent tiles 183 MiB: about 120 values per pixel and channel. The diffusers-style tiled
@@ -126,6 +142,10 @@ pub enum DitPlacement {
 pub enum Placement {
     Device,
     Cpu,
+    /// On the device before the experts load (they go to host memory meanwhile), freed as
+    /// soon as the prompts are encoded: for a component that fits the device alone but not
+    /// beside the experts. Only a job whose prompts are not cached loads it.
+    DeviceThenFreed,
 }
 
 /// The predicted sizes behind a plan, in bytes.
@@ -172,7 +192,8 @@ pub struct MemoryPlan {
 pub struct PlanInputs {
     pub sizes: ModelSizes,
     pub tokens: Tokens,
-    /// Bytes per activation element (2 for bf16 on CUDA, 4 for f32 on the CPU).
+    /// Bytes per activation element (2 for bf16 on CUDA, 4 for f32 on the CPU), the DiT's
+    /// and the VAE's alike (`ModelCache::vae` runs the VAE in bf16 on CUDA, f32 on the CPU).
     pub activation_bytes: u64,
 }
 
@@ -197,9 +218,22 @@ pub fn dit_activation_peak(dit: &DitSize, tokens: u64, activation_bytes: u64) ->
     stream + qkv + attention_out + scores + ffn_hidden
 }
 
-/// The VAE decode activations for square tiles of `tile` latent pixels (`None`: whole frames).
+/// The weight a float8 layer dequantizes to at each call (`wan/linear.rs`), alive beside the
+/// FFN's hidden activations: the largest layer (the FFN's, `f·d`) in the activation dtype.
+/// Nothing for a DiT whose weights are already in the compute dtype.
 #[must_use]
-pub fn vae_decode_peak(vae: &VaeSize, tokens: &Tokens, tile: Option<u64>) -> u64 {
+pub fn dequantized_weight(dit: &DitSize, float8: bool, activation_bytes: u64) -> u64 {
+    if float8 {
+        dit.ffn_dim * dit.dim * activation_bytes
+    } else {
+        0
+    }
+}
+
+/// The VAE decode activations for square tiles of `tile` latent pixels (`None`: whole frames),
+/// `bytes` per value (the VAE's dtype).
+#[must_use]
+pub fn vae_decode_peak(vae: &VaeSize, tokens: &Tokens, tile: Option<u64>, bytes: u64) -> u64 {
     let (h, w) = match tile {
         Some(t) => (t.min(tokens.latent_height), t.min(tokens.latent_width)),
         None => (tokens.latent_height, tokens.latent_width),
@@ -208,15 +242,15 @@ pub fn vae_decode_peak(vae: &VaeSize, tokens: &Tokens, tile: Option<u64>) -> u64
         * vae.last_stage_channels
         * vae.spatial_stride
         * vae.spatial_stride
-        * 4
+        * bytes
         * h
         * w
 }
 
 /// The VAE encode activations of the conditioning clip for square tiles of `tile` latent
-/// pixels (`None`: whole frames).
+/// pixels (`None`: whole frames), `bytes` per value (the VAE's dtype).
 #[must_use]
-pub fn vae_encode_peak(vae: &VaeSize, tokens: &Tokens, tile: Option<u64>) -> u64 {
+pub fn vae_encode_peak(vae: &VaeSize, tokens: &Tokens, tile: Option<u64>, bytes: u64) -> u64 {
     let (h, w) = match tile {
         Some(t) => (t.min(tokens.latent_height), t.min(tokens.latent_width)),
         None => (tokens.latent_height, tokens.latent_width),
@@ -225,7 +259,7 @@ pub fn vae_encode_peak(vae: &VaeSize, tokens: &Tokens, tile: Option<u64>) -> u64
         * vae.first_stage_channels
         * vae.encode_stride
         * vae.encode_stride
-        * 4
+        * bytes
         * h
         * w
 }
@@ -251,7 +285,10 @@ impl MemoryPlan {
     pub fn decide(inputs: &PlanInputs, budget: Option<u64>) -> Result<Self, EngineError> {
         let s = &inputs.sizes;
         let tokens = inputs.tokens;
-        let activations = dit_activation_peak(&s.dit, tokens.count, inputs.activation_bytes);
+        // The VAE computes in the activation dtype: bf16 on CUDA, f32 on the CPU.
+        let vae_bytes = inputs.activation_bytes;
+        let activations = dit_activation_peak(&s.dit, tokens.count, inputs.activation_bytes)
+            + dequantized_weight(&s.dit, s.dit_is_float8, inputs.activation_bytes);
         let expert = s.high_noise_weights.max(s.low_noise_weights);
         let both = s.high_noise_weights + s.low_noise_weights;
         let block = s.dit.block_weights;
@@ -296,7 +333,7 @@ impl MemoryPlan {
         let vae_room = limit.saturating_sub(dit_resident + s.vae_weights + RUNTIME_OVERHEAD);
         let vae_fixed = dit_resident + s.vae_weights + RUNTIME_OVERHEAD;
         let vae_tile = tile_for(vae_room, MIN_VAE_TILE, |t| {
-            vae_decode_peak(&s.vae, &tokens, t)
+            vae_decode_peak(&s.vae, &tokens, t, vae_bytes)
         })
         .map_err(|tile_peak| {
             let why = format!(
@@ -305,12 +342,12 @@ impl MemoryPlan {
             );
             refusal(inputs, budget, vae_fixed + tile_peak, &why)
         })?;
-        let vae_peak = vae_decode_peak(&s.vae, &tokens, vae_tile);
+        let vae_peak = vae_decode_peak(&s.vae, &tokens, vae_tile, vae_bytes);
         let decode_total = vae_fixed + vae_peak;
         // The conditioning clip's encode, planned beside the same (experts stay loaded between
         // jobs, so they may be resident when the next job encodes its image).
         let vae_encode_tile = tile_for(vae_room, MIN_VAE_ENCODE_TILE, |t| {
-            vae_encode_peak(&s.vae, &tokens, t)
+            vae_encode_peak(&s.vae, &tokens, t, vae_bytes)
         })
         .map_err(|tile_peak| {
             let why = format!(
@@ -319,23 +356,28 @@ impl MemoryPlan {
             );
             refusal(inputs, budget, vae_fixed + tile_peak, &why)
         })?;
-        let encode_peak = vae_encode_peak(&s.vae, &tokens, vae_encode_tile);
+        let encode_peak = vae_encode_peak(&s.vae, &tokens, vae_encode_tile, vae_bytes);
         let vae_total = decode_total.max(vae_fixed + encode_peak);
 
-        // The text encoder stays loaded between jobs (encodings are cached, prompts change), so
-        // it goes on the device only when it fits beside both the denoising and the decoding.
+        // The text encoder stays loaded between jobs (encodings are cached, prompts change) when
+        // it fits beside both the denoising and the decoding. Else it runs on the device alone,
+        // next to the VAE (kept between jobs) before the experts load, and is freed after
+        // encoding: the CPU's umT5-XXL takes 40 s or more where the device takes about one.
         let text_total = s.text_encoder + TEXT_ENCODER_ACTIVATIONS;
-        let text_encoder = if dit_peak.max(vae_total).saturating_add(text_total) <= limit {
-            Placement::Device
+        let text_alone = text_total + s.vae_weights + RUNTIME_OVERHEAD;
+        let (text_encoder, peak) = if dit_peak.max(vae_total).saturating_add(text_total) <= limit {
+            (
+                Placement::Device,
+                (dit_peak + text_total).max(vae_total + text_total),
+            )
+        } else if text_alone <= limit {
+            (
+                Placement::DeviceThenFreed,
+                dit_peak.max(vae_total).max(text_alone),
+            )
         } else {
-            Placement::Cpu
+            (Placement::Cpu, dit_peak.max(vae_total))
         };
-        let text_share = if text_encoder == Placement::Device {
-            text_total
-        } else {
-            0
-        };
-        let peak = (dit_peak + text_share).max(vae_total + text_share);
         Ok(Self {
             budget,
             tokens,
@@ -384,6 +426,9 @@ impl MemoryPlan {
         let text = match self.text_encoder {
             Placement::Device => "on the device",
             Placement::Cpu => "on the CPU",
+            Placement::DeviceThenFreed => {
+                "on the device before the experts load, freed after encoding"
+            }
         };
         let tiles = |tile: Option<u64>| match tile {
             None => "whole frames".to_owned(),

@@ -1,8 +1,8 @@
 //! Model sizes for the memory plan, read from file headers (safetensors, shards, GGUF) without
 //! loading any tensor data.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -145,13 +145,61 @@ fn block_index(key: &str) -> Option<u64> {
 
 /// A DiT expert's size from its headers at `compute_bytes` per converted element.
 pub fn dit_size(headers: &[Header], compute_bytes: u64) -> Result<(DitSize, bool), EngineError> {
+    dit_size_with_loras(headers, &[], compute_bytes)
+}
+
+/// The expert's tensor names in the original layout, by header key.
+fn original_names(headers: &[Header]) -> BTreeMap<&str, String> {
+    use crate::wan::weights::{Layout, detect_layout, rename, strip_prefix};
+    let keys = || {
+        headers
+            .iter()
+            .flat_map(|h| h.tensors.keys().map(String::as_str))
+    };
+    let layout = detect_layout(keys().map(strip_prefix));
+    keys()
+        .map(|key| {
+            let bare = strip_prefix(key);
+            let name = match layout {
+                Layout::Original => bare.to_owned(),
+                Layout::Diffusers => rename(bare, Layout::Diffusers),
+            };
+            (key, name)
+        })
+        .collect()
+}
+
+/// As [`dit_size`], with `loras` merged at load: a float8 layer a LoRA changes is kept in the
+/// compute dtype (`wan/linear.rs`), twice or more the bytes. Which layers that is comes from
+/// the LoRA files' headers; no tensor data is read.
+pub fn dit_size_with_loras(
+    headers: &[Header],
+    loras: &[PathBuf],
+    compute_bytes: u64,
+) -> Result<(DitSize, bool), EngineError> {
     let scaled_fp8 = is_scaled_fp8(headers);
+    let names = original_names(headers);
+    let changed = if scaled_fp8 && !loras.is_empty() {
+        let model_names: HashSet<String> = names.values().cloned().collect();
+        let mut changed = HashSet::new();
+        for lora in loras {
+            changed.extend(crate::wan::lora::changed_tensors(lora, &model_names)?);
+        }
+        changed
+    } else {
+        HashSet::new()
+    };
     let mut blocks: BTreeMap<u64, u64> = BTreeMap::new();
     let mut non_block = 0;
     let mut dim = None;
     let mut ffn_dim = 0;
     for (key, entry) in headers.iter().flat_map(|h| h.tensors.iter()) {
-        let bytes = resident_bytes(&entry.dtype, &entry.shape, scaled_fp8, compute_bytes);
+        let merged = names.get(key.as_str()).is_some_and(|n| changed.contains(n));
+        let bytes = if merged {
+            entry.shape.iter().product::<usize>() as u64 * compute_bytes
+        } else {
+            resident_bytes(&entry.dtype, &entry.shape, scaled_fp8, compute_bytes)
+        };
         let bare = crate::wan::weights::strip_prefix(key);
         if bare == "patch_embedding.weight" {
             dim = entry.shape.first().map(|&d| d as u64);
@@ -216,18 +264,29 @@ pub fn model_bytes_at(path: &Path, compute_bytes: u64) -> Result<u64, EngineErro
     }
 }
 
+/// One DiT expert's file and the LoRA files merged into it.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpertFiles<'a> {
+    pub weights: &'a Path,
+    pub loras: &'a [PathBuf],
+}
+
 impl ModelSizes {
-    /// Reads the sizes of a two-expert render's files; the VAE in f32 as the engine runs it.
+    /// Reads the sizes of a two-expert render's files; the VAE's weights at `vae_bytes` per
+    /// element (its dtype: f32 on the CPU, bf16 on CUDA, as `ModelCache::vae` loads it).
     pub fn read(
-        high_noise: &Path,
-        low_noise: &Path,
+        (high_noise, low_noise): (ExpertFiles<'_>, ExpertFiles<'_>),
         text_encoder: &Path,
-        vae: &Path,
-        vae_size: VaeSize,
+        (vae, vae_size, vae_bytes): (&Path, VaeSize, u64),
         compute_bytes: u64,
     ) -> Result<Self, EngineError> {
-        let (high, high_fp8) = dit_size(&headers(high_noise)?, compute_bytes)?;
-        let (low, low_fp8) = dit_size(&headers(low_noise)?, compute_bytes)?;
+        let (high, high_fp8) = dit_size_with_loras(
+            &headers(high_noise.weights)?,
+            high_noise.loras,
+            compute_bytes,
+        )?;
+        let (low, low_fp8) =
+            dit_size_with_loras(&headers(low_noise.weights)?, low_noise.loras, compute_bytes)?;
         let dit = if low.total() > high.total() {
             low
         } else {
@@ -239,7 +298,7 @@ impl ModelSizes {
             dit,
             dit_is_float8: high_fp8 && low_fp8,
             text_encoder: model_bytes_at(text_encoder, compute_bytes)?,
-            vae_weights: model_bytes_at(vae, 4)?,
+            vae_weights: model_bytes_at(vae, vae_bytes)?,
             vae: vae_size,
         })
     }

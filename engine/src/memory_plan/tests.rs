@@ -57,16 +57,26 @@ fn an_unlimited_or_large_budget_keeps_everything_resident() {
     assert_eq!(plan.dit, DitPlacement::BothResident);
     assert_eq!(plan.text_encoder, Placement::Device);
     assert_eq!(plan.vae_tile, None);
-    // 80 GB: both experts (53 GB) and whole-frame decoding (17 GB) fit, umT5 (11 GB) no more.
+    // 80 GB: both experts (53 GiB), whole-frame decoding in bf16 (9 GiB) and umT5 (11 GiB).
     let plan = MemoryPlan::decide(&inputs, Some(80 * GIB)).unwrap();
     assert_eq!(plan.dit, DitPlacement::BothResident);
-    assert_eq!(plan.text_encoder, Placement::Cpu);
+    assert_eq!(plan.text_encoder, Placement::Device);
     assert_eq!(plan.vae_tile, None);
     assert!(plan.predicted.peak <= 80 * GIB);
-    let plan = MemoryPlan::decide(&inputs, Some(40 * GIB)).unwrap();
+    // 64 GB: the experts and the decode still fit, umT5 no more beside them: it runs alone
+    // before the experts load.
+    let plan = MemoryPlan::decide(&inputs, Some(64 * GIB)).unwrap();
+    assert_eq!(plan.dit, DitPlacement::BothResident);
+    assert_eq!(plan.text_encoder, Placement::DeviceThenFreed);
+    assert_eq!(plan.vae_tile, None);
+    assert!(plan.predicted.peak <= 64 * GIB);
+    // 36 GB: one expert (27 GiB) at a time; the whole-frame decode beside it (36.2 GiB) does
+    // not fit, so it is tiled.
+    let plan = MemoryPlan::decide(&inputs, Some(36 * GIB)).unwrap();
     assert_eq!(plan.dit, DitPlacement::OneAtATime);
-    assert_eq!(plan.text_encoder, Placement::Cpu);
+    assert_eq!(plan.text_encoder, Placement::DeviceThenFreed);
     assert!(plan.vae_tile.is_some());
+    assert!(plan.predicted.peak <= 36 * GIB);
 }
 
 #[test]
@@ -86,7 +96,13 @@ fn a14b_at_24_16_and_10_gb_swaps_fewer_blocks_as_the_budget_shrinks() {
         };
         assert_eq!(total_blocks, 40);
         assert!(resident_blocks >= 1, "{budget_gb} GB");
-        assert_eq!(plan.text_encoder, Placement::Cpu, "{budget_gb} GB");
+        // umT5-XXL in bf16 (11.4 GB) fits 24 and 16 GB alone, not 10.
+        let text = if budget_gb == 10 {
+            Placement::Cpu
+        } else {
+            Placement::DeviceThenFreed
+        };
+        assert_eq!(plan.text_encoder, text, "{budget_gb} GB");
         let tile = plan.vae_tile.unwrap();
         assert!(
             (MIN_VAE_TILE..104).contains(&tile),
@@ -265,4 +281,199 @@ fn the_image_encode_is_tiled_only_when_whole_frames_do_not_fit() {
         "{}",
         plan.summary()
     );
+}
+
+#[test]
+fn the_text_encoder_goes_beside_the_experts_alone_before_them_or_to_the_cpu() {
+    // Small experts and VAE, so that only the text encoder's size decides.
+    let mut inputs = a14b_bf16(832, 480, 81);
+    let dit = DitSize::from_architecture(1024, 4096, 8, 4096, 36, 2);
+    inputs.sizes.dit = dit;
+    inputs.sizes.high_noise_weights = dit.total();
+    inputs.sizes.low_noise_weights = dit.total();
+    inputs.tokens = Tokens::new(17, 256, 256, 8);
+    let budget = 16 * GIB;
+    let with_text = |bytes: u64| {
+        let mut inputs = inputs.clone();
+        inputs.sizes.text_encoder = bytes;
+        MemoryPlan::decide(&inputs, Some(budget)).unwrap()
+    };
+    // Without the encoder's weights (its activations are counted even then).
+    let base = with_text(0);
+    assert_eq!(base.text_encoder, Placement::Device);
+    let others = base.predicted.peak - TEXT_ENCODER_ACTIVATIONS;
+    let beside = budget - base.predicted.peak;
+    let alone = budget - TEXT_ENCODER_ACTIVATIONS - inputs.sizes.vae_weights - RUNTIME_OVERHEAD;
+    assert!(beside < alone);
+    // Fits beside everything: stays on the device, counted in the peak.
+    let plan = with_text(beside);
+    assert_eq!(plan.text_encoder, Placement::Device);
+    assert_eq!(plan.predicted.peak, budget);
+    // One byte more: on the device alone, freed before the experts load.
+    let plan = with_text(beside + 1);
+    assert_eq!(plan.text_encoder, Placement::DeviceThenFreed);
+    let text_alone =
+        beside + 1 + TEXT_ENCODER_ACTIVATIONS + inputs.sizes.vae_weights + RUNTIME_OVERHEAD;
+    assert_eq!(plan.predicted.peak, others.max(text_alone));
+    assert!(
+        plan.summary()
+            .contains("text encoder on the device before the experts load, freed after encoding"),
+        "{}",
+        plan.summary()
+    );
+    // The largest that fits alone; its peak is the encoder's, not the experts'.
+    let plan = with_text(alone);
+    assert_eq!(plan.text_encoder, Placement::DeviceThenFreed);
+    assert_eq!(plan.predicted.peak, budget);
+    // Too large even alone: the CPU, and the peak no longer counts it.
+    let plan = with_text(alone + 1);
+    assert_eq!(plan.text_encoder, Placement::Cpu);
+    assert_eq!(plan.predicted.peak, others);
+}
+
+#[test]
+fn a_lora_merged_into_a_float8_layer_counts_at_the_compute_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let dim = 256;
+    let mut tensors: Vec<(String, &str, Vec<usize>)> = vec![(
+        "model.diffusion_model.patch_embedding.weight".to_owned(),
+        "BF16",
+        vec![dim, 36, 1, 2, 2],
+    )];
+    for block in 0..2 {
+        for (name, shape) in [("self_attn.q", vec![dim, dim]), ("ffn.0", vec![1024, dim])] {
+            let layer = format!("model.diffusion_model.blocks.{block}.{name}");
+            tensors.push((format!("{layer}.weight"), "F8_E4M3", shape));
+            tensors.push((format!("{layer}.scale_weight"), "F32", vec![1]));
+        }
+    }
+    let dit = dir.path().join("dit_fp8.safetensors");
+    let borrowed: Vec<(&str, &str, &[usize])> = tensors
+        .iter()
+        .map(|(n, d, s)| (n.as_str(), *d, s.as_slice()))
+        .collect();
+    fake_safetensors(&dit, &borrowed, &[]);
+    let headers = sizes::headers(&dit).unwrap();
+    let (plain, _) = sizes::dit_size(&headers, 2).unwrap();
+    let block = (dim * dim + 1024 * dim) as u64 + 2 * 2;
+    assert_eq!(plain.block_weights, block);
+
+    // ComfyUI naming on block 0's q (with an alpha), kohya's on block 1's FFN, and keys that
+    // match no layer (ignored, as the merge ignores them).
+    let comfy = dir.path().join("lora_comfy.safetensors");
+    fake_safetensors(
+        &comfy,
+        &[
+            (
+                "diffusion_model.blocks.0.self_attn.q.lora_down.weight",
+                "BF16",
+                &[4, dim],
+            ),
+            (
+                "diffusion_model.blocks.0.self_attn.q.lora_up.weight",
+                "BF16",
+                &[dim, 4],
+            ),
+            ("diffusion_model.blocks.0.self_attn.q.alpha", "F32", &[]),
+            (
+                "diffusion_model.blocks.0.k_img.lora_up.weight",
+                "BF16",
+                &[dim, 4],
+            ),
+            (
+                "diffusion_model.blocks.9.ffn.0.lora_up.weight",
+                "BF16",
+                &[1024, 4],
+            ),
+        ],
+        &[],
+    );
+    let kohya = dir.path().join("lora_kohya.safetensors");
+    fake_safetensors(
+        &kohya,
+        &[
+            (
+                "lora_unet_blocks_1_ffn_0.lora_down.weight",
+                "BF16",
+                &[4, dim],
+            ),
+            (
+                "lora_unet_blocks_1_ffn_0.lora_up.weight",
+                "BF16",
+                &[1024, 4],
+            ),
+        ],
+        &[],
+    );
+    let (one, _) = sizes::dit_size_with_loras(&headers, std::slice::from_ref(&comfy), 2).unwrap();
+    // Block 0's q becomes bf16: one more byte per element; block 1 unchanged.
+    assert_eq!(one.block_weights, block + (dim * dim) as u64);
+    assert_eq!(one.non_block_weights, plain.non_block_weights);
+    let (both, _) = sizes::dit_size_with_loras(&headers, &[comfy, kohya], 2).unwrap();
+    // Block 1's FFN (the larger layer) becomes bf16 too: the largest block is now block 1.
+    assert_eq!(both.block_weights, block + (1024 * dim) as u64);
+    // Compute dtype f32 (the CPU): four bytes per merged element.
+    let kohya_only = [dir.path().join("lora_kohya.safetensors")];
+    let (f32_merge, _) = sizes::dit_size_with_loras(&headers, &kohya_only, 4).unwrap();
+    assert_eq!(
+        f32_merge.block_weights,
+        (dim * dim) as u64 + 4 * (1024 * dim) as u64 + 2 * 4
+    );
+}
+
+#[test]
+fn vae_peaks_are_predicted_at_the_vae_dtype() {
+    let vae = wan21_vae();
+    let tokens = Tokens::new(81, 832, 480, 8);
+    for tile in [None, Some(40)] {
+        assert_eq!(
+            2 * vae_decode_peak(&vae, &tokens, tile, 2),
+            vae_decode_peak(&vae, &tokens, tile, 4)
+        );
+        assert_eq!(
+            2 * vae_encode_peak(&vae, &tokens, tile, 2),
+            vae_encode_peak(&vae, &tokens, tile, 4)
+        );
+    }
+    // The plan for bf16 activations (CUDA, where the VAE runs in bf16) predicts at 2 bytes;
+    // for f32 ones (the CPU, where engine/tests measure it) at 4.
+    let bf16 = a14b_bf16(832, 480, 81);
+    let plan = MemoryPlan::decide(&bf16, None).unwrap();
+    assert_eq!(
+        plan.predicted.vae_decode_peak,
+        vae_decode_peak(&vae, &tokens, None, 2)
+    );
+    assert_eq!(
+        plan.predicted.vae_encode_peak,
+        vae_encode_peak(&vae, &tokens, None, 2)
+    );
+    let mut f32_inputs = bf16.clone();
+    f32_inputs.activation_bytes = 4;
+    let plan = MemoryPlan::decide(&f32_inputs, None).unwrap();
+    assert_eq!(
+        plan.predicted.vae_decode_peak,
+        vae_decode_peak(&vae, &tokens, None, 4)
+    );
+    // Under a budget, bf16 activations decode in larger tiles than f32 ones would.
+    let budget = Some(24 * GIB);
+    let tile = |inputs: &PlanInputs| MemoryPlan::decide(inputs, budget).unwrap().vae_tile;
+    assert!(tile(&bf16).unwrap_or(u64::MAX) > tile(&f32_inputs).unwrap());
+}
+
+#[test]
+fn float8_weights_add_their_dequantized_ffn_weight_to_the_activations() {
+    let bf16 = a14b_bf16(832, 480, 81);
+    let mut fp8 = bf16.clone();
+    let dit = DitSize::from_architecture(5120, 13824, 40, 4096, 36, 1);
+    fp8.sizes.dit = dit;
+    fp8.sizes.high_noise_weights = dit.total();
+    fp8.sizes.low_noise_weights = dit.total();
+    fp8.sizes.dit_is_float8 = true;
+    let tokens = bf16.tokens.count;
+    let plain = dit_activation_peak(&dit, tokens, 2);
+    let plan = MemoryPlan::decide(&bf16, None).unwrap();
+    assert_eq!(plan.predicted.dit_activation_peak, plain);
+    let plan = MemoryPlan::decide(&fp8, None).unwrap();
+    // 13824 × 5120 bf16: 0.13 GiB beside the FFN's hidden layer.
+    assert_eq!(plan.predicted.dit_activation_peak, plain + 13824 * 5120 * 2);
 }

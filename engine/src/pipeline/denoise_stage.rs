@@ -52,30 +52,34 @@ impl PipelineRunner {
             .iter()
             .any(|&e| loop_cfg.guidance_scale(e).is_some());
         let (text_device, text_dtype) = match stage.plan.text_encoder {
-            Placement::Device => (device.clone(), stage.dtype),
+            Placement::Device | Placement::DeviceThenFreed => (device.clone(), stage.dtype),
             Placement::Cpu => (Device::Cpu, DType::F32),
         };
-        let encoder = self.models.text_encoder(recipe, text_dtype, &text_device)?;
         let text_total = if needs_negative { 2 } else { 1 };
         ctx.progress(Stage::EncodingText, 0, text_total);
-        warn_if_truncated(encoder, &recipe.prompt, "prompt", ctx)?;
-        let context = encoder
-            .encode_prompt(&recipe.prompt)?
-            .to_device(device)?
-            .unsqueeze(0)?;
-        ctx.progress(Stage::EncodingText, 1, text_total);
-        let negative_context = if needs_negative {
+        let mut prompts = vec![recipe.prompt.as_str()];
+        if needs_negative {
+            prompts.push(negative_prompt(recipe));
+        }
+        let then_free = stage.plan.text_encoder == Placement::DeviceThenFreed;
+        let encodings =
+            self.models
+                .encode_prompts(recipe, &prompts, (text_dtype, &text_device), then_free)?;
+        if needs_negative {
+            // The second prompt's cancel point, as when the prompts were encoded one by one.
             ctx.check()?;
-            warn_if_truncated(encoder, negative_prompt(recipe), "negative prompt", ctx)?;
-            let negative = encoder
-                .encode_prompt(negative_prompt(recipe))?
-                .to_device(device)?
-                .unsqueeze(0)?;
-            ctx.progress(Stage::EncodingText, 2, text_total);
-            Some(negative)
-        } else {
-            None
-        };
+        }
+        let mut contexts = Vec::with_capacity(encodings.len());
+        for (encoding, what) in encodings.into_iter().zip(["prompt", "negative prompt"]) {
+            warn_if_truncated(&encoding, what, ctx)?;
+            contexts.push(encoding.context.to_device(device)?.unsqueeze(0)?);
+        }
+        ctx.progress(Stage::EncodingText, text_total, text_total);
+        let mut contexts = contexts.into_iter();
+        let context = contexts.next().ok_or_else(|| EngineError::BadModelInput {
+            problem: "the prompt was not encoded".to_owned(),
+        })?;
+        let negative_context = contexts.next();
 
         // Image and its conditioning.
         ctx.check()?;
@@ -90,6 +94,10 @@ impl PipelineRunner {
             .unsqueeze(0)?;
         ctx.progress(Stage::EncodingImage, 1, 1);
         let z_dim = vae.config().z_dim;
+        // The encode's activations are freed on the stream; waiting returns them to the device
+        // (the allocator's pool keeps freed memory until a synchronisation) before the experts
+        // load, so the denoising starts from what the plan counts.
+        device.synchronize()?;
         let (_, _, lat_t, lat_h, lat_w) = y.dims5()?;
         let (noise, replay) = if let Some(SavedState::HighNoiseDone { noise, predictions }) = saved
         {

@@ -1,5 +1,6 @@
 //! The two Wan experts as the sampling loop's [`Denoiser`], loaded through the model cache so
-//! that, when the memory plan says so, only the expert in use is loaded.
+//! that, when the memory plan says so, only the expert in use is on the device (the other one
+//! parked in host memory, see `ModelCache::park_expert`).
 //!
 //! A GPU out-of-memory error while loading an expert or computing a step deepens the placement
 //! and retries the step: both experts → one at a time → half the transformer blocks streamed
@@ -90,14 +91,15 @@ impl WanDenoiser<'_> {
         true
     }
 
-    /// `expert`, loading it unless it is loaded (the other expert freed first unless both stay).
+    /// `expert`, loading it unless it is loaded (the other expert parked in host memory first
+    /// unless both stay).
     fn load_expert(&mut self, expert: Expert) -> Result<&WanModel, EngineError> {
         if !self.keep_both {
             let other = match expert {
                 Expert::HighNoise => Expert::LowNoise,
                 Expert::LowNoise => Expert::HighNoise,
             };
-            self.models.free_expert(other);
+            self.models.park_expert(other);
         }
         self.models.expert(
             self.recipe,

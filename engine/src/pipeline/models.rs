@@ -12,7 +12,8 @@ use crate::preset::ModelFamily;
 use crate::recipe::Recipe;
 use crate::rife::Rife;
 use crate::sampling::Expert;
-use crate::umt5::{self, TextEncoder};
+use crate::umt5::{self, EncoderFingerprint, Encoding, EncodingCache, TextEncoder};
+use crate::wan::model::ParkedModel;
 use crate::wan::{self, LoraSpec, WanModel};
 use crate::wan_vae::{self, WanVae};
 
@@ -44,14 +45,47 @@ struct Slot<T> {
     model: T,
 }
 
+/// A DiT expert between uses: on its device, or parked in host memory while the other expert
+/// runs (one at a time), so that bringing it back uploads from host memory instead of reading
+/// its file again.
+enum Held {
+    OnDevice(WanModel),
+    Parked(ParkedModel),
+}
+
+/// Host memory left free beside a parked expert: the OS, the decode's frames, RIFE.
+const PARK_HOST_MARGIN: u64 = 4 << 30;
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes; `None` where it cannot be read.
+fn host_memory_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_mem_available(&text)
+}
+
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Whether `bytes` more of host memory leave [`PARK_HOST_MARGIN`] of `available` free.
+fn host_has_room(bytes: u64, available: Option<u64>) -> bool {
+    available.is_some_and(|available| bytes.saturating_add(PARK_HOST_MARGIN) <= available)
+}
+
 /// The models of the last job. A job that names the same files reuses them.
 #[derive(Default)]
 pub struct ModelCache {
-    high_noise: Option<Slot<WanModel>>,
-    low_noise: Option<Slot<WanModel>>,
+    high_noise: Option<Slot<Held>>,
+    low_noise: Option<Slot<Held>>,
     text_encoder: Option<Slot<TextEncoder>>,
     vae: Option<Slot<WanVae>>,
     rife: Option<Slot<Rife>>,
+    /// Prompt encodings, kept here rather than in the encoder so that they survive it being
+    /// freed after encoding (or reloaded); keyed by the encoder's fingerprint.
+    encodings: EncodingCache,
     loads: Arc<AtomicUsize>,
     /// What loading found that the user should hear about (LoRA keys that matched nothing),
     /// until the runner reports it.
@@ -105,7 +139,7 @@ fn device_key(device: &Device, dtype: DType) -> String {
 
 /// The LoRAs of `recipe` for one expert, with that expert's strength; a LoRA at strength 0
 /// for this expert (one made for the other expert) is left out.
-fn expert_loras(recipe: &Recipe, expert: Expert) -> Vec<LoraSpec> {
+pub(super) fn expert_loras(recipe: &Recipe, expert: Expert) -> Vec<LoraSpec> {
     recipe
         .loras
         .iter()
@@ -180,6 +214,16 @@ pub(super) fn vae_config(path: &Path, family: ModelFamily) -> Result<wan_vae::Co
     }
 }
 
+/// The fingerprint of the text encoder at `path` (with its sidecar config) in `dtype`, without
+/// loading it.
+fn text_encoder_fingerprint(path: &Path, dtype: DType) -> Result<EncoderFingerprint, EngineError> {
+    let cfg = match sidecar_config(path) {
+        Some(json) => Some(umt5::Config::from_json_file(&json)?),
+        None => None,
+    };
+    TextEncoder::fingerprint_of(path, cfg.as_ref(), dtype)
+}
+
 fn load_text_encoder(
     path: &Path,
     dtype: DType,
@@ -218,15 +262,18 @@ impl ModelCache {
         Arc::clone(&self.loads)
     }
 
-    /// Frees every model.
+    /// Frees every model (prompt encodings, in host memory, are kept).
     pub fn clear(&mut self) {
         let loads = Arc::clone(&self.loads);
+        let encodings = std::mem::take(&mut self.encodings);
         *self = Self::default();
         self.loads = loads;
+        self.encodings = encodings;
     }
 
-    /// One expert of `recipe`, loading it unless it is loaded, with only `resident_blocks`
-    /// transformer blocks on the device (block swapping) unless that is `None`.
+    /// One expert of `recipe`, loading it unless it is loaded (or bringing it back from host
+    /// memory when it was parked: no file is read), with only `resident_blocks` transformer blocks on the
+    /// device (block swapping) unless that is `None`.
     pub fn expert(
         &mut self,
         recipe: &Recipe,
@@ -250,12 +297,90 @@ impl ModelCache {
             resident_blocks,
             ..ModelKey::plain(path, device, dtype)
         };
+        if let Some(Slot {
+            key: parked_key,
+            model: Held::Parked(_),
+        }) = slot
+            && *parked_key == key
+            && let Some(Slot {
+                key,
+                model: Held::Parked(parked),
+            }) = slot.take()
+        {
+            tracing::info!(?expert, "expert back on the device from host memory");
+            *slot = Some(Slot {
+                key,
+                model: Held::OnDevice(parked.restore()?),
+            });
+        }
         let warnings = &mut self.warnings;
-        get_or_load(slot, &self.loads, key, || {
+        let held = get_or_load(slot, &self.loads, key, || {
             let (model, found) = load_dit(path, &loras, resident_blocks, (dtype, device))?;
             warnings.extend(found);
-            Ok(model)
-        })
+            Ok(Held::OnDevice(model))
+        })?;
+        match held {
+            Held::OnDevice(model) => Ok(model),
+            Held::Parked(_) => Err(EngineError::BadCheckpoint {
+                problem: "the expert is still parked after loading".to_owned(),
+            }),
+        }
+    }
+
+    /// Moves `expert` off the device into host memory when host memory allows (bringing it
+    /// back then reads no file), else frees it; the next phase or job that needs it gets it
+    /// back through [`ModelCache::expert`].
+    pub fn park_expert(&mut self, expert: Expert) {
+        let slot = match expert {
+            Expert::HighNoise => &mut self.high_noise,
+            Expert::LowNoise => &mut self.low_noise,
+        };
+        if !slot
+            .as_ref()
+            .is_some_and(|s| matches!(s.model, Held::OnDevice(_)))
+        {
+            return;
+        }
+        let Some(Slot {
+            key,
+            model: Held::OnDevice(model),
+        }) = slot.take()
+        else {
+            return;
+        };
+        // On the CPU parking moves nothing: the tensors already are in host memory.
+        let needed = if key.device.starts_with("Cpu") {
+            0
+        } else {
+            model.resident_bytes() as u64
+        };
+        let available = host_memory_available();
+        if needed > 0 && !host_has_room(needed, available) {
+            tracing::info!(
+                ?expert,
+                needed,
+                ?available,
+                margin = PARK_HOST_MARGIN,
+                "expert freed, not parked: host memory is short (it will be read from its file again)"
+            );
+            return;
+        }
+        match model.park() {
+            Ok(parked) => {
+                tracing::info!(
+                    ?expert,
+                    host_bytes = parked.host_bytes(),
+                    "expert parked in host memory"
+                );
+                *slot = Some(Slot {
+                    key,
+                    model: Held::Parked(parked),
+                });
+            }
+            Err(error) => {
+                tracing::info!(?expert, %error, "expert freed, not parked");
+            }
+        }
     }
 
     /// What loading found that the user should hear about since the last call.
@@ -270,7 +395,10 @@ impl ModelCache {
             Expert::HighNoise => &self.high_noise,
             Expert::LowNoise => &self.low_noise,
         };
-        slot.as_ref().map(|s| s.model.config().num_layers)
+        slot.as_ref().map(|s| match &s.model {
+            Held::OnDevice(model) => model.config().num_layers,
+            Held::Parked(parked) => parked.config().num_layers,
+        })
     }
 
     /// Frees the DiT experts and the text encoder, keeping the VAE (and RIFE): room for a decode
@@ -295,18 +423,96 @@ impl ModelCache {
         recipe: &Recipe,
         dtype: DType,
         device: &Device,
-    ) -> Result<&mut TextEncoder, EngineError> {
+    ) -> Result<&TextEncoder, EngineError> {
         let path = required(recipe.models.text_encoder.as_ref(), "models.text_encoder")?;
         let key = ModelKey::plain(path, device, dtype);
         get_or_load(&mut self.text_encoder, &self.loads, key, || {
             load_text_encoder(path, dtype, device)
-        })?;
-        self.text_encoder
-            .as_mut()
-            .map(|s| &mut s.model)
-            .ok_or_else(|| EngineError::BadCheckpoint {
-                problem: "the text encoder is missing after loading".to_owned(),
+        })
+    }
+
+    /// Frees the text encoder (its encodings stay cached) and lets the device's allocator
+    /// return its memory before the experts load.
+    pub fn free_text_encoder(&mut self, device: &Device) -> Result<(), EngineError> {
+        if self.text_encoder.take().is_some() {
+            // Frees on the device are queued on its stream: wait for them, so the memory is
+            // back before the next allocation asks for it.
+            device.synchronize()?;
+            tracing::info!("text encoder freed after encoding");
+        }
+        Ok(())
+    }
+
+    /// The encodings of `prompts` by the recipe's text encoder in `dtype` on `device`: cached
+    /// ones as they are, the others encoded (loading the encoder only then) and cached.
+    /// `then_free`: the encoder runs on the device alone, so the experts leave the device
+    /// before it loads, and it is freed after encoding.
+    pub fn encode_prompts(
+        &mut self,
+        recipe: &Recipe,
+        prompts: &[&str],
+        (dtype, device): (DType, &Device),
+        then_free: bool,
+    ) -> Result<Vec<Encoding>, EngineError> {
+        let path = required(recipe.models.text_encoder.as_ref(), "models.text_encoder")?;
+        let fingerprint = text_encoder_fingerprint(path, dtype)?;
+        let mut found: Vec<Option<Encoding>> = prompts
+            .iter()
+            .map(|prompt| self.encodings.get(prompt, &fingerprint))
+            .collect();
+        if found.iter().all(Option::is_some) {
+            if then_free {
+                self.free_text_encoder(device)?;
+            }
+        } else {
+            if then_free {
+                self.make_room_for_text_encoder(device)?;
+            }
+            let encoder = self.text_encoder(recipe, dtype, device)?;
+            let mut fresh = Vec::new();
+            for (prompt, slot) in prompts.iter().zip(&mut found) {
+                if slot.is_none() {
+                    let encoding = encoder.encode(prompt)?;
+                    // Kept in host memory: a handful of contexts should not hold device memory.
+                    let encoding = Encoding {
+                        context: encoding.context.to_device(&Device::Cpu)?,
+                        ..encoding
+                    };
+                    fresh.push((*prompt, encoding.clone()));
+                    *slot = Some(encoding);
+                }
+            }
+            for (prompt, encoding) in fresh {
+                self.encodings.insert(prompt, &fingerprint, encoding);
+            }
+            if then_free {
+                self.free_text_encoder(device)?;
+            }
+        }
+        found
+            .into_iter()
+            .map(|encoding| {
+                encoding.ok_or_else(|| EngineError::BadCheckpoint {
+                    problem: "a prompt was left unencoded".to_owned(),
+                })
             })
+            .collect()
+    }
+
+    /// Moves what of the DiT is on the device to host memory (or frees it), for the text
+    /// encoder to run there alone.
+    fn make_room_for_text_encoder(&mut self, device: &Device) -> Result<(), EngineError> {
+        let on_device = |slot: &Option<Slot<Held>>| {
+            slot.as_ref()
+                .is_some_and(|s| matches!(s.model, Held::OnDevice(_)))
+        };
+        let loaded = on_device(&self.high_noise) || on_device(&self.low_noise);
+        self.park_expert(Expert::HighNoise);
+        self.park_expert(Expert::LowNoise);
+        if loaded {
+            device.synchronize()?;
+        }
+        Ok(())
     }
 
     /// The VAE of `recipe`: float32 on the CPU, as the references run it (the golden cases
@@ -414,5 +620,160 @@ mod tests {
         assert_eq!(weight(&mut cache, &recipe), 3, "strength changed: reloaded");
         recipe.loras.clear();
         assert_eq!(weight(&mut cache, &recipe), 4, "LoRA removed: reloaded");
+    }
+
+    #[test]
+    fn cached_encodings_outlive_a_freed_encoder_and_never_serve_another_file() {
+        let dev = Device::Cpu;
+        let preset = preset::find("wan22-i2v-a14b-official-480p").unwrap();
+        let mut recipe = Recipe::from_layers(&preset, RecipeChoices::default());
+        recipe.models.text_encoder = Some(golden("umt5.safetensors"));
+        recipe.models.high_noise = Some(golden("high_noise.safetensors"));
+        let mut cache = ModelCache::default();
+        let prompts = ["a lighthouse at dusk", "blurry"];
+        let encode = |cache: &mut ModelCache, recipe: &Recipe, prompts: &[&str]| {
+            cache
+                .encode_prompts(recipe, prompts, (DType::F32, &dev), true)
+                .unwrap()
+        };
+        // An expert loaded by an earlier job leaves the device before the encoder loads.
+        cache
+            .expert(&recipe, Expert::HighNoise, (DType::F32, &dev), None)
+            .unwrap();
+        let first = encode(&mut cache, &recipe, &prompts);
+        assert_eq!(cache.loads(), 2, "the expert, then the text encoder");
+        assert!(cache.text_encoder.is_none(), "freed after encoding");
+        assert!(
+            matches!(
+                cache.high_noise,
+                Some(Slot {
+                    model: Held::Parked(_),
+                    ..
+                })
+            ),
+            "the expert left the device (parked in host memory) first"
+        );
+        assert_eq!(first.len(), 2);
+        assert!(first.iter().all(|e| !e.truncated));
+
+        // The next job, same prompts: nothing loads, the same contexts come back.
+        let again = encode(&mut cache, &recipe, &prompts);
+        assert_eq!(cache.loads(), 2, "cached: the encoder is not loaded again");
+        for (a, b) in first.iter().zip(&again) {
+            let diff = (&a.context - &b.context).unwrap().abs().unwrap();
+            assert_eq!(diff.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        }
+
+        // One new prompt: the encoder loads once, for it alone, and is freed again.
+        encode(&mut cache, &recipe, &["a lighthouse at dawn", "blurry"]);
+        assert_eq!(cache.loads(), 3);
+        assert!(cache.text_encoder.is_none());
+
+        // Another encoder file (same bytes, another path) never reuses those encodings.
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["umt5.json", "tokenizer.json"] {
+            std::fs::copy(golden(name), dir.path().join(name)).unwrap();
+        }
+        let other = dir.path().join("umt5.safetensors");
+        std::fs::copy(golden("umt5.safetensors"), &other).unwrap();
+        recipe.models.text_encoder = Some(other);
+        let copied = encode(&mut cache, &recipe, &prompts);
+        assert_eq!(cache.loads(), 4, "a different file is encoded afresh");
+        assert_eq!(copied[0].context.dims(), first[0].context.dims());
+
+        // Kept on the device (the placement that keeps it): loaded once, then reused.
+        let kept = cache
+            .encode_prompts(&recipe, &["a third prompt"], (DType::F32, &dev), false)
+            .unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(cache.loads(), 5);
+        assert!(cache.text_encoder.is_some());
+        cache
+            .encode_prompts(&recipe, &["a fourth prompt"], (DType::F32, &dev), false)
+            .unwrap();
+        assert_eq!(cache.loads(), 5, "a loaded encoder is reused");
+    }
+
+    /// The flow `expert` predicts for fixed inputs, through the cache as the denoiser asks.
+    fn flow(
+        cache: &mut ModelCache,
+        recipe: &Recipe,
+        expert: Expert,
+        swap: Option<usize>,
+    ) -> Tensor {
+        let dev = Device::Cpu;
+        let model = cache
+            .expert(recipe, expert, (DType::F32, &dev), swap)
+            .unwrap();
+        let cfg = model.config().clone();
+        let ramp = |shape: &[usize], phase: f32| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37 + phase).sin()).collect();
+            Tensor::from_vec(v, shape, &dev).unwrap()
+        };
+        let x = ramp(&[1, cfg.out_dim, 2, 4, 4], 0.0);
+        let y = ramp(&[1, cfg.in_dim - cfg.out_dim, 2, 4, 4], 1.0);
+        let context = ramp(&[1, 3, cfg.text_dim], 2.0);
+        let t = Tensor::new(&[700.0_f64], &dev).unwrap();
+        model.forward(&x, Some(&y), &t, &context).unwrap()
+    }
+
+    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_parked_expert_comes_back_without_reading_its_file_and_computes_the_same() {
+        let preset = preset::find("wan22-i2v-a14b-official-480p").unwrap();
+        let mut recipe = Recipe::from_layers(&preset, RecipeChoices::default());
+        recipe.models.high_noise = Some(golden("high_noise.safetensors"));
+        recipe.models.low_noise = Some(golden("low_noise.safetensors"));
+        // Whole experts, then every block streamed, then one of two.
+        for swap in [None, Some(0), Some(1)] {
+            let mut cache = ModelCache::default();
+            let high = flow(&mut cache, &recipe, Expert::HighNoise, swap);
+            // Two jobs' worth of phase switches, one expert on the device at a time.
+            for _ in 0..2 {
+                cache.park_expert(Expert::HighNoise);
+                let low = flow(&mut cache, &recipe, Expert::LowNoise, swap);
+                cache.park_expert(Expert::LowNoise);
+                let again = flow(&mut cache, &recipe, Expert::HighNoise, swap);
+                assert_eq!(max_abs(&again, &high), 0.0, "{swap:?}");
+                assert!(max_abs(&low, &high) > 0.0, "the other expert ran");
+            }
+            assert_eq!(
+                cache.loads(),
+                2,
+                "{swap:?}: each expert read from its file once"
+            );
+            // What the key holds still reloads: another block split.
+            cache.park_expert(Expert::HighNoise);
+            let other_split = swap.map_or(Some(1), |_| None);
+            let reloaded = flow(&mut cache, &recipe, Expert::HighNoise, other_split);
+            assert_eq!(cache.loads(), 3, "{swap:?}: another block split reloads");
+            assert_eq!(max_abs(&reloaded, &high), 0.0);
+        }
+    }
+
+    #[test]
+    fn parking_needs_mem_available_beyond_the_margin() {
+        let meminfo =
+            "MemTotal:       131072000 kB\nMemFree:         1000 kB\nMemAvailable:   10485760 kB\n";
+        let available = parse_mem_available(meminfo);
+        assert_eq!(available, Some(10 << 30));
+        assert!(host_has_room(6 << 30, available));
+        assert!(!host_has_room((6 << 30) + 1, available));
+        assert!(
+            !host_has_room(1, None),
+            "unknown host memory: free, do not park"
+        );
+        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
     }
 }

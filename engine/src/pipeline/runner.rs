@@ -33,6 +33,8 @@ pub struct PipelineRunner {
     budget_override: Option<u64>,
     /// A DiT placement that replaces the plan's (tests).
     dit_override: Option<DitPlacement>,
+    /// A text-encoder placement that replaces the plan's (tests).
+    text_encoder_override: Option<Placement>,
 }
 
 impl PipelineRunner {
@@ -62,6 +64,14 @@ impl PipelineRunner {
     #[must_use]
     pub fn with_dit_placement(mut self, placement: DitPlacement) -> Self {
         self.dit_override = Some(placement);
+        self
+    }
+
+    /// Runs the text encoder as `placement` says whatever the plan decides (tests: the
+    /// device-then-freed placement on the CPU).
+    #[must_use]
+    pub fn with_text_encoder_placement(mut self, placement: Placement) -> Self {
+        self.text_encoder_override = Some(placement);
         self
     }
 
@@ -105,12 +115,15 @@ impl PipelineRunner {
         };
         // The plan, before any model is loaded; a refusal ends the job here.
         let mut plan = plan_for(recipe, &device, dtype, self.budget_override)?;
-        if !device.is_cuda() {
+        if !device.is_cuda() && plan.text_encoder == Placement::Cpu {
             // Everything already runs on the CPU: there is nothing to move to it.
             plan.text_encoder = Placement::Device;
         }
         if let Some(placement) = self.dit_override {
             plan.dit = placement;
+        }
+        if let Some(placement) = self.text_encoder_override {
+            plan.text_encoder = placement;
         }
         ctx.memory_plan(plan.clone());
         let loop_cfg = LoopConfig {
@@ -319,18 +332,17 @@ pub(super) fn read_noise(path: &Path) -> Result<Tensor, EngineError> {
     })
 }
 
-/// Tells the user (an event, not only a log line) when a prompt is cut to the encoder's length.
+/// Tells the user (an event, not only a log line) when a prompt is cut to the encoder's length
+/// (cached encodings remember it).
 pub(super) fn warn_if_truncated(
-    encoder: &crate::umt5::TextEncoder,
-    text: &str,
+    encoding: &crate::umt5::Encoding,
     what: &str,
     ctx: &JobContext<'_>,
 ) -> Result<(), EngineError> {
-    let tokenizer = encoder.tokenizer();
-    if tokenizer.encode(text)?.truncated {
+    if encoding.truncated {
         ctx.warn(format!(
             "the {what} is longer than the text encoder's {} tokens; the rest is ignored",
-            tokenizer.text_len()
+            encoding.context.dim(0)?
         ));
     }
     Ok(())

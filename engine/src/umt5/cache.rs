@@ -1,5 +1,10 @@
 //! Prompt encodings kept per (prompt, encoder), so that rendering again with a new seed, or
 //! the same negative prompt for every clip, does not run the 5.7 B-parameter encoder again.
+//!
+//! The cache lives beside the loaded models (`pipeline::ModelCache`), not inside the encoder:
+//! an encoder freed after encoding (the memory plan's "device, then freed" placement) or
+//! reloaded keeps its encodings, and the [`EncoderFingerprint`] key, computed from the files
+//! without loading them, keeps another encoder file from ever reusing them.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -34,11 +39,29 @@ impl EncoderFingerprint {
     }
 }
 
+/// One prompt's encoding: the padded context and whether the prompt was cut to `text_len`
+/// (so a cached prompt still gets its warning).
+#[derive(Clone, Debug)]
+pub struct Encoding {
+    /// `[text_len, d_model]`.
+    pub context: Tensor,
+    pub truncated: bool,
+}
+
 /// A small least-recently-used map from (prompt, encoder) to the padded context.
 #[derive(Debug)]
 pub struct EncodingCache {
     capacity: usize,
-    entries: VecDeque<((String, EncoderFingerprint), Tensor)>,
+    entries: VecDeque<((String, EncoderFingerprint), Encoding)>,
+}
+
+/// Encodings kept by default: a positive and a negative prompt for a handful of recipes.
+pub const CACHED_PROMPTS: usize = 8;
+
+impl Default for EncodingCache {
+    fn default() -> Self {
+        Self::new(CACHED_PROMPTS)
+    }
 }
 
 impl EncodingCache {
@@ -62,32 +85,52 @@ impl EncodingCache {
         self.entries.is_empty()
     }
 
+    /// The cached encoding of `prompt` by `encoder`, now the most recently used.
+    pub fn get(&mut self, prompt: &str, encoder: &EncoderFingerprint) -> Option<Encoding> {
+        let index = self
+            .entries
+            .iter()
+            .position(|((p, e), _)| p == prompt && e == encoder)?;
+        let entry = self.entries.remove(index)?;
+        let encoding = entry.1.clone();
+        self.entries.push_back(entry);
+        tracing::debug!("prompt encoding reused from the cache");
+        Some(encoding)
+    }
+
+    /// Keeps `encoding` of `prompt` by `encoder`, evicting the least recently used one when
+    /// full.
+    pub fn insert(&mut self, prompt: &str, encoder: &EncoderFingerprint, encoding: Encoding) {
+        if self.capacity == 0 {
+            return;
+        }
+        if let Some(index) = self
+            .entries
+            .iter()
+            .position(|((p, e), _)| p == prompt && e == encoder)
+        {
+            self.entries.remove(index);
+        }
+        if self.entries.len() == self.capacity {
+            self.entries.pop_front();
+        }
+        self.entries
+            .push_back(((prompt.to_owned(), encoder.clone()), encoding));
+    }
+
     /// The cached encoding, or `encode()`'s result, which is then cached.
     pub fn get_or_encode(
         &mut self,
         prompt: &str,
         encoder: &EncoderFingerprint,
-        encode: impl FnOnce() -> Result<Tensor, EngineError>,
-    ) -> Result<Tensor, EngineError> {
-        let hit = self
-            .entries
-            .iter()
-            .position(|((p, e), _)| p == prompt && e == encoder);
-        if let Some(entry) = hit.and_then(|index| self.entries.remove(index)) {
-            let tensor = entry.1.clone();
-            self.entries.push_back(entry);
-            tracing::debug!("prompt encoding reused from the cache");
-            return Ok(tensor);
+        encode: impl FnOnce() -> Result<Encoding, EngineError>,
+    ) -> Result<Encoding, EngineError> {
+        if let Some(hit) = self.get(prompt, encoder) {
+            return Ok(hit);
         }
-        let tensor = encode()?;
-        if self.capacity > 0 {
-            if self.entries.len() == self.capacity {
-                self.entries.pop_front();
-            }
-            self.entries
-                .push_back(((prompt.to_owned(), encoder.clone()), tensor.clone()));
-        }
-        Ok(tensor)
+        let encoding = encode()?;
+        self.insert(prompt, encoder, encoding.clone());
+        Ok(encoding)
     }
 }
 
@@ -110,9 +153,13 @@ mod tests {
             cache
                 .get_or_encode(prompt, fp, || {
                     runs += 1;
-                    Ok(Tensor::new(&[runs as f32], &Device::Cpu)?)
+                    Ok(Encoding {
+                        context: Tensor::new(&[runs as f32], &Device::Cpu)?,
+                        truncated: false,
+                    })
                 })
                 .unwrap()
+                .context
                 .to_vec1::<f32>()
                 .unwrap()[0]
         };

@@ -1,17 +1,16 @@
-//! Prompt in, context out: tokenizer + encoder + cache, as the Wan pipeline uses them.
+//! Prompt in, context out: tokenizer + encoder, as the Wan pipeline uses them. Encodings are
+//! cached outside the encoder ([`super::EncodingCache`], keyed by [`EncoderFingerprint`]), so
+//! they outlive it.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
 use super::{
-    Checkpoint, Config, EncoderFingerprint, EncodingCache, PromptTokenizer, PromptTokens,
-    Umt5Encoder, pad_context,
+    Checkpoint, Config, EncoderFingerprint, Encoding, PromptTokenizer, PromptTokens, Umt5Encoder,
+    pad_context,
 };
 use crate::EngineError;
-
-/// Encodings kept by default: a positive and a negative prompt for a handful of recipes.
-const CACHED_PROMPTS: usize = 8;
 
 /// The loaded text encoder. It may run on the CPU when VRAM is short: pass that device.
 #[derive(Debug)]
@@ -19,7 +18,25 @@ pub struct TextEncoder {
     tokenizer: PromptTokenizer,
     model: Umt5Encoder,
     fingerprint: EncoderFingerprint,
-    cache: EncodingCache,
+}
+
+/// The config an encoder at `checkpoint` loads with: `cfg`, else a diffusers `config.json`
+/// beside the weights, else umt5-xxl's.
+fn resolve_config(checkpoint: &Checkpoint, cfg: Option<&Config>) -> Result<Config, EngineError> {
+    Ok(match (cfg, &checkpoint.config_json) {
+        (Some(cfg), _) => cfg.clone(),
+        (None, Some(json)) => Config::from_json_file(json)?,
+        (None, None) => Config::umt5_xxl(),
+    })
+}
+
+fn fingerprint(
+    checkpoint: &Checkpoint,
+    cfg: &Config,
+    dtype: DType,
+) -> Result<EncoderFingerprint, EngineError> {
+    let files: Vec<&Path> = checkpoint.files.iter().map(AsRef::as_ref).collect();
+    EncoderFingerprint::of_files(&files, dtype, cfg.text_len)
 }
 
 impl TextEncoder {
@@ -34,21 +51,28 @@ impl TextEncoder {
         device: &Device,
     ) -> Result<Self, EngineError> {
         let checkpoint = Checkpoint::locate(checkpoint)?;
-        let cfg = match (cfg, &checkpoint.config_json) {
-            (Some(cfg), _) => cfg.clone(),
-            (None, Some(json)) => Config::from_json_file(json)?,
-            (None, None) => Config::umt5_xxl(),
-        };
+        let cfg = resolve_config(&checkpoint, cfg)?;
         let tokenizer = PromptTokenizer::open(tokenizer, cfg.text_len)?;
         let model = checkpoint.load_encoder(&cfg, dtype, device)?;
-        let files: Vec<&Path> = checkpoint.files.iter().map(AsRef::as_ref).collect();
-        let fingerprint = EncoderFingerprint::of_files(&files, dtype, cfg.text_len)?;
+        let fingerprint = fingerprint(&checkpoint, &cfg, dtype)?;
         Ok(Self {
             tokenizer,
             model,
             fingerprint,
-            cache: EncodingCache::new(CACHED_PROMPTS),
         })
+    }
+
+    /// The fingerprint [`TextEncoder::load`] would give the encoder at `checkpoint` with `cfg`
+    /// in `dtype`, from the files' metadata and config alone (no weights read): the key of
+    /// its cached encodings before (or without) loading it.
+    pub fn fingerprint_of(
+        checkpoint: &Path,
+        cfg: Option<&Config>,
+        dtype: DType,
+    ) -> Result<EncoderFingerprint, EngineError> {
+        let checkpoint = Checkpoint::locate(checkpoint)?;
+        let cfg = resolve_config(&checkpoint, cfg)?;
+        fingerprint(&checkpoint, &cfg, dtype)
     }
 
     #[must_use]
@@ -56,23 +80,23 @@ impl TextEncoder {
         &self.tokenizer
     }
 
-    /// How many prompt encodings are cached.
+    /// What identifies this encoder's encodings.
     #[must_use]
-    pub fn cached_prompts(&self) -> usize {
-        self.cache.len()
+    pub fn fingerprint(&self) -> &EncoderFingerprint {
+        &self.fingerprint
     }
 
-    /// `[text_len, d_model]` context for `prompt`, from the cache when it was encoded before.
-    pub fn encode_prompt(&mut self, prompt: &str) -> Result<Tensor, EngineError> {
-        let Self {
-            tokenizer,
-            model,
-            fingerprint,
-            cache,
-        } = self;
-        cache.get_or_encode(prompt, fingerprint, || {
-            let tokens = tokenizer.encode(prompt)?;
-            encode_tokens(model, &tokens)
+    /// `[text_len, d_model]` context for `prompt`.
+    pub fn encode_prompt(&self, prompt: &str) -> Result<Tensor, EngineError> {
+        Ok(self.encode(prompt)?.context)
+    }
+
+    /// The context for `prompt` and whether the prompt was cut to `text_len`.
+    pub fn encode(&self, prompt: &str) -> Result<Encoding, EngineError> {
+        let tokens = self.tokenizer.encode(prompt)?;
+        Ok(Encoding {
+            context: encode_tokens(&self.model, &tokens)?,
+            truncated: tokens.truncated,
         })
     }
 }

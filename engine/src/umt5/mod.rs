@@ -22,7 +22,7 @@ pub mod weights;
 
 use candle_core::{D, Tensor};
 
-pub use cache::{EncoderFingerprint, EncodingCache};
+pub use cache::{EncoderFingerprint, Encoding, EncodingCache};
 pub use clean::{clean_prompt, html_unescape};
 pub use config::Config;
 pub use encoder::{TextEncoder, encode_tokens};

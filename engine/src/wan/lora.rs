@@ -79,34 +79,15 @@ impl LoraDeltas {
         crate::weights::read_header(&spec.path)?;
         let tensors = candle_core::safetensors::load(&spec.path, &Device::Cpu)?;
         let mut report = LoraReport::default();
-        let underscored: HashMap<String, String> = model_names
-            .iter()
-            .filter_map(|n| n.rsplit_once('.').map(|(m, _)| m))
-            .map(|m| (m.replace('.', "_"), m.to_owned()))
-            .collect();
-        let layout = detect_layout(tensors.keys().map(|k| strip(k).0));
+        let matcher = KeyMatcher::new(model_names, tensors.keys().map(String::as_str));
 
         // module → (kind → tensor)
         let mut groups: BTreeMap<String, BTreeMap<&str, (String, Tensor)>> = BTreeMap::new();
         for (key, tensor) in tensors {
-            let Some(kind) = SUFFIXES.iter().find(|s| key.ends_with(*s)) else {
+            let Some((kind, target)) = matcher.target(&key) else {
                 report.unmatched.entry(UNKNOWN_KIND).or_default().push(key);
                 continue;
             };
-            let (body, kohya) = strip(&key[..key.len() - kind.len()]);
-            let module = if kohya {
-                underscored.get(body).cloned()
-            } else {
-                let renamed = match layout {
-                    Layout::Original => body.to_owned(),
-                    Layout::Diffusers => rename(body, Layout::Diffusers),
-                };
-                Some(renamed)
-            };
-            let target = module.map(|m| {
-                let param = if *kind == ".diff_b" { "bias" } else { "weight" };
-                format!("{m}.{param}")
-            });
             match target {
                 Some(t) if model_names.contains(&t) => {
                     groups
@@ -183,6 +164,72 @@ impl LoraDeltas {
             deltas: self.0,
         })
     }
+}
+
+/// Maps LoRA keys to the model tensors they change, as [`LoraDeltas::add`] merges them.
+struct KeyMatcher {
+    /// kohya's underscored module path → the model's dotted one.
+    underscored: HashMap<String, String>,
+    layout: Layout,
+}
+
+impl KeyMatcher {
+    fn new<'a, S: std::hash::BuildHasher>(
+        model_names: &HashSet<String, S>,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let underscored = model_names
+            .iter()
+            .filter_map(|n| n.rsplit_once('.').map(|(m, _)| m))
+            .map(|m| (m.replace('.', "_"), m.to_owned()))
+            .collect();
+        let layout = detect_layout(keys.into_iter().map(|k| strip(k).0));
+        Self {
+            underscored,
+            layout,
+        }
+    }
+
+    /// The key's kind (suffix) and the model tensor it would change (`None`: no module of
+    /// that name), or `None` when the suffix is no LoRA kind.
+    fn target(&self, key: &str) -> Option<(&'static str, Option<String>)> {
+        let kind = SUFFIXES.iter().find(|s| key.ends_with(*s))?;
+        let (body, kohya) = strip(&key[..key.len() - kind.len()]);
+        let module = if kohya {
+            self.underscored.get(body).cloned()
+        } else {
+            Some(match self.layout {
+                Layout::Original => body.to_owned(),
+                Layout::Diffusers => rename(body, Layout::Diffusers),
+            })
+        };
+        let target = module.map(|m| {
+            let param = if *kind == ".diff_b" { "bias" } else { "weight" };
+            format!("{m}.{param}")
+        });
+        Some((kind, target))
+    }
+}
+
+/// The model tensors (of `model_names`, the original layout) that the LoRA file at `path`
+/// changes, from its header alone: what the memory plan needs to know (a float8 layer a LoRA
+/// changes is kept in the model dtype).
+pub fn changed_tensors<S: std::hash::BuildHasher>(
+    path: &std::path::Path,
+    model_names: &HashSet<String, S>,
+) -> Result<HashSet<String>, EngineError> {
+    let header = crate::weights::read_header(path)?;
+    let matcher = KeyMatcher::new(model_names, header.tensors.keys().map(String::as_str));
+    Ok(header
+        .tensors
+        .keys()
+        .filter_map(|key| match matcher.target(key)? {
+            // An alpha alone changes nothing; its pair names the layer.
+            (".alpha", _) => None,
+            (_, target) => target,
+        })
+        .filter(|target| model_names.contains(target))
+        .collect())
 }
 
 /// Splits the prefix off a LoRA module path; `true` when it is kohya's underscored form.

@@ -15,7 +15,7 @@ use super::block::{Block, LayerNorm};
 use super::config::Config;
 use super::linear::Lin;
 use super::rope::Rope;
-use super::streamed::StreamedBlocks;
+use super::streamed::{ParkedBlocks, StreamedBlocks};
 use super::time::{PerToken, Timesteps};
 use super::weights::to_original_layout;
 use crate::EngineError;
@@ -42,7 +42,129 @@ pub struct WanModel {
     kernels: Kernels,
 }
 
+/// An expert moved off its device between uses (see [`WanModel::park`]): its resident tensors
+/// in host memory, its streamed blocks' host copies without their device slots.
+#[derive(Debug)]
+pub struct ParkedModel {
+    model: WanModel,
+    streamed: Option<ParkedBlocks>,
+    device: Device,
+}
+
+impl ParkedModel {
+    /// The model back on its device: the resident tensors uploaded from host memory, new
+    /// streaming slots for the streamed blocks. Computes exactly what it did before parking.
+    pub fn restore(self) -> Result<WanModel, EngineError> {
+        let mut model = self.model.moved(&self.device)?;
+        model.streamed = match self.streamed {
+            Some(parked) => Some(Arc::new(parked.restore(&model.kernels, &self.device)?)),
+            None => None,
+        };
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.model.cfg
+    }
+
+    /// Host bytes of weights it holds: the resident tensors moved here and the streamed
+    /// blocks' copies.
+    #[must_use]
+    pub fn host_bytes(&self) -> usize {
+        self.model.resident_bytes() + self.streamed.as_ref().map_or(0, ParkedBlocks::host_bytes)
+    }
+}
+
+fn bytes_of(tensor: &Tensor) -> usize {
+    tensor.elem_count() * tensor.dtype().size_in_bytes()
+}
+
 impl WanModel {
+    /// Bytes of the tensors kept on the model's device, the streaming slots not counted:
+    /// what parking moves to host memory.
+    #[must_use]
+    pub fn resident_bytes(&self) -> usize {
+        let lins = [
+            &self.patch_embedding,
+            &self.text_embedding0,
+            &self.text_embedding2,
+            &self.time_embedding0,
+            &self.time_embedding2,
+            &self.time_projection,
+            &self.head,
+        ];
+        let lin_bytes: usize = lins
+            .iter()
+            .filter_map(|lin| lin.tensors().ok())
+            .flat_map(|tensors| tensors.map(bytes_of))
+            .sum();
+        let block_bytes: usize = self
+            .blocks
+            .iter()
+            .filter_map(|block| block.tensors().ok())
+            .flat_map(|tensors| tensors.into_iter().map(bytes_of))
+            .sum();
+        lin_bytes + block_bytes + bytes_of(&self.head_modulation)
+    }
+
+    /// Moves the model off its device until [`ParkedModel::restore`]: the resident tensors to
+    /// host memory (on the CPU they stay where they are), the streaming slots freed. GGUF
+    /// block-quantized layers cannot move (an error; the caller frees the model instead).
+    pub fn park(mut self) -> Result<ParkedModel, EngineError> {
+        let device = self.head_modulation.device().clone();
+        let streamed = match self.streamed.take() {
+            Some(shared) => Some(
+                Arc::try_unwrap(shared)
+                    .map_err(|_| EngineError::BadModelInput {
+                        problem: "the model's streamed blocks are shared with a copy of it, so they cannot leave the device".to_owned(),
+                    })?
+                    .park()?,
+            ),
+            None => None,
+        };
+        let model = self.moved(&Device::Cpu)?;
+        Ok(ParkedModel {
+            model,
+            streamed,
+            device,
+        })
+    }
+
+    /// The same model with its resident tensors on `device` (the streamed blocks shared).
+    fn moved(&self, device: &Device) -> Result<Self, EngineError> {
+        let lin = |lin: &Lin| -> Result<Lin, EngineError> {
+            let [weight, bias] = lin.tensors()?;
+            lin.with_tensors(weight.to_device(device)?, bias.to_device(device)?)
+        };
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|block| {
+                let tensors = block
+                    .tensors()?
+                    .into_iter()
+                    .map(|t| t.to_device(device))
+                    .collect::<Result<Vec<_>, _>>()?;
+                block.with_tensors(&tensors)
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        Ok(Self {
+            cfg: self.cfg.clone(),
+            patch_embedding: lin(&self.patch_embedding)?,
+            text_embedding0: lin(&self.text_embedding0)?,
+            text_embedding2: lin(&self.text_embedding2)?,
+            time_embedding0: lin(&self.time_embedding0)?,
+            time_embedding2: lin(&self.time_embedding2)?,
+            time_projection: lin(&self.time_projection)?,
+            blocks,
+            streamed: self.streamed.clone(),
+            head_norm: self.head_norm.clone(),
+            head: lin(&self.head)?,
+            head_modulation: self.head_modulation.to_device(device)?,
+            kernels: self.kernels.clone(),
+        })
+    }
+
     /// Builds the model from weights in the original key layout (see
     /// [`super::weights::to_original_layout`]).
     pub fn new(cfg: &Config, vb: &VarBuilder<'_>) -> Result<Self, EngineError> {

@@ -118,6 +118,77 @@ impl StreamedBlocks {
     }
 }
 
+/// Streamed blocks with their device slots freed, between an expert's uses: the host copies
+/// (pinned on CUDA) stay, so bringing the expert back allocates two slots and copies nothing
+/// from disk. Each block keeps its per-layer values (float8 scales), bound to placeholder
+/// tensors of the slots' shapes that hold no memory.
+pub(super) struct ParkedBlocks {
+    slots: usize,
+    blocks: Vec<(Block, HostGroup)>,
+}
+
+impl std::fmt::Debug for ParkedBlocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ParkedBlocks({} blocks)", self.blocks.len())
+    }
+}
+
+/// A tensor of `like`'s shape and dtype that holds one value (a broadcast zero): a block's
+/// stand-in weight while it is parked.
+fn placeholder(like: &Tensor) -> Result<Tensor, EngineError> {
+    Ok(Tensor::zeros((), like.dtype(), &Device::Cpu)?.broadcast_as(like.shape())?)
+}
+
+impl StreamedBlocks {
+    /// Frees the device slots, keeping the host copies.
+    pub(super) fn park(self) -> Result<ParkedBlocks, EngineError> {
+        let slots = self.stream.slot_count();
+        let placeholders = self
+            .stream
+            .slot(0)?
+            .iter()
+            .map(placeholder)
+            .collect::<Result<Vec<_>, _>>()?;
+        let Self { stream, blocks } = self;
+        // Dropping the stream waits for copies still queued into its slots.
+        drop(stream);
+        let blocks = blocks
+            .into_iter()
+            .map(|(block, host)| Ok((block.with_tensors(&placeholders)?, host)))
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        Ok(ParkedBlocks { slots, blocks })
+    }
+}
+
+impl ParkedBlocks {
+    /// New device slots on `device`, the blocks bound to them again, streaming from the same
+    /// host copies.
+    pub(super) fn restore(
+        self,
+        kernels: &Kernels,
+        device: &Device,
+    ) -> Result<StreamedBlocks, EngineError> {
+        let Some((first, _)) = self.blocks.first() else {
+            return Err(EngineError::BadModelInput {
+                problem: "a parked model has no streamed blocks to restore".to_owned(),
+            });
+        };
+        let stream = WeightStream::new(kernels, device, &owned(first)?, self.slots)?;
+        let blocks = self
+            .blocks
+            .into_iter()
+            .enumerate()
+            .map(|(n, (block, host))| Ok((block.with_tensors(stream.slot(n % self.slots)?)?, host)))
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        Ok(StreamedBlocks { stream, blocks })
+    }
+
+    /// Bytes of block weights held in host memory.
+    pub(super) fn host_bytes(&self) -> usize {
+        self.blocks.iter().map(|(_, h)| h.bytes()).sum()
+    }
+}
+
 fn owned(block: &Block) -> Result<Vec<Tensor>, EngineError> {
     Ok(block.tensors()?.into_iter().cloned().collect())
 }
@@ -207,6 +278,13 @@ mod tests {
             let streamed = WanModel::new_streamed(&cfg, &vb, Some(keep)).unwrap();
             assert_eq!(streamed.streamed_blocks().0, 5 - keep);
             assert!(streamed.streamed_blocks().1 > 0);
+            // Parked (slots freed) and restored in between: the same numbers again.
+            let parked = streamed.clone().park().err();
+            assert!(
+                parked.is_some(),
+                "a model shared with a copy keeps its blocks"
+            );
+            let streamed = streamed.park().unwrap().restore().unwrap();
             for _ in 0..2 {
                 let out = streamed.forward(&x, Some(&y), &t, &context).unwrap();
                 let diff = (&out - &expected)
