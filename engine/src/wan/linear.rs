@@ -1,7 +1,10 @@
 //! The model's linear layer: a plain weight, or a float8 e4m3 weight with a per-tensor scale as
 //! ComfyUI's `fp8_scaled` files store it (`scale_weight`, or `weight_scale` in the newer
 //! `comfy_quant` format). Float8 weights stay resident as float8 and are dequantized at use,
-//! `weight.to(dtype) * scale`, the dequantization ComfyUI applies before its matmul.
+//! `weight.to(dtype) * scale`, the dequantization ComfyUI applies before its matmul. With
+//! [`Kernels::fp8_matmul`] on, they multiply in FP8 instead ([`linear_fp8`]: the input
+//! quantized to e4m3 with the file's input scale, `input_scale` or `scale_input`, where it is
+//! not 1, else its own amax / 448, as ComfyUI's mixed-precision ops do).
 //!
 //! GGUF weights in a block-quantized type (Q4_0…Q8_0, K-quants) stay resident as a candle
 //! `QTensor` on the model's device (see `crate::gguf` for how the loader hands them over) and
@@ -14,22 +17,26 @@ use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Module, Shape, Tensor};
 use candle_nn::VarBuilder;
 use stillmotion_kernels::Kernels;
-use stillmotion_kernels::linear::{Epilogue, linear};
+use stillmotion_kernels::linear::{Epilogue, Fp8Weight, linear, linear_fp8};
 
 use crate::EngineError;
 use crate::gguf::{GGML_TYPE_SUFFIX, QuantizedMatmul, ggml_type_from_id};
 
 /// Per-tensor scale names: ComfyUI's `scaled_fp8` files, then its `comfy_quant` format.
 const SCALE_NAMES: [&str; 2] = ["scale_weight", "weight_scale"];
+/// Per-tensor input scales for the FP8 matmul, in the same two formats.
+const INPUT_SCALE_NAMES: [&str; 2] = ["scale_input", "input_scale"];
 
 #[derive(Clone, Debug)]
 enum Weight {
     Plain(Tensor),
-    /// Float8 as stored, the scale, and the dtype to dequantize to.
+    /// Float8 as stored, the scale, the dtype to dequantize to, and the input scale for the
+    /// FP8 matmul (`None`: from each input's amax).
     Scaled {
         weight: Tensor,
         scale: f64,
         dtype: DType,
+        input_scale: Option<f64>,
     },
     /// GGML blocks as stored, `[out, in]`, and the dtype the layer computes in.
     Quantized {
@@ -111,9 +118,32 @@ impl Lin {
                 weight,
                 scale: f64::from(scale),
                 dtype: vb.dtype(),
+                input_scale: Self::input_scale(vb)?,
             },
             bias,
         })
+    }
+
+    /// The file's per-tensor input scale, if any. ComfyUI drops a legacy `scale_input` of
+    /// exactly 1 (its converter, `convert_old_quants`), which means "from the input's amax".
+    fn input_scale(vb: &VarBuilder<'_>) -> Result<Option<f64>, EngineError> {
+        let Some(name) = INPUT_SCALE_NAMES.iter().find(|n| vb.contains_tensor(n)) else {
+            return Ok(None);
+        };
+        let values = vb
+            .get_unchecked_dtype(name, DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        match values[..] {
+            [1.0] => Ok(None),
+            [scale] if scale > 0.0 && scale.is_finite() => Ok(Some(f64::from(scale))),
+            _ => Err(EngineError::BadCheckpoint {
+                problem: format!(
+                    "{}.{name} holds {values:?}; only one positive per-tensor input scale is supported",
+                    vb.prefix()
+                ),
+            }),
+        }
     }
 
     /// A GGUF weight kept quantized, when the loader offers one (`<weight>.ggml_type`) and its
@@ -178,10 +208,16 @@ impl Lin {
     pub(super) fn with_tensors(&self, weight: Tensor, bias: Tensor) -> Result<Self, EngineError> {
         let weight = match &self.weight {
             Weight::Plain(_) => Weight::Plain(weight),
-            Weight::Scaled { scale, dtype, .. } => Weight::Scaled {
+            Weight::Scaled {
+                scale,
+                dtype,
+                input_scale,
+                ..
+            } => Weight::Scaled {
                 weight,
                 scale: *scale,
                 dtype: *dtype,
+                input_scale: *input_scale,
             },
             Weight::Quantized { .. } => {
                 return Err(EngineError::BadModelInput {
@@ -227,6 +263,7 @@ impl Lin {
                 weight,
                 scale,
                 dtype,
+                ..
             } => stillmotion_kernels::fp8::dequantize(kernels, weight, *scale, *dtype)?,
             Weight::Quantized { weight, dtype, .. } => {
                 weight.dequantize(&weight.device())?.to_dtype(*dtype)?
@@ -269,6 +306,29 @@ impl Lin {
                 Epilogue::GeluTanh => y.gelu()?,
             };
             return Ok(y.to_dtype(*dtype)?);
+        }
+        if let Weight::Scaled {
+            weight,
+            scale,
+            dtype,
+            input_scale,
+        } = &self.weight
+            && kernels.fp8_matmul()
+            && weight.dtype() == DType::F8E4M3
+        {
+            let weight = Fp8Weight {
+                weight,
+                scale: *scale,
+                input_scale: *input_scale,
+            };
+            return Ok(linear_fp8(
+                kernels,
+                x,
+                weight,
+                Some(&self.bias),
+                epilogue,
+                *dtype,
+            )?);
         }
         Ok(linear(
             kernels,
@@ -318,6 +378,61 @@ mod tests {
         let expected = [-0.01_f32 + 0.25, 0.01 * 4.5];
         for (a, b) in y[0].iter().zip(expected) {
             assert!((a - b).abs() < 1e-7, "{y:?} vs {expected:?}");
+        }
+    }
+
+    #[test]
+    fn with_fp8_matmul_on_float8_layers_quantize_their_input_with_the_files_scale() {
+        use stillmotion_kernels::linear::linear_fp8_reference;
+
+        let dev = Device::Cpu;
+        let stored = Tensor::new(&[[1.0_f32, -2.0, 0.5], [0.5, 4.0, -1.0]], &dev)
+            .unwrap()
+            .to_dtype(DType::F8E4M3)
+            .unwrap();
+        let bias = Tensor::new(&[0.25_f32, 0.0], &dev).unwrap();
+        let x = Tensor::new(&[[0.3_f32, -1.1, 2.9]], &dev).unwrap();
+        let on = Kernels::cpu().with_fp8_matmul(true);
+        for (file_input_scale, used) in [
+            (None, None),
+            (Some(1.0_f32), None),
+            (Some(0.02), Some(0.02_f32)),
+        ] {
+            let mut tensors = HashMap::from([
+                ("weight".to_owned(), stored.clone()),
+                ("bias".to_owned(), bias.clone()),
+                (
+                    "scale_weight".to_owned(),
+                    Tensor::new(0.5_f32, &dev).unwrap(),
+                ),
+            ]);
+            if let Some(s) = file_input_scale {
+                tensors.insert("scale_input".to_owned(), Tensor::new(s, &dev).unwrap());
+            }
+            let lin = Lin::new(3, 2, &VarBuilder::from_tensors(tensors, DType::F32, &dev)).unwrap();
+            let y = lin.forward(&on, &x).unwrap().to_vec2::<f32>().unwrap();
+            let weight = Fp8Weight {
+                weight: &stored,
+                scale: 0.5,
+                input_scale: used.map(f64::from),
+            };
+            let expected =
+                linear_fp8_reference(&x, weight, Some(&bias), Epilogue::None, DType::F32)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap();
+            assert_eq!(y, expected, "input scale {file_input_scale:?}");
+            // Off: today's dequantized product, which e4m3 inputs do not match exactly.
+            let off = lin
+                .forward(&Kernels::cpu(), &x)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            assert_ne!(off, expected);
+            assert!(
+                (off[0][1] - expected[0][1]).abs() < 0.1,
+                "{off:?} vs {expected:?}"
+            );
         }
     }
 
