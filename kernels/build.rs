@@ -28,6 +28,7 @@ const CUDA_SOURCES: &[(&str, bool)] = &[
     ("sage_attention", true),
     ("glue", false),
     ("warp", false),
+    ("fp8", false),
 ];
 /// Headers the sources include.
 const CUDA_HEADERS: &[&str] = &["mma_common.cuh"];

@@ -103,15 +103,31 @@ pub fn linear_fp8(
     if x.device().is_cpu() {
         return linear_fp8_reference(&x, weight, bias.as_ref(), epilogue, dtype);
     }
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda()
-        && let Some(y) =
-            crate::gpu::fp8_linear::linear(kernels, &x, weight, bias.as_ref(), epilogue)?
-    {
+    if let Some(y) = fp8_gemm(kernels, &x, weight, bias.as_ref(), epilogue, dtype)? {
         return Ok(y);
     }
     let dequantized = dequantize(kernels, weight.weight, weight.scale, dtype)?;
     linear(kernels, &x, &dequantized, bias.as_ref(), epilogue)
+}
+
+/// [`linear_fp8`]'s FP8 GEMM alone: `Some` where it ran (a CUDA device with FP8 tensor cores,
+/// `dtype` bfloat16 or float16, K and N multiples of 16, an algorithm from cuBLASLt), `None`
+/// elsewhere (the CPU included), so a caller can tell the two paths apart.
+pub fn fp8_gemm(
+    kernels: &Kernels,
+    x: &Tensor,
+    weight: Fp8Weight<'_>,
+    bias: Option<&Tensor>,
+    epilogue: Epilogue,
+    dtype: DType,
+) -> Result<Option<Tensor>, KernelError> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        let x = x.to_dtype(dtype)?;
+        return crate::gpu::fp8_linear::linear(kernels, &x, weight, bias, epilogue);
+    }
+    let _ = (kernels, x, weight, bias, epilogue, dtype);
+    Ok(None)
 }
 
 /// The CPU definition of [`linear_fp8`]: x quantized as [`quantize_activation`] does, the

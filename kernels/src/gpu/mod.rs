@@ -7,6 +7,7 @@
 pub(crate) mod attention;
 pub(crate) mod conv;
 mod cudnn;
+pub(crate) mod fp8_linear;
 pub(crate) mod glue;
 mod launch;
 pub(crate) mod linear;
@@ -31,6 +32,7 @@ const FLASH_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flash_atte
 const GLUE_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/glue.fatbin"));
 const SAGE_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sage_attention.fatbin"));
 const WARP_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/warp.fatbin"));
+const FP8_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fp8.fatbin"));
 
 /// Our kernels and the vendor libraries, ready on one CUDA device.
 pub(crate) struct GpuKernels {
@@ -39,6 +41,7 @@ pub(crate) struct GpuKernels {
     sage: Arc<CudaModule>,
     glue: Arc<CudaModule>,
     warp: Arc<CudaModule>,
+    fp8: Arc<CudaModule>,
     pub(crate) cudnn: Result<Mutex<Cudnn>, String>,
     pub(crate) blas_lt: CudaBlasLT,
 }
@@ -61,6 +64,7 @@ impl GpuKernels {
         let sage = load(SAGE_FATBIN)?;
         let glue = load(GLUE_FATBIN)?;
         let warp = load(WARP_FATBIN)?;
+        let fp8 = load(FP8_FATBIN)?;
         let blas_lt = CudaBlasLT::new(stream.clone()).map_err(|e| KernelError::Cuda {
             problem: format!("creating a cuBLASLt handle: {e}"),
         })?;
@@ -74,6 +78,7 @@ impl GpuKernels {
             sage,
             glue,
             warp,
+            fp8,
             cudnn,
             blas_lt,
         })
@@ -102,6 +107,10 @@ impl GpuKernels {
 
     pub(crate) fn warp_function(&self, name: &str) -> Result<CudaFunction, KernelError> {
         function(&self.warp, name)
+    }
+
+    pub(crate) fn fp8_function(&self, name: &str) -> Result<CudaFunction, KernelError> {
+        function(&self.fp8, name)
     }
 }
 
