@@ -32,12 +32,7 @@ pub fn linear(
     let x = x.to_dtype(weight.dtype())?;
     let bias = bias.map(|b| b.to_dtype(weight.dtype())).transpose()?;
     #[cfg(feature = "cuda")]
-    if x.device().is_cuda()
-        && matches!(
-            weight.dtype(),
-            candle_core::DType::BF16 | candle_core::DType::F16
-        )
-    {
+    if x.device().is_cuda() && matches!(weight.dtype(), DType::BF16 | DType::F16) {
         return crate::gpu::linear::linear(kernels, &x, weight, bias.as_ref(), epilogue);
     }
     let _ = kernels;
