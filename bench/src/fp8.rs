@@ -164,7 +164,7 @@ pub fn parity(device: &Device, kernels: &Kernels, checks: &mut Checks) -> anyhow
         );
         let Some(gpu) = fp8_gemm(kernels, &x, weight, bias, epilogue, dtype)? else {
             Line::new("skip")
-                .text("check", &format!("{name}: no FP8 GEMM on this GPU"))
+                .text("check", &format!("{name}: cuBLASLt has no FP8 GEMM for it here"))
                 .print();
             continue;
         };
