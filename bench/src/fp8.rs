@@ -164,7 +164,10 @@ pub fn parity(device: &Device, kernels: &Kernels, checks: &mut Checks) -> anyhow
         );
         let Some(gpu) = fp8_gemm(kernels, &x, weight, bias, epilogue, dtype)? else {
             Line::new("skip")
-                .text("check", &format!("{name}: cuBLASLt has no FP8 GEMM for it here"))
+                .text(
+                    "check",
+                    &format!("{name}: cuBLASLt has no FP8 GEMM for it here"),
+                )
                 .print();
             continue;
         };

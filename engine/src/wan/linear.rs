@@ -436,6 +436,76 @@ mod tests {
         }
     }
 
+    /// A whole (tiny) fp8_scaled DiT with the switch on: every float8 layer goes through the
+    /// FP8 product, so the output moves by e4m3's activation error and no more.
+    #[test]
+    fn the_fp8_switch_reaches_every_float8_layer_of_the_model() {
+        use crate::wan::{Config, ModelType, WanModel};
+
+        let cfg = Config {
+            model_type: ModelType::I2v,
+            in_dim: 6,
+            out_dim: 4,
+            dim: 32,
+            ffn_dim: 64,
+            freq_dim: 8,
+            text_dim: 12,
+            text_len: 5,
+            num_heads: 2,
+            num_layers: 2,
+            ..Config::t2v_a14b()
+        };
+        let dev = Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        WanModel::new(&cfg, &VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+        let mut tensors = HashMap::new();
+        let mut float8 = 0;
+        for (i, (name, var)) in varmap.data().lock().unwrap().iter().enumerate() {
+            let shape = var.as_tensor().shape().clone();
+            let values: Vec<f32> = (0..shape.elem_count())
+                .map(|j| ((((j * 31 + i * 17) % 89) as f32 / 89.0) - 0.5) * 0.6)
+                .collect();
+            let tensor = Tensor::from_vec(values, shape, &dev).unwrap();
+            if name.starts_with("blocks.") && name.ends_with(".weight") && tensor.rank() == 2 {
+                let scale = 0.3 / 448.0;
+                let prefix = name.trim_end_matches("weight");
+                tensors.insert(
+                    format!("{prefix}scale_weight"),
+                    Tensor::new(scale, &dev).unwrap(),
+                );
+                let stored = tensor.affine(1.0 / f64::from(scale), 0.0).unwrap();
+                tensors.insert(name.clone(), stored.to_dtype(DType::F8E4M3).unwrap());
+                float8 += 1;
+            } else {
+                tensors.insert(name.clone(), tensor);
+            }
+        }
+        assert!(float8 >= 2 * 10, "{float8} float8 layers");
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+        let ramp = |shape: &[usize], phase: f32| {
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37 + phase).sin()).collect();
+            Tensor::from_vec(values, shape, &dev).unwrap()
+        };
+        let (x, y) = (ramp(&[1, 4, 2, 4, 4], 0.0), ramp(&[1, 2, 2, 4, 4], 1.0));
+        let context = ramp(&[1, 3, 12], 2.0);
+        let t = Tensor::new(&[700_i64], &dev).unwrap();
+        let model = WanModel::new(&cfg, &vb).unwrap();
+        let dequantized = model.forward(&x, Some(&y), &t, &context).unwrap();
+        let model = model.with_kernels(Kernels::cpu().with_fp8_matmul(true));
+        let fp8 = model.forward(&x, Some(&y), &t, &context).unwrap();
+        let diff = (&fp8 - &dequantized)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let norm = dequantized.sqr().unwrap().sum_all().unwrap();
+        let rel_l2 = (diff.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt();
+        println!("tiny fp8_scaled DiT, FP8 matmul against dequantized: rel L2 {rel_l2:.2e}");
+        assert!(rel_l2 > 1e-4 && rel_l2 < 0.1, "{rel_l2}");
+    }
+
     /// What the LoRA backend gives for a float8 layer it merged into: float32 values, still
     /// divided by the scale, for the "as stored" request.
     struct MergedLike(HashMap<String, Tensor>);
