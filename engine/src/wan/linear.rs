@@ -467,7 +467,7 @@ mod tests {
                 .collect();
             let tensor = Tensor::from_vec(values, shape, &dev).unwrap();
             if name.starts_with("blocks.") && name.ends_with(".weight") && tensor.rank() == 2 {
-                let scale = 0.3 / 448.0;
+                let scale = 0.3_f32 / 448.0;
                 let prefix = name.trim_end_matches("weight");
                 tensors.insert(
                     format!("{prefix}scale_weight"),
