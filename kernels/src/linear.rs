@@ -98,16 +98,17 @@ pub fn linear_fp8(
     if x.device().is_cpu() {
         return linear_fp8_reference(&x, weight, bias.as_ref(), epilogue, dtype);
     }
-    if let Some(y) = fp8_gemm(kernels, &x, weight, bias.as_ref(), epilogue, dtype)? {
-        return Ok(y);
+    match fp8_gemm(kernels, &x, weight, bias.as_ref(), epilogue, dtype)? {
+        Ok(y) => return Ok(y),
+        Err(why) => tracing::debug!("FP8 GEMM unavailable, dequantizing instead: {why}"),
     }
     let dequantized = dequantize(kernels, weight.weight, weight.scale, dtype)?;
     linear(kernels, &x, &dequantized, bias.as_ref(), epilogue)
 }
 
-/// [`linear_fp8`]'s FP8 GEMM alone: `Some` where it ran (a CUDA device with FP8 tensor cores,
-/// `dtype` bfloat16 or float16, K and N multiples of 16, an algorithm from cuBLASLt), `None`
-/// elsewhere (the CPU included), so a caller can tell the two paths apart.
+/// [`linear_fp8`]'s FP8 GEMM alone: `Ok(Ok(y))` where it ran (a CUDA device with FP8 tensor
+/// cores, `dtype` bfloat16 or float16, K and N multiples of 16, an algorithm from cuBLASLt),
+/// `Ok(Err(why))` where it cannot (the CPU included), so a caller can tell the two paths apart.
 pub fn fp8_gemm(
     kernels: &Kernels,
     x: &Tensor,
@@ -115,14 +116,27 @@ pub fn fp8_gemm(
     bias: Option<&Tensor>,
     epilogue: Epilogue,
     dtype: DType,
-) -> Result<Option<Tensor>, KernelError> {
+) -> Result<Result<Tensor, String>, KernelError> {
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
         let x = x.to_dtype(dtype)?;
         return crate::gpu::fp8_linear::linear(kernels, &x, weight, bias, epilogue);
     }
-    let _ = (kernels, x, weight, bias, epilogue, dtype);
-    Ok(None)
+    let _ = (kernels, weight, bias, epilogue, dtype);
+    Ok(Err(format!("no FP8 GEMM on {:?}", x.device())))
+}
+
+impl Kernels {
+    /// Whether these kernels run on a GPU with FP8 tensor cores (compute capability 8.9 or
+    /// later), where [`fp8_gemm`] is expected to run.
+    #[must_use]
+    pub fn has_fp8_tensor_cores(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.gpu {
+            return gpu.has_fp8_mma();
+        }
+        false
+    }
 }
 
 /// The CPU definition of [`linear_fp8`]: x quantized as [`quantize_activation`] does, the

@@ -7,7 +7,7 @@
 //! `[M, K]` are); compute type 32F, scale type 32F; pointers 16-byte aligned and leading
 //! dimensions multiples of 16 bytes (K and N multiples of 16 here); C, D and the bias bf16 (or
 //! all f16). Where one of those does not hold, or cuBLASLt offers no algorithm, [`linear`]
-//! returns `None` and the caller dequantizes the weight instead.
+//! returns the reason instead of a result, and the caller dequantizes the weight instead.
 
 use std::ffi::c_void;
 
@@ -182,14 +182,15 @@ fn weight_ptr(gpu: &GpuKernels, weight: &Tensor) -> Option<u64> {
 }
 
 /// `x·(float(W)·scale)ᵀ + b` through cuBLASLt's FP8 GEMM, `x` bf16 or f16 on the device, the
-/// result in x's dtype; `None` where the GEMM cannot run here (see the module documentation).
+/// result in x's dtype; `Ok(Err(why))` where the GEMM cannot run here (see the module
+/// documentation).
 pub(crate) fn linear(
     kernels: &Kernels,
     x: &Tensor,
     weight: Fp8Weight<'_>,
     bias: Option<&Tensor>,
     epilogue: Epilogue,
-) -> Result<Option<Tensor>, KernelError> {
+) -> Result<Result<Tensor, String>, KernelError> {
     let gpu = loaded(kernels)?;
     let dtype = x.dtype();
     let k = x.dim(D::Minus1)?;
@@ -204,13 +205,22 @@ pub(crate) fn linear(
     let data_type = match dtype {
         DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
         DType::F16 => sys::cudaDataType::CUDA_R_16F,
-        _ => return Ok(None),
+        other => return Ok(Err(format!("output dtype {other:?} (bf16 or f16 only)"))),
     };
-    if !gpu.has_fp8_mma() || m == 0 || !k.is_multiple_of(16) || !n.is_multiple_of(16) {
-        return Ok(None);
+    if !gpu.has_fp8_mma() {
+        return Ok(Err(
+            "this GPU has no FP8 tensor cores (compute capability below 8.9)".to_owned(),
+        ));
+    }
+    if m == 0 || !k.is_multiple_of(16) || !n.is_multiple_of(16) {
+        return Ok(Err(format!(
+            "{m}×{k}·{k}×{n}: K and N must be multiples of 16"
+        )));
     }
     let Some(w_ptr) = weight_ptr(gpu, weight.weight).filter(|p| p % 16 == 0) else {
-        return Ok(None);
+        return Ok(Err(
+            "the weight is not a contiguous, 16-byte aligned float8 tensor".to_owned(),
+        ));
     };
     let bias = match bias {
         None => None,
@@ -290,10 +300,9 @@ pub(crate) fn linear(
     } {
         Ok(h) => h,
         Err(error) => {
-            tracing::debug!(
-                "no cuBLASLt FP8 algorithm for {m}×{k}·{k}×{n} ({error:?}); dequantizing instead"
-            );
-            return Ok(None);
+            return Ok(Err(format!(
+                "cuBLASLt has no FP8 algorithm for {m}×{k}·{k}×{n} with {chosen:?}: {error:?}"
+            )));
         }
     };
 
@@ -340,5 +349,5 @@ pub(crate) fn linear(
     }
     .map_err(|e| cublas(&format!("{m}×{k}·{k}×{n}"), e))?;
     drop((workspace, values, scales, bias));
-    Ok(Some(output_tensor(out, out_shape)))
+    Ok(Ok(output_tensor(out, out_shape)))
 }
