@@ -66,8 +66,9 @@ __device__ __forceinline__ uint8_t to_e4m3(float v) {
     return __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
 }
 
-// q = e4m3(T(x · T(1 / scale))); scales[0] = the activation scale, scales[1] = weight_scale
-// (both are the GEMM's per-tensor scale pointers). input_scale ≤ 0: from the amax.
+// q = e4m3(T(x · T(1 / scale))); scales[0] = the activation scale, scales[4] = weight_scale
+// (the GEMM's per-tensor scale pointers, 16 bytes apart so each is as aligned as cuBLASLt's
+// other operands). input_scale ≤ 0: from the amax.
 template <typename T, bool kVector>
 __device__ __forceinline__ void quantize(const T *x, uint8_t *q, float *scales,
                                          const unsigned int *amax_bits, float input_scale,
@@ -79,7 +80,7 @@ __device__ __forceinline__ void quantize(const T *x, uint8_t *q, float *scales,
     }
     if (blockIdx.x == 0 && threadIdx.x == 0) {
         scales[0] = scale;
-        scales[1] = weight_scale;
+        scales[4] = weight_scale;
     }
     const float inverse = round_to<T>(1.f / scale);
     const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;

@@ -31,6 +31,10 @@ const PACK: usize = 8;
 const MAX_BLOCKS: usize = 4096;
 /// cuBLASLt's recommended workspace on Hopper; only the chosen algorithm's size is allocated.
 const MAX_WORKSPACE: usize = 32 << 20;
+/// The scales buffer: the activation's at 0, the weight's at 4 (16 bytes on).
+const SCALES: usize = 8;
+/// Byte offset of the weight scale in it.
+const WEIGHT_SCALE_OFFSET: u64 = 16;
 
 fn cublas(what: &str, error: result::CublasError) -> KernelError {
     KernelError::Cuda {
@@ -39,7 +43,8 @@ fn cublas(what: &str, error: result::CublasError) -> KernelError {
 }
 
 /// x (contiguous, bf16/f16/f32) quantized into fresh float8 storage; the scale goes to
-/// `scales[0]` and `weight_scale` to `scales[1]` (`scales_ptr`: two float32 on the device).
+/// `scales[0]` and `weight_scale` to `scales[4]` (`scales_ptr`: [`SCALES`] float32 on the
+/// device).
 fn quantize_into(
     gpu: &GpuKernels,
     x: &Tensor,
@@ -116,7 +121,7 @@ pub(crate) fn quantize_activation(
 ) -> Result<QuantizedActivation, KernelError> {
     let gpu = loaded(kernels)?;
     let x = x.contiguous()?;
-    let scales_shape = Shape::from(2);
+    let scales_shape = Shape::from(SCALES);
     let (scales, scales_ptr) = empty_like_shape(&gpu.device, DType::F32, &scales_shape)?;
     let (values, _) = quantize_into(gpu, &x, input_scale, 1.0, scales_ptr)?;
     Ok(QuantizedActivation {
@@ -236,7 +241,7 @@ pub(crate) fn linear(
     };
     let bias_ptr = bias.as_ref().map(|b| device_ptr(b, KERNEL)).transpose()?;
 
-    let scales_shape = Shape::from(2);
+    let scales_shape = Shape::from(SCALES);
     let (scales, scales_ptr) = empty_like_shape(&gpu.device, DType::F32, &scales_shape)?;
     let desc = Owned(
         result::create_matmul_desc(
@@ -253,7 +258,7 @@ pub(crate) fn linear(
     set_attribute(
         desc.0,
         Attr::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
-        &(scales_ptr + 4),
+        &(scales_ptr + WEIGHT_SCALE_OFFSET),
     )?;
     set_attribute(
         desc.0,
