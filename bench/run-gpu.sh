@@ -2,7 +2,7 @@
 # Runs on the GPU machine, from the repository root, after `cargo xtask bench-gpu` staged
 # bench/stage/ (the release `stillmotion-bench` with CUDA, xz-compressed, and the diffusers
 # wheels). Writes every result line to $OUT/results.jsonl and logs beside it.
-# Usage: bench/run-gpu.sh [quick] [scale] [conv] [compile] [profile] [parity] [int8] [vae] [e2e] [budgets] [swap]
+# Usage: bench/run-gpu.sh [quick] [scale] [conv] [compile] [profile] [parity] [int8] [vae] [e2e] [budgets] [swap] [fp8]
 # (several modes run in order). e2e writes 35 GB of random-weight model files to $E2E_DIR.
 set -uo pipefail
 OUT=${OUT:-/tmp/stillmotion-bench}
@@ -65,6 +65,12 @@ for mode in "${@:-quick}"; do
       # One 480p expert forward resident, then with every block streamed (block swapping).
       peak ours-dit-480 ours dit 832 480 81 auto
       peak ours-dit-480-swap0 ours dit 832 480 81 auto 0 ;;
+    fp8)
+      # The FP8 GEMM for float8 weights (activation quantization included) against the bf16 and
+      # dequantize+bf16 paths at the DiT's three GEMM shapes, beside torch's bf16 Linear; its
+      # parity checks (GPU against the CPU definition) run in `parity`.
+      ours parity
+      for s in "32760 5120 5120" "32760 5120 13824" "32760 13824 5120"; do ours linear-fp8 $s; torch_ref linear $s; done ;;
     profile)
       # Kernel time by kernel name for one of our 480p forwards (Nsight Systems, if present).
       NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
@@ -75,7 +81,7 @@ for mode in "${@:-quick}"; do
       else
         echo "no nsys on this machine" >> "$OUT/log.txt"
       fi ;;
-    *) echo "unknown mode $mode (quick, scale, conv, compile, profile, parity, int8, vae, e2e, budgets, swap)" >> "$OUT/log.txt" ;;
+    *) echo "unknown mode $mode (quick, scale, conv, compile, profile, parity, int8, vae, e2e, budgets, swap, fp8)" >> "$OUT/log.txt" ;;
   esac
 done
 echo done >> "$OUT/log.txt"

@@ -29,6 +29,7 @@ const CUDA_SOURCES: &[(&str, bool)] = &[
     ("wgmma_attention", true),
     ("glue", false),
     ("warp", false),
+    ("fp8", false),
 ];
 /// Headers the sources include.
 const CUDA_HEADERS: &[&str] = &["mma_common.cuh"];

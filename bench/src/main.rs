@@ -4,6 +4,7 @@
 //! - `parity`: every kernel and a small DiT on the GPU against the CPU float32 reference;
 //! - `attention TOKENS KEYS`: each attention backend (the 8-bit one too), 40 heads × 128, bf16;
 //! - `linear M K N`: a linear layer with bias, cuBLASLt epilogue against candle's matmul + add;
+//! - `linear-fp8 M K N`: the FP8 GEMM for float8 weights against the bf16 and dequantize paths;
 //! - `dit WIDTH HEIGHT FRAMES`: one full Wan2.2-I2V-A14B expert forward, random weights, bf16;
 //! - `dit-accuracy WIDTH HEIGHT FRAMES`: that forward with each attention backend, timed, and
 //!   each output against the default backend's;
@@ -13,6 +14,7 @@
 //! Built by `cargo xtask bench-gpu`, run on a GPU machine. Nothing here asserts a timing.
 
 mod e2e;
+mod fp8;
 mod model_files;
 mod random_weights;
 mod report;
@@ -59,6 +61,13 @@ fn main() -> anyhow::Result<()> {
             number(2, 5120)?,
             number(3, 5120)?,
         ),
+        Some("linear-fp8") => fp8::bench(
+            &device,
+            &kernels,
+            number(1, 32_760)?,
+            number(2, 5120)?,
+            number(3, 5120)?,
+        ),
         Some("vae") => bench_vae(&device, number(1, 832)?, number(2, 480)?, number(3, 81)?),
         Some("rife") => bench_rife(
             &device,
@@ -97,7 +106,7 @@ fn main() -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?,
         ),
         _ => bail!(
-            "usage: stillmotion-bench parity | attention TOKENS [KEYS] | linear M K N | dit WIDTH HEIGHT FRAMES [auto|cudnn|flash|int8|int8pv16] [RESIDENT_BLOCKS] | dit-accuracy WIDTH HEIGHT FRAMES | e2e DIR WIDTH HEIGHT FRAMES [FLOWNET [BUDGET_GIB...]]"
+            "usage: stillmotion-bench parity | attention TOKENS [KEYS] | linear M K N | linear-fp8 M K N | dit WIDTH HEIGHT FRAMES [auto|cudnn|flash|int8|int8pv16] [RESIDENT_BLOCKS] | dit-accuracy WIDTH HEIGHT FRAMES | e2e DIR WIDTH HEIGHT FRAMES [FLOWNET [BUDGET_GIB...]]"
         ),
     }
 }
@@ -459,6 +468,7 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
             );
         }
     }
+    fp8::parity(device, kernels, &mut checks)?;
     conv_parity(device, kernels, &mut checks)?;
     dit_parity(device, &mut checks)?;
     checks.finish()

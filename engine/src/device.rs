@@ -105,6 +105,7 @@ pub fn kernel_options() -> stillmotion_kernels::KernelOptions {
     stillmotion_kernels::KernelOptions {
         cudnn_libraries: libraries,
         attention: stillmotion_kernels::AttentionChoice::Auto,
+        fp8_matmul: false,
     }
 }
 

@@ -45,12 +45,15 @@ pub struct KernelOptions {
     /// libcudnn candidates, tried in order (a path, or a soname for the system loader).
     pub cudnn_libraries: Vec<PathBuf>,
     pub attention: AttentionChoice,
+    /// Float8 weights multiply in FP8 (`linear::linear_fp8`) instead of dequantizing first.
+    pub fp8_matmul: bool,
 }
 
 /// The kernels of one device. Cheap to clone; a CPU instance holds nothing.
 #[derive(Clone)]
 pub struct Kernels {
     pub(crate) attention: AttentionChoice,
+    pub(crate) fp8_matmul: bool,
     #[cfg(feature = "cuda")]
     pub(crate) gpu: Option<Arc<crate::gpu::GpuKernels>>,
 }
@@ -67,6 +70,7 @@ impl Kernels {
     pub fn cpu() -> Self {
         Self {
             attention: AttentionChoice::Auto,
+            fp8_matmul: false,
             #[cfg(feature = "cuda")]
             gpu: None,
         }
@@ -76,7 +80,9 @@ impl Kernels {
     /// and cuBLASLt; a missing cuDNN is not an error unless [`AttentionChoice::Cudnn`] is asked.
     pub fn for_device(device: &Device, options: &KernelOptions) -> Result<Self, KernelError> {
         match device {
-            Device::Cpu => Ok(Self::cpu().with_attention(options.attention)),
+            Device::Cpu => Ok(Self::cpu()
+                .with_attention(options.attention)
+                .with_fp8_matmul(options.fp8_matmul)),
             #[cfg(feature = "cuda")]
             Device::Cuda(cuda) => {
                 let gpu = crate::gpu::GpuKernels::load(cuda, &options.cudnn_libraries)?;
@@ -87,6 +93,7 @@ impl Kernels {
                 }
                 Ok(Self {
                     attention: options.attention,
+                    fp8_matmul: options.fp8_matmul,
                     gpu: Some(Arc::new(gpu)),
                 })
             }

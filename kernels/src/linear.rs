@@ -1,9 +1,16 @@
 //! `x·Wᵀ + b`, optionally followed by GELU (tanh approximation): on CUDA one cuBLASLt GEMM
 //! with the bias (and GELU) fused into its epilogue; elsewhere candle's matmul and ops.
+//!
+//! [`linear_fp8`] is the same layer for a float8 e4m3 weight with a per-tensor scale when
+//! [`Kernels::fp8_matmul`] is on: the input is quantized to e4m3 too (see
+//! [`crate::fp8::quantize_activation`]) and multiplied in FP8 (cuBLASLt, float32 accumulation,
+//! both scales applied in the epilogue), the arithmetic of ComfyUI's fp8 matmul
+//! (`torch._scaled_mm`). [`linear_fp8_reference`] defines it on the CPU.
 
-use candle_core::{D, Tensor};
+use candle_core::{D, DType, Tensor};
 use candle_nn::Module;
 
+use crate::fp8::{QuantizedActivation, dequantize, quantize_activation};
 use crate::{KernelError, Kernels};
 
 /// What follows the GEMM.
@@ -25,12 +32,7 @@ pub fn linear(
     let x = x.to_dtype(weight.dtype())?;
     let bias = bias.map(|b| b.to_dtype(weight.dtype())).transpose()?;
     #[cfg(feature = "cuda")]
-    if x.device().is_cuda()
-        && matches!(
-            weight.dtype(),
-            candle_core::DType::BF16 | candle_core::DType::F16
-        )
-    {
+    if x.device().is_cuda() && matches!(weight.dtype(), DType::BF16 | DType::F16) {
         return crate::gpu::linear::linear(kernels, &x, weight, bias.as_ref(), epilogue);
     }
     let _ = kernels;
@@ -41,3 +43,152 @@ pub fn linear(
         Epilogue::GeluTanh => y.gelu()?,
     })
 }
+
+/// A float8 e4m3 weight `[N, K]` with its per-tensor scale (`scale_weight` / `weight_scale`),
+/// and the input scale its file gives (`scale_input` / `input_scale`), if any.
+#[derive(Clone, Copy, Debug)]
+pub struct Fp8Weight<'a> {
+    pub weight: &'a Tensor,
+    pub scale: f64,
+    pub input_scale: Option<f64>,
+}
+
+impl Fp8Weight<'_> {
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the scales are float32 in the file"
+    )]
+    fn input_scale_f32(&self) -> Option<f32> {
+        self.input_scale.map(|s| s as f32)
+    }
+}
+
+impl Kernels {
+    /// The same kernels with the FP8 GEMM for float8 weights on or off (off by default).
+    #[must_use]
+    pub fn with_fp8_matmul(&self, on: bool) -> Self {
+        let mut kernels = self.clone();
+        kernels.fp8_matmul = on;
+        kernels
+    }
+
+    /// Whether float8 weights multiply in FP8 ([`linear_fp8`]) instead of being dequantized to
+    /// the compute dtype first. On a GPU without FP8 tensor cores (before compute capability
+    /// 8.9) or for shapes cuBLASLt's FP8 GEMM does not take, the layer dequantizes anyway.
+    #[must_use]
+    pub fn fp8_matmul(&self) -> bool {
+        self.fp8_matmul
+    }
+}
+
+/// `x·(float(W)·scale)ᵀ + b` (then the epilogue) with `x` cast to `dtype` (bfloat16, float16
+/// or float32) and quantized to e4m3, the product accumulated in float32 and rounded once to
+/// `dtype`. On CUDA: cuBLASLt's FP8 GEMM where the GPU and shapes allow it, else the weight
+/// dequantized and [`linear`] (today's path); on the CPU: [`linear_fp8_reference`].
+pub fn linear_fp8(
+    kernels: &Kernels,
+    x: &Tensor,
+    weight: Fp8Weight<'_>,
+    bias: Option<&Tensor>,
+    epilogue: Epilogue,
+    dtype: DType,
+) -> Result<Tensor, KernelError> {
+    let x = x.to_dtype(dtype)?;
+    let bias = bias.map(|b| b.to_dtype(dtype)).transpose()?;
+    if x.device().is_cpu() {
+        return linear_fp8_reference(&x, weight, bias.as_ref(), epilogue, dtype);
+    }
+    match fp8_gemm(kernels, &x, weight, bias.as_ref(), epilogue, dtype)? {
+        Ok(y) => return Ok(y),
+        Err(why) => tracing::debug!("FP8 GEMM unavailable, dequantizing instead: {why}"),
+    }
+    let dequantized = dequantize(kernels, weight.weight, weight.scale, dtype)?;
+    linear(kernels, &x, &dequantized, bias.as_ref(), epilogue)
+}
+
+/// [`linear_fp8`]'s FP8 GEMM alone: `Ok(Ok(y))` where it ran (a CUDA device with FP8 tensor
+/// cores, `dtype` bfloat16 or float16, K and N multiples of 16, an algorithm from cuBLASLt),
+/// `Ok(Err(why))` where it cannot (the CPU included), so a caller can tell the two paths apart.
+pub fn fp8_gemm(
+    kernels: &Kernels,
+    x: &Tensor,
+    weight: Fp8Weight<'_>,
+    bias: Option<&Tensor>,
+    epilogue: Epilogue,
+    dtype: DType,
+) -> Result<Result<Tensor, String>, KernelError> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        let x = x.to_dtype(dtype)?;
+        return crate::gpu::fp8_linear::linear(kernels, &x, weight, bias, epilogue);
+    }
+    let _ = (kernels, weight, bias, epilogue, dtype);
+    Ok(Err(format!("no FP8 GEMM on {:?}", x.device())))
+}
+
+impl Kernels {
+    /// Whether these kernels run on a GPU with FP8 tensor cores (compute capability 8.9 or
+    /// later), where [`fp8_gemm`] is expected to run.
+    #[must_use]
+    pub fn has_fp8_tensor_cores(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.gpu {
+            return gpu.has_fp8_mma();
+        }
+        false
+    }
+}
+
+/// The CPU definition of [`linear_fp8`]: x quantized as [`quantize_activation`] does, the
+/// float32 product of the e4m3 values (each product exact; sums in float32), times
+/// `input scale · weight scale` (rounded to float32 once), plus the bias, the epilogue in
+/// float32, then one rounding to `dtype`. Tensors on the CPU.
+pub fn linear_fp8_reference(
+    x: &Tensor,
+    weight: Fp8Weight<'_>,
+    bias: Option<&Tensor>,
+    epilogue: Epilogue,
+    dtype: DType,
+) -> Result<Tensor, KernelError> {
+    const KERNEL: &str = "linear_fp8_reference";
+    if !x.device().is_cpu() || !weight.weight.device().is_cpu() {
+        return Err(KernelError::BadInput {
+            kernel: KERNEL,
+            problem: "the reference runs on CPU tensors".to_owned(),
+        });
+    }
+    let x = x.to_dtype(dtype)?;
+    let k = x.dim(D::Minus1)?;
+    let (n, wk) = weight.weight.dims2()?;
+    if wk != k {
+        return Err(KernelError::BadInput {
+            kernel: KERNEL,
+            problem: format!("x has {k} features, the weight {:?}", weight.weight.dims()),
+        });
+    }
+    let QuantizedActivation { values, scale } =
+        quantize_activation(&Kernels::cpu(), &x, weight.input_scale_f32())?;
+    let x_scale = scale.to_vec1::<f32>()?[0];
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the weight scale is a float32 in the file"
+    )]
+    let product_scale = x_scale * weight.scale as f32;
+    let xq = values.to_dtype(DType::F32)?.reshape(((), k))?;
+    let wq = weight.weight.to_dtype(DType::F32)?;
+    let mut y = xq.matmul(&wq.t()?)?.affine(f64::from(product_scale), 0.0)?;
+    if let Some(bias) = bias {
+        y = y.broadcast_add(&bias.to_dtype(DType::F32)?)?;
+    }
+    if epilogue == Epilogue::GeluTanh {
+        y = y.gelu()?;
+    }
+    let mut dims = x.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    Ok(y.reshape(dims)?.to_dtype(dtype)?)
+}
+
+#[cfg(test)]
+mod tests;

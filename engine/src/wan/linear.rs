@@ -1,7 +1,10 @@
 //! The model's linear layer: a plain weight, or a float8 e4m3 weight with a per-tensor scale as
 //! ComfyUI's `fp8_scaled` files store it (`scale_weight`, or `weight_scale` in the newer
 //! `comfy_quant` format). Float8 weights stay resident as float8 and are dequantized at use,
-//! `weight.to(dtype) * scale`, the dequantization ComfyUI applies before its matmul.
+//! `weight.to(dtype) * scale`, the dequantization ComfyUI applies before its matmul. With
+//! [`Kernels::fp8_matmul`] on, they multiply in FP8 instead ([`linear_fp8`]: the input
+//! quantized to e4m3 with the file's input scale, `input_scale` or `scale_input`, where it is
+//! not 1, else its own amax / 448, as ComfyUI's mixed-precision ops do).
 //!
 //! GGUF weights in a block-quantized type (Q4_0…Q8_0, K-quants) stay resident as a candle
 //! `QTensor` on the model's device (see `crate::gguf` for how the loader hands them over) and
@@ -14,22 +17,26 @@ use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Module, Shape, Tensor};
 use candle_nn::VarBuilder;
 use stillmotion_kernels::Kernels;
-use stillmotion_kernels::linear::{Epilogue, linear};
+use stillmotion_kernels::linear::{Epilogue, Fp8Weight, linear, linear_fp8};
 
 use crate::EngineError;
 use crate::gguf::{GGML_TYPE_SUFFIX, QuantizedMatmul, ggml_type_from_id};
 
 /// Per-tensor scale names: ComfyUI's `scaled_fp8` files, then its `comfy_quant` format.
 const SCALE_NAMES: [&str; 2] = ["scale_weight", "weight_scale"];
+/// Per-tensor input scales for the FP8 matmul, in the same two formats.
+const INPUT_SCALE_NAMES: [&str; 2] = ["scale_input", "input_scale"];
 
 #[derive(Clone, Debug)]
 enum Weight {
     Plain(Tensor),
-    /// Float8 as stored, the scale, and the dtype to dequantize to.
+    /// Float8 as stored, the scale, the dtype to dequantize to, and the input scale for the
+    /// FP8 matmul (`None`: from each input's amax).
     Scaled {
         weight: Tensor,
         scale: f64,
         dtype: DType,
+        input_scale: Option<f64>,
     },
     /// GGML blocks as stored, `[out, in]`, and the dtype the layer computes in.
     Quantized {
@@ -111,9 +118,32 @@ impl Lin {
                 weight,
                 scale: f64::from(scale),
                 dtype: vb.dtype(),
+                input_scale: Self::input_scale(vb)?,
             },
             bias,
         })
+    }
+
+    /// The file's per-tensor input scale, if any. ComfyUI drops a legacy `scale_input` of
+    /// exactly 1 (its converter, `convert_old_quants`), which means "from the input's amax".
+    fn input_scale(vb: &VarBuilder<'_>) -> Result<Option<f64>, EngineError> {
+        let Some(name) = INPUT_SCALE_NAMES.iter().find(|n| vb.contains_tensor(n)) else {
+            return Ok(None);
+        };
+        let values = vb
+            .get_unchecked_dtype(name, DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        match values[..] {
+            [1.0] => Ok(None),
+            [scale] if scale > 0.0 && scale.is_finite() => Ok(Some(f64::from(scale))),
+            _ => Err(EngineError::BadCheckpoint {
+                problem: format!(
+                    "{}.{name} holds {values:?}; only one positive per-tensor input scale is supported",
+                    vb.prefix()
+                ),
+            }),
+        }
     }
 
     /// A GGUF weight kept quantized, when the loader offers one (`<weight>.ggml_type`) and its
@@ -178,10 +208,16 @@ impl Lin {
     pub(super) fn with_tensors(&self, weight: Tensor, bias: Tensor) -> Result<Self, EngineError> {
         let weight = match &self.weight {
             Weight::Plain(_) => Weight::Plain(weight),
-            Weight::Scaled { scale, dtype, .. } => Weight::Scaled {
+            Weight::Scaled {
+                scale,
+                dtype,
+                input_scale,
+                ..
+            } => Weight::Scaled {
                 weight,
                 scale: *scale,
                 dtype: *dtype,
+                input_scale: *input_scale,
             },
             Weight::Quantized { .. } => {
                 return Err(EngineError::BadModelInput {
@@ -227,6 +263,7 @@ impl Lin {
                 weight,
                 scale,
                 dtype,
+                ..
             } => stillmotion_kernels::fp8::dequantize(kernels, weight, *scale, *dtype)?,
             Weight::Quantized { weight, dtype, .. } => {
                 weight.dequantize(&weight.device())?.to_dtype(*dtype)?
@@ -269,6 +306,29 @@ impl Lin {
                 Epilogue::GeluTanh => y.gelu()?,
             };
             return Ok(y.to_dtype(*dtype)?);
+        }
+        if let Weight::Scaled {
+            weight,
+            scale,
+            dtype,
+            input_scale,
+        } = &self.weight
+            && kernels.fp8_matmul()
+            && weight.dtype() == DType::F8E4M3
+        {
+            let weight = Fp8Weight {
+                weight,
+                scale: *scale,
+                input_scale: *input_scale,
+            };
+            return Ok(linear_fp8(
+                kernels,
+                x,
+                weight,
+                Some(&self.bias),
+                epilogue,
+                *dtype,
+            )?);
         }
         Ok(linear(
             kernels,
@@ -319,6 +379,131 @@ mod tests {
         for (a, b) in y[0].iter().zip(expected) {
             assert!((a - b).abs() < 1e-7, "{y:?} vs {expected:?}");
         }
+    }
+
+    #[test]
+    fn with_fp8_matmul_on_float8_layers_quantize_their_input_with_the_files_scale() {
+        use stillmotion_kernels::linear::linear_fp8_reference;
+
+        let dev = Device::Cpu;
+        let stored = Tensor::new(&[[1.0_f32, -2.0, 0.5], [0.5, 4.0, -1.0]], &dev)
+            .unwrap()
+            .to_dtype(DType::F8E4M3)
+            .unwrap();
+        let bias = Tensor::new(&[0.25_f32, 0.0], &dev).unwrap();
+        let x = Tensor::new(&[[0.3_f32, -1.1, 2.9]], &dev).unwrap();
+        let on = Kernels::cpu().with_fp8_matmul(true);
+        for (file_input_scale, used) in [
+            (None, None),
+            (Some(1.0_f32), None),
+            (Some(0.02), Some(0.02_f32)),
+        ] {
+            let mut tensors = HashMap::from([
+                ("weight".to_owned(), stored.clone()),
+                ("bias".to_owned(), bias.clone()),
+                (
+                    "scale_weight".to_owned(),
+                    Tensor::new(0.5_f32, &dev).unwrap(),
+                ),
+            ]);
+            if let Some(s) = file_input_scale {
+                tensors.insert("scale_input".to_owned(), Tensor::new(s, &dev).unwrap());
+            }
+            let lin = Lin::new(3, 2, &VarBuilder::from_tensors(tensors, DType::F32, &dev)).unwrap();
+            let y = lin.forward(&on, &x).unwrap().to_vec2::<f32>().unwrap();
+            let weight = Fp8Weight {
+                weight: &stored,
+                scale: 0.5,
+                input_scale: used.map(f64::from),
+            };
+            let expected =
+                linear_fp8_reference(&x, weight, Some(&bias), Epilogue::None, DType::F32)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap();
+            assert_eq!(y, expected, "input scale {file_input_scale:?}");
+            // Off: today's dequantized product, which e4m3 inputs do not match exactly.
+            let off = lin
+                .forward(&Kernels::cpu(), &x)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            assert_ne!(off, expected);
+            assert!(
+                (off[0][1] - expected[0][1]).abs() < 0.1,
+                "{off:?} vs {expected:?}"
+            );
+        }
+    }
+
+    /// A whole (tiny) fp8_scaled DiT with the switch on: every float8 layer goes through the
+    /// FP8 product, so the output moves by e4m3's activation error and no more.
+    #[test]
+    fn the_fp8_switch_reaches_every_float8_layer_of_the_model() {
+        use crate::wan::{Config, ModelType, WanModel};
+
+        let cfg = Config {
+            model_type: ModelType::I2v,
+            in_dim: 6,
+            out_dim: 4,
+            dim: 32,
+            ffn_dim: 64,
+            freq_dim: 8,
+            text_dim: 12,
+            text_len: 5,
+            num_heads: 2,
+            num_layers: 2,
+            ..Config::t2v_a14b()
+        };
+        let dev = Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        WanModel::new(&cfg, &VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+        let mut tensors = HashMap::new();
+        let mut float8 = 0;
+        for (i, (name, var)) in varmap.data().lock().unwrap().iter().enumerate() {
+            let shape = var.as_tensor().shape().clone();
+            let values: Vec<f32> = (0..shape.elem_count())
+                .map(|j| ((((j * 31 + i * 17) % 89) as f32 / 89.0) - 0.5) * 0.6)
+                .collect();
+            let tensor = Tensor::from_vec(values, shape, &dev).unwrap();
+            if name.starts_with("blocks.") && name.ends_with(".weight") && tensor.rank() == 2 {
+                let scale = 0.3_f32 / 448.0;
+                let prefix = name.trim_end_matches("weight");
+                tensors.insert(
+                    format!("{prefix}scale_weight"),
+                    Tensor::new(scale, &dev).unwrap(),
+                );
+                let stored = tensor.affine(1.0 / f64::from(scale), 0.0).unwrap();
+                tensors.insert(name.clone(), stored.to_dtype(DType::F8E4M3).unwrap());
+                float8 += 1;
+            } else {
+                tensors.insert(name.clone(), tensor);
+            }
+        }
+        assert!(float8 >= 2 * 10, "{float8} float8 layers");
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+        let ramp = |shape: &[usize], phase: f32| {
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37 + phase).sin()).collect();
+            Tensor::from_vec(values, shape, &dev).unwrap()
+        };
+        let (x, y) = (ramp(&[1, 4, 2, 4, 4], 0.0), ramp(&[1, 2, 2, 4, 4], 1.0));
+        let context = ramp(&[1, 3, 12], 2.0);
+        let t = Tensor::new(&[700_i64], &dev).unwrap();
+        let model = WanModel::new(&cfg, &vb).unwrap();
+        let dequantized = model.forward(&x, Some(&y), &t, &context).unwrap();
+        let model = model.with_kernels(Kernels::cpu().with_fp8_matmul(true));
+        let fp8 = model.forward(&x, Some(&y), &t, &context).unwrap();
+        let diff = (&fp8 - &dequantized)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let norm = dequantized.sqr().unwrap().sum_all().unwrap();
+        let rel_l2 = (diff.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt();
+        println!("tiny fp8_scaled DiT, FP8 matmul against dequantized: rel L2 {rel_l2:.2e}");
+        assert!(rel_l2 > 1e-4 && rel_l2 < 0.1, "{rel_l2}");
     }
 
     /// What the LoRA backend gives for a float8 layer it merged into: float32 values, still

@@ -7,6 +7,7 @@
 pub(crate) mod attention;
 pub(crate) mod conv;
 mod cudnn;
+pub(crate) mod fp8_linear;
 pub(crate) mod glue;
 mod launch;
 pub(crate) mod linear;
@@ -32,6 +33,7 @@ const GLUE_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/glue.fatbin
 const SAGE_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sage_attention.fatbin"));
 const WGMMA_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/wgmma_attention.fatbin"));
 const WARP_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/warp.fatbin"));
+const FP8_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fp8.fatbin"));
 
 /// Our kernels and the vendor libraries, ready on one CUDA device.
 pub(crate) struct GpuKernels {
@@ -41,6 +43,7 @@ pub(crate) struct GpuKernels {
     wgmma: Arc<CudaModule>,
     glue: Arc<CudaModule>,
     warp: Arc<CudaModule>,
+    fp8: Arc<CudaModule>,
     pub(crate) cudnn: Result<Mutex<Cudnn>, String>,
     pub(crate) blas_lt: CudaBlasLT,
 }
@@ -64,6 +67,7 @@ impl GpuKernels {
         let wgmma = load(WGMMA_FATBIN)?;
         let glue = load(GLUE_FATBIN)?;
         let warp = load(WARP_FATBIN)?;
+        let fp8 = load(FP8_FATBIN)?;
         let blas_lt = CudaBlasLT::new(stream.clone()).map_err(|e| KernelError::Cuda {
             problem: format!("creating a cuBLASLt handle: {e}"),
         })?;
@@ -78,6 +82,7 @@ impl GpuKernels {
             wgmma,
             glue,
             warp,
+            fp8,
             cudnn,
             blas_lt,
         })
@@ -124,6 +129,10 @@ impl GpuKernels {
 
     pub(crate) fn warp_function(&self, name: &str) -> Result<CudaFunction, KernelError> {
         function(&self.warp, name)
+    }
+
+    pub(crate) fn fp8_function(&self, name: &str) -> Result<CudaFunction, KernelError> {
+        function(&self.fp8, name)
     }
 }
 

@@ -1,0 +1,223 @@
+//! The FP8 GEMM for float8 weights (`kernels::linear::linear_fp8`): `linear-fp8 M K N` times it
+//! against the bf16 GEMM and today's dequantize-then-bf16 path, and [`parity`] checks it
+//! against its CPU definition.
+
+use candle_core::{DType, Device, Tensor};
+use stillmotion_kernels::Kernels;
+use stillmotion_kernels::fp8::{dequantize, quantize_activation};
+use stillmotion_kernels::linear::{
+    Epilogue, Fp8Weight, fp8_gemm, linear, linear_fp8, linear_fp8_reference,
+};
+
+use crate::report::{BF16_BOUND, Checks, Line, rel_l2};
+use crate::{randn, time};
+
+/// The GPU FP8 GEMM against its CPU definition in float32 (no final rounding). Both quantize x
+/// to the same e4m3 bits (checked bit-exact below), every e4m3 × e4m3 product is exact in
+/// float32, and the sums differ only in order (~1e-6); what remains is the GEMM's one rounding
+/// of each output to bf16, at most 2⁻⁹ = 1.95e-3 of the value, so at most that in rel L2.
+const FP8_BF16_BOUND: f64 = 2.5e-3;
+/// The same for float16 output: 2⁻¹² = 2.4e-4 of each value.
+const FP8_F16_BOUND: f64 = 5e-4;
+
+/// A Wan-like float8 weight `[n, k]` stored as ComfyUI's fp8_scaled files do (made on the
+/// CPU: candle's CUDA casts to float8 are broken), with its scale, on `device`.
+fn fp8_weight(n: usize, k: usize, device: &Device) -> anyhow::Result<(Tensor, f64)> {
+    let w = (Tensor::randn(0_f32, 1.0, (n, k), &Device::Cpu)? * 0.02)?;
+    let amax = w.abs()?.max_all()?.to_scalar::<f32>()?;
+    let scale = f64::from(amax / 448.0);
+    let stored = w.affine(1.0 / scale, 0.0)?.to_dtype(DType::F8E4M3)?;
+    Ok((stored.to_device(device)?, scale))
+}
+
+/// `linear-fp8 M K N`: the FP8 GEMM (activation quantization included) with bias against the
+/// bf16 GEMM with bias (cuBLASLt epilogue, weight already bf16) and the dequantize+bf16 path
+/// (the weight dequantized at every call, today's path for float8 files), each with its rel
+/// L2 against the float32 product of the first rows with the weight as stored.
+pub fn bench(
+    device: &Device,
+    kernels: &Kernels,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> anyhow::Result<()> {
+    let x = randn(&[m, k], device, DType::BF16)?;
+    let b = randn(&[n], device, DType::BF16)?;
+    let (stored, scale) = fp8_weight(n, k, device)?;
+    let weight = Fp8Weight {
+        weight: &stored,
+        scale,
+        input_scale: None,
+    };
+    let bf16_w = dequantize(kernels, &stored, scale, DType::BF16)?;
+    let rows = m.min(256);
+    let exact = x
+        .narrow(0, 0, rows)?
+        .to_dtype(DType::F32)?
+        .matmul(&dequantize(kernels, &stored, scale, DType::F32)?.t()?)?
+        .broadcast_add(&b.to_dtype(DType::F32)?)?;
+    let head = |y: &Tensor| -> anyhow::Result<f64> { rel_l2(&y.narrow(0, 0, rows)?, &exact) };
+    let flops = 2.0 * (m * k * n) as f64;
+    let run_fp8 = |epilogue| fp8_gemm(kernels, &x, weight, Some(&b), epilogue, DType::BF16);
+    let fp8 = run_fp8(Epilogue::None)?;
+    let bf16 = linear(kernels, &x, &bf16_w, Some(&b), Epilogue::None)?;
+    let bf16_ms = 1e3
+        * time(device, 10, || {
+            linear(kernels, &x, &bf16_w, Some(&b), Epilogue::None)?;
+            Ok(())
+        })?;
+    let dequantize_ms = 1e3
+        * time(device, 10, || {
+            let w = dequantize(kernels, &stored, scale, DType::BF16)?;
+            linear(kernels, &x, &w, Some(&b), Epilogue::None)?;
+            Ok(())
+        })?;
+    let mut line = Line::new("linear_fp8")
+        .int("m", m)
+        .int("k", k)
+        .int("n", n)
+        .text("fp8_gemm", fp8.as_ref().err().map_or("yes", String::as_str))
+        .num("bf16_ms", bf16_ms)
+        .num("dequantize_bf16_ms", dequantize_ms)
+        .num("bf16_tflops", flops / bf16_ms / 1e9)
+        .num("rel_l2_bf16_vs_f32", head(&bf16)?);
+    if let Ok(fp8) = fp8 {
+        let fp8_ms = 1e3
+            * time(device, 10, || {
+                run_fp8(Epilogue::None)?.map_err(anyhow::Error::msg)?;
+                Ok(())
+            })?;
+        let gelu_ms = 1e3
+            * time(device, 10, || {
+                run_fp8(Epilogue::GeluTanh)?.map_err(anyhow::Error::msg)?;
+                Ok(())
+            })?;
+        let quantize_ms = 1e3
+            * time(device, 10, || {
+                quantize_activation(kernels, &x, None)?;
+                Ok(())
+            })?;
+        line = line
+            .num("fp8_ms", fp8_ms)
+            .num("fp8_gelu_ms", gelu_ms)
+            .num("quantize_ms", quantize_ms)
+            .num("fp8_tflops", flops / fp8_ms / 1e9)
+            .num("speedup_vs_bf16", bf16_ms / fp8_ms)
+            .num("speedup_vs_dequantize_bf16", dequantize_ms / fp8_ms)
+            .num("rel_l2_fp8_vs_f32", head(&fp8)?)
+            .num("rel_l2_fp8_vs_bf16", rel_l2(&fp8, &bf16)?);
+    }
+    line.print();
+    Ok(())
+}
+
+/// The FP8 GEMM on the GPU against [`linear_fp8_reference`], the activation quantization
+/// bit for bit against the CPU's, and the fallback where cuBLASLt's FP8 rules do not hold.
+pub fn parity(device: &Device, kernels: &Kernels, checks: &mut Checks) -> anyhow::Result<()> {
+    let cpu = Device::Cpu;
+    // Quantization: vector kernels (n a multiple of 8) and scalar ones, dynamic and file scales.
+    for (shape, dtype, input_scale) in [
+        ((300, 512), DType::BF16, None),
+        ((300, 512), DType::F16, Some(0.01_f32)),
+        ((3, 37), DType::BF16, None),
+        ((7, 64), DType::F32, None),
+    ] {
+        let x = (randn(&[shape.0, shape.1], device, dtype)? * 3.0)?;
+        let gpu = quantize_activation(kernels, &x, input_scale)?;
+        let reference = quantize_activation(&Kernels::cpu(), &x.to_device(&cpu)?, input_scale)?;
+        let values =
+            |t: &Tensor| -> anyhow::Result<Tensor> { Ok(t.to_device(&cpu)?.to_dtype(DType::F32)?) };
+        let name = format!("fp8 quantize {dtype:?} {shape:?} input scale {input_scale:?}");
+        checks.check(
+            &format!("{name} (bit-exact)"),
+            rel_l2(&values(&gpu.values)?, &values(&reference.values)?)?,
+            0.0,
+        );
+        checks.check(
+            &format!("{name}: scale"),
+            rel_l2(&gpu.scale, &reference.scale)?,
+            0.0,
+        );
+    }
+    // The GEMM: odd M, bias or none, GELU or none, bf16 and f16, file input scale or none.
+    let mut ran = false;
+    for (m, k, n, dtype, epilogue, bias, input_scale) in [
+        (300, 512, 768, DType::BF16, Epilogue::None, true, None),
+        (300, 512, 768, DType::BF16, Epilogue::GeluTanh, true, None),
+        (77, 256, 128, DType::BF16, Epilogue::GeluTanh, false, None),
+        (77, 256, 128, DType::BF16, Epilogue::None, false, Some(0.02)),
+        (300, 512, 768, DType::F16, Epilogue::None, true, None),
+    ] {
+        let x = randn(&[1, m, k], device, dtype)?;
+        let b = randn(&[n], device, dtype)?;
+        let (stored, scale) = fp8_weight(n, k, device)?;
+        let weight = Fp8Weight {
+            weight: &stored,
+            scale,
+            input_scale,
+        };
+        let bias = bias.then_some(&b);
+        let name = format!(
+            "linear fp8 {m}×{k}→{n} {dtype:?} {epilogue:?} bias {} input scale {input_scale:?}",
+            bias.is_some()
+        );
+        let gpu = match fp8_gemm(kernels, &x, weight, bias, epilogue, dtype)? {
+            Ok(gpu) => gpu,
+            Err(why) => {
+                Line::new("skip")
+                    .text("check", &format!("{name}: no FP8 GEMM ({why})"))
+                    .print();
+                continue;
+            }
+        };
+        ran = true;
+        let cpu_stored = stored.to_device(&cpu)?;
+        let cpu_bias = bias.map(|b| b.to_device(&cpu)).transpose()?;
+        let cpu_weight = Fp8Weight {
+            weight: &cpu_stored,
+            ..weight
+        };
+        let reference = linear_fp8_reference(
+            &x.to_device(&cpu)?,
+            cpu_weight,
+            cpu_bias.as_ref(),
+            epilogue,
+            DType::F32,
+        )?;
+        let bound = if dtype == DType::F16 {
+            FP8_F16_BOUND
+        } else {
+            FP8_BF16_BOUND
+        };
+        checks.check(&name, rel_l2(&gpu, &reference)?, bound);
+    }
+    // K not a multiple of 16: no FP8 GEMM; linear_fp8 dequantizes (today's path) instead.
+    let x = randn(&[40, 200], device, DType::BF16)?;
+    let (stored, scale) = fp8_weight(64, 200, device)?;
+    let weight = Fp8Weight {
+        weight: &stored,
+        scale,
+        input_scale: None,
+    };
+    anyhow::ensure!(
+        fp8_gemm(kernels, &x, weight, None, Epilogue::None, DType::BF16)?.is_err(),
+        "the FP8 GEMM ran with K = 200, which cuBLASLt's FP8 rules exclude"
+    );
+    let fallback = linear_fp8(kernels, &x, weight, None, Epilogue::None, DType::BF16)?;
+    let exact = x
+        .to_dtype(DType::F32)?
+        .matmul(&dequantize(kernels, &stored, scale, DType::F32)?.t()?)?;
+    checks.check(
+        "linear fp8 K=200 falls back to dequantize+bf16",
+        rel_l2(&fallback, &exact)?,
+        BF16_BOUND,
+    );
+    // A GPU with FP8 tensor cores where no case ran means a descriptor cuBLASLt refuses.
+    let expected = kernels.has_fp8_tensor_cores();
+    checks.check(
+        &format!("linear fp8 ran on this GPU (FP8 tensor cores: {expected})"),
+        if ran || !expected { 0.0 } else { 1.0 },
+        0.0,
+    );
+    Ok(())
+}
