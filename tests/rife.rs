@@ -404,3 +404,111 @@ fn retiming_to_a_target_fps_keeps_frames_on_the_grid_and_interpolates_between() 
     let halved = retime(&rife, &frames, 24.0, 12.0, &settings, &mut ctx).unwrap();
     assert_eq!(halved, vec![frames[0].clone(), frames[2].clone()]);
 }
+
+/// A budget of exactly `items` network items per pass at `layout`.
+fn budget_for(rife: &Rife, layout: &FrameLayout, items: u64) -> u64 {
+    rife.bytes_per_item(layout) * items
+}
+
+#[test]
+fn batched_passes_match_one_pair_per_pass() {
+    let rife = rife();
+    let image = photo("chelsea");
+    // 70×50 pads to 128×64; five frames panning, ×3 in a loop: 5 pairs of 2 timesteps.
+    let frames: Vec<RgbImage> = (0..5)
+        .map(|k| crop(&image, 40 + 3 * k, 60 + k, 70, 50))
+        .collect();
+    let layout = FrameLayout::new(70, 50, None).unwrap();
+
+    // Float outputs: one pass of four items (two pairs, two timesteps each) against four
+    // single passes.
+    let prepared = rife
+        .prepare_batch(&frames.iter().collect::<Vec<_>>(), &layout)
+        .unwrap();
+    let alone: Vec<_> = frames
+        .iter()
+        .map(|f| rife.prepare(f, &layout).unwrap())
+        .collect();
+    let items = [
+        (&prepared[0], &prepared[1], 1.0 / 3.0),
+        (&prepared[0], &prepared[1], 2.0 / 3.0),
+        (&prepared[3], &prepared[4], 1.0 / 3.0),
+        (&prepared[3], &prepared[4], 2.0 / 3.0),
+    ];
+    let batched = rife.interpolate_batch(&items, &layout).unwrap();
+    let mut worst = 0.0_f32;
+    for (i, &(a, b, t)) in items.iter().enumerate() {
+        let index = |p: &stillmotion_engine::rife::PreparedFrame| {
+            prepared.iter().position(|q| std::ptr::eq(q, p)).unwrap()
+        };
+        let single = rife
+            .interpolate_pair(&alone[index(a)], &alone[index(b)], t, &layout)
+            .unwrap();
+        let diff = (batched.narrow(0, i, 1).unwrap() - single)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        worst = worst.max(diff);
+    }
+    println!("batched vs single passes: max abs {worst:e}");
+    assert!(worst <= 1e-6, "batched output differs by {worst}");
+
+    // Whole clips: one item per pass, three items per pass (pairs split across passes) and
+    // everything at once give the same frames.
+    let mut settings = InterpolationSettings::with_multiplier(3);
+    settings.loop_clip = true;
+    let single = run(&rife, &frames, &settings);
+    assert_eq!(single.len(), 15);
+    for items in [3, 64] {
+        settings.memory_budget = Some(budget_for(&rife, &layout, items));
+        let batched = run(&rife, &frames, &settings);
+        assert_eq!(batched.len(), single.len());
+        for (i, (a, b)) in batched.iter().zip(&single).enumerate() {
+            assert_eq!(
+                a.as_raw(),
+                b.as_raw(),
+                "frame {i} with {items} items per pass"
+            );
+        }
+    }
+}
+
+#[test]
+fn batches_report_each_pair_and_cancel_between_passes() {
+    let rife = rife();
+    let image = photo("astronaut");
+    let frames: Vec<RgbImage> = (0..6)
+        .map(|k| crop(&image, 10 + 2 * k, 10, 64, 64))
+        .collect();
+    let layout = FrameLayout::new(64, 64, None).unwrap();
+    let mut settings = InterpolationSettings::with_multiplier(2);
+    settings.memory_budget = Some(budget_for(&rife, &layout, 2));
+    let reports = std::cell::RefCell::new(Vec::new());
+    let mut progress = |p: PairProgress| reports.borrow_mut().push(p.pairs_done);
+    let cancel_after_three = || reports.borrow().len() >= 3;
+    let mut ctx = InterpolationContext {
+        is_cancelled: &cancel_after_three,
+        on_progress: &mut progress,
+    };
+    let result = interpolate(&rife, &frames, &settings, &mut ctx);
+    assert!(matches!(result, Err(EngineError::Cancelled)));
+    // Two pairs per pass: the first two passes report pairs 1 to 4, one at a time; the
+    // check before the third pass stops it.
+    assert_eq!(*reports.borrow(), vec![1, 2, 3, 4]);
+
+    // The batch follows the budget, never more than the cap, at least one item.
+    assert_eq!(rife.batch_for_budget(&layout, None), 1);
+    assert_eq!(rife.batch_for_budget(&layout, Some(0)), 1);
+    assert_eq!(
+        rife.batch_for_budget(&layout, Some(budget_for(&rife, &layout, 5))),
+        5
+    );
+    assert_eq!(
+        rife.batch_for_budget(&layout, Some(u64::MAX)),
+        stillmotion_engine::rife::MAX_BATCH
+    );
+}

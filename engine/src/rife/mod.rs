@@ -27,7 +27,10 @@ pub use interpolate::{
     InterpolationContext, InterpolationSettings, PairProgress, interpolate, interpolate_stream,
 };
 pub use model::{Config, IfNet, IfNetOutput};
-pub use pair::{FrameLayout, PixelRounding, PreparedFrame, Rife, network_scale_for, to_rgb8};
+pub use pair::{
+    ACTIVATION_PLANES, FrameLayout, MAX_BATCH, PixelRounding, PreparedFrame, Rife,
+    network_scale_for, to_rgb8,
+};
 pub use retime::retime;
 pub use scene_cut::{DEFAULT_SCENE_CUT_BELOW, frame_similarity, histogram_overlap};
 pub use stillmotion_kernels::warp::{backward_warp, backward_warp_with};
