@@ -72,7 +72,8 @@ def rife_rows(rows, peaks):
         t = theirs.get("float32" if dtype == "f32" else "float16")
         docs = "1.00 s per-pair calls" if dtype == "f32" else "0.116 s in fp16 batches of 16"
         how = f"{dtype}, batch {r.get('batch', 1)}"
-        theirs_text = (f"{t['seconds']:.3f} s ({t['mode']})" if t
+        theirs_text = (f"{t['seconds']:.3f} s ({t['mode']}"
+                       f"{'' if t.get('finite', True) else ', NaN output'})" if t
                        else f"(docs: {docs}, not this run)")
         ratio = f"{r['seconds'] / t['seconds']:.2f}" if t else "—"
         print(f"| RIFE ×2 {r['frames_in']}→{r['frames_out']} frames {r['width']}×{r['height']}, "

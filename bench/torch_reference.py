@@ -138,6 +138,8 @@ def rife(flownet, width, height, frames, device="cuda"):
     def to_rgb8(merged):
         return (merged[:, :, :height, :width] * 255).byte().permute(0, 2, 3, 1).cpu()
 
+    finite = [True]
+
     def run(batch, dtype):
         out = [clip[0]]
         frames_in = to_input(clip, dtype)
@@ -145,6 +147,7 @@ def rife(flownet, width, height, frames, device="cuda"):
             n = min(batch, frames - 1 - i)
             x = torch.cat([frames_in[i:i + n], frames_in[i + 1:i + 1 + n]], 1)
             _, _, merged = net(x, 0.5, scale_list)
+            finite[0] = finite[0] and bool(torch.isfinite(merged[-1]).all())
             middles = to_rgb8(merged[-1])
             for k in range(n):
                 out.extend([middles[k], clip[i + k + 1]])
@@ -164,9 +167,11 @@ def rife(flownet, width, height, frames, device="cuda"):
             seconds = time.perf_counter() - start
         torch.set_default_dtype(torch.float32)
         results[name] = torch.stack(out)
+        # NaN turns into 0 in `.byte()`: say so rather than report the time of garbage (on
+        # the CPU, torch 2.11's fp16 IFNet gives NaN warps from block 2 on).
         line("rife", backend="torch", mode=name, dtype=str(dtype).replace("torch.", ""),
              batch=batch, width=width, height=height, frames_in=frames, frames_out=len(out),
-             seconds=seconds)
+             seconds=seconds, finite=finite[0])
     a, b = (r.double() for r in results.values())
     mse = ((a - b) ** 2).mean().item()
     line("rife-precision", backend="torch", compare="fp16 batched frames vs f32 frames, RGB8",

@@ -557,4 +557,7 @@ fn batches_report_each_pair_and_cancel_between_passes() {
         rife.batch_for_budget(&layout, Some(u64::MAX)),
         stillmotion_engine::rife::MAX_BATCH
     );
+    // 4K: the largest column buffer would pass 2^31 elements beyond 4 items.
+    let uhd = FrameLayout::new(3840, 2160, None).unwrap();
+    assert_eq!(rife.batch_for_budget(&uhd, Some(u64::MAX)), 4);
 }

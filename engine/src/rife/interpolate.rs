@@ -299,7 +299,11 @@ impl<'r> PairRunner<'r> {
                     },
                 )
                 .collect::<Result<Vec<_>, _>>()?;
-            let out = self.rife.interpolate_batch(&inputs, &self.layout)?;
+            // One download for the whole batch.
+            let out = self
+                .rife
+                .interpolate_batch(&inputs, &self.layout)?
+                .to_device(&candle_core::Device::Cpu)?;
             for i in 0..batch.len() {
                 middles.push(to_rgb8(&out.narrow(0, i, 1)?, self.settings.rounding)?);
             }

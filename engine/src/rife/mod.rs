@@ -12,9 +12,12 @@
 //! is both frames warped (bilinear, border, `align_corners=True`: [`stillmotion_kernels::warp`])
 //! and blended by `sigmoid(mask)`. Frames are padded to a multiple of 64 ÷ network scale.
 //!
-//! [`weights`] reads the checkpoints, [`model`] is the network, [`pair`] runs one frame pair
-//! (padding, per-frame features, 8-bit output), [`interpolate`] drives a clip by a multiplier
-//! and [`retime`] to a target fps, [`scene_cut`] decides which pairs not to morph.
+//! [`weights`] reads the checkpoints, [`model`] is the network, [`pair`] runs frame pairs
+//! (padding, per-frame features, batches of pairs and timesteps sized from a memory budget,
+//! 8-bit output), [`interpolate`] drives a clip by a multiplier and [`retime`] to a target
+//! fps, [`scene_cut`] decides which pairs not to morph. On CUDA the network runs in f16
+//! (weights, activations and warps), on the CPU in f32; original frames pass through as
+//! they came.
 
 pub mod interpolate;
 pub mod model;

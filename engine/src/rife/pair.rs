@@ -189,14 +189,19 @@ impl Rife {
     }
 
     /// Network passes of at most this many items fit `budget` bytes (at least 1, at most
-    /// [`MAX_BATCH`]); `None` runs one item per pass.
+    /// [`MAX_BATCH`], and few enough that the largest column buffer stays under 2³¹
+    /// elements: 34 items at 1280×720, 4 at 4K); `None` runs one item per pass.
     #[must_use]
     pub fn batch_for_budget(&self, layout: &FrameLayout, budget: Option<u64>) -> usize {
+        let elements_cap =
+            (1_usize << 31) / (layout.padded_width * layout.padded_height * COLUMN_PLANES).max(1);
         budget.map_or(1, |budget| {
             let items = budget / self.bytes_per_item(layout).max(1);
             usize::try_from(items)
                 .unwrap_or(MAX_BATCH)
-                .clamp(1, MAX_BATCH)
+                .min(MAX_BATCH)
+                .min(elements_cap)
+                .max(1)
         })
     }
 
@@ -246,12 +251,18 @@ impl Rife {
     }
 }
 
-/// Full-resolution planes of activations one batch item holds at the network's peak. The
-/// last IFBlock's input is 28 planes, its upsampled output 13, the flow and mask sums 5, the
-/// two warped frames and features 14, the frames and features of both ends 14, the timestep 1;
-/// with candle's copies (concatenations, casts, contiguous flow slices) about twice that
-/// lives at once. Measured on the GPU with `stillmotion-bench rife` (peak memory).
+/// Full-resolution planes of activations one batch item holds at the network's peak, an
+/// estimate from the layer shapes: the last IFBlock's first convolution unrolls its 28-plane
+/// input into a 63-plane column buffer (candle convolves by im2col), beside that input, the
+/// upsampled 13-plane output, the flow and mask sums (5), the two warped frames and features
+/// (14), both ends' frames and features (14) and the timestep (1); with candle's copies
+/// (concatenations, casts, contiguous flow slices) about 160 planes live at once.
 pub const ACTIVATION_PLANES: u64 = 160;
+
+/// Column-buffer planes of the largest im2col a batch item makes (see
+/// [`ACTIVATION_PLANES`]), rounded up: a batch stays under 2³¹ elements there, past which
+/// candle's kernels index wrongly.
+const COLUMN_PLANES: usize = 64;
 
 /// The most items one network pass takes, however large the budget: past this the GPU is
 /// already busy and larger batches only hold more frames back from the writer.
