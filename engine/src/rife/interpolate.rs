@@ -147,7 +147,7 @@ pub fn interpolate_stream(
         window.push(Slot::new(frame));
         if window.len() > state.batch_pairs {
             state.run_pairs(&mut window, ctx, emit, true)?;
-            keep_last(&mut window, &mut first, settings.loop_clip);
+            keep_last(&mut window, &mut first, settings.loop_clip)?;
         }
     }
     let Some(mut state) = runner else {
@@ -155,7 +155,7 @@ pub fn interpolate_stream(
     };
     if window.len() > 1 {
         state.run_pairs(&mut window, ctx, emit, true)?;
-        keep_last(&mut window, &mut first, settings.loop_clip);
+        keep_last(&mut window, &mut first, settings.loop_clip)?;
     }
     if let (Some(last), Some(first)) = (window.pop(), first)
         && state.pairs_done > 0
@@ -182,14 +182,31 @@ impl Slot {
 }
 
 /// After a batch: keeps the window's last frame as the next batch's first and, in loop
-/// mode, the clip's first frame (with its features) for the closing pair.
-fn keep_last(window: &mut Vec<Slot>, first: &mut Option<Slot>, loop_clip: bool) {
+/// mode, the clip's first frame (with its features, copied out of its batch) for the
+/// closing pair.
+fn keep_last(
+    window: &mut Vec<Slot>,
+    first: &mut Option<Slot>,
+    loop_clip: bool,
+) -> Result<(), EngineError> {
     let last = window.pop();
-    if loop_clip && first.is_none() {
-        *first = window.drain(..).next();
+    if loop_clip
+        && first.is_none()
+        && let Some(slot) = window.drain(..).next()
+    {
+        let prepared = slot
+            .prepared
+            .as_ref()
+            .map(PreparedFrame::detached)
+            .transpose()?;
+        *first = Some(Slot {
+            frame: slot.frame,
+            prepared,
+        });
     }
     window.clear();
     window.extend(last);
+    Ok(())
 }
 
 /// The per-clip state of [`interpolate_stream`].

@@ -290,6 +290,17 @@ pub struct PreparedFrame {
     features: Tensor,
 }
 
+impl PreparedFrame {
+    /// This frame in storage of its own: one from [`Rife::prepare_batch`] is a view that
+    /// keeps the whole batch's tensors alive.
+    pub fn detached(&self) -> Result<Self, EngineError> {
+        Ok(Self {
+            padded: self.padded.copy()?,
+            features: self.features.copy()?,
+        })
+    }
+}
+
 /// Frame size, the padded size the network runs at, and the network scale.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FrameLayout {
