@@ -449,6 +449,13 @@ fn retiming_to_a_target_fps_keeps_frames_on_the_grid_and_interpolates_between() 
     assert_eq!(doubled, multiplied);
     let halved = retime(&rife, &frames, 24.0, 12.0, &settings, &mut ctx).unwrap();
     assert_eq!(halved, vec![frames[0].clone(), frames[2].clone()]);
+    // 16 → 56 fps: up to four timesteps a pair, in passes of two, as one at a time.
+    let alone = retime(&rife, &frames, 16.0, 56.0, &settings, &mut ctx).unwrap();
+    let mut batched = settings.clone();
+    batched.memory_budget = Some(budget_for(&rife, &layout, 2));
+    let together = retime(&rife, &frames, 16.0, 56.0, &batched, &mut ctx).unwrap();
+    assert_eq!(alone.len(), 11);
+    assert_eq!(together, alone);
 }
 
 /// A budget of exactly `items` network items per pass at `layout`.

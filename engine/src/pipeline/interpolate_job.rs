@@ -124,7 +124,7 @@ impl PipelineRunner {
                 ctx.check()?;
                 all.push(frame?);
             }
-            for frame in retime_frames(rife, &all, fps, target, ctx)? {
+            for frame in retime_frames(rife, &all, fps, target, memory_budget, ctx)? {
                 writer.push(&frame, cancel)?;
             }
             ctx.check()?;
@@ -199,13 +199,15 @@ pub(super) fn target_rate(fps: f64) -> Result<FrameRate, EngineError> {
     })
 }
 
-/// `frames` at `source` resampled to `target` with RIFE (see [`retime`]), reporting progress
-/// per frame pair and stopping between pairs when cancelled.
+/// `frames` at `source` resampled to `target` with RIFE (see [`retime`]), each pair's
+/// timesteps batched within `memory_budget` bytes, reporting progress per frame pair and
+/// stopping between passes when cancelled.
 pub(super) fn retime_frames(
     rife: &Rife,
     frames: &[RgbImage],
     source: FrameRate,
     target: FrameRate,
+    memory_budget: Option<u64>,
     ctx: &JobContext<'_>,
 ) -> Result<Vec<RgbImage>, EngineError> {
     let is_cancelled = || ctx.check().is_err();
@@ -221,8 +223,10 @@ pub(super) fn retime_frames(
         is_cancelled: &is_cancelled,
         on_progress: &mut on_progress,
     };
-    // The multiplier is unused by `retime`; scene cuts, network scale and rounding apply.
-    let settings = InterpolationSettings::with_multiplier(2);
+    // The multiplier is unused by `retime`; scene cuts, network scale, rounding and the
+    // memory budget apply.
+    let mut settings = InterpolationSettings::with_multiplier(2);
+    settings.memory_budget = memory_budget;
     retime(
         rife,
         frames,

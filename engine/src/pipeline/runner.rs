@@ -209,7 +209,8 @@ impl PipelineRunner {
             let path = self.rife_weights_path()?;
             let rife = self.models.rife(&path, &device)?;
             let source = FrameRate::whole(recipe.fps);
-            for frame in retime_frames(rife, &decoded, source, target, ctx)? {
+            let budget = super::interpolate_job::rife_memory_budget(&plan);
+            for frame in retime_frames(rife, &decoded, source, target, budget, ctx)? {
                 writer.push(&frame, cancel)?;
             }
         } else if let Some(multiplier) = multiplier {
