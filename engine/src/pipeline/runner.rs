@@ -222,13 +222,15 @@ impl PipelineRunner {
             let path = self.rife_weights_path()?;
             let rife = self.models.rife(&path, &device)?;
             let source = FrameRate::whole(recipe.fps);
-            for frame in retime_frames(rife, &decoded, source, target, ctx)? {
+            let budget = super::interpolate_job::rife_memory_budget(&plan);
+            for frame in retime_frames(rife, &decoded, source, target, budget, ctx)? {
                 writer.push(&frame, cancel)?;
             }
         } else if let Some(multiplier) = multiplier {
             let path = self.rife_weights_path()?;
             let rife = self.models.rife(&path, &device)?;
-            let settings = InterpolationSettings::with_multiplier(multiplier);
+            let mut settings = InterpolationSettings::with_multiplier(multiplier);
+            settings.memory_budget = super::interpolate_job::rife_memory_budget(&plan);
             // `check` (not the bare token) also takes in Cancel commands sent meanwhile.
             let is_cancelled = || ctx.check().is_err();
             let mut on_progress = |p: crate::rife::PairProgress| {

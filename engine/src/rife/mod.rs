@@ -12,9 +12,12 @@
 //! is both frames warped (bilinear, border, `align_corners=True`: [`stillmotion_kernels::warp`])
 //! and blended by `sigmoid(mask)`. Frames are padded to a multiple of 64 ÷ network scale.
 //!
-//! [`weights`] reads the checkpoints, [`model`] is the network, [`pair`] runs one frame pair
-//! (padding, per-frame features, 8-bit output), [`interpolate`] drives a clip by a multiplier
-//! and [`retime`] to a target fps, [`scene_cut`] decides which pairs not to morph.
+//! [`weights`] reads the checkpoints, [`model`] is the network, [`pair`] runs frame pairs
+//! (padding, per-frame features, batches of pairs and timesteps sized from a memory budget,
+//! 8-bit output), [`interpolate`] drives a clip by a multiplier and [`retime`] to a target
+//! fps, [`scene_cut`] decides which pairs not to morph. On CUDA the network runs in f16
+//! (weights, activations and warps), on the CPU in f32; original frames pass through as
+//! they came.
 
 pub mod interpolate;
 pub mod model;
@@ -27,7 +30,10 @@ pub use interpolate::{
     InterpolationContext, InterpolationSettings, PairProgress, interpolate, interpolate_stream,
 };
 pub use model::{Config, IfNet, IfNetOutput};
-pub use pair::{FrameLayout, PixelRounding, PreparedFrame, Rife, network_scale_for, to_rgb8};
+pub use pair::{
+    ACTIVATION_PLANES, FrameLayout, MAX_BATCH, PixelRounding, PreparedFrame, Rife,
+    network_scale_for, to_rgb8,
+};
 pub use retime::retime;
 pub use scene_cut::{DEFAULT_SCENE_CUT_BELOW, frame_similarity, histogram_overlap};
 pub use stillmotion_kernels::warp::{backward_warp, backward_warp_with};

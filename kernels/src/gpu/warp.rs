@@ -1,6 +1,6 @@
 //! Launch of `cuda/warp.cu`.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use cudarc::driver::PushKernelArg;
 
 use super::{device_ptr, empty_like_shape, grid_1d, int, loaded, output_tensor};
@@ -24,7 +24,12 @@ pub(crate) fn backward_warp(
     );
     let (ip, fp) = (device_ptr(&input, KERNEL)?, device_ptr(&flow, KERNEL)?);
     let (storage, op) = empty_like_shape(&gpu.device, input.dtype(), input.shape())?;
-    let function = gpu.warp_function("stillmotion_backward_warp_f32")?;
+    let name = match input.dtype() {
+        DType::F16 => "stillmotion_backward_warp_f16",
+        DType::BF16 => "stillmotion_backward_warp_bf16",
+        _ => "stillmotion_backward_warp_f32",
+    };
+    let function = gpu.warp_function(name)?;
     let stream = gpu.device.cuda_stream();
     let mut launch = stream.launch_builder(&function);
     launch
@@ -43,8 +48,9 @@ pub(crate) fn backward_warp(
         kernel: KERNEL,
         problem: format!("{pixels} pixels is too many"),
     })?;
-    // SAFETY: matches the kernel's signature; float32 contiguous input and flow checked by
-    // the wrapper, output allocated with the input's shape.
+    // SAFETY: matches the kernel's signature for the dtype; contiguous input and flow of one
+    // dtype (f32, f16 or bf16, picking the kernel above) checked by the wrapper, output
+    // allocated with the input's shape and dtype.
     unsafe { launch.launch(config) }?;
     Ok(output_tensor(storage, input.shape().clone()))
 }

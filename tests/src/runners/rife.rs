@@ -101,6 +101,8 @@ pub fn run_clip(case: &Case, device: &Device, dtype: DType) -> anyhow::Result<Ou
         scene_cut_below: None,
         network_scale: config.network_scale,
         rounding: config.rounding,
+        // Every pass as full as the cap allows: the batched path is the one checked.
+        memory_budget: Some(u64::MAX),
     };
     let mut progress = |_| {};
     let mut ctx = InterpolationContext {
