@@ -146,6 +146,9 @@ fn backends(kernels: &Kernels, device: &Device) -> Vec<(AttentionChoice, &'stati
     list
 }
 
+/// One attention implementation called on q, k, v.
+type AttentionRun<'a> = dyn Fn(&Tensor, &Tensor, &Tensor) -> anyhow::Result<Tensor> + 'a;
+
 /// Our 8-bit attention: with FP8 P·V where the GPU has it, and with 16-bit P·V.
 const INT8_BACKENDS: [(AttentionChoice, &str, bool); 2] = [
     (AttentionChoice::Int8, "int8", true),
@@ -188,10 +191,7 @@ fn bench_attention(
     }
     // Our mma.sync kernel with 128-row blocks (what "ours" is off Hopper), and the wgmma
     // kernel built for one block an SM (the default, "ours" on Hopper, is two).
-    let explicit: [(
-        &str,
-        Box<dyn Fn(&Tensor, &Tensor, &Tensor) -> anyhow::Result<Tensor>>,
-    ); 2] = [
+    let explicit: [(&str, Box<AttentionRun<'_>>); 2] = [
         (
             "ours_mma_m128",
             Box::new(|q, k, v| {

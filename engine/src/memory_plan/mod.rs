@@ -24,11 +24,12 @@
 //!   (`f·d·a`, [`dequantized_weight`]). A fixed [`RUNTIME_OVERHEAD`] covers the CUDA context,
 //!   cuBLAS workspace and the latents, condition and text context (tens of MB at 480p).
 //! - VAE decode peak: [`VAE_LIVE_VALUES_PER_PIXEL_CHANNEL`] values per output pixel and
-//!   decoder channel of one tile, plus the VAE weights, both in the VAE's dtype (`a`: bf16 on
-//!   CUDA, f32 on the CPU, as `pipeline::ModelCache::vae` loads it).
+//!   decoder channel of one tile, plus the VAE weights, at [`VAE_PLANNING_BYTES`] a value on
+//!   every device (the VAE runs in bf16 on CUDA, but its peak there is more than half the f32
+//!   one).
 //! - VAE encode peak (the conditioning clip): [`VAE_ENCODE_VALUES_PER_PIXEL_CHANNEL`] values
-//!   per encoder-input pixel and channel of the encoder's first stage, for one tile, in the
-//!   VAE's dtype.
+//!   per encoder-input pixel and channel of the encoder's first stage, for one tile, at
+//!   [`VAE_PLANNING_BYTES`] a value.
 //! - Text encoder: its resident weights plus [`TEXT_ENCODER_ACTIVATIONS`] (512 tokens).
 //!
 //! **Decisions**, cheapest in time first: both experts resident; one expert at a time
@@ -62,6 +63,10 @@ pub const GIB: u64 = 1 << 30;
 /// blocks alike. Run 16's 0.35 GiB overrun at 16 GiB came in the high-noise phase only (the
 /// low-noise phase, same 25 resident blocks, peaked at 15.93 GiB): a first-phase transient,
 /// not growth with the resident blocks. The pipeline now synchronises after the image encode
+/// Bytes per VAE activation value the plan sizes decode and encode tiles with, on every device
+/// (see where it is used).
+pub const VAE_PLANNING_BYTES: u64 = 4;
+
 /// and after freeing the text encoder, so the pool returns that memory before experts load.
 pub const RUNTIME_OVERHEAD: u64 = 3 * GIB / 4;
 
@@ -285,8 +290,12 @@ impl MemoryPlan {
     pub fn decide(inputs: &PlanInputs, budget: Option<u64>) -> Result<Self, EngineError> {
         let s = &inputs.sizes;
         let tokens = inputs.tokens;
-        // The VAE computes in the activation dtype: bf16 on CUDA, f32 on the CPU.
-        let vae_bytes = inputs.activation_bytes;
+        // The VAE computes in bf16 on CUDA, but its peak there is more than half the f32 one
+        // (norms and upsampling keep float32 intermediates): sized at 2 bytes, the 10 GiB
+        // render decoded in 67-latent tiles and peaked at 10.57 GiB (bench/RESULTS.md run 20);
+        // sized at 4 (46-latent tiles) it held at 9.73 GiB (run 16). So the VAE is planned at
+        // float32 size everywhere until its bf16 peaks are calibrated on a GPU.
+        let vae_bytes = VAE_PLANNING_BYTES;
         let activations = dit_activation_peak(&s.dit, tokens.count, inputs.activation_bytes)
             + dequantized_weight(&s.dit, s.dit_is_float8, inputs.activation_bytes);
         let expert = s.high_noise_weights.max(s.low_noise_weights);
