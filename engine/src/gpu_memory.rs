@@ -71,6 +71,25 @@ impl GpuMemoryReader {
     }
 }
 
+/// The memory of the CUDA device a job runs on (its own context), `None` on the CPU.
+#[must_use]
+pub fn of_device(device: &candle_core::Device) -> Option<GpuMemory> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(cuda) = device {
+        return cuda
+            .cuda_stream()
+            .context()
+            .mem_get_info()
+            .ok()
+            .map(|(free, total)| GpuMemory {
+                total_bytes: total as u64,
+                free_bytes: free as u64,
+            });
+    }
+    let _ = device;
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

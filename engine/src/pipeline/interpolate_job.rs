@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
 use image::RgbImage;
 
 use super::output::format_for_output;
@@ -99,7 +98,8 @@ impl PipelineRunner {
         let rife = self.models.rife(&weights, &device)?;
         ctx.progress(Stage::LoadingWeights, 1, 1);
         // Batches fill what the device has free once the weights are in, less the reserve.
-        let memory_budget = free_device_memory(&device)
+        let memory_budget = crate::gpu_memory::of_device(&device)
+            .map(|memory| memory.free_bytes)
             .map(|free| free.saturating_sub((DEFAULT_RESERVE_VRAM_GB * GIB as f64) as u64));
         let target = request.target_fps.map(target_rate).transpose()?;
         let settings = EncodeSettings {
@@ -169,26 +169,6 @@ impl PipelineRunner {
 pub(super) fn rife_memory_budget(plan: &MemoryPlan) -> Option<u64> {
     plan.budget
         .map(|budget| budget.saturating_sub(plan.predicted.vae_weights))
-}
-
-/// Free memory of a CUDA device now, `None` on the CPU.
-#[cfg(feature = "cuda")]
-fn free_device_memory(device: &Device) -> Option<u64> {
-    match device {
-        Device::Cuda(cuda) => cuda
-            .cuda_stream()
-            .context()
-            .mem_get_info()
-            .ok()
-            .map(|(free, _)| free as u64),
-        _ => None,
-    }
-}
-
-/// Free memory of a CUDA device now, `None` on the CPU (this build has no CUDA).
-#[cfg(not(feature = "cuda"))]
-fn free_device_memory(_device: &Device) -> Option<u64> {
-    None
 }
 
 /// The exact output rate for a target given in frames per second.

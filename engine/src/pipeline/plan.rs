@@ -65,9 +65,9 @@ pub fn plan_for(
         activation_bytes: compute_bytes,
     };
     let budget = budget_override.or_else(|| {
-        device_memory(device).map(|total| {
+        crate::gpu_memory::of_device(device).map(|memory| {
             let reserve = (recipe.reserve_vram_gb * GIB as f64) as u64;
-            total.saturating_sub(reserve)
+            memory.total_bytes.saturating_sub(reserve)
         })
     });
     MemoryPlan::decide(&inputs, budget)
@@ -119,26 +119,6 @@ fn image_dimensions(path: &Path) -> Result<(u32, u32), EngineError> {
     } else {
         (width, height)
     })
-}
-
-/// Total memory of a CUDA device, `None` on the CPU.
-#[cfg(feature = "cuda")]
-fn device_memory(device: &Device) -> Option<u64> {
-    match device {
-        Device::Cuda(cuda) => cuda
-            .cuda_stream()
-            .context()
-            .mem_get_info()
-            .ok()
-            .map(|(_, total)| total as u64),
-        _ => None,
-    }
-}
-
-/// Total memory of a CUDA device, `None` on the CPU (this build has no CUDA).
-#[cfg(not(feature = "cuda"))]
-fn device_memory(_device: &Device) -> Option<u64> {
-    None
 }
 
 #[cfg(test)]
