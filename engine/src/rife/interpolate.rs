@@ -4,7 +4,7 @@
 use image::RgbImage;
 
 use super::pair::{FrameLayout, PixelRounding, PreparedFrame, Rife, to_rgb8};
-use super::scene_cut::{DEFAULT_SCENE_CUT_BELOW, frame_similarity};
+use super::scene_cut::{DEFAULT_SCENE_CUT_BELOW, FrameSignature};
 use crate::EngineError;
 
 /// What to interpolate and how.
@@ -15,7 +15,7 @@ pub struct InterpolationSettings {
     /// Also interpolate from the last frame back to the first, for clips that loop: the
     /// output then has `n × multiplier` frames and ends just before frame 0 comes round again.
     pub loop_clip: bool,
-    /// A pair whose similarity ([`frame_similarity`]) is below this is a scene cut: its
+    /// A pair whose similarity ([`frame_similarity`](super::frame_similarity)) is below this is a scene cut: its
     /// in-between frames repeat the first frame instead of morphing. `None` never cuts.
     pub scene_cut_below: Option<f64>,
     /// `None` picks it for the frame size ([`network_scale_for`]).
@@ -170,6 +170,8 @@ pub fn interpolate_stream(
 struct Slot {
     frame: RgbImage,
     prepared: Option<PreparedFrame>,
+    /// The scene-cut signature, read once (a frame belongs to two pairs).
+    signature: Option<FrameSignature>,
 }
 
 impl Slot {
@@ -177,7 +179,13 @@ impl Slot {
         Self {
             frame,
             prepared: None,
+            signature: None,
         }
+    }
+
+    fn signature(&mut self) -> &FrameSignature {
+        self.signature
+            .get_or_insert_with(|| FrameSignature::of(&self.frame))
     }
 }
 
@@ -202,6 +210,7 @@ fn keep_last(
         *first = Some(Slot {
             frame: slot.frame,
             prepared,
+            signature: slot.signature,
         });
     }
     window.clear();
@@ -273,12 +282,12 @@ impl<'r> PairRunner<'r> {
             return Err(EngineError::Cancelled);
         }
         let multiplier = self.settings.multiplier;
-        let cuts: Vec<bool> = window
-            .windows(2)
-            .map(|pair| {
+        let cuts: Vec<bool> = (1..window.len())
+            .map(|i| {
                 multiplier > 1
                     && self.settings.scene_cut_below.is_some_and(|below| {
-                        frame_similarity(&pair[0].frame, &pair[1].frame) < below
+                        let (before, after) = window.split_at_mut(i);
+                        before[i - 1].signature().similarity(after[0].signature()) < below
                     })
             })
             .collect();

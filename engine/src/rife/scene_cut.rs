@@ -46,20 +46,55 @@ const MAX_THUMBNAIL_SHIFT: usize = 4;
 /// [`DEFAULT_SCENE_CUT_BELOW`] sits between.
 #[must_use]
 pub fn frame_similarity(a: &RgbImage, b: &RgbImage) -> f64 {
-    best_shift_ssim(a, b).max(0.0) * histogram_overlap(a, b)
+    FrameSignature::of(a).similarity(&FrameSignature::of(b))
 }
 
-fn best_shift_ssim(a: &RgbImage, b: &RgbImage) -> f64 {
-    let (x, y) = (thumbnail(a), thumbnail(b));
+/// Histogram bins per colour channel.
+const BINS: usize = 8;
+
+/// What [`frame_similarity`] needs of one frame: its grey thumbnail and colour histogram.
+/// Reading them takes a pass over every pixel, so a clip computes each frame's once, not once
+/// for each of the two pairs the frame belongs to.
+#[derive(Clone, Debug)]
+pub struct FrameSignature {
+    thumbnail: Vec<f64>,
+    histogram: [f64; 3 * BINS],
+}
+
+impl FrameSignature {
+    #[must_use]
+    pub fn of(frame: &RgbImage) -> Self {
+        let mut counts = [0_u64; 3 * BINS];
+        for pixel in frame.pixels() {
+            for (channel, &value) in pixel.0.iter().enumerate() {
+                counts[channel * BINS + usize::from(value) * BINS / 256] += 1;
+            }
+        }
+        let total = (3 * u64::from(frame.width()) * u64::from(frame.height())).max(1) as f64;
+        Self {
+            thumbnail: thumbnail(frame),
+            histogram: counts.map(|c| c as f64 / total),
+        }
+    }
+
+    /// [`frame_similarity`] of the two frames these signatures were read from.
+    #[must_use]
+    pub fn similarity(&self, other: &Self) -> f64 {
+        best_shift_ssim(&self.thumbnail, &other.thumbnail).max(0.0)
+            * overlap(&self.histogram, &other.histogram)
+    }
+}
+
+fn best_shift_ssim(x: &[f64], y: &[f64]) -> f64 {
     if x.len() != THUMBNAIL_SIDE * THUMBNAIL_SIDE || y.len() != x.len() {
         // Frames smaller than the thumbnail: compare what there is, unshifted.
-        return shifted_ssim(&x, &y, 0, 0, x.len().min(y.len()), 1);
+        return shifted_ssim(x, y, 0, 0, x.len().min(y.len()), 1);
     }
     let max = MAX_THUMBNAIL_SHIFT as isize;
     let mut best = f64::NEG_INFINITY;
     for dy in -max..=max {
         for dx in -max..=max {
-            best = best.max(shifted_ssim(&x, &y, dx, dy, THUMBNAIL_SIDE, THUMBNAIL_SIDE));
+            best = best.max(shifted_ssim(x, y, dx, dy, THUMBNAIL_SIDE, THUMBNAIL_SIDE));
         }
     }
     best
@@ -69,19 +104,14 @@ fn best_shift_ssim(a: &RgbImage, b: &RgbImage) -> f64 {
 /// the colours are distributed identically, as after a pan or zoom within one shot.
 #[must_use]
 pub fn histogram_overlap(a: &RgbImage, b: &RgbImage) -> f64 {
-    const BINS: usize = 8;
-    let histogram = |frame: &RgbImage| {
-        let mut counts = [0_u64; 3 * BINS];
-        for pixel in frame.pixels() {
-            for (channel, &value) in pixel.0.iter().enumerate() {
-                counts[channel * BINS + usize::from(value) * BINS / 256] += 1;
-            }
-        }
-        let total = (3 * u64::from(frame.width()) * u64::from(frame.height())).max(1) as f64;
-        counts.map(|c| c as f64 / total)
-    };
-    let (p, q) = (histogram(a), histogram(b));
-    p.iter().zip(&q).map(|(x, y)| x.min(*y)).sum()
+    overlap(
+        &FrameSignature::of(a).histogram,
+        &FrameSignature::of(b).histogram,
+    )
+}
+
+fn overlap(p: &[f64; 3 * BINS], q: &[f64; 3 * BINS]) -> f64 {
+    p.iter().zip(q).map(|(x, y)| x.min(*y)).sum()
 }
 
 /// Global SSIM of `x` against `y` moved by `(dx, dy)`, over their overlap; both are
@@ -135,5 +165,28 @@ mod tests {
         assert!((frame_similarity(&gradient, &gradient) - 1.0).abs() < 1e-12);
         assert!(frame_similarity(&gradient, &shifted) > 0.9);
         assert!(frame_similarity(&gradient, &other) < DEFAULT_SCENE_CUT_BELOW);
+    }
+
+    #[test]
+    fn a_signature_read_once_gives_the_same_similarity_and_overlap() {
+        let a = RgbImage::from_fn(100, 60, |x, y| {
+            image::Rgb([(x * 2) as u8, (y * 3) as u8, 40])
+        });
+        let b = RgbImage::from_fn(100, 60, |x, y| {
+            image::Rgb([((x + 3) * 2) as u8, (y * 3) as u8, (x ^ y) as u8])
+        });
+        let (sa, sb) = (FrameSignature::of(&a), FrameSignature::of(&b));
+        assert_eq!(
+            sa.similarity(&sb).to_bits(),
+            frame_similarity(&a, &b).to_bits()
+        );
+        assert_eq!(
+            sb.similarity(&sa).to_bits(),
+            frame_similarity(&b, &a).to_bits()
+        );
+        assert_eq!(
+            overlap(&sa.histogram, &sb.histogram).to_bits(),
+            histogram_overlap(&a, &b).to_bits()
+        );
     }
 }
