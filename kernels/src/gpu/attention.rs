@@ -116,43 +116,15 @@ pub(crate) fn fused_with_rows(
                 if dtype == DType::F16 { "f16" } else { "bf16" }
             );
             let function = gpu.flash_function(&name)?;
-            let shared = (block_rows + 2 * FLASH_BLOCK_N) * (d + FLASH_PAD) * 2;
-            let shared = u32::try_from(shared).map_err(|_| bad(format!("head dim {d}")))?;
-            // Above 48 KiB a kernel must opt in to more dynamic shared memory.
-            function.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                shared as i32,
+            launch_flash(
+                gpu,
+                &function,
+                (block_rows, FLASH_THREADS),
+                (block_rows + 2 * FLASH_BLOCK_N) * (d + FLASH_PAD) * 2,
+                [qp, kp, vp, o],
+                (b, sq, sk, h),
+                scale * std::f32::consts::LOG2_E,
             )?;
-            let config = LaunchConfig {
-                grid_dim: (
-                    u32::try_from(sq.div_ceil(block_rows))
-                        .map_err(|_| bad(format!("{sq} queries is too many")))?,
-                    u32::try_from(h).map_err(|_| bad(format!("{h} heads")))?,
-                    u32::try_from(b).map_err(|_| bad(format!("batch {b}")))?,
-                ),
-                block_dim: (FLASH_THREADS, 1, 1),
-                shared_mem_bytes: shared,
-            };
-            let (sq32, sk32, h32) = (
-                i32::try_from(sq).map_err(|_| bad(format!("{sq} queries")))?,
-                i32::try_from(sk).map_err(|_| bad(format!("{sk} keys")))?,
-                i32::try_from(h).map_err(|_| bad(format!("{h} heads")))?,
-            );
-            let scale_log2 = scale * std::f32::consts::LOG2_E;
-            let mut launch = stream.launch_builder(&function);
-            launch
-                .arg(&qp)
-                .arg(&kp)
-                .arg(&vp)
-                .arg(&o)
-                .arg(&sq32)
-                .arg(&sk32)
-                .arg(&h32)
-                .arg(&scale_log2);
-            // SAFETY: the arguments match the kernel's signature (four device addresses of
-            // contiguous [B, S, H, D] tensors, lengths, heads, scale) and the grid covers
-            // every query row exactly once.
-            unsafe { launch.launch(config) }?;
         }
     }
     Ok(output_tensor(storage, shape))
@@ -208,19 +180,45 @@ pub(crate) fn wgmma(
         if dtype == DType::F16 { "f16" } else { "bf16" }
     );
     let function = gpu.wgmma_function(&name)?;
-    let shared = u32::try_from(WGMMA_SHARED).map_err(|_| bad("shared memory".to_owned()))?;
+    launch_flash(
+        gpu,
+        &function,
+        (WGMMA_ROWS, WGMMA_THREADS),
+        WGMMA_SHARED,
+        [qp, kp, vp, o],
+        (b, sq, sk, h),
+        std::f32::consts::LOG2_E / (d as f32).sqrt(),
+    )?;
+    Ok(output_tensor(storage, shape))
+}
+
+/// Launches one of our flash kernels (mma.sync or wgmma; they share the signature q, k, v, o,
+/// sq, sk, heads, scale in log2 units): one block of `threads` per `rows` queries of each
+/// (head, batch), with `shared` bytes of dynamic shared memory.
+fn launch_flash(
+    gpu: &super::GpuKernels,
+    function: &cudarc::driver::CudaFunction,
+    (rows, threads): (usize, u32),
+    shared: usize,
+    [q, k, v, o]: [u64; 4],
+    (b, sq, sk, h): (usize, usize, usize, usize),
+    scale_log2: f32,
+) -> Result<(), KernelError> {
+    let shared =
+        u32::try_from(shared).map_err(|_| bad(format!("{shared} bytes of shared memory")))?;
+    // Above 48 KiB a kernel must opt in to more dynamic shared memory.
     function.set_attribute(
         cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
         shared as i32,
     )?;
     let config = LaunchConfig {
         grid_dim: (
-            u32::try_from(sq.div_ceil(WGMMA_ROWS))
+            u32::try_from(sq.div_ceil(rows))
                 .map_err(|_| bad(format!("{sq} queries is too many")))?,
             u32::try_from(h).map_err(|_| bad(format!("{h} heads")))?,
             u32::try_from(b).map_err(|_| bad(format!("batch {b}")))?,
         ),
-        block_dim: (WGMMA_THREADS, 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: shared,
     };
     let (sq32, sk32, h32) = (
@@ -228,21 +226,20 @@ pub(crate) fn wgmma(
         i32::try_from(sk).map_err(|_| bad(format!("{sk} keys")))?,
         i32::try_from(h).map_err(|_| bad(format!("{h} heads")))?,
     );
-    let scale_log2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
     let stream = gpu.device.cuda_stream();
-    let mut launch = stream.launch_builder(&function);
+    let mut launch = stream.launch_builder(function);
     launch
-        .arg(&qp)
-        .arg(&kp)
-        .arg(&vp)
+        .arg(&q)
+        .arg(&k)
+        .arg(&v)
         .arg(&o)
         .arg(&sq32)
         .arg(&sk32)
         .arg(&h32)
         .arg(&scale_log2);
-    // SAFETY: the arguments match the kernel's signature (four device addresses of contiguous
-    // [B, S, H, 128] tensors, lengths, heads, scale); the grid covers every query
-    // row once; the shared memory asked for is what the kernel lays out.
+    // SAFETY: callers pass a kernel with this signature, four device addresses of contiguous
+    // [B, S, H, D] tensors alive for the call (o sized for the output), and the shared memory
+    // its layout needs; the grid covers every query row exactly once.
     unsafe { launch.launch(config) }?;
-    Ok(output_tensor(storage, shape))
+    Ok(())
 }
