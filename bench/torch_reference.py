@@ -57,6 +57,40 @@ def linear(m, k, n):
          tflops=2.0 * m * k * n / seconds / 1e12)
 
 
+def linear_fp8(m, k, n):
+    """torch._scaled_mm (cuBLASLt's FP8 GEMM, what ComfyUI runs for fp8_scaled files) on the
+    operands our parity check uses: e4m3 weights with a per-tensor amax scale, the activation
+    quantized per tensor (amax / 448), bias, bf16 or f16 or f32 out. Each result's rel L2 is
+    against the float64 product of the same float8 values, so it is the GEMM's own error: what a
+    bound on ours against our CPU definition can expect."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    w = torch.randn(n, k, device="cuda", generator=gen) * 0.02
+    w_scale = w.abs().max() / 448.0
+    wq = (w / w_scale).to(torch.float8_e4m3fn)
+    x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    bias = torch.randn(n, device="cuda", generator=gen).to(torch.bfloat16)
+    x_scale = x.float().abs().max() / 448.0
+    xq = (x.float() / x_scale).to(torch.float8_e4m3fn)
+    exact = (xq.double() @ wq.double().t()) * (x_scale.double() * w_scale.double()) + bias.double()
+    for out_dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for fast in (False, True):
+            b = bias.to(out_dtype) if out_dtype != torch.float32 else None
+            def run():
+                return torch._scaled_mm(xq, wq.t(), scale_a=x_scale, scale_b=w_scale, bias=b,
+                                        out_dtype=out_dtype, use_fast_accum=fast)
+            y = run().double()
+            if b is None:
+                y = y + bias.double()
+            rel = ((y - exact).norm() / exact.norm()).item()
+            rounded = exact.to(out_dtype).double()
+            rounding = ((rounded - exact).norm() / exact.norm()).item()
+            seconds = timed(run, 10) if m >= 4096 else float("nan")
+            line("linear_fp8", backend="torch_scaled_mm", m=m, k=k, n=n,
+                 out=str(out_dtype).replace("torch.", ""), fast_accum=fast,
+                 rel_l2_vs_exact=rel, output_rounding_rel_l2=rounding, ms=seconds * 1e3)
+
+
 def dit(width, height, frames, compile_model):
     from diffusers import WanTransformer3DModel
 
@@ -180,7 +214,7 @@ def rife(flownet, width, height, frames, device="cuda"):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["attention", "linear", "dit", "vae", "rife"])
+    parser.add_argument("what", choices=["attention", "linear", "linear-fp8", "dit", "vae", "rife"])
     parser.add_argument("sizes", nargs="*")
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
@@ -195,6 +229,8 @@ def main():
         attention(*(args.sizes or [32760, 32760]))
     elif args.what == "linear":
         linear(*(args.sizes or [32760, 5120, 5120]))
+    elif args.what == "linear-fp8":
+        linear_fp8(*(args.sizes or [300, 512, 768]))
     elif args.what == "vae":
         vae(*(args.sizes or [832, 480, 81]))
     else:

@@ -106,8 +106,9 @@ pub fn run(
         Err(_) => None,
     };
     let peak = Arc::new(AtomicU64::new(0));
+    let step_peak = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let poller = spawn_memory_poller(Arc::clone(&peak), Arc::clone(&stop))?;
+    let poller = spawn_memory_poller([Arc::clone(&peak), Arc::clone(&step_peak)], Arc::clone(&stop))?;
     let jobs: Vec<(f64, Vec<(u64, String)>)> = if budgets_gib.is_empty() {
         vec![(0.0, vec![(1, "cold".to_owned()), (2, "warm".to_owned())])]
     } else {
@@ -127,7 +128,7 @@ pub fn run(
                 job_id,
                 kind: JobKind::Render(Box::new(job)),
             })?;
-            watch(&engine, job_id, &label, &peak)?;
+            watch(&engine, job_id, &label, [&peak, &step_peak])?;
         }
         // Dropping the handle shuts the engine down and frees its models before the next one.
         drop(engine);
@@ -139,8 +140,16 @@ pub fn run(
 }
 
 /// Prints each stage's time as it ends and a summary when the job does.
-fn watch(engine: &EngineHandle, job_id: u64, label: &str, peak: &AtomicU64) -> anyhow::Result<()> {
+fn watch(
+    engine: &EngineHandle,
+    job_id: u64,
+    label: &str,
+    [peak, step_peak]: [&AtomicU64; 2],
+) -> anyhow::Result<()> {
     let start = Instant::now();
+    // The peak between two progress reports (one denoising step, one VAE chunk, ...), to find
+    // which step of a phase holds its peak.
+    let mut step: Option<(Stage, u32, Instant)> = None;
     let mut stage: Option<(Stage, Instant)> = None;
     let mut secs_per_step: Vec<f64> = Vec::new();
     // Each stage reports its own peak (the poller's value is reset as a stage ends); the job's
@@ -170,6 +179,21 @@ fn watch(engine: &EngineHandle, job_id: u64, label: &str, peak: &AtomicU64) -> a
                 secs_per_unit,
                 ..
             } if id == job_id => {
+                if step.is_none_or(|(s, done, _)| (s, done) != (progress.stage, progress.done)) {
+                    if let Some((s, done, since)) = step.take() {
+                        Line::new("e2e-step")
+                            .text("job", label)
+                            .text("stage", s.label())
+                            .int("done", done as usize)
+                            .num("secs", since.elapsed().as_secs_f64())
+                            .num(
+                                "peak_gib",
+                                step_peak.swap(0, Ordering::Relaxed) as f64 / f64::from(1 << 30),
+                            )
+                            .print();
+                    }
+                    step = Some((progress.stage, progress.done, Instant::now()));
+                }
                 if stage.is_none_or(|(s, _)| s != progress.stage) {
                     end_stage(stage.take());
                     stage = Some((progress.stage, Instant::now()));
@@ -231,7 +255,7 @@ fn watch(engine: &EngineHandle, job_id: u64, label: &str, peak: &AtomicU64) -> a
 }
 
 fn spawn_memory_poller(
-    peak: Arc<AtomicU64>,
+    peaks: [Arc<AtomicU64>; 2],
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let reader = GpuMemoryReader::open().context("no GPU memory reading")?;
@@ -240,9 +264,11 @@ fn spawn_memory_poller(
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 if let Some(memory) = reader.read() {
-                    peak.fetch_max(memory.used_bytes(), Ordering::Relaxed);
+                    for peak in &peaks {
+                        peak.fetch_max(memory.used_bytes(), Ordering::Relaxed);
+                    }
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(20));
             }
         })?)
 }

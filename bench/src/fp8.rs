@@ -177,12 +177,15 @@ pub fn parity(device: &Device, kernels: &Kernels, checks: &mut Checks) -> anyhow
             weight: &cpu_stored,
             ..weight
         };
+        // In the GEMM's own dtype: x is quantized in that dtype (its 1/scale rounded to it, as
+        // ComfyUI's fp8 linear does). A float32 reference would quantize differently, and the
+        // e4m3 steps where the two roundings part were the whole of an earlier "parity gap".
         let reference = linear_fp8_reference(
             &x.to_device(&cpu)?,
             cpu_weight,
             cpu_bias.as_ref(),
             epilogue,
-            DType::F32,
+            dtype,
         )?;
         let bound = if dtype == DType::F16 {
             FP8_F16_BOUND

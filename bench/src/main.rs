@@ -340,6 +340,33 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
     let cpu_rms = glue::rms_norm(&cpu, &on_cpu(&xr)?, &wc, 1e-6)?;
     checks.check("rms_norm f32", rel_l2(&gpu_rms, &cpu_rms)?, 1e-5);
 
+    // The VAE's channel norm (+ SiLU): float32 against the CPU's candle ops, and bf16 out.
+    let frames = randn(&[3, 96, 37, 53], device, DType::F32)?;
+    let gamma = randn(&[96, 1, 1, 1], device, DType::F32)?;
+    let on_cpu_frames = on_cpu(&frames)?;
+    for silu in [false, true] {
+        let expected =
+            glue::channel_rms_norm(&cpu, &on_cpu_frames, &on_cpu(&gamma)?, 96f64.sqrt(), silu)?;
+        let gpu = glue::channel_rms_norm(kernels, &frames, &gamma, 96f64.sqrt(), silu)?;
+        checks.check(
+            &format!("channel_rms_norm f32 silu {silu}"),
+            rel_l2(&gpu, &expected)?,
+            1e-5,
+        );
+        let gpu = glue::channel_rms_norm(
+            kernels,
+            &frames.to_dtype(DType::BF16)?,
+            &gamma.to_dtype(DType::BF16)?,
+            96f64.sqrt(),
+            silu,
+        )?;
+        checks.check(
+            &format!("channel_rms_norm bf16 silu {silu}"),
+            rel_l2(&gpu, &expected)?,
+            BF16_BOUND,
+        );
+    }
+
     let q = randn(&[2, 300, 8, 128], device, DType::F32)?;
     let cos = randn(&[300, 64], device, DType::F32)?.cos()?;
     let sin = randn(&[300, 64], device, DType::F32)?.sin()?;
@@ -775,6 +802,15 @@ fn bench_vae(device: &Device, width: usize, height: usize, frames: usize) -> any
             .text("compare", "bf16 decode vs f32 decode, random weights")
             .num("psnr_db", 10.0 * (4.0 / f64::from(mse)).log10())
             .num("rel_l2", rel_l2(bf16_frames, f32_frames)?)
+            .print();
+    }
+    // Where the bf16 decode's time goes (each part synchronised, so the sum runs a little over).
+    let (_, times) = bf16.decode_profiled(&latents)?;
+    for (part, total, calls) in times.entries() {
+        Line::new("vae-profile")
+            .text("part", part)
+            .int("calls", *calls)
+            .num("total_s", total.as_secs_f64())
             .print();
     }
     Ok(())

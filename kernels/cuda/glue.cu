@@ -198,3 +198,92 @@ STILLMOTION_ROPE(stillmotion_rope_f32, float)
 FP8_DEQUANTIZE(stillmotion_fp8_dequantize_f32, float)
 FP8_DEQUANTIZE(stillmotion_fp8_dequantize_bf16, __nv_bfloat16)
 FP8_DEQUANTIZE(stillmotion_fp8_dequantize_f16, __half)
+
+namespace {
+
+// The Wan VAE's channel-wise RMS norm of frames (t, c, h·w): y = x / max(‖x‖₂, 1e-12) · scale · γ
+// over the c channels of each pixel, then SiLU when asked. One thread per pixel: neighbouring
+// threads read neighbouring pixels of a channel plane, so every read is coalesced; float32
+// throughout, one rounding at the store.
+template <typename T>
+__device__ __forceinline__ void channel_norm(const T *x, const float *gamma, T *y, int64_t pixels,
+                                             int channels, int64_t plane, float scale, int silu) {
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < pixels;
+         p += stride) {
+        const int64_t offset = (p / plane) * channels * plane + p % plane;
+        const T *xp = x + offset;
+        T *yp = y + offset;
+        float squares = 0.f;
+        for (int c = 0; c < channels; ++c) {
+            const float v = to_float(xp[c * plane]);
+            squares += v * v;
+        }
+        const float factor = scale / fmaxf(sqrtf(squares), 1e-12f);
+        for (int c = 0; c < channels; ++c) {
+            float v = to_float(xp[c * plane]) * factor * gamma[c];
+            if (silu) {
+                v = v / (1.f + expf(-v));
+            }
+            yp[c * plane] = from_float<T>(v);
+        }
+    }
+}
+
+constexpr int kTile = 32;
+constexpr int kTileRows = 8;
+
+// out[b][j][i] = in[b][i][j] (+ bias[j]): (batch, rows, cols) to (batch, cols, rows) through a
+// 32×32 shared-memory tile, so reads and writes are both coalesced (a strided copy is not).
+// The convolutions' channels-last round trip: frames (t, c, h·w) to (t, h·w, c) before cuDNN,
+// and its output back with the bias added in the same pass.
+template <typename T>
+__device__ __forceinline__ void transpose(const T *in, T *out, const T *bias, int rows, int cols) {
+    __shared__ float tile[kTile][kTile + 1];
+    const int64_t matrix = static_cast<int64_t>(rows) * cols;
+    in += blockIdx.z * matrix;
+    out += blockIdx.z * matrix;
+    const int row_tiles = (rows + kTile - 1) / kTile;
+    const int c0 = blockIdx.x * kTile;
+    for (int tile_row = blockIdx.y; tile_row < row_tiles; tile_row += gridDim.y) {
+        const int r0 = tile_row * kTile;
+        __syncthreads();  // the previous tile has been written out
+        for (int k = threadIdx.y; k < kTile; k += kTileRows) {
+            const int r = r0 + k, c = c0 + threadIdx.x;
+            if (r < rows && c < cols) {
+                tile[k][threadIdx.x] = to_float(in[static_cast<int64_t>(r) * cols + c]);
+            }
+        }
+        __syncthreads();
+        for (int k = threadIdx.y; k < kTile; k += kTileRows) {
+            const int c = c0 + k, r = r0 + threadIdx.x;
+            if (r < rows && c < cols) {
+                float v = tile[threadIdx.x][k];
+                if (bias != nullptr) {
+                    v += to_float(bias[c]);
+                }
+                out[static_cast<int64_t>(c) * rows + r] = from_float<T>(v);
+            }
+        }
+    }
+}
+
+}  // namespace
+
+#define STILLMOTION_CHANNEL_NORM(NAME, T)                                                       \
+    extern "C" __global__ void NAME(const T *x, const float *gamma, T *y, int64_t pixels,       \
+                                    int channels, int64_t plane, float scale, int silu) {       \
+        channel_norm<T>(x, gamma, y, pixels, channels, plane, scale, silu);                     \
+    }
+STILLMOTION_CHANNEL_NORM(stillmotion_channel_norm_bf16, __nv_bfloat16)
+STILLMOTION_CHANNEL_NORM(stillmotion_channel_norm_f16, __half)
+STILLMOTION_CHANNEL_NORM(stillmotion_channel_norm_f32, float)
+
+#define STILLMOTION_TRANSPOSE(NAME, T)                                                          \
+    extern "C" __global__ void __launch_bounds__(kTile * kTileRows)                             \
+        NAME(const T *in, T *out, const T *bias, int rows, int cols) {                          \
+        transpose<T>(in, out, bias, rows, cols);                                                \
+    }
+STILLMOTION_TRANSPOSE(stillmotion_transpose_bf16, __nv_bfloat16)
+STILLMOTION_TRANSPOSE(stillmotion_transpose_f16, __half)
+STILLMOTION_TRANSPOSE(stillmotion_transpose_f32, float)

@@ -174,3 +174,34 @@ pub fn rope(
     let out_im = (re.broadcast_mul(&sin)? + im.broadcast_mul(&cos)?)?;
     Ok(Tensor::cat(&[out_re, out_im], D::Minus1)?.reshape((b, s, h, d))?)
 }
+
+/// The Wan VAE's channel-wise RMS norm of frames `x` `(t, c, h, w)`:
+/// `x / max(‖x‖₂, 1e-12) · scale · γ` over the channels of each pixel (`F.normalize` on dim 1),
+/// then SiLU when `silu`. `gamma` holds `c` values in any shape (the checkpoints store
+/// `(c, 1, 1, 1)`). The CPU branch is the candle ops the VAE ran before, in x's dtype; the CUDA
+/// kernel (used when `kernels` are loaded for x's device) reads x twice and writes once
+/// instead of seven passes, in float32 with one rounding.
+pub fn channel_rms_norm(
+    kernels: &Kernels,
+    x: &Tensor,
+    gamma: &Tensor,
+    scale: f64,
+    silu: bool,
+) -> Result<Tensor, KernelError> {
+    let (_, c, _, _) = x.dims4()?;
+    if gamma.elem_count() != c {
+        return Err(bad(
+            "channel_rms_norm",
+            format!("{} gains for {c} channels", gamma.elem_count()),
+        ));
+    }
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() && kernels.gpu.is_some() {
+        return crate::gpu::glue::channel_rms_norm(kernels, x, gamma, scale, silu);
+    }
+    let _ = kernels;
+    let gamma = gamma.reshape((1, c, 1, 1))?.to_dtype(x.dtype())?;
+    let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
+    let y = (x.broadcast_div(&norm)? * scale)?.broadcast_mul(&gamma)?;
+    Ok(if silu { y.silu()? } else { y })
+}

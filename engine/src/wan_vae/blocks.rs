@@ -3,11 +3,13 @@
 //!
 //! Tensors here are frames-first, `(t, c, h, w)`: convolutions treat frames as the batch.
 
-use candle_core::{Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use stillmotion_kernels::Kernels;
+use stillmotion_kernels::glue::channel_rms_norm;
 
 use super::conv::{CausalConv3d, Conv2d, ConvSlot, FrameCache};
+use super::profile::{StageTimes, timed};
 
 /// The temporal state of one layer between chunks (the reference's `feat_cache[idx]`).
 #[derive(Debug, Default)]
@@ -24,6 +26,8 @@ pub struct ChunkState {
     cursor: usize,
     /// The device's kernels, for fused convolutions (`None`: candle's own).
     kernels: Option<Kernels>,
+    /// Time by kind of layer, when the caller asked for it (the benchmark).
+    profile: Option<StageTimes>,
 }
 
 impl ChunkState {
@@ -36,6 +40,29 @@ impl ChunkState {
 
     pub fn kernels(&self) -> Option<&Kernels> {
         self.kernels.as_ref()
+    }
+
+    /// Starts recording time by kind of layer ([`Self::timed`]).
+    pub fn with_profile(mut self) -> Self {
+        self.profile = Some(StageTimes::default());
+        self
+    }
+
+    pub fn take_profile(&mut self) -> Option<StageTimes> {
+        self.profile.take()
+    }
+
+    /// Runs `f`, timed under `label` when profiling (not nested: inside `f` nothing is timed).
+    pub fn timed<T>(
+        &mut self,
+        label: &'static str,
+        device: &Device,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        let mut profile = self.profile.take();
+        let out = timed(profile.as_mut(), label, device, || f(self));
+        self.profile = profile;
+        out
     }
 
     /// Call before each chunk: layers take their slots again from the first.
@@ -87,8 +114,18 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
-        (x.broadcast_div(&norm)? * self.scale)?.broadcast_mul(&self.gamma)
+        self.apply(x, None, false)
+    }
+
+    /// The norm then SiLU, fused into one pass when `kernels` run on x's device.
+    pub fn forward_silu(&self, x: &Tensor, kernels: Option<&Kernels>) -> Result<Tensor> {
+        self.apply(x, kernels, true)
+    }
+
+    fn apply(&self, x: &Tensor, kernels: Option<&Kernels>, silu: bool) -> Result<Tensor> {
+        let cpu = Kernels::cpu();
+        channel_rms_norm(kernels.unwrap_or(&cpu), x, &self.gamma, self.scale, silu)
+            .map_err(candle_core::Error::wrap)
     }
 }
 
@@ -127,15 +164,26 @@ impl ResidualBlock {
     }
 
     pub fn forward(&self, x: &Tensor, state: &mut ChunkState) -> Result<Tensor> {
+        let device = x.device();
         let h = match &self.shortcut {
-            Some(conv) => conv.forward_frames_with(x, state.kernels())?,
+            Some(conv) => state.timed("shortcut conv", device, |s| {
+                conv.forward_frames_with(x, s.kernels())
+            })?,
             None => x.clone(),
         };
-        let y = self.norm1.forward(x)?.silu()?;
-        let y = self.conv1.forward(&y, state.next_frames())?;
-        let y = self.norm2.forward(&y)?.silu()?;
-        let y = self.conv2.forward(&y, state.next_frames())?;
-        y + h
+        let y = state.timed("norm+silu", device, |s| {
+            self.norm1.forward_silu(x, s.kernels())
+        })?;
+        let y = state.timed("causal conv", device, |s| {
+            self.conv1.forward(&y, s.next_frames())
+        })?;
+        let y = state.timed("norm+silu", device, |s| {
+            self.norm2.forward_silu(&y, s.kernels())
+        })?;
+        let y = state.timed("causal conv", device, |s| {
+            self.conv2.forward(&y, s.next_frames())
+        })?;
+        state.timed("residual add", device, |_| y + h)
     }
 }
 

@@ -87,13 +87,18 @@ impl Decoder3d {
         x = self.middle.1.forward(&x)?;
         x = self.middle.2.forward(&x, state)?;
         for layer in &self.upsamples {
+            let device = x.device().clone();
             x = match layer {
                 Layer::Residual(block) => block.forward(&x, state)?,
-                Layer::Attention(block) => block.forward(&x)?,
-                Layer::Resample(block) => block.forward(&x, state)?,
+                Layer::Attention(block) => {
+                    state.timed("attention", &device, |_| block.forward(&x))?
+                }
+                Layer::Resample(block) => {
+                    state.timed("resample", &device, |s| block.forward(&x, s))?
+                }
             };
         }
-        let x = self.head_norm.forward(&x)?.silu()?;
+        let x = self.head_norm.forward_silu(&x, state.kernels())?;
         self.head_conv.forward(&x, state.next_frames())
     }
 }

@@ -91,7 +91,7 @@ impl Encoder3d {
         x = self.middle.0.forward(&x, state)?;
         x = self.middle.1.forward(&x)?;
         x = self.middle.2.forward(&x, state)?;
-        let x = self.head_norm.forward(&x)?.silu()?;
+        let x = self.head_norm.forward_silu(&x, state.kernels())?;
         self.head_conv.forward(&x, state.next_frames())
     }
 }

@@ -29,6 +29,7 @@ mod frames;
 mod i2v;
 #[cfg(test)]
 mod precision_tests;
+mod profile;
 #[cfg(test)]
 mod test_support;
 mod tiled_decode;
@@ -43,6 +44,7 @@ use serde::Deserialize;
 
 pub use frames::to_rgb8;
 pub use i2v::{i2v_condition, i2v_condition_tiled, i2v_mask};
+pub use profile::StageTimes;
 pub use tiling::{MIN_TILE, MIN_TILE_OVERLAP, Tiling};
 pub use weights::{WeightLayout, diffusers_key, load, load_in};
 
@@ -310,12 +312,37 @@ impl WanVae {
         &self,
         latents: &Tensor,
         unpatch: bool,
-        mut sink: impl FnMut(Tensor) -> Result<()>,
+        sink: impl FnMut(Tensor) -> Result<()>,
     ) -> Result<()> {
+        let state = ChunkState::with_kernels(self.kernels.clone());
+        self.decode_chunks_in(latents, unpatch, state, sink)
+            .map(|_| ())
+    }
+
+    /// [`Self::decode`] with the time spent in each kind of layer (for the benchmark; the
+    /// timing waits for the device around each layer).
+    pub fn decode_profiled(&self, latents: &Tensor) -> Result<(Tensor, StageTimes)> {
+        let mut chunks = Vec::with_capacity(latents.dim(1)?);
+        let state = ChunkState::with_kernels(self.kernels.clone()).with_profile();
+        let times = self.decode_chunks_in(latents, true, state, |frames| {
+            chunks.push(frames);
+            Ok(())
+        })?;
+        let frames = from_frames(&Tensor::cat(&chunks, 0)?)?.clamp(-1f32, 1f32)?;
+        Ok((frames, times.unwrap_or_default()))
+    }
+
+    /// [`Self::decode_chunks`] in `state`, returning its profile if it kept one.
+    fn decode_chunks_in(
+        &self,
+        latents: &Tensor,
+        unpatch: bool,
+        mut state: ChunkState,
+        mut sink: impl FnMut(Tensor) -> Result<()>,
+    ) -> Result<Option<StageTimes>> {
         let z = to_frames(latents)?.to_dtype(self.mean.dtype())?;
         let z = z.broadcast_div(&self.inv_std)?.broadcast_add(&self.mean)?;
         let x = self.conv2.forward_frames(&z)?;
-        let mut state = ChunkState::with_kernels(self.kernels.clone());
         for i in 0..x.dim(0)? {
             let latent = x.narrow(0, i, 1)?;
             let pixels = match &self.decoder {
@@ -328,6 +355,6 @@ impl WanVae {
                 pixels
             })?;
         }
-        Ok(())
+        Ok(state.take_profile())
     }
 }

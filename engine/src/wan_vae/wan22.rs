@@ -199,7 +199,7 @@ impl Encoder22 {
         x = self.middle.0.forward(&x, state)?;
         x = self.middle.1.forward(&x)?;
         x = self.middle.2.forward(&x, state)?;
-        let x = self.head_norm.forward(&x)?.silu()?;
+        let x = self.head_norm.forward_silu(&x, state.kernels())?;
         self.head_conv.forward(&x, state.next_frames())
     }
 }
@@ -278,7 +278,7 @@ impl Decoder22 {
         for block in &self.blocks {
             x = block.forward(&x, state, first_chunk)?;
         }
-        let x = self.head_norm.forward(&x)?.silu()?;
+        let x = self.head_norm.forward_silu(&x, state.kernels())?;
         self.head_conv.forward(&x, state.next_frames())
     }
 }

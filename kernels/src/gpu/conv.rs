@@ -63,9 +63,10 @@ pub(crate) fn conv3d_frames(
     }
     let call = ConvCall { dtype: code, shape };
 
-    // Channels-last input; the output comes back channels-last and is permuted once, with the
-    // bias added in the same pass.
-    let x_cl = x.permute((0, 2, 3, 1))?.contiguous()?;
+    // Channels-last input, made in one tiled transpose of the frames (t, c, h·w) → (t, h·w, c)
+    // (candle's strided copy of a permute reads with a stride of h·w); the output comes back
+    // channels-last and is transposed back once, with the bias added in the same pass.
+    let x_cl = super::glue::transpose_last2(kernels, &x.reshape((t, c, h * w))?, None)?;
     let out_shape = Shape::from((ot, oh, ow, k));
     let (storage, y_ptr) = empty_like_shape(&gpu.device, dtype, &out_shape)?;
     let (x_ptr, f_ptr) = (device_ptr(&x_cl, KERNEL)?, device_ptr(filter, KERNEL)?);
@@ -93,9 +94,6 @@ pub(crate) fn conv3d_frames(
         drop(workspace);
     }
     drop(x_cl);
-    let y = output_tensor(storage, out_shape).permute((0, 3, 1, 2))?;
-    Ok(match bias {
-        Some(bias) => y.broadcast_add(&bias.reshape((1, k, 1, 1))?)?,
-        None => y.contiguous()?,
-    })
+    let y = output_tensor(storage, out_shape).reshape((ot, oh * ow, k))?;
+    Ok(super::glue::transpose_last2(kernels, &y, bias)?.reshape((ot, k, oh, ow))?)
 }

@@ -186,6 +186,17 @@ fn weight_ptr(gpu: &GpuKernels, weight: &Tensor) -> Option<u64> {
     Some(slice.device_ptr(&stream).0 + layout.start_offset() as u64)
 }
 
+/// What an FP8 GEMM's cuBLASLt algorithm depends on: the shape, the output type and the
+/// epilogue (the operands' alignment is fixed: 256 bytes for the weight and the fresh buffers).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) struct AlgorithmKey {
+    m: usize,
+    k: usize,
+    n: usize,
+    dtype: u32,
+    epilogue: u32,
+}
+
 /// `x·(float(W)·scale)ᵀ + b` through cuBLASLt's FP8 GEMM, `x` bf16 or f16 on the device, the
 /// result in x's dtype; `Ok(Err(why))` where the GEMM cannot run here (see the module
 /// documentation).
@@ -222,9 +233,11 @@ pub(crate) fn linear(
             "{m}×{k}·{k}×{n}: K and N must be multiples of 16"
         )));
     }
-    let Some(w_ptr) = weight_ptr(gpu, weight.weight).filter(|p| p % 16 == 0) else {
+    // 256 bytes: the alignment cuBLASLt's algorithm heuristic assumes by default (fresh
+    // allocations have it; a view into the middle of a buffer may not).
+    let Some(w_ptr) = weight_ptr(gpu, weight.weight).filter(|p| p % 256 == 0) else {
         return Ok(Err(
-            "the weight is not a contiguous, 16-byte aligned float8 tensor".to_owned(),
+            "the weight is not a contiguous, 256-byte aligned float8 tensor".to_owned(),
         ));
     };
     let bias = match bias {
@@ -299,16 +312,38 @@ pub(crate) fn linear(
     }
     .map_err(|e| cublas("setting the workspace limit", e))?;
     let handle = *gpu.blas_lt.handle();
-    // SAFETY: every descriptor is alive and describes the operands above.
-    let heuristic = match unsafe {
-        result::get_matmul_algo_heuristic(handle, desc.0, a.0, b.0, c.0, c.0, preference.0)
-    } {
-        Ok(h) => h,
-        Err(error) => {
-            return Ok(Err(format!(
-                "cuBLASLt has no FP8 algorithm for {m}×{k}·{k}×{n} with {chosen:?}: {error:?}"
-            )));
-        }
+    // The heuristic query costs tens of microseconds and a DiT forward makes about 400 of
+    // these GEMMs on a few shapes: ask once per shape and epilogue.
+    let key = AlgorithmKey {
+        m,
+        k,
+        n,
+        dtype: data_type as u32,
+        epilogue: chosen as u32,
+    };
+    let cached = gpu
+        .fp8_algorithms
+        .lock()
+        .ok()
+        .and_then(|algorithms| algorithms.get(&key).copied());
+    let heuristic = match cached {
+        Some(heuristic) => heuristic,
+        // SAFETY: every descriptor is alive and describes the operands above.
+        None => match unsafe {
+            result::get_matmul_algo_heuristic(handle, desc.0, a.0, b.0, c.0, c.0, preference.0)
+        } {
+            Ok(heuristic) => {
+                if let Ok(mut algorithms) = gpu.fp8_algorithms.lock() {
+                    algorithms.insert(key, heuristic);
+                }
+                heuristic
+            }
+            Err(error) => {
+                return Ok(Err(format!(
+                    "cuBLASLt has no FP8 algorithm for {m}×{k}·{k}×{n} with {chosen:?}: {error:?}"
+                )));
+            }
+        },
     };
 
     let x = x.contiguous()?;

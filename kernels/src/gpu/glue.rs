@@ -1,6 +1,6 @@
 //! Launches of `cuda/glue.cu`.
 
-use candle_core::{D, DType, Tensor};
+use candle_core::{D, DType, Shape, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::{device_ptr, empty_like_shape, grid_1d, int, loaded, output_tensor};
@@ -244,4 +244,108 @@ pub(crate) fn fp8_dequantize(
     let shape = weight.shape().clone();
     drop(weight);
     Ok(output_tensor(storage, shape))
+}
+
+pub(crate) fn channel_rms_norm(
+    kernels: &Kernels,
+    x: &Tensor,
+    gamma: &Tensor,
+    scale: f64,
+    silu: bool,
+) -> Result<Tensor, KernelError> {
+    const KERNEL: &str = "channel_rms_norm";
+    let gpu = loaded(kernels)?;
+    let x = x.contiguous()?;
+    let (t, c, h, w) = x.dims4()?;
+    let xp = device_ptr(&x, KERNEL)?;
+    let (gamma, gp) = f32_table(KERNEL, &gamma.flatten_all()?)?;
+    let name = format!("stillmotion_channel_norm_{}", suffix(KERNEL, x.dtype())?);
+    let function = gpu.glue_function(&name)?;
+    let (storage, yp) = empty_like_shape(&gpu.device, x.dtype(), x.shape())?;
+    let pixels = t * h * w;
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the scale is √channels, a few tens"
+    )]
+    let scale32 = scale as f32;
+    let (pixels64, plane64) = (pixels as i64, (h * w) as i64);
+    let (channels, silu32) = (int(KERNEL, c)?, i32::from(silu));
+    let stream = gpu.device.cuda_stream();
+    let mut launch = stream.launch_builder(&function);
+    launch
+        .arg(&xp)
+        .arg(&gp)
+        .arg(&yp)
+        .arg(&pixels64)
+        .arg(&channels)
+        .arg(&plane64)
+        .arg(&scale32)
+        .arg(&silu32);
+    // SAFETY: matches the kernel's signature; a grid-stride loop covers every pixel, each
+    // thread touching its pixel's c values of the contiguous (t, c, h·w) input and output.
+    unsafe { launch.launch(grid_1d(pixels, 256)) }?;
+    drop((x, gamma));
+    Ok(output_tensor(storage, Shape::from((t, c, h, w))))
+}
+
+/// `x` `(batch, rows, cols)` → `(batch, cols, rows)` contiguous, plus `bias` (`cols` values of
+/// x's dtype) along the new rows: one tiled pass.
+pub(crate) fn transpose_last2(
+    kernels: &Kernels,
+    x: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor, KernelError> {
+    const KERNEL: &str = "transpose";
+    const TILE: usize = 32;
+    let gpu = loaded(kernels)?;
+    let x = x.contiguous()?;
+    let (batch, rows, cols) = x.dims3()?;
+    let bias = bias.map(Tensor::contiguous).transpose()?;
+    if let Some(bias) = &bias
+        && (bias.elem_count() != cols || bias.dtype() != x.dtype())
+    {
+        return Err(KernelError::BadInput {
+            kernel: KERNEL,
+            problem: format!(
+                "bias {:?} {:?} for {cols} columns",
+                bias.dims(),
+                bias.dtype()
+            ),
+        });
+    }
+    let xp = device_ptr(&x, KERNEL)?;
+    let bp = bias
+        .as_ref()
+        .map(|b| device_ptr(b, KERNEL))
+        .transpose()?
+        .unwrap_or(0);
+    let name = format!("stillmotion_transpose_{}", suffix(KERNEL, x.dtype())?);
+    let function = gpu.glue_function(&name)?;
+    let out_shape = Shape::from((batch, cols, rows));
+    let (storage, yp) = empty_like_shape(&gpu.device, x.dtype(), &out_shape)?;
+    let (rows32, cols32) = (int(KERNEL, rows)?, int(KERNEL, cols)?);
+    let config = LaunchConfig {
+        grid_dim: (
+            int(KERNEL, cols.div_ceil(TILE).max(1))? as u32,
+            int(KERNEL, rows.div_ceil(TILE).clamp(1, 65_535))? as u32,
+            int(KERNEL, batch.clamp(1, 65_535))? as u32,
+        ),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    };
+    if batch > 65_535 {
+        return Err(KernelError::BadInput {
+            kernel: KERNEL,
+            problem: format!("{batch} matrices: at most 65,535 a launch"),
+        });
+    }
+    let stream = gpu.device.cuda_stream();
+    let mut launch = stream.launch_builder(&function);
+    launch.arg(&xp).arg(&yp).arg(&bp).arg(&rows32).arg(&cols32);
+    // SAFETY: matches the kernel's signature; blocks cover every column tile, loop over row
+    // tiles and take one matrix each along z; x, bias and the output are contiguous and alive
+    // (held here) while candle's stream runs the kernel. A null bias pointer means none.
+    unsafe { launch.launch(config) }?;
+    drop((x, bias));
+    Ok(output_tensor(storage, out_shape))
 }

@@ -46,6 +46,13 @@ pub(crate) struct GpuKernels {
     fp8: Arc<CudaModule>,
     pub(crate) cudnn: Result<Mutex<Cudnn>, String>,
     pub(crate) blas_lt: CudaBlasLT,
+    /// The FP8 GEMM's cuBLASLt algorithm for each shape met so far.
+    pub(crate) fp8_algorithms: Mutex<
+        std::collections::HashMap<
+            fp8_linear::AlgorithmKey,
+            cudarc::cublaslt::sys::cublasLtMatmulHeuristicResult_t,
+        >,
+    >,
 }
 
 impl GpuKernels {
@@ -85,6 +92,7 @@ impl GpuKernels {
             fp8,
             cudnn,
             blas_lt,
+            fp8_algorithms: Mutex::default(),
         })
     }
 
