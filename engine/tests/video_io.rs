@@ -202,6 +202,8 @@ fn each_format_has_its_codec_tags_frames_and_rate() {
         }
         let decoded = read_video(&path, 100, 1 << 20).unwrap();
         assert_eq!(decoded.frames.len(), 17, "{format:?}");
+        // Read back at the written rate (a GIF's centisecond delays average 97/6 in FFmpeg).
+        assert_eq!(decoded.fps, FrameRate::WAN, "{format:?}");
         std::fs::remove_file(&path).unwrap();
         std::fs::remove_file(path.with_extension("json")).unwrap();
     }
