@@ -253,6 +253,23 @@ fn crf_and_preset_reach_the_encoder() {
         std::fs::remove_file(&path).unwrap();
         std::fs::remove_file(path.with_extension("json")).unwrap();
     }
+    // libvpx and libwebp write no settings string: a lower CRF must give a larger stream.
+    for format in [VideoFormat::WebmVp9, VideoFormat::AnimatedWebp] {
+        let bytes = |crf: u8| {
+            let chosen = EncodeSettings {
+                crf,
+                ..settings(format, FrameRate::WAN)
+            };
+            let path = write(dir.path(), "quality", &chosen, (128, 96), 4);
+            let size = std::fs::metadata(&path).unwrap().len();
+            std::fs::remove_file(&path).unwrap();
+            std::fs::remove_file(path.with_extension("json")).unwrap();
+            size
+        };
+        let (fine, coarse) = (bytes(4), bytes(50));
+        println!("{format:?}: {fine} bytes at CRF 4, {coarse} at CRF 50");
+        assert!(fine > coarse, "{format:?}: {fine} vs {coarse} bytes");
+    }
 }
 
 #[test]
