@@ -202,8 +202,73 @@ fn each_format_has_its_codec_tags_frames_and_rate() {
         }
         let decoded = read_video(&path, 100, 1 << 20).unwrap();
         assert_eq!(decoded.frames.len(), 17, "{format:?}");
+        // Read back at the written rate (a GIF's centisecond delays average 97/6 in FFmpeg).
+        assert_eq!(decoded.fps, FrameRate::WAN, "{format:?}");
         std::fs::remove_file(&path).unwrap();
         std::fs::remove_file(path.with_extension("json")).unwrap();
+    }
+}
+
+/// The first `name=value` token of the encoder's settings string (x264 and x265 write theirs
+/// into the stream as an SEI message: `... subme=8 ... crf=23.0 ...`).
+fn encoder_setting(path: &Path, name: &str) -> Option<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    text.split_whitespace().find_map(|token| {
+        token
+            .strip_prefix(name)?
+            .strip_prefix('=')
+            .map(str::to_owned)
+    })
+}
+
+#[test]
+fn crf_and_preset_reach_the_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    // `subme` is set by the preset: x264 0 (ultrafast) / 8 (slow), x265 0 / 3.
+    let cases = [
+        (VideoFormat::Mp4H264, 23, "ultrafast", "0"),
+        (VideoFormat::Mp4H264, 30, "slow", "8"),
+        (VideoFormat::Mp4H265, 23, "ultrafast", "0"),
+        (VideoFormat::Mp4H265, 30, "slow", "3"),
+    ];
+    for (format, crf, preset, subme) in cases {
+        let chosen = EncodeSettings {
+            crf,
+            preset: preset.to_owned(),
+            ..settings(format, FrameRate::WAN)
+        };
+        let path = write(dir.path(), "settings", &chosen, (64, 48), 4);
+        let what = format!("{format:?} crf {crf} {preset}");
+        assert_eq!(
+            encoder_setting(&path, "crf").as_deref(),
+            Some(format!("{crf}.0").as_str()),
+            "{what}"
+        );
+        assert_eq!(
+            encoder_setting(&path, "subme").as_deref(),
+            Some(subme),
+            "{what}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(path.with_extension("json")).unwrap();
+    }
+    // libvpx and libwebp write no settings string: a lower CRF must give a larger stream.
+    for format in [VideoFormat::WebmVp9, VideoFormat::AnimatedWebp] {
+        let bytes = |crf: u8| {
+            let chosen = EncodeSettings {
+                crf,
+                ..settings(format, FrameRate::WAN)
+            };
+            let path = write(dir.path(), "quality", &chosen, (128, 96), 4);
+            let size = std::fs::metadata(&path).unwrap().len();
+            std::fs::remove_file(&path).unwrap();
+            std::fs::remove_file(path.with_extension("json")).unwrap();
+            size
+        };
+        let (fine, coarse) = (bytes(4), bytes(50));
+        println!("{format:?}: {fine} bytes at CRF 4, {coarse} at CRF 50");
+        assert!(fine > coarse, "{format:?}: {fine} vs {coarse} bytes");
     }
 }
 

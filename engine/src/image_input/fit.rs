@@ -326,13 +326,33 @@ mod tests {
         assert_eq!(wan_output_size(1280, 720, AREA_720P), Some((1280, 720)));
         assert_eq!(wan_output_size(1000, 1000, AREA_480P), Some((624, 624)));
         assert_eq!(wan_output_size(5000, 1, AREA_480P), None);
-        let buckets = aspect_buckets(AREA_480P);
-        assert_eq!(buckets.len(), 9);
-        for bucket in &buckets {
-            assert_eq!(bucket.width % SIDE_MULTIPLE, 0, "{bucket:?}");
-            assert_eq!(bucket.height % SIDE_MULTIPLE, 0, "{bucket:?}");
-            assert!(bucket.width * bucket.height <= AREA_480P, "{bucket:?}");
+        for area in [AREA_480P, AREA_720P] {
+            let buckets = aspect_buckets(area);
+            assert_eq!(buckets.len(), 9);
+            for bucket in &buckets {
+                assert_eq!(bucket.width % SIDE_MULTIPLE, 0, "{bucket:?}");
+                assert_eq!(bucket.height % SIDE_MULTIPLE, 0, "{bucket:?}");
+                assert!(bucket.width * bucket.height <= area, "{bucket:?}");
+                // A bucket is what the official fit gives an image of that aspect.
+                let (w, h) = bucket
+                    .label
+                    .split_once(':')
+                    .map(|(w, h)| (w.parse::<u32>().unwrap(), h.parse::<u32>().unwrap()))
+                    .unwrap();
+                let plan = plan(FitMode::Wan { max_area: area }, w * 120, h * 120).unwrap();
+                assert_eq!((plan.width, plan.height), (bucket.width, bucket.height));
+            }
         }
+        let at_720p = |label: &str| {
+            let bucket = aspect_buckets(AREA_720P)
+                .into_iter()
+                .find(|b| b.label == label)
+                .unwrap();
+            (bucket.width, bucket.height)
+        };
+        assert_eq!(at_720p("16:9"), (1280, 720));
+        assert_eq!(at_720p("9:16"), (720, 1280));
+        assert_eq!(at_720p("1:1"), (960, 960));
     }
 
     #[test]

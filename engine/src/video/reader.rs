@@ -23,6 +23,33 @@ pub(super) fn metadata_tag(path: &Path, key: &str) -> Result<Option<String>, Eng
     Ok(input.metadata().get(key).map(str::to_owned))
 }
 
+/// The clip's rate from the stream's average rate and its base rate (FFmpeg's `r_frame_rate`,
+/// the rate that represents every timestamp), each `(numerator, denominator)`. The base rate
+/// wins when the average is within [`BASE_RATE_SLACK`] of it: a GIF stores whole-centisecond
+/// delays (6 and 7 for 1/16 s), so FFmpeg averages a 16 fps GIF to 97/6 while its base rate is
+/// 16/1. A clip whose average is further off (variable rate, telecine) keeps its average.
+fn stream_fps(average: (i32, i32), base: (i32, i32)) -> Option<FrameRate> {
+    let valid = |(n, d): (i32, i32)| {
+        Some(FrameRate {
+            numerator: u32::try_from(n).ok().filter(|&n| n > 0)?,
+            denominator: u32::try_from(d).ok().filter(|&d| d > 0)?,
+        })
+    };
+    match (valid(average), valid(base)) {
+        (Some(average), Some(base))
+            if (average.as_f64() / base.as_f64() - 1.0).abs() <= BASE_RATE_SLACK =>
+        {
+            Some(base)
+        }
+        (Some(average), _) => Some(average),
+        (None, base) => base,
+    }
+}
+
+/// How far (relative) a stream's average rate may stray from its base rate and still be read
+/// as the base rate: a GIF's centisecond delays put 16 fps at 16.17 (1 %).
+const BASE_RATE_SLACK: f64 = 0.02;
+
 fn read_error(path: &Path, problem: String) -> EngineError {
     EngineError::VideoRead {
         problem,
@@ -60,17 +87,12 @@ impl VideoReader {
             .ok_or_else(|| fail("the file has no video stream".to_owned()))?;
         let stream_index = stream.index();
         let time_base = stream.time_base();
-        let rate = match stream.avg_frame_rate() {
-            r if r.numerator() > 0 && r.denominator() > 0 => r,
-            _ => stream.rate(),
-        };
-        if rate.numerator() <= 0 || rate.denominator() <= 0 {
-            return Err(fail("the video stream has no frame rate".to_owned()));
-        }
-        let fps = FrameRate {
-            numerator: rate.numerator() as u32,
-            denominator: rate.denominator() as u32,
-        };
+        let (average, base) = (stream.avg_frame_rate(), stream.rate());
+        let fps = stream_fps(
+            (average.numerator(), average.denominator()),
+            (base.numerator(), base.denominator()),
+        )
+        .ok_or_else(|| fail("the video stream has no frame rate".to_owned()))?;
         let decoder = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
             .and_then(|context| context.decoder().video())
             .map_err(|error| fail(format!("no decoder for this video ({error})")))?;
@@ -221,4 +243,27 @@ fn push_and_pull(
         frames.push_back(image);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FrameRate, stream_fps};
+
+    #[test]
+    fn a_rate_close_to_the_base_rate_is_the_base_rate() {
+        // A 16 fps GIF as FFmpeg reports it; NTSC with a slightly short average.
+        assert_eq!(stream_fps((97, 6), (16, 1)), Some(FrameRate::WAN));
+        assert_eq!(
+            stream_fps((2997, 100), (30000, 1001)),
+            Some(FrameRate {
+                numerator: 30000,
+                denominator: 1001
+            })
+        );
+        // Variable rate far from the base keeps its average; missing rates fall back.
+        assert_eq!(stream_fps((25, 1), (30, 1)), Some(FrameRate::whole(25)));
+        assert_eq!(stream_fps((0, 0), (24, 1)), Some(FrameRate::whole(24)));
+        assert_eq!(stream_fps((24, 1), (0, 1)), Some(FrameRate::whole(24)));
+        assert_eq!(stream_fps((0, 1), (0, 0)), None);
+    }
 }

@@ -289,6 +289,39 @@ mod tests {
         (diff.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt()
     }
 
+    /// A file without a `config.json`, loaded with no config: the loader reads the config from
+    /// the tensor shapes (heads of 128), which gives the case's config but for `text_len`, which
+    /// no tensor holds (the released models' 512). A file whose width is no multiple of 128 is
+    /// refused with what to do.
+    #[test]
+    fn a_file_without_a_config_is_configured_from_its_shapes() {
+        let case = "files_dit_gguf_kquants";
+        let (model, _) = WanModel::load_with_options(
+            &golden(case).join("wan_t2v_kquants.gguf"),
+            None,
+            &[],
+            QuantizedMatmul::DequantizeAtUse,
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap();
+        let expected = Config {
+            text_len: 512,
+            ..case_config(case)
+        };
+        assert_eq!(model.config(), &expected);
+        assert_eq!(model.config().num_heads, 2);
+
+        let narrow = golden("files_dit_lora_merge").join("wan_t2v.safetensors");
+        let err = WanModel::load(&narrow, &Device::Cpu, DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hidden size 32") && err.contains("config.json"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn a_text_encoder_gguf_given_as_the_dit_is_named() {
         let umt5 = golden("umt5_gguf_city96_q8_0").join("umt5_tiny_Q8_0.gguf");

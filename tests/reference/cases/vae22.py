@@ -4,7 +4,9 @@ A tiny random-weight official `WanVAE_` of wan/modules/vae2_2.py (48 latent chan
 2×2, residual down/up blocks with the AvgDown3D/DupUp3D shortcuts, decoder base dim apart from
 the encoder's), normalised with the `Wan2_2_VAE` statistics. Outputs as in `vae.py`: `latent` (9 frames,
 chunks 1, 4, 4), `latent_short` (5 frames), `decoded` (3 latent frames → 9
-frames, clamped like `Wan2_2_VAE.decode`).
+frames, clamped like `Wan2_2_VAE.decode`). `vae22_official_pth`: the official `Wan2.2_VAE.pth` form
+(a `torch.save`d state dict) over a 17-frame clip (encode chunks 1, 4, 4, 4, 4; 5 latent frames
+decode to 17).
 """
 
 from __future__ import annotations
@@ -142,3 +144,39 @@ def generate() -> None:
         seed=seed,
     )
     _diffusers_case(wan, mean, std)
+    _pth_case(wan, mean, std)
+
+
+def _pth_case(wan, mean, std) -> None:
+    """The official `Wan2.2_VAE.pth` form (`torch.save`d state dict, zip pickle), 17 frames."""
+    import io
+
+    seed, dim, dec_dim, num_res_blocks = 53, 2, 2, 1
+    model = _official(wan, dim, dec_dim, num_res_blocks, seed)
+    scale = [torch.tensor(mean), 1.0 / torch.tensor(std)]
+    gen = torch.Generator("cpu").manual_seed(seed + 1)
+    # 16×16 pixels (one latent pixel) keeps the 17-frame case small.
+    video = torch.rand(3, 17, 16, 16, generator=gen) * 2 - 1
+    z = torch.randn(48, 5, 1, 1, generator=gen)
+    with torch.no_grad():
+        latent = model.encode(video[None], scale)[0]
+        decoded = model.decode(z[None], scale)[0].clamp(-1, 1)
+    assert latent.shape[1] == 5 and decoded.shape[1] == 17, (latent.shape, decoded.shape)
+    buffer = io.BytesIO()
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, buffer)
+    case_dir = common.write_case(
+        "vae22_official_pth",
+        component="wan_vae",
+        description="Wan2.2 VAE, official WanVAE_ of vae2_2.py (tiny, random weights) loaded from a torch.save'd "
+                    ".pth state dict: chunked encode of 17 frames, per-latent-frame decode of 5 latent frames",
+        weights={},
+        extra_files={"Wan2.2_VAE.pth": buffer.getvalue()},
+        inputs={"video": video, "z": z},
+        expected={"latent": latent, "decoded": decoded},
+        config=_config(dim, dec_dim, num_res_blocks, "original", mean, std),
+        seed=seed,
+    )
+    # write_case lists only the safetensors it writes; name the .pth as the case's weights.
+    manifest = case_dir / "case.toml"
+    text = manifest.read_text(encoding="utf-8").replace('weights = []', 'weights = ["Wan2.2_VAE.pth"]', 1)
+    manifest.write_text(text, encoding="utf-8")
