@@ -108,7 +108,10 @@ pub fn run(
     let peak = Arc::new(AtomicU64::new(0));
     let step_peak = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let poller = spawn_memory_poller([Arc::clone(&peak), Arc::clone(&step_peak)], Arc::clone(&stop))?;
+    let poller = spawn_memory_poller(
+        [Arc::clone(&peak), Arc::clone(&step_peak)],
+        Arc::clone(&stop),
+    )?;
     let jobs: Vec<(f64, Vec<(u64, String)>)> = if budgets_gib.is_empty() {
         vec![(0.0, vec![(1, "cold".to_owned()), (2, "warm".to_owned())])]
     } else {

@@ -22,7 +22,8 @@
 //!   (`2·4·min(h·L², MAX_SCORE_ELEMENTS)`, `wan/attention.rs`); the FFN hidden layer before
 //!   and after GELU (`2·L·f·a`); for float8 weights, the FFN weight dequantized for its call
 //!   (`f·d·a`, [`dequantized_weight`]). A fixed [`RUNTIME_OVERHEAD`] covers the CUDA context,
-//!   cuBLAS workspace and the latents, condition and text context (tens of MB at 480p).
+//!   cuBLAS workspace and the latents, condition and text context (tens of MB at 480p). The
+//!   VAE's weights count too: it stays loaded from the image encode to the decode.
 //! - VAE decode peak: [`VAE_LIVE_VALUES_PER_PIXEL_CHANNEL`] values per output pixel and
 //!   decoder channel of one tile, plus the VAE weights, at [`VAE_PLANNING_BYTES`] a value on
 //!   every device (the VAE runs in bf16 on CUDA, but its peak there is more than half the f32
@@ -52,6 +53,10 @@ use crate::EngineError;
 /// One GiB: budgets and reserves are given in GB meaning GiB, as ComfyUI's `--reserve-vram`.
 pub const GIB: u64 = 1 << 30;
 
+/// Bytes per VAE activation value the plan sizes decode and encode tiles with, on every device
+/// (see where it is used).
+pub const VAE_PLANNING_BYTES: u64 = 4;
+
 /// CUDA context, cuBLAS and cuDNN workspaces, latents, condition and text context. Measured
 /// device-wide on an H200, a 10 GiB plan with half a GiB here peaked at 10.18 GiB
 /// (`bench/RESULTS.md`, run 15).
@@ -63,10 +68,6 @@ pub const GIB: u64 = 1 << 30;
 /// blocks alike. Run 16's 0.35 GiB overrun at 16 GiB came in the high-noise phase only (the
 /// low-noise phase, same 25 resident blocks, peaked at 15.93 GiB): a first-phase transient,
 /// not growth with the resident blocks. The pipeline now synchronises after the image encode
-/// Bytes per VAE activation value the plan sizes decode and encode tiles with, on every device
-/// (see where it is used).
-pub const VAE_PLANNING_BYTES: u64 = 4;
-
 /// and after freeing the text encoder, so the pool returns that memory before experts load.
 pub const RUNTIME_OVERHEAD: u64 = 3 * GIB / 4;
 
@@ -302,7 +303,8 @@ impl MemoryPlan {
         let both = s.high_noise_weights + s.low_noise_weights;
         let block = s.dit.block_weights;
         let non_block = s.dit.non_block_weights;
-        let denoise_fixed = activations + RUNTIME_OVERHEAD;
+        // The VAE stays loaded from the image encode through denoising to the decode.
+        let denoise_fixed = activations + RUNTIME_OVERHEAD + s.vae_weights;
         let limit = budget.unwrap_or(u64::MAX);
 
         // DiT placement and what of it stays on the device (during decode too).
@@ -317,7 +319,7 @@ impl MemoryPlan {
             let slots = 2 * block;
             let total = s.dit.num_blocks;
             if room < slots {
-                let needed = activations + RUNTIME_OVERHEAD + non_block + slots;
+                let needed = denoise_fixed + non_block + slots;
                 let why = format!(
                     "{} of activations for {} tokens and two transformer blocks",
                     gib(activations),
