@@ -1260,6 +1260,10 @@ fn first_start_opens_the_models_view_which_scans_a_comfyui_folder() {
             .count()
             >= 4
     );
+    // Each missing or unusable file links to where to get it (the engine's table of sources).
+    let lora_link = "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors";
+    assert!(harness.query_all_by_label(lora_link).count() >= 4);
+    assert!(harness.query_all_by_label("wan2.2_vae.safetensors").count() >= 2);
     let broken = harness
         .get_all_by_label_contains("vae/wan2.2_vae.safetensors")
         .count();
