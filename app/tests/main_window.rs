@@ -826,6 +826,73 @@ fn tiny_case() -> PathBuf {
 }
 
 #[test]
+fn a_better_preview_shows_the_vae_decode_of_a_tiny_real_render_in_place_of_the_projection() {
+    use stillmotion_engine::recipe::PreviewMode;
+    use stillmotion_engine::sampling::PreviewKind;
+    let case = tiny_case();
+    let dir = tempfile::tempdir().unwrap();
+    let preset_dir = dir.path().join("presets");
+    std::fs::create_dir(&preset_dir).unwrap();
+    std::fs::write(preset_dir.join("tiny.toml"), TINY_PRESET).unwrap();
+    let options = StartOptions {
+        image: Some(case.join("image.png")),
+        preset_dir: Some(preset_dir),
+        ..isolated(None)
+    };
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_eframe(move |cc| {
+            StillmotionApp::new(
+                cc,
+                options,
+                stillmotion_engine::pipeline::PipelineRunner::new(),
+            )
+        });
+    harness.run();
+    harness
+        .state_mut()
+        .perform(UiAction::ApplyPreset("tiny".to_owned()));
+    harness.run();
+    {
+        let settings = harness.state_mut().settings_mut();
+        settings.prompt = "a small red boat drifts across a calm lake at sunset".to_owned();
+        settings.high_noise = Some(case.join("high_noise.safetensors"));
+        settings.low_noise = Some(case.join("low_noise.safetensors"));
+        settings.text_encoder = Some(case.join("umt5.safetensors"));
+        settings.vae = Some(case.join("wan_2.1_vae.safetensors"));
+        settings.output_dir = Some(dir.path().to_owned());
+    }
+    // The user picks Better (Auto is the projection alone on the CPU).
+    harness.get_by_label("Better").click();
+    harness.run();
+    assert_eq!(harness.state().settings().preview, PreviewMode::Better);
+    harness.get_by_label("Render").click();
+    run_until(&mut harness, "the render to finish", |app| {
+        app.jobs().entries().first().is_some_and(|job| {
+            matches!(
+                job.state,
+                JobState::Finished { .. } | JobState::Failed { .. }
+            )
+        })
+    });
+    let job = harness.state().jobs().entries()[0].clone();
+    assert!(matches!(job.state, JobState::Finished { .. }), "{job:?}");
+    // The first step's VAE decode (whole 64×48 frames: the latent is small) stays on screen
+    // in place of the later steps' projections.
+    let (preview_job, preview) = harness.state().live_preview().unwrap();
+    assert_eq!(preview_job, job.id);
+    assert_eq!(preview.kind, PreviewKind::VaeDecode);
+    assert!(preview.step < 3, "never the last step: {}", preview.step);
+    assert_eq!(
+        (preview.width, preview.height, preview.frames.len()),
+        (64, 48, 5)
+    );
+    let (choice_job, choice) = harness.state().preview_choice().unwrap();
+    assert_eq!(*choice_job, job.id);
+    assert!(!choice.reason.is_empty());
+}
+
+#[test]
 fn a_real_render_of_tiny_models_plays_enters_history_and_restores() {
     let case = tiny_case();
     let dir = tempfile::tempdir().unwrap();

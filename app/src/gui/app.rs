@@ -362,6 +362,12 @@ impl StillmotionApp {
             .map(|live| (live.job_id, &live.preview))
     }
 
+    /// Which live preview the latest job sends and why (its `Event::PreviewChoice`).
+    #[must_use]
+    pub fn preview_choice(&self) -> Option<&(JobId, PreviewChoice)> {
+        self.preview_choice.as_ref()
+    }
+
     /// The render settings.
     #[must_use]
     pub fn settings(&self) -> &Settings {

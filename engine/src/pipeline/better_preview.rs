@@ -91,29 +91,26 @@ pub fn decode_preview(
     check: &dyn Fn() -> Result<(), EngineError>,
 ) -> Result<(usize, usize, Vec<Vec<u8>>), EngineError> {
     check()?;
-    let frames = match tile {
-        Some(side) => {
-            let (_, _, h, w) = latents.dims4()?;
-            to_rgb8(&vae.decode_tiled(latents, Tiling::for_decode(vae.config(), side, h, w))?)?
-        }
-        None => {
-            let mut chunks = Vec::new();
-            let mut stopped = None;
-            let decoded = vae.decode_each(latents, |chunk| {
-                chunks.push(chunk);
-                if let Err(error) = check() {
-                    stopped = Some(error);
-                    return Err(candle_core::Error::Msg("the preview decode stopped".into()));
-                }
-                Ok(())
-            });
-            if let Some(error) = stopped {
-                return Err(error);
+    let frames = if let Some(side) = tile {
+        let (_, _, h, w) = latents.dims4()?;
+        to_rgb8(&vae.decode_tiled(latents, Tiling::for_decode(vae.config(), side, h, w))?)?
+    } else {
+        let mut chunks = Vec::new();
+        let mut stopped = None;
+        let decoded = vae.decode_each(latents, |chunk| {
+            chunks.push(chunk);
+            if let Err(error) = check() {
+                stopped = Some(error);
+                return Err(candle_core::Error::Msg("the preview decode stopped".into()));
             }
-            decoded?;
-            // Chunks are frames-first `(n, 3, h, w)`; `to_rgb8` takes `(3, f, h, w)`.
-            to_rgb8(&Tensor::cat(&chunks, 0)?.transpose(0, 1)?.contiguous()?)?
+            Ok(())
+        });
+        if let Some(error) = stopped {
+            return Err(error);
         }
+        decoded?;
+        // Chunks are frames-first `(n, 3, h, w)`; `to_rgb8` takes `(3, f, h, w)`.
+        to_rgb8(&Tensor::cat(&chunks, 0)?.transpose(0, 1)?.contiguous()?)?
     };
     let (width, height) = frames
         .first()
@@ -429,25 +426,24 @@ impl LivePreviews {
         }
         side.every = every;
         let costs = format!("a VAE preview takes {decode:.2} s, a step {step:.2} s");
-        let choice = match every {
-            Some(n) => PreviewChoice {
+        let choice = if let Some(n) = every {
+            PreviewChoice {
                 kind: PreviewKind::VaeDecode,
                 every: Some(n),
                 reason: format!(
                     "{costs}: a VAE preview every {n} steps (and at the expert switch) keeps them within {:.0} % of the denoising time",
                     MAX_PREVIEW_SHARE * 100.0
                 ),
-            },
-            None => {
-                self.vae = None;
-                PreviewChoice {
-                    kind: PreviewKind::Projection,
-                    every: None,
-                    reason: format!(
-                        "{costs}: more VAE previews would cost over {:.0} % of the {steps}-step denoising, so the fast preview goes on alone",
-                        MAX_PREVIEW_SHARE * 100.0
-                    ),
-                }
+            }
+        } else {
+            self.vae = None;
+            PreviewChoice {
+                kind: PreviewKind::Projection,
+                every: None,
+                reason: format!(
+                    "{costs}: more VAE previews would cost over {:.0} % of the {steps}-step denoising, so the fast preview goes on alone",
+                    MAX_PREVIEW_SHARE * 100.0
+                ),
             }
         };
         ctx.preview_choice(choice);
@@ -590,7 +586,7 @@ mod tests {
         );
         // Both experts resident at 30 GiB leave too little for whole frames, enough for tiles.
         let both = plan_with(Some(29 * GIB), DitPlacement::BothResident);
-        assert!(matches!(memory_fit(&both, &vae, &tokens), Err(_)));
+        assert!(memory_fit(&both, &vae, &tokens).is_err());
         let tight = 14 * GIB + GIB / 4 + RUNTIME_OVERHEAD + whole * 3 / 4;
         let tiled = memory_fit(
             &plan_with(Some(tight), DitPlacement::OneAtATime),
