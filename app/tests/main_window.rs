@@ -1053,6 +1053,11 @@ impl JobRunner for DenoiseThenWait {
             cfg_low_noise: 1.0,
             ..LoopConfig::i2v_a14b()
         };
+        ctx.preview_choice(stillmotion_engine::sampling::PreviewChoice {
+            kind: stillmotion_engine::sampling::PreviewKind::Projection,
+            every: None,
+            reason: "the fast preview (latent projection) was chosen".to_owned(),
+        });
         denoise(&mut TowardsZero, &mut sampler, noise, &cfg, |step| {
             ctx.progress(Stage::DenoisingHighNoise, step.index as u32 + 1, 3);
             ctx.preview(|| stillmotion_engine::sampling::LatentPreview::of_step(step));
@@ -1103,8 +1108,10 @@ fn the_live_preview_shows_step_one_and_the_job_can_be_stopped_there() {
         "{:?}",
         &preview.frames[0][..6]
     );
-    harness.get_by_label("Live preview · step 1/3");
+    harness.get_by_label("Fast preview · step 1/3");
     harness.get_by_label("Live preview, latent frame 1");
+    // The job's preview choice, its reason on hover.
+    harness.get_by_label("fast preview only");
 
     harness.get_by_label("Cancel").click();
     run_until(&mut harness, "the cancel", |app| {

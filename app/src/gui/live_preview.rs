@@ -133,8 +133,12 @@ pub fn show(ui: &mut egui::Ui, live: &LivePreview, choice: Option<&PreviewChoice
         let aspect = preview.width as f32 / preview.height.max(1) as f32;
         let width = available.x.min(available.y * aspect).max(1.0);
         ui.add(
-            egui::Image::new((texture.id(), egui::vec2(width, width / aspect)))
-                .alt_text(format!("Live preview, latent frame {}", index + 1)),
+            egui::Image::new((texture.id(), egui::vec2(width, width / aspect))).alt_text(
+                match preview.kind {
+                    PreviewKind::Projection => format!("Live preview, latent frame {}", index + 1),
+                    PreviewKind::VaeDecode => format!("Live preview, frame {}", index + 1),
+                },
+            ),
         );
     }
     ui.ctx().request_repaint_after(Duration::from_millis(250));

@@ -541,6 +541,26 @@ mod tests {
         assert_eq!(preview_latents(&small).unwrap().dims(), [16, 2, 6, 8]);
     }
 
+    #[test]
+    fn the_preview_choice_is_stored_only_when_chosen_and_never_blocks_a_resume() {
+        use crate::recipe::{Recipe, RecipeChoices};
+        let preset = crate::preset::find("wan22-i2v-a14b-official-480p").unwrap();
+        let auto = Recipe::from_layers(&preset, RecipeChoices::default());
+        assert_eq!(auto.preview, PreviewMode::Auto);
+        assert!(!auto.to_json().unwrap().contains("preview"));
+        let better = Recipe {
+            preview: PreviewMode::Better,
+            ..auto.clone()
+        };
+        let json = better.to_json().unwrap();
+        assert!(json.contains(r#""preview": "better""#), "{json}");
+        assert_eq!(Recipe::from_json(&json).unwrap(), better);
+        assert_eq!(
+            super::super::resume::recipe_hash(&better).unwrap(),
+            super::super::resume::recipe_hash(&auto).unwrap()
+        );
+    }
+
     fn plan_with(budget: Option<u64>, dit: DitPlacement) -> MemoryPlan {
         use crate::memory_plan::{GIB, Predictions};
         MemoryPlan {
