@@ -1474,6 +1474,14 @@ fn snapshots_of_the_main_states() {
     });
     harness.run();
     harness.snapshot("models_view_scanned");
+    // Further down, a preset that misses files: each with its download links and folder.
+    harness
+        .query_all_by_label("wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors")
+        .next()
+        .unwrap()
+        .scroll_to_me();
+    harness.run();
+    harness.snapshot("models_view_download_links");
     let mut results = harness.take_snapshot_results();
     drop(harness);
 

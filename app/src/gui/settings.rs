@@ -559,7 +559,7 @@ pub fn show(
             });
             ui.end_row();
 
-            ui.label("Live preview");
+            ui.label("Preview");
             ui.horizontal(|ui| {
                 for (mode, name, tip) in PREVIEW_MODES {
                     ui.selectable_value(&mut settings.preview, mode, name)
