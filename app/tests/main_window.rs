@@ -826,6 +826,73 @@ fn tiny_case() -> PathBuf {
 }
 
 #[test]
+fn a_better_preview_shows_the_vae_decode_of_a_tiny_real_render_in_place_of_the_projection() {
+    use stillmotion_engine::recipe::PreviewMode;
+    use stillmotion_engine::sampling::PreviewKind;
+    let case = tiny_case();
+    let dir = tempfile::tempdir().unwrap();
+    let preset_dir = dir.path().join("presets");
+    std::fs::create_dir(&preset_dir).unwrap();
+    std::fs::write(preset_dir.join("tiny.toml"), TINY_PRESET).unwrap();
+    let options = StartOptions {
+        image: Some(case.join("image.png")),
+        preset_dir: Some(preset_dir),
+        ..isolated(None)
+    };
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_eframe(move |cc| {
+            StillmotionApp::new(
+                cc,
+                options,
+                stillmotion_engine::pipeline::PipelineRunner::new(),
+            )
+        });
+    harness.run();
+    harness
+        .state_mut()
+        .perform(UiAction::ApplyPreset("tiny".to_owned()));
+    harness.run();
+    {
+        let settings = harness.state_mut().settings_mut();
+        settings.prompt = "a small red boat drifts across a calm lake at sunset".to_owned();
+        settings.high_noise = Some(case.join("high_noise.safetensors"));
+        settings.low_noise = Some(case.join("low_noise.safetensors"));
+        settings.text_encoder = Some(case.join("umt5.safetensors"));
+        settings.vae = Some(case.join("wan_2.1_vae.safetensors"));
+        settings.output_dir = Some(dir.path().to_owned());
+    }
+    // The user picks Better (Auto is the projection alone on the CPU).
+    harness.get_by_label("Better").click();
+    harness.run();
+    assert_eq!(harness.state().settings().preview, PreviewMode::Better);
+    harness.get_by_label("Render").click();
+    run_until(&mut harness, "the render to finish", |app| {
+        app.jobs().entries().first().is_some_and(|job| {
+            matches!(
+                job.state,
+                JobState::Finished { .. } | JobState::Failed { .. }
+            )
+        })
+    });
+    let job = harness.state().jobs().entries()[0].clone();
+    assert!(matches!(job.state, JobState::Finished { .. }), "{job:?}");
+    // The first step's VAE decode (whole 64×48 frames: the latent is small) stays on screen
+    // in place of the later steps' projections.
+    let (preview_job, preview) = harness.state().live_preview().unwrap();
+    assert_eq!(preview_job, job.id);
+    assert_eq!(preview.kind, PreviewKind::VaeDecode);
+    assert!(preview.step < 3, "never the last step: {}", preview.step);
+    assert_eq!(
+        (preview.width, preview.height, preview.frames.len()),
+        (64, 48, 5)
+    );
+    let (choice_job, choice) = harness.state().preview_choice().unwrap();
+    assert_eq!(*choice_job, job.id);
+    assert!(!choice.reason.is_empty());
+}
+
+#[test]
 fn a_real_render_of_tiny_models_plays_enters_history_and_restores() {
     let case = tiny_case();
     let dir = tempfile::tempdir().unwrap();
@@ -986,6 +1053,11 @@ impl JobRunner for DenoiseThenWait {
             cfg_low_noise: 1.0,
             ..LoopConfig::i2v_a14b()
         };
+        ctx.preview_choice(stillmotion_engine::sampling::PreviewChoice {
+            kind: stillmotion_engine::sampling::PreviewKind::Projection,
+            every: None,
+            reason: "the fast preview (latent projection) was chosen".to_owned(),
+        });
         denoise(&mut TowardsZero, &mut sampler, noise, &cfg, |step| {
             ctx.progress(Stage::DenoisingHighNoise, step.index as u32 + 1, 3);
             ctx.preview(|| stillmotion_engine::sampling::LatentPreview::of_step(step));
@@ -1036,8 +1108,10 @@ fn the_live_preview_shows_step_one_and_the_job_can_be_stopped_there() {
         "{:?}",
         &preview.frames[0][..6]
     );
-    harness.get_by_label("Live preview · step 1/3");
+    harness.get_by_label("Fast preview · step 1/3");
     harness.get_by_label("Live preview, latent frame 1");
+    // The job's preview choice, its reason on hover.
+    harness.get_by_label("fast preview only");
 
     harness.get_by_label("Cancel").click();
     run_until(&mut harness, "the cancel", |app| {
@@ -1260,6 +1334,10 @@ fn first_start_opens_the_models_view_which_scans_a_comfyui_folder() {
             .count()
             >= 4
     );
+    // Each missing or unusable file links to where to get it (the engine's table of sources).
+    let lora_link = "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors";
+    assert!(harness.query_all_by_label(lora_link).count() >= 4);
+    assert!(harness.query_all_by_label("wan2.2_vae.safetensors").count() >= 2);
     let broken = harness
         .get_all_by_label_contains("vae/wan2.2_vae.safetensors")
         .count();
@@ -1396,6 +1474,14 @@ fn snapshots_of_the_main_states() {
     });
     harness.run();
     harness.snapshot("models_view_scanned");
+    // Further down, a preset that misses files: each with its download links and folder.
+    harness
+        .query_all_by_label("wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors")
+        .next()
+        .unwrap()
+        .scroll_to_me();
+    harness.run();
+    harness.snapshot("models_view_download_links");
     let mut results = harness.take_snapshot_results();
     drop(harness);
 

@@ -105,6 +105,34 @@ impl AttentionMode {
     }
 }
 
+/// The live preview a render sends to a caller that asked for previews (the GUI; the CLI asks
+/// for none). It never changes the rendered frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PreviewMode {
+    /// `Better` on a GPU, `Fast` on the CPU (where a VAE decode costs as much as a step).
+    #[default]
+    Auto,
+    /// No live preview.
+    Off,
+    /// Every step, the cheap latent → RGB projection only.
+    Fast,
+    /// The projection every step, and every few steps (and at the expert switch) a VAE decode
+    /// of the step's clean-latent estimate, when it fits beside the expert in memory and costs
+    /// at most about a tenth of the denoising time (`pipeline::better_preview`).
+    Better,
+}
+
+impl PreviewMode {
+    #[allow(
+        clippy::trivially_copy_pass_by_ref,
+        reason = "serde's skip_serializing_if passes a reference"
+    )]
+    fn is_auto(&self) -> bool {
+        *self == Self::Auto
+    }
+}
+
 /// A complete render description.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,6 +175,9 @@ pub struct Recipe {
     /// Left out of stored recipes when standard, so those of earlier versions stay the same.
     #[serde(default, skip_serializing_if = "AttentionMode::is_standard")]
     pub attention: AttentionMode,
+    /// The live preview (see [`PreviewMode`]); not part of what the render produces.
+    #[serde(default, skip_serializing_if = "PreviewMode::is_auto")]
+    pub preview: PreviewMode,
     /// Continue from the save point beside the output (`<output>.latents.safetensors`)
     /// instead of starting over.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -180,6 +211,7 @@ pub struct RecipeChoices {
     pub reserve_vram_gb: Option<f64>,
     pub device: Option<DevicePreference>,
     pub attention: Option<AttentionMode>,
+    pub preview: Option<PreviewMode>,
 }
 
 impl Recipe {
@@ -226,6 +258,7 @@ impl Recipe {
             codec: choices.codec,
             reserve_vram_gb: choices.reserve_vram_gb.unwrap_or(DEFAULT_RESERVE_VRAM_GB),
             attention: choices.attention.unwrap_or_default(),
+            preview: choices.preview.unwrap_or_default(),
             device: choices.device.unwrap_or_default(),
             resume: false,
         }

@@ -139,6 +139,7 @@ fn show(event: &Event, terminal: bool) {
         | Event::Started { .. }
         | Event::Unloaded
         | Event::Preview { .. }
+        | Event::PreviewChoice { .. }
         | Event::MemoryPlanRefused { .. } => return,
     };
     if terminal {
@@ -202,6 +203,13 @@ pub fn event_json(event: &Event) -> serde_json::Value {
         Event::MemoryPlanRefused { job_id, message } => {
             json!({"event": "memory_plan_refused", "job_id": job_id, "message": message})
         }
+        Event::PreviewChoice { job_id, choice } => json!({
+            "event": "preview_choice",
+            "job_id": job_id,
+            "vae": choice.kind == stillmotion_engine::sampling::PreviewKind::VaeDecode,
+            "every": choice.every,
+            "reason": choice.reason,
+        }),
         Event::MemoryPlan { job_id, plan } => json!({
             "event": "memory_plan",
             "job_id": job_id,

@@ -214,6 +214,8 @@ impl RenderArgs {
                 AttentionArg::Standard => AttentionMode::Standard,
                 AttentionArg::Int8 => AttentionMode::Int8,
             }),
+            // A headless render sends no live previews.
+            preview: None,
         };
         let mut recipe = Recipe::from_layers(&preset, choices);
         recipe.resume = self.resume;

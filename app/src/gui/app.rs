@@ -9,7 +9,7 @@ use stillmotion_engine::image_input;
 use stillmotion_engine::preset::{self, Preset};
 use stillmotion_engine::recipe::Recipe;
 use stillmotion_engine::runtime::{Command, EngineHandle, Event, JobId, JobKind, JobRunner};
-use stillmotion_engine::sampling::LatentPreview;
+use stillmotion_engine::sampling::{LatentPreview, PreviewChoice};
 
 use super::gpu_gauge::{GaugeReading, GpuGauge};
 use super::history::{self, History, HistoryEntry, Thumbnail};
@@ -171,6 +171,8 @@ pub struct StillmotionApp {
     thumbnail_receiver: Receiver<Thumbnail>,
     /// The latest denoising step's preview (shown while its job runs).
     live_preview: Option<LivePreview>,
+    /// Which live preview the running job sends and why (its `Event::PreviewChoice`).
+    preview_choice: Option<(JobId, PreviewChoice)>,
     models: ModelsView,
     gpu_gauge: GpuGauge,
     paste_dir: PathBuf,
@@ -286,6 +288,7 @@ impl StillmotionApp {
             thumbnail_sender,
             thumbnail_receiver,
             live_preview: None,
+            preview_choice: None,
             models: ModelsView::default(),
             gpu_gauge: GpuGauge::start(&cc.egui_ctx, gpu_available),
             paste_dir: options
@@ -357,6 +360,12 @@ impl StillmotionApp {
         self.live_preview
             .as_ref()
             .map(|live| (live.job_id, &live.preview))
+    }
+
+    /// Which live preview the latest job sends and why (its `Event::PreviewChoice`).
+    #[must_use]
+    pub fn preview_choice(&self) -> Option<&(JobId, PreviewChoice)> {
+        self.preview_choice.as_ref()
     }
 
     /// The render settings.
@@ -895,7 +904,17 @@ impl eframe::App for StillmotionApp {
         if let Some(engine) = &self.engine {
             for event in engine.events().try_iter() {
                 if let Event::Preview { job_id, preview } = event {
-                    newest = Some((job_id, preview));
+                    let shown = newest
+                        .as_ref()
+                        .map(|(id, p): &(JobId, LatentPreview)| (*id, p.kind))
+                        .or_else(|| self.live_preview.as_ref().map(LivePreview::shows));
+                    if live_preview::replaces(shown, job_id, preview.kind) {
+                        newest = Some((job_id, preview));
+                    }
+                    continue;
+                }
+                if let Event::PreviewChoice { job_id, choice } = event {
+                    self.preview_choice = Some((job_id, choice));
                     continue;
                 }
                 self.jobs.apply(&event);
@@ -1128,7 +1147,12 @@ impl eframe::App for StillmotionApp {
                     actions.extend(source_image::show(ui, self.source.as_ref()));
                 });
                 ui.separator();
-                live_preview::show(ui, live);
+                let choice = self
+                    .preview_choice
+                    .as_ref()
+                    .filter(|(id, _)| *id == live.job_id)
+                    .map(|(_, choice)| choice);
+                live_preview::show(ui, live, choice);
                 return;
             }
             let Some(player) = &mut self.player else {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crossbeam_channel::{Receiver, bounded};
 use stillmotion_engine::model_files::scan::FoundFile;
+use stillmotion_engine::model_files::sources::{official_release, sources};
 use stillmotion_engine::model_files::{
     Format, Need, Noise, PresetStatus, ScanReport, Status, scan,
 };
@@ -225,20 +226,23 @@ fn preset_section(
                         .on_hover_text(path.display().to_string());
                     }
                     Status::Missing => {
-                        ui.colored_label(
-                            theme::WARNING_TEXT,
-                            format!("missing. {}", where_to_get(need, family)),
-                        );
+                        ui.vertical(|ui| {
+                            ui.colored_label(
+                                theme::WARNING_TEXT,
+                                format!("missing. {}", where_to_get(need, family)),
+                            );
+                            source_links(ui, need, family);
+                        });
                     }
                     Status::Invalid { path, reason } => {
-                        ui.colored_label(
-                            theme::ERROR_TEXT,
-                            format!(
-                                "unusable: {reason}. {}: {}",
-                                where_to_get(need, family),
-                                path.display()
-                            ),
-                        );
+                        ui.vertical(|ui| {
+                            ui.colored_label(
+                                theme::ERROR_TEXT,
+                                format!("unusable: {reason}: {}", path.display()),
+                            );
+                            ui.label(format!("Replace it. {}", where_to_get(need, family)));
+                            source_links(ui, need, family);
+                        });
                     }
                 }
                 ui.end_row();
@@ -262,43 +266,54 @@ fn need_label(need: &Need) -> String {
     }
 }
 
-/// Which file to get and where it goes (the names of the ComfyUI repackaged Wan2.2 release,
-/// which most users already have).
+/// Which file to get and which folder it goes in, from the engine's table of sources
+/// (the first is the file ComfyUI's Wan2.2 template uses).
 #[must_use]
 pub fn where_to_get(need: &Need, family: ModelFamily) -> String {
-    let a14b = family == ModelFamily::Wan22I2vA14b;
-    match need {
-        Need::Dit { noise } => {
-            let noise = match noise {
-                Some(Noise::High) => "high",
-                Some(Noise::Low) => "low",
-                None => "",
-            };
-            if a14b {
-                format!(
-                    "Get wan2.2_i2v_{noise}_noise_14B_fp8_scaled.safetensors (or _fp16, or a \
-                     Wan2.2-I2V-A14B GGUF Q4_K_M…Q8_0) from the Wan2.2 ComfyUI repackaged \
-                     release, into diffusion_models/"
-                )
-            } else {
-                "Get wan2.2_ti2v_5B_fp16.safetensors from the Wan2.2 ComfyUI repackaged \
-                 release, into diffusion_models/"
-                    .to_owned()
+    let found = sources(family, need);
+    let Some(first) = found.first() else {
+        return match need {
+            Need::Lora { name } => {
+                format!("No known download for the {name} LoRA: put its files in loras/")
             }
-        }
-        Need::TextEncoder => "Get umt5_xxl_fp8_e4m3fn_scaled.safetensors (or umt5_xxl_fp16) \
-                              from the Wan2.1 ComfyUI repackaged release, into text_encoders/"
-            .to_owned(),
-        Need::Vae if a14b => "Get wan_2.1_vae.safetensors from the Wan2.2 ComfyUI repackaged \
-                              release, into vae/"
-            .to_owned(),
-        Need::Vae => "Get wan2.2_vae.safetensors from the Wan2.2 ComfyUI repackaged release, \
-                      into vae/"
-            .to_owned(),
+            _ => "No known download for this file".to_owned(),
+        };
+    };
+    match need {
         Need::Lora { name } => format!(
-            "Get the {name} LoRA (wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise and \
-             _low_noise.safetensors for LightX2V 4-step), into loras/"
+            "Get the {name} LoRA, one file per expert, into {}/:",
+            first.folder
         ),
+        _ if found.len() > 1 => format!(
+            "Get {} (or another choice below) into {}/:",
+            first.file, first.folder
+        ),
+        _ => format!("Get {} into {}/:", first.file, first.folder),
+    }
+}
+
+/// The download links of `need`, each opening the browser, with what the file is.
+fn source_links(ui: &mut egui::Ui, need: &Need, family: ModelFamily) {
+    for source in sources(family, need) {
+        let url = source.url();
+        ui.horizontal_wrapped(|ui| {
+            ui.hyperlink_to(source.file, &url).on_hover_text(format!(
+                "Opens {url} in the browser. Put the file in {}/",
+                source.folder
+            ));
+            ui.colored_label(theme::WEAK_TEXT, source.note);
+        });
+    }
+    if matches!(need, Need::Dit { .. }) {
+        let official = official_release(family);
+        let url = official.url();
+        ui.horizontal_wrapped(|ui| {
+            ui.hyperlink_to(format!("{} ({})", official.repo, official.file), &url)
+                .on_hover_text(format!(
+                    "Opens {url} in the browser: the sharded release with config.json, loaded \
+                     as a folder (--model-dir)"
+                ));
+        });
     }
 }
 
@@ -360,8 +375,18 @@ mod tests {
             },
             ModelFamily::Wan22I2vA14b,
         );
-        assert!(high.contains("wan2.2_i2v_high_noise_14B") && high.contains("diffusion_models/"));
+        assert_eq!(
+            high,
+            "Get wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors (or another choice below) into diffusion_models/:"
+        );
         assert!(where_to_get(&Need::Vae, ModelFamily::Wan22Ti2v5b).contains("wan2.2_vae"));
         assert!(where_to_get(&Need::Vae, ModelFamily::Wan22I2vA14b).contains("wan_2.1_vae"));
+        let lora = Need::Lora {
+            name: "lightx2v-4step".to_owned(),
+        };
+        assert_eq!(
+            where_to_get(&lora, ModelFamily::Wan22I2vA14b),
+            "Get the lightx2v-4step LoRA, one file per expert, into loras/:"
+        );
     }
 }

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use stillmotion_engine::preset::{Preset, SamplerKind, target_fps_range};
 use stillmotion_engine::recipe::{
-    AttentionMode, Interpolation, ModelFiles, Recipe, RecipeChoices, WAN_DEFAULT_NEGATIVE_PROMPT,
+    AttentionMode, Interpolation, ModelFiles, PreviewMode, Recipe, RecipeChoices,
+    WAN_DEFAULT_NEGATIVE_PROMPT,
 };
 
 use super::UiAction;
@@ -53,6 +54,27 @@ impl ModelSlot {
     }
 }
 
+/// The live preview choices, with their button text and tooltip.
+const PREVIEW_MODES: [(PreviewMode, &str, &str); 4] = [
+    (
+        PreviewMode::Auto,
+        "Auto",
+        "Better on a GPU when it fits and costs little, Fast on the CPU",
+    ),
+    (
+        PreviewMode::Fast,
+        "Fast",
+        "A rough colour projection of every step (no VAE decode)",
+    ),
+    (
+        PreviewMode::Better,
+        "Better",
+        "Also a real VAE decode every few steps, when it fits beside the model in GPU memory \
+         and takes at most a tenth of the denoising time",
+    ),
+    (PreviewMode::Off, "Off", "No live preview"),
+];
+
 /// The user's settings; persisted with eframe storage.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -82,6 +104,9 @@ pub struct Settings {
     pub reserve_vram_gb: f64,
     /// Standard (16-bit) or our 8-bit self-attention on the GPU.
     pub attention: AttentionMode,
+    /// The live preview while rendering: auto (the VAE's every few steps on a GPU when
+    /// affordable, the projection on the CPU), off, fast or better.
+    pub preview: PreviewMode,
     /// The folder the Models view scans (ours, or a ComfyUI `models/` folder).
     pub models_folder: Option<PathBuf>,
     /// The LoRAs to apply: the user's, and those the preset names.
@@ -136,6 +161,7 @@ impl Default for Settings {
             output_dir: None,
             reserve_vram_gb: stillmotion_engine::recipe::DEFAULT_RESERVE_VRAM_GB,
             attention: AttentionMode::Standard,
+            preview: PreviewMode::Auto,
             models_folder: None,
             loras: Vec::new(),
         }
@@ -216,6 +242,7 @@ impl Settings {
         }
         self.reserve_vram_gb = recipe.reserve_vram_gb;
         self.attention = recipe.attention;
+        self.preview = recipe.preview;
         preset.is_some()
     }
 
@@ -256,6 +283,7 @@ impl Settings {
             output: Some(output_dir.join(output_name)),
             reserve_vram_gb: Some(self.reserve_vram_gb),
             attention: Some(self.attention),
+            preview: Some(self.preview),
             ..RecipeChoices::default()
         }
     }
@@ -528,6 +556,15 @@ pub fn show(
                         "Our 8-bit attention kernel: faster on RTX 40 and 50 series GPUs, \
                          slightly different pixels",
                     );
+            });
+            ui.end_row();
+
+            ui.label("Preview");
+            ui.horizontal(|ui| {
+                for (mode, name, tip) in PREVIEW_MODES {
+                    ui.selectable_value(&mut settings.preview, mode, name)
+                        .on_hover_text(tip);
+                }
             });
             ui.end_row();
         });

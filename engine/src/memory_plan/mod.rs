@@ -273,7 +273,14 @@ pub fn vae_encode_peak(vae: &VaeSize, tokens: &Tokens, tile: Option<u64>, bytes:
 /// The largest square tile side (latent pixels) whose activations, `peak(Some(1))` per latent
 /// pixel, fit `room`: `Ok(None)` when whole frames fit, `Err(needed)` (the activations of the
 /// smallest tile, `min`) when not even those do.
-fn tile_for(room: u64, min: u64, peak: impl Fn(Option<u64>) -> u64) -> Result<Option<u64>, u64> {
+///
+/// # Errors
+/// The smallest tile's activations, when they do not fit `room`.
+pub fn tile_for(
+    room: u64,
+    min: u64,
+    peak: impl Fn(Option<u64>) -> u64,
+) -> Result<Option<u64>, u64> {
     if peak(None) <= room {
         return Ok(None);
     }

@@ -4,6 +4,7 @@
 
 pub mod fingerprint;
 pub mod scan;
+pub mod sources;
 
 pub use fingerprint::{Family, Fingerprint, Format, Noise, Role, Size, fingerprint};
 pub use scan::{Need, PresetStatus, ScanReport, Status, scan};

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::better_preview::{LivePreviews, PreviewSetup};
 use super::denoiser::WanDenoiser;
 use super::resume::{self, Replay, SavedState};
 use super::runner::{
@@ -94,6 +95,8 @@ impl PipelineRunner {
             .unsqueeze(0)?;
         ctx.progress(Stage::EncodingImage, 1, 1);
         let z_dim = vae.config().z_dim;
+        // A handle (weights shared) for the live preview's decodes while the experts run.
+        let preview_vae = vae.clone();
         // The encode's activations are freed on the stream; waiting returns them to the device
         // (the allocator's pool keeps freed memory until a synchronisation) before the experts
         // load, so the denoising starts from what the plan counts.
@@ -169,13 +172,26 @@ impl PipelineRunner {
             .iter()
             .any(|&t| loop_cfg.expert(t) == Expert::LowNoise);
         let initial = noise.clone();
+        let mut previews = LivePreviews::new(
+            &PreviewSetup {
+                mode: recipe.preview,
+                device,
+                plan: stage.plan,
+                vae: &preview_vae,
+                latent_shape: (lat_t, lat_h, lat_w),
+                timesteps: scheduler.timesteps(),
+                loop_cfg,
+                fixed_every: self.preview_every,
+            },
+            ctx,
+        );
         let latents = denoise(&mut denoiser, &mut *scheduler, noise, loop_cfg, |step| {
             let stage_now = match step.expert {
                 Expert::HighNoise => Stage::DenoisingHighNoise,
                 Expert::LowNoise => Stage::DenoisingLowNoise,
             };
             ctx.progress(stage_now, count(step.index + 1), count(step.total));
-            ctx.preview(|| crate::sampling::LatentPreview::of_step(step));
+            previews.on_step(step, ctx)?;
             if has_low && Some(step.index) == last_high {
                 // Recording stops here: the low-noise phase is saved as final latents.
                 if let Some(predictions) = recorded.borrow_mut().take() {

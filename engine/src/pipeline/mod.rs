@@ -22,6 +22,7 @@
 //! [`crate::wan_vae::Config`], the umT5 keys of [`crate::umt5::Config`]), otherwise the released
 //! model's config (the DiT's is read from the tensor shapes).
 
+pub mod better_preview;
 mod decode_stage;
 mod denoise_stage;
 mod denoiser;

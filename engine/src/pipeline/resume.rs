@@ -13,7 +13,7 @@
 //! network. The second save point holds the final latents, which decoding needs alone.
 //!
 //! **Same recipe.** The file stores a SHA-256 of the recipe fields that shape the latents
-//! (everything but the output path, interpolation, device and memory reserve); resuming with
+//! (everything but the output path, interpolation, device, memory reserve and live preview); resuming with
 //! a different recipe is refused.
 
 use std::cell::RefCell;
@@ -56,6 +56,7 @@ pub fn recipe_hash(recipe: &Recipe) -> Result<String, EngineError> {
             "reserve_vram_gb",
             "resume",
             "preset_name",
+            "preview",
         ] {
             fields.remove(field);
         }

@@ -35,6 +35,8 @@ pub struct PipelineRunner {
     dit_override: Option<DitPlacement>,
     /// A text-encoder placement that replaces the plan's (tests).
     text_encoder_override: Option<Placement>,
+    /// A VAE live preview every this many steps, whatever it costs (tests).
+    pub(super) preview_every: Option<usize>,
 }
 
 impl PipelineRunner {
@@ -72,6 +74,15 @@ impl PipelineRunner {
     #[must_use]
     pub fn with_text_encoder_placement(mut self, placement: Placement) -> Self {
         self.text_encoder_override = Some(placement);
+        self
+    }
+
+    /// Decodes a VAE live preview every `steps` steps (and at the expert switch) whatever it
+    /// costs, instead of as often as a tenth of the denoising time allows (tests: tiny models'
+    /// timings are noise). Only for jobs whose preview is Better (or Auto on a GPU).
+    #[must_use]
+    pub fn with_preview_every(mut self, steps: usize) -> Self {
+        self.preview_every = Some(steps.max(1));
         self
     }
 

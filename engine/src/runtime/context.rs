@@ -107,6 +107,19 @@ impl<'a> JobContext<'a> {
         }
     }
 
+    /// Tells a caller that asked for previews which preview it gets and why (also logged).
+    pub fn preview_choice(&self, choice: crate::sampling::PreviewChoice) {
+        if self.previews.is_none() {
+            return;
+        }
+        tracing::info!(job_id = self.job_id, every = ?choice.every, "live preview: {}", choice.reason);
+        // Not disposable (unlike the previews): it is rare and tells what the previews mean.
+        (self.events)(Event::PreviewChoice {
+            job_id: self.job_id,
+            choice,
+        });
+    }
+
     #[must_use]
     pub fn job_id(&self) -> JobId {
         self.job_id

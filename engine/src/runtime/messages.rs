@@ -98,4 +98,10 @@ pub enum Event {
         job_id: JobId,
         message: String,
     },
+    /// Which live preview the job sends and why (only to callers that asked for previews):
+    /// at the start of denoising, and whenever timing the VAE preview changes the choice.
+    PreviewChoice {
+        job_id: JobId,
+        choice: crate::sampling::PreviewChoice,
+    },
 }

@@ -233,6 +233,7 @@ impl JobRunner for PreviewRunner {
                     width: 1,
                     height: 1,
                     frames: vec![vec![0, 0, 0]],
+                    kind: crate::sampling::PreviewKind::Projection,
                 })
             });
         }

@@ -23,7 +23,9 @@ use candle_core::Tensor;
 pub use denoise::{Branch, Denoiser, Expert, GuidanceRule, LoopConfig, StepProgress, denoise};
 pub use euler::FlowEuler;
 pub use noise::{InitialNoise, initial_noise};
-pub use preview::{LatentPreview, MAX_PREVIEW_SIDE, project as project_latents};
+pub use preview::{
+    LatentPreview, MAX_PREVIEW_SIDE, PreviewChoice, PreviewKind, project as project_latents,
+};
 pub use schedule::{NUM_TRAIN_TIMESTEPS, Schedule, ScheduleKind, is_high_noise};
 pub use unipc::{FlowUniPc, SolverType, UniPcConfig};
 

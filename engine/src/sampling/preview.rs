@@ -43,8 +43,20 @@ const LATENT_RGB_BIAS: [f32; 3] = [-0.1835, -0.0868, -0.3360];
 /// The longest side of a preview frame, in pixels: the latent grid (image / 8) subsampled to fit.
 pub const MAX_PREVIEW_SIDE: usize = 160;
 
+/// How a preview's frames were made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PreviewKind {
+    /// The cheap linear projection of the latents: one frame per latent frame.
+    #[default]
+    Projection,
+    /// The real VAE's decode of the clean-latent estimate (spatially pooled when large): one
+    /// frame per video frame (`pipeline::better_preview`).
+    VaeDecode,
+}
+
 /// One step's preview: every latent frame (each stands for 4 video frames, the first for 1) as
-/// RGB8 at the latent grid's resolution or below.
+/// RGB8 at the latent grid's resolution or below, or, for a [`PreviewKind::VaeDecode`], every
+/// video frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LatentPreview {
     /// 0-based index of the step just taken.
@@ -54,6 +66,21 @@ pub struct LatentPreview {
     pub height: usize,
     /// Row-major RGB8 frames, `width × height × 3` bytes each.
     pub frames: Vec<Vec<u8>>,
+    pub kind: PreviewKind,
+}
+
+/// Which preview a job sends and why, decided at its start and again once the first VAE
+/// preview was timed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreviewChoice {
+    /// The kind of the previews sent from now on between projections: `VaeDecode` when VAE
+    /// previews go on, `Projection` when only the projection does.
+    pub kind: PreviewKind,
+    /// A VAE preview every this many steps (plus one at each expert switch); `None` with
+    /// `Projection`, or before the first VAE preview was timed.
+    pub every: Option<usize>,
+    /// Why, in words for the user (sizes, seconds).
+    pub reason: String,
 }
 
 impl LatentPreview {
@@ -76,6 +103,7 @@ impl LatentPreview {
             width,
             height,
             frames,
+            kind: PreviewKind::Projection,
         })
     }
 }
