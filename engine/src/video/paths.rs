@@ -1,5 +1,6 @@
 //! Output names: never overwrite, write beside the target, publish atomically.
 
+use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
 use crate::EngineError;
@@ -32,9 +33,65 @@ pub(super) fn partial_path(target: &Path) -> PathBuf {
     target.with_file_name(name)
 }
 
-/// Whether `target`, its sidecar or its partial file is taken.
+/// Whether `target`, its sidecar or its partial file is taken. A partial file that no writer
+/// holds ([`claim`]) is a killed render's leftover: it is removed, and does not take the name.
 fn taken(target: &Path) -> bool {
-    target.exists() || sidecar_path(target).exists() || partial_path(target).exists()
+    let partial = partial_path(target);
+    if partial.exists() {
+        remove_if_abandoned(&partial);
+    }
+    target.exists() || sidecar_path(target).exists() || partial.exists()
+}
+
+/// Claims `partial` (a file, created here if missing, or a frame folder) for this process with
+/// an exclusive advisory lock, held as long as the returned handle lives. The operating system
+/// drops the lock when the process ends, however it ends (a crash, a kill, a power cut), so a
+/// partial output whose lock is free belongs to no running writer.
+pub(super) fn claim(partial: &Path) -> std::io::Result<File> {
+    let file = if partial.is_dir() {
+        File::open(partial)?
+    } else {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(partial)?
+    };
+    file.try_lock().map_err(|error| match error {
+        TryLockError::Error(error) => error,
+        TryLockError::WouldBlock => std::io::Error::new(
+            std::io::ErrorKind::ResourceBusy,
+            "another writer holds this partial output",
+        ),
+    })?;
+    Ok(file)
+}
+
+/// Deletes `partial` when no writer holds it (see [`claim`]); keeps it when one does, or when
+/// its lock cannot be read (a filesystem without locks): never a live writer's file.
+fn remove_if_abandoned(partial: &Path) {
+    let Ok(file) = File::open(partial) else {
+        return;
+    };
+    if file.try_lock().is_err() {
+        return;
+    }
+    let removed = if partial.is_dir() {
+        std::fs::remove_dir_all(partial)
+    } else {
+        std::fs::remove_file(partial)
+    };
+    match removed {
+        Ok(()) => tracing::info!(
+            path = %partial.display(),
+            "removed the partial output of a render that was killed"
+        ),
+        Err(error) => tracing::warn!(
+            %error,
+            path = %partial.display(),
+            "could not remove the partial output of a killed render"
+        ),
+    }
 }
 
 /// The first free name among `path`, `path-1`, `path-2`, ….
@@ -111,5 +168,37 @@ mod tests {
         assert_eq!(std::fs::read(&target).unwrap(), b"old");
         assert_eq!(std::fs::read(&published).unwrap(), b"new");
         assert!(!partial.exists());
+    }
+
+    #[test]
+    fn a_killed_renders_partial_output_is_removed_and_a_live_writers_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("clip.mp4");
+        let partial = partial_path(&target);
+        // Left by a render that was killed: no process holds it.
+        std::fs::write(&partial, b"half a video").unwrap();
+        assert_eq!(free_target(&target), target);
+        assert!(!partial.exists(), "the leftover is removed");
+
+        // A writer that is still running holds its claim: the name stays taken.
+        let held = claim(&partial).unwrap();
+        assert_eq!(free_target(&target), dir.path().join("clip-1.mp4"));
+        assert!(partial.exists(), "a live writer's file is never removed");
+        assert!(claim(&partial).is_err(), "one claim at a time");
+        // Its process ends (the lock goes with it, however it ends).
+        drop(held);
+        assert_eq!(free_target(&target), target);
+        assert!(!partial.exists());
+
+        // A frame folder left behind, frames and all.
+        let frames = dir.path().join("frames");
+        let folder = partial_path(&frames);
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("frame_00000.png"), b"png").unwrap();
+        let held = claim(&folder).unwrap();
+        assert_eq!(free_target(&frames), dir.path().join("frames-1"));
+        drop(held);
+        assert_eq!(free_target(&frames), frames);
+        assert!(!folder.exists());
     }
 }

@@ -9,7 +9,7 @@ use image::RgbImage;
 use super::encode::LibavSink;
 #[cfg(feature = "ffmpeg")]
 use super::paths::publish_file;
-use super::paths::{free_target, partial_path, publish_dir};
+use super::paths::{claim, free_target, partial_path, publish_dir};
 use super::recipe::{EmbeddedRecipe, write_sidecar};
 use super::{EncodeSettings, VideoFormat};
 use crate::EngineError;
@@ -25,6 +25,8 @@ enum Sink {
 /// the partial output.
 pub struct VideoWriter {
     sink: Option<Sink>,
+    /// This process's lock on the partial output (`paths::claim`), held until the writer goes.
+    _claimed: std::fs::File,
     target: PathBuf,
     partial: PathBuf,
     width: u32,
@@ -57,9 +59,18 @@ impl VideoWriter {
         if width == 0 || height == 0 {
             return Err(fail(format!("cannot write {width}×{height} frames")));
         }
-        let sink = if settings.format == VideoFormat::PngFrames {
+        // Claimed before anything is written, so a later writer can tell this partial output
+        // from a killed render's leftover.
+        let png = settings.format == VideoFormat::PngFrames;
+        if png {
             std::fs::create_dir(&partial)
                 .map_err(|error| EngineError::io("creating the frame folder", &partial, error))?;
+        }
+        let claimed = claim(&partial).map_err(|error| {
+            remove(&partial);
+            EngineError::io("claiming the partial output", &partial, error)
+        })?;
+        let sink = if png {
             Sink::Png
         } else {
             Self::open_libav(&partial, settings, width, height, recipe.as_ref()).map_err(fail)?
@@ -67,6 +78,7 @@ impl VideoWriter {
         tracing::debug!(target = %target.display(), ?settings, width, height, "video writer opened");
         Ok(Self {
             sink: Some(sink),
+            _claimed: claimed,
             target,
             partial,
             width,
