@@ -98,6 +98,7 @@ fn run(rife: &Rife, frames: &[RgbImage], settings: &InterpolationSettings) -> Ve
     let mut ctx = InterpolationContext {
         is_cancelled: &|| false,
         on_progress: &mut progress,
+        clock: None,
     };
     interpolate(rife, frames, settings, &mut ctx).unwrap()
 }
@@ -258,6 +259,7 @@ fn scene_cuts_repeat_the_first_frame_instead_of_morphing() {
     let mut ctx = InterpolationContext {
         is_cancelled: &|| false,
         on_progress: &mut progress,
+        clock: None,
     };
     let settings = InterpolationSettings::with_multiplier(3);
     let out = interpolate(&rife, &[a.clone(), b.clone()], &settings, &mut ctx).unwrap();
@@ -304,6 +306,7 @@ fn cancellation_stops_between_pairs() {
     let mut ctx = InterpolationContext {
         is_cancelled: &cancel_after_one,
         on_progress: &mut progress,
+        clock: None,
     };
     let result = interpolate(
         &rife,
@@ -339,6 +342,7 @@ fn streaming_emits_the_same_frames_and_refuses_mixed_sizes() {
     let mut ctx = InterpolationContext {
         is_cancelled: &|| false,
         on_progress: &mut progress,
+        clock: None,
     };
     let count = interpolate_stream(
         &rife,
@@ -429,6 +433,7 @@ fn retiming_to_a_target_fps_keeps_frames_on_the_grid_and_interpolates_between() 
     let mut ctx = InterpolationContext {
         is_cancelled: &|| false,
         on_progress: &mut progress,
+        clock: None,
     };
     // 16 → 24 fps: source times 0, 2/3, 4/3, 2, 8/3; 10/3 is past the last frame (3).
     let out = retime(&rife, &frames, 16.0, 24.0, &settings, &mut ctx).unwrap();
@@ -546,6 +551,7 @@ fn batches_report_each_pair_and_cancel_between_passes() {
     let mut ctx = InterpolationContext {
         is_cancelled: &cancel_after_three,
         on_progress: &mut progress,
+        clock: None,
     };
     let result = interpolate(&rife, &frames, &settings, &mut ctx);
     assert!(matches!(result, Err(EngineError::Cancelled)));

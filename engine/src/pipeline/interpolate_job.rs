@@ -147,6 +147,7 @@ impl PipelineRunner {
         let mut rife_ctx = InterpolationContext {
             is_cancelled: &is_cancelled,
             on_progress: &mut on_progress,
+            clock: None,
         };
         let rest = std::iter::from_fn(|| frames.next_frame());
         interpolate_stream(
@@ -202,6 +203,7 @@ pub(super) fn retime_frames(
     let mut rife_ctx = InterpolationContext {
         is_cancelled: &is_cancelled,
         on_progress: &mut on_progress,
+        clock: None,
     };
     // The multiplier is unused by `retime`; scene cuts, network scale, rounding and the
     // memory budget apply.

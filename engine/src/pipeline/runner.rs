@@ -240,6 +240,7 @@ impl PipelineRunner {
             let mut rife_ctx = InterpolationContext {
                 is_cancelled: &is_cancelled,
                 on_progress: &mut on_progress,
+                clock: None,
             };
             let frame_count = decoded.len();
             interpolate_stream(

@@ -5,6 +5,7 @@ use image::RgbImage;
 
 use super::pair::{FrameLayout, PixelRounding, PreparedFrame, Rife, to_rgb8};
 use super::scene_cut::{DEFAULT_SCENE_CUT_BELOW, FrameSignature};
+use super::timing::{RifeStage, StageClock, lap};
 use crate::EngineError;
 
 /// What to interpolate and how.
@@ -64,10 +65,12 @@ pub struct PairProgress {
 }
 
 /// Per-job hooks: a cancellation check, asked before each network pass (and before each
-/// scene-cut pair), and a progress sink, told after each pair.
+/// scene-cut pair), a progress sink, told after each pair, and a stage clock (the bench's;
+/// `None` elsewhere: it waits for the device at every stage).
 pub struct InterpolationContext<'a> {
     pub is_cancelled: &'a dyn Fn() -> bool,
     pub on_progress: &'a mut dyn FnMut(PairProgress),
+    pub clock: Option<&'a mut StageClock>,
 }
 
 /// Interpolates `frames` (all the same size). The output has
@@ -124,6 +127,7 @@ pub fn interpolate_stream(
     let mut first: Option<Slot> = None;
     for frame in frames {
         let frame = frame?;
+        lap(&mut ctx.clock, RifeStage::Read)?;
         let state = if let Some(state) = &mut runner {
             state
         } else {
@@ -143,6 +147,7 @@ pub fn interpolate_stream(
         }
         if window.is_empty() {
             state.emit(emit, frame.clone())?;
+            lap(&mut ctx.clock, RifeStage::Write)?;
         }
         window.push(Slot::new(frame));
         if window.len() > state.batch_pairs {
@@ -282,6 +287,7 @@ impl<'r> PairRunner<'r> {
             return Err(EngineError::Cancelled);
         }
         let multiplier = self.settings.multiplier;
+        let cuts_span = tracing::trace_span!("rife_scene_cuts").entered();
         let cuts: Vec<bool> = (1..window.len())
             .map(|i| {
                 multiplier > 1
@@ -291,6 +297,8 @@ impl<'r> PairRunner<'r> {
                     })
             })
             .collect();
+        drop(cuts_span);
+        lap(&mut ctx.clock, RifeStage::SceneCuts)?;
         let needed: Vec<usize> = (0..window.len())
             .filter(|&i| {
                 window[i].prepared.is_none()
@@ -300,7 +308,9 @@ impl<'r> PairRunner<'r> {
             .collect();
         if !needed.is_empty() {
             let images: Vec<&RgbImage> = needed.iter().map(|&i| &window[i].frame).collect();
-            let prepared = self.rife.prepare_batch(&images, &self.layout)?;
+            let prepared =
+                self.rife
+                    .prepare_batch_clocked(&images, &self.layout, &mut ctx.clock)?;
             for (i, p) in needed.into_iter().zip(prepared) {
                 window[i].prepared = Some(p);
             }
@@ -328,11 +338,13 @@ impl<'r> PairRunner<'r> {
             // One download for the whole batch.
             let out = self
                 .rife
-                .interpolate_batch(&inputs, &self.layout)?
-                .to_device(&candle_core::Device::Cpu)?;
+                .interpolate_batch_clocked(&inputs, &self.layout, &mut ctx.clock)?;
+            let _span = tracing::trace_span!("rife_download").entered();
+            let out = out.to_device(&candle_core::Device::Cpu)?;
             for i in 0..batch.len() {
                 middles.push(to_rgb8(&out.narrow(0, i, 1)?, self.settings.rounding)?);
             }
+            lap(&mut ctx.clock, RifeStage::Download)?;
         }
         let mut middles = middles.into_iter();
         for (p, &scene_cut) in cuts.iter().enumerate() {
@@ -362,6 +374,7 @@ impl<'r> PairRunner<'r> {
                 scene_cut,
             });
         }
+        lap(&mut ctx.clock, RifeStage::Write)?;
         Ok(())
     }
 }

@@ -24,6 +24,7 @@ pub mod model;
 pub mod pair;
 pub mod retime;
 pub mod scene_cut;
+pub mod timing;
 pub mod weights;
 
 pub use interpolate::{
@@ -37,4 +38,5 @@ pub use pair::{
 pub use retime::retime;
 pub use scene_cut::{DEFAULT_SCENE_CUT_BELOW, frame_similarity, histogram_overlap};
 pub use stillmotion_kernels::warp::{backward_warp, backward_warp_with};
+pub use timing::{RifeStage, StageClock};
 pub use weights::{RifeCheckpoint, read_checkpoint};

@@ -4,6 +4,7 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
 use super::model::{IfNet, IfNetOutput};
+use super::timing::{RifeStage, StageClock, lap};
 use super::weights::{RifeCheckpoint, read_checkpoint};
 use crate::EngineError;
 
@@ -126,8 +127,21 @@ impl Rife {
         frames: &[&RgbImage],
         layout: &FrameLayout,
     ) -> Result<Vec<PreparedFrame>, EngineError> {
+        self.prepare_batch_clocked(frames, layout, &mut None)
+    }
+
+    /// [`Rife::prepare_batch`] charging [`RifeStage::Upload`] and [`RifeStage::Head`] on
+    /// `clock`.
+    pub(crate) fn prepare_batch_clocked(
+        &self,
+        frames: &[&RgbImage],
+        layout: &FrameLayout,
+        clock: &mut Option<&mut StageClock>,
+    ) -> Result<Vec<PreparedFrame>, EngineError> {
         if frames.len() <= 1 {
-            return frames.iter().map(|f| self.prepare(f, layout)).collect();
+            let prepared = frames.iter().map(|f| self.prepare(f, layout)).collect();
+            lap(clock, RifeStage::Head)?;
+            return prepared;
         }
         let mut values = Vec::with_capacity(frames.len() * layout.width * layout.height * 3);
         for frame in frames {
@@ -142,7 +156,9 @@ impl Rife {
         .permute((0, 3, 1, 2))?
         .to_device(&self.device)?;
         let padded = self.pad(&images, layout)?;
+        lap(clock, RifeStage::Upload)?;
         let features = self.net.encode(&padded)?;
+        lap(clock, RifeStage::Head)?;
         (0..frames.len())
             .map(|i| {
                 Ok(PreparedFrame {
@@ -160,21 +176,35 @@ impl Rife {
         items: &[(&PreparedFrame, &PreparedFrame, f64)],
         layout: &FrameLayout,
     ) -> Result<Tensor, EngineError> {
+        self.interpolate_batch_clocked(items, layout, &mut None)
+    }
+
+    /// [`Rife::interpolate_batch`] charging the network's stages on `clock`.
+    pub(crate) fn interpolate_batch_clocked(
+        &self,
+        items: &[(&PreparedFrame, &PreparedFrame, f64)],
+        layout: &FrameLayout,
+        clock: &mut Option<&mut StageClock>,
+    ) -> Result<Tensor, EngineError> {
         let cat = |parts: Vec<&Tensor>| Tensor::cat(&parts, 0);
         let img0 = cat(items.iter().map(|item| &item.0.padded).collect())?;
         let img1 = cat(items.iter().map(|item| &item.1.padded).collect())?;
         let features0 = cat(items.iter().map(|item| &item.0.features).collect())?;
         let features1 = cat(items.iter().map(|item| &item.1.features).collect())?;
         let timesteps: Vec<f64> = items.iter().map(|item| item.2).collect();
-        let out = self.net.forward_batch(
+        lap(clock, RifeStage::Network)?;
+        let out = self.net.forward_batch_clocked(
             &img0,
             &img1,
             &features0,
             &features1,
             &timesteps,
             layout.network_scale,
+            clock.as_deref_mut(),
         )?;
-        Ok(layout.crop(&out.merged)?.to_dtype(DType::F32)?)
+        let merged = layout.crop(&out.merged)?.to_dtype(DType::F32)?;
+        lap(clock, RifeStage::WarpMerge)?;
+        Ok(merged)
     }
 
     /// Device bytes one batch item (one pair at one timestep) needs at `layout`, for choosing
