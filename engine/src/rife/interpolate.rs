@@ -3,7 +3,7 @@
 
 use image::RgbImage;
 
-use super::pair::{FrameLayout, PixelRounding, PreparedFrame, Rife, to_rgb8};
+use super::pair::{FrameLayout, PixelRounding, PreparedFrame, Rife};
 use super::scene_cut::{DEFAULT_SCENE_CUT_BELOW, FrameSignature};
 use super::timing::{RifeStage, StageClock, lap};
 use crate::EngineError;
@@ -335,16 +335,13 @@ impl<'r> PairRunner<'r> {
                     },
                 )
                 .collect::<Result<Vec<_>, _>>()?;
-            // One download for the whole batch.
-            let out = self
-                .rife
-                .interpolate_batch_clocked(&inputs, &self.layout, &mut ctx.clock)?;
-            let _span = tracing::trace_span!("rife_download").entered();
-            let out = out.to_device(&candle_core::Device::Cpu)?;
-            for i in 0..batch.len() {
-                middles.push(to_rgb8(&out.narrow(0, i, 1)?, self.settings.rounding)?);
-            }
-            lap(&mut ctx.clock, RifeStage::Download)?;
+            // Converted to bytes on the device, one download for the whole batch.
+            middles.extend(self.rife.interpolate_batch_rgb8_clocked(
+                &inputs,
+                &self.layout,
+                self.settings.rounding,
+                &mut ctx.clock,
+            )?);
         }
         let mut middles = middles.into_iter();
         for (p, &scene_cut) in cuts.iter().enumerate() {
