@@ -818,8 +818,9 @@ fn bench_rife(
     for (dtype, batched) in [(DType::F32, false), (DType::F16, false), (DType::F16, true)] {
         let rife = Rife::load_in(weights, device, dtype)?;
         let budget = batched.then(|| free.saturating_sub(reserve));
+        // Scene cuts on, as in the app (runs before 26 had them off): their signatures are
+        // part of the time.
         let settings = InterpolationSettings {
-            scene_cut_below: None,
             memory_budget: budget,
             ..InterpolationSettings::with_multiplier(2)
         };

@@ -287,34 +287,61 @@ impl<'r> PairRunner<'r> {
             return Err(EngineError::Cancelled);
         }
         let multiplier = self.settings.multiplier;
-        let cuts_span = tracing::trace_span!("rife_scene_cuts").entered();
-        let cuts: Vec<bool> = (1..window.len())
-            .map(|i| {
-                multiplier > 1
-                    && self.settings.scene_cut_below.is_some_and(|below| {
-                        let (before, after) = window.split_at_mut(i);
-                        before[i - 1].signature().similarity(after[0].signature()) < below
+        let cut_below = self.settings.scene_cut_below.filter(|_| multiplier > 1);
+        // Every frame the network may read is prepared before the scene cuts are known (a
+        // frame between two cuts then costs a wasted Head pass), so that the signatures can
+        // be read on another thread meanwhile: with the Head on a GPU (queued) or on the
+        // CPU's other cores.
+        let unprepared: Vec<usize> = (0..window.len())
+            .filter(|&i| multiplier > 1 && window[i].prepared.is_none())
+            .collect();
+        let unsigned: Vec<usize> = (0..window.len())
+            .filter(|&i| cut_below.is_some() && window[i].signature.is_none())
+            .collect();
+        let (prepared, signatures) = std::thread::scope(|scope| {
+            let frames: Vec<&RgbImage> = unsigned.iter().map(|&i| &window[i].frame).collect();
+            let reader = if frames.is_empty() {
+                None
+            } else {
+                let thread = std::thread::Builder::new()
+                    .name("rife-scene-cuts".to_owned())
+                    .spawn_scoped(scope, move || {
+                        let _span = tracing::trace_span!("rife_scene_cuts").entered();
+                        frames
+                            .into_iter()
+                            .map(FrameSignature::of)
+                            .collect::<Vec<_>>()
                     })
-            })
-            .collect();
-        drop(cuts_span);
-        lap(&mut ctx.clock, RifeStage::SceneCuts)?;
-        let needed: Vec<usize> = (0..window.len())
-            .filter(|&i| {
-                window[i].prepared.is_none()
-                    && multiplier > 1
-                    && ((i > 0 && !cuts[i - 1]) || cuts.get(i).is_some_and(|cut| !cut))
-            })
-            .collect();
-        if !needed.is_empty() {
-            let images: Vec<&RgbImage> = needed.iter().map(|&i| &window[i].frame).collect();
+                    .map_err(|e| EngineError::io("starting the scene-cut thread", "", e))?;
+                Some(thread)
+            };
+            let images: Vec<&RgbImage> = unprepared.iter().map(|&i| &window[i].frame).collect();
             let prepared =
                 self.rife
                     .prepare_batch_clocked(&images, &self.layout, &mut ctx.clock)?;
-            for (i, p) in needed.into_iter().zip(prepared) {
-                window[i].prepared = Some(p);
-            }
+            let signatures = match reader {
+                Some(thread) => thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                None => Vec::new(),
+            };
+            Ok::<_, EngineError>((prepared, signatures))
+        })?;
+        for (i, p) in unprepared.into_iter().zip(prepared) {
+            window[i].prepared = Some(p);
         }
+        for (i, signature) in unsigned.into_iter().zip(signatures) {
+            window[i].signature = Some(signature);
+        }
+        let cuts: Vec<bool> = (1..window.len())
+            .map(|i| {
+                cut_below.is_some_and(|below| {
+                    let (before, after) = window.split_at_mut(i);
+                    before[i - 1].signature().similarity(after[0].signature()) < below
+                })
+            })
+            .collect();
+        lap(&mut ctx.clock, RifeStage::SceneCuts)?;
         let items: Vec<(usize, f64)> = (0..cuts.len())
             .filter(|&p| multiplier > 1 && !cuts[p])
             .flat_map(|p| (1..multiplier).map(move |j| (p, j as f64 / multiplier as f64)))
