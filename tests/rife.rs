@@ -294,6 +294,45 @@ fn scene_cuts_repeat_the_first_frame_instead_of_morphing() {
 }
 
 #[test]
+fn batched_windows_decide_scene_cuts_as_pair_by_pair() {
+    // Two shots of two frames each: a pan, a cut, a pan. In one batched window the
+    // signatures are read by several threads while the frames are encoded; pair by pair,
+    // one frame at a time: the decisions and the frames must not differ.
+    let rife = rife();
+    let [a0, a1, _] = pan(&photo("astronaut"), 4, 0);
+    let [b0, b1, _] = pan(&photo("coffee"), 0, 3);
+    let clip = [a0, a1.clone(), b0, b1];
+    let outputs = |budget: Option<u64>| {
+        let mut cuts = Vec::new();
+        let mut progress = |p: PairProgress| cuts.push(p.scene_cut);
+        let mut ctx = InterpolationContext {
+            is_cancelled: &|| false,
+            on_progress: &mut progress,
+            clock: None,
+        };
+        let settings = InterpolationSettings {
+            memory_budget: budget,
+            ..InterpolationSettings::with_multiplier(2)
+        };
+        let frames = interpolate(&rife, &clip, &settings, &mut ctx).unwrap();
+        (frames, cuts)
+    };
+    let (batched, batched_cuts) = outputs(Some(u64::MAX));
+    let (single, single_cuts) = outputs(None);
+    assert_eq!(batched_cuts, [false, true, false]);
+    assert_eq!(single_cuts, batched_cuts);
+    assert_eq!(batched.len(), 7);
+    assert_eq!(
+        batched[3].as_raw(),
+        a1.as_raw(),
+        "the cut repeats its first frame"
+    );
+    for (i, (b, s)) in batched.iter().zip(&single).enumerate() {
+        assert_eq!(b.as_raw(), s.as_raw(), "frame {i}");
+    }
+}
+
+#[test]
 fn cancellation_stops_between_pairs() {
     let rife = rife();
     let image = photo("astronaut");

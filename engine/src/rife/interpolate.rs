@@ -171,6 +171,10 @@ pub fn interpolate_stream(
     Ok(state.emitted)
 }
 
+/// Threads reading a window's scene-cut signatures at most (besides the one driving the
+/// network); at least 2 where the window has 2 frames to read.
+const MAX_SIGNATURE_THREADS: usize = 8;
+
 /// A frame waiting for its pairs, with its network input once prepared.
 struct Slot {
     frame: RgbImage,
@@ -298,33 +302,40 @@ impl<'r> PairRunner<'r> {
         let unsigned: Vec<usize> = (0..window.len())
             .filter(|&i| cut_below.is_some() && window[i].signature.is_none())
             .collect();
+        let frames: Vec<&RgbImage> = unsigned.iter().map(|&i| &window[i].frame).collect();
         let (prepared, signatures) = std::thread::scope(|scope| {
-            let frames: Vec<&RgbImage> = unsigned.iter().map(|&i| &window[i].frame).collect();
-            let reader = if frames.is_empty() {
-                None
-            } else {
-                let thread = std::thread::Builder::new()
-                    .name("rife-scene-cuts".to_owned())
-                    .spawn_scoped(scope, move || {
-                        let _span = tracing::trace_span!("rife_scene_cuts").entered();
-                        frames
-                            .into_iter()
-                            .map(FrameSignature::of)
-                            .collect::<Vec<_>>()
-                    })
-                    .map_err(|e| EngineError::io("starting the scene-cut thread", "", e))?;
-                Some(thread)
-            };
+            // Each frame's signature is read whole by one thread, so spreading the frames
+            // over threads changes no value.
+            let threads = std::thread::available_parallelism()
+                .map_or(2, |n| n.get().saturating_sub(1))
+                .clamp(2, MAX_SIGNATURE_THREADS);
+            let readers = frames
+                .chunks(frames.len().div_ceil(threads).max(1))
+                .map(|chunk| {
+                    std::thread::Builder::new()
+                        .name("rife-scene-cuts".to_owned())
+                        .spawn_scoped(scope, move || {
+                            let _span = tracing::trace_span!("rife_scene_cuts").entered();
+                            chunk
+                                .iter()
+                                .map(|frame| FrameSignature::of(frame))
+                                .collect::<Vec<_>>()
+                        })
+                        .map_err(|e| EngineError::io("starting a scene-cut thread", "", e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let images: Vec<&RgbImage> = unprepared.iter().map(|&i| &window[i].frame).collect();
             let prepared =
                 self.rife
                     .prepare_batch_clocked(&images, &self.layout, &mut ctx.clock)?;
-            let signatures = match reader {
-                Some(thread) => thread
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                None => Vec::new(),
-            };
+            let mut signatures = Vec::with_capacity(unsigned.len());
+            for reader in readers {
+                signatures.extend(
+                    reader
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                );
+            }
             Ok::<_, EngineError>((prepared, signatures))
         })?;
         for (i, p) in unprepared.into_iter().zip(prepared) {
