@@ -613,3 +613,49 @@ fn batches_report_each_pair_and_cancel_between_passes() {
     let uhd = FrameLayout::new(3840, 2160, None).unwrap();
     assert_eq!(rife.batch_for_budget(&uhd, Some(u64::MAX)), 4);
 }
+
+#[test]
+fn the_interpolate_job_reads_and_writes_png_folders_on_its_threads() {
+    use stillmotion_engine::pipeline::PipelineRunner;
+    use stillmotion_engine::recipe::InterpolateRequest;
+    use stillmotion_engine::runtime::{CancelToken, Event, JobContext, JobKind, JobRunner};
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let [a, b, c] = pan(&photo("chelsea"), 3, 1);
+    let clip = [a, b, c];
+    for (i, frame) in clip.iter().enumerate() {
+        frame.save(input.join(format!("f{i}.png"))).unwrap();
+    }
+    let request = InterpolateRequest {
+        input,
+        frames_fps: 16,
+        multiplier: 2,
+        target_fps: None,
+        loop_clip: false,
+        output: dir.path().join("out"),
+    };
+    let sink = |_event: Event| {};
+    let ctx = JobContext::new(1, CancelToken::new(), &sink, None);
+    let mut runner = PipelineRunner::new()
+        .with_rife_weights(stillmotion_engine::paths::rife_weights_path().unwrap());
+    let output = runner
+        .run(&JobKind::Interpolate(Box::new(request)), &ctx)
+        .unwrap();
+    let mut written: Vec<_> = std::fs::read_dir(&output.path)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "png"))
+        .collect();
+    written.sort();
+    let frames: Vec<RgbImage> = written
+        .iter()
+        .map(|path| image::open(path).unwrap().to_rgb8())
+        .collect();
+    // The job's frames are the library's: originals in place, the network's in between.
+    assert_eq!(
+        frames,
+        run(&rife(), &clip, &InterpolationSettings::with_multiplier(2))
+    );
+}
