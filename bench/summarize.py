@@ -82,6 +82,17 @@ def rife_rows(rows, peaks):
         if r["kind"] == "rife-precision":
             who = "PyTorch" if r.get("backend") == "torch" else "ours"
             print(f"| RIFE {who}: {r['compare']} | PSNR {r['psnr_db']:.1f} dB | | |")
+    stages = [r for r in rows if r["kind"] == "rife-stages"]
+    if stages:
+        names = [k[:-2] for k in stages[0] if k.endswith("_s") and k not in ("clocked_s", "plain_s")]
+        print()
+        print("| RIFE stages (device synchronized at each) | " + " | ".join(names) + " | clocked | plain |")
+        print("|---" * (len(names) + 3) + "|")
+        for r in stages:
+            cells = [f"{r[n + '_s'] * 1e3:.1f} ms" for n in names]
+            print(f"| {r['width']}×{r['height']}×{r['frames_in']}, {r['dtype']}, batch {r['batch']} | "
+                  + " | ".join(cells) + f" | {r['clocked_s']:.3f} s | {r['plain_s']:.3f} s |")
+        print()
     for tag in ("ours-rife-480", "torch-rife-480"):
         if tag in peaks:
             print(f"| RIFE peak device memory, {tag} (nvidia-smi, whole process) | "

@@ -98,6 +98,7 @@ fn run(rife: &Rife, frames: &[RgbImage], settings: &InterpolationSettings) -> Ve
     let mut ctx = InterpolationContext {
         is_cancelled: &|| false,
         on_progress: &mut progress,
+        clock: None,
     };
     interpolate(rife, frames, settings, &mut ctx).unwrap()
 }
@@ -258,6 +259,7 @@ fn scene_cuts_repeat_the_first_frame_instead_of_morphing() {
     let mut ctx = InterpolationContext {
         is_cancelled: &|| false,
         on_progress: &mut progress,
+        clock: None,
     };
     let settings = InterpolationSettings::with_multiplier(3);
     let out = interpolate(&rife, &[a.clone(), b.clone()], &settings, &mut ctx).unwrap();
@@ -292,6 +294,45 @@ fn scene_cuts_repeat_the_first_frame_instead_of_morphing() {
 }
 
 #[test]
+fn batched_windows_decide_scene_cuts_as_pair_by_pair() {
+    // Two shots of two frames each: a pan, a cut, a pan. In one batched window the
+    // signatures are read by several threads while the frames are encoded; pair by pair,
+    // one frame at a time: the decisions and the frames must not differ.
+    let rife = rife();
+    let [a0, a1, _] = pan(&photo("astronaut"), 4, 0);
+    let [b0, b1, _] = pan(&photo("coffee"), 0, 3);
+    let clip = [a0, a1.clone(), b0, b1];
+    let outputs = |budget: Option<u64>| {
+        let mut cuts = Vec::new();
+        let mut progress = |p: PairProgress| cuts.push(p.scene_cut);
+        let mut ctx = InterpolationContext {
+            is_cancelled: &|| false,
+            on_progress: &mut progress,
+            clock: None,
+        };
+        let settings = InterpolationSettings {
+            memory_budget: budget,
+            ..InterpolationSettings::with_multiplier(2)
+        };
+        let frames = interpolate(&rife, &clip, &settings, &mut ctx).unwrap();
+        (frames, cuts)
+    };
+    let (batched, batched_cuts) = outputs(Some(u64::MAX));
+    let (single, single_cuts) = outputs(None);
+    assert_eq!(batched_cuts, [false, true, false]);
+    assert_eq!(single_cuts, batched_cuts);
+    assert_eq!(batched.len(), 7);
+    assert_eq!(
+        batched[3].as_raw(),
+        a1.as_raw(),
+        "the cut repeats its first frame"
+    );
+    for (i, (b, s)) in batched.iter().zip(&single).enumerate() {
+        assert_eq!(b.as_raw(), s.as_raw(), "frame {i}");
+    }
+}
+
+#[test]
 fn cancellation_stops_between_pairs() {
     let rife = rife();
     let image = photo("astronaut");
@@ -304,6 +345,7 @@ fn cancellation_stops_between_pairs() {
     let mut ctx = InterpolationContext {
         is_cancelled: &cancel_after_one,
         on_progress: &mut progress,
+        clock: None,
     };
     let result = interpolate(
         &rife,
@@ -339,6 +381,7 @@ fn streaming_emits_the_same_frames_and_refuses_mixed_sizes() {
     let mut ctx = InterpolationContext {
         is_cancelled: &|| false,
         on_progress: &mut progress,
+        clock: None,
     };
     let count = interpolate_stream(
         &rife,
@@ -429,6 +472,7 @@ fn retiming_to_a_target_fps_keeps_frames_on_the_grid_and_interpolates_between() 
     let mut ctx = InterpolationContext {
         is_cancelled: &|| false,
         on_progress: &mut progress,
+        clock: None,
     };
     // 16 → 24 fps: source times 0, 2/3, 4/3, 2, 8/3; 10/3 is past the last frame (3).
     let out = retime(&rife, &frames, 16.0, 24.0, &settings, &mut ctx).unwrap();
@@ -546,6 +590,7 @@ fn batches_report_each_pair_and_cancel_between_passes() {
     let mut ctx = InterpolationContext {
         is_cancelled: &cancel_after_three,
         on_progress: &mut progress,
+        clock: None,
     };
     let result = interpolate(&rife, &frames, &settings, &mut ctx);
     assert!(matches!(result, Err(EngineError::Cancelled)));
@@ -567,4 +612,50 @@ fn batches_report_each_pair_and_cancel_between_passes() {
     // 4K: the largest column buffer would pass 2^31 elements beyond 4 items.
     let uhd = FrameLayout::new(3840, 2160, None).unwrap();
     assert_eq!(rife.batch_for_budget(&uhd, Some(u64::MAX)), 4);
+}
+
+#[test]
+fn the_interpolate_job_reads_and_writes_png_folders_on_its_threads() {
+    use stillmotion_engine::pipeline::PipelineRunner;
+    use stillmotion_engine::recipe::InterpolateRequest;
+    use stillmotion_engine::runtime::{CancelToken, Event, JobContext, JobKind, JobRunner};
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let [a, b, c] = pan(&photo("chelsea"), 3, 1);
+    let clip = [a, b, c];
+    for (i, frame) in clip.iter().enumerate() {
+        frame.save(input.join(format!("f{i}.png"))).unwrap();
+    }
+    let request = InterpolateRequest {
+        input,
+        frames_fps: 16,
+        multiplier: 2,
+        target_fps: None,
+        loop_clip: false,
+        output: dir.path().join("out"),
+    };
+    let sink = |_event: Event| {};
+    let ctx = JobContext::new(1, CancelToken::new(), &sink, None);
+    let mut runner = PipelineRunner::new()
+        .with_rife_weights(stillmotion_engine::paths::rife_weights_path().unwrap());
+    let output = runner
+        .run(&JobKind::Interpolate(Box::new(request)), &ctx)
+        .unwrap();
+    let mut written: Vec<_> = std::fs::read_dir(&output.path)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "png"))
+        .collect();
+    written.sort();
+    let frames: Vec<RgbImage> = written
+        .iter()
+        .map(|path| image::open(path).unwrap().to_rgb8())
+        .collect();
+    // The job's frames are the library's: originals in place, the network's in between.
+    assert_eq!(
+        frames,
+        run(&rife(), &clip, &InterpolationSettings::with_multiplier(2))
+    );
 }

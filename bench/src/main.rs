@@ -819,7 +819,9 @@ fn bench_vae(device: &Device, width: usize, height: usize, frames: usize) -> any
 /// RIFE ×2 of a clip with the real weights, frames in and out as RGB8 (what the app does):
 /// f32 one pair per pass (the old path), f16 one pair per pass, and f16 in batches sized
 /// from the free memory less the default reserve (what the `interpolate` command does), each
-/// timed over the whole clip after a warm-up run; then the f16 frames' PSNR against f32's.
+/// timed over the whole clip after a warm-up run; then once more with a [`StageClock`] (the
+/// device synchronized at each stage, so slower than the plain run) for where the time goes
+/// (a `rife-stages` line and a table on stderr); then the f16 frames' PSNR against f32's.
 fn bench_rife(
     device: &Device,
     weights: Option<&str>,
@@ -828,7 +830,8 @@ fn bench_rife(
     frames: usize,
 ) -> anyhow::Result<()> {
     use stillmotion_engine::rife::{
-        FrameLayout, InterpolationContext, InterpolationSettings, Rife, interpolate,
+        FrameLayout, InterpolationContext, InterpolationSettings, Rife, RifeStage, StageClock,
+        interpolate,
     };
     let weights = std::path::Path::new(weights.context("rife needs the path of flownet.pkl")?);
     // A gradient that drifts a little each frame: similar frames, so no pair is a scene cut.
@@ -851,26 +854,60 @@ fn bench_rife(
     for (dtype, batched) in [(DType::F32, false), (DType::F16, false), (DType::F16, true)] {
         let rife = Rife::load_in(weights, device, dtype)?;
         let budget = batched.then(|| free.saturating_sub(reserve));
+        // Scene cuts on, as in the app (runs before 26 had them off): their signatures are
+        // part of the time.
         let settings = InterpolationSettings {
-            scene_cut_below: None,
             memory_budget: budget,
             ..InterpolationSettings::with_multiplier(2)
         };
         let not_cancelled = || false;
         let mut progress = |_| {};
-        let mut run = || -> anyhow::Result<Vec<image::RgbImage>> {
+        let mut run = |clock: Option<&mut StageClock>| -> anyhow::Result<Vec<image::RgbImage>> {
             let mut ctx = InterpolationContext {
                 is_cancelled: &not_cancelled,
                 on_progress: &mut progress,
+                clock,
             };
             Ok(interpolate(&rife, &clip, &settings, &mut ctx)?)
         };
-        run()?;
+        run(None)?;
         device.synchronize()?;
         let start = Instant::now();
-        let out = run()?;
+        let out = run(None)?;
         device.synchronize()?;
         let seconds = start.elapsed().as_secs_f64();
+        let mut clock = StageClock::new(device);
+        run(Some(&mut clock))?;
+        let mut stages = Line::new("rife-stages")
+            .text("dtype", &format!("{dtype:?}").to_lowercase())
+            .int("batch", rife.batch_for_budget(&layout, budget))
+            .int("width", width)
+            .int("height", height)
+            .int("frames_in", frames);
+        eprintln!(
+            "RIFE x2 {width}x{height}, {frames} frames, {dtype:?}, batch {}: stages (device synchronized at each)",
+            rife.batch_for_budget(&layout, budget)
+        );
+        for stage in RifeStage::ALL {
+            let stage_seconds = clock.total(stage).as_secs_f64();
+            stages = stages.num(&format!("{}_s", stage.name()), stage_seconds);
+            eprintln!(
+                "  {:<11} {:>9.2} ms  {:>5.1} %",
+                stage.name(),
+                stage_seconds * 1e3,
+                100.0 * stage_seconds / clock.sum().as_secs_f64().max(1e-12)
+            );
+        }
+        eprintln!(
+            "  {:<11} {:>9.2} ms  (plain run: {:.2} ms)",
+            "total",
+            clock.sum().as_secs_f64() * 1e3,
+            seconds * 1e3
+        );
+        stages
+            .num("clocked_s", clock.sum().as_secs_f64())
+            .num("plain_s", seconds)
+            .print();
         Line::new("rife")
             .text(
                 "model",

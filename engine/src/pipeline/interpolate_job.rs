@@ -2,6 +2,7 @@
 //! streamed frame by frame from the reader into the writer.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use image::RgbImage;
 
@@ -147,20 +148,97 @@ impl PipelineRunner {
         let mut rife_ctx = InterpolationContext {
             is_cancelled: &is_cancelled,
             on_progress: &mut on_progress,
+            clock: None,
         };
-        let rest = std::iter::from_fn(|| frames.next_frame());
-        interpolate_stream(
-            rife,
-            std::iter::once(Ok(first)).chain(rest),
-            frame_count,
-            &interpolation,
-            &mut rife_ctx,
-            &mut |frame| writer.push(&frame, cancel),
-        )?;
+        let frame_bytes = first.as_raw().len();
+        // Frames are decoded ahead on a named thread, as they are encoded behind on another:
+        // neither waits for the other, nor for the GPU.
+        let (sender, receiver) =
+            crossbeam_channel::bounded((READ_AHEAD_BYTES / frame_bytes.max(1)).max(2));
+        std::thread::scope(|scope| {
+            let reader = std::thread::Builder::new()
+                .name("rife-reader".to_owned())
+                .spawn_scoped(scope, move || {
+                    // Stops at the end, after an error, or once the receiver is gone.
+                    while let Some(frame) = frames.next_frame() {
+                        let failed = frame.is_err();
+                        if sender.send(frame).is_err() || failed {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| EngineError::io("starting the reader thread", "", e))?;
+            let result = write_on_thread(&mut writer, frame_bytes, cancel, |emit| {
+                interpolate_stream(
+                    rife,
+                    std::iter::once(Ok(first)).chain(receiver),
+                    frame_count,
+                    &interpolation,
+                    &mut rife_ctx,
+                    emit,
+                )
+            });
+            // `receiver` went into the stream and is dropped: the reader stops at its next frame.
+            reader
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            result
+        })?;
         ctx.check()?;
         let path = writer.finish()?;
         Ok(JobOutput { path })
     }
+}
+
+/// Host bytes of frames decoded ahead of the interpolation at most: about 100 frames at
+/// 832×480, 5 at 4K.
+const READ_AHEAD_BYTES: usize = 128 << 20;
+
+/// Host bytes of frames queued for the writer thread at most ([`write_on_thread`]): about
+/// 200 frames at 832×480, 10 at 4K.
+const WRITER_QUEUE_BYTES: usize = 256 << 20;
+
+/// Runs `body` with a sink that queues its frames for `writer`, which pushes them on a named
+/// thread: encoding (or PNG writing) then overlaps the interpolation instead of holding the
+/// GPU idle between batches. The queue is bounded ([`WRITER_QUEUE_BYTES`] of `frame_bytes`
+/// frames, at least 2) and keeps the order. A failed or cancelled push stops the thread; the
+/// sink then fails at the next frame, and the writer's error is returned rather than
+/// `body`'s.
+pub(super) fn write_on_thread<R>(
+    writer: &mut VideoWriter,
+    frame_bytes: usize,
+    cancel: &AtomicBool,
+    body: impl FnOnce(&mut dyn FnMut(RgbImage) -> Result<(), EngineError>) -> Result<R, EngineError>,
+) -> Result<R, EngineError> {
+    let capacity = (WRITER_QUEUE_BYTES / frame_bytes.max(1)).max(2);
+    let (sender, receiver) = crossbeam_channel::bounded::<RgbImage>(capacity);
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("rife-writer".to_owned())
+            .spawn_scoped(scope, move || {
+                for frame in receiver {
+                    writer.push(&frame, cancel)?;
+                }
+                Ok::<(), EngineError>(())
+            })
+            .map_err(|e| EngineError::io("starting the writer thread", "", e))?;
+        let result = {
+            let sender = sender;
+            let mut queue = |frame: RgbImage| {
+                sender
+                    .send(frame)
+                    .map_err(|_| EngineError::BadInterpolationInput {
+                        problem: "internal: the writer thread stopped".to_owned(),
+                    })
+            };
+            body(&mut queue)
+        };
+        // The sender is gone: the thread ends once it has pushed what is queued.
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        result
+    })
 }
 
 /// Device bytes RIFE's batches may take in a render: the plan's budget less the VAE, which
@@ -202,6 +280,7 @@ pub(super) fn retime_frames(
     let mut rife_ctx = InterpolationContext {
         is_cancelled: &is_cancelled,
         on_progress: &mut on_progress,
+        clock: None,
     };
     // The multiplier is unused by `retime`; scene cuts, network scale, rounding and the
     // memory budget apply.
@@ -215,4 +294,68 @@ pub(super) fn retime_frames(
         &settings,
         &mut rife_ctx,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::video::VideoFormat;
+
+    fn frame(i: u32) -> RgbImage {
+        RgbImage::from_fn(8, 6, |x, y| image::Rgb([i as u8, x as u8, y as u8]))
+    }
+
+    fn png_writer(dir: &Path) -> VideoWriter {
+        let settings = EncodeSettings {
+            format: VideoFormat::PngFrames,
+            ..EncodeSettings::default()
+        };
+        VideoWriter::create(&dir.join("clip"), &settings, 8, 6, None).unwrap()
+    }
+
+    #[test]
+    fn the_writer_thread_writes_every_frame_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = png_writer(dir.path());
+        let cancel = AtomicBool::new(false);
+        // A queue of 2 frames for 7: the sink waits for the writer.
+        let sent = write_on_thread(&mut writer, WRITER_QUEUE_BYTES / 2, &cancel, |emit| {
+            for i in 0..7 {
+                emit(frame(i))?;
+            }
+            Ok(7)
+        })
+        .unwrap();
+        assert_eq!(sent, 7);
+        let path = writer.finish().unwrap();
+        for i in 0..7 {
+            let read = image::open(path.join(format!("frame_{i:05}.png")))
+                .unwrap()
+                .to_rgb8();
+            assert_eq!(read, frame(i), "frame {i}");
+        }
+    }
+
+    #[test]
+    fn a_cancelled_writer_stops_the_sink_with_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = png_writer(dir.path());
+        let cancel = AtomicBool::new(false);
+        let mut emitted = 0;
+        let result = write_on_thread(&mut writer, WRITER_QUEUE_BYTES / 2, &cancel, |emit| {
+            emit(frame(0))?;
+            cancel.store(true, Ordering::Relaxed);
+            for i in 1..10_000 {
+                emit(frame(i))?;
+                emitted = i;
+            }
+            Ok(())
+        });
+        assert!(matches!(result, Err(EngineError::Cancelled)), "{result:?}");
+        assert!(emitted < 9_999, "the sink kept accepting frames");
+        drop(writer);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }

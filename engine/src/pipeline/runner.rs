@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use super::decode_stage::FrameSink;
 use super::denoise_stage::DenoiseStage;
 use super::fingerprints::model_file_records;
-use super::interpolate_job::{retime_frames, target_rate};
+use super::interpolate_job::{retime_frames, target_rate, write_on_thread};
 use super::models::ModelCache;
 use super::output::format_for_recipe;
 use super::plan::plan_for;
@@ -251,16 +251,20 @@ impl PipelineRunner {
             let mut rife_ctx = InterpolationContext {
                 is_cancelled: &is_cancelled,
                 on_progress: &mut on_progress,
+                clock: None,
             };
             let frame_count = decoded.len();
-            interpolate_stream(
-                rife,
-                decoded.into_iter().map(Ok),
-                Some(frame_count),
-                &settings,
-                &mut rife_ctx,
-                &mut |frame| writer.push(&frame, cancel),
-            )?;
+            let frame_bytes = decoded.first().map_or(0, |f| f.as_raw().len());
+            write_on_thread(&mut writer, frame_bytes, cancel, |emit| {
+                interpolate_stream(
+                    rife,
+                    decoded.into_iter().map(Ok),
+                    Some(frame_count),
+                    &settings,
+                    &mut rife_ctx,
+                    emit,
+                )
+            })?;
         }
         ctx.check()?;
         let path = writer.finish()?;

@@ -3,8 +3,9 @@
 
 use image::RgbImage;
 
-use super::pair::{FrameLayout, PixelRounding, PreparedFrame, Rife, to_rgb8};
+use super::pair::{FrameLayout, PixelRounding, PreparedFrame, Rife};
 use super::scene_cut::{DEFAULT_SCENE_CUT_BELOW, FrameSignature};
+use super::timing::{RifeStage, StageClock, lap};
 use crate::EngineError;
 
 /// What to interpolate and how.
@@ -64,10 +65,12 @@ pub struct PairProgress {
 }
 
 /// Per-job hooks: a cancellation check, asked before each network pass (and before each
-/// scene-cut pair), and a progress sink, told after each pair.
+/// scene-cut pair), a progress sink, told after each pair, and a stage clock (the bench's;
+/// `None` elsewhere: it waits for the device at every stage).
 pub struct InterpolationContext<'a> {
     pub is_cancelled: &'a dyn Fn() -> bool,
     pub on_progress: &'a mut dyn FnMut(PairProgress),
+    pub clock: Option<&'a mut StageClock>,
 }
 
 /// Interpolates `frames` (all the same size). The output has
@@ -124,6 +127,7 @@ pub fn interpolate_stream(
     let mut first: Option<Slot> = None;
     for frame in frames {
         let frame = frame?;
+        lap(&mut ctx.clock, RifeStage::Read)?;
         let state = if let Some(state) = &mut runner {
             state
         } else {
@@ -143,6 +147,7 @@ pub fn interpolate_stream(
         }
         if window.is_empty() {
             state.emit(emit, frame.clone())?;
+            lap(&mut ctx.clock, RifeStage::Write)?;
         }
         window.push(Slot::new(frame));
         if window.len() > state.batch_pairs {
@@ -165,6 +170,10 @@ pub fn interpolate_stream(
     }
     Ok(state.emitted)
 }
+
+/// Threads reading a window's scene-cut signatures at most (besides the one driving the
+/// network); at least 2 where the window has 2 frames to read.
+const MAX_SIGNATURE_THREADS: usize = 8;
 
 /// A frame waiting for its pairs, with its network input once prepared.
 struct Slot {
@@ -282,29 +291,68 @@ impl<'r> PairRunner<'r> {
             return Err(EngineError::Cancelled);
         }
         let multiplier = self.settings.multiplier;
+        let cut_below = self.settings.scene_cut_below.filter(|_| multiplier > 1);
+        // Every frame the network may read is prepared before the scene cuts are known (a
+        // frame between two cuts then costs a wasted Head pass), so that the signatures can
+        // be read on another thread meanwhile: with the Head on a GPU (queued) or on the
+        // CPU's other cores.
+        let unprepared: Vec<usize> = (0..window.len())
+            .filter(|&i| multiplier > 1 && window[i].prepared.is_none())
+            .collect();
+        let unsigned: Vec<usize> = (0..window.len())
+            .filter(|&i| cut_below.is_some() && window[i].signature.is_none())
+            .collect();
+        let frames: Vec<&RgbImage> = unsigned.iter().map(|&i| &window[i].frame).collect();
+        let (prepared, signatures) = std::thread::scope(|scope| {
+            // Each frame's signature is read whole by one thread, so spreading the frames
+            // over threads changes no value.
+            let threads = std::thread::available_parallelism()
+                .map_or(2, |n| n.get().saturating_sub(1))
+                .clamp(2, MAX_SIGNATURE_THREADS);
+            let readers = frames
+                .chunks(frames.len().div_ceil(threads).max(1))
+                .map(|chunk| {
+                    std::thread::Builder::new()
+                        .name("rife-scene-cuts".to_owned())
+                        .spawn_scoped(scope, move || {
+                            let _span = tracing::trace_span!("rife_scene_cuts").entered();
+                            chunk
+                                .iter()
+                                .map(|frame| FrameSignature::of(frame))
+                                .collect::<Vec<_>>()
+                        })
+                        .map_err(|e| EngineError::io("starting a scene-cut thread", "", e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let images: Vec<&RgbImage> = unprepared.iter().map(|&i| &window[i].frame).collect();
+            let prepared =
+                self.rife
+                    .prepare_batch_clocked(&images, &self.layout, &mut ctx.clock)?;
+            let mut signatures = Vec::with_capacity(unsigned.len());
+            for reader in readers {
+                signatures.extend(
+                    reader
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                );
+            }
+            Ok::<_, EngineError>((prepared, signatures))
+        })?;
+        for (i, p) in unprepared.into_iter().zip(prepared) {
+            window[i].prepared = Some(p);
+        }
+        for (i, signature) in unsigned.into_iter().zip(signatures) {
+            window[i].signature = Some(signature);
+        }
         let cuts: Vec<bool> = (1..window.len())
             .map(|i| {
-                multiplier > 1
-                    && self.settings.scene_cut_below.is_some_and(|below| {
-                        let (before, after) = window.split_at_mut(i);
-                        before[i - 1].signature().similarity(after[0].signature()) < below
-                    })
+                cut_below.is_some_and(|below| {
+                    let (before, after) = window.split_at_mut(i);
+                    before[i - 1].signature().similarity(after[0].signature()) < below
+                })
             })
             .collect();
-        let needed: Vec<usize> = (0..window.len())
-            .filter(|&i| {
-                window[i].prepared.is_none()
-                    && multiplier > 1
-                    && ((i > 0 && !cuts[i - 1]) || cuts.get(i).is_some_and(|cut| !cut))
-            })
-            .collect();
-        if !needed.is_empty() {
-            let images: Vec<&RgbImage> = needed.iter().map(|&i| &window[i].frame).collect();
-            let prepared = self.rife.prepare_batch(&images, &self.layout)?;
-            for (i, p) in needed.into_iter().zip(prepared) {
-                window[i].prepared = Some(p);
-            }
-        }
+        lap(&mut ctx.clock, RifeStage::SceneCuts)?;
         let items: Vec<(usize, f64)> = (0..cuts.len())
             .filter(|&p| multiplier > 1 && !cuts[p])
             .flat_map(|p| (1..multiplier).map(move |j| (p, j as f64 / multiplier as f64)))
@@ -325,14 +373,13 @@ impl<'r> PairRunner<'r> {
                     },
                 )
                 .collect::<Result<Vec<_>, _>>()?;
-            // One download for the whole batch.
-            let out = self
-                .rife
-                .interpolate_batch(&inputs, &self.layout)?
-                .to_device(&candle_core::Device::Cpu)?;
-            for i in 0..batch.len() {
-                middles.push(to_rgb8(&out.narrow(0, i, 1)?, self.settings.rounding)?);
-            }
+            // Converted to bytes on the device, one download for the whole batch.
+            middles.extend(self.rife.interpolate_batch_rgb8_clocked(
+                &inputs,
+                &self.layout,
+                self.settings.rounding,
+                &mut ctx.clock,
+            )?);
         }
         let mut middles = middles.into_iter();
         for (p, &scene_cut) in cuts.iter().enumerate() {
@@ -362,6 +409,7 @@ impl<'r> PairRunner<'r> {
                 scene_cut,
             });
         }
+        lap(&mut ctx.clock, RifeStage::Write)?;
         Ok(())
     }
 }

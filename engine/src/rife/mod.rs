@@ -13,8 +13,8 @@
 //! and blended by `sigmoid(mask)`. Frames are padded to a multiple of 64 ÷ network scale.
 //!
 //! [`weights`] reads the checkpoints, [`model`] is the network, [`pair`] runs frame pairs
-//! (padding, per-frame features, batches of pairs and timesteps sized from a memory budget,
-//! 8-bit output), [`interpolate`] drives a clip by a multiplier and [`retime`] to a target
+//! (frames up and down as bytes, converted and padded on the device, per-frame features,
+//! batches of pairs and timesteps sized from a memory budget), [`interpolate`] drives a clip by a multiplier and [`retime`] to a target
 //! fps, [`scene_cut`] decides which pairs not to morph. On CUDA the network runs in f16
 //! (weights, activations and warps), on the CPU in f32; original frames pass through as
 //! they came.
@@ -24,6 +24,7 @@ pub mod model;
 pub mod pair;
 pub mod retime;
 pub mod scene_cut;
+pub mod timing;
 pub mod weights;
 
 pub use interpolate::{
@@ -31,10 +32,11 @@ pub use interpolate::{
 };
 pub use model::{Config, IfNet, IfNetOutput};
 pub use pair::{
-    ACTIVATION_PLANES, FrameLayout, MAX_BATCH, PixelRounding, PreparedFrame, Rife,
+    ACTIVATION_PLANES, FrameLayout, MAX_BATCH, PixelRounding, PreparedFrame, Rife, frames_to_rgb8,
     network_scale_for, to_rgb8,
 };
 pub use retime::retime;
 pub use scene_cut::{DEFAULT_SCENE_CUT_BELOW, frame_similarity, histogram_overlap};
 pub use stillmotion_kernels::warp::{backward_warp, backward_warp_with};
+pub use timing::{RifeStage, StageClock};
 pub use weights::{RifeCheckpoint, read_checkpoint};

@@ -5,6 +5,7 @@ use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Va
 use stillmotion_kernels::Kernels;
 use stillmotion_kernels::conv::{ConvGeometry, ConvWeight, conv3d_frames, fused_available};
 
+use super::timing::{RifeStage, StageClock, lap};
 use crate::EngineError;
 
 /// Channels of each layer. The defaults are the trained 4.25/4.26 network; [`Config::detect`]
@@ -361,6 +362,34 @@ impl IfNet {
         timesteps: &[f64],
         network_scale: f64,
     ) -> Result<IfNetOutput, EngineError> {
+        self.forward_batch_clocked(
+            img0,
+            img1,
+            features0,
+            features1,
+            timesteps,
+            network_scale,
+            None,
+        )
+    }
+
+    /// [`IfNet::forward_batch`] charging the blocks to [`RifeStage::Network`] and the warps
+    /// and blend to [`RifeStage::WarpMerge`] on `clock`.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "forward_batch's arguments and the clock"
+    )]
+    pub fn forward_batch_clocked(
+        &self,
+        img0: &Tensor,
+        img1: &Tensor,
+        features0: &Tensor,
+        features1: &Tensor,
+        timesteps: &[f64],
+        network_scale: f64,
+        mut clock: Option<&mut StageClock>,
+    ) -> Result<IfNetOutput, EngineError> {
+        let _span = tracing::trace_span!("rife_network").entered();
         let (b, _, h, w) = img0.dims4()?;
         if timesteps.len() != b {
             return Err(candle_core::Error::Msg(format!(
@@ -390,6 +419,7 @@ impl IfNet {
                 Some((flow, mask, features)) => {
                     let wf0 = warp(&self.kernels, features0, &flow.narrow(1, 0, 2)?)?;
                     let wf1 = warp(&self.kernels, features1, &flow.narrow(1, 2, 2)?)?;
+                    lap(&mut clock, RifeStage::WarpMerge)?;
                     let x = Tensor::cat(
                         &[&warped0, &warped1, &wf0, &wf1, &timestep, mask, features],
                         1,
@@ -401,8 +431,10 @@ impl IfNet {
                     }
                 }
             };
+            lap(&mut clock, RifeStage::Network)?;
             warped0 = warp(&self.kernels, img0, &out.flow.narrow(1, 0, 2)?)?;
             warped1 = warp(&self.kernels, img1, &out.flow.narrow(1, 2, 2)?)?;
+            lap(&mut clock, RifeStage::WarpMerge)?;
             state = Some((out.flow, out.mask, out.features));
         }
         let (flow, mask, _) =
@@ -410,6 +442,7 @@ impl IfNet {
         let weight = candle_nn::ops::sigmoid(&mask)?;
         let merged =
             (warped0.broadcast_mul(&weight)? + warped1.broadcast_mul(&(1.0 - &weight)?)?)?;
+        lap(&mut clock, RifeStage::WarpMerge)?;
         Ok(IfNetOutput { merged, flow, mask })
     }
 }

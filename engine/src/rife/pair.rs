@@ -4,6 +4,7 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
 use super::model::{IfNet, IfNetOutput};
+use super::timing::{RifeStage, StageClock, lap};
 use super::weights::{RifeCheckpoint, read_checkpoint};
 use crate::EngineError;
 
@@ -14,6 +15,10 @@ pub struct Rife {
     version: String,
     device: Device,
     dtype: DType,
+    /// `v / 255` for each byte value `v`, divided in f32 and cast to `dtype` (on the device):
+    /// frames cross the bus as bytes and become the network's input by lookup, bit for bit
+    /// what dividing on the host and casting on the device gave.
+    byte_values: Tensor,
 }
 
 impl Rife {
@@ -65,11 +70,17 @@ impl Rife {
             version,
         } = checkpoint;
         let vb = candle_nn::VarBuilder::from_tensors(tensors, dtype, device);
+        // Divide in float32 as the reference's `.float() / 255.0` does.
+        let values: Vec<f32> = (0..=255_u8).map(|v| f32::from(v) / 255.0).collect();
+        let byte_values = Tensor::from_vec(values, 256, &Device::Cpu)?
+            .to_device(device)?
+            .to_dtype(dtype)?;
         Ok(Self {
             net: IfNet::new(&config, &vb)?,
             version,
             device: device.clone(),
             dtype,
+            byte_values,
         })
     }
 
@@ -93,18 +104,12 @@ impl Rife {
         frame: &RgbImage,
         layout: &FrameLayout,
     ) -> Result<PreparedFrame, EngineError> {
-        check_size(frame, layout)?;
-        // Divide in float32 as the reference's `.float() / 255.0` does.
-        let values: Vec<f32> = frame
-            .as_raw()
-            .iter()
-            .map(|&v| f32::from(v) / 255.0)
-            .collect();
-        let image = Tensor::from_vec(values, (layout.height, layout.width, 3), &Device::Cpu)?
-            .permute((2, 0, 1))?
-            .unsqueeze(0)?
-            .to_device(&self.device)?;
-        self.prepare_tensor(&image, layout)
+        let mut prepared = self.prepare_batch(&[frame], layout)?;
+        prepared
+            .pop()
+            .ok_or_else(|| EngineError::BadInterpolationInput {
+                problem: "internal: a prepared frame went missing".to_owned(),
+            })
     }
 
     /// Like [`Rife::prepare`] for a `(1, 3, height, width)` frame in [0, 1] (any float dtype:
@@ -126,23 +131,27 @@ impl Rife {
         frames: &[&RgbImage],
         layout: &FrameLayout,
     ) -> Result<Vec<PreparedFrame>, EngineError> {
-        if frames.len() <= 1 {
-            return frames.iter().map(|f| self.prepare(f, layout)).collect();
+        self.prepare_batch_clocked(frames, layout, &mut None)
+    }
+
+    /// [`Rife::prepare_batch`] charging [`RifeStage::Upload`] and [`RifeStage::Head`] on
+    /// `clock`.
+    pub(crate) fn prepare_batch_clocked(
+        &self,
+        frames: &[&RgbImage],
+        layout: &FrameLayout,
+        clock: &mut Option<&mut StageClock>,
+    ) -> Result<Vec<PreparedFrame>, EngineError> {
+        if frames.is_empty() {
+            return Ok(Vec::new());
         }
-        let mut values = Vec::with_capacity(frames.len() * layout.width * layout.height * 3);
-        for frame in frames {
-            check_size(frame, layout)?;
-            values.extend(frame.as_raw().iter().map(|&v| f32::from(v) / 255.0));
-        }
-        let images = Tensor::from_vec(
-            values,
-            (frames.len(), layout.height, layout.width, 3),
-            &Device::Cpu,
-        )?
-        .permute((0, 3, 1, 2))?
-        .to_device(&self.device)?;
-        let padded = self.pad(&images, layout)?;
-        let features = self.net.encode(&padded)?;
+        let padded = self.upload(frames, layout)?;
+        lap(clock, RifeStage::Upload)?;
+        let features = {
+            let _span = tracing::trace_span!("rife_head").entered();
+            self.net.encode(&padded)?
+        };
+        lap(clock, RifeStage::Head)?;
         (0..frames.len())
             .map(|i| {
                 Ok(PreparedFrame {
@@ -160,21 +169,35 @@ impl Rife {
         items: &[(&PreparedFrame, &PreparedFrame, f64)],
         layout: &FrameLayout,
     ) -> Result<Tensor, EngineError> {
+        self.interpolate_batch_clocked(items, layout, &mut None)
+    }
+
+    /// [`Rife::interpolate_batch`] charging the network's stages on `clock`.
+    pub(crate) fn interpolate_batch_clocked(
+        &self,
+        items: &[(&PreparedFrame, &PreparedFrame, f64)],
+        layout: &FrameLayout,
+        clock: &mut Option<&mut StageClock>,
+    ) -> Result<Tensor, EngineError> {
         let cat = |parts: Vec<&Tensor>| Tensor::cat(&parts, 0);
         let img0 = cat(items.iter().map(|item| &item.0.padded).collect())?;
         let img1 = cat(items.iter().map(|item| &item.1.padded).collect())?;
         let features0 = cat(items.iter().map(|item| &item.0.features).collect())?;
         let features1 = cat(items.iter().map(|item| &item.1.features).collect())?;
         let timesteps: Vec<f64> = items.iter().map(|item| item.2).collect();
-        let out = self.net.forward_batch(
+        lap(clock, RifeStage::Network)?;
+        let out = self.net.forward_batch_clocked(
             &img0,
             &img1,
             &features0,
             &features1,
             &timesteps,
             layout.network_scale,
+            clock.as_deref_mut(),
         )?;
-        Ok(layout.crop(&out.merged)?.to_dtype(DType::F32)?)
+        let merged = layout.crop(&out.merged)?.to_dtype(DType::F32)?;
+        lap(clock, RifeStage::WarpMerge)?;
+        Ok(merged)
     }
 
     /// Device bytes one batch item (one pair at one timestep) needs at `layout`, for choosing
@@ -209,6 +232,56 @@ impl Rife {
     #[must_use]
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// `frames` on the device as `(n, 3, padded_height, padded_width)` in the network's dtype:
+    /// they cross as bytes (a quarter of f32's), become `v / 255` by lookup and are padded
+    /// there.
+    fn upload(&self, frames: &[&RgbImage], layout: &FrameLayout) -> Result<Tensor, EngineError> {
+        let _span = tracing::trace_span!("rife_upload").entered();
+        let mut bytes = Vec::with_capacity(frames.len() * layout.width * layout.height * 3);
+        for frame in frames {
+            check_size(frame, layout)?;
+            bytes.extend_from_slice(frame.as_raw());
+        }
+        let count = bytes.len();
+        // Widened on the device: candle's index_select reads the largest index (255 for u8
+        // indices) as "none" and gives 0.
+        let indices = Tensor::from_vec(bytes, count, &Device::Cpu)?
+            .to_device(&self.device)?
+            .to_dtype(DType::U32)?;
+        let images = self
+            .byte_values
+            .index_select(&indices, 0)?
+            .reshape((frames.len(), layout.height, layout.width, 3))?
+            .permute((0, 3, 1, 2))?
+            .contiguous()?;
+        self.pad(&images, layout)
+    }
+
+    /// The frames between several prepared pairs (as [`Rife::interpolate_batch`]) as 8-bit
+    /// frames, converted on the device and downloaded at once ([`frames_to_rgb8`]).
+    pub fn interpolate_batch_rgb8(
+        &self,
+        items: &[(&PreparedFrame, &PreparedFrame, f64)],
+        layout: &FrameLayout,
+        rounding: PixelRounding,
+    ) -> Result<Vec<RgbImage>, EngineError> {
+        self.interpolate_batch_rgb8_clocked(items, layout, rounding, &mut None)
+    }
+
+    /// [`Rife::interpolate_batch_rgb8`] charging its stages on `clock`.
+    pub(crate) fn interpolate_batch_rgb8_clocked(
+        &self,
+        items: &[(&PreparedFrame, &PreparedFrame, f64)],
+        layout: &FrameLayout,
+        rounding: PixelRounding,
+        clock: &mut Option<&mut StageClock>,
+    ) -> Result<Vec<RgbImage>, EngineError> {
+        let frames = self.interpolate_batch_clocked(items, layout, clock)?;
+        let frames = frames_to_rgb8(&frames, rounding)?;
+        lap(clock, RifeStage::Download)?;
+        Ok(frames)
     }
 
     fn pad(&self, images: &Tensor, layout: &FrameLayout) -> Result<Tensor, EngineError> {
@@ -395,7 +468,53 @@ pub enum PixelRounding {
     Nearest,
 }
 
-/// Converts a `(1, 3, h, w)` float frame in [0, 1] to 8-bit RGB.
+/// Converts `(n, 3, h, w)` float frames in [0, 1] to 8-bit RGB where they are (on the GPU:
+/// a quarter of the bytes cross the bus), in one download, bit for bit what [`to_rgb8`] gives
+/// each frame: in f32, `x · 255`, NaN and negatives to 0, at most 255, truncated or rounded
+/// (half away from zero) as `rounding` says. On CUDA the same f32 operations run (an IEEE
+/// multiplication, then exact steps on the product), so the bytes are the CPU's for the same
+/// input.
+pub fn frames_to_rgb8(
+    frames: &Tensor,
+    rounding: PixelRounding,
+) -> Result<Vec<RgbImage>, EngineError> {
+    let _span = tracing::trace_span!("rife_download").entered();
+    let (n, _, h, w) = frames.dims4()?;
+    let scaled = (frames.to_dtype(DType::F32)? * 255.0)?;
+    // `ge` is false for NaN on every device, where `maximum` (fmaxf on CUDA) would differ.
+    let zeros = scaled.zeros_like()?;
+    let clamped = scaled
+        .ge(&zeros)?
+        .where_cond(&scaled, &zeros)?
+        .minimum(255.0)?;
+    let whole = match rounding {
+        PixelRounding::Truncate => clamped.floor()?,
+        PixelRounding::Nearest => clamped.round()?,
+    };
+    let bytes = whole
+        .to_dtype(DType::U8)?
+        .permute((0, 2, 3, 1))?
+        .contiguous()?
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<u8>()?;
+    let frame_len = h * w * 3;
+    (0..n)
+        .map(|i| {
+            RgbImage::from_raw(
+                w as u32,
+                h as u32,
+                bytes[i * frame_len..(i + 1) * frame_len].to_vec(),
+            )
+            .ok_or_else(|| EngineError::BadInterpolationInput {
+                problem: format!("internal: frame buffer does not match {w}×{h}"),
+            })
+        })
+        .collect()
+}
+
+/// Converts a `(1, 3, h, w)` float frame in [0, 1] to 8-bit RGB on the host, one value at a
+/// time: the definition [`frames_to_rgb8`] follows.
 pub fn to_rgb8(frame: &Tensor, rounding: PixelRounding) -> Result<RgbImage, EngineError> {
     let (_, _, h, w) = frame.dims4()?;
     let values = frame
@@ -423,6 +542,166 @@ pub fn to_rgb8(frame: &Tensor, rounding: PixelRounding) -> Result<RgbImage, Engi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A RIFE of random weights with narrow blocks, on the CPU in f32.
+    fn tiny_rife() -> Rife {
+        let cfg = super::super::Config {
+            block_channels: vec![16, 8, 8, 8, 8],
+            ..super::super::Config::default()
+        };
+        let varmap = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        IfNet::new(&cfg, &vb).unwrap();
+        let tensors = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+            .collect();
+        Rife::from_checkpoint(
+            RifeCheckpoint {
+                tensors,
+                config: cfg,
+                version: "random".to_owned(),
+            },
+            &Device::Cpu,
+        )
+        .unwrap()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f32::to_bits)
+            .collect()
+    }
+
+    #[test]
+    fn frames_uploaded_as_bytes_are_the_host_divided_frames_padded() {
+        let rife = tiny_rife();
+        let layout = FrameLayout::new(70, 50, None).unwrap();
+        let frames: Vec<RgbImage> = (0..2_u32)
+            .map(|f| {
+                RgbImage::from_fn(70, 50, |x, y| {
+                    image::Rgb([(x * 3 + y + f) as u8, (x * y) as u8, (255 - x - f) as u8])
+                })
+            })
+            .collect();
+        let uploaded = rife
+            .upload(&frames.iter().collect::<Vec<_>>(), &layout)
+            .unwrap();
+        // What the host did before: divide each byte in f32, then pad.
+        for (i, frame) in frames.iter().enumerate() {
+            let values: Vec<f32> = frame
+                .as_raw()
+                .iter()
+                .map(|&v| f32::from(v) / 255.0)
+                .collect();
+            let image = Tensor::from_vec(values, (50, 70, 3), &Device::Cpu)
+                .unwrap()
+                .permute((2, 0, 1))
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let expected = rife.pad(&image, &layout).unwrap();
+            let (got, want) = (bits(&uploaded.narrow(0, i, 1).unwrap()), bits(&expected));
+            assert_eq!(got.len(), want.len());
+            let first = got.iter().zip(&want).position(|(a, b)| a != b);
+            assert_eq!(first, None, "frame {i}: first difference");
+        }
+        assert_eq!(uploaded.dims(), &[2, 3, 64, 128]);
+        // Every byte value maps to its f32 quotient.
+        let all = RgbImage::from_fn(256, 1, |x, _| image::Rgb([x as u8; 3]));
+        let values = rife
+            .byte_values
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f32::to_bits);
+        for (v, value) in all.pixels().zip(values) {
+            assert_eq!((f32::from(v.0[0]) / 255.0).to_bits(), value);
+        }
+    }
+
+    #[test]
+    fn prepared_frames_give_the_same_output_as_one_at_a_time() {
+        let rife = tiny_rife();
+        let layout = FrameLayout::new(64, 64, None).unwrap();
+        let a = RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 7]));
+        let b = RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([(x * 4 + 3) as u8, (y * 4) as u8, 9])
+        });
+        let batch = rife.prepare_batch(&[&a, &b], &layout).unwrap();
+        let (pa, pb) = (
+            rife.prepare(&a, &layout).unwrap(),
+            rife.prepare(&b, &layout).unwrap(),
+        );
+        let batched = rife
+            .interpolate_batch(&[(&batch[0], &batch[1], 0.5)], &layout)
+            .unwrap();
+        let single = rife.interpolate_pair(&pa, &pb, 0.5, &layout).unwrap();
+        assert_eq!(bits(&batched), bits(&single));
+        let bytes = rife
+            .interpolate_batch_rgb8(&[(&pa, &pb, 0.5)], &layout, PixelRounding::Truncate)
+            .unwrap();
+        assert_eq!(bytes[0], to_rgb8(&single, PixelRounding::Truncate).unwrap());
+    }
+
+    #[test]
+    fn device_conversion_to_bytes_is_the_host_conversion_bit_for_bit() {
+        // Edge values (NaN, infinities, signed zero, out of range, the steps between levels
+        // and just either side of them) and a sweep of [-0.1, 1.1].
+        let mut values = vec![
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            -1e-30,
+            1e-30,
+            f32::MIN_POSITIVE,
+            1.0,
+            1.0 + f32::EPSILON,
+            2.0,
+            -2.0,
+            f32::MAX,
+            f32::MIN,
+        ];
+        for level in 0..=256_u16 {
+            for offset in [-0.5_f32, 0.0, 0.5] {
+                let x = (f32::from(level) + offset) / 255.0;
+                values.extend([
+                    x,
+                    f32::from_bits(x.to_bits() + 1),
+                    f32::from_bits(x.to_bits().saturating_sub(1)),
+                ]);
+            }
+        }
+        values.extend((0..20_000).map(|i| -0.1 + 1.2 * i as f32 / 20_000.0));
+        let len = values.len().div_ceil(3 * 7) * 3 * 7;
+        values.resize(len, 0.25);
+        let frames = Tensor::from_vec(values, (1, 3, 7, len / 21), &Device::Cpu).unwrap();
+        for rounding in [PixelRounding::Truncate, PixelRounding::Nearest] {
+            let ours = frames_to_rgb8(&frames, rounding).unwrap();
+            assert_eq!(
+                ours,
+                vec![to_rgb8(&frames, rounding).unwrap()],
+                "{rounding:?}"
+            );
+        }
+        // Several frames: each is its own.
+        let two = Tensor::cat(&[&frames, &(1.0 - &frames).unwrap()], 0).unwrap();
+        let ours = frames_to_rgb8(&two, PixelRounding::Nearest).unwrap();
+        for (i, frame) in ours.iter().enumerate() {
+            let one = to_rgb8(&two.narrow(0, i, 1).unwrap(), PixelRounding::Nearest).unwrap();
+            assert_eq!(frame, &one);
+        }
+    }
 
     #[test]
     fn layout_pads_to_the_network_multiple() {

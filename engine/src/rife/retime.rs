@@ -3,7 +3,7 @@
 use image::RgbImage;
 
 use super::interpolate::{InterpolationContext, InterpolationSettings, PairProgress};
-use super::pair::{FrameLayout, PreparedFrame, Rife, to_rgb8};
+use super::pair::{FrameLayout, PreparedFrame, Rife};
 use super::scene_cut::frame_similarity;
 use crate::EngineError;
 
@@ -83,12 +83,7 @@ pub fn retime(
                     return Err(EngineError::Cancelled);
                 }
                 let items: Vec<_> = chunk.iter().map(|&t| (&frame0, &frame1, t)).collect();
-                let middles = rife
-                    .interpolate_batch(&items, &layout)?
-                    .to_device(&candle_core::Device::Cpu)?;
-                for i in 0..chunk.len() {
-                    rendered.push(to_rgb8(&middles.narrow(0, i, 1)?, settings.rounding)?);
-                }
+                rendered.extend(rife.interpolate_batch_rgb8(&items, &layout, settings.rounding)?);
             }
             let mut rendered = rendered.into_iter();
             for &t in &wanted {

