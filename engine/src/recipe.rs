@@ -147,6 +147,10 @@ pub struct Recipe {
     /// Left out of stored recipes when standard, so those of earlier versions stay the same.
     #[serde(default, skip_serializing_if = "AttentionMode::is_standard")]
     pub attention: AttentionMode,
+    /// Whether float8 layers a LoRA changes go back to float8 (`wan/lora_requant.rs`); left out
+    /// of stored recipes when `auto`.
+    #[serde(default, skip_serializing_if = "crate::wan::LoraRequantize::is_auto")]
+    pub lora_requantize: crate::wan::LoraRequantize,
     /// Continue from the save point beside the output (`<output>.latents.safetensors`)
     /// instead of starting over.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -180,6 +184,7 @@ pub struct RecipeChoices {
     pub reserve_vram_gb: Option<f64>,
     pub device: Option<DevicePreference>,
     pub attention: Option<AttentionMode>,
+    pub lora_requantize: Option<crate::wan::LoraRequantize>,
 }
 
 impl Recipe {
@@ -226,6 +231,7 @@ impl Recipe {
             codec: choices.codec,
             reserve_vram_gb: choices.reserve_vram_gb.unwrap_or(DEFAULT_RESERVE_VRAM_GB),
             attention: choices.attention.unwrap_or_default(),
+            lora_requantize: choices.lora_requantize.unwrap_or_default(),
             device: choices.device.unwrap_or_default(),
             resume: false,
         }

@@ -13,14 +13,14 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Module, Shape, Tensor};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{DType, Shape, Tensor};
 use candle_nn::VarBuilder;
 use stillmotion_kernels::Kernels;
 use stillmotion_kernels::linear::{Epilogue, Fp8Weight, linear, linear_fp8};
 
 use crate::EngineError;
-use crate::gguf::{GGML_TYPE_SUFFIX, QuantizedMatmul, ggml_type_from_id};
+use crate::gguf::{GGML_TYPE_SUFFIX, QuantizedMatmul, ggml_type_from_id, quantized_linear};
 
 /// Per-tensor scale names: ComfyUI's `scaled_fp8` files, then its `comfy_quant` format.
 const SCALE_NAMES: [&str; 2] = ["scale_weight", "weight_scale"];
@@ -292,20 +292,18 @@ impl Lin {
     ) -> Result<Tensor, EngineError> {
         if let Weight::Quantized {
             weight,
-            matmul: QuantizedMatmul::Native,
+            matmul,
             dtype,
         } = &self.weight
         {
-            // candle's quantized kernels take float32 activations on every device.
-            let x = x.to_dtype(DType::F32)?.contiguous()?;
-            let y = QMatMul::QTensor(Arc::clone(weight))
-                .forward(&x)?
-                .broadcast_add(&self.bias.to_dtype(DType::F32)?)?;
-            let y = match epilogue {
-                Epilogue::None => y,
-                Epilogue::GeluTanh => y.gelu()?,
-            };
-            return Ok(y.to_dtype(*dtype)?);
+            return quantized_linear(
+                kernels,
+                x,
+                weight,
+                &self.bias,
+                (*matmul, epilogue),
+                *dtype,
+            );
         }
         if let Weight::Scaled {
             weight,
