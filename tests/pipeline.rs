@@ -896,9 +896,7 @@ fn lora_for(tensors: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
     let dev = candle_core::Device::Cpu;
     let rank = 4;
     let ramp = |n: usize, phase: f32| -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i as f32 + phase) * 0.737).sin())
-            .collect()
+        (0..n).map(|i| ((i as f32 + phase) * 0.737).sin()).collect()
     };
     let mut lora = HashMap::new();
     let mut phase = 0.0;
@@ -916,8 +914,7 @@ fn lora_for(tensors: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
         // Entries of up @ down are sums of `rank` products of values in [-1, 1] × [-s, s].
         let s = f64::from(amax) / 5.0 / rank as f64;
         let down = Tensor::from_vec(ramp(rank * inp, phase), (rank, inp), &dev).unwrap();
-        let up = (Tensor::from_vec(ramp(out * rank, phase + 0.5), (out, rank), &dev).unwrap()
-            * s)
+        let up = (Tensor::from_vec(ramp(out * rank, phase + 0.5), (out, rank), &dev).unwrap() * s)
             .unwrap();
         phase += 1.0;
         let module = name.trim_end_matches(".weight");
@@ -945,7 +942,10 @@ fn a_lora_requantized_into_fp8_layers_renders_close_to_the_exact_merge() {
     let mut recipe = recipe(&case, &dir.path().join("none")).unwrap();
     let mut original = recipe.clone();
     let mut loras = Vec::new();
-    for (expert, name) in [("high", "high_noise.safetensors"), ("low", "low_noise.safetensors")] {
+    for (expert, name) in [
+        ("high", "high_noise.safetensors"),
+        ("low", "low_noise.safetensors"),
+    ] {
         let tensors = expert_tensors(&case, name);
         let (fp8, _) = fp8_scaled(&tensors);
         let path = dir.path().join(format!("{expert}_fp8_scaled.safetensors"));
@@ -1000,5 +1000,8 @@ fn a_lora_requantized_into_fp8_layers_renders_close_to_the_exact_merge() {
         .map(|(_, t)| t.elem_count() as u64)
         .sum();
     let (e, r) = (&exact_plan.predicted, &plan.predicted);
-    assert_eq!(e.high_noise_weights - r.high_noise_weights, 3 * block_linears);
+    assert_eq!(
+        e.high_noise_weights - r.high_noise_weights,
+        3 * block_linears
+    );
 }

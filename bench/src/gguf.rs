@@ -98,7 +98,10 @@ fn compared(t: &Tensor) -> anyhow::Result<Tensor> {
         return Ok(t.clone());
     }
     let half = COMPARED_ROWS / 2;
-    Ok(Tensor::cat(&[t.narrow(0, 0, half)?, t.narrow(0, m - half, half)?], 0)?)
+    Ok(Tensor::cat(
+        &[t.narrow(0, 0, half)?, t.narrow(0, m - half, half)?],
+        0,
+    )?)
 }
 
 fn paths(dtype: GgmlDType) -> Vec<(Option<QuantizedMatmul>, &'static str)> {
@@ -204,9 +207,10 @@ fn time_type(device: &Device, kernels: &Kernels, dtype: GgmlDType) -> anyhow::Re
                 run(kernels, &x, &w_gpu, &bias, matmul, DType::BF16)?;
                 Ok(())
             })?;
-        line = line
-            .num(&format!("{path}_ms"), ms)
-            .num(&format!("{path}_tflops"), 2.0 * (m * k * n) as f64 / ms / 1e9);
+        line = line.num(&format!("{path}_ms"), ms).num(
+            &format!("{path}_tflops"),
+            2.0 * (m * k * n) as f64 / ms / 1e9,
+        );
     }
     line.print();
     Ok(())
@@ -270,7 +274,12 @@ fn tiny_dit_parity(device: &Device, checks: &mut Checks) -> anyhow::Result<()> {
                 DType::BF16,
                 DIT_BOUND,
             ),
-            (QuantizedMatmul::DequantizeAtUse, "dequantize", DType::F32, 1e-3),
+            (
+                QuantizedMatmul::DequantizeAtUse,
+                "dequantize",
+                DType::F32,
+                1e-3,
+            ),
             (
                 QuantizedMatmul::Native,
                 "native",

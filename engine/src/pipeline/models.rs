@@ -326,7 +326,8 @@ impl ModelCache {
         }
         let warnings = &mut self.warnings;
         let held = get_or_load(slot, &self.loads, key, || {
-            let (model, found) = load_dit(path, (&loras, requantize), resident_blocks, (dtype, device))?;
+            let (model, found) =
+                load_dit(path, (&loras, requantize), resident_blocks, (dtype, device))?;
             warnings.extend(found);
             Ok(Held::OnDevice(model))
         })?;

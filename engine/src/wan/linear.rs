@@ -296,14 +296,7 @@ impl Lin {
             dtype,
         } = &self.weight
         {
-            return quantized_linear(
-                kernels,
-                x,
-                weight,
-                &self.bias,
-                (*matmul, epilogue),
-                *dtype,
-            );
+            return quantized_linear(kernels, x, weight, &self.bias, (*matmul, epilogue), *dtype);
         }
         if let Weight::Scaled {
             weight,

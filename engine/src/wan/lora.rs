@@ -317,9 +317,7 @@ impl Merged {
     ) -> candle_core::Result<Tensor> {
         let (t, scaled) = self.merge(name, deltas, dev)?;
         match dtype {
-            DType::F8E4M3 if scaled && self.requantize => {
-                super::lora_requant::requantize(&t, name)
-            }
+            DType::F8E4M3 if scaled && self.requantize => super::lora_requant::requantize(&t, name),
             DType::F8E4M3 => Ok(t),
             _ => t.to_dtype(dtype),
         }
@@ -464,9 +462,11 @@ mod tests {
             .to_vec1::<f32>()
             .unwrap();
         assert!((merged_values[0] - 1.6).abs() < 1e-6, "{merged_values:?}");
-        let expected = super::super::lora_requant::stochastic_round_e4m3(
-            &merged_values,
-            super::super::lora_requant::key_seed("a.weight"),
+        let expected = super::super::lora_requant::e4m3_values(
+            &super::super::lora_requant::stochastic_round_e4m3(
+                &merged_values,
+                super::super::lora_requant::key_seed("a.weight"),
+            ),
         );
         assert_eq!(
             raw.to_dtype(DType::F32)

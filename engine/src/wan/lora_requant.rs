@@ -60,11 +60,14 @@ impl LoraRequantize {
     }
 }
 
-/// Largest finite float8 e4m3fn value.
+/// Largest finite float8 e4m3fn value, and its code (`0.1111.110`).
 const E4M3_MAX: f32 = 448.0;
+const E4M3_MAX_CODE: u8 = 0x7e;
+/// e4m3fn's NaN code (`S.1111.111`).
+const E4M3_NAN_CODE: u8 = 0x7f;
 /// Smallest normal e4m3 value, 2⁻⁶; below it the grid is the subnormal step 2⁻⁹.
 const E4M3_MIN_NORMAL: f32 = 1.0 / 64.0;
-const E4M3_SUBNORMAL_STEP: f32 = 1.0 / 512.0;
+const E4M3_INV_SUBNORMAL_STEP: f32 = 512.0;
 /// Elements per thread below which splitting costs more than it saves.
 const MIN_PER_THREAD: usize = 1 << 16;
 
@@ -84,43 +87,49 @@ fn splitmix(seed: u64, index: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// `v` rounded to a neighbouring e4m3 value: up with probability `(|v| - lo) / step`, `random`
-/// the uniform's 24 bits. The result is exactly representable in e4m3.
-fn round_one(v: f32, random: u32) -> f32 {
+/// The e4m3fn code of `v` rounded to a neighbouring e4m3 value: up (in magnitude) with
+/// probability `(|v| - lo) / step`, `random` the uniform's 24 bits.
+///
+/// Positive e4m3 codes grow with the value, one step a code: a normal value `2^e · n / 8`
+/// (`n` in 8..16) has code `(e + 6) · 8 + n`, a subnormal `n · 2⁻⁹` code `n`; so rounding up is
+/// the next code, which carries into the exponent at the top of a binade.
+fn round_one(v: f32, random: u32) -> u8 {
+    let sign = if v.is_sign_negative() { 0x80 } else { 0 };
     let a = v.abs();
     if a.is_nan() {
-        return v;
+        return sign | E4M3_NAN_CODE;
     }
     if a >= E4M3_MAX {
-        return E4M3_MAX.copysign(v);
+        return sign | E4M3_MAX_CODE;
     }
-    let step = if a < E4M3_MIN_NORMAL {
-        E4M3_SUBNORMAL_STEP
+    let (inv_step, base) = if a < E4M3_MIN_NORMAL {
+        (E4M3_INV_SUBNORMAL_STEP, 0)
     } else {
-        // 2^(e - 3) for a in [2^e, 2^(e+1)): e4m3's 3 mantissa bits. `a` is a normal f32 here.
-        let exponent = (a.to_bits() >> 23) & 0xff;
-        f32::from_bits((exponent - 3) << 23)
+        // a in [2^e, 2^(e+1)), e in -6..=8: the step is 2^(e-3) (3 mantissa bits).
+        let e = ((a.to_bits() >> 23) & 0xff) as i32 - 127;
+        let inv_step = f32::from_bits(((3 - e + 127) as u32) << 23);
+        (inv_step, ((e + 6) * 8) as u32)
     };
-    // Exact in f32: dividing and multiplying by a power of two, flooring, and `a - lo` (both
-    // within one step) lose nothing, so `fraction` is exact too.
-    let lo = (a / step).floor() * step;
-    let fraction = (a - lo) / step;
+    // Exact in f32: scaling by a power of two, flooring, and the fraction below 2^23.
+    let steps = a * inv_step;
+    let n = steps.floor();
+    let fraction = steps - n;
     let u = random as f32 * (1.0 / 16_777_216.0);
-    let q = if u < fraction { lo + step } else { lo };
-    q.copysign(v)
+    let code = base + n as u32 + u32::from(u < fraction);
+    sign | code as u8
 }
 
-/// `values` (already divided by the layer's scale) stochastically rounded to e4m3 grid values,
-/// element `i` with the `i`-th number of `seed`'s stream; float32 holding e4m3 values.
+/// The e4m3fn codes of `values` (already divided by the layer's scale), each stochastically
+/// rounded with the `i`-th number of `seed`'s stream.
 #[must_use]
-pub fn stochastic_round_e4m3(values: &[f32], seed: u64) -> Vec<f32> {
-    let round_chunk = |offset: usize, chunk: &[f32], out: &mut [f32]| {
+pub fn stochastic_round_e4m3(values: &[f32], seed: u64) -> Vec<u8> {
+    let round_chunk = |offset: usize, chunk: &[f32], out: &mut [u8]| {
         for (i, (o, &v)) in out.iter_mut().zip(chunk).enumerate() {
             let random = (splitmix(seed, (offset + i) as u64) >> 40) as u32;
             *o = round_one(v, random);
         }
     };
-    let mut out = vec![0.0_f32; values.len()];
+    let mut out = vec![0_u8; values.len()];
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZero::get)
         .min(values.len() / MIN_PER_THREAD)
@@ -160,14 +169,22 @@ pub(super) fn requantize(merged: &Tensor, key: &str) -> candle_core::Result<Tens
         .to_dtype(DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?;
-    let rounded = stochastic_round_e4m3(&values, key_seed(key));
+    let codes = stochastic_round_e4m3(&values, key_seed(key));
     drop(values);
-    // Every value is on the e4m3 grid, so candle's round-to-nearest cast is exact; casting on
-    // the CPU (candle's CUDA casts to float8 are not to be trusted) and uploading one byte a
-    // weight.
-    Tensor::from_vec(rounded, shape, &Device::Cpu)?
-        .to_dtype(DType::F8E4M3)?
-        .to_device(&device)
+    // Built on the CPU (candle's CUDA casts to float8 are not to be trusted) and uploaded at
+    // one byte a weight.
+    Tensor::from_raw_buffer(&codes, DType::F8E4M3, shape.dims(), &Device::Cpu)?.to_device(&device)
+}
+
+/// The values of e4m3fn `codes`, through candle's float8 conversion.
+#[cfg(test)]
+pub(super) fn e4m3_values(codes: &[u8]) -> Vec<f32> {
+    Tensor::from_raw_buffer(codes, DType::F8E4M3, &[codes.len()], &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
 }
 
 #[cfg(test)]
@@ -176,13 +193,8 @@ mod tests {
 
     /// Every e4m3fn finite value, from the bit patterns.
     fn grid() -> Vec<f32> {
-        let bits: Vec<u8> = (0_u8..=255).collect();
-        let f8 = Tensor::from_raw_buffer(&bits, DType::F8E4M3, &[256], &Device::Cpu).unwrap();
-        let mut v: Vec<f32> = f8
-            .to_dtype(DType::F32)
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
+        let codes: Vec<u8> = (0_u8..=255).collect();
+        let mut v: Vec<f32> = e4m3_values(&codes)
             .into_iter()
             .filter(|x| x.is_finite())
             .collect();
@@ -194,11 +206,15 @@ mod tests {
     #[test]
     fn results_lie_on_the_grid_between_the_two_neighbours() {
         let grid = grid();
-        assert_eq!(grid.len(), 253, "126 positive, 126 negative finite values and 0");
+        assert_eq!(
+            grid.len(),
+            253,
+            "126 positive, 126 negative finite values and 0"
+        );
         let values: Vec<f32> = (0..20_000)
             .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * 2.0 * 460.0 * (i as f32 * 1e-4))
             .collect();
-        let out = stochastic_round_e4m3(&values, 7);
+        let out = e4m3_values(&stochastic_round_e4m3(&values, 7));
         for (&v, &q) in values.iter().zip(&out) {
             let pos = grid.partition_point(|&g| g < q);
             assert_eq!(grid[pos], q, "{q} is no e4m3 value");
@@ -207,9 +223,25 @@ mod tests {
             let hi = grid[grid.partition_point(|&g| g < clamped).min(grid.len() - 1)];
             assert!(q == lo || q == hi, "{v} → {q}, neighbours {lo} and {hi}");
         }
+        // Every finite code's value comes back as that code, whatever the random number.
+        let codes: Vec<u8> = (0_u8..=255).filter(|c| c & 0x7f != 0x7f).collect();
+        for (&code, v) in codes.iter().zip(e4m3_values(&codes)) {
+            for random in [0, 1 << 23, (1 << 24) - 1] {
+                assert_eq!(round_one(v, random), code, "{v}");
+            }
+        }
         // On-grid values and the special ones.
-        let special = [0.0, -0.0, 448.0, -448.0, 1000.0, f32::NAN, 0.001_953_125, 1.125];
-        let out = stochastic_round_e4m3(&special, 3);
+        let special = [
+            0.0,
+            -0.0,
+            448.0,
+            -448.0,
+            1000.0,
+            f32::NAN,
+            0.001_953_125,
+            1.125,
+        ];
+        let out = e4m3_values(&stochastic_round_e4m3(&special, 3));
         assert_eq!(&out[..4], &[0.0, -0.0, 448.0, -448.0]);
         assert_eq!(out[4], 448.0);
         assert!(out[5].is_nan());
@@ -221,10 +253,17 @@ mod tests {
     #[test]
     fn the_mean_of_rounded_values_is_the_exact_value() {
         let n = 1 << 20;
-        for (base, step) in [(1.0_f32, 0.125_f32), (0.007_812_5, 1.0 / 512.0), (288.0, 32.0)] {
+        for (base, step) in [
+            (1.0_f32, 0.125_f32),
+            (0.007_812_5, 1.0 / 512.0),
+            (288.0, 32.0),
+        ] {
             let exact = base + 0.25 * step;
             let values = vec![exact; n];
-            let out = stochastic_round_e4m3(&values, key_seed("blocks.0.ffn.0.weight"));
+            let out = e4m3_values(&stochastic_round_e4m3(
+                &values,
+                key_seed("blocks.0.ffn.0.weight"),
+            ));
             let mean = out.iter().map(|&x| f64::from(x)).sum::<f64>() / n as f64;
             let nearest = Tensor::new(exact, &Device::Cpu)
                 .unwrap()
@@ -247,20 +286,22 @@ mod tests {
 
     #[test]
     fn the_same_key_gives_the_same_bits_and_another_key_others() {
-        let values: Vec<f32> = (0..300_000).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let values: Vec<f32> = (0..300_000)
+            .map(|i| (i as f32 * 0.37).sin() * 3.0)
+            .collect();
         let a = stochastic_round_e4m3(&values, key_seed("blocks.1.self_attn.q.weight"));
         let b = stochastic_round_e4m3(&values, key_seed("blocks.1.self_attn.q.weight"));
         let c = stochastic_round_e4m3(&values, key_seed("blocks.1.self_attn.k.weight"));
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+        assert_eq!(a, b);
         let differ = a.iter().zip(&c).filter(|(x, y)| x != y).count();
         assert!(differ > values.len() / 10, "{differ}");
         // The threaded split gives what one thread gives (element i always uses number i).
-        let single: Vec<f32> = values
+        let single: Vec<u8> = values
             .iter()
             .enumerate()
             .map(|(i, &v)| {
-                let random = (splitmix(key_seed("blocks.1.self_attn.q.weight"), i as u64) >> 40)
-                    as u32;
+                let random =
+                    (splitmix(key_seed("blocks.1.self_attn.q.weight"), i as u64) >> 40) as u32;
                 round_one(v, random)
             })
             .collect();
@@ -283,7 +324,10 @@ mod tests {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        assert_eq!(back, stochastic_round_e4m3(&values, key_seed("w")));
+        assert_eq!(
+            back,
+            e4m3_values(&stochastic_round_e4m3(&values, key_seed("w")))
+        );
     }
 
     /// One A14B FFN layer (13824 × 5120, 70.8 M weights) requantized on the CPU, timed, and the
