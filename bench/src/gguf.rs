@@ -15,6 +15,7 @@
 //!   the same ones (the CPU to Q8_0 / Q8_K by type, CUDA's MMQ/MMVQ kernels to Q8_1), each
 //!   about 4e-3 from exact, plus the output's bf16 rounding: [`NATIVE_BOUND`] (3e-2, the
 //!   tiny golden models measured 3e-3 to 1e-2 through the CPU's path against exact).
+//!
 //! Each row also prints both sides against the exact f32 product on the dequantized weight.
 
 use std::sync::Arc;
@@ -74,21 +75,26 @@ fn run(
     matmul: Option<QuantizedMatmul>,
     dtype: DType,
 ) -> anyhow::Result<Tensor> {
-    Ok(match matmul {
-        Some(matmul) => quantized_linear(kernels, x, w, bias, (matmul, Epilogue::None), dtype)?,
-        None => {
-            // The loader dequantizes float GGUF tensors on the CPU and converts them once.
-            let plain = w.dequantize(&Device::Cpu)?.to_dtype(dtype)?;
-            let plain = plain.to_device(x.device())?;
-            linear(
-                kernels,
-                &x.to_dtype(dtype)?,
-                &plain,
-                Some(&bias.to_dtype(dtype)?),
-                Epilogue::None,
-            )?
-        }
-    })
+    if let Some(matmul) = matmul {
+        return Ok(quantized_linear(
+            kernels,
+            x,
+            w,
+            bias,
+            (matmul, Epilogue::None),
+            dtype,
+        )?);
+    }
+    // The loader dequantizes float GGUF tensors on the CPU and converts them once.
+    let plain = w.dequantize(&Device::Cpu)?.to_dtype(dtype)?;
+    let plain = plain.to_device(x.device())?;
+    Ok(linear(
+        kernels,
+        &x.to_dtype(dtype)?,
+        &plain,
+        Some(&bias.to_dtype(dtype)?),
+        Epilogue::None,
+    )?)
 }
 
 /// The first and last `COMPARED_ROWS / 2` rows of `t` (all of them when it has no more).
