@@ -18,6 +18,7 @@
 //!
 //! Each row also prints both sides against the exact f32 product on the dequantized weight.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
@@ -121,10 +122,30 @@ fn paths(dtype: GgmlDType) -> Vec<(Option<QuantizedMatmul>, &'static str)> {
     }
 }
 
-/// `gguf`: the parity rows, the timings, and the tiny GGUF DiT forwards; fails at the end if
-/// any parity row is past its bound.
-pub fn run_all(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
+/// `gguf`: the parity rows, the timings, and the tiny GGUF DiT forwards (from `golden`, the
+/// repository's `tests/golden`); fails at the end if any parity row is past its bound.
+pub fn run_all(device: &Device, kernels: &Kernels, golden: &Path) -> anyhow::Result<()> {
     let mut checks = Checks::default();
+    linear_parity(device, kernels, &ROWS, &mut checks)?;
+    for dtype in TYPES {
+        if let Err(e) = time_type(device, kernels, dtype) {
+            Line::new("gguf_time")
+                .text("type", &format!("{dtype:?}"))
+                .text("error", &e.to_string())
+                .print();
+        }
+    }
+    tiny_dit_parity(device, golden, &mut checks)?;
+    checks.finish()
+}
+
+/// Every type and path at each of `rows`, `device` against the CPU.
+fn linear_parity(
+    device: &Device,
+    kernels: &Kernels,
+    rows: &[usize],
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
     let cpu_kernels = Kernels::cpu();
     let (k, n) = (1024, 1024);
     for dtype in TYPES {
@@ -142,7 +163,7 @@ pub fn run_all(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
         let (w_cpu, w_gpu) = (Arc::new(w_cpu), Arc::new(w_gpu));
         let exact_w = w_cpu.dequantize(&Device::Cpu)?;
         let bias = (Tensor::randn(0_f32, 1.0, n, &Device::Cpu)? * 0.1)?;
-        for m in ROWS {
+        for &m in rows {
             // The model's activations on CUDA are bf16: both sides get the same bf16 values.
             let x = randn(&[m, k], &Device::Cpu, DType::BF16)?;
             let x_rows = compared(&x)?.to_dtype(DType::F32)?;
@@ -182,16 +203,7 @@ pub fn run_all(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
             }
         }
     }
-    for dtype in TYPES {
-        if let Err(e) = time_type(device, kernels, dtype) {
-            Line::new("gguf_time")
-                .text("type", &format!("{dtype:?}"))
-                .text("error", &e.to_string())
-                .print();
-        }
-    }
-    tiny_dit_parity(device, &mut checks)?;
-    checks.finish()
+    Ok(())
 }
 
 /// One type at the DiT's 32760×5120→5120, each path (bf16 activations and output).
@@ -226,8 +238,7 @@ fn time_type(device: &Device, kernels: &Kernels, dtype: GgmlDType) -> anyhow::Re
 /// the GPU, one forward on the case's inputs against the CPU's: bf16 against f32 within
 /// [`DIT_BOUND`], f32 against f32 within 1e-3 (TF32 GEMMs, if cuBLAS picks them), and the
 /// native matmul in bf16 within [`DIT_BOUND`] + [`NATIVE_BOUND`].
-fn tiny_dit_parity(device: &Device, checks: &mut Checks) -> anyhow::Result<()> {
-    let golden = std::path::Path::new("tests/golden");
+fn tiny_dit_parity(device: &Device, golden: &Path, checks: &mut Checks) -> anyhow::Result<()> {
     let base = Config {
         model_type: ModelType::T2v,
         in_dim: 16,
@@ -307,4 +318,22 @@ fn tiny_dit_parity(device: &Device, checks: &mut Checks) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole `gguf` parity on the CPU against itself, few rows: every type quantizes,
+    /// every path runs and the tiny GGUF DiTs load (what can break off the GPU), and a device
+    /// equal to the CPU passes every bound.
+    #[test]
+    fn every_type_and_path_runs_on_the_cpu() {
+        let mut checks = Checks::default();
+        let cpu = Kernels::cpu();
+        linear_parity(&Device::Cpu, &cpu, &[1, 8], &mut checks).unwrap();
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden");
+        tiny_dit_parity(&Device::Cpu, &golden, &mut checks).unwrap();
+        checks.finish().unwrap();
+    }
 }

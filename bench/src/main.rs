@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         .print();
     match args.first().map(String::as_str) {
         Some("parity") => parity(&device, &kernels),
-        Some("gguf") => gguf::run_all(&device, &kernels),
+        Some("gguf") => gguf::run_all(&device, &kernels, std::path::Path::new("tests/golden")),
         Some("attention") => {
             let tokens = number(1, 32_760)?;
             bench_attention(&device, &kernels, tokens, number(2, tokens)?)

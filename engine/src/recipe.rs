@@ -184,7 +184,6 @@ pub struct RecipeChoices {
     pub reserve_vram_gb: Option<f64>,
     pub device: Option<DevicePreference>,
     pub attention: Option<AttentionMode>,
-    pub lora_requantize: Option<crate::wan::LoraRequantize>,
 }
 
 impl Recipe {
@@ -231,7 +230,7 @@ impl Recipe {
             codec: choices.codec,
             reserve_vram_gb: choices.reserve_vram_gb.unwrap_or(DEFAULT_RESERVE_VRAM_GB),
             attention: choices.attention.unwrap_or_default(),
-            lora_requantize: choices.lora_requantize.unwrap_or_default(),
+            lora_requantize: crate::wan::LoraRequantize::default(),
             device: choices.device.unwrap_or_default(),
             resume: false,
         }

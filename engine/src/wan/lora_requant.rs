@@ -311,6 +311,24 @@ mod tests {
     }
 
     #[test]
+    fn the_option_is_written_in_snake_case_and_auto_means_cuda_only() {
+        for (choice, text) in [
+            (LoraRequantize::Auto, "\"auto\""),
+            (LoraRequantize::Always, "\"always\""),
+            (LoraRequantize::Never, "\"never\""),
+        ] {
+            assert_eq!(serde_json::to_string(&choice).unwrap(), text);
+            assert_eq!(
+                serde_json::from_str::<LoraRequantize>(text).unwrap(),
+                choice
+            );
+        }
+        assert!(!LoraRequantize::Auto.resolve(&Device::Cpu));
+        assert!(LoraRequantize::Always.resolve(&Device::Cpu));
+        assert!(!LoraRequantize::Never.resolve(&Device::Cpu));
+    }
+
+    #[test]
     fn requantize_gives_float8_on_the_grid_of_the_scaled_values() {
         let values: Vec<f32> = (0..64).map(|i| i as f32 * 0.3 - 9.0).collect();
         let t = Tensor::from_vec(values.clone(), (8, 8), &Device::Cpu).unwrap();
