@@ -57,11 +57,17 @@ const ROWS: [usize; 4] = [1, 8, 512, 32_760];
 const COMPARED_ROWS: usize = 512;
 
 /// A Wan-like weight `[n, k]` (normal, σ 0.02) quantized to `dtype` on the CPU, and a copy of
-/// its blocks on `device`.
+/// its blocks on `device` (on the CPU for the float types, which the loader reads there and
+/// hands out plain, see [`run`]).
 fn weight(dtype: GgmlDType, n: usize, k: usize, device: &Device) -> anyhow::Result<[QTensor; 2]> {
     let w = (Tensor::randn(0_f32, 1.0, (n, k), &Device::Cpu)? * 0.02)?;
     let cpu = QTensor::quantize(&w, dtype)?;
-    let storage = QStorage::from_data(cpu.data()?, device, dtype)?;
+    let target = if paths(dtype)[0].0.is_some() {
+        device
+    } else {
+        &Device::Cpu
+    };
+    let storage = QStorage::from_data(cpu.data()?, target, dtype)?;
     let gpu = QTensor::new(storage, (n, k))?;
     Ok([cpu, gpu])
 }
