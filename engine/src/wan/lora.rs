@@ -8,8 +8,8 @@
 //! `strength × diff`. Keys that match nothing are reported by class, never silently dropped.
 //!
 //! A float8 (`fp8_scaled`) layer is merged on its true weight (stored × scale), then either
-//! kept in the compute dtype or, when requantizing (see [`super::lora_requant`]), rounded
-//! stochastically back to float8 e4m3 with the layer's own scale.
+//! kept in the compute dtype or, when requantizing (see [`super::lora_requant`]), merged on
+//! the CPU and rounded stochastically back to float8 e4m3 with the layer's own scale.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -315,10 +315,17 @@ impl Merged {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let (t, scaled) = self.merge(name, deltas, dev)?;
+        // A layer to requantize merges on the CPU: its float8 bits then depend on the files and
+        // the key alone, not on the device's GEMM (cuBLAS may sum in another order), and the
+        // merged float32 never crosses the bus (the rounding runs on the CPU).
+        let requantizing = dtype == DType::F8E4M3 && self.requantize;
+        let (t, scaled) =
+            self.merge(name, deltas, if requantizing { &Device::Cpu } else { dev })?;
         match dtype {
-            DType::F8E4M3 if scaled && self.requantize => super::lora_requant::requantize(&t, name),
-            DType::F8E4M3 => Ok(t),
+            DType::F8E4M3 if scaled && requantizing => {
+                super::lora_requant::requantize(&t, name)?.to_device(dev)
+            }
+            DType::F8E4M3 => t.to_device(dev),
             _ => t.to_dtype(dtype),
         }
     }

@@ -12,8 +12,8 @@
 //! in the original layout, e.g. `blocks.0.self_attn.q.weight`) is SplitMix64's output number
 //! `i + 1` of the stream seeded with the 64-bit FNV-1a hash of the key's UTF-8 bytes; its top
 //! 24 bits make a uniform `u` in `[0, 1)`, and the value rounds up when `u < (v - lo) / step`.
-//! It runs on the CPU at load (the merged float32 comes back from the device, the float8 bits go
-//! up), so CPU and CUDA loads give the same bits. Threads split the elements; each element's
+//! It runs on the CPU at load, after a CPU merge (`super::lora`), and the float8 bits go up to
+//! the device: CPU and CUDA loads give the same bits. Threads split the elements; each element's
 //! number depends only on its index, so the split does not change the result.
 //!
 //! Values at or beyond e4m3's largest finite value (448) saturate to ±448, as ComfyUI clamps;
