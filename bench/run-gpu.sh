@@ -2,7 +2,7 @@
 # Runs on the GPU machine, from the repository root, after `cargo xtask bench-gpu` staged
 # bench/stage/ (the release `stillmotion-bench` with CUDA, xz-compressed, and the diffusers
 # wheels). Writes every result line to $OUT/results.jsonl and logs beside it.
-# Usage: bench/run-gpu.sh [quick] [scale] [conv] [compile] [profile] [parity] [int8] [vae] [rife] [e2e] [budgets] [swap] [fp8]
+# Usage: bench/run-gpu.sh [quick] [scale] [conv] [compile] [profile] [parity] [int8] [vae] [rife] [e2e] [budgets] [swap] [fp8] [gguf]
 # (several modes run in order). e2e writes 35 GB of random-weight model files to $E2E_DIR.
 set -uo pipefail
 OUT=${OUT:-/tmp/stillmotion-bench}
@@ -73,6 +73,11 @@ for mode in "${@:-quick}"; do
       # One 480p expert forward resident, then with every block streamed (block swapping).
       peak ours-dit-480 ours dit 832 480 81 auto
       peak ours-dit-480-swap0 ours dit 832 480 81 auto 0 ;;
+    gguf)
+      # GGUF weights of every Wan type (Q8_0...Q2_K, F16, BF16) through our linear path on the
+      # GPU against the CPU at 1, 8, 512 and 32760 rows, each type timed at 32760x5120->5120,
+      # and two tiny GGUF Wan DiTs from tests/golden, GPU forward against the CPU.
+      ours gguf ;;
     fp8)
       # The FP8 GEMM for float8 weights (activation quantization included) against the bf16 and
       # dequantize+bf16 paths at the DiT's three GEMM shapes, beside torch's bf16 Linear; its

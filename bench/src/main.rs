@@ -5,6 +5,7 @@
 //! - `attention TOKENS KEYS`: each attention backend (the 8-bit one too), 40 heads × 128, bf16;
 //! - `linear M K N`: a linear layer with bias, cuBLASLt epilogue against candle's matmul + add;
 //! - `linear-fp8 M K N`: the FP8 GEMM for float8 weights against the bf16 and dequantize paths;
+//! - `gguf`: GGUF weights of every Wan type on the GPU against the CPU, timed (see [`gguf`]);
 //! - `rife FLOWNET WIDTH HEIGHT FRAMES`: RIFE ×2 of a clip with the real weights, f32 one pair
 //!   per pass, f16 one pair per pass, f16 batched from the free memory (see [`bench_rife`]);
 //! - `dit WIDTH HEIGHT FRAMES`: one full Wan2.2-I2V-A14B expert forward, random weights, bf16;
@@ -17,6 +18,7 @@
 
 mod e2e;
 mod fp8;
+mod gguf;
 mod model_files;
 mod random_weights;
 mod report;
@@ -52,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         .print();
     match args.first().map(String::as_str) {
         Some("parity") => parity(&device, &kernels),
+        Some("gguf") => gguf::run_all(&device, &kernels, std::path::Path::new("tests/golden")),
         Some("attention") => {
             let tokens = number(1, 32_760)?;
             bench_attention(&device, &kernels, tokens, number(2, tokens)?)
@@ -108,7 +111,7 @@ fn main() -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?,
         ),
         _ => bail!(
-            "usage: stillmotion-bench parity | attention TOKENS [KEYS] | linear M K N | linear-fp8 M K N | vae WIDTH HEIGHT FRAMES | rife FLOWNET WIDTH HEIGHT FRAMES | dit WIDTH HEIGHT FRAMES [auto|cudnn|flash|int8|int8pv16] [RESIDENT_BLOCKS] | dit-accuracy WIDTH HEIGHT FRAMES | e2e DIR WIDTH HEIGHT FRAMES [FLOWNET [BUDGET_GIB...]]"
+            "usage: stillmotion-bench parity | gguf | attention TOKENS [KEYS] | linear M K N | linear-fp8 M K N | vae WIDTH HEIGHT FRAMES | rife FLOWNET WIDTH HEIGHT FRAMES | dit WIDTH HEIGHT FRAMES [auto|cudnn|flash|int8|int8pv16] [RESIDENT_BLOCKS] | dit-accuracy WIDTH HEIGHT FRAMES | e2e DIR WIDTH HEIGHT FRAMES [FLOWNET [BUDGET_GIB...]]"
         ),
     }
 }

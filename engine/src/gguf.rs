@@ -13,12 +13,14 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
-use candle_core::{DType, Device, Shape, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
+use stillmotion_kernels::Kernels;
+use stillmotion_kernels::linear::{Epilogue, linear};
 
 use crate::EngineError;
 use crate::weights::expect_shape;
@@ -57,6 +59,37 @@ impl QuantizedMatmul {
             Self::Native
         } else {
             Self::DequantizeAtUse
+        }
+    }
+}
+
+/// `x · weightᵀ + bias`, then `epilogue`, for a `[out, in]` weight kept quantized, as the
+/// DiT's linear layer runs it on any device: dequantized to `dtype` and multiplied by our
+/// GEMM, or by candle's `QMatMul` on float32 activations (its kernels take no other), the
+/// result in `dtype`.
+pub fn quantized_linear(
+    kernels: &Kernels,
+    x: &Tensor,
+    weight: &Arc<QTensor>,
+    bias: &Tensor,
+    (matmul, epilogue): (QuantizedMatmul, Epilogue),
+    dtype: DType,
+) -> Result<Tensor, EngineError> {
+    match matmul {
+        QuantizedMatmul::Native => {
+            let x = x.to_dtype(DType::F32)?.contiguous()?;
+            let y = QMatMul::QTensor(Arc::clone(weight))
+                .forward(&x)?
+                .broadcast_add(&bias.to_dtype(DType::F32)?)?;
+            let y = match epilogue {
+                Epilogue::None => y,
+                Epilogue::GeluTanh => y.gelu()?,
+            };
+            Ok(y.to_dtype(dtype)?)
+        }
+        QuantizedMatmul::DequantizeAtUse => {
+            let w = weight.dequantize(&weight.device())?.to_dtype(dtype)?;
+            Ok(linear(kernels, x, &w, Some(bias), epilogue)?)
         }
     }
 }

@@ -178,6 +178,10 @@ pub struct Recipe {
     /// The live preview (see [`PreviewMode`]); not part of what the render produces.
     #[serde(default, skip_serializing_if = "PreviewMode::is_auto")]
     pub preview: PreviewMode,
+    /// Whether float8 layers a LoRA changes go back to float8 (`wan/lora_requant.rs`); left out
+    /// of stored recipes when `auto`.
+    #[serde(default, skip_serializing_if = "crate::wan::LoraRequantize::is_auto")]
+    pub lora_requantize: crate::wan::LoraRequantize,
     /// Continue from the save point beside the output (`<output>.latents.safetensors`)
     /// instead of starting over.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -259,6 +263,7 @@ impl Recipe {
             reserve_vram_gb: choices.reserve_vram_gb.unwrap_or(DEFAULT_RESERVE_VRAM_GB),
             attention: choices.attention.unwrap_or_default(),
             preview: choices.preview.unwrap_or_default(),
+            lora_requantize: crate::wan::LoraRequantize::default(),
             device: choices.device.unwrap_or_default(),
             resume: false,
         }

@@ -177,6 +177,17 @@ pub fn dit_size_with_loras(
     loras: &[PathBuf],
     compute_bytes: u64,
 ) -> Result<(DitSize, bool), EngineError> {
+    dit_size_with_merges(headers, loras, compute_bytes, false)
+}
+
+/// As [`dit_size_with_loras`]; with `requantize`, float8 layers a LoRA changes are rounded back
+/// to float8 at load (`wan/lora_requant.rs`) and count one byte a weight again.
+pub fn dit_size_with_merges(
+    headers: &[Header],
+    loras: &[PathBuf],
+    compute_bytes: u64,
+    requantize: bool,
+) -> Result<(DitSize, bool), EngineError> {
     let scaled_fp8 = is_scaled_fp8(headers);
     let names = original_names(headers);
     let changed = if scaled_fp8 && !loras.is_empty() {
@@ -195,7 +206,7 @@ pub fn dit_size_with_loras(
     let mut ffn_dim = 0;
     for (key, entry) in headers.iter().flat_map(|h| h.tensors.iter()) {
         let merged = names.get(key.as_str()).is_some_and(|n| changed.contains(n));
-        let bytes = if merged {
+        let bytes = if merged && !(requantize && entry.dtype.starts_with("F8")) {
             entry.shape.iter().product::<usize>() as u64 * compute_bytes
         } else {
             resident_bytes(&entry.dtype, &entry.shape, scaled_fp8, compute_bytes)
@@ -269,6 +280,8 @@ pub fn model_bytes_at(path: &Path, compute_bytes: u64) -> Result<u64, EngineErro
 pub struct ExpertFiles<'a> {
     pub weights: &'a Path,
     pub loras: &'a [PathBuf],
+    /// Float8 layers the LoRAs change are requantized to float8 at load (`wan/lora_requant.rs`).
+    pub requantize: bool,
 }
 
 impl ModelSizes {
@@ -280,13 +293,16 @@ impl ModelSizes {
         (vae, vae_size, vae_bytes): (&Path, VaeSize, u64),
         compute_bytes: u64,
     ) -> Result<Self, EngineError> {
-        let (high, high_fp8) = dit_size_with_loras(
-            &headers(high_noise.weights)?,
-            high_noise.loras,
-            compute_bytes,
-        )?;
-        let (low, low_fp8) =
-            dit_size_with_loras(&headers(low_noise.weights)?, low_noise.loras, compute_bytes)?;
+        let size = |expert: ExpertFiles<'_>| {
+            dit_size_with_merges(
+                &headers(expert.weights)?,
+                expert.loras,
+                compute_bytes,
+                expert.requantize,
+            )
+        };
+        let (high, high_fp8) = size(high_noise)?;
+        let (low, low_fp8) = size(low_noise)?;
         let dit = if low.total() > high.total() {
             low
         } else {

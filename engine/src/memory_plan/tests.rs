@@ -410,7 +410,8 @@ fn a_lora_merged_into_a_float8_layer_counts_at_the_compute_dtype() {
     // Block 0's q becomes bf16: one more byte per element; block 1 unchanged.
     assert_eq!(one.block_weights, block + (dim * dim) as u64);
     assert_eq!(one.non_block_weights, plain.non_block_weights);
-    let (both, _) = sizes::dit_size_with_loras(&headers, &[comfy, kohya], 2).unwrap();
+    let (both, _) =
+        sizes::dit_size_with_loras(&headers, &[comfy.clone(), kohya.clone()], 2).unwrap();
     // Block 1's FFN (the larger layer) becomes bf16 too: the largest block is now block 1.
     assert_eq!(both.block_weights, block + (1024 * dim) as u64);
     // Compute dtype f32 (the CPU): four bytes per merged element.
@@ -420,6 +421,20 @@ fn a_lora_merged_into_a_float8_layer_counts_at_the_compute_dtype() {
         f32_merge.block_weights,
         (dim * dim) as u64 + 4 * (1024 * dim) as u64 + 2 * 4
     );
+    // Requantized to float8 at load: one byte a weight again, as without the LoRAs.
+    for compute_bytes in [2, 4] {
+        let (requantized, _) = sizes::dit_size_with_merges(
+            &headers,
+            &[comfy.clone(), kohya.clone()],
+            compute_bytes,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            requantized.block_weights,
+            (dim * dim + 1024 * dim) as u64 + 2 * compute_bytes
+        );
+    }
 }
 
 #[test]

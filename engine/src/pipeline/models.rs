@@ -26,6 +26,8 @@ struct ModelKey {
     loras: Vec<LoraSpec>,
     /// DiT experts under block swapping: the blocks kept on the device.
     resident_blocks: Option<usize>,
+    /// DiT experts: float8 layers the LoRAs change were requantized to float8.
+    requantize: bool,
 }
 
 impl ModelKey {
@@ -35,6 +37,7 @@ impl ModelKey {
             device: device_key(device, dtype),
             loras: Vec::new(),
             resident_blocks: None,
+            requantize: false,
         }
     }
 }
@@ -164,7 +167,7 @@ pub(super) fn expert_loras(recipe: &Recipe, expert: Expert) -> Vec<LoraSpec> {
 /// not be done, are returned as warnings.
 fn load_dit(
     path: &Path,
-    loras: &[LoraSpec],
+    (loras, requantize): (&[LoraSpec], bool),
     resident_blocks: Option<usize>,
     (dtype, device): (DType, &Device),
 ) -> Result<(WanModel, Vec<String>), EngineError> {
@@ -173,19 +176,25 @@ fn load_dit(
         None => None,
     };
     let mut warnings = Vec::new();
-    let (model, reports) = match resident_blocks {
+    let resident_blocks = match resident_blocks {
         Some(_) if crate::gguf::is_gguf(path) => {
             warnings.push(format!(
                 "block swapping cannot stream a GGUF model's quantized blocks, so the whole expert is loaded: if the GPU runs out of memory, use the fp8_scaled or bf16 file, or lower the VRAM reserve (--reserve-vram): {}",
                 path.display()
             ));
-            WanModel::load_with_loras(path, cfg.as_ref(), loras, device, dtype)?
+            None
         }
-        Some(resident) => {
-            WanModel::load_streamed(path, cfg.as_ref(), loras, resident, device, dtype)?
-        }
-        None => WanModel::load_with_loras(path, cfg.as_ref(), loras, device, dtype)?,
+        other => other,
     };
+    let (model, reports) = WanModel::load_merged(
+        path,
+        cfg.as_ref(),
+        loras,
+        requantize,
+        resident_blocks,
+        device,
+        dtype,
+    )?;
     warnings.extend(loras.iter().zip(&reports).flat_map(|(spec, report)| {
         report.unmatched.iter().map(move |(reason, keys)| {
             let some = keys.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
@@ -292,9 +301,11 @@ impl ModelCache {
             ),
         };
         let loras = expert_loras(recipe, expert);
+        let requantize = recipe.lora_requantize.resolve(device);
         let key = ModelKey {
             loras: loras.clone(),
             resident_blocks,
+            requantize,
             ..ModelKey::plain(path, device, dtype)
         };
         if let Some(Slot {
@@ -315,7 +326,8 @@ impl ModelCache {
         }
         let warnings = &mut self.warnings;
         let held = get_or_load(slot, &self.loads, key, || {
-            let (model, found) = load_dit(path, &loras, resident_blocks, (dtype, device))?;
+            let (model, found) =
+                load_dit(path, (&loras, requantize), resident_blocks, (dtype, device))?;
             warnings.extend(found);
             Ok(Held::OnDevice(model))
         })?;

@@ -13,14 +13,14 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Module, Shape, Tensor};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{DType, Shape, Tensor};
 use candle_nn::VarBuilder;
 use stillmotion_kernels::Kernels;
 use stillmotion_kernels::linear::{Epilogue, Fp8Weight, linear, linear_fp8};
 
 use crate::EngineError;
-use crate::gguf::{GGML_TYPE_SUFFIX, QuantizedMatmul, ggml_type_from_id};
+use crate::gguf::{GGML_TYPE_SUFFIX, QuantizedMatmul, ggml_type_from_id, quantized_linear};
 
 /// Per-tensor scale names: ComfyUI's `scaled_fp8` files, then its `comfy_quant` format.
 const SCALE_NAMES: [&str; 2] = ["scale_weight", "weight_scale"];
@@ -292,20 +292,11 @@ impl Lin {
     ) -> Result<Tensor, EngineError> {
         if let Weight::Quantized {
             weight,
-            matmul: QuantizedMatmul::Native,
+            matmul,
             dtype,
         } = &self.weight
         {
-            // candle's quantized kernels take float32 activations on every device.
-            let x = x.to_dtype(DType::F32)?.contiguous()?;
-            let y = QMatMul::QTensor(Arc::clone(weight))
-                .forward(&x)?
-                .broadcast_add(&self.bias.to_dtype(DType::F32)?)?;
-            let y = match epilogue {
-                Epilogue::None => y,
-                Epilogue::GeluTanh => y.gelu()?,
-            };
-            return Ok(y.to_dtype(*dtype)?);
+            return quantized_linear(kernels, x, weight, &self.bias, (*matmul, epilogue), *dtype);
         }
         if let Weight::Scaled {
             weight,
@@ -570,6 +561,76 @@ mod tests {
             let y = lin.forward(&Kernels::cpu(), &x).unwrap();
             let y = y.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
             assert_eq!(y, vec![vec![0.5, 5.125]]);
+        }
+    }
+
+    /// A LoRA merged into a float8 layer through the real LoRA backend: requantized, the layer
+    /// stays float8 with its own scale at one byte a weight; not, it is bf16 at two.
+    #[test]
+    fn a_requantized_lora_merge_keeps_the_layer_float8_with_its_scale() {
+        use std::collections::HashSet;
+
+        use super::super::lora::{LoraDeltas, LoraSpec};
+
+        let dev = Device::Cpu;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lora.safetensors");
+        let lora = HashMap::from([
+            (
+                "diffusion_model.l.lora_down.weight".to_owned(),
+                Tensor::ones((1, 4), DType::F32, &dev).unwrap(),
+            ),
+            (
+                "diffusion_model.l.lora_up.weight".to_owned(),
+                Tensor::new(&[[0.01_f32], [0.02], [-0.03], [0.04]], &dev).unwrap(),
+            ),
+        ]);
+        candle_core::safetensors::save(&lora, &path).unwrap();
+        let values: Vec<f32> = (0..16).map(|i| (i as f32 - 7.5) * 0.37).collect();
+        let stored = Tensor::from_vec(values, (4, 4), &dev)
+            .unwrap()
+            .to_dtype(DType::F8E4M3)
+            .unwrap();
+        let tensors = HashMap::from([
+            ("l.weight".to_owned(), stored),
+            (
+                "l.bias".to_owned(),
+                Tensor::zeros(4, DType::F32, &dev).unwrap(),
+            ),
+            (
+                "l.scale_weight".to_owned(),
+                Tensor::new(0.5_f32, &dev).unwrap(),
+            ),
+        ]);
+        let names: HashSet<String> = tensors.keys().cloned().collect();
+        let x = Tensor::new(&[[1.0_f32, -2.0, 0.5, 3.0]], &dev).unwrap();
+        let mut outputs = Vec::new();
+        for requantize in [false, true] {
+            let mut deltas = LoraDeltas::default();
+            let spec = LoraSpec {
+                path: path.clone(),
+                strength: 1.0,
+            };
+            assert_eq!(deltas.add(&spec, &names).unwrap().merged, 1);
+            let backend = deltas.wrap(Box::new(tensors.clone()), requantize);
+            let vb = VarBuilder::from_backend(backend, DType::BF16, dev.clone());
+            let lin = Lin::new(4, 4, &vb.pp("l")).unwrap();
+            let (dtype, bytes) = if requantize {
+                (DType::F8E4M3, 16)
+            } else {
+                (DType::BF16, 32)
+            };
+            assert_eq!(lin.stored_dtype(), dtype);
+            assert_eq!(lin.weight_bytes(), bytes);
+            assert_eq!(lin.dtype(), DType::BF16);
+            let y = lin.forward(&Kernels::cpu(), &x).unwrap();
+            outputs.push(y.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap());
+        }
+        // Stored values stay below 4, where an e4m3 step is 0.25: each weight moves by at most
+        // 0.25 × the scale 0.5 from the exact merge, so an output by at most 0.125 · Σ|x| = 0.81
+        // (plus bf16 rounding).
+        for (a, b) in outputs[0][0].iter().zip(&outputs[1][0]) {
+            assert!((a - b).abs() < 0.125 * 6.5 + 0.05, "{outputs:?}");
         }
     }
 

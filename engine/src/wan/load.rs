@@ -68,15 +68,26 @@ impl WanModel {
         dtype: DType,
     ) -> Result<(Self, Vec<LoraReport>), EngineError> {
         let matmul = QuantizedMatmul::default();
-        Self::load_inner(
-            path,
-            config,
-            loras,
-            matmul,
-            Some(resident_blocks),
-            device,
-            dtype,
-        )
+        let target = (device, dtype, Some(resident_blocks));
+        Self::load_inner(path, config, (loras, false), matmul, target)
+    }
+
+    /// As [`WanModel::load_with_loras`] (with block swapping when `resident_blocks` is set, as
+    /// [`WanModel::load_streamed`]), and with `requantize`, float8 layers a LoRA changes are
+    /// rounded back to float8 with their own scale instead of kept in `dtype` (see
+    /// [`super::lora_requant`]; [`super::LoraRequantize::resolve`] decides it for a render).
+    pub fn load_merged(
+        path: &Path,
+        config: Option<&Config>,
+        loras: &[LoraSpec],
+        requantize: bool,
+        resident_blocks: Option<usize>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Self, Vec<LoraReport>), EngineError> {
+        let matmul = QuantizedMatmul::default();
+        let target = (device, dtype, resident_blocks);
+        Self::load_inner(path, config, (loras, requantize), matmul, target)
     }
 
     /// As [`WanModel::load_with_loras`], choosing how layers kept quantized (GGUF) multiply.
@@ -89,17 +100,16 @@ impl WanModel {
         device: &Device,
         dtype: DType,
     ) -> Result<(Self, Vec<LoraReport>), EngineError> {
-        Self::load_inner(path, config, loras, matmul, None, device, dtype)
+        Self::load_inner(path, config, (loras, false), matmul, (device, dtype, None))
     }
 
+    /// `loras` with whether merged float8 layers are requantized; `target` as [`Self::build`].
     fn load_inner(
         path: &Path,
         config: Option<&Config>,
-        loras: &[LoraSpec],
+        loras: (&[LoraSpec], bool),
         matmul: QuantizedMatmul,
-        resident_blocks: Option<usize>,
-        device: &Device,
-        dtype: DType,
+        target: (&Device, DType, Option<usize>),
     ) -> Result<(Self, Vec<LoraReport>), EngineError> {
         let files = model_files(path)?;
         if let [file] = files.as_slice()
@@ -114,7 +124,6 @@ impl WanModel {
                 None => Config::detect(&original_shapes(&names, &shapes))?,
             };
             let backend = gguf.into_backend(names.clone(), matmul);
-            let target = (device, dtype, resident_blocks);
             return Self::build(&config, backend, &names, loras, target);
         }
         let mapped = MappedFiles::open(&files)?;
@@ -135,22 +144,17 @@ impl WanModel {
         };
         tracing::debug!(files = files.len(), ?config, "loading the Wan transformer");
         let backend = mapped.into_backend(names.clone());
-        Self::build(
-            &config,
-            backend,
-            &names,
-            loras,
-            (device, dtype, resident_blocks),
-        )
+        Self::build(&config, backend, &names, loras, target)
     }
 
-    /// Builds the model on `backend`, merging `loras` first, on the target's device in its
-    /// dtype with its resident blocks.
+    /// Builds the model on `backend`, merging `loras` first (requantizing merged float8
+    /// layers when the flag says so), on the target's device in its dtype with its resident
+    /// blocks.
     fn build(
         config: &Config,
         backend: Box<dyn SimpleBackend>,
         names: &HashMap<String, String>,
-        loras: &[LoraSpec],
+        (loras, requantize): (&[LoraSpec], bool),
         (device, dtype, resident_blocks): (&Device, DType, Option<usize>),
     ) -> Result<(Self, Vec<LoraReport>), EngineError> {
         let model_names = names.keys().cloned().collect();
@@ -165,7 +169,7 @@ impl WanModel {
         let backend = if deltas.is_empty() {
             backend
         } else {
-            deltas.wrap(backend)
+            deltas.wrap(backend, requantize)
         };
         let vb = candle_nn::VarBuilder::from_backend(backend, dtype, device.clone());
         Ok((Self::new_streamed(config, &vb, resident_blocks)?, reports))

@@ -6,6 +6,10 @@
 //! (underscored path) prefix, in the original or diffusers layout. A low-rank pair adds
 //! `strength × alpha / rank × up @ down` to the weight (alpha defaults to the rank), a diff adds
 //! `strength × diff`. Keys that match nothing are reported by class, never silently dropped.
+//!
+//! A float8 (`fp8_scaled`) layer is merged on its true weight (stored × scale), then either
+//! kept in the compute dtype or, when requantizing (see [`super::lora_requant`]), merged on
+//! the CPU and rounded stochastically back to float8 e4m3 with the layer's own scale.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -157,11 +161,17 @@ impl LoraDeltas {
         self.0.is_empty()
     }
 
-    /// Wraps a weights backend so that tensors with deltas come back merged.
-    pub(super) fn wrap(self, inner: Box<dyn SimpleBackend>) -> Box<dyn SimpleBackend> {
+    /// Wraps a weights backend so that tensors with deltas come back merged; with
+    /// `requantize`, merged float8 layers come back as float8 (see [`super::lora_requant`]).
+    pub(super) fn wrap(
+        self,
+        inner: Box<dyn SimpleBackend>,
+        requantize: bool,
+    ) -> Box<dyn SimpleBackend> {
         Box::new(Merged {
             inner,
             deltas: self.0,
+            requantize,
         })
     }
 }
@@ -245,10 +255,19 @@ fn strip(key: &str) -> (&str, bool) {
 struct Merged {
     inner: Box<dyn SimpleBackend>,
     deltas: HashMap<String, Vec<Delta>>,
+    /// Float8 layers come back as float8 (stochastically rounded), not float32.
+    requantize: bool,
 }
 
 impl Merged {
-    fn merge(&self, name: &str, deltas: &[Delta], dev: &Device) -> candle_core::Result<Tensor> {
+    /// The merged tensor, float32, divided by the layer's scale when it is a float8 layer
+    /// (then `true`).
+    fn merge(
+        &self,
+        name: &str,
+        deltas: &[Delta],
+        dev: &Device,
+    ) -> candle_core::Result<(Tensor, bool)> {
         let mut w = self.inner.get_unchecked(name, DType::F32, dev)?;
         // A float8 layer's stored values are weight / scale: merge on the true weight.
         let module = name.rsplit_once('.').map_or("", |(m, _)| m);
@@ -284,7 +303,31 @@ impl Merged {
         if let Some(scale) = scale {
             w = w.affine(1.0 / scale, 0.0)?;
         }
-        Ok(w)
+        Ok((w, scale.is_some()))
+    }
+
+    /// The merged tensor in `dtype`. "As stored" ([`DType::F8E4M3`]) gets a float8 layer's
+    /// values still divided by the scale: float8 when requantizing, else float32.
+    fn merged(
+        &self,
+        name: &str,
+        deltas: &[Delta],
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        // A layer to requantize merges on the CPU: its float8 bits then depend on the files and
+        // the key alone, not on the device's GEMM (cuBLAS may sum in another order), and the
+        // merged float32 never crosses the bus (the rounding runs on the CPU).
+        let requantizing = dtype == DType::F8E4M3 && self.requantize;
+        let (t, scaled) =
+            self.merge(name, deltas, if requantizing { &Device::Cpu } else { dev })?;
+        match dtype {
+            DType::F8E4M3 if scaled && requantizing => {
+                super::lora_requant::requantize(&t, name)?.to_device(dev)
+            }
+            DType::F8E4M3 => t.to_device(dev),
+            _ => t.to_dtype(dtype),
+        }
     }
 }
 
@@ -300,7 +343,7 @@ impl SimpleBackend for Merged {
         let Some(deltas) = self.deltas.get(name) else {
             return self.inner.get(s, name, h, dtype, dev);
         };
-        let t = self.merge(name, deltas, dev)?;
+        let t = self.merged(name, deltas, dtype, dev)?;
         if t.shape() != &s {
             return Err(candle_core::Error::UnexpectedShape {
                 msg: format!("shape mismatch for {name}"),
@@ -308,24 +351,14 @@ impl SimpleBackend for Merged {
                 got: t.shape().clone(),
             });
         }
-        // "As stored" (float8 requests) gets the merged float32, still divided by the scale.
-        if dtype == DType::F8E4M3 {
-            Ok(t)
-        } else {
-            t.to_dtype(dtype)
-        }
+        Ok(t)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let Some(deltas) = self.deltas.get(name) else {
             return self.inner.get_unchecked(name, dtype, dev);
         };
-        let t = self.merge(name, deltas, dev)?;
-        if dtype == DType::F8E4M3 {
-            Ok(t)
-        } else {
-            t.to_dtype(dtype)
-        }
+        self.merged(name, deltas, dtype, dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
@@ -396,7 +429,7 @@ mod tests {
             vec!["lora_unet_c.lora_down.weight"]
         );
 
-        let merged = deltas.wrap(Box::new(model));
+        let merged = deltas.wrap(Box::new(model), false);
         // As stored: (0.5 w + 2 · up @ down) / 0.5, ready for the layer's own scale.
         let raw = merged
             .get_unchecked("a.weight", DType::F8E4M3, &dev)
@@ -405,6 +438,53 @@ mod tests {
             raw.to_vec2::<f32>().unwrap(),
             vec![vec![5.0, 2.0], vec![7.0, 4.0]]
         );
+        // Requantizing, at strength 0.3 (merged values 1.6 and 3.6, off the e4m3 grid): the
+        // float32 merge rounded stochastically to float8 with the key's stream.
+        let mut deltas = LoraDeltas::default();
+        let spec = LoraSpec {
+            path: dir.path().join("lora.safetensors"),
+            strength: 0.3,
+        };
+        deltas.add(&spec, &names).unwrap();
+        let model: HashMap<String, Tensor> = HashMap::from([
+            (
+                "a.weight".to_owned(),
+                t(&[1.0, 2.0, 3.0, 4.0], &[2, 2])
+                    .to_dtype(DType::F8E4M3)
+                    .unwrap(),
+            ),
+            ("a.scale_weight".to_owned(), t(&[0.5], &[])),
+        ]);
+        let requantized = deltas.wrap(Box::new(model), true);
+        let raw = requantized
+            .get_unchecked("a.weight", DType::F8E4M3, &dev)
+            .unwrap();
+        assert_eq!(raw.dtype(), DType::F8E4M3);
+        // Other dtypes still get the float32 merge (divided by the scale).
+        let merged_values = requantized
+            .get_unchecked("a.weight", DType::F32, &dev)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!((merged_values[0] - 1.6).abs() < 1e-6, "{merged_values:?}");
+        let expected = super::super::lora_requant::e4m3_values(
+            &super::super::lora_requant::stochastic_round_e4m3(
+                &merged_values,
+                super::super::lora_requant::key_seed("a.weight"),
+            ),
+        );
+        assert_eq!(
+            raw.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            expected
+        );
+        assert!([1.5, 1.625].contains(&expected[0]) && [3.5, 3.75].contains(&expected[2]));
         let untouched = merged.get_unchecked("c.weight", DType::F32, &dev).unwrap();
         assert_eq!(
             untouched.sum_all().unwrap().to_scalar::<f32>().unwrap(),
