@@ -226,9 +226,23 @@ fn time_type(device: &Device, kernels: &Kernels, dtype: GgmlDType) -> anyhow::Re
         .int("n", n)
         .int("weight_bytes", w_cpu.storage_size_in_bytes());
     for (matmul, path) in paths(dtype) {
+        // The float types are dequantized and uploaded once, at load: only their GEMM is timed.
+        let plain = match matmul {
+            Some(_) => None,
+            None => Some((
+                w_cpu
+                    .dequantize(&Device::Cpu)?
+                    .to_dtype(DType::BF16)?
+                    .to_device(device)?,
+                bias.to_dtype(DType::BF16)?,
+            )),
+        };
         let ms = 1e3
             * time(device, 10, || {
-                run(kernels, &x, &w_gpu, &bias, matmul, DType::BF16)?;
+                match &plain {
+                    Some((w, b)) => linear(kernels, &x, w, Some(b), Epilogue::None).map(drop)?,
+                    None => run(kernels, &x, &w_gpu, &bias, matmul, DType::BF16).map(drop)?,
+                }
                 Ok(())
             })?;
         line = line.num(&format!("{path}_ms"), ms).num(
