@@ -250,14 +250,7 @@ fn a_cancelled_job_resumes_to_the_same_frames_as_an_uninterrupted_run() {
         let output = output.unwrap();
         assert_eq!(loads, loads_on_resume, "check {n}");
         let frames = read_frames(&output.path).unwrap();
-        let diff = (&frames - &expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&frames, &expected);
         assert_eq!(diff, 0.0, "check {n}: resumed frames differ");
         assert!(
             !dir.path()
@@ -682,14 +675,7 @@ fn write_sharded(case: &Case, expert: &str, tensors: &HashMap<String, Tensor>, d
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    stillmotion_tests::compare::max_abs_diff(a, b).unwrap()
 }
 
 #[test]

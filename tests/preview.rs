@@ -209,14 +209,7 @@ fn vae_previews_come_at_the_expected_steps_and_equal_a_direct_decode_of_the_step
         None,
     );
     let plain = read_frames(&off.result.unwrap().path).unwrap();
-    let difference = (&rendered - &plain)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let difference = stillmotion_tests::compare::max_abs_diff(&rendered, &plain).unwrap();
     assert_eq!(difference, 0.0, "previews must not change the render");
     assert!(off.previews.is_empty() && off.choices.is_empty());
 

@@ -6,5 +6,6 @@
 //! `STILLMOTION_GOLDEN_DIRS`; the `golden` test runs each through its component runner and
 //! compares every expected tensor with [`golden::compare`].
 
+pub mod compare;
 pub mod golden;
 pub mod runners;
