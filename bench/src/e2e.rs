@@ -11,7 +11,7 @@
 //! held. Each stage's time, the seconds per denoising step and the peak GPU memory of each
 //! stage and job (device-wide, polled every 50 ms) are printed as JSON lines.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use stillmotion_engine::device::DevicePreference;
 use stillmotion_engine::gpu_memory::GpuMemoryReader;
 use stillmotion_engine::pipeline::PipelineRunner;
 use stillmotion_engine::preset;
-use stillmotion_engine::recipe::{ModelFiles, Recipe, RecipeChoices};
+use stillmotion_engine::recipe::{MatmulMode, ModelFiles, Recipe, RecipeChoices};
 use stillmotion_engine::runtime::{Command, EngineHandle, Event, JobKind, Stage};
 
 use crate::model_files::ModelSet;
@@ -121,8 +121,12 @@ pub fn run(
             .map(|(&gib, id)| (gib, vec![(id, format!("budget-{gib}gib"))]))
             .collect()
     };
+    // `STILLMOTION_BENCH_MATMUL=fp8`: each engine's last job again with FP8 GEMMs (same seed,
+    // models already loaded), and its frames' PSNR against that job's.
+    let fp8_too = std::env::var("STILLMOTION_BENCH_MATMUL").is_ok_and(|m| m == "fp8");
     for (budget_gib, engine_jobs) in jobs {
         let engine = EngineHandle::spawn(runner(budget_gib), || {})?;
+        let mut last = None;
         for (job_id, label) in engine_jobs {
             peak.store(0, Ordering::Relaxed);
             let job = recipe(job_id, &format!("frames-{label}"));
@@ -131,7 +135,23 @@ pub fn run(
                 job_id,
                 kind: JobKind::Render(Box::new(job)),
             })?;
-            watch(&engine, job_id, &label, [&peak, &step_peak])?;
+            let output = watch(&engine, job_id, &label, [&peak, &step_peak])?;
+            last = Some((job_id, label, output));
+        }
+        if fp8_too && let Some((seed, label, standard)) = last {
+            peak.store(0, Ordering::Relaxed);
+            let (job_id, label) = (seed + 1000, format!("{label}-fp8-matmul"));
+            let mut job = recipe(seed, &format!("frames-{label}"));
+            job.matmul = MatmulMode::Fp8;
+            engine.send(Command::Submit {
+                job_id,
+                kind: JobKind::Render(Box::new(job)),
+            })?;
+            let output = watch(&engine, job_id, &label, [&peak, &step_peak])?;
+            Line::new("e2e-fp8-matmul")
+                .text("job", &label)
+                .num("psnr_db_vs_standard", frames_psnr(&standard, &output)?)
+                .print();
         }
         // Dropping the handle shuts the engine down and frees its models before the next one.
         drop(engine);
@@ -148,7 +168,7 @@ fn watch(
     job_id: u64,
     label: &str,
     [peak, step_peak]: [&AtomicU64; 2],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<PathBuf> {
     let start = Instant::now();
     // The peak between two progress reports (one denoising step, one VAE chunk, ...), to find
     // which step of a phase holds its peak.
@@ -239,7 +259,7 @@ fn watch(
                     .num("peak_gib", job_peak.get() as f64 / f64::from(1 << 30))
                     .text("output", &output.path.display().to_string())
                     .print();
-                return Ok(());
+                return Ok(output.path);
             }
             Event::Failed {
                 job_id: id,
@@ -274,6 +294,33 @@ fn spawn_memory_poller(
                 std::thread::sleep(Duration::from_millis(20));
             }
         })?)
+}
+
+/// PSNR over every 8-bit value of two frame folders (PNG frames, the same names in both).
+fn frames_psnr(a: &Path, b: &Path) -> anyhow::Result<f64> {
+    let mut names: Vec<_> = std::fs::read_dir(a)?
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    let (mut squares, mut count) = (0_f64, 0_u64);
+    for name in names
+        .iter()
+        .filter(|n| n.to_string_lossy().ends_with(".png"))
+    {
+        let x = image::open(a.join(name))?.into_rgb8();
+        let y = image::open(b.join(name))?.into_rgb8();
+        anyhow::ensure!(
+            x.dimensions() == y.dimensions(),
+            "{} differs in size",
+            name.display()
+        );
+        for (p, q) in x.as_raw().iter().zip(y.as_raw()) {
+            squares += (f64::from(*p) - f64::from(*q)).powi(2);
+        }
+        count += x.as_raw().len() as u64;
+    }
+    anyhow::ensure!(count > 0, "no PNG frames in {}", a.display());
+    Ok(10.0 * (255.0_f64.powi(2) / (squares / count as f64).max(1e-12)).log10())
 }
 
 /// A smooth colour field with a few edges, so the VAE and RIFE see structure.

@@ -105,6 +105,32 @@ impl AttentionMode {
     }
 }
 
+/// How the transformer multiplies by float8 (fp8_scaled) weights on the GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatmulMode {
+    /// Each float8 weight is dequantized to the compute dtype for its GEMM: the reference's
+    /// arithmetic, to bf16 precision.
+    #[default]
+    Standard,
+    /// FP8 GEMMs (cuBLASLt, float32 accumulation) on GPUs with FP8 tensor cores (RTX 40/50,
+    /// H100, H200): each activation is quantized to e4m3 with a per-tensor scale first, as
+    /// ComfyUI's fp8 fast mode does, so the pixels differ slightly. The CPU computes the same
+    /// arithmetic (the definition the GPU kernel is checked against); GPUs without FP8 tensor
+    /// cores, and weights that are not float8, keep the standard path.
+    Fp8,
+}
+
+impl MatmulMode {
+    #[allow(
+        clippy::trivially_copy_pass_by_ref,
+        reason = "serde's skip_serializing_if passes a reference"
+    )]
+    fn is_standard(&self) -> bool {
+        *self == Self::Standard
+    }
+}
+
 /// The live preview a render sends to a caller that asked for previews (the GUI; the CLI asks
 /// for none). It never changes the rendered frames.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -175,6 +201,9 @@ pub struct Recipe {
     /// Left out of stored recipes when standard, so those of earlier versions stay the same.
     #[serde(default, skip_serializing_if = "AttentionMode::is_standard")]
     pub attention: AttentionMode,
+    /// Left out of stored recipes when standard, as `attention`.
+    #[serde(default, skip_serializing_if = "MatmulMode::is_standard")]
+    pub matmul: MatmulMode,
     /// The live preview (see [`PreviewMode`]); not part of what the render produces.
     #[serde(default, skip_serializing_if = "PreviewMode::is_auto")]
     pub preview: PreviewMode,
@@ -262,6 +291,7 @@ impl Recipe {
             codec: choices.codec,
             reserve_vram_gb: choices.reserve_vram_gb.unwrap_or(DEFAULT_RESERVE_VRAM_GB),
             attention: choices.attention.unwrap_or_default(),
+            matmul: MatmulMode::default(),
             preview: choices.preview.unwrap_or_default(),
             lora_requantize: crate::wan::LoraRequantize::default(),
             device: choices.device.unwrap_or_default(),
@@ -805,6 +835,20 @@ mod tests {
         let json = int8.to_json().unwrap();
         assert!(json.contains("\"attention\": \"int8\""), "{json}");
         assert_eq!(Recipe::from_json(&json).unwrap(), int8);
+    }
+
+    #[test]
+    fn the_matmul_mode_is_stored_only_when_it_is_not_standard() {
+        let files = files();
+        let preset = preset("wan22-i2v-a14b-lightx2v-4step-480p.toml");
+        let mut recipe = Recipe::from_layers(&preset, files.choices.clone());
+        assert_eq!(recipe.matmul, MatmulMode::Standard);
+        let json = recipe.to_json().unwrap();
+        assert!(!json.contains("matmul"), "{json}");
+        recipe.matmul = MatmulMode::Fp8;
+        let json = recipe.to_json().unwrap();
+        assert!(json.contains("\"matmul\": \"fp8\""), "{json}");
+        assert_eq!(Recipe::from_json(&json).unwrap(), recipe);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use stillmotion_engine::device::DevicePreference;
 use stillmotion_engine::pipeline::PipelineRunner;
 use stillmotion_engine::preset::{self, SamplerKind};
 use stillmotion_engine::recipe::{
-    AttentionMode, ImageFit, Interpolation, LoraChoice, ModelFiles, Recipe, RecipeChoices,
-    VideoCodec,
+    AttentionMode, ImageFit, Interpolation, LoraChoice, MatmulMode, ModelFiles, Recipe,
+    RecipeChoices, VideoCodec,
 };
 
 /// The preset used when `--preset` is not given: what most users run.
@@ -94,6 +94,11 @@ pub struct RenderArgs {
     /// kernel: faster on RTX 40/50 GPUs, slightly different pixels).
     #[arg(long, value_enum)]
     pub attention: Option<AttentionArg>,
+    /// Float8 (fp8_scaled) weights on the GPU: standard (dequantized for each GEMM, the
+    /// reference's numbers) or fp8 (FP8 GEMMs on RTX 40/50, H100 and H200: faster, slightly
+    /// different pixels).
+    #[arg(long, value_enum)]
+    pub matmul: Option<MatmulArg>,
     /// GPU memory to leave free for other programs, in GB.
     #[arg(long, allow_negative_numbers = true)]
     pub reserve_vram: Option<f64>,
@@ -133,6 +138,12 @@ pub enum FitArg {
 pub enum AttentionArg {
     Standard,
     Int8,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum MatmulArg {
+    Standard,
+    Fp8,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -219,6 +230,12 @@ impl RenderArgs {
         };
         let mut recipe = Recipe::from_layers(&preset, choices);
         recipe.resume = self.resume;
+        if let Some(matmul) = self.matmul {
+            recipe.matmul = match matmul {
+                MatmulArg::Standard => MatmulMode::Standard,
+                MatmulArg::Fp8 => MatmulMode::Fp8,
+            };
+        }
         recipe.validate().map_err(|error| match error {
             EngineError::BadRecipe { field, problem } => {
                 anyhow::anyhow!("--{} {problem}", flag_for_field(field))
@@ -373,6 +390,11 @@ mod tests {
             .to_recipe()
             .unwrap();
         assert_eq!(int8.attention, AttentionMode::Int8);
+        assert_eq!(recipe.matmul, MatmulMode::Standard);
+        let fp8 = parse(&[&base[..], &["--matmul", "fp8"]].concat())
+            .to_recipe()
+            .unwrap();
+        assert_eq!(fp8.matmul, MatmulMode::Fp8);
 
         let message = parse(&[&base[..], &["--frames", "80"]].concat())
             .to_recipe()

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::models::ModelCache;
 use crate::EngineError;
-use crate::recipe::{AttentionMode, Recipe};
+use crate::recipe::{AttentionMode, MatmulMode, Recipe};
 use crate::sampling::{Branch, Denoiser, Expert};
 use crate::wan::WanModel;
 use stillmotion_kernels::AttentionChoice;
@@ -132,16 +132,23 @@ impl WanDenoiser<'_> {
         // The official pipeline passes the scheduler's integer timestep (int64); the model's
         // sinusoid is built from it in float64, so an integral f64 carries it exactly.
         let t = Tensor::new(&[f64::from(timestep)], latents.device())?.to_dtype(DType::F64)?;
-        let attention = self.recipe.attention;
+        let (attention, matmul) = (self.recipe.attention, self.recipe.matmul);
         let model = self.load_expert(expert)?;
-        match attention {
-            AttentionMode::Standard => model.forward(latents, Some(&y), &t, &context),
-            // A clone shares every weight: only the kernels' attention choice differs.
-            AttentionMode::Int8 => model
-                .clone()
-                .with_kernels(model.kernels().with_attention(AttentionChoice::Int8))
-                .forward(latents, Some(&y), &t, &context),
+        if (attention, matmul) == (AttentionMode::Standard, MatmulMode::Standard) {
+            return model.forward(latents, Some(&y), &t, &context);
         }
+        // A clone shares every weight: only the kernels' choices differ.
+        let mut kernels = model.kernels().clone();
+        if attention == AttentionMode::Int8 {
+            kernels = kernels.with_attention(AttentionChoice::Int8);
+        }
+        if matmul == MatmulMode::Fp8 {
+            kernels = kernels.with_fp8_matmul(true);
+        }
+        model
+            .clone()
+            .with_kernels(kernels)
+            .forward(latents, Some(&y), &t, &context)
     }
 
     /// `attempt` until it succeeds, deepening the placement after each out-of-memory error.
