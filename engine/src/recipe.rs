@@ -244,6 +244,8 @@ pub struct RecipeChoices {
     pub reserve_vram_gb: Option<f64>,
     pub device: Option<DevicePreference>,
     pub attention: Option<AttentionMode>,
+    pub matmul: Option<MatmulMode>,
+    pub lora_requantize: Option<crate::wan::LoraRequantize>,
     pub preview: Option<PreviewMode>,
 }
 
@@ -291,9 +293,9 @@ impl Recipe {
             codec: choices.codec,
             reserve_vram_gb: choices.reserve_vram_gb.unwrap_or(DEFAULT_RESERVE_VRAM_GB),
             attention: choices.attention.unwrap_or_default(),
-            matmul: MatmulMode::default(),
+            matmul: choices.matmul.unwrap_or_default(),
             preview: choices.preview.unwrap_or_default(),
-            lora_requantize: crate::wan::LoraRequantize::default(),
+            lora_requantize: choices.lora_requantize.unwrap_or_default(),
             device: choices.device.unwrap_or_default(),
             resume: false,
         }

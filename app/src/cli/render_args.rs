@@ -11,6 +11,7 @@ use stillmotion_engine::recipe::{
     AttentionMode, ImageFit, Interpolation, LoraChoice, MatmulMode, ModelFiles, Recipe,
     RecipeChoices, VideoCodec,
 };
+use stillmotion_engine::wan::LoraRequantize;
 
 /// The preset used when `--preset` is not given: what most users run.
 pub const DEFAULT_PRESET: &str = "wan22-i2v-a14b-lightx2v-4step-480p";
@@ -99,6 +100,11 @@ pub struct RenderArgs {
     /// different pixels).
     #[arg(long, value_enum)]
     pub matmul: Option<MatmulArg>,
+    /// A LoRA merged into float8 (fp8_scaled) layers: auto (back to float8 on a GPU, exact on
+    /// the CPU), always (back to float8 with stochastic rounding: the file's memory), never
+    /// (kept in the compute dtype: exact, twice the memory of those layers).
+    #[arg(long, value_enum)]
+    pub lora_requantize: Option<LoraRequantizeArg>,
     /// GPU memory to leave free for other programs, in GB.
     #[arg(long, allow_negative_numbers = true)]
     pub reserve_vram: Option<f64>,
@@ -144,6 +150,13 @@ pub enum AttentionArg {
 pub enum MatmulArg {
     Standard,
     Fp8,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LoraRequantizeArg {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -225,17 +238,20 @@ impl RenderArgs {
                 AttentionArg::Standard => AttentionMode::Standard,
                 AttentionArg::Int8 => AttentionMode::Int8,
             }),
+            matmul: self.matmul.map(|matmul| match matmul {
+                MatmulArg::Standard => MatmulMode::Standard,
+                MatmulArg::Fp8 => MatmulMode::Fp8,
+            }),
+            lora_requantize: self.lora_requantize.map(|choice| match choice {
+                LoraRequantizeArg::Auto => LoraRequantize::Auto,
+                LoraRequantizeArg::Always => LoraRequantize::Always,
+                LoraRequantizeArg::Never => LoraRequantize::Never,
+            }),
             // A headless render sends no live previews.
             preview: None,
         };
         let mut recipe = Recipe::from_layers(&preset, choices);
         recipe.resume = self.resume;
-        if let Some(matmul) = self.matmul {
-            recipe.matmul = match matmul {
-                MatmulArg::Standard => MatmulMode::Standard,
-                MatmulArg::Fp8 => MatmulMode::Fp8,
-            };
-        }
         recipe.validate().map_err(|error| match error {
             EngineError::BadRecipe { field, problem } => {
                 anyhow::anyhow!("--{} {problem}", flag_for_field(field))
@@ -395,6 +411,11 @@ mod tests {
             .to_recipe()
             .unwrap();
         assert_eq!(fp8.matmul, MatmulMode::Fp8);
+        assert_eq!(recipe.lora_requantize, LoraRequantize::Auto);
+        let exact = parse(&[&base[..], &["--lora-requantize", "never"]].concat())
+            .to_recipe()
+            .unwrap();
+        assert_eq!(exact.lora_requantize, LoraRequantize::Never);
 
         let message = parse(&[&base[..], &["--frames", "80"]].concat())
             .to_recipe()
