@@ -40,6 +40,12 @@ impl JobRunner for Steps {
     fn unload(&mut self) {}
 }
 
+/// Frames `Harness::run` may take to settle. The engine thread wakes the UI whenever an event
+/// arrives (job started, memory plan, preview choice, progress), and a wake that lands during a
+/// run costs it a frame or two more; kittest's default of 4 made tests fail at random under
+/// load.
+const SETTLE_STEPS: u64 = 64;
+
 fn stand_in_interpolation(request: &stillmotion_engine::recipe::InterpolateRequest) -> JobOutput {
     let input = stillmotion_engine::video::read_video(&request.input, 1000, 1 << 20).unwrap();
     let settings = stillmotion_engine::video::EncodeSettings {
@@ -280,6 +286,7 @@ fn render_validates_then_queues_and_the_queue_follows_engine_events() {
 /// A larger window than kittest's default, so the preview and history have room.
 fn big_app(options: StartOptions) -> Harness<'static, StillmotionApp> {
     Harness::builder()
+        .with_max_steps(SETTLE_STEPS)
         .with_size(egui::vec2(1400.0, 1000.0))
         .build_eframe(move |cc| StillmotionApp::new(cc, options, Steps(3)))
 }
@@ -428,6 +435,7 @@ fn restart(previous: &mut Harness<'_, StillmotionApp>) -> Harness<'static, Still
     previous.state_mut().save(&mut storage);
     let storage: &'static MemoryStorage = Box::leak(Box::new(storage));
     Harness::builder()
+        .with_max_steps(SETTLE_STEPS)
         .with_size(egui::vec2(1400.0, 1000.0))
         .build_eframe(move |cc| {
             cc.storage = Some(storage);
@@ -840,6 +848,7 @@ fn a_better_preview_shows_the_vae_decode_of_a_tiny_real_render_in_place_of_the_p
         ..isolated(None)
     };
     let mut harness = Harness::builder()
+        .with_max_steps(SETTLE_STEPS)
         .with_size(egui::vec2(1400.0, 1000.0))
         .build_eframe(move |cc| {
             StillmotionApp::new(
@@ -913,6 +922,7 @@ fn a_real_render_of_tiny_models_plays_enters_history_and_restores() {
         ..isolated(None)
     };
     let mut harness = Harness::builder()
+        .with_max_steps(SETTLE_STEPS)
         .with_size(egui::vec2(1400.0, 1000.0))
         .build_eframe(move |cc| {
             StillmotionApp::new(
@@ -1079,6 +1089,7 @@ fn the_live_preview_shows_step_one_and_the_job_can_be_stopped_there() {
     let png = write_png(dir.path(), "field.png", 64, 48);
     let options = isolated(Some(png));
     let mut harness = Harness::builder()
+        .with_max_steps(SETTLE_STEPS)
         .with_size(egui::vec2(1400.0, 1000.0))
         .build_eframe(move |cc| StillmotionApp::new(cc, options, DenoiseThenWait));
     harness.run();
@@ -1169,6 +1180,7 @@ fn waiting_jobs_can_be_reordered_removed_and_cancelled_before_they_run() {
         started: started.clone(),
     };
     let mut harness = Harness::builder()
+        .with_max_steps(SETTLE_STEPS)
         .with_size(egui::vec2(1400.0, 1000.0))
         .build_eframe(move |cc| StillmotionApp::new(cc, options, runner));
     harness.run();
@@ -1311,6 +1323,7 @@ fn first_start_opens_the_models_view_which_scans_a_comfyui_folder() {
         ..isolated(None)
     };
     let mut harness = Harness::builder()
+        .with_max_steps(SETTLE_STEPS)
         .with_size(egui::vec2(1400.0, 1000.0))
         .build_eframe(move |cc| StillmotionApp::new(cc, options, Steps(1)));
     harness.run();
@@ -1449,6 +1462,7 @@ fn snapshots_of_the_main_states() {
     std::fs::create_dir_all(&fixed).unwrap();
     let build = |options: StartOptions, runner: DenoiseThenWait| {
         Harness::builder()
+            .with_max_steps(SETTLE_STEPS)
             .with_size(egui::vec2(1280.0, 800.0))
             .wgpu()
             .build_eframe(move |cc| StillmotionApp::new(cc, options, runner))
@@ -1649,6 +1663,7 @@ fn the_memory_plan_shows_in_the_job_row_and_a_refusal_says_what_to_change() {
     let png = write_png(dir.path(), "pier.png", 64, 48);
     let options = isolated(Some(png));
     let mut harness = Harness::builder()
+        .with_max_steps(SETTLE_STEPS)
         .with_size(egui::vec2(1280.0, 800.0))
         .wgpu()
         .build_eframe(move |cc| StillmotionApp::new(cc, options, Planned));
@@ -1732,6 +1747,7 @@ fn out_of_memory_and_bad_input_failures_each_say_what_to_do() {
     let png = write_png(dir.path(), "reef.png", 64, 48);
     let options = isolated(Some(png));
     let mut harness = Harness::builder()
+        .with_max_steps(SETTLE_STEPS)
         .with_size(egui::vec2(1280.0, 800.0))
         .wgpu()
         .build_eframe(move |cc| StillmotionApp::new(cc, options, Failing));
