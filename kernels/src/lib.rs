@@ -15,6 +15,7 @@
 
 pub mod attention;
 pub mod conv;
+pub mod download;
 mod driver;
 mod error;
 pub mod fp8;

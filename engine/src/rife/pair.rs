@@ -7,6 +7,7 @@ use super::model::{IfNet, IfNetOutput};
 use super::timing::{RifeStage, StageClock, lap};
 use super::weights::{RifeCheckpoint, read_checkpoint};
 use crate::EngineError;
+use stillmotion_kernels::download::u8_chunks;
 
 /// The trained network, loaded on a device.
 #[derive(Debug)]
@@ -494,20 +495,15 @@ pub fn frames_to_rgb8(
     let bytes = whole
         .to_dtype(DType::U8)?
         .permute((0, 2, 3, 1))?
-        .contiguous()?
-        .to_device(&Device::Cpu)?
-        .flatten_all()?
-        .to_vec1::<u8>()?;
-    let frame_len = h * w * 3;
-    (0..n)
-        .map(|i| {
-            RgbImage::from_raw(
-                w as u32,
-                h as u32,
-                bytes[i * frame_len..(i + 1) * frame_len].to_vec(),
-            )
-            .ok_or_else(|| EngineError::BadInterpolationInput {
-                problem: format!("internal: frame buffer does not match {w}×{h}"),
+        .contiguous()?;
+    // Each frame's bytes go straight into its own buffer: one host copy, not three.
+    u8_chunks(&bytes, n)?
+        .into_iter()
+        .map(|frame| {
+            RgbImage::from_raw(w as u32, h as u32, frame).ok_or_else(|| {
+                EngineError::BadInterpolationInput {
+                    problem: format!("internal: frame buffer does not match {w}×{h}"),
+                }
             })
         })
         .collect()

@@ -7,6 +7,7 @@
 pub(crate) mod attention;
 pub(crate) mod conv;
 mod cudnn;
+pub(crate) mod download;
 pub(crate) mod fp8_linear;
 pub(crate) mod glue;
 mod launch;
