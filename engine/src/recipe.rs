@@ -95,16 +95,6 @@ pub enum AttentionMode {
     Int8,
 }
 
-impl AttentionMode {
-    #[allow(
-        clippy::trivially_copy_pass_by_ref,
-        reason = "serde's skip_serializing_if passes a reference"
-    )]
-    fn is_standard(&self) -> bool {
-        *self == Self::Standard
-    }
-}
-
 /// How the transformer multiplies by float8 (fp8_scaled) weights on the GPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -119,16 +109,6 @@ pub enum MatmulMode {
     /// arithmetic (the definition the GPU kernel is checked against); GPUs without FP8 tensor
     /// cores, and weights that are not float8, keep the standard path.
     Fp8,
-}
-
-impl MatmulMode {
-    #[allow(
-        clippy::trivially_copy_pass_by_ref,
-        reason = "serde's skip_serializing_if passes a reference"
-    )]
-    fn is_standard(&self) -> bool {
-        *self == Self::Standard
-    }
 }
 
 /// The live preview a render sends to a caller that asked for previews (the GUI; the CLI asks
@@ -147,16 +127,6 @@ pub enum PreviewMode {
     /// of the step's clean-latent estimate, when it fits beside the expert in memory and costs
     /// at most about a tenth of the denoising time (`pipeline::better_preview`).
     Better,
-}
-
-impl PreviewMode {
-    #[allow(
-        clippy::trivially_copy_pass_by_ref,
-        reason = "serde's skip_serializing_if passes a reference"
-    )]
-    fn is_auto(&self) -> bool {
-        *self == Self::Auto
-    }
 }
 
 /// A complete render description.
@@ -199,17 +169,17 @@ pub struct Recipe {
     pub reserve_vram_gb: f64,
     pub device: DevicePreference,
     /// Left out of stored recipes when standard, so those of earlier versions stay the same.
-    #[serde(default, skip_serializing_if = "AttentionMode::is_standard")]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub attention: AttentionMode,
     /// Left out of stored recipes when standard, as `attention`.
-    #[serde(default, skip_serializing_if = "MatmulMode::is_standard")]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub matmul: MatmulMode,
     /// The live preview (see [`PreviewMode`]); not part of what the render produces.
-    #[serde(default, skip_serializing_if = "PreviewMode::is_auto")]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub preview: PreviewMode,
     /// Whether float8 layers a LoRA changes go back to float8 (`wan/lora_requant.rs`); left out
     /// of stored recipes when `auto`.
-    #[serde(default, skip_serializing_if = "crate::wan::LoraRequantize::is_auto")]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub lora_requantize: crate::wan::LoraRequantize,
     /// Continue from the save point beside the output (`<output>.latents.safetensors`)
     /// instead of starting over.
@@ -583,6 +553,12 @@ fn require_file(field: &'static str, path: &Path) -> Result<(), EngineError> {
         });
     }
     Ok(())
+}
+
+/// Whether `value` is its type's default: the recipe leaves such choices out when it is stored,
+/// so recipes written before a choice existed, and their save points' hashes, stay the same.
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 #[cfg(test)]

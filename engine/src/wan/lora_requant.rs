@@ -50,14 +50,6 @@ impl LoraRequantize {
             Self::Never => false,
         }
     }
-
-    #[expect(
-        clippy::trivially_copy_pass_by_ref,
-        reason = "serde's skip_serializing_if passes a reference"
-    )]
-    pub(crate) fn is_auto(&self) -> bool {
-        *self == Self::Auto
-    }
 }
 
 /// Largest finite float8 e4m3fn value, and its code (`0.1111.110`).
