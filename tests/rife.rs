@@ -500,6 +500,20 @@ fn retiming_to_a_target_fps_keeps_frames_on_the_grid_and_interpolates_between() 
     let together = retime(&rife, &frames, 16.0, 56.0, &batched, &mut ctx).unwrap();
     assert_eq!(alone.len(), 11);
     assert_eq!(together, alone);
+    // 16 → 24 fps puts at most one frame between two source frames: passes of three items span
+    // pairs, and give the frames of one at a time; progress still comes once per pair, in order.
+    let mut spanning = settings.clone();
+    spanning.memory_budget = Some(budget_for(&rife, &layout, 3));
+    let mut reports = Vec::new();
+    let mut record = |p: PairProgress| reports.push((p.pairs_done, p.pairs_total));
+    let mut recording = InterpolationContext {
+        is_cancelled: &|| false,
+        on_progress: &mut record,
+        clock: None,
+    };
+    let shared = retime(&rife, &frames, 16.0, 24.0, &spanning, &mut recording).unwrap();
+    assert_eq!(shared, out);
+    assert_eq!(reports, vec![(1, Some(3)), (2, Some(3)), (3, Some(3))]);
 }
 
 /// A budget of exactly `items` network items per pass at `layout`.
