@@ -22,6 +22,7 @@ use stillmotion_engine::rife::{
     DEFAULT_SCENE_CUT_BELOW, FrameLayout, InterpolationContext, InterpolationSettings,
     PairProgress, Rife, interpolate, interpolate_stream, retime,
 };
+use stillmotion_tests::compare::max_abs_diff;
 
 const FRAME_W: u32 = 160;
 const FRAME_H: u32 = 128;
@@ -555,14 +556,7 @@ fn batched_passes_match_one_pair_per_pass() {
         let single = rife
             .interpolate_pair(&alone[index(a)], &alone[index(b)], t, &layout)
             .unwrap();
-        let diff = (batched.narrow(0, i, 1).unwrap() - single)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&batched.narrow(0, i, 1).unwrap(), &single).unwrap();
         worst = worst.max(diff);
     }
     println!("batched vs single passes: max abs {worst:e}");

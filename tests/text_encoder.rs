@@ -8,6 +8,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use stillmotion_engine::umt5::{Checkpoint, Config, TextEncoder};
+use stillmotion_tests::compare::max_abs_diff;
 use stillmotion_tests::golden::committed_dir;
 
 fn tiny_config() -> Config {
@@ -115,14 +116,7 @@ fn prompt_to_padded_context_with_the_embedded_tokenizer() {
         .unwrap()
         .squeeze(0)
         .unwrap();
-    let diff = (masked.i(..real).unwrap() - context.i(..real).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&masked.i(..real).unwrap(), &context.i(..real).unwrap()).unwrap();
     assert!(diff < 1e-4, "masked full-length forward differs by {diff}");
 
     // Loading nothing, the fingerprint names the same encoder (the encoding cache's key).
