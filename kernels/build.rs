@@ -26,13 +26,14 @@ const ARCHITECTURES: &str = "80,86,89,90a,100,120";
 const CUDA_SOURCES: &[(&str, bool)] = &[
     ("flash_attention", true),
     ("sage_attention", true),
+    ("sage_wgmma", true),
     ("wgmma_attention", true),
     ("glue", false),
     ("warp", false),
     ("fp8", false),
 ];
 /// Headers the sources include.
-const CUDA_HEADERS: &[&str] = &["mma_common.cuh"];
+const CUDA_HEADERS: &[&str] = &["mma_common.cuh", "wgmma_common.cuh"];
 
 fn main() {
     for variable in [

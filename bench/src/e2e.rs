@@ -21,7 +21,7 @@ use stillmotion_engine::device::DevicePreference;
 use stillmotion_engine::gpu_memory::GpuMemoryReader;
 use stillmotion_engine::pipeline::PipelineRunner;
 use stillmotion_engine::preset;
-use stillmotion_engine::recipe::{MatmulMode, ModelFiles, Recipe, RecipeChoices};
+use stillmotion_engine::recipe::{AttentionMode, MatmulMode, ModelFiles, Recipe, RecipeChoices};
 use stillmotion_engine::runtime::{Command, EngineHandle, Event, JobKind, Stage};
 
 use crate::model_files::ModelSet;
@@ -107,9 +107,11 @@ pub fn run(
     };
     let peak = Arc::new(AtomicU64::new(0));
     let step_peak = Arc::new(AtomicU64::new(0));
+    let pool_peaks = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
     let stop = Arc::new(AtomicBool::new(false));
     let poller = spawn_memory_poller(
         [Arc::clone(&peak), Arc::clone(&step_peak)],
+        [Arc::clone(&pool_peaks[0]), Arc::clone(&pool_peaks[1])],
         Arc::clone(&stop),
     )?;
     let jobs: Vec<(f64, Vec<(u64, String)>)> = if budgets_gib.is_empty() {
@@ -124,6 +126,8 @@ pub fn run(
     // `STILLMOTION_BENCH_MATMUL=fp8`: each engine's last job again with FP8 GEMMs (same seed,
     // models already loaded), and its frames' PSNR against that job's.
     let fp8_too = std::env::var("STILLMOTION_BENCH_MATMUL").is_ok_and(|m| m == "fp8");
+    // `STILLMOTION_BENCH_ATTENTION=int8`: the same with the 8-bit attention.
+    let int8_too = std::env::var("STILLMOTION_BENCH_ATTENTION").is_ok_and(|m| m == "int8");
     for (budget_gib, engine_jobs) in jobs {
         let engine = EngineHandle::spawn(runner(budget_gib), || {})?;
         let mut last = None;
@@ -135,23 +139,32 @@ pub fn run(
                 job_id,
                 kind: JobKind::Render(Box::new(job)),
             })?;
-            let output = watch(&engine, job_id, &label, [&peak, &step_peak])?;
+            let output = watch(&engine, job_id, &label, [&peak, &step_peak], &pool_peaks)?;
             last = Some((job_id, label, output));
         }
-        if fp8_too && let Some((seed, label, standard)) = last {
-            peak.store(0, Ordering::Relaxed);
-            let (job_id, label) = (seed + 1000, format!("{label}-fp8-matmul"));
-            let mut job = recipe(seed, &format!("frames-{label}"));
-            job.matmul = MatmulMode::Fp8;
-            engine.send(Command::Submit {
-                job_id,
-                kind: JobKind::Render(Box::new(job)),
-            })?;
-            let output = watch(&engine, job_id, &label, [&peak, &step_peak])?;
-            Line::new("e2e-fp8-matmul")
-                .text("job", &label)
-                .num("psnr_db_vs_standard", frames_psnr(&standard, &output)?)
-                .print();
+        if let Some((seed, label, standard)) = last {
+            let variants: [(bool, &str, RecipeChange); 2] = [
+                (fp8_too, "fp8-matmul", |job| job.matmul = MatmulMode::Fp8),
+                (int8_too, "int8-attention", |job| {
+                    job.attention = AttentionMode::Int8;
+                }),
+            ];
+            for (job_id, (_, name, change)) in (seed + 1000..).zip(variants.iter().filter(|v| v.0))
+            {
+                peak.store(0, Ordering::Relaxed);
+                let label = format!("{label}-{name}");
+                let mut job = recipe(seed, &format!("frames-{label}"));
+                change(&mut job);
+                engine.send(Command::Submit {
+                    job_id,
+                    kind: JobKind::Render(Box::new(job)),
+                })?;
+                let output = watch(&engine, job_id, &label, [&peak, &step_peak], &pool_peaks)?;
+                Line::new(&format!("e2e-{name}"))
+                    .text("job", &label)
+                    .num("psnr_db_vs_standard", frames_psnr(&standard, &output)?)
+                    .print();
+            }
         }
         // Dropping the handle shuts the engine down and frees its models before the next one.
         drop(engine);
@@ -162,12 +175,16 @@ pub fn run(
     Ok(())
 }
 
+/// A variant of a render, for its PSNR against the standard one.
+type RecipeChange = fn(&mut Recipe);
+
 /// Prints each stage's time as it ends and a summary when the job does.
 fn watch(
     engine: &EngineHandle,
     job_id: u64,
     label: &str,
     [peak, step_peak]: [&AtomicU64; 2],
+    pool_peaks: &[Arc<AtomicU64>; 2],
 ) -> anyhow::Result<PathBuf> {
     let start = Instant::now();
     // The peak between two progress reports (one denoising step, one VAE chunk, ...), to find
@@ -212,6 +229,16 @@ fn watch(
                             .num(
                                 "peak_gib",
                                 step_peak.swap(0, Ordering::Relaxed) as f64 / f64::from(1 << 30),
+                            )
+                            .num(
+                                "pool_reserved_gib",
+                                pool_peaks[0].swap(0, Ordering::Relaxed) as f64
+                                    / f64::from(1 << 30),
+                            )
+                            .num(
+                                "pool_used_gib",
+                                pool_peaks[1].swap(0, Ordering::Relaxed) as f64
+                                    / f64::from(1 << 30),
                             )
                             .print();
                     }
@@ -277,11 +304,16 @@ fn watch(
     }
 }
 
+/// Device-wide peaks (the job's stage and step), and the step's peaks of what the allocator's
+/// pool holds from the driver and of its live bytes: where device-wide use exceeds the plan,
+/// these say whether live tensors or the pool's kept memory make the difference.
 fn spawn_memory_poller(
     peaks: [Arc<AtomicU64>; 2],
+    pool_peaks: [Arc<AtomicU64>; 2],
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let reader = GpuMemoryReader::open().context("no GPU memory reading")?;
+    let device = candle_core::Device::new_cuda(0)?;
     Ok(std::thread::Builder::new()
         .name("gpu-memory-poller".to_owned())
         .spawn(move || {
@@ -290,6 +322,10 @@ fn spawn_memory_poller(
                     for peak in &peaks {
                         peak.fetch_max(memory.used_bytes(), Ordering::Relaxed);
                     }
+                }
+                if let Ok(Some(pool)) = stillmotion_kernels::memory_pool::usage(&device) {
+                    pool_peaks[0].fetch_max(pool.reserved, Ordering::Relaxed);
+                    pool_peaks[1].fetch_max(pool.used, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }

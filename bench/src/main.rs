@@ -30,7 +30,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use stillmotion_engine::wan::weights::to_original_layout;
 use stillmotion_engine::wan::{Config, WanModel};
-use stillmotion_kernels::attention::{INT8_MIN_KEYS, attention, int8_reference, reference};
+use stillmotion_kernels::attention::{
+    INT8_MIN_KEYS, Int8Kernel, attention, int8_explicit, int8_reference, reference,
+};
 use stillmotion_kernels::glue::{self, Modulation};
 use stillmotion_kernels::linear::{Epilogue, linear};
 use stillmotion_kernels::{AttentionBackend, AttentionChoice, Kernels};
@@ -197,6 +199,33 @@ fn bench_attention(
             Box::new(|q, k, v| {
                 Ok(stillmotion_kernels::attention::flash_wgmma(
                     kernels, q, k, v, 1,
+                )?)
+            }),
+        ),
+        (
+            "int8_mma_fp8",
+            Box::new(|q, k, v| {
+                Ok(int8_explicit(
+                    kernels,
+                    q,
+                    k,
+                    v,
+                    Int8Kernel::MmaSync {
+                        fp8_pv: true,
+                        block_rows: 64,
+                    },
+                )?)
+            }),
+        ),
+        (
+            "int8_wgmma_x1",
+            Box::new(|q, k, v| {
+                Ok(int8_explicit(
+                    kernels,
+                    q,
+                    k,
+                    v,
+                    Int8Kernel::Wgmma { blocks_per_sm: 1 },
                 )?)
             }),
         ),
@@ -431,6 +460,35 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
                 &format!("attention {name} (fp8 P·V {fp8}) keys {k_len} d {d} vs exact f32"),
                 rel_l2(&out, &expected)?,
                 INT8_EXACT_BOUND,
+            );
+        }
+        // Both FP8 main kernels explicitly (wgmma on Hopper only, head dim 128).
+        let fp8_kernels = [
+            (
+                "mma.sync",
+                Int8Kernel::MmaSync {
+                    fp8_pv: true,
+                    block_rows: 64,
+                },
+            ),
+            ("wgmma x1", Int8Kernel::Wgmma { blocks_per_sm: 1 }),
+            ("wgmma x2", Int8Kernel::Wgmma { blocks_per_sm: 2 }),
+        ];
+        for (name, kernel) in fp8_kernels {
+            // A kernel this GPU or head size lacks is noted, not checked.
+            let out = match int8_explicit(kernels, &q, &k, &v, kernel) {
+                Ok(out) => out,
+                Err(e) => {
+                    Line::new("note").text(name, &e.to_string()).print();
+                    continue;
+                }
+            };
+            let emulated =
+                int8_reference::int8_attention(&on_cpu(&q)?, &on_cpu(&k)?, &on_cpu(&v)?, true)?;
+            checks.check(
+                &format!("attention int8 {name} fp8 P·V keys {k_len} d {d} vs its CPU emulation"),
+                rel_l2(&out, &emulated)?,
+                INT8_EMULATION_BOUND,
             );
         }
     }

@@ -20,13 +20,9 @@
 //
 // Other GPUs compile this file to nothing: the launcher uses it on compute capability 9.0 only.
 
-#include "mma_common.cuh"
+#include "wgmma_common.cuh"
 
 namespace {
-
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define STILLMOTION_HAS_WGMMA 1
-#endif
 
 constexpr int kHeadDim = 128;
 constexpr int kRows = 128;      // query rows per block: 64 per warpgroup
@@ -159,27 +155,6 @@ __device__ __forceinline__ void wgmma_rs_f16(float (&d)[64], const uint32_t (&a)
           "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
           "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
-}
-
-__device__ __forceinline__ void wgmma_fence() {
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_commit_and_wait() {
-    asm volatile("wgmma.commit_group.sync.aligned;\nwgmma.wait_group.sync.aligned 0;\n" ::
-                     : "memory");
-}
-// Orders this thread's (generic-proxy) shared-memory writes before wgmma's (async-proxy) reads.
-__device__ __forceinline__ void fence_proxy_async() {
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-
-// A shared-memory matrix descriptor: start address, leading and stride byte offsets, 128-byte
-// swizzle (layout type 1 in bits 62–63). Atoms are 1024-byte aligned, so the base offset is 0.
-__device__ __forceinline__ uint64_t descriptor(const void *start, uint32_t leading_bytes,
-                                               uint32_t stride_bytes) {
-    const uint64_t address = smem_address(start);
-    return ((address & 0x3FFFF) >> 4) | (static_cast<uint64_t>(leading_bytes >> 4) << 16) |
-           (static_cast<uint64_t>(stride_bytes >> 4) << 32) | (1ull << 62);
 }
 
 template <typename T> struct Wgmma;

@@ -131,7 +131,7 @@ impl Kernels {
                 AttentionChoice::Auto if gpu.cudnn.is_ok() => AttentionBackend::Cudnn,
                 AttentionChoice::Flash | AttentionChoice::Auto => AttentionBackend::Flash,
                 AttentionChoice::Int8 => AttentionBackend::Int8 {
-                    fp8_pv: gpu.fp8_mma_is_fast(),
+                    fp8_pv: gpu.fp8_mma_is_fast() || gpu.has_wgmma(),
                 },
                 AttentionChoice::Int8Pv16 => AttentionBackend::Int8 { fp8_pv: false },
             };

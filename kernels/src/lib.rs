@@ -24,6 +24,7 @@ pub mod glue;
 mod gpu;
 mod kernels;
 pub mod linear;
+pub mod memory_pool;
 pub mod warp;
 pub mod weight_stream;
 

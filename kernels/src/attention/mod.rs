@@ -64,6 +64,36 @@ pub fn attention(
     }
 }
 
+/// Which main kernel runs after the pre-pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int8Kernel {
+    /// `mma.sync` (every GPU), with `block_rows` (64 or 128) query rows per block.
+    MmaSync { fp8_pv: bool, block_rows: usize },
+    /// `wgmma` with FP8 P·V (compute capability 9.0, head dim 128), built for `blocks_per_sm`
+    /// (1 or 2) blocks an SM.
+    Wgmma { blocks_per_sm: u32 },
+}
+
+/// The 8-bit path with an explicit main kernel, for the benchmark; [`attention`] picks one for
+/// [`AttentionBackend::Int8`]. bf16/f16, CUDA only.
+pub fn int8_explicit(
+    kernels: &Kernels,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    kernel: Int8Kernel,
+) -> Result<Tensor, KernelError> {
+    #[cfg(feature = "cuda")]
+    if q.device().is_cuda() {
+        return crate::gpu::sage::attention(crate::gpu::loaded(kernels)?, q, k, v, kernel);
+    }
+    let _ = (kernels, k, v, kernel);
+    Err(bad(format!(
+        "the 8-bit kernels run on CUDA tensors, got {:?}",
+        q.device().location()
+    )))
+}
+
 /// Our flash kernel with an explicit number of query rows per block (64 or 128), for the
 /// benchmark that compares them; [`attention`] uses the default. bf16/f16, head dim 64 or 128,
 /// CUDA only.

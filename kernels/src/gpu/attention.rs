@@ -7,7 +7,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::cudnn::SdpaShape;
 use super::{device_ptr, empty_like_shape, output_tensor, scratch};
-use crate::attention::{KERNEL, bad};
+use crate::attention::{Int8Kernel, KERNEL, bad};
 use crate::{AttentionBackend, KernelError, Kernels};
 
 /// Query rows per block of our kernel: 64 (one 16-row tile per warp) or 128 (two, which
@@ -47,12 +47,13 @@ pub(crate) fn fused_with_rows(
     }
     let gpu = super::loaded(kernels)?;
     if let AttentionBackend::Int8 { fp8_pv } = backend {
-        let pv = if fp8_pv {
-            super::sage::PvPrecision::Fp8
+        // FP8 P·V on Hopper runs on wgmma (head dim 128: every Wan2.2 model's).
+        let kernel = if fp8_pv && gpu.has_wgmma() && q.dim(3)? == 128 {
+            Int8Kernel::Wgmma { blocks_per_sm: 2 }
         } else {
-            super::sage::PvPrecision::Half
+            Int8Kernel::MmaSync { fp8_pv, block_rows }
         };
-        return super::sage::attention(gpu, q, k, v, pv, block_rows);
+        return super::sage::attention(gpu, q, k, v, kernel);
     }
     let (b, sq, h, d) = q.dims4()?;
     let sk = k.dim(1)?;

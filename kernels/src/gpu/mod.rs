@@ -12,6 +12,7 @@ pub(crate) mod fp8_linear;
 pub(crate) mod glue;
 mod launch;
 pub(crate) mod linear;
+pub(crate) mod pool;
 pub(crate) mod sage;
 pub(crate) mod stream;
 pub(crate) mod warp;
@@ -32,6 +33,7 @@ use crate::KernelError;
 const FLASH_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flash_attention.fatbin"));
 const GLUE_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/glue.fatbin"));
 const SAGE_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sage_attention.fatbin"));
+const SAGE_WGMMA_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sage_wgmma.fatbin"));
 const WGMMA_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/wgmma_attention.fatbin"));
 const WARP_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/warp.fatbin"));
 const FP8_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fp8.fatbin"));
@@ -41,6 +43,7 @@ pub(crate) struct GpuKernels {
     pub(crate) device: CudaDevice,
     flash: Arc<CudaModule>,
     sage: Arc<CudaModule>,
+    sage_wgmma: Arc<CudaModule>,
     wgmma: Arc<CudaModule>,
     glue: Arc<CudaModule>,
     warp: Arc<CudaModule>,
@@ -72,6 +75,7 @@ impl GpuKernels {
         };
         let flash = load(FLASH_FATBIN)?;
         let sage = load(SAGE_FATBIN)?;
+        let sage_wgmma = load(SAGE_WGMMA_FATBIN)?;
         let wgmma = load(WGMMA_FATBIN)?;
         let glue = load(GLUE_FATBIN)?;
         let warp = load(WARP_FATBIN)?;
@@ -87,6 +91,7 @@ impl GpuKernels {
             device: device.clone(),
             flash,
             sage,
+            sage_wgmma,
             wgmma,
             glue,
             warp,
@@ -103,6 +108,10 @@ impl GpuKernels {
 
     pub(crate) fn sage_function(&self, name: &str) -> Result<CudaFunction, KernelError> {
         function(&self.sage, name)
+    }
+
+    pub(crate) fn sage_wgmma_function(&self, name: &str) -> Result<CudaFunction, KernelError> {
+        function(&self.sage_wgmma, name)
     }
 
     pub(crate) fn wgmma_function(&self, name: &str) -> Result<CudaFunction, KernelError> {

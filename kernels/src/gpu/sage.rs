@@ -1,12 +1,13 @@
 //! The 8-bit attention path (`cuda/sage_attention.cu`): a quantizing pre-pass, then our flash
-//! kernel with INT8 q·kᵀ and FP8 (or 16-bit) P·V.
+//! kernel with INT8 q·kᵀ and FP8 (or 16-bit) P·V, on `mma.sync` or, on Hopper with FP8 P·V, on
+//! `wgmma` (`cuda/sage_wgmma.cu`).
 
 use candle_core::{DType, Shape, Tensor};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::{GpuKernels, device_ptr, empty_like_shape, int, output_tensor};
 use crate::KernelError;
-use crate::attention::{KERNEL, bad};
+use crate::attention::{Int8Kernel, KERNEL, bad};
 
 const THREADS: u32 = 128;
 /// Keys per tile (`kBlockN`): K's scale group, and V's padding.
@@ -25,6 +26,21 @@ pub(crate) enum PvPrecision {
     Fp8,
     /// The input's bf16/f16.
     Half,
+}
+
+/// Q (128 rows) and a K tile (64 keys) of 128 INT8 bytes a row, a V tile of 128 channels × 64
+/// e4m3 keys, and 1024 bytes to align the swizzle atoms (`sage_wgmma.cu`).
+const WGMMA_SHARED: usize = (128 + 64) * 128 + 128 * 64 + 1024;
+const WGMMA_ROWS: usize = 128;
+const WGMMA_THREADS: u32 = 256;
+
+impl Int8Kernel {
+    fn pv(self) -> PvPrecision {
+        match self {
+            Self::MmaSync { fp8_pv: false, .. } => PvPrecision::Half,
+            Self::MmaSync { fp8_pv: true, .. } | Self::Wgmma { .. } => PvPrecision::Fp8,
+        }
+    }
 }
 
 /// Device memory owned for the length of one attention call.
@@ -59,19 +75,30 @@ fn grid(x: usize, heads: usize, batch: usize) -> Result<(u32, u32, u32), KernelE
 }
 
 /// softmax(q·kᵀ/√d)·v through the 8-bit kernels: q `[B, Sq, H, D]`, k/v `[B, Sk, H, D]`,
-/// bf16 or f16, D = 64 or 128; `block_rows` query rows per block (64 or 128).
+/// bf16 or f16, D = 64 or 128 (128 on `wgmma`).
 pub(crate) fn attention(
     gpu: &GpuKernels,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    pv: PvPrecision,
-    block_rows: usize,
+    kernel: Int8Kernel,
 ) -> Result<Tensor, KernelError> {
-    if !matches!(block_rows, 64 | 128) {
-        return Err(bad(format!("{block_rows} query rows per block: 64 or 128")));
-    }
     let (b, sq, h, d) = q.dims4()?;
+    match kernel {
+        Int8Kernel::MmaSync { block_rows, .. } if !matches!(block_rows, 64 | 128) => {
+            return Err(bad(format!("{block_rows} query rows per block: 64 or 128")));
+        }
+        Int8Kernel::Wgmma { blocks_per_sm } if !matches!(blocks_per_sm, 1 | 2) => {
+            return Err(bad(format!("{blocks_per_sm} blocks an SM: 1 or 2")));
+        }
+        Int8Kernel::Wgmma { .. } if d != 128 || !gpu.has_wgmma() => {
+            return Err(bad(format!(
+                "the 8-bit wgmma kernel runs on compute capability 9.0 with head dim 128, got {d}"
+            )));
+        }
+        _ => {}
+    }
+    let pv = kernel.pv();
     let sk = k.dim(1)?;
     let dtype = q.dtype();
     let suffix = match dtype {
@@ -224,27 +251,39 @@ pub(crate) fn attention(
 
     let shape = Shape::from((b, sq, h, d));
     let (storage, o) = empty_like_shape(&gpu.device, dtype, &shape)?;
-    // With FP8 P·V and 128-wide heads, 128-row blocks spill registers (ptxas, sm_89).
-    let block_rows = if pv == PvPrecision::Fp8 && d == 128 {
-        64
-    } else {
-        block_rows
+    let (function, rows, threads, shared) = match kernel {
+        Int8Kernel::Wgmma { blocks_per_sm } => (
+            gpu.sage_wgmma_function(&format!(
+                "stillmotion_sage_wgmma_{suffix}_d128_x{blocks_per_sm}"
+            ))?,
+            WGMMA_ROWS,
+            WGMMA_THREADS,
+            WGMMA_SHARED,
+        ),
+        Int8Kernel::MmaSync { block_rows, .. } => {
+            // With FP8 P·V and 128-wide heads, 128-row blocks spill registers (ptxas, sm_89).
+            let block_rows = if pv == PvPrecision::Fp8 && d == 128 {
+                64
+            } else {
+                block_rows
+            };
+            let (pv_name, v_bytes) = match pv {
+                PvPrecision::Fp8 => ("pv8", d * (BLOCK_N + PAD8)),
+                PvPrecision::Half => ("pv16", BLOCK_N * (d + 8) * 2),
+            };
+            let name = format!("stillmotion_sage_{suffix}_d{d}_m{block_rows}_{pv_name}");
+            let shared = (block_rows + BLOCK_N) * (d + PAD8) + v_bytes;
+            (gpu.sage_function(&name)?, block_rows, THREADS, shared)
+        }
     };
-    let (pv_name, v_bytes) = match pv {
-        PvPrecision::Fp8 => ("pv8", d * (BLOCK_N + PAD8)),
-        PvPrecision::Half => ("pv16", BLOCK_N * (d + 8) * 2),
-    };
-    let name = format!("stillmotion_sage_{suffix}_d{d}_m{block_rows}_{pv_name}");
-    let function = gpu.sage_function(&name)?;
-    let shared = (block_rows + BLOCK_N) * (d + PAD8) + v_bytes;
     let shared = u32::try_from(shared).map_err(|_| bad(format!("head dim {d}")))?;
     function.set_attribute(
         cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
         shared as i32,
     )?;
     let config = LaunchConfig {
-        grid_dim: grid(sq_padded / block_rows, h, b)?,
-        block_dim: (THREADS, 1, 1),
+        grid_dim: grid(sq_padded / rows, h, b)?,
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: shared,
     };
     let mut launch = stream.launch_builder(&function);
