@@ -345,7 +345,7 @@ __device__ __forceinline__ void sage_forward(const int8_t *__restrict__ q8,
             for (int t = 0; t < kScoreTiles; ++t) {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    score[m][t][e] = static_cast<float>(score_i[m][t][e]);
+                    score[m][t][e] = int_sum_to_float(score_i[m][t][e]);
                 }
             }
         }

@@ -222,7 +222,7 @@ __device__ __forceinline__ void sage_wgmma_forward(
         for (int t = 0; t < kScoreTiles; ++t) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                score[0][t][e] = static_cast<float>(score_i[t * 4 + e]);
+                score[0][t][e] = int_sum_to_float(score_i[t * 4 + e]);
             }
         }
         const float scales[1] = {q_scale_warp * k_scales[tile]};

@@ -57,19 +57,19 @@ pub const GIB: u64 = 1 << 30;
 /// (see where it is used).
 pub const VAE_PLANNING_BYTES: u64 = 4;
 
-/// CUDA context, cuBLAS and cuDNN workspaces, latents, condition and text context. Measured
-/// device-wide on an H200, a 10 GiB plan with half a GiB here peaked at 10.18 GiB
-/// (`bench/RESULTS.md`, run 15).
+/// CUDA context, cuBLAS and cuDNN workspaces, module code, latents, condition and text
+/// context, and what the allocator's pool holds beyond its live bytes.
 ///
-/// Not in it: allocator overhead per resident tensor. Probed on an H200 with the driver's
-/// stream-ordered pool (what candle allocates from): one A14B float8 block's 27 tensors,
-/// 25 times over, reserve 0.07 MiB a block beyond their bytes, and an image-encode /
-/// weight-load / step pattern reserves within 6 MiB of its peak use, with 6 or 25 resident
-/// blocks alike. Run 16's 0.35 GiB overrun at 16 GiB came in the high-noise phase only (the
-/// low-noise phase, same 25 resident blocks, peaked at 15.93 GiB): a first-phase transient,
-/// not growth with the resident blocks. The pipeline now synchronises after the image encode
-/// and after freeing the text encoder, so the pool returns that memory before experts load.
-pub const RUNTIME_OVERHEAD: u64 = 3 * GIB / 4;
+/// Measured on an H100 at a 16 GiB budget (`bench/RESULTS.md`, run 33, the pool read with
+/// `stillmotion_kernels::memory_pool`): device-wide use less the pool's reservation is
+/// 0.83 GiB (what is not allocated through the pool), and after the first expert loads the pool
+/// holds 1.28 GiB beyond its live bytes (load temporaries freed inside chunks that stay
+/// partly used; 0.56 GiB after the second expert's load), while the activation prediction,
+/// sized for the CPU's chunked attention, is about 1.1 GiB above the live peak on the GPU.
+/// With 0.75 GiB here that render peaked at 16.22 GiB; 1 GiB covers the difference. Synchronising
+/// does not return the held memory (the pool's release threshold is already 0): it is
+/// fragmentation, not caching.
+pub const RUNTIME_OVERHEAD: u64 = GIB;
 
 /// umT5-XXL activations for 512 tokens (a few MB per layer), rounded up generously.
 pub const TEXT_ENCODER_ACTIVATIONS: u64 = GIB / 4;
@@ -201,6 +201,9 @@ pub struct PlanInputs {
     /// Bytes per activation element (2 for bf16 on CUDA, 4 for f32 on the CPU), the DiT's
     /// and the VAE's alike (`ModelCache::vae` runs the VAE in bf16 on CUDA, f32 on the CPU).
     pub activation_bytes: u64,
+    /// The self-attention runs through the 8-bit kernels, whose pre-pass keeps quantized
+    /// copies of q, k and v ([`int8_attention_buffers`]).
+    pub int8_attention: bool,
 }
 
 /// GiB with one decimal, for messages.
@@ -222,6 +225,14 @@ pub fn dit_activation_peak(dit: &DitSize, tokens: u64, activation_bytes: u64) ->
             .min(stillmotion_kernels::attention::reference::MAX_SCORE_ELEMENTS as u64);
     let ffn_hidden = 2 * l * f * a;
     stream + qkv + attention_out + scores + ffn_hidden
+}
+
+/// The 8-bit attention's pre-pass output for `tokens` (`stillmotion_kernels` `gpu/sage.rs`):
+/// INT8 q and k and FP8 v, one byte a value each, alive through the attention call. Their
+/// per-group scales and channel statistics are a few MB and not counted.
+#[must_use]
+pub fn int8_attention_buffers(dit: &DitSize, tokens: u64) -> u64 {
+    3 * tokens * dit.dim
 }
 
 /// The weight a float8 layer dequantizes to at each call (`wan/linear.rs`), alive beside the
@@ -304,8 +315,14 @@ impl MemoryPlan {
         // sized at 4 (46-latent tiles) it held at 9.73 GiB (run 16). So the VAE is planned at
         // float32 size everywhere until its bf16 peaks are calibrated on a GPU.
         let vae_bytes = VAE_PLANNING_BYTES;
+        let int8_buffers = if inputs.int8_attention {
+            int8_attention_buffers(&s.dit, tokens.count)
+        } else {
+            0
+        };
         let activations = dit_activation_peak(&s.dit, tokens.count, inputs.activation_bytes)
-            + dequantized_weight(&s.dit, s.dit_is_float8, inputs.activation_bytes);
+            + dequantized_weight(&s.dit, s.dit_is_float8, inputs.activation_bytes)
+            + int8_buffers;
         let expert = s.high_noise_weights.max(s.low_noise_weights);
         let both = s.high_noise_weights + s.low_noise_weights;
         let block = s.dit.block_weights;

@@ -66,6 +66,8 @@ pub fn plan_for(
         sizes,
         tokens: Tokens::new(recipe.num_frames, width, height, stride),
         activation_bytes: compute_bytes,
+        // The 8-bit kernels run on the GPU only; the CPU ignores the choice.
+        int8_attention: device.is_cuda() && recipe.attention == crate::recipe::AttentionMode::Int8,
     };
     let budget = budget_override.or_else(|| {
         crate::gpu_memory::of_device(device).map(|memory| {
