@@ -331,3 +331,78 @@ fn streamed_retiming_cancels_between_passes_and_refuses_mixed_sizes() {
         "{result:?}"
     );
 }
+
+#[test]
+fn the_interpolate_job_retimes_an_mp4_as_it_decodes() {
+    use std::sync::atomic::AtomicBool;
+    use stillmotion_engine::pipeline::PipelineRunner;
+    use stillmotion_engine::recipe::InterpolateRequest;
+    use stillmotion_engine::runtime::{CancelToken, Event, JobContext, JobKind, JobRunner, Stage};
+    use stillmotion_engine::video::{
+        EncodeSettings, FrameRate, VideoFormat, VideoWriter, read_video,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let settings = EncodeSettings {
+        format: VideoFormat::Mp4H264,
+        fps: FrameRate::whole(16),
+        ..EncodeSettings::default()
+    };
+    let mut writer =
+        VideoWriter::create(&dir.path().join("in.mp4"), &settings, 64, 48, None).unwrap();
+    for frame in panning("chelsea", 4, 3, 64, 48) {
+        writer.push(&frame, &AtomicBool::new(false)).unwrap();
+    }
+    let input = writer.finish().unwrap();
+    // The job sees the decoded frames (H.264 is lossy): the library's retime of those is
+    // what it must write.
+    let decoded = read_video(&input, 100, 1 << 20).unwrap().frames;
+    assert_eq!(decoded.len(), 4);
+
+    let request = InterpolateRequest {
+        input,
+        frames_fps: 16,
+        multiplier: 2,
+        target_fps: Some(24.0),
+        loop_clip: false,
+        output: dir.path().join("out"),
+    };
+    let events = std::cell::RefCell::new(Vec::new());
+    let sink = |event: Event| {
+        if let Event::Progress { progress, .. } = event
+            && progress.stage == Stage::Interpolating
+        {
+            events.borrow_mut().push((progress.done, progress.total));
+        }
+    };
+    let ctx = JobContext::new(1, CancelToken::new(), &sink, None);
+    let mut runner = PipelineRunner::new()
+        .with_rife_weights(stillmotion_engine::paths::rife_weights_path().unwrap());
+    let output = runner
+        .run(&JobKind::Interpolate(Box::new(request)), &ctx)
+        .unwrap();
+    let mut written: Vec<_> = std::fs::read_dir(&output.path)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "png"))
+        .collect();
+    written.sort();
+    let frames: Vec<RgbImage> = written
+        .iter()
+        .map(|path| image::open(path).unwrap().to_rgb8())
+        .collect();
+
+    let rife = rife();
+    let library = streamed(
+        &rife,
+        &decoded,
+        (16.0, 24.0),
+        &InterpolationSettings::with_multiplier(2),
+    );
+    // 16 → 24 fps over 4 frames: source times 0, 2/3, 4/3, 2, 8/3.
+    assert_eq!(frames.len(), 5);
+    assert_same_frames(&frames, &library.frames, "the job against the library");
+    assert_eq!(frames[3].as_raw(), decoded[2].as_raw());
+    // A video's length is not known ahead: each pair reports itself as the total so far.
+    assert_eq!(*events.borrow(), [(1, 1), (2, 2), (3, 3)]);
+}
