@@ -406,3 +406,28 @@ fn the_interpolate_job_retimes_an_mp4_as_it_decodes() {
     // A video's length is not known ahead: each pair reports itself as the total so far.
     assert_eq!(*events.borrow(), [(1, 1), (2, 2), (3, 3)]);
 }
+
+#[test]
+fn each_frame_is_encoded_once_for_both_its_pairs() {
+    let rife = rife();
+    let clip = panning("coffee", 6, 2, 32, 32);
+    let layout = FrameLayout::new(32, 32, None).unwrap();
+    let settings = InterpolationSettings {
+        memory_budget: Some(budget_for(&rife, &layout, 2)),
+        ..InterpolationSettings::with_multiplier(3)
+    };
+    // ×3 in a loop, passes of two items: 6 pairs (the closing one included) over windows
+    // of frames, every frame read by two pairs.
+    let before = rife.frames_encoded();
+    let looped = InterpolationSettings {
+        loop_clip: true,
+        ..settings.clone()
+    };
+    assert_eq!(super::run(&rife, &clip, &looped).len(), 18);
+    assert_eq!(rife.frames_encoded() - before, 6, "×3 in a loop");
+    // 16 → 24 fps: renders in every pair, passes of two spanning pairs.
+    let before = rife.frames_encoded();
+    let run = streamed(&rife, &clip, (16.0, 24.0), &settings);
+    assert_eq!(run.frames.len(), 8);
+    assert_eq!(rife.frames_encoded() - before, 6, "16 → 24 fps");
+}
