@@ -206,7 +206,7 @@ fn clip_keeps_originals_bit_exact_and_has_the_right_length() {
     let frames: Vec<RgbImage> = (0..4)
         .map(|k| crop(&image, 40 + 3 * k, 60 + k, 70, 50))
         .collect();
-    for multiplier in [1, 2, 3] {
+    for multiplier in [1, 2, 3, 5] {
         let settings = InterpolationSettings::with_multiplier(multiplier);
         let out = run(&rife, &frames, &settings);
         assert_eq!(out.len(), (frames.len() - 1) * multiplier + 1);
@@ -273,6 +273,22 @@ fn scene_cuts_repeat_the_first_frame_instead_of_morphing() {
     assert_eq!(out[3].as_raw(), b.as_raw());
     assert_eq!(reports.get(), 1);
     assert!(cut_seen.get());
+
+    // In a loop the closing pair (last → first) is a cut too: it repeats the last frame.
+    let mut cuts = Vec::new();
+    let mut record = |p: PairProgress| cuts.push(p.scene_cut);
+    let mut ctx = InterpolationContext {
+        is_cancelled: &|| false,
+        on_progress: &mut record,
+        clock: None,
+    };
+    let looped = InterpolationSettings {
+        loop_clip: true,
+        ..settings.clone()
+    };
+    let out = interpolate(&rife, &[a.clone(), b.clone()], &looped, &mut ctx).unwrap();
+    assert_eq!(out, [&a, &a, &a, &b, &b, &b].map(Clone::clone));
+    assert_eq!(cuts, [true, true]);
 
     // Every pairing of the three photos is a cut, at several crops.
     let names = ["astronaut", "chelsea", "coffee"];
