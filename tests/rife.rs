@@ -24,6 +24,9 @@ use stillmotion_engine::rife::{
 };
 use stillmotion_tests::compare::max_abs_diff;
 
+#[path = "rife/retime.rs"]
+mod retime_stream;
+
 const FRAME_W: u32 = 160;
 const FRAME_H: u32 = 128;
 
@@ -203,7 +206,7 @@ fn clip_keeps_originals_bit_exact_and_has_the_right_length() {
     let frames: Vec<RgbImage> = (0..4)
         .map(|k| crop(&image, 40 + 3 * k, 60 + k, 70, 50))
         .collect();
-    for multiplier in [1, 2, 3] {
+    for multiplier in [1, 2, 3, 5] {
         let settings = InterpolationSettings::with_multiplier(multiplier);
         let out = run(&rife, &frames, &settings);
         assert_eq!(out.len(), (frames.len() - 1) * multiplier + 1);
@@ -270,6 +273,22 @@ fn scene_cuts_repeat_the_first_frame_instead_of_morphing() {
     assert_eq!(out[3].as_raw(), b.as_raw());
     assert_eq!(reports.get(), 1);
     assert!(cut_seen.get());
+
+    // In a loop the closing pair (last → first) is a cut too: it repeats the last frame.
+    let mut cuts = Vec::new();
+    let mut record = |p: PairProgress| cuts.push(p.scene_cut);
+    let mut ctx = InterpolationContext {
+        is_cancelled: &|| false,
+        on_progress: &mut record,
+        clock: None,
+    };
+    let looped = InterpolationSettings {
+        loop_clip: true,
+        ..settings.clone()
+    };
+    let out = interpolate(&rife, &[a.clone(), b.clone()], &looped, &mut ctx).unwrap();
+    assert_eq!(out, [&a, &a, &a, &b, &b, &b].map(Clone::clone));
+    assert_eq!(cuts, [true, true]);
 
     // Every pairing of the three photos is a cut, at several crops.
     let names = ["astronaut", "chelsea", "coffee"];
@@ -626,7 +645,7 @@ fn batches_report_each_pair_and_cancel_between_passes() {
 fn the_interpolate_job_reads_and_writes_png_folders_on_its_threads() {
     use stillmotion_engine::pipeline::PipelineRunner;
     use stillmotion_engine::recipe::InterpolateRequest;
-    use stillmotion_engine::runtime::{CancelToken, Event, JobContext, JobKind, JobRunner};
+    use stillmotion_engine::runtime::{CancelToken, Event, JobContext, JobKind, JobRunner, Stage};
 
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
@@ -649,7 +668,7 @@ fn the_interpolate_job_reads_and_writes_png_folders_on_its_threads() {
     let mut runner = PipelineRunner::new()
         .with_rife_weights(stillmotion_engine::paths::rife_weights_path().unwrap());
     let output = runner
-        .run(&JobKind::Interpolate(Box::new(request)), &ctx)
+        .run(&JobKind::Interpolate(Box::new(request.clone())), &ctx)
         .unwrap();
     let mut written: Vec<_> = std::fs::read_dir(&output.path)
         .unwrap()
@@ -662,8 +681,53 @@ fn the_interpolate_job_reads_and_writes_png_folders_on_its_threads() {
         .map(|path| image::open(path).unwrap().to_rgb8())
         .collect();
     // The job's frames are the library's: originals in place, the network's in between.
+    let rife = rife();
     assert_eq!(
         frames,
-        run(&rife(), &clip, &InterpolationSettings::with_multiplier(2))
+        run(&rife, &clip, &InterpolationSettings::with_multiplier(2))
     );
+
+    // To a target rate, streamed the same way: 16 → 24 fps, progress once per pair.
+    let retimed = JobKind::Interpolate(Box::new(InterpolateRequest {
+        target_fps: Some(24.0),
+        output: dir.path().join("out24"),
+        ..request
+    }));
+    let events = std::cell::RefCell::new(Vec::new());
+    let sink = |event: Event| {
+        if let Event::Progress { progress, .. } = event {
+            events
+                .borrow_mut()
+                .push((progress.stage, progress.done, progress.total));
+        }
+    };
+    let ctx = JobContext::new(2, CancelToken::new(), &sink, None);
+    let output = runner.run(&retimed, &ctx).unwrap();
+    let mut written: Vec<_> = std::fs::read_dir(&output.path)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "png"))
+        .collect();
+    written.sort();
+    let frames: Vec<RgbImage> = written
+        .iter()
+        .map(|path| image::open(path).unwrap().to_rgb8())
+        .collect();
+    let mut progress = |_: PairProgress| {};
+    let mut ctx = InterpolationContext {
+        is_cancelled: &|| false,
+        on_progress: &mut progress,
+        clock: None,
+    };
+    let settings = InterpolationSettings::with_multiplier(2);
+    let expected = retime(&rife, &clip, 16.0, 24.0, &settings, &mut ctx).unwrap();
+    assert_eq!(frames.len(), 4);
+    assert_eq!(frames, expected);
+    let pairs: Vec<_> = events
+        .borrow()
+        .iter()
+        .filter(|(stage, _, _)| *stage == Stage::Interpolating)
+        .map(|&(_, done, total)| (done, total))
+        .collect();
+    assert_eq!(pairs, [(1, 2), (2, 2)]);
 }

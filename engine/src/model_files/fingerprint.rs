@@ -232,7 +232,8 @@ pub fn from_header(header: &Header) -> Fingerprint {
             Some(48) => Some(Family::Wan22),
             _ => None,
         };
-    } else if any("block0.") && any("conv") {
+    } else if (any("block0.") || any("blocks.0.conv0.")) && any("conv") {
+        // ComfyUI's RIFE files may name the IFBlocks `blocks.N.` (rife::weights reads both).
         fp.role = Role::Rife;
     }
     fp
@@ -407,5 +408,17 @@ mod tests {
         std::fs::write(&rife, b"\x80\x02}q\0").unwrap();
         let fp = fingerprint(&rife).unwrap();
         assert_eq!((fp.format, fp.role), (Format::Pickle, Role::Rife));
+        for block in ["block0", "module.blocks.0"] {
+            let comfy = dir.path().join(format!("rife_v4.26-{block}.safetensors"));
+            fake_safetensors(
+                &comfy,
+                &[
+                    ("encode.cnn0.weight", "F32", &[16, 3, 3, 3]),
+                    (&format!("{block}.conv0.0.0.weight"), "F32", &[96, 7, 3, 3]),
+                ],
+                &[],
+            );
+            assert_eq!(fingerprint(&comfy).unwrap().role, Role::Rife, "{block}");
+        }
     }
 }

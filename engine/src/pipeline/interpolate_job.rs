@@ -14,7 +14,8 @@ use crate::image_input::DEFAULT_MAX_PIXELS;
 use crate::memory_plan::{GIB, MemoryPlan};
 use crate::recipe::{DEFAULT_RESERVE_VRAM_GB, InterpolateRequest};
 use crate::rife::{
-    InterpolationContext, InterpolationSettings, PairProgress, Rife, interpolate_stream, retime,
+    InterpolationContext, InterpolationSettings, PairProgress, Retiming, Rife, interpolate_stream,
+    retime_stream,
 };
 use crate::runtime::{JobContext, JobOutput, Stage};
 use crate::video::{EncodeSettings, FrameRate, VideoReader, VideoWriter};
@@ -119,19 +120,6 @@ impl PipelineRunner {
             None,
         )?;
         let cancel = ctx.cancel_token().flag();
-        if let Some(target) = target {
-            let mut all = vec![first];
-            while let Some(frame) = frames.next_frame() {
-                ctx.check()?;
-                all.push(frame?);
-            }
-            for frame in retime_frames(rife, &all, fps, target, memory_budget, ctx)? {
-                writer.push(&frame, cancel)?;
-            }
-            ctx.check()?;
-            let path = writer.finish()?;
-            return Ok(JobOutput { path });
-        }
         let mut interpolation = InterpolationSettings::with_multiplier(request.multiplier as usize);
         interpolation.loop_clip = request.loop_clip;
         interpolation.memory_budget = memory_budget;
@@ -169,14 +157,32 @@ impl PipelineRunner {
                 })
                 .map_err(|e| EngineError::io("starting the reader thread", "", e))?;
             let result = write_on_thread(&mut writer, frame_bytes, cancel, |emit| {
-                interpolate_stream(
-                    rife,
-                    std::iter::once(Ok(first)).chain(receiver),
-                    frame_count,
-                    &interpolation,
-                    &mut rife_ctx,
-                    emit,
-                )
+                let frames = std::iter::once(Ok(first)).chain(receiver);
+                match target {
+                    // Loops are refused with a target rate (`validate`); the multiplier is
+                    // unused.
+                    Some(target) => retime_stream(
+                        rife,
+                        frames,
+                        frame_count,
+                        Retiming {
+                            source_fps: fps.as_f64(),
+                            target_fps: target.as_f64(),
+                        },
+                        &interpolation,
+                        &mut rife_ctx,
+                        emit,
+                    )
+                    .map(|summary| summary.emitted),
+                    None => interpolate_stream(
+                        rife,
+                        frames,
+                        frame_count,
+                        &interpolation,
+                        &mut rife_ctx,
+                        emit,
+                    ),
+                }
             });
             // `receiver` went into the stream and is dropped: the reader stops at its next frame.
             reader
@@ -257,17 +263,18 @@ pub(super) fn target_rate(fps: f64) -> Result<FrameRate, EngineError> {
     })
 }
 
-/// `frames` at `source` resampled to `target` with RIFE (see [`retime`]), each pair's
-/// timesteps batched within `memory_budget` bytes, reporting progress per frame pair and
-/// stopping between passes when cancelled.
-pub(super) fn retime_frames(
+/// `frames` at `source` resampled to `target` with RIFE ([`retime_stream`]) into `writer` on
+/// its thread ([`write_on_thread`]), each frame dropped once no output needs it, passes
+/// within `memory_budget` bytes, reporting progress per frame pair and stopping between
+/// passes when cancelled.
+pub(super) fn retime_into(
     rife: &Rife,
-    frames: &[RgbImage],
-    source: FrameRate,
-    target: FrameRate,
+    frames: Vec<RgbImage>,
+    rates: Retiming,
     memory_budget: Option<u64>,
     ctx: &JobContext<'_>,
-) -> Result<Vec<RgbImage>, EngineError> {
+    writer: &mut VideoWriter,
+) -> Result<(), EngineError> {
     let is_cancelled = || ctx.check().is_err();
     let mut on_progress = |p: PairProgress| {
         let total = p.pairs_total.unwrap_or(p.pairs_done);
@@ -282,18 +289,24 @@ pub(super) fn retime_frames(
         on_progress: &mut on_progress,
         clock: None,
     };
-    // The multiplier is unused by `retime`; scene cuts, network scale, rounding and the
-    // memory budget apply.
+    // The multiplier is unused by `retime_stream`; scene cuts, network scale, rounding and
+    // the memory budget apply.
     let mut settings = InterpolationSettings::with_multiplier(2);
     settings.memory_budget = memory_budget;
-    retime(
-        rife,
-        frames,
-        source.as_f64(),
-        target.as_f64(),
-        &settings,
-        &mut rife_ctx,
-    )
+    let frame_count = frames.len();
+    let frame_bytes = frames.first().map_or(0, |f| f.as_raw().len());
+    write_on_thread(writer, frame_bytes, ctx.cancel_token().flag(), |emit| {
+        retime_stream(
+            rife,
+            frames.into_iter().map(Ok),
+            Some(frame_count),
+            rates,
+            &settings,
+            &mut rife_ctx,
+            emit,
+        )
+    })?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use super::decode_stage::FrameSink;
 use super::denoise_stage::DenoiseStage;
 use super::fingerprints::model_file_records;
-use super::interpolate_job::{retime_frames, target_rate, write_on_thread};
+use super::interpolate_job::{retime_into, target_rate, write_on_thread};
 use super::models::ModelCache;
 use super::output::format_for_recipe;
 use super::plan::plan_for;
@@ -18,7 +18,7 @@ use crate::image_input::{self, LoadOptions, fit};
 use crate::memory_plan::{DitPlacement, Placement};
 use crate::preset::ModelFamily;
 use crate::recipe::{ImageFit, Interpolation, Recipe, WAN_DEFAULT_NEGATIVE_PROMPT};
-use crate::rife::{InterpolationContext, InterpolationSettings, interpolate_stream};
+use crate::rife::{InterpolationContext, InterpolationSettings, Retiming, interpolate_stream};
 use crate::runtime::{JobContext, JobKind, JobOutput, JobRunner, Stage};
 use crate::sampling::{GuidanceRule, LoopConfig};
 use crate::video::{EmbeddedRecipe, EncodeSettings, FrameRate, VideoWriter};
@@ -232,11 +232,12 @@ impl PipelineRunner {
         if let Some(target) = target {
             let path = self.rife_weights_path()?;
             let rife = self.models.rife(&path, &device)?;
-            let source = FrameRate::whole(recipe.fps);
+            let rates = Retiming {
+                source_fps: FrameRate::whole(recipe.fps).as_f64(),
+                target_fps: target.as_f64(),
+            };
             let budget = super::interpolate_job::rife_memory_budget(&plan);
-            for frame in retime_frames(rife, &decoded, source, target, budget, ctx)? {
-                writer.push(&frame, cancel)?;
-            }
+            retime_into(rife, decoded, rates, budget, ctx, &mut writer)?;
         } else if let Some(multiplier) = multiplier {
             let path = self.rife_weights_path()?;
             let rife = self.models.rife(&path, &device)?;

@@ -14,8 +14,9 @@
 //!
 //! [`weights`] reads the checkpoints, [`model`] is the network, [`pair`] runs frame pairs
 //! (frames up and down as bytes, converted and padded on the device, per-frame features,
-//! batches of pairs and timesteps sized from a memory budget), [`interpolate`] drives a clip by a multiplier and [`retime`] to a target
-//! fps, [`scene_cut`] decides which pairs not to morph. On CUDA the network runs in f16
+//! batches of pairs and timesteps sized from a memory budget), [`interpolate`] drives a clip
+//! by a multiplier and [`retime`] to a target fps (both streamed: bounded memory for any
+//! length), [`scene_cut`] decides which pairs not to morph. On CUDA the network runs in f16
 //! (weights, activations and warps), on the CPU in f32; original frames pass through as
 //! they came.
 
@@ -35,7 +36,7 @@ pub use pair::{
     ACTIVATION_PLANES, FrameLayout, MAX_BATCH, PixelRounding, PreparedFrame, Rife, frames_to_rgb8,
     network_scale_for, to_rgb8,
 };
-pub use retime::retime;
+pub use retime::{RetimeSummary, Retiming, max_frames_held, retime, retime_stream};
 pub use scene_cut::{DEFAULT_SCENE_CUT_BELOW, frame_similarity, histogram_overlap};
 pub use stillmotion_kernels::warp::{backward_warp, backward_warp_with};
 pub use timing::{RifeStage, StageClock};

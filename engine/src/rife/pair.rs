@@ -1,5 +1,7 @@
 //! One frame pair through the network: loading, padding, per-frame features, 8-bit output.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
@@ -20,6 +22,9 @@ pub struct Rife {
     /// frames cross the bus as bytes and become the network's input by lookup, bit for bit
     /// what dividing on the host and casting on the device gave.
     byte_values: Tensor,
+    /// Frames whose Head features were computed, over this network's life: each frame of a
+    /// clip is encoded once although it belongs to two pairs ([`Rife::frames_encoded`]).
+    frames_encoded: AtomicU64,
 }
 
 impl Rife {
@@ -82,6 +87,7 @@ impl Rife {
             device: device.clone(),
             dtype,
             byte_values,
+            frames_encoded: AtomicU64::new(0),
         })
     }
 
@@ -92,6 +98,13 @@ impl Rife {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// How many frames' Head features this network has computed so far ([`Rife::prepare`] and
+    /// friends count one a frame): the clip drivers prepare each frame once and reuse its
+    /// features for both pairs it belongs to, which this lets a caller check.
+    pub fn frames_encoded(&self) -> u64 {
+        self.frames_encoded.load(Ordering::Relaxed)
     }
 
     /// The bare network, for callers that pad and batch themselves.
@@ -122,6 +135,8 @@ impl Rife {
     ) -> Result<PreparedFrame, EngineError> {
         let padded = self.pad(image, layout)?;
         let features = self.net.encode(&padded)?;
+        self.frames_encoded
+            .fetch_add(padded.dim(0)? as u64, Ordering::Relaxed);
         Ok(PreparedFrame { padded, features })
     }
 
@@ -152,6 +167,8 @@ impl Rife {
             let _span = tracing::trace_span!("rife_head").entered();
             self.net.encode(&padded)?
         };
+        self.frames_encoded
+            .fetch_add(frames.len() as u64, Ordering::Relaxed);
         lap(clock, RifeStage::Head)?;
         (0..frames.len())
             .map(|i| {
