@@ -190,7 +190,10 @@ fn load_dit(
         path,
         cfg.as_ref(),
         loras,
-        requantize,
+        wan::LoraLoad {
+            mode: wan::LoraMode::Merge,
+            requantize,
+        },
         resident_blocks,
         device,
         dtype,
