@@ -281,6 +281,38 @@ pub fn changed_tensors<S: std::hash::BuildHasher>(
         .collect())
 }
 
+/// Per model weight (of `model_names`) that the LoRA file at `path` gives low-rank pairs and
+/// no full `diff`: the pairs' element count (`rank·(in + out)`), from the header alone. What a
+/// layer carries when its pairs are applied on the fly (see [`super::LoraMode`]).
+pub fn low_rank_elements<S: std::hash::BuildHasher>(
+    path: &std::path::Path,
+    model_names: &HashSet<String, S>,
+) -> Result<HashMap<String, u64>, EngineError> {
+    let header = crate::weights::read_header(path)?;
+    let matcher = KeyMatcher::new(model_names, header.tensors.keys().map(String::as_str));
+    let mut elements: HashMap<String, u64> = HashMap::new();
+    let mut full = HashSet::new();
+    for (key, entry) in &header.tensors {
+        let Some((kind, Some(target))) = matcher.target(key) else {
+            continue;
+        };
+        if !model_names.contains(&target) {
+            continue;
+        }
+        match kind {
+            ".alpha" => {}
+            ".diff" | ".diff_b" => {
+                full.insert(target);
+            }
+            _ => {
+                *elements.entry(target).or_default() += entry.shape.iter().product::<usize>() as u64
+            }
+        }
+    }
+    elements.retain(|target, _| !full.contains(target));
+    Ok(elements)
+}
+
 /// Splits the prefix off a LoRA module path; `true` when it is kohya's underscored form.
 fn strip(key: &str) -> (&str, bool) {
     for p in PREFIXES {
