@@ -305,7 +305,8 @@ pub fn low_rank_elements<S: std::hash::BuildHasher>(
                 full.insert(target);
             }
             _ => {
-                *elements.entry(target).or_default() += entry.shape.iter().product::<usize>() as u64
+                let n = entry.shape.iter().product::<usize>() as u64;
+                *elements.entry(target).or_default() += n;
             }
         }
     }
