@@ -636,8 +636,15 @@ mod tests {
         );
         recipe.loras[0].strength_high_noise = 0.5;
         assert_eq!(weight(&mut cache, &recipe), 3, "strength changed: reloaded");
+        recipe.lora_mode = wan::LoraMode::OnTheFly;
+        assert_eq!(
+            weight(&mut cache, &recipe),
+            4,
+            "LoRA mode changed: reloaded"
+        );
+        assert_eq!(weight(&mut cache, &recipe), 4, "same mode: reused");
         recipe.loras.clear();
-        assert_eq!(weight(&mut cache, &recipe), 4, "LoRA removed: reloaded");
+        assert_eq!(weight(&mut cache, &recipe), 5, "LoRA removed: reloaded");
     }
 
     #[test]
