@@ -917,11 +917,13 @@ fn lora_for(tensors: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
 /// product to average it) the frames stay 29.5 dB from the exact merge (max 141 levels), about
 /// what quantizing the original weights to fp8 costs (31.0 dB), and far closer than without
 /// the LoRA (its effect: 21.5 dB). Bounds: 26 dB, and 5 dB better than dropping the LoRA. The
-/// plan counts the requantized layers at one byte a weight.
+/// plan counts the requantized layers at one byte a weight. Applied on the fly instead
+/// (`lora_mode`), the LoRA gives the exact merge's frames (float32 rounding apart) with the
+/// layers float8 plus the factors.
 #[test]
 fn a_lora_requantized_into_fp8_layers_renders_close_to_the_exact_merge() {
     use stillmotion_engine::recipe::LoraChoice;
-    use stillmotion_engine::wan::LoraRequantize;
+    use stillmotion_engine::wan::{LoraMode, LoraRequantize};
 
     let case = case();
     let dir = tempfile::tempdir().unwrap();
@@ -957,6 +959,7 @@ fn a_lora_requantized_into_fp8_layers_renders_close_to_the_exact_merge() {
     let (original_frames, _) = render_planned(&original, None);
     let (without, _) = render_planned(&recipe, None);
     recipe.loras = loras;
+    recipe.lora_mode = LoraMode::Merge;
     recipe.lora_requantize = LoraRequantize::Never;
     recipe.output = dir.path().join("exact");
     let (exact, exact_plan) = render_planned(&recipe, None);
@@ -989,6 +992,26 @@ fn a_lora_requantized_into_fp8_layers_renders_close_to_the_exact_merge() {
     assert_eq!(
         e.high_noise_weights - r.high_noise_weights,
         3 * block_linears
+    );
+
+    recipe.lora_mode = LoraMode::OnTheFly;
+    recipe.output = dir.path().join("on_the_fly");
+    let (on_the_fly, fly_plan) = render_planned(&recipe, None);
+    let levels = max_abs_diff(&on_the_fly, &exact);
+    eprintln!("fp8 + LoRA on the fly vs exact merge: max {levels} levels");
+    assert!(levels <= 1.0, "{levels}");
+    // Rank-4 float32 factors beside each float8 block linear.
+    let factors: u64 = expert_tensors(&case, "high_noise.safetensors")
+        .iter()
+        .filter(|(n, _)| is_block_linear(n))
+        .map(|(_, t)| {
+            let (out, inp) = t.dims2().unwrap();
+            4 * (out + inp) as u64
+        })
+        .sum();
+    assert_eq!(
+        fly_plan.predicted.high_noise_weights - r.high_noise_weights,
+        4 * factors
     );
 }
 

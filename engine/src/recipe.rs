@@ -181,6 +181,10 @@ pub struct Recipe {
     /// of stored recipes when `auto`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub lora_requantize: crate::wan::LoraRequantize,
+    /// Whether LoRA pairs are merged at load or applied on the fly (`wan/lora_mode.rs`); left
+    /// out of stored recipes when `auto`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub lora_mode: crate::wan::LoraMode,
     /// Continue from the save point beside the output (`<output>.latents.safetensors`)
     /// instead of starting over.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -216,6 +220,7 @@ pub struct RecipeChoices {
     pub attention: Option<AttentionMode>,
     pub matmul: Option<MatmulMode>,
     pub lora_requantize: Option<crate::wan::LoraRequantize>,
+    pub lora_mode: Option<crate::wan::LoraMode>,
     pub preview: Option<PreviewMode>,
 }
 
@@ -266,6 +271,7 @@ impl Recipe {
             matmul: choices.matmul.unwrap_or_default(),
             preview: choices.preview.unwrap_or_default(),
             lora_requantize: choices.lora_requantize.unwrap_or_default(),
+            lora_mode: choices.lora_mode.unwrap_or_default(),
             device: choices.device.unwrap_or_default(),
             resume: false,
         }
@@ -634,6 +640,42 @@ mod tests {
         assert_eq!(recipe.preset_lora.as_deref(), Some("lightx2v-4step"));
         let back = Recipe::from_json(&recipe.to_json().unwrap()).unwrap();
         assert_eq!(back, recipe);
+    }
+
+    #[test]
+    fn the_lora_mode_round_trips_and_is_left_out_at_auto() {
+        use crate::wan::LoraMode;
+
+        let files = files();
+        let preset = preset("wan22-i2v-a14b-lightx2v-4step-480p.toml");
+        let auto = Recipe::from_layers(&preset, files.choices.clone());
+        assert_eq!(auto.lora_mode, LoraMode::Auto);
+        let json = auto.to_json().unwrap();
+        assert!(!json.contains("lora_mode"), "{json}");
+        assert_eq!(Recipe::from_json(&json).unwrap(), auto);
+        for (mode, text) in [
+            (LoraMode::Merge, "merge"),
+            (LoraMode::OnTheFly, "on_the_fly"),
+        ] {
+            let choices = RecipeChoices {
+                lora_mode: Some(mode),
+                ..files.choices.clone()
+            };
+            let recipe = Recipe::from_layers(&preset, choices);
+            assert_eq!(recipe.lora_mode, mode);
+            recipe.validate().unwrap();
+            let json = recipe.to_json().unwrap();
+            assert!(
+                json.contains(&format!(r#""lora_mode": "{text}""#)),
+                "{json}"
+            );
+            assert_eq!(Recipe::from_json(&json).unwrap(), recipe);
+        }
+        let bad = auto
+            .to_json()
+            .unwrap()
+            .replacen('{', r#"{"lora_mode": "sideways","#, 1);
+        assert!(Recipe::from_json(&bad).is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use stillmotion_engine::recipe::{
     AttentionMode, ImageFit, Interpolation, LoraChoice, MatmulMode, ModelFiles, Recipe,
     RecipeChoices, VideoCodec,
 };
-use stillmotion_engine::wan::LoraRequantize;
+use stillmotion_engine::wan::{LoraMode, LoraRequantize};
 
 /// The preset used when `--preset` is not given: what most users run.
 pub const DEFAULT_PRESET: &str = "wan22-i2v-a14b-lightx2v-4step-480p";
@@ -105,6 +105,11 @@ pub struct RenderArgs {
     /// (kept in the compute dtype: exact, twice the memory of those layers).
     #[arg(long, value_enum)]
     pub lora_requantize: Option<LoraRequantizeArg>,
+    /// LoRA low-rank pairs: auto (applied on the fly on GGUF layers, and on float8 layers
+    /// unless requantized; merged elsewhere), merge (into every weight at load), on-the-fly
+    /// (no weight changes: the factors kept beside each layer, two small products more a call).
+    #[arg(long, value_enum)]
+    pub lora_mode: Option<LoraModeArg>,
     /// GPU memory to leave free for other programs, in GB.
     #[arg(long, allow_negative_numbers = true)]
     pub reserve_vram: Option<f64>,
@@ -157,6 +162,13 @@ pub enum LoraRequantizeArg {
     Auto,
     Always,
     Never,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LoraModeArg {
+    Auto,
+    Merge,
+    OnTheFly,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -246,6 +258,11 @@ impl RenderArgs {
                 LoraRequantizeArg::Auto => LoraRequantize::Auto,
                 LoraRequantizeArg::Always => LoraRequantize::Always,
                 LoraRequantizeArg::Never => LoraRequantize::Never,
+            }),
+            lora_mode: self.lora_mode.map(|choice| match choice {
+                LoraModeArg::Auto => LoraMode::Auto,
+                LoraModeArg::Merge => LoraMode::Merge,
+                LoraModeArg::OnTheFly => LoraMode::OnTheFly,
             }),
             // A headless render sends no live previews.
             preview: None,
@@ -416,6 +433,11 @@ mod tests {
             .to_recipe()
             .unwrap();
         assert_eq!(exact.lora_requantize, LoraRequantize::Never);
+        assert_eq!(recipe.lora_mode, LoraMode::Auto);
+        let on_the_fly = parse(&[&base[..], &["--lora-mode", "on-the-fly"]].concat())
+            .to_recipe()
+            .unwrap();
+        assert_eq!(on_the_fly.lora_mode, LoraMode::OnTheFly);
 
         let message = parse(&[&base[..], &["--frames", "80"]].concat())
             .to_recipe()

@@ -5,7 +5,7 @@
 //! tensor counts at the dtype it is resident in (float8 weights of ComfyUI `fp8_scaled` files
 //! stay float8, see `wan/linear.rs`; everything else, GGUF included, is converted to the compute
 //! dtype at load; a float8 layer a LoRA changes is merged into a compute-dtype weight, which the
-//! LoRA file's header tells, unless the merge is requantized to float8, see `wan/lora_requant.rs`). The token count is `latent frames × (h / 8 / 2) × (w / 8 / 2)` for
+//! LoRA file's header tells, unless the merge is requantized to float8, see `wan/lora_requant.rs`, or the layer applies the pairs on the fly: stored size plus the factors, see `wan/lora_mode.rs`). The token count is `latent frames × (h / 8 / 2) × (w / 8 / 2)` for
 //! the Wan2.1 VAE (spatial stride 8) and the DiT's 1×2×2 patches, `w`×`h` the size the image is
 //! fitted to (the official fit keeps the image's aspect, so it may differ from the recipe's). The budget is device memory minus the
 //! user's reserve; on the CPU a plan is made against a given budget (tests) or none.

@@ -1,12 +1,14 @@
 //! Model sizes for the memory plan, read from file headers (safetensors, shards, GGUF) without
 //! loading any tensor data.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::EngineError;
+use crate::wan::LoraLoad;
+use crate::wan::lora_mode::{LayerStorage, LoraMode};
 use crate::weights::Header;
 
 /// Head size shared by every released Wan model.
@@ -177,39 +179,60 @@ pub fn dit_size_with_loras(
     loras: &[PathBuf],
     compute_bytes: u64,
 ) -> Result<(DitSize, bool), EngineError> {
-    dit_size_with_merges(headers, loras, compute_bytes, false)
+    let merge = LoraLoad {
+        mode: LoraMode::Merge,
+        requantize: false,
+    };
+    dit_size_with_merges(headers, loras, compute_bytes, merge)
 }
 
-/// As [`dit_size_with_loras`]; with `requantize`, float8 layers a LoRA changes are rounded back
-/// to float8 at load (`wan/lora_requant.rs`) and count one byte a weight again.
+/// As [`dit_size_with_loras`], the LoRAs taken as `lora` says: with `requantize`, float8 layers
+/// a merge changes are rounded back to float8 at load (`wan/lora_requant.rs`) and count one
+/// byte a weight again; a layer whose pairs its [`LoraMode`] applies on the fly keeps its
+/// stored size and adds the pairs' factors at `compute_bytes` (`wan/lora_side.rs`).
 pub fn dit_size_with_merges(
     headers: &[Header],
     loras: &[PathBuf],
     compute_bytes: u64,
-    requantize: bool,
+    lora: LoraLoad,
 ) -> Result<(DitSize, bool), EngineError> {
     let scaled_fp8 = is_scaled_fp8(headers);
     let names = original_names(headers);
-    let changed = if scaled_fp8 && !loras.is_empty() {
+    let mut changed = HashSet::new();
+    let mut factors: HashMap<String, u64> = HashMap::new();
+    if !loras.is_empty() {
         let model_names: HashSet<String> = names.values().cloned().collect();
-        let mut changed = HashSet::new();
-        for lora in loras {
-            changed.extend(crate::wan::lora::changed_tensors(lora, &model_names)?);
+        for path in loras {
+            if scaled_fp8 {
+                changed.extend(crate::wan::lora::changed_tensors(path, &model_names)?);
+            }
+            for (target, n) in crate::wan::lora::low_rank_elements(path, &model_names)? {
+                *factors.entry(target).or_default() += n;
+            }
         }
-        changed
-    } else {
-        HashSet::new()
-    };
+    }
     let mut blocks: BTreeMap<u64, u64> = BTreeMap::new();
     let mut non_block = 0;
     let mut dim = None;
     let mut ffn_dim = 0;
     for (key, entry) in headers.iter().flat_map(|h| h.tensors.iter()) {
-        let merged = names.get(key.as_str()).is_some_and(|n| changed.contains(n));
-        let bytes = if merged && !(requantize && entry.dtype.starts_with("F8")) {
+        let name = names.get(key.as_str());
+        let storage = match entry.dtype.as_str() {
+            d if scaled_fp8 && d.starts_with("F8") => LayerStorage::Float8,
+            d if d.starts_with('Q') => LayerStorage::Gguf,
+            _ => LayerStorage::Plain,
+        };
+        let on_the_fly = name
+            .and_then(|n| factors.get(n))
+            .filter(|_| lora.mode.on_the_fly(storage, lora.requantize));
+        let merged = name.is_some_and(|n| changed.contains(n));
+        let stored = resident_bytes(&entry.dtype, &entry.shape, scaled_fp8, compute_bytes);
+        let bytes = if let Some(&factor_elements) = on_the_fly {
+            stored + factor_elements * compute_bytes
+        } else if merged && !(lora.requantize && entry.dtype.starts_with("F8")) {
             entry.shape.iter().product::<usize>() as u64 * compute_bytes
         } else {
-            resident_bytes(&entry.dtype, &entry.shape, scaled_fp8, compute_bytes)
+            stored
         };
         let bare = crate::wan::weights::strip_prefix(key);
         if bare == "patch_embedding.weight" {
@@ -280,8 +303,8 @@ pub fn model_bytes_at(path: &Path, compute_bytes: u64) -> Result<u64, EngineErro
 pub struct ExpertFiles<'a> {
     pub weights: &'a Path,
     pub loras: &'a [PathBuf],
-    /// Float8 layers the LoRAs change are requantized to float8 at load (`wan/lora_requant.rs`).
-    pub requantize: bool,
+    /// How the LoRAs are taken: merged (float8 merges requantized or not) or on the fly.
+    pub lora: LoraLoad,
 }
 
 impl ModelSizes {
@@ -298,7 +321,7 @@ impl ModelSizes {
                 &headers(expert.weights)?,
                 expert.loras,
                 compute_bytes,
-                expert.requantize,
+                expert.lora,
             )
         };
         let (high, high_fp8) = size(high_noise)?;

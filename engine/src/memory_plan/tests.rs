@@ -425,17 +425,44 @@ fn a_lora_merged_into_a_float8_layer_counts_at_the_compute_dtype() {
     );
     // Requantized to float8 at load: one byte a weight again, as without the LoRAs.
     for compute_bytes in [2, 4] {
+        let requantize = crate::wan::LoraLoad {
+            mode: crate::wan::LoraMode::Merge,
+            requantize: true,
+        };
         let (requantized, _) = sizes::dit_size_with_merges(
             &headers,
             &[comfy.clone(), kohya.clone()],
             compute_bytes,
-            true,
+            requantize,
         )
         .unwrap();
         assert_eq!(
             requantized.block_weights,
             (dim * dim + 1024 * dim) as u64 + 2 * compute_bytes
         );
+        // On the fly (auto, not requantizing): float8 as stored plus the rank-4 factors at the
+        // compute dtype; block 1's FFN pair (4·dim + 1024·4) is the larger. Requantizing, auto
+        // merges as above.
+        for (requantize, extra) in [
+            (false, (4 * dim + 1024 * 4) as u64 * compute_bytes),
+            (true, 0),
+        ] {
+            let auto = crate::wan::LoraLoad {
+                mode: crate::wan::LoraMode::Auto,
+                requantize,
+            };
+            let (size, _) = sizes::dit_size_with_merges(
+                &headers,
+                &[comfy.clone(), kohya.clone()],
+                compute_bytes,
+                auto,
+            )
+            .unwrap();
+            assert_eq!(
+                size.block_weights,
+                (dim * dim + 1024 * dim) as u64 + 2 * compute_bytes + extra
+            );
+        }
     }
 }
 

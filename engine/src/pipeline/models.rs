@@ -28,6 +28,8 @@ struct ModelKey {
     resident_blocks: Option<usize>,
     /// DiT experts: float8 layers the LoRAs change were requantized to float8.
     requantize: bool,
+    /// DiT experts: where the LoRAs' low-rank pairs went (merged or on the fly).
+    lora_mode: wan::LoraMode,
 }
 
 impl ModelKey {
@@ -38,6 +40,7 @@ impl ModelKey {
             loras: Vec::new(),
             resident_blocks: None,
             requantize: false,
+            lora_mode: wan::LoraMode::default(),
         }
     }
 }
@@ -167,7 +170,7 @@ pub(super) fn expert_loras(recipe: &Recipe, expert: Expert) -> Vec<LoraSpec> {
 /// not be done, are returned as warnings.
 fn load_dit(
     path: &Path,
-    (loras, requantize): (&[LoraSpec], bool),
+    (loras, lora): (&[LoraSpec], wan::LoraLoad),
     resident_blocks: Option<usize>,
     (dtype, device): (DType, &Device),
 ) -> Result<(WanModel, Vec<String>), EngineError> {
@@ -190,7 +193,7 @@ fn load_dit(
         path,
         cfg.as_ref(),
         loras,
-        requantize,
+        lora,
         resident_blocks,
         device,
         dtype,
@@ -301,11 +304,15 @@ impl ModelCache {
             ),
         };
         let loras = expert_loras(recipe, expert);
-        let requantize = recipe.lora_requantize.resolve(device);
+        let lora = wan::LoraLoad {
+            mode: recipe.lora_mode,
+            requantize: recipe.lora_requantize.resolve(device),
+        };
         let key = ModelKey {
             loras: loras.clone(),
             resident_blocks,
-            requantize,
+            requantize: lora.requantize,
+            lora_mode: lora.mode,
             ..ModelKey::plain(path, device, dtype)
         };
         if let Some(Slot {
@@ -326,8 +333,7 @@ impl ModelCache {
         }
         let warnings = &mut self.warnings;
         let held = get_or_load(slot, &self.loads, key, || {
-            let (model, found) =
-                load_dit(path, (&loras, requantize), resident_blocks, (dtype, device))?;
+            let (model, found) = load_dit(path, (&loras, lora), resident_blocks, (dtype, device))?;
             warnings.extend(found);
             Ok(Held::OnDevice(model))
         })?;
@@ -630,8 +636,15 @@ mod tests {
         );
         recipe.loras[0].strength_high_noise = 0.5;
         assert_eq!(weight(&mut cache, &recipe), 3, "strength changed: reloaded");
+        recipe.lora_mode = wan::LoraMode::OnTheFly;
+        assert_eq!(
+            weight(&mut cache, &recipe),
+            4,
+            "LoRA mode changed: reloaded"
+        );
+        assert_eq!(weight(&mut cache, &recipe), 4, "same mode: reused");
         recipe.loras.clear();
-        assert_eq!(weight(&mut cache, &recipe), 4, "LoRA removed: reloaded");
+        assert_eq!(weight(&mut cache, &recipe), 5, "LoRA removed: reloaded");
     }
 
     #[test]

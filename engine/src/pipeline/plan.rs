@@ -40,7 +40,10 @@ pub fn plan_for(
             .collect()
     };
     let (high_loras, low_loras) = (lora_paths(Expert::HighNoise), lora_paths(Expert::LowNoise));
-    let requantize = recipe.lora_requantize.resolve(device);
+    let lora = crate::wan::LoraLoad {
+        mode: recipe.lora_mode,
+        requantize: recipe.lora_requantize.resolve(device),
+    };
     // The VAE runs in bf16 on CUDA, f32 on the CPU (`ModelCache::vae`): the DiT's compute dtype.
     let vae_bytes = compute_bytes;
     let sizes = ModelSizes::read(
@@ -48,12 +51,12 @@ pub fn plan_for(
             ExpertFiles {
                 weights: required(files.high_noise.as_ref(), "high_noise")?,
                 loras: &high_loras,
-                requantize,
+                lora,
             },
             ExpertFiles {
                 weights: required(files.low_noise.as_ref(), "low_noise")?,
                 loras: &low_loras,
-                requantize,
+                lora,
             },
         ),
         required(files.text_encoder.as_ref(), "text_encoder")?,

@@ -205,8 +205,10 @@ impl Cursor<'_> {
     }
 
     fn lin(&mut self, lin: &Lin) -> Result<Lin, EngineError> {
-        let weight = self.next()?;
-        lin.with_tensors(weight, self.next()?)
+        let tensors = (0..lin.tensor_count())
+            .map(|_| self.next())
+            .collect::<Result<Vec<_>, _>>()?;
+        lin.with_tensors(&tensors)
     }
 }
 

@@ -10,6 +10,9 @@
 //! `QTensor` on the model's device (see `crate::gguf` for how the loader hands them over) and
 //! are multiplied per [`QuantizedMatmul`]: dequantized at use (ComfyUI-GGUF's arithmetic, the
 //! default) or by candle's `QMatMul`. The bias stays a plain tensor.
+//!
+//! A LoRA applied on the fly rides beside any of these weights, untouched, as a
+//! [`LoraSideCar`] whose product is added before the epilogue.
 
 use std::sync::Arc;
 
@@ -19,6 +22,7 @@ use candle_nn::VarBuilder;
 use stillmotion_kernels::Kernels;
 use stillmotion_kernels::linear::{Epilogue, Fp8Weight, linear, linear_fp8};
 
+use super::lora_side::LoraSideCar;
 use crate::EngineError;
 use crate::gguf::{GGML_TYPE_SUFFIX, QuantizedMatmul, ggml_type_from_id, quantized_linear};
 
@@ -52,6 +56,8 @@ enum Weight {
 pub(super) struct Lin {
     weight: Weight,
     bias: Tensor,
+    /// LoRA factors applied on the fly (see [`super::lora_side`]).
+    lora: Option<LoraSideCar>,
 }
 
 impl Lin {
@@ -72,15 +78,18 @@ impl Lin {
         vb: &VarBuilder<'_>,
     ) -> Result<Self, EngineError> {
         let stored = stored.into();
+        // Before the weight: reading the factors is what keeps the weight unmerged.
+        let lora = LoraSideCar::read(out_dim, in_dim, vb)?;
         let bias = vb.get(out_dim, "bias")?;
         if let Some(weight) = Self::quantized(&stored, out_dim, in_dim, vb)? {
-            return Ok(Self { weight, bias });
+            return Ok(Self { weight, bias, lora });
         }
         let Some(scale_name) = SCALE_NAMES.iter().find(|n| vb.contains_tensor(n)) else {
             let weight = vb.get(stored, "weight")?.reshape((out_dim, in_dim))?;
             return Ok(Self {
                 weight: Weight::Plain(weight),
                 bias,
+                lora,
             });
         };
         let scale = vb
@@ -111,6 +120,7 @@ impl Lin {
             return Ok(Self {
                 weight: Weight::Plain(weight),
                 bias,
+                lora,
             });
         }
         Ok(Self {
@@ -121,6 +131,7 @@ impl Lin {
                 input_scale: Self::input_scale(vb)?,
             },
             bias,
+            lora,
         })
     }
 
@@ -192,20 +203,47 @@ impl Lin {
         }))
     }
 
-    /// The layer's tensors, weight then bias, for streaming it from host memory. GGUF
+    /// The layer's tensors, weight, bias, then the on-the-fly LoRA factors if any (
+    /// [`Self::tensor_count`] of them), for streaming it from host memory. GGUF
     /// block-quantized weights cannot stream (they are not candle tensors).
-    pub(super) fn tensors(&self) -> Result<[&Tensor; 2], EngineError> {
-        match &self.weight {
-            Weight::Plain(w) | Weight::Scaled { weight: w, .. } => Ok([w, &self.bias]),
-            Weight::Quantized { .. } => Err(EngineError::BadModelInput {
-                problem: "block swapping cannot stream GGUF block-quantized layers: use an fp8_scaled or bf16 file of the model, or a larger VRAM budget".to_owned(),
-            }),
-        }
+    pub(super) fn tensors(&self) -> Result<Vec<&Tensor>, EngineError> {
+        let mut out = match &self.weight {
+            Weight::Plain(w) | Weight::Scaled { weight: w, .. } => vec![w, &self.bias],
+            Weight::Quantized { .. } => {
+                return Err(EngineError::BadModelInput {
+                    problem: "block swapping cannot stream GGUF block-quantized layers: use an fp8_scaled or bf16 file of the model, or a larger VRAM budget".to_owned(),
+                });
+            }
+        };
+        out.extend(self.lora.iter().flat_map(LoraSideCar::tensors));
+        Ok(out)
     }
 
-    /// The same layer (scale, dtype) computing with `weight` and `bias` instead of its own:
-    /// tensors of the same shapes and dtypes, such as a streaming slot's.
-    pub(super) fn with_tensors(&self, weight: Tensor, bias: Tensor) -> Result<Self, EngineError> {
+    /// How many tensors [`Self::tensors`] lists.
+    pub(super) fn tensor_count(&self) -> usize {
+        if self.lora.is_some() { 4 } else { 2 }
+    }
+
+    /// The same layer (scale, dtype) computing with `tensors` (in [`Self::tensors`] order)
+    /// instead of its own: tensors of the same shapes and dtypes, such as a streaming slot's.
+    pub(super) fn with_tensors(&self, tensors: &[Tensor]) -> Result<Self, EngineError> {
+        let (weight, bias, lora) = match (tensors, &self.lora) {
+            ([weight, bias], None) => (weight.clone(), bias.clone(), None),
+            ([weight, bias, down, up], Some(_)) => (
+                weight.clone(),
+                bias.clone(),
+                Some(LoraSideCar::with_tensors(down.clone(), up.clone())),
+            ),
+            _ => {
+                return Err(EngineError::BadModelInput {
+                    problem: format!(
+                        "a linear layer of {} tensors was given {}",
+                        self.tensor_count(),
+                        tensors.len()
+                    ),
+                });
+            }
+        };
         let weight = match &self.weight {
             Weight::Plain(_) => Weight::Plain(weight),
             Weight::Scaled {
@@ -225,7 +263,13 @@ impl Lin {
                 });
             }
         };
-        Ok(Self { weight, bias })
+        Ok(Self { weight, bias, lora })
+    }
+
+    /// Whether a LoRA is applied on the fly (its factors kept beside the weight).
+    #[cfg(test)]
+    pub(super) fn has_lora_side_car(&self) -> bool {
+        self.lora.is_some()
     }
 
     /// The weight as stored (float8 for scaled layers, u8 blocks for quantized ones).
@@ -284,7 +328,25 @@ impl Lin {
         self.forward_with(kernels, x, Epilogue::GeluTanh)
     }
 
+    /// The base product, plus the on-the-fly LoRA's before the epilogue.
     fn forward_with(
+        &self,
+        kernels: &Kernels,
+        x: &Tensor,
+        epilogue: Epilogue,
+    ) -> Result<Tensor, EngineError> {
+        let Some(lora) = &self.lora else {
+            return self.base_forward(kernels, x, epilogue);
+        };
+        let y = self.base_forward(kernels, x, Epilogue::None)?;
+        let y = (&y + lora.forward(x)?.to_dtype(y.dtype())?)?;
+        Ok(match epilogue {
+            Epilogue::None => y,
+            Epilogue::GeluTanh => y.gelu()?,
+        })
+    }
+
+    fn base_forward(
         &self,
         kernels: &Kernels,
         x: &Tensor,
@@ -612,7 +674,8 @@ mod tests {
                 strength: 1.0,
             };
             assert_eq!(deltas.add(&spec, &names).unwrap().merged, 1);
-            let backend = deltas.wrap(Box::new(tensors.clone()), requantize);
+            let mode = super::super::LoraMode::Merge;
+            let (backend, _) = deltas.wrap(Box::new(tensors.clone()), requantize, mode);
             let vb = VarBuilder::from_backend(backend, DType::BF16, dev.clone());
             let lin = Lin::new(4, 4, &vb.pp("l")).unwrap();
             let (dtype, bytes) = if requantize {

@@ -9,6 +9,7 @@ use candle_nn::var_builder::SimpleBackend;
 
 use super::config::Config;
 use super::lora::{LoraDeltas, LoraReport, LoraSpec};
+use super::lora_mode::LoraMode;
 use super::model::WanModel;
 use super::weights::original_names;
 use crate::EngineError;
@@ -17,6 +18,22 @@ use crate::weights::{MappedFiles, model_files};
 
 /// The only quantized format the model runs (see `super::linear`).
 const FLOAT8_FORMAT: &str = "float8_e4m3fn";
+
+/// How a load takes its LoRAs: where the low-rank pairs go ([`LoraMode`]), and whether float8
+/// layers a merge changes are requantized (see [`super::lora_requant`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoraLoad {
+    pub mode: LoraMode,
+    pub requantize: bool,
+}
+
+impl LoraLoad {
+    /// Every pair merged, float8 merges kept in the compute dtype (the plain loaders).
+    const MERGE: Self = Self {
+        mode: LoraMode::Merge,
+        requantize: false,
+    };
+}
 
 impl WanModel {
     /// Loads the transformer at `path` (a `.safetensors` file or a model folder) with weights
@@ -69,25 +86,44 @@ impl WanModel {
     ) -> Result<(Self, Vec<LoraReport>), EngineError> {
         let matmul = QuantizedMatmul::default();
         let target = (device, dtype, Some(resident_blocks));
-        Self::load_inner(path, config, (loras, false), matmul, target)
+        Self::load_inner(path, config, (loras, LoraLoad::MERGE), matmul, target)
     }
 
     /// As [`WanModel::load_with_loras`] (with block swapping when `resident_blocks` is set, as
-    /// [`WanModel::load_streamed`]), and with `requantize`, float8 layers a LoRA changes are
-    /// rounded back to float8 with their own scale instead of kept in `dtype` (see
+    /// [`WanModel::load_streamed`]), taking the LoRAs as `lora` says: low-rank pairs merged or
+    /// applied on the fly per its [`LoraMode`], and with `requantize`, float8 layers a merge
+    /// changes rounded back to float8 with their own scale instead of kept in `dtype` (see
     /// [`super::lora_requant`]; [`super::LoraRequantize::resolve`] decides it for a render).
     pub fn load_merged(
         path: &Path,
         config: Option<&Config>,
         loras: &[LoraSpec],
-        requantize: bool,
+        lora: LoraLoad,
         resident_blocks: Option<usize>,
         device: &Device,
         dtype: DType,
     ) -> Result<(Self, Vec<LoraReport>), EngineError> {
         let matmul = QuantizedMatmul::default();
         let target = (device, dtype, resident_blocks);
-        Self::load_inner(path, config, (loras, requantize), matmul, target)
+        Self::load_inner(path, config, (loras, lora), matmul, target)
+    }
+
+    /// As [`WanModel::load_with_options`], with the LoRAs' low-rank pairs placed by `mode`
+    /// (float8 merges not requantized).
+    pub fn load_with_lora_mode(
+        path: &Path,
+        config: Option<&Config>,
+        loras: &[LoraSpec],
+        mode: LoraMode,
+        matmul: QuantizedMatmul,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Self, Vec<LoraReport>), EngineError> {
+        let lora = LoraLoad {
+            mode,
+            requantize: false,
+        };
+        Self::load_inner(path, config, (loras, lora), matmul, (device, dtype, None))
     }
 
     /// As [`WanModel::load_with_loras`], choosing how layers kept quantized (GGUF) multiply.
@@ -100,14 +136,15 @@ impl WanModel {
         device: &Device,
         dtype: DType,
     ) -> Result<(Self, Vec<LoraReport>), EngineError> {
-        Self::load_inner(path, config, (loras, false), matmul, (device, dtype, None))
+        let loras = (loras, LoraLoad::MERGE);
+        Self::load_inner(path, config, loras, matmul, (device, dtype, None))
     }
 
-    /// `loras` with whether merged float8 layers are requantized; `target` as [`Self::build`].
+    /// `loras` with how to take them; `target` as [`Self::build`].
     fn load_inner(
         path: &Path,
         config: Option<&Config>,
-        loras: (&[LoraSpec], bool),
+        loras: (&[LoraSpec], LoraLoad),
         matmul: QuantizedMatmul,
         target: (&Device, DType, Option<usize>),
     ) -> Result<(Self, Vec<LoraReport>), EngineError> {
@@ -147,14 +184,13 @@ impl WanModel {
         Self::build(&config, backend, &names, loras, target)
     }
 
-    /// Builds the model on `backend`, merging `loras` first (requantizing merged float8
-    /// layers when the flag says so), on the target's device in its dtype with its resident
-    /// blocks.
+    /// Builds the model on `backend`, with `loras` merged or applied on the fly as `lora`
+    /// says, on the target's device in its dtype with its resident blocks.
     fn build(
         config: &Config,
         backend: Box<dyn SimpleBackend>,
         names: &HashMap<String, String>,
-        (loras, requantize): (&[LoraSpec], bool),
+        (loras, lora): (&[LoraSpec], LoraLoad),
         (device, dtype, resident_blocks): (&Device, DType, Option<usize>),
     ) -> Result<(Self, Vec<LoraReport>), EngineError> {
         let model_names = names.keys().cloned().collect();
@@ -169,7 +205,17 @@ impl WanModel {
         let backend = if deltas.is_empty() {
             backend
         } else {
-            deltas.wrap(backend, requantize)
+            let (backend, placement) = deltas.wrap(backend, lora.requantize, lora.mode);
+            tracing::info!(
+                mode = ?placement.mode,
+                on_the_fly = placement.on_the_fly,
+                merged = placement.merged,
+                requantize = lora.requantize,
+                "LoRA placement: low-rank pairs of {} layers applied on the fly, {} tensors merged",
+                placement.on_the_fly,
+                placement.merged
+            );
+            backend
         };
         let vb = candle_nn::VarBuilder::from_backend(backend, dtype, device.clone());
         Ok((Self::new_streamed(config, &vb, resident_blocks)?, reports))

@@ -10,13 +10,20 @@
 //! A float8 (`fp8_scaled`) layer is merged on its true weight (stored × scale), then either
 //! kept in the compute dtype or, when requantizing (see [`super::lora_requant`]), merged on
 //! the CPU and rounded stochastically back to float8 e4m3 with the layer's own scale.
+//!
+//! Where [`LoraMode`] says so, a weight's low-rank pairs are not merged: the backend offers
+//! them stacked as the layer's side-car tensors ([`super::lora_side`]) and hands the weight
+//! back as stored, once the layer has read those. A weight with a full `diff` is always merged.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 
+use super::lora_mode::{LayerStorage, LoraMode};
+use super::lora_side;
 use super::weights::{Layout, detect_layout, rename};
 use crate::EngineError;
 use crate::gguf::GGML_TYPE_SUFFIX;
@@ -162,18 +169,50 @@ impl LoraDeltas {
     }
 
     /// Wraps a weights backend so that tensors with deltas come back merged; with
-    /// `requantize`, merged float8 layers come back as float8 (see [`super::lora_requant`]).
+    /// `requantize`, merged float8 layers come back as float8 (see [`super::lora_requant`]);
+    /// low-rank pairs that `mode` puts on the fly come as side-car tensors instead. Returns
+    /// how many weights take their pairs on the fly and how many tensors are merged.
     pub(super) fn wrap(
         self,
         inner: Box<dyn SimpleBackend>,
         requantize: bool,
-    ) -> Box<dyn SimpleBackend> {
-        Box::new(Merged {
+        mode: LoraMode,
+    ) -> (Box<dyn SimpleBackend>, LoraPlacement) {
+        let mut merged = Merged {
             inner,
             deltas: self.0,
             requantize,
-        })
+            on_the_fly: HashSet::new(),
+            taken: Mutex::default(),
+        };
+        merged.on_the_fly = merged
+            .deltas
+            .iter()
+            .filter(|(name, deltas)| {
+                let low_rank_only = deltas.iter().all(|d| matches!(d, Delta::LowRank { .. }));
+                low_rank_only
+                    && name.ends_with(".weight")
+                    && mode.on_the_fly(merged.storage(name), requantize)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let placement = LoraPlacement {
+            mode,
+            on_the_fly: merged.on_the_fly.len(),
+            merged: merged.deltas.len() - merged.on_the_fly.len(),
+        };
+        (Box::new(merged), placement)
     }
+}
+
+/// Where a load put its LoRAs' deltas (see [`LoraMode`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoraPlacement {
+    pub mode: LoraMode,
+    /// Weights whose low-rank pairs are applied on the fly (when a linear layer reads them).
+    pub on_the_fly: usize,
+    /// Tensors merged at load.
+    pub merged: usize,
 }
 
 /// Maps LoRA keys to the model tensors they change, as [`LoraDeltas::add`] merges them.
@@ -242,6 +281,39 @@ pub fn changed_tensors<S: std::hash::BuildHasher>(
         .collect())
 }
 
+/// Per model weight (of `model_names`) that the LoRA file at `path` gives low-rank pairs and
+/// no full `diff`: the pairs' element count (`rank·(in + out)`), from the header alone. What a
+/// layer carries when its pairs are applied on the fly (see [`super::LoraMode`]).
+pub fn low_rank_elements<S: std::hash::BuildHasher>(
+    path: &std::path::Path,
+    model_names: &HashSet<String, S>,
+) -> Result<HashMap<String, u64>, EngineError> {
+    let header = crate::weights::read_header(path)?;
+    let matcher = KeyMatcher::new(model_names, header.tensors.keys().map(String::as_str));
+    let mut elements: HashMap<String, u64> = HashMap::new();
+    let mut full = HashSet::new();
+    for (key, entry) in &header.tensors {
+        let Some((kind, Some(target))) = matcher.target(key) else {
+            continue;
+        };
+        if !model_names.contains(&target) {
+            continue;
+        }
+        match kind {
+            ".alpha" => {}
+            ".diff" | ".diff_b" => {
+                full.insert(target);
+            }
+            _ => {
+                let n = entry.shape.iter().product::<usize>() as u64;
+                *elements.entry(target).or_default() += n;
+            }
+        }
+    }
+    elements.retain(|target, _| !full.contains(target));
+    Ok(elements)
+}
+
 /// Splits the prefix off a LoRA module path; `true` when it is kohya's underscored form.
 fn strip(key: &str) -> (&str, bool) {
     for p in PREFIXES {
@@ -257,9 +329,79 @@ struct Merged {
     deltas: HashMap<String, Vec<Delta>>,
     /// Float8 layers come back as float8 (stochastically rounded), not float32.
     requantize: bool,
+    /// Weights whose low-rank pairs are offered as side-car tensors.
+    on_the_fly: HashSet<String>,
+    /// Those of them whose layer has read the side-car: they come back unmerged.
+    taken: Mutex<HashSet<String>>,
 }
 
+/// Float8 per-tensor scale names (as `super::linear` reads them).
+const SCALE_NAMES: [&str; 2] = ["scale_weight", "weight_scale"];
+
 impl Merged {
+    /// How the inner backend stores the weight `name`.
+    fn storage(&self, name: &str) -> LayerStorage {
+        let module = name.strip_suffix(".weight").unwrap_or(name);
+        if self
+            .inner
+            .contains_tensor(&format!("{name}{GGML_TYPE_SUFFIX}"))
+        {
+            LayerStorage::Gguf
+        } else if SCALE_NAMES
+            .iter()
+            .any(|s| self.inner.contains_tensor(&format!("{module}.{s}")))
+        {
+            LayerStorage::Float8
+        } else {
+            LayerStorage::Plain
+        }
+    }
+
+    /// The weight a side-car tensor name belongs to, and whether it is the down factor.
+    fn side_car_of(name: &str) -> Option<(String, bool)> {
+        [(lora_side::DOWN, true), (lora_side::UP, false)]
+            .into_iter()
+            .find_map(|(part, down)| {
+                let module = name.strip_suffix(part)?.strip_suffix('.')?;
+                Some((format!("{module}.weight"), down))
+            })
+    }
+
+    /// The weight's low-rank pairs stacked along the rank: `down` `[R, in]`, or `up`
+    /// `[out, R]` with each pair's scale folded in.
+    fn side_car(
+        &self,
+        weight: &str,
+        down: bool,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let parts = self.deltas[weight]
+            .iter()
+            .filter_map(|d| match d {
+                Delta::LowRank { up, down: d, scale } => Some(if down {
+                    d.flatten_from(1)
+                } else {
+                    up.flatten_from(1).and_then(|u| u.affine(*scale, 0.0))
+                }),
+                Delta::Full { .. } => None,
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let stacked = Tensor::cat(&parts, usize::from(!down))?;
+        if down {
+            self.taken
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("LoRA side-car registry poisoned".into()))?
+                .insert(weight.to_owned());
+        }
+        stacked.to_dtype(dtype)?.to_device(dev)
+    }
+
+    /// Whether `name` is a weight whose layer took its pairs on the fly.
+    fn unmerged(&self, name: &str) -> bool {
+        self.on_the_fly.contains(name) && self.taken.lock().is_ok_and(|taken| taken.contains(name))
+    }
+
     /// The merged tensor, float32, divided by the layer's scale when it is a float8 layer
     /// (then `true`).
     fn merge(
@@ -340,7 +482,12 @@ impl SimpleBackend for Merged {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let Some(deltas) = self.deltas.get(name) else {
+        if let Some((weight, down)) = Self::side_car_of(name)
+            && self.on_the_fly.contains(&weight)
+        {
+            return self.side_car(&weight, down, dtype, dev);
+        }
+        let Some(deltas) = self.deltas.get(name).filter(|_| !self.unmerged(name)) else {
             return self.inner.get(s, name, h, dtype, dev);
         };
         let t = self.merged(name, deltas, dtype, dev)?;
@@ -355,16 +502,25 @@ impl SimpleBackend for Merged {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let Some(deltas) = self.deltas.get(name) else {
+        if let Some((weight, down)) = Self::side_car_of(name)
+            && self.on_the_fly.contains(&weight)
+        {
+            return self.side_car(&weight, down, dtype, dev);
+        }
+        let Some(deltas) = self.deltas.get(name).filter(|_| !self.unmerged(name)) else {
             return self.inner.get_unchecked(name, dtype, dev);
         };
         self.merged(name, deltas, dtype, dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
+        if let Some((weight, _)) = Self::side_car_of(name) {
+            return self.on_the_fly.contains(&weight);
+        }
         // A GGUF weight a LoRA changes is merged dequantized: hide that it could stay quantized.
         if let Some(weight) = name.strip_suffix(GGML_TYPE_SUFFIX)
             && self.deltas.contains_key(weight)
+            && !self.on_the_fly.contains(weight)
         {
             return false;
         }
@@ -429,7 +585,7 @@ mod tests {
             vec!["lora_unet_c.lora_down.weight"]
         );
 
-        let merged = deltas.wrap(Box::new(model), false);
+        let (merged, _) = deltas.wrap(Box::new(model), false, LoraMode::Merge);
         // As stored: (0.5 w + 2 · up @ down) / 0.5, ready for the layer's own scale.
         let raw = merged
             .get_unchecked("a.weight", DType::F8E4M3, &dev)
@@ -455,7 +611,7 @@ mod tests {
             ),
             ("a.scale_weight".to_owned(), t(&[0.5], &[])),
         ]);
-        let requantized = deltas.wrap(Box::new(model), true);
+        let (requantized, _) = deltas.wrap(Box::new(model), true, LoraMode::Auto);
         let raw = requantized
             .get_unchecked("a.weight", DType::F8E4M3, &dev)
             .unwrap();

@@ -22,7 +22,11 @@ pub mod config;
 mod linear;
 mod load;
 pub mod lora;
+pub mod lora_mode;
 pub mod lora_requant;
+mod lora_side;
+#[cfg(test)]
+mod lora_side_tests;
 pub mod model;
 pub mod rope;
 mod streamed;
@@ -31,6 +35,8 @@ pub mod weights;
 
 pub use crate::gguf::QuantizedMatmul;
 pub use config::{Config, ModelType, TimeEmbedding};
-pub use lora::{LoraReport, LoraSpec};
+pub use load::LoraLoad;
+pub use lora::{LoraPlacement, LoraReport, LoraSpec};
+pub use lora_mode::LoraMode;
 pub use lora_requant::LoraRequantize;
 pub use model::WanModel;

@@ -96,7 +96,7 @@ impl WanModel {
         let lin_bytes: usize = lins
             .iter()
             .filter_map(|lin| lin.tensors().ok())
-            .flat_map(|tensors| tensors.map(bytes_of))
+            .flat_map(|tensors| tensors.into_iter().map(bytes_of))
             .sum();
         let block_bytes: usize = self
             .blocks
@@ -133,8 +133,12 @@ impl WanModel {
     /// The same model with its resident tensors on `device` (the streamed blocks shared).
     fn moved(&self, device: &Device) -> Result<Self, EngineError> {
         let lin = |lin: &Lin| -> Result<Lin, EngineError> {
-            let [weight, bias] = lin.tensors()?;
-            lin.with_tensors(weight.to_device(device)?, bias.to_device(device)?)
+            let tensors = lin
+                .tensors()?
+                .into_iter()
+                .map(|t| t.to_device(device))
+                .collect::<Result<Vec<_>, _>>()?;
+            lin.with_tensors(&tensors)
         };
         let blocks = self
             .blocks

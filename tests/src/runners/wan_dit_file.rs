@@ -5,14 +5,16 @@
 //! `[config]`: `path` (a file or folder, relative to the case folder) and, optionally, the
 //! model's config keys as in `wan_dit`; without them the files' own config is used. `lora`
 //! (a LoRA file merged at load), `lora_strength` (default 1) and `lora_unmatched` (how many
-//! LoRA keys must be reported unmatched), `quantized_matmul` (`"dequantize"`, the default, or
+//! LoRA keys must be reported unmatched), `lora_mode` (`"merge"`, the default here, `"auto"` or
+//! `"on_the_fly"`: where the LoRA's low-rank pairs go, see `engine/src/wan/lora_mode.rs`),
+//! `quantized_matmul` (`"dequantize"`, the default, or
 //! `"native"`: how GGUF layers kept quantized multiply). Inputs as
 //! in `wan_dit`: `x`, optional `y`, `t`, `context`. Output: `out`. A bf16/f16 run loads in that
 //! dtype (float8 and GGUF weights convert to it at use) and casts `x`, `y`, `context` to it.
 
 use anyhow::Context;
 use candle_core::{DType, Device};
-use stillmotion_engine::wan::{Config, LoraSpec, QuantizedMatmul, WanModel};
+use stillmotion_engine::wan::{Config, LoraMode, LoraSpec, QuantizedMatmul, WanModel};
 
 use super::{Outputs, in_dtype::float_to, inputs, take};
 use crate::golden::Case;
@@ -28,8 +30,17 @@ pub fn run(case: &Case, device: &Device, dtype: DType) -> anyhow::Result<Outputs
         "lora",
         "lora_strength",
         "lora_unmatched",
+        "lora_mode",
         "quantized_matmul",
     ];
+    let lora_mode = match given.get("lora_mode").and_then(toml::Value::as_str) {
+        None | Some("merge") => LoraMode::Merge,
+        Some("auto") => LoraMode::Auto,
+        Some("on_the_fly") => LoraMode::OnTheFly,
+        Some(other) => {
+            anyhow::bail!("lora_mode {other:?}: use \"merge\", \"auto\" or \"on_the_fly\"")
+        }
+    };
     let matmul = match given.get("quantized_matmul").and_then(toml::Value::as_str) {
         None | Some("dequantize") => QuantizedMatmul::DequantizeAtUse,
         Some("native") => QuantizedMatmul::Native,
@@ -52,10 +63,11 @@ pub fn run(case: &Case, device: &Device, dtype: DType) -> anyhow::Result<Outputs
         }],
         None => Vec::new(),
     };
-    let (model, reports) = WanModel::load_with_options(
+    let (model, reports) = WanModel::load_with_lora_mode(
         &case.file(path),
         config.as_ref(),
         &loras,
+        lora_mode,
         matmul,
         device,
         dtype,
