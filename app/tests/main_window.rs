@@ -1643,6 +1643,7 @@ impl JobRunner for Planned {
             },
             tokens: Tokens::new(81, 832, 480, 8),
             activation_bytes: 2,
+            int8_attention: false,
         };
         let plan = MemoryPlan::decide(&inputs, Some(recipe.seed * GIB))?;
         ctx.memory_plan(plan);
