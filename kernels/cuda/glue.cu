@@ -28,6 +28,16 @@ template <> __device__ __forceinline__ __half from_float<__half>(float v) {
 
 constexpr int kRowThreads = 256;
 
+// The rotated pair, each product rounded before the sum: without contraction into an FMA
+// (which nvcc may form either way round), so every kernel that rotates gets the same bits,
+// and the CPU reference's separate multiplies and add.
+__device__ __forceinline__ float rotate_re(float re, float im, float c, float s) {
+    return __fsub_rn(__fmul_rn(re, c), __fmul_rn(im, s));
+}
+__device__ __forceinline__ float rotate_im(float re, float im, float c, float s) {
+    return __fadd_rn(__fmul_rn(re, s), __fmul_rn(im, c));
+}
+
 // Sum over the block; every thread gets the total.
 __device__ __forceinline__ float block_sum(float value, float *scratch) {
     for (int offset = 16; offset > 0; offset /= 2) {
@@ -179,8 +189,8 @@ __device__ __forceinline__ void rms_norm_rope(const T *x, const float *weight,
         const int j = p % half_dim;
         const float cs = cos_table[table + j];
         const float sn = sin_table[table + j];
-        yr[c] = from_float<T>(re * cs - im * sn);
-        yr[c + 1] = from_float<T>(re * sn + im * cs);
+        yr[c] = from_float<T>(rotate_re(re, im, cs, sn));
+        yr[c + 1] = from_float<T>(rotate_im(re, im, cs, sn));
     }
 }
 
@@ -284,8 +294,8 @@ __device__ __forceinline__ void rope(const T *x, const float *cos_table, const f
         const float s = sin_table[token * half_dim + j];
         const float re = to_float(x[2 * p]);
         const float im = to_float(x[2 * p + 1]);
-        y[2 * p] = from_float<T>(re * c - im * s);
-        y[2 * p + 1] = from_float<T>(re * s + im * c);
+        y[2 * p] = from_float<T>(rotate_re(re, im, c, s));
+        y[2 * p + 1] = from_float<T>(rotate_im(re, im, c, s));
     }
 }
 
