@@ -406,6 +406,63 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
     let cpu_rope = glue::rope(&cpu, &on_cpu(&q)?, &on_cpu(&cos)?, &on_cpu(&sin)?)?;
     checks.check("rope f32", rel_l2(&gpu_rope, &cpu_rope)?, 1e-5);
 
+    // The fused passes against the kernels they replace (bit for bit) and the CPU.
+    let wq = randn(&[8 * 128], device, DType::F32)?;
+    for dtype in [DType::BF16, DType::F32] {
+        let qd = q.to_dtype(dtype)?;
+        let fused = glue::rms_norm_rope(kernels, &qd, &wq, 1e-6, (&cos, &sin))?;
+        let normed = glue::rms_norm(kernels, &qd.reshape((2, 300, 8 * 128))?, &wq, 1e-6)?;
+        let apart = glue::rope(kernels, &normed.reshape((2, 300, 8, 128))?, &cos, &sin)?;
+        checks.check(
+            &format!("rms_norm_rope {dtype:?} vs rms_norm then rope (bit-exact)"),
+            rel_l2(&fused, &apart)?,
+            0.0,
+        );
+        let on_cpu_fused = glue::rms_norm_rope(
+            &cpu,
+            &on_cpu(&qd)?,
+            &on_cpu(&wq)?,
+            1e-6,
+            (&on_cpu(&cos)?, &on_cpu(&sin)?),
+        )?;
+        let bound = if dtype == DType::F32 {
+            1e-5
+        } else {
+            BF16_BOUND
+        };
+        checks.check(
+            &format!("rms_norm_rope {dtype:?} vs CPU"),
+            rel_l2(&fused, &on_cpu_fused)?,
+            bound,
+        );
+    }
+    let gate = randn(&[2, cols], device, DType::F32)?;
+    for dtype in [DType::BF16, DType::F32] {
+        let y = randn(&[2, 300, cols], device, dtype)?;
+        for (name, gated, affine, modulated) in [
+            ("gate + affine", true, true, false),
+            ("modulation", false, false, true),
+        ] {
+            let gate = gated.then_some((&gate, 300));
+            let affine = affine.then_some((&w, &b));
+            let modulation = modulated.then(|| modulation(&shift, &scale));
+            let (fx, fh) =
+                glue::residual_norm(kernels, (&x, &y, gate), affine, modulation, 1e-6, dtype)?;
+            let ax = glue::gated_residual(kernels, &x, &y, gate)?;
+            let ah = glue::layer_norm_modulate(kernels, &ax, affine, modulation, 1e-6, dtype)?;
+            checks.check(
+                &format!("residual_norm {dtype:?} {name}: stream vs gated_residual (bit-exact)"),
+                rel_l2(&fx, &ax)?,
+                0.0,
+            );
+            checks.check(
+                &format!("residual_norm {dtype:?} {name}: norm vs layer_norm_modulate (bit-exact)"),
+                rel_l2(&fh, &ah)?,
+                0.0,
+            );
+        }
+    }
+
     for (k_len, d) in [(300, 128), (77, 64), (1000, 128), (100, 128)] {
         let q = randn(&[2, 300, 8, d], device, DType::BF16)?;
         let k = randn(&[2, k_len, 8, d], device, DType::BF16)?;

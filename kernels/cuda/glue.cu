@@ -28,6 +28,16 @@ template <> __device__ __forceinline__ __half from_float<__half>(float v) {
 
 constexpr int kRowThreads = 256;
 
+// The rotated pair, each product rounded before the sum: without contraction into an FMA
+// (which nvcc may form either way round), so every kernel that rotates gets the same bits,
+// and the CPU reference's separate multiplies and add.
+__device__ __forceinline__ float rotate_re(float re, float im, float c, float s) {
+    return __fsub_rn(__fmul_rn(re, c), __fmul_rn(im, s));
+}
+__device__ __forceinline__ float rotate_im(float re, float im, float c, float s) {
+    return __fadd_rn(__fmul_rn(re, s), __fmul_rn(im, c));
+}
+
 // Sum over the block; every thread gets the total.
 __device__ __forceinline__ float block_sum(float value, float *scratch) {
     for (int offset = 16; offset > 0; offset /= 2) {
@@ -151,6 +161,124 @@ STILLMOTION_GATED_RESIDUAL(stillmotion_gated_residual_f32, float)
 
 namespace {
 
+// rope(rms_norm(x)) in one pass, each value rounded where the two kernels round it: Wan's q/k
+// RMSNorm over a token's whole row (every head), then its RoPE. x [rows, cols] with rows =
+// tokens of `seq` per sample, cols = heads · 2·half_dim. The squares are summed in rms_norm's
+// order (thread t: columns t, t + 256, …), so the result is the two kernels' bit for bit.
+template <typename T>
+__device__ __forceinline__ void rms_norm_rope(const T *x, const float *weight,
+                                              const float *cos_table, const float *sin_table,
+                                              T *y, int cols, int seq, int half_dim, float eps) {
+    __shared__ float scratch[kRowThreads / 32];
+    const int64_t row = blockIdx.x;
+    const T *xr = x + row * cols;
+    T *yr = y + row * cols;
+    float squares = 0.f;
+    for (int c = threadIdx.x; c < cols; c += kRowThreads) {
+        const float v = to_float(xr[c]);
+        squares += v * v;
+    }
+    const float inv_rms = rsqrtf(block_sum(squares, scratch) / cols + eps);
+    const int64_t table = (row % seq) * half_dim;
+    for (int p = threadIdx.x; p < cols / 2; p += kRowThreads) {
+        const int c = 2 * p;
+        const T normed_re = from_float<T>(to_float(xr[c]) * inv_rms);
+        const T normed_im = from_float<T>(to_float(xr[c + 1]) * inv_rms);
+        const float re = to_float(from_float<T>(to_float(normed_re) * weight[c]));
+        const float im = to_float(from_float<T>(to_float(normed_im) * weight[c + 1]));
+        const int j = p % half_dim;
+        const float cs = cos_table[table + j];
+        const float sn = sin_table[table + j];
+        yr[c] = from_float<T>(rotate_re(re, im, cs, sn));
+        yr[c + 1] = from_float<T>(rotate_im(re, im, cs, sn));
+    }
+}
+
+// The residual add and the next norm in one pass: x_out = x + y · gate (as gated_residual), then
+// h = layer_norm_modulate(x_out) (as that kernel), the row held in registers between them
+// (kPerThread columns a thread: cols ≤ 256 · kPerThread). The sums run in layer_norm_modulate's
+// order, so both outputs are the two kernels' bit for bit.
+template <typename T, typename Out, int kPerThread>
+__device__ __forceinline__ void residual_norm(const float *x, const T *y, const float *gate,
+                                              const float *ln_weight, const float *ln_bias,
+                                              const float *shift, const float *scale,
+                                              float *x_out, Out *h, int cols,
+                                              int rows_per_entry, float eps) {
+    __shared__ float scratch[kRowThreads / 32];
+    const int64_t row = blockIdx.x;
+    const int64_t entry = (row / rows_per_entry) * cols;
+    const float *xr = x + row * cols;
+    const T *yr = y + row * cols;
+    float *xo = x_out + row * cols;
+    Out *hr = h + row * cols;
+    float v[kPerThread];
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+        const int c = threadIdx.x + i * kRowThreads;
+        if (c < cols) {
+            float added = to_float(yr[c]);
+            if (gate != nullptr) {
+                added *= gate[entry + c];
+            }
+            v[i] = xr[c] + added;
+            xo[c] = v[i];
+            sum += v[i];
+        }
+    }
+    const float mean = block_sum(sum, scratch) / cols;
+    float squares = 0.f;
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+        const int c = threadIdx.x + i * kRowThreads;
+        if (c < cols) {
+            const float d = v[i] - mean;
+            squares += d * d;
+        }
+    }
+    const float inv_std = rsqrtf(block_sum(squares, scratch) / cols + eps);
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+        const int c = threadIdx.x + i * kRowThreads;
+        if (c < cols) {
+            float out = (v[i] - mean) * inv_std;
+            if (ln_weight != nullptr) out *= ln_weight[c];
+            if (ln_bias != nullptr) out += ln_bias[c];
+            if (scale != nullptr) out *= 1.f + scale[entry + c];
+            if (shift != nullptr) out += shift[entry + c];
+            hr[c] = from_float<Out>(out);
+        }
+    }
+}
+
+}  // namespace
+
+#define STILLMOTION_RMS_NORM_ROPE(NAME, T)                                                      \
+    extern "C" __global__ void __launch_bounds__(kRowThreads)                                   \
+        NAME(const T *x, const float *weight, const float *cos_table, const float *sin_table,   \
+             T *y, int cols, int seq, int half_dim, float eps) {                                 \
+        rms_norm_rope<T>(x, weight, cos_table, sin_table, y, cols, seq, half_dim, eps);         \
+    }
+STILLMOTION_RMS_NORM_ROPE(stillmotion_rms_norm_rope_bf16, __nv_bfloat16)
+STILLMOTION_RMS_NORM_ROPE(stillmotion_rms_norm_rope_f16, __half)
+STILLMOTION_RMS_NORM_ROPE(stillmotion_rms_norm_rope_f32, float)
+
+// Columns a thread holds in the fused residual + norm: up to 256 · 24 = 6144 (the A14B's 5120,
+// the 5B's 3072); wider rows take the two kernels.
+#define STILLMOTION_RESIDUAL_NORM(NAME, T, Out)                                                 \
+    extern "C" __global__ void __launch_bounds__(kRowThreads)                                   \
+        NAME(const float *x, const T *y, const float *gate, const float *ln_weight,             \
+             const float *ln_bias, const float *shift, const float *scale, float *x_out,        \
+             Out *h, int cols, int rows_per_entry, float eps) {                                  \
+        residual_norm<T, Out, 24>(x, y, gate, ln_weight, ln_bias, shift, scale, x_out, h, cols, \
+                                  rows_per_entry, eps);                                         \
+    }
+STILLMOTION_RESIDUAL_NORM(stillmotion_residual_norm_bf16_bf16, __nv_bfloat16, __nv_bfloat16)
+STILLMOTION_RESIDUAL_NORM(stillmotion_residual_norm_f16_f16, __half, __half)
+STILLMOTION_RESIDUAL_NORM(stillmotion_residual_norm_f32_f32, float, float)
+
+namespace {
+
 // 3-axis RoPE on x [B, S, H, D]: each (even, odd) pair is a complex number rotated by the
 // token's angle, cos/sin tables [S, D/2] float32. The result is rounded to T, as the official
 // code casts the rotated float64 values back to the activation type.
@@ -166,8 +294,8 @@ __device__ __forceinline__ void rope(const T *x, const float *cos_table, const f
         const float s = sin_table[token * half_dim + j];
         const float re = to_float(x[2 * p]);
         const float im = to_float(x[2 * p + 1]);
-        y[2 * p] = from_float<T>(re * c - im * s);
-        y[2 * p + 1] = from_float<T>(re * s + im * c);
+        y[2 * p] = from_float<T>(rotate_re(re, im, c, s));
+        y[2 * p + 1] = from_float<T>(rotate_im(re, im, c, s));
     }
 }
 

@@ -175,6 +175,64 @@ pub fn rope(
     Ok(Tensor::cat(&[out_re, out_im], D::Minus1)?.reshape((b, s, h, d))?)
 }
 
+/// `rope(rms_norm(x))` for x `[B, S, H, D]`, the norm over each token's H·D values (Wan's q/k
+/// norm, then its RoPE). The CPU branch is those two functions; the CUDA kernel is one pass,
+/// bit-identical to the two CUDA kernels.
+pub fn rms_norm_rope(
+    kernels: &Kernels,
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f32,
+    (cos, sin): (&Tensor, &Tensor),
+) -> Result<Tensor, KernelError> {
+    let (b, s, h, d) = x.dims4()?;
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() && cos.dims() == [s, d / 2] && sin.dims() == [s, d / 2] {
+        return crate::gpu::glue::rms_norm_rope(kernels, x, weight, eps, (cos, sin));
+    }
+    let normed = rms_norm(kernels, &x.reshape((b, s, h * d))?, weight, eps)?;
+    rope(kernels, &normed.reshape((b, s, h, d))?, cos, sin)
+}
+
+/// The residual add and the norm after it: `(x + y·gate, layer_norm_modulate(x + y·gate))`.
+/// The CPU branch is [`gated_residual`] then [`layer_norm_modulate`]; on CUDA one pass reads x
+/// and y once and writes both (bit-identical to the two kernels) when the norm's output is y's
+/// dtype, rows are at most 6144 wide and the gate and modulation share their rows per entry.
+pub fn residual_norm(
+    kernels: &Kernels,
+    (x, y, gate): (&Tensor, &Tensor, Option<(&Tensor, usize)>),
+    affine: Option<(&Tensor, &Tensor)>,
+    modulation: Option<Modulation<'_>>,
+    eps: f32,
+    out_dtype: DType,
+) -> Result<(Tensor, Tensor), KernelError> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() && x.dtype() == DType::F32 && y.dtype() == out_dtype {
+        let per_entry = match (gate.map(|g| g.1), modulation.map(|m| m.rows_per_entry)) {
+            (Some(a), Some(b)) if a != b => None,
+            (Some(a), _) | (None, Some(a)) => Some(a),
+            (None, None) => Some(1),
+        };
+        if let Some(per_entry) = per_entry
+            && x.dims() == y.dims()
+            && x.dim(D::Minus1)? <= crate::gpu::glue::RESIDUAL_NORM_MAX_COLS
+        {
+            return crate::gpu::glue::residual_norm(
+                kernels,
+                x,
+                y,
+                gate.map(|g| g.0),
+                affine,
+                modulation,
+                (per_entry, eps),
+            );
+        }
+    }
+    let x = gated_residual(kernels, x, y, gate)?;
+    let h = layer_norm_modulate(kernels, &x, affine, modulation, eps, out_dtype)?;
+    Ok((x, h))
+}
+
 /// The Wan VAE's channel-wise RMS norm of frames `x` `(t, c, h, w)`:
 /// `x / max(‖x‖₂, 1e-12) · scale · γ` over the channels of each pixel (`F.normalize` on dim 1),
 /// then SiLU when `silu`. `gamma` holds `c` values in any shape (the checkpoints store

@@ -69,6 +69,25 @@ impl LayerNorm {
             kernels, x, affine, modulation, self.eps, dtype,
         )?)
     }
+
+    /// The residual stream after adding `y·gate` to `x`, and this norm of it (one pass on CUDA).
+    fn forward_after_residual(
+        &self,
+        kernels: &Kernels,
+        (x, y, gate): (&Tensor, &Tensor, Option<(&Tensor, usize)>),
+        modulation: Option<Modulation<'_>>,
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor), EngineError> {
+        let affine = self.affine.as_ref().map(|(w, b)| (w, b));
+        Ok(glue::residual_norm(
+            kernels,
+            (x, y, gate),
+            affine,
+            modulation,
+            self.eps,
+            dtype,
+        )?)
+    }
 }
 
 /// RMSNorm across all heads (the q/k norm), computed in float32.
@@ -179,13 +198,23 @@ impl Attention {
             Some(n) => n.forward(kernels, &t),
             None => Ok(t),
         };
-        let q = self.heads(&normed(&self.norm_q, self.q.forward(kernels, x)?)?)?;
-        let k = self.heads(&normed(&self.norm_k, self.k.forward(kernels, source)?)?)?;
-        let v = self.heads(&self.v.forward(kernels, source)?)?;
-        let (q, k) = match rope {
-            Some(rope) => (rope.apply(kernels, &q)?, rope.apply(kernels, &k)?),
-            None => (q, k),
+        // q/k norm then RoPE: one pass where both apply (self-attention with qk_norm).
+        let project = |lin: &Lin, norm: &Option<RmsNorm>, input: &Tensor| match (norm, rope) {
+            (Some(n), Some(rope)) => rope.apply_after_norm(
+                kernels,
+                &self.heads(&lin.forward(kernels, input)?)?,
+                &n.weight,
+                n.eps,
+            ),
+            (_, Some(rope)) => rope.apply(
+                kernels,
+                &self.heads(&normed(norm, lin.forward(kernels, input)?)?)?,
+            ),
+            (_, None) => self.heads(&normed(norm, lin.forward(kernels, input)?)?),
         };
+        let q = project(&self.q, &self.norm_q, x)?;
+        let k = project(&self.k, &self.norm_k, source)?;
+        let v = self.heads(&self.v.forward(kernels, source)?)?;
         let out = attention(kernels, &q, &k, &v)?.reshape((b, l, c))?;
         self.o.forward(kernels, &out)
     }
@@ -317,18 +346,22 @@ impl Block {
 
         let h = self.norm1.forward(kernels, x, Some(modulation(0)), dtype)?;
         let y = self.self_attn.forward(kernels, &h, &h, Some(rope))?;
-        let x = glue::gated_residual(kernels, x, &y, Some((&parts[2].0, rows_per_entry)))?;
-
-        let h = match &self.norm3 {
-            Some(norm) => norm.forward(kernels, &x, None, dtype)?,
-            None => x.to_dtype(dtype)?,
+        let gate = Some((&parts[2].0, rows_per_entry));
+        let (x, h) = if let Some(norm) = &self.norm3 {
+            norm.forward_after_residual(kernels, (x, &y, gate), None, dtype)?
+        } else {
+            let x = glue::gated_residual(kernels, x, &y, gate)?;
+            let h = x.to_dtype(dtype)?;
+            (x, h)
         };
         let y = self.cross_attn.forward(kernels, &h, context, None)?;
-        let x = glue::gated_residual(kernels, &x, &y, None)?;
 
-        let h = self
-            .norm2
-            .forward(kernels, &x, Some(modulation(3)), dtype)?;
+        let (x, h) = self.norm2.forward_after_residual(
+            kernels,
+            (&x, &y, None),
+            Some(modulation(3)),
+            dtype,
+        )?;
         let y = self
             .ffn2
             .forward(kernels, &self.ffn0.forward_gelu(kernels, &h)?)?;

@@ -80,6 +80,24 @@ impl Rope {
             kernels, x, &self.cos, &self.sin,
         )?)
     }
+
+    /// [`Self::apply`] to x `[B, S, H, D]` after the RMS norm (over each token's H·D values)
+    /// with `weight`: one pass on CUDA.
+    pub fn apply_after_norm(
+        &self,
+        kernels: &Kernels,
+        x: &Tensor,
+        weight: &Tensor,
+        eps: f32,
+    ) -> Result<Tensor, EngineError> {
+        Ok(stillmotion_kernels::glue::rms_norm_rope(
+            kernels,
+            x,
+            weight,
+            eps,
+            (&self.cos, &self.sin),
+        )?)
+    }
 }
 
 #[cfg(test)]

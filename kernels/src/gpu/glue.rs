@@ -199,6 +199,124 @@ pub(crate) fn rope(
     Ok(output_tensor(storage, x.shape().clone()))
 }
 
+/// `rope(rms_norm(x))` for x `[B, S, H, D]` (the norm over each token's H·D values), one block
+/// a token.
+pub(crate) fn rms_norm_rope(
+    kernels: &Kernels,
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f32,
+    (cos, sin): (&Tensor, &Tensor),
+) -> Result<Tensor, KernelError> {
+    const KERNEL: &str = "rms_norm_rope";
+    let gpu = loaded(kernels)?;
+    let x = x.contiguous()?;
+    let (b, s, h, d) = x.dims4()?;
+    let xp = device_ptr(&x, KERNEL)?;
+    let (weight, wp) = f32_table(KERNEL, weight)?;
+    let (cos, cp) = f32_table(KERNEL, cos)?;
+    let (sin, sp) = f32_table(KERNEL, sin)?;
+    let name = format!("stillmotion_rms_norm_rope_{}", suffix(KERNEL, x.dtype())?);
+    let function = gpu.glue_function(&name)?;
+    let (storage, yp) = empty_like_shape(&gpu.device, x.dtype(), x.shape())?;
+    let (cols32, s32, half32) = (int(KERNEL, h * d)?, int(KERNEL, s)?, int(KERNEL, d / 2)?);
+    let stream = gpu.device.cuda_stream();
+    let mut launch = stream.launch_builder(&function);
+    launch
+        .arg(&xp)
+        .arg(&wp)
+        .arg(&cp)
+        .arg(&sp)
+        .arg(&yp)
+        .arg(&cols32)
+        .arg(&s32)
+        .arg(&half32)
+        .arg(&eps);
+    let config = LaunchConfig {
+        grid_dim: (int(KERNEL, (b * s).max(1))? as u32, 1, 1),
+        block_dim: (ROW_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: matches the kernel's signature; one block per token row writes all its values;
+    // the tables hold S·D/2 floats each.
+    unsafe { launch.launch(config) }?;
+    drop((weight, cos, sin));
+    Ok(output_tensor(storage, x.shape().clone()))
+}
+
+/// Columns a thread of the fused residual + norm holds (`residual_norm`'s `kPerThread`).
+pub(crate) const RESIDUAL_NORM_MAX_COLS: usize = ROW_THREADS as usize * 24;
+
+/// `x + y·gate` and the layer norm (with its optional affine and modulation) of that, one block
+/// a row; `y` and the norm's output share a dtype, `cols` ≤ [`RESIDUAL_NORM_MAX_COLS`], and
+/// the gate and the modulation (when both are given) the same rows per entry.
+pub(crate) fn residual_norm(
+    kernels: &Kernels,
+    x: &Tensor,
+    y: &Tensor,
+    gate: Option<&Tensor>,
+    affine: Option<(&Tensor, &Tensor)>,
+    modulation: Option<Modulation<'_>>,
+    (rows_per_entry, eps): (usize, f32),
+) -> Result<(Tensor, Tensor), KernelError> {
+    const KERNEL: &str = "residual_norm";
+    let gpu = loaded(kernels)?;
+    let (x, y) = (x.contiguous()?, y.contiguous()?);
+    let cols = x.dim(D::Minus1)?;
+    let rows = x.elem_count() / cols.max(1);
+    let (xp, yp) = (device_ptr(&x, KERNEL)?, device_ptr(&y, KERNEL)?);
+    let mut keep = Vec::new();
+    let mut table = |t: Option<&Tensor>| -> Result<u64, KernelError> {
+        match t {
+            None => Ok(0),
+            Some(t) => {
+                let (t, ptr) = f32_table(KERNEL, t)?;
+                keep.push(t);
+                Ok(ptr)
+            }
+        }
+    };
+    let gp = table(gate)?;
+    let (wp, bp) = (table(affine.map(|a| a.0))?, table(affine.map(|a| a.1))?);
+    let (sp, cp) = (
+        table(modulation.map(|m| m.shift))?,
+        table(modulation.map(|m| m.scale))?,
+    );
+    let tag = suffix(KERNEL, y.dtype())?;
+    let function = gpu.glue_function(&format!("stillmotion_residual_norm_{tag}_{tag}"))?;
+    let (x_storage, xo) = empty_like_shape(&gpu.device, DType::F32, x.shape())?;
+    let (h_storage, ho) = empty_like_shape(&gpu.device, y.dtype(), x.shape())?;
+    let (cols32, per32) = (int(KERNEL, cols)?, int(KERNEL, rows_per_entry.max(1))?);
+    let stream = gpu.device.cuda_stream();
+    let mut launch = stream.launch_builder(&function);
+    launch
+        .arg(&xp)
+        .arg(&yp)
+        .arg(&gp)
+        .arg(&wp)
+        .arg(&bp)
+        .arg(&sp)
+        .arg(&cp)
+        .arg(&xo)
+        .arg(&ho)
+        .arg(&cols32)
+        .arg(&per32)
+        .arg(&eps);
+    let config = LaunchConfig {
+        grid_dim: (int(KERNEL, rows.max(1))? as u32, 1, 1),
+        block_dim: (ROW_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: matches the kernel's signature; null tables are allowed by it; the caller checked
+    // cols ≤ RESIDUAL_NORM_MAX_COLS, so one block holds and writes a whole row of both outputs.
+    unsafe { launch.launch(config) }?;
+    drop(keep);
+    Ok((
+        output_tensor(x_storage, x.shape().clone()),
+        output_tensor(h_storage, x.shape().clone()),
+    ))
+}
+
 pub(crate) fn fp8_dequantize(
     kernels: &Kernels,
     weight: &Tensor,
