@@ -871,7 +871,13 @@ fn a_better_preview_shows_the_vae_decode_of_a_tiny_real_render_in_place_of_the_p
         settings.vae = Some(case.join("wan_2.1_vae.safetensors"));
         settings.output_dir = Some(dir.path().to_owned());
     }
-    // The user picks Better (Auto is the projection alone on the CPU).
+    // The user picks Better (Auto is the projection alone on the CPU), under Advanced.
+    assert!(
+        harness.query_by_label("Better").is_none(),
+        "folded at first"
+    );
+    harness.get_by_label("Advanced").click();
+    harness.run();
     harness.get_by_label("Better").click();
     harness.run();
     assert_eq!(harness.state().settings().preview, PreviewMode::Better);
@@ -1941,4 +1947,65 @@ fn a_folder_of_png_frames_plays_in_the_preview() {
     assert_eq!(player.current_frame().unwrap().dimensions(), (32, 24));
     // It plays (autoplay) through three frames.
     harness.get_by_label_contains(" / 3 · ");
+}
+
+/// The settings column at `size` with model files chosen but the 4-step preset's LoRA missing,
+/// so its red lines are the last thing in the column.
+fn settings_column_with_missing_lora(
+    dir: &Path,
+    size: egui::Vec2,
+) -> Harness<'static, StillmotionApp> {
+    let options = isolated(None);
+    let mut harness = Harness::builder()
+        .with_max_steps(SETTLE_STEPS)
+        .with_size(size)
+        .build_eframe(move |cc| StillmotionApp::new(cc, options, Steps(3)));
+    let settings = harness.state_mut().settings_mut();
+    settings.high_noise = Some(touch(dir, "high.safetensors"));
+    settings.low_noise = Some(touch(dir, "low.safetensors"));
+    harness.run();
+    harness
+}
+
+#[test]
+fn the_whole_settings_column_is_in_view_or_scrolls_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // The window's default size: everything down to the LoRA problem shows without scrolling,
+    // above the Render button.
+    let harness = settings_column_with_missing_lora(dir.path(), egui::vec2(1280.0, 800.0));
+    let render = harness.get_by_label("Render").rect();
+    for label in ["The preset's LoRA is missing", "Add LoRA…"] {
+        let rect = harness.get_by_label(label).rect();
+        assert!(
+            rect.top() >= 0.0 && rect.bottom() <= render.top(),
+            "{label} at {rect:?}, Render at {render:?}"
+        );
+    }
+    let problem = harness
+        .get_by_label_contains("Put wan2.2_i2v_lightx2v")
+        .rect();
+    assert!(problem.bottom() <= render.top(), "{problem:?} {render:?}");
+    drop(harness);
+
+    // The smallest window: the column scrolls, and its last lines scroll above Render.
+    let mut harness = settings_column_with_missing_lora(dir.path(), egui::vec2(720.0, 480.0));
+    let render = harness.get_by_label("Render").rect();
+    let problem = harness
+        .get_by_label_contains("Put wan2.2_i2v_lightx2v")
+        .rect();
+    assert!(problem.bottom() > render.top(), "fits already: {problem:?}");
+    harness.get_by_label("Add LoRA…").scroll_to_me();
+    harness.run();
+    let render = harness.get_by_label("Render").rect();
+    for label in ["The preset's LoRA is missing", "Add LoRA…"] {
+        let rect = harness.get_by_label(label).rect();
+        assert!(
+            rect.top() >= 0.0 && rect.bottom() <= render.top(),
+            "{label} at {rect:?}, Render at {render:?}"
+        );
+    }
+    // And the top comes back.
+    harness.get_by_label("Settings").scroll_to_me();
+    harness.run();
+    assert!(harness.get_by_label("Settings").rect().top() >= 0.0);
 }

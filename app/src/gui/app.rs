@@ -1098,22 +1098,25 @@ impl eframe::App for StillmotionApp {
                     actions.extend(settings::render_button(ui));
                     ui.separator();
                     ui.with_layout(egui::Layout::top_down(egui::Align::LEFT), |ui| {
-                        egui::ScrollArea::vertical().show(ui, |ui| {
-                            actions.extend(settings::show(
-                                ui,
-                                &mut self.state.settings,
-                                &self.presets,
-                                self.shipped_count,
-                                &mut self.new_preset_name,
-                                self.gpu_gauge.reading(),
-                            ));
-                            ui.separator();
-                            actions.extend(loras::show(
-                                ui,
-                                &mut self.state.settings,
-                                self.lora_problem.as_deref(),
-                            ));
-                        });
+                        egui::ScrollArea::vertical()
+                            .id_salt("settings_scroll")
+                            .auto_shrink([false, false])
+                            .show(ui, |ui| {
+                                actions.extend(settings::show(
+                                    ui,
+                                    &mut self.state.settings,
+                                    &self.presets,
+                                    self.shipped_count,
+                                    &mut self.new_preset_name,
+                                    self.gpu_gauge.reading(),
+                                ));
+                                ui.separator();
+                                actions.extend(loras::show(
+                                    ui,
+                                    &mut self.state.settings,
+                                    self.lora_problem.as_deref(),
+                                ));
+                            });
                     });
                 });
             });

@@ -108,9 +108,8 @@ pub fn refresh(settings: &mut Settings, preset: Option<&Preset>) -> Option<Strin
 /// What to do when the preset's LoRA files are not found.
 fn missing(high: &str, low: &str) -> String {
     format!(
-        "Put {high} (high-noise expert) and {low} (low-noise expert) in your models folder's \
-         loras/ or beside the experts, add them with Add LoRA…, or choose a preset without a \
-         LoRA (the official ones)."
+        "Put {high} and {low} in loras/ or beside the experts, add them with Add LoRA…, or \
+         choose an official preset (no LoRA)."
     )
 }
 

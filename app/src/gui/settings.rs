@@ -458,22 +458,32 @@ pub fn show(
         }
     });
 
-    ui.label("Prompt");
+    let label = ui
+        .horizontal(|ui| {
+            let label = ui.label("Prompt");
+            ui.colored_label(
+                theme::WEAK_TEXT,
+                format!("{} characters", settings.prompt.chars().count()),
+            );
+            label
+        })
+        .inner;
     ui.add(
         egui::TextEdit::multiline(&mut settings.prompt)
             .hint_text("What should move, and how")
             .desired_rows(3)
             .desired_width(f32::INFINITY),
     )
+    .labelled_by(label.id)
     .on_hover_text("Describe the motion; Ctrl+Enter renders");
-    ui.label(format!("{} characters", settings.prompt.chars().count()));
-    ui.label("Negative prompt");
+    let label = ui.label("Negative prompt");
     ui.add(
         egui::TextEdit::multiline(&mut settings.negative_prompt)
             .hint_text("Empty: Wan's default negative prompt")
             .desired_rows(2)
             .desired_width(f32::INFINITY),
     )
+    .labelled_by(label.id)
     .on_hover_text("What to avoid; only used when guidance (CFG) is above 1");
 
     egui::Grid::new("settings_grid")
@@ -484,19 +494,35 @@ pub fn show(
                 let mut frames = settings.num_frames;
                 ui.add(egui::DragValue::new(&mut frames).range(5..=321).speed(4))
                     .labelled_by(label.id)
-                    .on_hover_text("4n+1 frames; 81 frames are 5 s at 16 fps");
+                    .on_hover_text(format!(
+                        "4n+1 frames, made at {clip_fps} fps (81 frames are about 5 s at 16 fps)"
+                    ));
                 settings.num_frames = (frames.saturating_sub(1) / 4) * 4 + 1;
                 ui.colored_label(
                     theme::WEAK_TEXT,
-                    format!("{:.2} s at 16 fps", f64::from(settings.num_frames) / 16.0),
+                    format!(
+                        "{:.2} s at {clip_fps} fps",
+                        f64::from(settings.num_frames) / f64::from(clip_fps)
+                    ),
                 );
             });
             ui.end_row();
 
             let label = ui.label("Steps");
-            ui.add(egui::DragValue::new(&mut settings.steps).range(1..=100))
+            ui.horizontal(|ui| {
+                ui.add(egui::DragValue::new(&mut settings.steps).range(1..=100))
+                    .labelled_by(label.id)
+                    .on_hover_text("Denoising steps (4 with the LightX2V LoRA, 40 official)");
+                // On the steps' row: the column must fit the window without scrolling.
+                let label = ui.label("Shift");
+                ui.add(
+                    egui::DragValue::new(&mut settings.shift)
+                        .range(0.5..=20.0)
+                        .speed(0.1),
+                )
                 .labelled_by(label.id)
-                .on_hover_text("Denoising steps (4 with the LightX2V LoRA, 40 official)");
+                .on_hover_text("Flow shift of the sigma schedule (5.0 for Wan2.2)");
+            });
             ui.end_row();
 
             ui.label("Sampler");
@@ -506,16 +532,6 @@ pub fn show(
                 ui.selectable_value(&mut settings.sampler, SamplerChoice::UniPc, "UniPC")
                     .on_hover_text("The official Wan2.2 solver");
             });
-            ui.end_row();
-
-            let label = ui.label("Shift");
-            ui.add(
-                egui::DragValue::new(&mut settings.shift)
-                    .range(0.5..=20.0)
-                    .speed(0.1),
-            )
-            .labelled_by(label.id)
-            .on_hover_text("Flow shift of the sigma schedule (5.0 for Wan2.2)");
             ui.end_row();
 
             ui.label("CFG");
@@ -577,8 +593,24 @@ pub fn show(
             ui.label("GPU memory");
             super::gpu_gauge::show(ui, gauge, settings.reserve_vram_gb);
             ui.end_row();
+        });
+    // Speed and memory trade-offs most renders leave alone: folded, so the column fits.
+    egui::CollapsingHeader::new("Advanced")
+        .id_salt("advanced_settings")
+        .show(ui, |ui| advanced(ui, settings))
+        .header_response
+        .on_hover_text("Attention kernel, float8 arithmetic, LoRA merging and the live preview");
+    if let Some(chosen) = files(ui, settings) {
+        action = Some(chosen);
+    }
+    action
+}
 
-            ui.label("Attention");
+/// The rows under "Advanced".
+fn advanced(ui: &mut egui::Ui, settings: &mut Settings) {
+    egui::Grid::new("advanced_grid")
+        .num_columns(2)
+        .show(ui, |ui| {
             ui.horizontal(|ui| {
                 ui.selectable_value(&mut settings.attention, AttentionMode::Standard, "Standard")
                     .on_hover_text("16-bit, the reference implementation's numbers");
@@ -623,7 +655,11 @@ pub fn show(
             });
             ui.end_row();
         });
+}
 
+/// The model files and the output folder.
+fn files(ui: &mut egui::Ui, settings: &mut Settings) -> Option<UiAction> {
+    let mut action = None;
     ui.separator();
     ui.strong("Model files");
     for slot in ModelSlot::ALL {

@@ -17,4 +17,7 @@ pub const DROP_ZONE_FILL: Color32 = Color32::from_rgb(0x20, 0x22, 0x26);
 /// Applies the app's visuals to a context.
 pub fn apply(ctx: &egui::Context) {
     ctx.set_theme(egui::Theme::Dark);
+    // Solid bars stay visible, so a panel taller than the window shows that it scrolls
+    // (egui's floating bars are invisible until hovered).
+    ctx.all_styles_mut(|style| style.spacing.scroll = egui::style::ScrollStyle::solid());
 }
