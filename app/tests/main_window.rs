@@ -1367,7 +1367,40 @@ fn first_start_opens_the_models_view_which_scans_a_comfyui_folder() {
     assert!(harness.get_all_by_label_contains("unusable: ").count() >= 2);
     let present = "present: wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors (";
     assert!(harness.get_all_by_label_contains(present).count() >= 4);
+    // What needs the user comes first: the chosen preset (the default 4-step one, missing its
+    // LoRA) with its download links in view without scrolling, then the others that need
+    // files, the ready ones last.
+    harness.get_by_label(
+        "Your preset “Wan2.2 14B · 4-step · 480p” needs files (first below, with where to get \
+         them). 4 of 10 presets ready, 6 need files.",
+    );
+    harness.get_by_label("(your preset)");
+    let window = harness.get_by_label("Models").rect();
+    let first_link = harness
+        .get_all_by_label(lora_link)
+        .map(|node| node.rect())
+        .min_by(|a, b| a.top().total_cmp(&b.top()))
+        .unwrap();
+    assert!(first_link.bottom() < window.top() + 520.0, "{first_link:?}");
+    let lowest_missing = harness
+        .get_all_by_label_contains("missing. Get")
+        .chain(harness.get_all_by_label_contains("unusable: "))
+        .map(|node| node.rect().top())
+        .fold(f32::MIN, f32::max);
+    let first_ready = harness
+        .get_all_by_label_contains("Use these files for")
+        .map(|node| node.rect().top())
+        .fold(f32::MAX, f32::min);
+    assert!(
+        lowest_missing < first_ready,
+        "{lowest_missing} {first_ready}"
+    );
 
+    // The ready ones are further down the view.
+    harness
+        .get_by_label("Use these files for Wan2.2 14B · official · 480p")
+        .scroll_to_me();
+    harness.run();
     harness
         .get_by_label("Use these files for Wan2.2 14B · official · 480p")
         .click();
@@ -1494,9 +1527,9 @@ fn snapshots_of_the_main_states() {
     });
     harness.run();
     harness.snapshot("models_view_scanned");
-    // Further down, a preset that misses files: each with its download links and folder.
+    // Further down, a preset with an unusable file: why, and its download links and folder.
     harness
-        .query_all_by_label("wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors")
+        .query_all_by_label("wan2.2_vae.safetensors")
         .next()
         .unwrap()
         .scroll_to_me();

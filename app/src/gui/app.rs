@@ -1174,10 +1174,15 @@ impl eframe::App for StillmotionApp {
         });
 
         actions.extend(interpolate::show(ui.ctx(), &mut self.interpolate));
+        let chosen = self
+            .presets
+            .iter()
+            .position(|(stem, _)| *stem == self.state.settings.preset);
         actions.extend(models_view::show(
             ui.ctx(),
             &mut self.models,
             self.state.settings.models_folder.as_deref(),
+            chosen,
         ));
         if !actions.is_empty() {
             self.pending.extend(actions);
