@@ -1543,6 +1543,17 @@ fn snapshots_of_the_main_states() {
     let mut harness = build(isolated(Some(png)), DenoiseThenWait);
     harness.run();
     harness.snapshot("image_loaded");
+    // Cropped to a square of the user's size: the cropped sides are shaded.
+    harness.get_by_label("Crop to fill").click();
+    harness.state_mut().settings_mut().size = stillmotion_app::gui::SizeChoice::Custom {
+        width: 480,
+        height: 480,
+    };
+    harness.run();
+    harness.snapshot("image_cropped_to_a_custom_size");
+    harness.get_by_label("Keep aspect").click();
+    harness.get_by_label("832×480").click();
+    harness.run();
     ready_to_render(&mut harness, &fixed, "a field of wheat in the wind", 3);
     harness.get_by_label("Render").click();
     run_until(&mut harness, "the first step's preview", |app| {
@@ -1588,7 +1599,7 @@ fn a_tiny_real_render_on_the_engine_thread_sends_a_preview_per_step() {
     settings.seed = 5;
     let recipe = stillmotion_engine::recipe::Recipe::from_layers(
         &preset,
-        settings.choices(case.join("image.png"), "previewed.mp4"),
+        settings.choices(case.join("image.png"), "previewed"),
     );
     let engine = EngineHandle::spawn_with_previews(
         stillmotion_engine::pipeline::PipelineRunner::new(),
@@ -2041,4 +2052,98 @@ fn the_whole_settings_column_is_in_view_or_scrolls_into_it() {
     harness.get_by_label("Settings").scroll_to_me();
     harness.run();
     assert!(harness.get_by_label("Settings").rect().top() >= 0.0);
+}
+
+/// Keeps the recipe of every render it is given, and fails it (nothing to write).
+struct Recording(Arc<std::sync::Mutex<Vec<stillmotion_engine::recipe::Recipe>>>);
+
+impl JobRunner for Recording {
+    fn run(&mut self, kind: &JobKind, _ctx: &JobContext<'_>) -> Result<JobOutput, EngineError> {
+        if let JobKind::Render(recipe) = kind {
+            self.0.lock().unwrap().push((**recipe).clone());
+        }
+        Err(EngineError::Cancelled)
+    }
+
+    fn unload(&mut self) {}
+}
+
+#[test]
+fn the_size_fit_and_output_format_show_on_the_image_reach_the_recipe_and_persist() {
+    use stillmotion_engine::recipe::{ImageFit, VideoCodec};
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "wide.png", 320, 192);
+    let recipes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let options = isolated(Some(png));
+    let runner = Recording(recipes.clone());
+    let mut harness = Harness::builder()
+        .with_max_steps(SETTLE_STEPS)
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_eframe(move |cc| StillmotionApp::new(cc, options, runner));
+    harness.run();
+    // The 4-step 480p preset keeps a 5:3 image whole at about 832×480's area.
+    harness.get_by_label("800×480 clip from the whole image, aspect kept");
+    harness.get_by_label("Crop to fill").click();
+    harness.run();
+    harness.get_by_label("832×480 clip from the framed 320×184 part; the rest is cropped");
+    // A custom size snaps each side to a multiple of 16.
+    harness.get_by_label("Custom").click();
+    harness.run();
+    harness.get_by_label("Width").set_value_accesskit(650.0);
+    harness.run();
+    harness.get_by_label("656×480 clip from the framed 262×192 part; the rest is cropped");
+    harness.get_by_label("Output format").click();
+    harness.run();
+    harness.get_by_label("WebM (VP9)").click();
+    harness.run();
+
+    ready_to_render(&mut harness, dir.path(), "gulls over the dunes", 11);
+    harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    run_until(&mut harness, "the render to reach the engine", |_| {
+        !recipes.lock().unwrap().is_empty()
+    });
+    let recipe = recipes.lock().unwrap()[0].clone();
+    assert_eq!((recipe.width, recipe.height), (656, 480));
+    assert_eq!(recipe.image_fit, ImageFit::CenterCrop);
+    assert!(
+        recipe.output.ends_with("stillmotion-11.webm"),
+        "{:?}",
+        recipe.output
+    );
+    assert_eq!(recipe.codec, None);
+    recipe.validate().unwrap();
+
+    // H.265 names its codec; the choices come back after a restart.
+    harness.get_by_label("Output format").click();
+    harness.run();
+    harness.get_by_label("MP4 (H.265)").click();
+    harness.run();
+    let restarted = restart(&mut harness);
+    let settings = restarted.state().settings();
+    assert_eq!(
+        settings.size,
+        stillmotion_app::gui::SizeChoice::Custom {
+            width: 656,
+            height: 480
+        }
+    );
+    assert_eq!(settings.image_fit, ImageFit::CenterCrop);
+    let preset = &restarted.state().presets()[0].1;
+    let made = stillmotion_engine::recipe::Recipe::from_layers(
+        preset,
+        settings.choices(dir.path().join("wide.png"), "clip"),
+    );
+    assert_eq!(made.codec, Some(VideoCodec::H265));
+    assert!(made.output.ends_with("clip.mp4"));
+    // A preset switch takes the preset's size again.
+    drop(restarted);
+    harness.state_mut().perform(UiAction::ApplyPreset(
+        "wan22-i2v-a14b-official-720p".to_owned(),
+    ));
+    harness.run();
+    assert_eq!(
+        harness.state().settings().size,
+        stillmotion_app::gui::SizeChoice::Preset
+    );
+    harness.get_by_label("1280×720");
 }

@@ -20,7 +20,7 @@ use super::loras::{self, LoraEntry, LoraKey};
 use super::models_view::{self, ModelsView};
 use super::player::{self, ClipPlayer};
 use super::settings::{self, ModelSlot, Settings};
-use super::source_image::{self, SourceImage};
+use super::source_image::{self, Framing, SourceImage};
 use super::user_presets;
 use crate::ui::theme;
 
@@ -601,7 +601,7 @@ impl StillmotionApp {
                 .map_or("none", |(_, preset)| preset.name.as_str());
             self.error = Some(format!(
                 "Settings restored, but the render's preset “{}” is not installed here, so the \
-                 size and model come from “{current}”",
+                 model and its frame rate come from “{current}”",
                 recipe.preset_name
             ));
         }
@@ -822,12 +822,12 @@ impl StillmotionApp {
         if !self.state.settings.seed_locked {
             self.state.settings.seed = random_seed();
         }
-        let output_name = format!("stillmotion-{}.mp4", self.state.settings.seed);
+        let output_stem = format!("stillmotion-{}", self.state.settings.seed);
         let recipe = Recipe::from_layers(
             preset,
             self.state
                 .settings
-                .choices(source.path.clone(), &output_name),
+                .choices(source.path.clone(), &output_stem),
         );
         if let Err(error) = recipe.validate() {
             self.error = Some(format!("Cannot render: {error:#}"));
@@ -863,6 +863,21 @@ impl StillmotionApp {
                 }
             }
         }
+    }
+
+    /// How the loaded image meets the chosen size: the fit choice and the engine's plan of it.
+    fn framing(&self) -> Option<Framing> {
+        let source = self.source.as_ref()?;
+        let (_, preset) = self
+            .presets
+            .iter()
+            .find(|(stem, _)| *stem == self.state.settings.preset)?;
+        let mode = self.state.settings.fit_mode(preset);
+        Some(Framing {
+            fit: self.state.settings.image_fit,
+            plan: image_input::fit::plan(mode, source.width, source.height)
+                .map_err(|error| format!("{error:#}")),
+        })
     }
 
     fn load_image(&mut self, ctx: &egui::Context, path: PathBuf) {
@@ -1136,6 +1151,7 @@ impl eframe::App for StillmotionApp {
                     ));
                 });
             });
+        let mut framing = self.framing();
         egui::CentralPanel::default().show(ui, |ui| {
             let live = self.live_preview.as_ref().filter(|live| {
                 self.jobs
@@ -1147,7 +1163,7 @@ impl eframe::App for StillmotionApp {
                 let width = ui.available_width();
                 ui.allocate_ui(egui::vec2(width, source_height), |ui| {
                     ui.set_max_height(source_height);
-                    actions.extend(source_image::show(ui, self.source.as_ref()));
+                    actions.extend(source_image::show(ui, self.source.as_ref(), &mut framing));
                 });
                 ui.separator();
                 let choice = self
@@ -1159,7 +1175,7 @@ impl eframe::App for StillmotionApp {
                 return;
             }
             let Some(player) = &mut self.player else {
-                actions.extend(source_image::show(ui, self.source.as_ref()));
+                actions.extend(source_image::show(ui, self.source.as_ref(), &mut framing));
                 return;
             };
             // The clip gets most of the room; the source image stays in view above it.
@@ -1167,12 +1183,15 @@ impl eframe::App for StillmotionApp {
             let width = ui.available_width();
             ui.allocate_ui(egui::vec2(width, source_height), |ui| {
                 ui.set_max_height(source_height);
-                actions.extend(source_image::show(ui, self.source.as_ref()));
+                actions.extend(source_image::show(ui, self.source.as_ref(), &mut framing));
             });
             ui.separator();
             actions.extend(player::show(ui, player));
         });
 
+        if let Some(framing) = framing {
+            self.state.settings.image_fit = framing.fit;
+        }
         actions.extend(interpolate::show(ui.ctx(), &mut self.interpolate));
         let chosen = self
             .presets

@@ -23,5 +23,5 @@ pub use jobs::{JobEntry, JobList, JobState};
 pub use loras::LoraEntry;
 pub use models_view::ModelsView;
 pub use player::ClipPlayer;
-pub use settings::{ModelSlot, SamplerChoice, Settings};
-pub use source_image::SourceImage;
+pub use settings::{ModelSlot, SamplerChoice, Settings, SizeChoice};
+pub use source_image::{Framing, SourceImage};

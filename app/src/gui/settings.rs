@@ -4,11 +4,13 @@
 
 use std::path::PathBuf;
 
+use stillmotion_engine::image_input::fit::{FitMode, SIDE_MULTIPLE};
 use stillmotion_engine::preset::{Preset, SamplerKind, target_fps_range};
 use stillmotion_engine::recipe::{
-    AttentionMode, Interpolation, MatmulMode, ModelFiles, PreviewMode, Recipe, RecipeChoices,
-    WAN_DEFAULT_NEGATIVE_PROMPT,
+    AttentionMode, ImageFit, Interpolation, MatmulMode, ModelFiles, PreviewMode, Recipe,
+    RecipeChoices, VideoCodec, WAN_DEFAULT_NEGATIVE_PROMPT,
 };
+use stillmotion_engine::video::VideoFormat;
 use stillmotion_engine::wan::LoraRequantize;
 
 use super::UiAction;
@@ -136,6 +138,63 @@ pub struct Settings {
     pub models_folder: Option<PathBuf>,
     /// The LoRAs to apply: the user's, and those the preset names.
     pub loras: Vec<LoraEntry>,
+    /// The clip's size: the preset's, or the user's own.
+    pub size: SizeChoice,
+    /// How the image meets the size: whole with its aspect kept (official), or cropped to fill.
+    pub image_fit: ImageFit,
+    /// The container and codec of the finished clip.
+    pub output_format: VideoFormat,
+}
+
+/// The clip's size. With the official fit the size gives the area and the image its aspect;
+/// cropped, it is exact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SizeChoice {
+    /// The chosen preset's width × height.
+    #[default]
+    Preset,
+    /// The user's own, each side a multiple of 16.
+    Custom { width: u32, height: u32 },
+}
+
+/// The output formats offered, with their names and tooltips.
+const OUTPUT_FORMATS: [(VideoFormat, &str, &str); 6] = [
+    (
+        VideoFormat::Mp4H264,
+        "MP4 (H.264)",
+        "Plays everywhere; carries the recipe (drop it on the window to restore its settings)",
+    ),
+    (
+        VideoFormat::Mp4H265,
+        "MP4 (H.265)",
+        "Smaller files, tagged for Apple players; carries the recipe",
+    ),
+    (
+        VideoFormat::WebmVp9,
+        "WebM (VP9)",
+        "For the web; carries the recipe",
+    ),
+    (
+        VideoFormat::AnimatedWebp,
+        "Animated WebP",
+        "Looping, for sharing (the recipe goes in a .json beside it)",
+    ),
+    (
+        VideoFormat::Gif,
+        "GIF",
+        "Looping, for sharing; one palette, so colours band (recipe in a .json beside it)",
+    ),
+    (
+        VideoFormat::PngFrames,
+        "PNG frames",
+        "A folder of lossless PNG images, one per frame (recipe in a .json beside it)",
+    ),
+];
+
+/// Rounds a side to the nearest multiple of 16 (at least 16), as the model needs.
+#[must_use]
+pub fn snap_side(side: u32) -> u32 {
+    ((side + SIDE_MULTIPLE / 2) / SIDE_MULTIPLE).max(1) * SIDE_MULTIPLE
 }
 
 /// Serializable mirror of the engine's sampler kind.
@@ -191,6 +250,9 @@ impl Default for Settings {
             preview: PreviewMode::Auto,
             models_folder: None,
             loras: Vec::new(),
+            size: SizeChoice::Preset,
+            image_fit: ImageFit::Official,
+            output_format: VideoFormat::Mp4H264,
         }
     }
 }
@@ -207,6 +269,37 @@ impl Settings {
         self.sampler = preset.sampler.into();
         self.interpolation_factor = preset.interpolation_factor;
         self.interpolation_target_fps = preset.interpolation_target_fps;
+        self.size = SizeChoice::Preset;
+    }
+
+    /// The width × height a render with `preset` asks for.
+    #[must_use]
+    pub fn size_with(&self, preset: &Preset) -> (u32, u32) {
+        match self.size {
+            SizeChoice::Preset => (preset.width, preset.height),
+            SizeChoice::Custom { width, height } => (width, height),
+        }
+    }
+
+    /// How the engine will fit the image for a render with `preset` (as the pipeline does).
+    #[must_use]
+    pub fn fit_mode(&self, preset: &Preset) -> FitMode {
+        let (width, height) = self.size_with(preset);
+        match self.image_fit {
+            ImageFit::Official => FitMode::Wan {
+                max_area: width * height,
+            },
+            ImageFit::CenterCrop => FitMode::CenterCrop { width, height },
+        }
+    }
+
+    /// The output's file name: `stem` with the format's extension (none for PNG frames).
+    #[must_use]
+    pub fn output_name(&self, stem: &str) -> String {
+        match self.output_format.extension() {
+            Some(ext) => format!("{stem}.{ext}"),
+            None => stem.to_owned(),
+        }
     }
 
     /// Takes every value a finished render's `recipe` used that these settings can hold, so the
@@ -272,13 +365,27 @@ impl Settings {
         self.matmul = recipe.matmul;
         self.lora_requantize = recipe.lora_requantize;
         self.preview = recipe.preview;
+        self.size = match preset {
+            Some((_, preset)) if (preset.width, preset.height) == (recipe.width, recipe.height) => {
+                SizeChoice::Preset
+            }
+            _ => SizeChoice::Custom {
+                width: recipe.width,
+                height: recipe.height,
+            },
+        };
+        self.image_fit = recipe.image_fit;
+        self.output_format =
+            stillmotion_engine::pipeline::format_for_recipe(&recipe.output, recipe.codec)
+                .unwrap_or_default();
         preset.is_some()
     }
 
-    /// The user's choices for a render of `image`, written into `output_dir` (or beside the
-    /// image when no folder was chosen).
+    /// The user's choices for a render of `image`, written as `output_stem` (the format adds
+    /// its extension) into `output_dir` (or beside the image when no folder was chosen).
     #[must_use]
-    pub fn choices(&self, image: PathBuf, output_name: &str) -> RecipeChoices {
+    pub fn choices(&self, image: PathBuf, output_stem: &str) -> RecipeChoices {
+        let output_name = self.output_name(output_stem);
         let output_dir = self
             .output_dir
             .clone()
@@ -298,6 +405,17 @@ impl Settings {
                 .map(|entry| entry.choice.clone())
                 .collect(),
             image: Some(image),
+            image_fit: Some(self.image_fit),
+            width: match self.size {
+                SizeChoice::Preset => None,
+                SizeChoice::Custom { width, .. } => Some(width),
+            },
+            height: match self.size {
+                SizeChoice::Preset => None,
+                SizeChoice::Custom { height, .. } => Some(height),
+            },
+            // Only H.265 needs naming: the extension decides the rest.
+            codec: (self.output_format == VideoFormat::Mp4H265).then_some(VideoCodec::H265),
             prompt: Some(self.prompt.clone()),
             negative_prompt: (!self.negative_prompt.trim().is_empty())
                 .then(|| self.negative_prompt.clone()),
@@ -392,6 +510,57 @@ fn interpolation_choice(ui: &mut egui::Ui, settings: &mut Settings, clip_fps: u3
     }
 }
 
+/// "Preset" (its size, shown) or "Custom" with width and height fields that keep each side a
+/// multiple of 16.
+fn size_choice(ui: &mut egui::Ui, size: &mut SizeChoice, preset: Option<&Preset>) {
+    let (preset_width, preset_height) = preset.map_or((832, 480), |p| (p.width, p.height));
+    if ui
+        .selectable_label(
+            *size == SizeChoice::Preset,
+            format!("{preset_width}×{preset_height}"),
+        )
+        .on_hover_text(
+            "The preset's size. Keeping the aspect, the clip follows the image's shape at about \
+             this many pixels",
+        )
+        .clicked()
+    {
+        *size = SizeChoice::Preset;
+    }
+    let custom = matches!(size, SizeChoice::Custom { .. });
+    if ui
+        .selectable_label(custom, "Custom")
+        .on_hover_text("Your own width × height, each a multiple of 16")
+        .clicked()
+        && !custom
+    {
+        *size = SizeChoice::Custom {
+            width: preset_width,
+            height: preset_height,
+        };
+    }
+    if let SizeChoice::Custom { width, height } = size {
+        for (name, side) in [("Width", width), ("Height", height)] {
+            // An invisible label names the field for screen readers (and tests) without
+            // taking room in the row: the "×" between the fields says which is which.
+            let mut value = *side;
+            let response = ui
+                .add(
+                    egui::DragValue::new(&mut value)
+                        .range(SIDE_MULTIPLE..=2048)
+                        .speed(SIDE_MULTIPLE),
+                )
+                .on_hover_text(format!("{name} in pixels, a multiple of 16"));
+            ui.ctx()
+                .accesskit_node_builder(response.id, |node| node.set_label(name));
+            *side = snap_side(value);
+            if name == "Width" {
+                ui.label("×");
+            }
+        }
+    }
+}
+
 /// Draws the settings. `presets` are (file stem, preset) pairs, the first `shipped_count` of
 /// them shipped and the rest the user's; `new_preset_name` is the "save as preset" name field.
 #[must_use]
@@ -404,7 +573,6 @@ pub fn show(
     gauge: GaugeReading,
 ) -> Option<UiAction> {
     let mut action = None;
-    ui.heading("Settings");
     let chosen = presets
         .iter()
         .find(|(stem, _)| *stem == settings.preset)
@@ -414,25 +582,31 @@ pub fn show(
         .to_owned();
     // No preset chosen yet: the A14B models make 16 fps clips.
     let clip_fps = chosen.map_or(16, |preset| preset.fps);
-    egui::ComboBox::from_label("Preset")
-        .selected_text(current)
-        .show_ui(ui, |ui| {
-            for (index, (stem, preset)) in presets.iter().enumerate() {
-                if index == shipped_count {
-                    ui.separator();
-                    ui.colored_label(theme::WEAK_TEXT, "Your presets");
+    // The heading shares the preset's row: the column must fit the window without scrolling.
+    ui.horizontal(|ui| {
+        ui.heading("Settings");
+        egui::ComboBox::from_label("Preset")
+            .selected_text(current)
+            .show_ui(ui, |ui| {
+                for (index, (stem, preset)) in presets.iter().enumerate() {
+                    if index == shipped_count {
+                        ui.separator();
+                        ui.colored_label(theme::WEAK_TEXT, "Your presets");
+                    }
+                    if ui
+                        .selectable_label(settings.preset == *stem, &preset.name)
+                        .on_hover_text(&preset.description)
+                        .clicked()
+                    {
+                        action = Some(UiAction::ApplyPreset(stem.clone()));
+                    }
                 }
-                if ui
-                    .selectable_label(settings.preset == *stem, &preset.name)
-                    .on_hover_text(&preset.description)
-                    .clicked()
-                {
-                    action = Some(UiAction::ApplyPreset(stem.clone()));
-                }
-            }
-        })
-        .response
-        .on_hover_text("One click sets steps, frames, sampler, guidance and interpolation");
+            })
+            .response
+            .on_hover_text(
+                "One click sets the size, steps, frames, sampler, guidance and interpolation",
+            );
+    });
     ui.horizontal(|ui| {
         let label = ui.label("New preset name");
         ui.add(
@@ -448,8 +622,8 @@ pub fn show(
                 egui::Button::new("Save as preset"),
             )
             .on_hover_text(
-                "Save steps, frames, sampler, shift, guidance and interpolation as your own \
-                 preset (the size and model come from the chosen preset)",
+                "Save the size, steps, frames, sampler, shift, guidance and interpolation as \
+                 your own preset (the model comes from the chosen preset)",
             )
             .on_disabled_hover_text("Type a name for the preset first")
             .clicked()
@@ -489,6 +663,12 @@ pub fn show(
     egui::Grid::new("settings_grid")
         .num_columns(2)
         .show(ui, |ui| {
+            ui.label("Size");
+            ui.horizontal(|ui| {
+                size_choice(ui, &mut settings.size, chosen);
+            });
+            ui.end_row();
+
             let label = ui.label("Frames");
             ui.horizontal(|ui| {
                 let mut frames = settings.num_frames;
@@ -577,6 +757,24 @@ pub fn show(
             ui.horizontal(|ui| {
                 interpolation_choice(ui, settings, clip_fps);
             });
+            ui.end_row();
+
+            let label = ui.label("Output format");
+            let current = OUTPUT_FORMATS
+                .iter()
+                .find(|(format, _, _)| *format == settings.output_format)
+                .map_or("MP4 (H.264)", |(_, name, _)| name);
+            egui::ComboBox::from_id_salt("output_format")
+                .selected_text(current)
+                .show_ui(ui, |ui| {
+                    for (format, name, tip) in OUTPUT_FORMATS {
+                        ui.selectable_value(&mut settings.output_format, format, name)
+                            .on_hover_text(tip);
+                    }
+                })
+                .response
+                .labelled_by(label.id)
+                .on_hover_text("The container and codec of the finished clip");
             ui.end_row();
 
             let label = ui.label("VRAM reserve");
@@ -725,24 +923,36 @@ mod tests {
         made.reserve_vram_gb = 6.0;
         made.matmul = MatmulMode::Fp8;
         made.lora_requantize = LoraRequantize::Never;
+        made.size = SizeChoice::Custom {
+            width: 640,
+            height: 352,
+        };
+        made.image_fit = ImageFit::CenterCrop;
+        made.output_format = VideoFormat::Mp4H265;
         let recipe = Recipe::from_layers(
             preset,
-            made.choices(PathBuf::from("/images/heron.png"), "out.mp4"),
+            made.choices(PathBuf::from("/images/heron.png"), "out"),
         );
         assert_eq!(
             (recipe.matmul, recipe.lora_requantize),
             (MatmulMode::Fp8, LoraRequantize::Never)
         );
+        assert_eq!((recipe.width, recipe.height), (640, 352));
+        assert_eq!(recipe.output, PathBuf::from("/clips/out.mp4"));
+        assert_eq!(recipe.codec, Some(VideoCodec::H265));
 
         let mut restored = Settings::default();
         assert!(restored.restore(&recipe, &presets));
         assert_eq!(restored, made);
 
-        // Wan's default negative prompt comes back as the empty field that stands for it.
+        // Wan's default negative prompt comes back as the empty field that stands for it; the
+        // preset's own size as the preset's; a PNG-frame folder as such.
         made.negative_prompt.clear();
+        made.size = SizeChoice::Preset;
+        made.output_format = VideoFormat::PngFrames;
         let recipe = Recipe::from_layers(
             preset,
-            made.choices(PathBuf::from("/images/heron.png"), "out.mp4"),
+            made.choices(PathBuf::from("/images/heron.png"), "out"),
         );
         assert!(restored.restore(&recipe, &presets));
         assert_eq!(restored, made);
@@ -752,6 +962,14 @@ mod tests {
         foreign.preset_name = "Someone else's preset".to_owned();
         assert!(!restored.restore(&foreign, &presets));
         assert_eq!(restored.preset, *stem);
+    }
+
+    #[test]
+    fn custom_sides_snap_to_the_nearest_multiple_of_16() {
+        assert_eq!(
+            [0, 7, 8, 23, 24, 650, 832].map(snap_side),
+            [16, 16, 16, 16, 32, 656, 832]
+        );
     }
 
     #[test]
@@ -766,7 +984,7 @@ mod tests {
         assert_eq!(made.interpolation(), Interpolation::TargetFps { fps: 24.0 });
         let recipe = Recipe::from_layers(
             preset,
-            made.choices(PathBuf::from("/images/sea.png"), "out.mp4"),
+            made.choices(PathBuf::from("/images/sea.png"), "out"),
         );
         assert_eq!(recipe.interpolation, Interpolation::TargetFps { fps: 24.0 });
 
