@@ -2147,3 +2147,139 @@ fn the_size_fit_and_output_format_show_on_the_image_reach_the_recipe_and_persist
     );
     harness.get_by_label("1280×720");
 }
+
+/// The controls a user operates: each needs a name (AccessKit label) and a tooltip.
+const CONTROL_ROLES: [egui::accesskit::Role; 9] = [
+    egui::accesskit::Role::Button,
+    egui::accesskit::Role::CheckBox,
+    egui::accesskit::Role::RadioButton,
+    egui::accesskit::Role::SpinButton,
+    egui::accesskit::Role::TextInput,
+    egui::accesskit::Role::MultilineTextInput,
+    egui::accesskit::Role::ComboBox,
+    egui::accesskit::Role::Slider,
+    egui::accesskit::Role::Link,
+];
+
+/// Hovers every control fully inside `area` and returns how many there are and those without a
+/// name or a tooltip (and, when `unique`, those sharing a name).
+fn controls_without_name_or_tooltip(
+    harness: &mut Harness<'_, StillmotionApp>,
+    area: egui::Rect,
+    unique: bool,
+    under: &[(String, egui::Rect)],
+) -> (usize, Vec<String>) {
+    use egui::accesskit::Role;
+    use egui_kittest::kittest::NodeT as _;
+    let controls: Vec<(Role, String, egui::Rect)> = harness
+        .root()
+        .children_recursive()
+        .filter(|node| CONTROL_ROLES.contains(&node.accesskit_node().role()))
+        .map(|node| {
+            let label = node.accesskit_node().label().unwrap_or_default();
+            (node.accesskit_node().role(), label, node.rect())
+        })
+        .filter(|(_, _, rect)| area.contains_rect(*rect))
+        .collect();
+    // Only what is on top there: a window hides the controls under it.
+    let ctx = harness.ctx.clone();
+    let controls: Vec<_> = controls
+        .into_iter()
+        .filter(|(_, label, rect)| {
+            !under.contains(&(label.clone(), *rect))
+                && ctx.layer_id_at(rect.center()) == ctx.layer_id_at(area.center())
+        })
+        .collect();
+    let mut problems = Vec::new();
+    // A name says which control it is: two alike leave a screen-reader user guessing.
+    let mut names: Vec<&str> = controls
+        .iter()
+        .map(|(_, label, _)| label.as_str())
+        .collect();
+    names.sort_unstable();
+    for pair in names.windows(2) {
+        if unique && pair[0] == pair[1] && !pair[0].is_empty() {
+            problems.push(format!("more than one control is named “{}”", pair[0]));
+        }
+    }
+    for (role, label, rect) in &controls {
+        if label.trim().is_empty() {
+            problems.push(format!("{role:?} at {rect:?} has no name"));
+        }
+        // egui's own close button of a window (named, and a universal ×) has none.
+        if label == "Close window" {
+            continue;
+        }
+        harness.hover_at(rect.center());
+        harness.run();
+        if harness.query_all_by_role(Role::Tooltip).next().is_none() {
+            problems.push(format!("{role:?} “{label}” has no tooltip"));
+        }
+    }
+    harness.hover_at(egui::pos2(area.right() - 2.0, area.bottom() - 2.0));
+    harness.run();
+    (controls.len(), problems)
+}
+
+#[test]
+fn every_control_in_view_has_a_name_and_a_tooltip() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "field.png", 320, 192);
+    let mut harness = settings_column_with_missing_lora(dir.path(), egui::vec2(1280.0, 800.0));
+    harness
+        .ctx
+        .all_styles_mut(|style| style.interaction.tooltip_delay = 0.0);
+    harness.state_mut().perform(UiAction::LoadImage(png));
+    harness.run();
+    let window = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1280.0, 800.0));
+    let (count, problems) = controls_without_name_or_tooltip(&mut harness, window, true, &[]);
+    assert!(count >= 35, "only {count} controls found");
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // After a render: the queue row, the player and the history entry.
+    ready_to_render(&mut harness, dir.path(), "wind over the field", 4);
+    harness.state_mut().perform(UiAction::ScanModels);
+    harness.state_mut().perform(UiAction::Render);
+    run_until(&mut harness, "the clip to load", |app| {
+        app.player().is_some_and(ClipPlayer::is_loaded) && !app.history().entries().is_empty()
+    });
+    harness.run();
+    harness.get_by_label("Restore settings");
+    harness.get_by_label("Next frame");
+    let (count, problems) = controls_without_name_or_tooltip(&mut harness, window, false, &[]);
+    assert!(count >= 45, "only {count} controls found");
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // The Models view and the "Interpolate a clip" form, each a window of its own.
+    for (open, title) in [
+        (UiAction::OpenModels, "models_window"),
+        (UiAction::OpenInterpolate, "interpolate_window"),
+    ] {
+        let under: Vec<(String, egui::Rect)> = {
+            use egui_kittest::kittest::NodeT as _;
+            harness
+                .root()
+                .children_recursive()
+                .filter_map(|node| {
+                    let rect = node.accesskit_node().bounding_box()?;
+                    Some((
+                        node.accesskit_node().label().unwrap_or_default(),
+                        node.rect(),
+                    ))
+                    .filter(|_| rect.x1 > rect.x0)
+                })
+                .collect()
+        };
+        harness.state_mut().perform(open);
+        harness.run();
+        let area = harness
+            .ctx
+            .memory(|memory| memory.area_rect(egui::Id::unique(title)))
+            .unwrap();
+        let (count, problems) = controls_without_name_or_tooltip(&mut harness, area, false, &under);
+        assert!(count >= 2, "only {count} controls in {title}");
+        assert!(problems.is_empty(), "{title}: {problems:#?}");
+        harness.key_press(egui::Key::Escape);
+        harness.run();
+    }
+}

@@ -15,6 +15,9 @@ use stillmotion_engine::preset::{ModelFamily, Preset};
 use super::UiAction;
 use crate::ui::theme;
 
+/// The window's id (tests find its area by it).
+pub const WINDOW_ID: &str = "models_window";
+
 /// The view's state: whether it is open, the last scan, and a scan in progress.
 #[derive(Default)]
 pub struct ModelsView {
@@ -161,6 +164,8 @@ pub fn show(
     let mut action = None;
     let mut open = view.open;
     egui::Window::new("Models")
+        .id(egui::Id::unique(WINDOW_ID))
+        .collapsible(false)
         .open(&mut open)
         .default_size([640.0, 520.0])
         .vscroll(true)

@@ -510,6 +510,13 @@ fn interpolation_choice(ui: &mut egui::Ui, settings: &mut Settings, clip_fps: u3
     }
 }
 
+/// Names a control for screen readers (AccessKit) where its visible text alone is ambiguous
+/// ("Choose…" beside each file) or absent (a number field beside "×").
+pub fn name_for_screen_readers(ui: &egui::Ui, response: &egui::Response, name: &str) {
+    ui.ctx()
+        .accesskit_node_builder(response.id, |node| node.set_label(name));
+}
+
 /// "Preset" (its size, shown) or "Custom" with width and height fields that keep each side a
 /// multiple of 16.
 fn size_choice(ui: &mut egui::Ui, size: &mut SizeChoice, preset: Option<&Preset>) {
@@ -551,8 +558,7 @@ fn size_choice(ui: &mut egui::Ui, size: &mut SizeChoice, preset: Option<&Preset>
                         .speed(SIDE_MULTIPLE),
                 )
                 .on_hover_text(format!("{name} in pixels, a multiple of 16"));
-            ui.ctx()
-                .accesskit_node_builder(response.id, |node| node.set_label(name));
+            name_for_screen_readers(ui, &response, name);
             *side = snap_side(value);
             if name == "Width" {
                 ui.label("×");
@@ -869,7 +875,13 @@ fn files(ui: &mut egui::Ui, settings: &mut Settings) -> Option<UiAction> {
                 |name| name.to_string_lossy().into_owned(),
             );
             ui.colored_label(theme::WEAK_TEXT, name);
-            if ui.button("Choose…").on_hover_text(slot.hint()).clicked() {
+            let button = ui.button("Choose…").on_hover_text(slot.hint());
+            name_for_screen_readers(
+                ui,
+                &button,
+                &format!("Choose the {} file", slot.label().to_lowercase()),
+            );
+            if button.clicked() {
                 action = Some(UiAction::ChooseModelFile(slot));
             }
         });
@@ -881,11 +893,11 @@ fn files(ui: &mut egui::Ui, settings: &mut Settings) -> Option<UiAction> {
             |dir| dir.display().to_string(),
         );
         ui.colored_label(theme::WEAK_TEXT, shown);
-        if ui
+        let button = ui
             .button("Choose…")
-            .on_hover_text("Where finished clips are saved")
-            .clicked()
-        {
+            .on_hover_text("Where finished clips are saved");
+        name_for_screen_readers(ui, &button, "Choose the output folder");
+        if button.clicked() {
             action = Some(UiAction::ChooseOutputFolder);
         }
     });
