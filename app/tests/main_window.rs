@@ -2283,3 +2283,58 @@ fn every_control_in_view_has_a_name_and_a_tooltip() {
         harness.run();
     }
 }
+
+#[test]
+fn the_keyboard_alone_reaches_every_setting_and_renders() {
+    let mut harness = Harness::builder()
+        .with_max_steps(SETTLE_STEPS)
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_eframe(|cc| StillmotionApp::new(cc, isolated(None), Steps(3)));
+    harness.run();
+    harness.get_by_label("Prompt").focus();
+    harness.run();
+    harness.get_by_label("Prompt").type_text("waves roll in");
+    harness.run();
+    // Tab walks from the prompt through the settings (the prompt keeps no tab) to Render.
+    let mut visited = Vec::new();
+    for _ in 0..80 {
+        harness.key_press(egui::Key::Tab);
+        harness.run();
+        if harness.get_by_label("Render").is_focused() {
+            break;
+        }
+        for name in [
+            "Negative prompt",
+            "Frames",
+            "Seed",
+            "Output format",
+            "Add LoRA…",
+        ] {
+            if harness.get_by_label(name).is_focused() && !visited.contains(&name) {
+                visited.push(name);
+            }
+        }
+    }
+    assert!(harness.get_by_label("Render").is_focused());
+    assert_eq!(
+        visited,
+        [
+            "Negative prompt",
+            "Frames",
+            "Seed",
+            "Output format",
+            "Add LoRA…"
+        ]
+    );
+    assert_eq!(harness.state().settings().prompt, "waves roll in");
+    // Shift+Tab steps back; Enter on a focused button presses it.
+    harness.key_press_modifiers(egui::Modifiers::SHIFT, egui::Key::Tab);
+    harness.run();
+    assert!(harness.get_by_label("Add LoRA…").is_focused());
+    harness.key_press(egui::Key::Tab);
+    harness.run();
+    harness.key_press(egui::Key::Enter);
+    harness.run();
+    let error = harness.state().error().unwrap();
+    assert!(error.starts_with("Open an image first"), "{error}");
+}

@@ -1107,33 +1107,32 @@ impl eframe::App for StillmotionApp {
             .resizable(true)
             .default_size(360.0)
             .show(ui, |ui| {
-                // Render stays in view at the bottom however long the settings get.
-                ui.with_layout(egui::Layout::bottom_up(egui::Align::LEFT), |ui| {
-                    ui.add_space(4.0);
-                    actions.extend(settings::render_button(ui));
-                    ui.separator();
-                    ui.with_layout(egui::Layout::top_down(egui::Align::LEFT), |ui| {
-                        egui::ScrollArea::vertical()
-                            .id_salt("settings_scroll")
-                            .auto_shrink([false, false])
-                            .show(ui, |ui| {
-                                actions.extend(settings::show(
-                                    ui,
-                                    &mut self.state.settings,
-                                    &self.presets,
-                                    self.shipped_count,
-                                    &mut self.new_preset_name,
-                                    self.gpu_gauge.reading(),
-                                ));
-                                ui.separator();
-                                actions.extend(loras::show(
-                                    ui,
-                                    &mut self.state.settings,
-                                    self.lora_problem.as_deref(),
-                                ));
-                            });
+                // Render stays in view at the bottom however long the settings get; it is
+                // drawn after them so Tab reaches it after the last setting.
+                let spacing = ui.spacing().item_spacing.y;
+                let render_bar = settings::RENDER_BUTTON_HEIGHT + 3.0 * spacing + 10.0;
+                egui::ScrollArea::vertical()
+                    .id_salt("settings_scroll")
+                    .auto_shrink([false, false])
+                    .max_height((ui.available_height() - render_bar).max(0.0))
+                    .show(ui, |ui| {
+                        actions.extend(settings::show(
+                            ui,
+                            &mut self.state.settings,
+                            &self.presets,
+                            self.shipped_count,
+                            &mut self.new_preset_name,
+                            self.gpu_gauge.reading(),
+                        ));
+                        ui.separator();
+                        actions.extend(loras::show(
+                            ui,
+                            &mut self.state.settings,
+                            self.lora_problem.as_deref(),
+                        ));
                     });
-                });
+                ui.separator();
+                actions.extend(settings::render_button(ui));
             });
         egui::Panel::right("queue")
             .resizable(true)

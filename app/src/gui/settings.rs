@@ -904,10 +904,13 @@ fn files(ui: &mut egui::Ui, settings: &mut Settings) -> Option<UiAction> {
     action
 }
 
+/// The Render button's height.
+pub const RENDER_BUTTON_HEIGHT: f32 = 28.0;
+
 /// The Render button (kept out of the settings' scroll area so it is always in view).
 #[must_use]
 pub fn render_button(ui: &mut egui::Ui) -> Option<UiAction> {
-    ui.add(egui::Button::new("Render").min_size(egui::vec2(120.0, 28.0)))
+    ui.add(egui::Button::new("Render").min_size(egui::vec2(120.0, RENDER_BUTTON_HEIGHT)))
         .on_hover_text("Add this render to the queue (Ctrl+Enter)")
         .clicked()
         .then_some(UiAction::Render)
