@@ -2338,3 +2338,38 @@ fn the_keyboard_alone_reaches_every_setting_and_renders() {
     let error = harness.state().error().unwrap();
     assert!(error.starts_with("Open an image first"), "{error}");
 }
+
+#[test]
+fn the_prompt_shows_its_tokens_as_the_chosen_text_encoder_reads_it() {
+    let case = tiny_case();
+    let mut harness = app(isolated(None));
+    let prompt = "a small red boat drifts across a calm lake at sunset";
+    harness.state_mut().settings_mut().prompt = prompt.to_owned();
+    harness.run();
+    // No text encoder chosen: characters only.
+    harness.get_by_label("52 characters");
+    harness.state_mut().settings_mut().text_encoder = Some(case.join("umt5.safetensors"));
+    let expected =
+        stillmotion_engine::umt5::PromptTokenizer::open(&case.join("tokenizer.json"), 512)
+            .unwrap()
+            .encode(prompt)
+            .unwrap()
+            .ids
+            .len();
+    assert!(expected > 2, "{expected}");
+    let label = format!("52 characters · {expected} of 512 tokens");
+    // The tokenizer is read on a helper thread.
+    for _ in 0..200 {
+        harness.run_steps(1);
+        if harness.query_by_label(&label).is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    harness.get_by_label(&label);
+    // It follows the prompt as it is typed.
+    harness.state_mut().settings_mut().prompt = format!("{prompt} {prompt}");
+    harness.run();
+    harness.get_by_label_contains("105 characters · ");
+    assert!(harness.query_by_label(&label).is_none());
+}

@@ -21,6 +21,7 @@ use super::models_view::{self, ModelsView};
 use super::player::{self, ClipPlayer};
 use super::settings::{self, ModelSlot, Settings};
 use super::source_image::{self, Framing, SourceImage};
+use super::token_count::TokenCounter;
 use super::user_presets;
 use crate::ui::theme;
 
@@ -184,6 +185,8 @@ pub struct StillmotionApp {
     lora_key: Option<LoraKey>,
     /// Why the preset's LoRA is not in the list (its files were not found).
     lora_problem: Option<String>,
+    /// Counts the prompt's tokens with the chosen text encoder's tokenizer.
+    tokens: TokenCounter,
 }
 
 impl StillmotionApp {
@@ -299,6 +302,7 @@ impl StillmotionApp {
             models_check_pending: false,
             lora_key: None,
             lora_problem: None,
+            tokens: TokenCounter::default(),
         };
         app.check_models_at_start(&cc.egui_ctx, options.models_view_at_start);
         app
@@ -910,6 +914,9 @@ impl eframe::App for StillmotionApp {
             }
         }
         self.refresh_preset_loras(false);
+        self.tokens
+            .follow(ctx, self.state.settings.text_encoder.as_deref());
+        self.tokens.poll();
         for action in std::mem::take(&mut self.pending) {
             self.run_action(ctx, action);
         }
@@ -1109,6 +1116,7 @@ impl eframe::App for StillmotionApp {
             .show(ui, |ui| {
                 // Render stays in view at the bottom however long the settings get; it is
                 // drawn after them so Tab reaches it after the last setting.
+                let prompt_tokens = self.tokens.count(&self.state.settings.prompt);
                 let spacing = ui.spacing().item_spacing.y;
                 let render_bar = settings::RENDER_BUTTON_HEIGHT + 3.0 * spacing + 10.0;
                 egui::ScrollArea::vertical()
@@ -1123,6 +1131,7 @@ impl eframe::App for StillmotionApp {
                             self.shipped_count,
                             &mut self.new_preset_name,
                             self.gpu_gauge.reading(),
+                            prompt_tokens,
                         ));
                         ui.separator();
                         actions.extend(loras::show(

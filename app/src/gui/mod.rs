@@ -13,6 +13,7 @@ mod models_view;
 mod player;
 mod settings;
 mod source_image;
+mod token_count;
 mod user_presets;
 
 pub use app::{StartOptions, StillmotionApp, UiAction, run};
@@ -25,3 +26,4 @@ pub use models_view::ModelsView;
 pub use player::ClipPlayer;
 pub use settings::{ModelSlot, SamplerChoice, Settings, SizeChoice};
 pub use source_image::{Framing, SourceImage};
+pub use token_count::TokenCount;

@@ -16,6 +16,7 @@ use stillmotion_engine::wan::LoraRequantize;
 use super::UiAction;
 use super::gpu_gauge::GaugeReading;
 use super::loras::LoraEntry;
+use super::token_count::TokenCount;
 use crate::ui::theme;
 
 /// Which model file a "Choose…" button is for.
@@ -577,6 +578,7 @@ pub fn show(
     shipped_count: usize,
     new_preset_name: &mut String,
     gauge: GaugeReading,
+    prompt_tokens: Option<TokenCount>,
 ) -> Option<UiAction> {
     let mut action = None;
     let chosen = presets
@@ -641,10 +643,28 @@ pub fn show(
     let label = ui
         .horizontal(|ui| {
             let label = ui.label("Prompt");
-            ui.colored_label(
-                theme::WEAK_TEXT,
-                format!("{} characters", settings.prompt.chars().count()),
-            );
+            let characters = format!("{} characters", settings.prompt.chars().count());
+            match prompt_tokens {
+                Some(count) => {
+                    let colour = if count.truncated {
+                        theme::ERROR_TEXT
+                    } else {
+                        theme::WEAK_TEXT
+                    };
+                    ui.colored_label(
+                        colour,
+                        format!("{characters} · {} of {} tokens", count.tokens, count.limit),
+                    )
+                    .on_hover_text(
+                        "Tokens as the chosen text encoder reads the prompt; past the limit the \
+                         rest is ignored",
+                    );
+                }
+                None => {
+                    ui.colored_label(theme::WEAK_TEXT, characters)
+                        .on_hover_text("The token count shows once a text encoder is chosen");
+                }
+            }
             label
         })
         .inner;
