@@ -2373,3 +2373,67 @@ fn the_prompt_shows_its_tokens_as_the_chosen_text_encoder_reads_it() {
     harness.get_by_label_contains("105 characters · ");
     assert!(harness.query_by_label(&label).is_none());
 }
+
+#[test]
+fn re_roll_picks_a_new_seed_and_an_unlocked_seed_is_new_for_every_render() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "pier.png", 64, 48);
+    let recipes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let runner = Recording(recipes.clone());
+    let options = isolated(Some(png));
+    let mut harness = Harness::builder()
+        .with_max_steps(SETTLE_STEPS)
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_eframe(move |cc| StillmotionApp::new(cc, options, runner));
+    ready_to_render(&mut harness, dir.path(), "the pier at dusk", 7);
+    harness.run();
+    harness.get_by_label("Re-roll").click();
+    harness.run();
+    let rolled = harness.state().settings().seed;
+    assert_ne!(rolled, 7);
+    assert!(rolled < 1 << 53, "JSON-exact");
+    assert!(
+        harness.state().settings().seed_locked,
+        "re-roll keeps the lock"
+    );
+
+    // Locked: every render uses the seed shown. Unlocked: each gets a new one, shown after.
+    let render = |harness: &mut Harness<'_, StillmotionApp>| {
+        let before = recipes.lock().unwrap().len();
+        harness.get_by_label("Render").click();
+        run_until(harness, "the render to reach the engine", |_| {
+            recipes.lock().unwrap().len() > before
+        });
+        recipes.lock().unwrap()[before].seed
+    };
+    assert_eq!(render(&mut harness), rolled);
+    assert_eq!(render(&mut harness), rolled);
+    harness.get_by_label("Lock").click();
+    harness.run();
+    let first = render(&mut harness);
+    let second = render(&mut harness);
+    assert!(
+        first != rolled && second != first,
+        "{rolled} {first} {second}"
+    );
+    assert_eq!(harness.state().settings().seed, second);
+}
+
+#[test]
+fn frames_stay_4n_plus_1_and_show_as_seconds_at_the_presets_rate() {
+    let mut harness = app(isolated(None));
+    harness.run();
+    harness.get_by_label("5.06 s at 16 fps");
+    harness.get_by_label("Frames").set_value_accesskit(90.0);
+    harness.run();
+    assert_eq!(harness.state().settings().num_frames, 89);
+    harness.get_by_label("5.56 s at 16 fps");
+    // The 5B model makes 24 fps clips.
+    harness
+        .state_mut()
+        .perform(UiAction::ApplyPreset("wan22-ti2v-5b-720p".to_owned()));
+    harness.run();
+    let frames = harness.state().settings().num_frames;
+    assert_eq!(frames % 4, 1);
+    harness.get_by_label(&format!("{:.2} s at 24 fps", f64::from(frames) / 24.0));
+}
