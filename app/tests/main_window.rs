@@ -2295,6 +2295,15 @@ fn the_keyboard_alone_reaches_every_setting_and_renders() {
     harness.run();
     harness.get_by_label("Prompt").type_text("waves roll in");
     harness.run();
+    // Undo (egui's, per text field) takes the typing back, redo brings it again.
+    harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    harness.run();
+    assert_eq!(harness.state().settings().prompt, "");
+    harness.key_press_modifiers(
+        egui::Modifiers::COMMAND | egui::Modifiers::SHIFT,
+        egui::Key::Z,
+    );
+    harness.run();
     // Tab walks from the prompt through the settings (the prompt keeps no tab) to Render.
     let mut visited = Vec::new();
     for _ in 0..80 {
