@@ -398,12 +398,21 @@ fn player_steps_through_the_frames_of_a_real_clip() {
     harness.get_by_label("Play").click();
     harness.run_steps(1);
     assert!(harness.state().player().unwrap().is_playing());
-    harness.get_by_label("Position");
     assert_eq!(
         harness.get_by_label("Speed").value().as_deref(),
         Some("1×"),
         "the speed picker is named for screen readers"
     );
+    // Scrubbing stops playback on the frame chosen; the speed is picked from a list.
+    harness.get_by_label("Position").set_value_accesskit(2.0);
+    harness.run();
+    let player = harness.state().player().unwrap();
+    assert_eq!((player.frame_index(), player.is_playing()), (2, false));
+    harness.get_by_label("Speed").click();
+    harness.run();
+    harness.get_by_label("2×").click();
+    harness.run();
+    assert!((harness.state().player().unwrap().speed - 2.0).abs() < f32::EPSILON);
     harness.get_by_label("Open file");
     harness.get_by_label("Show in folder");
 }
