@@ -2078,7 +2078,8 @@ impl JobRunner for Recording {
 }
 
 #[test]
-fn the_size_fit_and_output_format_show_on_the_image_reach_the_recipe_and_persist() {
+fn the_size_fit_and_output_format_show_on_the_image_reach_the_recipe_and_persist_with_the_folders()
+{
     use stillmotion_engine::recipe::{ImageFit, VideoCodec};
     let dir = tempfile::tempdir().unwrap();
     let png = write_png(dir.path(), "wide.png", 320, 192);
@@ -2127,8 +2128,17 @@ fn the_size_fit_and_output_format_show_on_the_image_reach_the_recipe_and_persist
     harness.run();
     harness.get_by_label("MP4 (H.265)").click();
     harness.run();
+    {
+        let settings = harness.state_mut().settings_mut();
+        settings.output_dir = Some(dir.path().join("clips"));
+        settings.models_folder = Some(dir.path().join("models"));
+    }
     let restarted = restart(&mut harness);
+    assert_eq!(restarted.state().last_image_dir(), Some(dir.path()));
     let settings = restarted.state().settings();
+    assert_eq!(settings.prompt, "gulls over the dunes");
+    assert_eq!(settings.output_dir, Some(dir.path().join("clips")));
+    assert_eq!(settings.models_folder, Some(dir.path().join("models")));
     assert_eq!(
         settings.size,
         stillmotion_app::gui::SizeChoice::Custom {

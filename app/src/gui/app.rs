@@ -424,6 +424,12 @@ impl StillmotionApp {
         self.player.as_mut()
     }
 
+    /// The folder the last image came from (where "Open…" starts); persisted.
+    #[must_use]
+    pub fn last_image_dir(&self) -> Option<&std::path::Path> {
+        self.state.last_image_dir.as_deref()
+    }
+
     /// The error currently shown to the user, if any.
     #[must_use]
     pub fn error(&self) -> Option<&str> {
