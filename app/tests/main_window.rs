@@ -2465,3 +2465,36 @@ fn frames_stay_4n_plus_1_and_show_as_seconds_at_the_presets_rate() {
     assert_eq!(frames % 4, 1);
     harness.get_by_label(&format!("{:.2} s at 24 fps", f64::from(frames) / 24.0));
 }
+
+#[test]
+fn a_frame_takes_well_under_16_ms_while_a_render_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "field.png", 320, 192);
+    let options = isolated(Some(png));
+    let mut harness = Harness::builder()
+        .with_max_steps(SETTLE_STEPS)
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_eframe(move |cc| StillmotionApp::new(cc, options, DenoiseThenWait));
+    ready_to_render(&mut harness, dir.path(), "a field of wheat in the wind", 3);
+    harness.get_by_label("Render").click();
+    run_until(&mut harness, "the first step's preview", |app| {
+        app.live_preview().is_some()
+    });
+    // The app's whole frame (logic, ui, layout and tessellation; no GPU upload) with the live
+    // preview, the queue row and the settings on screen. The median shrugs off a busy machine.
+    let mut times: Vec<std::time::Duration> = (0..31)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            harness.run_steps(1);
+            start.elapsed()
+        })
+        .collect();
+    times.sort_unstable();
+    let median = times[times.len() / 2];
+    assert!(
+        median < std::time::Duration::from_millis(16),
+        "median frame {median:?}"
+    );
+    harness.get_by_label("Cancel").click();
+    harness.run();
+}
