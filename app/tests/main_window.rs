@@ -2498,3 +2498,47 @@ fn a_frame_takes_well_under_16_ms_while_a_render_runs() {
     harness.get_by_label("Cancel").click();
     harness.run();
 }
+
+#[test]
+fn while_the_window_is_hidden_logic_alone_runs_the_queue_and_records_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "field.png", 64, 48);
+    let mut harness = app(isolated(Some(png)));
+    ready_to_render(&mut harness, dir.path(), "first", 1);
+    harness.run();
+    harness.state_mut().perform(UiAction::Render);
+    harness.run();
+    harness.state_mut().settings_mut().seed = 2;
+    harness.state_mut().settings_mut().prompt = "second".to_owned();
+    harness.state_mut().perform(UiAction::Render);
+    // Minimised, eframe runs no ui pass, only `logic` (whenever the engine thread wakes it).
+    let ctx = harness.ctx.clone();
+    let mut frame = eframe::Frame::_new_kittest();
+    let mut finished = 0;
+    for _ in 0..1000 {
+        let app = harness.state_mut();
+        ctx.run_logic(&egui::RawInput::default(), |ctx| {
+            eframe::App::logic(app, ctx, &mut frame);
+        });
+        finished = harness
+            .state()
+            .jobs()
+            .entries()
+            .iter()
+            .filter(|job| matches!(job.state, JobState::Finished { .. }))
+            .count();
+        if finished == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(finished, 2, "{:?}", harness.state().jobs().entries());
+    let prompts: Vec<_> = harness
+        .state()
+        .history()
+        .entries()
+        .iter()
+        .map(|entry| entry.prompt.clone())
+        .collect();
+    assert_eq!(prompts, ["second", "first"], "newest first");
+}
