@@ -2517,7 +2517,8 @@ fn while_the_window_is_hidden_logic_alone_runs_the_queue_and_records_the_history
     let mut finished = 0;
     for _ in 0..1000 {
         let app = harness.state_mut();
-        ctx.run_logic(&egui::RawInput::default(), |ctx| {
+        // (What it returns is for the windowing integration.)
+        let _output = ctx.run_logic(&egui::RawInput::default(), |ctx| {
             eframe::App::logic(app, ctx, &mut frame);
         });
         finished = harness
