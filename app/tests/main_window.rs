@@ -882,12 +882,12 @@ fn a_better_preview_shows_the_vae_decode_of_a_tiny_real_render_in_place_of_the_p
     }
     // The user picks Better (Auto is the projection alone on the CPU), under Advanced.
     assert!(
-        harness.query_by_label("Better").is_none(),
+        harness.query_by_label("Preview: Better").is_none(),
         "folded at first"
     );
     harness.get_by_label("Advanced").click();
     harness.run();
-    harness.get_by_label("Better").click();
+    harness.get_by_label("Preview: Better").click();
     harness.run();
     assert_eq!(harness.state().settings().preview, PreviewMode::Better);
     harness.get_by_label("Render").click();
@@ -2254,6 +2254,17 @@ fn every_control_in_view_has_a_name_and_a_tooltip() {
     let (count, problems) = controls_without_name_or_tooltip(&mut harness, window, true, &[]);
     assert!(count >= 35, "only {count} controls found");
     assert!(problems.is_empty(), "{problems:#?}");
+    // The folded rows too (the column scrolls then).
+    harness.get_by_label("Advanced").click();
+    harness.run();
+    harness.get_by_label("Preview: Off").scroll_to_me();
+    harness.run();
+    let (_, problems) = controls_without_name_or_tooltip(&mut harness, window, true, &[]);
+    assert!(problems.is_empty(), "{problems:#?}");
+    harness.get_by_label("Advanced").scroll_to_me();
+    harness.run();
+    harness.get_by_label("Advanced").click();
+    harness.run();
 
     // After a render: the queue row, the player and the history entry.
     ready_to_render(&mut harness, dir.path(), "wind over the field", 4);

@@ -79,6 +79,37 @@ const PREVIEW_MODES: [(PreviewMode, &str, &str); 4] = [
     (PreviewMode::Off, "Off", "No live preview"),
 ];
 
+/// The attention kernels, with button text and tooltip.
+const ATTENTION_MODES: [(AttentionMode, &str, &str); 2] = [
+    (
+        AttentionMode::Standard,
+        "Standard",
+        "16-bit, the reference implementation's numbers",
+    ),
+    (
+        AttentionMode::Int8,
+        "8-bit",
+        "Our 8-bit attention kernel: faster on RTX 40 and 50 series GPUs, slightly different \
+         pixels",
+    ),
+];
+
+/// How float8 weights are multiplied, with button text and tooltip.
+const MATMUL_MODES: [(MatmulMode, &str, &str); 2] = [
+    (
+        MatmulMode::Standard,
+        "Standard",
+        "fp8_scaled models: each weight dequantized for its product, the reference \
+         implementation's numbers",
+    ),
+    (
+        MatmulMode::Fp8,
+        "FP8",
+        "fp8_scaled models multiply in FP8 on RTX 40/50, H100 and H200: about 15% faster \
+         steps, slightly different pixels",
+    ),
+];
+
 /// How a LoRA merges into float8 layers, with button text and tooltip.
 const LORA_REQUANTIZE: [(LoraRequantize, &str, &str); 3] = [
     (
@@ -835,50 +866,34 @@ fn advanced(ui: &mut egui::Ui, settings: &mut Settings) {
     egui::Grid::new("advanced_grid")
         .num_columns(2)
         .show(ui, |ui| {
-            ui.horizontal(|ui| {
-                ui.selectable_value(&mut settings.attention, AttentionMode::Standard, "Standard")
-                    .on_hover_text("16-bit, the reference implementation's numbers");
-                ui.selectable_value(&mut settings.attention, AttentionMode::Int8, "8-bit")
-                    .on_hover_text(
-                        "Our 8-bit attention kernel: faster on RTX 40 and 50 series GPUs, \
-                         slightly different pixels",
-                    );
-            });
-            ui.end_row();
-
-            ui.label("Float8 weights");
-            ui.horizontal(|ui| {
-                ui.selectable_value(&mut settings.matmul, MatmulMode::Standard, "Standard")
-                    .on_hover_text(
-                        "fp8_scaled models: each weight dequantized for its product, the \
-                         reference implementation's numbers",
-                    );
-                ui.selectable_value(&mut settings.matmul, MatmulMode::Fp8, "FP8")
-                    .on_hover_text(
-                        "fp8_scaled models multiply in FP8 on RTX 40/50, H100 and H200: about \
-                         15% faster steps, slightly different pixels",
-                    );
-            });
-            ui.end_row();
-
-            ui.label("LoRA on float8");
-            ui.horizontal(|ui| {
-                for (choice, name, tip) in LORA_REQUANTIZE {
-                    ui.selectable_value(&mut settings.lora_requantize, choice, name)
-                        .on_hover_text(tip);
-                }
-            });
-            ui.end_row();
-
-            ui.label("Preview");
-            ui.horizontal(|ui| {
-                for (mode, name, tip) in PREVIEW_MODES {
-                    ui.selectable_value(&mut settings.preview, mode, name)
-                        .on_hover_text(tip);
-                }
-            });
-            ui.end_row();
+            choice_row(ui, "Attention", &mut settings.attention, &ATTENTION_MODES);
+            choice_row(ui, "Float8 weights", &mut settings.matmul, &MATMUL_MODES);
+            choice_row(
+                ui,
+                "LoRA on float8",
+                &mut settings.lora_requantize,
+                &LORA_REQUANTIZE,
+            );
+            choice_row(ui, "Preview", &mut settings.preview, &PREVIEW_MODES);
         });
+}
+
+/// A grid row of mutually exclusive choices, each (value, button text, tooltip). Screen readers
+/// hear each button with its row ("Preview: Off"), as the same words recur between rows.
+fn choice_row<T: PartialEq + Copy>(
+    ui: &mut egui::Ui,
+    row: &str,
+    value: &mut T,
+    choices: &[(T, &str, &str)],
+) {
+    ui.label(row);
+    ui.horizontal(|ui| {
+        for &(choice, name, tip) in choices {
+            let button = ui.selectable_value(value, choice, name).on_hover_text(tip);
+            name_for_screen_readers(ui, &button, &format!("{row}: {name}"));
+        }
+    });
+    ui.end_row();
 }
 
 /// The model files and the output folder.
