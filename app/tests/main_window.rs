@@ -244,7 +244,13 @@ fn render_validates_then_queues_and_the_queue_follows_engine_events() {
         .loras
         .insert(0, stillmotion_app::gui::LoraEntry::added(grain));
     harness.run();
-    assert_eq!(harness.query_all_by_label("high-noise strength").count(), 3);
+    assert_eq!(
+        harness
+            .query_all_by_label_contains(".safetensors high-noise strength")
+            .count(),
+        3
+    );
+    harness.get_by_label("grain.safetensors low-noise strength");
     assert_eq!(
         harness.query_all_by_label_contains("Remove wan2.2").count(),
         0
@@ -2276,7 +2282,7 @@ fn every_control_in_view_has_a_name_and_a_tooltip() {
     harness.run();
     harness.get_by_label("Restore settings");
     harness.get_by_label("Next frame");
-    let (count, problems) = controls_without_name_or_tooltip(&mut harness, window, false, &[]);
+    let (count, problems) = controls_without_name_or_tooltip(&mut harness, window, true, &[]);
     assert!(count >= 45, "only {count} controls found");
     assert!(problems.is_empty(), "{problems:#?}");
 
