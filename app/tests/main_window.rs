@@ -655,6 +655,35 @@ fn dropping_a_stillmotion_clip_restores_its_recipe() {
         "{error}"
     );
     assert_eq!(harness.state().settings().preset, *stem);
+
+    // A GIF Stillmotion wrote (its recipe in the sidecar beside it) restores too; a GIF
+    // without one is an image to animate.
+    let mut gif_recipe = recipe.clone();
+    gif_recipe.seed = 44;
+    let settings = stillmotion_engine::video::EncodeSettings {
+        format: stillmotion_engine::video::VideoFormat::Gif,
+        ..Default::default()
+    };
+    let embedded = EmbeddedRecipe::new(serde_json::to_value(&gif_recipe).unwrap());
+    let gif = dir.path().join("shared.gif");
+    let mut writer =
+        stillmotion_engine::video::VideoWriter::create(&gif, &settings, 32, 32, Some(embedded))
+            .unwrap();
+    let never = std::sync::atomic::AtomicBool::new(false);
+    for level in [0, 120, 240] {
+        let frame = image::RgbImage::from_pixel(32, 32, image::Rgb([level, level, level]));
+        writer.push(&frame, &never).unwrap();
+    }
+    let gif = writer.finish().unwrap();
+    assert!(gif.with_extension("json").is_file());
+    drop_file(&mut harness, gif.clone());
+    run_until(&mut harness, "the GIF's restore", |app| {
+        app.settings().seed == 44 && app.player().is_some_and(|p| p.path() == gif)
+    });
+    std::fs::remove_file(gif.with_extension("json")).unwrap();
+    drop_file(&mut harness, gif.clone());
+    harness.run();
+    assert_eq!(harness.state().source().unwrap().path, gif);
 }
 
 #[test]

@@ -1011,12 +1011,7 @@ impl eframe::App for StillmotionApp {
                 .collect()
         });
         actions.extend(dropped.into_iter().take(1).map(|path| {
-            let is_clip = path.extension().is_some_and(|ext| {
-                CLIP_EXTENSIONS
-                    .iter()
-                    .any(|clip| ext.eq_ignore_ascii_case(clip))
-            });
-            if is_clip {
+            if dropped_is_clip(&path) {
                 UiAction::RestoreFromClip(path)
             } else {
                 UiAction::LoadImage(path)
@@ -1237,6 +1232,20 @@ fn multiplier_of(recipe: &Recipe) -> Option<u32> {
         }
         _ => None,
     }
+}
+
+/// Whether a dropped file is a clip whose recipe is restored rather than an image to animate:
+/// a video (or a recipe sidecar), or an animated GIF or WebP that Stillmotion wrote (its
+/// recipe sidecar, `<name>.json`, beside it; those formats cannot carry it inside).
+fn dropped_is_clip(path: &std::path::Path) -> bool {
+    let has = |extensions: &[&str]| {
+        path.extension().is_some_and(|ext| {
+            extensions
+                .iter()
+                .any(|known| ext.eq_ignore_ascii_case(known))
+        })
+    };
+    has(CLIP_EXTENSIONS) || (has(&["gif", "webp"]) && path.with_extension("json").is_file())
 }
 
 /// Saves a pasted image as PNG in `dir` under a new name, for the recipe to name.
