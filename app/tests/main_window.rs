@@ -2433,7 +2433,7 @@ fn the_prompt_shows_its_tokens_as_the_chosen_text_encoder_reads_it() {
     assert!(expected > 2, "{expected}");
     let label = format!("52 characters · {expected} of 512 tokens");
     // The tokenizer is read on a helper thread.
-    for _ in 0..200 {
+    for _ in 0..1000 {
         harness.run_steps(1);
         if harness.query_by_label(&label).is_some() {
             break;
