@@ -20,7 +20,8 @@ use super::loras::{self, LoraEntry, LoraKey};
 use super::models_view::{self, ModelsView};
 use super::player::{self, ClipPlayer};
 use super::settings::{self, ModelSlot, Settings};
-use super::source_image::{self, SourceImage};
+use super::source_image::{self, Framing, SourceImage};
+use super::token_count::TokenCounter;
 use super::user_presets;
 use crate::ui::theme;
 
@@ -184,6 +185,8 @@ pub struct StillmotionApp {
     lora_key: Option<LoraKey>,
     /// Why the preset's LoRA is not in the list (its files were not found).
     lora_problem: Option<String>,
+    /// Counts the prompt's tokens with the chosen text encoder's tokenizer.
+    tokens: TokenCounter,
 }
 
 impl StillmotionApp {
@@ -299,6 +302,7 @@ impl StillmotionApp {
             models_check_pending: false,
             lora_key: None,
             lora_problem: None,
+            tokens: TokenCounter::default(),
         };
         app.check_models_at_start(&cc.egui_ctx, options.models_view_at_start);
         app
@@ -418,6 +422,12 @@ impl StillmotionApp {
     /// The preview player, for tests and scripted use.
     pub fn player_mut(&mut self) -> Option<&mut ClipPlayer> {
         self.player.as_mut()
+    }
+
+    /// The folder the last image came from (where "Open…" starts); persisted.
+    #[must_use]
+    pub fn last_image_dir(&self) -> Option<&std::path::Path> {
+        self.state.last_image_dir.as_deref()
     }
 
     /// The error currently shown to the user, if any.
@@ -601,7 +611,7 @@ impl StillmotionApp {
                 .map_or("none", |(_, preset)| preset.name.as_str());
             self.error = Some(format!(
                 "Settings restored, but the render's preset “{}” is not installed here, so the \
-                 size and model come from “{current}”",
+                 model and its frame rate come from “{current}”",
                 recipe.preset_name
             ));
         }
@@ -822,12 +832,12 @@ impl StillmotionApp {
         if !self.state.settings.seed_locked {
             self.state.settings.seed = random_seed();
         }
-        let output_name = format!("stillmotion-{}.mp4", self.state.settings.seed);
+        let output_stem = format!("stillmotion-{}", self.state.settings.seed);
         let recipe = Recipe::from_layers(
             preset,
             self.state
                 .settings
-                .choices(source.path.clone(), &output_name),
+                .choices(source.path.clone(), &output_stem),
         );
         if let Err(error) = recipe.validate() {
             self.error = Some(format!("Cannot render: {error:#}"));
@@ -865,6 +875,21 @@ impl StillmotionApp {
         }
     }
 
+    /// How the loaded image meets the chosen size: the fit choice and the engine's plan of it.
+    fn framing(&self) -> Option<Framing> {
+        let source = self.source.as_ref()?;
+        let (_, preset) = self
+            .presets
+            .iter()
+            .find(|(stem, _)| *stem == self.state.settings.preset)?;
+        let mode = self.state.settings.fit_mode(preset);
+        Some(Framing {
+            fit: self.state.settings.image_fit,
+            plan: image_input::fit::plan(mode, source.width, source.height)
+                .map_err(|error| format!("{error:#}")),
+        })
+    }
+
     fn load_image(&mut self, ctx: &egui::Context, path: PathBuf) {
         match image_input::load_rgb8(&path, image_input::DEFAULT_MAX_PIXELS) {
             Ok(image) => {
@@ -895,6 +920,9 @@ impl eframe::App for StillmotionApp {
             }
         }
         self.refresh_preset_loras(false);
+        self.tokens
+            .follow(ctx, self.state.settings.text_encoder.as_deref());
+        self.tokens.poll();
         for action in std::mem::take(&mut self.pending) {
             self.run_action(ctx, action);
         }
@@ -983,12 +1011,7 @@ impl eframe::App for StillmotionApp {
                 .collect()
         });
         actions.extend(dropped.into_iter().take(1).map(|path| {
-            let is_clip = path.extension().is_some_and(|ext| {
-                CLIP_EXTENSIONS
-                    .iter()
-                    .any(|clip| ext.eq_ignore_ascii_case(clip))
-            });
-            if is_clip {
+            if dropped_is_clip(&path) {
                 UiAction::RestoreFromClip(path)
             } else {
                 UiAction::LoadImage(path)
@@ -1092,30 +1115,34 @@ impl eframe::App for StillmotionApp {
             .resizable(true)
             .default_size(360.0)
             .show(ui, |ui| {
-                // Render stays in view at the bottom however long the settings get.
-                ui.with_layout(egui::Layout::bottom_up(egui::Align::LEFT), |ui| {
-                    ui.add_space(4.0);
-                    actions.extend(settings::render_button(ui));
-                    ui.separator();
-                    ui.with_layout(egui::Layout::top_down(egui::Align::LEFT), |ui| {
-                        egui::ScrollArea::vertical().show(ui, |ui| {
-                            actions.extend(settings::show(
-                                ui,
-                                &mut self.state.settings,
-                                &self.presets,
-                                self.shipped_count,
-                                &mut self.new_preset_name,
-                                self.gpu_gauge.reading(),
-                            ));
-                            ui.separator();
-                            actions.extend(loras::show(
-                                ui,
-                                &mut self.state.settings,
-                                self.lora_problem.as_deref(),
-                            ));
-                        });
+                // Render stays in view at the bottom however long the settings get; it is
+                // drawn after them so Tab reaches it after the last setting.
+                let prompt_tokens = self.tokens.count(&self.state.settings.prompt);
+                let spacing = ui.spacing().item_spacing.y;
+                let render_bar = settings::RENDER_BUTTON_HEIGHT + 3.0 * spacing + 10.0;
+                egui::ScrollArea::vertical()
+                    .id_salt("settings_scroll")
+                    .auto_shrink([false, false])
+                    .max_height((ui.available_height() - render_bar).max(0.0))
+                    .show(ui, |ui| {
+                        actions.extend(settings::show(
+                            ui,
+                            &mut self.state.settings,
+                            &self.presets,
+                            self.shipped_count,
+                            &mut self.new_preset_name,
+                            self.gpu_gauge.reading(),
+                            prompt_tokens,
+                        ));
+                        ui.separator();
+                        actions.extend(loras::show(
+                            ui,
+                            &mut self.state.settings,
+                            self.lora_problem.as_deref(),
+                        ));
                     });
-                });
+                ui.separator();
+                actions.extend(settings::render_button(ui));
             });
         egui::Panel::right("queue")
             .resizable(true)
@@ -1133,6 +1160,7 @@ impl eframe::App for StillmotionApp {
                     ));
                 });
             });
+        let mut framing = self.framing();
         egui::CentralPanel::default().show(ui, |ui| {
             let live = self.live_preview.as_ref().filter(|live| {
                 self.jobs
@@ -1144,7 +1172,7 @@ impl eframe::App for StillmotionApp {
                 let width = ui.available_width();
                 ui.allocate_ui(egui::vec2(width, source_height), |ui| {
                     ui.set_max_height(source_height);
-                    actions.extend(source_image::show(ui, self.source.as_ref()));
+                    actions.extend(source_image::show(ui, self.source.as_ref(), &mut framing));
                 });
                 ui.separator();
                 let choice = self
@@ -1156,7 +1184,7 @@ impl eframe::App for StillmotionApp {
                 return;
             }
             let Some(player) = &mut self.player else {
-                actions.extend(source_image::show(ui, self.source.as_ref()));
+                actions.extend(source_image::show(ui, self.source.as_ref(), &mut framing));
                 return;
             };
             // The clip gets most of the room; the source image stays in view above it.
@@ -1164,17 +1192,25 @@ impl eframe::App for StillmotionApp {
             let width = ui.available_width();
             ui.allocate_ui(egui::vec2(width, source_height), |ui| {
                 ui.set_max_height(source_height);
-                actions.extend(source_image::show(ui, self.source.as_ref()));
+                actions.extend(source_image::show(ui, self.source.as_ref(), &mut framing));
             });
             ui.separator();
             actions.extend(player::show(ui, player));
         });
 
+        if let Some(framing) = framing {
+            self.state.settings.image_fit = framing.fit;
+        }
         actions.extend(interpolate::show(ui.ctx(), &mut self.interpolate));
+        let chosen = self
+            .presets
+            .iter()
+            .position(|(stem, _)| *stem == self.state.settings.preset);
         actions.extend(models_view::show(
             ui.ctx(),
             &mut self.models,
             self.state.settings.models_folder.as_deref(),
+            chosen,
         ));
         if !actions.is_empty() {
             self.pending.extend(actions);
@@ -1196,6 +1232,20 @@ fn multiplier_of(recipe: &Recipe) -> Option<u32> {
         }
         _ => None,
     }
+}
+
+/// Whether a dropped file is a clip whose recipe is restored rather than an image to animate:
+/// a video (or a recipe sidecar), or an animated GIF or WebP that Stillmotion wrote (its
+/// recipe sidecar, `<name>.json`, beside it; those formats cannot carry it inside).
+fn dropped_is_clip(path: &std::path::Path) -> bool {
+    let has = |extensions: &[&str]| {
+        path.extension().is_some_and(|ext| {
+            extensions
+                .iter()
+                .any(|known| ext.eq_ignore_ascii_case(known))
+        })
+    };
+    has(CLIP_EXTENSIONS) || (has(&["gif", "webp"]) && path.with_extension("json").is_file())
 }
 
 /// Saves a pasted image as PNG in `dir` under a new name, for the recipe to name.

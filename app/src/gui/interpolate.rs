@@ -8,6 +8,9 @@ use stillmotion_engine::recipe::InterpolateRequest;
 use super::UiAction;
 use crate::ui::theme;
 
+/// The window's id (tests find its area by it).
+pub const WINDOW_ID: &str = "interpolate_window";
+
 /// Multipliers offered as buttons (the engine takes 2..=16).
 const MULTIPLIERS: [u32; 4] = [2, 3, 4, 8];
 
@@ -85,6 +88,7 @@ pub fn show(ctx: &egui::Context, form: &mut InterpolateForm) -> Option<UiAction>
     let mut action = None;
     let mut open = form.open;
     egui::Window::new("Interpolate a clip")
+        .id(egui::Id::unique(WINDOW_ID))
         .open(&mut open)
         .resizable(false)
         .collapsible(false)

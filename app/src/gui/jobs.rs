@@ -525,6 +525,14 @@ mod tests {
         let entry = jobs.get(id).unwrap();
         assert_eq!(entry.state, JobState::Running);
         assert_eq!(entry.progress.unwrap().done, 3);
+        // The row shows the stage, step k/n, seconds per step and the time left.
+        assert_eq!(
+            progress_text(entry, entry.progress.unwrap()),
+            format!(
+                "{} · step 3/4 · 2.0 s/step · ETA 2 s",
+                Stage::DenoisingLowNoise.label()
+            )
+        );
         jobs.apply(&Event::Finished {
             job_id: id,
             output: JobOutput {

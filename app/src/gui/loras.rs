@@ -108,9 +108,8 @@ pub fn refresh(settings: &mut Settings, preset: Option<&Preset>) -> Option<Strin
 /// What to do when the preset's LoRA files are not found.
 fn missing(high: &str, low: &str) -> String {
     format!(
-        "Put {high} (high-noise expert) and {low} (low-noise expert) in your models folder's \
-         loras/ or beside the experts, add them with Add LoRA…, or choose a preset without a \
-         LoRA (the official ones)."
+        "Put {high} and {low} in loras/ or beside the experts, add them with Add LoRA…, or \
+         choose an official preset (no LoRA)."
     )
 }
 
@@ -134,12 +133,18 @@ pub fn show(ui: &mut egui::Ui, settings: &mut Settings, problem: Option<&str>) -
                 ("high-noise", &mut entry.choice.strength_high_noise),
                 ("low-noise", &mut entry.choice.strength_low_noise),
             ] {
-                let label = ui.label(format!("{expert} strength"));
-                ui.add(egui::DragValue::new(strength).range(-4.0..=4.0).speed(0.05))
-                    .labelled_by(label.id)
+                ui.label(format!("{expert} strength"));
+                let field = ui
+                    .add(egui::DragValue::new(strength).range(-4.0..=4.0).speed(0.05))
                     .on_hover_text(format!(
                         "How strongly this LoRA acts on the {expert} expert (0 = not at all)"
                     ));
+                // Every LoRA has these fields: the name says whose.
+                super::settings::name_for_screen_readers(
+                    ui,
+                    &field,
+                    &format!("{name} {expert} strength"),
+                );
             }
             if entry.from_preset {
                 ui.colored_label(theme::WEAK_TEXT, "from the preset")

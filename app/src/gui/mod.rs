@@ -13,6 +13,7 @@ mod models_view;
 mod player;
 mod settings;
 mod source_image;
+mod token_count;
 mod user_presets;
 
 pub use app::{StartOptions, StillmotionApp, UiAction, run};
@@ -23,5 +24,6 @@ pub use jobs::{JobEntry, JobList, JobState};
 pub use loras::LoraEntry;
 pub use models_view::ModelsView;
 pub use player::ClipPlayer;
-pub use settings::{ModelSlot, SamplerChoice, Settings};
-pub use source_image::SourceImage;
+pub use settings::{ModelSlot, SamplerChoice, Settings, SizeChoice};
+pub use source_image::{Framing, SourceImage};
+pub use token_count::TokenCount;

@@ -15,6 +15,9 @@ use stillmotion_engine::preset::{ModelFamily, Preset};
 use super::UiAction;
 use crate::ui::theme;
 
+/// The window's id (tests find its area by it).
+pub const WINDOW_ID: &str = "models_window";
+
 /// The view's state: whether it is open, the last scan, and a scan in progress.
 #[derive(Default)]
 pub struct ModelsView {
@@ -110,12 +113,59 @@ pub fn files_of(status: &PresetStatus) -> [Option<PathBuf>; 4] {
     files
 }
 
-/// Draws the view as a window; returns the user's action.
+/// The order the view lists the report's presets in: what needs the user first. The chosen
+/// preset (index `chosen`), then those with missing or unusable files (with their download
+/// links), then the ready ones; otherwise the picker's order.
 #[must_use]
-pub fn show(ctx: &egui::Context, view: &mut ModelsView, folder: Option<&Path>) -> Option<UiAction> {
+pub fn display_order(report: &ScanReport, chosen: Option<usize>) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..report.presets.len()).collect();
+    order.sort_by_key(|&index| (Some(index) != chosen, report.presets[index].ready()));
+    order
+}
+
+/// One line on what the scan means for the user: whether the chosen preset can render, and
+/// how many presets are ready or need files.
+#[must_use]
+pub fn summary(report: &ScanReport, chosen: Option<usize>) -> (String, bool) {
+    let ready = report.presets.iter().filter(|p| p.ready()).count();
+    let total = report.presets.len();
+    let counts = format!(
+        "{ready} of {total} presets ready, {} need files",
+        total - ready
+    );
+    match chosen.and_then(|index| report.presets.get(index)) {
+        Some(status) if status.ready() => (
+            format!("Your preset “{}” is ready. {counts}.", status.preset),
+            false,
+        ),
+        Some(status) => (
+            format!(
+                "Your preset “{}” needs files (first below, with where to get them). {counts}.",
+                status.preset
+            ),
+            true,
+        ),
+        None => (
+            format!("{counts}: those that need files come first."),
+            ready == 0,
+        ),
+    }
+}
+
+/// Draws the view as a window; `chosen` is the index of the settings' preset in the picker
+/// (and the report). Returns the user's action.
+#[must_use]
+pub fn show(
+    ctx: &egui::Context,
+    view: &mut ModelsView,
+    folder: Option<&Path>,
+    chosen: Option<usize>,
+) -> Option<UiAction> {
     let mut action = None;
     let mut open = view.open;
     egui::Window::new("Models")
+        .id(egui::Id::unique(WINDOW_ID))
+        .collapsible(false)
         .open(&mut open)
         .default_size([640.0, 520.0])
         .vscroll(true)
@@ -167,18 +217,27 @@ pub fn show(ctx: &egui::Context, view: &mut ModelsView, folder: Option<&Path>) -
                     scanned.display()
                 ),
             );
-            // Ready presets first: they are what the user can render with now.
-            let mut order: Vec<usize> = (0..report.presets.len()).collect();
-            order.sort_by_key(|&index| !report.presets[index].ready());
-            for index in order {
+            let (line, needs_action) = summary(report, chosen);
+            ui.colored_label(
+                if needs_action {
+                    theme::WARNING_TEXT
+                } else {
+                    theme::NOTICE_TEXT
+                },
+                line,
+            );
+            for index in display_order(report, chosen) {
                 let (Some(status), Some(family)) =
                     (report.presets.get(index), view.families.get(index))
                 else {
                     continue;
                 };
                 ui.separator();
-                if let Some(chosen) = preset_section(ui, index, status, *family, &report.files) {
-                    action = Some(chosen);
+                let is_chosen = chosen == Some(index);
+                if let Some(picked) =
+                    preset_section(ui, index, status, *family, &report.files, is_chosen)
+                {
+                    action = Some(picked);
                 }
             }
         });
@@ -192,10 +251,15 @@ fn preset_section(
     status: &PresetStatus,
     family: ModelFamily,
     files: &[FoundFile],
+    is_chosen: bool,
 ) -> Option<UiAction> {
     let mut action = None;
     ui.horizontal(|ui| {
         ui.strong(&status.preset);
+        if is_chosen {
+            ui.colored_label(theme::WEAK_TEXT, "(your preset)")
+                .on_hover_text("The preset chosen in the settings");
+        }
         if status.ready() {
             ui.colored_label(theme::NOTICE_TEXT, "ready");
             if ui
@@ -359,6 +423,53 @@ pub fn human_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(name: &str, vae: Status) -> PresetStatus {
+        PresetStatus {
+            preset: name.to_owned(),
+            needs: vec![
+                (Need::TextEncoder, Status::Present(PathBuf::from("t5"))),
+                (Need::Vae, vae),
+            ],
+        }
+    }
+
+    #[test]
+    fn what_needs_the_user_comes_first_and_the_summary_says_so() {
+        let present = || Status::Present(PathBuf::from("vae"));
+        let report = ScanReport {
+            files: Vec::new(),
+            presets: vec![
+                status("A", present()),
+                status("B", Status::Missing),
+                status("C", present()),
+                status(
+                    "D",
+                    Status::Invalid {
+                        path: PathBuf::from("vae"),
+                        reason: "truncated".to_owned(),
+                    },
+                ),
+                status("E", Status::Missing),
+            ],
+        };
+        // No preset chosen: those that need files (in the picker's order), then the ready.
+        assert_eq!(display_order(&report, None), [1, 3, 4, 0, 2]);
+        // The chosen one leads, ready or not.
+        assert_eq!(display_order(&report, Some(4)), [4, 1, 3, 0, 2]);
+        assert_eq!(display_order(&report, Some(2)), [2, 1, 3, 4, 0]);
+
+        let (line, needs_action) = summary(&report, Some(4));
+        assert!(needs_action);
+        assert_eq!(
+            line,
+            "Your preset “E” needs files (first below, with where to get them). 2 of 5 presets \
+             ready, 3 need files."
+        );
+        let (line, needs_action) = summary(&report, Some(0));
+        assert!(!needs_action);
+        assert!(line.starts_with("Your preset “A” is ready."), "{line}");
+    }
 
     #[test]
     fn sizes_read_like_a_file_manager() {

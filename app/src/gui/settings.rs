@@ -4,16 +4,19 @@
 
 use std::path::PathBuf;
 
+use stillmotion_engine::image_input::fit::{FitMode, SIDE_MULTIPLE};
 use stillmotion_engine::preset::{Preset, SamplerKind, target_fps_range};
 use stillmotion_engine::recipe::{
-    AttentionMode, Interpolation, MatmulMode, ModelFiles, PreviewMode, Recipe, RecipeChoices,
-    WAN_DEFAULT_NEGATIVE_PROMPT,
+    AttentionMode, ImageFit, Interpolation, MatmulMode, ModelFiles, PreviewMode, Recipe,
+    RecipeChoices, VideoCodec, WAN_DEFAULT_NEGATIVE_PROMPT,
 };
+use stillmotion_engine::video::VideoFormat;
 use stillmotion_engine::wan::LoraRequantize;
 
 use super::UiAction;
 use super::gpu_gauge::GaugeReading;
 use super::loras::LoraEntry;
+use super::token_count::TokenCount;
 use crate::ui::theme;
 
 /// Which model file a "Choose…" button is for.
@@ -76,6 +79,37 @@ const PREVIEW_MODES: [(PreviewMode, &str, &str); 4] = [
     (PreviewMode::Off, "Off", "No live preview"),
 ];
 
+/// The attention kernels, with button text and tooltip.
+const ATTENTION_MODES: [(AttentionMode, &str, &str); 2] = [
+    (
+        AttentionMode::Standard,
+        "Standard",
+        "16-bit, the reference implementation's numbers",
+    ),
+    (
+        AttentionMode::Int8,
+        "8-bit",
+        "Our 8-bit attention kernel: faster on RTX 40 and 50 series GPUs, slightly different \
+         pixels",
+    ),
+];
+
+/// How float8 weights are multiplied, with button text and tooltip.
+const MATMUL_MODES: [(MatmulMode, &str, &str); 2] = [
+    (
+        MatmulMode::Standard,
+        "Standard",
+        "fp8_scaled models: each weight dequantized for its product, the reference \
+         implementation's numbers",
+    ),
+    (
+        MatmulMode::Fp8,
+        "FP8",
+        "fp8_scaled models multiply in FP8 on RTX 40/50, H100 and H200: about 15% faster \
+         steps, slightly different pixels",
+    ),
+];
+
 /// How a LoRA merges into float8 layers, with button text and tooltip.
 const LORA_REQUANTIZE: [(LoraRequantize, &str, &str); 3] = [
     (
@@ -136,6 +170,63 @@ pub struct Settings {
     pub models_folder: Option<PathBuf>,
     /// The LoRAs to apply: the user's, and those the preset names.
     pub loras: Vec<LoraEntry>,
+    /// The clip's size: the preset's, or the user's own.
+    pub size: SizeChoice,
+    /// How the image meets the size: whole with its aspect kept (official), or cropped to fill.
+    pub image_fit: ImageFit,
+    /// The container and codec of the finished clip.
+    pub output_format: VideoFormat,
+}
+
+/// The clip's size. With the official fit the size gives the area and the image its aspect;
+/// cropped, it is exact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SizeChoice {
+    /// The chosen preset's width × height.
+    #[default]
+    Preset,
+    /// The user's own, each side a multiple of 16.
+    Custom { width: u32, height: u32 },
+}
+
+/// The output formats offered, with their names and tooltips.
+const OUTPUT_FORMATS: [(VideoFormat, &str, &str); 6] = [
+    (
+        VideoFormat::Mp4H264,
+        "MP4 (H.264)",
+        "Plays everywhere; carries the recipe (drop it on the window to restore its settings)",
+    ),
+    (
+        VideoFormat::Mp4H265,
+        "MP4 (H.265)",
+        "Smaller files, tagged for Apple players; carries the recipe",
+    ),
+    (
+        VideoFormat::WebmVp9,
+        "WebM (VP9)",
+        "For the web; carries the recipe",
+    ),
+    (
+        VideoFormat::AnimatedWebp,
+        "Animated WebP",
+        "Looping, for sharing (the recipe goes in a .json beside it)",
+    ),
+    (
+        VideoFormat::Gif,
+        "GIF",
+        "Looping, for sharing; one palette, so colours band (recipe in a .json beside it)",
+    ),
+    (
+        VideoFormat::PngFrames,
+        "PNG frames",
+        "A folder of lossless PNG images, one per frame (recipe in a .json beside it)",
+    ),
+];
+
+/// Rounds a side to the nearest multiple of 16 (at least 16), as the model needs.
+#[must_use]
+pub fn snap_side(side: u32) -> u32 {
+    ((side + SIDE_MULTIPLE / 2) / SIDE_MULTIPLE).max(1) * SIDE_MULTIPLE
 }
 
 /// Serializable mirror of the engine's sampler kind.
@@ -191,6 +282,9 @@ impl Default for Settings {
             preview: PreviewMode::Auto,
             models_folder: None,
             loras: Vec::new(),
+            size: SizeChoice::Preset,
+            image_fit: ImageFit::Official,
+            output_format: VideoFormat::Mp4H264,
         }
     }
 }
@@ -207,6 +301,37 @@ impl Settings {
         self.sampler = preset.sampler.into();
         self.interpolation_factor = preset.interpolation_factor;
         self.interpolation_target_fps = preset.interpolation_target_fps;
+        self.size = SizeChoice::Preset;
+    }
+
+    /// The width × height a render with `preset` asks for.
+    #[must_use]
+    pub fn size_with(&self, preset: &Preset) -> (u32, u32) {
+        match self.size {
+            SizeChoice::Preset => (preset.width, preset.height),
+            SizeChoice::Custom { width, height } => (width, height),
+        }
+    }
+
+    /// How the engine will fit the image for a render with `preset` (as the pipeline does).
+    #[must_use]
+    pub fn fit_mode(&self, preset: &Preset) -> FitMode {
+        let (width, height) = self.size_with(preset);
+        match self.image_fit {
+            ImageFit::Official => FitMode::Wan {
+                max_area: width * height,
+            },
+            ImageFit::CenterCrop => FitMode::CenterCrop { width, height },
+        }
+    }
+
+    /// The output's file name: `stem` with the format's extension (none for PNG frames).
+    #[must_use]
+    pub fn output_name(&self, stem: &str) -> String {
+        match self.output_format.extension() {
+            Some(ext) => format!("{stem}.{ext}"),
+            None => stem.to_owned(),
+        }
     }
 
     /// Takes every value a finished render's `recipe` used that these settings can hold, so the
@@ -272,13 +397,27 @@ impl Settings {
         self.matmul = recipe.matmul;
         self.lora_requantize = recipe.lora_requantize;
         self.preview = recipe.preview;
+        self.size = match preset {
+            Some((_, preset)) if (preset.width, preset.height) == (recipe.width, recipe.height) => {
+                SizeChoice::Preset
+            }
+            _ => SizeChoice::Custom {
+                width: recipe.width,
+                height: recipe.height,
+            },
+        };
+        self.image_fit = recipe.image_fit;
+        self.output_format =
+            stillmotion_engine::pipeline::format_for_recipe(&recipe.output, recipe.codec)
+                .unwrap_or_default();
         preset.is_some()
     }
 
-    /// The user's choices for a render of `image`, written into `output_dir` (or beside the
-    /// image when no folder was chosen).
+    /// The user's choices for a render of `image`, written as `output_stem` (the format adds
+    /// its extension) into `output_dir` (or beside the image when no folder was chosen).
     #[must_use]
-    pub fn choices(&self, image: PathBuf, output_name: &str) -> RecipeChoices {
+    pub fn choices(&self, image: PathBuf, output_stem: &str) -> RecipeChoices {
+        let output_name = self.output_name(output_stem);
         let output_dir = self
             .output_dir
             .clone()
@@ -298,6 +437,17 @@ impl Settings {
                 .map(|entry| entry.choice.clone())
                 .collect(),
             image: Some(image),
+            image_fit: Some(self.image_fit),
+            width: match self.size {
+                SizeChoice::Preset => None,
+                SizeChoice::Custom { width, .. } => Some(width),
+            },
+            height: match self.size {
+                SizeChoice::Preset => None,
+                SizeChoice::Custom { height, .. } => Some(height),
+            },
+            // Only H.265 needs naming: the extension decides the rest.
+            codec: (self.output_format == VideoFormat::Mp4H265).then_some(VideoCodec::H265),
             prompt: Some(self.prompt.clone()),
             negative_prompt: (!self.negative_prompt.trim().is_empty())
                 .then(|| self.negative_prompt.clone()),
@@ -392,6 +542,63 @@ fn interpolation_choice(ui: &mut egui::Ui, settings: &mut Settings, clip_fps: u3
     }
 }
 
+/// Names a control for screen readers (AccessKit) where its visible text alone is ambiguous
+/// ("Choose…" beside each file) or absent (a number field beside "×").
+pub fn name_for_screen_readers(ui: &egui::Ui, response: &egui::Response, name: &str) {
+    ui.ctx()
+        .accesskit_node_builder(response.id, |node| node.set_label(name));
+}
+
+/// "Preset" (its size, shown) or "Custom" with width and height fields that keep each side a
+/// multiple of 16.
+fn size_choice(ui: &mut egui::Ui, size: &mut SizeChoice, preset: Option<&Preset>) {
+    let (preset_width, preset_height) = preset.map_or((832, 480), |p| (p.width, p.height));
+    if ui
+        .selectable_label(
+            *size == SizeChoice::Preset,
+            format!("{preset_width}×{preset_height}"),
+        )
+        .on_hover_text(
+            "The preset's size. Keeping the aspect, the clip follows the image's shape at about \
+             this many pixels",
+        )
+        .clicked()
+    {
+        *size = SizeChoice::Preset;
+    }
+    let custom = matches!(size, SizeChoice::Custom { .. });
+    if ui
+        .selectable_label(custom, "Custom")
+        .on_hover_text("Your own width × height, each a multiple of 16")
+        .clicked()
+        && !custom
+    {
+        *size = SizeChoice::Custom {
+            width: preset_width,
+            height: preset_height,
+        };
+    }
+    if let SizeChoice::Custom { width, height } = size {
+        for (name, side) in [("Width", width), ("Height", height)] {
+            // An invisible label names the field for screen readers (and tests) without
+            // taking room in the row: the "×" between the fields says which is which.
+            let mut value = *side;
+            let response = ui
+                .add(
+                    egui::DragValue::new(&mut value)
+                        .range(SIDE_MULTIPLE..=2048)
+                        .speed(SIDE_MULTIPLE),
+                )
+                .on_hover_text(format!("{name} in pixels, a multiple of 16"));
+            name_for_screen_readers(ui, &response, name);
+            *side = snap_side(value);
+            if name == "Width" {
+                ui.label("×");
+            }
+        }
+    }
+}
+
 /// Draws the settings. `presets` are (file stem, preset) pairs, the first `shipped_count` of
 /// them shipped and the rest the user's; `new_preset_name` is the "save as preset" name field.
 #[must_use]
@@ -402,9 +609,9 @@ pub fn show(
     shipped_count: usize,
     new_preset_name: &mut String,
     gauge: GaugeReading,
+    prompt_tokens: Option<TokenCount>,
 ) -> Option<UiAction> {
     let mut action = None;
-    ui.heading("Settings");
     let chosen = presets
         .iter()
         .find(|(stem, _)| *stem == settings.preset)
@@ -414,25 +621,31 @@ pub fn show(
         .to_owned();
     // No preset chosen yet: the A14B models make 16 fps clips.
     let clip_fps = chosen.map_or(16, |preset| preset.fps);
-    egui::ComboBox::from_label("Preset")
-        .selected_text(current)
-        .show_ui(ui, |ui| {
-            for (index, (stem, preset)) in presets.iter().enumerate() {
-                if index == shipped_count {
-                    ui.separator();
-                    ui.colored_label(theme::WEAK_TEXT, "Your presets");
+    // The heading shares the preset's row: the column must fit the window without scrolling.
+    ui.horizontal(|ui| {
+        ui.heading("Settings");
+        egui::ComboBox::from_label("Preset")
+            .selected_text(current)
+            .show_ui(ui, |ui| {
+                for (index, (stem, preset)) in presets.iter().enumerate() {
+                    if index == shipped_count {
+                        ui.separator();
+                        ui.colored_label(theme::WEAK_TEXT, "Your presets");
+                    }
+                    if ui
+                        .selectable_label(settings.preset == *stem, &preset.name)
+                        .on_hover_text(&preset.description)
+                        .clicked()
+                    {
+                        action = Some(UiAction::ApplyPreset(stem.clone()));
+                    }
                 }
-                if ui
-                    .selectable_label(settings.preset == *stem, &preset.name)
-                    .on_hover_text(&preset.description)
-                    .clicked()
-                {
-                    action = Some(UiAction::ApplyPreset(stem.clone()));
-                }
-            }
-        })
-        .response
-        .on_hover_text("One click sets steps, frames, sampler, guidance and interpolation");
+            })
+            .response
+            .on_hover_text(
+                "One click sets the size, steps, frames, sampler, guidance and interpolation",
+            );
+    });
     ui.horizontal(|ui| {
         let label = ui.label("New preset name");
         ui.add(
@@ -448,8 +661,8 @@ pub fn show(
                 egui::Button::new("Save as preset"),
             )
             .on_hover_text(
-                "Save steps, frames, sampler, shift, guidance and interpolation as your own \
-                 preset (the size and model come from the chosen preset)",
+                "Save the size, steps, frames, sampler, shift, guidance and interpolation as \
+                 your own preset (the model comes from the chosen preset)",
             )
             .on_disabled_hover_text("Type a name for the preset first")
             .clicked()
@@ -458,45 +671,95 @@ pub fn show(
         }
     });
 
-    ui.label("Prompt");
+    let label = ui
+        .horizontal(|ui| {
+            let label = ui.label("Prompt");
+            let characters = format!("{} characters", settings.prompt.chars().count());
+            match prompt_tokens {
+                Some(count) => {
+                    let colour = if count.truncated {
+                        theme::ERROR_TEXT
+                    } else {
+                        theme::WEAK_TEXT
+                    };
+                    ui.colored_label(
+                        colour,
+                        format!("{characters} · {} of {} tokens", count.tokens, count.limit),
+                    )
+                    .on_hover_text(
+                        "Tokens as the chosen text encoder reads the prompt; past the limit the \
+                         rest is ignored",
+                    );
+                }
+                None => {
+                    ui.colored_label(theme::WEAK_TEXT, characters)
+                        .on_hover_text("The token count shows once a text encoder is chosen");
+                }
+            }
+            label
+        })
+        .inner;
     ui.add(
         egui::TextEdit::multiline(&mut settings.prompt)
             .hint_text("What should move, and how")
             .desired_rows(3)
             .desired_width(f32::INFINITY),
     )
+    .labelled_by(label.id)
     .on_hover_text("Describe the motion; Ctrl+Enter renders");
-    ui.label(format!("{} characters", settings.prompt.chars().count()));
-    ui.label("Negative prompt");
+    let label = ui.label("Negative prompt");
     ui.add(
         egui::TextEdit::multiline(&mut settings.negative_prompt)
             .hint_text("Empty: Wan's default negative prompt")
             .desired_rows(2)
             .desired_width(f32::INFINITY),
     )
+    .labelled_by(label.id)
     .on_hover_text("What to avoid; only used when guidance (CFG) is above 1");
 
     egui::Grid::new("settings_grid")
         .num_columns(2)
         .show(ui, |ui| {
+            ui.label("Size");
+            ui.horizontal(|ui| {
+                size_choice(ui, &mut settings.size, chosen);
+            });
+            ui.end_row();
+
             let label = ui.label("Frames");
             ui.horizontal(|ui| {
                 let mut frames = settings.num_frames;
                 ui.add(egui::DragValue::new(&mut frames).range(5..=321).speed(4))
                     .labelled_by(label.id)
-                    .on_hover_text("4n+1 frames; 81 frames are 5 s at 16 fps");
+                    .on_hover_text(format!(
+                        "4n+1 frames, made at {clip_fps} fps (81 frames are about 5 s at 16 fps)"
+                    ));
                 settings.num_frames = (frames.saturating_sub(1) / 4) * 4 + 1;
                 ui.colored_label(
                     theme::WEAK_TEXT,
-                    format!("{:.2} s at 16 fps", f64::from(settings.num_frames) / 16.0),
+                    format!(
+                        "{:.2} s at {clip_fps} fps",
+                        f64::from(settings.num_frames) / f64::from(clip_fps)
+                    ),
                 );
             });
             ui.end_row();
 
             let label = ui.label("Steps");
-            ui.add(egui::DragValue::new(&mut settings.steps).range(1..=100))
+            ui.horizontal(|ui| {
+                ui.add(egui::DragValue::new(&mut settings.steps).range(1..=100))
+                    .labelled_by(label.id)
+                    .on_hover_text("Denoising steps (4 with the LightX2V LoRA, 40 official)");
+                // On the steps' row: the column must fit the window without scrolling.
+                let label = ui.label("Shift");
+                ui.add(
+                    egui::DragValue::new(&mut settings.shift)
+                        .range(0.5..=20.0)
+                        .speed(0.1),
+                )
                 .labelled_by(label.id)
-                .on_hover_text("Denoising steps (4 with the LightX2V LoRA, 40 official)");
+                .on_hover_text("Flow shift of the sigma schedule (5.0 for Wan2.2)");
+            });
             ui.end_row();
 
             ui.label("Sampler");
@@ -506,16 +769,6 @@ pub fn show(
                 ui.selectable_value(&mut settings.sampler, SamplerChoice::UniPc, "UniPC")
                     .on_hover_text("The official Wan2.2 solver");
             });
-            ui.end_row();
-
-            let label = ui.label("Shift");
-            ui.add(
-                egui::DragValue::new(&mut settings.shift)
-                    .range(0.5..=20.0)
-                    .speed(0.1),
-            )
-            .labelled_by(label.id)
-            .on_hover_text("Flow shift of the sigma schedule (5.0 for Wan2.2)");
             ui.end_row();
 
             ui.label("CFG");
@@ -563,6 +816,24 @@ pub fn show(
             });
             ui.end_row();
 
+            let label = ui.label("Output format");
+            let current = OUTPUT_FORMATS
+                .iter()
+                .find(|(format, _, _)| *format == settings.output_format)
+                .map_or("MP4 (H.264)", |(_, name, _)| name);
+            egui::ComboBox::from_id_salt("output_format")
+                .selected_text(current)
+                .show_ui(ui, |ui| {
+                    for (format, name, tip) in OUTPUT_FORMATS {
+                        ui.selectable_value(&mut settings.output_format, format, name)
+                            .on_hover_text(tip);
+                    }
+                })
+                .response
+                .labelled_by(label.id)
+                .on_hover_text("The container and codec of the finished clip");
+            ui.end_row();
+
             let label = ui.label("VRAM reserve");
             ui.add(
                 egui::DragValue::new(&mut settings.reserve_vram_gb)
@@ -577,53 +848,57 @@ pub fn show(
             ui.label("GPU memory");
             super::gpu_gauge::show(ui, gauge, settings.reserve_vram_gb);
             ui.end_row();
-
-            ui.label("Attention");
-            ui.horizontal(|ui| {
-                ui.selectable_value(&mut settings.attention, AttentionMode::Standard, "Standard")
-                    .on_hover_text("16-bit, the reference implementation's numbers");
-                ui.selectable_value(&mut settings.attention, AttentionMode::Int8, "8-bit")
-                    .on_hover_text(
-                        "Our 8-bit attention kernel: faster on RTX 40 and 50 series GPUs, \
-                         slightly different pixels",
-                    );
-            });
-            ui.end_row();
-
-            ui.label("Float8 weights");
-            ui.horizontal(|ui| {
-                ui.selectable_value(&mut settings.matmul, MatmulMode::Standard, "Standard")
-                    .on_hover_text(
-                        "fp8_scaled models: each weight dequantized for its product, the \
-                         reference implementation's numbers",
-                    );
-                ui.selectable_value(&mut settings.matmul, MatmulMode::Fp8, "FP8")
-                    .on_hover_text(
-                        "fp8_scaled models multiply in FP8 on RTX 40/50, H100 and H200: about \
-                         15% faster steps, slightly different pixels",
-                    );
-            });
-            ui.end_row();
-
-            ui.label("LoRA on float8");
-            ui.horizontal(|ui| {
-                for (choice, name, tip) in LORA_REQUANTIZE {
-                    ui.selectable_value(&mut settings.lora_requantize, choice, name)
-                        .on_hover_text(tip);
-                }
-            });
-            ui.end_row();
-
-            ui.label("Preview");
-            ui.horizontal(|ui| {
-                for (mode, name, tip) in PREVIEW_MODES {
-                    ui.selectable_value(&mut settings.preview, mode, name)
-                        .on_hover_text(tip);
-                }
-            });
-            ui.end_row();
         });
+    // Speed and memory trade-offs most renders leave alone: folded, so the column fits.
+    egui::CollapsingHeader::new("Advanced")
+        .id_salt("advanced_settings")
+        .show(ui, |ui| advanced(ui, settings))
+        .header_response
+        .on_hover_text("Attention kernel, float8 arithmetic, LoRA merging and the live preview");
+    if let Some(chosen) = files(ui, settings) {
+        action = Some(chosen);
+    }
+    action
+}
 
+/// The rows under "Advanced".
+fn advanced(ui: &mut egui::Ui, settings: &mut Settings) {
+    egui::Grid::new("advanced_grid")
+        .num_columns(2)
+        .show(ui, |ui| {
+            choice_row(ui, "Attention", &mut settings.attention, &ATTENTION_MODES);
+            choice_row(ui, "Float8 weights", &mut settings.matmul, &MATMUL_MODES);
+            choice_row(
+                ui,
+                "LoRA on float8",
+                &mut settings.lora_requantize,
+                &LORA_REQUANTIZE,
+            );
+            choice_row(ui, "Preview", &mut settings.preview, &PREVIEW_MODES);
+        });
+}
+
+/// A grid row of mutually exclusive choices, each (value, button text, tooltip). Screen readers
+/// hear each button with its row ("Preview: Off"), as the same words recur between rows.
+fn choice_row<T: PartialEq + Copy>(
+    ui: &mut egui::Ui,
+    row: &str,
+    value: &mut T,
+    choices: &[(T, &str, &str)],
+) {
+    ui.label(row);
+    ui.horizontal(|ui| {
+        for &(choice, name, tip) in choices {
+            let button = ui.selectable_value(value, choice, name).on_hover_text(tip);
+            name_for_screen_readers(ui, &button, &format!("{row}: {name}"));
+        }
+    });
+    ui.end_row();
+}
+
+/// The model files and the output folder.
+fn files(ui: &mut egui::Ui, settings: &mut Settings) -> Option<UiAction> {
+    let mut action = None;
     ui.separator();
     ui.strong("Model files");
     for slot in ModelSlot::ALL {
@@ -635,7 +910,13 @@ pub fn show(
                 |name| name.to_string_lossy().into_owned(),
             );
             ui.colored_label(theme::WEAK_TEXT, name);
-            if ui.button("Choose…").on_hover_text(slot.hint()).clicked() {
+            let button = ui.button("Choose…").on_hover_text(slot.hint());
+            name_for_screen_readers(
+                ui,
+                &button,
+                &format!("Choose the {} file", slot.label().to_lowercase()),
+            );
+            if button.clicked() {
                 action = Some(UiAction::ChooseModelFile(slot));
             }
         });
@@ -647,21 +928,24 @@ pub fn show(
             |dir| dir.display().to_string(),
         );
         ui.colored_label(theme::WEAK_TEXT, shown);
-        if ui
+        let button = ui
             .button("Choose…")
-            .on_hover_text("Where finished clips are saved")
-            .clicked()
-        {
+            .on_hover_text("Where finished clips are saved");
+        name_for_screen_readers(ui, &button, "Choose the output folder");
+        if button.clicked() {
             action = Some(UiAction::ChooseOutputFolder);
         }
     });
     action
 }
 
+/// The Render button's height.
+pub const RENDER_BUTTON_HEIGHT: f32 = 28.0;
+
 /// The Render button (kept out of the settings' scroll area so it is always in view).
 #[must_use]
 pub fn render_button(ui: &mut egui::Ui) -> Option<UiAction> {
-    ui.add(egui::Button::new("Render").min_size(egui::vec2(120.0, 28.0)))
+    ui.add(egui::Button::new("Render").min_size(egui::vec2(120.0, RENDER_BUTTON_HEIGHT)))
         .on_hover_text("Add this render to the queue (Ctrl+Enter)")
         .clicked()
         .then_some(UiAction::Render)
@@ -689,24 +973,36 @@ mod tests {
         made.reserve_vram_gb = 6.0;
         made.matmul = MatmulMode::Fp8;
         made.lora_requantize = LoraRequantize::Never;
+        made.size = SizeChoice::Custom {
+            width: 640,
+            height: 352,
+        };
+        made.image_fit = ImageFit::CenterCrop;
+        made.output_format = VideoFormat::Mp4H265;
         let recipe = Recipe::from_layers(
             preset,
-            made.choices(PathBuf::from("/images/heron.png"), "out.mp4"),
+            made.choices(PathBuf::from("/images/heron.png"), "out"),
         );
         assert_eq!(
             (recipe.matmul, recipe.lora_requantize),
             (MatmulMode::Fp8, LoraRequantize::Never)
         );
+        assert_eq!((recipe.width, recipe.height), (640, 352));
+        assert_eq!(recipe.output, PathBuf::from("/clips/out.mp4"));
+        assert_eq!(recipe.codec, Some(VideoCodec::H265));
 
         let mut restored = Settings::default();
         assert!(restored.restore(&recipe, &presets));
         assert_eq!(restored, made);
 
-        // Wan's default negative prompt comes back as the empty field that stands for it.
+        // Wan's default negative prompt comes back as the empty field that stands for it; the
+        // preset's own size as the preset's; a PNG-frame folder as such.
         made.negative_prompt.clear();
+        made.size = SizeChoice::Preset;
+        made.output_format = VideoFormat::PngFrames;
         let recipe = Recipe::from_layers(
             preset,
-            made.choices(PathBuf::from("/images/heron.png"), "out.mp4"),
+            made.choices(PathBuf::from("/images/heron.png"), "out"),
         );
         assert!(restored.restore(&recipe, &presets));
         assert_eq!(restored, made);
@@ -716,6 +1012,14 @@ mod tests {
         foreign.preset_name = "Someone else's preset".to_owned();
         assert!(!restored.restore(&foreign, &presets));
         assert_eq!(restored.preset, *stem);
+    }
+
+    #[test]
+    fn custom_sides_snap_to_the_nearest_multiple_of_16() {
+        assert_eq!(
+            [0, 7, 8, 23, 24, 650, 832].map(snap_side),
+            [16, 16, 16, 16, 32, 656, 832]
+        );
     }
 
     #[test]
@@ -730,7 +1034,7 @@ mod tests {
         assert_eq!(made.interpolation(), Interpolation::TargetFps { fps: 24.0 });
         let recipe = Recipe::from_layers(
             preset,
-            made.choices(PathBuf::from("/images/sea.png"), "out.mp4"),
+            made.choices(PathBuf::from("/images/sea.png"), "out"),
         );
         assert_eq!(recipe.interpolation, Interpolation::TargetFps { fps: 24.0 });
 

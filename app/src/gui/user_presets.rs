@@ -70,8 +70,8 @@ pub fn file_stem_for(name: &str) -> String {
     stem.trim_end_matches('-').to_owned()
 }
 
-/// The preset the current settings describe: what the settings choose, and the model, size,
-/// frame rate, LoRA and boundary of the preset they started from (`base`).
+/// The preset the current settings describe: what the settings choose (the size too), and the
+/// model, frame rate, LoRA and boundary of the preset they started from (`base`).
 #[must_use]
 pub fn preset_from(name: &str, settings: &Settings, base: &Preset) -> Preset {
     Preset {
@@ -80,8 +80,8 @@ pub fn preset_from(name: &str, settings: &Settings, base: &Preset) -> Preset {
         description: format!("Saved from Stillmotion, based on “{}”.", base.name),
         model: base.model,
         lora: base.lora.clone(),
-        width: base.width,
-        height: base.height,
+        width: settings.size_with(base).0,
+        height: settings.size_with(base).1,
         num_frames: settings.num_frames,
         fps: base.fps,
         steps: settings.steps,

@@ -14,7 +14,15 @@ pub const WEAK_TEXT: Color32 = Color32::from_rgb(0x9A, 0x9A, 0x9A);
 /// Background of the empty drop zone.
 pub const DROP_ZONE_FILL: Color32 = Color32::from_rgb(0x20, 0x22, 0x26);
 
+/// The outline of the part of the source image the model sees.
+pub const FRAME_OUTLINE: Color32 = Color32::from_rgb(0x5C, 0xB8, 0xE6);
+/// Over the parts of the source image a crop leaves out.
+pub const CROPPED_SHADE: Color32 = Color32::from_black_alpha(150);
+
 /// Applies the app's visuals to a context.
 pub fn apply(ctx: &egui::Context) {
     ctx.set_theme(egui::Theme::Dark);
+    // Solid bars stay visible, so a panel taller than the window shows that it scrolls
+    // (egui's floating bars are invisible until hovered).
+    ctx.all_styles_mut(|style| style.spacing.scroll = egui::style::ScrollStyle::solid());
 }
