@@ -11,7 +11,7 @@ use stillmotion_engine::recipe::{
     RecipeChoices, VideoCodec, WAN_DEFAULT_NEGATIVE_PROMPT,
 };
 use stillmotion_engine::video::VideoFormat;
-use stillmotion_engine::wan::LoraRequantize;
+use stillmotion_engine::wan::{LoraMode, LoraRequantize};
 
 use super::UiAction;
 use super::gpu_gauge::GaugeReading;
@@ -130,6 +130,29 @@ const LORA_REQUANTIZE: [(LoraRequantize, &str, &str); 3] = [
     ),
 ];
 
+/// Whether LoRAs merge into the weights at load or apply at each product, with button text and
+/// tooltip.
+const LORA_MODES: [(LoraMode, &str, &str); 3] = [
+    (
+        LoraMode::Auto,
+        "Auto",
+        "GGUF layers (and float8 ones not merged back to float8) keep their file's size and \
+         apply the LoRA at each product; other layers merge it at load",
+    ),
+    (
+        LoraMode::Merge,
+        "Merge",
+        "Every LoRA merges into its weights at load: the fastest steps, but quantized layers \
+         a LoRA changes grow to 16 bits",
+    ),
+    (
+        LoraMode::OnTheFly,
+        "On the fly",
+        "No weight changes at load: each changed layer does two small products more per step, \
+         and the model keeps its file's memory",
+    ),
+];
+
 /// The user's settings; persisted with eframe storage.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -163,6 +186,8 @@ pub struct Settings {
     pub matmul: MatmulMode,
     /// Whether a LoRA merged into float8 layers goes back to float8.
     pub lora_requantize: LoraRequantize,
+    /// Whether LoRAs merge at load or apply on the fly.
+    pub lora_mode: LoraMode,
     /// The live preview while rendering: auto (the VAE's every few steps on a GPU when
     /// affordable, the projection on the CPU), off, fast or better.
     pub preview: PreviewMode,
@@ -279,6 +304,7 @@ impl Default for Settings {
             attention: AttentionMode::Standard,
             matmul: MatmulMode::Standard,
             lora_requantize: LoraRequantize::Auto,
+            lora_mode: LoraMode::Auto,
             preview: PreviewMode::Auto,
             models_folder: None,
             loras: Vec::new(),
@@ -396,6 +422,7 @@ impl Settings {
         self.attention = recipe.attention;
         self.matmul = recipe.matmul;
         self.lora_requantize = recipe.lora_requantize;
+        self.lora_mode = recipe.lora_mode;
         self.preview = recipe.preview;
         self.size = match preset {
             Some((_, preset)) if (preset.width, preset.height) == (recipe.width, recipe.height) => {
@@ -464,6 +491,7 @@ impl Settings {
             attention: Some(self.attention),
             matmul: Some(self.matmul),
             lora_requantize: Some(self.lora_requantize),
+            lora_mode: Some(self.lora_mode),
             preview: Some(self.preview),
             ..RecipeChoices::default()
         }
@@ -874,6 +902,7 @@ fn advanced(ui: &mut egui::Ui, settings: &mut Settings) {
                 &mut settings.lora_requantize,
                 &LORA_REQUANTIZE,
             );
+            choice_row(ui, "LoRA mode", &mut settings.lora_mode, &LORA_MODES);
             choice_row(ui, "Preview", &mut settings.preview, &PREVIEW_MODES);
         });
 }
@@ -973,6 +1002,7 @@ mod tests {
         made.reserve_vram_gb = 6.0;
         made.matmul = MatmulMode::Fp8;
         made.lora_requantize = LoraRequantize::Never;
+        made.lora_mode = LoraMode::OnTheFly;
         made.size = SizeChoice::Custom {
             width: 640,
             height: 352,
@@ -984,8 +1014,8 @@ mod tests {
             made.choices(PathBuf::from("/images/heron.png"), "out"),
         );
         assert_eq!(
-            (recipe.matmul, recipe.lora_requantize),
-            (MatmulMode::Fp8, LoraRequantize::Never)
+            (recipe.matmul, recipe.lora_requantize, recipe.lora_mode),
+            (MatmulMode::Fp8, LoraRequantize::Never, LoraMode::OnTheFly)
         );
         assert_eq!((recipe.width, recipe.height), (640, 352));
         assert_eq!(recipe.output, PathBuf::from("/clips/out.mp4"));
