@@ -242,6 +242,38 @@ impl Cursor<'_> {
 }
 
 /// One transformer block (`blocks.N`).
+/// The residual stream between blocks: ready, or a block's last residual add still to do, which
+/// the next block fuses with its first norm (one pass over the stream instead of two).
+pub(super) enum Residual {
+    Ready(Tensor),
+    Pending {
+        x: Tensor,
+        y: Tensor,
+        gate: Tensor,
+        rows_per_entry: usize,
+    },
+}
+
+impl Residual {
+    /// The stream with any pending add done.
+    pub(super) fn finish(self, kernels: &Kernels) -> Result<Tensor, EngineError> {
+        match self {
+            Self::Ready(x) => Ok(x),
+            Self::Pending {
+                x,
+                y,
+                gate,
+                rows_per_entry,
+            } => Ok(glue::gated_residual(
+                kernels,
+                &x,
+                &y,
+                Some((&gate, rows_per_entry)),
+            )?),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(super) struct Block {
     norm1: LayerNorm,
@@ -327,11 +359,11 @@ impl Block {
     pub(super) fn forward(
         &self,
         kernels: &Kernels,
-        x: &Tensor,
+        x: Residual,
         e0: &PerToken,
         rope: &Rope,
         context: &Tensor,
-    ) -> Result<Tensor, EngineError> {
+    ) -> Result<Residual, EngineError> {
         let e = e0.map(|t| t.broadcast_add(&self.modulation))?;
         let parts = (0..6)
             .map(|i| e.part_rows(i))
@@ -344,13 +376,31 @@ impl Block {
         };
         let dtype = self.ffn0.dtype();
 
-        let h = self.norm1.forward(kernels, x, Some(modulation(0)), dtype)?;
+        let (x, h) = match x {
+            Residual::Ready(x) => {
+                let h = self
+                    .norm1
+                    .forward(kernels, &x, Some(modulation(0)), dtype)?;
+                (x, h)
+            }
+            Residual::Pending {
+                x,
+                y,
+                gate,
+                rows_per_entry: per,
+            } => self.norm1.forward_after_residual(
+                kernels,
+                (&x, &y, Some((&gate, per))),
+                Some(modulation(0)),
+                dtype,
+            )?,
+        };
         let y = self.self_attn.forward(kernels, &h, &h, Some(rope))?;
         let gate = Some((&parts[2].0, rows_per_entry));
         let (x, h) = if let Some(norm) = &self.norm3 {
-            norm.forward_after_residual(kernels, (x, &y, gate), None, dtype)?
+            norm.forward_after_residual(kernels, (&x, &y, gate), None, dtype)?
         } else {
-            let x = glue::gated_residual(kernels, x, &y, gate)?;
+            let x = glue::gated_residual(kernels, &x, &y, gate)?;
             let h = x.to_dtype(dtype)?;
             (x, h)
         };
@@ -365,11 +415,11 @@ impl Block {
         let y = self
             .ffn2
             .forward(kernels, &self.ffn0.forward_gelu(kernels, &h)?)?;
-        Ok(glue::gated_residual(
-            kernels,
-            &x,
-            &y,
-            Some((&parts[5].0, rows_per_entry)),
-        )?)
+        Ok(Residual::Pending {
+            x,
+            y,
+            gate: parts[5].0.clone(),
+            rows_per_entry,
+        })
     }
 }

@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 use stillmotion_kernels::Kernels;
 use stillmotion_kernels::glue::Modulation;
 
-use super::block::{Block, LayerNorm};
+use super::block::{Block, LayerNorm, Residual};
 use super::config::Config;
 use super::linear::Lin;
 use super::rope::Rope;
@@ -304,7 +304,7 @@ impl WanModel {
             .permute(vec![0, 2, 4, 6, 1, 3, 5, 7])?
             .reshape((b, tokens, c * pt * ph * pw))?;
         let kernels = &self.kernels;
-        let mut x = self
+        let x = self
             .patch_embedding
             .forward(kernels, &patches)?
             .to_dtype(DType::F32)?;
@@ -329,15 +329,17 @@ impl WanModel {
 
         let context = self.embed_text(context)?;
         let rope = Rope::new(grid, cfg.head_dim(), x.device())?;
-        let run = |block: &Block, x: &Tensor| block.forward(kernels, x, &e0, &rope, &context);
-        match &self.streamed {
-            Some(streamed) => x = streamed.forward(&self.blocks, x, run)?,
-            None => {
-                for block in &self.blocks {
-                    x = run(block, &x)?;
-                }
+        let run = |block: &Block, x: Residual| block.forward(kernels, x, &e0, &rope, &context);
+        let stream = if let Some(streamed) = &self.streamed {
+            streamed.forward(&self.blocks, Residual::Ready(x), run)?
+        } else {
+            let mut stream = Residual::Ready(x);
+            for block in &self.blocks {
+                stream = run(block, stream)?;
             }
-        }
+            stream
+        };
+        let x = stream.finish(kernels)?;
 
         // Head: modulated norm and projection back to patches.
         let e = PerToken::new(e.reshape((rows, 1, cfg.dim))?, &steps, b, tokens)?

@@ -13,7 +13,7 @@ use candle_nn::VarBuilder;
 use stillmotion_kernels::Kernels;
 use stillmotion_kernels::weight_stream::{HostGroup, WeightStream};
 
-use super::block::Block;
+use super::block::{Block, Residual};
 use super::config::Config;
 use crate::EngineError;
 
@@ -91,21 +91,21 @@ impl StreamedBlocks {
     pub(super) fn forward(
         &self,
         resident: &[Block],
-        x: Tensor,
-        run: impl Fn(&Block, &Tensor) -> Result<Tensor, EngineError>,
-    ) -> Result<Tensor, EngineError> {
+        x: Residual,
+        run: impl Fn(&Block, Residual) -> Result<Residual, EngineError>,
+    ) -> Result<Residual, EngineError> {
         let slots = self.stream.slot_count();
         for (slot, (_, host)) in self.blocks.iter().take(slots).enumerate() {
             self.stream.upload(slot, host)?;
         }
         let mut x = x;
         for block in resident {
-            x = run(block, &x)?;
+            x = run(block, x)?;
         }
         for (i, (block, _)) in self.blocks.iter().enumerate() {
             let slot = i % slots;
             self.stream.acquire(slot)?;
-            let out = run(block, &x);
+            let out = run(block, x);
             // Released even when the block failed: its queued kernels may still read the slot,
             // and the next upload must wait for them.
             self.stream.release(slot)?;
