@@ -57,6 +57,18 @@ __device__ __forceinline__ float block_sum(float value, float *scratch) {
     return total;
 }
 
+// A normalised value of column c through the norm's affine and the adaLN modulation (row entry
+// `entry`), any of the four optional: (v · ln_weight + ln_bias) · (1 + scale) + shift.
+__device__ __forceinline__ float affine_modulate(float v, int c, int64_t entry,
+                                                 const float *ln_weight, const float *ln_bias,
+                                                 const float *shift, const float *scale) {
+    if (ln_weight != nullptr) v *= ln_weight[c];
+    if (ln_bias != nullptr) v += ln_bias[c];
+    if (scale != nullptr) v *= 1.f + scale[entry + c];
+    if (shift != nullptr) v += shift[entry + c];
+    return v;
+}
+
 // y = (LayerNorm(x) · ln_weight + ln_bias) · (1 + scale) + shift, any of the four optional.
 // Mean first, then the variance of (x − mean): the two-pass order PyTorch's float32 layer
 // norm agrees with to rounding.
@@ -82,12 +94,9 @@ __device__ __forceinline__ void layer_norm_modulate(const In *x, const float *ln
     }
     const float inv_std = rsqrtf(block_sum(squares, scratch) / cols + eps);
     for (int c = threadIdx.x; c < cols; c += kRowThreads) {
-        float v = (to_float(xr[c]) - mean) * inv_std;
-        if (ln_weight != nullptr) v *= ln_weight[c];
-        if (ln_bias != nullptr) v += ln_bias[c];
-        if (scale != nullptr) v *= 1.f + scale[entry + c];
-        if (shift != nullptr) v += shift[entry + c];
-        yr[c] = from_float<Out>(v);
+        yr[c] = from_float<Out>(
+            affine_modulate((to_float(xr[c]) - mean) * inv_std, c, entry, ln_weight, ln_bias,
+                            shift, scale));
     }
 }
 
@@ -241,12 +250,8 @@ __device__ __forceinline__ void residual_norm(const float *x, const T *y, const 
     for (int i = 0; i < kPerThread; ++i) {
         const int c = threadIdx.x + i * kRowThreads;
         if (c < cols) {
-            float out = (v[i] - mean) * inv_std;
-            if (ln_weight != nullptr) out *= ln_weight[c];
-            if (ln_bias != nullptr) out += ln_bias[c];
-            if (scale != nullptr) out *= 1.f + scale[entry + c];
-            if (shift != nullptr) out += shift[entry + c];
-            hr[c] = from_float<Out>(out);
+            hr[c] = from_float<Out>(affine_modulate((v[i] - mean) * inv_std, c, entry, ln_weight,
+                                                    ln_bias, shift, scale));
         }
     }
 }

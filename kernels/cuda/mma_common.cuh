@@ -40,6 +40,17 @@ template <> struct Mma<__half> {
     }
 };
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+// Four floats to four e4m3 bytes, x0 in the lowest byte (the lowest k): P for an FP8 product.
+__device__ __forceinline__ uint32_t pack_e4m3(float x0, float x1, float x2, float x3) {
+    unsigned short lo;
+    unsigned short hi;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(lo) : "f"(x1), "f"(x0));
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(hi) : "f"(x3), "f"(x2));
+    return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+}
+#endif
+
 // float(x) for an INT8 dot product's 32-bit sum without the conversion unit (a quarter-rate
 // pipe that, with exp2, limits the softmax): for |x| < 2²², x + 0x4B400000 is the bit pattern
 // of 1.5·2²³ + x, and subtracting 1.5·2²³ is exact. Scores of 128 INT8 products stay below

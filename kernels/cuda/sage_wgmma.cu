@@ -107,15 +107,6 @@ __device__ __forceinline__ void wgmma_e4m3(float (&d)[32], const uint32_t (&a)[4
     }
 }
 
-// Four floats to four e4m3 bytes, x0 in the lowest byte (the lowest k).
-__device__ __forceinline__ uint32_t pack_e4m3(float x0, float x1, float x2, float x3) {
-    unsigned short lo;
-    unsigned short hi;
-    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(lo) : "f"(x1), "f"(x0));
-    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(hi) : "f"(x3), "f"(x2));
-    return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
-}
-
 // `rows` INT8 rows of 128 bytes (row stride 128, every row present: the pre-pass pads) into a
 // tile in the 128-byte swizzle: chunk c of row r at chunk c ^ (r % 8).
 __device__ __forceinline__ void load_qk_tile(unsigned char *tile, const unsigned char *src,

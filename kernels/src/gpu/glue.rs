@@ -27,6 +27,24 @@ fn f32_table(kernel: &'static str, t: &Tensor) -> Result<(Tensor, u64), KernelEr
     Ok((t, ptr))
 }
 
+/// Float32 contiguous copies of optional tables and their device addresses (0 for none); the
+/// copies must outlive the launch that reads them.
+fn optional_tables<const N: usize>(
+    kernel: &'static str,
+    tables: [Option<&Tensor>; N],
+) -> Result<(Vec<Tensor>, [u64; N]), KernelError> {
+    let mut keep = Vec::with_capacity(N);
+    let mut pointers = [0; N];
+    for (pointer, table) in pointers.iter_mut().zip(tables) {
+        if let Some(table) = table {
+            let (table, address) = f32_table(kernel, table)?;
+            keep.push(table);
+            *pointer = address;
+        }
+    }
+    Ok((keep, pointers))
+}
+
 pub(crate) fn layer_norm_modulate(
     kernels: &Kernels,
     x: &Tensor,
@@ -41,22 +59,15 @@ pub(crate) fn layer_norm_modulate(
     let cols = x.dim(D::Minus1)?;
     let rows = x.elem_count() / cols.max(1);
     let xp = device_ptr(&x, KERNEL)?;
-    let mut keep = Vec::new();
-    let mut table = |t: Option<&Tensor>| -> Result<u64, KernelError> {
-        match t {
-            None => Ok(0),
-            Some(t) => {
-                let (t, ptr) = f32_table(KERNEL, t)?;
-                keep.push(t);
-                Ok(ptr)
-            }
-        }
-    };
-    let (wp, bp) = (table(affine.map(|a| a.0))?, table(affine.map(|a| a.1))?);
-    let (sp, cp) = (
-        table(modulation.map(|m| m.shift))?,
-        table(modulation.map(|m| m.scale))?,
-    );
+    let (keep, [wp, bp, sp, cp]) = optional_tables(
+        KERNEL,
+        [
+            affine.map(|a| a.0),
+            affine.map(|a| a.1),
+            modulation.map(|m| m.shift),
+            modulation.map(|m| m.scale),
+        ],
+    )?;
     let rows_per_entry = modulation.map_or(rows.max(1), |m| m.rows_per_entry.max(1));
     let name = format!(
         "stillmotion_layer_norm_modulate_f32_{}",
@@ -265,23 +276,16 @@ pub(crate) fn residual_norm(
     let cols = x.dim(D::Minus1)?;
     let rows = x.elem_count() / cols.max(1);
     let (xp, yp) = (device_ptr(&x, KERNEL)?, device_ptr(&y, KERNEL)?);
-    let mut keep = Vec::new();
-    let mut table = |t: Option<&Tensor>| -> Result<u64, KernelError> {
-        match t {
-            None => Ok(0),
-            Some(t) => {
-                let (t, ptr) = f32_table(KERNEL, t)?;
-                keep.push(t);
-                Ok(ptr)
-            }
-        }
-    };
-    let gp = table(gate)?;
-    let (wp, bp) = (table(affine.map(|a| a.0))?, table(affine.map(|a| a.1))?);
-    let (sp, cp) = (
-        table(modulation.map(|m| m.shift))?,
-        table(modulation.map(|m| m.scale))?,
-    );
+    let (keep, [gp, wp, bp, sp, cp]) = optional_tables(
+        KERNEL,
+        [
+            gate,
+            affine.map(|a| a.0),
+            affine.map(|a| a.1),
+            modulation.map(|m| m.shift),
+            modulation.map(|m| m.scale),
+        ],
+    )?;
     let tag = suffix(KERNEL, y.dtype())?;
     let function = gpu.glue_function(&format!("stillmotion_residual_norm_{tag}_{tag}"))?;
     let (x_storage, xo) = empty_like_shape(&gpu.device, DType::F32, x.shape())?;
