@@ -1725,7 +1725,7 @@ impl JobRunner for Planned {
                 high_noise_weights: dit.total(),
                 low_noise_weights: dit.total(),
                 dit,
-                dit_is_float8: false,
+                dit_dequantizes_at_use: false,
                 text_encoder: 5_680_000_000 * 2,
                 vae_weights: 127_000_000 * 4,
                 vae: VaeSize {

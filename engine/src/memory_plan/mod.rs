@@ -3,8 +3,9 @@
 //!
 //! **Inputs.** Model sizes come from the file headers ([`sizes`]), never from loading: each
 //! tensor counts at the dtype it is resident in (float8 weights of ComfyUI `fp8_scaled` files
-//! stay float8, see `wan/linear.rs`; everything else, GGUF included, is converted to the compute
-//! dtype at load; a float8 layer a LoRA changes is merged into a compute-dtype weight, which the
+//! stay float8 and GGUF blocks stay quantized, see `wan/linear.rs`; everything else is converted
+//! to the compute dtype at load; a float8 or GGUF layer a LoRA changes is merged into a
+//! compute-dtype weight, which the
 //! LoRA file's header tells, unless the merge is requantized to float8, see `wan/lora_requant.rs`, or the layer applies the pairs on the fly: stored size plus the factors, see `wan/lora_mode.rs`). The token count is `latent frames × (h / 8 / 2) × (w / 8 / 2)` for
 //! the Wan2.1 VAE (spatial stride 8) and the DiT's 1×2×2 patches, `w`×`h` the size the image is
 //! fitted to (the official fit keeps the image's aspect, so it may differ from the recipe's). The budget is device memory minus the
@@ -321,7 +322,7 @@ impl MemoryPlan {
             0
         };
         let activations = dit_activation_peak(&s.dit, tokens.count, inputs.activation_bytes)
-            + dequantized_weight(&s.dit, s.dit_is_float8, inputs.activation_bytes)
+            + dequantized_weight(&s.dit, s.dit_dequantizes_at_use, inputs.activation_bytes)
             + int8_buffers;
         let expert = s.high_noise_weights.max(s.low_noise_weights);
         let both = s.high_noise_weights + s.low_noise_weights;
@@ -488,10 +489,10 @@ impl MemoryPlan {
 
 /// The refusal: what is needed, what is available, and what to change.
 fn refusal(inputs: &PlanInputs, budget: Option<u64>, needed: u64, why: &str) -> EngineError {
-    let fp8 = if inputs.sizes.dit_is_float8 {
+    let fp8 = if inputs.sizes.dit_dequantizes_at_use {
         ""
     } else {
-        " or a float8 (fp8_scaled) DiT file, which halves the weights (GGUF files are dequantized at load and do not help here),"
+        " or a float8 (fp8_scaled) or GGUF-quantized DiT file, which keep the weights at half their size or less,"
     };
     EngineError::MemoryPlanRefused {
         problem: format!(

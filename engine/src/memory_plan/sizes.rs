@@ -104,8 +104,10 @@ pub struct ModelSizes {
     pub low_noise_weights: u64,
     /// The larger expert's shape.
     pub dit: DitSize,
-    /// Whether the DiT weights are already float8 (no cheaper file to suggest).
-    pub dit_is_float8: bool,
+    /// Whether the DiT's weights stay stored as float8 (`fp8_scaled`) or GGUF blocks and are
+    /// dequantized layer by layer at use: no cheaper file to suggest, and the largest layer's
+    /// dequantized copy counts in the activations.
+    pub dit_dequantizes_at_use: bool,
     pub text_encoder: u64,
     pub vae_weights: u64,
     pub vae: VaeSize,
@@ -145,7 +147,8 @@ fn block_index(key: &str) -> Option<u64> {
     rest.split('.').next()?.parse().ok()
 }
 
-/// A DiT expert's size from its headers at `compute_bytes` per converted element.
+/// A DiT expert's size from its headers at `compute_bytes` per converted element, and whether
+/// its weights are dequantized at use (float8 or GGUF blocks).
 pub fn dit_size(headers: &[Header], compute_bytes: u64) -> Result<(DitSize, bool), EngineError> {
     dit_size_with_loras(headers, &[], compute_bytes)
 }
@@ -197,13 +200,18 @@ pub fn dit_size_with_merges(
     lora: LoraLoad,
 ) -> Result<(DitSize, bool), EngineError> {
     let scaled_fp8 = is_scaled_fp8(headers);
+    // GGUF block-quantized layers stay quantized (`wan/linear.rs`) unless a merge changes them.
+    let gguf = headers
+        .iter()
+        .flat_map(|h| h.tensors.values())
+        .any(|entry| entry.dtype.starts_with('Q'));
     let names = original_names(headers);
     let mut changed = HashSet::new();
     let mut factors: HashMap<String, u64> = HashMap::new();
     if !loras.is_empty() {
         let model_names: HashSet<String> = names.values().cloned().collect();
         for path in loras {
-            if scaled_fp8 {
+            if scaled_fp8 || gguf {
                 changed.extend(crate::wan::lora::changed_tensors(path, &model_names)?);
             }
             for (target, n) in crate::wan::lora::low_rank_elements(path, &model_names)? {
@@ -226,7 +234,10 @@ pub fn dit_size_with_merges(
             .and_then(|n| factors.get(n))
             .filter(|_| lora.mode.on_the_fly(storage, lora.requantize));
         let merged = name.is_some_and(|n| changed.contains(n));
-        let stored = resident_bytes(&entry.dtype, &entry.shape, scaled_fp8, compute_bytes);
+        let stored = match storage {
+            LayerStorage::Gguf => entry.bytes,
+            _ => resident_bytes(&entry.dtype, &entry.shape, scaled_fp8, compute_bytes),
+        };
         let bytes = if let Some(&factor_elements) = on_the_fly {
             stored + factor_elements * compute_bytes
         } else if merged && !(lora.requantize && entry.dtype.starts_with("F8")) {
@@ -264,7 +275,7 @@ pub fn dit_size_with_merges(
             block_weights: blocks.values().copied().max().unwrap_or(0),
             non_block_weights: non_block,
         },
-        scaled_fp8,
+        scaled_fp8 || gguf,
     ))
 }
 
@@ -335,7 +346,7 @@ impl ModelSizes {
             high_noise_weights: high.total(),
             low_noise_weights: low.total(),
             dit,
-            dit_is_float8: high_fp8 && low_fp8,
+            dit_dequantizes_at_use: high_fp8 && low_fp8,
             text_encoder: model_bytes_at(text_encoder, compute_bytes)?,
             vae_weights: model_bytes_at(vae, vae_bytes)?,
             vae: vae_size,

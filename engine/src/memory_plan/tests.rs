@@ -18,7 +18,7 @@ fn a14b_bf16(width: u32, height: u32, frames: u32) -> PlanInputs {
             high_noise_weights: dit.total(),
             low_noise_weights: dit.total(),
             dit,
-            dit_is_float8: false,
+            dit_dequantizes_at_use: false,
             text_encoder: UMT5_XXL_PARAMS * 2,
             vae_weights: WAN21_VAE_PARAMS * 4,
             vae: wan21_vae(),
@@ -156,7 +156,7 @@ fn a_render_that_cannot_fit_is_refused_with_what_to_change() {
     assert!(MemoryPlan::decide(&a14b_bf16(832, 480, 81), Some(10 * GIB)).is_ok());
     // With float8 experts the message no longer suggests them.
     let mut fp8 = inputs;
-    fp8.sizes.dit_is_float8 = true;
+    fp8.sizes.dit_dequantizes_at_use = true;
     let message = MemoryPlan::decide(&fp8, Some(10 * GIB))
         .unwrap_err()
         .to_string();
@@ -238,7 +238,7 @@ fn float8_experts_run_whole_where_bf16_ones_need_block_swapping() {
     fp8.sizes.dit = dit;
     fp8.sizes.high_noise_weights = dit.total();
     fp8.sizes.low_noise_weights = dit.total();
-    fp8.sizes.dit_is_float8 = true;
+    fp8.sizes.dit_dequantizes_at_use = true;
     let bf16 = MemoryPlan::decide(&a14b_bf16(832, 480, 81), Some(24 * GIB)).unwrap();
     assert!(matches!(bf16.dit, DitPlacement::BlockSwap { .. }));
     let plan = MemoryPlan::decide(&fp8, Some(24 * GIB)).unwrap();
@@ -502,7 +502,7 @@ fn float8_weights_add_their_dequantized_ffn_weight_to_the_activations() {
     fp8.sizes.dit = dit;
     fp8.sizes.high_noise_weights = dit.total();
     fp8.sizes.low_noise_weights = dit.total();
-    fp8.sizes.dit_is_float8 = true;
+    fp8.sizes.dit_dequantizes_at_use = true;
     let tokens = bf16.tokens.count;
     let plain = dit_activation_peak(&dit, tokens, 2);
     let plan = MemoryPlan::decide(&bf16, None).unwrap();
@@ -542,4 +542,18 @@ fn the_8_bit_attention_adds_its_quantized_q_k_v_and_can_change_the_plan() {
     let tighter = MemoryPlan::decide(&int8, Some(budget)).unwrap();
     assert!(tighter.predicted.peak <= budget);
     assert_eq!(resident(&tighter) + 1, resident(&fits));
+}
+
+#[test]
+fn gguf_experts_count_their_quantized_blocks_as_stored() {
+    use std::path::Path;
+
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/golden/files_dit_gguf_kquants/wan_t2v_kquants.gguf");
+    let (size, dequantizes_at_use) = sizes::dit_size(&sizes::headers(&path).unwrap(), 2).unwrap();
+    assert!(dequantizes_at_use);
+    // What the loaded DiT keeps resident: blocks as stored, float tensors in bf16.
+    let file = crate::gguf::GgufFile::open(&path).unwrap();
+    assert_eq!(size.total(), file.resident_bytes(2, false) as u64);
+    assert!(size.total() * 2 < file.resident_bytes(2, true) as u64);
 }
