@@ -1726,6 +1726,7 @@ impl JobRunner for Planned {
                 low_noise_weights: dit.total(),
                 dit,
                 dit_dequantizes_at_use: false,
+                dit_can_stream: true,
                 text_encoder: 5_680_000_000 * 2,
                 vae_weights: 127_000_000 * 4,
                 vae: VaeSize {

@@ -340,6 +340,14 @@ impl MemoryPlan {
         } else {
             // N resident blocks plus two streaming slots: one block computing while the next
             // one's weights arrive (`wan/streamed.rs`).
+            if !s.dit_can_stream {
+                let why = format!(
+                    "one whole expert ({}) beside {} of activations: a GGUF expert's quantized blocks cannot stream from host memory, so block swapping needs its fp8_scaled or bf16 file",
+                    gib(expert),
+                    gib(activations)
+                );
+                return Err(refusal(inputs, budget, expert + denoise_fixed, &why));
+            }
             let room = limit.saturating_sub(denoise_fixed + non_block);
             let slots = 2 * block;
             let total = s.dit.num_blocks;

@@ -108,6 +108,9 @@ pub struct ModelSizes {
     /// dequantized layer by layer at use: no cheaper file to suggest, and the largest layer's
     /// dequantized copy counts in the activations.
     pub dit_dequantizes_at_use: bool,
+    /// Whether the DiT's blocks can stream from host memory (block swapping): not GGUF's
+    /// quantized blocks, which load whole (`wan/linear.rs`).
+    pub dit_can_stream: bool,
     pub text_encoder: u64,
     pub vae_weights: u64,
     pub vae: VaeSize,
@@ -335,6 +338,13 @@ impl ModelSizes {
                 expert.lora,
             )
         };
+        let streams = |expert: ExpertFiles<'_>| -> Result<bool, EngineError> {
+            Ok(!headers(expert.weights)?
+                .iter()
+                .flat_map(|h| h.tensors.values())
+                .any(|entry| entry.dtype.starts_with('Q')))
+        };
+        let dit_can_stream = streams(high_noise)? && streams(low_noise)?;
         let (high, high_fp8) = size(high_noise)?;
         let (low, low_fp8) = size(low_noise)?;
         let dit = if low.total() > high.total() {
@@ -347,6 +357,7 @@ impl ModelSizes {
             low_noise_weights: low.total(),
             dit,
             dit_dequantizes_at_use: high_fp8 && low_fp8,
+            dit_can_stream,
             text_encoder: model_bytes_at(text_encoder, compute_bytes)?,
             vae_weights: model_bytes_at(vae, vae_bytes)?,
             vae: vae_size,

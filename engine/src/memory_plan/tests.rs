@@ -19,6 +19,7 @@ fn a14b_bf16(width: u32, height: u32, frames: u32) -> PlanInputs {
             low_noise_weights: dit.total(),
             dit,
             dit_dequantizes_at_use: false,
+            dit_can_stream: true,
             text_encoder: UMT5_XXL_PARAMS * 2,
             vae_weights: WAN21_VAE_PARAMS * 4,
             vae: wan21_vae(),
@@ -556,4 +557,21 @@ fn gguf_experts_count_their_quantized_blocks_as_stored() {
     let file = crate::gguf::GgufFile::open(&path).unwrap();
     assert_eq!(size.total(), file.resident_bytes(2, false) as u64);
     assert!(size.total() * 2 < file.resident_bytes(2, true) as u64);
+}
+
+#[test]
+fn a_gguf_expert_that_does_not_fit_whole_is_refused_instead_of_block_swapped() {
+    let mut gguf = a14b_bf16(832, 480, 81);
+    gguf.sizes.dit_can_stream = false;
+    gguf.sizes.dit_dequantizes_at_use = true;
+    let streamable = MemoryPlan::decide(&a14b_bf16(832, 480, 81), Some(16 * GIB)).unwrap();
+    assert!(matches!(streamable.dit, DitPlacement::BlockSwap { .. }));
+    let refusal = MemoryPlan::decide(&gguf, Some(16 * GIB))
+        .unwrap_err()
+        .to_string();
+    assert!(refusal.contains("cannot stream"), "{refusal}");
+    assert!(refusal.contains("fp8_scaled or bf16 file"), "{refusal}");
+    // Where one expert fits, the GGUF expert is planned one at a time as before.
+    let fits = MemoryPlan::decide(&gguf, Some(60 * GIB)).unwrap();
+    assert_eq!(fits.dit, DitPlacement::OneAtATime);
 }
