@@ -100,6 +100,24 @@ __device__ __forceinline__ void layer_norm_modulate(const In *x, const float *ln
     }
 }
 
+// 1 / RMS of a row, the squares summed in the row kernels' order (thread t: columns t, t + 256,
+// …): rms_norm and rms_norm_rope share it, and so agree bit for bit.
+template <typename T>
+__device__ __forceinline__ float row_inv_rms(const T *xr, int cols, float eps, float *scratch) {
+    float squares = 0.f;
+    for (int c = threadIdx.x; c < cols; c += kRowThreads) {
+        const float v = to_float(xr[c]);
+        squares += v * v;
+    }
+    return rsqrtf(block_sum(squares, scratch) / cols + eps);
+}
+
+// One RMS-normed value as Wan rounds it: normalised in float32, cast to T, times the weight.
+template <typename T>
+__device__ __forceinline__ T rms_normed(T x, float inv_rms, float weight) {
+    return from_float<T>(to_float(from_float<T>(to_float(x) * inv_rms)) * weight);
+}
+
 // y = round_to_T(x · rsqrt(mean(x²) + eps)) · weight: Wan's q/k RMSNorm, which normalises in
 // float32, casts back to the activation type, then multiplies by the weight.
 template <typename T>
@@ -108,15 +126,9 @@ __device__ __forceinline__ void rms_norm(const T *x, const float *weight, T *y, 
     const int64_t row = blockIdx.x;
     const T *xr = x + row * cols;
     T *yr = y + row * cols;
-    float squares = 0.f;
+    const float inv_rms = row_inv_rms(xr, cols, eps, scratch);
     for (int c = threadIdx.x; c < cols; c += kRowThreads) {
-        const float v = to_float(xr[c]);
-        squares += v * v;
-    }
-    const float inv_rms = rsqrtf(block_sum(squares, scratch) / cols + eps);
-    for (int c = threadIdx.x; c < cols; c += kRowThreads) {
-        const T normed = from_float<T>(to_float(xr[c]) * inv_rms);
-        yr[c] = from_float<T>(to_float(normed) * weight[c]);
+        yr[c] = rms_normed(xr[c], inv_rms, weight[c]);
     }
 }
 
@@ -172,8 +184,8 @@ namespace {
 
 // rope(rms_norm(x)) in one pass, each value rounded where the two kernels round it: Wan's q/k
 // RMSNorm over a token's whole row (every head), then its RoPE. x [rows, cols] with rows =
-// tokens of `seq` per sample, cols = heads · 2·half_dim. The squares are summed in rms_norm's
-// order (thread t: columns t, t + 256, …), so the result is the two kernels' bit for bit.
+// tokens of `seq` per sample, cols = heads · 2·half_dim. It shares rms_norm's row_inv_rms and
+// rms_normed, and rope's rotation, so the result is the two kernels' bit for bit.
 template <typename T>
 __device__ __forceinline__ void rms_norm_rope(const T *x, const float *weight,
                                               const float *cos_table, const float *sin_table,
@@ -182,19 +194,12 @@ __device__ __forceinline__ void rms_norm_rope(const T *x, const float *weight,
     const int64_t row = blockIdx.x;
     const T *xr = x + row * cols;
     T *yr = y + row * cols;
-    float squares = 0.f;
-    for (int c = threadIdx.x; c < cols; c += kRowThreads) {
-        const float v = to_float(xr[c]);
-        squares += v * v;
-    }
-    const float inv_rms = rsqrtf(block_sum(squares, scratch) / cols + eps);
+    const float inv_rms = row_inv_rms(xr, cols, eps, scratch);
     const int64_t table = (row % seq) * half_dim;
     for (int p = threadIdx.x; p < cols / 2; p += kRowThreads) {
         const int c = 2 * p;
-        const T normed_re = from_float<T>(to_float(xr[c]) * inv_rms);
-        const T normed_im = from_float<T>(to_float(xr[c + 1]) * inv_rms);
-        const float re = to_float(from_float<T>(to_float(normed_re) * weight[c]));
-        const float im = to_float(from_float<T>(to_float(normed_im) * weight[c + 1]));
+        const float re = to_float(rms_normed(xr[c], inv_rms, weight[c]));
+        const float im = to_float(rms_normed(xr[c + 1], inv_rms, weight[c + 1]));
         const int j = p % half_dim;
         const float cs = cos_table[table + j];
         const float sn = sin_table[table + j];

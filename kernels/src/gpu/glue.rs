@@ -21,6 +21,15 @@ fn suffix(kernel: &'static str, dtype: DType) -> Result<&'static str, KernelErro
     }
 }
 
+/// One block of `ROW_THREADS` per row (at least one block): the row kernels' launch.
+fn row_blocks(kernel: &'static str, rows: usize) -> Result<LaunchConfig, KernelError> {
+    Ok(LaunchConfig {
+        grid_dim: (int(kernel, rows.max(1))? as u32, 1, 1),
+        block_dim: (ROW_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
 fn f32_table(kernel: &'static str, t: &Tensor) -> Result<(Tensor, u64), KernelError> {
     let t = t.to_dtype(DType::F32)?.contiguous()?;
     let ptr = device_ptr(&t, kernel)?;
@@ -88,11 +97,7 @@ pub(crate) fn layer_norm_modulate(
         .arg(&cols32)
         .arg(&per32)
         .arg(&eps);
-    let config = LaunchConfig {
-        grid_dim: (int(KERNEL, rows.max(1))? as u32, 1, 1),
-        block_dim: (ROW_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let config = row_blocks(KERNEL, rows)?;
     // SAFETY: the arguments match the kernel's signature; null tables are allowed by it; one
     // block per row writes every element of its row.
     unsafe { launch.launch(config) }?;
@@ -120,11 +125,7 @@ pub(crate) fn rms_norm(
     let stream = gpu.device.cuda_stream();
     let mut launch = stream.launch_builder(&function);
     launch.arg(&xp).arg(&wp).arg(&yp).arg(&cols32).arg(&eps);
-    let config = LaunchConfig {
-        grid_dim: (int(KERNEL, rows.max(1))? as u32, 1, 1),
-        block_dim: (ROW_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let config = row_blocks(KERNEL, rows)?;
     // SAFETY: matches the kernel's signature; one block per row.
     unsafe { launch.launch(config) }?;
     drop(weight);
@@ -243,11 +244,7 @@ pub(crate) fn rms_norm_rope(
         .arg(&s32)
         .arg(&half32)
         .arg(&eps);
-    let config = LaunchConfig {
-        grid_dim: (int(KERNEL, (b * s).max(1))? as u32, 1, 1),
-        block_dim: (ROW_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let config = row_blocks(KERNEL, b * s)?;
     // SAFETY: matches the kernel's signature; one block per token row writes all its values;
     // the tables hold S·D/2 floats each.
     unsafe { launch.launch(config) }?;
@@ -306,11 +303,7 @@ pub(crate) fn residual_norm(
         .arg(&cols32)
         .arg(&per32)
         .arg(&eps);
-    let config = LaunchConfig {
-        grid_dim: (int(KERNEL, rows.max(1))? as u32, 1, 1),
-        block_dim: (ROW_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let config = row_blocks(KERNEL, rows)?;
     // SAFETY: matches the kernel's signature; null tables are allowed by it; the caller checked
     // cols ≤ RESIDUAL_NORM_MAX_COLS, so one block holds and writes a whole row of both outputs.
     unsafe { launch.launch(config) }?;
