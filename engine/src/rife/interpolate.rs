@@ -3,7 +3,7 @@
 
 use image::RgbImage;
 
-use super::pair::{FrameLayout, PixelRounding, PreparedFrame, Rife};
+use super::pair::{FrameLayout, PixelRounding, PreparedFrame, Rife, check_size};
 use super::scene_cut::{DEFAULT_SCENE_CUT_BELOW, FrameSignature};
 use super::timing::{RifeStage, StageClock, lap};
 use crate::EngineError;
@@ -134,17 +134,7 @@ pub fn interpolate_stream(
             runner.insert(PairRunner::start(rife, settings, &frame, pairs_total)?)
         };
         let layout = &state.layout;
-        if (frame.width() as usize, frame.height() as usize) != (layout.width, layout.height) {
-            return Err(EngineError::BadInterpolationInput {
-                problem: format!(
-                    "all frames must have the same size: expected {}×{}, got {}×{}",
-                    layout.width,
-                    layout.height,
-                    frame.width(),
-                    frame.height()
-                ),
-            });
-        }
+        check_size(&frame, layout)?;
         if window.is_empty() {
             state.emit(emit, frame.clone())?;
             lap(&mut ctx.clock, RifeStage::Write)?;

@@ -359,7 +359,8 @@ const COLUMN_PLANES: usize = 64;
 /// already busy and larger batches only hold more frames back from the writer.
 pub const MAX_BATCH: usize = 32;
 
-fn check_size(frame: &RgbImage, layout: &FrameLayout) -> Result<(), EngineError> {
+/// Refuses a frame whose size differs from the clip's (`layout`).
+pub(super) fn check_size(frame: &RgbImage, layout: &FrameLayout) -> Result<(), EngineError> {
     if (frame.width(), frame.height()) == (layout.width as u32, layout.height as u32) {
         return Ok(());
     }

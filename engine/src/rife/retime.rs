@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use image::RgbImage;
 
 use super::interpolate::{InterpolationContext, InterpolationSettings, PairProgress};
-use super::pair::{FrameLayout, PreparedFrame, Rife};
+use super::pair::{FrameLayout, PreparedFrame, Rife, check_size};
 use super::scene_cut::FrameSignature;
 use super::timing::{RifeStage, lap};
 use crate::EngineError;
@@ -224,17 +224,7 @@ impl<'r> Retimer<'r> {
         emit: &mut dyn FnMut(RgbImage) -> Result<(), EngineError>,
     ) -> Result<(), EngineError> {
         let layout = &self.layout;
-        if (frame.width() as usize, frame.height() as usize) != (layout.width, layout.height) {
-            return Err(EngineError::BadInterpolationInput {
-                problem: format!(
-                    "all frames must have the same size: expected {}×{}, got {}×{}",
-                    layout.width,
-                    layout.height,
-                    frame.width(),
-                    frame.height()
-                ),
-            });
-        }
+        check_size(&frame, layout)?;
         let pair = self.newest;
         self.hold(pair + 1, frame);
         self.plan_pair(pair, ctx)?;
