@@ -303,41 +303,7 @@ mod tests {
     use candle_core::Tensor;
 
     use super::*;
-
-    fn golden(case: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/golden")
-            .join(case)
-    }
-
-    /// The case's model config (`[config]` of its case.toml, runner keys ignored by serde).
-    fn case_config(case: &str) -> Config {
-        let text = std::fs::read_to_string(golden(case).join("case.toml")).unwrap();
-        let table: toml::Table = toml::from_str(&text).unwrap();
-        table["config"].clone().try_into().unwrap()
-    }
-
-    /// The model's output on the case's inputs, and the expected output.
-    fn run_case(case: &str, model: &WanModel) -> (Tensor, Tensor) {
-        let dev = Device::Cpu;
-        let inputs =
-            candle_core::safetensors::load(golden(case).join("inputs.safetensors"), &dev).unwrap();
-        let out = model
-            .forward(&inputs["x"], None, &inputs["t"], &inputs["context"])
-            .unwrap();
-        let expected =
-            candle_core::safetensors::load(golden(case).join("expected.safetensors"), &dev)
-                .unwrap()
-                .remove("out")
-                .unwrap();
-        (out, expected)
-    }
-
-    fn rel_l2(a: &Tensor, b: &Tensor) -> f32 {
-        let diff = (a - b).unwrap().sqr().unwrap().sum_all().unwrap();
-        let norm = b.sqr().unwrap().sum_all().unwrap();
-        (diff.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt()
-    }
+    use crate::wan::test_support::{case_config, golden, rel_l2, run_case};
 
     /// A file without a `config.json`, loaded with no config: the loader reads the config from
     /// the tensor shapes (heads of 128), which gives the case's config but for `text_len`, which

@@ -10,48 +10,9 @@ use stillmotion_kernels::Kernels;
 
 use super::linear::Lin;
 use super::lora::{LoraDeltas, LoraSpec};
+use super::test_support::{case_config, fp8_scaled_weights, golden, rel_l2, run_case};
 use super::{Config, LoraMode, QuantizedMatmul, WanModel};
 use crate::gguf::GgufFile;
-
-fn golden(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/golden")
-        .join(case)
-}
-
-fn case_config(case: &str) -> Config {
-    let text = std::fs::read_to_string(golden(case).join("case.toml")).unwrap();
-    let table: toml::Table = toml::from_str(&text).unwrap();
-    table["config"].clone().try_into().unwrap()
-}
-
-/// The model's output on the case's inputs, and the case's expected output.
-fn run_case(case: &str, model: &WanModel) -> (Tensor, Tensor) {
-    let dev = Device::Cpu;
-    let inputs =
-        candle_core::safetensors::load(golden(case).join("inputs.safetensors"), &dev).unwrap();
-    let out = model
-        .forward(
-            &inputs["x"],
-            inputs.get("y"),
-            &inputs["t"],
-            &inputs["context"],
-        )
-        .unwrap();
-    let expected = candle_core::safetensors::load(golden(case).join("expected.safetensors"), &dev)
-        .unwrap()
-        .remove("out")
-        .unwrap();
-    (out, expected)
-}
-
-fn rel_l2(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    let diff = (&a - &b).unwrap().sqr().unwrap().sum_all().unwrap();
-    let norm = b.sqr().unwrap().sum_all().unwrap();
-    (diff.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt()
-}
 
 /// Deterministic values of `shape`, about ±`amplitude`.
 fn wave(shape: &[usize], seed: f32, amplitude: f32) -> Tensor {
@@ -216,33 +177,7 @@ fn on_the_fly_equals_the_merge_in_every_key_style() {
 /// Weights named and shaped by the model, every block's linear layers float8 with a scale of
 /// their own (an fp8_scaled file).
 fn fp8_weights(cfg: &Config) -> HashMap<String, Tensor> {
-    let dev = Device::Cpu;
-    let varmap = candle_nn::VarMap::new();
-    WanModel::new(cfg, &VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
-    let vars = varmap.data().lock().unwrap();
-    let mut names: Vec<&String> = vars.keys().collect();
-    names.sort();
-    let mut out = HashMap::new();
-    for (i, name) in names.into_iter().enumerate() {
-        let shape = vars[name].as_tensor().shape().clone();
-        let tensor = wave(shape.dims(), i as f32 * 11.0, 0.4);
-        if name.starts_with("blocks.") && name.ends_with(".weight") && tensor.rank() == 2 {
-            let scale = 0.01 + i as f32 * 0.003;
-            let stored = (tensor / f64::from(scale))
-                .unwrap()
-                .to_dtype(DType::F8E4M3)
-                .unwrap();
-            out.insert(name.clone(), stored);
-            let prefix = name.trim_end_matches("weight");
-            out.insert(
-                format!("{prefix}scale_weight"),
-                Tensor::new(scale, &dev).unwrap(),
-            );
-        } else {
-            out.insert(name.clone(), tensor);
-        }
-    }
-    out
+    fp8_scaled_weights(cfg, |shape, i| wave(shape.dims(), i as f32 * 11.0, 0.4))
 }
 
 fn tiny() -> Config {

@@ -30,6 +30,8 @@ mod lora_side_tests;
 pub mod model;
 pub mod rope;
 mod streamed;
+#[cfg(test)]
+mod test_support;
 pub mod time;
 pub mod weights;
 

@@ -221,38 +221,12 @@ mod tests {
     /// Weights named and shaped by the model itself, every block's linear layers float8 with
     /// a scale of their own (what a ComfyUI fp8_scaled file holds).
     fn fp8_weights(cfg: &Config) -> HashMap<String, Tensor> {
-        let dev = Device::Cpu;
-        let varmap = candle_nn::VarMap::new();
-        WanModel::new(cfg, &VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
-        let vars = varmap.data().lock().unwrap();
-        let mut names: Vec<&String> = vars.keys().collect();
-        names.sort();
-        let mut out = HashMap::new();
-        for (i, name) in names.into_iter().enumerate() {
-            let shape = vars[name].as_tensor().shape().clone();
+        crate::wan::test_support::fp8_scaled_weights(cfg, |shape, i| {
             let values: Vec<f32> = (0..shape.elem_count())
                 .map(|j| (((j * 37 + i * 101) % 97) as f32 / 97.0 - 0.5) * 0.8)
                 .collect();
-            let tensor = Tensor::from_vec(values, shape, &dev).unwrap();
-            let linear =
-                name.starts_with("blocks.") && name.ends_with(".weight") && tensor.rank() == 2;
-            if linear {
-                let scale = 0.01 + i as f32 * 0.003;
-                let stored = (tensor / f64::from(scale))
-                    .unwrap()
-                    .to_dtype(DType::F8E4M3)
-                    .unwrap();
-                out.insert(name.clone(), stored);
-                let prefix = name.trim_end_matches("weight");
-                out.insert(
-                    format!("{prefix}scale_weight"),
-                    Tensor::new(scale, &dev).unwrap(),
-                );
-            } else {
-                out.insert(name.clone(), tensor);
-            }
-        }
-        out
+            Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+        })
     }
 
     fn ramp(shape: &[usize], phase: f32) -> Tensor {
