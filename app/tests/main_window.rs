@@ -877,13 +877,10 @@ fn tiny_case() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/pipeline_i2v_official_tiny")
 }
 
-#[test]
-fn a_better_preview_shows_the_vae_decode_of_a_tiny_real_render_in_place_of_the_projection() {
-    use stillmotion_engine::recipe::PreviewMode;
-    use stillmotion_engine::sampling::PreviewKind;
-    let case = tiny_case();
-    let dir = tempfile::tempdir().unwrap();
-    let preset_dir = dir.path().join("presets");
+/// The app on the real engine with the case's image, the user's own tiny preset (the shipped
+/// ones are 480p and up, written under `dir`) applied.
+fn real_engine_with_tiny_preset(case: &Path, dir: &Path) -> Harness<'static, StillmotionApp> {
+    let preset_dir = dir.join("presets");
     std::fs::create_dir(&preset_dir).unwrap();
     std::fs::write(preset_dir.join("tiny.toml"), TINY_PRESET).unwrap();
     let options = StartOptions {
@@ -906,6 +903,16 @@ fn a_better_preview_shows_the_vae_decode_of_a_tiny_real_render_in_place_of_the_p
         .state_mut()
         .perform(UiAction::ApplyPreset("tiny".to_owned()));
     harness.run();
+    harness
+}
+
+#[test]
+fn a_better_preview_shows_the_vae_decode_of_a_tiny_real_render_in_place_of_the_projection() {
+    use stillmotion_engine::recipe::PreviewMode;
+    use stillmotion_engine::sampling::PreviewKind;
+    let case = tiny_case();
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = real_engine_with_tiny_preset(&case, dir.path());
     {
         let settings = harness.state_mut().settings_mut();
         settings.prompt = "a small red boat drifts across a calm lake at sunset".to_owned();
@@ -955,37 +962,7 @@ fn a_better_preview_shows_the_vae_decode_of_a_tiny_real_render_in_place_of_the_p
 fn a_real_render_of_tiny_models_plays_enters_history_and_restores() {
     let case = tiny_case();
     let dir = tempfile::tempdir().unwrap();
-    // The user's own preset gives the tiny size (the shipped ones are 480p and up).
-    let preset_dir = dir.path().join("presets");
-    std::fs::create_dir(&preset_dir).unwrap();
-    std::fs::write(
-        preset_dir.join("tiny.toml"),
-        "format_version = 1\nname = \"Tiny\"\ndescription = \"64x48 test size\"\n\
-         model = \"wan22-i2v-a14b\"\nwidth = 64\nheight = 48\nnum_frames = 5\nfps = 16\n\
-         steps = 4\nsampler = \"unipc\"\nshift = 5.0\ncfg_high_noise = 3.5\n\
-         cfg_low_noise = 3.0\nboundary = 0.9\ninterpolation_factor = 1\n",
-    )
-    .unwrap();
-    let options = StartOptions {
-        image: Some(case.join("image.png")),
-        preset_dir: Some(preset_dir),
-        ..isolated(None)
-    };
-    let mut harness = Harness::builder()
-        .with_max_steps(SETTLE_STEPS)
-        .with_size(egui::vec2(1400.0, 1000.0))
-        .build_eframe(move |cc| {
-            StillmotionApp::new(
-                cc,
-                options,
-                stillmotion_engine::pipeline::PipelineRunner::new(),
-            )
-        });
-    harness.run();
-    harness
-        .state_mut()
-        .perform(UiAction::ApplyPreset("tiny".to_owned()));
-    harness.run();
+    let mut harness = real_engine_with_tiny_preset(&case, dir.path());
     {
         let settings = harness.state_mut().settings_mut();
         assert_eq!((settings.preset.as_str(), settings.num_frames), ("tiny", 5));
