@@ -138,6 +138,14 @@ fn resident_bytes(dtype: &str, shape: &[usize], scaled_fp8: bool, compute_bytes:
     }
 }
 
+/// Whether any tensor is GGUF block-quantized (`Q8_0`, `Q4_K`, …: the header's GGML type name).
+fn has_gguf_blocks(headers: &[Header]) -> bool {
+    headers
+        .iter()
+        .flat_map(|h| h.tensors.values())
+        .any(|entry| entry.dtype.starts_with('Q'))
+}
+
 fn is_scaled_fp8(headers: &[Header]) -> bool {
     headers.iter().flat_map(|h| h.tensors.keys()).any(|k| {
         k.ends_with("scaled_fp8") || k.ends_with(".scale_weight") || k.ends_with(".weight_scale")
@@ -204,10 +212,7 @@ pub fn dit_size_with_merges(
 ) -> Result<(DitSize, bool), EngineError> {
     let scaled_fp8 = is_scaled_fp8(headers);
     // GGUF block-quantized layers stay quantized (`wan/linear.rs`) unless a merge changes them.
-    let gguf = headers
-        .iter()
-        .flat_map(|h| h.tensors.values())
-        .any(|entry| entry.dtype.starts_with('Q'));
+    let gguf = has_gguf_blocks(headers);
     let names = original_names(headers);
     let mut changed = HashSet::new();
     let mut factors: HashMap<String, u64> = HashMap::new();
@@ -330,23 +335,16 @@ impl ModelSizes {
         (vae, vae_size, vae_bytes): (&Path, VaeSize, u64),
         compute_bytes: u64,
     ) -> Result<Self, EngineError> {
-        let size = |expert: ExpertFiles<'_>| {
-            dit_size_with_merges(
-                &headers(expert.weights)?,
-                expert.loras,
-                compute_bytes,
-                expert.lora,
-            )
+        // Each expert's size, whether it dequantizes at use, and whether its blocks can stream.
+        let size = |expert: ExpertFiles<'_>| -> Result<(DitSize, bool, bool), EngineError> {
+            let headers = headers(expert.weights)?;
+            let (size, dequantizes) =
+                dit_size_with_merges(&headers, expert.loras, compute_bytes, expert.lora)?;
+            Ok((size, dequantizes, !has_gguf_blocks(&headers)))
         };
-        let streams = |expert: ExpertFiles<'_>| -> Result<bool, EngineError> {
-            Ok(!headers(expert.weights)?
-                .iter()
-                .flat_map(|h| h.tensors.values())
-                .any(|entry| entry.dtype.starts_with('Q')))
-        };
-        let dit_can_stream = streams(high_noise)? && streams(low_noise)?;
-        let (high, high_fp8) = size(high_noise)?;
-        let (low, low_fp8) = size(low_noise)?;
+        let (high, high_fp8, high_streams) = size(high_noise)?;
+        let (low, low_fp8, low_streams) = size(low_noise)?;
+        let dit_can_stream = high_streams && low_streams;
         let dit = if low.total() > high.total() {
             low
         } else {
