@@ -7,6 +7,7 @@
 //!   whole test suite.
 //! - `setup`: only install what is missing (system packages, RIFE weights).
 //! - `check-deps`: only check that the engine does not depend on GUI crates.
+//! - `cuda-check`: only the `cuda` feature's compile check (clippy with the kernels built by nvcc).
 //! - `smoke`: open the built debug app under Xvfb and keep a screenshot.
 //! - `bench-gpu`: build the GPU benchmark with CUDA and stage it for `bench/run-gpu.sh`.
 //!
@@ -25,7 +26,7 @@ mod system_packages;
 use anyhow::{Context, bail};
 
 const USAGE: &str =
-    "usage: cargo xtask <run [-- ARGS] | test | setup | check-deps | smoke | bench-gpu>";
+    "usage: cargo xtask <run [-- ARGS] | test | setup | check-deps | cuda-check | smoke | bench-gpu>";
 
 fn main() -> std::process::ExitCode {
     match run(&std::env::args().skip(1).collect::<Vec<_>>()) {
@@ -48,6 +49,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         "run" => run_app(rest),
         "test" => test(),
         "check-deps" => deps_rule::check(),
+        "cuda-check" => cuda::compile_check(),
         "bench-gpu" => bench_gpu::stage(),
         "smoke" => {
             let target = cargo::target_dir();
