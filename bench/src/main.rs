@@ -68,6 +68,12 @@ fn main() -> anyhow::Result<()> {
             number(2, 5120)?,
             number(3, 5120)?,
         ),
+        Some("gemm-algorithms") => bench_gemm_algorithms(
+            &device,
+            &kernels,
+            (number(1, 32_760)?, number(2, 5120)?, number(3, 5120)?),
+            args.get(4).is_some_and(|a| a == "gelu"),
+        ),
         Some("linear-fp8") => fp8::bench(
             &device,
             &kernels,
@@ -113,7 +119,7 @@ fn main() -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?,
         ),
         _ => bail!(
-            "usage: stillmotion-bench parity | gguf | attention TOKENS [KEYS] | linear M K N | linear-fp8 M K N | vae WIDTH HEIGHT FRAMES | rife FLOWNET WIDTH HEIGHT FRAMES | dit WIDTH HEIGHT FRAMES [auto|cudnn|flash|int8|int8pv16] [RESIDENT_BLOCKS] | dit-accuracy WIDTH HEIGHT FRAMES | e2e DIR WIDTH HEIGHT FRAMES [FLOWNET [BUDGET_GIB...]]"
+            "usage: stillmotion-bench parity | gguf | attention TOKENS [KEYS] | linear M K N | gemm-algorithms M K N [gelu] | linear-fp8 M K N | vae WIDTH HEIGHT FRAMES | rife FLOWNET WIDTH HEIGHT FRAMES | dit WIDTH HEIGHT FRAMES [auto|cudnn|flash|int8|int8pv16] [RESIDENT_BLOCKS] | dit-accuracy WIDTH HEIGHT FRAMES | e2e DIR WIDTH HEIGHT FRAMES [FLOWNET [BUDGET_GIB...]]"
         ),
     }
 }
@@ -292,6 +298,58 @@ fn bench_linear(
         .num("candle_matmul_add_ms", plain * 1e3)
         .num("tflops", flops / fused / 1e12)
         .num("rel_l2_vs_candle", error)
+        .print();
+    Ok(())
+}
+
+/// Every cuBLASLt algorithm the heuristic proposes for one layer's GEMM, timed, beside what
+/// `linear` (the heuristic's first) takes: whether choosing by measurement would pay.
+fn bench_gemm_algorithms(
+    device: &Device,
+    kernels: &Kernels,
+    (m, k, n): (usize, usize, usize),
+    gelu: bool,
+) -> anyhow::Result<()> {
+    let x = randn(&[m, k], device, DType::BF16)?;
+    let w = (randn(&[n, k], device, DType::F32)? * 0.02)?.to_dtype(DType::BF16)?;
+    let b = randn(&[n], device, DType::BF16)?;
+    let epilogue = if gelu {
+        Epilogue::GeluTanh
+    } else {
+        Epilogue::None
+    };
+    let ours = time(device, 20, || {
+        linear(kernels, &x, &w, Some(&b), epilogue)?;
+        Ok(())
+    })?;
+    let flops = 2.0 * (m * k * n) as f64;
+    let timings = stillmotion_kernels::linear::gemm_algorithm_timings(
+        kernels,
+        (&x, &w, &b),
+        epilogue,
+        16,
+        20,
+    )?;
+    for t in &timings {
+        Line::new("gemm-algorithm")
+            .int("m", m)
+            .int("k", k)
+            .int("n", n)
+            .text("epilogue", if gelu { "gelu_bias" } else { "bias" })
+            .int("index", t.index)
+            .num("ms", t.ms)
+            .num("tflops", flops / (t.ms * 1e-3) / 1e12)
+            .int("workspace_bytes", t.workspace_bytes)
+            .num("waves", f64::from(t.waves))
+            .print();
+    }
+    Line::new("gemm-algorithm")
+        .int("m", m)
+        .int("k", k)
+        .int("n", n)
+        .text("algorithm", "linear (cudarc, heuristic first)")
+        .num("ms", ours * 1e3)
+        .num("tflops", flops / ours / 1e12)
         .print();
     Ok(())
 }

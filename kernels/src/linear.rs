@@ -44,6 +44,45 @@ pub fn linear(
     })
 }
 
+/// One cuBLASLt algorithm's time for a GEMM (see [`gemm_algorithm_timings`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AlgorithmTiming {
+    /// Its place in the heuristic's answer: 0 is what [`linear`] runs.
+    pub index: usize,
+    pub ms: f64,
+    pub workspace_bytes: usize,
+    /// The heuristic's estimate of the waves the GPU's SMs run it in.
+    pub waves: f32,
+}
+
+/// Up to `count` of the algorithms cuBLASLt proposes for [`linear`]'s GEMM with a bias on these
+/// operands (bf16 or f16 on a CUDA device), each timed over `iterations` runs: benchmark
+/// evidence for choosing algorithms by measurement. Errors on the CPU.
+pub fn gemm_algorithm_timings(
+    kernels: &Kernels,
+    (x, weight, bias): (&Tensor, &Tensor, &Tensor),
+    epilogue: Epilogue,
+    count: usize,
+    iterations: usize,
+) -> Result<Vec<AlgorithmTiming>, KernelError> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        let (x, weight, bias) = (x.contiguous()?, weight.contiguous()?, bias.contiguous()?);
+        return crate::gpu::gemm_algorithms::time_algorithms(
+            kernels,
+            (&x, &weight, &bias),
+            epilogue,
+            count,
+            iterations,
+        );
+    }
+    let _ = (kernels, weight, bias, epilogue, count, iterations);
+    Err(KernelError::BadInput {
+        kernel: "gemm_algorithms",
+        problem: format!("times cuBLASLt on a CUDA device, not {:?}", x.device()),
+    })
+}
+
 /// A float8 e4m3 weight `[N, K]` with its per-tensor scale (`scale_weight` / `weight_scale`),
 /// and the input scale its file gives (`scale_input` / `input_scale`), if any.
 #[derive(Clone, Copy, Debug)]

@@ -184,13 +184,14 @@ impl Attention {
         Ok(x.reshape((b, s, self.num_heads, c / self.num_heads))?)
     }
 
-    /// `x` `[B, L, C]` attends to `source` (`x` itself for self-attention); `rope` rotates q
-    /// and k (self-attention only).
+    /// `x` `[B, L, C]` attends to `source` (`x` itself for self-attention, `None`); `rope`
+    /// rotates q and k (self-attention only). `x` is taken by value so that it is freed once
+    /// projected, before the attention itself: at 480p that is 335 MB less at the block's peak.
     fn forward(
         &self,
         kernels: &Kernels,
-        x: &Tensor,
-        source: &Tensor,
+        x: Tensor,
+        source: Option<&Tensor>,
         rope: Option<&Rope>,
     ) -> Result<Tensor, EngineError> {
         let (b, l, c) = x.dims3()?;
@@ -212,10 +213,14 @@ impl Attention {
             ),
             (_, None) => self.heads(&normed(norm, lin.forward(kernels, input)?)?),
         };
-        let q = project(&self.q, &self.norm_q, x)?;
+        let q = project(&self.q, &self.norm_q, &x)?;
+        let source = source.unwrap_or(&x);
         let k = project(&self.k, &self.norm_k, source)?;
         let v = self.heads(&self.v.forward(kernels, source)?)?;
+        drop(x);
         let out = attention(kernels, &q, &k, &v)?.reshape((b, l, c))?;
+        // q, k and v are dead once attended: freed before the output projection allocates.
+        drop((q, k, v));
         self.o.forward(kernels, &out)
     }
 }
@@ -376,7 +381,10 @@ impl Block {
         };
         let dtype = self.ffn0.dtype();
 
-        let (x, h) = match x {
+        // Each stage's inputs are freed as soon as they are used (the stream `x` by assignment,
+        // the rest by `drop`): a shadowed binding would keep every earlier stream and activation
+        // alive to the end of the block, about 2.7 GB more at the FFN at 480p.
+        let (mut x, h) = match x {
             Residual::Ready(x) => {
                 let h = self
                     .norm1
@@ -395,26 +403,31 @@ impl Block {
                 dtype,
             )?,
         };
-        let y = self.self_attn.forward(kernels, &h, &h, Some(rope))?;
+        let y = self.self_attn.forward(kernels, h, None, Some(rope))?;
         let gate = Some((&parts[2].0, rows_per_entry));
-        let (x, h) = if let Some(norm) = &self.norm3 {
+        let h;
+        (x, h) = if let Some(norm) = &self.norm3 {
             norm.forward_after_residual(kernels, (&x, &y, gate), None, dtype)?
         } else {
             let x = glue::gated_residual(kernels, &x, &y, gate)?;
             let h = x.to_dtype(dtype)?;
             (x, h)
         };
-        let y = self.cross_attn.forward(kernels, &h, context, None)?;
+        drop(y);
+        let y = self.cross_attn.forward(kernels, h, Some(context), None)?;
 
-        let (x, h) = self.norm2.forward_after_residual(
+        let h;
+        (x, h) = self.norm2.forward_after_residual(
             kernels,
             (&x, &y, None),
             Some(modulation(3)),
             dtype,
         )?;
-        let y = self
-            .ffn2
-            .forward(kernels, &self.ffn0.forward_gelu(kernels, &h)?)?;
+        drop(y);
+        let hidden = self.ffn0.forward_gelu(kernels, &h)?;
+        drop(h);
+        let y = self.ffn2.forward(kernels, &hidden)?;
+        drop(hidden);
         Ok(Residual::Pending {
             x,
             y,

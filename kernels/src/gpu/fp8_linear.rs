@@ -131,7 +131,10 @@ pub(crate) fn quantize_activation(
 }
 
 /// A cuBLASLt descriptor, destroyed when dropped.
-struct Owned<T: Copy>(T, unsafe fn(T) -> Result<(), result::CublasError>);
+pub(super) struct Owned<T: Copy>(
+    pub(super) T,
+    pub(super) unsafe fn(T) -> Result<(), result::CublasError>,
+);
 
 impl<T: Copy> Drop for Owned<T> {
     fn drop(&mut self) {
@@ -140,7 +143,7 @@ impl<T: Copy> Drop for Owned<T> {
     }
 }
 
-fn set_attribute<V>(
+pub(super) fn set_attribute<V>(
     desc: sys::cublasLtMatmulDesc_t,
     attribute: sys::cublasLtMatmulDescAttributes_t,
     value: &V,
@@ -158,7 +161,7 @@ fn set_attribute<V>(
     .map_err(|e| cublas(&format!("setting {attribute:?}"), e))
 }
 
-fn layout(
+pub(super) fn layout(
     dtype: sys::cudaDataType,
     rows: usize,
     cols: usize,
