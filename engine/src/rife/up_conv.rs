@@ -13,6 +13,7 @@
 //! `(a, b)` of channel `o`. Only the summation order differs from the transposed convolution.
 //!
 //! The CPU keeps candle's transposed convolution: it is the reference the golden cases check.
+//! So does float32 on CUDA, where the phase convolution runs without tensor cores.
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, VarBuilder};
@@ -55,7 +56,9 @@ impl UpConv {
 
     pub(super) fn forward(&self, kernels: &Kernels, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.phases {
-            Some(phases) if fused_available(kernels, x.device()) => {
+            // In float32 cuDNN has no tensor cores to spend on the phase convolution's 9 taps
+            // (4 live): candle's transposed convolution is faster there (bench run 39).
+            Some(phases) if x.dtype() != DType::F32 && fused_available(kernels, x.device()) => {
                 pixel_shuffle2(&phases.forward(kernels, x)?)
             }
             _ => self.transposed.forward(x),
