@@ -16,6 +16,7 @@
 //!
 //! Built by `cargo xtask bench-gpu`, run on a GPU machine. Nothing here asserts a timing.
 
+mod block_parts;
 mod e2e;
 mod fp8;
 mod gguf;
@@ -68,6 +69,7 @@ fn main() -> anyhow::Result<()> {
             number(2, 5120)?,
             number(3, 5120)?,
         ),
+        Some("block-parts") => block_parts::run(&device, &kernels, number(1, 32_760)?),
         Some("gemm-algorithms") => bench_gemm_algorithms(
             &device,
             &kernels,
@@ -119,7 +121,7 @@ fn main() -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?,
         ),
         _ => bail!(
-            "usage: stillmotion-bench parity | gguf | attention TOKENS [KEYS] | linear M K N | gemm-algorithms M K N [gelu] | linear-fp8 M K N | vae WIDTH HEIGHT FRAMES | rife FLOWNET WIDTH HEIGHT FRAMES | dit WIDTH HEIGHT FRAMES [auto|cudnn|flash|int8|int8pv16] [RESIDENT_BLOCKS] | dit-accuracy WIDTH HEIGHT FRAMES | e2e DIR WIDTH HEIGHT FRAMES [FLOWNET [BUDGET_GIB...]]"
+            "usage: stillmotion-bench parity | gguf | attention TOKENS [KEYS] | linear M K N | gemm-algorithms M K N [gelu] | block-parts TOKENS | linear-fp8 M K N | vae WIDTH HEIGHT FRAMES | rife FLOWNET WIDTH HEIGHT FRAMES | dit WIDTH HEIGHT FRAMES [auto|cudnn|flash|int8|int8pv16] [RESIDENT_BLOCKS] | dit-accuracy WIDTH HEIGHT FRAMES | e2e DIR WIDTH HEIGHT FRAMES [FLOWNET [BUDGET_GIB...]]"
         ),
     }
 }
