@@ -21,8 +21,11 @@ use stillmotion_engine::device::DevicePreference;
 use stillmotion_engine::gpu_memory::GpuMemoryReader;
 use stillmotion_engine::pipeline::PipelineRunner;
 use stillmotion_engine::preset;
-use stillmotion_engine::recipe::{AttentionMode, MatmulMode, ModelFiles, Recipe, RecipeChoices};
+use stillmotion_engine::recipe::{
+    AttentionMode, LoraChoice, MatmulMode, ModelFiles, Recipe, RecipeChoices,
+};
 use stillmotion_engine::runtime::{Command, EngineHandle, Event, JobKind, Stage};
+use stillmotion_engine::wan::LoraMode;
 
 use crate::model_files::ModelSet;
 use crate::report::Line;
@@ -128,6 +131,18 @@ pub fn run(
     let fp8_too = std::env::var("STILLMOTION_BENCH_MATMUL").is_ok_and(|m| m == "fp8");
     // `STILLMOTION_BENCH_ATTENTION=int8`: the same with the 8-bit attention.
     let int8_too = std::env::var("STILLMOTION_BENCH_ATTENTION").is_ok_and(|m| m == "int8");
+    // `STILLMOTION_BENCH_LORA=1`: the same with a rank-64 LoRA on every block's linear layers,
+    // merged at load (float8 layers requantized), then on the fly; their frames' PSNR.
+    let lora_too = std::env::var("STILLMOTION_BENCH_LORA").is_ok_and(|m| m == "1");
+    if lora_too {
+        let start = Instant::now();
+        let written = models.write_lora()?;
+        Line::new("e2e-files")
+            .text("file", "lora")
+            .num("gb_written", written as f64 / 1e9)
+            .num("secs", start.elapsed().as_secs_f64())
+            .print();
+    }
     for (budget_gib, engine_jobs) in jobs {
         let engine = EngineHandle::spawn(runner(budget_gib), || {})?;
         let mut last = None;
@@ -142,7 +157,7 @@ pub fn run(
             let output = watch(&engine, job_id, &label, [&peak, &step_peak], &pool_peaks)?;
             last = Some((job_id, label, output));
         }
-        if let Some((seed, label, standard)) = last {
+        if let Some((seed, label, standard)) = &last {
             let variants: [(bool, &str, RecipeChange); 2] = [
                 (fp8_too, "fp8-matmul", |job| job.matmul = MatmulMode::Fp8),
                 (int8_too, "int8-attention", |job| {
@@ -153,7 +168,7 @@ pub fn run(
             {
                 peak.store(0, Ordering::Relaxed);
                 let label = format!("{label}-{name}");
-                let mut job = recipe(seed, &format!("frames-{label}"));
+                let mut job = recipe(*seed, &format!("frames-{label}"));
                 change(&mut job);
                 engine.send(Command::Submit {
                     job_id,
@@ -162,8 +177,37 @@ pub fn run(
                 let output = watch(&engine, job_id, &label, [&peak, &step_peak], &pool_peaks)?;
                 Line::new(&format!("e2e-{name}"))
                     .text("job", &label)
-                    .num("psnr_db_vs_standard", frames_psnr(&standard, &output)?)
+                    .num("psnr_db_vs_standard", frames_psnr(standard, &output)?)
                     .print();
+            }
+        }
+        if let Some((seed, label, _)) = last.as_ref().filter(|_| lora_too) {
+            let mut merged = None;
+            for (job_id, mode, name) in [
+                (seed + 2000, LoraMode::Merge, "lora-merge"),
+                (seed + 3000, LoraMode::OnTheFly, "lora-on-the-fly"),
+            ] {
+                peak.store(0, Ordering::Relaxed);
+                let label = format!("{label}-{name}");
+                let mut job = recipe(*seed, &format!("frames-{label}"));
+                job.loras = vec![LoraChoice {
+                    path: models.lora.clone(),
+                    strength_high_noise: 1.0,
+                    strength_low_noise: 1.0,
+                }];
+                job.lora_mode = mode;
+                engine.send(Command::Submit {
+                    job_id,
+                    kind: JobKind::Render(Box::new(job)),
+                })?;
+                let output = watch(&engine, job_id, &label, [&peak, &step_peak], &pool_peaks)?;
+                match &merged {
+                    None => merged = Some(output),
+                    Some(merged) => Line::new("e2e-lora")
+                        .text("job", &label)
+                        .num("psnr_db_vs_merged", frames_psnr(merged, &output)?)
+                        .print(),
+                }
             }
         }
         // Dropping the handle shuts the engine down and frees its models before the next one.

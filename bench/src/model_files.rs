@@ -40,7 +40,13 @@ pub struct ModelSet {
     pub low_noise: PathBuf,
     pub text_encoder: PathBuf,
     pub vae: PathBuf,
+    /// A LoRA on every linear layer of the blocks, written only on request
+    /// ([`ModelSet::write_lora`]).
+    pub lora: PathBuf,
 }
+
+/// The LoRA's rank: LightX2V's distillation LoRAs are rank 64.
+const LORA_RANK: usize = 64;
 
 impl ModelSet {
     pub fn in_dir(dir: &Path) -> Self {
@@ -49,7 +55,41 @@ impl ModelSet {
             low_noise: dir.join("wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors"),
             text_encoder: dir.join("umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
             vae: dir.join("wan_2.1_vae.safetensors"),
+            lora: dir.join("random_lora_rank64.safetensors"),
         }
+    }
+
+    /// Writes the LoRA unless it is there: `lora_down` / `lora_up` pairs and an `alpha` for
+    /// each linear layer of the 40 blocks (440 layers, as LightX2V's LoRAs cover), with the
+    /// `diffusion_model.` prefix, bf16. `alpha` is rank / 8, so a pair changes its weight by a
+    /// few percent. Returns the bytes written.
+    pub fn write_lora(&self) -> anyhow::Result<u64> {
+        if self.lora.is_file() {
+            return Ok(0);
+        }
+        let mut tensors = Vec::new();
+        for (name, shape) in dit_shapes(&Config::i2v_a14b()) {
+            let Some(base) = name.strip_suffix(".weight") else {
+                continue;
+            };
+            if !name.starts_with("blocks.") || shape.len() != 2 {
+                continue;
+            }
+            let (out, input) = (shape[0], shape[1]);
+            for (part, shape) in [
+                ("lora_down", vec![LORA_RANK, input]),
+                ("lora_up", vec![out, LORA_RANK]),
+            ] {
+                let key = format!("diffusion_model.{base}.{part}.weight");
+                let fill = Fill::Bf16Normal(seed_for(&key, 5));
+                tensors.push((key, RandomTensor::new(shape, Dtype::BF16, fill)));
+            }
+            tensors.push((
+                format!("diffusion_model.{base}.alpha"),
+                RandomTensor::new(vec![], Dtype::F32, Fill::Constant(LORA_RANK as f32 / 8.0)),
+            ));
+        }
+        write(&self.lora, tensors)
     }
 
     /// Writes every file that is not there yet; returns the bytes written.
