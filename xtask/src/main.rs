@@ -25,8 +25,7 @@ mod system_packages;
 
 use anyhow::{Context, bail};
 
-const USAGE: &str =
-    "usage: cargo xtask <run [-- ARGS] | test | setup | check-deps | cuda-check | smoke | bench-gpu>";
+const USAGE: &str = "usage: cargo xtask <run [-- ARGS] | test | setup | check-deps | cuda-check | smoke | bench-gpu>";
 
 fn main() -> std::process::ExitCode {
     match run(&std::env::args().skip(1).collect::<Vec<_>>()) {
