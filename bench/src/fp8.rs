@@ -1,12 +1,16 @@
 //! The FP8 GEMM for float8 weights (`kernels::linear::linear_fp8`): `linear-fp8 M K N` times it
 //! against the bf16 GEMM and today's dequantize-then-bf16 path, and [`parity`] checks it
-//! against its CPU definition.
+//! against its CPU definition. [`lora_requant_parity`] checks the LoRA merge into float8
+//! layers and its stochastic requantization on the device against the CPU's, and
+//! [`lora_fused_parity`] a LoRA on the fly fused into the bf16 and FP8 GEMMs against the
+//! unfused layer.
 
 use candle_core::{DType, Device, Tensor};
 use stillmotion_kernels::Kernels;
 use stillmotion_kernels::fp8::{dequantize, quantize_activation};
 use stillmotion_kernels::linear::{
-    Epilogue, Fp8Weight, fp8_gemm, linear, linear_fp8, linear_fp8_reference,
+    Epilogue, Fp8Weight, LowRank, fp8_gemm, linear, linear_fp8, linear_fp8_low_rank,
+    linear_fp8_reference, linear_low_rank,
 };
 
 use crate::report::{BF16_BOUND, Checks, Line, rel_l2};
@@ -389,5 +393,141 @@ pub fn lora_requant_parity(
         rel_l2(&gpu_f32.to_device(&cpu)?, &cpu_f32)?,
         1e-6,
     );
+    Ok(())
+}
+
+/// The unfused layer with a LoRA on the fly: the GEMM without its epilogue, the delta, an
+/// add, then the epilogue (what the engine did before the fused path, and still does on the
+/// CPU).
+fn unfused_low_rank(
+    y: &Tensor,
+    x: &Tensor,
+    low_rank: LowRank<'_>,
+    epilogue: Epilogue,
+) -> anyhow::Result<Tensor> {
+    let y = (y + low_rank.delta(x)?.to_dtype(y.dtype())?)?;
+    Ok(match epilogue {
+        Epilogue::None => y,
+        Epilogue::GeluTanh => y.gelu()?,
+    })
+}
+
+/// A LoRA on the fly fused into the layer's GEMM (the delta written into the output, the GEMM
+/// accumulating onto it with bias and GELU fused) against the unfused layer, on random bf16
+/// data: at a 480p-like FFN shape (4096 tokens, 5120 → 13824, rank 64), plain bf16 and float8
+/// weights, with and without GELU, timed; and at a small shape with an odd rank and factors
+/// that are views into a larger buffer (not 256-byte aligned).
+pub fn lora_fused_parity(
+    device: &Device,
+    kernels: &Kernels,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    for (m, k, n, rank, sliced) in [(4096, 5120, 13_824, 64, false), (77, 256, 128, 37, true)] {
+        let x = randn(&[1, m, k], device, DType::BF16)?;
+        let b = randn(&[n], device, DType::BF16)?;
+        let (stored, scale) = fp8_weight(n, k, device)?;
+        let w = dequantize(kernels, &stored, scale, DType::BF16)?;
+        // Factors of a LightX2V-like size: the delta a few percent of the output.
+        let (down, up) = if sliced {
+            let down = (randn(&[rank + 1, k], device, DType::BF16)? * 0.02)?;
+            let up = (randn(&[n, rank + 3], device, DType::BF16)? * 0.02)?;
+            (down.narrow(0, 1, rank)?, up.narrow(1, 3, rank)?)
+        } else {
+            (
+                (randn(&[rank, k], device, DType::BF16)? * 0.02)?,
+                (randn(&[n, rank], device, DType::BF16)? * 0.02)?,
+            )
+        };
+        let low_rank = LowRank {
+            down: &down,
+            up: &up,
+        };
+        let weight = Fp8Weight {
+            weight: &stored,
+            scale,
+            input_scale: None,
+        };
+        let fp8_runs = fp8_gemm(kernels, &x, weight, Some(&b), Epilogue::None, DType::BF16)?;
+        for epilogue in [Epilogue::None, Epilogue::GeluTanh] {
+            let name = |kind: &str| {
+                format!(
+                    "LoRA fused into the {kind} GEMM {m}×{k}→{n} rank {rank} {epilogue:?}{}",
+                    if sliced { " (factor views)" } else { "" }
+                )
+            };
+            let fused = || linear_low_rank(kernels, &x, &w, Some(&b), low_rank, epilogue);
+            let unfused = || -> anyhow::Result<Tensor> {
+                let y = linear(kernels, &x, &w, Some(&b), Epilogue::None)?;
+                unfused_low_rank(&y, &x, low_rank, epilogue)
+            };
+            let (f, u) = (fused()?, unfused()?);
+            let rel = rel_l2(&f, &u)?;
+            let fused_ms = 1e3
+                * time(device, 5, || {
+                    fused()?;
+                    Ok(())
+                })?;
+            let unfused_ms = 1e3
+                * time(device, 5, || {
+                    unfused()?;
+                    Ok(())
+                })?;
+            Line::new("lora_fused")
+                .text("gemm", "bf16")
+                .text("epilogue", &format!("{epilogue:?}"))
+                .int("m", m)
+                .int("rank", rank)
+                .num("fused_ms", fused_ms)
+                .num("unfused_ms", unfused_ms)
+                .num("rel_l2", rel)
+                .print();
+            checks.check(&name("bf16"), rel, BF16_BOUND);
+
+            let fused8 = || {
+                linear_fp8_low_rank(
+                    kernels,
+                    &x,
+                    weight,
+                    Some(&b),
+                    low_rank,
+                    epilogue,
+                    DType::BF16,
+                )
+            };
+            let unfused8 = || -> anyhow::Result<Tensor> {
+                let y = linear_fp8(kernels, &x, weight, Some(&b), Epilogue::None, DType::BF16)?;
+                unfused_low_rank(&y, &x, low_rank, epilogue)
+            };
+            let (f, u) = (fused8()?, unfused8()?);
+            let rel = rel_l2(&f, &u)?;
+            let fused_ms = 1e3
+                * time(device, 5, || {
+                    fused8()?;
+                    Ok(())
+                })?;
+            let unfused_ms = 1e3
+                * time(device, 5, || {
+                    unfused8()?;
+                    Ok(())
+                })?;
+            Line::new("lora_fused")
+                .text(
+                    "gemm",
+                    if fp8_runs.is_ok() {
+                        "fp8"
+                    } else {
+                        "fp8 (no FP8 GEMM here: dequantized)"
+                    },
+                )
+                .text("epilogue", &format!("{epilogue:?}"))
+                .int("m", m)
+                .int("rank", rank)
+                .num("fused_ms", fused_ms)
+                .num("unfused_ms", unfused_ms)
+                .num("rel_l2", rel)
+                .print();
+            checks.check(&name("FP8"), rel, BF16_BOUND);
+        }
+    }
     Ok(())
 }
