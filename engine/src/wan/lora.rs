@@ -460,7 +460,6 @@ impl Merged {
         name: &str,
         deltas: &[Delta],
         dev: &Device,
-        kernels: &Kernels,
     ) -> candle_core::Result<(Tensor, bool)> {
         // A float8 layer's stored values are weight / scale: merge on the true weight.
         let module = name.rsplit_once('.').map_or("", |(m, _)| m);
@@ -484,7 +483,7 @@ impl Merged {
             // candle's CUDA casts from float8 fail.
             let stored = self.inner.get_unchecked(name, DType::F8E4M3, dev)?;
             if stored.dtype() == DType::F8E4M3 {
-                stillmotion_kernels::fp8::dequantize(kernels, &stored, 1.0, DType::F32)
+                stillmotion_kernels::fp8::dequantize(&self.kernels(dev)?, &stored, 1.0, DType::F32)
                     .map_err(candle_core::Error::wrap)?
             } else {
                 stored.to_dtype(DType::F32)?
@@ -525,11 +524,10 @@ impl Merged {
         // A CUDA load's float8 bits may differ from a CPU load's in rare codes (see
         // `super::lora_requant`): cuBLAS may sum the factors' product in another order.
         let requantizing = dtype == DType::F8E4M3 && self.requantize;
-        let kernels = self.kernels(dev)?;
-        let (t, scaled) = self.merge(name, deltas, dev, &kernels)?;
+        let (t, scaled) = self.merge(name, deltas, dev)?;
         match dtype {
             DType::F8E4M3 if scaled && requantizing => {
-                super::lora_requant::requantize(&kernels, &t, name)
+                super::lora_requant::requantize(&self.kernels(dev)?, &t, name)
                     .map_err(candle_core::Error::wrap)
             }
             DType::F8E4M3 => Ok(t),

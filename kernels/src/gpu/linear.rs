@@ -129,11 +129,22 @@ pub(crate) fn low_rank_into(
         down: &down,
         up: &up,
     };
-    // [M, R]: candle's matmul (the rank need not suit cuBLASLt's fused epilogues; this one
-    // has none), a fresh buffer.
-    let low = aligned(&factors.low(x)?)?;
+    // [M, R]: candle's matmul, a fresh buffer.
+    let low = factors.low(x)?;
+    // A rank that is not a multiple of 8 gives rows of a size that is no multiple of 16 bytes,
+    // which cuBLASLt's tensor-core algorithms want: zero columns added to both factors change
+    // no sum.
     let rank = low.dim(1)?;
-    gemm(gpu, &low, &up, None, None, out, (m, rank, n), 0.0)
+    let padding = rank.next_multiple_of(8) - rank;
+    let (low, up) = if padding == 0 {
+        (aligned(&low)?, up)
+    } else {
+        (
+            low.pad_with_zeros(1, 0, padding)?,
+            up.pad_with_zeros(1, 0, padding)?,
+        )
+    };
+    gemm(gpu, &low, &up, None, None, out, (m, rank + padding, n), 0.0)
 }
 
 /// `epilogue(x·Wᵀ + b (+ low-rank delta))` on the device, x and the weight bf16 or f16 of one
