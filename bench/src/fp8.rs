@@ -350,7 +350,13 @@ pub fn lora_requant_parity(
     let merge = |requantize: bool, on: &Device| -> anyhow::Result<(Tensor, f64)> {
         on.synchronize()?;
         let start = std::time::Instant::now();
-        let t = merge_weights(model.clone(), &specs, &names, requantize, on)?.remove(0);
+        let on_kernels = if on.is_cuda() {
+            kernels.clone()
+        } else {
+            Kernels::cpu()
+        };
+        let t =
+            merge_weights(model.clone(), &specs, &names, requantize, (on, &on_kernels))?.remove(0);
         on.synchronize()?;
         Ok((t, start.elapsed().as_secs_f64()))
     };

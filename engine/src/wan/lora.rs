@@ -224,13 +224,13 @@ pub struct LoraPlacement {
 /// merged; see [`LoraDeltas::wrap`]), each "as stored": a float8 layer float8 when
 /// `requantize`, else its float32 merge still divided by the scale; other tensors float32.
 /// For parity checks (`stillmotion-bench parity`) and tests: the device's merge against the
-/// CPU's.
+/// CPU's. `kernels` are `device`'s (a load loads them itself at its first float8 merge).
 pub fn merge_weights<S: std::hash::BuildHasher>(
     model: HashMap<String, Tensor, S>,
     loras: &[LoraSpec],
     names: &[&str],
     requantize: bool,
-    device: &Device,
+    (device, kernels): (&Device, &Kernels),
 ) -> Result<Vec<Tensor>, EngineError> {
     let model: HashMap<String, Tensor> = model.into_iter().collect();
     let model_names = model.keys().cloned().collect();
@@ -238,7 +238,14 @@ pub fn merge_weights<S: std::hash::BuildHasher>(
     for spec in loras {
         deltas.add(spec, &model_names)?;
     }
-    let (backend, _) = deltas.wrap(Box::new(model), requantize, LoraMode::Merge);
+    let backend = Merged {
+        inner: Box::new(model),
+        deltas: deltas.0,
+        requantize,
+        on_the_fly: HashSet::new(),
+        taken: Mutex::default(),
+        kernels: Mutex::new(Some(kernels.clone())),
+    };
     names
         .iter()
         .map(|name| Ok(backend.get_unchecked(name, DType::F8E4M3, device)?))
@@ -765,8 +772,9 @@ mod tests {
                 Tensor::new(scale, &dev).unwrap(),
             ),
         ]);
-        let merged = merge_weights(model.clone(), &specs, &["l.weight"], true, &dev).unwrap();
-        let exact = merge_weights(model, &specs, &["l.weight"], false, &dev).unwrap();
+        let on = (&dev, &Kernels::cpu());
+        let merged = merge_weights(model.clone(), &specs, &["l.weight"], true, on).unwrap();
+        let exact = merge_weights(model, &specs, &["l.weight"], false, on).unwrap();
 
         let mut w = stored
             .to_dtype(DType::F32)
