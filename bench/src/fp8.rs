@@ -355,8 +355,14 @@ pub fn lora_requant_parity(
         } else {
             Kernels::cpu()
         };
-        let t =
-            merge_weights(model.clone(), &specs, &names, requantize, (on, &on_kernels))?.remove(0);
+        let t = merge_weights(
+            model.clone(),
+            &specs,
+            &names,
+            requantize,
+            (on, &on_kernels, on),
+        )?
+        .remove(0);
         on.synchronize()?;
         Ok((t, start.elapsed().as_secs_f64()))
     };
@@ -366,7 +372,18 @@ pub fn lora_requant_parity(
     let (reference, cpu_s) = merge(true, &cpu)?;
     let (gpu_f32, _) = merge(false, device)?;
     let (cpu_f32, _) = merge(false, &cpu)?;
+    // A block that streams reads its layers into host memory: its merge still runs on the GPU.
+    let host = merge_weights(model.clone(), &specs, &names, true, (device, kernels, &cpu))?;
     std::fs::remove_dir_all(&dir)?;
+    anyhow::ensure!(
+        host[0].device().is_cpu(),
+        "the streamed layer is not in host memory"
+    );
+    checks.check(
+        "LoRA merge + requantize of a streamed (host) layer vs a resident one: differing codes (exact: 0)",
+        differing(&float8_bits(&host[0])?, &float8_bits(&gpu)?) as f64,
+        0.0,
+    );
     let (gpu_bits, cpu_bits) = (float8_bits(&gpu)?, float8_bits(&reference)?);
     let fraction = differing(&gpu_bits, &cpu_bits) as f64 / gpu_bits.len() as f64;
     Line::new("lora_requant")

@@ -175,11 +175,25 @@ impl LoraDeltas {
     /// `requantize`, merged float8 layers come back as float8 (see [`super::lora_requant`]);
     /// low-rank pairs that `mode` puts on the fly come as side-car tensors instead. Returns
     /// how many weights take their pairs on the fly and how many tensors are merged.
+    #[cfg(test)]
     pub(super) fn wrap(
         self,
         inner: Box<dyn SimpleBackend>,
         requantize: bool,
         mode: LoraMode,
+    ) -> (Box<dyn SimpleBackend>, LoraPlacement) {
+        self.wrap_for(inner, requantize, mode, &Device::Cpu)
+    }
+
+    /// [`Self::wrap`] for a load on `device`: a float8 layer to requantize that is read into
+    /// host memory (a block that streams) still merges and rounds on `device` when it is a GPU,
+    /// and only its float8 codes come back.
+    pub(super) fn wrap_for(
+        self,
+        inner: Box<dyn SimpleBackend>,
+        requantize: bool,
+        mode: LoraMode,
+        device: &Device,
     ) -> (Box<dyn SimpleBackend>, LoraPlacement) {
         let mut merged = Merged {
             inner,
@@ -188,6 +202,7 @@ impl LoraDeltas {
             on_the_fly: HashSet::new(),
             taken: Mutex::default(),
             kernels: Mutex::default(),
+            device: device.clone(),
         };
         merged.on_the_fly = merged
             .deltas
@@ -224,13 +239,14 @@ pub struct LoraPlacement {
 /// merged; see [`LoraDeltas::wrap`]), each "as stored": a float8 layer float8 when
 /// `requantize`, else its float32 merge still divided by the scale; other tensors float32.
 /// For parity checks (`stillmotion-bench parity`) and tests: the device's merge against the
-/// CPU's. `kernels` are `device`'s (a load loads them itself at its first float8 merge).
+/// CPU's. `kernels` are `device`'s (a load loads them itself at its first float8 merge); the
+/// tensors are read onto `read_on`: `device`, or the CPU as for a block that streams.
 pub fn merge_weights<S: std::hash::BuildHasher>(
     model: HashMap<String, Tensor, S>,
     loras: &[LoraSpec],
     names: &[&str],
     requantize: bool,
-    (device, kernels): (&Device, &Kernels),
+    (device, kernels, read_on): (&Device, &Kernels, &Device),
 ) -> Result<Vec<Tensor>, EngineError> {
     let model: HashMap<String, Tensor> = model.into_iter().collect();
     let model_names = model.keys().cloned().collect();
@@ -245,10 +261,11 @@ pub fn merge_weights<S: std::hash::BuildHasher>(
         on_the_fly: HashSet::new(),
         taken: Mutex::default(),
         kernels: Mutex::new(Some(kernels.clone())),
+        device: device.clone(),
     };
     names
         .iter()
-        .map(|name| Ok(backend.get_unchecked(name, DType::F8E4M3, device)?))
+        .map(|name| Ok(backend.get_unchecked(name, DType::F8E4M3, read_on)?))
         .collect()
 }
 
@@ -372,6 +389,8 @@ struct Merged {
     taken: Mutex<HashSet<String>>,
     /// The CUDA device's kernels, loaded at the first merge there.
     kernels: Mutex<Option<Kernels>>,
+    /// The load's device, where float8 layers read into host memory merge when requantizing.
+    device: Device,
 }
 
 /// Float8 per-tensor scale names (as `super::linear` reads them).
@@ -531,14 +550,26 @@ impl Merged {
         // A CUDA load's float8 bits may differ from a CPU load's in rare codes (see
         // `super::lora_requant`): cuBLAS may sum the factors' product in another order.
         let requantizing = dtype == DType::F8E4M3 && self.requantize;
-        let (t, scaled) = self.merge(name, deltas, dev)?;
+        // A block that streams is read into host memory; on a CUDA load its float8 layers
+        // still merge and round on the GPU, and only the codes come down.
+        let on = if requantizing
+            && dev.is_cpu()
+            && self.device.is_cuda()
+            && self.storage(name) == LayerStorage::Float8
+        {
+            &self.device
+        } else {
+            dev
+        };
+        let (t, scaled) = self.merge(name, deltas, on)?;
         match dtype {
             DType::F8E4M3 if scaled && requantizing => {
-                super::lora_requant::requantize(&self.kernels(dev)?, &t, name)
-                    .map_err(candle_core::Error::wrap)
+                super::lora_requant::requantize(&self.kernels(on)?, &t, name)
+                    .map_err(candle_core::Error::wrap)?
+                    .to_device(dev)
             }
-            DType::F8E4M3 => Ok(t),
-            _ => t.to_dtype(dtype),
+            DType::F8E4M3 => t.to_device(dev),
+            _ => t.to_dtype(dtype)?.to_device(dev),
         }
     }
 }
@@ -772,7 +803,7 @@ mod tests {
                 Tensor::new(scale, &dev).unwrap(),
             ),
         ]);
-        let on = (&dev, &Kernels::cpu());
+        let on = (&dev, &Kernels::cpu(), &dev);
         let merged = merge_weights(model.clone(), &specs, &["l.weight"], true, on).unwrap();
         let exact = merge_weights(model, &specs, &["l.weight"], false, on).unwrap();
 
