@@ -10,8 +10,9 @@
 //! A float8 (`fp8_scaled`) layer is merged on its true weight (stored × scale), then either
 //! kept in the compute dtype or, when requantizing (see [`super::lora_requant`]), rounded
 //! stochastically back to float8 e4m3 with the layer's own scale. The merge runs on the load's
-//! device, the float8 weight and the factors uploaded as they are: on CUDA the merge and the
-//! rounding take a fraction of a second a layer where the CPU took minutes an expert.
+//! device, the float8 weight and the factors uploaded as they are (also for blocks that stream
+//! from host memory): on the CPU it took about 168 s an A14B expert on a 2-core machine;
+//! `stillmotion-bench parity` times one layer on the GPU.
 //!
 //! Where [`LoraMode`] says so, a weight's low-rank pairs are not merged: the backend offers
 //! them stacked as the layer's side-car tensors ([`super::lora_side`]) and hands the weight
@@ -171,10 +172,7 @@ impl LoraDeltas {
         self.0.is_empty()
     }
 
-    /// Wraps a weights backend so that tensors with deltas come back merged; with
-    /// `requantize`, merged float8 layers come back as float8 (see [`super::lora_requant`]);
-    /// low-rank pairs that `mode` puts on the fly come as side-car tensors instead. Returns
-    /// how many weights take their pairs on the fly and how many tensors are merged.
+    /// [`Self::wrap_for`] a load on the CPU.
     #[cfg(test)]
     pub(super) fn wrap(
         self,
@@ -185,9 +183,13 @@ impl LoraDeltas {
         self.wrap_for(inner, requantize, mode, &Device::Cpu)
     }
 
-    /// [`Self::wrap`] for a load on `device`: a float8 layer to requantize that is read into
-    /// host memory (a block that streams) still merges and rounds on `device` when it is a GPU,
-    /// and only its float8 codes come back.
+    /// Wraps a weights backend so that tensors with deltas come back merged; with
+    /// `requantize`, merged float8 layers come back as float8 (see [`super::lora_requant`]);
+    /// low-rank pairs that `mode` puts on the fly come as side-car tensors instead. Returns
+    /// how many weights take their pairs on the fly and how many tensors are merged.
+    /// `device` is the load's: a float8 layer to requantize that is read into host memory (a
+    /// block that streams) still merges and rounds there when it is a GPU, and only its float8
+    /// codes come back.
     pub(super) fn wrap_for(
         self,
         inner: Box<dyn SimpleBackend>,
@@ -235,9 +237,10 @@ pub struct LoraPlacement {
 }
 
 /// `names` of `model` (tensors under the model's original names, a float8 layer with its
-/// `scale_weight`; each a tensor the LoRAs change) with `loras` merged as a load on `device` merges them (every low-rank pair
-/// merged; see [`LoraDeltas::wrap`]), each "as stored": a float8 layer float8 when
-/// `requantize`, else its float32 merge still divided by the scale; other tensors float32.
+/// `scale_weight`; each a tensor the LoRAs change) with `loras` merged as a load on `device`
+/// merges them (every low-rank pair merged; see [`LoraDeltas::wrap_for`]), each "as stored": a
+/// float8 layer float8 when `requantize`, else its float32 merge still divided by the scale;
+/// other tensors float32.
 /// For parity checks (`stillmotion-bench parity`) and tests: the device's merge against the
 /// CPU's. `kernels` are `device`'s (a load loads them itself at its first float8 merge); the
 /// tensors are read onto `read_on`: `device`, or the CPU as for a block that streams.
