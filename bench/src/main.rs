@@ -665,6 +665,8 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
         }
     }
     fp8::parity(device, kernels, &mut checks)?;
+    fp8::lora_requant_parity(device, kernels, &mut checks)?;
+    fp8::lora_fused_parity(device, kernels, &mut checks)?;
     conv_parity(device, kernels, &mut checks)?;
     dit_parity(device, &mut checks)?;
     checks.finish()

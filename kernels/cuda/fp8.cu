@@ -133,3 +133,59 @@ __device__ __forceinline__ void quantize(const T *x, uint8_t *q, float *scales,
 STILLMOTION_FP8_QUANTIZE(bf16, __nv_bfloat16)
 STILLMOTION_FP8_QUANTIZE(f16, __half)
 STILLMOTION_FP8_QUANTIZE(f32, float)
+
+// Stochastic rounding of float32 to e4m3fn codes: the requantization of a LoRA-merged float8
+// layer. src/fp8_stochastic.rs defines it (stochastic_e4m3_code, element_random); this kernel
+// gives the same codes for the same float32 inputs. Every step is exact (a power-of-two scale, a
+// floor, a fraction below 2^23, a 24-bit integer to float), written with explicit rounding
+// intrinsics so that no contraction or fast-math rewrite can change a bit.
+namespace {
+
+// SplitMix64's output number index + 1 from seed.
+__device__ __forceinline__ unsigned long long splitmix64(unsigned long long seed,
+                                                         unsigned long long index) {
+    unsigned long long z = seed + (index + 1ull) * 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+__device__ __forceinline__ uint8_t stochastic_e4m3(float v, unsigned int random) {
+    const uint8_t sign = (__float_as_uint(v) >> 31) ? 0x80 : 0x00;
+    const unsigned int abs_bits = __float_as_uint(v) & 0x7fffffffu;
+    const float a = __uint_as_float(abs_bits);
+    if (abs_bits > 0x7f800000u) return sign | 0x7f;  // NaN
+    if (a >= 448.f) return sign | 0x7e;
+    float inv_step;
+    unsigned int base;
+    if (a < 0.015625f) {  // below 2^-6: the subnormal step 2^-9
+        inv_step = 512.f;
+        base = 0;
+    } else {
+        const int e = static_cast<int>((abs_bits >> 23) & 0xff) - 127;
+        inv_step = __uint_as_float(static_cast<unsigned int>(3 - e + 127) << 23);
+        base = static_cast<unsigned int>((e + 6) * 8);
+    }
+    const float steps = __fmul_rn(a, inv_step);
+    const float n = floorf(steps);
+    const float fraction = __fsub_rn(steps, n);
+    const float u = __fmul_rn(__uint2float_rn(random), 1.f / 16777216.f);
+    const unsigned int code = base + static_cast<unsigned int>(n) + (u < fraction ? 1u : 0u);
+    return static_cast<uint8_t>(sign | code);
+}
+
+}  // namespace
+
+// codes[i] = e4m3 code of values[i] rounded with element_random(seed, i) (the top 24 bits of
+// SplitMix64's number i + 1). Grid-stride over n.
+extern "C" __global__ void __launch_bounds__(kThreads)
+    stillmotion_fp8_stochastic_round(const float *values, uint8_t *codes, long long n,
+                                     unsigned long long seed) {
+    const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += stride) {
+        const unsigned int random =
+            static_cast<unsigned int>(splitmix64(seed, static_cast<unsigned long long>(i)) >> 40);
+        codes[i] = stochastic_e4m3(values[i], random);
+    }
+}

@@ -19,6 +19,7 @@ pub mod download;
 mod driver;
 mod error;
 pub mod fp8;
+pub mod fp8_stochastic;
 pub mod glue;
 #[cfg(feature = "cuda")]
 mod gpu;

@@ -6,6 +6,13 @@
 //! [`crate::fp8::quantize_activation`]) and multiplied in FP8 (cuBLASLt, float32 accumulation,
 //! both scales applied in the epilogue), the arithmetic of ComfyUI's fp8 matmul
 //! (`torch._scaled_mm`). [`linear_fp8_reference`] defines it on the CPU.
+//!
+//! [`linear_low_rank`] and [`linear_fp8_low_rank`] add a LoRA applied on the fly, `(x·downᵀ)·upᵀ`
+//! ([`LowRank`]), to the product before the bias and the epilogue. On CUDA the delta is written
+//! straight into the output buffer and the layer's GEMM accumulates onto it (cuBLASLt's
+//! `D = act(α·A·B + β·C + bias)` with β = 1, C = D), so the bias and GELU stay fused and no
+//! output-sized transient is made; elsewhere (and where the fused GEMM cannot run) the layer
+//! without its epilogue, plus the delta, then the epilogue, each rounded to the layer's dtype.
 
 use candle_core::{D, DType, Tensor};
 use candle_nn::Module;
@@ -33,7 +40,7 @@ pub fn linear(
     let bias = bias.map(|b| b.to_dtype(weight.dtype())).transpose()?;
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() && matches!(weight.dtype(), DType::BF16 | DType::F16) {
-        return crate::gpu::linear::linear(kernels, &x, weight, bias.as_ref(), epilogue);
+        return crate::gpu::linear::linear_with(kernels, &x, weight, bias.as_ref(), None, epilogue);
     }
     let _ = kernels;
     let _ = x.dim(D::Minus1)?;
@@ -81,6 +88,99 @@ pub fn gemm_algorithm_timings(
         kernel: "gemm_algorithms",
         problem: format!("times cuBLASLt on a CUDA device, not {:?}", x.device()),
     })
+}
+
+/// A LoRA's low-rank factors applied on the fly, every pair of the layer stacked along the rank
+/// `R`: `down` `[R, K]`, `up` `[N, R]` with each pair's `strength·alpha/rank` folded in.
+#[derive(Clone, Copy, Debug)]
+pub struct LowRank<'a> {
+    pub down: &'a Tensor,
+    pub up: &'a Tensor,
+}
+
+impl LowRank<'_> {
+    /// The delta `(x·downᵀ)·upᵀ`, `[…, N]`, in the factors' dtype (x cast to it): candle's
+    /// matmuls, the unfused path's arithmetic.
+    pub fn delta(&self, x: &Tensor) -> Result<Tensor, KernelError> {
+        let low = self.low(x)?;
+        let out = low.matmul(&self.up.t()?)?;
+        let mut dims = x.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = out.dim(1)?;
+        }
+        Ok(out.reshape(dims)?)
+    }
+
+    /// `x·downᵀ` as a `[rows, R]` matrix in the factors' dtype.
+    pub(crate) fn low(&self, x: &Tensor) -> Result<Tensor, KernelError> {
+        let k = x.dim(D::Minus1)?;
+        let rows = x.elem_count() / k.max(1);
+        let x = x.to_dtype(self.down.dtype())?.reshape((rows, k))?;
+        Ok(x.matmul(&self.down.t()?)?)
+    }
+
+    /// Checks the factors against a `[n, k]` layer.
+    fn check(&self, kernel: &'static str, n: usize, k: usize) -> Result<(), KernelError> {
+        let (r, dk) = self.down.dims2()?;
+        let (un, ur) = self.up.dims2()?;
+        if dk != k || un != n || ur != r {
+            return Err(KernelError::BadInput {
+                kernel,
+                problem: format!(
+                    "low-rank factors {:?} and {:?} do not fit a {n}×{k} layer",
+                    self.down.dims(),
+                    self.up.dims()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The unfused arithmetic of a layer with a low-rank addend: `y` (the layer's product plus
+/// bias, no epilogue yet) plus the delta rounded to y's dtype, then the epilogue.
+fn add_low_rank(
+    y: &Tensor,
+    x: &Tensor,
+    low_rank: LowRank<'_>,
+    epilogue: Epilogue,
+) -> Result<Tensor, KernelError> {
+    let y = (y + low_rank.delta(x)?.to_dtype(y.dtype())?)?;
+    Ok(match epilogue {
+        Epilogue::None => y,
+        Epilogue::GeluTanh => y.gelu()?,
+    })
+}
+
+/// [`linear`] with a LoRA on the fly: `epilogue(x·Wᵀ + (x·downᵀ)·upᵀ + b)`. On CUDA with a
+/// bf16/f16 weight: the delta GEMM into the output, then the layer's cuBLASLt GEMM onto it with
+/// the bias (and GELU) fused; elsewhere [`linear`] without the epilogue, plus
+/// [`LowRank::delta`], then the epilogue (the CPU reference).
+pub fn linear_low_rank(
+    kernels: &Kernels,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    low_rank: LowRank<'_>,
+    epilogue: Epilogue,
+) -> Result<Tensor, KernelError> {
+    let (n, k) = weight.dims2()?;
+    low_rank.check("linear_low_rank", n, k)?;
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() && matches!(weight.dtype(), DType::BF16 | DType::F16) {
+        let x = x.to_dtype(weight.dtype())?;
+        let bias = bias.map(|b| b.to_dtype(weight.dtype())).transpose()?;
+        return crate::gpu::linear::linear_with(
+            kernels,
+            &x,
+            weight,
+            bias.as_ref(),
+            Some(low_rank),
+            epilogue,
+        );
+    }
+    let y = linear(kernels, x, weight, bias, Epilogue::None)?;
+    add_low_rank(&y, x, low_rank, epilogue)
 }
 
 /// A float8 e4m3 weight `[N, K]` with its per-tensor scale (`scale_weight` / `weight_scale`),
@@ -145,6 +245,44 @@ pub fn linear_fp8(
     linear(kernels, &x, &dequantized, bias.as_ref(), epilogue)
 }
 
+/// [`linear_fp8`] with a LoRA on the fly: `epilogue(FP8 product + (x·downᵀ)·upᵀ + b)`. On CUDA
+/// the delta goes into the output and the FP8 GEMM accumulates onto it (C bf16/f16 with FP8
+/// A and B, β = 1), bias and GELU fused; where the FP8 GEMM cannot run, the weight is
+/// dequantized and [`linear_low_rank`] runs; on the CPU [`linear_fp8_reference`] without the
+/// epilogue, plus the delta, then the epilogue.
+pub fn linear_fp8_low_rank(
+    kernels: &Kernels,
+    x: &Tensor,
+    weight: Fp8Weight<'_>,
+    bias: Option<&Tensor>,
+    low_rank: LowRank<'_>,
+    epilogue: Epilogue,
+    dtype: DType,
+) -> Result<Tensor, KernelError> {
+    let (n, k) = weight.weight.dims2()?;
+    low_rank.check("linear_fp8_low_rank", n, k)?;
+    let x = x.to_dtype(dtype)?;
+    let bias = bias.map(|b| b.to_dtype(dtype)).transpose()?;
+    if x.device().is_cpu() {
+        let y = linear_fp8_reference(&x, weight, bias.as_ref(), Epilogue::None, dtype)?;
+        return add_low_rank(&y, &x, low_rank, epilogue);
+    }
+    #[cfg(feature = "cuda")]
+    match crate::gpu::fp8_linear::linear(
+        kernels,
+        &x,
+        weight,
+        bias.as_ref(),
+        Some(low_rank),
+        epilogue,
+    )? {
+        Ok(y) => return Ok(y),
+        Err(why) => tracing::debug!("FP8 GEMM unavailable, dequantizing instead: {why}"),
+    }
+    let dequantized = dequantize(kernels, weight.weight, weight.scale, dtype)?;
+    linear_low_rank(kernels, &x, &dequantized, bias.as_ref(), low_rank, epilogue)
+}
+
 /// [`linear_fp8`]'s FP8 GEMM alone: `Ok(Ok(y))` where it ran (a CUDA device with FP8 tensor
 /// cores, `dtype` bfloat16 or float16, K and N multiples of 16, an algorithm from cuBLASLt),
 /// `Ok(Err(why))` where it cannot (the CPU included), so a caller can tell the two paths apart.
@@ -159,7 +297,7 @@ pub fn fp8_gemm(
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
         let x = x.to_dtype(dtype)?;
-        return crate::gpu::fp8_linear::linear(kernels, &x, weight, bias, epilogue);
+        return crate::gpu::fp8_linear::linear(kernels, &x, weight, bias, None, epilogue);
     }
     let _ = (kernels, weight, bias, epilogue, dtype);
     Ok(Err(format!("no FP8 GEMM on {:?}", x.device())))

@@ -12,7 +12,10 @@
 //! default) or by candle's `QMatMul`. The bias stays a plain tensor.
 //!
 //! A LoRA applied on the fly rides beside any of these weights, untouched, as a
-//! [`LoraSideCar`] whose product is added before the epilogue.
+//! [`LoraSideCar`] whose product is added before the epilogue: on CUDA (plain and float8
+//! weights) inside the layer's GEMM (`linear_low_rank` / `linear_fp8_low_rank`: the delta
+//! written into the output, the GEMM accumulating onto it with its bias and GELU fused); on the
+//! CPU (the reference) and for GGUF weights as a separate product and add.
 
 use std::sync::Arc;
 
@@ -20,7 +23,9 @@ use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Shape, Tensor};
 use candle_nn::VarBuilder;
 use stillmotion_kernels::Kernels;
-use stillmotion_kernels::linear::{Epilogue, Fp8Weight, linear, linear_fp8};
+use stillmotion_kernels::linear::{
+    Epilogue, Fp8Weight, linear, linear_fp8, linear_fp8_low_rank, linear_low_rank,
+};
 
 use super::lora_side::LoraSideCar;
 use crate::EngineError;
@@ -338,12 +343,57 @@ impl Lin {
         let Some(lora) = &self.lora else {
             return self.base_forward(kernels, x, epilogue);
         };
+        if x.device().is_cuda() && !matches!(self.weight, Weight::Quantized { .. }) {
+            return self.fused_lora_forward(kernels, x, lora, epilogue);
+        }
         let y = self.base_forward(kernels, x, Epilogue::None)?;
         let y = (&y + lora.forward(x)?.to_dtype(y.dtype())?)?;
         Ok(match epilogue {
             Epilogue::None => y,
             Epilogue::GeluTanh => y.gelu()?,
         })
+    }
+
+    /// The layer with its on-the-fly LoRA inside the GEMM (see the module documentation).
+    fn fused_lora_forward(
+        &self,
+        kernels: &Kernels,
+        x: &Tensor,
+        lora: &LoraSideCar,
+        epilogue: Epilogue,
+    ) -> Result<Tensor, EngineError> {
+        if let Weight::Scaled {
+            weight,
+            scale,
+            dtype,
+            input_scale,
+        } = &self.weight
+            && kernels.fp8_matmul()
+            && weight.dtype() == DType::F8E4M3
+        {
+            let weight = Fp8Weight {
+                weight,
+                scale: *scale,
+                input_scale: *input_scale,
+            };
+            return Ok(linear_fp8_low_rank(
+                kernels,
+                x,
+                weight,
+                Some(&self.bias),
+                lora.low_rank(),
+                epilogue,
+                *dtype,
+            )?);
+        }
+        Ok(linear_low_rank(
+            kernels,
+            x,
+            &self.weight(kernels)?,
+            Some(&self.bias),
+            lora.low_rank(),
+            epilogue,
+        )?)
     }
 
     fn base_forward(

@@ -205,7 +205,7 @@ impl WanModel {
         let backend = if deltas.is_empty() {
             backend
         } else {
-            let (backend, placement) = deltas.wrap(backend, lora.requantize, lora.mode);
+            let (backend, placement) = deltas.wrap_for(backend, lora.requantize, lora.mode, device);
             tracing::info!(
                 mode = ?placement.mode,
                 on_the_fly = placement.on_the_fly,

@@ -8,8 +8,11 @@
 //! `strength × diff`. Keys that match nothing are reported by class, never silently dropped.
 //!
 //! A float8 (`fp8_scaled`) layer is merged on its true weight (stored × scale), then either
-//! kept in the compute dtype or, when requantizing (see [`super::lora_requant`]), merged on
-//! the CPU and rounded stochastically back to float8 e4m3 with the layer's own scale.
+//! kept in the compute dtype or, when requantizing (see [`super::lora_requant`]), rounded
+//! stochastically back to float8 e4m3 with the layer's own scale. The merge runs on the load's
+//! device, the float8 weight and the factors uploaded as they are (also for blocks that stream
+//! from host memory): on the CPU it took about 168 s an A14B expert on a 2-core machine;
+//! `stillmotion-bench parity` times one layer on the GPU.
 //!
 //! Where [`LoraMode`] says so, a weight's low-rank pairs are not merged: the backend offers
 //! them stacked as the layer's side-car tensors ([`super::lora_side`]) and hands the weight
@@ -21,6 +24,7 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
+use stillmotion_kernels::Kernels;
 
 use super::lora_mode::{LayerStorage, LoraMode};
 use super::lora_side;
@@ -168,15 +172,30 @@ impl LoraDeltas {
         self.0.is_empty()
     }
 
-    /// Wraps a weights backend so that tensors with deltas come back merged; with
-    /// `requantize`, merged float8 layers come back as float8 (see [`super::lora_requant`]);
-    /// low-rank pairs that `mode` puts on the fly come as side-car tensors instead. Returns
-    /// how many weights take their pairs on the fly and how many tensors are merged.
+    /// [`Self::wrap_for`] a load on the CPU.
+    #[cfg(test)]
     pub(super) fn wrap(
         self,
         inner: Box<dyn SimpleBackend>,
         requantize: bool,
         mode: LoraMode,
+    ) -> (Box<dyn SimpleBackend>, LoraPlacement) {
+        self.wrap_for(inner, requantize, mode, &Device::Cpu)
+    }
+
+    /// Wraps a weights backend so that tensors with deltas come back merged; with
+    /// `requantize`, merged float8 layers come back as float8 (see [`super::lora_requant`]);
+    /// low-rank pairs that `mode` puts on the fly come as side-car tensors instead. Returns
+    /// how many weights take their pairs on the fly and how many tensors are merged.
+    /// `device` is the load's: a float8 layer to requantize that is read into host memory (a
+    /// block that streams) still merges and rounds there when it is a GPU, and only its float8
+    /// codes come back.
+    pub(super) fn wrap_for(
+        self,
+        inner: Box<dyn SimpleBackend>,
+        requantize: bool,
+        mode: LoraMode,
+        device: &Device,
     ) -> (Box<dyn SimpleBackend>, LoraPlacement) {
         let mut merged = Merged {
             inner,
@@ -184,6 +203,8 @@ impl LoraDeltas {
             requantize,
             on_the_fly: HashSet::new(),
             taken: Mutex::default(),
+            kernels: Mutex::default(),
+            device: device.clone(),
         };
         merged.on_the_fly = merged
             .deltas
@@ -213,6 +234,42 @@ pub struct LoraPlacement {
     pub on_the_fly: usize,
     /// Tensors merged at load.
     pub merged: usize,
+}
+
+/// `names` of `model` (tensors under the model's original names, a float8 layer with its
+/// `scale_weight`; each a tensor the LoRAs change) with `loras` merged as a load on `device`
+/// merges them (every low-rank pair merged; see [`LoraDeltas::wrap_for`]), each "as stored": a
+/// float8 layer float8 when `requantize`, else its float32 merge still divided by the scale;
+/// other tensors float32.
+/// For parity checks (`stillmotion-bench parity`) and tests: the device's merge against the
+/// CPU's. `kernels` are `device`'s (a load loads them itself at its first float8 merge); the
+/// tensors are read onto `read_on`: `device`, or the CPU as for a block that streams.
+pub fn merge_weights<S: std::hash::BuildHasher>(
+    model: HashMap<String, Tensor, S>,
+    loras: &[LoraSpec],
+    names: &[&str],
+    requantize: bool,
+    (device, kernels, read_on): (&Device, &Kernels, &Device),
+) -> Result<Vec<Tensor>, EngineError> {
+    let model: HashMap<String, Tensor> = model.into_iter().collect();
+    let model_names = model.keys().cloned().collect();
+    let mut deltas = LoraDeltas::default();
+    for spec in loras {
+        deltas.add(spec, &model_names)?;
+    }
+    let backend = Merged {
+        inner: Box::new(model),
+        deltas: deltas.0,
+        requantize,
+        on_the_fly: HashSet::new(),
+        taken: Mutex::default(),
+        kernels: Mutex::new(Some(kernels.clone())),
+        device: device.clone(),
+    };
+    names
+        .iter()
+        .map(|name| Ok(backend.get_unchecked(name, DType::F8E4M3, read_on)?))
+        .collect()
 }
 
 /// Maps LoRA keys to the model tensors they change, as [`LoraDeltas::add`] merges them.
@@ -333,6 +390,10 @@ struct Merged {
     on_the_fly: HashSet<String>,
     /// Those of them whose layer has read the side-car: they come back unmerged.
     taken: Mutex<HashSet<String>>,
+    /// The CUDA device's kernels, loaded at the first merge there.
+    kernels: Mutex<Option<Kernels>>,
+    /// The load's device, where float8 layers read into host memory merge when requantizing.
+    device: Device,
 }
 
 /// Float8 per-tensor scale names (as `super::linear` reads them).
@@ -402,15 +463,33 @@ impl Merged {
         self.on_the_fly.contains(name) && self.taken.lock().is_ok_and(|taken| taken.contains(name))
     }
 
-    /// The merged tensor, float32, divided by the layer's scale when it is a float8 layer
-    /// (then `true`).
+    /// The kernels that merge on `dev`: the CPU's, or the CUDA device's (loaded once).
+    fn kernels(&self, dev: &Device) -> candle_core::Result<Kernels> {
+        if !dev.is_cuda() {
+            return Ok(Kernels::cpu());
+        }
+        let mut kernels = self
+            .kernels
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("LoRA kernels poisoned".into()))?;
+        if let Some(kernels) = &*kernels {
+            return Ok(kernels.clone());
+        }
+        let loaded = Kernels::for_device(dev, &crate::device::kernel_options())
+            .map_err(candle_core::Error::wrap)?;
+        *kernels = Some(loaded.clone());
+        Ok(loaded)
+    }
+
+    /// The merged tensor, float32 on `dev`, divided by the layer's scale when it is a float8
+    /// layer (then `true`). Every step is an elementwise candle op or one matmul per pair,
+    /// the same on every device; only the matmul's summation order may differ between them.
     fn merge(
         &self,
         name: &str,
         deltas: &[Delta],
         dev: &Device,
     ) -> candle_core::Result<(Tensor, bool)> {
-        let mut w = self.inner.get_unchecked(name, DType::F32, dev)?;
         // A float8 layer's stored values are weight / scale: merge on the true weight.
         let module = name.rsplit_once('.').map_or("", |(m, _)| m);
         let scale = match ["scale_weight", "weight_scale"]
@@ -427,6 +506,19 @@ impl Merged {
                 v.first().map(|&x| f64::from(x))
             }
             None => None,
+        };
+        let mut w = if scale.is_some() {
+            // Uploaded as stored (one byte a weight) and widened exactly by the kernels:
+            // candle's CUDA casts from float8 fail.
+            let stored = self.inner.get_unchecked(name, DType::F8E4M3, dev)?;
+            if stored.dtype() == DType::F8E4M3 {
+                stillmotion_kernels::fp8::dequantize(&self.kernels(dev)?, &stored, 1.0, DType::F32)
+                    .map_err(candle_core::Error::wrap)?
+            } else {
+                stored.to_dtype(DType::F32)?
+            }
+        } else {
+            self.inner.get_unchecked(name, DType::F32, dev)?
         };
         if let Some(scale) = scale {
             w = w.affine(scale, 0.0)?;
@@ -457,18 +549,30 @@ impl Merged {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        // A layer to requantize merges on the CPU: its float8 bits then depend on the files and
-        // the key alone, not on the device's GEMM (cuBLAS may sum in another order), and the
-        // merged float32 never crosses the bus (the rounding runs on the CPU).
+        // On the load's device, the rounding too: the merged float32 never crosses the bus.
+        // A CUDA load's float8 bits may differ from a CPU load's in rare codes (see
+        // `super::lora_requant`): cuBLAS may sum the factors' product in another order.
         let requantizing = dtype == DType::F8E4M3 && self.requantize;
-        let (t, scaled) =
-            self.merge(name, deltas, if requantizing { &Device::Cpu } else { dev })?;
+        // A block that streams is read into host memory; on a CUDA load its float8 layers
+        // still merge and round on the GPU, and only the codes come down.
+        let on = if requantizing
+            && dev.is_cpu()
+            && self.device.is_cuda()
+            && self.storage(name) == LayerStorage::Float8
+        {
+            &self.device
+        } else {
+            dev
+        };
+        let (t, scaled) = self.merge(name, deltas, on)?;
         match dtype {
             DType::F8E4M3 if scaled && requantizing => {
-                super::lora_requant::requantize(&t, name)?.to_device(dev)
+                super::lora_requant::requantize(&self.kernels(on)?, &t, name)
+                    .map_err(candle_core::Error::wrap)?
+                    .to_device(dev)
             }
             DType::F8E4M3 => t.to_device(dev),
-            _ => t.to_dtype(dtype),
+            _ => t.to_dtype(dtype)?.to_device(dev),
         }
     }
 }
@@ -646,5 +750,99 @@ mod tests {
             untouched.sum_all().unwrap().to_scalar::<f32>().unwrap(),
             0.0
         );
+    }
+
+    /// The merge as a load runs it (here on the CPU device, the same code a CUDA load runs with
+    /// the device's kernels) against the documented formula written out: the float8 weight
+    /// widened, times its scale, plus each LoRA's `strength · alpha / rank · up @ down` in file
+    /// order, divided by the scale, rounded stochastically with the key's stream: bit for bit.
+    #[test]
+    fn merge_weights_gives_the_documented_formula_bit_for_bit() {
+        use super::super::lora_requant::{key_seed, stochastic_round_e4m3};
+
+        let dev = Device::Cpu;
+        let dir = tempfile::tempdir().unwrap();
+        let (out, inp, rank) = (24, 40, 3);
+        let ramp = |n: usize, phase: f32, amp: f32| -> Vec<f32> {
+            (0..n)
+                .map(|i| (i as f32 * 0.77 + phase).sin() * amp)
+                .collect()
+        };
+        let stored = Tensor::from_vec(ramp(out * inp, 0.0, 300.0), (out, inp), &dev)
+            .unwrap()
+            .to_dtype(DType::F8E4M3)
+            .unwrap();
+        let scale = 0.003_f32;
+        let mut specs = Vec::new();
+        let mut pairs = Vec::new();
+        for (n, (strength, alpha)) in [(0.8, Some(2.0_f32)), (1.3, None)].into_iter().enumerate() {
+            let down =
+                Tensor::from_vec(ramp(rank * inp, n as f32, 0.05), (rank, inp), &dev).unwrap();
+            let up = Tensor::from_vec(ramp(out * rank, 2.0 + n as f32, 0.07), (out, rank), &dev)
+                .unwrap();
+            let mut tensors = HashMap::from([
+                (
+                    "diffusion_model.l.lora_down.weight".to_owned(),
+                    down.clone(),
+                ),
+                ("diffusion_model.l.lora_up.weight".to_owned(), up.clone()),
+            ]);
+            if let Some(a) = alpha {
+                tensors.insert(
+                    "diffusion_model.l.alpha".to_owned(),
+                    Tensor::new(a, &dev).unwrap(),
+                );
+            }
+            let path = dir.path().join(format!("lora{n}.safetensors"));
+            candle_core::safetensors::save(&tensors, &path).unwrap();
+            specs.push(LoraSpec { path, strength });
+            let alpha = alpha.map_or(rank as f64, f64::from);
+            pairs.push((up, down, strength * alpha / rank as f64));
+        }
+        let model = HashMap::from([
+            ("l.weight".to_owned(), stored.clone()),
+            (
+                "l.scale_weight".to_owned(),
+                Tensor::new(scale, &dev).unwrap(),
+            ),
+        ]);
+        let on = (&dev, &Kernels::cpu(), &dev);
+        let merged = merge_weights(model.clone(), &specs, &["l.weight"], true, on).unwrap();
+        let exact = merge_weights(model, &specs, &["l.weight"], false, on).unwrap();
+
+        let mut w = stored
+            .to_dtype(DType::F32)
+            .unwrap()
+            .affine(f64::from(scale), 0.0)
+            .unwrap();
+        for (up, down, s) in &pairs {
+            w = (w + up.matmul(down).unwrap().affine(*s, 0.0).unwrap()).unwrap();
+        }
+        let w = w.affine(1.0 / f64::from(scale), 0.0).unwrap();
+        let values = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(&exact[0]), bits(&w));
+        let codes = stochastic_round_e4m3(&values, key_seed("l.weight"));
+        assert_eq!(merged[0].dtype(), DType::F8E4M3);
+        let expected = Tensor::from_raw_buffer(&codes, DType::F8E4M3, &[out, inp], &dev).unwrap();
+        assert_eq!(
+            bits(&merged[0].to_dtype(DType::F32).unwrap()),
+            bits(&expected.to_dtype(DType::F32).unwrap())
+        );
+        // The LoRAs moved the weights: some codes differ from the stored ones.
+        let moved = bits(&merged[0].to_dtype(DType::F32).unwrap())
+            .iter()
+            .zip(bits(&stored.to_dtype(DType::F32).unwrap()))
+            .filter(|(a, b)| **a != *b)
+            .count();
+        assert!(moved > out * inp / 20, "{moved}");
     }
 }

@@ -12,15 +12,25 @@
 //! in the original layout, e.g. `blocks.0.self_attn.q.weight`) is SplitMix64's output number
 //! `i + 1` of the stream seeded with the 64-bit FNV-1a hash of the key's UTF-8 bytes; its top
 //! 24 bits make a uniform `u` in `[0, 1)`, and the value rounds up when `u < (v - lo) / step`.
-//! It runs on the CPU at load, after a CPU merge (`super::lora`), and the float8 bits go up to
-//! the device: CPU and CUDA loads give the same bits. Threads split the elements; each element's
-//! number depends only on its index, so the split does not change the result.
+//! It runs where the merge runs (`super::lora`): on a CPU load on the CPU (threads split the
+//! elements; each element's number depends only on its index, so the split does not change the
+//! result), on a CUDA load on the device, after a device merge (the float8 weight and the LoRA
+//! factors go up, never the float32 merge), where a CPU merge took minutes per A14B expert.
+//! The kernel gives the CPU's codes for the same float32 values, but the merged values
+//! themselves may differ in their last bit between cuBLAS's and the CPU's matmul (another
+//! summation order), and a value whose last bit moves can land on the other side of its random
+//! threshold: a CUDA load may differ from a CPU load in those rare codes (about one in 10⁵ or
+//! fewer; `stillmotion-bench parity` measures it), each by one e4m3 step.
 //!
 //! Values at or beyond e4m3's largest finite value (448) saturate to ±448, as ComfyUI clamps;
 //! NaN stays NaN. Inputs already on the grid come back unchanged (their fraction is 0).
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
+use stillmotion_kernels::Kernels;
+use stillmotion_kernels::fp8_stochastic::{stochastic_round, stochastic_round_codes};
+
+use crate::EngineError;
 
 /// When a LoRA merged into a float8 (`fp8_scaled`) layer is requantized to float8.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -52,17 +62,6 @@ impl LoraRequantize {
     }
 }
 
-/// Largest finite float8 e4m3fn value, and its code (`0.1111.110`).
-const E4M3_MAX: f32 = 448.0;
-const E4M3_MAX_CODE: u8 = 0x7e;
-/// e4m3fn's NaN code (`S.1111.111`).
-const E4M3_NAN_CODE: u8 = 0x7f;
-/// Smallest normal e4m3 value, 2⁻⁶; below it the grid is the subnormal step 2⁻⁹.
-const E4M3_MIN_NORMAL: f32 = 1.0 / 64.0;
-const E4M3_INV_SUBNORMAL_STEP: f32 = 512.0;
-/// Elements per thread below which splitting costs more than it saves.
-const MIN_PER_THREAD: usize = 1 << 16;
-
 /// The seed of a tensor's stream: 64-bit FNV-1a of the key's bytes.
 #[must_use]
 pub fn key_seed(key: &str) -> u64 {
@@ -71,101 +70,25 @@ pub fn key_seed(key: &str) -> u64 {
     })
 }
 
-/// SplitMix64's output number `index + 1` from `seed`.
-fn splitmix(seed: u64, index: u64) -> u64 {
-    let mut z = seed.wrapping_add(index.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// The e4m3fn code of `v` rounded to a neighbouring e4m3 value: up (in magnitude) with
-/// probability `(|v| - lo) / step`, `random` the uniform's 24 bits.
-///
-/// Positive e4m3 codes grow with the value, one step a code: a normal value `2^e · n / 8`
-/// (`n` in 8..16) has code `(e + 6) · 8 + n`, a subnormal `n · 2⁻⁹` code `n`; so rounding up is
-/// the next code, which carries into the exponent at the top of a binade.
-fn round_one(v: f32, random: u32) -> u8 {
-    let sign = if v.is_sign_negative() { 0x80 } else { 0 };
-    let a = v.abs();
-    if a.is_nan() {
-        return sign | E4M3_NAN_CODE;
-    }
-    if a >= E4M3_MAX {
-        return sign | E4M3_MAX_CODE;
-    }
-    let (inv_step, base) = if a < E4M3_MIN_NORMAL {
-        (E4M3_INV_SUBNORMAL_STEP, 0)
-    } else {
-        // a in [2^e, 2^(e+1)), e in -6..=8: the step is 2^(e-3) (3 mantissa bits).
-        let e = ((a.to_bits() >> 23) & 0xff) as i32 - 127;
-        let inv_step = f32::from_bits(((3 - e + 127) as u32) << 23);
-        (inv_step, ((e + 6) * 8) as u32)
-    };
-    // Exact in f32: scaling by a power of two, flooring, and the fraction below 2^23.
-    let steps = a * inv_step;
-    let n = steps.floor();
-    let fraction = steps - n;
-    let u = random as f32 * (1.0 / 16_777_216.0);
-    let code = base + n as u32 + u32::from(u < fraction);
-    sign | code as u8
-}
-
 /// The e4m3fn codes of `values` (already divided by the layer's scale), each stochastically
-/// rounded with the `i`-th number of `seed`'s stream.
+/// rounded with the `i`-th number of `seed`'s stream: the CPU definition, which the kernels
+/// crate holds beside its CUDA kernel ([`stillmotion_kernels::fp8_stochastic`]).
 #[must_use]
 pub fn stochastic_round_e4m3(values: &[f32], seed: u64) -> Vec<u8> {
-    let round_chunk = |offset: usize, chunk: &[f32], out: &mut [u8]| {
-        for (i, (o, &v)) in out.iter_mut().zip(chunk).enumerate() {
-            let random = (splitmix(seed, (offset + i) as u64) >> 40) as u32;
-            *o = round_one(v, random);
-        }
-    };
-    let mut out = vec![0_u8; values.len()];
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZero::get)
-        .min(values.len() / MIN_PER_THREAD)
-        .max(1);
-    if threads == 1 {
-        round_chunk(0, values, &mut out);
-        return out;
-    }
-    let per = values.len().div_ceil(threads);
-    let mut failed = Vec::new();
-    std::thread::scope(|scope| {
-        for (n, (chunk, out)) in values.chunks(per).zip(out.chunks_mut(per)).enumerate() {
-            let spawned = std::thread::Builder::new()
-                .name(format!("fp8-requantize-{n}"))
-                .spawn_scoped(scope, move || round_chunk(n * per, chunk, out));
-            if spawned.is_err() {
-                failed.push(n);
-            }
-        }
-    });
-    // Chunks no thread could be had for round here, with the same numbers.
-    for n in failed {
-        let range = n * per..((n + 1) * per).min(values.len());
-        round_chunk(range.start, &values[range.clone()], &mut out[range]);
-    }
-    out
+    stochastic_round_codes(values, seed)
 }
 
-/// The merged float32 `merged` (already divided by the layer's scale, any device) as float8
-/// e4m3 on the same device, rounded stochastically with the stream of `key` (the model's
-/// tensor name).
-pub(super) fn requantize(merged: &Tensor, key: &str) -> candle_core::Result<Tensor> {
-    let device = merged.device().clone();
-    let shape = merged.shape().clone();
-    let values = merged
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let codes = stochastic_round_e4m3(&values, key_seed(key));
-    drop(values);
-    // Built on the CPU (candle's CUDA casts to float8 are not to be trusted) and uploaded at
-    // one byte a weight.
-    Tensor::from_raw_buffer(&codes, DType::F8E4M3, shape.dims(), &Device::Cpu)?.to_device(&device)
+/// The merged float32 `merged` (already divided by the layer's scale) as float8 e4m3 on the
+/// same device, rounded stochastically with the stream of `key` (the model's tensor name): on
+/// the CPU by [`stochastic_round_e4m3`], on CUDA by the kernels' kernel (the same codes for the
+/// same float32 values), so the merged float32 never crosses the bus.
+pub(super) fn requantize(
+    kernels: &Kernels,
+    merged: &Tensor,
+    key: &str,
+) -> Result<Tensor, EngineError> {
+    let merged = merged.to_dtype(DType::F32)?;
+    Ok(stochastic_round(kernels, &merged, key_seed(key))?)
 }
 
 /// The values of e4m3fn `codes`, through candle's float8 conversion.
@@ -181,6 +104,10 @@ pub(super) fn e4m3_values(codes: &[u8]) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    use stillmotion_kernels::fp8_stochastic::{
+        splitmix64 as splitmix, stochastic_e4m3_code as round_one,
+    };
+
     use super::*;
 
     /// Every e4m3fn finite value, from the bit patterns.
@@ -324,7 +251,7 @@ mod tests {
     fn requantize_gives_float8_on_the_grid_of_the_scaled_values() {
         let values: Vec<f32> = (0..64).map(|i| i as f32 * 0.3 - 9.0).collect();
         let t = Tensor::from_vec(values.clone(), (8, 8), &Device::Cpu).unwrap();
-        let q = requantize(&t, "w").unwrap();
+        let q = requantize(&Kernels::cpu(), &t, "w").unwrap();
         assert_eq!(q.dtype(), DType::F8E4M3);
         assert_eq!(q.dims(), &[8, 8]);
         let back = q
@@ -353,7 +280,7 @@ mod tests {
             .collect();
         let merged = Tensor::from_vec(values, (out, inp), &Device::Cpu).unwrap();
         let start = std::time::Instant::now();
-        let q = requantize(&merged, "blocks.0.ffn.0.weight").unwrap();
+        let q = requantize(&Kernels::cpu(), &merged, "blocks.0.ffn.0.weight").unwrap();
         let seconds = start.elapsed().as_secs_f64();
         assert_eq!(q.dtype(), DType::F8E4M3);
         let expert = 40.0 * (8.0 * 5120.0 * 5120.0 + 2.0 * 5120.0 * 13_824.0);

@@ -12,6 +12,7 @@
 
 use candle_core::{D, Tensor};
 use candle_nn::VarBuilder;
+use stillmotion_kernels::linear::LowRank;
 
 use crate::EngineError;
 
@@ -66,9 +67,17 @@ impl LoraSideCar {
         Self { down, up }
     }
 
-    /// The delta `(x·downᵀ)·upᵀ`, `[…, out]`, in the factors' dtype. candle's matmul, not the
-    /// kernels' fused GEMM: a rank need not meet cuBLASLt's alignment, and the products are
-    /// `rank / in` of the layer's own.
+    /// The factors as the kernels' fused layer takes them (`linear_low_rank`): on CUDA the
+    /// delta goes straight into the layer's output and its GEMM accumulates onto it.
+    pub(super) fn low_rank(&self) -> LowRank<'_> {
+        LowRank {
+            down: &self.down,
+            up: &self.up,
+        }
+    }
+
+    /// The delta `(x·downᵀ)·upᵀ`, `[…, out]`, in the factors' dtype, for the unfused path (the
+    /// CPU's, the reference, and GGUF layers'): candle's matmuls.
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
         let in_dim = x.dim(D::Minus1)?;
         let mut dims = x.dims().to_vec();

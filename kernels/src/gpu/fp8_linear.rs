@@ -8,6 +8,10 @@
 //! dimensions multiples of 16 bytes (K and N multiples of 16 here); C, D and the bias bf16 (or
 //! all f16). Where one of those does not hold, or cuBLASLt offers no algorithm, [`linear`]
 //! returns the reason instead of a result, and the caller dequantizes the weight instead.
+//!
+//! With a LoRA on the fly its delta is written into the output first (`super::linear`'s
+//! `low_rank_into`, in the output's dtype) and the FP8 GEMM accumulates onto it: C is that
+//! bf16/f16 buffer, β = 1, D = C.
 
 use std::ffi::c_void;
 
@@ -20,7 +24,7 @@ use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::{GpuKernels, device_ptr, empty_like_shape, int, loaded, output_tensor, scratch};
 use crate::fp8::QuantizedActivation;
-use crate::linear::{Epilogue, Fp8Weight};
+use crate::linear::{Epilogue, Fp8Weight, LowRank};
 use crate::{KernelError, Kernels};
 
 const KERNEL: &str = "linear_fp8";
@@ -198,16 +202,19 @@ pub(crate) struct AlgorithmKey {
     n: usize,
     dtype: u32,
     epilogue: u32,
+    /// β = 1 (a low-rank delta in C) or 0.
+    accumulate: bool,
 }
 
-/// `x·(float(W)·scale)ᵀ + b` through cuBLASLt's FP8 GEMM, `x` bf16 or f16 on the device, the
-/// result in x's dtype; `Ok(Err(why))` where the GEMM cannot run here (see the module
-/// documentation).
+/// `x·(float(W)·scale)ᵀ + b (+ (x·downᵀ)·upᵀ)` through cuBLASLt's FP8 GEMM, `x` bf16 or f16 on
+/// the device, the result in x's dtype; `Ok(Err(why))` where the GEMM cannot run here (see the
+/// module documentation).
 pub(crate) fn linear(
     kernels: &Kernels,
     x: &Tensor,
     weight: Fp8Weight<'_>,
     bias: Option<&Tensor>,
+    low_rank: Option<LowRank<'_>>,
     epilogue: Epilogue,
 ) -> Result<Result<Tensor, String>, KernelError> {
     let gpu = loaded(kernels)?;
@@ -256,6 +263,10 @@ pub(crate) fn linear(
         }
     };
     let bias_ptr = bias.as_ref().map(|b| device_ptr(b, KERNEL)).transpose()?;
+    let low_rank = match low_rank {
+        Some(low_rank) if low_rank.down.dim(0)? > 0 => Some(low_rank),
+        _ => None,
+    };
 
     let scales_shape = Shape::from(SCALES);
     let (scales, scales_ptr) = empty_like_shape(&gpu.device, DType::F32, &scales_shape)?;
@@ -323,6 +334,7 @@ pub(crate) fn linear(
         n,
         dtype: data_type as u32,
         epilogue: chosen as u32,
+        accumulate: low_rank.is_some(),
     };
     let cached = gpu
         .fp8_algorithms
@@ -361,14 +373,22 @@ pub(crate) fn linear(
         *last = n;
     }
     let out_shape = Shape::from(out_dims);
-    let (out, out_ptr) = empty_like_shape(&gpu.device, dtype, &out_shape)?;
+    let (mut out, out_ptr) = empty_like_shape(&gpu.device, dtype, &out_shape)?;
+    let beta = match low_rank {
+        Some(low_rank) => {
+            super::linear::low_rank_into(gpu, &x.reshape((m, k))?, low_rank, &mut out, (m, n))?;
+            1.0_f32
+        }
+        None => 0.0_f32,
+    };
     let stream = gpu.device.cuda_stream();
     let (workspace, workspace_ptr) = scratch(&stream, heuristic.workspaceSize)?;
-    let (alpha, beta) = (1.0_f32, 0.0_f32);
+    let alpha = 1.0_f32;
     // SAFETY: A is the float8 weight [N, K] (16-byte aligned), B the quantized x [M, K] (fresh),
-    // C = D the fresh output [M, N], the bias [N] of D's type (16-byte aligned), scales two
-    // floats written by the quantization queued before on the same stream; the workspace has
-    // the size the algorithm asked for. Every buffer outlives the queued GEMM: frees are
+    // C = D the fresh output [M, N] (holding the low-rank delta, queued before on the same
+    // stream, when β = 1), the bias [N] of D's type (16-byte aligned), scales two floats
+    // written by the quantization queued before on the same stream; the workspace has the
+    // size the algorithm asked for. Every buffer outlives the queued GEMM: frees are
     // stream-ordered.
     unsafe {
         result::matmul(

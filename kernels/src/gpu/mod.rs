@@ -9,6 +9,7 @@ pub(crate) mod conv;
 mod cudnn;
 pub(crate) mod download;
 pub(crate) mod fp8_linear;
+pub(crate) mod fp8_round;
 pub(crate) mod gemm_algorithms;
 pub(crate) mod glue;
 mod launch;

@@ -205,3 +205,136 @@ fn fp8_gemm_error_against_the_dequantize_path_on_realistic_inputs() {
         );
     }
 }
+
+/// The layer with a LoRA on the fly, on the CPU, against `x·Wᵀ + b + (x·downᵀ)·upᵀ` written
+/// out in float64 then the epilogue; plain and float8 weights, with and without GELU, over
+/// leading dims.
+#[test]
+fn a_low_rank_addend_is_added_before_the_bias_and_the_epilogue() {
+    let cpu = Device::Cpu;
+    let (k, n, r) = (32, 24, 3);
+    let ramp = |count: usize, phase: f32, amp: f32| -> Vec<f32> {
+        (0..count)
+            .map(|i| (i as f32 * 0.61 + phase).sin() * amp)
+            .collect()
+    };
+    let x = Tensor::from_vec(ramp(2 * 5 * k, 0.0, 1.5), (2, 5, k), &cpu).unwrap();
+    let w = Tensor::from_vec(ramp(n * k, 1.0, 0.2), (n, k), &cpu).unwrap();
+    let b = Tensor::from_vec(ramp(n, 2.0, 0.5), n, &cpu).unwrap();
+    let down = Tensor::from_vec(ramp(r * k, 3.0, 0.3), (r, k), &cpu).unwrap();
+    let up = Tensor::from_vec(ramp(n * r, 4.0, 0.4), (n, r), &cpu).unwrap();
+    let low_rank = LowRank {
+        down: &down,
+        up: &up,
+    };
+    let gelu = |v: f64| 0.5 * v * (1.0 + (0.797_884_560_8 * (v + 0.044_715 * v * v * v)).tanh());
+    let f64s = |t: &Tensor| -> Vec<Vec<f64>> {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+            .iter()
+            .map(|row| row.iter().map(|&v| f64::from(v)).collect())
+            .collect()
+    };
+    let expected = |weight: &[Vec<f64>], xs: &[Vec<f64>], epilogue: Epilogue| -> Vec<Vec<f64>> {
+        let (d, u, bias) = (f64s(&down), f64s(&up), b.to_vec1::<f32>().unwrap());
+        xs.iter()
+            .map(|row| {
+                let low: Vec<f64> = d
+                    .iter()
+                    .map(|dr| dr.iter().zip(row).map(|(a, c)| a * c).sum())
+                    .collect();
+                (0..n)
+                    .map(|j| {
+                        let base: f64 = weight[j].iter().zip(row).map(|(a, c)| a * c).sum();
+                        let delta: f64 = u[j].iter().zip(&low).map(|(a, c)| a * c).sum();
+                        let y = base + delta + f64::from(bias[j]);
+                        if epilogue == Epilogue::GeluTanh {
+                            gelu(y)
+                        } else {
+                            y
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let xs = f64s(&x.reshape((10, k)).unwrap());
+    let close = |got: &Tensor, want: &[Vec<f64>], bound: f64| {
+        assert_eq!(got.dims(), &[2, 5, n]);
+        let got = f64s(&got.reshape((10, n)).unwrap());
+        let (mut err, mut norm) = (0.0, 0.0);
+        for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+            err += (g - w) * (g - w);
+            norm += w * w;
+        }
+        let rel = (err / norm).sqrt();
+        assert!(rel < bound, "rel L2 {rel:.2e}");
+        rel
+    };
+    for epilogue in [Epilogue::None, Epilogue::GeluTanh] {
+        let want = expected(&f64s(&w), &xs, epilogue);
+        let y = linear_low_rank(&Kernels::cpu(), &x, &w, Some(&b), low_rank, epilogue).unwrap();
+        close(&y, &want, 1e-6);
+        // Without the addend the result moves well past that: the test can fail.
+        let without = linear(&Kernels::cpu(), &x, &w, Some(&b), epilogue).unwrap();
+        assert!(rel_l2_f64(&f64s(&without.reshape((10, n)).unwrap()), &want) > 1e-2);
+
+        // Float8 weights: the FP8 reference (x quantized too) plus the same delta.
+        let scale = 0.2 / 448.0;
+        let stored = (&w / scale).unwrap().to_dtype(DType::F8E4M3).unwrap();
+        let weight = Fp8Weight {
+            weight: &stored,
+            scale,
+            input_scale: None,
+        };
+        let y = linear_fp8_low_rank(
+            &Kernels::cpu(),
+            &x,
+            weight,
+            Some(&b),
+            low_rank,
+            epilogue,
+            DType::F32,
+        )
+        .unwrap();
+        let base = linear_fp8_reference(&x, weight, Some(&b), Epilogue::None, DType::F32).unwrap();
+        let delta = low_rank.delta(&x).unwrap();
+        let mut unfused = (base + delta).unwrap();
+        if epilogue == Epilogue::GeluTanh {
+            unfused = unfused.gelu().unwrap();
+        }
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            unfused.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        // And near the float64 sum with the float8 weight (x's e4m3 error aside).
+        let dequantized = f64s(
+            &stored
+                .to_dtype(DType::F32)
+                .unwrap()
+                .affine(scale, 0.0)
+                .unwrap(),
+        );
+        close(&y, &expected(&dequantized, &xs, epilogue), 0.1);
+    }
+    // Factors of another layer's shape are refused by name.
+    let wrong = LowRank {
+        down: &up,
+        up: &down,
+    };
+    let err = linear_low_rank(&Kernels::cpu(), &x, &w, Some(&b), wrong, Epilogue::None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("low-rank factors"), "{err}");
+}
+
+fn rel_l2_f64(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    let (mut err, mut norm) = (0.0, 0.0);
+    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+        err += (x - y) * (x - y);
+        norm += y * y;
+    }
+    (err / norm).sqrt()
+}
