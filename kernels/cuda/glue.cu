@@ -38,6 +38,64 @@ __device__ __forceinline__ float rotate_im(float re, float im, float c, float s)
     return __fadd_rn(__fmul_rn(re, s), __fmul_rn(im, c));
 }
 
+// Rows are read and written in packs of kPack consecutive columns: thread t takes packs t,
+// t + 256, …, each in column order. kPack is 8 where the row length allows (one 16-byte load
+// of bf16/f16, two of float32) and 1 otherwise; the summation order depends only on the row
+// length, so every kernel that sums a row (the norms and their fused forms) adds in the same
+// order and the fused kernels agree with the unfused ones bit for bit. A pack whose address is
+// not 16-byte aligned is read one value at a time: the same values, in the same order.
+constexpr int kPack = 8;
+
+__device__ __forceinline__ bool aligned16(const void *p) {
+    return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
+template <int N, typename T>
+__device__ __forceinline__ void load_pack(const T *p, float (&v)[N]) {
+    if constexpr (N == 8 && sizeof(T) == 2) {
+        if (aligned16(p)) {
+            const uint4 raw = *reinterpret_cast<const uint4 *>(p);
+            const T *h = reinterpret_cast<const T *>(&raw);
+#pragma unroll
+            for (int k = 0; k < N; ++k) v[k] = to_float(h[k]);
+            return;
+        }
+    } else if constexpr (N == 8 && sizeof(T) == 4) {
+        if (aligned16(p)) {
+            const float4 a = *reinterpret_cast<const float4 *>(p);
+            const float4 b = *reinterpret_cast<const float4 *>(p + 4);
+            v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+            v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+            return;
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < N; ++k) v[k] = to_float(p[k]);
+}
+
+// Stores N floats rounded to T (one rounding each, as a value-by-value store).
+template <int N, typename T>
+__device__ __forceinline__ void store_pack(T *p, const float (&v)[N]) {
+    if constexpr (N == 8 && sizeof(T) == 2) {
+        if (aligned16(p)) {
+            uint4 raw;
+            T *h = reinterpret_cast<T *>(&raw);
+#pragma unroll
+            for (int k = 0; k < N; ++k) h[k] = from_float<T>(v[k]);
+            *reinterpret_cast<uint4 *>(p) = raw;
+            return;
+        }
+    } else if constexpr (N == 8 && sizeof(T) == 4) {
+        if (aligned16(p)) {
+            *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
+            *reinterpret_cast<float4 *>(p + 4) = make_float4(v[4], v[5], v[6], v[7]);
+            return;
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < N; ++k) p[k] = from_float<T>(v[k]);
+}
+
 // Sum over the block; every thread gets the total.
 __device__ __forceinline__ float block_sum(float value, float *scratch) {
     for (int offset = 16; offset > 0; offset /= 2) {
@@ -72,7 +130,7 @@ __device__ __forceinline__ float affine_modulate(float v, int c, int64_t entry,
 // y = (LayerNorm(x) · ln_weight + ln_bias) · (1 + scale) + shift, any of the four optional.
 // Mean first, then the variance of (x − mean): the two-pass order PyTorch's float32 layer
 // norm agrees with to rounding.
-template <typename In, typename Out>
+template <int N, typename In, typename Out>
 __device__ __forceinline__ void layer_norm_modulate(const In *x, const float *ln_weight,
                                                     const float *ln_bias, const float *shift,
                                                     const float *scale, Out *y, int cols,
@@ -82,53 +140,73 @@ __device__ __forceinline__ void layer_norm_modulate(const In *x, const float *ln
     const In *xr = x + row * cols;
     Out *yr = y + row * cols;
     const int64_t entry = (row / rows_per_entry) * cols;
+    const int packs = cols / N;
+    float v[N];
     float sum = 0.f;
-    for (int c = threadIdx.x; c < cols; c += kRowThreads) {
-        sum += to_float(xr[c]);
+    for (int p = threadIdx.x; p < packs; p += kRowThreads) {
+        load_pack<N>(xr + p * N, v);
+#pragma unroll
+        for (int k = 0; k < N; ++k) sum += v[k];
     }
     const float mean = block_sum(sum, scratch) / cols;
     float squares = 0.f;
-    for (int c = threadIdx.x; c < cols; c += kRowThreads) {
-        const float d = to_float(xr[c]) - mean;
-        squares += d * d;
+    for (int p = threadIdx.x; p < packs; p += kRowThreads) {
+        load_pack<N>(xr + p * N, v);
+#pragma unroll
+        for (int k = 0; k < N; ++k) {
+            const float d = v[k] - mean;
+            squares += d * d;
+        }
     }
     const float inv_std = rsqrtf(block_sum(squares, scratch) / cols + eps);
-    for (int c = threadIdx.x; c < cols; c += kRowThreads) {
-        yr[c] = from_float<Out>(
-            affine_modulate((to_float(xr[c]) - mean) * inv_std, c, entry, ln_weight, ln_bias,
-                            shift, scale));
+    for (int p = threadIdx.x; p < packs; p += kRowThreads) {
+        load_pack<N>(xr + p * N, v);
+#pragma unroll
+        for (int k = 0; k < N; ++k) {
+            v[k] = affine_modulate((v[k] - mean) * inv_std, p * N + k, entry, ln_weight,
+                                   ln_bias, shift, scale);
+        }
+        store_pack<N>(yr + p * N, v);
     }
 }
 
-// 1 / RMS of a row, the squares summed in the row kernels' order (thread t: columns t, t + 256,
-// …): rms_norm and rms_norm_rope share it, and so agree bit for bit.
-template <typename T>
+// 1 / RMS of a row, the squares summed in the packed order: rms_norm and rms_norm_rope share
+// it, and so agree bit for bit (both take packs of 8, or of 2 for rows of an even length that
+// is not a multiple of 8: rope needs whole pairs).
+template <int N, typename T>
 __device__ __forceinline__ float row_inv_rms(const T *xr, int cols, float eps, float *scratch) {
     float squares = 0.f;
-    for (int c = threadIdx.x; c < cols; c += kRowThreads) {
-        const float v = to_float(xr[c]);
-        squares += v * v;
+    float v[N];
+    for (int p = threadIdx.x; p < cols / N; p += kRowThreads) {
+        load_pack<N>(xr + p * N, v);
+#pragma unroll
+        for (int k = 0; k < N; ++k) squares += v[k] * v[k];
     }
     return rsqrtf(block_sum(squares, scratch) / cols + eps);
 }
 
-// One RMS-normed value as Wan rounds it: normalised in float32, cast to T, times the weight.
+// One RMS-normed value as Wan rounds it: normalised in float32, cast to T, times the weight
+// (the product is rounded to T where it is stored).
 template <typename T>
-__device__ __forceinline__ T rms_normed(T x, float inv_rms, float weight) {
-    return from_float<T>(to_float(from_float<T>(to_float(x) * inv_rms)) * weight);
+__device__ __forceinline__ float rms_normed(float x, float inv_rms, float weight) {
+    return to_float(from_float<T>(x * inv_rms)) * weight;
 }
 
 // y = round_to_T(x · rsqrt(mean(x²) + eps)) · weight: Wan's q/k RMSNorm, which normalises in
 // float32, casts back to the activation type, then multiplies by the weight.
-template <typename T>
+template <int N, typename T>
 __device__ __forceinline__ void rms_norm(const T *x, const float *weight, T *y, int cols, float eps) {
     __shared__ float scratch[kRowThreads / 32];
     const int64_t row = blockIdx.x;
     const T *xr = x + row * cols;
     T *yr = y + row * cols;
-    const float inv_rms = row_inv_rms(xr, cols, eps, scratch);
-    for (int c = threadIdx.x; c < cols; c += kRowThreads) {
-        yr[c] = rms_normed(xr[c], inv_rms, weight[c]);
+    const float inv_rms = row_inv_rms<N>(xr, cols, eps, scratch);
+    float v[N];
+    for (int p = threadIdx.x; p < cols / N; p += kRowThreads) {
+        load_pack<N>(xr + p * N, v);
+#pragma unroll
+        for (int k = 0; k < N; ++k) v[k] = rms_normed<T>(v[k], inv_rms, weight[p * N + k]);
+        store_pack<N>(yr + p * N, v);
     }
 }
 
@@ -155,8 +233,13 @@ __device__ __forceinline__ void gated_residual(const float *x, const T *y, const
     extern "C" __global__ void __launch_bounds__(kRowThreads)                                   \
         NAME(const In *x, const float *ln_weight, const float *ln_bias, const float *shift,     \
              const float *scale, Out *y, int cols, int rows_per_entry, float eps) {             \
-        layer_norm_modulate<In, Out>(x, ln_weight, ln_bias, shift, scale, y, cols,              \
-                                     rows_per_entry, eps);                                      \
+        if (cols % kPack == 0) {                                                                \
+            layer_norm_modulate<kPack, In, Out>(x, ln_weight, ln_bias, shift, scale, y, cols,   \
+                                                rows_per_entry, eps);                           \
+        } else {                                                                                \
+            layer_norm_modulate<1, In, Out>(x, ln_weight, ln_bias, shift, scale, y, cols,       \
+                                            rows_per_entry, eps);                               \
+        }                                                                                       \
     }
 STILLMOTION_LN_MODULATE(stillmotion_layer_norm_modulate_f32_bf16, float, __nv_bfloat16)
 STILLMOTION_LN_MODULATE(stillmotion_layer_norm_modulate_f32_f16, float, __half)
@@ -165,7 +248,13 @@ STILLMOTION_LN_MODULATE(stillmotion_layer_norm_modulate_f32_f32, float, float)
 #define STILLMOTION_RMS_NORM(NAME, T)                                                           \
     extern "C" __global__ void __launch_bounds__(kRowThreads)                                   \
         NAME(const T *x, const float *weight, T *y, int cols, float eps) {                          \
-        rms_norm<T>(x, weight, y, cols, eps);                                                   \
+        if (cols % kPack == 0) {                                                                \
+            rms_norm<kPack, T>(x, weight, y, cols, eps);                                        \
+        } else if (cols % 2 == 0) {                                                             \
+            rms_norm<2, T>(x, weight, y, cols, eps);                                            \
+        } else {                                                                                \
+            rms_norm<1, T>(x, weight, y, cols, eps);                                            \
+        }                                                                                       \
     }
 STILLMOTION_RMS_NORM(stillmotion_rms_norm_bf16, __nv_bfloat16)
 STILLMOTION_RMS_NORM(stillmotion_rms_norm_f16, __half)
@@ -186,25 +275,33 @@ namespace {
 // RMSNorm over a token's whole row (every head), then its RoPE. x [rows, cols] with rows =
 // tokens of `seq` per sample, cols = heads · 2·half_dim. It shares rms_norm's row_inv_rms and
 // rms_normed, and rope's rotation, so the result is the two kernels' bit for bit.
-template <typename T>
+template <int N, typename T>
 __device__ __forceinline__ void rms_norm_rope(const T *x, const float *weight,
                                               const float *cos_table, const float *sin_table,
                                               T *y, int cols, int seq, int half_dim, float eps) {
+    static_assert(N % 2 == 0, "a pack holds whole (re, im) pairs");
     __shared__ float scratch[kRowThreads / 32];
     const int64_t row = blockIdx.x;
     const T *xr = x + row * cols;
     T *yr = y + row * cols;
-    const float inv_rms = row_inv_rms(xr, cols, eps, scratch);
+    const float inv_rms = row_inv_rms<N>(xr, cols, eps, scratch);
     const int64_t table = (row % seq) * half_dim;
-    for (int p = threadIdx.x; p < cols / 2; p += kRowThreads) {
-        const int c = 2 * p;
-        const float re = to_float(rms_normed(xr[c], inv_rms, weight[c]));
-        const float im = to_float(rms_normed(xr[c + 1], inv_rms, weight[c + 1]));
-        const int j = p % half_dim;
-        const float cs = cos_table[table + j];
-        const float sn = sin_table[table + j];
-        yr[c] = from_float<T>(rotate_re(re, im, cs, sn));
-        yr[c + 1] = from_float<T>(rotate_im(re, im, cs, sn));
+    float v[N];
+    for (int p = threadIdx.x; p < cols / N; p += kRowThreads) {
+        load_pack<N>(xr + p * N, v);
+#pragma unroll
+        for (int k = 0; k < N; k += 2) {
+            const int c = p * N + k;
+            const float re = to_float(from_float<T>(rms_normed<T>(v[k], inv_rms, weight[c])));
+            const float im =
+                to_float(from_float<T>(rms_normed<T>(v[k + 1], inv_rms, weight[c + 1])));
+            const int j = (c / 2) % half_dim;
+            const float cs = cos_table[table + j];
+            const float sn = sin_table[table + j];
+            v[k] = rotate_re(re, im, cs, sn);
+            v[k + 1] = rotate_im(re, im, cs, sn);
+        }
+        store_pack<N>(yr + p * N, v);
     }
 }
 
@@ -212,12 +309,13 @@ __device__ __forceinline__ void rms_norm_rope(const T *x, const float *weight,
 // h = layer_norm_modulate(x_out) (as that kernel), the row held in registers between them
 // (kPerThread columns a thread: cols ≤ 256 · kPerThread). The sums run in layer_norm_modulate's
 // order, so both outputs are the two kernels' bit for bit.
-template <typename T, typename Out, int kPerThread>
+template <int N, typename T, typename Out, int kPerThread>
 __device__ __forceinline__ void residual_norm(const float *x, const T *y, const float *gate,
                                               const float *ln_weight, const float *ln_bias,
                                               const float *shift, const float *scale,
                                               float *x_out, Out *h, int cols,
                                               int rows_per_entry, float eps) {
+    constexpr int kPacks = kPerThread / N;
     __shared__ float scratch[kRowThreads / 32];
     const int64_t row = blockIdx.x;
     const int64_t entry = (row / rows_per_entry) * cols;
@@ -225,38 +323,53 @@ __device__ __forceinline__ void residual_norm(const float *x, const T *y, const 
     const T *yr = y + row * cols;
     float *xo = x_out + row * cols;
     Out *hr = h + row * cols;
-    float v[kPerThread];
+    const int packs = cols / N;
+    float v[kPacks][N];
     float sum = 0.f;
 #pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-        const int c = threadIdx.x + i * kRowThreads;
-        if (c < cols) {
-            float added = to_float(yr[c]);
-            if (gate != nullptr) {
-                added *= gate[entry + c];
+    for (int i = 0; i < kPacks; ++i) {
+        const int p = threadIdx.x + i * kRowThreads;
+        if (p < packs) {
+            float added[N];
+            load_pack<N>(yr + p * N, added);
+            load_pack<N>(xr + p * N, v[i]);
+#pragma unroll
+            for (int k = 0; k < N; ++k) {
+                if (gate != nullptr) {
+                    added[k] *= gate[entry + p * N + k];
+                }
+                v[i][k] += added[k];
             }
-            v[i] = xr[c] + added;
-            xo[c] = v[i];
-            sum += v[i];
+            store_pack<N>(xo + p * N, v[i]);
+#pragma unroll
+            for (int k = 0; k < N; ++k) sum += v[i][k];
         }
     }
     const float mean = block_sum(sum, scratch) / cols;
     float squares = 0.f;
 #pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-        const int c = threadIdx.x + i * kRowThreads;
-        if (c < cols) {
-            const float d = v[i] - mean;
-            squares += d * d;
+    for (int i = 0; i < kPacks; ++i) {
+        const int p = threadIdx.x + i * kRowThreads;
+        if (p < packs) {
+#pragma unroll
+            for (int k = 0; k < N; ++k) {
+                const float d = v[i][k] - mean;
+                squares += d * d;
+            }
         }
     }
     const float inv_std = rsqrtf(block_sum(squares, scratch) / cols + eps);
 #pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-        const int c = threadIdx.x + i * kRowThreads;
-        if (c < cols) {
-            hr[c] = from_float<Out>(affine_modulate((v[i] - mean) * inv_std, c, entry, ln_weight,
-                                                    ln_bias, shift, scale));
+    for (int i = 0; i < kPacks; ++i) {
+        const int p = threadIdx.x + i * kRowThreads;
+        if (p < packs) {
+            float out[N];
+#pragma unroll
+            for (int k = 0; k < N; ++k) {
+                out[k] = affine_modulate((v[i][k] - mean) * inv_std, p * N + k, entry, ln_weight,
+                                         ln_bias, shift, scale);
+            }
+            store_pack<N>(hr + p * N, out);
         }
     }
 }
@@ -267,7 +380,11 @@ __device__ __forceinline__ void residual_norm(const float *x, const T *y, const 
     extern "C" __global__ void __launch_bounds__(kRowThreads)                                   \
         NAME(const T *x, const float *weight, const float *cos_table, const float *sin_table,   \
              T *y, int cols, int seq, int half_dim, float eps) {                                 \
-        rms_norm_rope<T>(x, weight, cos_table, sin_table, y, cols, seq, half_dim, eps);         \
+        if (cols % kPack == 0) {                                                                \
+            rms_norm_rope<kPack, T>(x, weight, cos_table, sin_table, y, cols, seq, half_dim, eps); \
+        } else {                                                                                \
+            rms_norm_rope<2, T>(x, weight, cos_table, sin_table, y, cols, seq, half_dim, eps);  \
+        }                                                                                       \
     }
 STILLMOTION_RMS_NORM_ROPE(stillmotion_rms_norm_rope_bf16, __nv_bfloat16)
 STILLMOTION_RMS_NORM_ROPE(stillmotion_rms_norm_rope_f16, __half)
@@ -280,8 +397,13 @@ STILLMOTION_RMS_NORM_ROPE(stillmotion_rms_norm_rope_f32, float)
         NAME(const float *x, const T *y, const float *gate, const float *ln_weight,             \
              const float *ln_bias, const float *shift, const float *scale, float *x_out,        \
              Out *h, int cols, int rows_per_entry, float eps) {                                  \
-        residual_norm<T, Out, 24>(x, y, gate, ln_weight, ln_bias, shift, scale, x_out, h, cols, \
-                                  rows_per_entry, eps);                                         \
+        if (cols % kPack == 0) {                                                                \
+            residual_norm<kPack, T, Out, 24>(x, y, gate, ln_weight, ln_bias, shift, scale, x_out, \
+                                             h, cols, rows_per_entry, eps);                      \
+        } else {                                                                                \
+            residual_norm<1, T, Out, 24>(x, y, gate, ln_weight, ln_bias, shift, scale, x_out, h, \
+                                         cols, rows_per_entry, eps);                             \
+        }                                                                                       \
     }
 STILLMOTION_RESIDUAL_NORM(stillmotion_residual_norm_bf16_bf16, __nv_bfloat16, __nv_bfloat16)
 STILLMOTION_RESIDUAL_NORM(stillmotion_residual_norm_f16_f16, __half, __half)

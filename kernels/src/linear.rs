@@ -103,7 +103,9 @@ impl LowRank<'_> {
     /// matmuls, the unfused path's arithmetic.
     pub fn delta(&self, x: &Tensor) -> Result<Tensor, KernelError> {
         let low = self.low(x)?;
-        let out = low.matmul(&self.up.t()?)?;
+        // candle's CUDA matmul takes only plain or transposed contiguous operands: a factor
+        // that is a view into a wider buffer is copied first.
+        let out = low.matmul(&self.up.contiguous()?.t()?)?;
         let mut dims = x.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = out.dim(1)?;
@@ -116,7 +118,7 @@ impl LowRank<'_> {
         let k = x.dim(D::Minus1)?;
         let rows = x.elem_count() / k.max(1);
         let x = x.to_dtype(self.down.dtype())?.reshape((rows, k))?;
-        Ok(x.matmul(&self.down.t()?)?)
+        Ok(x.matmul(&self.down.contiguous()?.t()?)?)
     }
 
     /// Checks the factors against a `[n, k]` layer.
