@@ -225,3 +225,53 @@ fn on_the_fly_loras_add_their_low_rank_product_and_a_gguf_delta_to_the_activatio
         lora_on_the_fly_transient(&float8, tokens, 2)
     );
 }
+
+#[test]
+fn the_on_the_fly_terms_are_read_from_the_lora_headers() {
+    use crate::wan::LoraLoad;
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden");
+    let terms = |case: &str, file: &str, copies: usize, mode| {
+        let dir = golden.join(case);
+        let headers = sizes::headers(&dir.join(file)).unwrap();
+        let loras = vec![dir.join("lora.safetensors"); copies];
+        let lora = LoraLoad {
+            mode,
+            requantize: false,
+        };
+        let (dit, _) = sizes::dit_size_with_merges(&headers, &loras, 4, lora).unwrap();
+        dit.lora_on_the_fly
+    };
+    // GGUF: rank-4 pairs on 64-wide outputs (q, cross-attention o, FFN out, patch embedding);
+    // two copies of the LoRA stack to rank 8 on each layer.
+    let gguf = ("files_dit_gguf_lora_on_the_fly", "wan_t2v_q8_q4.gguf");
+    let expected = OnTheFlyLoras {
+        rank: 4,
+        gguf_output: 64,
+    };
+    assert_eq!(terms(gguf.0, gguf.1, 1, QuantizedOnTheFly), expected);
+    assert_eq!(
+        terms(gguf.0, gguf.1, 1, crate::wan::LoraMode::Auto),
+        expected
+    );
+    assert_eq!(
+        terms(gguf.0, gguf.1, 2, QuantizedOnTheFly),
+        OnTheFlyLoras {
+            rank: 8,
+            gguf_output: 64
+        }
+    );
+    assert_eq!(terms(gguf.0, gguf.1, 1, Merge), OnTheFlyLoras::default());
+    // Float8: the pairs' product only (the delta accumulates in the layer's own product).
+    let fp8 = (
+        "files_dit_fp8_lora_on_the_fly",
+        "wan_t2v_fp8_scaled.safetensors",
+    );
+    assert_eq!(
+        terms(fp8.0, fp8.1, 1, QuantizedOnTheFly),
+        OnTheFlyLoras {
+            rank: 4,
+            gguf_output: 0
+        }
+    );
+    assert_eq!(terms(fp8.0, fp8.1, 1, Merge), OnTheFlyLoras::default());
+}
