@@ -383,13 +383,21 @@ impl ExpertSize {
         })
     }
 
+    /// ComfyUI `fp8_scaled` weights (float8 kept resident, not GGUF blocks).
+    #[must_use]
+    pub fn is_float8(&self) -> bool {
+        self.can_stream && self.dequantizes_at_use
+    }
+
     /// What kind of weights it keeps, for messages: "GGUF", "float8" or "plain".
     #[must_use]
     pub fn storage_name(&self) -> &'static str {
-        match (self.can_stream, self.dequantizes_at_use) {
-            (false, _) => "GGUF",
-            (true, true) => "float8",
-            (true, false) => "plain",
+        if !self.can_stream {
+            "GGUF"
+        } else if self.is_float8() {
+            "float8"
+        } else {
+            "plain"
         }
     }
 }

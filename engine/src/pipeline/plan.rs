@@ -89,7 +89,7 @@ pub fn plan_for(
         // The 8-bit kernels run on the GPU only; the CPU ignores the choice.
         int8_attention: device.is_cuda() && recipe.attention == crate::recipe::AttentionMode::Int8,
     };
-    let loras = if recipe.lora_mode == LoraMode::Auto {
+    let mut loras = if recipe.lora_mode == LoraMode::Auto {
         let options = [
             AutoOptions {
                 merged: expert_size(0, LoraMode::Merge)?,
@@ -124,6 +124,14 @@ pub fn plan_for(
             requantize,
         })
     };
+    for (lora, size) in [&mut loras.high_noise, &mut loras.low_noise]
+        .into_iter()
+        .zip(&sizes)
+    {
+        // Only float8 layers are requantized: elsewhere the switch changes nothing loaded,
+        // so it does not reach the model cache's key either.
+        lora.load.requantize &= size.is_float8();
+    }
     Ok(JobPlan {
         memory: MemoryPlan::decide(&inputs, budget)?,
         loras,
@@ -186,13 +194,19 @@ mod tests {
 
     /// The tiny GGUF expert (Q8_0/Q4_0 blocks) as both experts, each with the case's LoRA.
     fn gguf_recipe() -> Recipe {
+        quantized_recipe("files_dit_gguf_lora_on_the_fly", "wan_t2v_q8_q4.gguf")
+    }
+
+    /// The tiny quantized expert of golden `case` (`file`) as both experts, each with the
+    /// case's LoRA (on float8 or GGUF layers).
+    fn quantized_recipe(case: &str, file: &str) -> Recipe {
         let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden");
         let pipeline = golden.join("pipeline_i2v_official_tiny");
-        let gguf = golden.join("files_dit_gguf_lora_on_the_fly");
+        let gguf = golden.join(case);
         let preset = preset::find("wan22-i2v-a14b-official-480p").unwrap();
         let mut recipe = Recipe::from_layers(&preset, RecipeChoices::default());
-        recipe.models.high_noise = Some(gguf.join("wan_t2v_q8_q4.gguf"));
-        recipe.models.low_noise = Some(gguf.join("wan_t2v_q8_q4.gguf"));
+        recipe.models.high_noise = Some(gguf.join(file));
+        recipe.models.low_noise = Some(gguf.join(file));
         recipe.models.text_encoder = Some(pipeline.join("umt5.safetensors"));
         recipe.models.vae = Some(pipeline.join("wan_2.1_vae.safetensors"));
         // One token: the on-the-fly layers' transient, which grows with the tokens, stays
@@ -208,11 +222,30 @@ mod tests {
     }
 
     #[test]
-    fn auto_merges_a_gguf_expert_only_while_the_budget_keeps_the_plan() {
+    fn auto_merges_a_quantized_expert_only_while_the_budget_keeps_the_plan() {
+        for (case, file, storage) in [
+            (
+                "files_dit_gguf_lora_on_the_fly",
+                "wan_t2v_q8_q4.gguf",
+                "GGUF",
+            ),
+            (
+                "files_dit_fp8_lora_on_the_fly",
+                "wan_t2v_fp8_scaled.safetensors",
+                "float8",
+            ),
+        ] {
+            auto_merges_only_while_the_budget_keeps_the_plan(
+                &quantized_recipe(case, file),
+                storage,
+            );
+        }
+    }
+
+    fn auto_merges_only_while_the_budget_keeps_the_plan(recipe: &Recipe, storage: &str) {
         use crate::memory_plan::{DitPlacement, RUNTIME_OVERHEAD};
-        let recipe = gguf_recipe();
         assert_eq!(recipe.lora_mode, LoraMode::Auto);
-        let plan = |budget| plan_for(&recipe, &Device::Cpu, DType::F32, budget).unwrap();
+        let plan = |budget| plan_for(recipe, &Device::Cpu, DType::F32, budget).unwrap();
         let modes = |plan: &JobPlan| {
             [
                 plan.loras.high_noise.load.mode,
@@ -260,7 +293,23 @@ mod tests {
             fly.low_noise_weights
         );
         let reason = short.loras.low_noise.reason.as_deref().unwrap();
-        assert!(reason.contains("(GGUF) LoRA kept on the fly"), "{reason}");
+        assert!(
+            reason.contains(&format!("({storage}) LoRA kept on the fly")),
+            "{reason}"
+        );
+        // Requantizing float8 merges grows nothing: merged whatever the budget; GGUF has no
+        // float8 layer, so its experts load (and are keyed) without the switch.
+        let mut requantized = recipe.clone();
+        requantized.lora_requantize = crate::wan::LoraRequantize::Always;
+        let plan = plan_for(&requantized, &Device::Cpu, DType::F32, Some(both - 1)).unwrap();
+        let gguf = storage == "GGUF";
+        let expected = if gguf {
+            [LoraMode::Merge, LoraMode::QuantizedOnTheFly]
+        } else {
+            [LoraMode::Merge; 2]
+        };
+        assert_eq!(modes(&plan), expected, "{storage}");
+        assert_eq!(plan.loras.high_noise.load.requantize, !gguf, "{storage}");
         // A chosen mode is passed on as it is; no LoRAs, nothing to explain.
         let mut chosen = recipe.clone();
         chosen.lora_mode = LoraMode::OnTheFly;
