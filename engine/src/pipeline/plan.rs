@@ -138,6 +138,110 @@ pub fn plan_for(
     })
 }
 
+/// Refuses, before anything loads, a model file whose header shows it is not what its slot
+/// takes: another kind of model (a VAE given as the text encoder, a LoRA as an expert), a DiT
+/// for another task (T2V's 16 input channels where the I2V-A14B experts take 36, TI2V-5B's 48)
+/// or a Wan2.1 one (its CLIP image branch), a VAE of the other family (Wan2.2's 48 latent
+/// channels for the A14B model, or the reverse), a truncated file. What a header does not tell
+/// (a folder, a PyTorch pickle, an unknown layout) passes: the loaders name their own problems.
+pub fn refuse_mismatched_files(recipe: &Recipe) -> Result<(), EngineError> {
+    use crate::model_files::{Family, Role, fingerprint};
+    let files = super::resolve_model_files(&recipe.models, recipe.model)?;
+    let (model, dit_channels, vae_channels, vae_name) = match recipe.model {
+        crate::preset::ModelFamily::Wan22I2vA14b => {
+            ("Wan2.2 I2V-A14B", 36, 16, "the Wan2.1 VAE (wan_2.1_vae)")
+        }
+        crate::preset::ModelFamily::Wan22Ti2v5b => {
+            ("Wan2.2 TI2V-5B", 48, 48, "the Wan2.2 VAE (wan2.2_vae)")
+        }
+    };
+    let slots = [
+        (
+            files.high_noise.as_ref(),
+            Role::DitExpert,
+            "high-noise expert",
+        ),
+        (
+            files.low_noise.as_ref(),
+            Role::DitExpert,
+            "low-noise expert",
+        ),
+        (
+            files.text_encoder.as_ref(),
+            Role::TextEncoder,
+            "text encoder",
+        ),
+        (files.vae.as_ref(), Role::Vae, "VAE"),
+    ];
+    let loras = recipe
+        .loras
+        .iter()
+        .map(|lora| (Some(&lora.path), Role::Lora, "LoRA"));
+    for (path, role, slot) in slots.into_iter().chain(loras) {
+        let Some(path) = path.filter(|p| p.is_file()) else {
+            continue;
+        };
+        let fp = fingerprint(path)?;
+        let refuse = |problem: String| EngineError::BadModelFile {
+            problem,
+            path: path.clone(),
+        };
+        let kind = |role: Role| match role {
+            Role::DitExpert => "a diffusion transformer (DiT expert)",
+            Role::TextEncoder => "a text encoder",
+            Role::Vae => "a VAE",
+            Role::Lora => "a LoRA",
+            Role::Rife => "a RIFE interpolation model",
+            Role::Unknown => "an unknown model",
+        };
+        if fp.role != Role::Unknown && fp.role != role {
+            return Err(refuse(format!(
+                "this file was given as the {slot} but it is {}: choose {} file for the {slot}",
+                kind(fp.role),
+                kind(role)
+            )));
+        }
+        match role {
+            Role::DitExpert if fp.family == Some(Family::Wan21) => {
+                return Err(refuse(format!(
+                    "this {slot} is a Wan2.1 model (it has a CLIP image branch): choose the {model} expert file"
+                )));
+            }
+            // Only the released input widths count: a patch embedding stored flattened (a GGUF
+            // without its original shape) tells no channel count.
+            Role::DitExpert
+                if fp
+                    .channels
+                    .is_some_and(|c| c != dit_channels && [16, 36, 48].contains(&c)) =>
+            {
+                let task = match fp.channels {
+                    Some(16) => "a text-to-video (T2V) model, 16 input channels",
+                    Some(48) => "a TI2V-5B model, 48 input channels",
+                    _ => "an image-to-video model, 36 input channels",
+                };
+                return Err(refuse(format!(
+                    "this {slot} is {task}, where {model} takes {dit_channels}: choose the {model} expert file"
+                )));
+            }
+            Role::Vae
+                if fp
+                    .channels
+                    .is_some_and(|c| c != vae_channels && [16, 48].contains(&c)) =>
+            {
+                let which = match fp.channels {
+                    Some(48) => "the Wan2.2 (TI2V-5B) VAE, 48 latent channels",
+                    _ => "the Wan2.1 VAE, 16 latent channels",
+                };
+                return Err(refuse(format!(
+                    "this VAE is {which}, where {model} takes {vae_channels}: choose {vae_name}"
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The size the recipe's image is fitted to, from the image file's header (its dimensions and
 /// EXIF orientation; no pixels decoded): the official fit keeps the image's aspect at about
 /// the recipe's area, so the clip (and every activation) may be taller or wider than the
@@ -363,6 +467,87 @@ mod tests {
         assert_eq!(loaded[0].0, LoraMode::Merge);
         assert_eq!(loaded[1].0, LoraMode::QuantizedOnTheFly);
         assert!(loaded[0].1 > loaded[1].1, "{loaded:?}");
+    }
+
+    #[test]
+    fn files_given_for_the_wrong_slot_or_model_are_refused_before_loading() {
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden");
+        let tiny = golden.join("pipeline_i2v_official_tiny");
+        let preset = preset::find("wan22-i2v-a14b-official-480p").unwrap();
+        let mut recipe = Recipe::from_layers(&preset, RecipeChoices::default());
+        recipe.models.high_noise = Some(tiny.join("high_noise.safetensors"));
+        recipe.models.low_noise = Some(tiny.join("low_noise.safetensors"));
+        recipe.models.text_encoder = Some(tiny.join("umt5.safetensors"));
+        recipe.models.vae = Some(tiny.join("wan_2.1_vae.safetensors"));
+        recipe.loras = vec![crate::recipe::LoraChoice {
+            path: golden.join("files_dit_lora_merge/lora.safetensors"),
+            strength_high_noise: 1.0,
+            strength_low_noise: 1.0,
+        }];
+        refuse_mismatched_files(&recipe).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let wan21 = dir.path().join("wan21_i2v_14b.safetensors");
+        crate::model_files::fingerprint::fake_safetensors(
+            &wan21,
+            &[
+                ("patch_embedding.weight", "BF16", &[32, 36, 1, 2, 2]),
+                ("blocks.0.self_attn.q.weight", "BF16", &[32, 32]),
+                ("blocks.0.cross_attn.k_img.weight", "BF16", &[32, 32]),
+            ],
+            &[],
+        );
+        let truncated = dir.path().join("high_noise.safetensors");
+        let bytes = std::fs::read(tiny.join("high_noise.safetensors")).unwrap();
+        std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+        let refused = |change: &dyn Fn(&mut Recipe), words: &[&str], file: &Path| {
+            let mut wrong = recipe.clone();
+            change(&mut wrong);
+            let error = refuse_mismatched_files(&wrong).unwrap_err();
+            let EngineError::BadModelFile { path, .. } = &error else {
+                panic!("{error:?}");
+            };
+            assert_eq!(path, file);
+            let text = error.to_string();
+            assert!(words.iter().all(|w| text.contains(w)), "{text}");
+        };
+        let vae = tiny.join("wan_2.1_vae.safetensors");
+        refused(
+            &|r| r.models.text_encoder = Some(vae.clone()),
+            &["given as the text encoder but it is a VAE"],
+            &vae,
+        );
+        let t2v = golden.join("files_dit_gguf_lora_on_the_fly/wan_t2v_q8_q4.gguf");
+        refused(
+            &|r| r.models.low_noise = Some(t2v.clone()),
+            &[
+                "low-noise expert is a text-to-video (T2V) model",
+                "takes 36",
+            ],
+            &t2v,
+        );
+        refused(
+            &|r| r.models.high_noise = Some(wan21.clone()),
+            &["Wan2.1 model", "Wan2.2 I2V-A14B expert"],
+            &wan21,
+        );
+        let vae22 = golden.join("vae22_official/wan2.2_vae.safetensors");
+        refused(
+            &|r| r.models.vae = Some(vae22.clone()),
+            &["Wan2.2 (TI2V-5B) VAE", "wan_2.1_vae"],
+            &vae22,
+        );
+        let expert = tiny.join("low_noise.safetensors");
+        refused(
+            &|r| r.loras[0].path.clone_from(&expert),
+            &["given as the LoRA but it is a diffusion transformer"],
+            &expert,
+        );
+        refused(
+            &|r| r.models.high_noise = Some(truncated.clone()),
+            &["truncated"],
+            &truncated,
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::fingerprints::model_file_records;
 use super::interpolate_job::{retime_into, target_rate, write_on_thread};
 use super::models::ModelCache;
 use super::output::format_for_recipe;
-use super::plan::{JobPlan, plan_for};
+use super::plan::{JobPlan, plan_for, refuse_mismatched_files};
 use super::resume::{self, SavedState, latents_path, recipe_hash};
 use crate::EngineError;
 use crate::device::select_device;
@@ -124,7 +124,9 @@ impl PipelineRunner {
         } else {
             DType::F32
         };
-        // The plan, before any model is loaded; a refusal ends the job here.
+        // The files checked and the plan made before any model is loaded; a refusal ends the
+        // job here.
+        refuse_mismatched_files(recipe)?;
         let JobPlan {
             memory: mut plan,
             loras: expert_loras,
