@@ -44,6 +44,9 @@
 //! clip encodes the same way, in its own tiles. The text encoder runs on the device when it
 //! fits beside both (it stays loaded between jobs); else on the device alone (beside the VAE),
 //! before the experts load, freed after encoding, when it fits there; else on the CPU.
+//! LoRA `auto` is resolved per expert against the same budget before the final plan
+//! ([`lora_choice`]): an expert whose merge grows its layers is merged while that swaps no more
+//! blocks, else its growing layers take the pairs on the fly.
 
 pub mod lora_choice;
 pub mod sizes;
