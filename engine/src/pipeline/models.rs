@@ -641,7 +641,10 @@ mod tests {
         assert_eq!(weight(&mut cache, &recipe), 2, "a LoRA added: reloaded");
         let warnings = cache.take_warnings();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains("k_img"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("k_img") && warnings[0].contains("Wan2.1 I2V LoRA"),
+            "{warnings:?}"
+        );
         assert_eq!(weight(&mut cache, &recipe), 2, "same LoRA: reused");
         recipe.loras[0].strength_low_noise = 0.5;
         assert_eq!(

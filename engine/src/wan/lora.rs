@@ -76,6 +76,24 @@ const PREFIXES: [&str; 4] = [
 ];
 
 const NO_LAYER: &str = "no such layer in the model";
+const WAN21_IMAGE_BRANCH: &str =
+    "k_img/v_img: this is a Wan2.1 I2V LoRA, and Wan2.2 has no CLIP image branch";
+const TEXT_ENCODER: &str =
+    "text encoder: the LoRA also trains a text encoder, which it is not applied to";
+
+/// The class of a key that names no layer of the model, for the report.
+fn no_layer_class(key: &str) -> &'static str {
+    if ["k_img", "v_img", "img_emb"]
+        .iter()
+        .any(|p| key.contains(p))
+    {
+        WAN21_IMAGE_BRANCH
+    } else if key.starts_with("lora_te") || key.contains("text_encoder") {
+        TEXT_ENCODER
+    } else {
+        NO_LAYER
+    }
+}
 const UNKNOWN_KIND: &str = "not a LoRA key (unknown suffix)";
 const INCOMPLETE: &str = "half of a low-rank pair (up or down missing)";
 
@@ -109,7 +127,11 @@ impl LoraDeltas {
                         .or_default()
                         .insert(kind, (key, tensor.to_dtype(DType::F32)?));
                 }
-                _ => report.unmatched.entry(NO_LAYER).or_default().push(key),
+                _ => report
+                    .unmatched
+                    .entry(no_layer_class(&key))
+                    .or_default()
+                    .push(key),
             }
         }
         for (target, mut parts) in groups {
@@ -666,7 +688,7 @@ mod tests {
     /// LightX2V's distilled LoRAs carry each block's modulation delta as `blocks.N.diff_m`
     /// (and the head's as `head.diff_m`): a full delta on the `modulation` parameter.
     #[test]
-    fn diff_m_keys_merge_into_the_modulation() {
+    fn diff_m_keys_merge_into_the_modulation_and_foreign_keys_are_reported_by_class() {
         let dev = Device::Cpu;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lora.safetensors");
@@ -680,6 +702,16 @@ mod tests {
                 // Flat: reshaped to the parameter.
                 ("lora_unet_head.diff_m", ramp(4, &[2, 2])),
                 ("diffusion_model.blocks.1.diff_m", ramp(12, &[1, 6, 2])),
+                // Keys of a Wan2.1 I2V LoRA and of a text encoder, reported by class.
+                (
+                    "diffusion_model.blocks.0.cross_attn.k_img.lora_up.weight",
+                    ramp(2, &[2, 1]),
+                ),
+                ("diffusion_model.img_emb.proj.1.diff_b", ramp(2, &[2])),
+                (
+                    "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
+                    ramp(2, &[1, 2]),
+                ),
             ]),
             &path,
         )
@@ -699,6 +731,19 @@ mod tests {
         assert_eq!(
             report.unmatched[NO_LAYER],
             vec!["diffusion_model.blocks.1.diff_m"]
+        );
+        let mut image_branch = report.unmatched[WAN21_IMAGE_BRANCH].clone();
+        image_branch.sort();
+        assert_eq!(
+            image_branch,
+            vec![
+                "diffusion_model.blocks.0.cross_attn.k_img.lora_up.weight",
+                "diffusion_model.img_emb.proj.1.diff_b"
+            ]
+        );
+        assert_eq!(
+            report.unmatched[TEXT_ENCODER],
+            vec!["lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"]
         );
         let (merged, placement) = deltas.wrap(Box::new(model), false, LoraMode::OnTheFly);
         assert_eq!(
