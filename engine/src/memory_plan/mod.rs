@@ -22,7 +22,9 @@
 //!   (`L·d·a`); the score block of the chunked attention, f32 scores and their softmax
 //!   (`2·4·min(h·L², MAX_SCORE_ELEMENTS)`, `wan/attention.rs`); the FFN hidden layer before
 //!   and after GELU (`2·L·f·a`); for float8 weights, the FFN weight dequantized for its call
-//!   (`f·d·a`, [`dequantized_weight`]). A fixed [`RUNTIME_OVERHEAD`] covers the CUDA context,
+//!   (`f·d·a`, [`dequantized_weight`]); for LoRA pairs applied on the fly, the low-rank
+//!   product and, on GGUF layers, one output-sized delta ([`lora_on_the_fly_transient`]). A
+//!   fixed [`RUNTIME_OVERHEAD`] covers the CUDA context,
 //!   cuBLAS workspace and the latents, condition and text context (tens of MB at 480p). The
 //!   VAE's weights count too: it stays loaded from the image encode to the decode.
 //! - VAE decode peak: [`VAE_LIVE_VALUES_PER_PIXEL_CHANNEL`] values per output pixel and
@@ -42,12 +44,17 @@
 //! clip encodes the same way, in its own tiles. The text encoder runs on the device when it
 //! fits beside both (it stays loaded between jobs); else on the device alone (beside the VAE),
 //! before the experts load, freed after encoding, when it fits there; else on the CPU.
+//! LoRA `auto` is resolved per expert against the same budget before the final plan
+//! ([`lora_choice`]): an expert whose merge grows its layers is merged while that swaps no more
+//! blocks, else its growing layers take the pairs on the fly.
 
+pub mod lora_choice;
 pub mod sizes;
 
 use serde::Serialize;
 
-pub use sizes::{DitSize, ModelSizes, VaeSize};
+pub use lora_choice::{ExpertLora, ExpertLoras};
+pub use sizes::{DitSize, ExpertSize, ModelSizes, OnTheFlyLoras, VaeSize};
 
 use crate::EngineError;
 
@@ -248,6 +255,23 @@ pub fn dequantized_weight(dit: &DitSize, float8: bool, activation_bytes: u64) ->
     }
 }
 
+/// What a layer that applies its LoRA pairs on the fly holds beyond its own product while it
+/// runs (`wan/lora_side.rs`), for `tokens` at `activation_bytes` (the factors' dtype is the
+/// compute dtype): the low-rank product `[L, R]` of the largest stacked rank, and for a GGUF
+/// layer, whose quantized product cannot accumulate the delta, the output-sized delta
+/// `[L, out]` of the widest such layer before it is added. Float and float8 layers accumulate
+/// the delta into their product's output on CUDA, so they add no output-sized term. Nothing
+/// when no layer is on the fly.
+#[must_use]
+pub fn lora_on_the_fly_transient(lora: &OnTheFlyLoras, tokens: u64, activation_bytes: u64) -> u64 {
+    if lora.rank == 0 {
+        return 0;
+    }
+    let low_rank = tokens * lora.rank * activation_bytes;
+    let gguf_delta = tokens * lora.gguf_output * activation_bytes;
+    low_rank + gguf_delta
+}
+
 /// The VAE decode activations for square tiles of `tile` latent pixels (`None`: whole frames),
 /// `bytes` per value (the VAE's dtype).
 #[must_use]
@@ -323,6 +347,11 @@ impl MemoryPlan {
         };
         let activations = dit_activation_peak(&s.dit, tokens.count, inputs.activation_bytes)
             + dequantized_weight(&s.dit, s.dit_dequantizes_at_use, inputs.activation_bytes)
+            + lora_on_the_fly_transient(
+                &s.dit.lora_on_the_fly,
+                tokens.count,
+                inputs.activation_bytes,
+            )
             + int8_buffers;
         let expert = s.high_noise_weights.max(s.low_noise_weights);
         let both = s.high_noise_weights + s.low_noise_weights;
@@ -511,5 +540,7 @@ fn refusal(inputs: &PlanInputs, budget: Option<u64>, needed: u64, why: &str) -> 
     }
 }
 
+#[cfg(test)]
+mod lora_choice_tests;
 #[cfg(test)]
 mod tests;

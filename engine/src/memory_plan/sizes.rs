@@ -25,6 +25,31 @@ pub struct DitSize {
     pub block_weights: u64,
     /// Everything outside the blocks (embeddings, time MLP, head), resident bytes.
     pub non_block_weights: u64,
+    /// The LoRA pairs it applies on the fly, for the activations their forward adds.
+    pub lora_on_the_fly: OnTheFlyLoras,
+}
+
+/// What of an expert's LoRAs is applied on the fly (`wan/lora_side.rs`), for the transient its
+/// layers' forward adds ([`super::lora_on_the_fly_transient`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OnTheFlyLoras {
+    /// The largest stacked rank on one layer (the ranks of every LoRA on it summed); 0 when no
+    /// layer takes its pairs on the fly.
+    pub rank: u64,
+    /// The widest output of a GGUF layer that takes its pairs on the fly (its delta is added
+    /// after the quantized product, not accumulated in it); 0 when none does.
+    pub gguf_output: u64,
+}
+
+impl OnTheFlyLoras {
+    /// The larger of each term: what either of two experts needs.
+    #[must_use]
+    pub fn max(self, other: Self) -> Self {
+        Self {
+            rank: self.rank.max(other.rank),
+            gguf_output: self.gguf_output.max(other.gguf_output),
+        }
+    }
 }
 
 impl DitSize {
@@ -60,6 +85,7 @@ impl DitSize {
             num_blocks,
             block_weights: block * bytes_per_param,
             non_block_weights: non_block * bytes_per_param,
+            lora_on_the_fly: OnTheFlyLoras::default(),
         }
     }
 
@@ -231,6 +257,7 @@ pub fn dit_size_with_merges(
     let mut non_block = 0;
     let mut dim = None;
     let mut ffn_dim = 0;
+    let mut lora_on_the_fly = OnTheFlyLoras::default();
     for (key, entry) in headers.iter().flat_map(|h| h.tensors.iter()) {
         let name = names.get(key.as_str());
         let storage = match entry.dtype.as_str() {
@@ -247,6 +274,16 @@ pub fn dit_size_with_merges(
             _ => resident_bytes(&entry.dtype, &entry.shape, scaled_fp8, compute_bytes),
         };
         let bytes = if let Some(&factor_elements) = on_the_fly {
+            // Factors `[R, in]` and `[out, R]`; a patch embedding's `in` is its kernel's
+            // product.
+            if let Some((&out, kernel)) = entry.shape.split_first() {
+                let inp: usize = kernel.iter().product();
+                let rank = factor_elements / (out + inp).max(1) as u64;
+                lora_on_the_fly.rank = lora_on_the_fly.rank.max(rank);
+                if storage == LayerStorage::Gguf {
+                    lora_on_the_fly.gguf_output = lora_on_the_fly.gguf_output.max(out as u64);
+                }
+            }
             stored + factor_elements * compute_bytes
         } else if merged && !(lora.requantize && entry.dtype.starts_with("F8")) {
             entry.shape.iter().product::<usize>() as u64 * compute_bytes
@@ -282,6 +319,7 @@ pub fn dit_size_with_merges(
             num_blocks: blocks.len() as u64,
             block_weights: blocks.values().copied().max().unwrap_or(0),
             non_block_weights: non_block,
+            lora_on_the_fly,
         },
         scaled_fp8 || gguf,
     ))
@@ -317,48 +355,93 @@ pub fn model_bytes_at(path: &Path, compute_bytes: u64) -> Result<u64, EngineErro
     }
 }
 
-/// One DiT expert's file and the LoRA files merged into it.
-#[derive(Clone, Copy, Debug)]
-pub struct ExpertFiles<'a> {
-    pub weights: &'a Path,
-    pub loras: &'a [PathBuf],
-    /// How the LoRAs are taken: merged (float8 merges requantized or not) or on the fly.
-    pub lora: LoraLoad,
+/// One DiT expert as it will be loaded: its shape and resident bytes (its LoRAs taken as the
+/// load takes them), whether it dequantizes at use, whether its blocks can stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpertSize {
+    pub dit: DitSize,
+    /// Float8 (`fp8_scaled`) or GGUF-quantized weights, dequantized layer by layer at use.
+    pub dequantizes_at_use: bool,
+    /// Not GGUF: its blocks can stream from host memory (block swapping).
+    pub can_stream: bool,
+}
+
+impl ExpertSize {
+    /// The expert of `headers` with `loras` taken as `lora` says, at `compute_bytes` per
+    /// converted element.
+    pub fn of(
+        headers: &[Header],
+        loras: &[PathBuf],
+        compute_bytes: u64,
+        lora: LoraLoad,
+    ) -> Result<Self, EngineError> {
+        let (dit, dequantizes_at_use) = dit_size_with_merges(headers, loras, compute_bytes, lora)?;
+        Ok(Self {
+            dit,
+            dequantizes_at_use,
+            can_stream: !has_gguf_blocks(headers),
+        })
+    }
+
+    /// ComfyUI `fp8_scaled` weights (float8 kept resident, not GGUF blocks).
+    #[must_use]
+    pub fn is_float8(&self) -> bool {
+        self.can_stream && self.dequantizes_at_use
+    }
+
+    /// What kind of weights it keeps, for messages: "GGUF", "float8" or "plain".
+    #[must_use]
+    pub fn storage_name(&self) -> &'static str {
+        if !self.can_stream {
+            "GGUF"
+        } else if self.is_float8() {
+            "float8"
+        } else {
+            "plain"
+        }
+    }
 }
 
 impl ModelSizes {
-    /// Reads the sizes of a two-expert render's files; the VAE's weights at `vae_bytes` per
-    /// element (its dtype: f32 on the CPU, bf16 on CUDA, as `ModelCache::vae` loads it).
+    /// The sizes of a two-expert render: the experts as they will load, the text encoder's and
+    /// the VAE's read from their files, the VAE's weights at `vae_bytes` per element (its
+    /// dtype: f32 on the CPU, bf16 on CUDA, as `ModelCache::vae` loads it).
     pub fn read(
-        (high_noise, low_noise): (ExpertFiles<'_>, ExpertFiles<'_>),
+        (high_noise, low_noise): (&ExpertSize, &ExpertSize),
         text_encoder: &Path,
         (vae, vae_size, vae_bytes): (&Path, VaeSize, u64),
         compute_bytes: u64,
     ) -> Result<Self, EngineError> {
-        // Each expert's size, whether it dequantizes at use, and whether its blocks can stream.
-        let size = |expert: ExpertFiles<'_>| -> Result<(DitSize, bool, bool), EngineError> {
-            let headers = headers(expert.weights)?;
-            let (size, dequantizes) =
-                dit_size_with_merges(&headers, expert.loras, compute_bytes, expert.lora)?;
-            Ok((size, dequantizes, !has_gguf_blocks(&headers)))
-        };
-        let (high, high_fp8, high_streams) = size(high_noise)?;
-        let (low, low_fp8, low_streams) = size(low_noise)?;
-        let dit_can_stream = high_streams && low_streams;
-        let dit = if low.total() > high.total() {
-            low
-        } else {
-            high
-        };
-        Ok(Self {
-            high_noise_weights: high.total(),
-            low_noise_weights: low.total(),
-            dit,
-            dit_dequantizes_at_use: high_fp8 && low_fp8,
-            dit_can_stream,
+        let sizes = Self {
+            high_noise_weights: 0,
+            low_noise_weights: 0,
+            dit: high_noise.dit,
+            dit_dequantizes_at_use: false,
+            dit_can_stream: false,
             text_encoder: model_bytes_at(text_encoder, compute_bytes)?,
             vae_weights: model_bytes_at(vae, vae_bytes)?,
             vae: vae_size,
-        })
+        };
+        Ok(sizes.with_experts(high_noise, low_noise))
+    }
+
+    /// These sizes with the experts' replaced by `high` and `low` (the plan's shape is the
+    /// larger one's; the on-the-fly LoRA terms are the larger of each).
+    #[must_use]
+    pub fn with_experts(&self, high: &ExpertSize, low: &ExpertSize) -> Self {
+        let mut dit = if low.dit.total() > high.dit.total() {
+            low.dit
+        } else {
+            high.dit
+        };
+        dit.lora_on_the_fly = high.dit.lora_on_the_fly.max(low.dit.lora_on_the_fly);
+        Self {
+            high_noise_weights: high.dit.total(),
+            low_noise_weights: low.dit.total(),
+            dit,
+            dit_dequantizes_at_use: high.dequantizes_at_use && low.dequantizes_at_use,
+            dit_can_stream: high.can_stream && low.can_stream,
+            ..self.clone()
+        }
     }
 }

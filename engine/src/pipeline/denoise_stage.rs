@@ -13,7 +13,7 @@ use super::runner::{
     PipelineRunner, count, fitted_image, negative_prompt, read_noise, warn_if_truncated,
 };
 use crate::EngineError;
-use crate::memory_plan::{DitPlacement, MemoryPlan, Placement};
+use crate::memory_plan::{DitPlacement, ExpertLoras, MemoryPlan, Placement};
 use crate::recipe::Recipe;
 use crate::runtime::{JobContext, Stage};
 use crate::sampling::{
@@ -25,6 +25,8 @@ use crate::wan_vae::i2v_condition_tiled;
 /// What the denoising stage runs with.
 pub(super) struct DenoiseStage<'a> {
     pub plan: &'a MemoryPlan,
+    /// How each expert takes its LoRAs, resolved with the plan.
+    pub loras: &'a ExpertLoras,
     pub device: &'a Device,
     pub dtype: DType,
     pub loop_cfg: &'a LoopConfig,
@@ -123,8 +125,9 @@ impl PipelineRunner {
             let resumed = !replay.is_empty();
             for expert in [Expert::HighNoise, Expert::LowNoise] {
                 if !(resumed && expert == Expert::HighNoise) {
+                    let lora = stage.loras.get(expert).load;
                     self.models
-                        .expert(recipe, expert, (stage.dtype, device), None)?;
+                        .expert(recipe, expert, (stage.dtype, device), (None, lora))?;
                 }
             }
         }
@@ -147,6 +150,7 @@ impl PipelineRunner {
                     } => Some(usize::try_from(resident_blocks).unwrap_or(usize::MAX)),
                     _ => None,
                 },
+                loras: stage.loras,
                 y,
                 context,
                 negative_context,

@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::models::ModelCache;
 use crate::EngineError;
+use crate::memory_plan::ExpertLoras;
 use crate::recipe::{AttentionMode, MatmulMode, Recipe};
 use crate::sampling::{Branch, Denoiser, Expert};
 use crate::wan::WanModel;
@@ -26,6 +27,8 @@ pub struct WanDenoiser<'a> {
     pub keep_both: bool,
     /// Block swapping: the transformer blocks of an expert kept on the device.
     pub resident_blocks: Option<usize>,
+    /// How each expert takes its LoRAs, as the job's plan resolved it.
+    pub loras: &'a ExpertLoras,
     /// `[1, 4 + z, t, h, w]`: mask and image latent.
     pub y: Tensor,
     /// `[1, text_len, d]`.
@@ -105,7 +108,7 @@ impl WanDenoiser<'_> {
             self.recipe,
             expert,
             (self.dtype, self.device),
-            self.resident_blocks,
+            (self.resident_blocks, self.loras.get(expert).load),
         )
     }
 

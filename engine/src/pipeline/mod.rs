@@ -41,5 +41,5 @@ pub use model_dir::resolve_model_files;
 pub use models::{ModelCache, sidecar_config};
 pub use named_lora::{named_lora_files, resolve_preset_lora};
 pub use output::{format_for_output, format_for_recipe};
-pub use plan::plan_for;
+pub use plan::{JobPlan, plan_for};
 pub use runner::PipelineRunner;

@@ -285,13 +285,14 @@ impl ModelCache {
 
     /// One expert of `recipe`, loading it unless it is loaded (or bringing it back from host
     /// memory when it was parked: no file is read), with only `resident_blocks` transformer blocks on the
-    /// device (block swapping) unless that is `None`.
+    /// device (block swapping) unless that is `None`, its LoRAs taken as `lora` says (the job
+    /// plan's resolved choice, `pipeline::JobPlan::loras`).
     pub fn expert(
         &mut self,
         recipe: &Recipe,
         expert: Expert,
         (dtype, device): (DType, &Device),
-        resident_blocks: Option<usize>,
+        (resident_blocks, lora): (Option<usize>, wan::LoraLoad),
     ) -> Result<&WanModel, EngineError> {
         let (slot, path) = match expert {
             Expert::HighNoise => (
@@ -304,9 +305,12 @@ impl ModelCache {
             ),
         };
         let loras = expert_loras(recipe, expert);
-        let lora = wan::LoraLoad {
-            mode: recipe.lora_mode,
-            requantize: recipe.lora_requantize.resolve(device),
+        // Without LoRAs how they would be taken changes nothing loaded: such an expert is not
+        // reloaded when only that setting changes.
+        let lora = if loras.is_empty() {
+            wan::LoraLoad::default()
+        } else {
+            lora
         };
         let key = ModelKey {
             loras: loras.clone(),
@@ -612,12 +616,23 @@ mod tests {
         let mut cache = ModelCache::default();
         let weight = |cache: &mut ModelCache, recipe: &Recipe| {
             cache
-                .expert(recipe, Expert::HighNoise, (DType::F32, &dev), None)
+                .expert(
+                    recipe,
+                    Expert::HighNoise,
+                    (DType::F32, &dev),
+                    (None, recipe_lora(recipe)),
+                )
                 .unwrap();
             cache.loads()
         };
         assert_eq!(weight(&mut cache, &recipe), 1);
         assert_eq!(weight(&mut cache, &recipe), 1, "same files: reused");
+        // Without LoRAs, how LoRAs would be taken loads nothing different.
+        recipe.lora_mode = wan::LoraMode::OnTheFly;
+        recipe.lora_requantize = wan::LoraRequantize::Always;
+        assert_eq!(weight(&mut cache, &recipe), 1, "no LoRAs: mode ignored");
+        recipe.lora_mode = wan::LoraMode::Auto;
+        recipe.lora_requantize = wan::LoraRequantize::Auto;
         recipe.loras = vec![LoraChoice {
             path: lora_path.clone(),
             strength_high_noise: 1.0,
@@ -626,7 +641,10 @@ mod tests {
         assert_eq!(weight(&mut cache, &recipe), 2, "a LoRA added: reloaded");
         let warnings = cache.take_warnings();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains("k_img"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("k_img") && warnings[0].contains("Wan2.1 I2V LoRA"),
+            "{warnings:?}"
+        );
         assert_eq!(weight(&mut cache, &recipe), 2, "same LoRA: reused");
         recipe.loras[0].strength_low_noise = 0.5;
         assert_eq!(
@@ -645,6 +663,18 @@ mod tests {
         assert_eq!(weight(&mut cache, &recipe), 4, "same mode: reused");
         recipe.loras.clear();
         assert_eq!(weight(&mut cache, &recipe), 5, "LoRA removed: reloaded");
+        for mode in [wan::LoraMode::Merge, wan::LoraMode::QuantizedOnTheFly] {
+            recipe.lora_mode = mode;
+            assert_eq!(weight(&mut cache, &recipe), 5, "no LoRAs: {mode:?} ignored");
+        }
+    }
+
+    /// The recipe's LoRA mode taken as it is, as a job plan passes a resolved one.
+    fn recipe_lora(recipe: &Recipe) -> wan::LoraLoad {
+        wan::LoraLoad {
+            mode: recipe.lora_mode,
+            requantize: recipe.lora_requantize.resolve(&Device::Cpu),
+        }
     }
 
     #[test]
@@ -663,7 +693,12 @@ mod tests {
         };
         // An expert loaded by an earlier job leaves the device before the encoder loads.
         cache
-            .expert(&recipe, Expert::HighNoise, (DType::F32, &dev), None)
+            .expert(
+                &recipe,
+                Expert::HighNoise,
+                (DType::F32, &dev),
+                (None, recipe_lora(&recipe)),
+            )
             .unwrap();
         let first = encode(&mut cache, &recipe, &prompts);
         assert_eq!(cache.loads(), 2, "the expert, then the text encoder");
@@ -728,7 +763,12 @@ mod tests {
     ) -> Tensor {
         let dev = Device::Cpu;
         let model = cache
-            .expert(recipe, expert, (DType::F32, &dev), swap)
+            .expert(
+                recipe,
+                expert,
+                (DType::F32, &dev),
+                (swap, recipe_lora(recipe)),
+            )
             .unwrap();
         let cfg = model.config().clone();
         let ramp = |shape: &[usize], phase: f32| {

@@ -10,7 +10,7 @@ use super::fingerprints::model_file_records;
 use super::interpolate_job::{retime_into, target_rate, write_on_thread};
 use super::models::ModelCache;
 use super::output::format_for_recipe;
-use super::plan::plan_for;
+use super::plan::{JobPlan, plan_for, refuse_mismatched_files};
 use super::resume::{self, SavedState, latents_path, recipe_hash};
 use crate::EngineError;
 use crate::device::select_device;
@@ -124,8 +124,13 @@ impl PipelineRunner {
         } else {
             DType::F32
         };
-        // The plan, before any model is loaded; a refusal ends the job here.
-        let mut plan = plan_for(recipe, &device, dtype, self.budget_override)?;
+        // The files checked and the plan made before any model is loaded; a refusal ends the
+        // job here.
+        refuse_mismatched_files(recipe)?;
+        let JobPlan {
+            memory: mut plan,
+            loras: expert_loras,
+        } = plan_for(recipe, &device, dtype, self.budget_override)?;
         if !device.is_cuda() && plan.text_encoder == Placement::Cpu {
             // Everything already runs on the CPU: there is nothing to move to it.
             plan.text_encoder = Placement::Device;
@@ -156,6 +161,7 @@ impl PipelineRunner {
             saved => {
                 let stage = DenoiseStage {
                     plan: &plan,
+                    loras: &expert_loras,
                     device: &device,
                     dtype,
                     loop_cfg: &loop_cfg,

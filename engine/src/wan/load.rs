@@ -338,6 +338,37 @@ mod tests {
         );
     }
 
+    /// fp16 and bf16 safetensors (what most released experts and ComfyUI's `_fp16`/`_bf16`
+    /// files are) load converted to the compute dtype: the golden f32 case's weights saved in
+    /// either give the f32 file's output within that precision's rounding (the weights' own:
+    /// 2⁻¹¹ relative for fp16, 2⁻⁸ for bf16, a few times that through the blocks).
+    #[test]
+    fn half_precision_safetensors_load_converted_to_the_compute_dtype() {
+        let case = "wan_dit_t2v_comfy_prefix";
+        let file = golden(case).join("diffusion_model.safetensors");
+        let cfg = case_config(case);
+        let full = WanModel::load_with_config(&file, Some(&cfg), &Device::Cpu, DType::F32).unwrap();
+        let (reference, _) = run_case(case, &full);
+        let dir = tempfile::tempdir().unwrap();
+        for (dtype, bound) in [(DType::F16, 2e-3), (DType::BF16, 2e-2)] {
+            let tensors = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+            let half: HashMap<String, Tensor> = tensors
+                .into_iter()
+                .map(|(name, t)| (name, t.to_dtype(dtype).unwrap()))
+                .collect();
+            let path = dir.path().join(format!("{dtype:?}.safetensors"));
+            candle_core::safetensors::save(&half, &path).unwrap();
+            let header = crate::weights::read_header(&path).unwrap();
+            assert!(header.tensors.values().all(|t| t.dtype != "F32"));
+            let model =
+                WanModel::load_with_config(&path, Some(&cfg), &Device::Cpu, DType::F32).unwrap();
+            let (out, _) = run_case(case, &model);
+            let error = rel_l2(&out, &reference);
+            println!("{dtype:?} file: rel L2 {error:.2e} against the f32 file");
+            assert!(error > 0.0 && error < bound, "{dtype:?}: {error}");
+        }
+    }
+
     #[test]
     fn a_text_encoder_gguf_given_as_the_dit_is_named() {
         let umt5 = golden("umt5_gguf_city96_q8_0").join("umt5_tiny_Q8_0.gguf");

@@ -1,7 +1,8 @@
 //! LoRA files for the DiT, merged into the weights at load.
 //!
 //! Key formats: `lora_down`/`lora_up` with an optional `alpha` (kohya, ComfyUI), `lora_A`/
-//! `lora_B` (peft, diffusers), and full deltas `diff` (weight) / `diff_b` (bias); module paths
+//! `lora_B` (peft, diffusers), and full deltas `diff` (weight) / `diff_b` (bias) / `diff_m` (a
+//! block's or the head's modulation, as LightX2V's distilled LoRAs carry it); module paths
 //! with the `diffusion_model.`, `model.diffusion_model.`, `transformer.` or `lora_unet_`
 //! (underscored path) prefix, in the original or diffusers layout. A low-rank pair adds
 //! `strength × alpha / rank × up @ down` to the weight (alpha defaults to the rank), a diff adds
@@ -60,13 +61,15 @@ enum Delta {
     },
 }
 
-const SUFFIXES: [&str; 7] = [
+const SUFFIXES: [&str; 8] = [
     ".lora_down.weight",
     ".lora_up.weight",
     ".lora_A.weight",
     ".lora_B.weight",
     ".alpha",
     ".diff_b",
+    // LightX2V's full delta of a block's (or the head's) modulation: `blocks.N.diff_m`.
+    ".diff_m",
     ".diff",
 ];
 const PREFIXES: [&str; 4] = [
@@ -77,6 +80,24 @@ const PREFIXES: [&str; 4] = [
 ];
 
 const NO_LAYER: &str = "no such layer in the model";
+const WAN21_IMAGE_BRANCH: &str =
+    "k_img/v_img: this is a Wan2.1 I2V LoRA, and Wan2.2 has no CLIP image branch";
+const TEXT_ENCODER: &str =
+    "text encoder: the LoRA also trains a text encoder, which it is not applied to";
+
+/// The class of a key that names no layer of the model, for the report.
+fn no_layer_class(key: &str) -> &'static str {
+    if ["k_img", "v_img", "img_emb"]
+        .iter()
+        .any(|p| key.contains(p))
+    {
+        WAN21_IMAGE_BRANCH
+    } else if key.starts_with("lora_te") || key.contains("text_encoder") {
+        TEXT_ENCODER
+    } else {
+        NO_LAYER
+    }
+}
 const UNKNOWN_KIND: &str = "not a LoRA key (unknown suffix)";
 const INCOMPLETE: &str = "half of a low-rank pair (up or down missing)";
 
@@ -110,12 +131,20 @@ impl LoraDeltas {
                         .or_default()
                         .insert(kind, (key, tensor.to_dtype(DType::F32)?));
                 }
-                _ => report.unmatched.entry(NO_LAYER).or_default().push(key),
+                _ => report
+                    .unmatched
+                    .entry(no_layer_class(&key))
+                    .or_default()
+                    .push(key),
             }
         }
         for (target, mut parts) in groups {
             let mut deltas = Vec::new();
-            if let Some((_, diff)) = parts.remove(".diff").or_else(|| parts.remove(".diff_b")) {
+            if let Some((_, diff)) = parts
+                .remove(".diff")
+                .or_else(|| parts.remove(".diff_b"))
+                .or_else(|| parts.remove(".diff_m"))
+            {
                 deltas.push(Delta::Full {
                     diff,
                     scale: spec.strength,
@@ -310,7 +339,11 @@ impl KeyMatcher {
             })
         };
         let target = module.map(|m| {
-            let param = if *kind == ".diff_b" { "bias" } else { "weight" };
+            let param = match *kind {
+                ".diff_b" => "bias",
+                ".diff_m" => "modulation",
+                _ => "weight",
+            };
             format!("{m}.{param}")
         });
         Some((kind, target))
@@ -358,7 +391,7 @@ pub fn low_rank_elements<S: std::hash::BuildHasher>(
         }
         match kind {
             ".alpha" => {}
-            ".diff" | ".diff_b" => {
+            ".diff" | ".diff_b" | ".diff_m" => {
                 full.insert(target);
             }
             _ => {
@@ -525,7 +558,11 @@ impl Merged {
         }
         for delta in deltas {
             let d = match delta {
-                Delta::Full { diff, scale } => diff.to_device(dev)?.affine(*scale, 0.0)?,
+                // A modulation's diff may come flat (`[6, dim]` for `[1, 6, dim]`).
+                Delta::Full { diff, scale } => diff
+                    .to_device(dev)?
+                    .reshape(w.shape())?
+                    .affine(*scale, 0.0)?,
                 Delta::LowRank { up, down, scale } => {
                     let up = up.to_device(dev)?.flatten_from(1)?;
                     let down = down.to_device(dev)?.flatten_from(1)?;
@@ -844,5 +881,94 @@ mod tests {
             .filter(|(a, b)| **a != *b)
             .count();
         assert!(moved > out * inp / 20, "{moved}");
+    }
+
+    /// LightX2V's distilled LoRAs carry each block's modulation delta as `blocks.N.diff_m`
+    /// (and the head's as `head.diff_m`): a full delta on the `modulation` parameter.
+    #[test]
+    fn diff_m_keys_merge_into_the_modulation_and_foreign_keys_are_reported_by_class() {
+        let dev = Device::Cpu;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lora.safetensors");
+        let ramp = |n: usize, shape: &[usize]| {
+            let v: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            Tensor::from_vec(v, shape, &dev).unwrap()
+        };
+        candle_core::safetensors::save(
+            &HashMap::from([
+                ("diffusion_model.blocks.0.diff_m", ramp(12, &[1, 6, 2])),
+                // Flat: reshaped to the parameter.
+                ("lora_unet_head.diff_m", ramp(4, &[2, 2])),
+                ("diffusion_model.blocks.1.diff_m", ramp(12, &[1, 6, 2])),
+                // Keys of a Wan2.1 I2V LoRA and of a text encoder, reported by class.
+                (
+                    "diffusion_model.blocks.0.cross_attn.k_img.lora_up.weight",
+                    ramp(2, &[2, 1]),
+                ),
+                ("diffusion_model.img_emb.proj.1.diff_b", ramp(2, &[2])),
+                (
+                    "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
+                    ramp(2, &[1, 2]),
+                ),
+            ]),
+            &path,
+        )
+        .unwrap();
+        let model: HashMap<String, Tensor> = HashMap::from([
+            ("blocks.0.modulation".to_owned(), ramp(12, &[1, 6, 2])),
+            ("head.modulation".to_owned(), ramp(4, &[1, 2, 2])),
+        ]);
+        let names: HashSet<String> = model.keys().cloned().collect();
+        let mut deltas = LoraDeltas::default();
+        let spec = LoraSpec {
+            path: path.clone(),
+            strength: 0.5,
+        };
+        let report = deltas.add(&spec, &names).unwrap();
+        assert_eq!(report.merged, 2);
+        assert_eq!(
+            report.unmatched[NO_LAYER],
+            vec!["diffusion_model.blocks.1.diff_m"]
+        );
+        let mut image_branch = report.unmatched[WAN21_IMAGE_BRANCH].clone();
+        image_branch.sort();
+        assert_eq!(
+            image_branch,
+            vec![
+                "diffusion_model.blocks.0.cross_attn.k_img.lora_up.weight",
+                "diffusion_model.img_emb.proj.1.diff_b"
+            ]
+        );
+        assert_eq!(
+            report.unmatched[TEXT_ENCODER],
+            vec!["lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"]
+        );
+        let (merged, placement) = deltas.wrap(Box::new(model), false, LoraMode::OnTheFly);
+        assert_eq!(
+            (placement.merged, placement.on_the_fly),
+            (2, 0),
+            "full deltas merge"
+        );
+        let values = |name: &str| {
+            merged
+                .get_unchecked(name, DType::F32, &dev)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let expected = |n: usize| (0..n).map(|i| 1.5 * i as f32).collect::<Vec<_>>();
+        assert_eq!(values("blocks.0.modulation"), expected(12));
+        assert_eq!(values("head.modulation"), expected(4));
+        // The memory plan sees a changed tensor and no low-rank factors.
+        assert_eq!(
+            changed_tensors(&path, &names).unwrap(),
+            HashSet::from([
+                "blocks.0.modulation".to_owned(),
+                "head.modulation".to_owned()
+            ])
+        );
+        assert!(low_rank_elements(&path, &names).unwrap().is_empty());
     }
 }

@@ -121,6 +121,17 @@ pub fn load_in(
         // Mapped, its header checked first: tensors are read one at a time from the mapping,
         // never the whole file into memory.
         let mapped = crate::weights::MappedFiles::open(&[path.to_owned()])?;
+        // Read as floats, a float8 tensor would lose its per-tensor scale: plausible-looking
+        // weights that decode noise. No released Wan VAE is float8; refuse such a file by name.
+        if let Some((name, entry)) = mapped.entries().find(|(_, e)| e.dtype.starts_with("F8")) {
+            return Err(EngineError::BadWeights {
+                problem: format!(
+                    "tensor {name} is float8 ({}), which the VAE does not load: use the bf16 or fp32 VAE file (wan_2.1_vae.safetensors or Wan2.1_VAE.pth; wan2.2_vae.safetensors for TI2V-5B)",
+                    entry.dtype
+                ),
+                path: path.to_owned(),
+            });
+        }
         let names = mapped
             .entries()
             .map(|(name, _)| (name.to_owned(), name.to_owned()))
@@ -164,6 +175,33 @@ fn bad(path: &Path, error: &candle_core::Error) -> EngineError {
 #[cfg(test)]
 mod tests {
     use super::diffusers_key;
+
+    /// A float8 VAE file (as an fp8 export would make it) is refused by name, never read
+    /// with its scales dropped.
+    #[test]
+    fn a_float8_vae_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wan_2.1_vae_fp8_e4m3fn.safetensors");
+        crate::model_files::fingerprint::fake_safetensors(
+            &path,
+            &[
+                ("encoder.conv1.weight", "F8_E4M3", &[96, 3, 3, 3, 3]),
+                ("encoder.conv1.scale_weight", "F32", &[]),
+            ],
+            &[],
+        );
+        let cfg = super::super::Config::wan21();
+        let error = super::load(&cfg, &path, &candle_core::Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("encoder.conv1.weight is float8 (F8_E4M3)")
+                && error.contains("wan_2.1_vae.safetensors")
+                && error.contains("fp8_e4m3fn"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn renames_follow_diffusers_block_structure() {

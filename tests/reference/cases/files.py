@@ -167,6 +167,8 @@ def _case_lora(seed: int) -> None:
     diff("blocks.1.norm3.weight", "diffusion_model.blocks.1.norm3.diff")
     diff("blocks.1.norm3.bias", "diffusion_model.blocks.1.norm3.diff_b")
     diff("head.head.bias", "diffusion_model.head.head.diff_b")
+    # LightX2V's modulation delta: `blocks.N.diff_m` for the block's `modulation` parameter.
+    diff("blocks.1.modulation", "diffusion_model.blocks.1.diff_m")
     # Keys that match nothing in a Wan2.2 model (a Wan2.1 CLIP branch; a text-encoder LoRA key).
     lora["diffusion_model.blocks.0.cross_attn.k_img.lora_down.weight"] = torch.zeros((rank, 32))
     lora["diffusion_model.blocks.0.cross_attn.k_img.lora_up.weight"] = torch.zeros((32, rank))
@@ -177,7 +179,7 @@ def _case_lora(seed: int) -> None:
     out = model(list(x), t=t, context=list(context), seq_len=_tokens(x.shape[1:]))
     common.write_case(
         "files_dit_lora_merge", component="wan_dit_file",
-        description="LoRA merged at load, strength 0.8: lora_down/up+alpha, lora_A/B, lora_unet_ underscored, conv (patch embedding), diff and diff_b; 3 unmatched keys; t=640",
+        description="LoRA merged at load, strength 0.8: lora_down/up+alpha, lora_A/B, lora_unet_ underscored, conv (patch embedding), diff, diff_b and diff_m (modulation); 3 unmatched keys; t=640",
         weights={"wan_t2v.safetensors": base, "lora.safetensors": lora},
         inputs={"x": x, "t": t, "context": context},
         expected={"out": torch.stack(out)},
