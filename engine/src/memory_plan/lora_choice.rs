@@ -5,12 +5,14 @@
 //! dtype) or a float8 one (kept in the compute dtype) grows it; such an expert is merged when
 //! the plan made with it merged needs no more block swapping than the plan with its growing
 //! layers on the fly ([`DitPlacement`] compared by [`swap_depth`]: both experts resident, one at
-//! a time, then fewer resident blocks), or when the on-the-fly plan is refused and the merged
-//! one is not (the on-the-fly layers' transient can outweigh a small model's growth). Both
+//! a time, then fewer resident blocks) and keeps the text encoder where that plan has it (on the
+//! device, then on the device alone, then on the CPU, where umT5 takes tens of seconds a
+//! prompt: more than the pairs cost over a render), or when the on-the-fly plan is refused and
+//! the merged one is not (the on-the-fly layers' transient can outweigh a small model's growth). Both
 //! merged is tried first, then each alone ([`resolve_auto`]). Without a budget (the CPU)
 //! nothing is decided: the growing layers go on the fly, the deterministic reference path.
 
-use super::{DitPlacement, ExpertSize, MemoryPlan, PlanInputs, gib};
+use super::{DitPlacement, ExpertSize, MemoryPlan, Placement, PlanInputs, gib};
 use crate::sampling::Expert;
 use crate::wan::{LoraLoad, LoraMode};
 
@@ -82,16 +84,33 @@ pub fn swap_depth(placement: DitPlacement) -> (u8, u64) {
     }
 }
 
+/// How far from the device a text encoder placement is: smaller is nearer.
+fn text_depth(placement: Placement) -> u8 {
+    match placement {
+        Placement::Device => 0,
+        Placement::DeviceThenFreed => 1,
+        Placement::Cpu => 2,
+    }
+}
+
 fn describe(plan: Option<&MemoryPlan>) -> String {
-    match plan.map(|p| p.dit) {
-        None => "refused".to_owned(),
-        Some(DitPlacement::BothResident) => "both experts resident".to_owned(),
-        Some(DitPlacement::OneAtATime) => "one expert at a time".to_owned(),
-        Some(DitPlacement::BlockSwap {
+    let Some(plan) = plan else {
+        return "refused".to_owned();
+    };
+    let dit = match plan.dit {
+        DitPlacement::BothResident => "both experts resident".to_owned(),
+        DitPlacement::OneAtATime => "one expert at a time".to_owned(),
+        DitPlacement::BlockSwap {
             resident_blocks,
             total_blocks,
-        }) => format!("block swapping, {resident_blocks} of {total_blocks} blocks resident"),
-    }
+        } => format!("block swapping, {resident_blocks} of {total_blocks} blocks resident"),
+    };
+    let text = match plan.text_encoder {
+        Placement::Device => "on the device",
+        Placement::DeviceThenFreed => "on the device alone",
+        Placement::Cpu => "on the CPU",
+    };
+    format!("{dit}, text encoder {text}")
 }
 
 /// Resolves `Auto` for both experts: `base` holds every size but the experts', `options` each
@@ -131,7 +150,10 @@ pub fn resolve_auto(
     let acceptable = |merged: &Option<MemoryPlan>| match (merged, &on_the_fly) {
         (None, _) => false,
         (Some(_), None) => true,
-        (Some(m), Some(f)) => swap_depth(m.dit) <= swap_depth(f.dit),
+        (Some(m), Some(f)) => {
+            swap_depth(m.dit) <= swap_depth(f.dit)
+                && text_depth(m.text_encoder) <= text_depth(f.text_encoder)
+        }
     };
     let candidates = [
         (grows[0] || grows[1]).then_some([true, true]),

@@ -65,7 +65,9 @@ fn both_resident_budget(inputs: &PlanInputs, high: &ExpertSize, low: &ExpertSize
 #[test]
 fn a_gguf_expert_is_merged_exactly_while_the_merged_plan_keeps_both_resident() {
     let option = options(1, 2, true);
-    let inputs = base(&option);
+    let mut inputs = base(&option);
+    // A text encoder no budget here holds (on the CPU either way): the DiT placement decides.
+    inputs.sizes.text_encoder = 1000 * GIB;
     let (m, f) = (&option.merged, &option.on_the_fly);
     let both_merged = both_resident_budget(&inputs, m, m);
     assert!(both_merged > both_resident_budget(&inputs, m, f));
@@ -88,7 +90,8 @@ fn a_gguf_expert_is_merged_exactly_while_the_merged_plan_keeps_both_resident() {
     let reason = loras.low_noise.reason.as_deref().unwrap();
     assert!(
         reason.contains("low-noise expert (GGUF) LoRA kept on the fly")
-            && reason.contains("one expert at a time instead of both experts resident"),
+            && reason.contains("would be one expert at a time, ")
+            && reason.contains("instead of both experts resident, "),
         "{reason}"
     );
     // The plan with the choice is what the on-the-fly alternative promised.
@@ -154,6 +157,33 @@ fn a_float8_expert_merges_only_when_it_swaps_no_more_blocks_than_on_the_fly() {
             .unwrap()
             .contains("no device budget"),
         "{loras:?}"
+    );
+}
+
+#[test]
+fn a_merge_that_would_send_the_text_encoder_off_the_device_stays_on_the_fly() {
+    let option = options(1, 2, true);
+    let mut inputs = base(&option);
+    // A text encoder larger than a merged expert: both merged experts still fit resident
+    // where, on the fly, the encoder just fits beside them.
+    inputs.sizes.text_encoder = 40 * GIB;
+    let (m, f) = (option.merged, option.on_the_fly);
+    let fly = {
+        let sizes = inputs.sizes.with_experts(&f, &f);
+        let inputs = PlanInputs {
+            sizes,
+            ..inputs.clone()
+        };
+        MemoryPlan::decide(&inputs, None).unwrap()
+    };
+    let budget = fly.predicted.peak;
+    assert!(budget >= both_resident_budget(&inputs, &m, &m));
+    let (loras, chosen) = resolve_auto(&inputs, [option; 2], false, Some(budget));
+    assert_eq!(chosen, [f, f]);
+    let reason = loras.high_noise.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("text encoder on the device alone instead of both experts resident, text encoder on the device"),
+        "{reason}"
     );
 }
 
