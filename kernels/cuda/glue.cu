@@ -210,7 +210,9 @@ __device__ __forceinline__ void rms_norm(const T *x, const float *weight, T *y, 
     }
 }
 
-// out = x + y · gate (gate optional: plain residual add), x and out float32.
+// out = x + y · gate (gate optional: plain residual add), x and out float32. The product and
+// the sum are rounded separately (no FMA), here and in residual_norm: nvcc contracts them
+// differently in different kernels otherwise, and the two must agree bit for bit.
 template <typename T>
 __device__ __forceinline__ void gated_residual(const float *x, const T *y, const float *gate,
                                                float *out, int64_t n, int cols,
@@ -221,9 +223,9 @@ __device__ __forceinline__ void gated_residual(const float *x, const T *y, const
         float v = to_float(y[i]);
         if (gate != nullptr) {
             const int64_t row = i / cols;
-            v *= gate[(row / rows_per_entry) * cols + i % cols];
+            v = __fmul_rn(v, gate[(row / rows_per_entry) * cols + i % cols]);
         }
-        out[i] = x[i] + v;
+        out[i] = __fadd_rn(x[i], v);
     }
 }
 
@@ -336,9 +338,9 @@ __device__ __forceinline__ void residual_norm(const float *x, const T *y, const 
 #pragma unroll
             for (int k = 0; k < N; ++k) {
                 if (gate != nullptr) {
-                    added[k] *= gate[entry + p * N + k];
+                    added[k] = __fmul_rn(added[k], gate[entry + p * N + k]);
                 }
-                v[i][k] += added[k];
+                v[i][k] = __fadd_rn(v[i][k], added[k]);
             }
             store_pack<N>(xo + p * N, v[i]);
 #pragma unroll
