@@ -136,8 +136,9 @@ const LORA_MODES: [(LoraMode, &str, &str); 3] = [
     (
         LoraMode::Auto,
         "Auto",
-        "GGUF layers (and float8 ones not merged back to float8) keep their file's size and \
-         apply the LoRA at each product; other layers merge it at load",
+        "Merged at load where the model still fits this GPU as planned; where merging would \
+         grow a quantized layer (GGUF, or float8 not merged back to float8) and that would not \
+         fit, those layers apply the LoRA at each product instead",
     ),
     (
         LoraMode::Merge,
