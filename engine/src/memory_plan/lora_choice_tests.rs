@@ -40,6 +40,7 @@ fn base(option: &AutoOptions) -> PlanInputs {
         tokens: Tokens::new(81, 832, 480, 8),
         activation_bytes: 2,
         int8_attention: false,
+        fused_attention: false,
     }
 }
 

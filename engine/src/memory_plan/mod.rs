@@ -74,7 +74,9 @@ pub const VAE_PLANNING_BYTES: u64 = 4;
 /// holds 1.28 GiB beyond its live bytes (load temporaries freed inside chunks that stay
 /// partly used; 0.56 GiB after the second expert's load), while the activation prediction,
 /// sized for the CPU's chunked attention, is about 1.1 GiB above the live peak on the GPU.
-/// With 0.75 GiB here that render peaked at 16.22 GiB; 1 GiB covers the difference. Synchronising
+/// With 0.75 GiB here that render peaked at 16.22 GiB; 1 GiB covers the difference. Since
+/// the block frees its inputs as it goes, CUDA plans count the live peak instead
+/// ([`dit_activation_peak_fused`]) and the pool's slack with it ([`POOL_SLACK`]). Synchronising
 /// does not return the held memory (the pool's release threshold is already 0): it is
 /// fragmentation, not caching.
 pub const RUNTIME_OVERHEAD: u64 = GIB;
@@ -212,6 +214,10 @@ pub struct PlanInputs {
     /// The self-attention runs through the 8-bit kernels, whose pre-pass keeps quantized
     /// copies of q, k and v ([`int8_attention_buffers`]).
     pub int8_attention: bool,
+    /// The attention is a fused kernel that never holds the scores (every CUDA backend), so
+    /// the DiT's activations are [`dit_activation_peak_fused`]'s; otherwise the CPU's chunked
+    /// attention and [`dit_activation_peak`].
+    pub fused_attention: bool,
 }
 
 /// GiB with one decimal, for messages.
@@ -233,6 +239,34 @@ pub fn dit_activation_peak(dit: &DitSize, tokens: u64, activation_bytes: u64) ->
             .min(stillmotion_kernels::attention::reference::MAX_SCORE_ELEMENTS as u64);
     let ffn_hidden = 2 * l * f * a;
     stream + qkv + attention_out + scores + ffn_hidden
+}
+
+/// What the allocator's pool holds beyond its live bytes while a DiT denoises on CUDA: load
+/// temporaries freed inside chunks that stay partly used. Measured on an H100 at a 16 GiB
+/// budget (`bench/RESULTS.md`, run 33): 1.19–1.42 GiB in the high-noise phase, 0.56 GiB in the
+/// low-noise one. [`dit_activation_peak`]'s overestimate on the GPU used to cover it; the fused
+/// term, which is the live peak, carries it explicitly.
+pub const POOL_SLACK: u64 = 3 * GIB / 2;
+
+/// The DiT's activation peak for one block over `tokens` where the attention is fused (no
+/// scores held), as `wan/block.rs` frees each stage's inputs once used, plus [`POOL_SLACK`]:
+/// the largest of
+/// - a norm fused with the residual add before it: the previous stream (float32) and the
+///   pending output, the new stream and its normed copy (`2·L·d·4 + 2·L·d·a`);
+/// - the self-attention: the stream, q, k, v and the attention output (`L·d·4 + 4·L·d·a`);
+/// - the FFN: the stream, the normed input (then the output) and the hidden layer
+///   (`L·d·4 + L·d·a + L·f·a`).
+///
+/// At 480p on the A14B (bf16) that is 2.0 GB, where the live peak measured in a forward is
+/// 32,549 MiB device-wide less the weights (`bench/RESULTS.md`, runs 39 and 41).
+#[must_use]
+pub fn dit_activation_peak_fused(dit: &DitSize, tokens: u64, activation_bytes: u64) -> u64 {
+    let (l, d, f, a) = (tokens, dit.dim, dit.ffn_dim, activation_bytes);
+    let stream = l * d * 4;
+    let norm = 2 * stream + 2 * l * d * a;
+    let attention = stream + 4 * l * d * a;
+    let ffn = stream + l * d * a + l * f * a;
+    norm.max(attention).max(ffn) + POOL_SLACK
 }
 
 /// The 8-bit attention's pre-pass output for `tokens` (`stillmotion_kernels` `gpu/sage.rs`):
@@ -345,7 +379,12 @@ impl MemoryPlan {
         } else {
             0
         };
-        let activations = dit_activation_peak(&s.dit, tokens.count, inputs.activation_bytes)
+        let block_activations = if inputs.fused_attention {
+            dit_activation_peak_fused(&s.dit, tokens.count, inputs.activation_bytes)
+        } else {
+            dit_activation_peak(&s.dit, tokens.count, inputs.activation_bytes)
+        };
+        let activations = block_activations
             + dequantized_weight(&s.dit, s.dit_dequantizes_at_use, inputs.activation_bytes)
             + lora_on_the_fly_transient(
                 &s.dit.lora_on_the_fly,

@@ -27,6 +27,7 @@ fn a14b_bf16(width: u32, height: u32, frames: u32) -> PlanInputs {
         tokens: Tokens::new(frames, width, height, 8),
         activation_bytes: 2,
         int8_attention: false,
+        fused_attention: false,
     }
 }
 
@@ -574,4 +575,44 @@ fn a_gguf_expert_that_does_not_fit_whole_is_refused_instead_of_block_swapped() {
     // Where one expert fits, the GGUF expert is planned one at a time as before.
     let fits = MemoryPlan::decide(&gguf, Some(60 * GIB)).unwrap();
     assert_eq!(fits.dit, DitPlacement::OneAtATime);
+}
+
+/// On CUDA the attention is fused and the block frees its inputs as it goes: the DiT's term is
+/// the largest stage's live tensors plus the pool's slack, far under the chunked CPU term, so
+/// the same budget keeps more blocks on the device.
+#[test]
+fn fused_attention_plans_the_live_peak_and_keeps_more_blocks_resident() {
+    let inputs = a14b_bf16(832, 480, 81);
+    let (dit, l) = (&inputs.sizes.dit, inputs.tokens.count);
+    let (d, f) = (5120, 13824);
+    // The norm stage (two streams in f32, the pending output and the normed copy in bf16) is
+    // the largest at 480p: 12·L·d bytes, 2.0 GB.
+    let live = (2 * l * d * 4 + 2 * l * d * 2)
+        .max(l * d * 4 + 4 * l * d * 2)
+        .max(l * d * 4 + l * d * 2 + l * f * 2);
+    assert_eq!(live, 12 * l * d);
+    let fused = dit_activation_peak_fused(dit, l, 2);
+    assert_eq!(fused, live + POOL_SLACK);
+    assert!(fused + 2 * GIB < dit_activation_peak(dit, l, 2));
+
+    let budget = 16 * GIB;
+    let resident = |fused_attention: bool| {
+        let plan = MemoryPlan::decide(
+            &PlanInputs {
+                fused_attention,
+                ..inputs.clone()
+            },
+            Some(budget),
+        )
+        .unwrap();
+        assert!(plan.predicted.peak <= budget);
+        match plan.dit {
+            DitPlacement::BlockSwap {
+                resident_blocks, ..
+            } => resident_blocks,
+            other => panic!("a 16 GB budget swaps bf16 blocks, got {other:?}"),
+        }
+    };
+    let (chunked, fused) = (resident(false), resident(true));
+    assert!(fused > chunked + 3, "{fused} vs {chunked} resident blocks");
 }

@@ -88,6 +88,8 @@ pub fn plan_for(
         activation_bytes: compute_bytes,
         // The 8-bit kernels run on the GPU only; the CPU ignores the choice.
         int8_attention: device.is_cuda() && recipe.attention == crate::recipe::AttentionMode::Int8,
+        // Every CUDA attention backend (cuDNN, ours, the 8-bit kernels) is fused.
+        fused_attention: device.is_cuda(),
     };
     let mut loras = if recipe.lora_mode == LoraMode::Auto {
         let options = [
