@@ -1716,6 +1716,8 @@ impl JobRunner for Planned {
             tokens: Tokens::new(81, 832, 480, 8),
             activation_bytes: 2,
             int8_attention: false,
+            // The CPU's chunked-attention term: the refusal's numbers in the snapshot.
+            fused_attention: false,
         };
         let plan = MemoryPlan::decide(&inputs, Some(recipe.seed * GIB))?;
         ctx.memory_plan(plan);
