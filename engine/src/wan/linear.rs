@@ -354,6 +354,27 @@ impl Lin {
         })
     }
 
+    /// The float8 weight and the compute dtype where this layer runs the FP8 GEMM: a float8
+    /// (`fp8_scaled`) weight still stored as float8, with the kernels' FP8 matmul on.
+    fn fp8_gemm_weight(&self, kernels: &Kernels) -> Option<(Fp8Weight<'_>, DType)> {
+        match &self.weight {
+            Weight::Scaled {
+                weight,
+                scale,
+                dtype,
+                input_scale,
+            } if kernels.fp8_matmul() && weight.dtype() == DType::F8E4M3 => Some((
+                Fp8Weight {
+                    weight,
+                    scale: *scale,
+                    input_scale: *input_scale,
+                },
+                *dtype,
+            )),
+            _ => None,
+        }
+    }
+
     /// The layer with its on-the-fly LoRA inside the GEMM (see the module documentation).
     fn fused_lora_forward(
         &self,
@@ -362,20 +383,7 @@ impl Lin {
         lora: &LoraSideCar,
         epilogue: Epilogue,
     ) -> Result<Tensor, EngineError> {
-        if let Weight::Scaled {
-            weight,
-            scale,
-            dtype,
-            input_scale,
-        } = &self.weight
-            && kernels.fp8_matmul()
-            && weight.dtype() == DType::F8E4M3
-        {
-            let weight = Fp8Weight {
-                weight,
-                scale: *scale,
-                input_scale: *input_scale,
-            };
+        if let Some((weight, dtype)) = self.fp8_gemm_weight(kernels) {
             return Ok(linear_fp8_low_rank(
                 kernels,
                 x,
@@ -383,7 +391,7 @@ impl Lin {
                 Some(&self.bias),
                 lora.low_rank(),
                 epilogue,
-                *dtype,
+                dtype,
             )?);
         }
         Ok(linear_low_rank(
@@ -410,27 +418,14 @@ impl Lin {
         {
             return quantized_linear(kernels, x, weight, &self.bias, (*matmul, epilogue), *dtype);
         }
-        if let Weight::Scaled {
-            weight,
-            scale,
-            dtype,
-            input_scale,
-        } = &self.weight
-            && kernels.fp8_matmul()
-            && weight.dtype() == DType::F8E4M3
-        {
-            let weight = Fp8Weight {
-                weight,
-                scale: *scale,
-                input_scale: *input_scale,
-            };
+        if let Some((weight, dtype)) = self.fp8_gemm_weight(kernels) {
             return Ok(linear_fp8(
                 kernels,
                 x,
                 weight,
                 Some(&self.bias),
                 epilogue,
-                *dtype,
+                dtype,
             )?);
         }
         Ok(linear(

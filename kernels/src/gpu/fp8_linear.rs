@@ -34,7 +34,7 @@ const PACK: usize = 8;
 /// Enough blocks to fill any GPU; grid-stride loops cover the rest.
 const MAX_BLOCKS: usize = 4096;
 /// cuBLASLt's recommended workspace on Hopper; only the chosen algorithm's size is allocated.
-const MAX_WORKSPACE: usize = 32 << 20;
+pub(super) const MAX_WORKSPACE: usize = 32 << 20;
 /// The scales buffer: the activation's at 0, the weight's at 4 (16 bytes on).
 const SCALES: usize = 8;
 /// Byte offset of the weight scale in it.
@@ -176,6 +176,27 @@ pub(super) fn layout(
     Ok(Owned(handle, result::destroy_matrix_layout))
 }
 
+/// Algorithm preferences that allow at most `limit` bytes of workspace.
+pub(super) fn workspace_preference(
+    limit: usize,
+) -> Result<Owned<sys::cublasLtMatmulPreference_t>, KernelError> {
+    let preference = Owned(
+        result::create_matmul_pref().map_err(|e| cublas("creating preferences", e))?,
+        result::destroy_matmul_pref,
+    );
+    // SAFETY: the attribute takes a size_t; cuBLASLt reads it during the call.
+    unsafe {
+        result::set_matmul_pref_attribute(
+            preference.0,
+            sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+            std::ptr::from_ref(&limit).cast::<c_void>(),
+            size_of::<usize>(),
+        )
+    }
+    .map_err(|e| cublas("setting the workspace limit", e))?;
+    Ok(preference)
+}
+
 /// The float8 weight's device address (its first element), or `None` when it is not a
 /// contiguous float8 tensor.
 fn weight_ptr(gpu: &GpuKernels, weight: &Tensor) -> Option<u64> {
@@ -311,20 +332,7 @@ pub(crate) fn linear(
     let a = layout(fp8, k, n, k)?;
     let b = layout(fp8, k, m, k)?;
     let c = layout(data_type, n, m, n)?;
-    let preference = Owned(
-        result::create_matmul_pref().map_err(|e| cublas("creating preferences", e))?,
-        result::destroy_matmul_pref,
-    );
-    // SAFETY: the attribute takes a size_t; cuBLASLt reads it during the call.
-    unsafe {
-        result::set_matmul_pref_attribute(
-            preference.0,
-            sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-            std::ptr::from_ref(&MAX_WORKSPACE).cast::<c_void>(),
-            size_of::<usize>(),
-        )
-    }
-    .map_err(|e| cublas("setting the workspace limit", e))?;
+    let preference = workspace_preference(MAX_WORKSPACE)?;
     let handle = *gpu.blas_lt.handle();
     // The heuristic query costs tens of microseconds and a DiT forward makes about 400 of
     // these GEMMs on a few shapes: ask once per shape and epilogue.

@@ -8,14 +8,12 @@ use candle_core::{D, DType, Tensor};
 use cudarc::cublaslt::sys::{cublasLtEpilogue_t as Ep, cublasLtMatmulDescAttributes_t as Attr};
 use cudarc::cublaslt::{MatmulShared, result, sys};
 
-use super::fp8_linear::{Owned, layout, set_attribute};
+use super::fp8_linear::{MAX_WORKSPACE, Owned, layout, set_attribute, workspace_preference};
 use super::{device_ptr, empty_like_shape, loaded, scratch};
 use crate::linear::{AlgorithmTiming, Epilogue};
 use crate::{KernelError, Kernels};
 
 const KERNEL: &str = "gemm_algorithms";
-/// The workspace limit the heuristic is told, as for the FP8 GEMM.
-const MAX_WORKSPACE: usize = 32 << 20;
 
 fn cublas(what: &str, error: result::CublasError) -> KernelError {
     KernelError::Cuda {
@@ -72,20 +70,7 @@ pub(crate) fn time_algorithms(
     let a = layout(data_type, k, n, k)?;
     let b = layout(data_type, k, m, k)?;
     let c = layout(data_type, n, m, n)?;
-    let preference = Owned(
-        result::create_matmul_pref().map_err(|e| cublas("creating preferences", e))?,
-        result::destroy_matmul_pref,
-    );
-    // SAFETY: the attribute takes a size_t; cuBLASLt reads it during the call.
-    unsafe {
-        result::set_matmul_pref_attribute(
-            preference.0,
-            sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-            std::ptr::from_ref(&MAX_WORKSPACE).cast::<c_void>(),
-            size_of::<usize>(),
-        )
-    }
-    .map_err(|e| cublas("setting the workspace limit", e))?;
+    let preference = workspace_preference(MAX_WORKSPACE)?;
     let handle = *gpu.blas_lt.handle();
     let requested = i32::try_from(count).unwrap_or(i32::MAX);
     // SAFETY: an all-zero heuristic result is a valid value of this plain C struct; cuBLASLt
