@@ -142,10 +142,12 @@ fn key(yaml: &Yaml) -> String {
     }
 }
 
-/// Python's truth value of a YAML scalar.
+/// Python's truth value of what PyYAML (YAML 1.1) reads: `yes`/`no`/`on`/`off` are booleans
+/// there, strings to this YAML 1.2 parser.
 fn truthy(yaml: &Yaml) -> bool {
     match yaml {
         Yaml::Boolean(b) => *b,
+        Yaml::String(s) if ["no", "No", "NO", "off", "Off", "OFF"].contains(&s.as_str()) => false,
         Yaml::Integer(i) => *i != 0,
         Yaml::Real(r) => r.parse::<f64>().is_ok_and(|r| r != 0.0),
         Yaml::String(s) => !s.is_empty(),
@@ -303,5 +305,24 @@ empty:
             assert!(problem.contains(expected), "{text:?}: {problem}");
         }
         assert_eq!(parse("", Path::new("/c")).unwrap(), []);
+    }
+
+    #[test]
+    fn is_default_reads_yaml_1_1_booleans_as_pyyaml_does() {
+        for (value, expected) in [
+            ("true", true),
+            ("yes", true),
+            ("On", true),
+            ("1", true),
+            ("false", false),
+            ("no", false),
+            ("OFF", false),
+            ("0", false),
+            ("", false),
+        ] {
+            let text = format!("s:\n  is_default: {value}\n  vae: v\n");
+            let folders = parse(&text, Path::new("/c")).unwrap();
+            assert_eq!(folders[0].is_default, expected, "{value:?}");
+        }
     }
 }
