@@ -119,6 +119,11 @@ pub enum EngineError {
     /// The GPU ran out of memory during a job; `problem` says what to change.
     #[error("{problem}")]
     OutOfMemory { problem: String },
+
+    /// ComfyUI's `extra_model_paths.yaml` cannot be read as ComfyUI reads it; `problem` says
+    /// where.
+    #[error("{problem}; fix it (ComfyUI would not start with it either) or move it away: {path}")]
+    ExtraModelPaths { problem: String, path: PathBuf },
 }
 
 impl EngineError {

@@ -2,6 +2,8 @@
 //! read), and a scan of a models folder (ours or a ComfyUI `models/` tree) that says, per
 //! preset, which files are present, missing or unusable and why.
 
+pub mod content_hash;
+pub mod extra_paths;
 pub mod fingerprint;
 pub mod scan;
 pub mod sources;

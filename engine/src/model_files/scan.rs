@@ -1,8 +1,10 @@
 //! Scanning a models folder (ours, or a ComfyUI `models/` tree with `diffusion_models/`,
-//! `unet/`, `text_encoders/`, `clip/`, `vae/`, `loras/`) and matching it to presets.
+//! `unet/`, `text_encoders/`, `clip/`, `vae/`, `loras/`, and the folders its
+//! `extra_model_paths.yaml` adds) and matching it to presets.
 
 use std::path::{Path, PathBuf};
 
+use super::extra_paths;
 use super::fingerprint::{
     Family, Fingerprint, Format, Noise, Role, Size, fingerprint, noise_from_name,
 };
@@ -13,7 +15,8 @@ const EXTENSIONS: [&str; 7] = ["safetensors", "gguf", "pt", "pth", "ckpt", "pkl"
 /// Nested folders deeper than this are not scanned (models trees are shallow).
 const MAX_DEPTH: usize = 6;
 
-/// One file found by a scan.
+/// One file found by a scan (or a problem with ComfyUI's `extra_model_paths.yaml`: then
+/// `path` is that file or a folder it lists, and `fingerprint` the reason).
 #[derive(Clone, Debug)]
 pub struct FoundFile {
     pub path: PathBuf,
@@ -251,10 +254,69 @@ fn status(need: &Need, model: ModelFamily, files: &[FoundFile]) -> Status {
     }
 }
 
-/// Scans `root` and reports, for each preset, what is present, missing or invalid.
-pub fn scan(root: &Path, presets: &[Preset]) -> ScanReport {
+/// A problem with ComfyUI's `extra_model_paths.yaml`, reported as a file entry (`path` is the
+/// YAML file or the folder it lists) whose fingerprint is the reason, so the report shows it.
+fn extra_problem(path: &Path, reason: String) -> FoundFile {
+    tracing::warn!(path = %path.display(), "{reason}");
+    FoundFile {
+        path: path.to_owned(),
+        folder_role: None,
+        fingerprint: Err(reason),
+    }
+}
+
+/// The files of `root` and of the folders ComfyUI's `extra_model_paths.yaml` beside it lists
+/// under a category the presets use, in ComfyUI's search order: folders from `is_default`
+/// sections, then `root`, then the others. Each file once; problems with the YAML file or a
+/// listed folder that does not exist come last, as entries whose fingerprint says why.
+fn found_files(root: &Path) -> Vec<FoundFile> {
+    let mut extras = Vec::new();
+    let mut problems = Vec::new();
+    if let Some(yaml) = extra_paths::beside(root) {
+        match extra_paths::load(&yaml) {
+            Ok(folders) => {
+                for folder in folders {
+                    let Some(role) = folder_role(&folder.category) else {
+                        continue;
+                    };
+                    if folder.path.is_dir() {
+                        extras.push((folder.is_default, folder.path, role));
+                    } else if folder.listed {
+                        problems.push(extra_problem(
+                            &folder.path,
+                            format!(
+                                "{} lists this folder under `{}`, but it is not a folder",
+                                yaml.display(),
+                                folder.category
+                            ),
+                        ));
+                    }
+                }
+            }
+            Err(e) => problems.push(extra_problem(&yaml, e.to_string())),
+        }
+    }
     let mut files = Vec::new();
+    // ComfyUI puts each `is_default` folder first, so the last one listed is searched first.
+    for (_, dir, role) in extras.iter().filter(|(default, ..)| *default).rev() {
+        walk(dir, Some(*role), 0, &mut files);
+    }
     walk(root, None, 0, &mut files);
+    for (_, dir, role) in extras.iter().filter(|(default, ..)| !*default) {
+        walk(dir, Some(*role), 0, &mut files);
+    }
+    // A folder listed twice, or inside `root`, is searched once: keep its first appearance.
+    let mut seen = std::collections::HashSet::new();
+    files
+        .retain(|f| seen.insert(std::fs::canonicalize(&f.path).unwrap_or_else(|_| f.path.clone())));
+    files.extend(problems);
+    files
+}
+
+/// Scans `root` (and the folders ComfyUI's `extra_model_paths.yaml` in `root`, or beside a
+/// `models/` root, adds) and reports, for each preset, what is present, missing or invalid.
+pub fn scan(root: &Path, presets: &[Preset]) -> ScanReport {
+    let files = found_files(root);
     let presets = presets
         .iter()
         .map(|p| PresetStatus {
@@ -429,5 +491,171 @@ mod tests {
         );
         let report = scan(dir.path(), &[preset("wan22-ti2v-5b-720p")]);
         assert!(report.presets[0].ready(), "{:?}", report.presets[0]);
+    }
+
+    fn lora(path: &Path) {
+        fake_safetensors(
+            path,
+            &[(
+                "diffusion_model.blocks.0.self_attn.q.lora_down.weight",
+                "BF16",
+                &[16, 5120],
+            )],
+            &[],
+        );
+    }
+
+    /// A ComfyUI install whose `models/` has the high-noise expert, text encoder and VAE; the
+    /// low-noise expert and the LoRA are in `shared/`, beside the install.
+    fn comfyui_install(dir: &Path) -> PathBuf {
+        let install = dir.join("ComfyUI");
+        let models = install.join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        std::fs::write(install.join("main.py"), "").unwrap();
+        dit(
+            &models
+                .join("diffusion_models")
+                .join("wan2.2_i2v_high_noise_14B_fp16.safetensors"),
+            5120,
+            36,
+        );
+        fake_safetensors(
+            &models
+                .join("text_encoders")
+                .join("umt5_xxl_fp16.safetensors"),
+            &[
+                ("shared.weight", "F16", &[256_384, 4096]),
+                (
+                    "encoder.block.0.layer.0.SelfAttention.q.weight",
+                    "F16",
+                    &[4096, 4096],
+                ),
+            ],
+            &[],
+        );
+        fake_safetensors(
+            &models.join("vae").join("wan_2.1_vae.safetensors"),
+            &[
+                ("decoder.conv1.weight", "BF16", &[384, 16, 3, 3, 3]),
+                ("encoder.conv1.weight", "BF16", &[96, 3, 3, 3, 3]),
+            ],
+            &[],
+        );
+        // Named neutrally: the folder it is listed under says what it is for.
+        dit(
+            &dir.join("shared")
+                .join("wan")
+                .join("wan2.2_i2v_low_noise_14B_fp16.safetensors"),
+            5120,
+            36,
+        );
+        lora(
+            &dir.join("shared")
+                .join("my loras")
+                .join("wan2.2_i2v_lightx2v_4steps_lora.safetensors"),
+        );
+        install
+    }
+
+    #[test]
+    fn extra_model_paths_yaml_adds_folders_beside_a_comfyui_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let install = comfyui_install(dir.path());
+        let models = install.join("models");
+        let lightx2v = [preset("wan22-i2v-a14b-lightx2v-4step-480p")];
+        // Without the YAML file the shared folder is not seen.
+        let report = scan(&models, &lightx2v);
+        assert_eq!(report.files.len(), 3);
+        let low = Need::Dit {
+            noise: Some(Noise::Low),
+        };
+        assert_eq!(status_of(&report, &low), &Status::Missing);
+
+        std::fs::write(
+            install.join(extra_paths::FILE_NAME),
+            "\
+comfyui:
+    base_path: ../shared/
+    diffusion_models: |
+        wan
+        not_there
+    loras: my loras
+    checkpoints: not_there_either
+a111:
+    base_path: /no/such/webui
+    is_default: false
+",
+        )
+        .unwrap();
+        // Scanning `models/` or the install folder itself reads it.
+        for root in [&models, &install] {
+            let report = scan(root, &lightx2v);
+            assert!(report.presets[0].ready(), "{:?}", report.presets[0]);
+            assert!(matches!(
+                status_of(&report, &low),
+                Status::Present(p) if p.starts_with(dir.path().join("shared").join("wan"))
+            ));
+            assert!(matches!(
+                status_of(&report, &Need::Lora { name: "lightx2v-4step".to_owned() }),
+                Status::Present(p) if p.starts_with(dir.path().join("shared").join("my loras"))
+            ));
+            // The missing folder listed under a category we use is reported, not fatal; the one
+            // under `checkpoints` is not ours to check.
+            let problems: Vec<_> = report
+                .files
+                .iter()
+                .filter_map(|f| f.fingerprint.as_ref().err().map(|e| (&f.path, e)))
+                .collect();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].0.ends_with("shared/not_there"));
+            assert!(problems[0].1.contains("extra_model_paths.yaml"));
+            assert!(problems[0].1.contains("`diffusion_models`"));
+            assert_eq!(report.files.len(), 6);
+        }
+        // The 5B preset gets nothing from it: its files are still missing.
+        let report = scan(&models, &[preset("wan22-ti2v-5b-720p")]);
+        assert_eq!(
+            status_of(&report, &Need::Dit { noise: None }),
+            &Status::Missing
+        );
+
+        // An extra folder inside the install is not counted twice.
+        std::fs::write(
+            install.join(extra_paths::FILE_NAME),
+            "comfyui:\n  base_path: .\n  is_default: true\n  vae: models/vae\n",
+        )
+        .unwrap();
+        assert_eq!(scan(&models, &lightx2v).files.len(), 3);
+    }
+
+    #[test]
+    fn a_malformed_extra_model_paths_yaml_is_named_and_the_scan_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let install = comfyui_install(dir.path());
+        let yaml = install.join(extra_paths::FILE_NAME);
+        std::fs::write(
+            &yaml,
+            "comfyui:\n    base_path: ../shared\n  loras: [oops\n",
+        )
+        .unwrap();
+        let report = scan(
+            &install.join("models"),
+            &[preset("wan22-i2v-a14b-lightx2v-4step-480p")],
+        );
+        let bad = report.files.last().unwrap();
+        assert_eq!(bad.path, yaml);
+        let reason = bad.fingerprint.as_ref().unwrap_err();
+        assert!(reason.contains("not valid YAML"), "{reason}");
+        assert!(reason.ends_with(&yaml.display().to_string()), "{reason}");
+        // What `models/` holds is still reported.
+        assert!(matches!(
+            status_of(
+                &report,
+                &Need::Dit {
+                    noise: Some(Noise::High)
+                }
+            ),
+            Status::Present(_)
+        ));
     }
 }

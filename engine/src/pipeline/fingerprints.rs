@@ -1,22 +1,17 @@
 //! The fingerprints of a render's model files, for the recipe stored in its output.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 use crate::EngineError;
+use crate::model_files::content_hash::{HashCache, hex};
 use crate::model_files::fingerprint;
 use crate::model_files::fingerprint::from_header;
 use crate::recipe::{Interpolation, Recipe};
 use crate::video::ModelFileRecord;
 use crate::weights::{Header, read_header};
-
-/// Bytes of each sample hashed into a file's fingerprint.
-const SAMPLE_BYTES: u64 = 1 << 20;
 
 /// `Debug` names as snake case (`DitExpert` → `dit_expert`, `B1_3` → `b1_3`).
 fn snake(value: impl std::fmt::Debug) -> String {
@@ -35,47 +30,13 @@ fn snake(value: impl std::fmt::Debug) -> String {
     out
 }
 
-/// SHA-256 of the file's length and 1 MiB samples at its start, middle and end (the whole
-/// file when it is smaller than the samples).
-fn sampled_sha256(path: &Path) -> Result<String, EngineError> {
-    let fail = |e| EngineError::io("fingerprinting a model file", path, e);
-    let mut file = File::open(path).map_err(fail)?;
-    let len = file.metadata().map_err(fail)?.len();
-    let mut hasher = Sha256::new();
-    hasher.update(len.to_le_bytes());
-    let (starts, sample) = if len <= 3 * SAMPLE_BYTES {
-        (vec![0], len)
-    } else {
-        (
-            vec![0, len / 2 - SAMPLE_BYTES / 2, len - SAMPLE_BYTES],
-            SAMPLE_BYTES,
-        )
-    };
-    let mut buffer = Vec::new();
-    for start in starts {
-        buffer.clear();
-        file.seek(SeekFrom::Start(start)).map_err(fail)?;
-        (&mut file)
-            .take(sample)
-            .read_to_end(&mut buffer)
-            .map_err(fail)?;
-        hasher.update(&buffer);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-/// Lowercase hexadecimal.
-fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(2 * bytes.len()), |mut hex, b| {
-            let _ = write!(hex, "{b:02x}");
-            hex
-        })
-}
-
-/// The record of one file used as `used_as`.
-pub fn record(used_as: &str, path: &Path) -> Result<ModelFileRecord, EngineError> {
+/// The record of one file used as `used_as`; its content hash comes from `hashes` when the file
+/// is unchanged since it was last hashed.
+pub fn record(
+    used_as: &str,
+    path: &Path,
+    hashes: &HashCache,
+) -> Result<ModelFileRecord, EngineError> {
     let fp = fingerprint(path)?;
     Ok(ModelFileRecord {
         used_as: used_as.to_owned(),
@@ -89,7 +50,7 @@ pub fn record(used_as: &str, path: &Path) -> Result<ModelFileRecord, EngineError
         size: fp.size.map(snake),
         noise: fp.noise.map(snake),
         tensors: fp.tensors,
-        sampled_sha256: sampled_sha256(path)?,
+        sampled_sha256: hashes.sampled_sha256(path)?,
     })
 }
 
@@ -98,7 +59,11 @@ pub fn record(used_as: &str, path: &Path) -> Result<ModelFileRecord, EngineError
 /// order (by file name, so not by where the folder is), every `.json` file beside the shards
 /// (`config.json`, the shard index) and each shard's sampled hash; the rest describes the
 /// shards' headers taken together.
-pub fn folder_record(used_as: &str, dir: &Path) -> Result<ModelFileRecord, EngineError> {
+pub fn folder_record(
+    used_as: &str,
+    dir: &Path,
+    hashes: &HashCache,
+) -> Result<ModelFileRecord, EngineError> {
     let mut shards = crate::weights::model_files(dir)?;
     shards.sort_by_key(|shard| shard.file_name().map(std::ffi::OsStr::to_os_string));
     let mut merged = Header {
@@ -126,7 +91,7 @@ pub fn folder_record(used_as: &str, dir: &Path) -> Result<ModelFileRecord, Engin
         let name = file.file_name().unwrap_or_default().to_string_lossy();
         hasher.update((name.len() as u64).to_le_bytes());
         hasher.update(name.as_bytes());
-        hasher.update(sampled_sha256(file)?.as_bytes());
+        hasher.update(hashes.sampled_sha256(file)?.as_bytes());
     }
     Ok(ModelFileRecord {
         used_as: used_as.to_owned(),
@@ -144,10 +109,12 @@ pub fn folder_record(used_as: &str, dir: &Path) -> Result<ModelFileRecord, Engin
     })
 }
 
-/// The records of every model file `recipe` uses (RIFE's when it interpolates).
+/// The records of every model file `recipe` uses (RIFE's when it interpolates), with content
+/// hashes from `hashes` where the files are unchanged.
 pub fn model_file_records(
     recipe: &Recipe,
     rife: Option<&Path>,
+    hashes: &HashCache,
 ) -> Result<Vec<ModelFileRecord>, EngineError> {
     let files = &recipe.models;
     let mut records = Vec::new();
@@ -158,19 +125,19 @@ pub fn model_file_records(
         ("vae", &files.vae),
     ] {
         match path.as_deref() {
-            Some(path) if path.is_file() => records.push(record(used_as, path)?),
-            Some(path) if path.is_dir() => records.push(folder_record(used_as, path)?),
+            Some(path) if path.is_file() => records.push(record(used_as, path, hashes)?),
+            Some(path) if path.is_dir() => records.push(folder_record(used_as, path, hashes)?),
             _ => {}
         }
     }
     for lora in &recipe.loras {
-        records.push(record("lora", &lora.path)?);
+        records.push(record("lora", &lora.path, hashes)?);
     }
     // Missing weights are reported by the RIFE stage itself, with what to do.
     if recipe.interpolation != Interpolation::Off
         && let Some(path) = rife.filter(|p| p.is_file())
     {
-        records.push(record("rife", path)?);
+        records.push(record("rife", path, hashes)?);
     }
     Ok(records)
 }
@@ -178,29 +145,6 @@ pub fn model_file_records(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn samples_tell_files_apart_anywhere_a_sample_falls() {
-        let dir = tempfile::tempdir().unwrap();
-        let big = usize::try_from(5 * SAMPLE_BYTES).unwrap();
-        let write = |name: &str, flip: Option<usize>| {
-            let mut bytes = vec![7_u8; big];
-            if let Some(at) = flip {
-                bytes[at] = 8;
-            }
-            let path = dir.path().join(name);
-            std::fs::write(&path, bytes).unwrap();
-            sampled_sha256(&path).unwrap()
-        };
-        let same = write("a", None);
-        assert_eq!(same, write("b", None));
-        assert_eq!(same.len(), 64);
-        for at in [0, big / 2, big - 1] {
-            assert_ne!(same, write("c", Some(at)), "a change at {at}");
-        }
-        // Between samples a change goes unseen: the price of not reading gigabytes.
-        assert_eq!(same, write("d", Some(big / 4)));
-    }
 
     #[test]
     fn a_sharded_folder_is_fingerprinted_from_its_configs_and_shards_in_a_stable_order() {
@@ -233,7 +177,7 @@ mod tests {
             root
         };
         let a = folder("a");
-        let first = folder_record("high_noise", &a).unwrap();
+        let first = folder_record("high_noise", &a, &HashCache::disabled()).unwrap();
         assert_eq!(first.path, a);
         assert_eq!(first.tensors, 2);
         assert_eq!(first.detected_role, "dit_expert");
@@ -249,14 +193,30 @@ mod tests {
         let mut recipe = Recipe::from_layers(&preset, crate::recipe::RecipeChoices::default());
         recipe.models.high_noise = Some(a.clone());
         assert_eq!(
-            model_file_records(&recipe, None).unwrap(),
+            model_file_records(&recipe, None, &HashCache::disabled()).unwrap(),
             std::slice::from_ref(&first)
+        );
+        // With a cache, the same records: once hashed, and again from the cache.
+        let cache = tempfile::tempdir().unwrap();
+        for _ in 0..2 {
+            assert_eq!(
+                model_file_records(&recipe, None, &HashCache::in_folder(cache.path())).unwrap(),
+                std::slice::from_ref(&first)
+            );
+        }
+        assert!(
+            cache
+                .path()
+                .join(crate::model_files::content_hash::CACHE_FILE)
+                .is_file()
         );
         // The same files in another place: the same print, again and again.
         let b = folder("b");
         for _ in 0..3 {
             assert_eq!(
-                folder_record("high_noise", &b).unwrap().sampled_sha256,
+                folder_record("high_noise", &b, &HashCache::disabled())
+                    .unwrap()
+                    .sampled_sha256,
                 first.sampled_sha256
             );
         }
@@ -265,10 +225,14 @@ mod tests {
         let mut bytes = std::fs::read(&shard).unwrap();
         *bytes.last_mut().unwrap() ^= 1;
         std::fs::write(&shard, bytes).unwrap();
-        let changed = folder_record("high_noise", &b).unwrap().sampled_sha256;
+        let changed = folder_record("high_noise", &b, &HashCache::disabled())
+            .unwrap()
+            .sampled_sha256;
         assert_ne!(changed, first.sampled_sha256);
         std::fs::write(a.join("config.json"), r#"{"dim": 65}"#).unwrap();
-        let reconfigured = folder_record("high_noise", &a).unwrap().sampled_sha256;
+        let reconfigured = folder_record("high_noise", &a, &HashCache::disabled())
+            .unwrap()
+            .sampled_sha256;
         assert_ne!(reconfigured, first.sampled_sha256);
         assert_ne!(reconfigured, changed);
     }

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::EngineError;
+use crate::model_files::extra_paths;
 use crate::model_files::fingerprint::Noise;
 use crate::model_files::scan::{Need, Status, scan};
 use crate::preset::{ModelFamily, Preset};
@@ -218,7 +219,7 @@ fn models_folder(
     let report = scan(dir, std::slice::from_ref(&preset));
     let mut found = ModelFiles::default();
     let mut problems = Vec::new();
-    for (need, status) in report.presets.into_iter().flat_map(|p| p.needs) {
+    for (need, status) in report.presets.iter().flat_map(|p| p.needs.clone()) {
         let slot = match need {
             Need::Dit {
                 noise: Some(Noise::Low),
@@ -241,6 +242,25 @@ fn models_folder(
     if problems.is_empty() {
         Ok(found)
     } else {
+        // What ComfyUI's extra_model_paths.yaml would have added may be why a file is missing.
+        problems.extend(report.files.iter().filter_map(|f| {
+            match &f.fingerprint {
+                Err(reason)
+                    if !f.path.exists()
+                        || f.path
+                            .file_name()
+                            .is_some_and(|n| n == extra_paths::FILE_NAME) =>
+                {
+                    let path = f.path.display().to_string();
+                    Some(if reason.ends_with(&path) {
+                        reason.clone()
+                    } else {
+                        format!("{reason} ({path})")
+                    })
+                }
+                _ => None,
+            }
+        }));
         Err(refused(format!(
             "lacks what the preset needs: {}; or give the files with --high-noise, --low-noise, --text-encoder, --vae: {}",
             problems.join("; "),
@@ -391,5 +411,45 @@ mod tests {
         assert_eq!(files.low_noise, Some(dir.path().join("low_noise_model")));
         assert_eq!(files.text_encoder, Some(dir.path().join(OFFICIAL_T5)));
         assert_eq!(files.vae, Some(dir.path().join("Wan2.1_VAE.pth")));
+    }
+
+    #[test]
+    fn a_refusal_names_the_extra_model_paths_yaml_problems_beside_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().join("models");
+        comfyui_tree(&models, false);
+        let yaml = dir.path().join(extra_paths::FILE_NAME);
+        std::fs::write(&yaml, "comfyui:\n  base_path: shared\n  vae: vae\n").unwrap();
+        let error = resolve_model_files(&folder(&models), ModelFamily::Wan22I2vA14b)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("the VAE is missing")
+                && error.contains("lists this folder under `vae`, but it is not a folder")
+                && error.contains(&dir.path().join("shared").join("vae").display().to_string()),
+            "{error}"
+        );
+        // Once the listed folder holds the VAE, the folder is complete.
+        comfyui_tree(&dir.path().join("shared"), true);
+        std::fs::remove_dir_all(dir.path().join("shared").join("diffusion_models")).unwrap();
+        let resolved = resolve_model_files(&folder(&models), ModelFamily::Wan22I2vA14b).unwrap();
+        assert!(
+            resolved
+                .vae
+                .unwrap()
+                .starts_with(dir.path().join("shared").join("vae"))
+        );
+        std::fs::write(&yaml, "comfyui: [\n").unwrap();
+        let error = resolve_model_files(
+            &folder(dir.path().join("models").as_path()),
+            ModelFamily::Wan22Ti2v5b,
+        )
+        .unwrap_err()
+        .to_string();
+        let yaml = yaml.display().to_string();
+        assert!(
+            error.contains("not valid YAML") && error.matches(&yaml).count() == 1,
+            "{error}"
+        );
     }
 }

@@ -203,7 +203,9 @@ impl PipelineRunner {
             Interpolation::Off => None,
             _ => self.rife_weights_path().ok(),
         };
-        let model_files = model_file_records(recipe, rife_path.as_deref())?;
+        let hashes =
+            crate::model_files::content_hash::HashCache::in_folder(&crate::paths::cache_dir());
+        let model_files = model_file_records(recipe, rife_path.as_deref(), &hashes)?;
         // The stored recipe restores the render itself, not its continuation.
         let stored = Recipe {
             resume: false,
