@@ -9,7 +9,7 @@ use stillmotion_kernels::glue::{self, Modulation};
 
 use super::attention::attention;
 use super::config::Config;
-use super::linear::Lin;
+use super::linear::{Lin, tensor_bytes};
 use super::rope::Rope;
 use super::time::PerToken;
 use crate::EngineError;
@@ -156,6 +156,19 @@ impl Attention {
         }
         out.extend(self.norm_q.iter().chain(&self.norm_k).map(|n| &n.weight));
         Ok(())
+    }
+
+    fn resident_bytes(&self) -> usize {
+        [&self.q, &self.k, &self.v, &self.o]
+            .iter()
+            .map(|lin| lin.resident_bytes())
+            .sum::<usize>()
+            + self
+                .norm_q
+                .iter()
+                .chain(&self.norm_k)
+                .map(|n| tensor_bytes(&n.weight))
+                .sum::<usize>()
     }
 
     fn with_tensors(&self, cursor: &mut Cursor<'_>) -> Result<Self, EngineError> {
@@ -326,6 +339,23 @@ impl Block {
         out.extend(self.ffn2.tensors()?);
         out.push(&self.modulation);
         Ok(out)
+    }
+
+    /// Bytes the block keeps on its device, GGUF layers at their stored block size (which
+    /// [`Block::tensors`] cannot list: they do not stream).
+    pub(super) fn resident_bytes(&self) -> usize {
+        let mut norms = Vec::new();
+        self.norm1.tensors(&mut norms);
+        if let Some(norm) = &self.norm3 {
+            norm.tensors(&mut norms);
+        }
+        self.norm2.tensors(&mut norms);
+        norms.into_iter().map(tensor_bytes).sum::<usize>()
+            + self.self_attn.resident_bytes()
+            + self.cross_attn.resident_bytes()
+            + self.ffn0.resident_bytes()
+            + self.ffn2.resident_bytes()
+            + tensor_bytes(&self.modulation)
     }
 
     /// The same block (its scales, norms' epsilons, head count) computing with `tensors`, in

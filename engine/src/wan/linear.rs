@@ -224,6 +224,23 @@ impl Lin {
         Ok(out)
     }
 
+    /// Bytes the layer keeps on its device: its weight as stored (GGUF blocks at their block
+    /// size), the bias and any on-the-fly LoRA factors.
+    pub(super) fn resident_bytes(&self) -> usize {
+        let weight = match &self.weight {
+            Weight::Plain(w) | Weight::Scaled { weight: w, .. } => tensor_bytes(w),
+            Weight::Quantized { weight, .. } => weight.storage_size_in_bytes(),
+        };
+        weight
+            + tensor_bytes(&self.bias)
+            + self
+                .lora
+                .iter()
+                .flat_map(LoraSideCar::tensors)
+                .map(tensor_bytes)
+                .sum::<usize>()
+    }
+
     /// How many tensors [`Self::tensors`] lists.
     pub(super) fn tensor_count(&self) -> usize {
         if self.lora.is_some() { 4 } else { 2 }
@@ -436,6 +453,11 @@ impl Lin {
             epilogue,
         )?)
     }
+}
+
+/// Bytes of a candle tensor's elements.
+pub(super) fn tensor_bytes(tensor: &Tensor) -> usize {
+    tensor.elem_count() * tensor.dtype().size_in_bytes()
 }
 
 #[cfg(test)]

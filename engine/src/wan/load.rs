@@ -406,6 +406,18 @@ mod tests {
     }
 
     #[test]
+    fn a_gguf_experts_resident_bytes_count_its_blocks_as_stored() {
+        // Parking checks host memory against this count: GGUF layers were left out of it.
+        let case = "files_dit_gguf_kquants";
+        let path = golden(case).join("wan_t2v_kquants.gguf");
+        let model =
+            WanModel::load_with_config(&path, Some(&case_config(case)), &Device::Cpu, DType::F32)
+                .unwrap();
+        let file = GgufFile::open(&path).unwrap();
+        assert_eq!(model.resident_bytes(), file.resident_bytes(4, false));
+    }
+
+    #[test]
     fn a_lora_on_gguf_weights_merges_into_its_layers_dequantized() {
         let case = "files_dit_gguf_legacy_quants";
         let gguf_path = golden(case).join("wan_t2v_mixed.gguf");

@@ -93,17 +93,9 @@ impl WanModel {
             &self.time_projection,
             &self.head,
         ];
-        let lin_bytes: usize = lins
-            .iter()
-            .filter_map(|lin| lin.tensors().ok())
-            .flat_map(|tensors| tensors.into_iter().map(bytes_of))
-            .sum();
-        let block_bytes: usize = self
-            .blocks
-            .iter()
-            .filter_map(|block| block.tensors().ok())
-            .flat_map(|tensors| tensors.into_iter().map(bytes_of))
-            .sum();
+        // Each layer counts its own storage: GGUF blocks cannot be listed as tensors.
+        let lin_bytes: usize = lins.iter().map(|lin| lin.resident_bytes()).sum();
+        let block_bytes: usize = self.blocks.iter().map(Block::resident_bytes).sum();
         lin_bytes + block_bytes + bytes_of(&self.head_modulation)
     }
 
