@@ -359,6 +359,34 @@ mod tests {
         )
     }
 
+    /// A umT5-XXL text encoder's header, its tables in `dtype`.
+    fn text_encoder(path: &Path, dtype: &str) -> u64 {
+        fake_safetensors(
+            path,
+            &[
+                ("shared.weight", dtype, &[256_384, 4096]),
+                (
+                    "encoder.block.0.layer.0.SelfAttention.q.weight",
+                    dtype,
+                    &[4096, 4096],
+                ),
+            ],
+            &[],
+        )
+    }
+
+    /// A Wan2.1 VAE's header.
+    fn wan21_vae(path: &Path) -> u64 {
+        fake_safetensors(
+            path,
+            &[
+                ("decoder.conv1.weight", "BF16", &[384, 16, 3, 3, 3]),
+                ("encoder.conv1.weight", "BF16", &[96, 3, 3, 3, 3]),
+            ],
+            &[],
+        )
+    }
+
     fn preset(stem: &str) -> Preset {
         crate::preset::shipped()
             .unwrap()
@@ -404,28 +432,13 @@ mod tests {
             5120,
             16,
         );
-        fake_safetensors(
+        text_encoder(
             &models
                 .join("text_encoders")
                 .join("umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
-            &[
-                ("shared.weight", "F8_E4M3", &[256_384, 4096]),
-                (
-                    "encoder.block.0.layer.0.SelfAttention.q.weight",
-                    "F8_E4M3",
-                    &[4096, 4096],
-                ),
-            ],
-            &[],
+            "F8_E4M3",
         );
-        fake_safetensors(
-            &models.join("vae").join("wan_2.1_vae.safetensors"),
-            &[
-                ("decoder.conv1.weight", "BF16", &[384, 16, 3, 3, 3]),
-                ("encoder.conv1.weight", "BF16", &[96, 3, 3, 3, 3]),
-            ],
-            &[],
-        );
+        wan21_vae(&models.join("vae").join("wan_2.1_vae.safetensors"));
         // Mislabelled: a VAE saved under loras/ with the LoRA's name.
         fake_safetensors(
             &models
@@ -519,28 +532,13 @@ mod tests {
             5120,
             36,
         );
-        fake_safetensors(
+        text_encoder(
             &models
                 .join("text_encoders")
                 .join("umt5_xxl_fp16.safetensors"),
-            &[
-                ("shared.weight", "F16", &[256_384, 4096]),
-                (
-                    "encoder.block.0.layer.0.SelfAttention.q.weight",
-                    "F16",
-                    &[4096, 4096],
-                ),
-            ],
-            &[],
+            "F16",
         );
-        fake_safetensors(
-            &models.join("vae").join("wan_2.1_vae.safetensors"),
-            &[
-                ("decoder.conv1.weight", "BF16", &[384, 16, 3, 3, 3]),
-                ("encoder.conv1.weight", "BF16", &[96, 3, 3, 3, 3]),
-            ],
-            &[],
-        );
+        wan21_vae(&models.join("vae").join("wan_2.1_vae.safetensors"));
         // Named neutrally: the folder it is listed under says what it is for.
         dit(
             &dir.join("shared")
