@@ -197,6 +197,45 @@ pub(super) fn workspace_preference(
     Ok(preference)
 }
 
+/// `D = op(A)·op(B) + β·D`: one cuBLASLt matmul whose C is its output D (`out`), with the
+/// algorithm `heuristic` chose and a workspace of the size it asked for.
+///
+/// # Safety
+/// Every address is a live device buffer on `stream` of the shape and type its layout
+/// describes (the descriptor's scale and bias pointers too), alive until the queued call runs
+/// (frees are stream-ordered); the workspace holds `heuristic.workspaceSize` bytes.
+pub(super) unsafe fn matmul_in_place(
+    (handle, desc): (sys::cublasLtHandle_t, sys::cublasLtMatmulDesc_t),
+    beta: f32,
+    [(a, a_layout), (b, b_layout)]: [(u64, sys::cublasLtMatrixLayout_t); 2],
+    (out, out_layout): (u64, sys::cublasLtMatrixLayout_t),
+    (heuristic, workspace): (&sys::cublasLtMatmulHeuristicResult_t, u64),
+    stream: sys::cudaStream_t,
+) -> Result<(), result::CublasError> {
+    let alpha = 1.0_f32;
+    // SAFETY: the caller's contract covers every pointer; alpha and beta live through the call.
+    unsafe {
+        result::matmul(
+            handle,
+            desc,
+            std::ptr::from_ref(&alpha).cast::<c_void>(),
+            std::ptr::from_ref(&beta).cast::<c_void>(),
+            a as *const c_void,
+            a_layout,
+            b as *const c_void,
+            b_layout,
+            out as *const c_void,
+            out_layout,
+            out as *mut c_void,
+            out_layout,
+            std::ptr::from_ref(&heuristic.algo),
+            workspace as *mut c_void,
+            heuristic.workspaceSize,
+            stream,
+        )
+    }
+}
+
 /// The float8 weight's device address (its first element), or `None` when it is not a
 /// contiguous float8 tensor.
 fn weight_ptr(gpu: &GpuKernels, weight: &Tensor) -> Option<u64> {
@@ -391,7 +430,6 @@ pub(crate) fn linear(
     };
     let stream = gpu.device.cuda_stream();
     let (workspace, workspace_ptr) = scratch(&stream, heuristic.workspaceSize)?;
-    let alpha = 1.0_f32;
     // SAFETY: A is the float8 weight [N, K] (16-byte aligned), B the quantized x [M, K] (fresh),
     // C = D the fresh output [M, N] (holding the low-rank delta, queued before on the same
     // stream, when β = 1), the bias [N] of D's type (16-byte aligned), scales two floats
@@ -399,22 +437,12 @@ pub(crate) fn linear(
     // size the algorithm asked for. Every buffer outlives the queued GEMM: frees are
     // stream-ordered.
     unsafe {
-        result::matmul(
-            handle,
-            desc.0,
-            std::ptr::from_ref(&alpha).cast::<c_void>(),
-            std::ptr::from_ref(&beta).cast::<c_void>(),
-            w_ptr as *const c_void,
-            a.0,
-            x_ptr as *const c_void,
-            b.0,
-            out_ptr as *const c_void,
-            c.0,
-            out_ptr as *mut c_void,
-            c.0,
-            std::ptr::from_ref(&heuristic.algo),
-            workspace_ptr as *mut c_void,
-            heuristic.workspaceSize,
+        matmul_in_place(
+            (handle, desc.0),
+            beta,
+            [(w_ptr, a.0), (x_ptr, b.0)],
+            (out_ptr, c.0),
+            (&heuristic, workspace_ptr),
             stream.cu_stream().cast(),
         )
     }

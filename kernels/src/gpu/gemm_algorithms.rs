@@ -2,13 +2,14 @@
 //! each timed on the device: the evidence for (or against) choosing GEMM algorithms by
 //! measurement instead of taking the heuristic's first answer, as [`super::linear`] does.
 
-use std::ffi::c_void;
 
 use candle_core::{D, DType, Tensor};
 use cudarc::cublaslt::sys::{cublasLtEpilogue_t as Ep, cublasLtMatmulDescAttributes_t as Attr};
 use cudarc::cublaslt::{MatmulShared, result, sys};
 
-use super::fp8_linear::{MAX_WORKSPACE, Owned, layout, set_attribute, workspace_preference};
+use super::fp8_linear::{
+    MAX_WORKSPACE, Owned, layout, matmul_in_place, set_attribute, workspace_preference,
+};
 use super::{device_ptr, empty_like_shape, loaded, scratch};
 use crate::linear::{AlgorithmTiming, Epilogue};
 use crate::{KernelError, Kernels};
@@ -102,7 +103,6 @@ pub(crate) fn time_algorithms(
     let out_shape = candle_core::Shape::from((m, n));
     let (_out, out_ptr) = empty_like_shape(&gpu.device, x.dtype(), &out_shape)?;
     let stream = gpu.device.cuda_stream();
-    let (alpha, beta) = (1.0_f32, 0.0_f32);
     let mut timings = Vec::with_capacity(results.len());
     for (index, heuristic) in results.iter().enumerate() {
         let (workspace, workspace_ptr) = scratch(&stream, heuristic.workspaceSize)?;
@@ -111,22 +111,12 @@ pub(crate) fn time_algorithms(
             // contiguous on candle's stream and alive until the stream is synchronised below;
             // the workspace has the size this algorithm asked for.
             unsafe {
-                result::matmul(
-                    handle,
-                    desc.0,
-                    std::ptr::from_ref(&alpha).cast::<c_void>(),
-                    std::ptr::from_ref(&beta).cast::<c_void>(),
-                    w_ptr as *const c_void,
-                    a.0,
-                    x_ptr as *const c_void,
-                    b.0,
-                    out_ptr as *const c_void,
-                    c.0,
-                    out_ptr as *mut c_void,
-                    c.0,
-                    std::ptr::from_ref(&heuristic.algo),
-                    workspace_ptr as *mut c_void,
-                    heuristic.workspaceSize,
+                matmul_in_place(
+                    (handle, desc.0),
+                    0.0,
+                    [(w_ptr, a.0), (x_ptr, b.0)],
+                    (out_ptr, c.0),
+                    (heuristic, workspace_ptr),
                     stream.cu_stream().cast(),
                 )
             }
