@@ -2,7 +2,6 @@
 //! each timed on the device: the evidence for (or against) choosing GEMM algorithms by
 //! measurement instead of taking the heuristic's first answer, as [`super::linear`] does.
 
-
 use candle_core::{D, DType, Tensor};
 use cudarc::cublaslt::sys::{cublasLtEpilogue_t as Ep, cublasLtMatmulDescAttributes_t as Attr};
 use cudarc::cublaslt::{MatmulShared, result, sys};
