@@ -237,6 +237,10 @@ fn bench_attention(
                 )?)
             }),
         ),
+        (
+            "int8_pipelined",
+            Box::new(|q, k, v| Ok(int8_explicit(kernels, q, k, v, Int8Kernel::Pipelined)?)),
+        ),
     ];
     let int8 = INT8_BACKENDS
         .iter()
@@ -590,6 +594,7 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
             ),
             ("wgmma x1", Int8Kernel::Wgmma { blocks_per_sm: 1 }),
             ("wgmma x2", Int8Kernel::Wgmma { blocks_per_sm: 2 }),
+            ("pipelined", Int8Kernel::Pipelined),
         ];
         for (name, kernel) in fp8_kernels {
             // A kernel this GPU or head size lacks is noted, not checked.

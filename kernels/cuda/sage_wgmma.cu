@@ -292,3 +292,388 @@ STILLMOTION_SAGE_WGMMA(stillmotion_sage_wgmma_bf16_d128_x2, __nv_bfloat16, 2)
 STILLMOTION_SAGE_WGMMA(stillmotion_sage_wgmma_f16_d128_x2, __half, 2)
 STILLMOTION_SAGE_WGMMA(stillmotion_sage_wgmma_bf16_d128_x1, __nv_bfloat16, 1)
 STILLMOTION_SAGE_WGMMA(stillmotion_sage_wgmma_f16_d128_x1, __half, 1)
+
+// ---------------------------------------------------------------------------------------
+// The pipelined kernel. Same pre-pass, same products, but:
+// - a producer warp loads with the Tensor Memory Accelerator (TMA) into a ring of kStages K
+//   and V tiles, each stage guarded by "full" and "empty" mbarriers, so loads run whole tiles
+//   ahead instead of being waited for inside each tile;
+// - tiles of 128 keys (K's two 64-key scale groups side by side), halving the per-tile waits;
+// - two consumer warpgroups of 64 query rows each, which the SM overlaps with each other.
+// The TMA writes each 128-byte row in the 128-byte swizzle wgmma reads, so no thread touches
+// the tiles. Maps (built by the launcher): Q and K as rows of 128 bytes, [B·H·S_padded, 128],
+// V as [B·H·128, Sk_padded]; all with boxes of 128 × 128 bytes.
+
+namespace {
+
+constexpr int kPipeKeys = 128;
+constexpr int kPipeStages = 4;
+constexpr int kPipeConsumers = 256;               // two warpgroups
+constexpr int kPipeThreads = kPipeConsumers + 32;  // and one producer warp
+[[maybe_unused]] constexpr uint32_t kPipeTileBytes = 128 * 128;
+
+// A CUtensorMap: 128 opaque bytes the driver encodes, passed by value as a kernel parameter.
+struct alignas(64) TensorMap {
+    uint64_t words[16];
+};
+
+struct PipeBarriers {
+    uint64_t q_full;
+    uint64_t k_full[kPipeStages];
+    uint64_t v_full[kPipeStages];
+    uint64_t empty[kPipeStages];
+};
+
+#if defined(STILLMOTION_HAS_WGMMA)
+
+__device__ __forceinline__ void mbarrier_init(uint64_t *bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_address(bar)),
+                 "r"(count)
+                 : "memory");
+}
+
+// One arrival that also announces `bytes` of TMA traffic the phase must wait for.
+__device__ __forceinline__ void mbarrier_expect_bytes(uint64_t *bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(
+                     smem_address(bar)),
+                 "r"(bytes)
+                 : "memory");
+}
+
+__device__ __forceinline__ void mbarrier_arrive(uint64_t *bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_address(bar))
+                 : "memory");
+}
+
+// Waits until the barrier's phase of parity `parity` has completed.
+__device__ __forceinline__ void mbarrier_wait(uint64_t *bar, uint32_t parity) {
+    const uint32_t address = smem_address(bar);
+    uint32_t done = 0;
+    while (!done) {
+        asm volatile(
+            "{\n"
+            ".reg .pred p;\n"
+            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+            "selp.u32 %0, 1, 0, p;\n"
+            "}\n"
+            : "=r"(done)
+            : "r"(address), "r"(parity)
+            : "memory");
+    }
+}
+
+// A box of the 2-D map at (x, y) (x along the contiguous dimension) into shared memory,
+// completing on `bar`.
+__device__ __forceinline__ void tma_load(void *dst, const TensorMap *map, int x, int y,
+                                         uint64_t *bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
+        "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(smem_address(dst)),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(smem_address(bar))
+        : "memory");
+}
+
+// d (+)= A·Bᵀ, m64 n128 k32, s8 × s8 → s32, both from shared memory (K-major); and
+// d (+)= A·B, m64 n128 k32, e4m3 × e4m3 → f32, A from registers. As the n64 forms above.
+template <bool kAccumulate>
+__device__ __forceinline__ void wgmma_s8_n128(int (&d)[64], uint64_t a, uint64_t b) {
+    if constexpr (kAccumulate) {
+        asm volatile(
+            "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 "
+            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+            "%64, %65, 1;\n"
+            :
+          "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]),
+          "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]),
+          "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]),
+          "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]),
+          "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]),
+          "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
+          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]),
+          "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]),
+          "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]),
+          "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+            : "l"(a), "l"(b));
+    } else {
+        asm volatile(
+            "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 "
+            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+            "%64, %65, 0;\n"
+            :
+          "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]),
+          "=r"(d[4]), "=r"(d[5]), "=r"(d[6]), "=r"(d[7]),
+          "=r"(d[8]), "=r"(d[9]), "=r"(d[10]), "=r"(d[11]),
+          "=r"(d[12]), "=r"(d[13]), "=r"(d[14]), "=r"(d[15]),
+          "=r"(d[16]), "=r"(d[17]), "=r"(d[18]), "=r"(d[19]),
+          "=r"(d[20]), "=r"(d[21]), "=r"(d[22]), "=r"(d[23]),
+          "=r"(d[24]), "=r"(d[25]), "=r"(d[26]), "=r"(d[27]),
+          "=r"(d[28]), "=r"(d[29]), "=r"(d[30]), "=r"(d[31]),
+          "=r"(d[32]), "=r"(d[33]), "=r"(d[34]), "=r"(d[35]),
+          "=r"(d[36]), "=r"(d[37]), "=r"(d[38]), "=r"(d[39]),
+          "=r"(d[40]), "=r"(d[41]), "=r"(d[42]), "=r"(d[43]),
+          "=r"(d[44]), "=r"(d[45]), "=r"(d[46]), "=r"(d[47]),
+          "=r"(d[48]), "=r"(d[49]), "=r"(d[50]), "=r"(d[51]),
+          "=r"(d[52]), "=r"(d[53]), "=r"(d[54]), "=r"(d[55]),
+          "=r"(d[56]), "=r"(d[57]), "=r"(d[58]), "=r"(d[59]),
+          "=r"(d[60]), "=r"(d[61]), "=r"(d[62]), "=r"(d[63])
+            : "l"(a), "l"(b));
+    }
+}
+
+template <bool kAccumulate>
+__device__ __forceinline__ void wgmma_e4m3_n128(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
+    if constexpr (kAccumulate) {
+        asm volatile(
+            "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+            "{%64, %65, %66, %67}, %68, 1, 1, 1;\n"
+            :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
+          "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
+          "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+          "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
+          "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]),
+          "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+          "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+    } else {
+        asm volatile(
+            "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+            "{%64, %65, %66, %67}, %68, 0, 1, 1;\n"
+            :
+          "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]),
+          "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]),
+          "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]),
+          "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]),
+          "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]),
+          "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]),
+          "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]),
+          "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31]),
+          "=f"(d[32]), "=f"(d[33]), "=f"(d[34]), "=f"(d[35]),
+          "=f"(d[36]), "=f"(d[37]), "=f"(d[38]), "=f"(d[39]),
+          "=f"(d[40]), "=f"(d[41]), "=f"(d[42]), "=f"(d[43]),
+          "=f"(d[44]), "=f"(d[45]), "=f"(d[46]), "=f"(d[47]),
+          "=f"(d[48]), "=f"(d[49]), "=f"(d[50]), "=f"(d[51]),
+          "=f"(d[52]), "=f"(d[53]), "=f"(d[54]), "=f"(d[55]),
+          "=f"(d[56]), "=f"(d[57]), "=f"(d[58]), "=f"(d[59]),
+          "=f"(d[60]), "=f"(d[61]), "=f"(d[62]), "=f"(d[63])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+    }
+}
+
+#endif
+
+template <typename T>
+__device__ __forceinline__ void sage_pipelined_forward(
+    const TensorMap *q_map, const TensorMap *k_map, const TensorMap *v_map,
+    const float *__restrict__ q_scale, const float *__restrict__ k_scale,
+    const float *__restrict__ col_scale, T *__restrict__ o, int sq, int sk, int sq_padded,
+    int sk_padded, int heads) {
+#if defined(STILLMOTION_HAS_WGMMA)
+    extern __shared__ __align__(1024) unsigned char shared_raw[];
+    unsigned char *shared = reinterpret_cast<unsigned char *>(
+        (reinterpret_cast<uintptr_t>(shared_raw) + kQkAtomBytes - 1) &
+        ~uintptr_t(kQkAtomBytes - 1));
+    unsigned char *q_tile = shared;
+    unsigned char *k_tiles = q_tile + kPipeTileBytes;
+    unsigned char *v_tiles = k_tiles + kPipeStages * kPipeTileBytes;
+    PipeBarriers *bars = reinterpret_cast<PipeBarriers *>(v_tiles + kPipeStages * kPipeTileBytes);
+
+    const int head = blockIdx.y;
+    const int batch = blockIdx.z;
+    const int q_start = blockIdx.x * kRows;
+    const int bh = batch * heads + head;
+    const int key_tiles = (sk + kPipeKeys - 1) / kPipeKeys;
+
+    if (threadIdx.x == 0) {
+        mbarrier_init(&bars->q_full, 1);
+        for (int s = 0; s < kPipeStages; ++s) {
+            mbarrier_init(&bars->k_full[s], 1);
+            mbarrier_init(&bars->v_full[s], 1);
+            mbarrier_init(&bars->empty[s], kPipeConsumers);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (threadIdx.x >= kPipeConsumers) {
+        // The producer: one thread issues every load, a stage as soon as it is free.
+        if (threadIdx.x == kPipeConsumers) {
+            mbarrier_expect_bytes(&bars->q_full, kPipeTileBytes);
+            tma_load(q_tile, q_map, 0, bh * sq_padded + q_start, &bars->q_full);
+            for (int tile = 0; tile < key_tiles; ++tile) {
+                const int s = tile % kPipeStages;
+                const int use = tile / kPipeStages;
+                if (use > 0) {
+                    mbarrier_wait(&bars->empty[s], (use - 1) & 1);
+                }
+                mbarrier_expect_bytes(&bars->k_full[s], kPipeTileBytes);
+                tma_load(k_tiles + s * kPipeTileBytes, k_map, 0, bh * sk_padded + tile * kPipeKeys,
+                         &bars->k_full[s]);
+                mbarrier_expect_bytes(&bars->v_full[s], kPipeTileBytes);
+                tma_load(v_tiles + s * kPipeTileBytes, v_map, tile * kPipeKeys, bh * kHeadDim,
+                         &bars->v_full[s]);
+            }
+        }
+        return;
+    }
+
+    const int warpgroup = threadIdx.x / 128;
+    const int warp = (threadIdx.x / 32) % 4;
+    const int lane = threadIdx.x % 32;
+    const int first_row = q_start + warpgroup * 64 + warp * 16;
+    const float q_scale_warp =
+        q_scale[static_cast<int64_t>(bh) * (sq_padded / kQRows) + first_row / kQRows];
+    const float *k_scales = k_scale + static_cast<int64_t>(bh) * (sk_padded / kKeys);
+
+    float out[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+        out[i] = 0.f;
+    }
+    float row_max[2] = {-INFINITY, -INFINITY};
+    float row_sum[2] = {0.f, 0.f};
+    mbarrier_wait(&bars->q_full, 0);
+
+    for (int tile = 0; tile < key_tiles; ++tile) {
+        const int s = tile % kPipeStages;
+        const uint32_t parity = (tile / kPipeStages) & 1;
+        const int key_start = tile * kPipeKeys;
+        mbarrier_wait(&bars->k_full[s], parity);
+
+        // S = Q·Kᵀ: 4 steps of 32 bytes along the 128-byte rows.
+        int score_i[64];
+        const unsigned char *k_tile = k_tiles + s * kPipeTileBytes;
+        wgmma_fence();
+#pragma unroll
+        for (int step = 0; step < kHeadDim / 32; ++step) {
+            const uint64_t a = descriptor(q_tile + warpgroup * 64 * kQkRowBytes + step * 32, 16,
+                                          kQkAtomBytes);
+            const uint64_t b = descriptor(k_tile + step * 32, 16, kQkAtomBytes);
+            if (step == 0) {
+                wgmma_s8_n128<false>(score_i, a, b);
+            } else {
+                wgmma_s8_n128<true>(score_i, a, b);
+            }
+        }
+        wgmma_commit_and_wait();
+
+        // Online softmax in log2 units. Register 4t + e holds key 8t + 2·(lane % 4) + e % 2 of
+        // row lane / 4 + 8·(e / 2); keys 0–63 and 64–127 have their own K scale.
+        const float scale[2] = {q_scale_warp * k_scales[2 * tile],
+                                q_scale_warp * k_scales[2 * tile + 1]};
+        float score[64];
+#pragma unroll
+        for (int i = 0; i < 64; ++i) {
+            score[i] = int_sum_to_float(score_i[i]) * scale[i / 32];
+        }
+        if (key_start + kPipeKeys > sk) {
+#pragma unroll
+            for (int i = 0; i < 64; ++i) {
+                const int key = key_start + (i / 4) * 8 + (lane % 4) * 2 + (i % 2);
+                score[i] = key < sk ? score[i] : -INFINITY;
+            }
+        }
+        float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int i = 0; i < 64; ++i) {
+            tile_max[(i / 2) % 2] = fmaxf(tile_max[(i / 2) % 2], score[i]);
+        }
+        float rescale[2];
+        float base[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffff, tile_max[r], 1));
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffff, tile_max[r], 2));
+            const float new_max = fmaxf(row_max[r], tile_max[r]);
+            // A row whose keys so far are all masked keeps max -inf: subtract 0 instead.
+            base[r] = new_max == -INFINITY ? 0.f : new_max;
+            rescale[r] = exp2f(row_max[r] - base[r]);
+            row_max[r] = new_max;
+            row_sum[r] *= rescale[r];
+        }
+#pragma unroll
+        for (int i = 0; i < 64; ++i) {
+            score[i] = exp2f(score[i] - base[(i / 2) % 2]);
+            row_sum[(i / 2) % 2] += score[i];
+        }
+        // P in e4m3: register j of k-step k holds score tiles 4k + 2·(j / 2) and the next,
+        // row lane / 4 (j even) or lane / 4 + 8 (j odd), as the n64 kernel's.
+        uint32_t p[kPipeKeys / 32][4];
+#pragma unroll
+        for (int k = 0; k < kPipeKeys / 32; ++k) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int t = 4 * k + 2 * (j / 2);
+                const int e = 2 * (j % 2);
+                p[k][j] = pack_e4m3(score[t * 4 + e] * kFp8Max, score[t * 4 + e + 1] * kFp8Max,
+                                    score[(t + 1) * 4 + e] * kFp8Max,
+                                    score[(t + 1) * 4 + e + 1] * kFp8Max);
+            }
+        }
+
+        // O = O·rescale + P·V, P·V through a zeroed partial (FP8 wgmma adds with fewer
+        // mantissa bits than float32).
+        mbarrier_wait(&bars->v_full[s], parity);
+        const unsigned char *v_tile = v_tiles + s * kPipeTileBytes;
+        float partial[64];
+        wgmma_fence();
+#pragma unroll
+        for (int k = 0; k < kPipeKeys / 32; ++k) {
+            const uint64_t b = descriptor(v_tile + k * 32, 16, kQkAtomBytes);
+            if (k == 0) {
+                wgmma_e4m3_n128<false>(partial, p[k], b);
+            } else {
+                wgmma_e4m3_n128<true>(partial, p[k], b);
+            }
+        }
+        wgmma_commit_and_wait();
+        mbarrier_arrive(&bars->empty[s]);
+#pragma unroll
+        for (int i = 0; i < 64; ++i) {
+            out[i] = fmaf(out[i], rescale[(i / 2) % 2], partial[i]);
+        }
+    }
+
+    T *o_base = o + (static_cast<int64_t>(batch) * sq * heads + head) * kHeadDim;
+    const float sums[1][2] = {{row_sum[0], row_sum[1]}};
+    store_rows<T>(o_base, static_cast<int64_t>(heads) * kHeadDim,
+                  *reinterpret_cast<float(*)[1][kHeadDim / 8][4]>(out), sums, first_row, sq,
+                  col_scale + static_cast<int64_t>(bh) * kHeadDim);
+#else
+    __trap();  // the launcher uses this kernel on compute capability 9.0 only
+#endif
+}
+
+}  // namespace
+
+// Shared memory: Q, kPipeStages K and V tiles of 128 × 128 bytes, the barriers, and 1024 for
+// alignment.
+#define STILLMOTION_SAGE_PIPELINED(NAME, T)                                                    \
+    extern "C" __global__ void __launch_bounds__(kPipeThreads, 1)                              \
+        NAME(const __grid_constant__ TensorMap q_map, const __grid_constant__ TensorMap k_map, \
+             const __grid_constant__ TensorMap v_map, const float *q_scale,                    \
+             const float *k_scale, const float *col_scale, T *o, int sq, int sk,               \
+             int sq_padded, int sk_padded, int heads) {                                        \
+        sage_pipelined_forward<T>(&q_map, &k_map, &v_map, q_scale, k_scale, col_scale, o, sq, \
+                                  sk, sq_padded, sk_padded, heads);                            \
+    }
+
+STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_bf16_d128, __nv_bfloat16)
+STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_f16_d128, __half)

@@ -72,6 +72,9 @@ pub enum Int8Kernel {
     /// `wgmma` with FP8 P·V (compute capability 9.0, head dim 128), built for `blocks_per_sm`
     /// (1 or 2) blocks an SM.
     Wgmma { blocks_per_sm: u32 },
+    /// `wgmma` with FP8 P·V fed by TMA loads a producer warp issues into a ring of stages,
+    /// 128-key tiles (compute capability 9.0, head dim 128).
+    Pipelined,
 }
 
 /// The 8-bit path with an explicit main kernel, for the benchmark; [`attention`] picks one for

@@ -34,11 +34,66 @@ const WGMMA_SHARED: usize = (128 + 64) * 128 + 128 * 64 + 1024;
 const WGMMA_ROWS: usize = 128;
 const WGMMA_THREADS: u32 = 256;
 
+/// The pipelined kernel (`sage_wgmma.cu`, `kPipe*`): 128 query rows, 128-key tiles, 4 stages
+/// of a K and a V tile of 128 × 128 bytes after Q's, barriers, and 1024 bytes of alignment.
+const PIPELINED_KEYS: usize = 128;
+const PIPELINED_STAGES: u32 = 4;
+const PIPELINED_TILE: u32 = 128 * 128;
+const PIPELINED_SHARED: u32 =
+    PIPELINED_TILE * (1 + 2 * PIPELINED_STAGES) + 8 * (1 + 3 * PIPELINED_STAGES) + 1024;
+const PIPELINED_THREADS: u32 = 256 + 32;
+
+/// A TMA descriptor (`CUtensorMap`), which the kernel takes by value.
+#[repr(transparent)]
+struct TensorMap(cudarc::driver::sys::CUtensorMap);
+
+// SAFETY: CUtensorMap is 128 plain bytes (repr C); the kernel declares the parameter as the
+// same 128 bytes (`const __grid_constant__ TensorMap`).
+unsafe impl cudarc::driver::DeviceRepr for TensorMap {}
+
+/// A map over `rows` rows of `row_bytes` bytes at `address`, loaded in boxes of 128 rows of
+/// 128 bytes in the 128-byte swizzle (wgmma's layout for K-major 8-bit tiles).
+fn tensor_map(address: u64, row_bytes: usize, rows: usize) -> Result<TensorMap, KernelError> {
+    use cudarc::driver::sys::{
+        CUtensorMap, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
+        CUtensorMapL2promotion, CUtensorMapSwizzle, cuTensorMapEncodeTiled,
+    };
+    let dims = [row_bytes as u64, rows as u64];
+    let strides = [row_bytes as u64];
+    let boxes = [128u32, 128];
+    let element_strides = [1u32, 1];
+    let mut map = std::mem::MaybeUninit::<CUtensorMap>::zeroed();
+    // SAFETY: dims, boxes and element strides have the rank's 2 entries and strides 1; the
+    // address is device memory of rows · row_bytes bytes that outlives the launch; the map is
+    // written by the call before it is read.
+    let map = unsafe {
+        cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+            2,
+            address as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            element_strides.as_ptr(),
+            CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+        .result()?;
+        map.assume_init()
+    };
+    Ok(TensorMap(map))
+}
+
 impl Int8Kernel {
     fn pv(self) -> PvPrecision {
         match self {
             Self::MmaSync { fp8_pv: false, .. } => PvPrecision::Half,
-            Self::MmaSync { fp8_pv: true, .. } | Self::Wgmma { .. } => PvPrecision::Fp8,
+            Self::MmaSync { fp8_pv: true, .. } | Self::Wgmma { .. } | Self::Pipelined => {
+                PvPrecision::Fp8
+            }
         }
     }
 }
@@ -91,7 +146,7 @@ pub(crate) fn attention(
         Int8Kernel::Wgmma { blocks_per_sm } if !matches!(blocks_per_sm, 1 | 2) => {
             return Err(bad(format!("{blocks_per_sm} blocks an SM: 1 or 2")));
         }
-        Int8Kernel::Wgmma { .. } if d != 128 || !gpu.has_wgmma() => {
+        Int8Kernel::Wgmma { .. } | Int8Kernel::Pipelined if d != 128 || !gpu.has_wgmma() => {
             return Err(bad(format!(
                 "the 8-bit wgmma kernel runs on compute capability 9.0 with head dim 128, got {d}"
             )));
@@ -121,7 +176,8 @@ pub(crate) fn attention(
         device_ptr(&v, KERNEL)?,
     );
     let sq_padded = sq.div_ceil(128) * 128;
-    let sk_padded = sk.div_ceil(BLOCK_N) * BLOCK_N;
+    // Whole 128-key tiles for the pipelined kernel (two of K's scale groups each).
+    let sk_padded = sk.div_ceil(PIPELINED_KEYS) * PIPELINED_KEYS;
     let stream = gpu.device.cuda_stream();
     let (h32, d32) = (int(KERNEL, h)?, int(KERNEL, d)?);
     let (sq32, sk32) = (int(KERNEL, sq)?, int(KERNEL, sk)?);
@@ -260,6 +316,45 @@ pub(crate) fn attention(
             WGMMA_THREADS,
             WGMMA_SHARED,
         ),
+        Int8Kernel::Pipelined => {
+            let maps = [
+                tensor_map(q8.ptr, d, b * h * sq_padded)?,
+                tensor_map(k8.ptr, d, b * h * sk_padded)?,
+                tensor_map(v_operand, sk_padded, b * h * d)?,
+            ];
+            let function =
+                gpu.sage_wgmma_function(&format!("stillmotion_sage_pipelined_{suffix}_d128"))?;
+            let shared = PIPELINED_SHARED;
+            function.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                shared as i32,
+            )?;
+            let config = LaunchConfig {
+                grid_dim: grid(sq_padded / WGMMA_ROWS, h, b)?,
+                block_dim: (PIPELINED_THREADS, 1, 1),
+                shared_mem_bytes: shared,
+            };
+            let mut launch = stream.launch_builder(&function);
+            launch
+                .arg(&maps[0])
+                .arg(&maps[1])
+                .arg(&maps[2])
+                .arg(&q_scale.ptr)
+                .arg(&k_scale.ptr)
+                .arg(&col_scale)
+                .arg(&o)
+                .arg(&sq32)
+                .arg(&sk32)
+                .arg(&sq_padded32)
+                .arg(&sk_padded32)
+                .arg(&h32);
+            // SAFETY: the maps cover the pre-pass's buffers (Q and K [B·H·S_padded, 128] bytes,
+            // transposed V [B·H·128, sk_padded] bytes), which live until this function returns and
+            // are only freed stream-ordered after the kernel; the grid covers the padded queries
+            // once; o has [B, Sq, H, D] elements.
+            unsafe { launch.launch(config) }?;
+            return Ok(output_tensor(storage, shape));
+        }
         Int8Kernel::MmaSync { block_rows, .. } => {
             // With FP8 P·V and 128-wide heads, 128-row blocks spill registers (ptxas, sm_89).
             let block_rows = if pv == PvPrecision::Fp8 && d == 128 {
