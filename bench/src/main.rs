@@ -238,8 +238,18 @@ fn bench_attention(
             }),
         ),
         (
+            "int8_pipelined_lockstep",
+            Box::new(|q, k, v| {
+                let kernel = Int8Kernel::Pipelined { ping_pong: false };
+                Ok(int8_explicit(kernels, q, k, v, kernel)?)
+            }),
+        ),
+        (
             "int8_pipelined",
-            Box::new(|q, k, v| Ok(int8_explicit(kernels, q, k, v, Int8Kernel::Pipelined)?)),
+            Box::new(|q, k, v| {
+                let kernel = Int8Kernel::Pipelined { ping_pong: true };
+                Ok(int8_explicit(kernels, q, k, v, kernel)?)
+            }),
         ),
     ];
     let int8 = INT8_BACKENDS
@@ -568,8 +578,14 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
             let fp8 =
                 fp8 && kernels.attention_backend(device) == AttentionBackend::Int8 { fp8_pv: true };
             let out = attention(&kernels, &q, &k, &v)?;
-            let emulated =
-                int8_reference::int8_attention(&on_cpu(&q)?, &on_cpu(&k)?, &on_cpu(&v)?, fp8)?;
+            let tile = stillmotion_kernels::attention::int8_chosen(&kernels, &q, fp8)?;
+            let emulated = int8_reference::int8_attention(
+                &on_cpu(&q)?,
+                &on_cpu(&k)?,
+                &on_cpu(&v)?,
+                fp8,
+                tile.softmax_keys(),
+            )?;
             checks.check(
                 &format!(
                     "attention {name} (fp8 P·V {fp8}) keys {k_len} d {d} vs its CPU emulation"
@@ -594,7 +610,11 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
             ),
             ("wgmma x1", Int8Kernel::Wgmma { blocks_per_sm: 1 }),
             ("wgmma x2", Int8Kernel::Wgmma { blocks_per_sm: 2 }),
-            ("pipelined", Int8Kernel::Pipelined),
+            (
+                "pipelined lockstep",
+                Int8Kernel::Pipelined { ping_pong: false },
+            ),
+            ("pipelined", Int8Kernel::Pipelined { ping_pong: true }),
         ];
         for (name, kernel) in fp8_kernels {
             // A kernel this GPU or head size lacks is noted, not checked.
@@ -605,8 +625,13 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
                     continue;
                 }
             };
-            let emulated =
-                int8_reference::int8_attention(&on_cpu(&q)?, &on_cpu(&k)?, &on_cpu(&v)?, true)?;
+            let emulated = int8_reference::int8_attention(
+                &on_cpu(&q)?,
+                &on_cpu(&k)?,
+                &on_cpu(&v)?,
+                true,
+                kernel.softmax_keys(),
+            )?;
             checks.check(
                 &format!("attention int8 {name} fp8 P·V keys {k_len} d {d} vs its CPU emulation"),
                 rel_l2(&out, &emulated)?,

@@ -21,6 +21,8 @@
 
 #include <cuda_fp8.h>
 
+#include <type_traits>
+
 #include "wgmma_common.cuh"
 
 namespace {
@@ -309,7 +311,7 @@ namespace {
 constexpr int kPipeKeys = 128;
 constexpr int kPipeStages = 4;
 constexpr int kPipeConsumers = 256;               // two warpgroups
-constexpr int kPipeThreads = kPipeConsumers + 32;  // and one producer warp
+constexpr int kPipeThreads = kPipeConsumers + 128;  // and a producer warpgroup
 [[maybe_unused]] constexpr uint32_t kPipeTileBytes = 128 * 128;
 
 // A CUtensorMap: 128 opaque bytes the driver encodes, passed by value as a kernel parameter.
@@ -477,9 +479,129 @@ __device__ __forceinline__ void wgmma_e4m3_n128(float (&d)[64], const uint32_t (
     }
 }
 
+
+// Named barriers 1 and 2 order the two consumer warpgroups' tensor-core work (0 is
+// __syncthreads'): `sync` waits for the other warpgroup's `arrive` on the same id.
+template <int kId>
+__device__ __forceinline__ void named_barrier_sync() {
+    asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "n"(kPipeConsumers) : "memory");
+}
+template <int kId>
+__device__ __forceinline__ void named_barrier_arrive() {
+    asm volatile("bar.arrive %0, %1;\n" ::"n"(kId), "n"(kPipeConsumers) : "memory");
+}
+
+// S = Q·Kᵀ for a warpgroup's 64 rows and a 128-key tile: 4 steps of 32 bytes along the rows.
+__device__ __forceinline__ void issue_qk(int (&score)[64], const unsigned char *q_rows,
+                                        const unsigned char *k_tile) {
+    wgmma_fence();
+#pragma unroll
+    for (int step = 0; step < kHeadDim / 32; ++step) {
+        const uint64_t a = descriptor(q_rows + step * 32, 16, kQkAtomBytes);
+        const uint64_t b = descriptor(k_tile + step * 32, 16, kQkAtomBytes);
+        if (step == 0) {
+            wgmma_s8_n128<false>(score, a, b);
+        } else {
+            wgmma_s8_n128<true>(score, a, b);
+        }
+    }
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+
+// partial = P·V for a 128-key tile (V's 128 channel rows of 128 keys), into a zeroed
+// accumulator: FP8 wgmma adds with fewer mantissa bits than float32, so each tile's product is
+// added to the float32 output by the caller.
+__device__ __forceinline__ void issue_pv(float (&partial)[64], const uint32_t (&p)[4][4],
+                                        const unsigned char *v_tile) {
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < kPipeKeys / 32; ++k) {
+        const uint64_t b = descriptor(v_tile + k * 32, 16, kQkAtomBytes);
+        if (k == 0) {
+            wgmma_e4m3_n128<false>(partial, p[k], b);
+        } else {
+            wgmma_e4m3_n128<true>(partial, p[k], b);
+        }
+    }
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void wgmma_wait_all() {
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+
+// One 128-key tile of the online softmax in log2 units, from the INT8 scores. Register 4t + e
+// holds key 8t + 2·(lane % 4) + e % 2 of row lane / 4 + 8·(e / 2); keys 0–63 and 64–127 have
+// their own scale. P leaves as e4m3 pairs scaled by 448 (log2 448 added to the exponent), so
+// the row sums are 448 times Σp. kMasked: keys at or past `sk` are in the tile.
+template <bool kMasked>
+__device__ __forceinline__ void softmax_128(const int (&score_i)[64], const float (&scale)[2],
+                                            int key_start, int sk, float (&row_max)[2],
+                                            float (&row_sum)[2], float (&rescale)[2],
+                                            uint32_t (&p)[kPipeKeys / 32][4]) {
+    constexpr float kLog2Fp8Max = 8.807354922057604f;  // log2(448)
+    const int lane = threadIdx.x % 32;
+    float score[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+        score[i] = int_sum_to_float(score_i[i]);
+    }
+    float tile_max[2] = {-INFINITY, -INFINITY};
+    if constexpr (kMasked) {
+#pragma unroll
+        for (int i = 0; i < 64; ++i) {
+            const int key = key_start + (i / 4) * 8 + (lane % 4) * 2 + (i % 2);
+            score[i] = key < sk ? score[i] * scale[i / 32] : -INFINITY;
+            tile_max[(i / 2) % 2] = fmaxf(tile_max[(i / 2) % 2], score[i]);
+        }
+    } else {
+        // The scales are positive, so each scale group's maximum is its largest raw score's.
+        float group_max[2][2] = {{-INFINITY, -INFINITY}, {-INFINITY, -INFINITY}};
+#pragma unroll
+        for (int i = 0; i < 64; ++i) {
+            group_max[(i / 2) % 2][i / 32] = fmaxf(group_max[(i / 2) % 2][i / 32], score[i]);
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            tile_max[r] = fmaxf(group_max[r][0] * scale[0], group_max[r][1] * scale[1]);
+        }
+    }
+    float offset[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffff, tile_max[r], 1));
+        tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffff, tile_max[r], 2));
+        const float new_max = fmaxf(row_max[r], tile_max[r]);
+        // A row whose keys so far are all masked keeps max -inf: subtract 0 instead.
+        const float base = new_max == -INFINITY ? 0.f : new_max;
+        rescale[r] = exp2f(row_max[r] - base);
+        row_max[r] = new_max;
+        row_sum[r] *= rescale[r];
+        offset[r] = kLog2Fp8Max - base;
+    }
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+        const int r = (i / 2) % 2;
+        // Masked scores are already scaled (and -inf past the end, whose exp2 is 0).
+        score[i] = exp2f(kMasked ? score[i] + offset[r] : fmaf(score[i], scale[i / 32], offset[r]));
+        row_sum[r] += score[i];
+    }
+    // Register j of k-step k holds score tiles 4k + 2·(j / 2) and the next, row lane / 4
+    // (j even) or lane / 4 + 8 (j odd), as the n64 kernel's.
+#pragma unroll
+    for (int k = 0; k < kPipeKeys / 32; ++k) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int t = 4 * k + 2 * (j / 2);
+            const int e = 2 * (j % 2);
+            p[k][j] = pack_e4m3(score[t * 4 + e], score[t * 4 + e + 1], score[(t + 1) * 4 + e],
+                                score[(t + 1) * 4 + e + 1]);
+        }
+    }
+}
 #endif
 
-template <typename T>
+template <typename T, bool kPingPong>
 __device__ __forceinline__ void sage_pipelined_forward(
     const TensorMap *q_map, const TensorMap *k_map, const TensorMap *v_map,
     const float *__restrict__ q_scale, const float *__restrict__ k_scale,
@@ -513,7 +635,10 @@ __device__ __forceinline__ void sage_pipelined_forward(
     __syncthreads();
 
     if (threadIdx.x >= kPipeConsumers) {
-        // The producer: one thread issues every load, a stage as soon as it is free.
+        // The producer warpgroup hands most of its registers to the consumers (an SM
+        // sub-partition's 16384 registers hold one producer warp at 24 and two consumer warps
+        // at 240); one thread issues every load, a stage as soon as it is free.
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
         if (threadIdx.x == kPipeConsumers) {
             mbarrier_expect_bytes(&bars->q_full, kPipeTileBytes);
             tma_load(q_tile, q_map, 0, bh * sq_padded + q_start, &bars->q_full);
@@ -534,9 +659,9 @@ __device__ __forceinline__ void sage_pipelined_forward(
         return;
     }
 
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
     const int warpgroup = threadIdx.x / 128;
     const int warp = (threadIdx.x / 32) % 4;
-    const int lane = threadIdx.x % 32;
     const int first_row = q_start + warpgroup * 64 + warp * 16;
     const float q_scale_warp =
         q_scale[static_cast<int64_t>(bh) * (sq_padded / kQRows) + first_row / kQRows];
@@ -549,110 +674,88 @@ __device__ __forceinline__ void sage_pipelined_forward(
     }
     float row_max[2] = {-INFINITY, -INFINITY};
     float row_sum[2] = {0.f, 0.f};
-    mbarrier_wait(&bars->q_full, 0);
+    const unsigned char *q_rows = q_tile + warpgroup * 64 * kQkRowBytes;
+    // With kPingPong the warpgroups take turns on the tensor cores: each issues P·V of one
+    // tile and Q·Kᵀ of the next while the other runs its softmax, warpgroup 0 first.
+    const auto my_turn = [&] {
+        if constexpr (kPingPong) {
+            if (warpgroup == 0) {
+                named_barrier_sync<1>();
+            } else {
+                named_barrier_sync<2>();
+            }
+        }
+    };
+    const auto their_turn = [&] {
+        if constexpr (kPingPong) {
+            if (warpgroup == 0) {
+                named_barrier_arrive<2>();
+            } else {
+                named_barrier_arrive<1>();
+            }
+        }
+    };
 
-    for (int tile = 0; tile < key_tiles; ++tile) {
+    int score[64];
+    mbarrier_wait(&bars->q_full, 0);
+    if (warpgroup == 1) {
+        my_turn();
+    }
+    mbarrier_wait(&bars->k_full[0], 0);
+    issue_qk(score, q_rows, k_tiles);
+    their_turn();
+    wgmma_wait_all();
+
+    // One key tile: its softmax, then (on the tensor cores) its P·V and the next tile's Q·Kᵀ.
+    // The last tile is peeled (kMore false) so that no wgmma sits in a branch.
+    const auto step = [&](int tile, auto more) {
+        constexpr bool kMore = decltype(more)::value;
         const int s = tile % kPipeStages;
         const uint32_t parity = (tile / kPipeStages) & 1;
         const int key_start = tile * kPipeKeys;
-        mbarrier_wait(&bars->k_full[s], parity);
-
-        // S = Q·Kᵀ: 4 steps of 32 bytes along the 128-byte rows.
-        int score_i[64];
-        const unsigned char *k_tile = k_tiles + s * kPipeTileBytes;
-        wgmma_fence();
-#pragma unroll
-        for (int step = 0; step < kHeadDim / 32; ++step) {
-            const uint64_t a = descriptor(q_tile + warpgroup * 64 * kQkRowBytes + step * 32, 16,
-                                          kQkAtomBytes);
-            const uint64_t b = descriptor(k_tile + step * 32, 16, kQkAtomBytes);
-            if (step == 0) {
-                wgmma_s8_n128<false>(score_i, a, b);
-            } else {
-                wgmma_s8_n128<true>(score_i, a, b);
-            }
-        }
-        wgmma_commit_and_wait();
-
-        // Online softmax in log2 units. Register 4t + e holds key 8t + 2·(lane % 4) + e % 2 of
-        // row lane / 4 + 8·(e / 2); keys 0–63 and 64–127 have their own K scale.
         const float scale[2] = {q_scale_warp * k_scales[2 * tile],
                                 q_scale_warp * k_scales[2 * tile + 1]};
-        float score[64];
-#pragma unroll
-        for (int i = 0; i < 64; ++i) {
-            score[i] = int_sum_to_float(score_i[i]) * scale[i / 32];
-        }
-        if (key_start + kPipeKeys > sk) {
-#pragma unroll
-            for (int i = 0; i < 64; ++i) {
-                const int key = key_start + (i / 4) * 8 + (lane % 4) * 2 + (i % 2);
-                score[i] = key < sk ? score[i] : -INFINITY;
-            }
-        }
-        float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int i = 0; i < 64; ++i) {
-            tile_max[(i / 2) % 2] = fmaxf(tile_max[(i / 2) % 2], score[i]);
-        }
         float rescale[2];
-        float base[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffff, tile_max[r], 1));
-            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffff, tile_max[r], 2));
-            const float new_max = fmaxf(row_max[r], tile_max[r]);
-            // A row whose keys so far are all masked keeps max -inf: subtract 0 instead.
-            base[r] = new_max == -INFINITY ? 0.f : new_max;
-            rescale[r] = exp2f(row_max[r] - base[r]);
-            row_max[r] = new_max;
-            row_sum[r] *= rescale[r];
-        }
-#pragma unroll
-        for (int i = 0; i < 64; ++i) {
-            score[i] = exp2f(score[i] - base[(i / 2) % 2]);
-            row_sum[(i / 2) % 2] += score[i];
-        }
-        // P in e4m3: register j of k-step k holds score tiles 4k + 2·(j / 2) and the next,
-        // row lane / 4 (j even) or lane / 4 + 8 (j odd), as the n64 kernel's.
         uint32_t p[kPipeKeys / 32][4];
-#pragma unroll
-        for (int k = 0; k < kPipeKeys / 32; ++k) {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int t = 4 * k + 2 * (j / 2);
-                const int e = 2 * (j % 2);
-                p[k][j] = pack_e4m3(score[t * 4 + e] * kFp8Max, score[t * 4 + e + 1] * kFp8Max,
-                                    score[(t + 1) * 4 + e] * kFp8Max,
-                                    score[(t + 1) * 4 + e + 1] * kFp8Max);
-            }
+        if (key_start + kPipeKeys > sk) {
+            softmax_128<true>(score, scale, key_start, sk, row_max, row_sum, rescale, p);
+        } else {
+            softmax_128<false>(score, scale, key_start, sk, row_max, row_sum, rescale, p);
         }
 
-        // O = O·rescale + P·V, P·V through a zeroed partial (FP8 wgmma adds with fewer
-        // mantissa bits than float32).
         mbarrier_wait(&bars->v_full[s], parity);
-        const unsigned char *v_tile = v_tiles + s * kPipeTileBytes;
+        my_turn();
         float partial[64];
-        wgmma_fence();
-#pragma unroll
-        for (int k = 0; k < kPipeKeys / 32; ++k) {
-            const uint64_t b = descriptor(v_tile + k * 32, 16, kQkAtomBytes);
-            if (k == 0) {
-                wgmma_e4m3_n128<false>(partial, p[k], b);
-            } else {
-                wgmma_e4m3_n128<true>(partial, p[k], b);
-            }
+        issue_pv(partial, p, v_tiles + s * kPipeTileBytes);
+        if constexpr (kMore) {
+            // The next Q·Kᵀ queues behind P·V; groups complete in order.
+            const int next = (tile + 1) % kPipeStages;
+            mbarrier_wait(&bars->k_full[next], ((tile + 1) / kPipeStages) & 1);
+            issue_qk(score, q_rows, k_tiles + next * kPipeTileBytes);
+            their_turn();
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+        } else {
+            wgmma_wait_all();
         }
-        wgmma_commit_and_wait();
         mbarrier_arrive(&bars->empty[s]);
 #pragma unroll
         for (int i = 0; i < 64; ++i) {
             out[i] = fmaf(out[i], rescale[(i / 2) % 2], partial[i]);
         }
+        if constexpr (kMore) {
+            wgmma_wait_all();
+        } else if (warpgroup == 0) {
+            // Warpgroup 1's last turn has no one to hand over to: warpgroup 0 took its last.
+            their_turn();
+        }
+    };
+    for (int tile = 0; tile + 1 < key_tiles; ++tile) {
+        step(tile, std::true_type{});
     }
+    step(key_tiles - 1, std::false_type{});
 
     T *o_base = o + (static_cast<int64_t>(batch) * sq * heads + head) * kHeadDim;
-    const float sums[1][2] = {{row_sum[0], row_sum[1]}};
+    const float sums[1][2] = {{row_sum[0] / kFp8Max, row_sum[1] / kFp8Max}};
     store_rows<T>(o_base, static_cast<int64_t>(heads) * kHeadDim,
                   *reinterpret_cast<float(*)[1][kHeadDim / 8][4]>(out), sums, first_row, sq,
                   col_scale + static_cast<int64_t>(bh) * kHeadDim);
@@ -665,15 +768,18 @@ __device__ __forceinline__ void sage_pipelined_forward(
 
 // Shared memory: Q, kPipeStages K and V tiles of 128 × 128 bytes, the barriers, and 1024 for
 // alignment.
-#define STILLMOTION_SAGE_PIPELINED(NAME, T)                                                    \
+#define STILLMOTION_SAGE_PIPELINED(NAME, T, PING_PONG)                                                   \
     extern "C" __global__ void __launch_bounds__(kPipeThreads, 1)                              \
         NAME(const __grid_constant__ TensorMap q_map, const __grid_constant__ TensorMap k_map, \
              const __grid_constant__ TensorMap v_map, const float *q_scale,                    \
              const float *k_scale, const float *col_scale, T *o, int sq, int sk,               \
              int sq_padded, int sk_padded, int heads) {                                        \
-        sage_pipelined_forward<T>(&q_map, &k_map, &v_map, q_scale, k_scale, col_scale, o, sq, \
-                                  sk, sq_padded, sk_padded, heads);                            \
+        sage_pipelined_forward<T, PING_PONG>(&q_map, &k_map, &v_map, q_scale, k_scale,        \
+                                             col_scale, o, sq, sk, sq_padded, sk_padded,       \
+                                             heads);                                           \
     }
 
-STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_bf16_d128, __nv_bfloat16)
-STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_f16_d128, __half)
+STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_bf16_d128, __nv_bfloat16, true)
+STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_f16_d128, __half, true)
+STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_bf16_d128_lockstep, __nv_bfloat16, false)
+STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_f16_d128_lockstep, __half, false)

@@ -1,6 +1,7 @@
-//! The CPU reference of the 8-bit attention kernel (`cuda/sage_attention.cu`): the same
-//! quantization, the same 64-key tiles of the online softmax, and the same rounding of P and V,
-//! in float32 candle ops. It is what the GPU kernel is checked against, and it measures what
+//! The CPU reference of the 8-bit attention kernels (`cuda/sage_attention.cu`,
+//! `cuda/sage_wgmma.cu`): the same quantization, the same key tiles of the online softmax (64
+//! keys, or 128 in the pipelined Hopper kernel), and the same rounding of P and V, in float32
+//! candle ops. It is what the GPU kernel is checked against, and it measures what
 //! 8 bits cost against the exact [`super::reference::attention`].
 //!
 //! - K is smoothed (its per-channel mean over the keys subtracted), then quantized to INT8 per
@@ -23,12 +24,21 @@ const FP8_MAX: f64 = 448.0;
 
 /// softmax(q·kᵀ/√d)·v as the 8-bit kernel computes it: q `[B, Sq, H, D]`, k/v `[B, Sk, H, D]`
 /// in bf16 or f16 (the type P is rounded to with 16-bit P·V), any device; float32 out.
+/// `softmax_keys` (64 or 128, see [`super::Int8Kernel::softmax_keys`]) is the key tile over
+/// which each step of the online softmax takes its maximum and rounds P; K's scales stay per 64
+/// keys either way.
 pub fn int8_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     fp8_pv: bool,
+    softmax_keys: usize,
 ) -> Result<Tensor, KernelError> {
+    if softmax_keys == 0 || !softmax_keys.is_multiple_of(KEY_TILE) {
+        return Err(super::bad(format!(
+            "{softmax_keys} keys a softmax tile: a multiple of {KEY_TILE}"
+        )));
+    }
     let half = q.dtype();
     let (_, sq, _, d) = q.dims4()?;
     let sk = k.dim(1)?;
@@ -57,13 +67,20 @@ pub fn int8_attention(
     let mut out = Tensor::zeros((b, h, sq, d), DType::F32, q.device())?;
     let mut row_max = Tensor::full(f32::NEG_INFINITY, (b, h, sq, 1), q.device())?;
     let mut row_sum = Tensor::zeros((b, h, sq, 1), DType::F32, q.device())?;
-    for tile in 0..sk.div_ceil(KEY_TILE) {
-        let start = tile * KEY_TILE;
-        let len = KEY_TILE.min(sk - start);
-        let scores = q_int
-            .matmul(&k_int.narrow(2, start, len)?.t()?)?
-            .broadcast_mul(&q_scale)?
-            .broadcast_mul(&k_scale.narrow(2, tile, 1)?)?;
+    for start in (0..sk).step_by(softmax_keys) {
+        let len = softmax_keys.min(sk - start);
+        // Each 64-key scale group of the tile with its own K scale.
+        let groups = (start..start + len)
+            .step_by(KEY_TILE)
+            .map(|group| {
+                let group_len = KEY_TILE.min(start + len - group);
+                q_int
+                    .matmul(&k_int.narrow(2, group, group_len)?.t()?)?
+                    .broadcast_mul(&q_scale)?
+                    .broadcast_mul(&k_scale.narrow(2, group / KEY_TILE, 1)?)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let scores = Tensor::cat(&groups, D::Minus1)?;
         let new_max = row_max.maximum(&scores.max_keepdim(D::Minus1)?)?;
         let rescale = exp2(&(row_max - &new_max)?)?;
         let p = exp2(&scores.broadcast_sub(&new_max)?)?;
@@ -157,15 +174,35 @@ mod tests {
         let (q, k, v) = inputs(45, 150, 64, 0.0);
         let exact = reference::attention(&q, &k, &v).unwrap();
         for fp8 in [false, true] {
-            let ours = int8_attention(&q, &k, &v, fp8).unwrap();
-            assert_eq!(ours.dims(), exact.dims());
-            let error = rel_l2(&ours, &exact);
-            // SageAttention2's published error on such inputs is a few percent.
-            assert!(error < 4e-2, "fp8 P·V {fp8}: rel L2 {error}");
+            let tiles = [64, 128].map(|keys| int8_attention(&q, &k, &v, fp8, keys).unwrap());
+            for (ours, keys) in tiles.iter().zip([64, 128]) {
+                assert_eq!(ours.dims(), exact.dims());
+                let error = rel_l2(ours, &exact);
+                // SageAttention2's published error on such inputs is a few percent.
+                assert!(error < 4e-2, "fp8 P·V {fp8}, {keys} keys: rel L2 {error}");
+                assert!(
+                    error > 1e-5,
+                    "fp8 P·V {fp8}, {keys} keys: no quantization error at all ({error})"
+                );
+            }
+            // 150 keys are three 64-key tiles or two of 128: P is rounded against other
+            // maxima, so the two differ, by less than either's error.
+            let between = rel_l2(&tiles[1], &tiles[0]);
             assert!(
-                error > 1e-5,
-                "fp8 P·V {fp8}: no quantization error at all ({error})"
+                between > 0.0 && between < 2e-2,
+                "fp8 P·V {fp8}: 128- against 64-key tiles {between}"
             );
+        }
+    }
+
+    #[test]
+    fn a_softmax_tile_must_be_whole_scale_groups() {
+        let (q, k, v) = inputs(16, 150, 64, 0.0);
+        for keys in [0, 96] {
+            let error = int8_attention(&q, &k, &v, true, keys)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("a multiple of 64"), "{keys}: {error}");
         }
     }
 
@@ -176,11 +213,11 @@ mod tests {
         // Same q, v; k with and without a large per-channel offset (the exact softmax of the
         // offset keys differs, so compare each against its own exact result).
         let plain = rel_l2(
-            &int8_attention(&q, &k, &v, true).unwrap(),
+            &int8_attention(&q, &k, &v, true, 64).unwrap(),
             &reference::attention(&q, &k, &v).unwrap(),
         );
         let shifted = rel_l2(
-            &int8_attention(&q, &k_shifted, &v, true).unwrap(),
+            &int8_attention(&q, &k_shifted, &v, true, 64).unwrap(),
             &reference::attention(&q, &k_shifted, &v).unwrap(),
         );
         assert!(

@@ -72,9 +72,42 @@ pub enum Int8Kernel {
     /// `wgmma` with FP8 P·V (compute capability 9.0, head dim 128), built for `blocks_per_sm`
     /// (1 or 2) blocks an SM.
     Wgmma { blocks_per_sm: u32 },
-    /// `wgmma` with FP8 P·V fed by TMA loads a producer warp issues into a ring of stages,
-    /// 128-key tiles (compute capability 9.0, head dim 128).
-    Pipelined,
+    /// `wgmma` with FP8 P·V fed by TMA loads a producer warpgroup issues into a ring of
+    /// stages, 128-key tiles (compute capability 9.0, head dim 128); with `ping_pong` its two
+    /// consumer warpgroups take turns on the tensor cores.
+    Pipelined { ping_pong: bool },
+}
+
+impl Int8Kernel {
+    /// Keys a step of its online softmax covers: what [`int8_reference::int8_attention`]
+    /// must be told to compute the same thing.
+    #[must_use]
+    pub fn softmax_keys(self) -> usize {
+        match self {
+            Self::Pipelined { .. } => 128,
+            Self::MmaSync { .. } | Self::Wgmma { .. } => 64,
+        }
+    }
+}
+
+/// The 8-bit main kernel [`attention`] runs for these q on this GPU, for the benchmark's
+/// comparison with [`int8_reference::int8_attention`]. CUDA only.
+pub fn int8_chosen(kernels: &Kernels, q: &Tensor, fp8_pv: bool) -> Result<Int8Kernel, KernelError> {
+    #[cfg(feature = "cuda")]
+    if q.device().is_cuda() {
+        let gpu = crate::gpu::loaded(kernels)?;
+        return Ok(crate::gpu::attention::int8_kernel(
+            gpu,
+            fp8_pv,
+            q.dim(3)?,
+            crate::gpu::attention::FLASH_BLOCK_ROWS,
+        ));
+    }
+    let _ = (kernels, fp8_pv);
+    Err(bad(format!(
+        "the 8-bit kernels run on CUDA tensors, got {:?}",
+        q.device().location()
+    )))
 }
 
 /// The 8-bit path with an explicit main kernel, for the benchmark; [`attention`] picks one for

@@ -19,6 +19,21 @@ const FLASH_BLOCK_N: usize = 64;
 /// `kPad` in the kernel: shared rows are `D + 8` elements.
 const FLASH_PAD: usize = 8;
 
+/// The 8-bit main kernel for head dim `d`: FP8 P·V with head dim 128 takes the pipelined
+/// wgmma kernel on Hopper, everything else `mma.sync`.
+pub(crate) fn int8_kernel(
+    gpu: &super::GpuKernels,
+    fp8_pv: bool,
+    d: usize,
+    block_rows: usize,
+) -> Int8Kernel {
+    if fp8_pv && gpu.has_wgmma() && d == 128 {
+        Int8Kernel::Pipelined { ping_pong: true }
+    } else {
+        Int8Kernel::MmaSync { fp8_pv, block_rows }
+    }
+}
+
 pub(crate) fn fused(
     kernels: &Kernels,
     backend: AttentionBackend,
@@ -48,11 +63,7 @@ pub(crate) fn fused_with_rows(
     let gpu = super::loaded(kernels)?;
     if let AttentionBackend::Int8 { fp8_pv } = backend {
         // FP8 P·V on Hopper runs on wgmma (head dim 128: every Wan2.2 model's).
-        let kernel = if fp8_pv && gpu.has_wgmma() && q.dim(3)? == 128 {
-            Int8Kernel::Wgmma { blocks_per_sm: 2 }
-        } else {
-            Int8Kernel::MmaSync { fp8_pv, block_rows }
-        };
+        let kernel = int8_kernel(gpu, fp8_pv, q.dim(3)?, block_rows);
         return super::sage::attention(gpu, q, k, v, kernel);
     }
     let (b, sq, h, d) = q.dims4()?;

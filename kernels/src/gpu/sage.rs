@@ -41,7 +41,7 @@ const PIPELINED_STAGES: u32 = 4;
 const PIPELINED_TILE: u32 = 128 * 128;
 const PIPELINED_SHARED: u32 =
     PIPELINED_TILE * (1 + 2 * PIPELINED_STAGES) + 8 * (1 + 3 * PIPELINED_STAGES) + 1024;
-const PIPELINED_THREADS: u32 = 256 + 32;
+const PIPELINED_THREADS: u32 = 256 + 128;
 
 /// A TMA descriptor (`CUtensorMap`), which the kernel takes by value.
 #[repr(transparent)]
@@ -91,7 +91,7 @@ impl Int8Kernel {
     fn pv(self) -> PvPrecision {
         match self {
             Self::MmaSync { fp8_pv: false, .. } => PvPrecision::Half,
-            Self::MmaSync { fp8_pv: true, .. } | Self::Wgmma { .. } | Self::Pipelined => {
+            Self::MmaSync { fp8_pv: true, .. } | Self::Wgmma { .. } | Self::Pipelined { .. } => {
                 PvPrecision::Fp8
             }
         }
@@ -146,7 +146,7 @@ pub(crate) fn attention(
         Int8Kernel::Wgmma { blocks_per_sm } if !matches!(blocks_per_sm, 1 | 2) => {
             return Err(bad(format!("{blocks_per_sm} blocks an SM: 1 or 2")));
         }
-        Int8Kernel::Wgmma { .. } | Int8Kernel::Pipelined if d != 128 || !gpu.has_wgmma() => {
+        Int8Kernel::Wgmma { .. } | Int8Kernel::Pipelined { .. } if d != 128 || !gpu.has_wgmma() => {
             return Err(bad(format!(
                 "the 8-bit wgmma kernel runs on compute capability 9.0 with head dim 128, got {d}"
             )));
@@ -316,14 +316,16 @@ pub(crate) fn attention(
             WGMMA_THREADS,
             WGMMA_SHARED,
         ),
-        Int8Kernel::Pipelined => {
+        Int8Kernel::Pipelined { ping_pong } => {
             let maps = [
                 tensor_map(q8.ptr, d, b * h * sq_padded)?,
                 tensor_map(k8.ptr, d, b * h * sk_padded)?,
                 tensor_map(v_operand, sk_padded, b * h * d)?,
             ];
-            let function =
-                gpu.sage_wgmma_function(&format!("stillmotion_sage_pipelined_{suffix}_d128"))?;
+            let variant = if ping_pong { "" } else { "_lockstep" };
+            let function = gpu.sage_wgmma_function(&format!(
+                "stillmotion_sage_pipelined_{suffix}_d128{variant}"
+            ))?;
             let shared = PIPELINED_SHARED;
             function.set_attribute(
                 cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
