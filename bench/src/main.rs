@@ -240,14 +240,50 @@ fn bench_attention(
         (
             "int8_pipelined_lockstep",
             Box::new(|q, k, v| {
-                let kernel = Int8Kernel::Pipelined { ping_pong: false };
+                let kernel = Int8Kernel::Pipelined {
+                    ping_pong: false,
+                    fma_exp: 0,
+                };
                 Ok(int8_explicit(kernels, q, k, v, kernel)?)
             }),
         ),
         (
             "int8_pipelined",
             Box::new(|q, k, v| {
-                let kernel = Int8Kernel::Pipelined { ping_pong: true };
+                let kernel = Int8Kernel::Pipelined {
+                    ping_pong: true,
+                    fma_exp: 0,
+                };
+                Ok(int8_explicit(kernels, q, k, v, kernel)?)
+            }),
+        ),
+        (
+            "int8_pipelined_fma1",
+            Box::new(|q, k, v| {
+                let kernel = Int8Kernel::Pipelined {
+                    ping_pong: true,
+                    fma_exp: 1,
+                };
+                Ok(int8_explicit(kernels, q, k, v, kernel)?)
+            }),
+        ),
+        (
+            "int8_pipelined_fma2",
+            Box::new(|q, k, v| {
+                let kernel = Int8Kernel::Pipelined {
+                    ping_pong: true,
+                    fma_exp: 2,
+                };
+                Ok(int8_explicit(kernels, q, k, v, kernel)?)
+            }),
+        ),
+        (
+            "int8_pipelined_fma3",
+            Box::new(|q, k, v| {
+                let kernel = Int8Kernel::Pipelined {
+                    ping_pong: true,
+                    fma_exp: 3,
+                };
                 Ok(int8_explicit(kernels, q, k, v, kernel)?)
             }),
         ),
@@ -612,9 +648,39 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
             ("wgmma x2", Int8Kernel::Wgmma { blocks_per_sm: 2 }),
             (
                 "pipelined lockstep",
-                Int8Kernel::Pipelined { ping_pong: false },
+                Int8Kernel::Pipelined {
+                    ping_pong: false,
+                    fma_exp: 0,
+                },
             ),
-            ("pipelined", Int8Kernel::Pipelined { ping_pong: true }),
+            (
+                "pipelined",
+                Int8Kernel::Pipelined {
+                    ping_pong: true,
+                    fma_exp: 0,
+                },
+            ),
+            (
+                "pipelined fma1",
+                Int8Kernel::Pipelined {
+                    ping_pong: true,
+                    fma_exp: 1,
+                },
+            ),
+            (
+                "pipelined fma2",
+                Int8Kernel::Pipelined {
+                    ping_pong: true,
+                    fma_exp: 2,
+                },
+            ),
+            (
+                "pipelined fma3",
+                Int8Kernel::Pipelined {
+                    ping_pong: true,
+                    fma_exp: 3,
+                },
+            ),
         ];
         for (name, kernel) in fp8_kernels {
             // A kernel this GPU or head size lacks is noted, not checked.

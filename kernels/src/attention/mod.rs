@@ -74,8 +74,10 @@ pub enum Int8Kernel {
     Wgmma { blocks_per_sm: u32 },
     /// `wgmma` with FP8 P·V fed by TMA loads a producer warpgroup issues into a ring of
     /// stages, 128-key tiles (compute capability 9.0, head dim 128); with `ping_pong` its two
-    /// consumer warpgroups take turns on the tensor cores.
-    Pipelined { ping_pong: bool },
+    /// consumer warpgroups take turns on the tensor cores. `fma_exp` (0–3, ping-pong and bf16
+    /// only above 0) moves none, a quarter, half or all of the softmax's exponentials from the
+    /// special-function unit to the FMA pipe.
+    Pipelined { ping_pong: bool, fma_exp: u8 },
 }
 
 impl Int8Kernel {

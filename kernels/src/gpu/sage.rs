@@ -316,13 +316,20 @@ pub(crate) fn attention(
             WGMMA_THREADS,
             WGMMA_SHARED,
         ),
-        Int8Kernel::Pipelined { ping_pong } => {
+        Int8Kernel::Pipelined { ping_pong, fma_exp } => {
             let maps = [
                 tensor_map(q8.ptr, d, b * h * sq_padded)?,
                 tensor_map(k8.ptr, d, b * h * sk_padded)?,
                 tensor_map(v_operand, sk_padded, b * h * d)?,
             ];
-            let variant = if ping_pong { "" } else { "_lockstep" };
+            let variant = match (ping_pong, fma_exp) {
+                (true, 0) => String::new(),
+                (false, 0) => "_lockstep".to_owned(),
+                (true, share) => format!("_fma{share}"),
+                (false, _) => {
+                    return Err(bad("exponentials on the FMA pipe need ping-pong".into()));
+                }
+            };
             let function = gpu.sage_wgmma_function(&format!(
                 "stillmotion_sage_pipelined_{suffix}_d128{variant}"
             ))?;
