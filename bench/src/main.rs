@@ -32,7 +32,7 @@ use candle_nn::VarBuilder;
 use stillmotion_engine::wan::weights::to_original_layout;
 use stillmotion_engine::wan::{Config, WanModel};
 use stillmotion_kernels::attention::{
-    INT8_MIN_KEYS, Int8Kernel, attention, int8_explicit, int8_reference, reference,
+    INT8_MIN_KEYS, Int8Kernel, attention, int8_chosen, int8_explicit, int8_reference, reference,
 };
 use stillmotion_kernels::glue::{self, Modulation};
 use stillmotion_kernels::linear::{Epilogue, linear};
@@ -226,64 +226,16 @@ fn bench_attention(
             }),
         ),
         (
-            "int8_wgmma_x1",
-            Box::new(|q, k, v| {
-                Ok(int8_explicit(
-                    kernels,
-                    q,
-                    k,
-                    v,
-                    Int8Kernel::Wgmma { blocks_per_sm: 1 },
-                )?)
-            }),
-        ),
-        (
             "int8_pipelined_lockstep",
             Box::new(|q, k, v| {
-                let kernel = Int8Kernel::Pipelined {
-                    ping_pong: false,
-                    fma_exp: 0,
-                };
+                let kernel = Int8Kernel::Pipelined { ping_pong: false };
                 Ok(int8_explicit(kernels, q, k, v, kernel)?)
             }),
         ),
         (
             "int8_pipelined",
             Box::new(|q, k, v| {
-                let kernel = Int8Kernel::Pipelined {
-                    ping_pong: true,
-                    fma_exp: 0,
-                };
-                Ok(int8_explicit(kernels, q, k, v, kernel)?)
-            }),
-        ),
-        (
-            "int8_pipelined_fma1",
-            Box::new(|q, k, v| {
-                let kernel = Int8Kernel::Pipelined {
-                    ping_pong: true,
-                    fma_exp: 1,
-                };
-                Ok(int8_explicit(kernels, q, k, v, kernel)?)
-            }),
-        ),
-        (
-            "int8_pipelined_fma2",
-            Box::new(|q, k, v| {
-                let kernel = Int8Kernel::Pipelined {
-                    ping_pong: true,
-                    fma_exp: 2,
-                };
-                Ok(int8_explicit(kernels, q, k, v, kernel)?)
-            }),
-        ),
-        (
-            "int8_pipelined_fma3",
-            Box::new(|q, k, v| {
-                let kernel = Int8Kernel::Pipelined {
-                    ping_pong: true,
-                    fma_exp: 3,
-                };
+                let kernel = Int8Kernel::Pipelined { ping_pong: true };
                 Ok(int8_explicit(kernels, q, k, v, kernel)?)
             }),
         ),
@@ -317,6 +269,19 @@ fn bench_attention(
             .num("cos_vs_f32", cosine(&out, &expected)?)
             .print();
     }
+    // What the 8-bit path's pre-pass (quantizing q, k, v) takes of its time.
+    let kernel = int8_chosen(kernels, &q, true)?;
+    let seconds = time(device, 10, || {
+        Ok(stillmotion_kernels::attention::int8_prepass(
+            kernels, &q, &k, &v, kernel,
+        )?)
+    })?;
+    Line::new("attention")
+        .text("backend", "int8_prepass_only")
+        .int("queries", tokens)
+        .int("keys", keys)
+        .num("ms", seconds * 1e3)
+        .print();
     Ok(())
 }
 
@@ -614,7 +579,7 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
             let fp8 =
                 fp8 && kernels.attention_backend(device) == AttentionBackend::Int8 { fp8_pv: true };
             let out = attention(&kernels, &q, &k, &v)?;
-            let tile = stillmotion_kernels::attention::int8_chosen(&kernels, &q, fp8)?;
+            let tile = int8_chosen(&kernels, &q, fp8)?;
             let emulated = int8_reference::int8_attention(
                 &on_cpu(&q)?,
                 &on_cpu(&k)?,
@@ -644,43 +609,11 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
                     block_rows: 64,
                 },
             ),
-            ("wgmma x1", Int8Kernel::Wgmma { blocks_per_sm: 1 }),
-            ("wgmma x2", Int8Kernel::Wgmma { blocks_per_sm: 2 }),
             (
                 "pipelined lockstep",
-                Int8Kernel::Pipelined {
-                    ping_pong: false,
-                    fma_exp: 0,
-                },
+                Int8Kernel::Pipelined { ping_pong: false },
             ),
-            (
-                "pipelined",
-                Int8Kernel::Pipelined {
-                    ping_pong: true,
-                    fma_exp: 0,
-                },
-            ),
-            (
-                "pipelined fma1",
-                Int8Kernel::Pipelined {
-                    ping_pong: true,
-                    fma_exp: 1,
-                },
-            ),
-            (
-                "pipelined fma2",
-                Int8Kernel::Pipelined {
-                    ping_pong: true,
-                    fma_exp: 2,
-                },
-            ),
-            (
-                "pipelined fma3",
-                Int8Kernel::Pipelined {
-                    ping_pong: true,
-                    fma_exp: 3,
-                },
-            ),
+            ("pipelined", Int8Kernel::Pipelined { ping_pong: true }),
         ];
         for (name, kernel) in fp8_kernels {
             // A kernel this GPU or head size lacks is noted, not checked.

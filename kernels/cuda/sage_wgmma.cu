@@ -1,26 +1,31 @@
-// The 8-bit attention path on Hopper's warpgroup instruction (wgmma, sm_90a): the main kernel of
-// sage_attention.cu (INT8 q·kᵀ, FP8 e4m3 P·V, float32 accumulation) with each warp's mma.sync
-// tiles replaced by one 64-row wgmma per warpgroup, as wgmma_attention.cu does for 16-bit inputs.
-// On Hopper, 8-bit mma.sync runs at the 16-bit wgmma rate at best; 8-bit wgmma runs at twice it.
+// The 8-bit attention path's main kernel on Hopper (wgmma and TMA, sm_90a): INT8 q·kᵀ, FP8
+// e4m3 P·V, float32 accumulation, in the spirit of SageAttention2 and of FlashAttention-3's
+// warp specialisation.
 //
 // It reads what sage_attention.cu's pre-pass writes: Q and smoothed K as INT8 [B, H, S_padded, D]
 // with one scale per 16 query rows (the softmax scale in log2 units folded in) and per 64 keys,
 // and V as e4m3 [B, H, D, Sk_padded], per-channel scaled, each 16-key group permuted so that the
 // score accumulator's registers are P·V's A operand as they are (see key_position there). D = 128.
 //
-// A block is two warpgroups (256 threads) and 128 query rows; keys stream in tiles of 64.
-// - Q and K tiles are rows of 128 bytes (a whole head) in the 128-byte swizzle; both K-major.
-// - The V tile is 128 channel rows of 64 keys (64 bytes) in the 64-byte swizzle: 8-bit wgmma
-//   reads B only K-major, hence the pre-pass's transposed V.
+// A block is 128 query rows: two consumer warpgroups of 64 rows and a producer warpgroup.
+// - One producer thread loads with the Tensor Memory Accelerator (TMA) into a ring of kPipeStages
+//   K and V tiles, each stage guarded by "full" and "empty" mbarriers, so loads run whole tiles
+//   ahead. The TMA writes each 128-byte row in the 128-byte swizzle wgmma reads. Maps (built by
+//   the launcher): Q and K as rows of 128 bytes, [B·H·S_padded, 128], V as [B·H·128, Sk_padded];
+//   all with boxes of 128 × 128 bytes.
+// - Keys come in tiles of 128 (K's two 64-key scale groups side by side). 8-bit wgmma reads B only
+//   K-major, hence the pre-pass's transposed V.
 // - P·V accumulates in two levels: FP8 wgmma adds with fewer mantissa bits than float32, so each
 //   tile's product goes to a zeroed partial that is then added to the float32 output (as
-//   SageAttention2 does). The partial covers one 64-channel half at a time to stay within the
-//   128 registers that let two blocks share an SM.
+//   SageAttention2 does).
+// - The consumers issue P·V of one tile and Q·Kᵀ of the next together and, with ping-pong, take
+//   turns: one's softmax runs while the other's products do.
 //
 // Other GPUs compile this file to nothing: the launcher uses it on compute capability 9.0 only.
 
 #include <cuda_fp8.h>
 
+#include <climits>
 #include <type_traits>
 
 #include "wgmma_common.cuh"
@@ -28,283 +33,14 @@
 namespace {
 
 constexpr int kHeadDim = 128;
-constexpr int kRows = 128;     // query rows per block: 64 per warpgroup
-constexpr int kKeys = 64;      // keys per tile: K's scale group
-constexpr int kThreads = 256;  // two warpgroups
-constexpr int kQRows = 16;     // query rows per Q scale: one warp's rows
+constexpr int kRows = 128;  // query rows per block: 64 per consumer warpgroup
+constexpr int kKeys = 64;   // keys per K scale
+constexpr int kQRows = 16;  // query rows per Q scale: one warp's rows
 constexpr int kQkRowBytes = 128;
 constexpr int kQkAtomBytes = 1024;
-constexpr int kVRowBytes = 64;
-constexpr int kVAtomBytes = 512;
 constexpr float kFp8Max = 448.f;
 
-#if defined(STILLMOTION_HAS_WGMMA)
-
-// d (+)= A·Bᵀ, m64 n64 k32, s8 × s8 → s32, A and B from shared memory (K-major). The first
-// step only writes d ("=r"), so the scores are dead between tiles instead of held in registers.
-template <bool kAccumulate>
-__device__ __forceinline__ void wgmma_s8(int (&d)[32], uint64_t a, uint64_t b) {
-    if constexpr (kAccumulate) {
-        asm volatile(
-            "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 "
-            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-            "%32, %33, 1;\n"
-            : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]),
-          "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
-          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]),
-          "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
-          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]),
-          "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
-          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]),
-          "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
-            : "l"(a), "l"(b));
-    } else {
-        asm volatile(
-            "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 "
-            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-            "%32, %33, 0;\n"
-            : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]),
-          "=r"(d[4]), "=r"(d[5]), "=r"(d[6]), "=r"(d[7]),
-          "=r"(d[8]), "=r"(d[9]), "=r"(d[10]), "=r"(d[11]),
-          "=r"(d[12]), "=r"(d[13]), "=r"(d[14]), "=r"(d[15]),
-          "=r"(d[16]), "=r"(d[17]), "=r"(d[18]), "=r"(d[19]),
-          "=r"(d[20]), "=r"(d[21]), "=r"(d[22]), "=r"(d[23]),
-          "=r"(d[24]), "=r"(d[25]), "=r"(d[26]), "=r"(d[27]),
-          "=r"(d[28]), "=r"(d[29]), "=r"(d[30]), "=r"(d[31])
-            : "l"(a), "l"(b));
-    }
-}
-
-// d (+)= A·B, m64 n64 k32, e4m3 × e4m3 → f32, A from registers, B from shared memory (K-major).
-template <bool kAccumulate>
-__device__ __forceinline__ void wgmma_e4m3(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
-    if constexpr (kAccumulate) {
-        asm volatile(
-            "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
-            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-            "{%32, %33, %34, %35}, %36, 1, 1, 1;\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
-          "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
-          "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
-    } else {
-        asm volatile(
-            "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
-            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-            "{%32, %33, %34, %35}, %36, 0, 1, 1;\n"
-            : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]),
-          "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]),
-          "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]),
-          "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]),
-          "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]),
-          "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]),
-          "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]),
-          "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
-    }
-}
-
-// `rows` INT8 rows of 128 bytes (row stride 128, every row present: the pre-pass pads) into a
-// tile in the 128-byte swizzle: chunk c of row r at chunk c ^ (r % 8).
-__device__ __forceinline__ void load_qk_tile(unsigned char *tile, const unsigned char *src,
-                                             int rows) {
-    constexpr int kChunks = kQkRowBytes / 16;
-    for (int i = threadIdx.x; i < rows * kChunks; i += kThreads) {
-        const int r = i / kChunks;
-        const int c = i % kChunks;
-        cp_async_16(tile + r * kQkRowBytes + ((c ^ (r % 8)) << 4), src + r * kQkRowBytes + c * 16,
-                    true);
-    }
-}
-
-// The 64 keys from `first_key` of each of the 128 channel rows of transposed V (row stride
-// `sk_padded`) into a tile in the 64-byte swizzle: chunk c of row r at chunk c ^ ((r / 2) % 4).
-__device__ __forceinline__ void load_v_tile(unsigned char *tile, const unsigned char *vt,
-                                            int first_key, int sk_padded) {
-    constexpr int kChunks = kVRowBytes / 16;
-    for (int i = threadIdx.x; i < kHeadDim * kChunks; i += kThreads) {
-        const int r = i / kChunks;
-        const int c = i % kChunks;
-        cp_async_16(tile + r * kVRowBytes + ((c ^ ((r / 2) % 4)) << 4),
-                    vt + static_cast<int64_t>(r) * sk_padded + first_key + c * 16, true);
-    }
-}
-
-#endif
-
-template <typename T>
-__device__ __forceinline__ void sage_wgmma_forward(
-    const int8_t *__restrict__ q8, const float *__restrict__ q_scale,
-    const int8_t *__restrict__ k8, const float *__restrict__ k_scale,
-    const uint8_t *__restrict__ vt, const float *__restrict__ col_scale, T *__restrict__ o,
-    int sq, int sk, int sq_padded, int sk_padded, int heads) {
-#if defined(STILLMOTION_HAS_WGMMA)
-    extern __shared__ __align__(1024) unsigned char shared_raw[];
-    // Dynamic shared memory is only 16-byte aligned by contract: align the atoms by hand.
-    unsigned char *shared = reinterpret_cast<unsigned char *>(
-        (reinterpret_cast<uintptr_t>(shared_raw) + kQkAtomBytes - 1) &
-        ~uintptr_t(kQkAtomBytes - 1));
-    unsigned char *q_tile = shared;
-    unsigned char *k_tile = q_tile + kRows * kQkRowBytes;
-    unsigned char *v_tile = k_tile + kKeys * kQkRowBytes;
-
-    const int warpgroup = threadIdx.x / 128;
-    const int warp = (threadIdx.x / 32) % 4;
-    const int head = blockIdx.y;
-    const int batch = blockIdx.z;
-    const int q_start = blockIdx.x * kRows;
-    const int64_t bh = static_cast<int64_t>(batch) * heads + head;
-    const unsigned char *q_base =
-        reinterpret_cast<const unsigned char *>(q8) + (bh * sq_padded + q_start) * kHeadDim;
-    const unsigned char *k_base =
-        reinterpret_cast<const unsigned char *>(k8) + bh * sk_padded * kHeadDim;
-    const unsigned char *vt_base = vt + bh * kHeadDim * sk_padded;
-    const float *k_scales = k_scale + bh * (sk_padded / kKeys);
-    const int first_row = q_start + warpgroup * 64 + warp * 16;
-    const float q_scale_warp = q_scale[bh * (sq_padded / kQRows) + first_row / kQRows];
-
-    load_qk_tile(q_tile, q_base, kRows);
-    load_qk_tile(k_tile, k_base, kKeys);
-    cp_async_commit();
-
-    constexpr int kScoreTiles = kKeys / 8;
-    constexpr int kOutTiles = kHeadDim / 8;
-    float score[1][kScoreTiles][4];
-    float out[1][kOutTiles][4];
-    float row_max[1][2] = {{-INFINITY, -INFINITY}};
-    float row_sum[1][2] = {{0.f, 0.f}};
-    float rescale[1][2];
-    uint32_t p[kKeys / 32][4];
-#pragma unroll
-    for (int t = 0; t < kOutTiles; ++t) {
-        out[0][t][0] = out[0][t][1] = out[0][t][2] = out[0][t][3] = 0.f;
-    }
-    float(&o_flat)[kOutTiles * 4] = *reinterpret_cast<float(*)[kOutTiles * 4]>(&out[0][0][0]);
-
-    const int key_tiles = (sk + kKeys - 1) / kKeys;
-    for (int tile = 0; tile < key_tiles; ++tile) {
-        const int key_start = tile * kKeys;
-        cp_async_wait_all();
-        fence_proxy_async();
-        __syncthreads();  // K (and Q) landed; every warpgroup is done with the previous V
-        load_v_tile(v_tile, vt_base, key_start, sk_padded);
-        cp_async_commit();
-
-        // S = Q·Kᵀ over the head dimension: 4 steps of 32 bytes along the 128-byte rows.
-        int score_i[kScoreTiles * 4];
-        wgmma_fence();
-#pragma unroll
-        for (int step = 0; step < kHeadDim / 32; ++step) {
-            const uint64_t a = descriptor(q_tile + warpgroup * 64 * kQkRowBytes + step * 32, 16,
-                                          kQkAtomBytes);
-            const uint64_t b = descriptor(k_tile + step * 32, 16, kQkAtomBytes);
-            if (step == 0) {
-                wgmma_s8<false>(score_i, a, b);
-            } else {
-                wgmma_s8<true>(score_i, a, b);
-            }
-        }
-        wgmma_commit_and_wait();
-
-#pragma unroll
-        for (int t = 0; t < kScoreTiles; ++t) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                score[0][t][e] = int_sum_to_float(score_i[t * 4 + e]);
-            }
-        }
-        const float scales[1] = {q_scale_warp * k_scales[tile]};
-        softmax_tile(score, row_max, row_sum, scales, key_start, sk, rescale,
-                     [&](int, int t, int e, float value) { score[0][t][e] = value; });
-        rescale_rows(out, rescale);
-        // P in e4m3: register j of k-step s holds score tiles 4s + 2·(j / 2) and the next, rows
-        // lane/4 (j even) or lane/4 + 8 (j odd), as sage_attention.cu's FP8 product.
-#pragma unroll
-        for (int s = 0; s < kKeys / 32; ++s) {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int t = 4 * s + 2 * (j / 2);
-                const int e = 2 * (j % 2);
-                p[s][j] = pack_e4m3(score[0][t][e] * kFp8Max, score[0][t][e + 1] * kFp8Max,
-                                    score[0][t + 1][e] * kFp8Max,
-                                    score[0][t + 1][e + 1] * kFp8Max);
-            }
-        }
-
-        cp_async_wait_all();
-        fence_proxy_async();
-        __syncthreads();  // V landed; every warpgroup is done with K
-        if (tile + 1 < key_tiles) {
-            load_qk_tile(k_tile, k_base + static_cast<int64_t>(key_start + kKeys) * kQkRowBytes,
-                         kKeys);
-            cp_async_commit();
-        }
-
-        // O += P·V, one 64-channel half at a time, each through a zeroed partial.
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            float partial[32];
-            wgmma_fence();
-#pragma unroll
-            for (int s = 0; s < kKeys / 32; ++s) {
-                const uint64_t b = descriptor(v_tile + half * 64 * kVRowBytes + s * 32, 16,
-                                              kVAtomBytes, Swizzle::k64);
-                if (s == 0) {
-                    wgmma_e4m3<false>(partial, p[s], b);
-                } else {
-                    wgmma_e4m3<true>(partial, p[s], b);
-                }
-            }
-            wgmma_commit_and_wait();
-#pragma unroll
-            for (int i = 0; i < 32; ++i) {
-                o_flat[half * 32 + i] += partial[i];
-            }
-        }
-    }
-
-    T *o_base = o + (static_cast<int64_t>(batch) * sq * heads + head) * kHeadDim;
-    store_rows<T>(o_base, static_cast<int64_t>(heads) * kHeadDim, out, row_sum, first_row, sq,
-                  col_scale + bh * kHeadDim);
-#else
-    __trap();  // the launcher uses this kernel on compute capability 9.0 only
-#endif
-}
-
 }  // namespace
-
-// Entry points by output type and blocks an SM (2: registers capped at 128; 1: uncapped, for
-// the benchmark's comparison). Shared memory: 128·128 + 64·128 + 128·64 bytes + 1024 for
-// alignment. The arguments are sage_attention.cu's main kernel's.
-#define STILLMOTION_SAGE_WGMMA(NAME, T, BLOCKS)                                                \
-    extern "C" __global__ void __launch_bounds__(kThreads, BLOCKS)                             \
-        NAME(const int8_t *q8, const float *q_scale, const int8_t *k8, const float *k_scale,   \
-             const uint8_t *vt, const float *col_scale, T *o, int sq, int sk, int sq_padded,    \
-             int sk_padded, int heads) {                                                       \
-        sage_wgmma_forward<T>(q8, q_scale, k8, k_scale, vt, col_scale, o, sq, sk, sq_padded,   \
-                              sk_padded, heads);                                               \
-    }
-
-STILLMOTION_SAGE_WGMMA(stillmotion_sage_wgmma_bf16_d128_x2, __nv_bfloat16, 2)
-STILLMOTION_SAGE_WGMMA(stillmotion_sage_wgmma_f16_d128_x2, __half, 2)
-STILLMOTION_SAGE_WGMMA(stillmotion_sage_wgmma_bf16_d128_x1, __nv_bfloat16, 1)
-STILLMOTION_SAGE_WGMMA(stillmotion_sage_wgmma_f16_d128_x1, __half, 1)
-
-// ---------------------------------------------------------------------------------------
-// The pipelined kernel. Same pre-pass, same products, but:
-// - a producer warp loads with the Tensor Memory Accelerator (TMA) into a ring of kStages K
-//   and V tiles, each stage guarded by "full" and "empty" mbarriers, so loads run whole tiles
-//   ahead instead of being waited for inside each tile;
-// - tiles of 128 keys (K's two 64-key scale groups side by side), halving the per-tile waits;
-// - two consumer warpgroups of 64 query rows each, which the SM overlaps with each other.
-// The TMA writes each 128-byte row in the 128-byte swizzle wgmma reads, so no thread touches
-// the tiles. Maps (built by the launcher): Q and K as rows of 128 bytes, [B·H·S_padded, 128],
-// V as [B·H·128, Sk_padded]; all with boxes of 128 × 128 bytes.
 
 namespace {
 
@@ -549,46 +285,36 @@ __device__ __forceinline__ float exp2_fma(float x) {
     return __int_as_float(__float_as_int(p) + (n << 23));
 }
 
-// Which of a thread's 64 exponentials run on the FMA pipe instead of the special-function unit
-// (4 lanes an SM sub-partition, 8 cycles a warp): none, every fourth, every second, or all.
-template <int kFmaExp>
-__device__ __forceinline__ bool exp_on_fma(int i) {
-    return kFmaExp == 3 || (kFmaExp == 2 && i % 2 == 1) || (kFmaExp == 1 && i % 4 == 3);
-}
-
-template <bool kMasked, int kFmaExp>
+template <bool kMasked>
 __device__ __forceinline__ void softmax_128(const int (&score_i)[64], const float (&scale)[2],
                                             int key_start, int sk, float (&row_max)[2],
                                             float (&row_sum)[2], float (&rescale)[2],
                                             uint32_t (&p)[kPipeKeys / 32][4]) {
     constexpr float kLog2Fp8Max = 8.807354922057604f;  // log2(448)
     const int lane = threadIdx.x % 32;
-    float score[64];
-#pragma unroll
-    for (int i = 0; i < 64; ++i) {
-        score[i] = int_sum_to_float(score_i[i]);
-    }
     float tile_max[2] = {-INFINITY, -INFINITY};
+    float score[64];
     if constexpr (kMasked) {
 #pragma unroll
         for (int i = 0; i < 64; ++i) {
             const int key = key_start + (i / 4) * 8 + (lane % 4) * 2 + (i % 2);
-            score[i] = key < sk ? score[i] * scale[i / 32] : -INFINITY;
+            score[i] = key < sk ? int_sum_to_float(score_i[i]) * scale[i / 32] : -INFINITY;
             tile_max[(i / 2) % 2] = fmaxf(tile_max[(i / 2) % 2], score[i]);
         }
     } else {
-        // The scales are positive, so each scale group's maximum is its largest raw score's.
-        float group_max[2][2] = {{-INFINITY, -INFINITY}, {-INFINITY, -INFINITY}};
+        // The scales are positive, so each scale group's maximum is its largest raw sum's.
+        int group_max[2][2] = {{INT_MIN, INT_MIN}, {INT_MIN, INT_MIN}};
 #pragma unroll
         for (int i = 0; i < 64; ++i) {
-            group_max[(i / 2) % 2][i / 32] = fmaxf(group_max[(i / 2) % 2][i / 32], score[i]);
+            group_max[(i / 2) % 2][i / 32] = max(group_max[(i / 2) % 2][i / 32], score_i[i]);
         }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            tile_max[r] = fmaxf(group_max[r][0] * scale[0], group_max[r][1] * scale[1]);
+            tile_max[r] = fmaxf(int_sum_to_float(group_max[r][0]) * scale[0],
+                                int_sum_to_float(group_max[r][1]) * scale[1]);
         }
     }
-    float offset[2];
+    float offset[2][2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffff, tile_max[r], 1));
@@ -599,14 +325,27 @@ __device__ __forceinline__ void softmax_128(const int (&score_i)[64], const floa
         rescale[r] = exp2f(row_max[r] - base);
         row_max[r] = new_max;
         row_sum[r] *= rescale[r];
-        offset[r] = kLog2Fp8Max - base;
+        // The exponent of p·448 from the biased sum 1.5·2²³ + s (int_sum_to_float without its
+        // subtraction): s·scale − base + log2 448 = biased·scale + (log2 448 − base − 1.5·2²³·
+        // scale). That constant's rounding moves a whole scale group's exponents by at most
+        // 0.75·scale, three quarters of one unit of the INT8 sum.
+#pragma unroll
+        for (int g = 0; g < 2; ++g) {
+            offset[r][g] = kMasked ? kLog2Fp8Max - base
+                                   : fmaf(-12582912.f, scale[g], kLog2Fp8Max - base);
+        }
     }
 #pragma unroll
     for (int i = 0; i < 64; ++i) {
         const int r = (i / 2) % 2;
+        const int g = i / 32;
         // Masked scores are already scaled (and -inf past the end, whose exp2 is 0).
-        const float x = kMasked ? score[i] + offset[r] : fmaf(score[i], scale[i / 32], offset[r]);
-        score[i] = !kMasked && exp_on_fma<kFmaExp>(i) ? exp2_fma(x) : exp2f(x);
+        const float x = kMasked ? score[i] + offset[r][g]
+                                : fmaf(__int_as_float(score_i[i] + 0x4B400000), scale[g],
+                                       offset[r][g]);
+        // Every fourth exponential on the FMA pipe: the special-function unit takes 8 cycles a
+        // warp, and with a quarter moved the two pipes balance (run 48).
+        score[i] = !kMasked && i % 4 == 3 ? exp2_fma(x) : exp2f(x);
         row_sum[r] += score[i];
     }
     // Register j of k-step k holds score tiles 4k + 2·(j / 2) and the next, row lane / 4
@@ -624,7 +363,7 @@ __device__ __forceinline__ void softmax_128(const int (&score_i)[64], const floa
 }
 #endif
 
-template <typename T, bool kPingPong, int kFmaExp>
+template <typename T, bool kPingPong>
 __device__ __forceinline__ void sage_pipelined_forward(
     const TensorMap *q_map, const TensorMap *k_map, const TensorMap *v_map,
     const float *__restrict__ q_scale, const float *__restrict__ k_scale,
@@ -741,9 +480,9 @@ __device__ __forceinline__ void sage_pipelined_forward(
         float rescale[2];
         uint32_t p[kPipeKeys / 32][4];
         if (key_start + kPipeKeys > sk) {
-            softmax_128<true, 0>(score, scale, key_start, sk, row_max, row_sum, rescale, p);
+            softmax_128<true>(score, scale, key_start, sk, row_max, row_sum, rescale, p);
         } else {
-            softmax_128<false, kFmaExp>(score, scale, key_start, sk, row_max, row_sum, rescale, p);
+            softmax_128<false>(score, scale, key_start, sk, row_max, row_sum, rescale, p);
         }
 
         mbarrier_wait(&bars->v_full[s], parity);
@@ -791,21 +530,18 @@ __device__ __forceinline__ void sage_pipelined_forward(
 
 // Shared memory: Q, kPipeStages K and V tiles of 128 × 128 bytes, the barriers, and 1024 for
 // alignment.
-#define STILLMOTION_SAGE_PIPELINED(NAME, T, PING_PONG, FMA_EXP)                                                   \
+#define STILLMOTION_SAGE_PIPELINED(NAME, T, PING_PONG)                                                   \
     extern "C" __global__ void __launch_bounds__(kPipeThreads, 1)                              \
         NAME(const __grid_constant__ TensorMap q_map, const __grid_constant__ TensorMap k_map, \
              const __grid_constant__ TensorMap v_map, const float *q_scale,                    \
              const float *k_scale, const float *col_scale, T *o, int sq, int sk,               \
              int sq_padded, int sk_padded, int heads) {                                        \
-        sage_pipelined_forward<T, PING_PONG, FMA_EXP>(&q_map, &k_map, &v_map, q_scale, k_scale,        \
+        sage_pipelined_forward<T, PING_PONG>(&q_map, &k_map, &v_map, q_scale, k_scale,        \
                                              col_scale, o, sq, sk, sq_padded, sk_padded,       \
                                              heads);                                           \
     }
 
-STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_bf16_d128, __nv_bfloat16, true, 0)
-STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_f16_d128, __half, true, 0)
-STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_bf16_d128_lockstep, __nv_bfloat16, false, 0)
-STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_f16_d128_lockstep, __half, false, 0)
-STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_bf16_d128_fma1, __nv_bfloat16, true, 1)
-STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_bf16_d128_fma2, __nv_bfloat16, true, 2)
-STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_bf16_d128_fma3, __nv_bfloat16, true, 3)
+STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_bf16_d128, __nv_bfloat16, true)
+STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_f16_d128, __half, true)
+STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_bf16_d128_lockstep, __nv_bfloat16, false)
+STILLMOTION_SAGE_PIPELINED(stillmotion_sage_pipelined_f16_d128_lockstep, __half, false)

@@ -69,15 +69,10 @@ pub fn attention(
 pub enum Int8Kernel {
     /// `mma.sync` (every GPU), with `block_rows` (64 or 128) query rows per block.
     MmaSync { fp8_pv: bool, block_rows: usize },
-    /// `wgmma` with FP8 P·V (compute capability 9.0, head dim 128), built for `blocks_per_sm`
-    /// (1 or 2) blocks an SM.
-    Wgmma { blocks_per_sm: u32 },
     /// `wgmma` with FP8 P·V fed by TMA loads a producer warpgroup issues into a ring of
     /// stages, 128-key tiles (compute capability 9.0, head dim 128); with `ping_pong` its two
-    /// consumer warpgroups take turns on the tensor cores. `fma_exp` (0–3, ping-pong and bf16
-    /// only above 0) moves none, a quarter, half or all of the softmax's exponentials from the
-    /// special-function unit to the FMA pipe.
-    Pipelined { ping_pong: bool, fma_exp: u8 },
+    /// consumer warpgroups take turns on the tensor cores.
+    Pipelined { ping_pong: bool },
 }
 
 impl Int8Kernel {
@@ -87,9 +82,29 @@ impl Int8Kernel {
     pub fn softmax_keys(self) -> usize {
         match self {
             Self::Pipelined { .. } => 128,
-            Self::MmaSync { .. } | Self::Wgmma { .. } => 64,
+            Self::MmaSync { .. } => 64,
         }
     }
+}
+
+/// The 8-bit path's quantizing pre-pass alone (its output dropped), for the benchmark to
+/// time what comes before `kernel`'s main kernel. bf16/f16, CUDA only.
+pub fn int8_prepass(
+    kernels: &Kernels,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    kernel: Int8Kernel,
+) -> Result<(), KernelError> {
+    #[cfg(feature = "cuda")]
+    if q.device().is_cuda() {
+        return crate::gpu::sage::prepass(crate::gpu::loaded(kernels)?, q, k, v, kernel);
+    }
+    let _ = (kernels, k, v, kernel);
+    Err(bad(format!(
+        "the 8-bit kernels run on CUDA tensors, got {:?}",
+        q.device().location()
+    )))
 }
 
 /// The 8-bit main kernel [`attention`] runs for these q on this GPU, for the benchmark's

@@ -28,10 +28,7 @@ pub(crate) fn int8_kernel(
     block_rows: usize,
 ) -> Int8Kernel {
     if fp8_pv && gpu.has_wgmma() && d == 128 {
-        Int8Kernel::Pipelined {
-            ping_pong: true,
-            fma_exp: 0,
-        }
+        Int8Kernel::Pipelined { ping_pong: true }
     } else {
         Int8Kernel::MmaSync { fp8_pv, block_rows }
     }

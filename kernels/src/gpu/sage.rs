@@ -28,11 +28,8 @@ pub(crate) enum PvPrecision {
     Half,
 }
 
-/// Q (128 rows) and a K tile (64 keys) of 128 INT8 bytes a row, a V tile of 128 channels × 64
-/// e4m3 keys, and 1024 bytes to align the swizzle atoms (`sage_wgmma.cu`).
-const WGMMA_SHARED: usize = (128 + 64) * 128 + 128 * 64 + 1024;
-const WGMMA_ROWS: usize = 128;
-const WGMMA_THREADS: u32 = 256;
+/// Query rows per block of the pipelined kernel (`sage_wgmma.cu`).
+const PIPELINED_ROWS: usize = 128;
 
 /// The pipelined kernel (`sage_wgmma.cu`, `kPipe*`): 128 query rows, 128-key tiles, 4 stages
 /// of a K and a V tile of 128 × 128 bytes after Q's, barriers, and 1024 bytes of alignment.
@@ -91,9 +88,7 @@ impl Int8Kernel {
     fn pv(self) -> PvPrecision {
         match self {
             Self::MmaSync { fp8_pv: false, .. } => PvPrecision::Half,
-            Self::MmaSync { fp8_pv: true, .. } | Self::Wgmma { .. } | Self::Pipelined { .. } => {
-                PvPrecision::Fp8
-            }
+            Self::MmaSync { fp8_pv: true, .. } | Self::Pipelined { .. } => PvPrecision::Fp8,
         }
     }
 }
@@ -129,42 +124,37 @@ fn grid(x: usize, heads: usize, batch: usize) -> Result<(u32, u32, u32), KernelE
     ))
 }
 
-/// softmax(q·kᵀ/√d)·v through the 8-bit kernels: q `[B, Sq, H, D]`, k/v `[B, Sk, H, D]`,
-/// bf16 or f16, D = 64 or 128 (128 on `wgmma`).
-pub(crate) fn attention(
+/// What the pre-pass leaves for the main kernel: INT8 Q and K with their scales, V (FP8 and
+/// transposed, or the input's) and its column scale, and the buffers behind them, which live
+/// until the main kernel has been queued (frees are stream-ordered).
+struct Quantized {
+    q8: Buffer,
+    q_scale: Buffer,
+    k8: Buffer,
+    k_scale: Buffer,
+    v_operand: u64,
+    col_scale: u64,
+    sq_padded: usize,
+    sk_padded: usize,
+    _stats: Buffer,
+    _v_buffers: Option<(Buffer, Buffer)>,
+    // The contiguous inputs the pointers above may point into.
+    _inputs: (Tensor, Tensor, Tensor),
+}
+
+/// The quantizing pre-pass (`sage_attention.cu`): channel statistics, INT8 Q and smoothed K,
+/// and with FP8 P·V the scaled, transposed e4m3 V.
+fn quantize(
     gpu: &GpuKernels,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    kernel: Int8Kernel,
-) -> Result<Tensor, KernelError> {
+    pv: PvPrecision,
+    suffix: &str,
+) -> Result<Quantized, KernelError> {
     let (b, sq, h, d) = q.dims4()?;
-    match kernel {
-        Int8Kernel::MmaSync { block_rows, .. } if !matches!(block_rows, 64 | 128) => {
-            return Err(bad(format!("{block_rows} query rows per block: 64 or 128")));
-        }
-        Int8Kernel::Wgmma { blocks_per_sm } if !matches!(blocks_per_sm, 1 | 2) => {
-            return Err(bad(format!("{blocks_per_sm} blocks an SM: 1 or 2")));
-        }
-        Int8Kernel::Wgmma { .. } | Int8Kernel::Pipelined { .. } if d != 128 || !gpu.has_wgmma() => {
-            return Err(bad(format!(
-                "the 8-bit wgmma kernel runs on compute capability 9.0 with head dim 128, got {d}"
-            )));
-        }
-        _ => {}
-    }
-    let pv = kernel.pv();
     let sk = k.dim(1)?;
     let dtype = q.dtype();
-    let suffix = match dtype {
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        other => {
-            return Err(bad(format!(
-                "the 8-bit path takes bf16 or f16, got {other:?}"
-            )));
-        }
-    };
     let (q, k, v) = (
         q.contiguous()?,
         k.to_dtype(dtype)?.contiguous()?,
@@ -277,7 +267,7 @@ pub(crate) fn attention(
     )?;
 
     // FP8 V, transposed, with its per-channel output scale.
-    let (v_operand, col_scale, _v_buffers) = match pv {
+    let (v_operand, col_scale, v_buffers) = match pv {
         PvPrecision::Half => (vp, 0, None),
         PvPrecision::Fp8 => {
             let vt = buffer(gpu, b * h * d * sk_padded, false)?;
@@ -305,31 +295,95 @@ pub(crate) fn attention(
         }
     };
 
+    Ok(Quantized {
+        q8,
+        q_scale,
+        k8,
+        k_scale,
+        v_operand,
+        col_scale,
+        sq_padded,
+        sk_padded,
+        _stats: stats,
+        _v_buffers: v_buffers,
+        _inputs: (q, k, v),
+    })
+}
+
+/// The pre-pass alone, for the benchmark: what the 8-bit path spends before its main kernel.
+pub(crate) fn prepass(
+    gpu: &GpuKernels,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    kernel: Int8Kernel,
+) -> Result<(), KernelError> {
+    let suffix = suffix(q.dtype())?;
+    quantize(gpu, q, k, v, kernel.pv(), suffix).map(drop)
+}
+
+fn suffix(dtype: DType) -> Result<&'static str, KernelError> {
+    match dtype {
+        DType::BF16 => Ok("bf16"),
+        DType::F16 => Ok("f16"),
+        other => Err(bad(format!(
+            "the 8-bit path takes bf16 or f16, got {other:?}"
+        ))),
+    }
+}
+
+/// softmax(q·kᵀ/√d)·v through the 8-bit kernels: q `[B, Sq, H, D]`, k/v `[B, Sk, H, D]`,
+/// bf16 or f16, D = 64 or 128 (128 on `wgmma`).
+pub(crate) fn attention(
+    gpu: &GpuKernels,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    kernel: Int8Kernel,
+) -> Result<Tensor, KernelError> {
+    let (b, sq, h, d) = q.dims4()?;
+    match kernel {
+        Int8Kernel::MmaSync { block_rows, .. } if !matches!(block_rows, 64 | 128) => {
+            return Err(bad(format!("{block_rows} query rows per block: 64 or 128")));
+        }
+        Int8Kernel::Pipelined { .. } if d != 128 || !gpu.has_wgmma() => {
+            return Err(bad(format!(
+                "the 8-bit wgmma kernel runs on compute capability 9.0 with head dim 128, got {d}"
+            )));
+        }
+        _ => {}
+    }
+    let pv = kernel.pv();
+    let sk = k.dim(1)?;
+    let dtype = q.dtype();
+    let suffix = suffix(dtype)?;
+    let quantized = quantize(gpu, q, k, v, pv, suffix)?;
+    let Quantized {
+        ref q8,
+        ref q_scale,
+        ref k8,
+        ref k_scale,
+        v_operand,
+        col_scale,
+        sq_padded,
+        sk_padded,
+        ..
+    } = quantized;
+    let stream = gpu.device.cuda_stream();
+    let h32 = int(KERNEL, h)?;
+    let (sq32, sk32) = (int(KERNEL, sq)?, int(KERNEL, sk)?);
+    let (sq_padded32, sk_padded32) = (int(KERNEL, sq_padded)?, int(KERNEL, sk_padded)?);
+
     let shape = Shape::from((b, sq, h, d));
     let (storage, o) = empty_like_shape(&gpu.device, dtype, &shape)?;
     let (function, rows, threads, shared) = match kernel {
-        Int8Kernel::Wgmma { blocks_per_sm } => (
-            gpu.sage_wgmma_function(&format!(
-                "stillmotion_sage_wgmma_{suffix}_d128_x{blocks_per_sm}"
-            ))?,
-            WGMMA_ROWS,
-            WGMMA_THREADS,
-            WGMMA_SHARED,
-        ),
-        Int8Kernel::Pipelined { ping_pong, fma_exp } => {
+        Int8Kernel::Pipelined { ping_pong } => {
             let maps = [
                 tensor_map(q8.ptr, d, b * h * sq_padded)?,
                 tensor_map(k8.ptr, d, b * h * sk_padded)?,
                 tensor_map(v_operand, sk_padded, b * h * d)?,
             ];
-            let variant = match (ping_pong, fma_exp) {
-                (true, 0) => String::new(),
-                (false, 0) => "_lockstep".to_owned(),
-                (true, share) => format!("_fma{share}"),
-                (false, _) => {
-                    return Err(bad("exponentials on the FMA pipe need ping-pong".into()));
-                }
-            };
+            let variant = if ping_pong { "" } else { "_lockstep" };
             let function = gpu.sage_wgmma_function(&format!(
                 "stillmotion_sage_pipelined_{suffix}_d128{variant}"
             ))?;
@@ -339,7 +393,7 @@ pub(crate) fn attention(
                 shared as i32,
             )?;
             let config = LaunchConfig {
-                grid_dim: grid(sq_padded / WGMMA_ROWS, h, b)?,
+                grid_dim: grid(sq_padded / PIPELINED_ROWS, h, b)?,
                 block_dim: (PIPELINED_THREADS, 1, 1),
                 shared_mem_bytes: shared,
             };
