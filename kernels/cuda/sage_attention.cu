@@ -75,15 +75,37 @@ __device__ __forceinline__ float block_max(float value, float *scratch) {
     return result;
 }
 
+// 8 consecutive elements from `p` as floats: one 16-byte load where the tensor's base is
+// 16-byte aligned (every row and 8-channel offset then is), else eight.
+template <typename T>
+__device__ __forceinline__ void load8(const T *p, bool aligned, float (&out)[8]) {
+    if (aligned) {
+        const uint4 raw = *reinterpret_cast<const uint4 *>(p);
+        const T *half = reinterpret_cast<const T *>(&raw);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            out[j] = static_cast<float>(half[j]);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            out[j] = static_cast<float>(p[j]);
+        }
+    }
+}
+
 // INT8 quantization of `rows` rows (one scale) of one head, minus the channel mean when
 // `sums` is set (mean = sums / s). Writes [B, H, s_padded, D] and one scale · extra_scale
-// per group. Grid (s_padded / rows, heads, batch), block kThreads.
+// per group. Grid (s_padded / rows, heads, batch), block kThreads; rows · D a multiple of
+// 8 · kThreads and at most 64 · kThreads (16 or 64 rows of 64 or 128 channels). Each thread
+// holds 8 channels of up to 8 rows in registers between the maximum and the rounding.
 template <typename T>
 __device__ __forceinline__ void quantize_rows(const T *__restrict__ x,
                                               const float *__restrict__ sums,
                                               int8_t *__restrict__ out,
                                               float *__restrict__ scales, int s, int s_padded,
                                               int heads, int d, int rows, float extra_scale) {
+    constexpr int kMaxVectors = 8;
     __shared__ float scratch[kWarps];
     const int group = blockIdx.x;
     const int head = blockIdx.y;
@@ -92,26 +114,50 @@ __device__ __forceinline__ void quantize_rows(const T *__restrict__ x,
     const T *base = x + (static_cast<int64_t>(batch) * s * heads + head) * d;
     const float *mean = sums == nullptr ? nullptr : sums + (batch * heads + head) * d;
     const float inv_s = 1.f / static_cast<float>(s);
-    auto value = [&](int i) {
-        const int token = group * rows + i / d;
-        const int c = i % d;
-        if (token >= s) {
-            return 0.f;
-        }
-        const float v = static_cast<float>(base[token * stride + c]);
-        return mean == nullptr ? v : v - mean[c] * inv_s;
-    };
+    const bool aligned = (reinterpret_cast<uintptr_t>(x) & 15) == 0;
+    const int vectors = rows * d / (8 * kThreads);
+    float values[kMaxVectors][8];
     float amax = 0.f;
-    for (int i = threadIdx.x; i < rows * d; i += kThreads) {
-        amax = fmaxf(amax, fabsf(value(i)));
+#pragma unroll
+    for (int v = 0; v < kMaxVectors; ++v) {
+        if (v < vectors) {
+            const int e = (v * kThreads + threadIdx.x) * 8;
+            const int token = group * rows + e / d;
+            const int c = e % d;
+            if (token < s) {
+                load8(base + token * stride + c, aligned, values[v]);
+            } else {
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    values[v][j] = 0.f;
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                if (mean != nullptr && token < s) {
+                    values[v][j] -= mean[c + j] * inv_s;
+                }
+                amax = fmaxf(amax, fabsf(values[v][j]));
+            }
+        }
     }
     amax = block_max(amax, scratch);
     const float scale = amax > 0.f ? amax / 127.f : 1.f;
     const float inv = 1.f / scale;
     int8_t *dst = out + ((static_cast<int64_t>(batch) * heads + head) * s_padded +
                          static_cast<int64_t>(group) * rows) * d;
-    for (int i = threadIdx.x; i < rows * d; i += kThreads) {
-        dst[i] = static_cast<int8_t>(__float2int_rn(fminf(fmaxf(value(i) * inv, -127.f), 127.f)));
+#pragma unroll
+    for (int v = 0; v < kMaxVectors; ++v) {
+        if (v < vectors) {
+            const int e = (v * kThreads + threadIdx.x) * 8;
+            uint32_t packed[2] = {0, 0};
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const int q = __float2int_rn(fminf(fmaxf(values[v][j] * inv, -127.f), 127.f));
+                packed[j / 4] |= (static_cast<uint32_t>(q) & 0xFF) << (8 * (j % 4));
+            }
+            *reinterpret_cast<uint2 *>(dst + e) = make_uint2(packed[0], packed[1]);
+        }
     }
     if (threadIdx.x == 0) {
         scales[(batch * heads + head) * (s_padded / rows) + group] = scale * extra_scale;
@@ -127,39 +173,55 @@ __device__ __forceinline__ int key_position(int kk) {
 
 // V to e4m3, per channel scaled to ±448 by `absmax`, transposed to [B, H, D, sk_padded] with
 // permuted 16-key groups; `col_scale` gets absmax / 448² per channel (the P and V scales the
-// output multiplies back). Grid (sk_padded / 64, heads, batch), block kThreads.
+// output multiplies back). Grid (sk_padded / 64, heads, batch), block kThreads, D ≤ 128.
+// The 64-key tile is transposed in shared memory: reads of 8 channels of a key (consecutive
+// threads, consecutive keys), writes of 16 bytes of a channel row.
 template <typename T>
 __device__ __forceinline__ void quantize_v_fp8(const T *__restrict__ v,
                                                const float *__restrict__ absmax,
                                                uint8_t *__restrict__ out,
                                                float *__restrict__ col_scale, int sk,
                                                int sk_padded, int heads, int d) {
-    const int tile = blockIdx.x;
+    constexpr int kRowBytes = kBlockN + 16;  // 16-byte aligned rows, spread over the banks
+    __shared__ __align__(16) uint8_t tile[128 * kRowBytes];
+    const int first_key = blockIdx.x * kBlockN;
     const int head = blockIdx.y;
     const int batch = blockIdx.z;
     const int64_t stride = static_cast<int64_t>(heads) * d;
     const T *base = v + (static_cast<int64_t>(batch) * sk * heads + head) * d;
     const float *amax = absmax + (batch * heads + head) * d;
     uint8_t *dst = out + (static_cast<int64_t>(batch) * heads + head) * d * sk_padded;
-    // Consecutive threads write consecutive positions of one channel row.
-    for (int i = threadIdx.x; i < d * kBlockN; i += kThreads) {
-        const int c = i / kBlockN;
-        const int position = i % kBlockN;
-        const int group = position / 16;
-        const int p = position % 16;
-        // Inverse of key_position: position 4c' + i + 2h holds key 2c' + i + 8h.
-        const int kk = 2 * (p / 4) + (p % 2) + 8 * ((p % 4) / 2);
-        const int key = tile * kBlockN + group * 16 + kk;
-        float x = 0.f;
+    const bool aligned = (reinterpret_cast<uintptr_t>(v) & 15) == 0;
+    for (int i = threadIdx.x; i < kBlockN * (d / 8); i += kThreads) {
+        const int kk = i % kBlockN;
+        const int c0 = (i / kBlockN) * 8;
+        const int key = first_key + kk;
+        float x[8];
         if (key < sk) {
-            const float a = amax[c];
-            x = a > 0.f ? static_cast<float>(base[key * stride + c]) * (kFp8Max / a) : 0.f;
+            load8(base + key * stride + c0, aligned, x);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                x[j] = 0.f;
+            }
         }
-        const __nv_fp8_e4m3 q(x);
-        dst[static_cast<int64_t>(c) * sk_padded + tile * kBlockN + position] =
-            *reinterpret_cast<const uint8_t *>(&q);
+        const int position = (kk / 16) * 16 + key_position(kk % 16);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float a = amax[c0 + j];
+            const __nv_fp8_e4m3 q(a > 0.f ? x[j] * (kFp8Max / a) : 0.f);
+            tile[(c0 + j) * kRowBytes + position] = *reinterpret_cast<const uint8_t *>(&q);
+        }
     }
-    if (tile == 0) {
+    __syncthreads();
+    for (int i = threadIdx.x; i < d * (kBlockN / 16); i += kThreads) {
+        const int c = i / (kBlockN / 16);
+        const int chunk = i % (kBlockN / 16);
+        *reinterpret_cast<uint4 *>(dst + static_cast<int64_t>(c) * sk_padded + first_key +
+                                   chunk * 16) =
+            *reinterpret_cast<const uint4 *>(&tile[c * kRowBytes + chunk * 16]);
+    }
+    if (blockIdx.x == 0) {
         for (int c = threadIdx.x; c < d; c += kThreads) {
             col_scale[(batch * heads + head) * d + c] = amax[c] / (kFp8Max * kFp8Max);
         }
