@@ -14,8 +14,8 @@ const THREADS: u32 = 128;
 const BLOCK_N: usize = 64;
 /// Query rows per Q scale (`kQRows`).
 const Q_ROWS: usize = 16;
-/// Tokens each block of the channel-statistics kernel sums: few enough for 512 blocks a head
-/// at 32,760 tokens (with 512, its blocks read serially and the pass took longer than Q's).
+/// Tokens each block of the channel-statistics kernel sums: 512 blocks a head at 32,760
+/// tokens, so that enough loads are in flight (each thread reads its channel token by token).
 const STATS_TOKENS: usize = 64;
 /// Padding bytes of an 8-bit shared row (`kPad8`).
 const PAD8: usize = 16;
