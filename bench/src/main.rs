@@ -211,6 +211,22 @@ fn bench_attention(
             }),
         ),
         (
+            "ours_pipelined",
+            Box::new(|q, k, v| {
+                Ok(stillmotion_kernels::attention::flash_pipelined(
+                    kernels, q, k, v, false,
+                )?)
+            }),
+        ),
+        (
+            "ours_pipelined_pingpong",
+            Box::new(|q, k, v| {
+                Ok(stillmotion_kernels::attention::flash_pipelined(
+                    kernels, q, k, v, true,
+                )?)
+            }),
+        ),
+        (
             "int8_mma_fp8",
             Box::new(|q, k, v| {
                 Ok(int8_explicit(
@@ -551,6 +567,18 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
                     BF16_BOUND,
                 ),
                 Err(e) => Line::new("note").text("wgmma", &e.to_string()).print(),
+            }
+            for (ping_pong, name) in [(false, "pipelined"), (true, "pipelined ping-pong")] {
+                match stillmotion_kernels::attention::flash_pipelined(
+                    kernels, &q, &k, &v, ping_pong,
+                ) {
+                    Ok(out) => checks.check(
+                        &format!("attention ours_{name} keys {k_len} d {d}"),
+                        rel_l2(&out, &expected)?,
+                        BF16_BOUND,
+                    ),
+                    Err(e) => Line::new("note").text(name, &e.to_string()).print(),
+                }
             }
         }
         let out64 = stillmotion_kernels::attention::flash_with_block_rows(kernels, &q, &k, &v, 64)?;

@@ -50,11 +50,6 @@ constexpr int kPipeConsumers = 256;               // two warpgroups
 constexpr int kPipeThreads = kPipeConsumers + 128;  // and a producer warpgroup
 [[maybe_unused]] constexpr uint32_t kPipeTileBytes = 128 * 128;
 
-// A CUtensorMap: 128 opaque bytes the driver encodes, passed by value as a kernel parameter.
-struct alignas(64) TensorMap {
-    uint64_t words[16];
-};
-
 struct PipeBarriers {
     uint64_t q_full;
     uint64_t k_full[kPipeStages];
@@ -63,53 +58,6 @@ struct PipeBarriers {
 };
 
 #if defined(STILLMOTION_HAS_WGMMA)
-
-__device__ __forceinline__ void mbarrier_init(uint64_t *bar, uint32_t count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_address(bar)),
-                 "r"(count)
-                 : "memory");
-}
-
-// One arrival that also announces `bytes` of TMA traffic the phase must wait for.
-__device__ __forceinline__ void mbarrier_expect_bytes(uint64_t *bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(
-                     smem_address(bar)),
-                 "r"(bytes)
-                 : "memory");
-}
-
-__device__ __forceinline__ void mbarrier_arrive(uint64_t *bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_address(bar))
-                 : "memory");
-}
-
-// Waits until the barrier's phase of parity `parity` has completed.
-__device__ __forceinline__ void mbarrier_wait(uint64_t *bar, uint32_t parity) {
-    const uint32_t address = smem_address(bar);
-    uint32_t done = 0;
-    while (!done) {
-        asm volatile(
-            "{\n"
-            ".reg .pred p;\n"
-            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-            "selp.u32 %0, 1, 0, p;\n"
-            "}\n"
-            : "=r"(done)
-            : "r"(address), "r"(parity)
-            : "memory");
-    }
-}
-
-// A box of the 2-D map at (x, y) (x along the contiguous dimension) into shared memory,
-// completing on `bar`.
-__device__ __forceinline__ void tma_load(void *dst, const TensorMap *map, int x, int y,
-                                         uint64_t *bar) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
-        "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(smem_address(dst)),
-        "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(smem_address(bar))
-        : "memory");
-}
 
 // d (+)= A·Bᵀ, m64 n128 k32, s8 × s8 → s32, both from shared memory (K-major); and
 // d (+)= A·B, m64 n128 k32, e4m3 × e4m3 → f32, A from registers. As the n64 forms above.
@@ -216,17 +164,6 @@ __device__ __forceinline__ void wgmma_e4m3_n128(float (&d)[64], const uint32_t (
 }
 
 
-// Named barriers 1 and 2 order the two consumer warpgroups' tensor-core work (0 is
-// __syncthreads'): `sync` waits for the other warpgroup's `arrive` on the same id.
-template <int kId>
-__device__ __forceinline__ void named_barrier_sync() {
-    asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "n"(kPipeConsumers) : "memory");
-}
-template <int kId>
-__device__ __forceinline__ void named_barrier_arrive() {
-    asm volatile("bar.arrive %0, %1;\n" ::"n"(kId), "n"(kPipeConsumers) : "memory");
-}
-
 // S = Q·Kᵀ for a warpgroup's 64 rows and a 128-key tile: 4 steps of 32 bytes along the rows.
 __device__ __forceinline__ void issue_qk(int (&score)[64], const unsigned char *q_rows,
                                         const unsigned char *k_tile) {
@@ -241,7 +178,7 @@ __device__ __forceinline__ void issue_qk(int (&score)[64], const unsigned char *
             wgmma_s8_n128<true>(score, a, b);
         }
     }
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    wgmma_commit();
 }
 
 // partial = P·V for a 128-key tile (V's 128 channel rows of 128 keys), into a zeroed
@@ -259,11 +196,7 @@ __device__ __forceinline__ void issue_pv(float (&partial)[64], const uint32_t (&
             wgmma_e4m3_n128<true>(partial, p[k], b);
         }
     }
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-
-__device__ __forceinline__ void wgmma_wait_all() {
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    wgmma_commit();
 }
 
 // One 128-key tile of the online softmax in log2 units, from the INT8 scores. Register 4t + e
@@ -392,7 +325,7 @@ __device__ __forceinline__ void sage_pipelined_forward(
             mbarrier_init(&bars->v_full[s], 1);
             mbarrier_init(&bars->empty[s], kPipeConsumers);
         }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        fence_mbarrier_init();
     }
     __syncthreads();
 
@@ -400,10 +333,10 @@ __device__ __forceinline__ void sage_pipelined_forward(
         // The producer warpgroup hands most of its registers to the consumers (an SM
         // sub-partition's 16384 registers hold one producer warp at 24 and two consumer warps
         // at 240); one thread issues every load, a stage as soon as it is free.
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
+        setmaxnreg_dec<24>();
         if (threadIdx.x == kPipeConsumers) {
             mbarrier_expect_bytes(&bars->q_full, kPipeTileBytes);
-            tma_load(q_tile, q_map, 0, bh * sq_padded + q_start, &bars->q_full);
+            tma_load_2d(q_tile, q_map, 0, bh * sq_padded + q_start, &bars->q_full);
             for (int tile = 0; tile < key_tiles; ++tile) {
                 const int s = tile % kPipeStages;
                 const int use = tile / kPipeStages;
@@ -411,17 +344,17 @@ __device__ __forceinline__ void sage_pipelined_forward(
                     mbarrier_wait(&bars->empty[s], (use - 1) & 1);
                 }
                 mbarrier_expect_bytes(&bars->k_full[s], kPipeTileBytes);
-                tma_load(k_tiles + s * kPipeTileBytes, k_map, 0, bh * sk_padded + tile * kPipeKeys,
+                tma_load_2d(k_tiles + s * kPipeTileBytes, k_map, 0, bh * sk_padded + tile * kPipeKeys,
                          &bars->k_full[s]);
                 mbarrier_expect_bytes(&bars->v_full[s], kPipeTileBytes);
-                tma_load(v_tiles + s * kPipeTileBytes, v_map, tile * kPipeKeys, bh * kHeadDim,
+                tma_load_2d(v_tiles + s * kPipeTileBytes, v_map, tile * kPipeKeys, bh * kHeadDim,
                          &bars->v_full[s]);
             }
         }
         return;
     }
 
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
+    setmaxnreg_inc<240>();
     const int warpgroup = threadIdx.x / 128;
     const int warp = (threadIdx.x / 32) % 4;
     const int first_row = q_start + warpgroup * 64 + warp * 16;
@@ -442,18 +375,18 @@ __device__ __forceinline__ void sage_pipelined_forward(
     const auto my_turn = [&] {
         if constexpr (kPingPong) {
             if (warpgroup == 0) {
-                named_barrier_sync<1>();
+                named_barrier_sync<1, kPipeConsumers>();
             } else {
-                named_barrier_sync<2>();
+                named_barrier_sync<2, kPipeConsumers>();
             }
         }
     };
     const auto their_turn = [&] {
         if constexpr (kPingPong) {
             if (warpgroup == 0) {
-                named_barrier_arrive<2>();
+                named_barrier_arrive<2, kPipeConsumers>();
             } else {
-                named_barrier_arrive<1>();
+                named_barrier_arrive<1, kPipeConsumers>();
             }
         }
     };

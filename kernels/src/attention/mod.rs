@@ -175,6 +175,26 @@ pub fn flash_with_block_rows(
     )))
 }
 
+/// Our pipelined wgmma kernel explicitly, lockstep or ping-pong, for the benchmark. bf16/f16,
+/// head dim 128, compute capability 9.0 only.
+pub fn flash_pipelined(
+    kernels: &Kernels,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    ping_pong: bool,
+) -> Result<Tensor, KernelError> {
+    #[cfg(feature = "cuda")]
+    if q.device().is_cuda() {
+        return crate::gpu::attention::pipelined(kernels, q, k, v, ping_pong);
+    }
+    let _ = (kernels, k, v, ping_pong);
+    Err(bad(format!(
+        "the pipelined kernel runs on CUDA tensors, got {:?}",
+        q.device().location()
+    )))
+}
+
 /// Our wgmma kernel explicitly (what [`attention`] runs for our kernel on Hopper, with 2 blocks
 /// an SM), for the benchmark. bf16/f16, head dim 128, compute capability 9.0 only.
 pub fn flash_wgmma(

@@ -6,7 +6,7 @@ use candle_core::{DType, Shape, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::cudnn::SdpaShape;
-use super::{device_ptr, empty_like_shape, output_tensor, scratch};
+use super::{device_ptr, empty_like_shape, int, output_tensor, scratch};
 use crate::attention::{Int8Kernel, KERNEL, bad};
 use crate::{AttentionBackend, KernelError, Kernels};
 
@@ -203,6 +203,113 @@ pub(crate) fn wgmma(
         (b, sq, sk, h),
         std::f32::consts::LOG2_E / (d as f32).sqrt(),
     )?;
+    Ok(output_tensor(storage, shape))
+}
+
+/// The pipelined kernel (`flash_pipelined_forward` in `wgmma_attention.cu`): 128 query rows a
+/// block, two consumer warpgroups and a producer warpgroup loading with TMA.
+const FLASH_PIPELINED_ROWS: usize = 128;
+const FLASH_PIPELINED_THREADS: u32 = 384;
+/// Q, three stages of a K and a V tile (128 × 128 16-bit values each), the barriers, and 1024
+/// bytes to align the atoms.
+const FLASH_PIPELINED_SHARED: u32 = 128 * 128 * 2 * (1 + 2 * 3) + 8 * (1 + 3 * 3) + 1024;
+
+/// Our pipelined wgmma kernel (Hopper): bf16/f16, head dim 128, compute capability 9.0, with
+/// its two consumer warpgroups in lockstep or taking turns (`ping_pong`). Tensors whose
+/// address TMA cannot take (not 16-byte aligned) run the plain wgmma kernel.
+pub(crate) fn pipelined(
+    kernels: &Kernels,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    ping_pong: bool,
+) -> Result<Tensor, KernelError> {
+    use cudarc::driver::sys::CUtensorMapDataType;
+    let gpu = super::loaded(kernels)?;
+    let (b, sq, h, d) = q.dims4()?;
+    let sk = k.dim(1)?;
+    let dtype = q.dtype();
+    let (suffix, element) = match dtype {
+        DType::BF16 => (
+            "bf16",
+            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+        ),
+        DType::F16 => ("f16", CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16),
+        other => {
+            return Err(bad(format!(
+                "the pipelined kernel takes bf16/f16, got {other:?}"
+            )));
+        }
+    };
+    if d != 128 || !gpu.has_wgmma() {
+        return Err(bad(format!(
+            "the pipelined kernel runs on compute capability 9.0 with head dim 128, got {d}"
+        )));
+    }
+    let (q, k, v) = (
+        q.contiguous()?,
+        k.to_dtype(dtype)?.contiguous()?,
+        v.to_dtype(dtype)?.contiguous()?,
+    );
+    let (qp, kp, vp) = (
+        device_ptr(&q, KERNEL)?,
+        device_ptr(&k, KERNEL)?,
+        device_ptr(&v, KERNEL)?,
+    );
+    if [qp, kp, vp].iter().any(|address| address % 16 != 0) {
+        return wgmma(kernels, &q, &k, &v, 2);
+    }
+    // [B, S, H, D] as 4-D maps, boxes of 64 channels × 1 head × 128 tokens: one column half
+    // of a tile.
+    let map = |address: u64, s: usize| {
+        super::tensor_map::tiled(
+            address,
+            element,
+            [d, h, s, b],
+            &[d * 2, h * d * 2, s * h * d * 2],
+            [64, 1, 128, 1],
+        )
+    };
+    let maps = [map(qp, sq)?, map(kp, sk)?, map(vp, sk)?];
+    let shape = Shape::from((b, sq, h, d));
+    let (storage, o) = empty_like_shape(&gpu.device, dtype, &shape)?;
+    let variant = if ping_pong { "_pingpong" } else { "" };
+    let function = gpu.wgmma_function(&format!(
+        "stillmotion_flash_pipelined_{suffix}_d128{variant}"
+    ))?;
+    function.set_attribute(
+        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        FLASH_PIPELINED_SHARED as i32,
+    )?;
+    let dim = |value: usize, what: &str| {
+        u32::try_from(value).map_err(|_| bad(format!("{value} {what} is too many")))
+    };
+    let config = LaunchConfig {
+        grid_dim: (
+            dim(sq.div_ceil(FLASH_PIPELINED_ROWS), "query blocks")?,
+            dim(h, "heads")?,
+            dim(b, "batch")?,
+        ),
+        block_dim: (FLASH_PIPELINED_THREADS, 1, 1),
+        shared_mem_bytes: FLASH_PIPELINED_SHARED,
+    };
+    let (sq32, sk32, h32) = (int(KERNEL, sq)?, int(KERNEL, sk)?, int(KERNEL, h)?);
+    let scale_log2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
+    let stream = gpu.device.cuda_stream();
+    let mut launch = stream.launch_builder(&function);
+    launch
+        .arg(&maps[0])
+        .arg(&maps[1])
+        .arg(&maps[2])
+        .arg(&o)
+        .arg(&sq32)
+        .arg(&sk32)
+        .arg(&h32)
+        .arg(&scale_log2);
+    // SAFETY: the maps cover q [B, Sq, H, D] and k, v [B, Sk, H, D], contiguous, alive until
+    // this function returns and freed stream-ordered after the kernel; o has [B, Sq, H, D]
+    // elements; the grid covers the queries once.
+    unsafe { launch.launch(config) }?;
     Ok(output_tensor(storage, shape))
 }
 

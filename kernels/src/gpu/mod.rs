@@ -17,6 +17,7 @@ pub(crate) mod linear;
 pub(crate) mod pool;
 pub(crate) mod sage;
 pub(crate) mod stream;
+pub(crate) mod tensor_map;
 pub(crate) mod warp;
 
 use std::path::PathBuf;

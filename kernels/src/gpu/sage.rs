@@ -3,6 +3,7 @@
 //! `wgmma` (`cuda/sage_wgmma.cu`).
 
 use candle_core::{DType, Shape, Tensor};
+use cudarc::driver::sys::CUtensorMapDataType;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::{GpuKernels, device_ptr, empty_like_shape, int, output_tensor};
@@ -40,50 +41,6 @@ const PIPELINED_TILE: u32 = 128 * 128;
 const PIPELINED_SHARED: u32 =
     PIPELINED_TILE * (1 + 2 * PIPELINED_STAGES) + 8 * (1 + 3 * PIPELINED_STAGES) + 1024;
 const PIPELINED_THREADS: u32 = 256 + 128;
-
-/// A TMA descriptor (`CUtensorMap`), which the kernel takes by value.
-#[repr(transparent)]
-struct TensorMap(cudarc::driver::sys::CUtensorMap);
-
-// SAFETY: CUtensorMap is 128 plain bytes (repr C); the kernel declares the parameter as the
-// same 128 bytes (`const __grid_constant__ TensorMap`).
-unsafe impl cudarc::driver::DeviceRepr for TensorMap {}
-
-/// A map over `rows` rows of `row_bytes` bytes at `address`, loaded in boxes of 128 rows of
-/// 128 bytes in the 128-byte swizzle (wgmma's layout for K-major 8-bit tiles).
-fn tensor_map(address: u64, row_bytes: usize, rows: usize) -> Result<TensorMap, KernelError> {
-    use cudarc::driver::sys::{
-        CUtensorMap, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
-        CUtensorMapL2promotion, CUtensorMapSwizzle, cuTensorMapEncodeTiled,
-    };
-    let dims = [row_bytes as u64, rows as u64];
-    let strides = [row_bytes as u64];
-    let boxes = [128u32, 128];
-    let element_strides = [1u32, 1];
-    let mut map = std::mem::MaybeUninit::<CUtensorMap>::zeroed();
-    // SAFETY: dims, boxes and element strides have the rank's 2 entries and strides 1; the
-    // address is device memory of rows · row_bytes bytes that outlives the launch; the map is
-    // written by the call before it is read.
-    let map = unsafe {
-        cuTensorMapEncodeTiled(
-            map.as_mut_ptr(),
-            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
-            2,
-            address as *mut std::ffi::c_void,
-            dims.as_ptr(),
-            strides.as_ptr(),
-            boxes.as_ptr(),
-            element_strides.as_ptr(),
-            CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
-            CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-            CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-        )
-        .result()?;
-        map.assume_init()
-    };
-    Ok(TensorMap(map))
-}
 
 impl Int8Kernel {
     fn pv(self) -> PvPrecision {
@@ -379,10 +336,20 @@ pub(crate) fn attention(
     let (storage, o) = empty_like_shape(&gpu.device, dtype, &shape)?;
     let (function, rows, threads, shared) = match kernel {
         Int8Kernel::Pipelined { ping_pong } => {
+            // Rows of 128 bytes: Q and K [B·H·S_padded, 128], transposed V [B·H·128, sk_padded].
+            let rows = |address: u64, row_bytes: usize, rows: usize| {
+                super::tensor_map::tiled(
+                    address,
+                    CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+                    [row_bytes, rows],
+                    &[row_bytes],
+                    [128, 128],
+                )
+            };
             let maps = [
-                tensor_map(q8.ptr, d, b * h * sq_padded)?,
-                tensor_map(k8.ptr, d, b * h * sk_padded)?,
-                tensor_map(v_operand, sk_padded, b * h * d)?,
+                rows(q8.ptr, d, b * h * sq_padded)?,
+                rows(k8.ptr, d, b * h * sk_padded)?,
+                rows(v_operand, sk_padded, b * h * d)?,
             ];
             let variant = if ping_pong { "" } else { "_lockstep" };
             let function = gpu.sage_wgmma_function(&format!(
