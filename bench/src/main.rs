@@ -602,6 +602,13 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
         let k = randn(&[2, k_len, 8, d], device, DType::BF16)?;
         let v = randn(&[2, k_len, 8, d], device, DType::BF16)?;
         let expected = reference::attention(&on_cpu(&q)?, &on_cpu(&k)?, &on_cpu(&v)?)?;
+        // From PIPELINED_MIN_KEYS keys on, `auto` runs our pipelined kernel on Hopper.
+        let auto = attention(&kernels.with_attention(AttentionChoice::Auto), &q, &k, &v)?;
+        checks.check(
+            &format!("attention auto keys {k_len} d {d}"),
+            rel_l2(&auto, &expected)?,
+            BF16_BOUND,
+        );
         for (choice, name, fp8) in INT8_BACKENDS {
             let kernels = kernels.with_attention(choice);
             let fp8 =

@@ -121,6 +121,17 @@ impl Kernels {
         self.attention
     }
 
+    /// Whether our pipelined attention kernel runs here for head dim `d` (Hopper, 128).
+    #[must_use]
+    pub fn has_pipelined_flash(&self, device: &Device, d: usize) -> bool {
+        #[cfg(feature = "cuda")]
+        if let (Some(gpu), true) = (&self.gpu, device.is_cuda()) {
+            return d == 128 && gpu.has_wgmma();
+        }
+        let _ = (device, d);
+        false
+    }
+
     /// The attention implementation used for tensors of `device` in half precision.
     #[must_use]
     pub fn attention_backend(&self, device: &Device) -> AttentionBackend {

@@ -43,10 +43,15 @@ pub(crate) fn fused(
     k: &Tensor,
     v: &Tensor,
 ) -> Result<Tensor, KernelError> {
-    // On Hopper our kernel is the wgmma one (head dim 128: every Wan2.2 model's).
+    // On Hopper our kernel is a wgmma one (head dim 128: every Wan2.2 model's): the pipelined
+    // one on long key sequences, the plain one where a pipeline of a few tiles barely fills.
     if backend == AttentionBackend::Flash && q.dim(3)? == 128 && super::loaded(kernels)?.has_wgmma()
     {
-        return wgmma(kernels, q, k, v, 2);
+        return if k.dim(1)? >= crate::attention::PIPELINED_MIN_KEYS {
+            pipelined(kernels, q, k, v, false)
+        } else {
+            wgmma(kernels, q, k, v, 2)
+        };
     }
     fused_with_rows(kernels, backend, q, k, v, FLASH_BLOCK_ROWS)
 }
