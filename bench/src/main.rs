@@ -982,7 +982,13 @@ fn bench_dit(
         .int("tokens", t_lat * (h_lat / 2) * (w_lat / 2))
         .text(
             "attention",
-            &format!("{:?}", model.kernels().attention_backend(device)),
+            // The choice and what it resolves to for half tensors; under `Auto` on Hopper the
+            // long self-attention runs our pipelined kernel (PIPELINED_MIN_KEYS).
+            &format!(
+                "{:?} ({:?})",
+                model.kernels().attention_choice(),
+                model.kernels().attention_backend(device)
+            ),
         )
         .int("streamed_blocks", model.streamed_blocks().0)
         .num("pinned_gb", model.streamed_blocks().1 as f64 / 1e9)
