@@ -8,6 +8,21 @@
 
 #include "mma_common.cuh"
 
+// The 64 accumulator operands d[0] … d[63] of an n128 wgmma, each through C (one of the
+// constraint macros below), and the placeholders that name them in the instruction.
+#define STILLMOTION_D64(C)                                                                      \
+    C(0), C(1), C(2), C(3), C(4), C(5), C(6), C(7), C(8), C(9), C(10), C(11), C(12), C(13), C(14), C(15),          \
+    C(16), C(17), C(18), C(19), C(20), C(21), C(22), C(23), C(24), C(25), C(26), C(27), C(28), C(29), C(30), C(31),          \
+    C(32), C(33), C(34), C(35), C(36), C(37), C(38), C(39), C(40), C(41), C(42), C(43), C(44), C(45), C(46), C(47),          \
+    C(48), C(49), C(50), C(51), C(52), C(53), C(54), C(55), C(56), C(57), C(58), C(59), C(60), C(61), C(62), C(63)
+#define STILLMOTION_D64_REGS                                                                    \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+#define STILLMOTION_F_OUT(i) "=f"(d[i])
+#define STILLMOTION_F_ACC(i) "+f"(d[i])
+#define STILLMOTION_R_OUT(i) "=r"(d[i])
+#define STILLMOTION_R_ACC(i) "+r"(d[i])
+
+
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define STILLMOTION_HAS_WGMMA 1
 #endif

@@ -6,7 +6,7 @@ use candle_core::{DType, Shape, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::cudnn::SdpaShape;
-use super::{device_ptr, empty_like_shape, int, output_tensor, scratch};
+use super::{empty_like_shape, int, output_tensor, scratch};
 use crate::attention::{Int8Kernel, KERNEL, bad};
 use crate::{AttentionBackend, KernelError, Kernels};
 
@@ -76,18 +76,9 @@ pub(crate) fn fused_with_rows(
     let (b, sq, h, d) = q.dims4()?;
     let sk = k.dim(1)?;
     let dtype = q.dtype();
-    let (q, k, v) = (
-        q.contiguous()?,
-        k.to_dtype(dtype)?.contiguous()?,
-        v.to_dtype(dtype)?.contiguous()?,
-    );
+    let (_operands, [qp, kp, vp]) = super::attention_operands(q, k, v)?;
     let shape = Shape::from((b, sq, h, d));
     let (storage, o) = empty_like_shape(&gpu.device, dtype, &shape)?;
-    let (qp, kp, vp) = (
-        device_ptr(&q, KERNEL)?,
-        device_ptr(&k, KERNEL)?,
-        device_ptr(&v, KERNEL)?,
-    );
     let scale = 1.0 / (d as f32).sqrt();
     let stream = gpu.device.cuda_stream();
     match backend {
@@ -182,18 +173,9 @@ pub(crate) fn wgmma(
             "the wgmma kernel takes bf16/f16 with head dim 128, got {dtype:?} and {d}"
         )));
     }
-    let (q, k, v) = (
-        q.contiguous()?,
-        k.to_dtype(dtype)?.contiguous()?,
-        v.to_dtype(dtype)?.contiguous()?,
-    );
+    let (_operands, [qp, kp, vp]) = super::attention_operands(q, k, v)?;
     let shape = Shape::from((b, sq, h, d));
     let (storage, o) = empty_like_shape(&gpu.device, dtype, &shape)?;
-    let (qp, kp, vp) = (
-        device_ptr(&q, KERNEL)?,
-        device_ptr(&k, KERNEL)?,
-        device_ptr(&v, KERNEL)?,
-    );
     let name = format!(
         "stillmotion_wgmma_attention_{}_d128_x{blocks_per_sm}",
         if dtype == DType::F16 { "f16" } else { "bf16" }
@@ -251,16 +233,7 @@ pub(crate) fn pipelined(
             "the pipelined kernel runs on compute capability 9.0 with head dim 128, got {d}"
         )));
     }
-    let (q, k, v) = (
-        q.contiguous()?,
-        k.to_dtype(dtype)?.contiguous()?,
-        v.to_dtype(dtype)?.contiguous()?,
-    );
-    let (qp, kp, vp) = (
-        device_ptr(&q, KERNEL)?,
-        device_ptr(&k, KERNEL)?,
-        device_ptr(&v, KERNEL)?,
-    );
+    let ([q, k, v], [qp, kp, vp]) = super::attention_operands(q, k, v)?;
     if [qp, kp, vp].iter().any(|address| address % 16 != 0) {
         return wgmma(kernels, &q, &k, &v, 2);
     }

@@ -187,3 +187,25 @@ fn function(module: &Arc<CudaModule>, name: &str) -> Result<CudaFunction, Kernel
         problem: format!("kernel {name}: {e}"),
     })
 }
+
+/// q, and k and v in q's dtype, contiguous, with their device addresses: what each attention
+/// kernel reads. The tensors keep the addresses valid while the caller holds them.
+pub(crate) fn attention_operands(
+    q: &candle_core::Tensor,
+    k: &candle_core::Tensor,
+    v: &candle_core::Tensor,
+) -> Result<([candle_core::Tensor; 3], [u64; 3]), KernelError> {
+    let dtype = q.dtype();
+    let tensors = [
+        q.contiguous()?,
+        k.to_dtype(dtype)?.contiguous()?,
+        v.to_dtype(dtype)?.contiguous()?,
+    ];
+    let kernel = crate::attention::KERNEL;
+    let addresses = [
+        device_ptr(&tensors[0], kernel)?,
+        device_ptr(&tensors[1], kernel)?,
+        device_ptr(&tensors[2], kernel)?,
+    ];
+    Ok((tensors, addresses))
+}

@@ -6,7 +6,7 @@ use candle_core::{DType, Shape, Tensor};
 use cudarc::driver::sys::CUtensorMapDataType;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use super::{GpuKernels, device_ptr, empty_like_shape, int, output_tensor};
+use super::{GpuKernels, empty_like_shape, int, output_tensor};
 use crate::KernelError;
 use crate::attention::{Int8Kernel, KERNEL, bad};
 
@@ -112,17 +112,7 @@ fn quantize(
 ) -> Result<Quantized, KernelError> {
     let (b, sq, h, d) = q.dims4()?;
     let sk = k.dim(1)?;
-    let dtype = q.dtype();
-    let (q, k, v) = (
-        q.contiguous()?,
-        k.to_dtype(dtype)?.contiguous()?,
-        v.to_dtype(dtype)?.contiguous()?,
-    );
-    let (qp, kp, vp) = (
-        device_ptr(&q, KERNEL)?,
-        device_ptr(&k, KERNEL)?,
-        device_ptr(&v, KERNEL)?,
-    );
+    let ([q, k, v], [qp, kp, vp]) = super::attention_operands(q, k, v)?;
     let sq_padded = sq.div_ceil(128) * 128;
     // Whole 128-key tiles for the pipelined kernel (two of K's scale groups each).
     let sk_padded = sk.div_ceil(PIPELINED_KEYS) * PIPELINED_KEYS;
