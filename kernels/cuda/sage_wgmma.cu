@@ -139,21 +139,6 @@ __device__ __forceinline__ void issue_pv(float (&partial)[64], const uint32_t (&
 // holds key 8t + 2·(lane % 4) + e % 2 of row lane / 4 + 8·(e / 2); keys 0–63 and 64–127 have
 // their own scale. P leaves as e4m3 pairs scaled by 448 (log2 448 added to the exponent), so
 // the row sums are 448 times Σp. kMasked: keys at or past `sk` are in the tile.
-// 2^x on the FMA pipe, for x ≤ 9 (softmax exponents): x = n + f with n the nearest integer
-// and |f| ≤ 1/2, 2^f by its degree-4 Taylor polynomial (relative error < 4e-5, far under e4m3's
-// rounding), 2^n added to the exponent bits. Below -125 it returns 2^-125 (0 once in e4m3).
-__device__ __forceinline__ float exp2_fma(float x) {
-    x = fmaxf(x, -125.f);
-    const float shifted = __fadd_rn(x, 12582912.f);  // 1.5·2²³: n in the low mantissa bits
-    const int n = __float_as_int(shifted) - 0x4B400000;
-    const float f = __fsub_rn(x, __fsub_rn(shifted, 12582912.f));
-    float p = fmaf(0.0096181291f, f, 0.0555041087f);
-    p = fmaf(p, f, 0.2402265070f);
-    p = fmaf(p, f, 0.6931471806f);
-    p = fmaf(p, f, 1.f);
-    return __int_as_float(__float_as_int(p) + (n << 23));
-}
-
 template <bool kMasked>
 __device__ __forceinline__ void softmax_128(const int (&score_i)[64], const float (&scale)[2],
                                             int key_start, int sk, float (&row_max)[2],
@@ -212,9 +197,9 @@ __device__ __forceinline__ void softmax_128(const int (&score_i)[64], const floa
         const float x = kMasked ? score[i] + offset[r][g]
                                 : fmaf(__int_as_float(score_i[i] + 0x4B400000), scale[g],
                                        offset[r][g]);
-        // Every fourth exponential on the FMA pipe: the special-function unit takes 8 cycles a
-        // warp, and with a quarter moved the two pipes balance (run 48).
-        score[i] = !kMasked && i % 4 == 3 ? exp2_fma(x) : exp2f(x);
+        // All on the special-function unit: moving a quarter of them to a polynomial on the FMA
+        // pipe paid (run 48) until the softmax lost its conversions, then cost 1.5% (run 54).
+        score[i] = exp2f(x);
         row_sum[r] += score[i];
     }
     // Register j of k-step k holds score tiles 4k + 2·(j / 2) and the next, row lane / 4
