@@ -580,6 +580,20 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
                     Err(e) => Line::new("note").text(name, &e.to_string()).print(),
                 }
             }
+            // The f16 build of the pipelined kernel (its TMA maps and products by type).
+            let half = |x: &Tensor| x.to_dtype(DType::F16);
+            let (qh, kh, vh) = (half(&q)?, half(&k)?, half(&v)?);
+            let expected_half = reference::attention(&on_cpu(&qh)?, &on_cpu(&kh)?, &on_cpu(&vh)?)?;
+            match stillmotion_kernels::attention::flash_pipelined(kernels, &qh, &kh, &vh, false) {
+                Ok(out) => checks.check(
+                    &format!("attention ours_pipelined f16 keys {k_len} d {d}"),
+                    rel_l2(&out, &expected_half)?,
+                    BF16_BOUND,
+                ),
+                Err(e) => Line::new("note")
+                    .text("pipelined f16", &e.to_string())
+                    .print(),
+            }
         }
         let out64 = stillmotion_kernels::attention::flash_with_block_rows(kernels, &q, &k, &v, 64)?;
         checks.check(
@@ -671,6 +685,31 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
                 rel_l2(&out, &emulated)?,
                 INT8_EMULATION_BOUND,
             );
+        }
+        // The f16 build of the pipelined 8-bit kernel.
+        let half = |x: &Tensor| x.to_dtype(DType::F16);
+        let (qh, kh, vh) = (half(&q)?, half(&k)?, half(&v)?);
+        let kernel = Int8Kernel::Pipelined { ping_pong: false };
+        match int8_explicit(kernels, &qh, &kh, &vh, kernel) {
+            Ok(out) => {
+                let emulated = int8_reference::int8_attention(
+                    &on_cpu(&qh)?,
+                    &on_cpu(&kh)?,
+                    &on_cpu(&vh)?,
+                    true,
+                    kernel.softmax_keys(),
+                )?;
+                checks.check(
+                    &format!(
+                        "attention int8 pipelined f16 keys {k_len} d {d} vs its CPU emulation"
+                    ),
+                    rel_l2(&out, &emulated)?,
+                    INT8_EMULATION_BOUND,
+                );
+            }
+            Err(e) => Line::new("note")
+                .text("pipelined f16", &e.to_string())
+                .print(),
         }
     }
 
