@@ -397,6 +397,28 @@ fn modulation<'a>(shift: &'a Tensor, scale: &'a Tensor) -> Modulation<'a> {
 }
 
 /// Every kernel on the GPU against its CPU reference on the same inputs.
+/// An 8-bit attention output against the CPU emulation of the same inputs with FP8 or 16-bit
+/// P·V and the kernel's softmax tile.
+fn int8_against_emulation(
+    checks: &mut Checks,
+    label: &str,
+    out: &Tensor,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    fp8_pv: bool,
+    softmax_keys: usize,
+) -> anyhow::Result<()> {
+    let on_cpu = |t: &Tensor| t.to_device(&Device::Cpu);
+    let emulated = int8_reference::int8_attention(
+        &on_cpu(q)?,
+        &on_cpu(k)?,
+        &on_cpu(v)?,
+        fp8_pv,
+        softmax_keys,
+    )?;
+    checks.check(label, rel_l2(out, &emulated)?, INT8_EMULATION_BOUND);
+    Ok(())
+}
+
 fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
     let mut checks = Checks::default();
     let cpu = Kernels::cpu();
@@ -629,20 +651,16 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
                 fp8 && kernels.attention_backend(device) == AttentionBackend::Int8 { fp8_pv: true };
             let out = attention(&kernels, &q, &k, &v)?;
             let tile = int8_chosen(&kernels, &q, fp8)?;
-            let emulated = int8_reference::int8_attention(
-                &on_cpu(&q)?,
-                &on_cpu(&k)?,
-                &on_cpu(&v)?,
-                fp8,
-                tile.softmax_keys(),
-            )?;
-            checks.check(
+            int8_against_emulation(
+                &mut checks,
                 &format!(
                     "attention {name} (fp8 P·V {fp8}) keys {k_len} d {d} vs its CPU emulation"
                 ),
-                rel_l2(&out, &emulated)?,
-                INT8_EMULATION_BOUND,
-            );
+                &out,
+                (&q, &k, &v),
+                fp8,
+                tile.softmax_keys(),
+            )?;
             checks.check(
                 &format!("attention {name} (fp8 P·V {fp8}) keys {k_len} d {d} vs exact f32"),
                 rel_l2(&out, &expected)?,
@@ -673,40 +691,28 @@ fn parity(device: &Device, kernels: &Kernels) -> anyhow::Result<()> {
                     continue;
                 }
             };
-            let emulated = int8_reference::int8_attention(
-                &on_cpu(&q)?,
-                &on_cpu(&k)?,
-                &on_cpu(&v)?,
+            int8_against_emulation(
+                &mut checks,
+                &format!("attention int8 {name} fp8 P·V keys {k_len} d {d} vs its CPU emulation"),
+                &out,
+                (&q, &k, &v),
                 true,
                 kernel.softmax_keys(),
             )?;
-            checks.check(
-                &format!("attention int8 {name} fp8 P·V keys {k_len} d {d} vs its CPU emulation"),
-                rel_l2(&out, &emulated)?,
-                INT8_EMULATION_BOUND,
-            );
         }
         // The f16 build of the pipelined 8-bit kernel.
         let half = |x: &Tensor| x.to_dtype(DType::F16);
         let (qh, kh, vh) = (half(&q)?, half(&k)?, half(&v)?);
         let kernel = Int8Kernel::Pipelined { ping_pong: false };
         match int8_explicit(kernels, &qh, &kh, &vh, kernel) {
-            Ok(out) => {
-                let emulated = int8_reference::int8_attention(
-                    &on_cpu(&qh)?,
-                    &on_cpu(&kh)?,
-                    &on_cpu(&vh)?,
-                    true,
-                    kernel.softmax_keys(),
-                )?;
-                checks.check(
-                    &format!(
-                        "attention int8 pipelined f16 keys {k_len} d {d} vs its CPU emulation"
-                    ),
-                    rel_l2(&out, &emulated)?,
-                    INT8_EMULATION_BOUND,
-                );
-            }
+            Ok(out) => int8_against_emulation(
+                &mut checks,
+                &format!("attention int8 pipelined f16 keys {k_len} d {d} vs its CPU emulation"),
+                &out,
+                (&qh, &kh, &vh),
+                true,
+                kernel.softmax_keys(),
+            )?,
             Err(e) => Line::new("note")
                 .text("pipelined f16", &e.to_string())
                 .print(),

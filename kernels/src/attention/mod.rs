@@ -34,6 +34,15 @@ pub(crate) fn bad(problem: String) -> KernelError {
     }
 }
 
+/// The error of a CUDA-only entry point given tensors elsewhere: `what` ("the wgmma kernel
+/// runs") and where q is.
+fn not_on_cuda(what: &str, q: &Tensor) -> KernelError {
+    bad(format!(
+        "{what} on CUDA tensors, got {:?}",
+        q.device().location()
+    ))
+}
+
 /// Attention with the best backend `kernels` has for these tensors. The result has q's dtype
 /// (float32 for the reference).
 pub fn attention(
@@ -114,10 +123,7 @@ pub fn int8_prepass(
         return crate::gpu::sage::prepass(crate::gpu::loaded(kernels)?, q, k, v, kernel);
     }
     let _ = (kernels, k, v, kernel);
-    Err(bad(format!(
-        "the 8-bit kernels run on CUDA tensors, got {:?}",
-        q.device().location()
-    )))
+    Err(not_on_cuda("the 8-bit kernels run", q))
 }
 
 /// The 8-bit main kernel [`attention`] runs for these q on this GPU, for the benchmark's
@@ -134,10 +140,7 @@ pub fn int8_chosen(kernels: &Kernels, q: &Tensor, fp8_pv: bool) -> Result<Int8Ke
         ));
     }
     let _ = (kernels, fp8_pv);
-    Err(bad(format!(
-        "the 8-bit kernels run on CUDA tensors, got {:?}",
-        q.device().location()
-    )))
+    Err(not_on_cuda("the 8-bit kernels run", q))
 }
 
 /// The 8-bit path with an explicit main kernel, for the benchmark; [`attention`] picks one for
@@ -154,10 +157,7 @@ pub fn int8_explicit(
         return crate::gpu::sage::attention(crate::gpu::loaded(kernels)?, q, k, v, kernel);
     }
     let _ = (kernels, k, v, kernel);
-    Err(bad(format!(
-        "the 8-bit kernels run on CUDA tensors, got {:?}",
-        q.device().location()
-    )))
+    Err(not_on_cuda("the 8-bit kernels run", q))
 }
 
 /// Our flash kernel with an explicit number of query rows per block (64 or 128), for the
@@ -182,10 +182,7 @@ pub fn flash_with_block_rows(
         );
     }
     let _ = (kernels, k, v, block_rows);
-    Err(bad(format!(
-        "our flash kernel runs on CUDA tensors, got {:?}",
-        q.device().location()
-    )))
+    Err(not_on_cuda("our flash kernel runs", q))
 }
 
 /// Our pipelined wgmma kernel explicitly, lockstep or ping-pong, for the benchmark. bf16/f16,
@@ -202,10 +199,7 @@ pub fn flash_pipelined(
         return crate::gpu::attention::pipelined(kernels, q, k, v, ping_pong);
     }
     let _ = (kernels, k, v, ping_pong);
-    Err(bad(format!(
-        "the pipelined kernel runs on CUDA tensors, got {:?}",
-        q.device().location()
-    )))
+    Err(not_on_cuda("the pipelined kernel runs", q))
 }
 
 /// Our plain wgmma kernel explicitly (what [`attention`] runs for our kernel on Hopper below
@@ -223,8 +217,5 @@ pub fn flash_wgmma(
         return crate::gpu::attention::wgmma(kernels, q, k, v, blocks_per_sm);
     }
     let _ = (kernels, k, v, blocks_per_sm);
-    Err(bad(format!(
-        "the wgmma kernel runs on CUDA tensors, got {:?}",
-        q.device().location()
-    )))
+    Err(not_on_cuda("the wgmma kernel runs", q))
 }
