@@ -101,13 +101,13 @@ __device__ __forceinline__ void wgmma_e4m3_n128(float (&d)[64], const uint32_t (
 
 
 // S = Q·Kᵀ for a warpgroup's 64 rows and a 128-key tile: 4 steps of 32 bytes along the rows.
-__device__ __forceinline__ void issue_qk(int (&score)[64], const unsigned char *q_rows,
-                                        const unsigned char *k_tile) {
+// q_desc and k_desc: descriptors of the warpgroup's Q rows and of the K tile.
+__device__ __forceinline__ void issue_qk(int (&score)[64], uint64_t q_desc, uint64_t k_desc) {
     wgmma_fence();
 #pragma unroll
     for (int step = 0; step < kHeadDim / 32; ++step) {
-        const uint64_t a = descriptor(q_rows + step * 32, 16, kQkAtomBytes);
-        const uint64_t b = descriptor(k_tile + step * 32, 16, kQkAtomBytes);
+        const uint64_t a = descriptor_plus(q_desc, step * 32);
+        const uint64_t b = descriptor_plus(k_desc, step * 32);
         if (step == 0) {
             wgmma_s8_n128<false>(score, a, b);
         } else {
@@ -120,12 +120,13 @@ __device__ __forceinline__ void issue_qk(int (&score)[64], const unsigned char *
 // partial = P·V for a 128-key tile (V's 128 channel rows of 128 keys), into a zeroed
 // accumulator: FP8 wgmma adds with fewer mantissa bits than float32, so each tile's product is
 // added to the float32 output by the caller.
+// v_desc: the descriptor of the V tile.
 __device__ __forceinline__ void issue_pv(float (&partial)[64], const uint32_t (&p)[4][4],
-                                        const unsigned char *v_tile) {
+                                        uint64_t v_desc) {
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < kPipeKeys / 32; ++k) {
-        const uint64_t b = descriptor(v_tile + k * 32, 16, kQkAtomBytes);
+        const uint64_t b = descriptor_plus(v_desc, k * 32);
         if (k == 0) {
             wgmma_e4m3_n128<false>(partial, p[k], b);
         } else {
@@ -138,22 +139,24 @@ __device__ __forceinline__ void issue_pv(float (&partial)[64], const uint32_t (&
 // One 128-key tile of the online softmax in log2 units, from the INT8 scores. Register 4t + e
 // holds key 8t + 2·(lane % 4) + e % 2 of row lane / 4 + 8·(e / 2); keys 0–63 and 64–127 have
 // their own scale. P leaves as e4m3 pairs scaled by 448 (log2 448 added to the exponent), so
-// the row sums are 448 times Σp. kMasked: keys at or past `sk` are in the tile.
+// the row sums are 448 times Σp. kMasked: keys at or past `sk` are in the tile; that path keeps
+// its scaled scores (as float bits) in `score_i`, which the softmax consumes either way.
 template <bool kMasked>
-__device__ __forceinline__ void softmax_128(const int (&score_i)[64], const float (&scale)[2],
+__device__ __forceinline__ void softmax_128(int (&score_i)[64], const float (&scale)[2],
                                             int key_start, int sk, float (&row_max)[2],
                                             float (&row_sum)[2], float (&rescale)[2],
                                             uint32_t (&p)[kPipeKeys / 32][4]) {
     constexpr float kLog2Fp8Max = 8.807354922057604f;  // log2(448)
     const int lane = threadIdx.x % 32;
     float tile_max[2] = {-INFINITY, -INFINITY};
-    float score[64];
     if constexpr (kMasked) {
 #pragma unroll
         for (int i = 0; i < 64; ++i) {
             const int key = key_start + (i / 4) * 8 + (lane % 4) * 2 + (i % 2);
-            score[i] = key < sk ? int_sum_to_float(score_i[i]) * scale[i / 32] : -INFINITY;
-            tile_max[(i / 2) % 2] = fmaxf(tile_max[(i / 2) % 2], score[i]);
+            const float scaled =
+                key < sk ? int_sum_to_float(score_i[i]) * scale[i / 32] : -INFINITY;
+            tile_max[(i / 2) % 2] = fmaxf(tile_max[(i / 2) % 2], scaled);
+            score_i[i] = __float_as_int(scaled);
         }
     } else {
         // The scales are positive, so each scale group's maximum is its largest raw sum's.
@@ -189,29 +192,32 @@ __device__ __forceinline__ void softmax_128(const int (&score_i)[64], const floa
                                    : fmaf(-12582912.f, scale[g], kLog2Fp8Max - base);
         }
     }
-#pragma unroll
-    for (int i = 0; i < 64; ++i) {
-        const int r = (i / 2) % 2;
-        const int g = i / 32;
-        // Masked scores are already scaled (and -inf past the end, whose exp2 is 0).
-        const float x = kMasked ? score[i] + offset[r][g]
-                                : fmaf(__int_as_float(score_i[i] + 0x4B400000), scale[g],
-                                       offset[r][g]);
-        // All on the special-function unit: moving a quarter of them to a polynomial on the FMA
-        // pipe paid (run 48) until the softmax lost its conversions, then cost 1.5% (run 54).
-        score[i] = exp2f(x);
-        row_sum[r] += score[i];
-    }
-    // Register j of k-step k holds score tiles 4k + 2·(j / 2) and the next, row lane / 4
-    // (j even) or lane / 4 + 8 (j odd), as the n64 kernel's.
+    // Each k-step's P is packed as soon as its 16 exponentials exist, so that the float32
+    // values die early (register pressure). Register j of k-step k holds score tiles
+    // 4k + 2·(j / 2) and the next, row lane / 4 (j even) or lane / 4 + 8 (j odd), as the n64
+    // kernel's: elements 16k … 16k + 15.
 #pragma unroll
     for (int k = 0; k < kPipeKeys / 32; ++k) {
+        float prob[16];
+#pragma unroll
+        for (int n = 0; n < 16; ++n) {
+            const int i = 16 * k + n;
+            const int r = (i / 2) % 2;
+            const int g = i / 32;
+            // Masked scores are already scaled (and -inf past the end, whose exp2 is 0).
+            const float x = kMasked ? __int_as_float(score_i[i]) + offset[r][g]
+                                    : fmaf(__int_as_float(score_i[i] + 0x4B400000), scale[g],
+                                           offset[r][g]);
+            // All on the special-function unit: moving a quarter of them to a polynomial on
+            // the FMA pipe paid (run 48) until the softmax lost its conversions, then cost
+            // 1.5% (run 54).
+            prob[n] = exp2f(x);
+            row_sum[r] += prob[n];
+        }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const int t = 4 * k + 2 * (j / 2);
-            const int e = 2 * (j % 2);
-            p[k][j] = pack_e4m3(score[t * 4 + e], score[t * 4 + e + 1], score[(t + 1) * 4 + e],
-                                score[(t + 1) * 4 + e + 1]);
+            const int n = 8 * (j / 2) + 2 * (j % 2);
+            p[k][j] = pack_e4m3(prob[n], prob[n + 1], prob[n + 4], prob[n + 5]);
         }
     }
 }
@@ -290,7 +296,11 @@ __device__ __forceinline__ void sage_pipelined_forward(
     }
     float row_max[2] = {-INFINITY, -INFINITY};
     float row_sum[2] = {0.f, 0.f};
-    const unsigned char *q_rows = q_tile + warpgroup * 64 * kQkRowBytes;
+    // Shared-memory descriptors of the warpgroup's Q rows and of stage 0's K and V tiles; a
+    // stage's are kPipeTileBytes apart.
+    const uint64_t q_desc = descriptor(q_tile + warpgroup * 64 * kQkRowBytes, 16, kQkAtomBytes);
+    const uint64_t k_desc = descriptor(k_tiles, 16, kQkAtomBytes);
+    const uint64_t v_desc = descriptor(v_tiles, 16, kQkAtomBytes);
     // With kPingPong the warpgroups take turns on the tensor cores: each issues P·V of one
     // tile and Q·Kᵀ of the next while the other runs its softmax, warpgroup 0 first.
     const auto my_turn = [&] {
@@ -318,7 +328,7 @@ __device__ __forceinline__ void sage_pipelined_forward(
         my_turn();
     }
     mbarrier_wait(&bars->k_full[0], 0);
-    issue_qk(score, q_rows, k_tiles);
+    issue_qk(score, q_desc, k_desc);
     their_turn();
     wgmma_wait_all();
 
@@ -342,12 +352,12 @@ __device__ __forceinline__ void sage_pipelined_forward(
         mbarrier_wait(&bars->v_full[s], parity);
         my_turn();
         float partial[64];
-        issue_pv(partial, p, v_tiles + s * kPipeTileBytes);
+        issue_pv(partial, p, descriptor_plus(v_desc, s * kPipeTileBytes));
         if constexpr (kMore) {
             // The next Q·Kᵀ queues behind P·V; groups complete in order.
             const int next = (tile + 1) % kPipeStages;
             mbarrier_wait(&bars->k_full[next], ((tile + 1) / kPipeStages) & 1);
-            issue_qk(score, q_rows, k_tiles + next * kPipeTileBytes);
+            issue_qk(score, q_desc, descriptor_plus(k_desc, next * kPipeTileBytes));
             their_turn();
             asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
         } else {

@@ -152,4 +152,12 @@ __device__ __forceinline__ uint64_t descriptor(const void *start, uint32_t leadi
            (static_cast<uint64_t>(swizzle) << 62);
 }
 
+// The descriptor of the matrix `bytes` (a multiple of 16) past `desc`'s start: one 32-bit add
+// on the address field, which cannot carry out (shared memory ends below 256 KB). Cheaper in
+// a hot loop than building each descriptor from its address.
+__device__ __forceinline__ uint64_t descriptor_plus(uint64_t desc, uint32_t bytes) {
+    const uint32_t address_field = static_cast<uint32_t>(desc) + (bytes >> 4);
+    return (desc & 0xFFFFFFFF00000000ull) | address_field;
+}
+
 #endif
