@@ -192,8 +192,9 @@ __device__ __forceinline__ void softmax_128(int (&score_i)[64], const float (&sc
                                    : fmaf(-12582912.f, scale[g], kLog2Fp8Max - base);
         }
     }
-    // Each k-step's P is packed as soon as its 16 exponentials exist, so that the float32
-    // values die early (register pressure). Register j of k-step k holds score tiles
+    // Each k-step's P is packed as soon as its 16 exponentials exist: the float32 values die
+    // early, and ptxas schedules this faster than packing after all 64 (1-3%, runs 58 and
+    // 59 of bench/RESULTS.md). Register j of k-step k holds score tiles
     // 4k + 2·(j / 2) and the next, row lane / 4 (j even) or lane / 4 + 8 (j odd), as the n64
     // kernel's: elements 16k … 16k + 15.
 #pragma unroll
