@@ -304,33 +304,16 @@ __device__ __forceinline__ void sage_pipelined_forward(
     const uint64_t v_desc = descriptor(v_tiles, 16, kQkAtomBytes);
     // With kPingPong the warpgroups take turns on the tensor cores: each issues P·V of one
     // tile and Q·Kᵀ of the next while the other runs its softmax, warpgroup 0 first.
-    const auto my_turn = [&] {
-        if constexpr (kPingPong) {
-            if (warpgroup == 0) {
-                named_barrier_sync<1, kPipeConsumers>();
-            } else {
-                named_barrier_sync<2, kPipeConsumers>();
-            }
-        }
-    };
-    const auto their_turn = [&] {
-        if constexpr (kPingPong) {
-            if (warpgroup == 0) {
-                named_barrier_arrive<2, kPipeConsumers>();
-            } else {
-                named_barrier_arrive<1, kPipeConsumers>();
-            }
-        }
-    };
+    const TurnOrder<kPingPong, kPipeConsumers> turns{warpgroup};
 
     int score[64];
     mbarrier_wait(&bars->q_full, 0);
     if (warpgroup == 1) {
-        my_turn();
+        turns.my_turn();
     }
     mbarrier_wait(&bars->k_full[0], 0);
     issue_qk(score, q_desc, k_desc);
-    their_turn();
+    turns.their_turn();
     wgmma_wait_all();
 
     // One key tile: its softmax, then (on the tensor cores) its P·V and the next tile's Q·Kᵀ.
@@ -351,7 +334,7 @@ __device__ __forceinline__ void sage_pipelined_forward(
         }
 
         mbarrier_wait(&bars->v_full[s], parity);
-        my_turn();
+        turns.my_turn();
         float partial[64];
         issue_pv(partial, p, descriptor_plus(v_desc, s * kPipeTileBytes));
         if constexpr (kMore) {
@@ -359,7 +342,7 @@ __device__ __forceinline__ void sage_pipelined_forward(
             const int next = (tile + 1) % kPipeStages;
             mbarrier_wait(&bars->k_full[next], ((tile + 1) / kPipeStages) & 1);
             issue_qk(score, q_desc, descriptor_plus(k_desc, next * kPipeTileBytes));
-            their_turn();
+            turns.their_turn();
             asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
         } else {
             wgmma_wait_all();
@@ -373,7 +356,7 @@ __device__ __forceinline__ void sage_pipelined_forward(
             wgmma_wait_all();
         } else if (warpgroup == 0) {
             // Warpgroup 1's last turn has no one to hand over to: warpgroup 0 took its last.
-            their_turn();
+            turns.their_turn();
         }
     };
     for (int tile = 0; tile + 1 < key_tiles; ++tile) {

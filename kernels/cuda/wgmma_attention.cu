@@ -534,33 +534,16 @@ __device__ __forceinline__ void flash_pipelined_forward(const TensorMap *q_map,
     }
     float row_max[2] = {-INFINITY, -INFINITY};
     float row_sum[2] = {0.f, 0.f};
-    const auto my_turn = [&] {
-        if constexpr (kPingPong) {
-            if (warpgroup == 0) {
-                named_barrier_sync<1, kFlashConsumers>();
-            } else {
-                named_barrier_sync<2, kFlashConsumers>();
-            }
-        }
-    };
-    const auto their_turn = [&] {
-        if constexpr (kPingPong) {
-            if (warpgroup == 0) {
-                named_barrier_arrive<2, kFlashConsumers>();
-            } else {
-                named_barrier_arrive<1, kFlashConsumers>();
-            }
-        }
-    };
+    const TurnOrder<kPingPong, kFlashConsumers> turns{warpgroup};
 
     float score[64];
     mbarrier_wait(&bars->q_full, 0);
     if (warpgroup == 1) {
-        my_turn();
+        turns.my_turn();
     }
     mbarrier_wait(&bars->k_full[0], 0);
     issue_scores<T>(score, q_rows, k_tiles);
-    their_turn();
+    turns.their_turn();
     wgmma_wait_all();
 
     // One key tile: its softmax, then P·V and the next tile's Q·Kᵀ together. The last tile is
@@ -584,16 +567,16 @@ __device__ __forceinline__ void flash_pipelined_forward(const TensorMap *q_map,
             out[i] *= rescale[(i / 2) % 2];
         }
         mbarrier_wait(&bars->v_full[s], parity);
-        my_turn();
+        turns.my_turn();
         issue_values<T>(out, p, v_tiles + s * kFlashTile);
         if constexpr (kMore) {
             const int next = (tile + 1) % kFlashStages;
             mbarrier_wait(&bars->k_full[next], ((tile + 1) / kFlashStages) & 1);
             issue_scores<T>(score, q_rows, k_tiles + next * kFlashTile);
-            their_turn();
+            turns.their_turn();
         } else if (warpgroup == 0) {
             // Warpgroup 1's last turn has no one to hand over to: warpgroup 0 took its last.
-            their_turn();
+            turns.their_turn();
         }
         wgmma_wait_all();
         mbarrier_arrive(&bars->empty[s]);

@@ -45,6 +45,36 @@ __device__ __forceinline__ void named_barrier_arrive() {
     asm volatile("bar.arrive %0, %1;\n" ::"n"(kId), "n"(kThreads) : "memory");
 }
 
+// The turn order of two consumer warpgroups (kConsumers threads) on the tensor cores, with
+// kPingPong: each issues its products in its turn, warpgroup 0 first, through named barriers 1
+// and 2. Without kPingPong (lockstep) both calls are no-ops.
+template <bool kPingPong, int kConsumers>
+struct TurnOrder {
+    int warpgroup;
+
+    // Waits until the other warpgroup has handed the tensor cores over.
+    __device__ __forceinline__ void my_turn() const {
+        if constexpr (kPingPong) {
+            if (warpgroup == 0) {
+                named_barrier_sync<1, kConsumers>();
+            } else {
+                named_barrier_sync<2, kConsumers>();
+            }
+        }
+    }
+
+    // Hands them over to the other warpgroup.
+    __device__ __forceinline__ void their_turn() const {
+        if constexpr (kPingPong) {
+            if (warpgroup == 0) {
+                named_barrier_arrive<2, kConsumers>();
+            } else {
+                named_barrier_arrive<1, kConsumers>();
+            }
+        }
+    }
+};
+
 // A warpgroup hands registers back (a producer) or takes them (its consumers): an SM
 // sub-partition's 16384 registers hold one producer warp at 24 and two consumer warps at 240.
 template <int kRegisters>
